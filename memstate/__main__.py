@@ -1,0 +1,5 @@
+"""`python -m memstate` is the same as the `memstate` console script."""
+
+from memstate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""Node configuration, spelled with KubeletConfiguration field names.
+
+Operators already know `memoryManagerPolicy`, `reservedMemory`, `memoryThrottlingFactor`... so the
+config file uses exactly those names (camelCase). Unknown fields are rejected so that a typo such
+as `memoryManagerPolcy` is an error rather than a silently ignored line.
+
+Two layers:
+- `KubeletConfigFile` mirrors the file (quantities as written, camelCase); `normalise_config`
+  turns it into a `NodeConfig` (snake_case, byte counts) with structural validation.
+- `validate_config_for_topology` checks what needs the machine: reservations on existing NUMA
+  nodes, the Node Allocatable sum rule of the Static policy, reservations that would not fit.
+
+Only a `NodeConfig` that passed both is recorded in a `config_loaded` event. Daemon-only options
+(paths, metrics address) are not part of it: they never influence a decision.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any, Literal
+
+import msgspec
+
+from memstate.core.errors import ConfigError, InputError
+from memstate.core.quantity import QuantityInput, format_bytes, parse_bytes
+from memstate.core.topology import (
+    MEMORY,
+    Topology,
+    canonical_resource_name,
+    hugepage_resource_name,
+    is_hugepage_resource,
+)
+from memstate.core.validation import convert_input, reraise_as
+
+MemoryManagerPolicy = Literal["None", "Static"]
+TopologyManagerPolicy = Literal["none", "best-effort", "restricted", "single-numa-node"]
+TopologyManagerScope = Literal["container", "pod"]
+MemoryReservationPolicy = Literal["None", "TieredReservation"]
+CgroupDriver = Literal["cgroupfs", "systemd"]
+
+MAX_NUMA_NODES_STATIC = 8  # the Topology Manager's default max-allowable-numa-nodes
+DEFAULT_EVICTION_MEMORY_AVAILABLE = "100Mi"
+_CGROUP_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
+
+
+class ReservedMemoryFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    numa_node: int
+    limits: dict[str, QuantityInput]
+
+
+class KubeletConfigFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """The subset of KubeletConfiguration memstate reads; defaults are the kubelet's."""
+
+    api_version: str = "kubelet.config.k8s.io/v1beta1"
+    kind: str = "KubeletConfiguration"
+    memory_manager_policy: MemoryManagerPolicy = "None"
+    topology_manager_policy: TopologyManagerPolicy = "none"
+    topology_manager_scope: TopologyManagerScope = "container"
+    topology_manager_policy_options: dict[str, str] = {}
+    reserved_memory: list[ReservedMemoryFile] = []
+    system_reserved: dict[str, QuantityInput] = {}
+    kube_reserved: dict[str, QuantityInput] = {}
+    eviction_hard: dict[str, str] | None = None
+    memory_throttling_factor: float = 0.9
+    memory_reservation_policy: MemoryReservationPolicy = "None"
+    cgroup_driver: CgroupDriver = "cgroupfs"
+    cgroup_root: str = "/"
+    cgroups_per_qos: bool = msgspec.field(name="cgroupsPerQOS", default=True)
+    enforce_node_allocatable: list[str] = ["pods"]
+    feature_gates: dict[str, bool] = {}
+
+
+class ReservedMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`size_bytes` of `resource` reserved for the system on one NUMA node."""
+
+    numa_node: int
+    resource: str
+    size_bytes: int
+
+
+class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The normalised configuration every decision is made under (recorded in the log)."""
+
+    memory_manager_policy: MemoryManagerPolicy = "None"
+    topology_manager_policy: TopologyManagerPolicy = "none"
+    topology_manager_scope: TopologyManagerScope = "container"
+    prefer_closest_numa_nodes: bool = False
+    reserved_memory: tuple[ReservedMemory, ...] = ()
+    system_reserved: dict[str, int] = {}
+    kube_reserved: dict[str, int] = {}
+    # `memory.available` of evictionHard: bytes ("104857600") or a percentage ("10%").
+    eviction_memory_available: str = "104857600"
+    memory_throttling_factor: float = 0.9
+    memory_reservation_policy: MemoryReservationPolicy = "None"
+    memory_qos: bool = True
+    cgroup_driver: CgroupDriver = "cgroupfs"
+    cgroup_root: tuple[str, ...] = ()
+    enforce_node_allocatable: tuple[str, ...] = ("pods",)
+
+    def reserved(self, numa_node: int, resource: str) -> int:
+        """Bytes of `resource` reserved on `numa_node` by `reservedMemory` (0 when absent)."""
+        for entry in self.reserved_memory:
+            if entry.numa_node == numa_node and entry.resource == resource:
+                return entry.size_bytes
+        return 0
+
+    def eviction_memory_bytes(self, capacity_bytes: int) -> int:
+        """The hard-eviction `memory.available` threshold in bytes for a machine capacity."""
+        value = self.eviction_memory_available
+        if value.endswith("%"):
+            return int(Fraction(value[:-1]) * capacity_bytes / 100)
+        return int(value)
+
+
+def config_from_object(obj: Any, *, source: str = "") -> NodeConfig:
+    """Decode a KubeletConfiguration-shaped object (from YAML/JSON) into a `NodeConfig`."""
+    if obj is None:
+        obj = {}
+    raw = convert_input(obj, KubeletConfigFile, source=source, error=ConfigError)
+    try:
+        return normalise_config(raw)
+    except ConfigError as exc:
+        raise exc.with_source(source) from None
+    except InputError as exc:
+        raise reraise_as(exc, ConfigError, source=source) from None
+
+
+def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
+    """Structural validation and unit conversion; raises `ConfigError` naming the field."""
+    if raw.kind != "KubeletConfiguration":
+        raise ConfigError(f"kind must be KubeletConfiguration, got {raw.kind!r}", path="$.kind")
+    if not raw.cgroups_per_qos:
+        raise ConfigError(
+            "cgroupsPerQOS=false is not supported: memstate manages the QoS-level cgroups",
+            path="$.cgroupsPerQOS",
+        )
+    factor = raw.memory_throttling_factor
+    if not 0.0 < factor <= 1.0:
+        raise ConfigError(
+            f"memoryThrottlingFactor {factor} must be greater than 0 and less than or equal to 1.0",
+            path="$.memoryThrottlingFactor",
+        )
+    memory_qos = raw.feature_gates.get("MemoryQoS", True)
+    if raw.memory_reservation_policy == "TieredReservation" and not memory_qos:
+        raise ConfigError(
+            "memoryReservationPolicy TieredReservation requires the MemoryQoS feature gate",
+            path="$.memoryReservationPolicy",
+        )
+    options = dict(raw.topology_manager_policy_options)
+    prefer_closest = options.pop("prefer-closest-numa-nodes", "false")
+    if prefer_closest not in ("true", "false"):
+        raise ConfigError(
+            f"prefer-closest-numa-nodes must be 'true' or 'false', got {prefer_closest!r}",
+            path="$.topologyManagerPolicyOptions",
+        )
+    if options:
+        raise ConfigError(
+            f"unsupported topologyManagerPolicyOptions: {', '.join(sorted(options))}",
+            path="$.topologyManagerPolicyOptions",
+        )
+    for index, level in enumerate(raw.enforce_node_allocatable):
+        if level not in ("pods", "system-reserved", "kube-reserved", "none"):
+            raise ConfigError(
+                f"unknown enforceNodeAllocatable entry {level!r}",
+                path=f"$.enforceNodeAllocatable[{index}]",
+            )
+    return NodeConfig(
+        memory_manager_policy=raw.memory_manager_policy,
+        topology_manager_policy=raw.topology_manager_policy,
+        topology_manager_scope=raw.topology_manager_scope,
+        prefer_closest_numa_nodes=prefer_closest == "true",
+        reserved_memory=_normalise_reserved_memory(raw.reserved_memory),
+        system_reserved=_memory_resources(raw.system_reserved, "$.systemReserved"),
+        kube_reserved=_memory_resources(raw.kube_reserved, "$.kubeReserved"),
+        eviction_memory_available=_eviction_memory_available(raw.eviction_hard),
+        memory_throttling_factor=factor,
+        memory_reservation_policy=raw.memory_reservation_policy,
+        memory_qos=memory_qos,
+        cgroup_driver=raw.cgroup_driver,
+        cgroup_root=parse_cgroup_root(raw.cgroup_root, raw.cgroup_driver),
+        enforce_node_allocatable=tuple(sorted(set(raw.enforce_node_allocatable))),
+    )
+
+
+def _normalise_reserved_memory(entries: list[ReservedMemoryFile]) -> tuple[ReservedMemory, ...]:
+    seen: set[tuple[int, str]] = set()
+    result = []
+    for index, entry in enumerate(entries):
+        where = f"$.reservedMemory[{index}]"
+        if entry.numa_node < 0:
+            raise ConfigError("numaNode must not be negative", path=where + ".numaNode")
+        for name, value in sorted(entry.limits.items()):
+            path = f"{where}.limits.{name}"
+            if name != MEMORY and not is_hugepage_resource(name):
+                raise ConfigError(
+                    f"reservedMemory limits accept memory and hugepages-<size>, not {name!r}",
+                    path=path,
+                )
+            resource = canonical_resource_name(name, path=path)
+            key = (entry.numa_node, resource)
+            if key in seen:
+                # The kubelet sums duplicates in one check and keeps the last in another.
+                raise ConfigError(
+                    f"duplicate reservation of {resource} on NUMA node {entry.numa_node}",
+                    path=path,
+                )
+            seen.add(key)
+            result.append(ReservedMemory(entry.numa_node, resource, parse_bytes(value, path=path)))
+    return tuple(sorted(result, key=lambda r: (r.numa_node, r.resource)))
+
+
+def _memory_resources(values: dict[str, QuantityInput], where: str) -> dict[str, int]:
+    """Keep `memory` and `hugepages-*` (the ones Node Allocatable checks); validate the rest."""
+    result: dict[str, int] = {}
+    for name, value in sorted(values.items()):
+        path = f"{where}.{name}"
+        size = parse_bytes(value, path=path)
+        if name == MEMORY or is_hugepage_resource(name):
+            result[canonical_resource_name(name, path=path)] = size
+    return result
+
+
+def _eviction_memory_available(eviction_hard: dict[str, str] | None) -> str:
+    # Without evictionHard the kubelet's default applies; once evictionHard is given, unspecified
+    # signals are not defaulted (mergeDefaultEvictionSettings=false), so memory.available is 0.
+    if eviction_hard is None:
+        text = DEFAULT_EVICTION_MEMORY_AVAILABLE
+    else:
+        text = eviction_hard.get("memory.available", "0")
+    path = "$.evictionHard['memory.available']"
+    if text.endswith("%"):
+        try:
+            percent = Fraction(text[:-1])
+        except ValueError:
+            raise ConfigError(f"malformed percentage {text!r}", path=path) from None
+        if not 0 <= percent <= 100:
+            raise ConfigError(f"percentage {text!r} is outside 0..100", path=path)
+        return f"{percent}%"
+    return str(parse_bytes(text, path=path))
+
+
+def parse_cgroup_root(text: str, driver: str) -> tuple[str, ...]:
+    """`cgroupRoot` as name components: ``/`` → (); ``/foo/bar`` or ``/foo.slice/foo-bar.slice``
+    → ("foo", "bar"). Components are restricted so that no path can escape or be ambiguous."""
+    path = "$.cgroupRoot"
+    if not text.startswith("/"):
+        raise ConfigError(f"cgroupRoot {text!r} must be absolute", path=path)
+    parts = [p for p in text.split("/") if p]
+    if driver == "systemd" and parts and all(p.endswith(".slice") for p in parts):
+        components = parts[-1][: -len(".slice")].split("-")
+        expected = ["-".join(components[: i + 1]) + ".slice" for i in range(len(components))]
+        if parts != expected:
+            raise ConfigError(f"cgroupRoot {text!r} is not a systemd slice path", path=path)
+        parts = components
+    for part in parts:
+        if not _CGROUP_COMPONENT_RE.fullmatch(part):
+            raise ConfigError(
+                f"cgroupRoot component {part!r} may only hold letters, digits and inner dots",
+                path=path,
+            )
+    return tuple(parts)
+
+
+def node_allocatable_reservation(config: NodeConfig, capacity_bytes: int) -> dict[str, int]:
+    """kube-reserved + system-reserved (+ the hard-eviction threshold for memory) per resource."""
+    totals: dict[str, int] = {}
+    for source in (config.kube_reserved, config.system_reserved):
+        for resource, size in source.items():
+            totals[resource] = totals.get(resource, 0) + size
+    totals[MEMORY] = totals.get(MEMORY, 0) + config.eviction_memory_bytes(capacity_bytes)
+    return totals
+
+
+def allocatable_bytes(config: NodeConfig, topology: Topology) -> int:
+    """Node allocatable memory for Memory QoS: capacity − kube-reserved − system-reserved.
+
+    The hard-eviction threshold is *not* subtracted: the kubelet hands this same figure to the
+    QoS manager (memory-qos.md §1).
+    """
+    reserved = config.kube_reserved.get(MEMORY, 0) + config.system_reserved.get(MEMORY, 0)
+    return max(topology.capacity_bytes - reserved, 0)
+
+
+def validate_config_for_topology(
+    config: NodeConfig, topology: Topology, *, source: str = ""
+) -> None:
+    """The checks that need the machine. Raises `ConfigError` with the amounts involved."""
+
+    def fail(message: str, path: str = "$.reservedMemory") -> ConfigError:
+        return ConfigError(message, source=source, path=path)
+
+    node_ids = set(topology.node_ids)
+    resources = set(topology.resources)
+    for entry in config.reserved_memory:
+        if entry.numa_node not in node_ids:
+            raise fail(
+                f"the reserved memory configuration references a NUMA node {entry.numa_node} "
+                "that does not exist on this machine"
+            )
+        if entry.resource not in resources:
+            raise fail(
+                f"reservedMemory reserves {entry.resource} on NUMA node {entry.numa_node}, "
+                "but the machine has no such hugepage size"
+            )
+    for node in topology.nodes:
+        hugepages_total = sum(p.total_bytes for p in node.hugepages)
+        memory_reserved = config.reserved(node.id, MEMORY)
+        if memory_reserved + hugepages_total > node.memory_bytes:
+            raise fail(
+                f"NUMA node {node.id}: reserved memory {format_bytes(memory_reserved)} plus "
+                f"hugepages {format_bytes(hugepages_total)} exceed the node's memory "
+                f"{format_bytes(node.memory_bytes)}"
+            )
+        for pool in node.hugepages:
+            name = hugepage_resource_name(pool.page_size_bytes)
+            if config.reserved(node.id, name) > pool.total_bytes:
+                raise fail(
+                    f"NUMA node {node.id}: reserved {name} "
+                    f"{format_bytes(config.reserved(node.id, name))} exceeds the node's pool "
+                    f"{format_bytes(pool.total_bytes)}"
+                )
+    if config.memory_manager_policy != "Static":
+        return
+    if len(topology.nodes) > MAX_NUMA_NODES_STATIC:
+        raise fail(
+            f"the Static policy supports at most {MAX_NUMA_NODES_STATIC} NUMA nodes (hint "
+            f"enumeration is 2^N); this machine has {len(topology.nodes)}",
+            "$.memoryManagerPolicy",
+        )
+    memory_total = sum(e.size_bytes for e in config.reserved_memory if e.resource == MEMORY)
+    if memory_total <= 0:
+        raise fail("[memorymanager] you should specify the system reserved memory")
+    expected = node_allocatable_reservation(config, topology.capacity_bytes)
+    reserved_types = {e.resource for e in config.reserved_memory} | set(expected)
+    for resource in sorted(reserved_types):
+        total = sum(e.size_bytes for e in config.reserved_memory if e.resource == resource)
+        want = expected.get(resource, 0)
+        if total != want:
+            raise fail(
+                f'the total amount "{format_bytes(total)}" of type "{resource}" is not equal to '
+                f'the value "{format_bytes(want)}" determined by Node Allocatable feature '
+                "(kubeReserved + systemReserved + evictionHard memory.available)"
+            )

@@ -1,0 +1,130 @@
+"""The memstate error hierarchy.
+
+Every error an operator can meet derives from `MemstateError` and carries the exit code the CLI
+maps it to (the codes follow sysexits(3); docs/operations.md lists them). Errors carry the facts
+an operator needs to act: file and field path for bad input, file/offset/sequence for log damage,
+pod/container/resource/bytes for admission problems.
+
+Two rules:
+- Domain refusals (a pod that does not fit) are *not* exceptions that leave the core: the reducer
+  turns an `AdmissionError` into a `pod_rejected` decision event.
+- `InvariantViolation` means memstate itself is wrong (or a log was written by an incompatible
+  build). It is never caught to "keep going".
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65  # log or checkpoint corruption, malformed input files
+EXIT_UNAVAILABLE = 69  # cgroup v2 or a required controller missing
+EXIT_SOFTWARE = 70  # internal invariant failure
+EXIT_IOERR = 74  # fsync / I/O failure on the log
+EXIT_TEMPFAIL = 75  # state directory locked by another instance
+EXIT_CONFIG = 78  # bad configuration
+
+
+class MemstateError(Exception):
+    """Root of every error memstate raises on purpose."""
+
+    exit_code: int = EXIT_FAILURE
+
+
+class InputError(MemstateError):
+    """Input that memstate cannot accept: a manifest, a config, a topology or scenario file.
+
+    `source` names the file (or other origin) and `path` the field inside it, in msgspec's
+    JSON-path notation (``$.spec.containers[0].resources.limits.memory``).
+    """
+
+    exit_code = EXIT_DATAERR
+
+    def __init__(self, message: str, *, source: str = "", path: str = "") -> None:
+        self.message = message
+        self.source = source
+        self.path = path
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """One line: ``<source>: <path>: <message>``, leaving out what is unknown."""
+        parts = [p for p in (self.source, self.path) if p]
+        return ": ".join([*parts, self.message])
+
+    def with_source(self, source: str) -> InputError:
+        """The same error attributed to `source` (used when a parser learns the file name late)."""
+        clone = type(self)(self.message, source=source, path=self.path)
+        return clone
+
+
+class QuantityError(InputError):
+    """A Kubernetes quantity that is malformed, negative or absurdly large."""
+
+
+class ManifestError(InputError):
+    """A pod manifest that is malformed or violates Kubernetes validation rules."""
+
+
+class TopologyError(InputError):
+    """A NUMA topology (sysfs text or topology file) that is inconsistent."""
+
+
+class ConfigError(InputError):
+    """A node configuration that is malformed or inconsistent with the machine."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ScenarioError(InputError):
+    """A JSON-lines scenario or export line that cannot be turned into an event."""
+
+
+class SchemaError(MemstateError):
+    """A stored event or snapshot written by a newer or unknown schema."""
+
+    exit_code = EXIT_DATAERR
+
+
+class InvariantViolation(MemstateError):
+    """memstate's own bookkeeping is inconsistent: a bug, or a log from an incompatible build."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class AdmissionError(MemstateError):
+    """Internal to the core: why a pod cannot be admitted.
+
+    `reason` is the upstream reason name (`UnexpectedAdmissionError`, `TopologyAffinityError`)
+    so dashboards and runbooks written for the kubelet keep working.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+class HostError(MemstateError):
+    """A cgroupfs or sysfs operation failed.
+
+    `errno` is the OS error number (None for a parse problem); `path` the cgroup or file; `op` the
+    operation (read, write, mkdir, rmdir, list); `value` what was being written, if anything.
+    """
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int | None = None,
+        path: str = "",
+        op: str = "",
+        value: str | None = None,
+    ) -> None:
+        self.message = message
+        self.errno = errno
+        self.path = path
+        self.op = op
+        self.value = value
+        super().__init__(message)

@@ -1,0 +1,270 @@
+"""Per-NUMA-node memory accounting in the kubelet Memory Manager's vocabulary.
+
+For every NUMA node and every resource (`memory`, `hugepages-<size>`) a `MemoryTable` holds
+``total``, ``system_reserved``, ``allocatable``, ``reserved`` and ``free`` with
+``free + reserved == allocatable``. A node also counts the blocks that reference it
+(``number_of_assignments``) and names its NUMA group (``cells``): ``(id,)`` for a free or
+single-NUMA node, the group's mask for a member of a cross-NUMA group.
+
+Where memstate differs from upstream (docs/deviations.md): a pod's reservation is recorded as
+exact per-node *takes*, and releasing a pod gives bytes back to the nodes they came from. Upstream
+drains the lowest node of the mask first, which makes per-node numbers drift from any replay of the
+surviving blocks (root cause of k/k#113130). With exact takes the machine state is a pure function
+of (topology, config, surviving allocations), whatever the history.
+
+`MachineBuilder` is the one mutable thing in the core: a scratch copy used inside a single
+`decide` or `apply` call and frozen before it is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from memstate.core.config import NodeConfig
+from memstate.core.errors import InvariantViolation
+from memstate.core.topology import MEMORY, Topology, hugepage_resource_name
+
+Mask = tuple[int, ...]
+
+
+class MemoryTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One (NUMA node, resource) row, as in the kubelet's `memory_manager_state`."""
+
+    total: int
+    system_reserved: int
+    allocatable: int
+    reserved: int
+    free: int
+
+
+class NumaNodeState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int
+    number_of_assignments: int
+    cells: Mask
+    memory_map: dict[str, MemoryTable]
+
+
+class Machine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole node map, nodes ascending by id."""
+
+    nodes: tuple[NumaNodeState, ...] = ()
+
+    def node(self, node_id: int) -> NumaNodeState:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def node_ids(self) -> Mask:
+        return tuple(n.id for n in self.nodes)
+
+
+class Take(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`size_bytes` of `resource` a pod holds on one NUMA node."""
+
+    numa_node: int
+    resource: str
+    size_bytes: int
+
+
+class Block(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A container's memory block: `{numaAffinity, type, size}` in kubelet terms."""
+
+    numa_affinity: Mask
+    type: str
+    size: int
+
+
+def default_machine(topology: Topology, config: NodeConfig) -> Machine:
+    """The fresh node map for a topology and config: nothing reserved, `cells = (id,)`.
+
+    Allocatable for hugepages is total − reserved; for memory it is total − reserved − every
+    hugepage pool of the node (hugepages are carved out of MemTotal). `validate_config_for_topology`
+    guarantees none of these is negative; a negative one here is an invariant violation.
+    """
+    nodes = []
+    for node in topology.nodes:
+        tables: dict[str, MemoryTable] = {}
+        hugepages_total = sum(p.total_bytes for p in node.hugepages)
+        memory_reserved = config.reserved(node.id, MEMORY)
+        tables[MEMORY] = _fresh_table(
+            node.memory_bytes,
+            memory_reserved,
+            node.memory_bytes - memory_reserved - hugepages_total,
+        )
+        for size in topology.hugepage_sizes:
+            resource = hugepage_resource_name(size)
+            total = node.hugepage_bytes(size)
+            reserved = config.reserved(node.id, resource)
+            tables[resource] = _fresh_table(total, reserved, total - reserved)
+        for resource, table in tables.items():
+            if table.allocatable < 0:
+                raise InvariantViolation(
+                    f"NUMA node {node.id}: allocatable {resource} would be negative "
+                    f"({table.allocatable}); the config was not validated against the topology"
+                )
+        nodes.append(
+            NumaNodeState(id=node.id, number_of_assignments=0, cells=(node.id,), memory_map=tables)
+        )
+    return Machine(nodes=tuple(nodes))
+
+
+def _fresh_table(total: int, system_reserved: int, allocatable: int) -> MemoryTable:
+    return MemoryTable(
+        total=total,
+        system_reserved=system_reserved,
+        allocatable=allocatable,
+        reserved=0,
+        free=allocatable,
+    )
+
+
+class MachineBuilder:
+    """A mutable scratch copy of a `Machine` (one decision or one apply, then `freeze`)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self._ids: list[int] = [n.id for n in machine.nodes]
+        self._assignments: dict[int, int] = {n.id: n.number_of_assignments for n in machine.nodes}
+        self._cells: dict[int, Mask] = {n.id: n.cells for n in machine.nodes}
+        self._reserved: dict[tuple[int, str], int] = {}
+        self._allocatable: dict[tuple[int, str], int] = {}
+        self._base: dict[int, NumaNodeState] = {n.id: n for n in machine.nodes}
+        for n in machine.nodes:
+            for resource, table in n.memory_map.items():
+                self._reserved[(n.id, resource)] = table.reserved
+                self._allocatable[(n.id, resource)] = table.allocatable
+
+    # --- queries --------------------------------------------------------------------------------
+
+    @property
+    def node_ids(self) -> list[int]:
+        return self._ids
+
+    def has(self, node_id: int, resource: str) -> bool:
+        return (node_id, resource) in self._allocatable
+
+    def free(self, node_id: int, resource: str) -> int:
+        key = (node_id, resource)
+        return self._allocatable.get(key, 0) - self._reserved.get(key, 0)
+
+    def allocatable(self, node_id: int, resource: str) -> int:
+        return self._allocatable.get((node_id, resource), 0)
+
+    def assignments(self, node_id: int) -> int:
+        return self._assignments[node_id]
+
+    def cells(self, node_id: int) -> Mask:
+        return self._cells[node_id]
+
+    # --- updates --------------------------------------------------------------------------------
+
+    def fill(self, mask: Mask, resource: str, amount: int) -> list[Take]:
+        """Reserve `amount` on `mask`, lowest node first, as far as free memory goes.
+
+        Returns the takes; the caller checks that they add up to `amount`.
+        """
+        takes: list[Take] = []
+        remaining = amount
+        for node_id in mask:
+            if remaining <= 0:
+                break
+            available = self.free(node_id, resource)
+            if available <= 0:
+                continue
+            taken = min(available, remaining)
+            self._reserved[(node_id, resource)] += taken
+            remaining -= taken
+            takes.append(Take(numa_node=node_id, resource=resource, size_bytes=taken))
+        return takes
+
+    def reserve(self, takes: Iterable[Take]) -> None:
+        """Apply recorded takes; free memory must not go negative."""
+        for take in takes:
+            key = (take.numa_node, take.resource)
+            if key not in self._allocatable:
+                raise InvariantViolation(
+                    f"take of {take.resource} on NUMA node {take.numa_node}: no such table"
+                )
+            self._reserved[key] += take.size_bytes
+            if self._reserved[key] > self._allocatable[key]:
+                raise InvariantViolation(
+                    f"NUMA node {take.numa_node} {take.resource}: reserved "
+                    f"{self._reserved[key]} exceeds allocatable {self._allocatable[key]}"
+                )
+
+    def release(self, takes: Iterable[Take]) -> None:
+        for take in takes:
+            key = (take.numa_node, take.resource)
+            self._reserved[key] -= take.size_bytes
+            if self._reserved[key] < 0:
+                raise InvariantViolation(
+                    f"NUMA node {take.numa_node} {take.resource}: release below zero"
+                )
+
+    def assign(self, blocks: Iterable[Block]) -> None:
+        """Count blocks on every node of their mask and join the nodes into the mask's group."""
+        for block in blocks:
+            for node_id in block.numa_affinity:
+                self._assignments[node_id] += 1
+                self._cells[node_id] = block.numa_affinity
+
+    def unassign(self, blocks: Iterable[Block]) -> None:
+        for block in blocks:
+            for node_id in block.numa_affinity:
+                self._assignments[node_id] -= 1
+                if self._assignments[node_id] < 0:
+                    raise InvariantViolation(f"NUMA node {node_id}: assignments below zero")
+                if self._assignments[node_id] == 0:
+                    self._cells[node_id] = (node_id,)
+
+    def freeze(self) -> Machine:
+        nodes = []
+        for node_id in self._ids:
+            base = self._base[node_id]
+            tables = {}
+            for resource, table in base.memory_map.items():
+                reserved = self._reserved[(node_id, resource)]
+                if reserved == table.reserved:
+                    tables[resource] = table
+                else:
+                    tables[resource] = MemoryTable(
+                        total=table.total,
+                        system_reserved=table.system_reserved,
+                        allocatable=table.allocatable,
+                        reserved=reserved,
+                        free=table.allocatable - reserved,
+                    )
+            assignments = self._assignments[node_id]
+            cells = self._cells[node_id]
+            if (
+                assignments == base.number_of_assignments
+                and cells == base.cells
+                and all(tables[r] is base.memory_map[r] for r in tables)
+            ):
+                nodes.append(base)
+            else:
+                nodes.append(
+                    NumaNodeState(
+                        id=node_id,
+                        number_of_assignments=assignments,
+                        cells=cells,
+                        memory_map=tables,
+                    )
+                )
+        return Machine(nodes=tuple(nodes))
+
+
+def merge_takes(takes: Iterable[Take]) -> tuple[Take, ...]:
+    """Sum takes per (node, resource), drop zeros, sort: the canonical form stored in state."""
+    totals: dict[tuple[int, str], int] = {}
+    for take in takes:
+        key = (take.numa_node, take.resource)
+        totals[key] = totals.get(key, 0) + take.size_bytes
+    return tuple(
+        Take(numa_node=node_id, resource=resource, size_bytes=size)
+        for (node_id, resource), size in sorted(totals.items())
+        if size != 0
+    )

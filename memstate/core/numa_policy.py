@@ -1,0 +1,510 @@
+"""Memory Manager Static policy and its admission flow through the Topology Manager.
+
+`admit` is a pure function: (machine, topology, config, pod, other providers' hints) → either a
+`PodAllocation` or a rejection with the upstream reason, plus the pinning counters. It follows the
+kubelet v1.32 Static policy (memory-manager.md §2–§4):
+
+- hints: every NUMA mask, by size then lexicographically; `preferred` means "smallest node count
+  that could physically hold the request"; masks that would mix single- and cross-NUMA use or
+  split a group are skipped; memory and hugepages are decided on one mask;
+- allocate: the Topology Manager's hint, else the best default hint; extend to a superset when
+  the mask lacks free memory; refuse a multi-node mask that breaks the group rule (k/k#123443);
+  fill the mask lowest node first;
+- init containers: memory of regular init containers is reused by later containers of the pod on
+  the same mask, and their blocks shrink so that a pod's block sizes add up to what it holds;
+  sidecars' memory is never reused.
+
+Differences from upstream are deliberate and listed in docs/deviations.md: the admission is atomic
+(a rejected pod leaves no partial allocation behind, instead of waiting for stale-state cleanup),
+per-node takes are exact, and a single-node hint on a node that belongs to a group is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from memstate.core.config import NodeConfig
+from memstate.core.errors import AdmissionError, InvariantViolation
+from memstate.core.machine import Block, Machine, MachineBuilder, Mask, Take, merge_takes
+from memstate.core.pod import GUARANTEED, ContainerSpec, Pod, numa_requests, pod_numa_requests
+from memstate.core.pod import qos_class as pod_qos_class
+from memstate.core.quantity import format_bytes
+from memstate.core.topology import MEMORY, Topology
+from memstate.core.topology_hints import (
+    EMPTY_HINT,
+    ProviderAnswer,
+    TopologyHint,
+    merge_hints,
+    to_bits,
+)
+
+TOPOLOGY_AFFINITY_ERROR = "TopologyAffinityError"
+UNEXPECTED_ADMISSION_ERROR = "UnexpectedAdmissionError"
+
+MSG_NO_DEFAULT = (
+    "failed to get the default NUMA affinity, no NUMA nodes with enough memory is available"
+)
+MSG_NO_DEFAULT_PREFERRED = "failed to find the default preferred hint"
+MSG_NO_EXTENSION = "failed to find NUMA nodes to extend the current topology hint"
+MSG_NO_EXTENDED_PREFERRED = "failed to find the extended preferred hint"
+MSG_GROUP_VIOLATION = "preferred hint violates NUMA node allocation"
+
+
+class ProviderHints(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Another hint provider's answer, recorded with an admission request.
+
+    `container` "" applies to every container (and to the pod in pod scope). `hints` None means
+    the provider has no preference; a resource mapped to None has no preference for it; an empty
+    tuple means no possible affinity.
+    """
+
+    provider: str
+    container: str = ""
+    hints: dict[str, tuple[TopologyHint, ...] | None] | None = None
+
+
+class ContainerAllocation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A container's blocks and the Topology Manager hint it was admitted with."""
+
+    name: str
+    hint: TopologyHint
+    blocks: tuple[Block, ...]
+
+
+class PodAllocation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything a pinned pod holds: per-container blocks and the exact per-node takes."""
+
+    containers: tuple[ContainerAllocation, ...]
+    takes: tuple[Take, ...]
+
+    @property
+    def numa_nodes(self) -> Mask:
+        """Union of the blocks' masks: the pod's `cpuset.mems`."""
+        return tuple(
+            sorted({n for c in self.containers for b in c.blocks for n in b.numa_affinity})
+        )
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return tuple(b for c in self.containers for b in c.blocks)
+
+    def reserved_bytes(self, resource: str) -> int:
+        return sum(t.size_bytes for t in self.takes if t.resource == resource)
+
+
+@dataclass
+class Admission:
+    """The outcome of `admit`. Exactly one of `allocation`/`rejection` matters:
+    `rejection` None means admitted (with `allocation` None when nothing is pinned)."""
+
+    allocation: PodAllocation | None
+    rejection: AdmissionError | None
+    pinning_requests: int
+    pinning_errors: int
+
+
+def node_distances(topology: Topology, config: NodeConfig) -> dict[int, tuple[int, ...]] | None:
+    """Distance rows keyed by node id, when `prefer-closest-numa-nodes` is on and known."""
+    if not config.prefer_closest_numa_nodes:
+        return None
+    ids = topology.node_ids
+    rows: dict[int, tuple[int, ...]] = {}
+    for node in topology.nodes:
+        if len(node.distances) != len(ids):
+            return None
+        # Rows are given in node-id order; re-key them by id for masks with sparse ids.
+        rows[node.id] = tuple(0 for _ in range(max(ids) + 1))
+        row = list(rows[node.id])
+        for index, other in enumerate(ids):
+            row[other] = node.distances[index]
+        rows[node.id] = tuple(row)
+    return rows
+
+
+# --- hint generation ------------------------------------------------------------------------------
+
+
+def _all_masks(node_ids: Sequence[int]) -> list[Mask]:
+    return [
+        m for size in range(1, len(node_ids) + 1) for m in itertools.combinations(node_ids, size)
+    ]
+
+
+def calculate_hints(
+    machine: MachineBuilder,
+    requests: Mapping[str, int],
+    reusable: Mapping[tuple[Mask, str], int],
+) -> dict[str, list[TopologyHint]]:
+    """`calculateHints`: the same mask list for every requested resource, or an empty map."""
+    node_ids = machine.node_ids
+    min_size = len(node_ids)
+    feasible: list[Mask] = []
+    for mask in _all_masks(node_ids):
+        if any(sum(machine.allocatable(n, r) for n in mask) < size for r, size in requests.items()):
+            continue
+        # Computed before the group and free checks: "preferred" means the smallest node count
+        # that could physically hold the request, not one that has room now.
+        min_size = min(min_size, len(mask))
+        if len(mask) == 1:
+            if len(machine.cells(mask[0])) > 1:
+                continue  # the node belongs to a cross-NUMA group
+        elif any(
+            machine.assignments(n) > 0
+            and (len(machine.cells(n)) == 1 or set(machine.cells(n)) != set(mask))
+            for n in mask
+        ):
+            continue  # would mix single- and cross-NUMA use, or split a group
+        if any(
+            sum(machine.free(n, r) for n in mask) + reusable.get((mask, r), 0) < size
+            for r, size in requests.items()
+        ):
+            continue
+        feasible.append(mask)
+    if not feasible:
+        return {}
+    hints = [TopologyHint(numa_affinity=m, preferred=len(m) == min_size) for m in feasible]
+    return {r: list(hints) for r in sorted(requests)}
+
+
+def find_best_hint(hints: Sequence[TopologyHint]) -> TopologyHint:
+    """`findBestHint`: preferred first, then the narrower mask."""
+
+    def key(hint: TopologyHint) -> tuple[bool, int, int]:
+        bits = to_bits(hint.numa_affinity or ())
+        return (not hint.preferred, bits.bit_count(), bits)
+
+    return min(hints, key=key)
+
+
+# --- allocation -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _PodAllocator:
+    """Scratch state of one pod's admission: the machine copy, reusable init memory, blocks."""
+
+    machine: MachineBuilder
+    pod: Pod
+    reusable: dict[tuple[Mask, str], int] = field(default_factory=dict)
+    blocks: dict[str, list[Block]] = field(default_factory=dict)
+    hints: dict[str, TopologyHint] = field(default_factory=dict)
+    takes: list[Take] = field(default_factory=list)
+
+    def fail(self, container: ContainerSpec, core: str, detail: str) -> AdmissionError:
+        message = (
+            f"[memorymanager] {core} (pod {self.pod.key}, container {container.name}: {detail})"
+        )
+        return AdmissionError(UNEXPECTED_ADMISSION_ERROR, message)
+
+    def describe(self, requests: Mapping[str, int], mask: Mask | None = None) -> str:
+        wanted = ", ".join(f"{r} {format_bytes(v)}" for r, v in requests.items())
+        nodes = mask if mask is not None else tuple(self.machine.node_ids)
+        free = "; ".join(
+            f"free {r}: "
+            + ", ".join(f"node {n} {format_bytes(self.machine.free(n, r))}" for n in nodes)
+            for r in requests
+        )
+        where = f"mask {list(mask)}, " if mask is not None else ""
+        return f"requested {wanted}; {where}{free}"
+
+    def satisfies(self, mask: Mask, requests: Mapping[str, int]) -> bool:
+        """`isAffinitySatisfyRequest`: free memory on the mask, reusable memory not counted."""
+        return all(
+            sum(self.machine.free(n, r) for n in mask) >= size for r, size in requests.items()
+        )
+
+    def allocate(self, container: ContainerSpec, hint: TopologyHint) -> None:
+        """The Static policy's `Allocate` for one container; raises `AdmissionError`."""
+        requests = numa_requests(container)
+        self.hints[container.name] = hint
+        best = hint
+        if best.numa_affinity is None:
+            hints = calculate_hints(self.machine, requests, self.reusable)
+            if not hints:
+                raise self.fail(container, MSG_NO_DEFAULT, self.describe(requests))
+            default = find_best_hint(hints[MEMORY])
+            if not default.preferred and best.preferred:
+                raise self.fail(container, MSG_NO_DEFAULT_PREFERRED, self.describe(requests))
+            best = default
+        assert best.numa_affinity is not None
+        if not self.satisfies(best.numa_affinity, requests):
+            best = self._extend(container, requests, best)
+        mask = best.numa_affinity
+        assert mask is not None
+        self._check_group_rule(container, mask, requests)
+
+        blocks = [Block(numa_affinity=mask, type=r, size=size) for r, size in requests.items()]
+        for block in blocks:
+            amount = max(block.size - self.reusable.get((mask, block.type), 0), 0)
+            takes = self.machine.fill(mask, block.type, amount)
+            if sum(t.size_bytes for t in takes) != amount:
+                raise InvariantViolation(
+                    f"pod {self.pod.key} container {container.name}: filled less than the "
+                    f"{amount} bytes of {block.type} the free-memory check promised"
+                )
+            self.takes.extend(takes)
+        self.machine.assign(blocks)
+        self.blocks[container.name] = blocks
+        self._update_reusable(container, blocks)
+        self._shrink_init_blocks(container, blocks)
+
+    def _extend(
+        self, container: ContainerSpec, requests: Mapping[str, int], current: TopologyHint
+    ) -> TopologyHint:
+        """`extendTopologyManagerHint`: the best feasible superset of the current mask."""
+        assert current.numa_affinity is not None
+        hints = calculate_hints(self.machine, requests, self.reusable)
+        wanted = set(current.numa_affinity)
+        supersets = [
+            h
+            for h in hints.get(MEMORY, [])
+            if h.numa_affinity is not None and wanted <= set(h.numa_affinity)
+        ]
+        if not supersets:
+            raise self.fail(
+                container, MSG_NO_EXTENSION, self.describe(requests, current.numa_affinity)
+            )
+        extended = find_best_hint(supersets)
+        if not extended.preferred and current.preferred:
+            raise self.fail(
+                container, MSG_NO_EXTENDED_PREFERRED, self.describe(requests, current.numa_affinity)
+            )
+        return extended
+
+    def _check_group_rule(
+        self, container: ContainerSpec, mask: Mask, requests: Mapping[str, int]
+    ) -> None:
+        """No node may hold single- and cross-NUMA blocks at once (k/k#123443, v1.32).
+
+        Upstream checks multi-node masks only; memstate also refuses a single-node mask on a
+        member of a group (reachable only through another provider's hint).
+        """
+        if len(mask) > 1:
+            broken = [
+                n for n in mask if self.machine.assignments(n) > 0 and self.machine.cells(n) != mask
+            ]
+        else:
+            node = mask[0]
+            broken = (
+                [node]
+                if self.machine.assignments(node) > 0 and len(self.machine.cells(node)) > 1
+                else []
+            )
+        if broken:
+            groups = ", ".join(f"node {n} in group {list(self.machine.cells(n))}" for n in broken)
+            raise self.fail(
+                container,
+                MSG_GROUP_VIOLATION,
+                f"{self.describe(requests, mask)}; {groups}",
+            )
+
+    def _update_reusable(self, container: ContainerSpec, blocks: Sequence[Block]) -> None:
+        for block in blocks:
+            key = (block.numa_affinity, block.type)
+            current = self.reusable.get(key, 0)
+            if container.is_init:
+                self.reusable[key] = max(current, block.size)
+            elif current:
+                self.reusable[key] = 0 if block.size >= current else current - block.size
+
+    def _shrink_init_blocks(self, container: ContainerSpec, blocks: Sequence[Block]) -> None:
+        """Move reused bytes from earlier regular init containers' blocks to this container, so
+        that the pod's block sizes add up to what it holds."""
+        for block in blocks:
+            remaining = block.size
+            for earlier in self.pod.containers:
+                if earlier.name == container.name or earlier.kind == "app":
+                    break
+                if earlier.kind != "init":
+                    continue  # a sidecar's memory is never reused
+                earlier_blocks = self.blocks.get(earlier.name, [])
+                for index, init_block in enumerate(earlier_blocks):
+                    if (
+                        init_block.size == 0
+                        or init_block.type != block.type
+                        or init_block.numa_affinity != block.numa_affinity
+                    ):
+                        continue
+                    moved = min(init_block.size, remaining)
+                    remaining -= moved
+                    earlier_blocks[index] = msgspec.structs.replace(
+                        init_block, size=init_block.size - moved
+                    )
+
+    def result(self) -> PodAllocation:
+        containers = tuple(
+            ContainerAllocation(
+                name=c.name,
+                hint=self.hints.get(c.name, EMPTY_HINT),
+                blocks=tuple(self.blocks.get(c.name, ())),
+            )
+            for c in self.pod.containers
+        )
+        allocation = PodAllocation(containers=containers, takes=merge_takes(self.takes))
+        for resource in {b.type for b in allocation.blocks}:
+            held = allocation.reserved_bytes(resource)
+            listed = sum(b.size for b in allocation.blocks if b.type == resource)
+            if held != listed:
+                raise InvariantViolation(
+                    f"pod {self.pod.key}: blocks list {listed} bytes of {resource} but the pod "
+                    f"holds {held}"
+                )
+        return allocation
+
+
+# --- admission ------------------------------------------------------------------------------------
+
+
+def _provider_answers(
+    hints: Sequence[ProviderHints], container: str | None
+) -> list[ProviderAnswer]:
+    answers: list[ProviderAnswer] = []
+    for entry in hints:
+        if container is None or entry.container in ("", container):
+            answers.append(entry.hints)
+    return answers
+
+
+def pins(pod: Pod, config: NodeConfig) -> bool:
+    """Whether the Memory Manager pins this pod: Static policy and a Guaranteed pod."""
+    return config.memory_manager_policy == "Static" and pod_qos_class(pod) == GUARANTEED
+
+
+def admit(
+    machine: Machine,
+    topology: Topology,
+    config: NodeConfig,
+    pod: Pod,
+    provider_hints: Sequence[ProviderHints] = (),
+) -> Admission:
+    """Run a pod through the Topology Manager and the Memory Manager. Pure."""
+    pinned = pins(pod, config)
+    allocator = _PodAllocator(machine=MachineBuilder(machine), pod=pod)
+    node_ids = topology.node_ids
+    distances = node_distances(topology, config)
+    policy = config.topology_manager_policy
+    requests = 0
+
+    def reject(reason: str, message: str, errors: int) -> Admission:
+        return Admission(None, AdmissionError(reason, message), requests, errors)
+
+    def topology_error(hint: TopologyHint, who: str) -> Admission:
+        mask = "any" if hint.numa_affinity is None else list(hint.numa_affinity)
+        return reject(
+            TOPOLOGY_AFFINITY_ERROR,
+            f"Resources cannot be allocated with Topology locality ({who}: best hint {mask}, "
+            f"not preferred; topologyManagerPolicy {policy})",
+            0,
+        )
+
+    pod_hint: TopologyHint | None = None
+    if policy != "none" and config.topology_manager_scope == "pod":
+        mm_answer = (
+            calculate_hints(allocator.machine, pod_numa_requests(pod), {}) if pinned else None
+        )
+        pod_hint, ok = merge_hints(
+            policy,
+            node_ids,
+            [mm_answer, *_provider_answers(provider_hints, None)],
+            distances=distances,
+        )
+        if not ok:
+            return topology_error(pod_hint, f"pod {pod.key}")
+
+    for container in pod.containers:
+        if policy == "none":
+            hint = EMPTY_HINT
+        elif pod_hint is not None:
+            hint = pod_hint
+        else:
+            mm_answer = (
+                calculate_hints(allocator.machine, numa_requests(container), allocator.reusable)
+                if pinned
+                else None
+            )
+            hint, ok = merge_hints(
+                policy,
+                node_ids,
+                [mm_answer, *_provider_answers(provider_hints, container.name)],
+                distances=distances,
+            )
+            if not ok:
+                return topology_error(hint, f"pod {pod.key} container {container.name}")
+        if not pinned:
+            continue
+        requests += 1
+        try:
+            allocator.allocate(container, hint)
+        except AdmissionError as exc:
+            return reject(
+                UNEXPECTED_ADMISSION_ERROR,
+                f"Allocate failed due to {exc.message}, which is unexpected",
+                1,
+            )
+    if not pinned:
+        return Admission(None, None, 0, 0)
+    return Admission(allocator.result(), None, requests, 0)
+
+
+# --- releasing ------------------------------------------------------------------------------------
+
+
+def reserve(machine: Machine, allocation: PodAllocation) -> Machine:
+    """Add a recorded allocation to the machine (admission, or re-adding after a rebuild)."""
+    builder = MachineBuilder(machine)
+    builder.reserve(allocation.takes)
+    builder.assign(allocation.blocks)
+    return builder.freeze()
+
+
+def release(machine: Machine, allocation: PodAllocation) -> Machine:
+    """Give back everything a pod holds."""
+    builder = MachineBuilder(machine)
+    builder.release(allocation.takes)
+    builder.unassign(allocation.blocks)
+    return builder.freeze()
+
+
+def release_init_containers(
+    machine: Machine, pod: Pod, allocation: PodAllocation
+) -> tuple[Machine, PodAllocation]:
+    """The app containers started, so the regular init containers are done (the kubelet's
+    `AddContainer`): drop their blocks and give back what they still held.
+
+    The bytes come back from the pod's own takes on each block's mask, lowest node first.
+    """
+    init_names = {c.name for c in pod.containers if c.kind == "init"}
+    dropped = [b for c in allocation.containers if c.name in init_names for b in c.blocks]
+    if not dropped:
+        return machine, allocation
+    remaining = {(t.numa_node, t.resource): t.size_bytes for t in allocation.takes}
+    freed: list[Take] = []
+    for block in dropped:
+        amount = block.size
+        for node_id in block.numa_affinity:
+            key = (node_id, block.type)
+            taken = min(remaining.get(key, 0), amount)
+            if taken:
+                remaining[key] -= taken
+                amount -= taken
+                freed.append(Take(numa_node=node_id, resource=block.type, size_bytes=taken))
+        if amount:
+            raise InvariantViolation(
+                f"pod {pod.key}: init block of {block.size} bytes of {block.type} on "
+                f"{list(block.numa_affinity)} is not covered by the pod's takes"
+            )
+    builder = MachineBuilder(machine)
+    builder.release(freed)
+    builder.unassign(dropped)
+    kept = tuple(
+        ContainerAllocation(name=c.name, hint=c.hint, blocks=()) if c.name in init_names else c
+        for c in allocation.containers
+    )
+    takes = merge_takes(
+        Take(numa_node=n, resource=r, size_bytes=size) for (n, r), size in remaining.items()
+    )
+    return builder.freeze(), PodAllocation(containers=kept, takes=takes)

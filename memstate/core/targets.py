@@ -1,0 +1,89 @@
+"""Cgroup targets: the values every pod and QoS-level cgroup must carry (the interface types).
+
+The reducer's state says which pods run and what they hold; `memstate.core.qos` turns that into
+`NodeTargets`, which the reconciler converges the live tree to and `memstate status` prints.
+
+Conventions:
+- `path` is relative to the cgroup2 mount (or the delegated subtree the reconciler owns), joined
+  with "/", and built only from validated components (`memstate.core.cgroup_paths`). The root of
+  the managed tree is the empty path "".
+- `files` maps a cgroup interface file to the exact value memstate wants in it, as text the kernel
+  accepts: decimal bytes, "max", a NUMA node list ("0-1"), or "" for an empty cpuset. Values are
+  exact; page rounding is the planner's business (it compares in kernel-normalised form).
+- A file absent from `files` is not managed and never touched.
+- `controllers` lists what must be enabled in this cgroup's `cgroup.subtree_control` for its
+  children's managed files to exist.
+- `cgroups` is ordered parents before children, deterministically.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from memstate.core.pod import QOSClass
+
+CgroupLevel = Literal["root", "node", "qos", "pod"]
+
+MEMORY_MIN = "memory.min"
+MEMORY_LOW = "memory.low"
+MEMORY_HIGH = "memory.high"
+MEMORY_MAX = "memory.max"
+CPUSET_MEMS = "cpuset.mems"
+MEMORY_FILES = (MEMORY_MIN, MEMORY_LOW, MEMORY_HIGH, MEMORY_MAX)
+
+
+class ContainerTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the kubelet would put into the CRI `unified` map for a container.
+
+    memstate does not create container cgroups (the runtime does); these values are reported in
+    status and audit output and used by the invariant checks.
+    """
+
+    name: str
+    files: dict[str, str]
+
+
+class PodTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A pod cgroup's targets, plus its containers' for reference."""
+
+    uid: str
+    qos_class: QOSClass
+    cgroup: str
+    files: dict[str, str]
+    containers: tuple[ContainerTargets, ...]
+
+
+class CgroupTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One cgroup the reconciler owns: where it is and what it must contain."""
+
+    path: str
+    level: CgroupLevel
+    files: dict[str, str] = {}
+    controllers: tuple[str, ...] = ()
+    pod_uid: str = ""
+
+
+class NodeTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole desired tree for the node."""
+
+    cgroups: tuple[CgroupTarget, ...]
+    pods: tuple[PodTargets, ...]
+    # The values of kubelet_memory_qos_node_memory_{min,low}_bytes.
+    node_memory_min_bytes: int
+    node_memory_low_bytes: int
+    # Over-commit and similar conditions ordering cannot fix: reported, never hidden.
+    warnings: tuple[str, ...] = ()
+
+    def cgroup(self, path: str) -> CgroupTarget:
+        for target in self.cgroups:
+            if target.path == path:
+                return target
+        raise KeyError(path)
+
+    def pod(self, uid: str) -> PodTargets:
+        for target in self.pods:
+            if target.uid == uid:
+                return target
+        raise KeyError(uid)
