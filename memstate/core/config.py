@@ -67,7 +67,7 @@ class KubeletConfigFile(msgspec.Struct, forbid_unknown_fields=True, rename="came
     cgroup_driver: CgroupDriver = "cgroupfs"
     cgroup_root: str = "/"
     cgroups_per_qos: bool = msgspec.field(name="cgroupsPerQOS", default=True)
-    enforce_node_allocatable: list[str] = ["pods"]
+    enforce_node_allocatable: list[str] = msgspec.field(default_factory=lambda: ["pods"])
     feature_gates: dict[str, bool] = {}
 
 
