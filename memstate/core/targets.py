@@ -22,7 +22,7 @@ from typing import Literal
 
 import msgspec
 
-from memstate.core.pod import QOSClass
+from memstate.core.pod import ContainerKind, QOSClass
 
 CgroupLevel = Literal["root", "node", "qos", "pod"]
 
@@ -43,6 +43,9 @@ class ContainerTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     files: dict[str, str]
+    # "init", "sidecar" or "app": which containers run at the same time, for the check that a
+    # pod's protection covers its live containers (memstate.core.qos.check_targets).
+    kind: ContainerKind = "app"
 
 
 class PodTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,0 +1,246 @@
+"""cgroup naming: where the node, QoS and pod cgroups live, for both cgroup drivers.
+
+Theory of operation (memory-qos.md §6). The kubelet first builds an *internal name*, a tuple of
+components, and only then renders it for a driver:
+
+- node allocatable root: cgroupRoot components + ``kubepods``;
+- QoS cgroups: node root + ``burstable`` / ``besteffort`` (there is no Guaranteed QoS cgroup);
+- Guaranteed pods: node root + ``pod<uid>``; Burstable/BestEffort pods: QoS cgroup + ``pod<uid>``.
+
+Rendering:
+
+- **cgroupfs**: components joined with "/" (``kubepods/burstable/pod<uid>``);
+- **systemd**: in each component "-" becomes "_", components are joined with "-" and ``.slice``
+  appended, and the slice is expanded into its ancestors, one directory per "-" prefix
+  (``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice``).
+
+Every path is relative to the cgroup2 mount; "" is the mount root. Components are validated
+defensively even though pods and configs were validated on the way in: a component is the only
+thing standing between a pod UID and a path that escapes the tree ("/", ".."), so anything that is
+not letters, digits and inner '-' (UIDs) or inner '.' (cgroupRoot) is an `InvariantViolation`.
+Components never contain "_", which is what makes the systemd rendering reversible:
+`parse_cgroup_path` turns "_" back into "-" for orphan detection.
+
+The kernel's hugetlb file names (``hugetlb.2MB.max``) are rendered here as well, because they are
+naming, not values. (memstate/host or core cgroup_values may carry a similar helper; to be
+deduplicated.)
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from memstate.core.config import CgroupDriver, NodeConfig
+from memstate.core.errors import InvariantViolation
+from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED, QOSClass
+from memstate.core.targets import CgroupLevel
+
+NODE_COMPONENT = "kubepods"
+POD_PREFIX = "pod"
+SLICE_SUFFIX = ".slice"
+QOS_COMPONENTS: dict[QOSClass, str] = {BURSTABLE: "burstable", BEST_EFFORT: "besteffort"}
+
+# Same rule as pod admission (memstate.core.pod): letters, digits, inner dashes, <= 128 chars.
+_UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
+# Same rule as config.parse_cgroup_root: letters, digits and inner dots.
+_ROOT_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
+# A systemd-escaped UID as found in a slice name ("-" became "_").
+_ESCAPED_UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]{0,126}[A-Za-z0-9])?")
+
+_KIB = 1024
+_MIB = 1024 * _KIB
+_GIB = 1024 * _MIB
+
+
+class ParsedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a path in the managed tree is: its level, and for pods the UID and the QoS class
+    implied by where the cgroup sits (Guaranteed directly under kubepods)."""
+
+    level: CgroupLevel
+    pod_uid: str = ""
+    qos_class: QOSClass | None = None
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def validate_pod_uid(uid: str) -> str:
+    """Return `uid` if it can safely become part of a cgroup name, else raise
+    `InvariantViolation` (admission should have rejected it)."""
+    if not _UID_RE.fullmatch(uid):
+        raise InvariantViolation(
+            f"pod uid {uid!r} cannot be used in a cgroup name (letters, digits and inner '-' only)"
+        )
+    return uid
+
+
+def _validate_root(components: tuple[str, ...]) -> tuple[str, ...]:
+    for component in components:
+        if not _ROOT_COMPONENT_RE.fullmatch(component):
+            raise InvariantViolation(
+                f"cgroupRoot component {component!r} cannot be used in a cgroup name"
+            )
+    return components
+
+
+# --- internal names -------------------------------------------------------------------------------
+
+
+def node_components(config: NodeConfig) -> tuple[str, ...]:
+    """Internal name of the node allocatable cgroup: cgroupRoot + ``kubepods``."""
+    return (*_validate_root(config.cgroup_root), NODE_COMPONENT)
+
+
+def qos_components(config: NodeConfig, qos_class: QOSClass) -> tuple[str, ...]:
+    """Internal name of the Burstable or BestEffort QoS cgroup (Guaranteed has none)."""
+    if qos_class not in QOS_COMPONENTS:
+        raise InvariantViolation(f"QoS class {qos_class!r} has no QoS-level cgroup")
+    return (*node_components(config), QOS_COMPONENTS[qos_class])
+
+
+def pod_components(config: NodeConfig, uid: str, qos_class: QOSClass) -> tuple[str, ...]:
+    """Internal name of a pod cgroup: Guaranteed pods directly under kubepods, the others under
+    their QoS cgroup."""
+    name = POD_PREFIX + validate_pod_uid(uid)
+    if qos_class == GUARANTEED:
+        return (*node_components(config), name)
+    return (*qos_components(config, qos_class), name)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def cgroup_path(components: tuple[str, ...], driver: CgroupDriver) -> str:
+    """Render an internal name for a driver, relative to the mount ("" for no components)."""
+    for component in components:
+        # The components were built from validated parts; this guards new callers.
+        if not component or "/" in component or "_" in component or component in (".", ".."):
+            raise InvariantViolation(f"cgroup name component {component!r} is not safe")
+    if driver == "cgroupfs":
+        return "/".join(components)
+    if driver == "systemd":
+        escaped = [c.replace("-", "_") for c in components]
+        return "/".join(
+            "-".join(escaped[: index + 1]) + SLICE_SUFFIX for index in range(len(escaped))
+        )
+    raise InvariantViolation(f"unknown cgroup driver {driver!r}")
+
+
+def node_path(config: NodeConfig) -> str:
+    """Path of the node allocatable cgroup (``kubepods`` or ``kubepods.slice``)."""
+    return cgroup_path(node_components(config), config.cgroup_driver)
+
+
+def qos_path(config: NodeConfig, qos_class: QOSClass) -> str:
+    """Path of the Burstable or BestEffort QoS cgroup."""
+    return cgroup_path(qos_components(config, qos_class), config.cgroup_driver)
+
+
+def pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
+    """Path of a pod cgroup."""
+    return cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
+
+
+def root_paths(config: NodeConfig) -> tuple[str, ...]:
+    """The managed cgroups above kubepods: the mount root "" and one path per cgroupRoot
+    component (``foo`` / ``foo.slice``), top-down."""
+    return ancestor_paths(node_path(config))
+
+
+# --- path arithmetic ------------------------------------------------------------------------------
+
+
+def path_depth(path: str) -> int:
+    """Number of components of a rendered path ("" is 0)."""
+    return 0 if path == "" else path.count("/") + 1
+
+
+def parent_path(path: str) -> str | None:
+    """The parent of `path`, or None for the mount root ""."""
+    if path == "":
+        return None
+    head, _, _ = path.rpartition("/")
+    return head
+
+
+def ancestor_paths(path: str) -> tuple[str, ...]:
+    """Every proper ancestor of `path`, from the mount root "" down to its parent."""
+    if path == "":
+        return ()
+    parts = path.split("/")
+    return tuple("/".join(parts[:index]) for index in range(len(parts)))
+
+
+# --- reverse mapping ------------------------------------------------------------------------------
+
+
+def parse_cgroup_path(path: str, config: NodeConfig) -> ParsedCgroup | None:
+    """What `path` is in the tree memstate manages under `config`, or None if it is not a
+    memstate-managed name (a container, another agent's cgroup, a malformed pod name).
+
+    Used for orphan detection: the reconciler lists the children of kubepods and the QoS cgroups
+    and removes pod cgroups whose UID is no longer wanted. Live directory names are foreign input,
+    so a bad name yields None, never an exception.
+    """
+    node = node_path(config)
+    if path in root_paths(config):
+        return ParsedCgroup(level="root")
+    if path == node:
+        return ParsedCgroup(level="node")
+    qos_by_path = {qos_path(config, cls): cls for cls in QOS_COMPONENTS}
+    if path in qos_by_path:
+        return ParsedCgroup(level="qos")
+    parent = parent_path(path)
+    if parent is None:
+        return None
+    if parent == node:
+        qos_class: QOSClass = GUARANTEED
+    elif parent in qos_by_path:
+        qos_class = qos_by_path[parent]
+    else:
+        return None
+    leaf = path.rpartition("/")[2]
+    uid = _pod_uid_from_leaf(leaf, parent, config.cgroup_driver)
+    if uid is None or pod_path(config, uid, qos_class) != path:
+        return None
+    return ParsedCgroup(level="pod", pod_uid=uid, qos_class=qos_class)
+
+
+def _pod_uid_from_leaf(leaf: str, parent: str, driver: CgroupDriver) -> str | None:
+    if driver == "cgroupfs":
+        if not leaf.startswith(POD_PREFIX):
+            return None
+        uid = leaf[len(POD_PREFIX) :]
+        return uid if _UID_RE.fullmatch(uid) else None
+    # systemd: the leaf is "<parent slice name without .slice>-pod<escaped uid>.slice".
+    parent_leaf = parent.rpartition("/")[2]
+    prefix = parent_leaf[: -len(SLICE_SUFFIX)] + "-" + POD_PREFIX
+    if not (leaf.startswith(prefix) and leaf.endswith(SLICE_SUFFIX)):
+        return None
+    escaped = leaf[len(prefix) : -len(SLICE_SUFFIX)]
+    if not _ESCAPED_UID_RE.fullmatch(escaped):
+        return None
+    uid = escaped.replace("_", "-")
+    return uid if _UID_RE.fullmatch(uid) else None
+
+
+# --- hugetlb file names ---------------------------------------------------------------------------
+
+
+def hugetlb_size_name(page_size_bytes: int) -> str:
+    """The kernel's name for a hugepage size in hugetlb controller files, as `mem_fmt` in
+    mm/hugetlb_cgroup.c prints it: whole GB, else whole MB, else KB (2 MiB → ``2MB``)."""
+    if page_size_bytes <= 0 or page_size_bytes % _KIB:
+        raise InvariantViolation(f"hugepage size {page_size_bytes} is not a multiple of 1 KiB")
+    if page_size_bytes >= _GIB:
+        return f"{page_size_bytes // _GIB}GB"
+    if page_size_bytes >= _MIB:
+        return f"{page_size_bytes // _MIB}MB"
+    return f"{page_size_bytes // _KIB}KB"
+
+
+def hugetlb_max_file(page_size_bytes: int) -> str:
+    """``hugetlb.<size>.max``, the hugetlb limit file for one page size."""
+    return f"hugetlb.{hugetlb_size_name(page_size_bytes)}.max"

@@ -1,0 +1,547 @@
+"""Memory QoS: the cgroup v2 targets of every pod and QoS-level cgroup (memory-qos.md §2–§6).
+
+Theory of operation. `node_targets` turns the set of running pods (with their Memory Manager
+allocations), the node config and the topology into one `NodeTargets`: the whole desired tree,
+parents before children, plus the values of the two upstream gauges and operator warnings. It is a
+pure function of its inputs — the order of the input pods does not matter — so the reducer can
+store per-pod results in decision events and the reconciler can recompute the tree at will.
+
+What is managed, per cgroup level:
+
+- **root** (the mount root "" and the cgroupRoot ancestors of kubepods): no files, only the
+  controllers their children need in `cgroup.subtree_control`.
+- **node** (kubepods): `memory.max` = node allocatable when ``pods`` is enforced, else the machine
+  capacity. With the MemoryQoS gate: `memory.min` = G_sum + B_sum and `memory.low` = B_sum under
+  TieredReservation (the low part is memstate decision §12.2, k/k#140267), "0"/"0" under None.
+- **qos** (burstable, besteffort): burstable `memory.low` = B_sum under TieredReservation;
+  burstable `memory.min` is written "0" explicitly (fixes the upgraded-node caveat §11.9).
+- **pod**: `memory.max` = the pod limit when every container declares one, else "max"; under
+  TieredReservation a Guaranteed pod's `memory.min`, or a Burstable pod's `memory.low`, is its
+  effective request (overhead and init/sidecar rules included). Pod `memory.high` is never set.
+  With the Static Memory Manager policy `cpuset.mems` carries the pinned NUMA nodes ("" =
+  inherit); every topology hugepage size gets `hugetlb.<size>.max` (the pod's hugepage limit, "0"
+  when it requested none: a pod cannot use hugepages it did not request, as in the kubelet).
+- **containers** are reported, not written (the runtime creates them): min/low per the *pod*
+  class, `memory.high` by the page-rounded formula of §4.1, `memory.max` = limit.
+
+"Unset" is rendered as the kernel default ("0" for min/low, "max" for high/max) and still managed:
+drift gets corrected, and a fresh tree needs no write. With the MemoryQoS gate off only
+`memory.max` (plus cpuset/hugetlb) is managed; min/low/high are absent from `files`, untouched.
+
+Deliberate differences from the v1.36.0 kubelet (memory-qos.md §12): BestEffort containers and
+containers with neither memory request nor limit get `memory.high` on allocatable (the request ==
+limit skip needs request == limit > 0, k/k#137685); kubepods gets `memory.low` = B_sum.
+
+`check_targets` re-derives the invariants the targets must satisfy (ordering of min/low/high/max,
+parents covering children, the tree's shape); the reducer runs it after every step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from memstate.core.cgroup_paths import (
+    hugetlb_max_file,
+    node_path,
+    parent_path,
+    path_depth,
+    pod_path,
+    qos_path,
+    root_paths,
+)
+from memstate.core.config import NodeConfig, allocatable_bytes
+from memstate.core.errors import InvariantViolation
+from memstate.core.numa_policy import PodAllocation
+from memstate.core.pod import (
+    BEST_EFFORT,
+    BURSTABLE,
+    GUARANTEED,
+    ContainerSpec,
+    Pod,
+    QOSClass,
+    aggregate,
+    pod_limit,
+    pod_request,
+    qos_class,
+)
+from memstate.core.quantity import INT64_MAX, format_bytes
+from memstate.core.targets import (
+    CPUSET_MEMS,
+    MEMORY_HIGH,
+    MEMORY_LOW,
+    MEMORY_MAX,
+    MEMORY_MIN,
+    CgroupTarget,
+    ContainerTargets,
+    NodeTargets,
+    PodTargets,
+)
+from memstate.core.topology import MEMORY, Topology, hugepage_resource_name
+
+UNLIMITED = "max"
+ZERO = "0"
+CONTROLLER_CPUSET = "cpuset"
+CONTROLLER_HUGETLB = "hugetlb"
+CONTROLLER_MEMORY = "memory"
+# memory.high can livelock allocators outpacing reclaim before this kernel (memory-qos.md §7.2).
+MEMORY_HIGH_SAFE_KERNEL = (5, 9)
+
+_KERNEL_RELEASE_RE = re.compile(r"(\d+)\.(\d+)")
+
+
+# --- formulas -------------------------------------------------------------------------------------
+
+
+def memory_high(
+    request_bytes: int, limit_bytes: int, alloc_bytes: int, factor: float, page_size_bytes: int
+) -> int | None:
+    """A container's `memory.high` (memory-qos.md §4.1), or None when it is not written.
+
+    ``L = limit if > 0 else alloc``; ``high = floor((request + factor × (L − request)) / page) ×
+    page`` in IEEE doubles, in the kubelet's order (difference and product, add the request, divide
+    by the page as a double, floor, to integer, multiply by the page). Written iff high != 0 and
+    high > request. Skipped when request == limit > 0 (memstate decision §12.1: a container with
+    neither request nor limit is *not* skipped, unlike v1.36.0).
+
+    Above 2^53 bytes (8 PiB) double rounding can land a page above L; the result is clamped to
+    L's page floor so that `memory.high <= memory.max` always holds. Below that the clamp never
+    changes a value.
+    """
+    if request_bytes < 0 or limit_bytes < 0 or alloc_bytes < 0:
+        raise InvariantViolation(
+            f"negative memory.high input: request {request_bytes}, limit {limit_bytes}, "
+            f"alloc {alloc_bytes}"
+        )
+    if not 0.0 < factor <= 1.0:
+        raise InvariantViolation(f"memoryThrottlingFactor {factor} is outside (0, 1]")
+    if page_size_bytes <= 0:
+        raise InvariantViolation(f"page size {page_size_bytes} is not positive")
+    if limit_bytes > 0 and request_bytes == limit_bytes:
+        return None
+    ceiling_bytes = limit_bytes if limit_bytes > 0 else alloc_bytes
+    if ceiling_bytes <= 0:
+        return None  # no limit and allocatable unknown
+    product = (float(ceiling_bytes) - float(request_bytes)) * factor
+    raw = float(request_bytes) + product
+    high_bytes = math.floor(raw / float(page_size_bytes)) * page_size_bytes
+    high_bytes = min(high_bytes, ceiling_bytes // page_size_bytes * page_size_bytes)
+    if high_bytes == 0 or high_bytes <= request_bytes:
+        return None
+    return high_bytes
+
+
+def format_node_list(nodes: Iterable[int]) -> str:
+    """NUMA node ids in the kernel's list format: ``0``, ``0-1``, ``0,2``, ``0-2,5`` ("" = none).
+
+    Runs of two or more consecutive ids are compressed to ``first-last``, as the kernel prints
+    `cpuset.mems` (so desired and read-back values compare equal as text).
+    """
+    ids = sorted(set(nodes))
+    if ids and ids[0] < 0:
+        raise InvariantViolation(f"negative NUMA node id in {ids}")
+    runs: list[str] = []
+    index = 0
+    while index < len(ids):
+        end = index
+        while end + 1 < len(ids) and ids[end + 1] == ids[end] + 1:
+            end += 1
+        runs.append(str(ids[index]) if end == index else f"{ids[index]}-{ids[end]}")
+        index = end + 1
+    return ",".join(runs)
+
+
+def tiered(config: NodeConfig) -> bool:
+    """TieredReservation in effect (it needs the MemoryQoS gate; config validation enforces it,
+    this guards hand-built configs)."""
+    return config.memory_qos and config.memory_reservation_policy == "TieredReservation"
+
+
+def _render_bytes(size_bytes: int) -> str:
+    """Decimal bytes; anything beyond int64 is "max" (the kernel saturates such values to max,
+    and it could not parse a number past 2^64)."""
+    if size_bytes < 0:
+        raise InvariantViolation(f"negative byte count {size_bytes}")
+    return UNLIMITED if size_bytes > INT64_MAX else str(size_bytes)
+
+
+def _limit_text(limit_bytes: int | None) -> str:
+    return _render_bytes(limit_bytes) if limit_bytes else UNLIMITED
+
+
+# --- containers and pods --------------------------------------------------------------------------
+
+
+def container_targets(
+    container: ContainerSpec,
+    pod_class: QOSClass,
+    config: NodeConfig,
+    alloc_bytes: int,
+    page_size_bytes: int,
+) -> ContainerTargets:
+    """What the kubelet would hand the runtime for one container (app, sidecar or init).
+
+    min vs low follows the *pod* class (memory-qos.md §3.3); the memory.high skip is decided per
+    container.
+    """
+    request = container.requests.get(MEMORY, 0)
+    limit = container.limits.get(MEMORY, 0)
+    files: dict[str, str] = {}
+    if config.memory_qos:
+        protect = tiered(config) and request > 0
+        files[MEMORY_MIN] = _render_bytes(request) if protect and pod_class == GUARANTEED else ZERO
+        files[MEMORY_LOW] = _render_bytes(request) if protect and pod_class == BURSTABLE else ZERO
+        high = memory_high(
+            request, limit, alloc_bytes, config.memory_throttling_factor, page_size_bytes
+        )
+        files[MEMORY_HIGH] = UNLIMITED if high is None else _render_bytes(high)
+    files[MEMORY_MAX] = _limit_text(limit)
+    return ContainerTargets(name=container.name, files=files, kind=container.kind)
+
+
+def pod_targets(
+    pod: Pod, allocation: PodAllocation | None, config: NodeConfig, topology: Topology
+) -> PodTargets:
+    """The pod cgroup's targets (and its containers', for reference).
+
+    `allocation` is the pod's Memory Manager allocation; it only matters with the Static policy
+    (its NUMA nodes become `cpuset.mems`).
+    """
+    pod_class = qos_class(pod)
+    alloc_bytes = allocatable_bytes(config, topology)
+    containers = tuple(
+        container_targets(c, pod_class, config, alloc_bytes, topology.page_size_bytes)
+        for c in pod.containers
+    )
+    files: dict[str, str] = {}
+    if config.memory_qos:
+        request = pod_request(pod, MEMORY)
+        protect = tiered(config) and request > 0
+        files[MEMORY_MIN] = _render_bytes(request) if protect and pod_class == GUARANTEED else ZERO
+        files[MEMORY_LOW] = _render_bytes(request) if protect and pod_class == BURSTABLE else ZERO
+        files[MEMORY_HIGH] = UNLIMITED  # never set on pods in 1.36
+    files[MEMORY_MAX] = _limit_text(pod_limit(pod, MEMORY))
+    if config.memory_manager_policy == "Static":
+        files[CPUSET_MEMS] = format_node_list(allocation.numa_nodes) if allocation else ""
+    for size in topology.hugepage_sizes:
+        resource = hugepage_resource_name(size)
+        # Like the kubelet's PodLimits: aggregate of declared limits (hugepages always have one)
+        # plus overhead; no "every container declares it" rule, sizes not requested get 0.
+        limit = aggregate(pod, resource, field="limits") + pod.overhead.get(resource, 0)
+        files[hugetlb_max_file(size)] = _render_bytes(limit)
+    return PodTargets(
+        uid=pod.uid,
+        qos_class=pod_class,
+        cgroup=pod_path(config, pod.uid, pod_class),
+        files=files,
+        containers=containers,
+    )
+
+
+# --- the node tree --------------------------------------------------------------------------------
+
+
+def subtree_controllers(config: NodeConfig, topology: Topology) -> tuple[str, ...]:
+    """Controllers every managed non-pod cgroup enables for its children, sorted."""
+    controllers = {CONTROLLER_MEMORY}  # memory.max is always managed
+    if config.memory_manager_policy == "Static":
+        controllers.add(CONTROLLER_CPUSET)
+    if topology.hugepage_sizes:
+        controllers.add(CONTROLLER_HUGETLB)
+    return tuple(sorted(controllers))
+
+
+def node_targets(
+    pods: Sequence[tuple[Pod, PodAllocation | None]], config: NodeConfig, topology: Topology
+) -> NodeTargets:
+    """The whole desired tree for the node: root, kubepods, QoS and pod cgroups.
+
+    Deterministic and independent of the order of `pods`: pods are sorted by UID and cgroups
+    ordered parents before children (depth, then path). Two pods with one UID are an
+    `InvariantViolation`.
+    """
+    ordered = sorted(pods, key=lambda entry: entry[0].uid)
+    for first, second in itertools.pairwise(ordered):
+        if first[0].uid == second[0].uid:
+            raise InvariantViolation(f"pod uid {first[0].uid} appears twice")
+    pod_results = tuple(pod_targets(pod, alloc, config, topology) for pod, alloc in ordered)
+    requests = {pod.uid: pod_request(pod, MEMORY) for pod, _ in ordered}
+    g_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == GUARANTEED)
+    b_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == BURSTABLE)
+    is_tiered = tiered(config)
+    alloc_bytes = allocatable_bytes(config, topology)
+    node_max_bytes = (
+        alloc_bytes if "pods" in config.enforce_node_allocatable else topology.capacity_bytes
+    )
+    node_min_bytes = g_sum + b_sum if is_tiered else 0
+    node_low_bytes = b_sum if is_tiered else 0
+
+    def memory_files(min_bytes: int, low_bytes: int, max_text: str) -> dict[str, str]:
+        files: dict[str, str] = {}
+        if config.memory_qos:
+            files[MEMORY_MIN] = _render_bytes(min_bytes)
+            files[MEMORY_LOW] = _render_bytes(low_bytes)
+            files[MEMORY_HIGH] = UNLIMITED
+        files[MEMORY_MAX] = max_text
+        return files
+
+    controllers = subtree_controllers(config, topology)
+    cgroups = [
+        CgroupTarget(path=p, level="root", controllers=controllers) for p in root_paths(config)
+    ]
+    cgroups.append(
+        CgroupTarget(
+            path=node_path(config),
+            level="node",
+            files=memory_files(node_min_bytes, node_low_bytes, _render_bytes(node_max_bytes)),
+            controllers=controllers,
+        )
+    )
+    cgroups.append(
+        CgroupTarget(
+            path=qos_path(config, BURSTABLE),
+            level="qos",
+            files=memory_files(0, node_low_bytes, UNLIMITED),
+            controllers=controllers,
+        )
+    )
+    cgroups.append(
+        CgroupTarget(
+            path=qos_path(config, BEST_EFFORT),
+            level="qos",
+            files=memory_files(0, 0, UNLIMITED),
+            controllers=controllers,
+        )
+    )
+    cgroups.extend(
+        CgroupTarget(path=p.cgroup, level="pod", files=p.files, pod_uid=p.uid) for p in pod_results
+    )
+    cgroups.sort(key=lambda target: (path_depth(target.path), target.path))
+    warnings = _warnings(
+        config,
+        topology,
+        pod_results,
+        g_sum=g_sum,
+        b_sum=b_sum,
+        alloc_bytes=alloc_bytes,
+        node_max_bytes=node_max_bytes,
+    )
+    return NodeTargets(
+        cgroups=tuple(cgroups),
+        pods=pod_results,
+        node_memory_min_bytes=g_sum if is_tiered else 0,
+        node_memory_low_bytes=b_sum if is_tiered else 0,
+        warnings=warnings,
+    )
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release string such as ``5.4.0-100-generic``; None if unknown."""
+    match = _KERNEL_RELEASE_RE.match(release)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _amount(size_bytes: int) -> str:
+    return f"{size_bytes} bytes ({format_bytes(size_bytes)})"
+
+
+def _warnings(
+    config: NodeConfig,
+    topology: Topology,
+    pod_results: tuple[PodTargets, ...],
+    *,
+    g_sum: int,
+    b_sum: int,
+    alloc_bytes: int,
+    node_max_bytes: int,
+) -> tuple[str, ...]:
+    """Conditions no write ordering can fix; reported to the operator, never hidden."""
+    warnings: list[str] = []
+    protected = g_sum + b_sum
+    if tiered(config) and protected > node_max_bytes:
+        warnings.append(
+            f"kubepods memory.min {_amount(protected)} (Guaranteed {_amount(g_sum)} + Burstable "
+            f"{_amount(b_sum)}) exceeds kubepods memory.max {_amount(node_max_bytes)}: "
+            "protections are over-committed and the kernel will OOM-kill instead of honouring them"
+        )
+    elif tiered(config) and protected > alloc_bytes:
+        warnings.append(
+            f"kubepods memory.min {_amount(protected)} exceeds node allocatable "
+            f"{_amount(alloc_bytes)}: protections eat into kube-reserved and system-reserved memory"
+        )
+    if tiered(config) and protected > 0 and config.cgroup_root:
+        warnings.append(
+            f"kubepods sits under cgroupRoot {'/'.join(config.cgroup_root)}, whose memory.min and "
+            "memory.low memstate does not manage: kubepods' protection is only effective if every "
+            "ancestor carries at least as much"
+        )
+    version = kernel_version(topology.kernel_release)
+    if config.memory_qos and version is not None and version < MEMORY_HIGH_SAFE_KERNEL:
+        throttled = sum(
+            1
+            for p in pod_results
+            for c in p.containers
+            if c.files.get(MEMORY_HIGH, UNLIMITED) != UNLIMITED
+        )
+        if throttled:
+            warnings.append(
+                f"kernel {topology.kernel_release} is older than 5.9: memory.high on "
+                f"{throttled} container(s) can stall allocating tasks indefinitely (livelock); "
+                "use a 5.9 or newer kernel"
+            )
+    return tuple(warnings)
+
+
+# --- invariants -----------------------------------------------------------------------------------
+
+_ORDERED_PAIRS = (
+    (MEMORY_MIN, MEMORY_HIGH),
+    (MEMORY_LOW, MEMORY_HIGH),
+    (MEMORY_HIGH, MEMORY_MAX),
+    (MEMORY_MIN, MEMORY_MAX),
+    (MEMORY_LOW, MEMORY_MAX),
+)
+
+
+def _value(text: str) -> int | float | None:
+    """A memory file value as a number ("max" = infinity); None when it is not one."""
+    if text == UNLIMITED:
+        return math.inf
+    if text.isdigit():
+        return int(text)
+    return None
+
+
+def _check_files(where: str, files: dict[str, str], found: list[str]) -> None:
+    values: dict[str, int | float] = {}
+    for name in (MEMORY_MIN, MEMORY_LOW, MEMORY_HIGH, MEMORY_MAX):
+        if name in files:
+            value = _value(files[name])
+            if value is None:
+                found.append(f"{where}: {name} {files[name]!r} is not a byte count or 'max'")
+            else:
+                values[name] = value
+    if values.get(MEMORY_HIGH) == math.inf:
+        # "max" is the kernel default, i.e. no throttle: nothing to order against memory.max.
+        del values[MEMORY_HIGH]
+    for lower, upper in _ORDERED_PAIRS:
+        if lower in values and upper in values and values[lower] > values[upper]:
+            found.append(f"{where}: {lower} {files[lower]} is above {upper} {files[upper]}")
+
+
+def _concurrent_sets(containers: tuple[ContainerTargets, ...]) -> list[list[ContainerTargets]]:
+    """Groups of containers that run at the same time: app containers + sidecars; and each
+    regular init container with the sidecars declared before it."""
+    groups: list[list[ContainerTargets]] = []
+    sidecars: list[ContainerTargets] = []
+    for container in containers:
+        if container.kind == "init":
+            groups.append([*sidecars, container])
+        elif container.kind == "sidecar":
+            sidecars.append(container)
+    groups.append([c for c in containers if c.kind != "init"])
+    return groups
+
+
+def _sum(values: Iterable[int | float | None]) -> int | float:
+    return sum(v for v in values if v is not None)
+
+
+def check_targets(targets: NodeTargets) -> list[str]:
+    """Invariant violations of a target tree, as sentences (empty when sound).
+
+    - the tree: unique paths, parents listed before children, every pod exactly one pod cgroup
+      carrying the pod's files;
+    - per pod and container: memory.min/low <= memory.high <= memory.max where set ("max" =
+      infinity; a memory.high of "max" means no throttle and is not ordered against
+      memory.max), containers' memory.max <= the pod's;
+    - parents cover children: a cgroup's memory.min (memory.low) >= the sum over its child
+      cgroups, and a pod's >= the sum over every group of containers running at the same time.
+    """
+    found: list[str] = []
+    counts = Counter(c.path for c in targets.cgroups)
+    found.extend(f"cgroup {path!r} is listed {n} times" for path, n in counts.items() if n > 1)
+    by_path = {c.path: c for c in targets.cgroups}
+    seen: set[str] = set()
+    for target in targets.cgroups:
+        parent = parent_path(target.path)
+        if parent is not None and parent not in seen:
+            found.append(f"cgroup {target.path!r} is not preceded by its parent {parent!r}")
+        seen.add(target.path)
+        if target.level == "pod":
+            _check_files(f"pod cgroup {target.path}", target.files, found)
+    pod_cgroups = Counter(c.pod_uid for c in targets.cgroups if c.level == "pod")
+    pod_uids = {p.uid for p in targets.pods}
+    found.extend(
+        f"pod cgroup {c.path!r} belongs to unknown pod {c.pod_uid!r}"
+        for c in targets.cgroups
+        if c.level == "pod" and c.pod_uid not in pod_uids
+    )
+    for pod in targets.pods:
+        if pod_cgroups[pod.uid] != 1:
+            found.append(f"pod {pod.uid} has {pod_cgroups[pod.uid]} pod cgroups, expected 1")
+        cgroup = by_path.get(pod.cgroup)
+        if cgroup is None or cgroup.level != "pod" or cgroup.pod_uid != pod.uid:
+            found.append(f"pod {pod.uid}: its cgroup {pod.cgroup!r} is not its pod cgroup")
+        elif cgroup.files != pod.files:
+            found.append(f"pod {pod.uid}: cgroup files differ from the pod's targets")
+        _check_pod_containers(pod, found)
+    _check_parents_cover_children(targets, found)
+    return found
+
+
+def _check_pod_containers(pod: PodTargets, found: list[str]) -> None:
+    pod_max = _value(pod.files[MEMORY_MAX]) if MEMORY_MAX in pod.files else None
+    for container in pod.containers:
+        where = f"pod {pod.uid} container {container.name}"
+        _check_files(where, container.files, found)
+        if MEMORY_MAX not in container.files:
+            continue
+        container_max = _value(container.files[MEMORY_MAX])
+        if pod_max is not None and container_max is not None and container_max > pod_max:
+            found.append(
+                f"{where}: memory.max {container.files[MEMORY_MAX]} is above the pod's "
+                f"{pod.files[MEMORY_MAX]}"
+            )
+    for name in (MEMORY_MIN, MEMORY_LOW):
+        if name not in pod.files:
+            continue
+        pod_value = _value(pod.files[name])
+        if pod_value is None:
+            continue  # reported by _check_files
+        for group in _concurrent_sets(pod.containers):
+            total = _sum(_value(c.files[name]) for c in group if name in c.files)
+            if total > pod_value:
+                names = ", ".join(c.name for c in group)
+                found.append(
+                    f"pod {pod.uid}: {name} {pod.files[name]} is below the sum {total} of "
+                    f"containers running together ({names})"
+                )
+
+
+def _check_parents_cover_children(targets: NodeTargets, found: list[str]) -> None:
+    children: dict[str, list[CgroupTarget]] = {}
+    for target in targets.cgroups:
+        parent = parent_path(target.path)
+        if parent is not None:
+            children.setdefault(parent, []).append(target)
+    for target in targets.cgroups:
+        kids = children.get(target.path, [])
+        for name in (MEMORY_MIN, MEMORY_LOW):
+            if name not in target.files or not kids:
+                continue
+            own = _value(target.files[name])
+            if own is None:
+                found.append(f"cgroup {target.path}: {name} {target.files[name]!r} is not bytes")
+                continue
+            total = _sum(_value(k.files[name]) for k in kids if name in k.files)
+            if total > own:
+                found.append(
+                    f"cgroup {target.path}: {name} {target.files[name]} is below the sum {total} "
+                    "of its children's"
+                )
