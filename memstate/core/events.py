@@ -32,7 +32,8 @@ from memstate.core.pod import Pod, QOSClass
 from memstate.core.targets import PodTargets
 from memstate.core.topology import Topology
 
-SCHEMA_VERSION = 1
+# v1 → v2: `daemon_started.version` was renamed `memstate_version` (see memstate.core.codec).
+SCHEMA_VERSION = 2
 
 EventRole = Literal["input", "decision", "note"]
 
@@ -59,7 +60,7 @@ class DaemonStarted(Event, frozen=True, tag="daemon_started"):
     """A memstate process started (recorded at every start, before anything else)."""
 
     role: ClassVar[EventRole] = "input"
-    version: str
+    memstate_version: str
     reducer_version: int
     schema_version: int = SCHEMA_VERSION
     python: str = ""

@@ -1,0 +1,17 @@
+"""CLI subcommands, one module per command family.
+
+Each module exposes `register(subparsers)` which adds its parser(s) and sets `handler` (a function
+`(argparse.Namespace) -> int`) with `set_defaults`. Modules import heavy dependencies (trio,
+watchfiles, prometheus_client, matplotlib) inside their handlers, never at import time, so
+`memstate --help` and the read-only tools start fast.
+"""
+
+COMMAND_MODULES = (
+    "memstate.commands.run_cmd",
+    "memstate.commands.pods_cmd",
+    "memstate.commands.plan_cmd",
+    "memstate.commands.log_cmd",
+    "memstate.commands.replay_cmd",
+    "memstate.commands.audit_cmd",
+    "memstate.commands.demo_cmd",
+)

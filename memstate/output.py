@@ -1,0 +1,128 @@
+"""Rendering command output: aligned tables for people, JSON / JSON lines for programs.
+
+Conventions shared by every command:
+- `-o/--output table|json|jsonl`; the default is a table on a TTY and JSON lines (or JSON, for
+  single documents) when stdout is a pipe, so `memstate log dump | jq` just works;
+- JSON is produced from plain objects with stable, documented keys (docs/cli.md); timestamps are
+  UTC ISO 8601 with a `Z`, byte counts are integers;
+- tables never wrap; long cells are kept whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TextIO
+
+import msgspec
+
+OutputFormat = Literal["table", "json", "jsonl"]
+
+_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def add_output_argument(parser: argparse.ArgumentParser, *, jsonl: bool = True) -> None:
+    """Add `-o/--output` with the house choices."""
+    choices = ["table", "json", "jsonl"] if jsonl else ["table", "json"]
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=choices,
+        default=None,
+        help="output format (default: table on a terminal, "
+        + ("jsonl" if jsonl else "json")
+        + " otherwise)",
+    )
+
+
+def output_format(
+    args: argparse.Namespace, *, piped: OutputFormat = "jsonl", stream: TextIO | None = None
+) -> OutputFormat:
+    """The format asked for with `-o`, else a table on a terminal and `piped` otherwise."""
+    chosen: OutputFormat | None = getattr(args, "output", None)
+    if chosen is not None:
+        return chosen
+    return "table" if (stream or sys.stdout).isatty() else piped
+
+
+def to_plain(value: Any) -> Any:
+    """Structs, tuples and dicts as plain JSON-able objects."""
+    return msgspec.to_builtins(value, order="sorted")
+
+
+def json_text(value: Any) -> str:
+    """One JSON document, keys sorted, no trailing newline."""
+    return _JSON.encode(to_plain(value)).decode()
+
+
+def write_json(value: Any, stream: TextIO | None = None) -> None:
+    (stream or sys.stdout).write(json_text(value) + "\n")
+
+
+def write_jsonl(values: Iterable[Any], stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    for value in values:
+        out.write(json_text(value) + "\n")
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; numbers right-aligned."""
+    text_rows = [[_cell(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    numeric = [
+        bool(text_rows) and all(_is_number(row[i]) for row in text_rows if row[i])
+        for i in range(len(headers))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(row) for row in text_rows)])
+
+
+def write_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], stream: TextIO | None = None
+) -> None:
+    (stream or sys.stdout).write(render_table(headers, rows) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) if value else "-"
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    return text.lstrip("-").replace(".", "", 1).isdigit()
+
+
+def format_ts(ts_ns: int) -> str:
+    """UTC ISO 8601 with millisecond precision and a Z."""
+    moment = _dt.datetime.fromtimestamp(ts_ns // 10**9, tz=_dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ns // 10**6 % 1000:03d}Z"
+
+
+def human_bytes(size_bytes: int) -> str:
+    """1536 MiB → ``1.5Gi``; exact powers stay short (``512Mi``)."""
+    value = float(size_bytes)
+    for suffix in ("", "Ki", "Mi", "Gi", "Ti", "Pi"):
+        if abs(value) < 1024 or suffix == "Pi":
+            if suffix == "":
+                return str(size_bytes)
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{suffix}"
+        value /= 1024
+    return str(size_bytes)
