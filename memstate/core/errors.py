@@ -128,3 +128,9 @@ class HostError(MemstateError):
         self.op = op
         self.value = value
         super().__init__(message)
+
+
+class ReplayDivergence(MemstateError):
+    """Replaying a log re-derived a decision that differs from the recorded one."""
+
+    exit_code = EXIT_FAILURE

@@ -1,0 +1,413 @@
+"""The reducer: `decide` turns an input into decisions, `apply` folds any event into state.
+
+Theory of operation
+-------------------
+The shell records an input event, asks `decide(state, input)` for the decisions it implies,
+appends the input and its decisions in one fsync batch, then `apply`s all of them. Replay does the
+same with recorded events, which is how it can re-derive every decision and compare it with what
+was recorded. Two rules keep this honest:
+
+1. `decide` reads only its arguments; `apply` reads only its arguments. Neither reads a clock,
+   a random source, the environment or the iteration order of a set or a dict of strings: every
+   order that matters is explicit (NUMA ids ascending, pods by UID, containers in spec order).
+2. Judgement lives in `decide`; `apply` of a decision executes it verbatim. A recorded
+   `pod_admitted` reserves exactly the recorded takes, even if a newer build would have decided
+   differently, so an upgrade never rewrites history. `apply` of an input only records it.
+
+Restarts: `daemon_restarted` marks every running pod as awaiting readmission. Such a pod keeps
+its memory; a request with the same UID and spec gets exactly its allocation back (`restored`),
+whatever the order; new pods are decided against a machine where that memory is still taken; at
+`readmission_completed` every pod still waiting is removed. Topology and config changes become
+effective through `node_reconfigured`, which re-places every allocation exactly and revokes, by
+name and with a reason, those that no longer fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from memstate.core.config import NodeConfig, validate_config_for_topology
+from memstate.core.errors import ConfigError, InvariantViolation
+from memstate.core.events import (
+    AllocationRevoked,
+    ConfigLoaded,
+    DaemonRestarted,
+    Event,
+    ManifestInvalid,
+    NodeReconfigurationDeferred,
+    NodeReconfigured,
+    PodAdmissionRequested,
+    PodAdmitted,
+    PodInitCompleted,
+    PodRejected,
+    PodRemovalRequested,
+    PodRemoved,
+    ReadmissionCompleted,
+    TopologyObserved,
+)
+from memstate.core.machine import MachineBuilder, default_machine
+from memstate.core.numa_policy import admit, pins, release, release_init_containers, reserve
+from memstate.core.pod import qos_class, spec_hash
+from memstate.core.qos import pod_targets
+from memstate.core.state import Counters, PodRecord, Rejection, State, rejection_key
+from memstate.core.topology import Topology
+
+INVALID_MANIFEST = "InvalidManifest"
+NODE_NOT_READY = "NodeNotReady"
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """The result of `step`: the decisions an input implied and the state after all of them."""
+
+    state: State
+    decisions: tuple[Event, ...]
+
+
+def step(state: State, event: Event) -> Transition:
+    """Decide on `event`, then apply it and its decisions."""
+    decisions = decide(state, event)
+    state = apply(state, event)
+    for decision in decisions:
+        state = apply(state, decision)
+    return Transition(state=state, decisions=decisions)
+
+
+# --- decide ---------------------------------------------------------------------------------------
+
+
+def decide(state: State, event: Event) -> tuple[Event, ...]:
+    """The decisions `event` implies in `state`. Pure; non-inputs imply nothing."""
+    if event.role != "input":
+        return ()
+    if isinstance(event, PodAdmissionRequested):
+        return _decide_admission(state, event)
+    if isinstance(event, PodRemovalRequested):
+        if event.uid in state.pods:
+            return (PodRemoved(uid=event.uid, reason="requested"),)
+        return ()
+    if isinstance(event, ManifestInvalid):
+        return (PodRejected(reason=INVALID_MANIFEST, message=event.error, source=event.source),)
+    if isinstance(event, ReadmissionCompleted):
+        if not state.readmission_open:
+            return ()
+        return tuple(
+            PodRemoved(uid=record.pod.uid, reason="not_readmitted")
+            for record in state.sorted_pods()
+            if record.status == "awaiting_readmission"
+        )
+    if isinstance(event, TopologyObserved):
+        return _decide_reconfiguration(state, event.topology, state.observed_config)
+    if isinstance(event, ConfigLoaded):
+        return _decide_reconfiguration(state, state.observed_topology, event.config)
+    return ()
+
+
+def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Event, ...]:
+    pod = request.pod
+    if state.topology is None or state.config is None:
+        return (
+            PodRejected(
+                reason=NODE_NOT_READY,
+                message="no topology and config are in force yet; the node cannot admit pods",
+                uid=pod.uid,
+                name=pod.name,
+                namespace=pod.namespace,
+                source=request.source,
+            ),
+        )
+    topology, config = state.topology, state.config
+    digest = spec_hash(pod)
+    existing = state.pods.get(pod.uid)
+    decisions: list[Event] = []
+    if existing is not None:
+        if existing.spec_hash != digest:
+            # Pod specs are immutable; a new spec under an old UID replaces the pod.
+            removal = PodRemoved(uid=pod.uid, reason="spec_changed")
+            decisions.append(removal)
+            state = apply(state, removal)
+        elif existing.status == "running":
+            return ()  # already admitted: a repeated request changes nothing
+        elif existing.allocation is not None or not pins(pod, config):
+            count = len(pod.containers) if pins(pod, config) else 0
+            return (
+                PodAdmitted(
+                    pod=pod,
+                    qos_class=existing.qos_class,
+                    spec_hash=digest,
+                    allocation=existing.allocation,
+                    targets=pod_targets(pod, existing.allocation, config, topology),
+                    restored=True,
+                    pinning_requests=count,
+                    source=request.source,
+                ),
+            )
+        # else: awaiting readmission after its allocation was revoked: decide afresh.
+    admission = admit(state.machine, topology, config, pod, request.provider_hints)
+    if admission.rejection is not None:
+        decisions.append(
+            PodRejected(
+                reason=admission.rejection.reason,
+                message=admission.rejection.message,
+                uid=pod.uid,
+                name=pod.name,
+                namespace=pod.namespace,
+                source=request.source,
+                pinning_requests=admission.pinning_requests,
+                pinning_errors=admission.pinning_errors,
+            )
+        )
+    else:
+        decisions.append(
+            PodAdmitted(
+                pod=pod,
+                qos_class=qos_class(pod),
+                spec_hash=digest,
+                allocation=admission.allocation,
+                targets=pod_targets(pod, admission.allocation, config, topology),
+                pinning_requests=admission.pinning_requests,
+                source=request.source,
+            )
+        )
+    return tuple(decisions)
+
+
+def _decide_reconfiguration(
+    state: State, topology: Topology | None, config: NodeConfig | None
+) -> tuple[Event, ...]:
+    if topology is None or config is None:
+        return ()  # wait for the other half
+    if topology == state.topology and config == state.config:
+        return ()
+    try:
+        validate_config_for_topology(config, topology)
+    except ConfigError as exc:
+        return (NodeReconfigurationDeferred(message=exc.describe()),)
+    revoked: list[AllocationRevoked] = []
+    builder = MachineBuilder(default_machine(topology, config))
+    for record in state.sorted_pods():
+        allocation = record.allocation
+        if allocation is None:
+            continue
+        problem = _placement_problem(builder, record, config)
+        if problem is not None:
+            reason, message = problem
+            revoked.append(AllocationRevoked(uid=record.pod.uid, reason=reason, message=message))
+            continue
+        builder.reserve(allocation.takes)
+        builder.assign(allocation.blocks)
+    return (NodeReconfigured(revoked=tuple(revoked)),)
+
+
+def _placement_problem(
+    builder: MachineBuilder, record: PodRecord, config: NodeConfig
+) -> tuple[str, str] | None:
+    """Why a recorded allocation cannot be re-placed on a rebuilt machine, or None."""
+    allocation = record.allocation
+    assert allocation is not None
+    who = f"pod {record.pod.key} ({record.pod.uid})"
+    if config.memory_manager_policy != "Static":
+        return (
+            "PolicyChanged",
+            f"{who}: memoryManagerPolicy is {config.memory_manager_policy}; pinning dropped",
+        )
+    for block in allocation.blocks:
+        for node_id in block.numa_affinity:
+            if node_id not in builder.node_ids:
+                return ("NUMANodeMissing", f"{who}: NUMA node {node_id} no longer exists")
+            if not builder.has(node_id, block.type):
+                return (
+                    "ResourceMissing",
+                    f"{who}: NUMA node {node_id} no longer reports {block.type}",
+                )
+    for take in allocation.takes:
+        free = builder.free(take.numa_node, take.resource)
+        if free < take.size_bytes:
+            return (
+                "NoLongerFits",
+                f"{who}: holds {take.size_bytes} bytes of {take.resource} on NUMA node "
+                f"{take.numa_node}, which now has {max(free, 0)} bytes free for it",
+            )
+    return None
+
+
+# --- apply ----------------------------------------------------------------------------------------
+
+
+def apply(state: State, event: Event) -> State:
+    """Fold one event into the state. Pure."""
+    handler = _APPLY.get(type(event))
+    if handler is None:
+        return state  # notes and inputs without state effect
+    return handler(state, event)
+
+
+def apply_all(state: State, events: Iterable[Event]) -> State:
+    """Fold a sequence of events (recorded decisions are applied verbatim)."""
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def _with_pod(state: State, record: PodRecord) -> dict[str, PodRecord]:
+    pods = dict(state.pods)
+    pods[record.pod.uid] = record
+    return pods
+
+
+def _apply_topology(state: State, event: Event) -> State:
+    assert isinstance(event, TopologyObserved)
+    return msgspec.structs.replace(state, observed_topology=event.topology)
+
+
+def _apply_config(state: State, event: Event) -> State:
+    assert isinstance(event, ConfigLoaded)
+    return msgspec.structs.replace(state, observed_config=event.config)
+
+
+def _apply_restarted(state: State, event: Event) -> State:
+    pods = {
+        uid: msgspec.structs.replace(record, status="awaiting_readmission")
+        for uid, record in state.pods.items()
+    }
+    return msgspec.structs.replace(state, pods=pods, readmission_open=True)
+
+
+def _apply_readmission_completed(state: State, event: Event) -> State:
+    return msgspec.structs.replace(state, readmission_open=False)
+
+
+def _apply_removal_requested(state: State, event: Event) -> State:
+    assert isinstance(event, PodRemovalRequested)
+    keys = [k for k in (event.uid, rejection_key("", event.source) if event.source else "") if k]
+    if not any(k in state.rejections for k in keys):
+        return state
+    rejections = {k: v for k, v in state.rejections.items() if k not in keys}
+    return msgspec.structs.replace(state, rejections=rejections)
+
+
+def _apply_init_completed(state: State, event: Event) -> State:
+    assert isinstance(event, PodInitCompleted)
+    record = state.pods.get(event.uid)
+    if record is None or record.init_completed:
+        return state
+    machine = state.machine
+    allocation = record.allocation
+    if allocation is not None:
+        machine, allocation = release_init_containers(machine, record.pod, allocation)
+    updated = msgspec.structs.replace(record, allocation=allocation, init_completed=True)
+    return msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
+
+
+def _apply_admitted(state: State, event: Event) -> State:
+    assert isinstance(event, PodAdmitted)
+    counters = msgspec.structs.replace(
+        state.counters, pinning_requests=state.counters.pinning_requests + event.pinning_requests
+    )
+    rejections = {
+        k: v
+        for k, v in state.rejections.items()
+        if k not in (event.uid, rejection_key("", event.source))
+    }
+    existing = state.pods.get(event.uid)
+    if event.restored:
+        if existing is None or existing.allocation != event.allocation:
+            raise InvariantViolation(
+                f"restored admission of pod {event.pod.key} ({event.uid}) does not match the "
+                "allocation in state"
+            )
+        record = msgspec.structs.replace(existing, status="running", source=event.source)
+        machine = state.machine
+    else:
+        machine = state.machine
+        if existing is not None and existing.allocation is not None:
+            machine = release(machine, existing.allocation)
+        if event.allocation is not None:
+            machine = reserve(machine, event.allocation)
+        record = PodRecord(
+            pod=event.pod,
+            spec_hash=event.spec_hash,
+            qos_class=event.qos_class,
+            allocation=event.allocation,
+            source=event.source,
+        )
+    return msgspec.structs.replace(
+        state,
+        machine=machine,
+        pods=_with_pod(state, record),
+        rejections=rejections,
+        counters=counters,
+    )
+
+
+def _apply_rejected(state: State, event: Event) -> State:
+    assert isinstance(event, PodRejected)
+    counters = Counters(
+        pinning_requests=state.counters.pinning_requests + event.pinning_requests,
+        pinning_errors=state.counters.pinning_errors + event.pinning_errors,
+    )
+    rejection = Rejection(
+        reason=event.reason,
+        message=event.message,
+        uid=event.uid,
+        name=event.name,
+        namespace=event.namespace,
+        source=event.source,
+    )
+    rejections = dict(state.rejections)
+    rejections[rejection_key(event.uid, event.source)] = rejection
+    state = _drop_pod(state, event.uid)
+    return msgspec.structs.replace(state, rejections=rejections, counters=counters)
+
+
+def _apply_removed(state: State, event: Event) -> State:
+    assert isinstance(event, PodRemoved)
+    if event.uid not in state.pods:
+        raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
+    return _drop_pod(state, event.uid)
+
+
+def _drop_pod(state: State, uid: str) -> State:
+    record = state.pods.get(uid)
+    if record is None:
+        return state
+    machine = state.machine
+    if record.allocation is not None:
+        machine = release(machine, record.allocation)
+    pods = {k: v for k, v in state.pods.items() if k != uid}
+    return msgspec.structs.replace(state, machine=machine, pods=pods)
+
+
+def _apply_reconfigured(state: State, event: Event) -> State:
+    assert isinstance(event, NodeReconfigured)
+    topology, config = state.observed_topology, state.observed_config
+    if topology is None or config is None:
+        raise InvariantViolation("node_reconfigured without an observed topology and config")
+    revoked = {r.uid for r in event.revoked}
+    builder = MachineBuilder(default_machine(topology, config))
+    pods: dict[str, PodRecord] = {}
+    for record in state.sorted_pods():
+        if record.pod.uid in revoked:
+            record = msgspec.structs.replace(record, allocation=None)
+        elif record.allocation is not None:
+            builder.reserve(record.allocation.takes)
+            builder.assign(record.allocation.blocks)
+        pods[record.pod.uid] = record
+    return msgspec.structs.replace(
+        state, topology=topology, config=config, machine=builder.freeze(), pods=pods
+    )
+
+
+_APPLY: dict[type[Event], Callable[[State, Event], State]] = {
+    TopologyObserved: _apply_topology,
+    ConfigLoaded: _apply_config,
+    DaemonRestarted: _apply_restarted,
+    ReadmissionCompleted: _apply_readmission_completed,
+    PodRemovalRequested: _apply_removal_requested,
+    PodInitCompleted: _apply_init_completed,
+    PodAdmitted: _apply_admitted,
+    PodRejected: _apply_rejected,
+    PodRemoved: _apply_removed,
+    NodeReconfigured: _apply_reconfigured,
+}
