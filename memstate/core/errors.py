@@ -134,3 +134,66 @@ class ReplayDivergence(MemstateError):
     """Replaying a log re-derived a decision that differs from the recorded one."""
 
     exit_code = EXIT_FAILURE
+
+
+class LogCorruption(MemstateError):
+    """The event log (or a checkpoint) is damaged.
+
+    `file` is the segment or checkpoint, `offset` the byte offset of the first bad byte range (the
+    start of the frame or header that fails), `seq` the sequence number expected there.
+    """
+
+    exit_code = EXIT_DATAERR
+
+    def __init__(
+        self, message: str, *, file: str = "", offset: int | None = None, seq: int | None = None
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.offset = offset
+        self.seq = seq
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """One line: ``<file>: offset <n>: seq <n>: <message>``, leaving out what is unknown."""
+        parts = [self.file] if self.file else []
+        if self.offset is not None:
+            parts.append(f"offset {self.offset}")
+        if self.seq is not None:
+            parts.append(f"seq {self.seq}")
+        return ": ".join([*parts, self.message])
+
+
+class TornTail(LogCorruption):
+    """An incomplete write at the very end of the log: recoverable by truncation (never acked)."""
+
+
+class MidLogCorruption(LogCorruption):
+    """Damage that is not a torn tail: memstate refuses to start; a human must look."""
+
+
+class CheckpointCorruption(LogCorruption):
+    """A checkpoint file that fails its checks (start-up falls back to an older one)."""
+
+
+class LockHeld(MemstateError):
+    """The state directory's LOCK is held by another writer (a running daemon or repair)."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class LogIOError(MemstateError):
+    """An I/O failure on the log. After a failed fsync the log refuses every further call.
+
+    `errno` is the OS error number when there is one.
+    """
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class LogDiskFull(LogIOError):
+    """ENOSPC/EDQUOT on append: nothing of the batch was acknowledged; the log stays usable."""
