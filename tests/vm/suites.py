@@ -1,0 +1,69 @@
+"""The guest programs that the pytest session runs in its one batched VM boot.
+
+Theory of operation: each suite is a command run inside the guest (cwd = repository root,
+PYTHONPATH = repository, the host's interpreter as ``$CGVM_PYTHON``) whose stdout, stderr and
+exit status come back to the host tests. The kernel probe always runs; further suites join
+when their module exists in the tree, so a module written later is picked up without a change
+here beyond its entry below. Keep the total well under a minute of TCG time.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .harness import REPO_ROOT, GuestSuite
+
+KERNEL_PROBE = "kernel_probe"
+SELFCHECK = "harness_selfcheck"
+SELFCHECK_STATUS = 7
+
+# What the guest environment must look like to a suite; the host test asserts on its output.
+SELFCHECK_SCRIPT = f"""
+echo "python=$CGVM_PYTHON"
+echo "pwd=$(pwd)"
+echo "home=$HOME bytecode=$PYTHONDONTWRITEBYTECODE pythonpath=$PYTHONPATH"
+echo "tmp=$(stat -f -c %T /tmp) cgroup=$(stat -f -c %T /sys/fs/cgroup)"
+touch /cgvm-root-write-test 2>/dev/null && echo "root=rw" || echo "root=ro"
+echo written > "$CGVM_JOB/selfcheck.txt"
+echo "to stderr" >&2
+exit {SELFCHECK_STATUS}
+"""
+DIFFERENTIAL = "differential"
+
+# The cgroupfs adapter's differential test (memstate/host/cgroupsim.py vs the kernel). It takes
+# the cgroup2 directory to work under, as an argument and as MEMSTATE_TEST_CGROUP2.
+DIFFERENTIAL_MODULE = "tests.host.differential"
+DIFFERENTIAL_CGROUP = "/sys/fs/cgroup/memstate-differential"
+
+
+def differential_available() -> bool:
+    """True once tests/host/differential.py exists in the tree."""
+    return (REPO_ROOT / "tests" / "host" / "differential.py").is_file()
+
+
+def default_suites(python: str | None = None) -> list[GuestSuite]:
+    """The suites of the session boot, in the order they run."""
+    py = python or sys.executable
+    suites = [
+        GuestSuite(SELFCHECK, ("sh", "-c", SELFCHECK_SCRIPT), timeout_s=30),
+        GuestSuite(KERNEL_PROBE, (py, "tests/vm/guest_probe.py"), timeout_s=150),
+    ]
+    if differential_available():
+        suites.append(
+            GuestSuite(
+                DIFFERENTIAL,
+                (
+                    "sh",
+                    "-c",
+                    f'mkdir -p {DIFFERENTIAL_CGROUP} && exec "$@"',
+                    "differential",
+                    py,
+                    "-m",
+                    DIFFERENTIAL_MODULE,
+                    DIFFERENTIAL_CGROUP,
+                ),
+                timeout_s=180,
+                env={"MEMSTATE_TEST_CGROUP2": DIFFERENTIAL_CGROUP},
+            )
+        )
+    return suites
