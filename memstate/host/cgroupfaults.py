@@ -39,7 +39,11 @@ DEFAULT_LOG_LENGTH = 10_000
 
 @dataclass
 class FaultRule:
-    """One injected fault; see the module docstring. `matched_count`/`fired_count` are live."""
+    """One injected fault; see the module docstring.
+
+    `matched_count` counts matching operations while the rule is active (not exhausted) and
+    `fired_count` how often it fired; both update live.
+    """
 
     errno: int
     op: str | None = None

@@ -27,9 +27,11 @@ memstate touches, as measured on Linux 6.1 and 6.18 (real-kernel-vm.md, memory-q
   cgroup.events ``populated`` is recursive. The no-internal-process rule is enforced both ways:
   enabling a domain controller (memory, io, hugetlb, ...) in a non-root cgroup with processes of
   its own is EBUSY, and so is moving a process into a non-root cgroup whose subtree_control
-  holds a domain controller (threaded-only controllers behave like the kernel's thread-root
-  rule). Enabling a controller missing from cgroup.controllers is ENOENT, disabling one a child
-  still enables is EBUSY, unknown names are EINVAL.
+  holds a domain controller. Threaded-only controllers (cpuset, cpu, pids) follow the kernel's
+  thread-root rule: enabled next to processes they make the cgroup ``domain threaded`` and its
+  children ``domain invalid`` (moving a process there is EOPNOTSUPP). Enabling a controller
+  missing from cgroup.controllers is ENOENT, disabling one a child still enables is EBUSY,
+  unknown names are EINVAL.
 * **Delegation.** With ``delegated=True`` the sim's root stands for a non-root cgroup (a
   delegated subtree such as a test's private cgroup): it has cgroup.events/kill/type and the
   controller files of `controllers`, and the no-internal-process rule applies to it.
@@ -219,10 +221,10 @@ class SimCgroupFS:
 
     Parameters describe the machine: `page_size_bytes`, the `controllers` the root offers (its
     cgroup.controllers), `hugepage_sizes_bytes`, `online_cpus` / `possible_cpus` and
-    `online_nodes` as kernel lists, `max_numnodes` (MAX_NUMNODES, bounds node ids before ERANGE),
-    `known_controllers` (names the kernel was built with; others are EINVAL). `delegated` makes
-    the root behave as a non-root cgroup. `kernel` selects version differences, `planted_bugs`
-    plants wrong beliefs for testing the tests.
+    `online_nodes` / `possible_nodes` as kernel lists, `max_numnodes` (MAX_NUMNODES: node ids
+    at or above it are ERANGE), `known_controllers` (names the kernel was built with; others
+    are EINVAL). `delegated` makes the root behave as a non-root cgroup. `kernel` selects
+    version differences, `planted_bugs` plants wrong beliefs for testing the tests.
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class SimCgroupFS:
         online_cpus: str = "0-1",
         possible_cpus: str | None = None,
         online_nodes: str = "0",
+        possible_nodes: str | None = None,
         max_numnodes: int = 1024,
         delegated: bool = False,
         kernel: KernelProfile = KERNEL_6_1,
@@ -257,8 +260,13 @@ class SimCgroupFS:
             raise ValueError("online cpus must be a non-empty subset of the possible cpus")
         self._nr_cpu_ids = max(self._possible_cpus) + 1
         self._online_nodes = parse_bitmap_list(online_nodes, nbits=max_numnodes)
-        if not self._online_nodes:
-            raise ValueError("at least one online node is needed")
+        self._possible_nodes = (
+            parse_bitmap_list(possible_nodes, nbits=max_numnodes)
+            if possible_nodes is not None
+            else self._online_nodes
+        )
+        if not self._online_nodes or not self._online_nodes <= self._possible_nodes:
+            raise ValueError("online nodes must be a non-empty subset of the possible nodes")
         self._max_numnodes = max_numnodes
         self._delegated = delegated
         self._kernel = kernel
@@ -472,6 +480,19 @@ class SimCgroupFS:
     def _frozen(self, node: _Cgroup) -> bool:
         return any(ancestor.freeze for ancestor in node.ancestors_and_self())
 
+    def _is_thread_root(self, node: _Cgroup) -> bool:
+        """``cgroup_is_thread_root``: own processes next to enabled threaded controllers."""
+        return bool(node.pids) and bool(node.subtree_control & THREADED_CONTROLLERS)
+
+    def _is_valid_domain(self, node: _Cgroup) -> bool:
+        """``cgroup_is_valid_domain``: no non-root ancestor is a thread root."""
+        ancestor = node.parent
+        while ancestor is not None:
+            if not self._is_kernel_root(ancestor) and self._is_thread_root(ancestor):
+                return False
+            ancestor = ancestor.parent
+        return True
+
     def _can_be_thread_root(self, node: _Cgroup) -> bool:
         """``cgroup_can_be_thread_root``: processes may coexist with threaded-only children."""
         if self._is_kernel_root(node):
@@ -497,7 +518,7 @@ class SimCgroupFS:
             "cgroup.stat": lambda n, f: (
                 f"nr_descendants {sum(1 for _ in n.subtree()) - 1}\nnr_dying_descendants 0\n"
             ),
-            "cgroup.type": lambda n, f: "domain\n",
+            "cgroup.type": lambda n, f: self._type_text(n),
             "cgroup.freeze": lambda n, f: f"{n.freeze}\n",
             "cgroup.max.depth": lambda n, f: _limit_text(n.max_depth),
             "cgroup.max.descendants": lambda n, f: _limit_text(n.max_descendants),
@@ -524,6 +545,14 @@ class SimCgroupFS:
         if hugetlb is not None:
             return self._hugetlb_reader(hugetlb.group(2))
         return readers.get(file)
+
+    def _type_text(self, node: _Cgroup) -> str:
+        # cgroup_type_show, without threaded cgroups (not modelled).
+        if not self._is_valid_domain(node):
+            return "domain invalid\n"
+        if self._is_thread_root(node):
+            return "domain threaded\n"
+        return "domain\n"
 
     def _hugetlb_reader(self, attribute: str) -> _Reader:
         if attribute in ("max", "rsvd.max"):
@@ -585,7 +614,13 @@ class SimCgroupFS:
             )
         if pid not in self._processes:
             raise CgroupValueError("no such process", value=value, errno_name="ESRCH")
-        # cgroup_migrate_vet_dst: the no-internal-process rule for the destination.
+        # cgroup_migrate_vet_dst: a valid domain, then the no-internal-process rule.
+        if not self._is_valid_domain(node):
+            raise CgroupValueError(
+                "destination is an invalid domain (its parent is a thread root)",
+                value=value,
+                errno_name="EOPNOTSUPP",
+            )
         vetted = self._is_kernel_root(node) or self._can_be_thread_root(node)
         if not vetted and node.subtree_control and self._no_internal_process_rule():
             raise CgroupValueError(
@@ -618,21 +653,32 @@ class SimCgroupFS:
                         f"a child still enables {name}", value=value, errno_name="EBUSY"
                     )
                 to_disable.add(name)
-        if to_enable and not self._is_kernel_root(node) and self._no_internal_process_rule():
-            # cgroup_vet_subtree_control_enable: threaded-only controllers may join processes.
-            threaded_only = not (to_enable - THREADED_CONTROLLERS)
-            if not (threaded_only and self._can_be_thread_root(node)) and node.pids:
-                raise CgroupValueError(
-                    "no internal processes: the cgroup has processes",
-                    value=value,
-                    errno_name="EBUSY",
-                )
+        if to_enable:
+            self._vet_enable(node, to_enable, value)
         node.subtree_control |= to_enable
         node.subtree_control -= to_disable
         for name in to_disable:
             for child in node.children.values():
                 for key in [key for key in child.values if key.startswith(f"{name}.")]:
                     del child.values[key]
+
+    def _vet_enable(self, node: _Cgroup, to_enable: set[str], value: str) -> None:
+        """``cgroup_vet_subtree_control_enable``, without threaded cgroups."""
+        if not self._is_valid_domain(node):
+            raise CgroupValueError("invalid domain", value=value, errno_name="EOPNOTSUPP")
+        if self._is_kernel_root(node) or not self._no_internal_process_rule():
+            return
+        if to_enable - THREADED_CONTROLLERS:
+            if self._is_thread_root(node):
+                raise CgroupValueError(
+                    "domain controllers in a thread root", value=value, errno_name="EOPNOTSUPP"
+                )
+        elif self._can_be_thread_root(node):
+            return  # threaded-only controllers may join processes
+        if node.pids:
+            raise CgroupValueError(
+                "no internal processes: the cgroup has processes", value=value, errno_name="EBUSY"
+            )
 
     def _write_kill(self, node: _Cgroup, file: str, value: str) -> None:
         if parse_kstrtoint(kernel_strip(value)) != 1:
@@ -689,7 +735,8 @@ class SimCgroupFS:
             allowed = self._possible_cpus
         else:
             requested = parse_cpuset_write(value, nbits=self._max_numnodes)
-            allowed = self._online_nodes
+            # cgroup v2 checks against top_cpuset.mems_allowed = node_possible_map.
+            allowed = self._possible_nodes
         if not requested <= allowed:
             raise CgroupValueError(
                 f"{kind} outside the machine's set", value=value, errno_name="EINVAL"
