@@ -1,0 +1,55 @@
+"""Durable storage: the event log, checkpoints, start-up recovery and offline repair.
+
+Synchronous, trio-free, `os` only; the daemon calls it through `trio.to_thread.run_sync` with a
+`CapacityLimiter(1)` of its own. Layout of a state directory:
+
+    <state_dir>/LOCK                    flock of the single writer (readers take no lock)
+    <state_dir>/log/%020d.evlog         segments, named by their first seq
+    <state_dir>/log/ORIGIN              only after pruning: where the log now starts
+    <state_dir>/snap/%020d.snap         checkpoints, named by the seq they include
+
+On-disk formats and the recovery policy: docs/event-log.md.
+"""
+
+from memstate.store.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    oldest_checkpoint_seq,
+    prune_checkpoints,
+    write_checkpoint,
+)
+from memstate.store.log import (
+    DEFAULT_SEGMENT_BYTES,
+    MAX_BATCH_RECORDS,
+    EventLog,
+    LogProblem,
+    LogReader,
+    RawRecord,
+    RecoveryReport,
+    SegmentInfo,
+    VerifyReport,
+    verify,
+)
+from memstate.store.recovery import Recovered, recover_state
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "MAX_BATCH_RECORDS",
+    "Checkpoint",
+    "EventLog",
+    "LogProblem",
+    "LogReader",
+    "RawRecord",
+    "Recovered",
+    "RecoveryReport",
+    "SegmentInfo",
+    "VerifyReport",
+    "list_checkpoints",
+    "load_checkpoint",
+    "oldest_checkpoint_seq",
+    "prune_checkpoints",
+    "recover_state",
+    "verify",
+    "write_checkpoint",
+]

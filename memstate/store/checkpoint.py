@@ -1,0 +1,243 @@
+"""Checkpoints: the state at sequence N, so start-up replays only the records after N.
+
+Theory of operation
+-------------------
+A checkpoint is an optimisation, never a source of truth. It records the state after record N
+together with the log's chain CRC at N, so start-up can prove that the checkpoint describes
+*this* log's prefix (not a prefix of a log that was since repaired or replaced) before trusting
+it; if it cannot, it falls back to an older checkpoint or to full replay
+(`memstate.store.recovery`).
+
+File `<state_dir>/snap/%020d.snap` (named by N), written atomically (temp file, fsync, rename,
+fsync the directory):
+
+    0  magic            8s   b"MEMSTCKP"
+    8  format_version   u16  CHECKPOINT_FORMAT_VERSION (checked before anything else)
+   10  flags            u16  0
+   12  body_bytes       u32
+   16  body                  msgpack `CheckpointBody`
+  end  crc              u32  CRC32C of every byte before it
+
+The body stores the state as the canonical bytes of `encode_state` plus their `state_hash`.
+Unlike the kubelet's checkpoints (a checksum over a dump of in-memory objects, which broke when a
+type was renamed), the hash is over the stored bytes. Pair assertions: before writing, the bytes
+are decoded again and must hash the same; after reading, the hash must match the stored bytes
+*and* the decoded state must re-encode to the same hash.
+
+A checkpoint also records the `REDUCER_VERSION` that built the state. A different reducer might
+have folded the same events into a different state, so start-up skips such checkpoints (with a
+warning) and replays from an older one or from the beginning — the safe answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import msgspec
+from crc32c import crc32c
+
+from memstate.core.errors import CheckpointCorruption, InvariantViolation, SchemaError
+from memstate.core.events import SCHEMA_VERSION
+from memstate.core.state import REDUCER_VERSION, State, decode_state, encode_state, state_hash
+from memstate.store import fsio
+from memstate.store.log import SNAP_DIRNAME
+
+SNAP_MAGIC = b"MEMSTCKP"
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_SUFFIX = ".snap"
+_HEAD = struct.Struct("<8sHHI")
+_CRC = struct.Struct("<I")
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+
+class CheckpointBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a checkpoint records (msgpack inside the framed file)."""
+
+    seq: int
+    chain_crc: int
+    reducer_version: int
+    schema_version: int
+    state_hash: str
+    state: bytes  # canonical `encode_state` bytes
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """A loaded and verified checkpoint."""
+
+    path: str
+    seq: int
+    chain_crc: int
+    reducer_version: int
+    schema_version: int
+    state_hash: str
+    state: State
+
+
+_BODY_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_BODY_DECODER = msgspec.msgpack.Decoder(CheckpointBody)
+
+
+def checkpoint_name(seq: int) -> str:
+    """`00000000000000000042.snap`."""
+    return f"{seq:020d}{CHECKPOINT_SUFFIX}"
+
+
+def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
+    """(seq, path) of every checkpoint file, oldest first (temp and broken files skipped)."""
+    directory = Path(state_dir) / SNAP_DIRNAME
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        stem = name.removesuffix(CHECKPOINT_SUFFIX)
+        if stem != name and len(stem) == 20 and stem.isdigit():
+            found.append((int(stem), directory / name))
+    found.sort()
+    return found
+
+
+def encode_checkpoint(state: State, *, seq: int, chain_crc: int) -> bytes:
+    """The complete file content of a checkpoint (pure, verified before it is returned)."""
+    if seq < 1:
+        raise InvariantViolation(f"a checkpoint needs seq >= 1, got {seq}")
+    if not 0 <= chain_crc <= 0xFFFFFFFF:
+        raise InvariantViolation(f"chain CRC {chain_crc} is not a u32")
+    state_bytes = encode_state(state)
+    digest = _digest(state_bytes)
+    # Pair assertion, writing side: the stored bytes decode to a state with the same hash.
+    if state_hash(decode_state(state_bytes)) != digest:
+        raise InvariantViolation("state does not survive its own canonical encoding")
+    body = _BODY_ENCODER.encode(
+        CheckpointBody(
+            seq=seq,
+            chain_crc=chain_crc,
+            reducer_version=REDUCER_VERSION,
+            schema_version=SCHEMA_VERSION,
+            state_hash=digest,
+            state=state_bytes,
+        )
+    )
+    head = _HEAD.pack(SNAP_MAGIC, CHECKPOINT_FORMAT_VERSION, 0, len(body))
+    return head + body + _CRC.pack(crc32c(body, crc32c(head)))
+
+
+def write_checkpoint(
+    state_dir: Path, state: State, *, seq: int, chain_crc: int, fsync: bool = True
+) -> Path:
+    """Write the state after record `seq` atomically; returns the checkpoint path.
+
+    `chain_crc` is the log's chain CRC after `seq` (`EventLog.chain_crc` when `seq` is
+    `EventLog.last_seq`). Call it at a transaction boundary (never between an input and its
+    decisions). `fsync=False` is for tests and benchmarks only.
+    """
+    data = encode_checkpoint(state, seq=seq, chain_crc=chain_crc)
+    directory = Path(state_dir) / SNAP_DIRNAME
+    fsio.ensure_dir(directory, fsync=fsync)
+    path = directory / checkpoint_name(seq)
+    fsio.atomic_write(path, data, fsync=fsync)
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify a checkpoint; `CheckpointCorruption` or `SchemaError` if unusable."""
+    path = Path(path)
+    data = fsio.read_file(path)
+    where = str(path)
+    if len(data) < _HEAD.size + _CRC.size:
+        raise CheckpointCorruption(f"only {len(data)} bytes", file=where, offset=0)
+    magic, version, flags, body_bytes = _HEAD.unpack_from(data, 0)
+    if magic != SNAP_MAGIC:
+        raise CheckpointCorruption(f"bad magic {magic!r}", file=where, offset=0)
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise SchemaError(
+            f"{where}: checkpoint format version {version} is newer than this build "
+            f"understands ({CHECKPOINT_FORMAT_VERSION})"
+        )
+    if flags != 0 or version < 1 or _HEAD.size + body_bytes + _CRC.size != len(data):
+        raise CheckpointCorruption(
+            f"bad header (version {version}, flags {flags}, body {body_bytes} bytes, file "
+            f"{len(data)} bytes)",
+            file=where,
+            offset=0,
+        )
+    crc_offset = _HEAD.size + body_bytes
+    (stored_crc,) = _CRC.unpack_from(data, crc_offset)
+    if crc32c(data[:crc_offset]) != stored_crc:
+        raise CheckpointCorruption("CRC mismatch", file=where, offset=crc_offset)
+    try:
+        body = _BODY_DECODER.decode(data[_HEAD.size : crc_offset])
+    except msgspec.MsgspecError as exc:
+        raise CheckpointCorruption(f"body does not decode: {exc}", file=where) from None
+    return _verified(body, path)
+
+
+def _verified(body: CheckpointBody, path: Path) -> Checkpoint:
+    where = str(path)
+    stem = path.name.removesuffix(CHECKPOINT_SUFFIX)
+    if stem.isdigit() and int(stem) != body.seq:
+        raise CheckpointCorruption(
+            f"file name says seq {int(stem)} but the checkpoint holds seq {body.seq}", file=where
+        )
+    if _digest(body.state) != body.state_hash:
+        raise CheckpointCorruption("state hash does not match the stored state", file=where)
+    if body.schema_version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where}: written with event schema {body.schema_version}, newer than this build "
+            f"({SCHEMA_VERSION})"
+        )
+    try:
+        state = decode_state(body.state)
+    except msgspec.MsgspecError as exc:
+        raise CheckpointCorruption(
+            f"state does not decode with this build's types: {exc}", file=where
+        ) from None
+    # Pair assertion, reading side: the decoded state is the one that was hashed.
+    if state_hash(state) != body.state_hash:
+        raise CheckpointCorruption(
+            "decoded state re-encodes to a different hash (written by an incompatible build?)",
+            file=where,
+        )
+    return Checkpoint(
+        path=where,
+        seq=body.seq,
+        chain_crc=body.chain_crc,
+        reducer_version=body.reducer_version,
+        schema_version=body.schema_version,
+        state_hash=body.state_hash,
+        state=state,
+    )
+
+
+def _digest(state_bytes: bytes) -> str:
+    # Same function as `memstate.core.state.state_hash`, over bytes already encoded.
+    return hashlib.blake2b(state_bytes, digest_size=16).hexdigest()
+
+
+def prune_checkpoints(state_dir: Path, keep: int, *, fsync: bool = True) -> list[Path]:
+    """Delete all but the newest `keep` checkpoint files; returns what was removed."""
+    if keep < 1:
+        raise InvariantViolation(f"keep at least one checkpoint (asked for {keep})")
+    listed = list_checkpoints(state_dir)
+    doomed = [path for _, path in listed[: max(len(listed) - keep, 0)]]
+    for path in doomed:
+        os.unlink(path)
+    if doomed and fsync:
+        fsio.fsync_dir(Path(state_dir) / SNAP_DIRNAME)
+    return doomed
+
+
+def oldest_checkpoint_seq(state_dir: Path) -> int | None:
+    """Seq of the oldest checkpoint that loads and verifies (the limit for pruning the log)."""
+    for seq, path in list_checkpoints(state_dir):
+        try:
+            checkpoint = load_checkpoint(path)
+        except (CheckpointCorruption, SchemaError):
+            continue
+        if checkpoint.reducer_version == REDUCER_VERSION:
+            return seq
+    return None

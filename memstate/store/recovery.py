@@ -1,0 +1,154 @@
+"""Start-up: the newest checkpoint that matches the log, then replay of the tail only.
+
+Theory of operation
+-------------------
+The daemon starts with `EventLog.open` (lock, torn-tail recovery), then calls `recover_state`,
+which rebuilds the state without touching the log:
+
+1. Checkpoints are tried newest first. One is used only if it loads and verifies (CRC, state
+   hash of the stored bytes, hash of the decoded state), was built by this `REDUCER_VERSION`, and
+   the log still holds its seq with the *same chain CRC* there. The chain CRC is what proves the
+   checkpoint describes this log's prefix: after a repair or a restore from another node, a
+   checkpoint may name a seq that exists but now holds different records. Every checkpoint
+   skipped is reported in `warnings`; the log stays the source of truth.
+2. The records after the checkpoint (or all of them) are decoded and folded with the pure
+   reducer: recorded decisions are applied verbatim (an upgrade never rewrites history); an
+   input that records no decision count (a hand-written scenario imported with
+   `memstate log import`) gets its decisions derived, as `memstate replay` does.
+3. Only whole transactions are applied: an input whose decisions are not all in the log yet
+   is left out (the writer's recovery drops it; it was never acknowledged).
+
+`decoded_events` counts the records decoded, so a test can prove that start-up with a checkpoint
+decodes only the tail, whatever the log length.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from memstate.core.errors import (
+    CheckpointCorruption,
+    InvariantViolation,
+    MidLogCorruption,
+    SchemaError,
+)
+from memstate.core.events import SCHEMA_VERSION, Envelope
+from memstate.core.reducer import apply, step
+from memstate.core.state import REDUCER_VERSION, State
+from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from memstate.store.format import CHAIN_SEED
+from memstate.store.log import REPAIR_HINT, LogReader, decode_record
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """The state rebuilt at start-up and how it was obtained."""
+
+    state: State
+    last_seq: int  # seq of the last record folded in (0 for an empty log)
+    chain_crc: int  # chain CRC after last_seq
+    checkpoint_seq: int | None  # the checkpoint started from, None for full replay
+    decoded_events: int  # records decoded (the tail only, when a checkpoint was used)
+    warnings: list[str]
+
+
+def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recovered:
+    """Rebuild the state: newest valid checkpoint + replay of the records after it."""
+    state_dir = Path(state_dir)
+    reader = reader if reader is not None else LogReader(state_dir)
+    warnings: list[str] = []
+    checkpoint = _usable_checkpoint(state_dir, reader, warnings)
+    if checkpoint is not None:
+        state, last_seq, chain = checkpoint.state, checkpoint.seq, checkpoint.chain_crc
+    else:
+        first = reader.first_seq()
+        if first > 1:
+            raise MidLogCorruption(
+                f"the log was pruned to start at seq {first} and no usable checkpoint covers "
+                f"the records before it; {REPAIR_HINT}",
+                file=str(reader.log_dir),
+                seq=first,
+            )
+        state, last_seq, chain = State(), 0, CHAIN_SEED
+    decoded = 0
+    group: list[tuple[Envelope, int]] = []
+    owed = 0
+    for record, crc in reader.read_with_crc(last_seq + 1):
+        expected = (group[-1][0].seq if group else last_seq) + 1
+        if record.seq != expected:
+            raise InvariantViolation(f"reader yielded seq {record.seq}, expected {expected}")
+        envelope = decode_record(record)
+        decoded += 1
+        group.append((envelope, crc))
+        if owed:
+            owed -= 1
+        elif envelope.decisions:
+            owed = envelope.decisions
+        elif envelope.event.role == "decision":
+            raise InvariantViolation(
+                f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a transaction "
+                "(a checkpoint taken mid-transaction, or a log not written by memstate)"
+            )
+        if owed:
+            continue
+        for member, member_crc in group:
+            state = _fold(state, member)
+            last_seq, chain = member.seq, member_crc
+        group.clear()
+    if group:
+        warnings.append(
+            f"seq {group[0][0].seq} announces {group[0][0].decisions} decisions but the log "
+            f"ends after {len(group) - 1}: the incomplete transaction was not applied"
+        )
+    return Recovered(
+        state=state,
+        last_seq=last_seq,
+        chain_crc=chain,
+        checkpoint_seq=checkpoint.seq if checkpoint is not None else None,
+        decoded_events=decoded,
+        warnings=warnings,
+    )
+
+
+def _fold(state: State, envelope: Envelope) -> State:
+    event = envelope.event
+    if event.role == "input" and envelope.decisions is None:
+        return step(state, event).state  # hand-written input: derive its decisions
+    return apply(state, event)
+
+
+def _usable_checkpoint(
+    state_dir: Path, reader: LogReader, warnings: list[str]
+) -> Checkpoint | None:
+    for seq, path in reversed(list_checkpoints(state_dir)):
+        try:
+            checkpoint = load_checkpoint(path)
+        except (CheckpointCorruption, SchemaError) as exc:
+            warnings.append(f"checkpoint {path.name} skipped: {exc}")
+            continue
+        if checkpoint.reducer_version != REDUCER_VERSION:
+            warnings.append(
+                f"checkpoint {path.name} skipped: built by reducer version "
+                f"{checkpoint.reducer_version}, this build is {REDUCER_VERSION} (replaying "
+                "instead)"
+            )
+            continue
+        if checkpoint.schema_version > SCHEMA_VERSION:
+            warnings.append(
+                f"checkpoint {path.name} skipped: event schema {checkpoint.schema_version} is "
+                f"newer than this build ({SCHEMA_VERSION})"
+            )
+            continue
+        log_crc = reader.chain_crc_at(seq)
+        if log_crc is None:
+            warnings.append(f"checkpoint {path.name} skipped: the log does not hold seq {seq}")
+            continue
+        if log_crc != checkpoint.chain_crc:
+            warnings.append(
+                f"checkpoint {path.name} skipped: chain CRC {checkpoint.chain_crc:08x} does not "
+                f"match the log's {log_crc:08x} at seq {seq} (the log was repaired or replaced)"
+            )
+            continue
+        return checkpoint
+    return None
