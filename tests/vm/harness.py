@@ -421,6 +421,33 @@ def _busybox_from_deb(cache_root: Path, log: Log) -> Path:
     return target
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _apt_lists_stamp() -> str:
+    """A digest of the apt lists' names, sizes and mtimes: it changes with every apt-get update."""
+    digest = hashlib.sha256()
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(APT_LISTS), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                digest.update(f"{entry.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _resolve_cached(cache_root: Path, log: Log) -> str:
+    """resolve_kernel_release, remembered until the apt lists change (apt-cache costs ~1.5 s)."""
+    memo = cache_root / "resolved.json"
+    stamp = _apt_lists_stamp()
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        saved = json.loads(memo.read_text())
+        if saved["stamp"] == stamp:
+            return str(saved["release"])
+    release = resolve_kernel_release(log)
+    _atomic_write(memo, json.dumps({"stamp": _apt_lists_stamp(), "release": release}).encode())
+    return release
+
+
 def resolve_kernel_release(log: Log = _quiet) -> str:
     """The ABI of the generic kernel that ``linux-image-amd64`` depends on, e.g. 6.1.0-56-amd64."""
     if shutil.which("apt-cache") is None:
@@ -641,14 +668,32 @@ def provision(cache_root: Path | None = None, *, log: Log = _quiet) -> Assets:
         t0 = time.monotonic()
         qemu, busybox = _ensure_host_tools(root, log)
         timings["host_tools"] = time.monotonic() - t0
+        t0 = time.monotonic()
         try:
-            release = resolve_kernel_release(log)
+            release = _resolve_cached(root, log)
         except CgvmUnavailable:
             cached = _cached_releases(root)
             if not cached:
                 raise
             release = cached[-1]  # offline: keep using what we have
-        kdir = _provision_kernel(root, release, log, timings)
+        timings["resolve_kernel"] = time.monotonic() - t0
+        try:
+            kdir = _provision_kernel(root, release, log, timings)
+        except (CgvmProvisionError, CgvmUnavailable):
+            # Old ABIs leave the archive; _apt has refreshed the lists by now: ask again.
+            fresh = resolve_kernel_release(log)
+            if fresh == release:
+                raise
+            log(f"cgvm: {release} is gone from the archive, using {fresh}")
+            release = fresh
+            kdir = _provision_kernel(root, release, log, timings)
+            _atomic_write(
+                root / "resolved.json",
+                json.dumps({"stamp": _apt_lists_stamp(), "release": release}).encode(),
+            )
+        for stale in _cached_releases(root):
+            if stale != release:  # 75 MB each; only the current kernel is ever booted
+                shutil.rmtree(root / stale, ignore_errors=True)
         t0 = time.monotonic()
         initrd = _build_initrd(kdir, busybox)
         timings["initrd"] = time.monotonic() - t0
