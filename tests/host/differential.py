@@ -22,6 +22,15 @@ enabled. It does not disable them afterwards: another test run may be using them
 time, and an enabled controller with no child cgroups changes nothing for the processes in the
 root. The JSON report lists what was enabled.
 
+The "mount" may also be a non-root cgroup directory (the VM suite uses
+``/sys/fs/cgroup/memstate-differential``): then the test cgroups are created below it, it gets the
+controllers enabled instead of the real root, and ``root_files`` is skipped.
+
+Verified on 2026-11-23: every scenario matched Linux 6.1.0-50 in the QEMU VM (2 NUMA nodes,
+memory/cpuset/hugetlb/pids, both at the root and below a non-root directory), and the scenarios
+the development host allows matched 6.18.44 there. Planted bugs were reported as mismatches on
+both.
+
 Safety. Everything is created under the private test cgroup and removed at the end (processes
 killed with cgroup.kill, cgroups removed bottom-up). Test processes are ``sleep 300`` so that
 even a crashed run leaves nothing running for long.
