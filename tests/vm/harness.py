@@ -149,6 +149,7 @@ class GuestSuite:
     argv: tuple[str, ...]
     timeout_s: float = 120.0
     env: Mapping[str, str] = field(default_factory=dict)
+    expected_rc: int = 0  # what a passing run exits with (scripts/cgvm suites checks it)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class SuiteResult:
     rc: int | None
     stdout: str
     stderr: str
+    elapsed_s: float | None = None  # guest wall time of the suite
 
 
 @dataclass(frozen=True)
@@ -1053,10 +1055,11 @@ def _suite_script(suites: Sequence[GuestSuite]) -> str:
         command = f"env {env} {shlex.join(suite.argv)}" if env else shlex.join(suite.argv)
         n = suite.name
         lines += [
-            f'echo "[cgvm] suite {n} start" > /dev/kmsg 2>/dev/null',
+            f'date +%s.%N > "$out/{n}.time"',
             f'(cd "$CGVM_REPO" && exec timeout -s KILL {suite.timeout_s:.0f} {command}) '
             f'< /dev/null > "$out/{n}.out" 2> "$out/{n}.err"',
             f'echo $? > "$out/{n}.rc"',
+            f'date +%s.%N >> "$out/{n}.time"',
         ]
     lines.append("exit 0")
     return "\n".join(lines)
@@ -1076,9 +1079,11 @@ def run_suites(assets: Assets, suites: Sequence[GuestSuite], **options: object) 
     results: dict[str, SuiteResult] = {}
     for suite in suites:
         rc_raw = vm.files.get(f"suites/{suite.name}.rc", b"").decode().strip()
+        times = vm.files.get(f"suites/{suite.name}.time", b"").split()
         results[suite.name] = SuiteResult(
             name=suite.name,
             rc=int(rc_raw) if rc_raw.isdigit() else None,
+            elapsed_s=float(times[1]) - float(times[0]) if len(times) == 2 else None,
             stdout=vm.files.get(f"suites/{suite.name}.out", b"").decode(errors="replace"),
             stderr=vm.files.get(f"suites/{suite.name}.err", b"").decode(errors="replace"),
         )

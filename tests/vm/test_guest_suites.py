@@ -9,12 +9,20 @@ and they run any further suite (the cgroupfs differential test once it exists).
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 import pytest
 
 from . import harness
-from .suites import DIFFERENTIAL, SELFCHECK, SELFCHECK_STATUS, differential_available
+from .suites import (
+    DIFFERENTIAL,
+    DIFFERENTIAL_MOUNT,
+    SELFCHECK,
+    SELFCHECK_STATUS,
+    differential_available,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -53,10 +61,39 @@ def test_job_directory_is_shared_read_write(vm_batch: harness.BatchResult) -> No
 
 
 if differential_available():
+    # The scenario names are known without a VM; their outcomes come from the session boot.
+    from tests.host import differential as _differential
 
-    def test_cgroupfs_differential_against_the_real_kernel(
-        vm_batch: harness.BatchResult,
-    ) -> None:
-        """tests/host/differential.py, run inside the VM against the real cgroup2."""
+    @pytest.fixture(scope="module")
+    def differential_report(vm_batch: harness.BatchResult) -> dict[str, Any]:
         suite = vm_batch.suites[DIFFERENTIAL]
-        assert suite.rc == 0, f"stdout:\n{suite.stdout[-4000:]}\nstderr:\n{suite.stderr[-4000:]}"
+        try:
+            report: dict[str, Any] = json.loads(suite.stdout)
+        except ValueError:
+            pytest.fail(
+                f"the differential suite printed no JSON report (rc {suite.rc})\n"
+                f"stdout:\n{suite.stdout[-2000:]}\nstderr:\n{suite.stderr[-4000:]}",
+                pytrace=False,
+            )
+        return report
+
+    def test_differential_suite_exit_status(vm_batch: harness.BatchResult) -> None:
+        """tests/host/differential.py exits 0 when every scenario matched the kernel."""
+        suite = vm_batch.suites[DIFFERENTIAL]
+        assert suite.rc == 0, f"stderr:\n{suite.stderr[-4000:]}"
+
+    def test_differential_ran_on_the_vm_kernel(differential_report: dict[str, Any]) -> None:
+        facts = differential_report["facts"]
+        assert differential_report["mount"] == DIFFERENTIAL_MOUNT
+        assert {"memory", "cpuset", "hugetlb"} <= set(facts["mount_controllers"])
+        assert differential_report["planted_bugs"] == []
+
+    @pytest.mark.parametrize("scenario", sorted(_differential.BUILDERS))
+    def test_sim_matches_real_kernel(differential_report: dict[str, Any], scenario: str) -> None:
+        """SimCgroupFS and the VM's kernel give identical outcomes for every step."""
+        results = {r["name"]: r for r in differential_report["results"]}
+        assert scenario in results, f"scenario {scenario} did not run in the VM"
+        result = results[scenario]
+        detail = json.dumps(result["mismatches"] or result["reason"], indent=1)
+        assert result["status"] == "match", detail
+        assert result["steps"], "a scenario that ran must have steps"
