@@ -357,9 +357,8 @@ def _apt(argv: Sequence[str], what: str, cwd: Path | None = None) -> None:
             raise CgvmProvisionError(message)
 
 
-def _find_busybox() -> Path | None:
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        path = Path(candidate)
+def _find_busybox(cache_root: Path) -> Path | None:
+    for path in (Path("/bin/busybox"), Path("/usr/bin/busybox"), cache_root / "busybox"):
         if is_static_elf(path):
             return path
     return None
@@ -368,58 +367,52 @@ def _find_busybox() -> Path | None:
 def _ensure_host_tools(cache_root: Path, log: Log) -> tuple[Path, Path]:
     """Paths of qemu-system-x86_64 and a static busybox, installing packages when missing."""
     qemu = shutil.which(QEMU_BINARY)
-    busybox = _find_busybox()
-    missing = [
-        pkg
-        for pkg, have in zip(APT_PACKAGES, (qemu is not None, busybox is not None), strict=True)
-        if not have
-    ]
-    if busybox is None and Path("/bin/busybox").exists():
-        # A dynamic busybox package is installed and busybox-static would replace it: take
-        # the static binary from the package file instead of changing the host.
-        missing.remove("busybox-static")
-        busybox = _busybox_from_deb(cache_root, log)
-    if missing:
+    busybox = _find_busybox(cache_root)
+    install = [] if qemu else ["qemu-system-x86"]
+    # With the dynamic busybox package installed, busybox-static would replace it: take the
+    # static binary out of the package file instead of changing the host.
+    download_busybox = busybox is None and Path("/bin/busybox").exists()
+    if busybox is None and not download_busybox:
+        install.append("busybox-static")
+    if install or download_busybox:
+        wanted = " ".join(install + ["busybox-static"] * download_busybox)
         if shutil.which("apt-get") is None:
             raise CgvmUnavailable(
-                f"{QEMU_BINARY} or a static busybox is missing and there is no apt-get to "
-                f"install {' '.join(missing)}"
+                f"{QEMU_BINARY} or a static busybox is missing and there is no apt-get for {wanted}"
             )
         if os.geteuid() != 0:
             raise CgvmUnavailable(
-                f"missing {' '.join(missing)} and not root; install them with: "
-                f"sudo apt-get install --no-install-recommends {' '.join(missing)}"
+                f"missing {wanted} and not root; install with: "
+                f"sudo apt-get install --no-install-recommends {wanted}"
             )
-        log(f"cgvm: installing {' '.join(missing)} with apt-get")
-        _apt(
-            ["apt-get", "install", "-y", "--no-install-recommends", *missing],
-            "installing QEMU",
-        )
+    if install:
+        log(f"cgvm: installing {' '.join(install)} with apt-get")
+        _apt(["apt-get", "install", "-y", "--no-install-recommends", *install], "installing QEMU")
         qemu = shutil.which(QEMU_BINARY)
-        busybox = busybox or _find_busybox()
+        busybox = _find_busybox(cache_root)
+    if download_busybox:
+        busybox = _busybox_from_deb(cache_root, log)
     if qemu is None or busybox is None:
-        raise CgvmProvisionError(f"after installing {missing}: qemu={qemu} busybox={busybox}")
+        raise CgvmProvisionError(f"after installing {install}: qemu={qemu} busybox={busybox}")
     return Path(qemu), busybox
 
 
 def _busybox_from_deb(cache_root: Path, log: Log) -> Path:
     target = cache_root / "busybox"
-    if is_static_elf(target):
-        return target
-    log("cgvm: fetching busybox-static")
+    log("cgvm: fetching busybox-static (the dynamic busybox package stays installed)")
     with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
         _apt(["apt-get", "download", "busybox-static"], "downloading busybox-static", Path(tmp))
-        (deb,) = Path(tmp).glob("busybox-static_*.deb")
-        with _deb_data(deb) as tar:
-            for member in tar:
-                if member.name.lstrip("./").endswith("bin/busybox") and member.isfile():
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    _atomic_write(target, fh.read())
-                    break
-    target.chmod(0o755)
+        for deb in Path(tmp).glob("busybox-static_*.deb"):
+            with _deb_data(deb) as tar:
+                for member in tar:
+                    if member.name.endswith("bin/busybox") and member.isfile():
+                        fh = tar.extractfile(member)
+                        assert fh is not None
+                        _atomic_write(target, fh.read())
+                        break
     if not is_static_elf(target):
-        raise CgvmProvisionError("busybox-static package has no static /bin/busybox")
+        raise CgvmProvisionError("the busybox-static package held no static bin/busybox")
+    target.chmod(0o755)
     return target
 
 
