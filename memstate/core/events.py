@@ -198,6 +198,23 @@ class PodRemoved(Event, frozen=True, tag="pod_removed"):
     reason: RemovalReason
 
 
+class ReadmissionDeferred(Event, frozen=True, tag="readmission_deferred"):
+    """A pod awaiting readmission that cannot simply get its allocation back (it was revoked,
+    the pod was admitted unpinned under another policy, or its spec changed) is decided when
+    readmission completes, in UID order, so the outcome never depends on the order in which pods
+    come back. The request is kept until then."""
+
+    role: ClassVar[EventRole] = "decision"
+    pod: Pod
+    reason: str
+    source: str = ""
+    provider_hints: tuple[ProviderHints, ...] = ()
+
+    @property
+    def uid(self) -> str:
+        return self.pod.uid
+
+
 class AllocationRevoked(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A pod whose NUMA allocation could not be kept after a topology or config change."""
 
@@ -281,6 +298,7 @@ AnyEvent = (
     | PodAdmitted
     | PodRejected
     | PodRemoved
+    | ReadmissionDeferred
     | NodeReconfigured
     | NodeReconfigurationDeferred
     | LogTailTruncated
@@ -303,6 +321,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PodAdmitted,
     PodRejected,
     PodRemoved,
+    ReadmissionDeferred,
     NodeReconfigured,
     NodeReconfigurationDeferred,
     LogTailTruncated,

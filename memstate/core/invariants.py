@@ -53,6 +53,12 @@ def violations(state: State) -> list[str]:
         for member in group:
             if cells.get(member) != group and assignments.get(node_id, 0) > 0:
                 found.append(f"NUMA node {node_id}: group {list(group)} overlaps another group")
+    if state.deferred and not state.readmission_open:
+        found.append("readmission requests are deferred outside a readmission window")
+    for uid in sorted(state.deferred):
+        waiting = state.pods.get(uid)
+        if waiting is not None and waiting.status != "awaiting_readmission":
+            found.append(f"pod {uid} is both running and deferred")
     for record in state.sorted_pods():
         uid = record.pod.uid
         if record.status == "awaiting_readmission" and not state.readmission_open:

@@ -16,8 +16,11 @@ was recorded. Two rules keep this honest:
 
 Restarts: `daemon_restarted` marks every running pod as awaiting readmission. Such a pod keeps
 its memory; a request with the same UID and spec gets exactly its allocation back (`restored`),
-whatever the order; new pods are decided against a machine where that memory is still taken; at
-`readmission_completed` every pod still waiting is removed. Topology and config changes become
+whatever the order; new pods are decided against a machine where that memory is still taken.
+A returning pod that needs a fresh decision (its allocation was revoked, it ran unpinned under
+another policy, its spec changed) is deferred. At `readmission_completed` the pods still waiting
+are removed, then the deferred ones are decided in UID order — so no outcome depends on the
+order in which pods come back. Topology and config changes become
 effective through `node_reconfigured`, which re-places every allocation exactly and revokes, by
 name and with a reason, those that no longer fit.
 """
@@ -45,13 +48,28 @@ from memstate.core.events import (
     PodRemovalRequested,
     PodRemoved,
     ReadmissionCompleted,
+    ReadmissionDeferred,
     TopologyObserved,
 )
 from memstate.core.machine import MachineBuilder, default_machine
-from memstate.core.numa_policy import admit, pins, release, release_init_containers, reserve
-from memstate.core.pod import qos_class, spec_hash
+from memstate.core.numa_policy import (
+    ProviderHints,
+    admit,
+    pins,
+    release,
+    release_init_containers,
+    reserve,
+)
+from memstate.core.pod import Pod, qos_class, spec_hash
 from memstate.core.qos import pod_targets
-from memstate.core.state import Counters, PodRecord, Rejection, State, rejection_key
+from memstate.core.state import (
+    Counters,
+    DeferredAdmission,
+    PodRecord,
+    Rejection,
+    State,
+    rejection_key,
+)
 from memstate.core.topology import Topology
 
 INVALID_MANIFEST = "InvalidManifest"
@@ -84,19 +102,13 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
     if isinstance(event, PodAdmissionRequested):
         return _decide_admission(state, event)
     if isinstance(event, PodRemovalRequested):
-        if event.uid in state.pods:
+        if event.uid in state.pods or event.uid in state.deferred:
             return (PodRemoved(uid=event.uid, reason="requested"),)
         return ()
     if isinstance(event, ManifestInvalid):
         return (PodRejected(reason=INVALID_MANIFEST, message=event.error, source=event.source),)
     if isinstance(event, ReadmissionCompleted):
-        if not state.readmission_open:
-            return ()
-        return tuple(
-            PodRemoved(uid=record.pod.uid, reason="not_readmitted")
-            for record in state.sorted_pods()
-            if record.status == "awaiting_readmission"
-        )
+        return _decide_readmission_completed(state)
     if isinstance(event, TopologyObserved):
         return _decide_reconfiguration(state, event.topology, state.observed_config)
     if isinstance(event, ConfigLoaded):
@@ -117,60 +129,118 @@ def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Eve
                 source=request.source,
             ),
         )
-    topology, config = state.topology, state.config
-    digest = spec_hash(pod)
     existing = state.pods.get(pod.uid)
+    awaiting = existing is not None and existing.status == "awaiting_readmission"
+    if state.readmission_open and (awaiting or pod.uid in state.deferred):
+        return _decide_readmission(state, request)
     decisions: list[Event] = []
     if existing is not None:
-        if existing.spec_hash != digest:
-            # Pod specs are immutable; a new spec under an old UID replaces the pod.
-            removal = PodRemoved(uid=pod.uid, reason="spec_changed")
+        if existing.spec_hash == spec_hash(pod):
+            return ()  # already admitted: a repeated request changes nothing
+        # Pod specs are immutable; a new spec under an old UID replaces the pod.
+        removal = PodRemoved(uid=pod.uid, reason="spec_changed")
+        decisions.append(removal)
+        state = apply(state, removal)
+    decisions.extend(_fresh_admission(state, request.pod, request.source, request.provider_hints))
+    return tuple(decisions)
+
+
+def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[Event, ...]:
+    """A pod that ran before the restart asks to come back.
+
+    Same spec and something to give back (its allocation, or nothing because it is not pinned):
+    restored at once, whatever the order. Anything that needs a fresh decision is deferred to
+    the end of readmission and decided there in UID order, so the order of requests never
+    changes the outcome.
+    """
+    assert state.topology is not None and state.config is not None
+    pod = request.pod
+    digest = spec_hash(pod)
+    waiting = state.deferred.get(pod.uid)
+    if waiting is not None:
+        if spec_hash(waiting.pod) == digest:
+            return ()  # already waiting for the end of readmission
+        return (_deferral(request, "spec_changed"),)
+    existing = state.pods[pod.uid]
+    if existing.spec_hash != digest:
+        return (PodRemoved(uid=pod.uid, reason="spec_changed"), _deferral(request, "spec_changed"))
+    if existing.allocation is None and pins(pod, state.config):
+        return (_deferral(request, "allocation_revoked"),)
+    count = len(pod.containers) if pins(pod, state.config) else 0
+    return (
+        PodAdmitted(
+            pod=pod,
+            qos_class=existing.qos_class,
+            spec_hash=digest,
+            allocation=existing.allocation,
+            targets=pod_targets(pod, existing.allocation, state.config, state.topology),
+            restored=True,
+            pinning_requests=count,
+            source=request.source,
+        ),
+    )
+
+
+def _deferral(request: PodAdmissionRequested, reason: str) -> ReadmissionDeferred:
+    return ReadmissionDeferred(
+        pod=request.pod,
+        reason=reason,
+        source=request.source,
+        provider_hints=request.provider_hints,
+    )
+
+
+def _decide_readmission_completed(state: State) -> tuple[Event, ...]:
+    """Close the window: remove pods that did not come back, then decide deferred pods."""
+    if not state.readmission_open:
+        return ()
+    decisions: list[Event] = []
+    for record in state.sorted_pods():
+        if record.status == "awaiting_readmission" and record.pod.uid not in state.deferred:
+            removal = PodRemoved(uid=record.pod.uid, reason="not_readmitted")
             decisions.append(removal)
             state = apply(state, removal)
-        elif existing.status == "running":
-            return ()  # already admitted: a repeated request changes nothing
-        elif existing.allocation is not None or not pins(pod, config):
-            count = len(pod.containers) if pins(pod, config) else 0
-            return (
-                PodAdmitted(
-                    pod=pod,
-                    qos_class=existing.qos_class,
-                    spec_hash=digest,
-                    allocation=existing.allocation,
-                    targets=pod_targets(pod, existing.allocation, config, topology),
-                    restored=True,
-                    pinning_requests=count,
-                    source=request.source,
-                ),
-            )
-        # else: awaiting readmission after its allocation was revoked: decide afresh.
-    admission = admit(state.machine, topology, config, pod, request.provider_hints)
+    for uid in sorted(state.deferred):
+        waiting = state.deferred[uid]
+        for decision in _fresh_admission(
+            state, waiting.pod, waiting.source, waiting.provider_hints
+        ):
+            decisions.append(decision)
+            state = apply(state, decision)
+    return tuple(decisions)
+
+
+def _fresh_admission(
+    state: State, pod: Pod, source: str, provider_hints: tuple[ProviderHints, ...]
+) -> tuple[Event, ...]:
+    """Run the pod through the Topology Manager and Memory Manager against `state`."""
+    assert state.topology is not None and state.config is not None
+    topology, config = state.topology, state.config
+    admission = admit(state.machine, topology, config, pod, provider_hints)
     if admission.rejection is not None:
-        decisions.append(
+        return (
             PodRejected(
                 reason=admission.rejection.reason,
                 message=admission.rejection.message,
                 uid=pod.uid,
                 name=pod.name,
                 namespace=pod.namespace,
-                source=request.source,
+                source=source,
                 pinning_requests=admission.pinning_requests,
                 pinning_errors=admission.pinning_errors,
-            )
+            ),
         )
-    else:
-        decisions.append(
-            PodAdmitted(
-                pod=pod,
-                qos_class=qos_class(pod),
-                spec_hash=digest,
-                allocation=admission.allocation,
-                targets=pod_targets(pod, admission.allocation, config, topology),
-                pinning_requests=admission.pinning_requests,
-                source=request.source,
-            )
-        )
-    return tuple(decisions)
+    return (
+        PodAdmitted(
+            pod=pod,
+            qos_class=qos_class(pod),
+            spec_hash=spec_hash(pod),
+            allocation=admission.allocation,
+            targets=pod_targets(pod, admission.allocation, config, topology),
+            pinning_requests=admission.pinning_requests,
+            source=source,
+        ),
+    )
 
 
 def _decide_reconfiguration(
@@ -267,11 +337,28 @@ def _apply_config(state: State, event: Event) -> State:
 
 
 def _apply_restarted(state: State, event: Event) -> State:
+    # A restart during readmission starts it over: deferred requests will be made again.
     pods = {
         uid: msgspec.structs.replace(record, status="awaiting_readmission")
         for uid, record in state.pods.items()
     }
-    return msgspec.structs.replace(state, pods=pods, readmission_open=True)
+    return msgspec.structs.replace(state, pods=pods, readmission_open=True, deferred={})
+
+
+def _apply_deferred(state: State, event: Event) -> State:
+    assert isinstance(event, ReadmissionDeferred)
+    deferred = dict(state.deferred)
+    deferred[event.uid] = DeferredAdmission(
+        pod=event.pod, source=event.source, provider_hints=event.provider_hints
+    )
+    return msgspec.structs.replace(state, deferred=deferred)
+
+
+def _without_deferral(state: State, uid: str) -> State:
+    if uid not in state.deferred:
+        return state
+    deferred = {k: v for k, v in state.deferred.items() if k != uid}
+    return msgspec.structs.replace(state, deferred=deferred)
 
 
 def _apply_readmission_completed(state: State, event: Event) -> State:
@@ -332,6 +419,7 @@ def _apply_admitted(state: State, event: Event) -> State:
             allocation=event.allocation,
             source=event.source,
         )
+    state = _without_deferral(state, event.uid)
     return msgspec.structs.replace(
         state,
         machine=machine,
@@ -357,15 +445,15 @@ def _apply_rejected(state: State, event: Event) -> State:
     )
     rejections = dict(state.rejections)
     rejections[rejection_key(event.uid, event.source)] = rejection
-    state = _drop_pod(state, event.uid)
+    state = _without_deferral(_drop_pod(state, event.uid), event.uid)
     return msgspec.structs.replace(state, rejections=rejections, counters=counters)
 
 
 def _apply_removed(state: State, event: Event) -> State:
     assert isinstance(event, PodRemoved)
-    if event.uid not in state.pods:
+    if event.uid not in state.pods and event.uid not in state.deferred:
         raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
-    return _drop_pod(state, event.uid)
+    return _without_deferral(_drop_pod(state, event.uid), event.uid)
 
 
 def _drop_pod(state: State, uid: str) -> State:
@@ -409,5 +497,6 @@ _APPLY: dict[type[Event], Callable[[State, Event], State]] = {
     PodAdmitted: _apply_admitted,
     PodRejected: _apply_rejected,
     PodRemoved: _apply_removed,
+    ReadmissionDeferred: _apply_deferred,
     NodeReconfigured: _apply_reconfigured,
 }

@@ -21,7 +21,7 @@ import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.machine import Machine
-from memstate.core.numa_policy import PodAllocation
+from memstate.core.numa_policy import PodAllocation, ProviderHints
 from memstate.core.pod import Pod, QOSClass
 from memstate.core.topology import Topology
 
@@ -54,6 +54,14 @@ class Rejection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source: str = ""
 
 
+class DeferredAdmission(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A readmission request decided when the readmission window closes."""
+
+    pod: Pod
+    source: str = ""
+    provider_hints: tuple[ProviderHints, ...] = ()
+
+
 class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`memory_manager_pinning_{requests,errors}_total`, cumulative over the log."""
 
@@ -76,6 +84,7 @@ class State(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pods: dict[str, PodRecord] = msgspec.field(default_factory=dict)
     rejections: dict[str, Rejection] = msgspec.field(default_factory=dict)
     readmission_open: bool = False
+    deferred: dict[str, DeferredAdmission] = msgspec.field(default_factory=dict)
     counters: Counters = Counters()
 
     def sorted_pods(self) -> list[PodRecord]:

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from memstate.core.events import Event, NodeReconfigured, PodAdmitted, PodRejected, PodRemoved
+from memstate.core.events import (
+    Event,
+    NodeReconfigured,
+    PodAdmitted,
+    PodRejected,
+    PodRemoved,
+    ReadmissionDeferred,
+)
 from memstate.core.invariants import violations
 from memstate.core.qos import node_targets
 from memstate.core.scenario import read_scenario
@@ -48,7 +55,7 @@ def decision_view(seq: int, event: Event, wanted: dict[str, Any]) -> dict[str, A
         view["uid"] = event.uid
         view["reason"] = event.reason
         view["message_contains"] = event.message
-    elif isinstance(event, PodRemoved):
+    elif isinstance(event, (PodRemoved, ReadmissionDeferred)):
         view["uid"] = event.uid
         view["reason"] = event.reason
     elif isinstance(event, NodeReconfigured):
