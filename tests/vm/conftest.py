@@ -38,6 +38,7 @@ class _SessionState:
     accel: str = ""
     kernel: str = ""
     provision_s: dict[str, float] = field(default_factory=dict)
+    suites: dict[str, float | None] = field(default_factory=dict)
 
 
 _STATE = _SessionState()
@@ -118,6 +119,7 @@ class CgroupVm:
         except harness.CgvmRunError as exc:
             pytest.fail(f"VM boot failed: {exc}", pytrace=False)
         self._record(batch.vm)
+        _STATE.suites.update({n: r.elapsed_s for n, r in batch.suites.items()})
         return batch
 
     def _record(self, result: harness.VmResult) -> None:
@@ -206,5 +208,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         spent = sum(_STATE.provision_s.values())
         line += f"; provisioning {spent:.1f}s"
     terminalreporter.write_line(line)
+    if _STATE.suites:
+        times = ", ".join(
+            f"{name} {'?' if t is None else f'{t:.1f}s'}" for name, t in _STATE.suites.items()
+        )
+        terminalreporter.write_line(f"vm: guest suites: {times}")
     if _STATE.skipped:
         terminalreporter.write_line(f"vm: {_STATE.skipped} skipped: {_STATE.skip_reason}")
