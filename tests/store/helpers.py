@@ -33,11 +33,12 @@ BASE_TS_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 class Node:
     """A deterministic stand-in for the daemon's decide-then-append loop."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.state = State()
+    def __init__(self, seed: int = 0, *, state: State | None = None, uid_prefix: str = "") -> None:
+        self.state = state if state is not None else State()
         self.rng = random.Random(seed)
-        self.running: list[str] = []
+        self.running: list[str] = sorted(self.state.pods)
         self.counter = 0
+        self.uid_prefix = uid_prefix
 
     def transaction(self, event: Event) -> Batch:
         """The input and its decisions as one batch; the state moves on."""
@@ -60,7 +61,7 @@ class Node:
         choice = self.rng.random()
         if choice < 0.5 or not self.running:
             self.counter += 1
-            uid = f"uid-{self.counter:05d}"
+            uid = f"{self.uid_prefix}uid-{self.counter:05d}"
             size = self.rng.choice(["64Mi", "128Mi", "256Mi", "1Gi"])
             batch = self.transaction(
                 PodAdmissionRequested(
