@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from memstate.core.errors import MemstateError, ReplayDivergence
+from memstate.core.errors import InvariantViolation, MemstateError, ReplayDivergence
 from memstate.core.events import Envelope, Event
-from memstate.core.reducer import apply, decide
+from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.state import State
 
 
@@ -34,6 +34,8 @@ class Transition:
     derived: tuple[Event, ...]
     before: State
     after: State
+    # Set when recorded decisions diverge and cannot even be applied to this build's state.
+    apply_error: str | None = None
 
     @property
     def diverges(self) -> bool:
@@ -84,12 +86,21 @@ def transitions(
                     )
                 taken.append(decision)
             recorded = tuple(taken)
-        after = apply(current, event)
         applied = tuple(e.event for e in recorded) if recorded is not None else derived
-        for decision_event in applied:
-            after = apply(after, decision_event)
+        apply_error: str | None = None
+        try:
+            after = apply_all(apply(current, event), applied)
+        except InvariantViolation as exc:
+            if recorded is None or applied == derived:
+                raise  # the log agrees with this reducer, so this is a real bug
+            after, apply_error = current, str(exc)
         yield Transition(
-            record=envelope, recorded=recorded, derived=derived, before=current, after=after
+            record=envelope,
+            recorded=recorded,
+            derived=derived,
+            before=current,
+            after=after,
+            apply_error=apply_error,
         )
         current = after
 

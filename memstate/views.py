@@ -1,0 +1,208 @@
+"""Read-only views of state and events, shared by `demo`, `status`, `replay` and `audit`.
+
+Each view is a plain JSON-able document (the stable `-o json` schema, docs/cli.md) and a table
+rendering of it. Keeping one function per view means every command shows a pod, a NUMA node or a
+decision the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memstate.core.events import (
+    Event,
+    NodeReconfigurationDeferred,
+    NodeReconfigured,
+    PodAdmitted,
+    PodRejected,
+    PodRemoved,
+    ReadmissionDeferred,
+)
+from memstate.core.qos import node_targets
+from memstate.core.state import State
+from memstate.core.targets import NodeTargets
+from memstate.output import human_bytes
+
+
+def describe_decision(event: Event) -> str:
+    """One line for a decision, as an operator reads it."""
+    if isinstance(event, PodAdmitted):
+        numa = list(event.allocation.numa_nodes) if event.allocation else []
+        where = f"NUMA {numa}" if numa else "not pinned"
+        verb = "restored" if event.restored else "admitted"
+        return f"{verb} {event.pod.key} ({event.qos_class}, {where})"
+    if isinstance(event, PodRejected):
+        who = f"{event.namespace}/{event.name}" if event.name else event.source
+        return f"rejected {who}: {event.reason}: {event.message}"
+    if isinstance(event, PodRemoved):
+        return f"removed {event.uid} ({event.reason})"
+    if isinstance(event, ReadmissionDeferred):
+        return f"deferred {event.pod.key} to the end of readmission ({event.reason})"
+    if isinstance(event, NodeReconfigured):
+        if not event.revoked:
+            return "topology and config in force"
+        revoked = "; ".join(f"{r.uid}: {r.reason}" for r in event.revoked)
+        return f"topology and config in force; revoked {revoked}"
+    if isinstance(event, NodeReconfigurationDeferred):
+        return f"reconfiguration deferred: {event.message}"
+    return event.kind
+
+
+def numa_document(state: State) -> list[dict[str, Any]]:
+    """Per NUMA node and resource: the kubelet's memory table, plus cells and assignments."""
+    return [
+        {
+            "numa_node": node.id,
+            "cells": list(node.cells),
+            "number_of_assignments": node.number_of_assignments,
+            "resources": {
+                resource: {
+                    "total": table.total,
+                    "system_reserved": table.system_reserved,
+                    "allocatable": table.allocatable,
+                    "reserved": table.reserved,
+                    "free": table.free,
+                }
+                for resource, table in sorted(node.memory_map.items())
+            },
+        }
+        for node in state.machine.nodes
+    ]
+
+
+def numa_rows(state: State) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for node in state.machine.nodes:
+        for resource, table in sorted(node.memory_map.items()):
+            if table.total == 0 and resource != "memory":
+                continue
+            rows.append(
+                [
+                    node.id,
+                    resource,
+                    human_bytes(table.allocatable),
+                    human_bytes(table.reserved),
+                    human_bytes(table.free),
+                    ",".join(map(str, node.cells)),
+                ]
+            )
+    return rows
+
+
+NUMA_HEADERS = ["NUMA", "RESOURCE", "ALLOCATABLE", "RESERVED", "FREE", "CELLS"]
+
+
+def targets_of(state: State) -> NodeTargets | None:
+    """The cgroup targets of a state, or None before a topology and config are in force."""
+    if state.topology is None or state.config is None:
+        return None
+    pods = [(record.pod, record.allocation) for record in state.sorted_pods()]
+    return node_targets(pods, state.config, state.topology)
+
+
+def pods_document(state: State) -> list[dict[str, Any]]:
+    """Every pod with its QoS class, pinning, sizes and pod cgroup targets."""
+    targets = targets_of(state)
+    documents = []
+    for record in state.sorted_pods():
+        allocation = record.allocation
+        pod_target = targets.pod(record.pod.uid) if targets is not None else None
+        documents.append(
+            {
+                "uid": record.pod.uid,
+                "namespace": record.pod.namespace,
+                "name": record.pod.name,
+                "qos_class": record.qos_class,
+                "status": record.status,
+                "source": record.source,
+                "numa_nodes": list(allocation.numa_nodes) if allocation else [],
+                "reserved_bytes": {
+                    resource: allocation.reserved_bytes(resource)
+                    for resource in sorted({t.resource for t in allocation.takes})
+                }
+                if allocation
+                else {},
+                "containers": [
+                    {
+                        "name": c.name,
+                        "blocks": [
+                            {"numa_affinity": list(b.numa_affinity), "type": b.type, "size": b.size}
+                            for b in c.blocks
+                        ],
+                    }
+                    for c in (allocation.containers if allocation else ())
+                ],
+                "cgroup": pod_target.cgroup if pod_target else None,
+                "cgroup_files": dict(pod_target.files) if pod_target else {},
+            }
+        )
+    return documents
+
+
+POD_HEADERS = ["NAMESPACE/NAME", "UID", "QOS", "STATUS", "NUMA", "MEMORY", "CGROUP"]
+
+
+def pod_rows(state: State) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for document in pods_document(state):
+        memory = document["reserved_bytes"].get("memory")
+        rows.append(
+            [
+                f"{document['namespace']}/{document['name']}",
+                document["uid"],
+                document["qos_class"],
+                document["status"],
+                document["numa_nodes"] or None,
+                human_bytes(memory) if memory else None,
+                document["cgroup"],
+            ]
+        )
+    return rows
+
+
+def targets_document(targets: NodeTargets) -> dict[str, Any]:
+    return {
+        "cgroups": [
+            {
+                "path": t.path,
+                "level": t.level,
+                "pod_uid": t.pod_uid or None,
+                "files": dict(sorted(t.files.items())),
+                "controllers": list(t.controllers),
+            }
+            for t in targets.cgroups
+        ],
+        "node_memory_min_bytes": targets.node_memory_min_bytes,
+        "node_memory_low_bytes": targets.node_memory_low_bytes,
+        "warnings": list(targets.warnings),
+    }
+
+
+TARGET_HEADERS = ["CGROUP", "LEVEL", "FILE", "VALUE"]
+
+
+def target_rows(targets: NodeTargets) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for target in targets.cgroups:
+        path = target.path or "/"
+        if target.controllers:
+            enabled = " ".join("+" + c for c in target.controllers)
+            rows.append([path, target.level, "cgroup.subtree_control", enabled])
+        for name, value in sorted(target.files.items()):
+            rows.append([path, target.level, name, value if value else '""'])
+    return rows
+
+
+def rejections_document(state: State) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": key,
+            "uid": r.uid or None,
+            "namespace": r.namespace or None,
+            "name": r.name or None,
+            "source": r.source or None,
+            "reason": r.reason,
+            "message": r.message,
+        }
+        for key, r in sorted(state.rejections.items())
+    ]

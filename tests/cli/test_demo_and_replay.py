@@ -1,0 +1,105 @@
+"""The first README command and the scenario replay work from the command line.
+
+Goal: `memstate demo` decides the bundled example node and `memstate replay` re-derives a
+scenario, reporting the first divergence from recorded decisions with exit code 1. Method: run
+the real console entry point in a subprocess and inspect its JSON output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from memstate.core.scenario import read_scenario, write_scenario
+from memstate.replay import transitions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def memstate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memstate", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_restores_every_pod_after_the_restart() -> None:
+    result = memstate("demo", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    restored = [
+        d for t in document["transitions"] for d in t["decisions"] if d.startswith("restored")
+    ]
+    assert len(restored) == 5
+    pinned = {p["name"]: p["numa_nodes"] for p in document["pods"]}
+    assert pinned == {"api": [0], "batch": [], "cache": [0], "db": [1], "web": []}
+    kubepods = next(c for c in document["targets"]["cgroups"] if c["path"] == "kubepods")
+    # TieredReservation: G (2 + 4 + 3 Gi) + B (512Mi) requests protected at the node level.
+    assert kubepods["files"]["memory.min"] == str((9 * 1024 + 512) * 2**20)
+    assert kubepods["files"]["memory.low"] == str(512 * 2**20)
+
+
+def test_demo_table_names_the_next_step() -> None:
+    result = memstate("demo", "-o", "table")
+    assert result.returncode == 0, result.stderr
+    assert "restored shop/db (Guaranteed, NUMA [1])" in result.stdout
+    assert "memstate replay" in result.stdout
+
+
+def recorded_export(scenario: Path) -> list[str]:
+    """A scenario turned into an export with recorded decisions, as the daemon would log it."""
+    from memstate.core.events import SCHEMA_VERSION, Envelope
+
+    envelopes = []
+    for transition in transitions(read_scenario(scenario.read_text())):
+        seq = len(envelopes) + 1
+        envelopes.append(
+            Envelope(
+                seq=seq,
+                ts_ns=transition.record.ts_ns,
+                schema_v=SCHEMA_VERSION,
+                event=transition.record.event,
+                decisions=len(transition.derived),
+            )
+        )
+        envelopes.extend(
+            Envelope(seq=seq + i, ts_ns=transition.record.ts_ns, schema_v=SCHEMA_VERSION, event=d)
+            for i, d in enumerate(transition.derived, start=1)
+        )
+    return write_scenario(envelopes).splitlines()
+
+
+def test_replay_of_recorded_decisions_agrees(tmp_path: Path) -> None:
+    export = tmp_path / "export.jsonl"
+    export.write_text("\n".join(recorded_export(ROOT / "replay/restart-any-order.jsonl")) + "\n")
+    result = memstate("replay", str(export), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["divergence"] is None
+
+
+def test_replay_reports_the_first_altered_decision(tmp_path: Path) -> None:
+    lines = recorded_export(ROOT / "replay/restart-any-order.jsonl")
+    # Alter the recorded decision about p2: claim it was pinned to NUMA node 0.
+    index = next(
+        i
+        for i, line in enumerate(lines)
+        if '"kind":"pod_admitted"' in line and '"uid":"p2"' in line
+    )
+    record = json.loads(lines[index])
+    for take in record["event"]["allocation"]["takes"]:
+        take["numa_node"] = 0
+    lines[index] = json.dumps(record)
+    export = tmp_path / "altered.jsonl"
+    export.write_text("\n".join(lines) + "\n")
+    result = memstate("replay", str(export), "-o", "json")
+    assert result.returncode == 1
+    divergence = json.loads(result.stdout)["divergence"]
+    assert divergence["seq"] == record["seq"] - 1  # the input the altered decision belongs to
+    assert divergence["event"] == "pod_admission_requested"
+    assert "exceeds allocatable" in divergence["apply_error"]
