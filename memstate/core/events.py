@@ -62,7 +62,6 @@ class DaemonStarted(Event, frozen=True, tag="daemon_started"):
     role: ClassVar[EventRole] = "input"
     memstate_version: str
     reducer_version: int
-    schema_version: int = SCHEMA_VERSION
     python: str = ""
     hostname: str = ""
     boot_id: str = ""
@@ -185,9 +184,7 @@ class PodRejected(Event, frozen=True, tag="pod_rejected"):
     pinning_errors: int = 0
 
 
-RemovalReason = Literal[
-    "requested", "not_readmitted", "spec_changed", "readmission_rejected", "replaced"
-]
+RemovalReason = Literal["requested", "not_readmitted", "spec_changed"]
 
 
 class PodRemoved(Event, frozen=True, tag="pod_removed"):
