@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/memstate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check memstate tests benchmarks replay
-	$(BIN)/ruff format --check memstate tests benchmarks replay
+	$(BIN)/ruff check memstate tests benchmarks scripts/cgvm
+	$(BIN)/ruff format --check memstate tests benchmarks scripts/cgvm
 
 typecheck: $(STAMP)
 	$(BIN)/mypy memstate
