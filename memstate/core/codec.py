@@ -46,13 +46,12 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _daemon_started_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
     # Schema v2 renamed `daemon_started.version` to `memstate_version` (it was ambiguous next to
-    # `reducer_version` and `schema_version`).
-    # It also made `schema_version` default to 2; a v1 build omitted the field when it was 1 (its
-    # default then), so an absent value means 1, not the new default.
+    # `reducer_version`) and dropped `daemon_started.schema_version` (the envelope's `schema_v`
+    # says the same; v1 builds omitted it anyway, as it always equalled its default).
     upgraded = dict(body)
     if "version" in upgraded:
         upgraded["memstate_version"] = upgraded.pop("version")
-    upgraded.setdefault("schema_version", 1)
+    upgraded.pop("schema_version", None)
     return upgraded
 
 

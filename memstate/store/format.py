@@ -208,8 +208,8 @@ class FrameFailure(Exception):
         super().__init__(detail)
 
 
-Frame = tuple[int, int, int, int, int]
-"""(offset, seq, payload_start, payload_end, crc) of one valid frame."""
+Frame = tuple[int, int, int, int, int, int]
+"""(offset, seq, payload_start, payload_end, frame_end, crc) of one valid frame."""
 
 
 def iter_frames(
@@ -270,10 +270,18 @@ def iter_frames(
                 chain_crc,
                 f"sequence {what}: frame holds seq {seq}, expected {expected_seq}",
             )
-        yield (offset, seq, offset + FRAME_HEAD_BYTES, offset + FRAME_HEAD_BYTES + length, crc)
+        next_offset = offset + size
+        yield (
+            offset,
+            seq,
+            offset + FRAME_HEAD_BYTES,
+            offset + FRAME_HEAD_BYTES + length,
+            next_offset,
+            crc,
+        )
         chain_crc = crc
         expected_seq += 1
-        offset += size
+        offset = next_offset
 
 
 class Classification(msgspec.Struct, frozen=True):

@@ -83,6 +83,7 @@ from memstate.store import fsio
 from memstate.store.format import (
     CHAIN_SEED,
     SEGMENT_HEADER_BYTES,
+    Frame,
     FrameFailure,
     HeaderProblem,
     SegmentHeader,
@@ -91,7 +92,6 @@ from memstate.store.format import (
     decode_segment_header,
     encode_segment_header,
     iter_frames,
-    padded_size,
     parse_segment_name,
     segment_name,
 )
@@ -259,7 +259,7 @@ class LogScan:
     problem: LogProblem | None
     origin: LogOrigin | None
     tail_data: bytes = b""  # content of the last segment scanned
-    tail_frames: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    tail_frames: list[Frame] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -311,9 +311,7 @@ def scan_log(log_dir: Path, *, on_record: OnRecord | None = None) -> LogScan:
             return scan
         # One more than a batch: recovery needs the chain CRC of the record before a dropped
         # transaction, which may be the first of the batch.
-        keep: deque[tuple[int, int, int, int, int]] = deque(
-            maxlen=MAX_BATCH_RECORDS + 1 if last else 0
-        )
+        keep: deque[Frame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if last else 0)
         end, last_seq, chain = SEGMENT_HEADER_BYTES, header.base_seq - 1, header.prev_chain_crc
         view = memoryview(data)
         try:
@@ -321,8 +319,7 @@ def scan_log(log_dir: Path, *, on_record: OnRecord | None = None) -> LogScan:
                 if on_record is not None:
                     on_record(frame[1], view[frame[2] : frame[3]], path.name, frame[0])
                 keep.append(frame)
-                end = frame[0] + padded_size(frame[3] - frame[2])
-                last_seq, chain = frame[1], frame[4]
+                end, last_seq, chain = frame[4], frame[1], frame[5]
         except FrameFailure as failure:
             verdict = classify_failure(data, failure, last_segment=last)
             scan.problem = LogProblem(
@@ -431,13 +428,11 @@ def find_incomplete_transaction(scan: LogScan) -> LogProblem | None:
     return incomplete_transaction(scan.tail_data, scan.tail_frames, path)
 
 
-def incomplete_transaction(
-    data: bytes, frames: Sequence[tuple[int, int, int, int, int]], path: str
-) -> LogProblem | None:
+def incomplete_transaction(data: bytes, frames: Sequence[Frame], path: str) -> LogProblem | None:
     """`find_incomplete_transaction` over explicit frames (the valid frames of one segment)."""
     view = memoryview(data)
     for index in range(len(frames) - 1, max(len(frames) - 2 - MAX_BATCH_RECORDS, -1), -1):
-        offset, seq, start, end, _ = frames[index]
+        offset, seq, start, end, _, _ = frames[index]
         try:
             head = decode_head(view[start:end])
         except SchemaError as exc:
@@ -937,7 +932,7 @@ def _chain_after(scan: LogScan, report: RecoveryReport) -> int:
         return tail.prev_chain_crc
     for frame in scan.tail_frames:
         if frame[1] == target:
-            return frame[4]
+            return frame[5]
     raise InvariantViolation(f"chain CRC of seq {target} not found in the scanned tail")
 
 
@@ -993,10 +988,10 @@ class LogReader:
             view = memoryview(data)
             end, last_seq, chain = SEGMENT_HEADER_BYTES, header.base_seq - 1, header.prev_chain_crc
             try:
-                for offset, seq, begin, stop, crc in iter_frames(
+                for offset, seq, begin, stop, frame_end, crc in iter_frames(
                     data, SEGMENT_HEADER_BYTES, header.base_seq, chain
                 ):
-                    last_seq, chain, end = seq, crc, begin + padded_size(stop - begin) - 16
+                    last_seq, chain, end = seq, crc, frame_end
                     if to_seq is not None and seq > to_seq:
                         return
                     if seq >= from_seq:

@@ -35,11 +35,11 @@ from memstate.store import fsio
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.format import (
     SEGMENT_HEADER_BYTES,
+    Frame,
     FrameFailure,
     HeaderProblem,
     decode_segment_header,
     iter_frames,
-    padded_size,
 )
 from memstate.store.log import (
     LOG_DIRNAME,
@@ -181,7 +181,7 @@ def _cut_after(segments: list[SegmentInfo], listed: list[tuple[int, Path]], seq:
     raise InvariantViolation(f"seq {seq} not found in any segment")  # pragma: no cover
 
 
-def _frames_of(path: Path, upto: int | None) -> tuple[bytes, list[tuple[int, int, int, int, int]]]:
+def _frames_of(path: Path, upto: int | None) -> tuple[bytes, list[Frame]]:
     """Valid frames of a segment that start before `upto` (None: all valid frames)."""
     data = fsio.read_file(path)
     header = decode_segment_header(data)
@@ -226,11 +226,10 @@ def _drop_incomplete_transaction(
     return _Cut(index=tail_index, offset=tail_offset, last_seq=last)
 
 
-def _end_of(frames: list[tuple[int, int, int, int, int]]) -> int:
+def _end_of(frames: list[Frame]) -> int:
     if not frames:
         return SEGMENT_HEADER_BYTES
-    offset, _, start, end, _ = frames[-1]
-    return offset + padded_size(end - start)
+    return frames[-1][4]
 
 
 def _base_of(data: bytes) -> int:

@@ -59,9 +59,7 @@ def v1_daemon_started(**extra: object) -> bytes:
 def test_v1_daemon_started_is_upcast() -> None:
     envelope = codec.decode_envelope(v1_daemon_started())
     assert envelope.schema_v == SCHEMA_VERSION
-    assert envelope.event == DaemonStarted(
-        memstate_version="0.0.9", reducer_version=1, schema_version=1
-    )
+    assert envelope.event == DaemonStarted(memstate_version="0.0.9", reducer_version=1)
     assert envelope.decisions == 0
 
 
@@ -75,6 +73,13 @@ def test_v1_record_that_also_decodes_as_v2_still_goes_through_the_chain() -> Non
     }
     envelope = codec.decode_envelope(msgspec.msgpack.encode(raw))
     assert envelope == Envelope(3, 9, SCHEMA_VERSION, PodRemovalRequested(uid="u"))
+
+
+def test_v1_daemon_started_with_its_schema_version_field_is_upcast() -> None:
+    envelope = codec.decode_envelope(v1_daemon_started(schema_version=1, python="3.11.7"))
+    assert envelope.event == DaemonStarted(
+        memstate_version="0.0.9", reducer_version=1, python="3.11.7"
+    )
 
 
 def test_upcast_works_on_builtins_without_mutating_them() -> None:

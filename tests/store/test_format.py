@@ -91,10 +91,12 @@ def test_frames_round_trip_with_chained_crc(items: list[bytes], base: int, seed:
     frames = list(iter_frames(data, SEGMENT_HEADER_BYTES, base, seed))
     assert [data[f[2] : f[3]] for f in frames] == items
     assert [f[1] for f in frames] == list(range(base, base + len(items)))
-    assert frames[-1][4] == final_crc
-    for offset, _, start, _, _ in frames:
+    assert frames[-1][5] == final_crc
+    for index, (offset, _, start, stop, end, _) in enumerate(frames):
         assert offset % 8 == 0
         assert start == offset + FRAME_HEAD_BYTES
+        assert end == offset + padded_size(stop - start)
+        assert end == (frames[index + 1][0] if index + 1 < len(frames) else len(data))
     # The chain: each CRC is seeded with the previous one, so the same frames under another
     # seed do not verify.
     with pytest.raises(FrameFailure) as failure:
@@ -131,14 +133,12 @@ def test_every_bit_of_every_frame_is_covered(items: list[bytes], data: st.DataOb
     damaged[bit // 8] ^= 1 << (bit % 8)
     byte = bit // 8
     frames = list(iter_frames(raw, SEGMENT_HEADER_BYTES, 1, CHAIN_SEED))
-    damaged_index = next(
-        i for i, f in enumerate(frames) if f[0] <= byte < f[0] + padded_size(f[3] - f[2])
-    )
+    damaged_index = next(i for i, f in enumerate(frames) if f[0] <= byte < f[4])
     # Exactly the frames before the damaged one survive; the damaged one never verifies.
     assert _valid_prefix(bytes(damaged)) == frames[:damaged_index]
 
 
-def _valid_prefix(data: bytes) -> list[tuple[int, int, int, int, int]]:
+def _valid_prefix(data: bytes) -> list[tuple[int, int, int, int, int, int]]:
     found = []
     try:
         for frame in iter_frames(data, SEGMENT_HEADER_BYTES, 1, CHAIN_SEED):

@@ -1,0 +1,102 @@
+"""Start-up on a 1,000,000-record log with a checkpoint decodes only the tail.
+
+Goal: start-up cost after a checkpoint does not depend on how much history precedes it — it
+decodes (and folds) only the records after the checkpoint. The test counts decoded records,
+both with `Recovered.decoded_events` and by wrapping the store's decode function; it never
+measures time (the benchmark in benchmarks/log_startup.py does).
+
+Method: the node setup and a few admissions go through the real writer; ~1M filler notes are
+written by the byte-identical fast path of tests/store/bulk.py (proven identical to the writer
+below); a checkpoint is written after them; a tail of real transactions follows through the real
+writer. Then the log is opened (recovery scans every frame's CRC) and `recover_state` runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import memstate.store.log as log_module
+from memstate.core.codec import encode_envelope
+from memstate.core.events import SCHEMA_VERSION, Envelope
+from memstate.store.checkpoint import write_checkpoint
+from memstate.store.log import EventLog
+from memstate.store.recovery import recover_state
+from tests.store.bulk import FILLER, FillerPayloads, write_filler_log
+from tests.store.helpers import BASE_TS_NS, Node
+
+TOTAL_RECORDS = 1_000_000
+SEGMENT_BYTES = 16 << 20
+
+
+def test_bulk_builder_matches_the_writer(tmp_path: Path) -> None:
+    payloads = FillerPayloads(BASE_TS_NS)
+    for seq in (1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 10**12):
+        assert payloads.payload_for(seq) == encode_envelope(
+            Envelope(seq, BASE_TS_NS, SCHEMA_VERSION, FILLER)
+        )
+    count = 3_000
+    real, fast = tmp_path / "real", tmp_path / "fast" / "log"
+    with EventLog.open(real, fsync=False, segment_bytes=8192) as log:
+        for _ in range(count):
+            log.append([(FILLER, None)], ts_ns=BASE_TS_NS)
+        end_crc = log.chain_crc
+    fast.mkdir(parents=True)
+    assert write_filler_log(
+        fast, first_seq=1, prev_chain_crc=0, count=count, ts_ns=BASE_TS_NS, segment_bytes=8192
+    ) == (count, end_crc)
+    real_files = {p.name: p.read_bytes() for p in (real / "log").glob("*.evlog")}
+    fast_files = {p.name: p.read_bytes() for p in fast.glob("*.evlog")}
+    assert len(real_files) > 3
+    assert real_files == fast_files
+
+
+def test_startup_with_a_checkpoint_decodes_only_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "state"
+    node = Node(1_000_000)
+    setup = node.start() + [node.churn() for _ in range(20)]
+    with EventLog.open(state_dir, fsync=False, segment_bytes=SEGMENT_BYTES) as log:
+        for batch in setup:
+            log.append(batch, ts_ns=BASE_TS_NS)
+        setup_seq, setup_crc = log.last_seq, log.chain_crc
+    state_at_checkpoint = node.state
+    tail = [node.group(2) for _ in range(150)]
+    tail_records = sum(len(batch) for batch in tail)
+    filler = TOTAL_RECORDS - setup_seq - tail_records
+    checkpoint_seq, checkpoint_crc = write_filler_log(
+        state_dir / "log",
+        first_seq=setup_seq + 1,
+        prev_chain_crc=setup_crc,
+        count=filler,
+        ts_ns=BASE_TS_NS + 1,
+        segment_bytes=SEGMENT_BYTES,
+    )
+    write_checkpoint(
+        state_dir, state_at_checkpoint, seq=checkpoint_seq, chain_crc=checkpoint_crc, fsync=False
+    )
+    with EventLog.open(state_dir, fsync=False, segment_bytes=SEGMENT_BYTES) as log:
+        for batch in tail:
+            log.append(batch, ts_ns=BASE_TS_NS + 2)
+        assert log.last_seq == TOTAL_RECORDS
+
+    decoded: list[int] = []
+    real_decode = log_module.decode_envelope
+
+    def counting_decode(data: bytes | memoryview) -> Envelope:
+        envelope = real_decode(data)
+        decoded.append(envelope.seq)
+        return envelope
+
+    monkeypatch.setattr(log_module, "decode_envelope", counting_decode)
+    with EventLog.open(state_dir, fsync=False) as log:  # start-up: recovery, then state
+        assert not log.recovery.truncated and log.last_seq == TOTAL_RECORDS
+        recovered = recover_state(state_dir)
+    assert recovered.checkpoint_seq == checkpoint_seq
+    assert recovered.decoded_events == tail_records == TOTAL_RECORDS - checkpoint_seq
+    assert decoded == list(range(checkpoint_seq + 1, TOTAL_RECORDS + 1))
+    assert recovered.last_seq == TOTAL_RECORDS
+    assert recovered.state == node.state
+    assert recovered.warnings == []
