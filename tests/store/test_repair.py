@@ -82,7 +82,7 @@ def test_torn_tail_mode_cuts_what_start_up_would(tmp_path: Path) -> None:
 
 
 def test_torn_tail_mode_refuses_mid_log_corruption(tmp_path: Path) -> None:
-    state_dir, written = make_log(tmp_path)
+    state_dir, _written = make_log(tmp_path)
     segment, offset = frame_offsets(state_dir)[10]
     flip(state_dir / "log" / segment, offset + 20)
     before = {p.name: p.read_bytes() for p in (state_dir / "log").iterdir()}
@@ -175,9 +175,8 @@ def test_clean_log_needs_no_repair(tmp_path: Path) -> None:
 
 def test_repair_refuses_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
     state_dir, _ = make_log(tmp_path)
-    with EventLog.open(state_dir, fsync=False):
-        with pytest.raises(LockHeld) as error:
-            repair_log(state_dir, mode="point_in_time", fsync=False)
+    with EventLog.open(state_dir, fsync=False), pytest.raises(LockHeld) as error:
+        repair_log(state_dir, mode="point_in_time", fsync=False)
     assert error.value.exit_code == EXIT_TEMPFAIL
 
 
