@@ -122,33 +122,34 @@ def _usable_checkpoint(
     state_dir: Path, reader: LogReader, warnings: list[str]
 ) -> Checkpoint | None:
     for seq, path in reversed(list_checkpoints(state_dir)):
-        try:
-            checkpoint = load_checkpoint(path)
-        except (CheckpointCorruption, SchemaError) as exc:
-            warnings.append(f"checkpoint {path.name} skipped: {exc}")
-            continue
-        if checkpoint.reducer_version != REDUCER_VERSION:
-            warnings.append(
-                f"checkpoint {path.name} skipped: built by reducer version "
-                f"{checkpoint.reducer_version}, this build is {REDUCER_VERSION} (replaying "
-                "instead)"
-            )
-            continue
-        if checkpoint.schema_version > SCHEMA_VERSION:
-            warnings.append(
-                f"checkpoint {path.name} skipped: event schema {checkpoint.schema_version} is "
-                f"newer than this build ({SCHEMA_VERSION})"
-            )
-            continue
-        log_crc = reader.chain_crc_at(seq)
-        if log_crc is None:
-            warnings.append(f"checkpoint {path.name} skipped: the log does not hold seq {seq}")
-            continue
-        if log_crc != checkpoint.chain_crc:
-            warnings.append(
-                f"checkpoint {path.name} skipped: chain CRC {checkpoint.chain_crc:08x} does not "
-                f"match the log's {log_crc:08x} at seq {seq} (the log was repaired or replaced)"
-            )
-            continue
-        return checkpoint
+        checkpoint, reason = assess_checkpoint(path, seq, reader)
+        if checkpoint is not None:
+            return checkpoint
+        warnings.append(f"checkpoint {path.name} skipped: {reason}")
     return None
+
+
+def assess_checkpoint(path: Path, seq: int, reader: LogReader) -> tuple[Checkpoint | None, str]:
+    """(the checkpoint, "") if start-up may use it, else (None, why not)."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except (CheckpointCorruption, SchemaError) as exc:
+        return None, str(exc)
+    if checkpoint.reducer_version != REDUCER_VERSION:
+        return None, (
+            f"built by reducer version {checkpoint.reducer_version}, this build is "
+            f"{REDUCER_VERSION} (replaying instead)"
+        )
+    if checkpoint.schema_version > SCHEMA_VERSION:
+        return None, (
+            f"event schema {checkpoint.schema_version} is newer than this build ({SCHEMA_VERSION})"
+        )
+    log_crc = reader.chain_crc_at(seq)
+    if log_crc is None:
+        return None, f"the log does not hold seq {seq}"
+    if log_crc != checkpoint.chain_crc:
+        return None, (
+            f"chain CRC {checkpoint.chain_crc:08x} does not match the log's {log_crc:08x} at "
+            f"seq {seq} (the log was repaired or replaced)"
+        )
+    return checkpoint, ""
