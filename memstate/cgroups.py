@@ -1,0 +1,71 @@
+"""Choosing and checking the cgroup tree the daemon converges.
+
+Two kinds of tree:
+- the real cgroup v2 filesystem under `cgroupRoot` (the cgroup2 mount, or a subtree delegated to
+  memstate), through `RealCgroupFS`, which never touches anything outside that directory;
+- a directory-backed simulated tree (`cgroupSim`), which models the kernel's rules, for the demo,
+  the end-to-end tests and machines without cgroup v2.
+
+For the real tree memstate checks, before doing anything, that it is cgroup v2 and that the
+controllers the targets need are available (memory always; cpuset with the Static policy;
+hugetlb when the machine has hugepages). If not, it stops with exit code 69 and says what is
+missing, rather than failing write by write.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from memstate.core.config import NodeConfig
+from memstate.core.errors import HostError
+from memstate.core.qos import subtree_controllers
+from memstate.core.topology import Topology
+from memstate.host.cgroupfs import CgroupFS, RealCgroupFS, available_controllers
+from memstate.settings import Settings
+
+
+def open_cgroup_fs(settings: Settings, topology: Topology, config: NodeConfig) -> CgroupFS:
+    """The CgroupFS for these settings, checked for the controllers the targets need."""
+    if settings.cgroup_sim is not None:
+        return open_simulated_tree(settings.cgroup_sim, topology)
+    root = settings.cgroup_root
+    if not (root / "cgroup.controllers").exists():
+        raise HostError(
+            f"{root} is not a cgroup v2 directory (no cgroup.controllers); set cgroupRoot to the "
+            "cgroup2 mount or a delegated subtree, or use cgroupSim for a simulated tree",
+            errno=errno.ENOENT,
+            path=str(root),
+            op="open",
+        )
+    fs = RealCgroupFS(root)
+    check_controllers(fs, config, topology, where=str(root))
+    return fs
+
+
+def check_controllers(fs: CgroupFS, config: NodeConfig, topology: Topology, *, where: str) -> None:
+    """Exit 69 (HostError) naming every controller the targets need but the root lacks."""
+    needed = set(subtree_controllers(config, topology))
+    missing = sorted(needed - set(available_controllers(fs, "")))
+    if missing:
+        raise HostError(
+            f"{where}: cgroup v2 controllers {', '.join(missing)} are not available (its "
+            "cgroup.controllers lacks them); enable them in the parent's cgroup.subtree_control "
+            "or delegate them to memstate (systemd: Delegate=)",
+            errno=errno.ENOENT,
+            path=where,
+            op="open",
+        )
+
+
+def open_simulated_tree(directory: Path, topology: Topology) -> CgroupFS:
+    """A directory-backed simulated cgroup v2 tree shaped like this machine."""
+    from memstate.host.cgroupdir import DirCgroupFS
+
+    nodes = ",".join(str(n) for n in topology.node_ids)
+    return DirCgroupFS(
+        directory,
+        page_size_bytes=topology.page_size_bytes,
+        hugepage_sizes_bytes=topology.hugepage_sizes,
+        online_nodes=nodes,
+    )

@@ -1,0 +1,74 @@
+"""Options and helpers shared by the commands that work on a node's state directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from memstate.core.errors import ConfigError
+from memstate.inputs import read_document
+from memstate.settings import Settings, settings_from_object
+
+DEFAULT_CONFIG = Path("/etc/memstate/config.yaml")
+
+
+def add_location_arguments(parser: argparse.ArgumentParser, *, manifests: bool = False) -> None:
+    """`--config`, `--state-dir` (and `--manifest-dir`): where a node's memstate lives."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the config file (KubeletConfiguration fields plus a `memstate:` section); its "
+        "memstate.stateDir/manifestDir are used unless given here "
+        f"(default: $MEMSTATE_CONFIG, else {DEFAULT_CONFIG} if it exists)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="the state directory (default: $MEMSTATE_STATE_DIR, the config, /var/lib/memstate)",
+    )
+    if manifests:
+        parser.add_argument(
+            "--manifest-dir",
+            type=Path,
+            default=None,
+            help="the manifest directory the daemon watches (default: the config, "
+            "/etc/memstate/pods)",
+        )
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    explicit: Path | None = getattr(args, "config", None)
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("MEMSTATE_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Settings from defaults, the config file's `memstate:` section, env and flags."""
+    settings = Settings()
+    path = config_path(args)
+    if path is not None:
+        document = read_document(path, ConfigError)
+        section = document.get("memstate") if isinstance(document, dict) else None
+        settings = settings_from_object(section, source=f"{path}: memstate", base=settings)
+        settings = _replace(settings, config_file=path)
+    env_state = os.environ.get("MEMSTATE_STATE_DIR")
+    if env_state and getattr(args, "state_dir", None) is None:
+        settings = _replace(settings, state_dir=Path(env_state))
+    if getattr(args, "state_dir", None) is not None:
+        settings = _replace(settings, state_dir=args.state_dir)
+    if getattr(args, "manifest_dir", None) is not None:
+        settings = _replace(settings, manifest_dir=args.manifest_dir)
+    return settings
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    import msgspec
+
+    return msgspec.structs.replace(settings, **changes)

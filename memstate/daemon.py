@@ -1,0 +1,680 @@
+"""`memstate run`: the long-lived node daemon.
+
+Theory of operation
+-------------------
+One trio root nursery. Every change of the world becomes an input event; one *writer* task owns
+the state: it takes queued inputs, asks the reducer to `decide` on each (against the state after
+the previous ones), appends each input with its decisions in one group-commit batch (one fsync for
+the whole batch, in a worker thread with its own `CapacityLimiter(1)`), and only then applies them,
+publishes the new state and wakes the reconciler. The append and the state update form one
+shielded section: a SIGTERM arriving mid-fsync waits for it, so the state in memory always matches
+the log's last record and its chain CRC (which the final checkpoint records).
+
+Start-up order (docs/operations.md): lock the state directory and recover the log (EventLog.open:
+torn tails are cut, anything worse refuses with exit 65); rebuild the state from the newest valid
+checkpoint plus the tail; observe the topology (sysfs or a topology file); load and validate the
+config (exit 78 if it does not fit the machine); record what changed (`daemon_started`,
+`daemon_restarted` when there is history, `topology_observed`, `config_loaded`); readmit the pods
+found in the manifest directory, in whatever order it lists them, and close readmission; reconcile
+the whole tree; then tell systemd READY=1.
+
+Then, concurrently: the manifest directory (watched with watchfiles; watch events are hints, a
+periodic full rescan is the truth), the config file and SIGHUP (reload: a valid config becomes an
+event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
+(after every commit for the cgroups the decisions touched, a full resync periodically and when the
+cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
+metrics endpoint (a thread of prometheus-client reading an immutable snapshot). SIGTERM/SIGINT stop
+everything, finish the in-flight append, write a final checkpoint and exit 0.
+
+Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that
+cannot be recorded must not be acted on. A full disk fails the batch (nothing acknowledged), is
+counted and logged, and the inputs are tried again at the next rescan.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import trio
+
+from memstate import __version__
+from memstate.core.config import NodeConfig, validate_config_for_topology
+from memstate.core.errors import ConfigError, HostError, InputError, MemstateError
+from memstate.core.events import (
+    ConfigLoaded,
+    ConfigRejected,
+    DaemonRestarted,
+    DaemonStarted,
+    Envelope,
+    Event,
+    NodeReconfigured,
+    PodAdmitted,
+    PodRejected,
+    PodRemoved,
+    ReadmissionCompleted,
+    TopologyObserved,
+)
+from memstate.core.invariants import check_invariants
+from memstate.core.reducer import apply, step
+from memstate.core.state import REDUCER_VERSION, State
+from memstate.core.targets import NodeTargets
+from memstate.core.topology import Topology
+from memstate.inputs import load_config, load_topology, read_document
+from memstate.manifests import ManifestDirectory
+from memstate.metrics import Metrics, Snapshot
+from memstate.sdnotify import Notifier
+from memstate.settings import Settings, settings_from_object
+from memstate.store.checkpoint import prune_checkpoints, write_checkpoint
+from memstate.store.log import EventLog
+from memstate.store.recovery import recover_state
+from memstate.views import targets_of
+
+logger = logging.getLogger("memstate.daemon")
+
+MAX_BATCH_EVENTS = 256
+SHUTDOWN_GRACE_SECONDS = 10.0
+FAILURE_NOTE_REPEAT_SECONDS = 600.0
+
+
+class Wakeup:
+    """A level-triggered wake-up: `set()` any number of times, `wait()` returns once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until set or `timeout` passes; True if it was set. Resets it."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        woken = self._event.is_set()
+        self._event = trio.Event()
+        return woken
+
+
+@dataclass
+class _Submission:
+    events: list[Event]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: MemstateError | None = None
+
+
+def load_settings_and_config(
+    base: Settings,
+) -> tuple[Settings, NodeConfig]:
+    """Read the config file (KubeletConfiguration fields plus a `memstate:` section)."""
+    if base.config_file is None:
+        return base, NodeConfig()
+    path = base.config_file
+    document = read_document(path, ConfigError)
+    section = document.get("memstate") if isinstance(document, dict) else None
+    settings = settings_from_object(section, source=f"{path}: memstate", base=base)
+    return settings, load_config(path)
+
+
+class Daemon:
+    """The node daemon. `trio.run(Daemon(settings).main)`, or `run_daemon(settings)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        cli_overrides: dict[str, object] | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.cli_overrides = dict(cli_overrides or {})
+        self.notifier = notifier or Notifier.from_environment()
+        self.fsync = fsync
+        self.metrics = Metrics()
+        self.state = State()
+        self.last_seq = 0
+        self.targets: NodeTargets | None = None
+        self.log: EventLog | None = None
+        self.manifests = ManifestDirectory(settings.manifest_dir)
+        self.config_topology: Topology | None = None
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[_Submission](64)
+        self._log_limiter = trio.CapacityLimiter(1)
+        self._cgroup_limiter = trio.CapacityLimiter(1)
+        self._reconcile_wake = Wakeup()
+        self._manifest_wake = Wakeup()
+        self._config_wake = Wakeup()
+        self._scope: set[str] | None = set()  # None: the next round is a full resync
+        self._retired: set[str] = set()
+        self._events_since_checkpoint = 0
+        self._checkpoint_seq = 0
+        self._failure_notes: dict[tuple[str, str, str, int], float] = {}
+        self._converged = False
+        self._pending_removals = 0
+        self._metrics_server: object | None = None
+        self.reconciler: object | None = None
+        self.ready = trio.Event()
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Everything before READY=1 (see the module docstring for the order)."""
+        settings = self.settings
+        self.notifier.status("recovering the event log")
+        self.log = await trio.to_thread.run_sync(
+            functools.partial(EventLog.open, settings.state_dir, fsync=self.fsync),
+            limiter=self._log_limiter,
+        )
+        had_history = self.log.last_seq > 0
+        recovered = await trio.to_thread.run_sync(recover_state, settings.state_dir)
+        for warning in recovered.warnings:
+            logger.warning("checkpoint: %s", warning)
+        self.state = recovered.state
+        self.last_seq = recovered.last_seq
+        self._checkpoint_seq = recovered.checkpoint_seq or 0
+        logger.info(
+            "recovered seq %d (checkpoint %s, %d records decoded)",
+            recovered.last_seq,
+            recovered.checkpoint_seq,
+            recovered.decoded_events,
+        )
+        topology = self._observe_topology()
+        config = self._load_config(topology)
+        self.config_topology = topology
+        self._open_reconciler(topology, config)
+
+        boot: list[Event] = []
+        truncated = self.log.recovery.tail_truncated_event()
+        if truncated is not None:
+            logger.warning(
+                "log tail truncated: %s at offset %d, %d bytes dropped (copy kept at %s)",
+                truncated.segment,
+                truncated.offset,
+                truncated.bytes_dropped,
+                truncated.broken_copy,
+            )
+            boot.append(truncated)
+        boot.append(
+            DaemonStarted(
+                memstate_version=__version__,
+                reducer_version=REDUCER_VERSION,
+                python=platform.python_version(),
+                hostname=socket.gethostname(),
+                boot_id=_boot_id(),
+                kernel_release=os.uname().release,
+            )
+        )
+        if had_history:
+            boot.append(DaemonRestarted())
+        if topology != self.state.observed_topology:
+            boot.append(TopologyObserved(topology=topology, source=self._topology_source()))
+        if config != self.state.observed_config:
+            boot.append(ConfigLoaded(config=config, source=str(settings.config_file or "")))
+        await self._commit(boot)
+        for decision_note in self._warnings_at_start():
+            logger.warning("%s", decision_note)
+
+        self.notifier.status("readmitting pods")
+        await self._scan_manifests()
+        if self.state.readmission_open:
+            await self._commit([ReadmissionCompleted()])
+        self.notifier.status("reconciling the cgroup tree")
+        self._scope = None
+        await self._reconcile_once()
+        if settings.metrics_enabled:
+            host, port = settings.metrics_host_port()
+            self._metrics_server = self.metrics.serve(host, port)
+            logger.info("metrics on http://%s:%d/metrics", host, port)
+        pods = len(self.state.pods)
+        self.notifier.ready(f"{pods} pods, seq {self.last_seq}")
+        logger.info("ready: %d pods, seq %d", pods, self.last_seq)
+        self.ready.set()
+        self._write_status()
+
+    def _topology_source(self) -> str:
+        return str(self.settings.topology_file or "/sys/devices/system/node")
+
+    def _observe_topology(self) -> Topology:
+        if self.settings.topology_file is not None:
+            return load_topology(self.settings.topology_file)
+        from memstate.host.sysfs import observe_topology
+
+        return observe_topology()
+
+    def _load_config(self, topology: Topology) -> NodeConfig:
+        settings, config = load_settings_and_config(self.settings)
+        self.settings = self._with_overrides(settings)
+        validate_config_for_topology(config, topology, source=str(settings.config_file or ""))
+        return config
+
+    def _with_overrides(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(settings, **self.cli_overrides)
+
+    def _open_reconciler(self, topology: Topology, config: NodeConfig) -> None:
+        from memstate.cgroups import open_cgroup_fs
+        from memstate.reconciler import Reconciler, ReconcilerOptions
+
+        fs = open_cgroup_fs(self.settings, topology, config)
+        self.reconciler = Reconciler(
+            fs,
+            page_size_bytes=topology.page_size_bytes,
+            options=ReconcilerOptions(
+                pod_removal=self.settings.pod_removal,
+                remove_orphans=self.settings.remove_orphans,
+            ),
+        )
+
+    def _warnings_at_start(self) -> list[str]:
+        return list(self.targets.warnings) if self.targets is not None else []
+
+    # --- the writer: decide, append (group commit), apply, publish ----------------------------
+
+    async def submit(self, events: Sequence[Event]) -> None:
+        """Have `events` decided and recorded; returns once they are durable."""
+        submission = _Submission(list(events))
+        await self._inbox_send.send(submission)
+        await submission.done.wait()
+        if submission.error is not None:
+            raise submission.error
+
+    async def writer_loop(self) -> None:
+        async for first in self._inbox_receive:
+            batch = [first]
+            count = len(first.events)
+            while count < MAX_BATCH_EVENTS:
+                try:
+                    item = self._inbox_receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(item)
+                count += len(item.events)
+            error: MemstateError | None = None
+            try:
+                await self._commit([e for item in batch for e in item.events])
+            except MemstateError as exc:
+                if not _is_disk_full(exc):
+                    raise
+                self.metrics.log_append_errors.inc()
+                logger.error("event log: %s", exc)
+                error = exc
+            for item in batch:
+                item.error = error
+                item.done.set()
+
+    async def _commit(self, events: Sequence[Event]) -> list[Envelope]:
+        """Decide, append durably, then apply and publish. Shielded: see the module docstring."""
+        if not events:
+            return []
+        assert self.log is not None
+        log = self.log
+        with trio.CancelScope(shield=True):
+            state = self.state
+            records: list[tuple[Event, int | None]] = []
+            decisions: list[Event] = []
+            for event in events:
+                if event.role == "input":
+                    transition = step(state, event)
+                    state = transition.state
+                    records.append((event, len(transition.decisions)))
+                    records.extend((d, None) for d in transition.decisions)
+                    decisions.extend(transition.decisions)
+                else:
+                    state = apply(state, event)
+                    records.append((event, None))
+            started = time.perf_counter()
+            envelopes = await trio.to_thread.run_sync(
+                functools.partial(log.append, records, ts_ns=time.time_ns()),
+                limiter=self._log_limiter,
+            )
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_events.observe(len(envelopes))
+            for envelope in envelopes:
+                self.metrics.events_appended.labels(kind=envelope.event.kind).inc()
+            previous = self.state
+            self.state = state
+            self.last_seq = envelopes[-1].seq
+            self._note_effects(previous, events, decisions)
+            self._events_since_checkpoint += len(envelopes)
+            if self._events_since_checkpoint >= self.settings.checkpoint_every:
+                await self._checkpoint()
+        return envelopes
+
+    def _note_effects(
+        self, previous: State, inputs: Sequence[Event], decisions: Sequence[Event]
+    ) -> None:
+        """Publish the new state and tell the reconciler what changed."""
+        self.targets = targets_of(self.state)
+        full = any(isinstance(d, NodeReconfigured) for d in decisions)
+        for decision in decisions:
+            if isinstance(decision, PodAdmitted) and self.targets is not None:
+                if self._scope is not None:
+                    self._scope.add(self.targets.pod(decision.uid).cgroup)
+            elif isinstance(decision, (PodRemoved, PodRejected)) and decision.uid in previous.pods:
+                self._retired.add(decision.uid)
+        if full:
+            self._scope = None
+        self._publish()
+        if decisions:
+            self._reconcile_wake.set()
+
+    def _write_status(self) -> None:
+        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable)."""
+        document = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "ready": self.ready.is_set(),
+            "seq": self.last_seq,
+            "converged": self._converged,
+            "pending_removals": self._pending_removals,
+            "metrics_address": self.settings.metrics_address,
+            "manifest_dir": str(self.settings.manifest_dir),
+            "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
+            "updated_ts_ns": time.time_ns(),
+        }
+        path = self.settings.state_dir / "daemon-status.json"
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_bytes(msgspec.json.encode(document))
+            temporary.replace(path)
+        except OSError as exc:
+            logger.debug("cannot write %s: %s", path, exc)
+
+    def _publish(self) -> None:
+        old_kernel = ""
+        if self.targets is not None:
+            for warning in self.targets.warnings:
+                if "5.9" in warning and self.state.topology is not None:
+                    old_kernel = self.state.topology.kernel_release
+        self.metrics.publish(
+            Snapshot(
+                state=self.state,
+                targets=self.targets,
+                last_seq=self.last_seq,
+                converged=self._converged,
+                pending_removals=self._pending_removals,
+                old_kernel_with_memory_high=old_kernel,
+            )
+        )
+
+    async def _checkpoint(self) -> None:
+        """Write a checkpoint of the current state (shielded by the caller or at shutdown)."""
+        assert self.log is not None
+        log, state, seq = self.log, self.state, self.last_seq
+        if seq in (0, self._checkpoint_seq):
+            return
+        chain = log.chain_crc
+
+        def write() -> None:
+            check_invariants(state)
+            write_checkpoint(self.settings.state_dir, state, seq=seq, chain_crc=chain)
+            prune_checkpoints(self.settings.state_dir, self.settings.checkpoints_keep)
+
+        await trio.to_thread.run_sync(write, limiter=self._log_limiter)
+        self._checkpoint_seq = seq
+        self._events_since_checkpoint = 0
+        logger.info("checkpoint at seq %d", seq)
+
+    # --- sources -------------------------------------------------------------------------------
+
+    async def _scan_manifests(self) -> None:
+        events = await trio.to_thread.run_sync(self.manifests.scan)
+        if events:
+            if self.ready.is_set():
+                await self.submit(events)
+            else:
+                await self._commit(events)
+        self.manifests.accept()
+
+    async def manifest_loop(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, self.settings.manifest_dir, self._manifest_wake.set, None)
+            while True:
+                try:
+                    await self._scan_manifests()
+                except MemstateError as exc:
+                    logger.error("manifest scan: %s", exc)
+                await self._manifest_wake.wait(self.settings.rescan_seconds)
+
+    async def config_loop(self) -> None:
+        path = self.settings.config_file
+        async with trio.open_nursery() as nursery:
+            if path is not None:
+                nursery.start_soon(_watch, path.parent, self._config_wake.set, path.name)
+            while True:
+                if await self._config_wake.wait(3600.0):
+                    await self.reload_config()
+
+    async def reload_config(self) -> None:
+        """Load the config file again; a valid change becomes an event, an invalid one does not."""
+        path = self.settings.config_file
+        if path is None:
+            return
+        topology = self.state.topology or self.config_topology
+        try:
+            settings, config = load_settings_and_config(self.settings)
+            if topology is not None:
+                validate_config_for_topology(config, topology, source=str(path))
+        except InputError as exc:
+            self.metrics.config_reload_errors.inc()
+            logger.error("config reload rejected, keeping the previous config: %s", exc)
+            await self.submit([ConfigRejected(source=str(path), error=exc.describe())])
+            return
+        self._apply_reloadable(self._with_overrides(settings))
+        if config != self.state.observed_config:
+            logger.info("config reloaded from %s", path)
+            await self.submit([ConfigLoaded(config=config, source=str(path))])
+        else:
+            logger.info("config reloaded from %s: no change", path)
+
+    def _apply_reloadable(self, settings: Settings) -> None:
+        fixed = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+        for name in fixed:
+            if getattr(settings, name) != getattr(self.settings, name):
+                logger.warning("config: %s changes only take effect after a restart", name)
+        keep = {name: getattr(self.settings, name) for name in fixed}
+        self.settings = msgspec.structs.replace(settings, **keep)
+        if self.reconciler is not None:
+            from memstate.reconciler import ReconcilerOptions
+
+            self.reconciler.options = ReconcilerOptions(  # type: ignore[attr-defined]
+                pod_removal=self.settings.pod_removal, remove_orphans=self.settings.remove_orphans
+            )
+
+    # --- reconcile -----------------------------------------------------------------------------
+
+    async def _reconcile_once(self) -> float | None:
+        """One reconcile round; returns when the reconciler wants a retry (seconds) or None."""
+        targets = self.targets
+        if targets is None or self.reconciler is None:
+            return None
+        scope, self._scope = self._scope, set()
+        if scope is not None and not scope and not self._retired:
+            return None
+        retired, self._retired = self._retired, set()
+        reconciler = self.reconciler
+        started = time.perf_counter()
+        report = await trio.to_thread.run_sync(
+            functools.partial(
+                reconciler.reconcile,  # type: ignore[attr-defined]
+                targets,
+                retired_uids=sorted(retired),
+                scope=None if scope is None else sorted(scope),
+            ),
+            limiter=self._cgroup_limiter,
+        )
+        label = "full" if scope is None else "scoped"
+        self.metrics.reconcile_seconds.labels(scope=label).observe(time.perf_counter() - started)
+        for (file_name, result), count in sorted(report.counters.items()):
+            self.metrics.cgroup_writes.labels(file=file_name, result=result).inc(count)
+        notes = self._notes_worth_recording(report.notes)
+        drift = sum(1 for n in report.notes if n.kind == "cgroup_drift_corrected")
+        if drift:
+            self.metrics.drift_corrections.inc(drift)
+        self._converged = bool(report.converged)
+        self._pending_removals = len(report.pending_removals)
+        self._retired |= set(report.pending_removals)
+        self._publish()
+        self._write_status()
+        if notes:
+            await self.submit(notes) if self.ready.is_set() else await self._commit(notes)
+        retry: float | None = report.retry_after_seconds
+        return retry
+
+    def _notes_worth_recording(self, notes: Sequence[Event]) -> list[Event]:
+        """Drift and orphans are always recorded; a repeated identical failure once per 10 min."""
+        now = time.monotonic()
+        kept: list[Event] = []
+        for note in notes:
+            if note.kind == "cgroup_write_failed":
+                key = (
+                    getattr(note, "path", ""),
+                    getattr(note, "op", ""),
+                    getattr(note, "file", ""),
+                    int(getattr(note, "errno", 0)),
+                )
+                last = self._failure_notes.get(key)
+                if last is not None and now - last < FAILURE_NOTE_REPEAT_SECONDS:
+                    continue
+                self._failure_notes[key] = now
+                logger.warning("cgroup: %s", getattr(note, "message", note))
+            elif note.kind == "cgroup_drift_corrected":
+                logger.warning(
+                    "drift corrected: %s/%s was %s, now %s",
+                    getattr(note, "path", ""),
+                    getattr(note, "file", ""),
+                    getattr(note, "found", ""),
+                    getattr(note, "expected", ""),
+                )
+            kept.append(note)
+        return kept
+
+    async def reconcile_loop(self) -> None:
+        retry: float | None = None
+        while True:
+            timeout = (
+                self.settings.resync_seconds
+                if retry is None
+                else min(retry, self.settings.resync_seconds)
+            )
+            woken = await self._reconcile_wake.wait(timeout)
+            if not woken and retry is None:
+                self._scope = None  # periodic full resync: the source of truth
+            try:
+                retry = await self._reconcile_once()
+            except HostError as exc:
+                logger.error("reconcile: %s", exc)
+                retry = self.settings.resync_seconds
+
+    async def cgroup_watch_loop(self) -> None:
+        """Changes to the tree made by others trigger an early full resync."""
+        from memstate.cgroup_watch import watch_cgroups
+
+        def hint(_path: str) -> None:
+            self._scope = None
+            self._reconcile_wake.set()
+
+        await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
+
+    async def watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_seconds
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    # --- main ----------------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        """Run until SIGTERM/SIGINT; raises MemstateError subclasses for fatal conditions."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
+                    await self.start()
+                    nursery.start_soon(self.writer_loop)
+                    nursery.start_soon(self.manifest_loop)
+                    nursery.start_soon(self.config_loop)
+                    nursery.start_soon(self.reconcile_loop)
+                    nursery.start_soon(self.cgroup_watch_loop)
+                    nursery.start_soon(self.watchdog_loop)
+            finally:
+                await self.shutdown()
+
+    async def _signal_loop(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                logger.info("SIGHUP: reloading the config")
+                self._config_wake.set()
+                continue
+            logger.info("%s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+    async def shutdown(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+            self.notifier.stopping()
+            if self.log is not None:
+                try:
+                    await self._checkpoint()
+                finally:
+                    log, self.log = self.log, None
+                    await trio.to_thread.run_sync(log.close, limiter=self._log_limiter)
+            if self._metrics_server is not None:
+                shutdown = getattr(self._metrics_server, "shutdown", None)
+                if shutdown is not None:
+                    await trio.to_thread.run_sync(shutdown)
+
+
+async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
+    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
+    import watchfiles
+
+    while True:
+        if not path.exists():
+            await trio.sleep(5.0)
+            continue
+        try:
+            async for changes in watchfiles.awatch(
+                path, watch_filter=None, debounce=200, step=50, recursive=False
+            ):
+                if only_name is None or any(Path(p).name == only_name for _, p in changes):
+                    on_change()
+        except (FileNotFoundError, RuntimeError) as exc:
+            logger.debug("watch on %s ended (%s); retrying", path, exc)
+            await trio.sleep(1.0)
+
+
+def _is_disk_full(exc: MemstateError) -> bool:
+    return type(exc).__name__ == "LogDiskFull"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def run_daemon(daemon: Daemon) -> None:
+    """Run the daemon; a fatal MemstateError is re-raised unwrapped (for the exit code)."""
+    try:
+        trio.run(daemon.main)
+    except* MemstateError as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[MemstateError]) -> MemstateError:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    raise RuntimeError("empty exception group")  # pragma: no cover

@@ -1,0 +1,164 @@
+"""The manifest directory as a source of pods, like the kubelet's static pod directory.
+
+`ManifestDirectory.scan()` compares the directory with what it saw last time and returns the input
+events for what changed:
+
+- a new file with a valid pod: `pod_admission_requested`;
+- a file whose content changed, same UID: `pod_admission_requested` (the reducer turns a changed
+  spec into `pod_removed` plus a new decision);
+- a file whose pod now has another UID: `pod_removal_requested` for the old UID, then
+  `pod_admission_requested`;
+- a deleted file: `pod_removal_requested`;
+- a file that does not parse or validate: `manifest_invalid` naming the file, the field and the
+  reason (the pod it held before, if any, is removed);
+- two files declaring one UID: the file whose name sorts first owns it, the other is
+  `manifest_invalid`.
+
+Unchanged files (same bytes) produce nothing, so a periodic full rescan is cheap and idempotent:
+watch events are only hints, the rescan is the source of truth. After a restart nothing is known,
+so every file is requested again — that is the readmission. Files are visited in the order the
+directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from memstate.core.errors import InputError, ManifestError
+from memstate.core.events import (
+    Event,
+    ManifestInvalid,
+    PodAdmissionRequested,
+    PodRemovalRequested,
+)
+from memstate.core.pod import Pod, pod_from_manifest, spec_hash
+from memstate.inputs import MAX_FILE_BYTES, manifest_files, parse_document
+
+ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a file held when it was last read."""
+
+    digest: str
+    uid: str  # "" when the file was invalid
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One file as read by a scan."""
+
+    path: Path
+    digest: str
+    pod: Pod | None = None
+    error: str = ""
+    unchanged: Seen | None = None  # same bytes as last time: nothing to do
+
+
+class ManifestDirectory:
+    """Turns the manifest directory's changes into input events."""
+
+    def __init__(self, directory: Path, *, order: str | None = None) -> None:
+        self.directory = directory
+        self.order = order if order is not None else os.environ.get(ORDER_HOOK, "listing")
+        self.known: dict[str, Seen] = {}
+        self._pending: dict[str, Seen] = {}
+
+    def _listing(self) -> list[Path]:
+        try:
+            files = manifest_files(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            message = f"cannot list: {exc.strerror}"
+            raise ManifestError(message, source=str(self.directory)) from None
+        if self.order == "sorted":
+            return sorted(files)
+        if self.order == "reverse":
+            return sorted(files, reverse=True)
+        return files
+
+    def scan(self) -> list[Event]:
+        """Read the directory; return the events for every change since the last scan.
+
+        The caller commits the events and then calls `accept` with the same result, so a scan
+        whose events were not recorded is repeated next time.
+        """
+        events, self._pending = self._diff(self._read_changed())
+        return events
+
+    def accept(self) -> None:
+        """Remember the last scan's view (its events are durable now)."""
+        self.known = self._pending
+
+    def _read_changed(self) -> list[Observed]:
+        observed = []
+        for path in self._listing():
+            try:
+                with path.open("rb") as handle:
+                    data = handle.read(MAX_FILE_BYTES + 1)
+            except FileNotFoundError:
+                continue  # deleted between listing and reading: the next scan sees it gone
+            except OSError as exc:
+                error = f"cannot read: {exc.strerror}"
+                observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
+                continue
+            digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+            seen = self.known.get(str(path))
+            if seen is not None and seen.digest == digest:
+                observed.append(Observed(path, digest, unchanged=seen))
+            else:
+                observed.append(_parse(path, data, digest))
+        return observed
+
+    def _diff(self, observed: Sequence[Observed]) -> tuple[list[Event], dict[str, Seen]]:
+        owners: dict[str, str] = {}
+        for item in sorted(observed, key=lambda o: str(o.path)):
+            uid = item.pod.uid if item.pod else item.unchanged.uid if item.unchanged else ""
+            if uid:
+                owners.setdefault(uid, str(item.path))
+        events: list[Event] = []
+        known: dict[str, Seen] = {}
+        present = set()
+        for item in observed:
+            key = str(item.path)
+            present.add(key)
+            before = self.known.get(key)
+            if item.unchanged is not None:
+                known[key] = item.unchanged
+                continue
+            error = item.error
+            if item.pod is not None and owners[item.pod.uid] != key:
+                error = f"uid {item.pod.uid} is already used by {owners[item.pod.uid]}"
+            if error or item.pod is None:
+                if before is not None and before.uid:
+                    events.append(PodRemovalRequested(uid=before.uid, source=key))
+                events.append(ManifestInvalid(source=key, error=error))
+                known[key] = Seen(item.digest, "", "")
+                continue
+            pod = item.pod
+            if before is not None and before.uid and before.uid != pod.uid:
+                events.append(PodRemovalRequested(uid=before.uid, source=key))
+            events.append(PodAdmissionRequested(pod=pod, source=key))
+            known[key] = Seen(item.digest, pod.uid, spec_hash(pod))
+        for key, before in self.known.items():
+            if key not in present:
+                events.append(PodRemovalRequested(uid=before.uid, source=key))
+        return events, known
+
+
+def _parse(path: Path, data: bytes, digest: str) -> Observed:
+    source = str(path)
+    try:
+        document = parse_document(data, source=source, error=ManifestError)
+        pod = pod_from_manifest(document, source=source)
+    except InputError as exc:
+        where = f"{exc.path}: " if exc.path else ""
+        return Observed(path, digest, error=where + exc.message)
+    return Observed(path, digest, pod=pod)

@@ -1,0 +1,235 @@
+"""Prometheus metrics over HTTP.
+
+Two kinds of series:
+- derived from the published state snapshot (pinning counters, node Memory QoS gauges, per-NUMA
+  free bytes, last applied sequence): a custom collector reads the current immutable snapshot,
+  so a scrape never sees a half-updated state (the daemon swaps one reference);
+- operational counters and histograms the daemon updates as things happen (events appended,
+  fsync durations, reconcile durations, cgroup writes, drift corrections, reload errors).
+
+Names: the upstream kubelet names where dashboards exist
+(`kubelet_memory_qos_node_memory_{min,low}_bytes`, and the pinning counters both as
+`memory_manager_pinning_*_total` and with the kubelet's `kubelet_` prefix), `memstate_*` for the
+rest. No pod UID labels (churny series); per-pod
+history belongs to `memstate audit`. The endpoint binds to 127.0.0.1 unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from memstate import __version__
+from memstate.core.events import SCHEMA_VERSION
+from memstate.core.state import REDUCER_VERSION, State
+from memstate.core.targets import NodeTargets
+
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the collector reports; replaced as a whole, never mutated."""
+
+    state: State = field(default_factory=State)
+    targets: NodeTargets | None = None
+    last_seq: int = 0
+    converged: bool = False
+    pending_removals: int = 0
+    old_kernel_with_memory_high: str = ""  # kernel release when memory.high is used on < 5.9
+
+
+class _StateCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() a dedicated registry does no duplicate-name checking; families
+        # without samples describe the names.
+        return iter(self._families(Snapshot()))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._metrics.snapshot))
+
+    def _families(self, snap: Snapshot) -> list[Metric]:
+        state = snap.state
+        families: list[Metric] = []
+        for prefix in ("", "kubelet_"):
+            requests = CounterMetricFamily(
+                f"{prefix}memory_manager_pinning_requests",
+                "The number of memory pages allocations which required pinning.",
+                value=state.counters.pinning_requests,
+            )
+            errors = CounterMetricFamily(
+                f"{prefix}memory_manager_pinning_errors",
+                "The number of memory pages allocations which required pinning that failed.",
+                value=state.counters.pinning_errors,
+            )
+            families += [requests, errors]
+        targets = snap.targets
+        families.append(
+            GaugeMetricFamily(
+                "kubelet_memory_qos_node_memory_min_bytes",
+                "Total memory.min in bytes for Guaranteed pods",
+                value=targets.node_memory_min_bytes if targets else 0,
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "kubelet_memory_qos_node_memory_low_bytes",
+                "Total memory.low in bytes for Burstable pods",
+                value=targets.node_memory_low_bytes if targets else 0,
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "memstate_last_applied_seq",
+                "Sequence number of the last event applied to the published state.",
+                value=snap.last_seq,
+            )
+        )
+        free = GaugeMetricFamily(
+            "memstate_numa_free_bytes",
+            "Free bytes per NUMA node and resource (allocatable minus reserved).",
+            labels=["numa_node", "resource"],
+        )
+        reserved = GaugeMetricFamily(
+            "memstate_numa_reserved_bytes",
+            "Bytes reserved for pinned pods per NUMA node and resource.",
+            labels=["numa_node", "resource"],
+        )
+        for node in state.machine.nodes:
+            for resource, table in sorted(node.memory_map.items()):
+                free.add_metric([str(node.id), resource], table.free)
+                reserved.add_metric([str(node.id), resource], table.reserved)
+        families += [free, reserved]
+        pods = GaugeMetricFamily(
+            "memstate_pods",
+            "Admitted pods by QoS class and status.",
+            labels=["qos_class", "status"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for record in state.pods.values():
+            key = (record.qos_class, record.status)
+            counts[key] = counts.get(key, 0) + 1
+        for (qos, status), count in sorted(counts.items()):
+            pods.add_metric([qos, status], count)
+        families.append(pods)
+        families.append(
+            GaugeMetricFamily(
+                "memstate_rejected_pods",
+                "Pods (or manifest files) whose latest admission was rejected.",
+                value=len(state.rejections),
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "memstate_reconcile_converged",
+                "1 when the last reconcile left the cgroup tree equal to the targets.",
+                value=1 if snap.converged else 0,
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "memstate_reconcile_pending_removals",
+                "Pod cgroups waiting to be removed (still populated, or failing).",
+                value=snap.pending_removals,
+            )
+        )
+        build = GaugeMetricFamily(
+            "memstate_build_info",
+            "memstate build: version, reducer and schema versions, Python.",
+            labels=["version", "reducer_version", "schema_version", "python"],
+        )
+        build.add_metric(
+            [__version__, str(REDUCER_VERSION), str(SCHEMA_VERSION), platform.python_version()], 1
+        )
+        families.append(build)
+        old_kernel = GaugeMetricFamily(
+            "memstate_memory_high_old_kernel_info",
+            "memory.high is in use on a kernel older than 5.9 (risk of livelock at memory.high).",
+            labels=["kernel_release"],
+        )
+        if snap.old_kernel_with_memory_high:
+            old_kernel.add_metric([snap.old_kernel_with_memory_high], 1)
+        families.append(old_kernel)
+        return families
+
+
+class Metrics:
+    """The daemon's metrics: a dedicated registry, never the global one."""
+
+    def __init__(self) -> None:
+        # `*_created` series only add noise for a single long-lived process.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.snapshot = Snapshot()
+        self.events_appended = Counter(
+            "memstate_events_appended",
+            "Events appended to the log, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.fsync_seconds = Histogram(
+            "memstate_log_fsync_duration_seconds",
+            "Write plus fsync of one group-commit batch of the event log.",
+            buckets=FSYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_events = Histogram(
+            "memstate_log_batch_events",
+            "Events per group-commit batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "memstate_reconcile_duration_seconds",
+            "Duration of one reconcile round (observe, plan, execute).",
+            ["scope"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.cgroup_writes = Counter(
+            "memstate_cgroup_writes",
+            "Cgroup operations by file (or operation) and result.",
+            ["file", "result"],
+            registry=self.registry,
+        )
+        self.drift_corrections = Counter(
+            "memstate_drift_corrections",
+            "Cgroup values changed by someone else and corrected.",
+            registry=self.registry,
+        )
+        self.config_reload_errors = Counter(
+            "memstate_config_reload_errors",
+            "Configuration reloads rejected (the previous configuration stays).",
+            registry=self.registry,
+        )
+        self.log_append_errors = Counter(
+            "memstate_log_append_errors",
+            "Batches that could not be appended (disk full); nothing of them was acknowledged.",
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(self))
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` what scrapes see (one reference swap)."""
+        self.snapshot = snapshot
+
+    def render(self) -> bytes:
+        """The exposition text (for tests and `memstate status --metrics`)."""
+        return prometheus_client.generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> object:
+        """Start the HTTP endpoint in a daemon thread; returns the server (for shutdown)."""
+        server, _thread = prometheus_client.start_http_server(
+            port, addr=host, registry=self.registry
+        )
+        return server

@@ -1,0 +1,107 @@
+"""Daemon settings: where things are and how the shell behaves.
+
+These never influence a decision (they are not recorded in the log): paths, the metrics address,
+intervals, what to do with populated cgroups. They come from the `memstate:` section of the config
+file and can be overridden on the command line:
+
+```yaml
+memstate:
+  stateDir: /var/lib/memstate
+  manifestDir: /etc/memstate/pods
+  cgroupRoot: /sys/fs/cgroup        # the cgroup v2 tree (or delegated subtree) memstate owns
+  cgroupSim: null                   # a directory-backed simulated tree instead (demo, tests)
+  topologyFile: null                # read sysfs unless set
+  metricsAddress: 127.0.0.1:9473    # "off" disables the endpoint
+  podRemoval: wait                  # or kill: cgroup.kill a removed pod that is still populated
+  removeOrphans: false
+  resyncSeconds: 30
+  rescanSeconds: 30
+  checkpointEvery: 1000
+  checkpointsKeep: 3
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from memstate.core.errors import ConfigError
+from memstate.core.validation import convert_input
+
+
+class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    state_dir: str | None = None
+    manifest_dir: str | None = None
+    cgroup_root: str | None = None
+    cgroup_sim: str | None = None
+    topology_file: str | None = None
+    metrics_address: str | None = None
+    pod_removal: Literal["wait", "kill"] | None = None
+    remove_orphans: bool | None = None
+    resync_seconds: float | None = None
+    rescan_seconds: float | None = None
+    checkpoint_every: int | None = None
+    checkpoints_keep: int | None = None
+
+
+class Settings(msgspec.Struct, frozen=True):
+    """Everything the daemon needs to know that is not a decision input."""
+
+    state_dir: Path = Path("/var/lib/memstate")
+    manifest_dir: Path = Path("/etc/memstate/pods")
+    config_file: Path | None = None
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    cgroup_sim: Path | None = None
+    topology_file: Path | None = None
+    metrics_address: str = "127.0.0.1:9473"
+    pod_removal: Literal["wait", "kill"] = "wait"
+    remove_orphans: bool = False
+    resync_seconds: float = 30.0
+    rescan_seconds: float = 30.0
+    checkpoint_every: int = 1000
+    checkpoints_keep: int = 3
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_address != "off"
+
+    def metrics_host_port(self) -> tuple[str, int]:
+        """`host:port` split, IPv6 in brackets allowed."""
+        host, sep, port = self.metrics_address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(
+                f"metricsAddress {self.metrics_address!r} is not host:port",
+                path="$.memstate.metricsAddress",
+            )
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
+    """Apply the `memstate:` section of a config file on top of `base`."""
+    if obj is None:
+        return base
+    raw = convert_input(obj, SettingsFile, source=source, error=ConfigError)
+    updates: dict[str, Any] = {}
+    for name in msgspec.structs.fields(SettingsFile):
+        value = getattr(raw, name.name)
+        if value is None:
+            continue
+        if name.name in ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file"):
+            value = Path(value)
+        updates[name.name] = value
+    settings = msgspec.structs.replace(base, **updates)
+    validate_settings(settings, source=source)
+    return settings
+
+
+def validate_settings(settings: Settings, *, source: str = "") -> None:
+    """Reject settings that cannot work, naming the field."""
+    if settings.resync_seconds <= 0 or settings.rescan_seconds <= 0:
+        raise ConfigError("resyncSeconds and rescanSeconds must be positive", source=source)
+    if settings.checkpoint_every < 1 or settings.checkpoints_keep < 1:
+        raise ConfigError("checkpointEvery and checkpointsKeep must be at least 1", source=source)
+    if settings.metrics_enabled:
+        settings.metrics_host_port()

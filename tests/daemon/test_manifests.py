@@ -1,0 +1,116 @@
+"""The manifest directory as a pod source.
+
+Goal: every kind of change in the directory becomes exactly the documented input events, a scan
+of an unchanged directory produces nothing, and a scan whose events were not accepted is repeated.
+Method: real files in a temporary directory, `ManifestDirectory.scan()` and `accept()`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
+from memstate.manifests import ManifestDirectory
+from tests.factories import container, manifest
+
+
+def write(directory: Path, name: str, obj: Any) -> Path:
+    path = directory / name
+    path.write_text(json.dumps(obj) if name.endswith(".json") else _yaml(obj))
+    return path
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj)
+
+
+def kinds(events: list[Any]) -> list[tuple[str, str]]:
+    out = []
+    for event in events:
+        if isinstance(event, PodAdmissionRequested):
+            out.append(("admit", event.pod.uid))
+        elif isinstance(event, PodRemovalRequested):
+            out.append(("remove", event.uid))
+        elif isinstance(event, ManifestInvalid):
+            out.append(("invalid", Path(event.source).name))
+    return out
+
+
+def scan(source: ManifestDirectory) -> list[tuple[str, str]]:
+    events = source.scan()
+    source.accept()
+    return kinds(events)
+
+
+def test_lifecycle_of_files(tmp_path: Path) -> None:
+    source = ManifestDirectory(tmp_path, order="sorted")
+    write(tmp_path, "a.yaml", manifest("ua", [container("c", "1Gi")]))
+    write(tmp_path, "b.json", manifest("ub", [container("c", "1Gi")]))
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / ".a.yaml.swp").write_text("ignored")
+    assert scan(source) == [("admit", "ua"), ("admit", "ub")]
+    assert scan(source) == []  # nothing changed
+    write(tmp_path, "a.yaml", manifest("ua", [container("c", "2Gi")]))
+    assert scan(source) == [("admit", "ua")]  # changed spec: the reducer replaces the pod
+    write(tmp_path, "a.yaml", manifest("ua2", [container("c", "2Gi")]))
+    assert scan(source) == [("remove", "ua"), ("admit", "ua2")]
+    (tmp_path / "b.json").unlink()
+    assert scan(source) == [("remove", "ub")]
+
+
+def test_malformed_manifests_are_rejected_with_file_and_field(tmp_path: Path) -> None:
+    source = ManifestDirectory(tmp_path, order="sorted")
+    (tmp_path / "broken.yaml").write_text("metadata: {name: x\n")
+    bad = manifest("ux", [container("c", "-1Gi")])
+    write(tmp_path, "negative.yaml", bad)
+    events = source.scan()
+    source.accept()
+    assert kinds(events) == [("invalid", "broken.yaml"), ("invalid", "negative.yaml")]
+    invalid = [e for e in events if isinstance(e, ManifestInvalid)]
+    assert "invalid YAML at line" in invalid[0].error
+    assert "$.spec.containers[0].resources.requests.memory" in invalid[1].error
+    assert "negative" in invalid[1].error
+    assert scan(source) == []  # still broken, same bytes: nothing new
+    write(tmp_path, "negative.yaml", manifest("ux", [container("c", "1Gi")]))
+    assert scan(source) == [("admit", "ux")]
+    write(tmp_path, "negative.yaml", bad)  # broken again: the pod goes away
+    assert scan(source) == [("remove", "ux"), ("invalid", "negative.yaml")]
+
+
+def test_duplicate_uid_goes_to_the_file_sorting_first(tmp_path: Path) -> None:
+    for order in ("sorted", "reverse"):
+        directory = tmp_path / order
+        directory.mkdir()
+        write(directory, "b.yaml", manifest("same", [container("c", "1Gi")], name="b"))
+        write(directory, "a.yaml", manifest("same", [container("c", "1Gi")], name="a"))
+        events = ManifestDirectory(directory, order=order).scan()
+        admitted = [e for e in events if isinstance(e, PodAdmissionRequested)]
+        invalid = [e for e in events if isinstance(e, ManifestInvalid)]
+        assert [e.pod.name for e in admitted] == ["a"]
+        assert [Path(e.source).name for e in invalid] == ["b.yaml"]
+        assert "already used by" in invalid[0].error
+
+
+def test_unaccepted_scan_is_repeated(tmp_path: Path) -> None:
+    source = ManifestDirectory(tmp_path)
+    write(tmp_path, "a.yaml", manifest("ua", [container("c", "1Gi")]))
+    assert kinds(source.scan()) == [("admit", "ua")]
+    # not accepted (say the disk was full): the next scan asks again
+    assert kinds(source.scan()) == [("admit", "ua")]
+
+
+def test_missing_directory_is_empty(tmp_path: Path) -> None:
+    assert ManifestDirectory(tmp_path / "absent").scan() == []
+
+
+def test_order_hook(tmp_path: Path) -> None:
+    for name in ("a.yaml", "b.yaml", "c.yaml"):
+        write(tmp_path, name, manifest(f"u{name[0]}", [container("c", "1Gi")]))
+    forward = [uid for _, uid in kinds(ManifestDirectory(tmp_path, order="sorted").scan())]
+    backward = [uid for _, uid in kinds(ManifestDirectory(tmp_path, order="reverse").scan())]
+    assert forward == ["ua", "ub", "uc"]
+    assert backward == ["uc", "ub", "ua"]

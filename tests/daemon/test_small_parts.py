@@ -1,0 +1,85 @@
+"""sd_notify, settings and metrics rendering.
+
+Goal: the notifier speaks the sd_notify datagram protocol to a real AF_UNIX socket (also in the
+abstract namespace), computes the watchdog interval, and is silent without $NOTIFY_SOCKET;
+settings from the `memstate:` section are validated; metrics use the documented names.
+Method: real sockets and the real prometheus-client exposition.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from memstate.core.errors import ConfigError
+from memstate.metrics import Metrics, Snapshot
+from memstate.sdnotify import Notifier
+from memstate.settings import Settings, settings_from_object
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notifier_sends_datagrams(tmp_path: Path, abstract: bool) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        if abstract:
+            name = f"memstate-test-{os.getpid()}"
+            server.bind("\0" + name)
+            address = "@" + name
+        else:
+            address = str(tmp_path / "notify")
+            server.bind(address)
+        server.settimeout(5)
+        notifier = Notifier.from_environment(
+            {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "30000000"}
+        )
+        assert notifier.watchdog_interval_seconds == 15.0
+        assert notifier.ready("3 pods")
+        assert server.recv(4096) == b"READY=1\nSTATUS=3 pods"
+        assert notifier.watchdog()
+        assert server.recv(4096) == b"WATCHDOG=1"
+        assert notifier.stopping()
+        assert server.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
+
+
+def test_notifier_without_systemd_is_silent() -> None:
+    notifier = Notifier.from_environment({})
+    assert not notifier.enabled
+    assert not notifier.ready("x")
+    assert notifier.watchdog_interval_seconds is None
+    other_pid = Notifier.from_environment({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_interval_seconds is None  # the watchdog is someone else's
+
+
+def test_settings_section() -> None:
+    settings = settings_from_object(
+        {"manifestDir": "/srv/pods", "podRemoval": "kill", "metricsAddress": "[::1]:9000"},
+        source="c.yaml",
+        base=Settings(),
+    )
+    assert settings.manifest_dir == Path("/srv/pods")
+    assert settings.pod_removal == "kill"
+    assert settings.metrics_host_port() == ("::1", 9000)
+    with pytest.raises(ConfigError, match="unknown field"):
+        settings_from_object({"manifestDirectory": "/x"}, source="c.yaml", base=Settings())
+    with pytest.raises(ConfigError, match="host:port"):
+        settings_from_object({"metricsAddress": "localhost"}, source="c.yaml", base=Settings())
+    with pytest.raises(ConfigError, match="positive"):
+        settings_from_object({"resyncSeconds": 0}, source="c.yaml", base=Settings())
+
+
+def test_metric_names() -> None:
+    metrics = Metrics()
+    metrics.publish(Snapshot(last_seq=42))
+    text = metrics.render().decode()
+    for name in (
+        "memory_manager_pinning_requests_total 0.0",
+        "kubelet_memory_manager_pinning_errors_total 0.0",
+        "kubelet_memory_qos_node_memory_min_bytes 0.0",
+        "kubelet_memory_qos_node_memory_low_bytes 0.0",
+        "memstate_last_applied_seq 42.0",
+        "memstate_build_info{",
+    ):
+        assert name in text, name
+    assert "_created" not in text
