@@ -963,10 +963,14 @@ class LogReader:
         listed = self.segments()
         return listed[0][0] if listed else 1
 
-    def read_with_crc(
+    def read_frames(
         self, from_seq: int = 1, to_seq: int | None = None
-    ) -> Iterator[tuple[RawRecord, int]]:
-        """Valid records with seq in [from_seq, to_seq], each with the chain CRC after it."""
+    ) -> Iterator[tuple[memoryview, int, int, str, int]]:
+        """(payload, seq, frame offset, segment name, chain CRC after it) of valid records.
+
+        The hot path under every other read: payloads are views into the segment just read
+        (no copy), valid while the caller holds them.
+        """
         listed = self.segments()
         if not listed:
             return
@@ -986,6 +990,7 @@ class LogReader:
                 raise MidLogCorruption("segment vanished while reading", file=str(path)) from None
             header = self._header(data, path, base, previous)
             view = memoryview(data)
+            name = path.name
             end, last_seq, chain = SEGMENT_HEADER_BYTES, header.base_seq - 1, header.prev_chain_crc
             try:
                 for offset, seq, begin, stop, frame_end, crc in iter_frames(
@@ -995,7 +1000,7 @@ class LogReader:
                     if to_seq is not None and seq > to_seq:
                         return
                     if seq >= from_seq:
-                        yield RawRecord(seq, bytes(view[begin:stop]), path.name, offset), crc
+                        yield view[begin:stop], seq, offset, name, crc
             except FrameFailure as failure:
                 verdict = classify_failure(data, failure, last_segment=last)
                 if verdict.torn:
@@ -1040,10 +1045,17 @@ class LogReader:
             raise scan.problem.to_error()
         return header
 
+    def read_with_crc(
+        self, from_seq: int = 1, to_seq: int | None = None
+    ) -> Iterator[tuple[RawRecord, int]]:
+        """Valid records with seq in [from_seq, to_seq], each with the chain CRC after it."""
+        for payload, seq, offset, segment, crc in self.read_frames(from_seq, to_seq):
+            yield RawRecord(seq, bytes(payload), segment, offset), crc
+
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[RawRecord]:
         """Valid records as stored, without decoding (benchmarks, tools)."""
-        for record, _ in self.read_with_crc(from_seq, to_seq):
-            yield record
+        for payload, seq, offset, segment, _ in self.read_frames(from_seq, to_seq):
+            yield RawRecord(seq, bytes(payload), segment, offset)
 
     def read(
         self,
@@ -1060,8 +1072,10 @@ class LogReader:
         """
         pending: list[Envelope] = []
         owed = 0
-        for record, _ in self.read_with_crc(from_seq, None if complete_transactions else to_seq):
-            envelope = self._decode(record)
+        frames = self.read_frames(from_seq, None if complete_transactions else to_seq)
+        for payload, seq, offset, segment, _ in frames:
+            self.decoded_count += 1
+            envelope = decode_at(payload, seq, segment, offset)
             if owed:
                 pending.append(envelope)
                 owed -= 1
@@ -1075,10 +1089,6 @@ class LogReader:
                 yield envelope
             if not owed and to_seq is not None and envelope.seq >= to_seq:
                 return
-
-    def _decode(self, record: RawRecord) -> Envelope:
-        self.decoded_count += 1
-        return decode_record(record)
 
     def chain_crc_at(self, seq: int) -> int | None:
         """The chain CRC after record `seq` (None if the log does not hold it)."""
@@ -1098,18 +1108,22 @@ class LogReader:
 
 def decode_record(record: RawRecord) -> Envelope:
     """Decode one stored record, naming its place in any error; checks the seq matches."""
+    return decode_at(record.payload, record.seq, record.segment, record.offset)
+
+
+def decode_at(payload: bytes | memoryview, seq: int, segment: str, offset: int) -> Envelope:
+    """`decode_record` for a payload found at `segment`:`offset` in frame `seq`."""
     try:
-        envelope = decode_envelope(record.payload)
+        envelope = decode_envelope(payload)
     except SchemaError as exc:
-        raise SchemaError(
-            f"{record.segment}: offset {record.offset}: seq {record.seq}: {exc}"
-        ) from None
-    if envelope.seq != record.seq:
+        raise SchemaError(f"{segment}: offset {offset}: seq {seq}: {exc}") from None
+    if envelope.seq != seq:
+        # Pair check: the CRC vouches for the bytes, this for the writer that framed them.
         raise MidLogCorruption(
-            f"frame says seq {record.seq} but its envelope says {envelope.seq}",
-            file=record.segment,
-            offset=record.offset,
-            seq=record.seq,
+            f"frame says seq {seq} but its envelope says {envelope.seq}",
+            file=segment,
+            offset=offset,
+            seq=seq,
         )
     return envelope
 

@@ -39,7 +39,7 @@ from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from memstate.store.format import CHAIN_SEED
-from memstate.store.log import REPAIR_HINT, LogReader, decode_record
+from memstate.store.log import REPAIR_HINT, LogReader, decode_at
 
 
 class Recovered(msgspec.Struct, frozen=True):
@@ -74,11 +74,11 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
     decoded = 0
     group: list[tuple[Envelope, int]] = []
     owed = 0
-    for record, crc in reader.read_with_crc(last_seq + 1):
+    for payload, seq, offset, segment, crc in reader.read_frames(last_seq + 1):
         expected = (group[-1][0].seq if group else last_seq) + 1
-        if record.seq != expected:
-            raise InvariantViolation(f"reader yielded seq {record.seq}, expected {expected}")
-        envelope = decode_record(record)
+        if seq != expected:
+            raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
+        envelope = decode_at(payload, seq, segment, offset)
         decoded += 1
         group.append((envelope, crc))
         if owed:
