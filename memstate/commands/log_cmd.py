@@ -292,7 +292,7 @@ def _verify_table(document: dict[str, Any]) -> None:
         ["segments", document["segments"]],
         ["records", f"{document['records']} (seq {document['first_seq']}..{document['last_seq']})"],
         ["chain CRC", document["chain_crc"]],
-        ["records decoded", document["decoded"]],
+        ["records decoded", "yes" if document["decoded"] else "no (--no-decode)"],
     ]
     tail = document["tail"]
     if tail:
