@@ -503,7 +503,7 @@ class EventLog:
         only. After a truncation, `recovery.tail_truncated_event()` is the note to append.
         """
         if segment_bytes < SEGMENT_HEADER_BYTES + 64:
-            raise ValueError(f"segment_bytes {segment_bytes} is too small")
+            raise InvariantViolation(f"segment_bytes {segment_bytes} is too small")
         state_dir = Path(state_dir)
         try:
             fsio.ensure_dir(state_dir / LOG_DIRNAME, fsync=fsync)
