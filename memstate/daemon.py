@@ -49,7 +49,14 @@ import trio
 
 from memstate import __version__
 from memstate.core.config import NodeConfig, validate_config_for_topology
-from memstate.core.errors import ConfigError, HostError, InputError, MemstateError
+from memstate.core.errors import (
+    ConfigError,
+    HostError,
+    InputError,
+    InvariantViolation,
+    LogDiskFull,
+    MemstateError,
+)
 from memstate.core.events import (
     ConfigLoaded,
     ConfigRejected,
@@ -299,9 +306,7 @@ class Daemon:
             error: MemstateError | None = None
             try:
                 await self._commit([e for item in batch for e in item.events])
-            except MemstateError as exc:
-                if not _is_disk_full(exc):
-                    raise
+            except LogDiskFull as exc:
                 self.metrics.log_append_errors.inc()
                 logger.error("event log: %s", exc)
                 error = exc
@@ -410,6 +415,10 @@ class Daemon:
         log, state, seq = self.log, self.state, self.last_seq
         if seq in (0, self._checkpoint_seq):
             return
+        if log.last_seq != seq:
+            raise InvariantViolation(
+                f"state at seq {seq} but the log ends at {log.last_seq}: refusing a checkpoint"
+            )
         chain = log.chain_crc
 
         def write() -> None:
@@ -651,10 +660,6 @@ async def _watch(path: Path, on_change: Callable[[], None], only_name: str | Non
         except (FileNotFoundError, RuntimeError) as exc:
             logger.debug("watch on %s ended (%s); retrying", path, exc)
             await trio.sleep(1.0)
-
-
-def _is_disk_full(exc: MemstateError) -> bool:
-    return type(exc).__name__ == "LogDiskFull"
 
 
 def _boot_id() -> str:

@@ -116,9 +116,9 @@ def _exported(obj: dict[str, Any], *, next_seq: int) -> Envelope:
             f"schema version {schema!r} is newer than this build understands ({SCHEMA_VERSION})"
         )
     if schema < SCHEMA_VERSION:
-        from memstate.core import codec
+        from memstate.core.codec import upcast
 
-        raw = codec.upcast(raw)
+        raw = upcast(raw)
     try:
         envelope = msgspec.convert(raw, Envelope)
     except msgspec.ValidationError as exc:
