@@ -1,0 +1,175 @@
+"""Watching the managed cgroup tree: "resync soon" hints for the reconcile loop.
+
+Theory of operation
+-------------------
+The periodic full resync is the source of truth; watching only makes it come early. When
+someone else changes the tree — creates or removes a cgroup, writes a managed file, or a pod
+cgroup's processes exit (``populated`` flips in its cgroup.events) — the daemon should reconcile
+now rather than at the next period. `watch_cgroups` watches the root recursively with inotify
+through watchfiles (the notify crate adds a watch to every directory, including the ones created
+later) and calls ``on_hint(path)`` for every cgroup that changed, with `path` relative to the
+root; ``""`` means "the whole tree" (the root appeared, too many cgroups changed at once, or the
+watch had to be restarted and changes may have been missed).
+
+Why inotify works on cgroupfs: a mkdir/rmdir goes through the VFS and notifies the parent
+directory; a write to an interface file notifies like any write; and the kernel itself raises a
+modify notification on cgroup.events when ``populated`` or ``frozen`` changes (kernfs_notify),
+delivered to the directory's watch with the file's name. Polling is never used
+(``force_polling=False``): stat()ing thousands of kernfs files every few hundred milliseconds
+would cost more than the resync it replaces, and polling cannot see cgroup.events flips anyway
+(kernfs mtimes do not change).
+
+Filtering is done here, not by watchfiles (``watch_filter=None``: its default filter is made for
+source trees). Counter files the kernel notifies on by itself (memory.events, pids.events,
+hugetlb.*.events ...) are ignored: under memory pressure they change constantly and say nothing
+about the state memstate manages. Everything else counts, memstate's own writes included (they
+cost one extra, write-free resync).
+
+Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
+nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
+disappears (back to waiting), and watcher failures (restart after `retry_seconds`). `on_hint`
+must not block; a trio memory channel's ``send_nowait`` or an Event's ``set`` fit. Cancellation
+is prompt: a helper task sets the watcher's stop event when the scope is cancelled, so the watch
+thread returns within `step_ms` instead of waiting out its timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import anyio
+import trio
+import watchfiles
+
+logger = logging.getLogger(__name__)
+
+ROOT_HINT = ""
+DEFAULT_DEBOUNCE_MS = 200
+DEFAULT_STEP_MS = 50
+# How long the watch thread blocks before checking in (and noticing a removed root).
+WATCH_TIMEOUT_MS = 1000
+DEFAULT_ROOT_POLL_SECONDS = 1.0
+DEFAULT_RETRY_SECONDS = 5.0
+# More distinct cgroups than this in one batch: one "whole tree" hint instead.
+MAX_HINTS_PER_BATCH = 32
+
+# Interface files are "<controller or cgroup>.<name>"; directories (cgroups) are anything else.
+_INTERFACE_FILE_RE = re.compile(r"(cgroup|memory|cpuset|cpu|io|hugetlb|pids|rdma|misc)\..+")
+# Counters the kernel notifies on by itself; cgroup.events is deliberately not among them.
+_IGNORED_FILE_RE = re.compile(
+    r"(memory|memory\.swap|pids|misc|rdma|hugetlb\.[0-9]+[KMG]B(\.rsvd)?)\.events(\.local)?"
+)
+
+
+def cgroup_of_change(root: Path, changed: str) -> str | None:
+    """The cgroup (relative to `root`) a changed path belongs to, or None to ignore it.
+
+    A change to an interface file belongs to the cgroup holding it; a created or removed
+    directory is a cgroup itself. Paths outside `root` are ignored.
+    """
+    try:
+        relative = Path(changed).relative_to(root)
+    except ValueError:
+        return None
+    parts = relative.parts
+    if not parts:
+        return ROOT_HINT
+    name = parts[-1]
+    if _INTERFACE_FILE_RE.fullmatch(name):
+        if _IGNORED_FILE_RE.fullmatch(name):
+            return None
+        return "/".join(parts[:-1])
+    return "/".join(parts)
+
+
+def hints_for_changes(root: Path, changed: Iterable[str], *, limit: int) -> list[str]:
+    """Distinct cgroups of a batch of changes, sorted; ``[""]`` when more than `limit`."""
+    cgroups = sorted({c for path in changed if (c := cgroup_of_change(root, path)) is not None})
+    if len(cgroups) > limit:
+        return [ROOT_HINT]
+    return cgroups
+
+
+async def watch_cgroups(
+    root: Path | str,
+    *,
+    on_hint: Callable[[str], object],
+    debounce_ms: int = DEFAULT_DEBOUNCE_MS,
+    step_ms: int = DEFAULT_STEP_MS,
+    root_poll_seconds: float = DEFAULT_ROOT_POLL_SECONDS,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
+) -> None:
+    """Call ``on_hint(cgroup_path)`` whenever the tree under `root` changes; run until cancelled.
+
+    See the module docstring. ``on_hint("")`` asks for a resync of the whole tree.
+    """
+    directory = Path(root)
+    while True:
+        if not directory.is_dir():
+            while not directory.is_dir():
+                await trio.sleep(root_poll_seconds)
+            on_hint(ROOT_HINT)
+        try:
+            await _watch_until_root_goes(
+                directory,
+                on_hint,
+                debounce_ms=debounce_ms,
+                step_ms=step_ms,
+                max_hints_per_batch=max_hints_per_batch,
+            )
+        except (OSError, RuntimeError) as exc:
+            # The watch failed (inotify limits, the root vanished under it...). Changes may have
+            # been missed: ask for a full resync, then try again later.
+            logger.warning("cgroup watch on %s failed (%s); retrying", directory, exc)
+            on_hint(ROOT_HINT)
+            await trio.sleep(retry_seconds)
+
+
+async def _watch_until_root_goes(
+    root: Path,
+    on_hint: Callable[[str], object],
+    *,
+    debounce_ms: int,
+    step_ms: int,
+    max_hints_per_batch: int,
+) -> None:
+    stop = anyio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_set_when_cancelled, stop)
+        changes_iterator = watchfiles.awatch(
+            root,
+            watch_filter=None,
+            debounce=debounce_ms,
+            step=step_ms,
+            stop_event=stop,
+            rust_timeout=WATCH_TIMEOUT_MS,
+            yield_on_timeout=True,
+            force_polling=False,
+            recursive=True,
+            ignore_permission_denied=True,
+        )
+        try:
+            async with contextlib.aclosing(changes_iterator) as batches:
+                async for batch in batches:
+                    if not root.is_dir():
+                        on_hint(ROOT_HINT)
+                        return
+                    changed = [path for _change, path in batch]
+                    for hint in hints_for_changes(root, changed, limit=max_hints_per_batch):
+                        on_hint(hint)
+        finally:
+            stop.set()
+            nursery.cancel_scope.cancel()
+
+
+async def _set_when_cancelled(stop: anyio.Event) -> None:
+    """Sleep until cancelled, then stop the watch thread (see "Cancellation" above)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        stop.set()

@@ -1,0 +1,380 @@
+"""`memstate plan` and `memstate diff`: what the reconciler would do to a live tree, read-only.
+
+Both take the desired state from a state directory (recovered exactly as the daemon starts:
+newest valid checkpoint plus the log tail) or from a JSON-lines scenario (replayed), turn it into
+cgroup targets, and observe the live tree under `--cgroup-root` through `RealCgroupFS` wrapped so
+that any write, mkdir or rmdir is refused: these commands can never change the tree.
+
+- `plan` prints the ordered operations a full resync would run (phase, operation, cgroup, file,
+  value, the value found, the operations it requires), the pod cgroups it would remove and why
+  others are left alone. Removals of retired pods appear only for UIDs given with `--retired`;
+  otherwise an undesired pod cgroup is an orphan, as it would be for a daemon just started.
+- `diff` prints every managed file with its target, what the tree holds, and whether they are
+  equal in kernel-normalised form (page rounding, "max", cpu lists), plus the pod cgroups no
+  target explains.
+
+With `--exit-code`, both exit 1 when the tree is not converged (operations to run / rows that
+differ), like `git diff --exit-code`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from memstate.core.errors import HostError, InvariantViolation, MemstateError, ScenarioError
+from memstate.core.plan import (
+    EMPTY_WRITE,
+    FileDiff,
+    Operation,
+    Plan,
+    diff_tree,
+    plan_operations,
+)
+from memstate.core.state import State
+from memstate.core.targets import NodeTargets
+from memstate.host.cgroupfs import CgroupFS, RealCgroupFS
+from memstate.output import add_output_argument, output_format, write_json, write_table
+from memstate.reconciler import observe_tree
+
+DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT_ENV = "MEMSTATE_CGROUP_ROOT"
+PLAN_HEADERS = ["#", "PHASE", "OP", "CGROUP", "FILE", "VALUE", "WAS", "REQUIRES"]
+DIFF_HEADERS = ["CGROUP", "FILE", "DESIRED", "OBSERVED", "STATUS"]
+
+EXAMPLES = """\
+examples:
+  memstate plan --state-dir /var/lib/memstate
+  memstate plan --scenario replay/memory-qos-tiered.jsonl --cgroup-root /sys/fs/cgroup -o json
+  memstate diff --state-dir /var/lib/memstate --only-differences --exit-code
+"""
+
+
+class ReadOnlyCgroupFS:
+    """A CgroupFS that reads through `inner` and refuses every change (a bug if attempted)."""
+
+    def __init__(self, inner: CgroupFS) -> None:
+        self._inner = inner
+
+    def exists(self, path: str) -> bool:
+        return self._inner.exists(path)
+
+    def list_children(self, path: str) -> list[str]:
+        return self._inner.list_children(path)
+
+    def read(self, path: str, file: str) -> str:
+        return self._inner.read(path, file)
+
+    def write(self, path: str, file: str, value: str) -> None:
+        raise InvariantViolation(f"read-only command tried to write {path}/{file}")
+
+    def mkdir(self, path: str) -> None:
+        raise InvariantViolation(f"read-only command tried to create {path}")
+
+    def rmdir(self, path: str) -> None:
+        raise InvariantViolation(f"read-only command tried to remove {path}")
+
+
+def register(subparsers: Any) -> None:
+    plan = subparsers.add_parser(
+        "plan",
+        help="dry run: the operations a reconcile would run against a cgroup tree",
+        description=(
+            "Observe the live cgroup tree (read-only) and print the ordered operations that "
+            "would converge it to the targets of the desired state: creation, the raise pass "
+            "(top-down), removals, the lower pass (bottom-up). Nothing is written."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_arguments(plan)
+    plan.add_argument(
+        "--retired",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="treat this pod UID as retired (removed by a decision); repeatable",
+    )
+    plan.add_argument(
+        "--pod-removal",
+        choices=["wait", "kill"],
+        default="wait",
+        help="how a populated retired pod would be removed (default: wait)",
+    )
+    plan.add_argument(
+        "--remove-orphans",
+        action="store_true",
+        help="plan the removal of empty orphan pod cgroups",
+    )
+    plan.set_defaults(handler=run_plan)
+
+    diff = subparsers.add_parser(
+        "diff",
+        help="targets against the live cgroup tree, file by file",
+        description=(
+            "Observe the live cgroup tree (read-only) and compare every managed file with its "
+            "target in kernel-normalised form; list pod cgroups no target explains."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_arguments(diff)
+    diff.add_argument(
+        "--only-differences", action="store_true", help="leave out rows that are equal"
+    )
+    diff.set_defaults(handler=run_diff)
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--state-dir", type=Path, help="recover the desired state from here")
+    source.add_argument("--scenario", type=Path, help="replay this JSON-lines scenario instead")
+    parser.add_argument(
+        "--cgroup-root",
+        type=Path,
+        default=None,
+        help=(
+            f"the cgroup tree to observe (default: ${CGROUP_ROOT_ENV}, else {DEFAULT_CGROUP_ROOT})"
+        ),
+    )
+    parser.add_argument(
+        "--exit-code", action="store_true", help="exit 1 when the tree is not converged"
+    )
+    add_output_argument(parser, jsonl=False)
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def desired_state(args: argparse.Namespace) -> State:
+    """The state to converge to: recovered from `--state-dir` or replayed from `--scenario`."""
+    if args.scenario is not None:
+        from memstate.core.scenario import read_scenario
+        from memstate.replay import replay_state
+
+        path: Path = args.scenario
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        return replay_state(read_scenario(text, source=str(path)))
+    from memstate.store.recovery import recover_state
+
+    state_dir: Path = args.state_dir
+    if not state_dir.is_dir():
+        raise MemstateError(f"{state_dir}: no such state directory")
+    return recover_state(state_dir).state
+
+
+def targets_for(state: State) -> NodeTargets:
+    from memstate.views import targets_of
+
+    targets = targets_of(state)
+    if targets is None or state.topology is None:
+        raise MemstateError(
+            "the desired state has no topology and config in force yet: nothing to converge to"
+        )
+    return targets
+
+
+def cgroup_root(args: argparse.Namespace) -> Path:
+    chosen: Path | None = args.cgroup_root
+    if chosen is None:
+        env = os.environ.get(CGROUP_ROOT_ENV)
+        chosen = Path(env) if env else DEFAULT_CGROUP_ROOT
+    if not chosen.is_dir():
+        raise HostError(
+            f"cgroup root {chosen} is not a directory", errno=errno.ENOENT, path=str(chosen)
+        )
+    return chosen
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+
+def operation_document(operation: Operation) -> dict[str, Any]:
+    return {
+        "index": operation.index,
+        "phase": operation.phase,
+        "kind": operation.kind,
+        "path": operation.path,
+        "file": operation.file or None,
+        "value": operation.value or None,
+        "observed": operation.observed,
+        "requires": list(operation.requires),
+        "reason": operation.reason,
+    }
+
+
+def plan_document(
+    targets: NodeTargets,
+    fs: CgroupFS,
+    *,
+    page_size_bytes: int,
+    retired_uids: list[str],
+    pod_removal: str,
+    remove_orphans: bool,
+) -> tuple[dict[str, Any], Plan]:
+    """The plan of a full resync of `fs` to `targets`, as the `-o json` document."""
+    tree, read_errors, reads = observe_tree(ReadOnlyCgroupFS(fs), targets)
+    plan = plan_operations(
+        targets,
+        tree,
+        page_size_bytes=page_size_bytes,
+        retired_uids=retired_uids,
+        pod_removal="kill" if pod_removal == "kill" else "wait",
+        remove_orphans=remove_orphans,
+    )
+    phases = dict.fromkeys(("create", "raise", "remove", "lower"), 0)
+    for operation in plan.operations:
+        phases[operation.phase] += 1
+    document = {
+        "page_size_bytes": page_size_bytes,
+        "operations": [operation_document(o) for o in plan.operations],
+        "removals": [
+            {
+                "path": r.path,
+                "uid": r.uid,
+                "kind": r.kind,
+                "action": r.action,
+                "populated": r.populated,
+            }
+            for r in plan.removals
+        ],
+        "blocked": list(plan.blocked),
+        "unknown": list(plan.unknown),
+        "warnings": list(plan.warnings),
+        "read_errors": [f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors],
+        "reads": reads,
+        "summary": {"operations": len(plan.operations), "by_phase": phases},
+    }
+    return document, plan
+
+
+def diff_document(
+    targets: NodeTargets, fs: CgroupFS, *, page_size_bytes: int
+) -> tuple[dict[str, Any], tuple[FileDiff, ...]]:
+    """Every managed file against the tree, as the `-o json` document."""
+    tree, read_errors, _reads = observe_tree(ReadOnlyCgroupFS(fs), targets)
+    rows = diff_tree(targets, tree, page_size_bytes=page_size_bytes)
+    summary: dict[str, int] = {}
+    for row in rows:
+        summary[row.status] = summary.get(row.status, 0) + 1
+    document = {
+        "page_size_bytes": page_size_bytes,
+        "rows": [
+            {
+                "path": r.path,
+                "file": r.file or None,
+                "desired": r.desired,
+                "observed": r.observed,
+                "desired_normalised": r.desired_normalised,
+                "observed_normalised": r.observed_normalised,
+                "equal": r.equal,
+                "status": r.status,
+            }
+            for r in rows
+        ],
+        "read_errors": [f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors],
+        "summary": dict(sorted(summary.items())),
+    }
+    return document, rows
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
+    """`memstate plan`; `fs` replaces the tree under --cgroup-root (tests)."""
+    state = desired_state(args)
+    targets = targets_for(state)
+    root = None if fs is not None else cgroup_root(args)
+    tree_fs = fs if fs is not None else RealCgroupFS(str(root))
+    assert state.topology is not None  # targets_for checked it
+    document, plan = plan_document(
+        targets,
+        tree_fs,
+        page_size_bytes=state.topology.page_size_bytes,
+        retired_uids=list(args.retired),
+        pod_removal=args.pod_removal,
+        remove_orphans=args.remove_orphans,
+    )
+    document["cgroup_root"] = str(root) if root is not None else None
+    converged = not plan.operations and not plan.pending_removals
+    if output_format(args, piped="json") == "json":
+        write_json(document)
+    else:
+        _print_plan(document, plan)
+    return 1 if args.exit_code and not converged else 0
+
+
+def _print_plan(document: dict[str, Any], plan: Plan) -> None:
+    rows = [
+        [
+            o.index,
+            o.phase,
+            o.kind,
+            o.path or "/",
+            o.file or None,
+            _shown(o.value) if o.kind in ("write", "enable", "kill") else None,
+            _shown(o.observed) if o.observed is not None else None,
+            list(o.requires) or None,
+        ]
+        for o in plan.operations
+    ]
+    write_table(PLAN_HEADERS, rows)
+    out = sys.stdout
+    for removal in plan.removals:
+        populated = {True: "populated", False: "empty", None: "populated unknown"}[
+            removal.populated
+        ]
+        out.write(f"{removal.kind} pod cgroup {removal.path} ({populated}): {removal.action}\n")
+    for line in document["warnings"]:
+        out.write(f"warning: {line}\n")
+    for line in document["read_errors"]:
+        out.write(f"read error: {line}\n")
+    phases = ", ".join(f"{n} {p}" for p, n in document["summary"]["by_phase"].items())
+    total = document["summary"]["operations"]
+    out.write(f"\n{total} operations ({phases})\n" if total else "\nnothing to do\n")
+
+
+def run_diff(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
+    """`memstate diff`; `fs` replaces the tree under --cgroup-root (tests)."""
+    state = desired_state(args)
+    targets = targets_for(state)
+    root = None if fs is not None else cgroup_root(args)
+    tree_fs = fs if fs is not None else RealCgroupFS(str(root))
+    assert state.topology is not None
+    document, rows = diff_document(targets, tree_fs, page_size_bytes=state.topology.page_size_bytes)
+    document["cgroup_root"] = str(root) if root is not None else None
+    if args.only_differences:
+        document["rows"] = [r for r in document["rows"] if r["status"] != "equal"]
+    different = any(r.status != "equal" for r in rows)
+    if output_format(args, piped="json") == "json":
+        write_json(document)
+    else:
+        table = [
+            [
+                r["path"] or "/",
+                r["file"],
+                _shown(r["desired"]) if r["desired"] is not None else None,
+                _shown(r["observed"]) if r["observed"] is not None else None,
+                r["status"],
+            ]
+            for r in document["rows"]
+        ]
+        write_table(DIFF_HEADERS, table)
+        for line in document["read_errors"]:
+            sys.stdout.write(f"read error: {line}\n")
+        counts = ", ".join(f"{n} {status}" for status, n in document["summary"].items())
+        sys.stdout.write(f"\n{counts}\n")
+    return 1 if args.exit_code and different else 0
+
+
+def _shown(value: str) -> str:
+    """A value for a table cell: the empty value is shown as "" (written as a newline)."""
+    return '""' if value in ("", EMPTY_WRITE) else value

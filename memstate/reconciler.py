@@ -1,0 +1,766 @@
+"""The reconciler: observe the live cgroup tree, plan with the pure core, execute, report.
+
+Theory of operation
+-------------------
+One call to `Reconciler.reconcile(targets)` is one round:
+
+1. **Observe** through `CgroupFS` (`observe_tree`). A full resync (``scope=None``) reads every
+   managed cgroup's managed files, lists every managed directory (so existence is known from the
+   parent's listing, not one `exists` call per pod), reads the protections of the children
+   memstate does not manage (container cgroups, orphans, foreign cgroups) and walks every pod
+   cgroup no target explains. A scoped round (the daemon's after an admission or a removal)
+   reads only the scoped paths, the candidate paths of retired pods and their ancestors, and
+   takes everything else from the picture the previous rounds left (`apply_operations` keeps it
+   current), so one admission costs O(1) reads as well as O(1) writes. The periodic full resync
+   stays the source of truth: a scoped round never looks for orphans, and anything the cached
+   picture got wrong is repaired by the next full one.
+2. **Plan** with `memstate.core.plan.plan_operations` (ordering rules and why: see there).
+3. **Execute** the operations in order. An operation whose requirement failed, was skipped or is
+   still backing off is skipped, so a failure on one cgroup never stops unrelated cgroups and
+   never breaks an ordering guarantee. EINTR/EAGAIN are retried at once, up to
+   `max_attempts_per_round`; any other failure backs off exponentially (base, doubling, capped)
+   *across* rounds — the round never sleeps, it reports `retry_after_seconds` and the daemon
+   comes back then. ENOENT on a removal (rmdir, cgroup.kill, zeroing a retired pod) means the
+   cgroup is already gone: success. EEXIST on mkdir is success. EBUSY on rmdir means "still
+   populated": the removal stays pending, counted, without a failure note every round.
+4. **Report** (`ReconcileReport`): counters by (file, result) — ``mkdir``/``rmdir`` stand in for
+   the file of directory operations — and notes for the event log:
+   `CgroupWriteFailed` (with errno; also for reads that failed), `CgroupDriftCorrected` (a value
+   differed from what this reconciler last wrote or saw converged, i.e. someone else changed
+   it, and it was rewritten — a changed *target* is not drift) and `CgroupOrphanFound` (once per
+   orphan, again with ``removed=True`` when `remove_orphans` removed it).
+
+Retired pods: the daemon passes the UIDs a decision removed; the reconciler remembers them until
+their cgroup is gone (or the pod is desired again), so passing each UID once is enough. A
+populated retired pod has its protection zeroed so its ancestors can be lowered, then waits
+(``pod_removal="wait"``: retried with back-off, and the daemon's watcher on cgroup.events brings
+the next round early) or is killed through cgroup.kill (``"kill"``).
+
+Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
+TypeError...): a `HostError` from any operation is caught, counted and reported.
+
+The reconciler is synchronous and not thread-safe; the daemon runs it in a worker thread with a
+capacity limiter of one. Nothing here imports trio.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from memstate.core.cgroup_paths import (
+    QOS_COMPONENTS,
+    ancestor_paths,
+    parent_path,
+    parse_cgroup_path,
+    pod_path,
+    validate_pod_uid,
+)
+from memstate.core.cgroup_values import CgroupValueError, parse_controller_list, parse_flat_keyed
+from memstate.core.config import NodeConfig
+from memstate.core.errors import HostError
+from memstate.core.events import (
+    CgroupDriftCorrected,
+    CgroupOrphanFound,
+    CgroupWriteFailed,
+    Event,
+)
+from memstate.core.plan import (
+    CGROUP_CONTROLLERS,
+    CGROUP_EVENTS,
+    CGROUP_KILL,
+    PROTECTION_FILES,
+    SUBTREE_CONTROL,
+    ObservedCgroup,
+    ObservedTree,
+    Operation,
+    Plan,
+    ValueModel,
+    apply_operations,
+    is_safe_name,
+    join_path,
+    kernel_default,
+    merge_observations,
+    naming_config,
+    plan_operations,
+)
+from memstate.core.pod import GUARANTEED
+from memstate.core.targets import NodeTargets
+from memstate.host.cgroupfs import CgroupFS
+
+Outcome = Literal["ok", "failed", "busy", "skipped", "deferred"]
+# Retried at once within a round: the call was interrupted, nothing is wrong with it.
+TRANSIENT_ERRNOS = frozenset({errno_module.EINTR, errno_module.EAGAIN})
+# Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
+MAX_REMOVAL_DEPTH = 8
+
+
+class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the reconciler treats removals, orphans and failures.
+
+    - `pod_removal`: ``"wait"`` for a populated retired pod to empty (its protection is zeroed at
+      once), or ``"kill"`` it through cgroup.kill first.
+    - `remove_orphans`: remove pod cgroups nothing explains, when they are empty.
+    - `retry_backoff_base_seconds` / `retry_backoff_max_seconds`: the wait before a failed
+      operation (or a pending removal) is tried again doubles from the base up to the cap.
+    - `max_attempts_per_round`: immediate attempts of one operation on EINTR/EAGAIN.
+    """
+
+    pod_removal: Literal["wait", "kill"] = "wait"
+    remove_orphans: bool = False
+    retry_backoff_base_seconds: float = 0.5
+    retry_backoff_max_seconds: float = 30.0
+    max_attempts_per_round: int = 3
+
+    def __post_init__(self) -> None:
+        if self.pod_removal not in ("wait", "kill"):
+            raise ValueError(f"pod_removal must be 'wait' or 'kill', not {self.pod_removal!r}")
+        if not 0 < self.retry_backoff_base_seconds <= self.retry_backoff_max_seconds:
+            raise ValueError("need 0 < retry_backoff_base_seconds <= retry_backoff_max_seconds")
+        if self.max_attempts_per_round < 1:
+            raise ValueError("max_attempts_per_round must be at least 1")
+
+    def backoff_seconds(self, failures: int) -> float:
+        """The wait after `failures` consecutive failures (1 → base, doubling, capped)."""
+        exponent = min(max(failures, 1) - 1, 62)
+        factor = float(1 << exponent)
+        return min(self.retry_backoff_max_seconds, self.retry_backoff_base_seconds * factor)
+
+
+DEFAULT_OPTIONS = ReconcilerOptions()
+
+
+class OperationResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How one planned operation ended: ``ok``, ``failed``, ``busy`` (rmdir of a populated
+    cgroup), ``skipped`` (a requirement did not succeed) or ``deferred`` (backing off)."""
+
+    operation: Operation
+    outcome: Outcome
+    errno: int | None = None
+    attempts: int = 0
+    message: str = ""
+
+
+class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The outcome of one round (see the module docstring).
+
+    `converged`: nothing is left to do — every operation succeeded, nothing failed to be read,
+    no removal is pending and no managed file is blocked. `retry_after_seconds`: when the
+    reconciler wants to be called again (a failure or a pending removal), else None.
+    `pending_removals`: UIDs of retired pods whose cgroup is still there. `writes` counts the
+    mutating calls (write, mkdir, rmdir, retries included), `reads` the observation calls.
+    """
+
+    full: bool
+    attempted: int
+    succeeded: int
+    failed: int
+    skipped: int
+    deferred: int
+    notes: list[Event]
+    counters: dict[tuple[str, str], int]
+    converged: bool
+    retry_after_seconds: float | None
+    pending_removals: tuple[str, ...]
+    results: tuple[OperationResult, ...] = ()
+    orphans: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    read_errors: tuple[str, ...] = ()
+    writes: int = 0
+    reads: int = 0
+
+
+@dataclass
+class _Backoff:
+    failures: int
+    not_before: float
+
+
+# --- observation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """An observation call that failed (anything but "not there")."""
+
+    op: str
+    path: str
+    file: str
+    errno: int
+    message: str
+
+
+class _Observer:
+    """Reads the tree through a CgroupFS; counts calls; never raises HostError."""
+
+    def __init__(self, fs: CgroupFS, targets: NodeTargets, config: NodeConfig) -> None:
+        self.fs = fs
+        self.targets = targets
+        self.config = config
+        self.desired = {t.path: t for t in targets.cgroups}
+        self.reads = 0
+        self.errors: list[ReadError] = []
+        self.found: dict[str, ObservedCgroup] = {}
+
+    def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
+        self.errors.append(ReadError(op, path, file, exc.errno or 0, str(exc)))
+
+    def exists(self, path: str) -> bool | None:
+        self.reads += 1
+        try:
+            return self.fs.exists(path)
+        except HostError as exc:
+            self._failed("exists", path, "", exc)
+            return None
+
+    def cgroup(
+        self,
+        path: str,
+        files: Iterable[str],
+        *,
+        known_exists: bool | None,
+        children: bool = True,
+        subtree_control: bool = False,
+        controllers: bool = False,
+        populated: bool = False,
+    ) -> ObservedCgroup:
+        """Observe one cgroup. `known_exists` None asks the filesystem first."""
+        exists = known_exists if known_exists is not None else self.exists(path)
+        if exists is False:
+            return ObservedCgroup(exists=False)
+        wanted = tuple(files)
+        if exists is None:
+            # Whether it exists is unknown: everything about it is unknown, never guessed.
+            return ObservedCgroup(exists=True, unreadable=wanted)
+        values: dict[str, str] = {}
+        unreadable: list[str] = []
+        for file in wanted:
+            text = self._read(path, file, quiet_enoent=True)
+            if text is None:
+                unreadable.append(file)
+            else:
+                values[file] = text
+        names = self._list(path) if children else None
+        enabled = self._controllers(path, SUBTREE_CONTROL) if subtree_control else None
+        offered = self._controllers(path, CGROUP_CONTROLLERS) if controllers else None
+        is_populated = self._populated(path) if populated else None
+        return ObservedCgroup(
+            exists=True,
+            files=values,
+            unreadable=tuple(unreadable),
+            children=names,
+            populated=is_populated,
+            controllers=offered,
+            subtree_control=enabled,
+        )
+
+    def _read(self, path: str, file: str, *, quiet_enoent: bool = False) -> str | None:
+        self.reads += 1
+        try:
+            return self.fs.read(path, file)
+        except HostError as exc:
+            # ENOENT: the controller is not enabled above (the planner tells that apart from a
+            # cgroup that vanished); not worth a note.
+            if not (quiet_enoent and exc.errno == errno_module.ENOENT):
+                self._failed("read", path, file, exc)
+            return None
+
+    def _list(self, path: str) -> tuple[str, ...] | None:
+        self.reads += 1
+        try:
+            return tuple(self.fs.list_children(path))
+        except HostError as exc:
+            self._failed("list_children", path, "", exc)
+            return None
+
+    def _controllers(self, path: str, file: str) -> tuple[str, ...] | None:
+        text = self._read(path, file)
+        return None if text is None else parse_controller_list(text)
+
+    def _populated(self, path: str) -> bool | None:
+        text = self._read(path, CGROUP_EVENTS)
+        if text is None:
+            return None
+        try:
+            return parse_flat_keyed(text).get("populated", 0) == 1
+        except CgroupValueError:
+            return None
+
+    # --- composite observations ------------------------------------------------------------
+
+    def desired_cgroup(self, path: str, known_exists: bool | None, *, list_children: bool) -> None:
+        """A managed cgroup: its files, controllers, children, and what its children hold."""
+        target = self.desired[path]
+        found = self.cgroup(
+            path,
+            target.files,
+            known_exists=known_exists,
+            children=list_children,
+            subtree_control=bool(target.controllers),
+            controllers=parent_path(path) is None,
+        )
+        self.found[path] = found
+        if not found.exists or found.children is None:
+            return
+        protections = [f for f in PROTECTION_FILES if f in target.files]
+        for name in found.children:
+            child = join_path(path, name)
+            if child in self.desired or not is_safe_name(name):
+                continue
+            parsed = (
+                parse_cgroup_path(child, self.config) if target.level in ("node", "qos") else None
+            )
+            if parsed is not None and parsed.level == "pod":
+                self.removal_subtree(child, known_exists=True)
+            elif protections:
+                self.found[child] = self.cgroup(
+                    child, protections, known_exists=True, children=False
+                )
+
+    def removal_subtree(self, path: str, *, known_exists: bool | None, depth: int = 0) -> None:
+        """A pod cgroup no target explains, with everything below it (for leaf-first rmdir)."""
+        found = self.cgroup(
+            path,
+            PROTECTION_FILES,
+            known_exists=known_exists,
+            subtree_control=True,
+            populated=depth == 0,
+        )
+        self.found[path] = found
+        if not found.exists or found.children is None or depth >= MAX_REMOVAL_DEPTH:
+            return
+        for name in found.children:
+            if is_safe_name(name):
+                self.removal_subtree(join_path(path, name), known_exists=True, depth=depth + 1)
+
+    def full(self) -> ObservedTree:
+        """Everything under the managed tree (see the module docstring)."""
+        for target in self.targets.cgroups:
+            parent = parent_path(target.path)
+            if parent is None:
+                known: bool | None = None
+            else:
+                above = self.found.get(parent)
+                if above is None or not above.exists:
+                    self.found[target.path] = ObservedCgroup(exists=False)
+                    continue
+                name = target.path.rpartition("/")[2]
+                known = (name in above.children) if above.children is not None else None
+            self.desired_cgroup(target.path, known, list_children=True)
+        return ObservedTree(cgroups=dict(self.found))
+
+    def scoped(self, base: ObservedTree, paths: Iterable[str]) -> ObservedTree:
+        """Fresh reads of `paths` and their ancestors over the cached `base`."""
+        scoped = sorted(set(paths))
+        ancestors = sorted(
+            {a for path in scoped for a in ancestor_paths(path) if a in self.desired} - set(scoped),
+            key=lambda p: (p.count("/"), p),
+        )
+        for path in ancestors:
+            # The ancestors' children come from the cache: listing kubepods would be O(pods).
+            self.desired_cgroup(path, None, list_children=False)
+        for path in scoped:
+            if path in self.desired:
+                self.desired_cgroup(path, None, list_children=True)
+            else:
+                self.removal_subtree(path, known_exists=None)
+        return merge_observations(base, self.found)
+
+
+def observe_tree(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    *,
+    scope: Iterable[str] | None = None,
+    base: ObservedTree | None = None,
+) -> tuple[ObservedTree, list[ReadError], int]:
+    """Observe the tree for `targets`: (tree, read errors, number of calls).
+
+    With `scope` and a cached `base`, only the scoped paths and their ancestors are read (see
+    the module docstring); otherwise everything. Read-only: never writes.
+    """
+    observer = _Observer(fs, targets, naming_config(targets))
+    if scope is None or base is None:
+        tree = observer.full()
+    else:
+        tree = observer.scoped(base, scope)
+    return tree, observer.errors, observer.reads
+
+
+# --- the reconciler -------------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Converges a cgroup tree to `NodeTargets`; see the module docstring.
+
+    `options` may be replaced between rounds (the daemon does on a config reload). `clock` is a
+    monotonic clock in seconds, injected so tests drive back-off without sleeping.
+    """
+
+    def __init__(
+        self,
+        fs: CgroupFS,
+        *,
+        page_size_bytes: int,
+        options: ReconcilerOptions = DEFAULT_OPTIONS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fs = fs
+        self.page_size_bytes = page_size_bytes
+        self.options = options
+        self.clock = clock
+        self._values = ValueModel(page_size_bytes)
+        self._tree: ObservedTree | None = None  # the picture scoped rounds start from
+        self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
+        self._expected_present: set[str] = set()
+        self._expected_controllers: dict[str, frozenset[str]] = {}
+        self._retiring: set[str] = set()
+        self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
+        self._pending: dict[str, int] = {}  # retired UID -> rounds it has been pending
+        self._orphans_reported: set[str] = set()
+
+    @property
+    def retiring(self) -> frozenset[str]:
+        """UIDs of retired pods whose cgroup has not been seen gone yet."""
+        return frozenset(self._retiring)
+
+    def reconcile(
+        self,
+        targets: NodeTargets,
+        *,
+        retired_uids: Iterable[str] = (),
+        scope: Iterable[str] | None = None,
+    ) -> ReconcileReport:
+        """One round: observe, plan, execute, report. `scope=None` is a full resync."""
+        config = naming_config(targets)
+        desired_uids = {t.pod_uid for t in targets.cgroups if t.level == "pod"}
+        self._retiring |= {validate_pod_uid(uid) for uid in retired_uids}
+        self._retiring -= desired_uids
+        # Before the first full resync there is no picture to scope against.
+        paths = (
+            None
+            if scope is None or self._tree is None
+            else self._scope_paths(targets, config, scope)
+        )
+        full = paths is None
+        tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
+        plan = plan_operations(
+            targets,
+            tree,
+            page_size_bytes=self.page_size_bytes,
+            retired_uids=self._retiring,
+            pod_removal=self.options.pod_removal,
+            remove_orphans=self.options.remove_orphans and full,
+        )
+        drift = self._drift(targets, tree, plan)
+        results, writes = self._execute(plan)
+        return self._finish(
+            targets,
+            tree,
+            plan,
+            results,
+            drift=drift,
+            read_errors=read_errors,
+            full=full,
+            reads=reads,
+            writes=writes,
+        )
+
+    # --- scope -----------------------------------------------------------------------------
+
+    def _scope_paths(
+        self, targets: NodeTargets, config: NodeConfig, scope: Iterable[str]
+    ) -> list[str]:
+        desired = {t.path for t in targets.cgroups}
+        paths: set[str] = set()
+        for path in scope:
+            parsed = parse_cgroup_path(path, config)
+            if path not in desired and (parsed is None or parsed.level != "pod"):
+                raise ValueError(f"scope path {path!r} is not a managed or pod cgroup path")
+            paths.add(path)
+        for uid in sorted(self._retiring):
+            for qos in (GUARANTEED, *QOS_COMPONENTS):
+                candidate = pod_path(config, uid, qos)
+                if candidate not in desired:
+                    paths.add(candidate)
+        return sorted(paths)
+
+    # --- drift -----------------------------------------------------------------------------
+
+    def _drift(
+        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """(path, file) → (expected, found) for values changed behind this reconciler's back."""
+        drift: dict[tuple[str, str], tuple[str, str]] = {}
+        for target in targets.cgroups:
+            found = tree.get(target.path)
+            if found is None or not found.exists:
+                if target.path in self._expected_present:
+                    drift[(target.path, "")] = ("present", "absent")
+                continue
+            if target.controllers and found.subtree_control is not None:
+                expected = self._expected_controllers.get(target.path, frozenset())
+                missing = expected - set(found.subtree_control)
+                if missing:
+                    drift[(target.path, SUBTREE_CONTROL)] = (
+                        " ".join(sorted(expected)),
+                        " ".join(sorted(found.subtree_control)),
+                    )
+            for file in plan.final_values.get(target.path, {}):
+                expected_value = self._expected.get((target.path, file))
+                if expected_value is None or file in found.unreadable:
+                    continue
+                text = found.files.get(file)
+                if text is None:
+                    text = kernel_default(file)
+                now = self._values.normalise(file, text) if text is not None else None
+                if now is not None and now != expected_value:
+                    drift[(target.path, file)] = (expected_value, now)
+        return drift
+
+    # --- execution -------------------------------------------------------------------------
+
+    def _execute(self, plan: Plan) -> tuple[list[OperationResult], int]:
+        not_ok: set[int] = set()
+        results: list[OperationResult] = []
+        writes = 0
+        for operation in plan.operations:
+            if any(index in not_ok for index in operation.requires):
+                not_ok.add(operation.index)
+                results.append(OperationResult(operation, "skipped"))
+                continue
+            key = _key(operation)
+            backoff = self._backoff.get(key)
+            if backoff is not None and self.clock() < backoff.not_before:
+                not_ok.add(operation.index)
+                results.append(OperationResult(operation, "deferred"))
+                continue
+            result, calls = self._attempt(operation)
+            writes += calls
+            if result.outcome == "ok":
+                self._backoff.pop(key, None)
+            else:
+                not_ok.add(operation.index)
+                failures = backoff.failures + 1 if backoff is not None else 1
+                self._backoff[key] = _Backoff(
+                    failures, self.clock() + self.options.backoff_seconds(failures)
+                )
+            results.append(result)
+        return results, writes
+
+    def _attempt(self, operation: Operation) -> tuple[OperationResult, int]:
+        """Carry out one operation (with immediate retries on EINTR/EAGAIN)."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._call(operation)
+            except HostError as exc:
+                code = exc.errno or 0
+                if self._counts_as_success(operation, code):
+                    return OperationResult(operation, "ok", code, attempts), attempts
+                if code in TRANSIENT_ERRNOS and attempts < self.options.max_attempts_per_round:
+                    continue
+                busy = operation.kind == "rmdir" and code == errno_module.EBUSY
+                outcome: Outcome = "busy" if busy else "failed"
+                return OperationResult(operation, outcome, code, attempts, str(exc)), attempts
+            return OperationResult(operation, "ok", None, attempts), attempts
+
+    def _call(self, operation: Operation) -> None:
+        if operation.kind == "mkdir":
+            self.fs.mkdir(operation.path)
+        elif operation.kind == "rmdir":
+            self.fs.rmdir(operation.path)
+        elif operation.kind == "kill":
+            self.fs.write(operation.path, CGROUP_KILL, operation.value)
+        else:
+            self.fs.write(operation.path, operation.file, operation.value)
+
+    @staticmethod
+    def _counts_as_success(operation: Operation, code: int) -> bool:
+        if operation.kind == "mkdir":
+            return code == errno_module.EEXIST
+        # A pod being removed that is already gone is removed.
+        return operation.phase == "remove" and code == errno_module.ENOENT
+
+    # --- reporting -------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        plan: Plan,
+        results: list[OperationResult],
+        *,
+        drift: dict[tuple[str, str], tuple[str, str]],
+        read_errors: list[ReadError],
+        full: bool,
+        reads: int,
+        writes: int,
+    ) -> ReconcileReport:
+        now = self.clock()
+        notes: list[Event] = [
+            CgroupWriteFailed(path=e.path, op=e.op, errno=e.errno, message=e.message, file=e.file)
+            for e in read_errors
+        ]
+        counters: Counter[tuple[str, str]] = Counter()
+        by_target: dict[tuple[str, str], list[OperationResult]] = {}
+        for result in results:
+            operation = result.operation
+            counters[(operation.file or operation.kind, result.outcome)] += 1
+            by_target.setdefault((operation.path, _drift_file(operation)), []).append(result)
+            if result.outcome == "failed":
+                notes.append(
+                    CgroupWriteFailed(
+                        path=operation.path,
+                        op=operation.kind,
+                        errno=result.errno or 0,
+                        message=result.message,
+                        file=operation.file,
+                        value=operation.value,
+                    )
+                )
+        for (path, file), (expected, found) in sorted(drift.items()):
+            done = by_target.get((path, file), [])
+            if done and all(r.outcome == "ok" for r in done):
+                notes.append(
+                    CgroupDriftCorrected(path=path, file=file, expected=expected, found=found)
+                )
+        succeeded = [r.operation for r in results if r.outcome == "ok"]
+        self._tree = apply_operations(tree, succeeded)
+        self._remember(targets, plan, by_target)
+        notes.extend(self._orphan_notes(plan, by_target, full))
+        pending = self._pending_removals(plan, by_target)
+        retry = self._retry_after(plan, results, pending, now)
+        outcomes = Counter(r.outcome for r in results)
+        failed = outcomes["failed"] + outcomes["busy"]
+        converged = (
+            failed == 0
+            and outcomes["skipped"] == 0
+            and outcomes["deferred"] == 0
+            and not pending
+            and not read_errors
+            and not plan.blocked
+            and not plan.unknown
+        )
+        return ReconcileReport(
+            full=full,
+            attempted=len(results) - outcomes["skipped"] - outcomes["deferred"],
+            succeeded=outcomes["ok"],
+            failed=failed,
+            skipped=outcomes["skipped"],
+            deferred=outcomes["deferred"],
+            notes=notes,
+            counters=dict(sorted(counters.items())),
+            converged=converged,
+            retry_after_seconds=retry,
+            pending_removals=pending,
+            results=tuple(results),
+            orphans=tuple(r.path for r in plan.orphans),
+            warnings=plan.warnings,
+            read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
+            writes=writes,
+            reads=reads,
+        )
+
+    def _remember(
+        self,
+        targets: NodeTargets,
+        plan: Plan,
+        by_target: dict[tuple[str, str], list[OperationResult]],
+    ) -> None:
+        """What the tree holds now as far as this reconciler knows (the base of drift)."""
+        desired = {t.path for t in targets.cgroups}
+        for path, files in plan.final_values.items():
+            created = by_target.get((path, ""), [])
+            if all(r.outcome == "ok" for r in created):
+                self._expected_present.add(path)
+            for file, value in files.items():
+                done = by_target.get((path, file), [])
+                if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
+                    self._expected[(path, file)] = value
+        for target in targets.cgroups:
+            enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
+            if target.controllers and all(r.outcome == "ok" for r in enabled):
+                self._expected_controllers[target.path] = frozenset(target.controllers)
+        self._expected = {k: v for k, v in self._expected.items() if k[0] in desired}
+        self._expected_present &= desired
+        self._expected_controllers = {
+            k: v for k, v in self._expected_controllers.items() if k in desired
+        }
+        planned = {_key(o) for o in plan.operations}
+        self._backoff = {k: v for k, v in self._backoff.items() if k in planned}
+
+    def _orphan_notes(
+        self, plan: Plan, by_target: dict[tuple[str, str], list[OperationResult]], full: bool
+    ) -> list[Event]:
+        if not full:
+            return []
+        notes: list[Event] = []
+        seen: set[str] = set()
+        for orphan in plan.orphans:
+            seen.add(orphan.path)
+            if orphan.path not in self._orphans_reported:
+                notes.append(CgroupOrphanFound(path=orphan.path))
+                self._orphans_reported.add(orphan.path)
+        for removal in plan.removals:
+            if removal.kind == "orphan" and removal.action == "remove":
+                done = by_target.get((removal.path, ""), [])
+                if done and all(r.outcome == "ok" for r in done):
+                    notes.append(CgroupOrphanFound(path=removal.path, removed=True))
+                    seen.discard(removal.path)
+        self._orphans_reported &= seen
+        return notes
+
+    def _pending_removals(
+        self, plan: Plan, by_target: dict[tuple[str, str], list[OperationResult]]
+    ) -> tuple[str, ...]:
+        """Retired UIDs still present after this round; forget those that are gone."""
+        pending: set[str] = set()
+        for removal in plan.removals:
+            if removal.kind != "retired":
+                continue
+            rmdirs = by_target.get((removal.path, ""), [])
+            removed = bool(rmdirs) and all(r.outcome == "ok" for r in rmdirs)
+            if not removed:
+                pending.add(removal.uid)
+        # Every retiring UID was looked for (a full resync sees every pod cgroup; a scoped round
+        # observes each retiring UID's candidate paths), so one not found is gone.
+        self._retiring = set(pending)
+        self._pending = {uid: self._pending.get(uid, 0) + 1 for uid in sorted(pending)}
+        return tuple(sorted(pending))
+
+    def _retry_after(
+        self,
+        plan: Plan,
+        results: list[OperationResult],
+        pending: tuple[str, ...],
+        now: float,
+    ) -> float | None:
+        waits: list[float] = []
+        for result in results:
+            if result.outcome in ("failed", "busy", "deferred"):
+                backoff = self._backoff.get(_key(result.operation))
+                if backoff is not None:
+                    waits.append(max(0.0, backoff.not_before - now))
+        waits.extend(self.options.backoff_seconds(self._pending[uid]) for uid in pending)
+        if any(r.outcome == "skipped" for r in results) and not waits:
+            waits.append(self.options.retry_backoff_base_seconds)
+        return min(waits) if waits else None
+
+
+def _key(operation: Operation) -> tuple[str, str, str, str]:
+    return (operation.kind, operation.path, operation.file, operation.value)
+
+
+def _drift_file(operation: Operation) -> str:
+    """The (path, file) slot an operation fills: "" for mkdir/rmdir."""
+    if operation.kind in ("mkdir", "rmdir"):
+        return ""
+    return operation.file
