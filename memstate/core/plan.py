@@ -39,6 +39,9 @@ the raise pass (parents first) and shrink in the lower pass (children first). `c
 lets a child request ids its parent lacks, and the only kernel constraint (< 5.17: a parent may not
 be narrowed below a child's request, EBUSY) is met by narrowing children first — one write per file
 suffices. An empty cpuset is written as ``"\\n"`` (`EMPTY_WRITE`), never as a zero-length write.
+Limits are only *ordered*: the kernel accepts a child limit above its parent's, so a write of
+one never requires another's success (a failing pod must not hold kubepods' `memory.max` back);
+protections and cpusets are ordered *and* dependent.
 
 **Creation and controllers.** Missing cgroups are created top-down, and the controllers each
 managed cgroup needs are enabled in its `cgroup.subtree_control` right after it exists (a child's
@@ -127,6 +130,11 @@ KERNEL_DEFAULTS: dict[str, str] = {
     "cpuset.mems": "",
 }
 _LIMIT_FILES = frozenset({"memory.high", "memory.max", "memory.swap.max"})
+# Kinds whose parent/child order is a correctness condition, so a write *requires* the writes
+# it must follow: protections (the covering invariant) and cpusets (EBUSY on kernels < 5.17).
+# Limits are only ordered (grow parent-first, shrink child-first); the kernel accepts a child
+# limit above its parent's, so one failing pod never holds kubepods' memory.max back.
+_ORDER_BOUND = frozenset({"protection", "cpuset"})
 _CPUSET_FILES = frozenset({"cpuset.cpus", "cpuset.mems"})
 _HUGETLB_LIMIT_RE = re.compile(r"hugetlb\.([0-9]+[KMG]B)\.(?:max|rsvd\.max)")
 # The directory names the host adapter accepts (memstate.host.cgroupfs); anything else found in
@@ -837,7 +845,8 @@ class _Planner:
                 if (path, file) in self.unknown:
                     continue
                 requires = self._base_requirements(path, file)
-                requires.append(self._op("raise", parent, file))
+                if kind in _ORDER_BOUND:
+                    requires.append(self._op("raise", parent, file))
                 if kind == "protection":
                     if parent is not None and (parent, file) in self.unknown:
                         continue  # cannot know that the parent covers a raise
@@ -938,7 +947,7 @@ class _Planner:
                 now = self.current_text(path, file)
                 requires = self._base_requirements(path, file)
                 requires.append(self._op("raise", path, file))
-                for name in self._child_names(path):
+                for name in self._child_names(path) if kind in _ORDER_BOUND else ():
                     child = join_path(path, name)
                     requires.append(self._op("raise", child, file))
                     requires.append(self._op("lower", child, file))
