@@ -309,6 +309,7 @@ class _Observer:
         if not found.exists or found.children is None:
             return
         protections = [f for f in PROTECTION_FILES if f in target.files]
+        missing_files = False
         for name in found.children:
             child = join_path(path, name)
             if child in self.desired or not is_safe_name(name):
@@ -319,9 +320,13 @@ class _Observer:
             if parsed is not None and parsed.level == "pod":
                 self.removal_subtree(child, known_exists=True)
             elif protections:
-                self.found[child] = self.cgroup(
-                    child, protections, known_exists=True, children=False
-                )
+                observed = self.cgroup(child, protections, known_exists=True, children=False)
+                self.found[child] = observed
+                missing_files = missing_files or bool(observed.unreadable)
+        if missing_files and found.subtree_control is None:
+            # A child without memory files: tells "not enabled here" from "unreadable".
+            enabled = self._controllers(path, SUBTREE_CONTROL)
+            self.found[path] = msgspec.structs.replace(found, subtree_control=enabled)
 
     def removal_subtree(self, path: str, *, known_exists: bool | None, depth: int = 0) -> None:
         """A pod cgroup no target explains, with everything below it (for leaf-first rmdir)."""
@@ -636,7 +641,7 @@ class Reconciler:
         self._tree = apply_operations(tree, succeeded)
         self._remember(targets, plan, by_target)
         notes.extend(self._orphan_notes(plan, by_target, full))
-        pending = self._pending_removals(plan, by_target)
+        pending = self._pending_removals(targets, tree, plan, by_target)
         retry = self._retry_after(plan, results, pending, now)
         outcomes = Counter(r.outcome for r in results)
         failed = outcomes["failed"] + outcomes["busy"]
@@ -719,20 +724,30 @@ class Reconciler:
         return notes
 
     def _pending_removals(
-        self, plan: Plan, by_target: dict[tuple[str, str], list[OperationResult]]
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        plan: Plan,
+        by_target: dict[tuple[str, str], list[OperationResult]],
     ) -> tuple[str, ...]:
-        """Retired UIDs still present after this round; forget those that are gone."""
+        """Retired UIDs whose cgroup is (or may still be) there; forget those proven gone."""
         pending: set[str] = set()
+        found: set[str] = set()
         for removal in plan.removals:
             if removal.kind != "retired":
                 continue
+            found.add(removal.uid)
             rmdirs = by_target.get((removal.path, ""), [])
             removed = bool(rmdirs) and all(r.outcome == "ok" for r in rmdirs)
             if not removed:
                 pending.add(removal.uid)
-        # Every retiring UID was looked for (a full resync sees every pod cgroup; a scoped round
-        # observes each retiring UID's candidate paths), so one not found is gone.
-        self._retiring = set(pending)
+        config = naming_config(targets)
+        desired = {t.path for t in targets.cgroups}
+        for uid in self._retiring - found:
+            candidates = [pod_path(config, uid, qos) for qos in (GUARANTEED, *QOS_COMPONENTS)]
+            if not all(_proven_absent(tree, path) for path in candidates if path not in desired):
+                pending.add(uid)  # its holder could not be listed: keep looking
+        self._retiring = pending
         self._pending = {uid: self._pending.get(uid, 0) + 1 for uid in sorted(pending)}
         return tuple(sorted(pending))
 
@@ -753,6 +768,22 @@ class Reconciler:
         if any(r.outcome == "skipped" for r in results) and not waits:
             waits.append(self.options.retry_backoff_base_seconds)
         return min(waits) if waits else None
+
+
+def _proven_absent(tree: ObservedTree, path: str) -> bool:
+    """True if observation shows `path` does not exist (itself, or its parent's listing)."""
+    found = tree.get(path)
+    if found is not None:
+        return not found.exists
+    parent = parent_path(path)
+    if parent is None:
+        return False
+    above = tree.get(parent)
+    if above is None:
+        return False
+    if not above.exists:
+        return True
+    return above.children is not None and path.rpartition("/")[2] not in above.children
 
 
 def _key(operation: Operation) -> tuple[str, str, str, str]:

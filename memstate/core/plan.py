@@ -493,6 +493,8 @@ class _Planner:
         self.current: dict[tuple[str, str], int] = {}
         # (path, file) whose value (or a value its safe ordering depends on) is unknown.
         self.unknown: set[tuple[str, str]] = set()
+        # (path, file) protections that needed a raise but cannot get one this round.
+        self.held: set[tuple[str, str]] = set()
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -511,7 +513,7 @@ class _Planner:
             removals=tuple(self.removals),
             final_values=self._final_values(),
             blocked=tuple(self.blocked),
-            unknown=tuple(f"{p}/{f}" if p else f for p, f in sorted(self.unknown)),
+            unknown=tuple(f"{p}/{f}" if p else f for p, f in sorted(self.unknown | self.held)),
             warnings=tuple(self.warnings),
         )
 
@@ -848,10 +850,16 @@ class _Planner:
                 if kind in _ORDER_BOUND:
                     requires.append(self._op("raise", parent, file))
                 if kind == "protection":
-                    if parent is not None and (parent, file) in self.unknown:
-                        continue  # cannot know that the parent covers a raise
                     raised = self.raised[(path, file)]
                     if raised == self.current[(path, file)]:
+                        continue
+                    if parent is not None and (
+                        (parent, file) in self.unknown or (parent, file) in self.held
+                    ):
+                        # The parent's value is unknown, or it needed a raise it will not get:
+                        # nothing guarantees it covers this raise. Hold it (and, through
+                        # `held`, every raise below it) for a later round.
+                        self.held.add((path, file))
                         continue
                     value = self._write_value(path, file, raised, self.values.render(raised))
                     reason = "target" if raised == self.final[(path, file)] else "cover"

@@ -16,6 +16,7 @@ from memstate.host import KERNEL_6_18, FaultInjectingCgroupFS, SimCgroupFS, walk
 from memstate.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
 from tests.reconcile.helpers import (
     PAGE,
+    CheckingCgroupFS,
     FakeClock,
     Mi,
     assert_tree_matches,
@@ -375,3 +376,41 @@ def test_scope_outside_the_managed_tree_is_refused() -> None:
     reconciler.reconcile(targets)
     with pytest.raises(ValueError, match="not a managed or pod cgroup path"):
         reconciler.reconcile(targets, scope=["system.slice"])
+
+
+@pytest.mark.parametrize("populated", [False, True])
+def test_a_failed_removal_holds_back_the_ancestors_lowering(populated: bool) -> None:
+    """The retired pod's rmdir (empty) or protection zeroing (populated) fails: its ancestors
+    keep covering it — their lowering is skipped, every other operation still runs — and
+    nothing ever leaves a parent below its children. Once the fault is gone, it converges."""
+    everyone = mixed(5)
+    sim = new_sim()
+    checker = CheckingCgroupFS(sim)
+    fs = FaultInjectingCgroupFS(checker)
+    clock = FakeClock()
+    reconciler = Reconciler(fs, page_size_bytes=PAGE, clock=clock)
+    assert reconciler.reconcile(targets_of_pods(everyone)).converged
+    retired = targets_of_pods(everyone).pod(uid_for(1))  # Burstable: it holds memory.low
+    assert retired.files["memory.low"] != "0"
+    if populated:
+        sim.spawn(retired.cgroup)
+        fs.inject(errno.EIO, op="write", path=retired.cgroup, file="memory.low")
+    else:
+        fs.inject(errno.EIO, op="rmdir", path=retired.cgroup)
+    targets = targets_of_pods([p for p in everyone if p.uid != uid_for(1)])
+    checker.rebaseline()
+    report = reconciler.reconcile(targets, retired_uids=[uid_for(1)])
+    assert checker.violations == []
+    assert not report.converged
+    held = [r for r in report.results if r.outcome == "skipped"]
+    assert {(r.operation.path, r.operation.file) for r in held} >= {
+        ("kubepods/burstable", "memory.low")
+    }
+    assert all(r.operation.phase == "lower" for r in held)
+    before = int(sim.read("kubepods/burstable", "memory.low"))
+    assert before >= int(sim.read(retired.cgroup, "memory.low"))
+    clock.advance(60)
+    report = reconciler.reconcile(targets)
+    assert checker.violations == []
+    assert report.pending_removals == ((uid_for(1),) if populated else ())
+    assert_tree_matches(sim, targets)
