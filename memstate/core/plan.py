@@ -135,6 +135,7 @@ _LIMIT_FILES = frozenset({"memory.high", "memory.max", "memory.swap.max"})
 # Limits are only ordered (grow parent-first, shrink child-first); the kernel accepts a child
 # limit above its parent's, so one failing pod never holds kubepods' memory.max back.
 _ORDER_BOUND = frozenset({"protection", "cpuset"})
+_NORMALISE_CACHE_ENTRIES = 65536
 _CPUSET_FILES = frozenset({"cpuset.cpus", "cpuset.mems"})
 _HUGETLB_LIMIT_RE = re.compile(r"hugetlb\.([0-9]+[KMG]B)\.(?:max|rsvd\.max)")
 # The directory names the host adapter accepts (memstate.host.cgroupfs); anything else found in
@@ -321,9 +322,19 @@ class ValueModel:
         self.page_size_bytes = page_size_bytes
         # What "max" means in bytes: PAGE_COUNTER_MAX pages. Sums are clamped to it.
         self.unlimited_bytes = page_counter_max(page_size_bytes) * page_size_bytes
+        # Planning 500 pods normalises the same few values thousands of times.
+        self._normalised: dict[tuple[str, str], str | None] = {}
 
     def normalise(self, file: str, text: str) -> str | None:
         """What `file` reads back after writing `text`; None when the kernel would refuse it."""
+        key = (file, text)
+        if key not in self._normalised:
+            if len(self._normalised) > _NORMALISE_CACHE_ENTRIES:
+                self._normalised.clear()
+            self._normalised[key] = self._normalise(file, text)
+        return self._normalised[key]
+
+    def _normalise(self, file: str, text: str) -> str | None:
         try:
             kind = file_kind(file)
             if kind == "protection" or file in _LIMIT_FILES:
@@ -476,6 +487,14 @@ class _Planner:
         self.config = naming_config(targets)
         self.desired: dict[str, CgroupTarget] = {t.path: t for t in targets.cgroups}
         self.order = [t.path for t in targets.cgroups]  # parents first
+        self.desired_children: dict[str, list[str]] = {}
+        for target in targets.cgroups:
+            parent = parent_path(target.path)
+            if parent is not None:
+                name = target.path.rpartition("/")[2]
+                self.desired_children.setdefault(parent, []).append(name)
+        self._children_cache: dict[str, list[str]] = {}
+        self._unsafe_reported: set[tuple[str, str]] = set()
         self.operations: list[Operation] = []
         self.warnings: list[str] = []
         self.blocked: list[str] = []
@@ -528,12 +547,11 @@ class _Planner:
         return self._observed(path) is not None
 
     def _child_names(self, path: str) -> list[str]:
-        """Desired children and observed children (safe names only), sorted."""
-        names: set[str] = set()
-        prefix = f"{path}/" if path else ""
-        for target in self.targets.cgroups:
-            if target.path and parent_path(target.path) == path:
-                names.add(target.path[len(prefix) :])
+        """Desired children and observed children (safe names only), sorted (memoised)."""
+        cached = self._children_cache.get(path)
+        if cached is not None:
+            return cached
+        names: set[str] = set(self.desired_children.get(path, ()))
         found = self._observed(path)
         if found is not None and found.children is not None:
             for name in found.children:
@@ -545,9 +563,9 @@ class _Planner:
                         f"{join_path(path, name)!r}: a cgroup name memstate cannot handle; "
                         "left alone"
                     )
-        return sorted(names)
-
-    _unsafe_reported: set[tuple[str, str]]
+        result = sorted(names)
+        self._children_cache[path] = result
+        return result
 
     def is_unreadable(self, path: str, file: str) -> bool:
         """True if `file`'s value in `path` is unknown (its read failed, and it is not simply
@@ -589,7 +607,6 @@ class _Planner:
 
     def _classify_children(self) -> None:
         """Find pod cgroups under kubepods and the QoS cgroups that are not desired."""
-        self._unsafe_reported = set()
         holders = [t.path for t in self.targets.cgroups if t.level in ("node", "qos")]
         for holder in holders:
             found = self._observed(holder)
