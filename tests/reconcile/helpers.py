@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from memstate.core.config import NodeConfig
@@ -261,3 +262,47 @@ class CheckingCgroupFS:
             self.inner.rmdir(path)
         finally:
             self._check(f"rmdir {path}")
+
+
+# The interface files a cgroup of the test machine can have (SimCgroupFS decides which exist).
+INTERFACE_FILES = (
+    "cgroup.controllers",
+    "cgroup.subtree_control",
+    "cgroup.events",
+    "cgroup.procs",
+    "cgroup.type",
+    "memory.min",
+    "memory.low",
+    "memory.high",
+    "memory.max",
+    "memory.swap.max",
+    "memory.current",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "cpuset.mems.effective",
+    "hugetlb.2MB.max",
+    "hugetlb.1GB.max",
+)
+
+
+def materialise(fs: CgroupFS, directory: Path) -> None:
+    """Copy a tree into plain directories and files (what RealCgroupFS reads in a test root):
+    every cgroup becomes a directory holding its interface files' current text."""
+    for path in walk(fs):
+        target = directory / path if path else directory
+        target.mkdir(parents=True, exist_ok=True)
+        for file in INTERFACE_FILES:
+            try:
+                (target / file).write_text(fs.read(path, file))
+            except HostError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+
+def directory_contents(directory: Path) -> dict[str, str]:
+    """Every file under `directory` with its text (to prove a command wrote nothing)."""
+    return {
+        str(p.relative_to(directory)): p.read_text()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
