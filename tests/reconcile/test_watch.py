@@ -1,0 +1,143 @@
+"""The cgroup watcher: "resync soon" hints from inotify (watchfiles), under trio.
+
+Method: `watch_cgroups` runs in a nursery and appends its hints to a list; the test changes
+the tree and waits (boundedly, polling the list) for the hints it expects. Against a temporary
+directory: a root that does not exist yet, cgroups created, interface files written, kernel
+counters ignored, the root removed and created again, and prompt cancellation. Against a real
+cgroup2 mount (skipped with the reason when there is none): a cgroup created, and `populated`
+flipping to 0 when a process exits on its own — a change only the kernel reports, through
+cgroup.events. Timeouts are hang guards, never assertions about speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from memstate.cgroup_watch import ROOT_HINT, cgroup_of_change, hints_for_changes, watch_cgroups
+from memstate.host import RealCgroupFS, is_populated
+from tests.host import differential
+
+HINT_TIMEOUT_SECONDS = 10.0
+
+
+async def until(condition: Callable[[], bool], timeout: float = HINT_TIMEOUT_SECONDS) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; returns whether it held."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+        return True
+    return condition()
+
+
+def test_changes_map_to_their_cgroups() -> None:
+    root = Path("/sys/fs/cgroup")
+    assert cgroup_of_change(root, "/sys/fs/cgroup/kubepods/memory.max") == "kubepods"
+    assert cgroup_of_change(root, "/sys/fs/cgroup/kubepods/pod1/cgroup.events") == "kubepods/pod1"
+    assert cgroup_of_change(root, "/sys/fs/cgroup/kubepods/pod1") == "kubepods/pod1"
+    assert cgroup_of_change(root, "/sys/fs/cgroup/kubepods.slice") == "kubepods.slice"
+    assert cgroup_of_change(root, "/sys/fs/cgroup/cgroup.subtree_control") == ROOT_HINT
+    assert cgroup_of_change(root, "/sys/fs/cgroup") == ROOT_HINT
+    for counter in ("memory.events", "memory.events.local", "hugetlb.2MB.events", "pids.events"):
+        assert cgroup_of_change(root, f"/sys/fs/cgroup/kubepods/{counter}") is None
+    assert cgroup_of_change(root, "/elsewhere/memory.max") is None
+    changed = [f"/sys/fs/cgroup/pod{i}/memory.max" for i in range(5)]
+    assert hints_for_changes(root, changed, limit=5) == [f"pod{i}" for i in range(5)]
+    assert hints_for_changes(root, changed, limit=4) == [ROOT_HINT]
+
+
+async def test_root_that_appears_later_then_changes_inside_it(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    hints: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_cgroups(root, on_hint=hints.append, root_poll_seconds=0.02)
+        )
+        await trio.sleep(0.1)
+        assert hints == []
+        root.mkdir()
+        assert await until(lambda: ROOT_HINT in hints), "no hint when the root appeared"
+        await trio.sleep(0.3)  # let the watch start on the new root
+        hints.clear()
+        (root / "kubepods").mkdir()
+        assert await until(lambda: "kubepods" in hints), hints
+        (root / "kubepods" / "pod1").mkdir()
+        assert await until(lambda: "kubepods/pod1" in hints), hints  # new dirs are watched too
+        hints.clear()
+        (root / "kubepods" / "pod1" / "memory.events").write_text("oom 1\n")
+        (root / "kubepods" / "pod1" / "memory.max").write_text("max\n")
+        assert await until(lambda: "kubepods/pod1" in hints), hints
+        assert hints.count("kubepods/pod1") >= 1 and set(hints) == {"kubepods/pod1"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_root_removed_and_recreated_is_watched_again(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    hints: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_cgroups(root, on_hint=hints.append, root_poll_seconds=0.02)
+        )
+        await trio.sleep(0.3)
+        root.rmdir()
+        assert await until(lambda: ROOT_HINT in hints), hints
+        hints.clear()
+        root.mkdir()
+        assert await until(lambda: ROOT_HINT in hints), "no hint when the root came back"
+        await trio.sleep(0.3)
+        (root / "again").mkdir()
+        assert await until(lambda: "again" in hints), hints
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancellation_ends_the_watch(tmp_path: Path) -> None:
+    """The watch thread is stopped through its stop event; the nursery exits (hang guard)."""
+    with trio.fail_after(HINT_TIMEOUT_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: watch_cgroups(tmp_path, on_hint=lambda _hint: None))
+            await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.realcgroup
+async def test_real_cgroup_creation_and_populated_flip_give_hints() -> None:
+    mount, reason = differential.find_cgroup2_mount()
+    if mount is None:
+        pytest.skip(f"no writable cgroup2 mount: {reason}")
+    name = f"memstate-watch-{os.getpid()}"
+    parent = RealCgroupFS(mount)
+    parent.mkdir(name)
+    root = mount / name
+    fs = RealCgroupFS(root)
+    hints: list[str] = []
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: watch_cgroups(root, on_hint=hints.append))
+            await trio.sleep(0.3)
+            fs.mkdir("kubepods")
+            assert await until(lambda: "kubepods" in hints), hints
+            process = subprocess.Popen(["sleep", "1"], stdin=subprocess.DEVNULL)
+            fs.write("kubepods", "cgroup.procs", str(process.pid))
+            assert await until(lambda: is_populated(fs, "kubepods"))
+            await trio.sleep(0.3)  # the hint of our own write to cgroup.procs
+            hints.clear()
+            # Nobody writes anything now: the process exits by itself, and only the kernel's
+            # notification on cgroup.events can tell the watcher.
+            assert await until(lambda: process is not None and process.poll() is not None)
+            assert await until(lambda: not is_populated(fs, "kubepods"))
+            assert await until(lambda: "kubepods" in hints), "populated 1 -> 0 gave no hint"
+            nursery.cancel_scope.cancel()
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        if fs.exists("kubepods"):
+            fs.rmdir("kubepods")
+        parent.rmdir(name)
