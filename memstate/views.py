@@ -10,18 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 from memstate.core.events import (
+    ConfigLoaded,
+    DaemonRestarted,
+    DaemonStarted,
     Event,
+    ManifestInvalid,
     NodeReconfigurationDeferred,
     NodeReconfigured,
+    PodAdmissionRequested,
     PodAdmitted,
+    PodInitCompleted,
     PodRejected,
+    PodRemovalRequested,
     PodRemoved,
+    ReadmissionCompleted,
     ReadmissionDeferred,
+    TopologyObserved,
 )
 from memstate.core.qos import node_targets
-from memstate.core.state import State
+from memstate.core.state import State, state_hash
 from memstate.core.targets import NodeTargets
-from memstate.output import human_bytes
+from memstate.output import human_bytes, to_plain
 
 
 def describe_decision(event: Event) -> str:
@@ -206,3 +215,97 @@ def rejections_document(state: State) -> list[dict[str, Any]]:
         }
         for key, r in sorted(state.rejections.items())
     ]
+
+
+# --- replay and audit -----------------------------------------------------------------------------
+
+
+def describe_event(event: Event) -> str:
+    """One line for any event: decisions as `describe_decision`, inputs and notes by what they
+    say (the pod, the machine, the config), for replay and audit listings."""
+    if event.role == "decision":
+        return describe_decision(event)
+    if isinstance(event, PodAdmissionRequested):
+        pod = event.pod
+        memory = sum(c.requests.get("memory", 0) for c in pod.containers if c.kind != "init")
+        return (
+            f"request {pod.key} ({pod.uid}): {len(pod.containers)} container(s), "
+            f"memory {human_bytes(memory)}"
+        )
+    if isinstance(event, PodRemovalRequested):
+        return f"remove {event.uid or event.source}"
+    if isinstance(event, PodInitCompleted):
+        return f"init containers of {event.uid} completed"
+    if isinstance(event, TopologyObserved):
+        nodes = ", ".join(
+            f"node {n.id} {human_bytes(n.memory_bytes)}" for n in event.topology.nodes
+        )
+        return f"topology: {nodes}"
+    if isinstance(event, ConfigLoaded):
+        config = event.config
+        return (
+            f"config: memoryManagerPolicy {config.memory_manager_policy}, "
+            f"topologyManagerPolicy {config.topology_manager_policy}"
+        )
+    if isinstance(event, DaemonStarted):
+        where = f" on {event.hostname}" if event.hostname else ""
+        return f"memstate {event.memstate_version} (reducer {event.reducer_version}){where}"
+    if isinstance(event, DaemonRestarted):
+        return "restart: running pods await readmission"
+    if isinstance(event, ReadmissionCompleted):
+        return "readmission completed"
+    if isinstance(event, ManifestInvalid):
+        return f"invalid manifest {event.source}: {event.error}"
+    fields = {k: v for k, v in to_plain(event).items() if k != "kind"}
+    return " ".join([event.kind, *(f"{k}={v}" for k, v in fields.items())])
+
+
+def decision_document(event: Event) -> dict[str, Any]:
+    """A decision for `-o json`: its one-line description and the raw event."""
+    return {"kind": event.kind, "description": describe_event(event), "event": to_plain(event)}
+
+
+def state_document(state: State) -> dict[str, Any]:
+    """A whole state for `-o json`: hash, NUMA tables, pods, rejections, readmission, counters."""
+    return {
+        "state_hash": state_hash(state),
+        "numa": numa_document(state),
+        "pods": pods_document(state),
+        "rejections": rejections_document(state),
+        "readmission_open": state.readmission_open,
+        "deferred": sorted(state.deferred),
+        "counters": to_plain(state.counters),
+    }
+
+
+def holders_by_numa(state: State, numa_node: int) -> dict[str, list[dict[str, Any]]]:
+    """Per resource, the pods holding bytes on `numa_node` (from their exact takes), largest
+    first, each with the containers whose blocks include the node."""
+    holders: dict[str, list[dict[str, Any]]] = {}
+    for record in state.sorted_pods():
+        allocation = record.allocation
+        if allocation is None:
+            continue
+        for take in allocation.takes:
+            if take.numa_node != numa_node or take.size_bytes == 0:
+                continue
+            containers = [
+                c.name
+                for c in allocation.containers
+                if any(b.type == take.resource and numa_node in b.numa_affinity for b in c.blocks)
+            ]
+            holders.setdefault(take.resource, []).append(
+                {
+                    "uid": record.pod.uid,
+                    "namespace": record.pod.namespace,
+                    "name": record.pod.name,
+                    "qos_class": record.qos_class,
+                    "status": record.status,
+                    "size_bytes": take.size_bytes,
+                    "containers": containers,
+                    "numa_nodes": list(allocation.numa_nodes),
+                }
+            )
+    for rows in holders.values():
+        rows.sort(key=lambda row: (-row["size_bytes"], row["uid"]))
+    return dict(sorted(holders.items()))
