@@ -36,7 +36,11 @@ follows none of the kernel's rules. DirCgroupFS combines the two:
   return the model's value. A directory made by hand becomes a cgroup (mkdir; its files are
   filled in), a cgroup directory removed by hand disappears (its simulated processes are killed
   first, like ``cgroup.kill`` then ``rmdir``). ``echo 1 > cgroup.kill`` and ``echo PID >
-  cgroup.procs`` work as on the kernel.
+  cgroup.procs`` work as on the kernel. Each cgroup directory holds a hidden identity file (the
+  journal number of its mkdir), so that ``rm -r a; mkdir a`` is seen as a new cgroup even when
+  the filesystem reuses the inode number. Only differences matter: the comparison is against
+  the text the instance expects (what it rendered, or what the journal says another instance
+  rendered), so renders by other instances are never mistaken for edits.
 * **One operation at a time.** Each operation holds an exclusive `flock` on
   ``.memstate-cgroup-sim.d/lock`` from the moment it looks for news until its files are
   rendered. The lock file also records the number of the last journal entry whose files were
@@ -52,6 +56,7 @@ Layout::
     <root>/.memstate-cgroup-sim.d/      lock file and staging area (private)
     <root>/cgroup.controllers ...       the root cgroup's interface files
     <root>/kubepods/memory.min ...      one directory per cgroup, as in /sys/fs/cgroup
+    <root>/kubepods/.memstate-cgroup    its identity (hidden)
 
 Because files are replaced by rename, watch directories rather than files with inotify (a watch
 on a file's inode ends at its first update). The hidden entries at the root change on every
@@ -64,9 +69,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import stat
@@ -421,12 +426,18 @@ def _is_interface_name(name: str) -> bool:
 # --- inotify -------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, for inotify and statfs (Python wraps neither)."""
+    # The interpreter's own symbols include libc: no ldconfig subprocess (find_library) needed.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 class _Inotify:
     """The inotify calls through libc (no extra dependency), non-blocking."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = _libc()
         self._add_watch = libc.inotify_add_watch
         self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         self._add_watch.restype = ctypes.c_int
@@ -475,7 +486,7 @@ class _Inotify:
 def _statfs_magic(path: str) -> int | None:
     """statfs(2) f_type of `path`, None when libc's statfs cannot be called."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         buffer = ctypes.create_string_buffer(512)  # larger than any struct statfs
         if libc.statfs(os.fsencode(path), buffer) != 0:
             return None
@@ -717,7 +728,8 @@ class DirCgroupFS:
         """Hold the tree's lock: other DirCgroupFS users (other processes included) wait.
 
         For tests that edit several files by hand and want no instance to see half of the edit.
-        Calls on this instance inside the block work (the lock is re-entrant per instance).
+        Calls on this instance inside the block work (the lock is re-entrant per instance);
+        a call on *another* instance of the same tree inside the block waits forever.
         """
         with self._locked():
             yield
@@ -963,6 +975,13 @@ class DirCgroupFS:
         rendered = self._read_counter()
         everything, unrendered = _Region(), _Region()
         for entry in entries:
+            if entry.n != self._last_n + 1:
+                raise HostError(
+                    f"{self._journal_path}: entry #{entry.n} follows #{self._last_n}; the journal "
+                    "was edited or mixed with another one",
+                    errno=errno.EIO,
+                    op="replay",
+                )
             region = self._apply(entry)
             everything.merge(region)
             if entry.n > rendered:
@@ -1000,6 +1019,7 @@ class DirCgroupFS:
         if self._read_counter() > self._last_n:
             self._write_counter(self._last_n)  # the journal was replaced: start counting again
         self._render(_Region(whole=set(self._all_cgroups())), write_disk=False)
+        self._unwatched_until_now = []  # the full scan below looks at every directory anyway
         self._repair(unrendered)
         self._full_scan()
 
@@ -1184,7 +1204,7 @@ class DirCgroupFS:
                 return self._do_rmdir(path)
             if entry.op == "remove" and path is not None:
                 return self._do_remove(path)
-            if entry.op == "write" and path is not None and entry.file and entry.value:
+            if entry.op == "write" and path is not None and entry.file and entry.value is not None:
                 return self._do_write(path, entry.file, entry.value)
             if entry.op == "spawn":
                 return self._replay_spawn(entry)

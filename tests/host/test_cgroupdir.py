@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memstate.core.errors import HostError
+from memstate.host import cgroupdir
 from memstate.host.cgroupdir import (
     JOURNAL_NAME,
     MARKER_NAME,
@@ -199,6 +201,7 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
 def spawn_python(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -700,12 +703,9 @@ def test_killed_writer_leaves_a_consistent_tree(scratch: Path) -> None:
         while len(read_journal(root)) < target * (round_index + 1):
             if process.poll() is not None:
                 raise AssertionError(process.stderr.read() if process.stderr else "died")
+            time.sleep(0.005)  # polling pace only; nothing is asserted about time
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-        if process.stdout:
-            process.stdout.close()
-        if process.stderr:
-            process.stderr.close()
+        process.communicate(timeout=30)
         with DirCgroupFS(root) as fs:
             fs.refresh()
         entries = read_journal(root)
@@ -1039,6 +1039,8 @@ def test_concurrent_processes_never_show_torn_values(scratch: Path) -> None:
         from memstate.host.cgroupdir import DirCgroupFS
         fs = DirCgroupFS(sys.argv[1])
         values = sys.argv[2].split(",")
+        print("ready", flush=True)
+        sys.stdin.readline()
         for n in range(150):
             fs.write("a", "memory.max", values[n % len(values)])
             fs.read("a", "memory.max")
@@ -1052,16 +1054,27 @@ def test_concurrent_processes_never_show_torn_values(scratch: Path) -> None:
         spawn_python(writer, str(root), long_values, "x"),
         spawn_python(writer, str(root), short_values, "y"),
     ]
+    for process in writers:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
     allowed = {"max\n", "4096\n", "9223372036854767616\n", "1099511627776\n"}
-    seen: set[str] = set()
+    seen: list[str] = []
     with DirCgroupFS(root) as fs:
-        while any(process.poll() is None for process in writers):
-            seen.add((root / "a" / "memory.max").read_text())
-            fs.read("a", "memory.max")
+        for process in writers:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        while True:
+            running = any(process.poll() is None for process in writers)
+            seen.append((root / "a" / "memory.max").read_text())
+            assert fs.read("a", "memory.max") in allowed
+            if not running:
+                break
     for process in writers:
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
-    assert seen <= allowed, seen - allowed
+    assert seen
+    assert set(seen) <= allowed, set(seen) - allowed
     entries = read_journal(root)
     assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
     last_max = [entry for entry in entries if entry.file == "memory.max"][-1]
@@ -1070,7 +1083,8 @@ def test_concurrent_processes_never_show_torn_values(scratch: Path) -> None:
 
 
 def test_locked_block_hides_a_multi_file_edit(scratch: Path) -> None:
-    """Inside `locked()` another process waits, so it sees both hand edits or none."""
+    """Inside `locked()` other processes wait: one reading both files under its own lock sees
+    both hand edits or neither."""
     root = scratch / "t"
     with DirCgroupFS(root) as fs:
         fs.write("", "cgroup.subtree_control", "+memory")
@@ -1082,9 +1096,9 @@ def test_locked_block_hides_a_multi_file_edit(scratch: Path) -> None:
             from memstate.host.cgroupdir import DirCgroupFS
             fs = DirCgroupFS(sys.argv[1])
             print("ready", flush=True)
-            sys.stdin = None
-            for _ in range(2000):
-                pair = (fs.read("a", "memory.min"), fs.read("b", "memory.min"))
+            for _ in range(1_000_000):  # until the edit shows (bounded, not timed)
+                with fs.locked():
+                    pair = (fs.read("a", "memory.min"), fs.read("b", "memory.min"))
                 if pair[0] != pair[1]:
                     print("torn", pair, flush=True)
                     break
@@ -1118,3 +1132,47 @@ def test_parameters_round_trip() -> None:
     parameters = SimParameters(online_nodes="1,0", controllers=("memory", "cpuset")).normalised()
     assert parameters.online_nodes == "0-1"
     assert parameters.controllers == ("cpuset", "memory")
+
+
+def test_deleted_journal_is_taken_in_as_edits_by_hand(scratch: Path) -> None:
+    """Documented degradation: without its journal the tree starts from an empty model and the
+    directory is taken in as edits by hand (cgroups and values come back, the enabled controllers
+    and the fake processes do not)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        fs.mkdir("b")
+        fs.write("a", "cgroup.max.depth", "3")
+        fs.spawn("b")
+    (root / JOURNAL_NAME).unlink()
+    with DirCgroupFS(root) as fs:
+        assert fs.list_children("") == ["a", "b"]
+        assert fs.read("a", "cgroup.max.depth") == "3\n"
+        assert fs.read("", "cgroup.subtree_control") == ""
+        assert fs.read("b", "cgroup.procs") == ""
+        assert not (root / "a" / "memory.min").exists()
+    assert [entry.source for entry in read_journal(root)] == ["outside"] * 3
+
+
+@pytest.mark.parametrize("failing", ["inotify_init", "add_watch"])
+def test_without_inotify_every_call_compares(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """No inotify instance (EMFILE) or no watch left (ENOSPC): the instance falls back to
+    comparing the whole directory at every call, and still sees edits by hand."""
+
+    def refuse(*_args: object) -> None:
+        code = errno.EMFILE if failing == "inotify_init" else errno.ENOSPC
+        raise OSError(code, os.strerror(code))
+
+    target = "__init__" if failing == "inotify_init" else "add_watch"
+    monkeypatch.setattr(cgroupdir._Inotify, target, refuse)
+    with DirCgroupFS(scratch / "t") as fs:
+        assert fs.change_detection == "scan"
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        (scratch / "t" / "a" / "memory.high").write_text("1M\n")
+        (scratch / "t" / "a" / "b").mkdir()
+        assert fs.read("a", "memory.high") == "1048576\n"
+        assert fs.list_children("a") == ["b"]
