@@ -213,11 +213,13 @@ class CheckingCgroupFS:
     """Checks the protection invariant after every change (see the module docstring).
 
     `baseline` is the shortfall per (path, file) allowed (what the tree had before the round);
-    `violations` collects every breach with the operation that caused it.
+    `violations` collects every breach with the operation that caused it. `ignore_paths` are
+    parents not checked (a delegated root whose own protection is the operator's business).
     """
 
     inner: CgroupFS
     baseline: dict[tuple[str, str], int] = field(default_factory=dict)
+    ignore_paths: frozenset[str] = frozenset()
     violations: list[str] = field(default_factory=list)
     checks: int = 0
 
@@ -230,7 +232,7 @@ class CheckingCgroupFS:
         self.checks += 1
         now = protection_shortfalls(tree_snapshot(self.inner), page_size_bytes=PAGE)
         for key, shortfall in now.items():
-            if shortfall > self.baseline.get(key, 0):
+            if key[0] not in self.ignore_paths and shortfall > self.baseline.get(key, 0):
                 self.violations.append(
                     f"after {what}: {key[0]} {key[1]} short by {shortfall} "
                     f"(was {self.baseline.get(key, 0)})"

@@ -38,6 +38,17 @@ DIFFERENTIAL_MODULE = "tests.host.differential"
 DIFFERENTIAL_MOUNT = "/sys/fs/cgroup"
 
 
+# The reconciler converging real trees (tests/vm/guest_reconcile.py, asserted on by
+# tests/vm/test_reconcile_vm.py): JSON lines, one per check.
+RECONCILE = "reconcile"
+RECONCILE_MODULE = "tests.vm.guest_reconcile"
+
+
+def reconcile_available() -> bool:
+    """True once tests/vm/guest_reconcile.py exists in the tree."""
+    return (REPO_ROOT / "tests" / "vm" / "guest_reconcile.py").is_file()
+
+
 def differential_available() -> bool:
     """True once tests/host/differential.py exists in the tree."""
     return (REPO_ROOT / "tests" / "host" / "differential.py").is_file()
@@ -60,5 +71,9 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
                 timeout_s=180,
                 env={"MEMSTATE_TEST_CGROUP2": DIFFERENTIAL_MOUNT},
             )
+        )
+    if reconcile_available():
+        suites.append(
+            GuestSuite(RECONCILE, (py, "-m", RECONCILE_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
     return suites
