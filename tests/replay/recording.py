@@ -42,8 +42,9 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.machine import Machine, Mask
-from memstate.core.numa_policy import Admission, ProviderHints
+from memstate.core.numa_policy import Admission, PodAllocation, ProviderHints
 from memstate.core.pod import Pod
+from memstate.core.qos import pod_targets
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import PodTargets
 from memstate.core.topology import Topology
@@ -193,21 +194,22 @@ def fill_highest_first(monkeypatch: pytest.MonkeyPatch) -> None:
     ) -> Admission:
         if not pod.uid.startswith(TRIGGER_PREFIX):
             return real_admit(machine, topology, config, pod, provider_hints)
-        numa_policy.find_best_hint = _highest_first  # type: ignore[assignment]
+        numa_policy.find_best_hint = _highest_first
         try:
             return real_admit(machine, topology, config, pod, provider_hints)
         finally:
-            numa_policy.find_best_hint = real_best  # type: ignore[assignment]
+            numa_policy.find_best_hint = real_best
 
     monkeypatch.setattr(reducer, "admit", altered)
 
 
 def alter_memory_high(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trigger pods' containers get `memory.high` one 4 KiB page lower in the decision."""
-    real = reducer.pod_targets
 
-    def altered(pod: Pod, *args: object, **kwargs: object) -> PodTargets:
-        targets = real(pod, *args, **kwargs)  # type: ignore[arg-type]
+    def altered(
+        pod: Pod, allocation: PodAllocation | None, config: NodeConfig, topology: Topology
+    ) -> PodTargets:
+        targets = pod_targets(pod, allocation, config, topology)
         if not pod.uid.startswith(TRIGGER_PREFIX):
             return targets
         containers = []

@@ -71,7 +71,7 @@ def test_streaming_reader_reads_exports_and_reports_the_same_errors(
     _, written = log_dir
     export = write_scenario(written)
     assert list(iter_scenario(export.splitlines())) == read_scenario(export) == written
-    bad = export.splitlines()[:3] + ['{"kind": "no_such_kind"}']
+    bad = [*export.splitlines()[:3], '{"kind": "no_such_kind"}']
     with pytest.raises(ScenarioError) as streamed:
         list(iter_scenario(bad, source="x.jsonl"))
     with pytest.raises(ScenarioError) as whole:
@@ -150,6 +150,7 @@ def test_to_seq_stops_after_the_whole_transaction(log_dir: tuple[Path, list[Enve
         assert state_hash(report.state) == load_checkpoint(path).state_hash
     # A seq inside a transaction (an input with decisions) includes the whole transaction.
     inner = next(e for e in written if e.decisions)
+    assert inner.decisions is not None
     report = replay_log(source, to_seq=inner.seq)
     assert report.state_seq == inner.seq + inner.decisions
 
@@ -168,7 +169,7 @@ def test_at_stops_before_the_first_input_stamped_later(
 def test_from_checkpoint_starts_late_and_reaches_the_same_state(
     log_dir: tuple[Path, list[Envelope]],
 ) -> None:
-    state_dir, written = log_dir
+    state_dir, _written = log_dir
     checkpoints = [seq for seq, _ in list_checkpoints(state_dir)]
     target = checkpoints[2] + 7
     fast = replay_log(open_source(state_dir), to_seq=target, from_checkpoint=True)
