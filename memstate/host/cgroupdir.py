@@ -77,6 +77,7 @@ import shutil
 import stat
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -639,6 +640,9 @@ class DirCgroupFS:
         # identity file of its directory, so a directory replaced by hand is recognised.
         self._ids: dict[str, int] = {}
         self._unwatched_until_now: list[str] = []
+        # (directory, name) of the renames of the current flush, and events set aside meanwhile.
+        self._own_renames: Counter[tuple[str | None, str]] = Counter()
+        self._backlog: list[tuple[int, int, str]] = []
         self._pending = _Region()
         self._appended = False
         self._needs_reload = False
@@ -909,6 +913,22 @@ class DirCgroupFS:
         if self._appended:
             self._write_counter(self._last_n)
             self._appended = False
+        self._drain_own_events()
+
+    def _drain_own_events(self) -> None:
+        """Set aside the inotify events of this flush's own renames (one IN_MOVED_TO each), so
+        the next call does not read those files back; everything else waits for that call."""
+        if self._inotify is None or not self._own_renames:
+            return
+        own = self._own_renames
+        self._own_renames = Counter()
+        for event in self._inotify.read_events():
+            wd, mask, name = event
+            key = (self._wd_path.get(wd), name)
+            if mask & _IN_MOVED_TO and own[key] > 0:
+                own[key] -= 1
+                continue
+            self._backlog.append(event)
 
     # --- taking in news --------------------------------------------------------------------------
 
@@ -930,7 +950,8 @@ class DirCgroupFS:
         if self._inotify is None:
             self._full_scan()
             return
-        events = self._inotify.read_events()
+        events = self._backlog + self._inotify.read_events()
+        self._backlog = []
         if any(mask & _IN_Q_OVERFLOW for _wd, mask, _name in events):
             self._full_scan()
             return
@@ -1029,6 +1050,8 @@ class DirCgroupFS:
             self._inotify = None
         self._wd_path.clear()
         self._path_wd.clear()
+        self._backlog = []
+        self._own_renames.clear()
         if not self._watch_wanted:
             return
         try:
@@ -1449,6 +1472,8 @@ class DirCgroupFS:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return True  # the parent was removed by hand; the next pass takes that in
             raise host_error(exc.errno or errno.EIO, "mkdir", path, detail="render") from exc
+        parent, _slash, name = path.rpartition("/")
+        self._own_renames[(parent, name)] += 1
         self._cache[path] = dict(texts)
         return True
 
@@ -1463,6 +1488,7 @@ class DirCgroupFS:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
                 return  # the directory went away by hand; the next pass takes that in
             raise host_error(exc.errno or errno.EIO, "write", path, file, detail="render") from exc
+        self._own_renames[(path, file)] += 1
 
     def _remove_directory(self, path: str, ident: int | None) -> None:
         directory = self._disk(path)
@@ -1490,6 +1516,7 @@ class DirCgroupFS:
             self._inotify = None
             self._wd_path.clear()
             self._path_wd.clear()
+            self._backlog = []
             return
         self._wd_path[wd] = path
         self._path_wd[path] = wd
