@@ -462,6 +462,7 @@ class Reconciler:
             retired_uids=self._retiring,
             pod_removal=self.options.pod_removal,
             remove_orphans=self.options.remove_orphans and full,
+            focus=paths,
         )
         drift = self._drift(targets, tree, plan)
         results, writes = self._execute(plan)
@@ -504,6 +505,8 @@ class Reconciler:
         """(path, file) → (expected, found) for values changed behind this reconciler's back."""
         drift: dict[tuple[str, str], tuple[str, str]] = {}
         for target in targets.cgroups:
+            if target.path not in plan.final_values:
+                continue  # not planned in this (scoped) round
             found = tree.get(target.path)
             if found is None or not found.exists:
                 if target.path in self._expected_present:

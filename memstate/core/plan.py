@@ -76,6 +76,7 @@ from memstate.core.cgroup_paths import (
     NODE_COMPONENT,
     QOS_COMPONENTS,
     SLICE_SUFFIX,
+    ancestor_paths,
     node_path,
     parent_path,
     parse_cgroup_path,
@@ -444,12 +445,17 @@ def plan_operations(
     retired_uids: Iterable[str] = (),
     pod_removal: PodRemoval = "wait",
     remove_orphans: bool = False,
+    focus: Iterable[str] | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
     `retired_uids` are pods a decision removed: their cgroups are removed (and killed first when
     `pod_removal` is ``"kill"`` and they are populated). Other undesired pod cgroups are orphans:
     removed only if `remove_orphans` and observed empty. Pure and deterministic.
+
+    `focus` (a scoped round) limits planning to those cgroups and their ancestors; every other
+    managed cgroup is left as observed and only contributes its current values to its parent's
+    sums, so the work does not grow with the number of pods.
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
@@ -461,6 +467,7 @@ def plan_operations(
         retired=frozenset(retired_uids),
         pod_removal=pod_removal,
         remove_orphans=remove_orphans,
+        focus=None if focus is None else frozenset(focus),
     )
     return planner.run()
 
@@ -477,6 +484,7 @@ class _Planner:
         retired: frozenset[str],
         pod_removal: PodRemoval,
         remove_orphans: bool,
+        focus: frozenset[str] | None,
     ) -> None:
         self.targets = targets
         self.observed = observed
@@ -487,6 +495,12 @@ class _Planner:
         self.config = naming_config(targets)
         self.desired: dict[str, CgroupTarget] = {t.path: t for t in targets.cgroups}
         self.order = [t.path for t in targets.cgroups]  # parents first
+        if focus is not None:
+            # Planned: the focus and its ancestors; the rest stays as observed.
+            wanted = set(focus)
+            for path in focus:
+                wanted.update(ancestor_paths(path))
+            self.order = [path for path in self.order if path in wanted]
         self.desired_children: dict[str, list[str]] = {}
         for target in targets.cgroups:
             parent = parent_path(target.path)

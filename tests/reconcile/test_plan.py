@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from memstate.core.cgroup_paths import ancestor_paths
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import (
     EMPTY_WRITE,
@@ -581,3 +582,25 @@ def test_fault_free_reads_have_no_unknowns() -> None:
     assert errors == []
     plan = plan_operations(targets, tree, page_size_bytes=PAGE)
     assert plan.unknown == ()
+
+
+def test_focus_plans_only_the_focus_and_its_ancestors() -> None:
+    """A scoped round: other pods that differ are left for the full resync; the ancestors'
+    sums still count them at their current values."""
+    everyone = pods(6)
+    fs = converged_sim(targets_of_pods(everyone[:5]))
+    targets = targets_of_pods(everyone)
+    newcomer = targets.pod(uid_for(5)).cgroup
+    other = targets.pods[0].cgroup
+    fs.write(other, "memory.max", "max")  # someone else's change to an out-of-focus pod
+    tree = observe(fs, targets)
+    full = plan_operations(targets, tree, page_size_bytes=PAGE)
+    focused = plan_operations(targets, tree, page_size_bytes=PAGE, focus=[newcomer])
+    assert {o.path for o in full.operations} >= {newcomer, other}
+    touched = {o.path for o in focused.operations}
+    assert newcomer in touched and other not in touched
+    allowed = {newcomer, *ancestor_paths(newcomer)}
+    assert touched <= allowed
+    same = {(o.path, o.file, o.value) for o in full.operations if o.path in allowed}
+    assert {(o.path, o.file, o.value) for o in focused.operations} == same
+    assert set(focused.final_values) == allowed
