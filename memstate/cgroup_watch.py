@@ -22,8 +22,10 @@ would cost more than the resync it replaces, and polling cannot see cgroup.event
 Filtering is done here, not by watchfiles (``watch_filter=None``: its default filter is made for
 source trees). Counter files the kernel notifies on by itself (memory.events, pids.events,
 hugetlb.*.events ...) are ignored: under memory pressure they change constantly and say nothing
-about the state memstate manages. Everything else counts, memstate's own writes included (they
-cost one extra, write-free resync).
+about the state memstate manages. So are hidden names (a leading dot): cgroupfs has none, and the
+directory-backed simulated tree (memstate.host.cgroupdir) keeps its journal and lock there,
+touched by every operation — watching them would turn each resync into the next one's trigger.
+Everything else counts, memstate's own writes included (they cost one extra, write-free resync).
 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
@@ -78,6 +80,10 @@ def cgroup_of_change(root: Path, changed: str) -> str | None:
     parts = relative.parts
     if not parts:
         return ROOT_HINT
+    if any(part.startswith(".") for part in parts):
+        # cgroupfs has no hidden names; a directory-backed simulated tree keeps its journal,
+        # lock and staging there, touched by every operation (reads included).
+        return None
     name = parts[-1]
     if _INTERFACE_FILE_RE.fullmatch(name):
         if _IGNORED_FILE_RE.fullmatch(name):

@@ -46,6 +46,10 @@ def test_changes_map_to_their_cgroups() -> None:
     for counter in ("memory.events", "memory.events.local", "hugetlb.2MB.events", "pids.events"):
         assert cgroup_of_change(root, f"/sys/fs/cgroup/kubepods/{counter}") is None
     assert cgroup_of_change(root, "/elsewhere/memory.max") is None
+    # A directory-backed simulated tree's journal, lock and staging: never a hint.
+    assert cgroup_of_change(root, "/sys/fs/cgroup/.journal.jsonl") is None
+    assert cgroup_of_change(root, "/sys/fs/cgroup/.memstate-cgroup-sim.d/lock") is None
+    assert cgroup_of_change(root, "/sys/fs/cgroup/kubepods/.memstate-cgroup") is None
     changed = [f"/sys/fs/cgroup/pod{i}/memory.max" for i in range(5)]
     assert hints_for_changes(root, changed, limit=5) == [f"pod{i}" for i in range(5)]
     assert hints_for_changes(root, changed, limit=4) == [ROOT_HINT]
