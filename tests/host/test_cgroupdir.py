@@ -27,6 +27,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -281,8 +282,8 @@ def test_scenario_matches_simcgroupfs(shape: str, name: str, scratch: Path) -> N
     with DirCgroupFS(scratch / "tree") as reopened:
         for path in walk(reference, ""):
             for file in reopened.list_files(path):
-                assert outcome(lambda p=path, f=file: reopened.read(p, f)) == outcome(
-                    lambda p=path, f=file: reference.read(p, f)
+                assert outcome(partial(reopened.read, path, file)) == outcome(
+                    partial(reference.read, path, file)
                 )
 
 
@@ -306,7 +307,7 @@ def test_render_matches_read(scratch: Path) -> None:
             for file, text in files.items():
                 if file == "cgroup.kill":
                     assert text == ""
-                    assert outcome(lambda p=path: fs.read(p, "cgroup.kill")) == "EINVAL"
+                    assert outcome(partial(fs.read, path, "cgroup.kill")) == "EINVAL"
                 else:
                     assert text == reference.read(path, file) == fs.read(path, file)
         assert_disk_matches(scratch / "tree", reference)
@@ -386,7 +387,7 @@ class Harness:
         return self.pids[index % len(self.pids)] if self.pids else 999_999
 
     def step(self, op: tuple[object, ...]) -> None:
-        kind = op[0]
+        kind = str(op[0])
         fs, reference = self.fs, self.reference
         if kind == "mkdir":
             path = str(op[1])
@@ -407,9 +408,9 @@ class Harness:
         elif kind == "hand_write":
             self.hand_write(str(op[1]), str(op[2]), str(op[3]))
         elif kind == "spawn":
-            path = None if op[1] is None else str(op[1])
-            got, want = outcome(lambda: fs.spawn(path)), outcome(lambda: reference.spawn(path))
-            assert got == want
+            place = None if op[1] is None else str(op[1])
+            got = outcome(lambda: fs.spawn(place))
+            assert got == outcome(lambda: reference.spawn(place))
             if got.startswith("ok"):
                 self.pids.append(int(got.split()[1]))
         elif kind == "exit":
