@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from memstate.core.errors import HostError
+from memstate.core.events import CgroupWriteFailed
 from memstate.core.plan import ValueModel
 from memstate.core.pod import Pod
 from memstate.core.targets import NodeTargets
@@ -373,6 +374,16 @@ def test_faults_never_escape_never_break_ordering_and_convergence_follows(
     for report in faulty:
         failures = {r.errno for r in report.results if r.outcome in ("failed", "busy")}
         assert failures <= set(ERRNOS)
+        # Every failure is recorded: a note with its errno (rmdir EBUSY is a pending removal).
+        noted = {
+            (n.path, n.op, n.file, n.errno)
+            for n in report.notes
+            if isinstance(n, CgroupWriteFailed)
+        }
+        for result in report.results:
+            if result.outcome == "failed":
+                operation = result.operation
+                assert (operation.path, operation.kind, operation.file, result.errno) in noted
     fs.clear()
     clock.advance(60.0)  # past every back-off
     report = reconciler.reconcile(new_targets)
