@@ -642,7 +642,7 @@ class Reconciler:
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
         self._tree = apply_operations(tree, succeeded)
-        self._remember(targets, plan, by_target)
+        self._remember(targets, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending = self._pending_removals(targets, tree, plan, by_target)
         retry = self._retry_after(plan, results, pending, now)
@@ -682,6 +682,8 @@ class Reconciler:
         targets: NodeTargets,
         plan: Plan,
         by_target: dict[tuple[str, str], list[OperationResult]],
+        *,
+        full: bool,
     ) -> None:
         """What the tree holds now as far as this reconciler knows (the base of drift)."""
         desired = {t.path for t in targets.cgroups}
@@ -702,8 +704,11 @@ class Reconciler:
         self._expected_controllers = {
             k: v for k, v in self._expected_controllers.items() if k in desired
         }
-        planned = {_key(o) for o in plan.operations}
-        self._backoff = {k: v for k, v in self._backoff.items() if k in planned}
+        if full:
+            # Back-off of operations a full plan no longer contains is stale (a scoped plan
+            # only covers its scope, so it cannot tell).
+            planned = {_key(o) for o in plan.operations}
+            self._backoff = {k: v for k, v in self._backoff.items() if k in planned}
 
     def _orphan_notes(
         self, plan: Plan, by_target: dict[tuple[str, str], list[OperationResult]], full: bool
