@@ -34,6 +34,7 @@ counted and logged, and the inputs are tried again at the next rescan.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -164,6 +165,7 @@ class Daemon:
         self._events_since_checkpoint = 0
         self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
+        self._config_digest = ""
         self._converged = False
         self._pending_removals = 0
         self._metrics_server: object | None = None
@@ -257,7 +259,10 @@ class Daemon:
         return observe_topology()
 
     def _load_config(self, topology: Topology) -> NodeConfig:
-        settings, config = load_settings_and_config(self.settings)
+        settings, config = load_settings_and_config(self.settings)  # ConfigError if unreadable
+        if self.settings.config_file is not None:
+            data = self.settings.config_file.read_bytes()
+            self._config_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         self.settings = self._with_overrides(settings)
         validate_config_for_topology(config, topology, source=str(settings.config_file or ""))
         return config
@@ -466,6 +471,15 @@ class Daemon:
         path = self.settings.config_file
         if path is None:
             return
+        # A change of the file and a SIGHUP often arrive together: one edit, one decision.
+        try:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        except OSError:
+            digest = ""
+        if digest and digest == self._config_digest:
+            logger.info("config reload: %s is unchanged", path)
+            return
+        self._config_digest = digest
         topology = self.state.topology or self.config_topology
         try:
             settings, config = load_settings_and_config(self.settings)
@@ -647,16 +661,19 @@ async def _watch(path: Path, on_change: Callable[[], None], only_name: str | Non
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
     import watchfiles
 
+    def wanted(_change: object, changed: str) -> bool:
+        # Only the file asked for (a config file's directory may hold anything, even our logs).
+        return only_name is None or Path(changed).name == only_name
+
     while True:
         if not path.exists():
             await trio.sleep(5.0)
             continue
         try:
-            async for changes in watchfiles.awatch(
-                path, watch_filter=None, debounce=200, step=50, recursive=False
+            async for _changes in watchfiles.awatch(
+                path, watch_filter=wanted, debounce=200, step=50, recursive=False
             ):
-                if only_name is None or any(Path(p).name == only_name for _, p in changes):
-                    on_change()
+                on_change()
         except (FileNotFoundError, RuntimeError) as exc:
             logger.debug("watch on %s ended (%s); retrying", path, exc)
             await trio.sleep(1.0)

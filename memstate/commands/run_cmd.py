@@ -92,10 +92,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
     )
+    # watchfiles logs every batch of changes at INFO; they are hints, not news.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     from memstate.daemon import Daemon, run_daemon
 
     settings = resolve_settings(args)
-    cli = overrides(args)
+    cli = {
+        name: value.absolute() if isinstance(value, Path) else value
+        for name, value in overrides(args).items()
+    }
     import msgspec
 
     settings = msgspec.structs.replace(settings, **cli)
