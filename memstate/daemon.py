@@ -142,8 +142,12 @@ class Daemon:
         notifier: Notifier | None = None,
         cli_overrides: dict[str, object] | None = None,
         fsync: bool = True,
+        on_ready: Callable[[Daemon], None] | None = None,
+        stop_after_seconds: float | None = None,
     ) -> None:
         self.settings = settings
+        self.on_ready = on_ready
+        self.stop_after_seconds = stop_after_seconds
         self.cli_overrides = dict(cli_overrides or {})
         self.notifier = notifier or Notifier.from_environment()
         self.fsync = fsync
@@ -240,13 +244,22 @@ class Daemon:
         await self._reconcile_once()
         if settings.metrics_enabled:
             host, port = settings.metrics_host_port()
-            self._metrics_server = self.metrics.serve(host, port)
+            try:
+                self._metrics_server = self.metrics.serve(host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {host}:{port}: {exc.strerror}",
+                    source=str(settings.config_file or ""),
+                    path="$.memstate.metricsAddress",
+                ) from None
             logger.info("metrics on http://%s:%d/metrics", host, port)
         pods = len(self.state.pods)
         self.notifier.ready(f"{pods} pods, seq {self.last_seq}")
         logger.info("ready: %d pods, seq %d", pods, self.last_seq)
         self.ready.set()
         self._write_status()
+        if self.on_ready is not None:
+            self.on_ready(self)
 
     def _topology_source(self) -> str:
         return str(self.settings.topology_file or "/sys/devices/system/node")
@@ -629,6 +642,10 @@ class Daemon:
                     nursery.start_soon(self.reconcile_loop)
                     nursery.start_soon(self.cgroup_watch_loop)
                     nursery.start_soon(self.watchdog_loop)
+                    if self.stop_after_seconds is not None:
+                        nursery.start_soon(
+                            _stop_after, self.stop_after_seconds, nursery.cancel_scope
+                        )
             finally:
                 await self.shutdown()
 
@@ -677,6 +694,12 @@ async def _watch(path: Path, on_change: Callable[[], None], only_name: str | Non
         except (FileNotFoundError, RuntimeError) as exc:
             logger.debug("watch on %s ended (%s); retrying", path, exc)
             await trio.sleep(1.0)
+
+
+async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:
+    await trio.sleep(seconds)
+    logger.info("stopping after %g s as asked", seconds)
+    scope.cancel()
 
 
 def _boot_id() -> str:

@@ -1,9 +1,13 @@
-"""`memstate demo`: the bundled example node, decided and explained, without root.
+"""`memstate demo`: the daemon on the bundled example node, without root.
 
-It reads the example topology, kubelet config and pod manifests shipped with memstate, feeds them
-to the reducer as events (first boot, then a restart where the pods come back in reverse order),
-and prints every decision, the per-NUMA-node accounting, the pods and the cgroup targets the
-reconciler would converge a tree to.
+By default it lays out a node in a local directory (`./demo`): the example manifests, a config
+pointing at a simulated cgroup tree in `demo/cgroup`, the example two-NUMA-node topology; then it
+runs the real daemon there in the foreground, prints what was decided once it is ready and where
+to look (status command, metrics URL, the cgroup files), and keeps running until Ctrl-C (or
+`--for SECONDS`). Running it again restarts the same node: pods come back from the log.
+
+`--simulate` skips the daemon: it feeds the example to the reducer as events (first boot, then a
+restart with the pods coming back in reverse order) and prints the decisions and cgroup targets.
 """
 
 from __future__ import annotations
@@ -51,12 +55,33 @@ def example_dir() -> Path:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="decide the bundled example node and show the result",
+        help="run the daemon on the bundled example node (no root needed)",
         description=(
-            "Feed the bundled example node (2 NUMA nodes, 5 pods) through memstate's reducer: "
-            "first boot, then a restart in which the pods come back in reverse order. Prints "
-            "the decisions, the per-NUMA-node accounting and the cgroup targets."
+            "Lay out the bundled example node (2 NUMA nodes, 5 pods) in a local directory and "
+            "run the memstate daemon on it, with a simulated cgroup tree in that directory. "
+            "Prints the decisions once the daemon is ready and where to look; stops on Ctrl-C. "
+            "With --simulate, no daemon: the example is fed to the reducer (first boot, then a "
+            "restart with the pods in reverse order) and the decisions and targets are printed."
         ),
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("demo"),
+        help="where to lay out the demo node (default ./demo; reused if it exists)",
+    )
+    parser.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the daemon after this many seconds (default: run until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="do not start the daemon; show the reducer's decisions for the example",
     )
     parser.add_argument(
         "--example-dir",
@@ -90,6 +115,12 @@ def events_for(directory: Path) -> list[Event]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.simulate:
+        return run_simulation(args)
+    return run_daemon_demo(args)
+
+
+def run_simulation(args: argparse.Namespace) -> int:
     directory = args.example_dir or example_dir()
     state = State()
     transitions: list[dict[str, Any]] = []
@@ -138,4 +169,94 @@ def run(args: argparse.Namespace) -> int:
         f"\nstate hash {state_hash(state)}. Next: `memstate replay replay/restart-any-order.jsonl`"
         " replays a recorded scenario; docs/model.md explains what you see.\n"
     )
+    return 0
+
+
+# --- the daemon demo ------------------------------------------------------------------------------
+
+DEMO_METRICS_PORT = 9473
+
+
+def lay_out(node_dir: Path, example: Path, metrics_port: int) -> Path:
+    """Create (or reuse) the demo node; returns its config file."""
+    import shutil
+
+    import yaml
+
+    manifests = node_dir / "manifests"
+    if not manifests.exists():
+        manifests.mkdir(parents=True)
+        for path in sorted(manifest_files(example / "manifests")):
+            shutil.copy(path, manifests / path.name)
+    topology = node_dir / "topology.yaml"
+    if not topology.exists():
+        shutil.copy(example / "topology.yaml", topology)
+    config = yaml.safe_load((example / "kubelet-config.yaml").read_text())
+    config["memstate"] = {
+        "stateDir": str((node_dir / "state").absolute()),
+        "manifestDir": str(manifests.absolute()),
+        "cgroupSim": str((node_dir / "cgroup").absolute()),
+        "topologyFile": str(topology.absolute()),
+        "metricsAddress": f"127.0.0.1:{metrics_port}",
+        "rescanSeconds": 2,
+        "resyncSeconds": 10,
+    }
+    path = node_dir / "config.yaml"
+    path.write_text(
+        "# Written by `memstate demo`: the example KubeletConfiguration plus memstate's own\n"
+        "# section pointing at this directory. Edit it while the demo runs to see a reload.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return path
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port")
+
+
+def run_daemon_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from memstate.commands.common import resolve_settings
+    from memstate.daemon import Daemon, run_daemon
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    node_dir: Path = args.dir
+    port = _free_port(DEMO_METRICS_PORT)
+    config = lay_out(node_dir, args.example_dir or example_dir(), port)
+    settings = resolve_settings(argparse.Namespace(config=config, state_dir=None))
+    out = sys.stdout
+    out.write(f"memstate demo: running the daemon on the example node in {node_dir}/\n")
+
+    def ready(daemon: Daemon) -> None:
+        state = daemon.state
+        out.write("\nReady. What was decided:\n")
+        write_table(POD_HEADERS, pod_rows(state))
+        out.write("\nNUMA nodes:\n")
+        write_table(NUMA_HEADERS, numa_rows(state))
+        state_dir = node_dir / "state"
+        out.write(
+            "\nWhere to look (in another terminal):\n"
+            f"  memstate status --state-dir {state_dir}       pods, NUMA accounting, targets\n"
+            f"  curl -s http://127.0.0.1:{port}/metrics        Prometheus metrics\n"
+            f"  cat {node_dir}/cgroup/kubepods/memory.min       the simulated cgroup tree\n"
+            f"  memstate log dump --state-dir {state_dir}     the event log\n"
+            f"  memstate audit timeline --state-dir {state_dir}\n"
+            f"Drop a Pod manifest into {node_dir}/manifests/ to admit it, delete one to remove "
+            "it; edit the config to reload.\n"
+            "Stop with Ctrl-C; run `memstate demo` again to restart the node from its log.\n"
+        )
+        out.flush()
+
+    run_daemon(Daemon(settings, on_ready=ready, stop_after_seconds=args.duration))
+    out.write(f"stopped; the log and a final checkpoint are in {node_dir}/state\n")
     return 0

@@ -30,7 +30,7 @@ def memstate(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_restores_every_pod_after_the_restart() -> None:
-    result = memstate("demo", "-o", "json")
+    result = memstate("demo", "--simulate", "-o", "json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     restored = [
@@ -46,10 +46,38 @@ def test_demo_restores_every_pod_after_the_restart() -> None:
 
 
 def test_demo_table_names_the_next_step() -> None:
-    result = memstate("demo", "-o", "table")
+    result = memstate("demo", "--simulate", "-o", "table")
     assert result.returncode == 0, result.stderr
     assert "restored shop/db (Guaranteed, NUMA [1])" in result.stdout
     assert "memstate replay" in result.stdout
+
+
+def test_demo_runs_the_daemon_on_a_simulated_tree_and_restarts_it(tmp_path: Path) -> None:
+    node = tmp_path / "demo"
+    first = memstate("demo", "--dir", str(node), "--for", "2")
+    assert first.returncode == 0, first.stderr
+    assert "Ready. What was decided:" in first.stdout
+    assert "memstate status --state-dir" in first.stdout
+    assert "/metrics" in first.stdout
+    # The simulated tree holds what the targets say (TieredReservation: G + B requests).
+    assert (node / "cgroup/kubepods/memory.min").read_text().strip() == str(
+        (9 * 1024 + 512) * 2**20
+    )
+    second = memstate("demo", "--dir", str(node), "--for", "2")
+    assert second.returncode == 0, second.stderr
+    status = memstate("status", "--state-dir", str(node / "state"), "-o", "json")
+    document = json.loads(status.stdout)
+    assert len(document["pods"]) == 5
+    from memstate.store.log import LogReader
+
+    kinds = [r.event.kind for r in LogReader(node / "state").read()]
+    assert kinds.count("daemon_restarted") == 1
+    restored = [
+        r.event
+        for r in LogReader(node / "state").read()
+        if r.event.kind == "pod_admitted" and r.event.restored  # type: ignore[attr-defined]
+    ]
+    assert len(restored) == 5
 
 
 def recorded_export(scenario: Path) -> list[str]:
