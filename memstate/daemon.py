@@ -73,6 +73,7 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.invariants import check_invariants
+from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets
@@ -170,6 +171,7 @@ class Daemon:
         self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
         self._config_digest = ""
+        self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
         self._metrics_server: object | None = None
@@ -232,13 +234,14 @@ class Daemon:
         if config != self.state.observed_config:
             boot.append(ConfigLoaded(config=config, source=str(settings.config_file or "")))
         await self._commit(boot)
-        for decision_note in self._warnings_at_start():
-            logger.warning("%s", decision_note)
 
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
         if self.state.readmission_open:
             await self._commit([ReadmissionCompleted()])
+        for warning in self.targets.warnings if self.targets is not None else ():
+            if "5.9" not in warning:  # that one is logged with more detail by _publish
+                logger.warning("targets: %s", warning)
         self.notifier.status("reconciling the cgroup tree")
         self._scope = None
         await self._reconcile_once()
@@ -296,9 +299,6 @@ class Daemon:
                 remove_orphans=self.settings.remove_orphans,
             ),
         )
-
-    def _warnings_at_start(self) -> list[str]:
-        return list(self.targets.warnings) if self.targets is not None else []
 
     # --- the writer: decide, append (group commit), apply, publish ----------------------------
 
@@ -410,12 +410,29 @@ class Daemon:
         except OSError as exc:
             logger.debug("cannot write %s: %s", path, exc)
 
+    def _old_kernel_with_memory_high(self) -> str:
+        """The kernel release when memory.high is in use on a kernel older than 5.9, else ""."""
+        topology, targets = self.state.topology, self.targets
+        if topology is None or targets is None:
+            return ""
+        version = kernel_version(topology.kernel_release)
+        if version is None or version >= MEMORY_HIGH_SAFE_KERNEL:
+            return ""
+        in_use = any(
+            c.files.get("memory.high", "max") != "max" for p in targets.pods for c in p.containers
+        )
+        return topology.kernel_release if in_use else ""
+
     def _publish(self) -> None:
-        old_kernel = ""
-        if self.targets is not None:
-            for warning in self.targets.warnings:
-                if "5.9" in warning and self.state.topology is not None:
-                    old_kernel = self.state.topology.kernel_release
+        old_kernel = self._old_kernel_with_memory_high()
+        if old_kernel and not self._warned_old_kernel:
+            self._warned_old_kernel = True
+            logger.warning(
+                "memory.high is in use on kernel %s, older than 5.9: allocations faster than "
+                "reclaim can stall at memory.high (the livelock that kept Memory QoS in alpha); "
+                "use a 5.9 or newer kernel",
+                old_kernel,
+            )
         self.metrics.publish(
             Snapshot(
                 state=self.state,

@@ -302,3 +302,21 @@ def test_sigterm_checkpoints_and_sighup_reloads(make_node: Callable[..., Node]) 
     assert node.terminate() == 0
     last = node.records()[-1].seq
     assert max(seq for seq, _ in list_checkpoints(node.state_dir)) == last
+
+
+def test_memory_high_on_an_old_kernel_is_warned_and_exported(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node()
+    text = node.topology_file.read_text().replace("6.1.0-test", "5.4.0-150-generic")
+    node.topology_file.write_text(text)
+    node.drop("b.yaml", pod_manifest("pod-b", "1Gi", guaranteed=False, limit="2Gi"))
+    node.start()
+    node.wait_for(admitted("pod-b"))
+    deadline = time.monotonic() + 20
+    metric = 'memstate_memory_high_old_kernel_info{kernel_release="5.4.0-150-generic"} 1.0'
+    while metric not in node.metrics():
+        assert time.monotonic() < deadline, node.metrics()
+        time.sleep(0.2)
+    assert "older than 5.9" in node.stderr()
+    assert node.terminate() == 0
