@@ -243,7 +243,7 @@ def run_policy(mount: Path, policy: str) -> None:
     parent.mkdir(name)
     real = RealCgroupFS(mount / name)
     sim = sim_like(real)
-    checker = CheckingCgroupFS(real, ignore_paths=frozenset({""}))
+    checker = CheckingCgroupFS(real, ignore_paths=frozenset({""}), relevant_only=True)
     options = ReconcilerOptions(
         pod_removal="kill", retry_backoff_base_seconds=0.01, retry_backoff_max_seconds=0.05
     )
@@ -263,6 +263,7 @@ def run_policy(mount: Path, policy: str) -> None:
                 "operations": len(first["real"].results),
                 "violations": checker.violations,
                 "checks": checker.checks,
+                "passed_over": checker.passed_over,
             }
 
         check(f"{policy}/first", first_round)

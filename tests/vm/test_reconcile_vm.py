@@ -57,7 +57,10 @@ def test_empty_root_converges_in_one_round_without_breaking_the_invariant(
     assert first["converged"] and first["failures"] == [] and first["skipped"] == 0
     assert first["writes"] > 0
     assert first["violations"] == []
-    assert first["checks"] == first["writes"]  # the invariant was checked after every write
+    # The invariant was checked after every write that can move a protection sum (limits,
+    # cpusets and hugetlb writes cannot; the simulator suite checks after every single one).
+    assert first["checks"] + first["passed_over"] == first["writes"]
+    assert first["checks"] > 0
 
 
 @pytest.mark.parametrize("policy", POLICIES)
