@@ -53,7 +53,7 @@ from memstate.core.pod import Pod, pod_limit, pod_request
 from memstate.core.state import State
 from memstate.core.topology import MEMORY, is_hugepage_resource
 from memstate.output import format_ts
-from memstate.replay import LogSource, Transition, transitions
+from memstate.replay import LogSource, Transition, starting_point, transitions
 from memstate.views import describe_event, holders_by_numa
 
 EXPORT_VERSION = 1
@@ -89,8 +89,10 @@ def items_of(transition: Transition) -> list[Item]:
 
 
 def history(source: LogSource) -> Iterator[Transition]:
-    """The log's transitions with the recorded decisions applied (derived where none are)."""
-    return transitions(source.envelopes(), mode="recorded")
+    """The log's transitions with the recorded decisions applied (derived where none are).
+    A pruned log starts after its oldest usable checkpoint (what precedes it is gone)."""
+    state, after_seq, _ = starting_point(source)
+    return transitions(source.envelopes(after_seq + 1), state=state, mode="recorded")
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,24 @@ class Window:
     until_ns: int | None = None
     kinds: frozenset[str] | None = None
 
+    def covers(self, ts_ns: int) -> bool:
+        """Whether a time is inside the window (records are filtered, never cut off early:
+        a clock stepped back between two daemon starts leaves the log out of time order)."""
+        if self.since_ns is not None and ts_ns < self.since_ns:
+            return False
+        return self.until_ns is None or ts_ns <= self.until_ns
+
+    def overlaps(self, start_ns: int, end_ns: int) -> bool:
+        return (self.since_ns is None or end_ns >= self.since_ns) and (
+            self.until_ns is None or start_ns <= self.until_ns
+        )
+
     def admits(self, item: Item) -> bool:
         if self.since_ns is not None and item.ts_ns < self.since_ns:
             return False
         if self.until_ns is not None and item.ts_ns > self.until_ns:
             return False
         return self.kinds is None or item.event.kind in self.kinds
-
-    def past(self, ts_ns: int) -> bool:
-        """True once records are later than `until` (the log is in time order: stop there)."""
-        return self.until_ns is not None and ts_ns > self.until_ns
 
 
 class PodSelector:
@@ -259,8 +269,6 @@ def _touching(transition: Transition, selector: PodSelector, window: Window) -> 
 def pod_rows(source: LogSource, selector: PodSelector, window: Window) -> Iterator[dict[str, Any]]:
     """Every record that touched the pod, in log order. Streams (`-o jsonl` keeps nothing)."""
     for transition in history(source):
-        if window.past(transition.record.ts_ns):
-            return
         for item in _touching(transition, selector, window):
             yield item_document(item, selector)
 
@@ -272,8 +280,6 @@ def pod_history(source: LogSource, selector: PodSelector, window: Window) -> Pod
     for transition in history(source):
         state = transition.after
         result.last_seq = transition.last_seq
-        if window.past(transition.record.ts_ns):
-            break
         result.rows.extend(
             item_document(item, selector) for item in _touching(transition, selector, window)
         )
@@ -401,8 +407,6 @@ def rejection_summary(
     message. Most frequent first."""
     groups: dict[tuple[str, str | None], RejectionGroup] = {}
     for transition in history(source):
-        if window.past(transition.record.ts_ns):
-            break
         for item in items_of(transition):
             event = item.event
             if selector is not None:
@@ -451,8 +455,6 @@ def timeline(
     kinds = window.kinds if window.kinds is not None else TIMELINE_KINDS
     chosen = Window(window.since_ns, window.until_ns, kinds)
     for transition in history(source):
-        if chosen.past(transition.record.ts_ns):
-            return
         for item in items_of(transition):
             if selector is not None:
                 selector.learn(item.event)
@@ -529,8 +531,6 @@ def export_records(
     of the latest `daemon_started`). Streams."""
     started: DaemonStarted | None = None
     for transition in history(source):
-        if window.past(transition.record.ts_ns):
-            return
         if to_seq is not None and transition.record.seq > to_seq:
             return
         if isinstance(transition.record.event, DaemonStarted):
@@ -653,6 +653,13 @@ def plot_data(
 
     def close(uid: str, at_ns: int) -> None:
         start_ns, nodes, size, label = open_spans.pop(uid)
+        if not window.overlaps(start_ns, at_ns) or max_spans == 0:
+            return
+        # Clipped to the window, so the plot's time axis is the window's.
+        if window.since_ns is not None:
+            start_ns = max(start_ns, window.since_ns)
+        if window.until_ns is not None:
+            at_ns = min(at_ns, window.until_ns)
         weight = size * max(at_ns - start_ns, 1) // 10**9
         span = PodSpan(weight, uid, label, nodes, size, start_ns, at_ns)
         if len(heaviest) < max_spans:
@@ -662,13 +669,11 @@ def plot_data(
 
     for transition in history(source):
         ts_ns = transition.record.ts_ns
-        if window.past(ts_ns):
-            break
-        end_ns = ts_ns
         for item in items_of(transition):
             _track_span(item, resource, open_spans, close)
-        if window.since_ns is not None and ts_ns < window.since_ns:
+        if not window.covers(ts_ns):
             continue
+        end_ns = max(end_ns, ts_ns)
         machine = transition.after.machine
         if machine.node_ids != data.node_ids:
             data.node_ids = machine.node_ids
@@ -687,13 +692,11 @@ def plot_data(
             if len(data.times_ns) > 2 * max_points:
                 _thin(data)
     for uid in list(open_spans):
-        close(uid, end_ns)
+        close(uid, max(end_ns, open_spans[uid][0]))
     if data.times_ns and data.times_ns[-1] != end_ns:
         data.times_ns.append(end_ns)  # extend the last step to the end of the log
         data.reserved.append(data.reserved[-1])
     data.spans = sorted(heaviest, key=lambda s: (s.start_ns, s.uid))
-    if window.since_ns is not None:
-        data.spans = [s for s in data.spans if s.end_ns >= window.since_ns]
     return data
 
 

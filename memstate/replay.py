@@ -499,7 +499,7 @@ def replay_log(
     checkpoint hash; stops at the first divergence, after the transaction holding `to_seq`, or
     before the first input stamped after `at_ns`. Keeps one state (and the pending checkpoint
     list), whatever the log's length."""
-    start_state, start_seq, warnings = _starting_point(source, to_seq, at_ns, from_checkpoint)
+    start_state, start_seq, warnings = starting_point(source, to_seq, at_ns, from_checkpoint)
     report = ReplayReport(source=str(source), state=start_state, warnings=warnings)
     report.started_from_checkpoint = start_seq or None
     report.state_seq = start_seq
@@ -600,8 +600,11 @@ def _verify_checkpoint(
     )
 
 
-def _starting_point(
-    source: LogSource, to_seq: int | None, at_ns: int | None, from_checkpoint: bool
+def starting_point(
+    source: LogSource,
+    to_seq: int | None = None,
+    at_ns: int | None = None,
+    from_checkpoint: bool = False,
 ) -> tuple[State, int, list[str]]:
     """(state, seq it is after, warnings): genesis, or a checkpoint when the log was pruned or
     `from_checkpoint` asks for the newest one before the stopping point."""

@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
 from memstate.core.events import Event
@@ -33,6 +33,9 @@ from memstate.output import (
     write_table,
 )
 from memstate.timeparse import FORMS, TimeFormatError, parse_time_ns
+
+if TYPE_CHECKING:
+    from memstate.replay import Divergence, ReplayReport
 
 EXAMPLES = """\
 examples:
@@ -294,7 +297,7 @@ def run_replay(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if divergence else EXIT_OK
 
 
-def _replay_document(report: Any, kind: str, replayed_by: str) -> dict[str, Any]:
+def _replay_document(report: ReplayReport, kind: str, replayed_by: str) -> dict[str, Any]:
     from memstate.views import numa_document, pods_document, state_document
 
     state = report.state
@@ -322,7 +325,7 @@ def _replay_document(report: Any, kind: str, replayed_by: str) -> dict[str, Any]
     }
 
 
-def _replay_table(report: Any, *, stopped: bool, quiet: bool) -> None:
+def _replay_table(report: ReplayReport, *, stopped: bool, quiet: bool) -> None:
     from memstate.core.state import state_hash
     from memstate.views import NUMA_HEADERS, POD_HEADERS, numa_rows, pod_rows
 
@@ -356,7 +359,7 @@ def _replay_table(report: Any, *, stopped: bool, quiet: bool) -> None:
 # --- divergence rendering -------------------------------------------------------------------------
 
 
-def divergence_document(divergence: Any) -> dict[str, Any]:
+def divergence_document(divergence: Divergence) -> dict[str, Any]:
     """The `-o json` form of a `memstate.replay.Divergence`."""
     from memstate.core.scenario import envelope_to_object
     from memstate.statediff import diff_document
@@ -396,7 +399,7 @@ def divergence_document(divergence: Any) -> dict[str, Any]:
     }
 
 
-def divergence_lines(divergence: Any) -> list[str]:
+def divergence_lines(divergence: Divergence) -> list[str]:
     """The human form: the event, both decisions (with who made them), the state diff."""
     from memstate.statediff import render_diff
     from memstate.views import describe_event
@@ -447,11 +450,11 @@ def run_bisect(args: argparse.Namespace) -> int:
     from memstate.replay import Run, bisect, open_source
 
     source = open_source(args.path)
-    first = Run(source)
+    first = Run(source, label="log")
     if args.against is not None:
-        second = Run(open_source(args.against))
+        second = Run(open_source(args.against), label="other")
     else:
-        second = Run(source, reference=True)
+        second = Run(source, reference=True, label="reference")
     enabled = not args.no_progress and sys.stderr.isatty()
     total = source.last_seq_estimate() if enabled else 0
     with Progress(total, label="bisect", enabled=enabled) as progress:
@@ -463,8 +466,14 @@ def run_bisect(args: argparse.Namespace) -> int:
             verify_earlier=not args.no_verify_earlier,
             on_progress=progress.update,
         )
+    described = (
+        str(source),
+        str(args.against)
+        if args.against is not None
+        else f"this build's reference run of {source}",
+    )
     document = {
-        "runs": list(report.runs),
+        "runs": dict(zip(report.runs, described, strict=True)),
         "method": report.method,
         "window": {"after_seq": report.window[0], "through_seq": report.window[1]},
         "probes": report.probes,
@@ -478,14 +487,15 @@ def run_bisect(args: argparse.Namespace) -> int:
     else:
         out = sys.stdout
         through = report.window[1] if report.window[1] is not None else "end"
-        out.write(f"runs     {report.runs[0]}\n         {report.runs[1]}\n")
-        out.write(f"method   {report.method}\n")
+        for label, what in zip(report.runs, described, strict=True):
+            out.write(f"{label:<11}{what}\n")
+        out.write(f"{'method':<11}{report.method}\n")
         out.write(
-            f"window   after seq {report.window[0]} through {through}; "
+            f"{'window':<11}after seq {report.window[0]} through {through}; "
             f"{report.transactions_walked} transaction(s) compared one by one\n"
         )
         for warning in report.warnings:
-            out.write(f"warning  {warning}\n")
+            out.write(f"{'warning':<11}{warning}\n")
         if report.divergence is None:
             out.write("no divergence found\n")
         else:

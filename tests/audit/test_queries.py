@@ -20,9 +20,12 @@ from memstate.audit import (
     ExportRecord,
     PodSelector,
     Window,
+    numa_holdings,
     plot_data,
     pod_history,
     rejection_summary,
+    state_at,
+    timeline,
 )
 from memstate.cli import main
 from memstate.core.events import (
@@ -34,6 +37,8 @@ from memstate.core.events import (
 )
 from memstate.core.scenario import write_scenario
 from memstate.replay import open_source
+from memstate.store.checkpoint import list_checkpoints
+from memstate.store.log import EventLog, LogReader
 from tests import factories
 from tests.replay.recording import BASE_TS_NS, record_log, start_inputs, steady_inputs
 
@@ -173,3 +178,57 @@ def test_plot_without_matplotlib_names_the_extra(
     assert main(["audit", "plot", "-f", str(png), "--log", str(NIGHT)]) == 1
     assert "pip install 'memstate[plot]'" in capsys.readouterr().err
     assert not png.exists()
+
+
+def test_filters_do_not_assume_time_order(tmp_path: Path) -> None:
+    """A clock stepped back between two daemon starts: `--until` still finds the later records
+    stamped before it (records are filtered, the walk is never cut short)."""
+
+    def admit(uid: str) -> PodAdmissionRequested:
+        return PodAdmissionRequested(pod=factories.pod(uid, "1Gi", namespace="t"))
+
+    envelopes = [
+        Envelope(i, ts, SCHEMA_VERSION, e)  # type: ignore[arg-type]
+        for i, (ts, e) in enumerate(
+            [
+                (BASE_TS_NS, start_inputs()[0]),
+                (BASE_TS_NS + 1, start_inputs()[1]),
+                (BASE_TS_NS + 2, start_inputs()[2]),
+                (BASE_TS_NS + 60 * 10**9, admit("late")),  # 02:01
+                (BASE_TS_NS + 30 * 10**9, admit("stepped-back")),  # 02:00:30, after a reset
+            ],
+            start=1,
+        )
+    ]
+    path = tmp_path / "clock.jsonl"
+    path.write_text(write_scenario(envelopes))
+    rows = list(
+        timeline(
+            open_source(path),
+            Window(until_ns=BASE_TS_NS + 45 * 10**9, kinds=frozenset({"pod_admitted"})),
+        )
+    )
+    assert [r["uid"] for r in rows] == ["stepped-back"]
+
+
+def test_a_pruned_log_is_audited_from_its_oldest_checkpoint(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    record_log(state_dir, steady_inputs(600), checkpoint_every=100, segment_bytes=8 << 10)
+    checkpoints = [seq for seq, _ in list_checkpoints(state_dir)]
+    with EventLog.open(state_dir, fsync=False, segment_bytes=8 << 10) as log:
+        assert log.prune_segments(through_seq=checkpoints[1])
+    first = LogReader(state_dir).first_seq()
+    found = pod_history(open_source(state_dir), PodSelector("churn-001"), Window())
+    assert found.rows and min(r["seq"] for r in found.rows) >= first
+    assert numa_holdings(state_at(open_source(state_dir)), 0)["resources"]["memory"]["held"] > 0
+
+
+def test_plot_spans_are_clipped_to_the_window() -> None:
+    since, until = BASE_TS_NS + 35 * 60 * 10**9, BASE_TS_NS + 70 * 60 * 10**9  # 02:35-03:10
+    data = plot_data(open_source(NIGHT), Window(since_ns=since, until_ns=until))
+    assert data.spans
+    assert all(since <= s.start_ns <= s.end_ns <= until for s in data.spans)
+    assert all(since <= t <= until for t in data.times_ns)
+    # cache left at 03:00, inside the window; train arrived at 03:11, after it.
+    labels = {s.label for s in data.spans}
+    assert "shop/cache" in labels and "ml/train" not in labels

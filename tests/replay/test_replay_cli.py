@@ -113,7 +113,10 @@ def test_bisect_and_anonymise_from_the_command_line(
         assert code == 1
         document = json.loads(out)
         assert document["divergence"]["seq"] == first
-        assert document["runs"][1] == f"reference run of {state_dir}"
+        assert document["runs"] == {
+            "log": str(state_dir),
+            "reference": f"this build's reference run of {state_dir}",
+        }
         code, out = run(capsys, "replay", "bisect", str(state_dir), "-o", "table")
         assert code == 1 and f"DIVERGENCE (decisions) at seq {first}" in out
     code, out = run(capsys, "replay", "bisect", str(state_dir), "--against", str(state_dir))
