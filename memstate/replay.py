@@ -719,8 +719,10 @@ def bisect(
             index, non_monotone = found
             lo = common[index - 1] if index > 0 else None
             hi = common[index]
-            start_state = _checkpoint_state(first, lo) if lo is not None else State()
-            lo_seq = lo.seq if lo is not None else 0
+            if lo is not None:
+                start_state, lo_seq = _checkpoint_state(first, lo), lo.seq
+            else:
+                start_state, lo_seq, _ = _origin(first, second)
             walked, divergence = _walk_window(
                 first, second, start_state, lo_seq, lo_seq, stop_after_seq=hi.seq
             )
@@ -859,15 +861,33 @@ def _same_input(x: Transition, y: Transition) -> bool:
     return x.record.event == y.record.event
 
 
+def _origin(first: Run, second: Run) -> tuple[State, int, int]:
+    """Where both runs start: genesis, or — for a pruned log — the first run's oldest usable
+    checkpoint, which the second run must share (its reference run, or a log with a checkpoint
+    at the same seq and the same state hash)."""
+    state, after, _ = starting_point(first.source)
+    other_state, other_after, _ = starting_point(second.source)
+    if after == other_after == 0:
+        return state, 0, 0
+    if second.reference and second.source.path == first.source.path:
+        return state, after, after
+    if (after, state_hash(state)) == (other_after, state_hash(other_state)):
+        return state, after, other_after
+    raise InputError(
+        f"the logs start at different points (after seq {after} and {other_after}, pruned); "
+        "bisect needs a common starting checkpoint"
+    )
+
+
 def _lockstep(
     first: Run, second: Run, probe_every: int, on_progress: Callable[[int], None] | None
 ) -> tuple[State, int, int, int, int | None]:
     """Both runs forward from the start: (state where they last agreed at a probe, its seq in
     each run, probes compared, seq on the first run where a difference showed or None)."""
     probe_seqs = {c.seq for c in first.source.checkpoints()}
-    agreed: tuple[State, int, int] = (State(), 0, 0)
+    agreed = _origin(first, second)
     probes = 0
-    for count, (x, y) in enumerate(_paired(first, second, State(), 0, 0), start=1):
+    for count, (x, y) in enumerate(_paired(first, second, *agreed), start=1):
         if x is None or y is None or not _same_input(x, y):
             return (*agreed, probes, x.last_seq if x is not None else None)
         if x.decisions != y.decisions or x.apply_error or y.apply_error:

@@ -300,3 +300,25 @@ def test_bisect_reports_logs_of_different_inputs(tmp_path: Path) -> None:
     assert report.divergence is not None
     assert report.divergence.kind == "input"
     assert report.divergence.other_record is not None
+
+
+def test_bisect_of_a_pruned_log_starts_at_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "state"
+    written = record_log(
+        state_dir, churn_inputs(200, triggers=(150,)), checkpoint_every=30, segment_bytes=8 << 10
+    )
+    with EventLog.open(state_dir, fsync=False, segment_bytes=8 << 10) as log:
+        assert log.prune_segments(through_seq=list_checkpoints(state_dir)[1][0])
+    assert LogReader(state_dir).first_seq() > 1
+    fill_highest_first(monkeypatch)
+    source = open_source(state_dir)
+    report = bisect(Run(source), Run(source, reference=True))
+    first = next(
+        e.seq
+        for e in written
+        if isinstance(e.event, PodAdmissionRequested) and e.event.pod.uid == "zz-000150"
+    )
+    assert report.divergence is not None and report.divergence.seq == first
+    assert replay_log(source).divergence.seq == first  # type: ignore[union-attr]
