@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,7 @@ def register(subparsers: Any) -> None:
     )
     numa.add_argument("numa_node", type=int, metavar="N", help="the NUMA node id")
     _source_arguments(numa)
+    allow_relative_times(numa)
     point = numa.add_mutually_exclusive_group()
     point.add_argument("--at", type=_time, default=None, help=f"a time ({FORMS})")
     point.add_argument("--seq", type=_seq, default=None, help="after the transaction of seq N")
@@ -205,7 +207,19 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# argparse treats `-1h` after `--since` as an unknown option unless it looks like a negative
+# number; teach the parser that relative times are values too (`--since=-1h` always worked).
+_RELATIVE_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(\d+(\.\d+)?(ns|us|ms|s|m|h|d|w))+$")
+
+
+def allow_relative_times(parser: argparse.ArgumentParser) -> None:
+    """Let `--since -1h` parse: relative times are values, not options."""
+    if hasattr(parser, "_negative_number_matcher"):  # CPython's argparse since 2.7
+        parser._negative_number_matcher = _RELATIVE_OR_NUMBER
+
+
 def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
+    allow_relative_times(parser)
     parser.add_argument("--since", type=_time, default=None, help=f"not before ({FORMS})")
     parser.add_argument("--until", type=_time, default=None, help="not after (same forms)")
     if kinds:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memstate.commands.audit_cmd import allow_relative_times
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
 from memstate.core.events import Event
 from memstate.output import (
@@ -97,6 +98,7 @@ def _replay_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("path", type=Path, help="a state directory or a .jsonl file")
+    allow_relative_times(parser)
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument(
         "--to-seq",

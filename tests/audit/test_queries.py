@@ -232,3 +232,14 @@ def test_plot_spans_are_clipped_to_the_window() -> None:
     # cache left at 03:00, inside the window; train arrived at 03:11, after it.
     labels = {s.label for s in data.spans}
     assert "shop/cache" in labels and "ml/train" not in labels
+
+
+def test_relative_times_parse_as_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--since -1h` (not only `--since=-1h`): relative times are values, not options."""
+    log = ["--log", str(NIGHT), "-o", "json"]
+    assert main(["audit", "rejections", "--since", "-100000d", *log]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["count"] == 1
+    assert main(["audit", "rejections", "--until", "-100000d", *log]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["replay", str(NIGHT), "--at", "-100000d", *log[2:]]) == 0
+    assert json.loads(capsys.readouterr().out)["state_seq"] == 0
