@@ -73,10 +73,15 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.invariants import check_invariants
-from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
+from memstate.core.qos import (
+    MEMORY_HIGH_SAFE_KERNEL,
+    assemble_node_targets,
+    kernel_version,
+    pod_targets,
+)
 from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
-from memstate.core.targets import NodeTargets
+from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
 from memstate.inputs import load_config, load_topology, read_document
 from memstate.manifests import ManifestDirectory
@@ -86,7 +91,6 @@ from memstate.settings import Settings, settings_from_object
 from memstate.store.checkpoint import prune_checkpoints, write_checkpoint
 from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
-from memstate.views import targets_of
 
 logger = logging.getLogger("memstate.daemon")
 
@@ -171,6 +175,8 @@ class Daemon:
         self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
         self._config_digest = ""
+        self._pod_targets: dict[str, tuple[tuple[str, object], PodTargets]] = {}
+        self._targets_context: tuple[NodeConfig, Topology] | None = None
         self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
@@ -370,11 +376,34 @@ class Daemon:
                 await self._checkpoint()
         return envelopes
 
+    def _compute_targets(self) -> NodeTargets | None:
+        """The state's cgroup targets, reusing the targets of pods that did not change."""
+        state = self.state
+        if state.topology is None or state.config is None:
+            return None
+        context = (state.config, state.topology)
+        if self._targets_context != context:
+            self._pod_targets.clear()
+            self._targets_context = context
+        entries = []
+        for uid, record in state.pods.items():
+            cached = self._pod_targets.get(uid)
+            key = (record.spec_hash, record.allocation)
+            if cached is None or cached[0] != key:
+                targets = pod_targets(record.pod, record.allocation, *context)
+                self._pod_targets[uid] = (key, targets)
+            else:
+                targets = cached[1]
+            entries.append((record.pod, targets))
+        for uid in [u for u in self._pod_targets if u not in state.pods]:
+            del self._pod_targets[uid]
+        return assemble_node_targets(entries, state.config, state.topology)
+
     def _note_effects(
         self, previous: State, inputs: Sequence[Event], decisions: Sequence[Event]
     ) -> None:
         """Publish the new state and tell the reconciler what changed."""
-        self.targets = targets_of(self.state)
+        self.targets = self._compute_targets()
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if isinstance(decision, PodAdmitted) and self.targets is not None:
@@ -630,8 +659,13 @@ class Daemon:
         """Changes to the tree made by others trigger an early full resync."""
         from memstate.cgroup_watch import watch_cgroups
 
-        def hint(_path: str) -> None:
-            self._scope = None
+        def hint(path: str) -> None:
+            # A hint names the cgroup that changed ("" for the whole tree): resync just that
+            # one early; the periodic full resync stays the source of truth.
+            if not path:
+                self._scope = None
+            elif self._scope is not None:
+                self._scope.add(path)
             self._reconcile_wake.set()
 
         await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
@@ -704,8 +738,10 @@ async def _watch(path: Path, on_change: Callable[[], None], only_name: str | Non
             await trio.sleep(5.0)
             continue
         try:
+            # step: yield 2 ms after the last change seen (admission latency); debounce: at
+            # most 50 ms of changes grouped together.
             async for _changes in watchfiles.awatch(
-                path, watch_filter=wanted, debounce=200, step=50, recursive=False
+                path, watch_filter=wanted, debounce=50, step=2, recursive=False
             ):
                 on_change()
         except (FileNotFoundError, RuntimeError) as exc:

@@ -48,6 +48,10 @@ class Seen:
     digest: str
     uid: str  # "" when the file was invalid
     spec_hash: str
+    # (inode, size, mtime in ns) when it was read: unchanged identity means unchanged bytes, so
+    # a rescan of an unchanged directory stats files instead of reading them. Atomic renames give
+    # a new inode; in-place edits change the size or the nanosecond mtime.
+    identity: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Observed:
     pod: Pod | None = None
     error: str = ""
     unchanged: Seen | None = None  # same bytes as last time: nothing to do
+    identity: tuple[int, int, int] = (0, 0, 0)
 
 
 class ManifestDirectory:
@@ -100,6 +105,19 @@ class ManifestDirectory:
     def _read_changed(self) -> list[Observed]:
         observed = []
         for path in self._listing():
+            seen = self.known.get(str(path))
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                error = f"cannot stat: {exc.strerror}"
+                observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
+                continue
+            identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if seen is not None and seen.identity == identity:
+                observed.append(Observed(path, seen.digest, unchanged=seen))
+                continue
             try:
                 with path.open("rb") as handle:
                     data = handle.read(MAX_FILE_BYTES + 1)
@@ -110,11 +128,11 @@ class ManifestDirectory:
                 observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
                 continue
             digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            seen = self.known.get(str(path))
             if seen is not None and seen.digest == digest:
+                seen = Seen(seen.digest, seen.uid, seen.spec_hash, identity)
                 observed.append(Observed(path, digest, unchanged=seen))
             else:
-                observed.append(_parse(path, data, digest))
+                observed.append(_parse(path, data, digest, identity))
         return observed
 
     def _diff(self, observed: Sequence[Observed]) -> tuple[list[Event], dict[str, Seen]]:
@@ -140,25 +158,25 @@ class ManifestDirectory:
                 if before is not None and before.uid:
                     events.append(PodRemovalRequested(uid=before.uid, source=key))
                 events.append(ManifestInvalid(source=key, error=error))
-                known[key] = Seen(item.digest, "", "")
+                known[key] = Seen(item.digest, "", "", item.identity)
                 continue
             pod = item.pod
             if before is not None and before.uid and before.uid != pod.uid:
                 events.append(PodRemovalRequested(uid=before.uid, source=key))
             events.append(PodAdmissionRequested(pod=pod, source=key))
-            known[key] = Seen(item.digest, pod.uid, spec_hash(pod))
+            known[key] = Seen(item.digest, pod.uid, spec_hash(pod), item.identity)
         for key, before in self.known.items():
             if key not in present:
                 events.append(PodRemovalRequested(uid=before.uid, source=key))
         return events, known
 
 
-def _parse(path: Path, data: bytes, digest: str) -> Observed:
+def _parse(path: Path, data: bytes, digest: str, identity: tuple[int, int, int]) -> Observed:
     source = str(path)
     try:
         document = parse_document(data, source=source, error=ManifestError)
         pod = pod_from_manifest(document, source=source)
     except InputError as exc:
         where = f"{exc.path}: " if exc.path else ""
-        return Observed(path, digest, error=where + exc.message)
-    return Observed(path, digest, pod=pod)
+        return Observed(path, digest, error=where + exc.message, identity=identity)
+    return Observed(path, digest, pod=pod, identity=identity)

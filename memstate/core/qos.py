@@ -263,11 +263,22 @@ def node_targets(
     ordered parents before children (depth, then path). Two pods with one UID are an
     `InvariantViolation`.
     """
+    return assemble_node_targets(
+        [(pod, pod_targets(pod, alloc, config, topology)) for pod, alloc in pods], config, topology
+    )
+
+
+def assemble_node_targets(
+    pods: Sequence[tuple[Pod, PodTargets]], config: NodeConfig, topology: Topology
+) -> NodeTargets:
+    """`node_targets` from pod targets computed earlier (each must be `pod_targets` of its pod
+    under this config and topology). The daemon reuses unchanged pods' targets this way, so a
+    commit recomputes only what it changed plus the node-level sums."""
     ordered = sorted(pods, key=lambda entry: entry[0].uid)
     for first, second in itertools.pairwise(ordered):
         if first[0].uid == second[0].uid:
             raise InvariantViolation(f"pod uid {first[0].uid} appears twice")
-    pod_results = tuple(pod_targets(pod, alloc, config, topology) for pod, alloc in ordered)
+    pod_results = tuple(targets for _, targets in ordered)
     requests = {pod.uid: pod_request(pod, MEMORY) for pod, _ in ordered}
     g_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == GUARANTEED)
     b_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == BURSTABLE)
