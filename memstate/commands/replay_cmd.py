@@ -129,7 +129,8 @@ def _replay_parser() -> argparse.ArgumentParser:
         dest="listing",
         action="store_true",
         default=None,
-        help="list every transition and its decisions (default for .jsonl files)",
+        help="list every transition and its decisions (default for .jsonl files in a table; "
+        "with -o json the list is held in memory)",
     )
     listing.add_argument(
         "--no-list", dest="listing", action="store_false", help="do not list transitions"
@@ -250,7 +251,12 @@ def run_replay(args: argparse.Namespace) -> int:
 
     source = open_source(args.path)
     chosen = output_format(args, piped="json")
-    listing = args.listing if args.listing is not None else source.kind == "jsonl"
+    # Listed by default only where it streams: a table of a scenario. In JSON the list is one
+    # document, which grows with the log, so it takes an explicit --list.
+    if args.listing is not None:
+        listing = args.listing
+    else:
+        listing = source.kind == "jsonl" and chosen == "table"
     listing = listing and not args.quiet
     listed: list[dict[str, Any]] = []
     enabled = not args.no_progress and sys.stderr.isatty() and not (listing and chosen == "table")
