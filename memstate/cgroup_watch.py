@@ -25,7 +25,13 @@ hugetlb.*.events ...) are ignored: under memory pressure they change constantly 
 about the state memstate manages. So are hidden names (a leading dot): cgroupfs has none, and the
 directory-backed simulated tree (memstate.host.cgroupdir) keeps its journal and lock there,
 touched by every operation — watching them would turn each resync into the next one's trigger.
-Everything else counts, memstate's own writes included (they cost one extra, write-free resync).
+Of the other interface files only those that say something about what memstate manages count:
+the files it writes (memory.min/low/high/max, cpuset.mems, hugetlb.<size>.max,
+cgroup.subtree_control), cgroup.events (``populated`` decides when a removed pod's cgroup can go),
+and cgroup.procs / cgroup.kill. Derived files (cgroup.stat, which every mkdir below changes,
+*.effective, memory.current, memory.stat...) are ignored: reacting to them would make every
+creation of a pod cgroup a resync of the whole tree. Directories (cgroups appearing or vanishing)
+always count. memstate's own writes count too (each costs one extra, write-free scoped resync).
 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
@@ -61,9 +67,11 @@ MAX_HINTS_PER_BATCH = 32
 
 # Interface files are "<controller or cgroup>.<name>"; directories (cgroups) are anything else.
 _INTERFACE_FILE_RE = re.compile(r"(cgroup|memory|cpuset|cpu|io|hugetlb|pids|rdma|misc)\..+")
-# Counters the kernel notifies on by itself; cgroup.events is deliberately not among them.
-_IGNORED_FILE_RE = re.compile(
-    r"(memory|memory\.swap|pids|misc|rdma|hugetlb\.[0-9]+[KMG]B(\.rsvd)?)\.events(\.local)?"
+# The interface files whose changes matter (see the module docstring); every other one is
+# ignored, including the counters the kernel notifies on by itself (memory.events...).
+_WATCHED_FILE_RE = re.compile(
+    r"memory\.(min|low|high|max)|cpuset\.mems|hugetlb\.[0-9]+[KMG]B\.max"
+    r"|cgroup\.(subtree_control|events|procs|kill)"
 )
 
 
@@ -86,7 +94,7 @@ def cgroup_of_change(root: Path, changed: str) -> str | None:
         return None
     name = parts[-1]
     if _INTERFACE_FILE_RE.fullmatch(name):
-        if _IGNORED_FILE_RE.fullmatch(name):
+        if not _WATCHED_FILE_RE.fullmatch(name):
             return None
         return "/".join(parts[:-1])
     return "/".join(parts)
