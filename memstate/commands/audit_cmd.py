@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
+from memstate.commands.common import allow_relative_times
 from memstate.core.errors import EXIT_OK, EXIT_USAGE, MemstateError
 from memstate.core.events import EVENT_KINDS
 from memstate.output import (
@@ -205,17 +205,6 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a state directory (e.g. a copy from a node) or a .jsonl scenario or export",
     )
-
-
-# argparse treats `-1h` after `--since` as an unknown option unless it looks like a negative
-# number; teach the parser that relative times are values too (`--since=-1h` always worked).
-_RELATIVE_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(\d+(\.\d+)?(ns|us|ms|s|m|h|d|w))+$")
-
-
-def allow_relative_times(parser: argparse.ArgumentParser) -> None:
-    """Let `--since -1h` parse: relative times are values, not options."""
-    if hasattr(parser, "_negative_number_matcher"):  # CPython's argparse since 2.7
-        parser._negative_number_matcher = _RELATIVE_OR_NUMBER
 
 
 def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from memstate.core.errors import ConfigError
@@ -72,3 +73,14 @@ def _replace(settings: Settings, **changes: object) -> Settings:
     import msgspec
 
     return msgspec.structs.replace(settings, **changes)
+
+
+# argparse treats `-1h` after `--since` as an unknown option unless it looks like a negative
+# number; teach a parser that relative times are values too (`--since=-1h` always worked).
+_RELATIVE_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(\d+(\.\d+)?(ns|us|ms|s|m|h|d|w))+$")
+
+
+def allow_relative_times(parser: argparse.ArgumentParser) -> None:
+    """Let `--since -1h` parse: relative times are values, not options."""
+    if hasattr(parser, "_negative_number_matcher"):  # CPython's argparse since 2.7
+        parser._negative_number_matcher = _RELATIVE_OR_NUMBER

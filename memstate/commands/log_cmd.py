@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from memstate.commands.common import allow_relative_times
 from memstate.core.errors import (
     EXIT_OK,
     InputError,
@@ -99,6 +100,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="a pod UID or namespace/name (names match every record about that pod's UIDs)",
     )
+    allow_relative_times(dump_parser)
     dump_parser.add_argument("--since", type=_time, default=None, help=f"not before ({FORMS})")
     dump_parser.add_argument("--until", type=_time, default=None, help="not after (same forms)")
     dump_parser.add_argument(

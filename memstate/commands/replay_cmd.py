@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memstate.commands.audit_cmd import allow_relative_times
+from memstate.commands.common import allow_relative_times
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
 from memstate.core.events import Event
 from memstate.output import (

@@ -131,3 +131,18 @@ def test_replay_reports_the_first_altered_decision(tmp_path: Path) -> None:
     assert divergence["seq"] == record["seq"] - 1  # the input the altered decision belongs to
     assert divergence["event"] == "pod_admission_requested"
     assert "exceeds allocatable" in divergence["apply_error"]
+
+
+def test_relative_times_parse_as_values(tmp_path: Path) -> None:
+    """`--since -1h` (not only `--since=-1h`) works for log dump and audit."""
+    from memstate.core.events import DaemonRestarted
+    from memstate.store.log import EventLog
+
+    with EventLog.open(tmp_path, fsync=False) as log:
+        log.append([(DaemonRestarted(), 0)], ts_ns=__import__("time").time_ns())
+    for args in (
+        ("log", "dump", "--state-dir", str(tmp_path), "--since", "-1h", "-o", "jsonl"),
+        ("audit", "timeline", "--state-dir", str(tmp_path), "--since", "-1h", "-o", "jsonl"),
+    ):
+        result = memstate(*args)
+        assert result.returncode == 0, (args, result.stderr)
