@@ -18,15 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from memstate.commands.common import allow_relative_times
+from memstate.commands.common import (
+    allow_relative_times,
+    event_kinds,
+    seq_number,
+    time_value,
+)
 from memstate.core.errors import EXIT_OK, EXIT_USAGE, MemstateError
-from memstate.core.events import EVENT_KINDS
 from memstate.output import (
     add_output_argument,
     human_bytes,
@@ -35,7 +38,7 @@ from memstate.output import (
     write_jsonl,
     write_table,
 )
-from memstate.timeparse import FORMS, TimeFormatError, parse_time_ns
+from memstate.timeparse import FORMS
 
 if TYPE_CHECKING:
     from memstate.audit import PodSelector, Window
@@ -110,8 +113,10 @@ def register(subparsers: Any) -> None:
     _source_arguments(numa)
     allow_relative_times(numa)
     point = numa.add_mutually_exclusive_group()
-    point.add_argument("--at", type=_time, default=None, help=f"a time ({FORMS})")
-    point.add_argument("--seq", type=_seq, default=None, help="after the transaction of seq N")
+    point.add_argument("--at", type=time_value, default=None, help=f"a time ({FORMS})")
+    point.add_argument(
+        "--seq", type=seq_number, default=None, help="after the transaction of seq N"
+    )
     add_output_argument(numa)
     numa.set_defaults(handler=run_numa)
 
@@ -172,8 +177,8 @@ def register(subparsers: Any) -> None:
     _source_arguments(export)
     _window_arguments(export, kinds=True)
     export.add_argument("--pod", default=None, help="only this pod (UID, NAME, NS/NAME)")
-    export.add_argument("--from-seq", type=_seq, default=1, help="first sequence number")
-    export.add_argument("--to-seq", type=_seq, default=None, help="last sequence number")
+    export.add_argument("--from-seq", type=seq_number, default=1, help="first sequence number")
+    export.add_argument("--to-seq", type=seq_number, default=None, help="last sequence number")
     export.add_argument(
         "--node", default=None, help="the node name to write (default: the daemon's hostname)"
     )
@@ -209,38 +214,12 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
     allow_relative_times(parser)
-    parser.add_argument("--since", type=_time, default=None, help=f"not before ({FORMS})")
-    parser.add_argument("--until", type=_time, default=None, help="not after (same forms)")
+    parser.add_argument("--since", type=time_value, default=None, help=f"not before ({FORMS})")
+    parser.add_argument("--until", type=time_value, default=None, help="not after (same forms)")
     if kinds:
-        parser.add_argument("--kind", type=_kinds, default=None, help="comma-separated event kinds")
-
-
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("sequence numbers are >= 0")
-    return value
-
-
-def _time(text: str) -> int:
-    try:
-        return parse_time_ns(text, now_ns=time.time_ns())
-    except TimeFormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _kinds(text: str) -> frozenset[str]:
-    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
-    unknown = sorted(kinds - EVENT_KINDS.keys())
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown kind(s) {', '.join(unknown) or '(none given)'}; known: "
-            + ", ".join(sorted(EVENT_KINDS))
+        parser.add_argument(
+            "--kind", type=event_kinds, default=None, help="comma-separated event kinds"
         )
-    return kinds
 
 
 def open_log(args: argparse.Namespace) -> LogSource:

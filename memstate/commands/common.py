@@ -84,3 +84,43 @@ def allow_relative_times(parser: argparse.ArgumentParser) -> None:
     """Let `--since -1h` parse: relative times are values, not options."""
     if hasattr(parser, "_negative_number_matcher"):  # CPython's argparse since 2.7
         parser._negative_number_matcher = _RELATIVE_OR_NUMBER
+
+
+# --- argument types shared by the log, replay and audit commands ----------------------------------
+
+
+def seq_number(text: str) -> int:
+    """An argparse type: a sequence number (>= 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("sequence numbers are >= 0")
+    return value
+
+
+def time_value(text: str) -> int:
+    """An argparse type: ISO 8601 or a time relative to now (`-1h`), as ns since the epoch."""
+    import time
+
+    from memstate.timeparse import TimeFormatError, parse_time_ns
+
+    try:
+        return parse_time_ns(text, now_ns=time.time_ns())
+    except TimeFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def event_kinds(text: str) -> frozenset[str]:
+    """An argparse type: a comma-separated list of event kinds, all known."""
+    from memstate.core.events import EVENT_KINDS
+
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(kinds - EVENT_KINDS.keys())
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind(s) {', '.join(unknown) or '(none given)'}; known: "
+            + ", ".join(sorted(EVENT_KINDS))
+        )
+    return kinds

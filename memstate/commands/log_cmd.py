@@ -12,21 +12,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
-from memstate.commands.common import allow_relative_times
+from memstate.commands.common import (
+    allow_relative_times,
+    event_kinds,
+    seq_number,
+    time_value,
+)
 from memstate.core.errors import (
     EXIT_OK,
     InputError,
     InvariantViolation,
     ScenarioError,
 )
-from memstate.core.events import EVENT_KINDS, Envelope, Event, pod_uid_of
+from memstate.core.events import Envelope, Event, pod_uid_of
 from memstate.output import (
     add_output_argument,
     format_ts,
@@ -35,7 +39,7 @@ from memstate.output import (
     write_json,
     write_table,
 )
-from memstate.timeparse import FORMS, TimeFormatError, parse_time_ns
+from memstate.timeparse import FORMS
 
 DEFAULT_STATE_DIR = "/var/lib/memstate"
 
@@ -93,7 +97,10 @@ def register(subparsers: Any) -> None:
     _state_dir_argument(dump_parser)
     _seq_arguments(dump_parser)
     dump_parser.add_argument(
-        "--kind", type=_kinds, default=None, help="comma-separated event kinds (pod_admitted,…)"
+        "--kind",
+        type=event_kinds,
+        default=None,
+        help="comma-separated event kinds (pod_admitted,…)",
     )
     dump_parser.add_argument(
         "--pod",
@@ -101,8 +108,10 @@ def register(subparsers: Any) -> None:
         help="a pod UID or namespace/name (names match every record about that pod's UIDs)",
     )
     allow_relative_times(dump_parser)
-    dump_parser.add_argument("--since", type=_time, default=None, help=f"not before ({FORMS})")
-    dump_parser.add_argument("--until", type=_time, default=None, help="not after (same forms)")
+    dump_parser.add_argument("--since", type=time_value, default=None, help=f"not before ({FORMS})")
+    dump_parser.add_argument(
+        "--until", type=time_value, default=None, help="not after (same forms)"
+    )
     dump_parser.add_argument(
         "--include-incomplete",
         action="store_true",
@@ -138,7 +147,7 @@ def register(subparsers: Any) -> None:
     )
     mode.add_argument(
         "--truncate-after-seq",
-        type=_seq,
+        type=seq_number,
         dest="truncate_after",
         metavar="SEQ",
         help="keep records up to SEQ (whole transactions only), drop the rest",
@@ -205,36 +214,8 @@ def state_dir_of(args: argparse.Namespace) -> Path:
 
 
 def _seq_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from-seq", type=_seq, default=1, help="first sequence number")
-    parser.add_argument("--to-seq", type=_seq, default=None, help="last sequence number")
-
-
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("sequence numbers are >= 0")
-    return value
-
-
-def _kinds(text: str) -> frozenset[str]:
-    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
-    unknown = sorted(kinds - EVENT_KINDS.keys())
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown kind(s) {', '.join(unknown) or '(none given)'}; known: "
-            + ", ".join(sorted(EVENT_KINDS))
-        )
-    return kinds
-
-
-def _time(text: str) -> int:
-    try:
-        return parse_time_ns(text, now_ns=time.time_ns())
-    except TimeFormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    parser.add_argument("--from-seq", type=seq_number, default=1, help="first sequence number")
+    parser.add_argument("--to-seq", type=seq_number, default=None, help="last sequence number")
 
 
 def _require_log(state_dir: Path) -> None:

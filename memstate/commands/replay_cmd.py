@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memstate.commands.common import allow_relative_times
+from memstate.commands.common import (
+    allow_relative_times,
+    seq_number,
+    time_value,
+)
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
 from memstate.core.events import Event
 from memstate.output import (
@@ -33,7 +36,7 @@ from memstate.output import (
     write_json,
     write_table,
 )
-from memstate.timeparse import FORMS, TimeFormatError, parse_time_ns
+from memstate.timeparse import FORMS
 
 if TYPE_CHECKING:
     from memstate.replay import Divergence, ReplayReport
@@ -102,13 +105,13 @@ def _replay_parser() -> argparse.ArgumentParser:
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument(
         "--to-seq",
-        type=_seq,
+        type=seq_number,
         default=None,
         help="stop after the transaction holding this seq and print the state there",
     )
     stop.add_argument(
         "--at",
-        type=_time,
+        type=time_value,
         default=None,
         help=f"print the state at this time: after every input stamped up to it ({FORMS})",
     )
@@ -215,28 +218,11 @@ def _progress_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("sequence numbers are >= 0")
-    return value
-
-
 def _positive(text: str) -> int:
-    value = _seq(text)
+    value = seq_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
-
-
-def _time(text: str) -> int:
-    try:
-        return parse_time_ns(text, now_ns=time.time_ns())
-    except TimeFormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --- replay ---------------------------------------------------------------------------------------
