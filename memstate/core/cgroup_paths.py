@@ -32,6 +32,7 @@ import re
 
 import msgspec
 
+from memstate.core.cgroup_values import hugetlb_file
 from memstate.core.config import CgroupDriver, NodeConfig
 from memstate.core.errors import InvariantViolation
 from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED, QOSClass
@@ -229,18 +230,9 @@ def _pod_uid_from_leaf(leaf: str, parent: str, driver: CgroupDriver) -> str | No
 # --- hugetlb file names ---------------------------------------------------------------------------
 
 
-def hugetlb_size_name(page_size_bytes: int) -> str:
-    """The kernel's name for a hugepage size in hugetlb controller files, as `mem_fmt` in
-    mm/hugetlb_cgroup.c prints it: whole GB, else whole MB, else KB (2 MiB → ``2MB``)."""
+def hugetlb_max_file(page_size_bytes: int) -> str:
+    """``hugetlb.<size>.max``, the hugetlb limit file for one page size, named as the kernel's
+    `mem_fmt` names it (2 MiB → ``hugetlb.2MB.max``; see `cgroup_values.hugetlb_size_name`)."""
     if page_size_bytes <= 0 or page_size_bytes % _KIB:
         raise InvariantViolation(f"hugepage size {page_size_bytes} is not a multiple of 1 KiB")
-    if page_size_bytes >= _GIB:
-        return f"{page_size_bytes // _GIB}GB"
-    if page_size_bytes >= _MIB:
-        return f"{page_size_bytes // _MIB}MB"
-    return f"{page_size_bytes // _KIB}KB"
-
-
-def hugetlb_max_file(page_size_bytes: int) -> str:
-    """``hugetlb.<size>.max``, the hugetlb limit file for one page size."""
-    return f"hugetlb.{hugetlb_size_name(page_size_bytes)}.max"
+    return hugetlb_file(page_size_bytes)

@@ -53,6 +53,7 @@ from memstate.core.cgroup_paths import (
     qos_path,
     root_paths,
 )
+from memstate.core.cgroup_values import format_bitmap_list
 from memstate.core.config import NodeConfig, allocatable_bytes
 from memstate.core.errors import InvariantViolation
 from memstate.core.numa_policy import PodAllocation
@@ -135,23 +136,12 @@ def memory_high(
 
 
 def format_node_list(nodes: Iterable[int]) -> str:
-    """NUMA node ids in the kernel's list format: ``0``, ``0-1``, ``0,2``, ``0-2,5`` ("" = none).
-
-    Runs of two or more consecutive ids are compressed to ``first-last``, as the kernel prints
-    `cpuset.mems` (so desired and read-back values compare equal as text).
-    """
+    """NUMA node ids in the kernel's list format: ``0``, ``0-1``, ``0,2``, ``0-2,5`` ("" = none),
+    as the kernel prints `cpuset.mems`, so desired and read-back values compare equal as text."""
     ids = sorted(set(nodes))
     if ids and ids[0] < 0:
         raise InvariantViolation(f"negative NUMA node id in {ids}")
-    runs: list[str] = []
-    index = 0
-    while index < len(ids):
-        end = index
-        while end + 1 < len(ids) and ids[end + 1] == ids[end] + 1:
-            end += 1
-        runs.append(str(ids[index]) if end == index else f"{ids[index]}-{ids[end]}")
-        index = end + 1
-    return ",".join(runs)
+    return format_bitmap_list(ids)
 
 
 def tiered(config: NodeConfig) -> bool:

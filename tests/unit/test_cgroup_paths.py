@@ -14,7 +14,6 @@ from memstate.core.cgroup_paths import (
     ancestor_paths,
     cgroup_path,
     hugetlb_max_file,
-    hugetlb_size_name,
     node_components,
     node_path,
     parent_path,
@@ -310,11 +309,10 @@ def test_systemd_reverse_mapping_turns_underscores_back_into_dashes() -> None:
     ],
 )
 def test_hugetlb_file_names_follow_the_kernel(size_bytes: int, name: str) -> None:
-    assert hugetlb_size_name(size_bytes) == name
     assert hugetlb_max_file(size_bytes) == f"hugetlb.{name}.max"
 
 
 @pytest.mark.parametrize("size_bytes", [0, -4096, 1000])
 def test_hugetlb_rejects_impossible_sizes(size_bytes: int) -> None:
     with pytest.raises(InvariantViolation):
-        hugetlb_size_name(size_bytes)
+        hugetlb_max_file(size_bytes)
