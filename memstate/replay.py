@@ -32,8 +32,8 @@ transaction (the n-th input of one with the n-th of the other), not by seq, sinc
 can change the number of decision records. See `bisect` for the search and its assumptions.
 
 Sources: `open_source(path)` accepts a state directory (it has `log/`) or a JSON-lines scenario
-or export, read line by line (`iter_scenario`, the streaming twin of
-`memstate.core.scenario.read_scenario`). Neither is ever materialised whole.
+or export, read line by line (`memstate.core.scenario.iter_scenario`). Neither is ever
+materialised whole.
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import msgspec
+from typing import Literal
 
 from memstate import __version__
 from memstate.core.errors import (
@@ -54,14 +52,12 @@ from memstate.core.errors import (
     MemstateError,
     MidLogCorruption,
     ReplayDivergence,
-    ScenarioError,
     SchemaError,
 )
-from memstate.core.events import SCHEMA_VERSION, DaemonStarted, Envelope, Event
+from memstate.core.events import DaemonStarted, Envelope, Event
 from memstate.core.reducer import apply, apply_all, decide
-from memstate.core.scenario import DEFAULT_START_NS, event_from_object, parse_timestamp
+from memstate.core.scenario import iter_scenario
 from memstate.core.state import REDUCER_VERSION, State, state_hash
-from memstate.core.validation import split_validation_error
 from memstate.statediff import Change, diff_states
 
 Mode = Literal["compare", "recorded", "reference"]
@@ -192,78 +188,6 @@ def check_replay(envelopes: Iterable[Envelope]) -> State:
 
 
 # --- sources --------------------------------------------------------------------------------------
-
-
-def iter_scenario(lines: Iterable[str], *, source: str = "") -> Iterator[Envelope]:
-    """`read_scenario`, one line at a time: the same envelopes, seqs, timestamps and errors,
-    without holding the file (tests/replay check both agree on the whole corpus)."""
-    next_seq = 1
-    last_ts = DEFAULT_START_NS - 10**9
-    for line_no, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "//")):
-            continue
-        where = f"{source}:{line_no}" if source else f"line {line_no}"
-        try:
-            obj = msgspec.json.decode(stripped)
-        except msgspec.DecodeError as exc:
-            raise ScenarioError(f"not valid JSON: {exc}", source=where) from None
-        if not isinstance(obj, dict):
-            raise ScenarioError("each line must be a JSON object", source=where)
-        try:
-            if "event" in obj:
-                envelope = _exported_envelope(obj, next_seq)
-            else:
-                envelope = _written_envelope(obj, next_seq, last_ts)
-        except InputError as exc:
-            raise ScenarioError(exc.message, source=where, path=exc.path) from None
-        yield envelope
-        next_seq = envelope.seq + 1
-        last_ts = envelope.ts_ns
-
-
-def _written_envelope(obj: dict[str, Any], next_seq: int, last_ts: int) -> Envelope:
-    body = dict(obj)
-    seq = body.pop("seq", next_seq)
-    if seq != next_seq:
-        raise ScenarioError(f"sequence {seq} does not continue the sequence (expected {next_seq})")
-    ts, ts_ns = body.pop("ts", None), body.pop("ts_ns", None)
-    if ts_ns is not None:
-        if not isinstance(ts_ns, int) or isinstance(ts_ns, bool):
-            raise ScenarioError("ts_ns must be an integer", path="$.ts_ns")
-        stamp = ts_ns
-    elif ts is None:
-        stamp = last_ts + 10**9
-    elif isinstance(ts, str):
-        stamp = parse_timestamp(ts)
-    else:
-        raise ScenarioError("ts must be an ISO 8601 string", path="$.ts")
-    decisions = body.pop("decisions", None)
-    event = event_from_object(body)
-    return Envelope(seq=seq, ts_ns=stamp, schema_v=SCHEMA_VERSION, event=event, decisions=decisions)
-
-
-def _exported_envelope(obj: dict[str, Any], next_seq: int) -> Envelope:
-    raw = {k: v for k, v in obj.items() if k != "ts"}
-    schema = raw.get("schema_v", SCHEMA_VERSION)
-    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-        raise ScenarioError(
-            f"schema version {schema!r} is newer than this build understands ({SCHEMA_VERSION})"
-        )
-    if schema < SCHEMA_VERSION:
-        from memstate.core.codec import upcast
-
-        raw = upcast(raw)
-    try:
-        envelope = msgspec.convert(raw, Envelope)
-    except msgspec.ValidationError as exc:
-        message, path = split_validation_error(exc)
-        raise ScenarioError(message, path=path) from None
-    if envelope.seq != next_seq:
-        raise ScenarioError(
-            f"sequence {envelope.seq} does not continue the sequence (expected {next_seq})"
-        )
-    return envelope
 
 
 @dataclass(frozen=True)

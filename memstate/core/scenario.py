@@ -23,6 +23,7 @@ integer) is optional and defaults to one second after the previous line, startin
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -59,10 +60,14 @@ def format_timestamp(ts_ns: int) -> str:
 
 def read_scenario(text: str, *, source: str = "") -> list[Envelope]:
     """Parse a whole scenario (or export) into envelopes with contiguous sequence numbers."""
-    envelopes: list[Envelope] = []
+    return list(iter_scenario(text.splitlines(), source=source))
+
+
+def iter_scenario(lines: Iterable[str], *, source: str = "") -> Iterator[Envelope]:
+    """`read_scenario`, one line at a time, so a long export replays without being held."""
     next_seq = 1
     last_ts = DEFAULT_START_NS - 10**9
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", "//")):
             continue
@@ -77,10 +82,9 @@ def read_scenario(text: str, *, source: str = "") -> list[Envelope]:
             envelope = _envelope(obj, next_seq=next_seq, last_ts=last_ts)
         except InputError as exc:
             raise ScenarioError(exc.message, source=where, path=exc.path) from None
-        envelopes.append(envelope)
+        yield envelope
         next_seq = envelope.seq + 1
         last_ts = envelope.ts_ns
-    return envelopes
 
 
 def _envelope(obj: dict[str, Any], *, next_seq: int, last_ts: int) -> Envelope:
