@@ -16,9 +16,11 @@ are `ValueError`s with a message that lists the accepted forms (argparse shows i
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from decimal import Decimal, InvalidOperation
+
+from memstate.core.errors import ScenarioError
+from memstate.core.scenario import parse_timestamp
 
 _UNIT_NS = {
     "ns": 1,
@@ -31,7 +33,6 @@ _UNIT_NS = {
     "w": 7 * 86_400 * 1_000_000_000,
 }
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d|w)")
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 FORMS = "now, -1h / -30m / -1h30m / '2h ago', ISO 8601 (2026-03-01T12:00:00Z), or @<epoch seconds>"
 
 
@@ -81,10 +82,6 @@ def _epoch_seconds(digits: str, original: str) -> int:
 
 def _iso(text: str, original: str) -> int:
     try:
-        moment = _dt.datetime.fromisoformat(text)
-    except ValueError:
+        return parse_timestamp(text)
+    except ScenarioError:
         raise TimeFormatError(f"{original!r} is not a time; use {FORMS}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
