@@ -21,7 +21,12 @@ from memstate.core.config import NodeConfig
 from memstate.core.errors import HostError
 from memstate.core.qos import subtree_controllers
 from memstate.core.topology import Topology
-from memstate.host.cgroupfs import CgroupFS, RealCgroupFS, available_controllers
+from memstate.host.cgroupfs import (
+    CgroupFS,
+    RealCgroupFS,
+    available_controllers,
+    parse_cgroup2_mounts,
+)
 from memstate.settings import Settings
 
 
@@ -38,9 +43,42 @@ def open_cgroup_fs(settings: Settings, topology: Topology, config: NodeConfig) -
             path=str(root),
             op="open",
         )
+    check_not_inside(root, _read("/proc/self/cgroup"), _read("/proc/mounts"))
     fs = RealCgroupFS(root)
     check_controllers(fs, config, topology, where=str(root))
     return fs
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def check_not_inside(root: Path, self_cgroup_text: str, mounts_text: str) -> None:
+    """Refuse a `cgroupRoot` that holds memstate's own process (exit 69).
+
+    A non-root cgroup with processes of its own cannot enable controllers for its children (the
+    no-internal-process rule: EBUSY), so memstate would fail write by write. The usual cause is
+    pointing `cgroupRoot` at memstate's own service cgroup under `Delegate=yes`.
+    """
+    own = next((line[3:] for line in self_cgroup_text.splitlines() if line.startswith("0::")), None)
+    if own is None:
+        return
+    for mount in parse_cgroup2_mounts(mounts_text):
+        mount_path = Path(mount)
+        if root != mount_path and mount_path in root.parents:
+            own_path = mount_path / own.lstrip("/")
+            if own_path == root or root in own_path.parents:
+                raise HostError(
+                    f"memstate itself runs in {own_path}, inside cgroupRoot {root}: the kernel "
+                    "refuses controllers for a cgroup that holds processes (EBUSY). Point "
+                    "cgroupRoot at a separate delegated slice, not memstate's own cgroup",
+                    errno=errno.EBUSY,
+                    path=str(root),
+                    op="open",
+                )
 
 
 def check_controllers(fs: CgroupFS, config: NodeConfig, topology: Topology, *, where: str) -> None:

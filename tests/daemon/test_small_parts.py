@@ -119,3 +119,22 @@ def test_daemon_target_cache_equals_a_fresh_computation() -> None:
         state = step(state, event).state
         daemon.state = state
         assert daemon._compute_targets() == targets_of(state), event.kind
+
+
+def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
+    from memstate.cgroups import check_not_inside
+    from memstate.core.errors import HostError
+
+    mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n"
+    own = "0::/system.slice/memstate.service\n"
+    # memstate's own service cgroup (Delegate=yes pointed at itself): refused, exit 69
+    with pytest.raises(HostError, match=r"runs in /sys/fs/cgroup/system\.slice/memstate\.service"):
+        check_not_inside(Path("/sys/fs/cgroup/system.slice/memstate.service"), own, mounts)
+    with pytest.raises(HostError):
+        check_not_inside(Path("/sys/fs/cgroup/system.slice"), own, mounts)
+    # the mount root (processes in the root cgroup are allowed) and a separate slice are fine
+    check_not_inside(Path("/sys/fs/cgroup"), own, mounts)
+    check_not_inside(Path("/sys/fs/cgroup/pods.slice"), own, mounts)
+    # cgroup v1 only, or no information: nothing to check
+    check_not_inside(Path("/sys/fs/cgroup/x"), "", mounts)
+    assert HostError("x").exit_code == 69
