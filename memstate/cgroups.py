@@ -60,8 +60,10 @@ def check_not_inside(root: Path, self_cgroup_text: str, mounts_text: str) -> Non
     """Refuse a `cgroupRoot` that holds memstate's own process (exit 69).
 
     A non-root cgroup with processes of its own cannot enable controllers for its children (the
-    no-internal-process rule: EBUSY), so memstate would fail write by write. The usual cause is
-    pointing `cgroupRoot` at memstate's own service cgroup under `Delegate=yes`.
+    no-internal-process rule: EBUSY), so if `cgroupRoot` is memstate's own cgroup, or lies below
+    it, memstate would fail write by write. The usual cause is pointing `cgroupRoot` at
+    memstate's own service cgroup under `Delegate=yes`. An ancestor of memstate's cgroup is
+    fine: it holds no processes itself.
     """
     own = next((line[3:] for line in self_cgroup_text.splitlines() if line.startswith("0::")), None)
     if own is None:
@@ -70,7 +72,7 @@ def check_not_inside(root: Path, self_cgroup_text: str, mounts_text: str) -> Non
         mount_path = Path(mount)
         if root != mount_path and mount_path in root.parents:
             own_path = mount_path / own.lstrip("/")
-            if own_path == root or root in own_path.parents:
+            if own_path == root or own_path in root.parents:
                 raise HostError(
                     f"memstate itself runs in {own_path}, inside cgroupRoot {root}: the kernel "
                     "refuses controllers for a cgroup that holds processes (EBUSY). Point "

@@ -130,10 +130,11 @@ def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
     # memstate's own service cgroup (Delegate=yes pointed at itself): refused, exit 69
     with pytest.raises(HostError, match=r"runs in /sys/fs/cgroup/system\.slice/memstate\.service"):
         check_not_inside(Path("/sys/fs/cgroup/system.slice/memstate.service"), own, mounts)
-    with pytest.raises(HostError):
-        check_not_inside(Path("/sys/fs/cgroup/system.slice"), own, mounts)
-    # the mount root (processes in the root cgroup are allowed) and a separate slice are fine
+    with pytest.raises(HostError):  # below it: its parent (ours) cannot enable controllers
+        check_not_inside(Path("/sys/fs/cgroup/system.slice/memstate.service/pods"), own, mounts)
+    # the mount root, an ancestor holding no process itself, and a separate slice are fine
     check_not_inside(Path("/sys/fs/cgroup"), own, mounts)
+    check_not_inside(Path("/sys/fs/cgroup/system.slice"), own, mounts)
     check_not_inside(Path("/sys/fs/cgroup/pods.slice"), own, mounts)
     # cgroup v1 only, or no information: nothing to check
     check_not_inside(Path("/sys/fs/cgroup/x"), "", mounts)
