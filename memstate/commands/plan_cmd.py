@@ -26,7 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from memstate.core.errors import HostError, InvariantViolation, MemstateError, ScenarioError
+from memstate.core.errors import (
+    HostError,
+    InputError,
+    InvariantViolation,
+    MemstateError,
+    ScenarioError,
+)
 from memstate.core.plan import (
     EMPTY_WRITE,
     FileDiff,
@@ -133,13 +139,20 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--state-dir", type=Path, help="recover the desired state from here")
     source.add_argument("--scenario", type=Path, help="replay this JSON-lines scenario instead")
-    parser.add_argument(
+    tree = parser.add_mutually_exclusive_group()
+    tree.add_argument(
         "--cgroup-root",
         type=Path,
         default=None,
         help=(
             f"the cgroup tree to observe (default: ${CGROUP_ROOT_ENV}, else {DEFAULT_CGROUP_ROOT})"
         ),
+    )
+    tree.add_argument(
+        "--cgroup-sim",
+        type=Path,
+        default=None,
+        help="observe a directory-backed simulated tree instead (e.g. demo/cgroup)",
     )
     parser.add_argument(
         "--exit-code", action="store_true", help="exit 1 when the tree is not converged"
@@ -288,12 +301,26 @@ def diff_document(
 # --- handlers -------------------------------------------------------------------------------------
 
 
+def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path | None, CgroupFS]:
+    """The tree to observe: `fs` (tests), a simulated tree (`--cgroup-sim`), or the real one."""
+    if fs is not None:
+        return None, fs
+    sim: Path | None = getattr(args, "cgroup_sim", None)
+    if sim is not None:
+        from memstate.host.cgroupdir import DirCgroupFS
+
+        if not sim.is_dir():
+            raise InputError(f"no simulated cgroup tree at {sim}", source=str(sim))
+        return sim, DirCgroupFS(sim, watch=False)
+    root = cgroup_root(args)
+    return root, RealCgroupFS(str(root))
+
+
 def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate plan`; `fs` replaces the tree under --cgroup-root (tests)."""
     state = desired_state(args)
     targets = targets_for(state)
-    root = None if fs is not None else cgroup_root(args)
-    tree_fs = fs if fs is not None else RealCgroupFS(str(root))
+    root, tree_fs = observed_tree(args, fs)
     assert state.topology is not None  # targets_for checked it
     document, plan = plan_document(
         targets,
@@ -346,8 +373,7 @@ def run_diff(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate diff`; `fs` replaces the tree under --cgroup-root (tests)."""
     state = desired_state(args)
     targets = targets_for(state)
-    root = None if fs is not None else cgroup_root(args)
-    tree_fs = fs if fs is not None else RealCgroupFS(str(root))
+    root, tree_fs = observed_tree(args, fs)
     assert state.topology is not None
     document, rows = diff_document(targets, tree_fs, page_size_bytes=state.topology.page_size_bytes)
     document["cgroup_root"] = str(root) if root is not None else None

@@ -146,3 +146,20 @@ def test_relative_times_parse_as_values(tmp_path: Path) -> None:
     ):
         result = memstate(*args)
         assert result.returncode == 0, (args, result.stderr)
+
+
+def test_plan_and_diff_read_the_demo_tree(tmp_path: Path) -> None:
+    node = tmp_path / "demo"
+    assert memstate("demo", "--dir", str(node), "--for", "1").returncode == 0
+    where = ("--state-dir", str(node / "state"), "--cgroup-sim", str(node / "cgroup"))
+    converged = memstate("diff", *where, "--exit-code", "-o", "json")
+    assert converged.returncode == 0, converged.stdout + converged.stderr
+    # Someone lowers kubepods' protection by hand: diff shows it, plan would write it back.
+    (node / "cgroup/kubepods/memory.min").write_text("0\n")
+    drifted = memstate("diff", *where, "--exit-code", "-o", "json")
+    assert drifted.returncode == 1
+    rows = [r for r in json.loads(drifted.stdout)["rows"] if r["status"] != "equal"]
+    assert [(r["path"], r["file"]) for r in rows] == [("kubepods", "memory.min")]
+    plan = json.loads(memstate("plan", *where, "-o", "json").stdout)
+    writes = [(op["path"], op["file"], op["value"]) for op in plan["operations"]]
+    assert writes == [("kubepods", "memory.min", str((9 * 1024 + 512) * 2**20))]
