@@ -33,6 +33,8 @@ class _SessionState:
     failed: int = 0
     skipped: int = 0
     errors: int = 0
+    xfailed: int = 0  # strict xfails: known bugs the check found, not passes
+    xfail_reasons: list[str] = field(default_factory=list)
     skip_reason: str = ""
     boots: list[harness.VmResult] = field(default_factory=list)
     accel: str = ""
@@ -178,6 +180,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.nodeid not in _VM_ITEMS:
         return
+    if hasattr(report, "wasxfail"):
+        if report.skipped:  # failed as expected: a known bug, reported apart from the passes
+            _STATE.xfailed += 1
+            if report.wasxfail not in _STATE.xfail_reasons:
+                _STATE.xfail_reasons.append(report.wasxfail)
+        return  # an unexpected pass of a strict xfail is reported by pytest as a failure
     if report.when == "call":
         if report.passed:
             _STATE.passed += 1
@@ -190,10 +198,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    ran = _STATE.passed + _STATE.failed
+    ran = _STATE.passed + _STATE.failed + _STATE.xfailed
     if not ran and not _STATE.skipped and not _STATE.errors:
         return
-    line = f"vm: {ran} real-kernel checks ran ({_STATE.passed} passed, {_STATE.failed} failed)"
+    line = f"vm: {ran} real-kernel checks ran ({_STATE.passed} passed, {_STATE.failed} failed"
+    line += f", {_STATE.xfailed} known bug(s))" if _STATE.xfailed else ")"
     if _STATE.errors:
         line += f", {_STATE.errors} errored in setup (no VM data)"
     if _STATE.boots:
@@ -213,5 +222,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"{name} {'?' if t is None else f'{t:.1f}s'}" for name, t in _STATE.suites.items()
         )
         terminalreporter.write_line(f"vm: guest suites: {times}")
+    for reason in _STATE.xfail_reasons:
+        terminalreporter.write_line(f"vm: known bug (strict xfail): {reason}")
     if _STATE.skipped:
         terminalreporter.write_line(f"vm: {_STATE.skipped} skipped: {_STATE.skip_reason}")
