@@ -44,6 +44,13 @@ RECONCILE = "reconcile"
 RECONCILE_MODULE = "tests.vm.guest_reconcile"
 
 
+# The differential again, with wrong beliefs planted in the simulator (tests/vm/guest_planted.py,
+# asserted on by tests/vm/test_planted_vm.py): each must be reported as a mismatch.
+PLANTED = "planted"
+PLANTED_MODULE = "tests.vm.guest_planted"
+
+
+
 def reconcile_available() -> bool:
     """True once tests/vm/guest_reconcile.py exists in the tree."""
     return (REPO_ROOT / "tests" / "vm" / "guest_reconcile.py").is_file()
@@ -71,6 +78,9 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
                 timeout_s=180,
                 env={"MEMSTATE_TEST_CGROUP2": DIFFERENTIAL_MOUNT},
             )
+        )
+        suites.append(
+            GuestSuite(PLANTED, (py, "-m", PLANTED_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
     if reconcile_available():
         suites.append(
