@@ -49,6 +49,10 @@ RECONCILE_MODULE = "tests.vm.guest_reconcile"
 PLANTED = "planted"
 PLANTED_MODULE = "tests.vm.guest_planted"
 
+# The daemon end to end on the real tree: start, admit, SIGKILL, restart in reverse order, with a
+# watcher sampling the protections (tests/vm/guest_daemon.py, tests/vm/test_daemon_vm.py).
+DAEMON = "daemon"
+DAEMON_MODULE = "tests.vm.guest_daemon"
 
 
 def reconcile_available() -> bool:
@@ -86,4 +90,5 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
         suites.append(
             GuestSuite(RECONCILE, (py, "-m", RECONCILE_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
+    suites.append(GuestSuite(DAEMON, (py, "-m", DAEMON_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
     return suites
