@@ -636,8 +636,9 @@ def run(mount: Path, job: Path) -> None:
     if (mount / KUBEPODS).exists():
         raise RuntimeError(f"{mount / KUBEPODS} exists before the test")
     # The node lives on the guest's tmpfs, a local filesystem like a node's: on the 9p job share
-    # the manifest directory's inotify watch saw nothing (each admission waited for the periodic
-    # rescan) and every fsync went to the host. Its files are copied to the job share at the end.
+    # each admission waited for the periodic rescan (the manifest directory's watch did not wake
+    # the daemon) and every fsync went to the host. Its files are copied to the job share at the
+    # end.
     root = Path(tempfile.mkdtemp(prefix="memstate-node-"))
     config = node_config(root, nodes)
     node = Node(root, config)
