@@ -660,15 +660,31 @@ class Daemon:
         from memstate.cgroup_watch import watch_cgroups
 
         def hint(path: str) -> None:
-            # A hint names the cgroup that changed ("" for the whole tree): resync just that
-            # one early; the periodic full resync stays the source of truth.
-            if not path:
+            # A hint names the cgroup that changed ("" for the whole tree): resync the managed
+            # cgroup it belongs to early (a container cgroup the runtime made below a pod
+            # cgroup belongs to that pod); anything else gets a full resync, which also finds
+            # orphans. The periodic full resync stays the source of truth.
+            managed = self._managed_cgroup_of(path) if path else None
+            if managed is None:
                 self._scope = None
             elif self._scope is not None:
-                self._scope.add(path)
+                self._scope.add(managed)
             self._reconcile_wake.set()
 
         await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
+
+    def _managed_cgroup_of(self, path: str) -> str | None:
+        """The nearest cgroup at or above `path` that the targets manage (None if none)."""
+        if self.targets is None:
+            return None
+        managed = {target.path for target in self.targets.cgroups}
+        parts = path.split("/")
+        while parts:
+            candidate = "/".join(parts)
+            if candidate in managed:
+                return candidate
+            parts.pop()
+        return None
 
     async def watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_seconds

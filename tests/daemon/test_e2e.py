@@ -320,3 +320,33 @@ def test_memory_high_on_an_old_kernel_is_warned_and_exported(
         time.sleep(0.2)
     assert "older than 5.9" in node.stderr()
     assert node.terminate() == 0
+
+
+def test_container_cgroups_made_by_the_runtime_are_tolerated(
+    make_node: Callable[..., Node],
+) -> None:
+    """The runtime creates container cgroups below pod cgroups; the watcher reports them. The
+    daemon must resync the pod they belong to (not crash on an unmanaged path) and still remove
+    the pod, its container cgroups first, when the manifest goes."""
+    node = make_node()
+    node.start()
+    node.drop("a.yaml", pod_manifest("pod-a", "1Gi"))
+    node.wait_for(admitted("pod-a"))
+    wait_file(node, "kubepods/podpod-a", "memory.min", str(Gi))
+    rounds_before = node.metric('memstate_reconcile_duration_seconds_count{scope="scoped"}') or 0
+    (node.cgroup_dir / "kubepods/podpod-a/ctr").mkdir()
+    deadline = time.monotonic() + 20
+    while (
+        node.metric('memstate_reconcile_duration_seconds_count{scope="scoped"}') or 0
+    ) <= rounds_before:
+        assert node.alive(), node.stderr()[-2000:]
+        assert time.monotonic() < deadline, "no resync after the container cgroup appeared"
+        time.sleep(0.1)
+    assert node.alive()
+    (node.manifest_dir / "a.yaml").unlink()
+    deadline = time.monotonic() + 20
+    while (node.cgroup_dir / "kubepods/podpod-a").exists():
+        assert node.alive(), node.stderr()[-2000:]
+        assert time.monotonic() < deadline, "pod cgroup with a container cgroup not removed"
+        time.sleep(0.1)
+    assert node.terminate() == 0
