@@ -43,15 +43,14 @@ thread returns within `step_ms` instead of waiting out its timeout.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import anyio
 import trio
-import watchfiles
+
+from memstate.watching import Batch, watch
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ ROOT_HINT = ""
 DEFAULT_DEBOUNCE_MS = 200
 DEFAULT_STEP_MS = 50
 # How long the watch thread blocks before checking in (and noticing a removed root).
-WATCH_TIMEOUT_MS = 1000
 DEFAULT_ROOT_POLL_SECONDS = 1.0
 DEFAULT_RETRY_SECONDS = 5.0
 # More distinct cgroups than this in one batch: one "whole tree" hint instead.
@@ -152,38 +150,20 @@ async def _watch_until_root_goes(
     step_ms: int,
     max_hints_per_batch: int,
 ) -> None:
-    stop = anyio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_set_when_cancelled, stop)
-        changes_iterator = watchfiles.awatch(
-            root,
-            watch_filter=None,
-            debounce=debounce_ms,
-            step=step_ms,
-            stop_event=stop,
-            rust_timeout=WATCH_TIMEOUT_MS,
-            yield_on_timeout=True,
-            force_polling=False,
-            recursive=True,
-            ignore_permission_denied=True,
-        )
-        try:
-            async with contextlib.aclosing(changes_iterator) as batches:
-                async for batch in batches:
-                    if not root.is_dir():
-                        on_hint(ROOT_HINT)
-                        return
-                    changed = [path for _change, path in batch]
-                    for hint in hints_for_changes(root, changed, limit=max_hints_per_batch):
-                        on_hint(hint)
-        finally:
-            stop.set()
-            nursery.cancel_scope.cancel()
+    def on_batch(batch: Batch) -> bool:
+        if not root.is_dir():
+            on_hint(ROOT_HINT)
+            return False
+        changed = [path for _change, path in batch]
+        for hint in hints_for_changes(root, changed, limit=max_hints_per_batch):
+            on_hint(hint)
+        return True
 
-
-async def _set_when_cancelled(stop: anyio.Event) -> None:
-    """Sleep until cancelled, then stop the watch thread (see "Cancellation" above)."""
-    try:
-        await trio.sleep_forever()
-    finally:
-        stop.set()
+    await watch(
+        root,
+        on_batch,
+        watch_filter=None,
+        debounce_ms=debounce_ms,
+        step_ms=step_ms,
+        recursive=True,
+    )

@@ -743,23 +743,27 @@ class Daemon:
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
-    import watchfiles
+    from memstate.watching import Batch, watch
 
     def wanted(_change: object, changed: str) -> bool:
         # Only the file asked for (a config file's directory may hold anything, even our logs).
         return only_name is None or Path(changed).name == only_name
+
+    def on_batch(batch: Batch) -> bool:
+        if batch:
+            on_change()
+        return path.exists()
 
     while True:
         if not path.exists():
             await trio.sleep(5.0)
             continue
         try:
-            # step: yield 2 ms after the last change seen (admission latency); debounce: at
-            # most 50 ms of changes grouped together.
-            async for _changes in watchfiles.awatch(
-                path, watch_filter=wanted, debounce=50, step=2, recursive=False
-            ):
-                on_change()
+            # step: report 2 ms after the last change seen (admission latency); debounce: at
+            # most 50 ms of changes grouped together. Cancellation stops the watch at once.
+            await watch(
+                path, on_batch, watch_filter=wanted, debounce_ms=50, step_ms=2, recursive=False
+            )
         except (FileNotFoundError, RuntimeError) as exc:
             logger.debug("watch on %s ended (%s); retrying", path, exc)
             await trio.sleep(1.0)
