@@ -88,7 +88,11 @@ from memstate.manifests import ManifestDirectory
 from memstate.metrics import Metrics, Snapshot
 from memstate.sdnotify import Notifier
 from memstate.settings import Settings, settings_from_object
-from memstate.store.checkpoint import prune_checkpoints, write_checkpoint
+from memstate.store.checkpoint import (
+    oldest_checkpoint_seq,
+    prune_checkpoints,
+    write_checkpoint,
+)
 from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
 
@@ -489,6 +493,11 @@ class Daemon:
             check_invariants(state)
             write_checkpoint(self.settings.state_dir, state, seq=seq, chain_crc=chain)
             prune_checkpoints(self.settings.state_dir, self.settings.checkpoints_keep)
+            if self.settings.prune_log:
+                oldest = oldest_checkpoint_seq(self.settings.state_dir)
+                if oldest is not None:
+                    for name in log.prune_segments(through_seq=oldest):
+                        logger.info("pruned log segment %s (before checkpoint %d)", name, oldest)
 
         await trio.to_thread.run_sync(write, limiter=self._log_limiter)
         self._checkpoint_seq = seq

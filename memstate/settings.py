@@ -18,6 +18,7 @@ memstate:
   rescanSeconds: 30
   checkpointEvery: 1000
   checkpointsKeep: 3
+  pruneLog: false                   # delete segments before the oldest kept checkpoint
 ```
 """
 
@@ -45,6 +46,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     rescan_seconds: float | None = None
     checkpoint_every: int | None = None
     checkpoints_keep: int | None = None
+    prune_log: bool | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -63,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True):
     rescan_seconds: float = 30.0
     checkpoint_every: int = 1000
     checkpoints_keep: int = 3
+    # Delete log segments wholly before the oldest kept checkpoint after each checkpoint. Off by
+    # default: audit and replay need history.
+    prune_log: bool = False
 
     @property
     def metrics_enabled(self) -> bool:

@@ -156,6 +156,23 @@ def register(subparsers: Any) -> None:
     add_output_argument(repair_parser, jsonl=False)
     repair_parser.set_defaults(handler=run_repair)
 
+    prune_parser = commands.add_parser(
+        "prune",
+        help="delete whole segments before the oldest kept checkpoint (explicit, offline)",
+        description=(
+            "Delete the segments whose records all precede the oldest checkpoint that loads "
+            "and verifies. Start-up then begins at a checkpoint, so nothing it needs is lost, "
+            "but audit and replay lose the history before it. Segments are kept by default; "
+            "this command (or the daemon setting memstate.pruneLog) is the explicit way to drop "
+            "them. Takes the writer's lock: stop the daemon first (exit 75 otherwise)."
+        ),
+    )
+    _state_dir_argument(prune_parser)
+    prune_parser.add_argument(
+        "--dry-run", action="store_true", help="list the segments that would be deleted"
+    )
+    prune_parser.set_defaults(handler=run_prune)
+
     import_parser = commands.add_parser(
         "import",
         help="append a JSON-lines scenario or export to the binary log",
@@ -459,6 +476,30 @@ def run_repair(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{verb} seq {report.last_seq} and before; {report.records_dropped} valid record(s) "
         f"dropped{' (dry run: nothing changed)' if report.dry_run else ''}\n"
+    )
+    return EXIT_OK
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from memstate.store.checkpoint import oldest_checkpoint_seq
+    from memstate.store.log import EventLog
+
+    state_dir = state_dir_of(args)
+    _require_log(state_dir)
+    through = oldest_checkpoint_seq(state_dir)
+    if through is None:
+        sys.stdout.write("no valid checkpoint: nothing can be pruned (start-up would need it)\n")
+        return EXIT_OK
+    with EventLog.open(state_dir) as log:
+        if args.dry_run:
+            deleted = [path.name for path in log.prunable_segments(through_seq=through)]
+        else:
+            deleted = log.prune_segments(through_seq=through)
+    verb = "would delete" if args.dry_run else "deleted"
+    for name in deleted:
+        sys.stdout.write(f"{verb} {name}\n")
+    sys.stdout.write(
+        f"{len(deleted)} segment(s) {verb}; the oldest kept checkpoint is at seq {through}\n"
     )
     return EXIT_OK
 

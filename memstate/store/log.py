@@ -713,6 +713,15 @@ class EventLog:
 
     # -- retention --
 
+    def prunable_segments(self, *, through_seq: int) -> list[Path]:
+        """The segments `prune_segments(through_seq=...)` would delete, oldest first."""
+        listed = list_segments(self.log_dir)
+        return [
+            path
+            for (_, path), (next_base, _) in itertools.pairwise(listed)
+            if next_base - 1 <= through_seq and path != self._segment_path
+        ]
+
     def prune_segments(self, *, through_seq: int) -> list[str]:
         """Delete whole segments whose records all have seq <= `through_seq`.
 
@@ -722,14 +731,10 @@ class EventLog:
         one and a segment removed by anything else is still detected as missing.
         """
         self._check_usable()
-        listed = list_segments(self.log_dir)
-        victims = [
-            path
-            for (_, path), (next_base, _) in itertools.pairwise(listed)
-            if next_base - 1 <= through_seq and path != self._segment_path
-        ]
+        victims = self.prunable_segments(through_seq=through_seq)
         if not victims:
             return []
+        listed = list_segments(self.log_dir)
         keep_path = listed[len(victims)][1]
         header = decode_segment_header(fsio.read_file(keep_path)[:SEGMENT_HEADER_BYTES])
         if isinstance(header, HeaderProblem):
