@@ -202,6 +202,23 @@ class HostFacts:
         return f"cgroup2 at {self.mount} has no {controller} controller"
 
 
+# The shape of the VM the real-kernel suite boots (every controller, two NUMA nodes), for tests
+# that must know the scenarios without such a machine at hand.
+VM_SHAPED_FACTS = HostFacts(
+    mount="/sys/fs/cgroup",
+    kernel_release="6.1.0",
+    page_size_bytes=4096,
+    hugepage_sizes_bytes=(2 << 20, 1 << 30),
+    online_cpus="0-1",
+    possible_cpus="0-1",
+    online_nodes="0-1",
+    possible_nodes="0-1",
+    known_controllers=("cpuset", "cpu", "io", "memory", "perf_event", "hugetlb", "pids"),
+    mount_controllers=("cpuset", "cpu", "io", "memory", "hugetlb", "pids"),
+    base_controllers=("cpuset", "memory", "hugetlb", "pids"),
+    mount_is_root=True,
+)
+
 Builder = Callable[[HostFacts], Scenario | str]
 BUILDERS: dict[str, Builder] = {}
 

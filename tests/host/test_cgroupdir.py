@@ -54,20 +54,7 @@ from memstate.host.cgroupsim import KERNEL_6_18, kernel_profile_for_release
 from tests.host import differential
 
 ROOT = Path(__file__).resolve().parents[2]
-FULL_MACHINE = differential.HostFacts(
-    mount="/sys/fs/cgroup",
-    kernel_release="6.1.0",
-    page_size_bytes=4096,
-    hugepage_sizes_bytes=(2 << 20, 1 << 30),
-    online_cpus="0-1",
-    possible_cpus="0-1",
-    online_nodes="0-1",
-    possible_nodes="0-1",
-    known_controllers=("cpuset", "cpu", "io", "memory", "perf_event", "hugetlb", "pids"),
-    mount_controllers=("cpuset", "cpu", "io", "memory", "hugetlb", "pids"),
-    base_controllers=("cpuset", "memory", "hugetlb", "pids"),
-    mount_is_root=True,
-)
+FULL_MACHINE = differential.VM_SHAPED_FACTS
 # The development host's shape: cgroup2 with hugetlb only, a 6.18 kernel, one node.
 HUGETLB_ONLY = differential.HostFacts(
     mount="/sys/fs/cgroup/unified",

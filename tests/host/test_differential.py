@@ -57,20 +57,7 @@ def test_planted_bug_is_caught(
 def test_every_scenario_builds_on_a_full_machine() -> None:
     """With every controller available (the VM's shape), no scenario skips itself and all steps
     are known operations; guards the scenarios that this host can never run."""
-    facts = differential.HostFacts(
-        mount="/sys/fs/cgroup",
-        kernel_release="6.1.0",
-        page_size_bytes=4096,
-        hugepage_sizes_bytes=(2 << 20, 1 << 30),
-        online_cpus="0-1",
-        possible_cpus="0-1",
-        online_nodes="0-1",
-        possible_nodes="0-1",
-        known_controllers=("cpuset", "cpu", "io", "memory", "perf_event", "hugetlb", "pids"),
-        mount_controllers=("cpuset", "cpu", "io", "memory", "hugetlb", "pids"),
-        base_controllers=("cpuset", "memory", "hugetlb", "pids"),
-        mount_is_root=True,
-    )
+    facts = differential.VM_SHAPED_FACTS
     for name, builder in differential.BUILDERS.items():
         built = builder(facts)
         assert isinstance(built, differential.Scenario), f"{name}: {built}"
