@@ -16,7 +16,6 @@ Output: a table on a terminal, `-o json`, `-o jsonl`; times in UTC ISO 8601 with
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -24,10 +23,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import msgspec
 
 from memstate.commands.common import (
+    DEFAULT_STATE_DIR,
     allow_relative_times,
     event_kinds,
     seq_number,
+    state_dir_of,
     time_value,
+    usage,
 )
 from memstate.core.errors import EXIT_OK, EXIT_USAGE, MemstateError
 from memstate.output import (
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
     from memstate.audit import PodSelector, Window
     from memstate.replay import LogSource
 
-DEFAULT_STATE_DIR = "/var/lib/memstate"
 PLOT_HINT = "pip install 'memstate[plot]'"
 
 EXAMPLES = """\
@@ -81,7 +82,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="audit commands", metavar="COMMAND")
-    parser.set_defaults(handler=lambda args: _usage(parser))
+    parser.set_defaults(handler=lambda args: usage(parser))
 
     pod = commands.add_parser(
         "pod",
@@ -188,11 +189,6 @@ def register(subparsers: Any) -> None:
     export.set_defaults(handler=run_export)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
-
-
 # --- arguments ------------------------------------------------------------------------------------
 
 
@@ -227,11 +223,7 @@ def open_log(args: argparse.Namespace) -> LogSource:
     from memstate.replay import open_source
 
     chosen: Path | None = getattr(args, "log", None)
-    if chosen is None:
-        chosen = getattr(args, "state_dir", None) or Path(
-            os.environ.get("MEMSTATE_STATE_DIR") or DEFAULT_STATE_DIR
-        )
-    return open_source(chosen)
+    return open_source(chosen if chosen is not None else state_dir_of(args))
 
 
 def _window(args: argparse.Namespace) -> Window:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
 
 from memstate.core.errors import ConfigError
@@ -12,6 +13,7 @@ from memstate.inputs import read_document
 from memstate.settings import Settings, settings_from_object
 
 DEFAULT_CONFIG = Path("/etc/memstate/config.yaml")
+DEFAULT_STATE_DIR = "/var/lib/memstate"
 
 
 def add_location_arguments(parser: argparse.ArgumentParser, *, manifests: bool = False) -> None:
@@ -38,6 +40,20 @@ def add_location_arguments(parser: argparse.ArgumentParser, *, manifests: bool =
             help="the manifest directory the daemon watches (default: the config, "
             "/etc/memstate/pods)",
         )
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """`--state-dir`, else `$MEMSTATE_STATE_DIR`, else the default (read at run time)."""
+    chosen: Path | None = getattr(args, "state_dir", None)
+    if chosen is not None:
+        return chosen
+    return Path(os.environ.get("MEMSTATE_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def usage(parser: argparse.ArgumentParser) -> int:
+    """The handler of a command group called without a subcommand: help, exit 2."""
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def config_path(args: argparse.Namespace) -> Path | None:

@@ -10,7 +10,6 @@ recovery policy these commands implement.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -19,10 +18,13 @@ from typing import Any, TextIO
 import msgspec
 
 from memstate.commands.common import (
+    DEFAULT_STATE_DIR,
     allow_relative_times,
     event_kinds,
     seq_number,
+    state_dir_of,
     time_value,
+    usage,
 )
 from memstate.core.errors import (
     EXIT_OK,
@@ -40,8 +42,6 @@ from memstate.output import (
     write_table,
 )
 from memstate.timeparse import FORMS
-
-DEFAULT_STATE_DIR = "/var/lib/memstate"
 
 EXAMPLES = """\
 examples:
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="log commands", metavar="COMMAND")
-    parser.set_defaults(handler=lambda args: _usage(parser))
+    parser.set_defaults(handler=lambda args: usage(parser))
 
     verify_parser = commands.add_parser(
         "verify",
@@ -205,11 +205,6 @@ def register(subparsers: Any) -> None:
     export_parser.set_defaults(handler=run_export)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
 # --- argument helpers -----------------------------------------------------------------------------
 
 
@@ -220,14 +215,6 @@ def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"state directory (default: $MEMSTATE_STATE_DIR or {DEFAULT_STATE_DIR})",
     )
-
-
-def state_dir_of(args: argparse.Namespace) -> Path:
-    """`--state-dir`, else `$MEMSTATE_STATE_DIR`, else the default (read at run time)."""
-    chosen: Path | None = getattr(args, "state_dir", None)
-    if chosen is not None:
-        return chosen
-    return Path(os.environ.get("MEMSTATE_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 def _seq_arguments(parser: argparse.ArgumentParser) -> None:
