@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.replay_memory import POD, build
-from memstate.anonymise import anonymise_log
-from memstate.audit import (
+from memstate.history.anonymise import anonymise_log
+from memstate.history.audit import (
     PodSelector,
     Window,
     export_records,
@@ -38,7 +38,7 @@ from memstate.audit import (
     state_at,
     timeline,
 )
-from memstate.replay import Run, bisect, open_source, replay_log
+from memstate.history.replay import Run, bisect, open_source, replay_log
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from memstate.host.cgroupdir import DirCgroupFS
 from memstate.host.cgroupfs import CgroupFS
-from memstate.host.cgroupsim import SimCgroupFS
+from memstate.host.sim.cgroupdir import DirCgroupFS
+from memstate.host.sim.cgroupsim import SimCgroupFS
 
 CONTROLLERS = "+cpuset +memory +hugetlb"
 POD_FILES = {

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from benchmarks.reconcile_common import PAGE_SIZE_BYTES, mixed_pod, new_sim, node_targets
 from memstate.core.pod import Pod
 from memstate.core.targets import NodeTargets
-from memstate.host import SimCgroupFS
-from memstate.reconciler import Reconciler, ReconcileReport
+from memstate.host.sim import SimCgroupFS
+from memstate.reconcile.reconciler import Reconciler, ReconcileReport
 
 
 def converged(pods: list[Pod]) -> tuple[SimCgroupFS, Reconciler]:

@@ -20,8 +20,9 @@ from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology, topology_from_object
-from memstate.host import CgroupFS, SimCgroupFS, walk
-from memstate.views import targets_of
+from memstate.host import CgroupFS, walk
+from memstate.host.sim import SimCgroupFS
+from memstate.present.views import targets_of
 
 PAGE_SIZE_BYTES = 4096
 

@@ -38,7 +38,7 @@ from benchmarks.reconcile_common import (
 from memstate.core.plan import plan_operations
 from memstate.core.targets import NodeTargets
 from memstate.host import CgroupFS, RealCgroupFS
-from memstate.reconciler import Reconciler, ReconcileReport, observe_tree
+from memstate.reconcile.reconciler import Reconciler, ReconcileReport, observe_tree
 
 T = TypeVar("T")
 

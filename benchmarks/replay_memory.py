@@ -67,8 +67,8 @@ def build(state_dir: Path, length: int, checkpoint_every: int) -> int:
 
 def child(query: str, state_dir: Path) -> None:
     """Run one query and print {seconds, maxrss_kib, result} as JSON (in a fresh process)."""
-    from memstate.audit import PodSelector, Window, pod_history
-    from memstate.replay import open_source, replay_log
+    from memstate.history.audit import PodSelector, Window, pod_history
+    from memstate.history.replay import open_source, replay_log
     from memstate.store.log import LogReader
 
     source = open_source(state_dir)

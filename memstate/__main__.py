@@ -1,5 +1,5 @@
 """`python -m memstate` is the same as the `memstate` console script."""
 
-from memstate.cli import main
+from memstate.cli.main import main
 
 raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The reconciler observes the live cgroup tree (memstate.reconciler), hands the result to
+The reconciler observes the live cgroup tree (memstate.reconcile.reconciler), hands the result to
 `plan_operations` as an `ObservedTree`, and executes the returned operations in order. Planning is
 pure: the same targets and observations always give the same plan, so the ordering rules below can
 be tested exhaustively without a kernel, and `memstate plan` prints exactly what the daemon would

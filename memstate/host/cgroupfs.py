@@ -5,8 +5,8 @@ Theory of operation
 The reconciler talks to the cgroup tree only through `CgroupFS`, a deliberately narrow protocol
 of six operations (`exists`, `list_children`, `read`, `write`, `mkdir`, `rmdir`). Three things
 implement it: `RealCgroupFS` here, `SimCgroupFS` (an in-memory tree that models the kernel's
-rules, memstate.host.cgroupsim) and `FaultInjectingCgroupFS` (a wrapper that makes chosen
-operations fail, memstate.host.cgroupfaults). Everything else (populated checks, controller
+rules, memstate.host.sim.cgroupsim) and `FaultInjectingCgroupFS` (a wrapper that makes chosen
+operations fail, memstate.host.sim.cgroupfaults). Everything else (populated checks, controller
 lists) is a helper function written *on top of* the protocol, so every implementation gets it
 for free and the protocol stays small enough to simulate faithfully.
 

@@ -43,7 +43,7 @@ from memstate.core.errors import CheckpointCorruption, InvariantViolation, Schem
 from memstate.core.events import SCHEMA_VERSION
 from memstate.core.state import REDUCER_VERSION, State, decode_state, encode_state, state_hash
 from memstate.store import fsio
-from memstate.store.log import SNAP_DIRNAME
+from memstate.store.format import SNAP_DIRNAME
 
 SNAP_MAGIC = b"MEMSTCKP"
 CHECKPOINT_FORMAT_VERSION = 1

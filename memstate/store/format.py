@@ -75,6 +75,10 @@ FRAME_ALIGN = 8
 MAX_PAYLOAD_BYTES = 1 << 20
 CHAIN_SEED = 0  # chain CRC "before" seq 1
 
+# A state directory holds these two directories (layout: memstate/store/__init__.py).
+LOG_DIRNAME = "log"
+SNAP_DIRNAME = "snap"
+
 SEGMENT_SUFFIX = ".evlog"
 SEGMENT_NAME_DIGITS = 20
 

@@ -82,7 +82,9 @@ from memstate.core.events import (
 from memstate.store import fsio
 from memstate.store.format import (
     CHAIN_SEED,
+    LOG_DIRNAME,
     SEGMENT_HEADER_BYTES,
+    SNAP_DIRNAME,
     Frame,
     FrameFailure,
     HeaderProblem,
@@ -96,8 +98,6 @@ from memstate.store.format import (
     segment_name,
 )
 
-LOG_DIRNAME = "log"
-SNAP_DIRNAME = "snap"
 ORIGIN_FILENAME = "ORIGIN"
 DEFAULT_SEGMENT_BYTES = 16 << 20
 MAX_BATCH_RECORDS = 4096

@@ -34,6 +34,7 @@ from memstate.core.errors import InvariantViolation, MidLogCorruption, SchemaErr
 from memstate.store import fsio
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.format import (
+    LOG_DIRNAME,
     SEGMENT_HEADER_BYTES,
     Frame,
     FrameFailure,
@@ -42,7 +43,6 @@ from memstate.store.format import (
     iter_frames,
 )
 from memstate.store.log import (
-    LOG_DIRNAME,
     LogProblem,
     SegmentInfo,
     incomplete_transaction,

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memstate.audit import (
+from memstate.core.scenario import parse_timestamp
+from memstate.history.audit import (
     PodSelector,
     Window,
     export_records,
@@ -39,8 +40,7 @@ from memstate.audit import (
     state_at,
     timeline,
 )
-from memstate.core.scenario import parse_timestamp
-from memstate.replay import LogSource, open_source
+from memstate.history.replay import LogSource, open_source
 
 SCENARIO = Path(__file__).resolve().parents[2] / "replay" / "audit-night-shift.jsonl"
 Gi, Mi = 2**30, 2**20

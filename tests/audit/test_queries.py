@@ -16,7 +16,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from memstate.audit import (
+from memstate.cli.main import main
+from memstate.core.events import (
+    SCHEMA_VERSION,
+    Envelope,
+    Event,
+    PodAdmissionRequested,
+    PodRemovalRequested,
+)
+from memstate.core.scenario import write_scenario
+from memstate.history.audit import (
     ExportRecord,
     PodSelector,
     Window,
@@ -27,16 +36,7 @@ from memstate.audit import (
     state_at,
     timeline,
 )
-from memstate.cli import main
-from memstate.core.events import (
-    SCHEMA_VERSION,
-    Envelope,
-    Event,
-    PodAdmissionRequested,
-    PodRemovalRequested,
-)
-from memstate.core.scenario import write_scenario
-from memstate.replay import open_source
+from memstate.history.replay import open_source
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.log import EventLog, LogReader
 from tests import factories
@@ -173,7 +173,7 @@ def test_plot_without_matplotlib_names_the_extra(
 ) -> None:
     # A None entry in sys.modules makes `import matplotlib` raise ImportError.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.delitem(sys.modules, "memstate.plot", raising=False)
+    monkeypatch.delitem(sys.modules, "memstate.history.audit_plot", raising=False)
     png = tmp_path / "night.png"
     assert main(["audit", "plot", "-f", str(png), "--log", str(NIGHT)]) == 1
     assert "pip install 'memstate[plot]'" in capsys.readouterr().err

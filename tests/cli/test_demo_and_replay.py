@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from memstate.core.scenario import read_scenario, write_scenario
-from memstate.replay import transitions
+from memstate.history.replay import transitions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from memstate.core.events import (
     PodRemoved,
 )
 from memstate.core.state import state_hash
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.recovery import recover_state
 from tests.daemon.harness import Gi, Mi, Node, pod_manifest
@@ -214,7 +214,7 @@ def test_restart_in_another_order_keeps_every_allocation(make_node: Callable[...
 def check_journal_never_lowers(node: Node, pods: set[str]) -> None:
     """No write in the simulated tree's journal ever lowered these pods' protection, and no
     parent's memory.min/low was ever below the sum of its children's."""
-    from memstate.host.cgroupdir import protection_violations, read_journal
+    from memstate.host.sim.cgroupdir import protection_violations, read_journal
 
     entries = read_journal(node.cgroup_dir)
     for path in pods:

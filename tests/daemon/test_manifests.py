@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
-from memstate.manifests import ManifestDirectory
+from memstate.node.manifests import ManifestDirectory
 from tests.factories import container, manifest
 
 

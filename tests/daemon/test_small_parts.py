@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from memstate.core.errors import ConfigError
-from memstate.metrics import Metrics, Snapshot
-from memstate.sdnotify import Notifier
-from memstate.settings import Settings, settings_from_object
+from memstate.node.metrics import Metrics, Snapshot
+from memstate.node.sdnotify import Notifier
+from memstate.node.settings import Settings, settings_from_object
 
 
 @pytest.mark.parametrize("abstract", [False, True])
@@ -96,8 +96,8 @@ def test_daemon_target_cache_equals_a_fresh_computation() -> None:
     )
     from memstate.core.reducer import step
     from memstate.core.state import State
-    from memstate.daemon import Daemon
-    from memstate.views import targets_of
+    from memstate.node.daemon import Daemon
+    from memstate.present.views import targets_of
     from tests.factories import container, pod, pod_of, static_config, topology
 
     daemon = Daemon(Settings(metrics_address="off"))
@@ -122,8 +122,8 @@ def test_daemon_target_cache_equals_a_fresh_computation() -> None:
 
 
 def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
-    from memstate.cgroups import check_not_inside
     from memstate.core.errors import HostError
+    from memstate.node.cgroup_tree import check_not_inside
 
     mounts = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n"
     own = "0::/system.slice/memstate.service\n"

@@ -27,7 +27,7 @@ from memstate.core.invariants import violations
 from memstate.core.qos import node_targets
 from memstate.core.scenario import read_scenario
 from memstate.core.state import State
-from memstate.replay import transitions
+from memstate.history.replay import transitions
 
 CORPUS = Path(__file__).resolve().parents[2] / "replay"
 SCENARIOS = sorted(CORPUS.glob("*.jsonl"))

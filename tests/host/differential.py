@@ -71,7 +71,7 @@ from memstate.core.cgroup_values import (
 )
 from memstate.core.errors import HostError
 from memstate.host.cgroupfs import CgroupFS, RealCgroupFS, parse_cgroup2_mounts, walk
-from memstate.host.cgroupsim import PlantedBug, SimCgroupFS, kernel_profile_for_release
+from memstate.host.sim.cgroupsim import PlantedBug, SimCgroupFS, kernel_profile_for_release
 from tests.host import kernel_tables as kt
 
 ENV_MOUNT = "MEMSTATE_TEST_CGROUP2"

@@ -35,8 +35,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memstate.core.errors import HostError
-from memstate.host import cgroupdir
-from memstate.host.cgroupdir import (
+from memstate.host.cgroupfs import walk
+from memstate.host.sim import cgroupdir
+from memstate.host.sim.cgroupdir import (
     JOURNAL_NAME,
     MARKER_NAME,
     PRIVATE_NAME,
@@ -48,9 +49,8 @@ from memstate.host.cgroupdir import (
     read_journal,
     refused_filesystem,
 )
-from memstate.host.cgroupdir import _TreeSim as RenderableSim
-from memstate.host.cgroupfs import walk
-from memstate.host.cgroupsim import KERNEL_6_18, kernel_profile_for_release
+from memstate.host.sim.cgroupdir import _TreeSim as RenderableSim
+from memstate.host.sim.cgroupsim import KERNEL_6_18, kernel_profile_for_release
 from tests.host import differential
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -627,7 +627,7 @@ def test_another_process_sees_writes_and_vice_versa(scratch: Path) -> None:
         run_python(
             """
             import sys
-            from memstate.host.cgroupdir import DirCgroupFS
+            from memstate.host.sim.cgroupdir import DirCgroupFS
             with DirCgroupFS(sys.argv[1]) as fs:
                 fs.write("a", "memory.low", "1G")
                 fs.mkdir("a/b")
@@ -644,7 +644,7 @@ def test_another_process_sees_writes_and_vice_versa(scratch: Path) -> None:
     result = run_python(
         """
         import sys
-        from memstate.host.cgroupdir import DirCgroupFS
+        from memstate.host.sim.cgroupdir import DirCgroupFS
         with DirCgroupFS(sys.argv[1]) as fs:
             print(repr(fs.read("a", "memory.max")), repr(fs.read("a/b", "cgroup.procs")))
             print(fs.exit_status(1000))
@@ -663,7 +663,7 @@ def test_killed_writer_leaves_a_consistent_tree(scratch: Path) -> None:
         fs.write("", "cgroup.subtree_control", "+memory +cpuset")
     writer = """
         import sys
-        from memstate.host.cgroupdir import DirCgroupFS
+        from memstate.host.sim.cgroupdir import DirCgroupFS
         fs = DirCgroupFS(sys.argv[1])
         print("ready", flush=True)
         n = 0
@@ -713,7 +713,7 @@ def test_interrupted_render_is_repaired(scratch: Path) -> None:
         run_python(
             """
             import os, signal, sys
-            from memstate.host import cgroupdir
+            from memstate.host.sim import cgroupdir
             fs = cgroupdir.DirCgroupFS(sys.argv[1])
             def die(*args, **kwargs):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -1024,7 +1024,7 @@ def test_concurrent_processes_never_show_torn_values(scratch: Path) -> None:
         fs.mkdir("a")
     writer = """
         import sys
-        from memstate.host.cgroupdir import DirCgroupFS
+        from memstate.host.sim.cgroupdir import DirCgroupFS
         fs = DirCgroupFS(sys.argv[1])
         values = sys.argv[2].split(",")
         print("ready", flush=True)
@@ -1081,7 +1081,7 @@ def test_locked_block_hides_a_multi_file_edit(scratch: Path) -> None:
         reader = spawn_python(
             """
             import sys
-            from memstate.host.cgroupdir import DirCgroupFS
+            from memstate.host.sim.cgroupdir import DirCgroupFS
             fs = DirCgroupFS(sys.argv[1])
             print("ready", flush=True)
             for _ in range(1_000_000):  # until the edit shows (bounded, not timed)

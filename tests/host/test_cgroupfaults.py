@@ -13,7 +13,7 @@ import random
 import pytest
 
 from memstate.core.errors import HostError
-from memstate.host import FaultInjectingCgroupFS, SimCgroupFS
+from memstate.host.sim import FaultInjectingCgroupFS, SimCgroupFS
 
 
 def make_fs() -> tuple[FaultInjectingCgroupFS, SimCgroupFS]:

@@ -15,17 +15,19 @@ import pytest
 from memstate.core.errors import HostError
 from memstate.host import (
     EMPTY_VALUE,
+    available_controllers,
+    enabled_controllers,
+    is_populated,
+    read_flat_keyed,
+    read_pids,
+    walk,
+)
+from memstate.host.sim import (
     KERNEL_6_1,
     KERNEL_6_18,
     PlantedBug,
     SimCgroupFS,
-    available_controllers,
-    enabled_controllers,
-    is_populated,
     kernel_profile_for_release,
-    read_flat_keyed,
-    read_pids,
-    walk,
 )
 from tests.host import kernel_tables as kt
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memstate.host import PlantedBug
+from memstate.host.sim import PlantedBug
 from tests.host import differential
 
 pytestmark = pytest.mark.realcgroup

@@ -32,7 +32,7 @@ from memstate.core.pod import pod_from_manifest
 from memstate.core.reducer import step
 from memstate.core.scenario import read_scenario, write_scenario
 from memstate.core.state import State, state_hash
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from tests.factories import static_config, topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ import json, sys
 from pathlib import Path
 from memstate.core.scenario import read_scenario
 from memstate.core.state import state_hash
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 result = {}
 for path in sorted(Path(sys.argv[1]).glob("*.jsonl")):
     result[path.name] = state_hash(replay_state(read_scenario(path.read_text())))

@@ -32,7 +32,7 @@ from memstate.core.invariants import violations
 from memstate.core.pod import Pod
 from memstate.core.reducer import step
 from memstate.core.state import State, state_hash
-from memstate.replay import transitions
+from memstate.history.replay import transitions
 from tests.property.strategies import pods, static_configs, topologies
 
 

@@ -35,8 +35,9 @@ from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
-from memstate.host import KERNEL_6_1, CgroupFS, KernelProfile, SimCgroupFS, walk
-from memstate.views import targets_of
+from memstate.host import CgroupFS, walk
+from memstate.host.sim import KERNEL_6_1, KernelProfile, SimCgroupFS
+from memstate.present.views import targets_of
 from tests.factories import container, pod, pod_of, static_config, topology
 
 PAGE = 4096

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from memstate.cgroup_watch import cgroup_of_change
+from memstate.node.cgroup_watch import cgroup_of_change
 
 ROOT = Path("/sys/fs/cgroup")
 

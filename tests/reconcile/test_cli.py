@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from memstate.cli import main
-from memstate.commands.plan_cmd import ReadOnlyCgroupFS
+from memstate.cli.commands.plan_cmd import ReadOnlyCgroupFS
+from memstate.cli.main import main
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import plan_operations
 from memstate.core.scenario import read_scenario
-from memstate.reconciler import Reconciler, observe_tree
-from memstate.replay import replay_state
-from memstate.views import targets_of
+from memstate.history.replay import replay_state
+from memstate.present.views import targets_of
+from memstate.reconcile.reconciler import Reconciler, observe_tree
 from tests.reconcile.helpers import PAGE, directory_contents, materialise, new_sim
 
 ROOT = Path(__file__).resolve().parents[2]

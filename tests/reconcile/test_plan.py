@@ -29,8 +29,9 @@ from memstate.core.plan import (
     protection_shortfalls,
 )
 from memstate.core.targets import CgroupTarget, NodeTargets
-from memstate.host import EMPTY_VALUE, SimCgroupFS
-from memstate.reconciler import Reconciler, observe_tree
+from memstate.host import EMPTY_VALUE
+from memstate.host.sim import SimCgroupFS
+from memstate.reconcile.reconciler import Reconciler, observe_tree
 from tests.reconcile.helpers import (
     PAGE,
     Gi,
@@ -177,7 +178,7 @@ def test_converged_tree_plans_nothing_and_values_compare_normalised() -> None:
 
 def test_hugetlb_default_of_linux_6_18_is_max() -> None:
     """6.18 prints 9223372036854771712 for a never-written hugetlb limit: equal to "max"."""
-    from memstate.host import KERNEL_6_18
+    from memstate.host.sim import KERNEL_6_18
 
     targets = targets_of_pods(pods(3))
     fs = new_sim(kernel=KERNEL_6_18)

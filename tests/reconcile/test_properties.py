@@ -32,8 +32,9 @@ from memstate.core.events import CgroupWriteFailed
 from memstate.core.plan import ValueModel
 from memstate.core.pod import Pod
 from memstate.core.targets import NodeTargets
-from memstate.host import FaultInjectingCgroupFS, SimCgroupFS, walk
-from memstate.reconciler import Reconciler, ReconcilerOptions
+from memstate.host import walk
+from memstate.host.sim import FaultInjectingCgroupFS, SimCgroupFS
+from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 from tests.reconcile.helpers import (
     PAGE,
     CheckingCgroupFS,

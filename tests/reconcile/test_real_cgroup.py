@@ -24,7 +24,7 @@ import pytest
 from memstate.core.errors import HostError
 from memstate.core.targets import NodeTargets
 from memstate.host import RealCgroupFS, available_controllers, walk
-from memstate.reconciler import Reconciler, ReconcilerOptions
+from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 from tests.factories import static_config, topology
 from tests.host import differential
 from tests.reconcile.helpers import mixed_pod, pod_cgroups, targets_of_pods, uid_for

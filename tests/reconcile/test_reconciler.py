@@ -12,8 +12,9 @@ import errno
 import pytest
 
 from memstate.core.events import CgroupDriftCorrected, CgroupOrphanFound, CgroupWriteFailed
-from memstate.host import KERNEL_6_18, FaultInjectingCgroupFS, SimCgroupFS, walk
-from memstate.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
+from memstate.host import walk
+from memstate.host.sim import KERNEL_6_18, FaultInjectingCgroupFS, SimCgroupFS
+from memstate.reconcile.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
 from tests.reconcile.helpers import (
     PAGE,
     CheckingCgroupFS,

@@ -15,8 +15,8 @@ import pytest
 from memstate.core.plan import ValueModel
 from memstate.core.pod import Pod
 from memstate.core.targets import NodeTargets
-from memstate.host import FaultInjectingCgroupFS
-from memstate.reconciler import Reconciler
+from memstate.host.sim import FaultInjectingCgroupFS
+from memstate.reconcile.reconciler import Reconciler
 from tests.factories import container, pod, pod_of, static_config, topology
 from tests.reconcile.helpers import (
     PAGE,

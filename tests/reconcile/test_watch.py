@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from memstate.cgroup_watch import ROOT_HINT, cgroup_of_change, hints_for_changes, watch_cgroups
 from memstate.host import RealCgroupFS, is_populated
+from memstate.node.cgroup_watch import ROOT_HINT, cgroup_of_change, hints_for_changes, watch_cgroups
 from tests.host import differential
 
 HINT_TIMEOUT_SECONDS = 10.0

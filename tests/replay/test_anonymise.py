@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from memstate import anonymise
 from memstate.core.events import (
     SCHEMA_VERSION,
     ConfigLoaded,
@@ -28,7 +27,8 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.scenario import write_scenario
-from memstate.replay import open_source, replay_log
+from memstate.history import anonymise
+from memstate.history.replay import open_source, replay_log
 from memstate.store.checkpoint import list_checkpoints
 from tests import factories
 from tests.replay.recording import (

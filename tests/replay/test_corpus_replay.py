@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from memstate.anonymise import anonymise_log
 from memstate.core.scenario import read_scenario
 from memstate.core.state import state_hash
-from memstate.replay import open_source, replay_log
+from memstate.history.anonymise import anonymise_log
+from memstate.history.replay import open_source, replay_log
+from memstate.present.views import numa_document
 from memstate.store.log import EventLog
-from memstate.views import numa_document
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = sorted((ROOT / "replay").glob("*.jsonl"))

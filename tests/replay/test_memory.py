@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from memstate.audit import PodSelector, Window, pod_history, pod_rows
 from memstate.core.scenario import write_scenario
-from memstate.replay import open_source, replay_log
+from memstate.history.audit import PodSelector, Window, pod_history, pod_rows
+from memstate.history.replay import open_source, replay_log
 from tests.replay.recording import record_log, steady_inputs
 
 N = 600

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from memstate.cli import main
+from memstate.cli.main import main
 from memstate.core.events import Envelope
-from memstate.progress import Progress
+from memstate.present.progress import Progress
 from memstate.store.checkpoint import list_checkpoints
 from tests.replay.recording import (
     BASE_TS_NS,

@@ -1,7 +1,7 @@
 """The replay engine: sources, modes, stopping points, checkpoints, pruned logs, bisect's search.
 
-Goal: `memstate.replay` does what docs/replay.md promises beyond the first divergence (covered
-in test_altered_reducer.py): the streaming scenario reader is `read_scenario` line by line;
+Goal: `memstate.history.replay` does what docs/replay.md promises beyond the first divergence
+(covered in test_altered_reducer.py): the streaming scenario reader is `read_scenario` line by line;
 `recorded` mode trusts recorded decisions and `reference` mode ignores them; `--to-seq` and
 `--at` stop after whole transactions; starting from a checkpoint gives the same state as
 replaying from genesis; a pruned log starts at its oldest usable checkpoint; a checkpoint whose
@@ -24,7 +24,7 @@ from memstate.core.errors import MidLogCorruption, ScenarioError
 from memstate.core.events import Envelope, PodAdmissionRequested, PodRemovalRequested
 from memstate.core.scenario import read_scenario, write_scenario
 from memstate.core.state import State, state_hash
-from memstate.replay import (
+from memstate.history.replay import (
     LogStructureError,
     Run,
     bisect,
@@ -126,7 +126,7 @@ def test_recorded_mode_does_not_decide_and_reference_mode_ignores_the_record(
         calls.append(event)
         return real(state, event)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("memstate.replay.decide", counting)
+    monkeypatch.setattr("memstate.history.replay.decide", counting)
     recorded = list(transitions(written, mode="recorded"))
     assert calls == []  # every input of this log records its decisions
     assert all(not t.diverges for t in recorded)

@@ -13,8 +13,8 @@ import msgspec
 
 from memstate.core.scenario import read_scenario
 from memstate.core.state import State
-from memstate.replay import replay_state
-from memstate.statediff import MISSING, diff_document, diff_states, exact_bytes, render_diff
+from memstate.history.replay import replay_state
+from memstate.history.statediff import MISSING, diff_document, diff_states, exact_bytes, render_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,8 @@
 """Checkpoints and start-up recovery: atomic files, pair-checked hashes, fallbacks, tail replay.
 
 Method: real logs built from reducer transactions; the reference state comes from
-`memstate.replay.replay_state` (the replay engine, independent of the store's start-up path).
+`memstate.history.replay.replay_state` (the replay engine, independent of the store's start-up
+path).
 Damaged or mismatching checkpoints must be skipped with a warning, never trusted.
 """
 
@@ -17,7 +18,7 @@ import memstate.store.checkpoint as checkpoint_module
 from memstate.core.errors import CheckpointCorruption, MidLogCorruption, SchemaError
 from memstate.core.events import SCHEMA_VERSION, Envelope, PodAdmissionRequested
 from memstate.core.state import State, state_hash
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.checkpoint import (
     encode_checkpoint,
     list_checkpoints,

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from memstate.core.events import LogTailTruncated
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.log import EventLog, LogReader
 from memstate.store.recovery import recover_state
 

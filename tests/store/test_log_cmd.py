@@ -12,10 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from memstate.cli import main
+from memstate.cli.main import main
 from memstate.core.events import Envelope
 from memstate.core.scenario import envelope_to_object, read_scenario
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.fsio import DirLock
 from memstate.store.log import LogReader
 from memstate.store.recovery import recover_state

@@ -21,7 +21,7 @@ from memstate.core.errors import (
     SchemaError,
 )
 from memstate.core.events import Envelope
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.checkpoint import list_checkpoints, write_checkpoint
 from memstate.store.format import FORMAT_VERSION
 from memstate.store.log import EventLog, LogReader, verify

@@ -1,10 +1,10 @@
-"""`memstate.timeparse`: the time forms of `--since/--until`, against hand-computed values."""
+"""`memstate.cli.timeparse`: the time forms of `--since/--until`, against hand-computed values."""
 
 from __future__ import annotations
 
 import pytest
 
-from memstate.timeparse import TimeFormatError, parse_duration_ns, parse_time_ns
+from memstate.cli.timeparse import TimeFormatError, parse_duration_ns, parse_time_ns
 
 S = 1_000_000_000
 NOW = 1_772_366_400 * S  # 2026-03-01T12:00:00Z

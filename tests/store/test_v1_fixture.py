@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from memstate.core.events import SCHEMA_VERSION, DaemonStarted
-from memstate.replay import replay_state
+from memstate.history.replay import replay_state
 from memstate.store.log import EventLog, LogReader, verify
 from memstate.store.recovery import recover_state
 

@@ -175,13 +175,13 @@ def pod_manifest(uid: str, memory_mib: int) -> dict[str, Any]:
 # What `memstate run` imports, at start or later: imported here while the first daemon starts
 # (the guest has 2 CPUs), so that the restart, a fork of this program, imports nothing.
 DAEMON_MODULES = (
-    "memstate.cli",
-    "memstate.commands.run_cmd",
-    "memstate.daemon",
-    "memstate.cgroups",
-    "memstate.reconciler",
+    "memstate.cli.main",
+    "memstate.cli.commands.run_cmd",
+    "memstate.node.daemon",
+    "memstate.node.cgroup_tree",
+    "memstate.reconcile.reconciler",
     "memstate.host.sysfs",
-    "memstate.cgroup_watch",
+    "memstate.node.cgroup_watch",
     "watchfiles",
 )
 
@@ -191,7 +191,7 @@ def preimport() -> float:
     started = now()
     for name in DAEMON_MODULES:
         importlib.import_module(name)
-    cli = importlib.import_module("memstate.cli")
+    cli = importlib.import_module("memstate.cli.main")
     cli.build_parser()
     return now() - started
 
@@ -212,7 +212,7 @@ class ForkedDaemon:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.dup2(os.open(stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
-            cli = importlib.import_module("memstate.cli")
+            cli = importlib.import_module("memstate.cli.main")
             code = cli.main(argv)
         except SystemExit as exc:  # what `python -m memstate` turns into its exit status
             code = exc.code if isinstance(exc.code, int) else 1

@@ -5,7 +5,7 @@ SimCgroupFS shaped like it, and compares every step's outcome. That comparison i
 something if it fails when the simulator is wrong. This program runs inside the cgvm VM
 (tests/vm/suites.py adds it to the session boot, after the unplanted differential) and, for each
 (planted bug, scenario) pair of ``PLANTED``, runs the scenario once with the bug planted in the
-simulator (memstate.host.cgroupsim.PlantedBug: no page rounding, octal read as decimal...). It
+simulator (memstate.host.sim.cgroupsim.PlantedBug: no page rounding, octal read as decimal...). It
 prints one JSON object per pair with the outcome and every mismatching step (with the step
 before it, which says what was written); tests/vm/test_planted_vm.py asserts on the host that
 each bug is reported, in the scenario that exercises it, as the mismatch that bug must cause.
@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from memstate.host.cgroupsim import PlantedBug
+from memstate.host.sim.cgroupsim import PlantedBug
 from tests.host import differential
 
 DEFAULT_MOUNT = "/sys/fs/cgroup"

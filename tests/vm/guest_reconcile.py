@@ -38,16 +38,9 @@ from typing import Any
 from memstate.core.errors import HostError
 from memstate.core.plan import protection_shortfalls
 from memstate.core.targets import NodeTargets
-from memstate.host import (
-    CgroupFS,
-    RealCgroupFS,
-    SimCgroupFS,
-    available_controllers,
-    enabled_controllers,
-    kernel_profile_for_release,
-    walk,
-)
-from memstate.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
+from memstate.host import CgroupFS, RealCgroupFS, available_controllers, enabled_controllers, walk
+from memstate.host.sim import SimCgroupFS, kernel_profile_for_release
+from memstate.reconcile.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
 from tests.factories import container, pod, pod_of, static_config, topology
 from tests.reconcile.helpers import CheckingCgroupFS, FakeClock, targets_of_pods, tree_snapshot
 

@@ -30,8 +30,8 @@ exit {SELFCHECK_STATUS}
 """
 DIFFERENTIAL = "differential"
 
-# The cgroupfs adapter's differential test (memstate/host/cgroupsim.py vs the kernel). It runs at
-# the cgroup2 root of the VM, where every scenario applies (below a non-root directory the
+# The cgroupfs adapter's differential test (memstate/host/sim/cgroupsim.py vs the kernel). It runs
+# at the cgroup2 root of the VM, where every scenario applies (below a non-root directory the
 # root_files scenario skips itself); it takes the mount as an argument and as
 # MEMSTATE_TEST_CGROUP2, and prints one JSON report.
 DIFFERENTIAL_MODULE = "tests.host.differential"

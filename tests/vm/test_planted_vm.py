@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from memstate.core.cgroup_values import format_bitmap_list, parse_bitmap_list
-from memstate.host.cgroupsim import PlantedBug
+from memstate.host.sim.cgroupsim import PlantedBug
 
 from . import guest_planted as guest
 from . import harness

@@ -19,8 +19,8 @@ import pytest
 
 from memstate.core.machine import default_machine
 from memstate.core.topology import HugepagePool, NumaNode, Topology
-from memstate.host.cgroupsim import PlantedBug
-from memstate.inputs import load_config
+from memstate.host.sim.cgroupsim import PlantedBug
+from memstate.node.inputs import load_config
 
 from . import guest_daemon, harness
 from .test_daemon_vm import shortfalls

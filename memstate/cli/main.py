@@ -1,6 +1,6 @@
 """The `memstate` command line: argument parsing, error reporting and exit codes.
 
-Subcommands live in `memstate.commands.*` (see `COMMAND_MODULES`); a module that is not present
+Subcommands live in `memstate.cli.commands.*` (see `COMMAND_MODULES`); a module that is not present
 yet is skipped, so the CLI grows with the project. Every `MemstateError` is printed as one line
 on stderr and mapped to its exit code; anything else is a bug and gets a traceback.
 """
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from memstate import __version__
-from memstate.commands import COMMAND_MODULES
+from memstate.cli.commands import COMMAND_MODULES
 from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, MemstateError
 
 EPILOG = """\

@@ -73,7 +73,7 @@ from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.scenario import envelope_to_object
 from memstate.core.state import State
 from memstate.core.targets import PodTargets
-from memstate.replay import LogSource, Transition, transitions
+from memstate.history.replay import LogSource, Transition, transitions
 
 
 class AnonymiseError(MemstateError):

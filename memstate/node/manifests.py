@@ -36,7 +36,7 @@ from memstate.core.events import (
     PodRemovalRequested,
 )
 from memstate.core.pod import Pod, pod_from_manifest, spec_hash
-from memstate.inputs import MAX_FILE_BYTES, manifest_files, parse_document
+from memstate.node.inputs import MAX_FILE_BYTES, manifest_files, parse_document
 
 ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
 

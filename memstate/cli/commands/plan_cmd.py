@@ -44,8 +44,8 @@ from memstate.core.plan import (
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS, RealCgroupFS
-from memstate.output import add_output_argument, output_format, write_json, write_table
-from memstate.reconciler import observe_tree
+from memstate.present.output import add_output_argument, output_format, write_json, write_table
+from memstate.reconcile.reconciler import observe_tree
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_ROOT_ENV = "MEMSTATE_CGROUP_ROOT"
@@ -167,7 +167,7 @@ def desired_state(args: argparse.Namespace) -> State:
     """The state to converge to: recovered from `--state-dir` or replayed from `--scenario`."""
     if args.scenario is not None:
         from memstate.core.scenario import read_scenario
-        from memstate.replay import replay_state
+        from memstate.history.replay import replay_state
 
         path: Path = args.scenario
         try:
@@ -184,7 +184,7 @@ def desired_state(args: argparse.Namespace) -> State:
 
 
 def targets_for(state: State) -> NodeTargets:
-    from memstate.views import targets_of
+    from memstate.present.views import targets_of
 
     targets = targets_of(state)
     if targets is None or state.topology is None:
@@ -307,7 +307,7 @@ def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path |
         return None, fs
     sim: Path | None = getattr(args, "cgroup_sim", None)
     if sim is not None:
-        from memstate.host.cgroupdir import DirCgroupFS
+        from memstate.host.sim.cgroupdir import DirCgroupFS
 
         if not sim.is_dir():
             raise InputError(f"no simulated cgroup tree at {sim}", source=str(sim))

@@ -83,11 +83,11 @@ from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
-from memstate.inputs import load_config, load_topology, read_document
-from memstate.manifests import ManifestDirectory
-from memstate.metrics import Metrics, Snapshot
-from memstate.sdnotify import Notifier
-from memstate.settings import Settings, settings_from_object
+from memstate.node.inputs import load_config, load_topology, read_document
+from memstate.node.manifests import ManifestDirectory
+from memstate.node.metrics import Metrics, Snapshot
+from memstate.node.sdnotify import Notifier
+from memstate.node.settings import Settings, settings_from_object
 from memstate.store.checkpoint import (
     oldest_checkpoint_seq,
     prune_checkpoints,
@@ -96,7 +96,7 @@ from memstate.store.checkpoint import (
 from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
 
-logger = logging.getLogger("memstate.daemon")
+logger = logging.getLogger("memstate.node.daemon")
 
 MAX_BATCH_EVENTS = 256
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -297,8 +297,8 @@ class Daemon:
         return msgspec.structs.replace(settings, **self.cli_overrides)
 
     def _open_reconciler(self, topology: Topology, config: NodeConfig) -> None:
-        from memstate.cgroups import open_cgroup_fs
-        from memstate.reconciler import Reconciler, ReconcilerOptions
+        from memstate.node.cgroup_tree import open_cgroup_fs
+        from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
         fs = open_cgroup_fs(self.settings, topology, config)
         self.reconciler = Reconciler(
@@ -573,7 +573,7 @@ class Daemon:
         keep = {name: getattr(self.settings, name) for name in fixed}
         self.settings = msgspec.structs.replace(settings, **keep)
         if self.reconciler is not None:
-            from memstate.reconciler import ReconcilerOptions
+            from memstate.reconcile.reconciler import ReconcilerOptions
 
             self.reconciler.options = ReconcilerOptions(  # type: ignore[attr-defined]
                 pod_removal=self.settings.pod_removal, remove_orphans=self.settings.remove_orphans
@@ -666,7 +666,7 @@ class Daemon:
 
     async def cgroup_watch_loop(self) -> None:
         """Changes to the tree made by others trigger an early full resync."""
-        from memstate.cgroup_watch import watch_cgroups
+        from memstate.node.cgroup_watch import watch_cgroups
 
         def hint(path: str) -> None:
             # A hint names the cgroup that changed ("" for the whole tree): resync the managed
@@ -752,7 +752,7 @@ class Daemon:
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
-    from memstate.watching import Batch, watch
+    from memstate.node.watching import Batch, watch
 
     def wanted(_change: object, changed: str) -> bool:
         # Only the file asked for (a config file's directory may hold anything, even our logs).

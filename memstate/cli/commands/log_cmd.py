@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from memstate.commands.common import (
+from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
     allow_relative_times,
     event_kinds,
@@ -26,6 +26,7 @@ from memstate.commands.common import (
     time_value,
     usage,
 )
+from memstate.cli.timeparse import FORMS
 from memstate.core.errors import (
     EXIT_OK,
     InputError,
@@ -33,7 +34,7 @@ from memstate.core.errors import (
     ScenarioError,
 )
 from memstate.core.events import Envelope, Event, pod_uid_of
-from memstate.output import (
+from memstate.present.output import (
     add_output_argument,
     format_ts,
     output_format,
@@ -41,7 +42,6 @@ from memstate.output import (
     write_json,
     write_table,
 )
-from memstate.timeparse import FORMS
 
 EXAMPLES = """\
 examples:
@@ -399,7 +399,7 @@ def _pod_key(event: Event) -> tuple[str, str] | None:
 
 def dump_row(envelope: Envelope) -> list[Any]:
     """One table row: seq, UTC time, kind, pod, a short description."""
-    from memstate.views import describe_decision
+    from memstate.present.views import describe_decision
 
     event = envelope.event
     key = _pod_key(event)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from memstate.commands.common import add_location_arguments, resolve_settings
+from memstate.cli.commands.common import add_location_arguments, resolve_settings
 from memstate.core.errors import EXIT_FAILURE, InputError, ManifestError, MemstateError
 from memstate.core.events import (
     Envelope,
@@ -30,14 +30,14 @@ from memstate.core.pod import Pod
 from memstate.core.quantity import format_bytes
 from memstate.core.state import state_hash
 from memstate.core.topology import Topology
-from memstate.inputs import load_manifest, load_topology, manifest_files
-from memstate.output import (
+from memstate.node.inputs import load_manifest, load_topology, manifest_files
+from memstate.present.output import (
     add_output_argument,
     output_format,
     write_json,
     write_table,
 )
-from memstate.views import (
+from memstate.present.views import (
     NUMA_HEADERS,
     POD_HEADERS,
     describe_decision,

@@ -58,7 +58,7 @@ from memstate.core.events import DaemonStarted, Envelope, Event
 from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.scenario import iter_scenario
 from memstate.core.state import REDUCER_VERSION, State, state_hash
-from memstate.statediff import Change, diff_states
+from memstate.history.statediff import Change, diff_states
 
 Mode = Literal["compare", "recorded", "reference"]
 

@@ -23,7 +23,7 @@ Filtering is done here, not by watchfiles (``watch_filter=None``: its default fi
 source trees). Counter files the kernel notifies on by itself (memory.events, pids.events,
 hugetlb.*.events ...) are ignored: under memory pressure they change constantly and say nothing
 about the state memstate manages. So are hidden names (a leading dot): cgroupfs has none, and the
-directory-backed simulated tree (memstate.host.cgroupdir) keeps its journal and lock there,
+directory-backed simulated tree (memstate.host.sim.cgroupdir) keeps its journal and lock there,
 touched by every operation — watching them would turn each resync into the next one's trigger.
 Of the other interface files only those that say something about what memstate manages count:
 the files it writes (memory.min/low/high/max, cpuset.mems, hugetlb.<size>.max,
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import trio
 
-from memstate.watching import Batch, watch
+from memstate.node.watching import Batch, watch
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`memstate run`: start the node daemon (see memstate.daemon and docs/operations.md)."""
+"""`memstate run`: start the node daemon (see memstate.node.daemon and docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from memstate.commands.common import add_location_arguments, resolve_settings
+from memstate.cli.commands.common import add_location_arguments, resolve_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # watchfiles logs every batch of changes at INFO; they are hints, not news.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    from memstate.daemon import Daemon, run_daemon
+    from memstate.node.daemon import Daemon, run_daemon
 
     settings = resolve_settings(args)
     cli = {

@@ -22,24 +22,24 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memstate.commands.common import (
+from memstate.cli.commands.common import (
     allow_relative_times,
     seq_number,
     time_value,
 )
+from memstate.cli.timeparse import FORMS
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
 from memstate.core.events import Event
-from memstate.output import (
+from memstate.present.output import (
     add_output_argument,
     format_ts,
     output_format,
     write_json,
     write_table,
 )
-from memstate.timeparse import FORMS
 
 if TYPE_CHECKING:
-    from memstate.replay import Divergence, ReplayReport
+    from memstate.history.replay import Divergence, ReplayReport
 
 EXAMPLES = """\
 examples:
@@ -231,9 +231,9 @@ LIST_HEADERS = ["SEQ", "EVENT", "DECISION"]
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from memstate.progress import Progress
-    from memstate.replay import Transition, build_version, open_source, replay_log
-    from memstate.views import describe_event
+    from memstate.history.replay import Transition, build_version, open_source, replay_log
+    from memstate.present.progress import Progress
+    from memstate.present.views import describe_event
 
     source = open_source(args.path)
     chosen = output_format(args, piped="json")
@@ -292,7 +292,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_document(report: ReplayReport, kind: str, replayed_by: str) -> dict[str, Any]:
-    from memstate.views import numa_document, pods_document, state_document
+    from memstate.present.views import numa_document, pods_document, state_document
 
     state = report.state
     whole = state_document(state)
@@ -321,7 +321,7 @@ def _replay_document(report: ReplayReport, kind: str, replayed_by: str) -> dict[
 
 def _replay_table(report: ReplayReport, *, stopped: bool, quiet: bool) -> None:
     from memstate.core.state import state_hash
-    from memstate.views import NUMA_HEADERS, POD_HEADERS, numa_rows, pod_rows
+    from memstate.present.views import NUMA_HEADERS, POD_HEADERS, numa_rows, pod_rows
 
     out = sys.stdout
     for warning in report.warnings:
@@ -354,10 +354,10 @@ def _replay_table(report: ReplayReport, *, stopped: bool, quiet: bool) -> None:
 
 
 def divergence_document(divergence: Divergence) -> dict[str, Any]:
-    """The `-o json` form of a `memstate.replay.Divergence`."""
+    """The `-o json` form of a `memstate.history.replay.Divergence`."""
     from memstate.core.scenario import envelope_to_object
-    from memstate.statediff import diff_document
-    from memstate.views import decision_document, describe_event
+    from memstate.history.statediff import diff_document
+    from memstate.present.views import decision_document, describe_event
 
     record = divergence.record
 
@@ -395,8 +395,8 @@ def divergence_document(divergence: Divergence) -> dict[str, Any]:
 
 def divergence_lines(divergence: Divergence) -> list[str]:
     """The human form: the event, both decisions (with who made them), the state diff."""
-    from memstate.statediff import render_diff
-    from memstate.views import describe_event
+    from memstate.history.statediff import render_diff
+    from memstate.present.views import describe_event
 
     labels: tuple[str, str] = divergence.labels
     width = max(len(label) for label in (*labels, "input"))
@@ -440,8 +440,8 @@ def divergence_lines(divergence: Divergence) -> list[str]:
 
 
 def run_bisect(args: argparse.Namespace) -> int:
-    from memstate.progress import Progress
-    from memstate.replay import Run, bisect, open_source
+    from memstate.history.replay import Run, bisect, open_source
+    from memstate.present.progress import Progress
 
     source = open_source(args.path)
     first = Run(source, label="log")
@@ -501,8 +501,8 @@ def run_bisect(args: argparse.Namespace) -> int:
 
 
 def run_anonymise(args: argparse.Namespace) -> int:
-    from memstate.anonymise import anonymise_log
-    from memstate.replay import open_source
+    from memstate.history.anonymise import anonymise_log
+    from memstate.history.replay import open_source
 
     source = open_source(args.input)
     result = anonymise_log(source, args.output)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from memstate.core.errors import ConfigError
-from memstate.inputs import read_document
-from memstate.settings import Settings, settings_from_object
+from memstate.node.inputs import read_document
+from memstate.node.settings import Settings, settings_from_object
 
 DEFAULT_CONFIG = Path("/etc/memstate/config.yaml")
 DEFAULT_STATE_DIR = "/var/lib/memstate"
@@ -120,7 +120,7 @@ def time_value(text: str) -> int:
     """An argparse type: ISO 8601 or a time relative to now (`-1h`), as ns since the epoch."""
     import time
 
-    from memstate.timeparse import TimeFormatError, parse_time_ns
+    from memstate.cli.timeparse import TimeFormatError, parse_time_ns
 
     try:
         return parse_time_ns(text, now_ns=time.time_ns())

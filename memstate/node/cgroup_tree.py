@@ -27,7 +27,7 @@ from memstate.host.cgroupfs import (
     available_controllers,
     parse_cgroup2_mounts,
 )
-from memstate.settings import Settings
+from memstate.node.settings import Settings
 
 
 def open_cgroup_fs(settings: Settings, topology: Topology, config: NodeConfig) -> CgroupFS:
@@ -100,7 +100,7 @@ def check_controllers(fs: CgroupFS, config: NodeConfig, topology: Topology, *, w
 
 def open_simulated_tree(directory: Path, topology: Topology) -> CgroupFS:
     """A directory-backed simulated cgroup v2 tree shaped like this machine."""
-    from memstate.host.cgroupdir import DirCgroupFS
+    from memstate.host.sim.cgroupdir import DirCgroupFS
 
     nodes = ",".join(str(n) for n in topology.node_ids)
     return DirCgroupFS(

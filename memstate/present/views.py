@@ -30,7 +30,7 @@ from memstate.core.events import (
 from memstate.core.qos import node_targets
 from memstate.core.state import State, state_hash
 from memstate.core.targets import NodeTargets
-from memstate.output import human_bytes, to_plain
+from memstate.present.output import human_bytes, to_plain
 
 
 def describe_decision(event: Event) -> str:

@@ -30,9 +30,9 @@ from memstate.core.events import (
 )
 from memstate.core.reducer import step
 from memstate.core.state import REDUCER_VERSION, State, state_hash
-from memstate.inputs import load_config, load_manifest, load_topology, manifest_files
-from memstate.output import add_output_argument, output_format, write_json, write_table
-from memstate.views import (
+from memstate.node.inputs import load_config, load_manifest, load_topology, manifest_files
+from memstate.present.output import add_output_argument, output_format, write_json, write_table
+from memstate.present.views import (
     NUMA_HEADERS,
     POD_HEADERS,
     TARGET_HEADERS,
@@ -226,8 +226,8 @@ def _free_port(preferred: int) -> int:
 def run_daemon_demo(args: argparse.Namespace) -> int:
     import logging
 
-    from memstate.commands.common import resolve_settings
-    from memstate.daemon import Daemon, run_daemon
+    from memstate.cli.commands.common import resolve_settings
+    from memstate.node.daemon import Daemon, run_daemon
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     node_dir: Path = args.dir

@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 Every query walks the log once, forward, with the replay engine in `recorded` mode
-(`memstate.replay.transitions`): recorded decisions are applied verbatim (audit reports what the
-node *did*; `memstate replay` is the tool that questions it), and decisions are derived only for
-inputs that record none (hand-written scenarios). The walk holds the current state and whatever
-small summary the query keeps — never the list of states, never the whole log:
+(`memstate.history.replay.transitions`): recorded decisions are applied verbatim (audit
+reports what the node *did*; `memstate replay` is the tool that questions it), and decisions are
+derived only for inputs that record none (hand-written scenarios). The walk holds the current
+state and whatever small summary the query keeps — never the list of states, never the whole log:
 
 - `pod_history` / `pod_rows` keep the UIDs a name stood for (and the rows about that pod):
   every event that touched the pod, with the allocation, cgroup targets or rejection reason;
@@ -52,9 +52,9 @@ from memstate.core.events import (
 from memstate.core.pod import Pod, pod_limit, pod_request
 from memstate.core.state import State
 from memstate.core.topology import MEMORY, is_hugepage_resource
-from memstate.output import format_ts
-from memstate.replay import LogSource, Transition, starting_point, transitions
-from memstate.views import describe_event, holders_by_numa
+from memstate.history.replay import LogSource, Transition, starting_point, transitions
+from memstate.present.output import format_ts
+from memstate.present.views import describe_event, holders_by_numa
 
 EXPORT_VERSION = 1
 

@@ -9,7 +9,7 @@
 
 Every command reads a log without a lock: the node's state directory (`--state-dir`, default
 `$MEMSTATE_STATE_DIR` or /var/lib/memstate) or any copy of it, or a JSON-lines scenario or
-export (`--log PATH` takes either). One forward pass, one state in memory (memstate.audit).
+export (`--log PATH` takes either). One forward pass, one state in memory (memstate.history.audit).
 Output: a table on a terminal, `-o json`, `-o jsonl`; times in UTC ISO 8601 with a `Z`.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from memstate.commands.common import (
+from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
     allow_relative_times,
     event_kinds,
@@ -31,8 +31,9 @@ from memstate.commands.common import (
     time_value,
     usage,
 )
+from memstate.cli.timeparse import FORMS
 from memstate.core.errors import EXIT_OK, EXIT_USAGE, MemstateError
-from memstate.output import (
+from memstate.present.output import (
     add_output_argument,
     human_bytes,
     output_format,
@@ -40,11 +41,10 @@ from memstate.output import (
     write_jsonl,
     write_table,
 )
-from memstate.timeparse import FORMS
 
 if TYPE_CHECKING:
-    from memstate.audit import PodSelector, Window
-    from memstate.replay import LogSource
+    from memstate.history.audit import PodSelector, Window
+    from memstate.history.replay import LogSource
 
 PLOT_HINT = "pip install 'memstate[plot]'"
 
@@ -220,14 +220,14 @@ def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
 
 def open_log(args: argparse.Namespace) -> LogSource:
     """`--log PATH`, else the state directory (`--state-dir`, `$MEMSTATE_STATE_DIR`, default)."""
-    from memstate.replay import open_source
+    from memstate.history.replay import open_source
 
     chosen: Path | None = getattr(args, "log", None)
     return open_source(chosen if chosen is not None else state_dir_of(args))
 
 
 def _window(args: argparse.Namespace) -> Window:
-    from memstate.audit import Window
+    from memstate.history.audit import Window
 
     return Window(
         since_ns=getattr(args, "since", None),
@@ -237,7 +237,7 @@ def _window(args: argparse.Namespace) -> Window:
 
 
 def _selector(text: str | None) -> PodSelector | None:
-    from memstate.audit import PodSelector
+    from memstate.history.audit import PodSelector
 
     return PodSelector(text) if text else None
 
@@ -248,7 +248,7 @@ POD_HEADERS = ["SEQ", "TIME", "KIND", "NUMA", "PINNED", "DETAIL", "POD CGROUP TA
 
 
 def run_pod(args: argparse.Namespace) -> int:
-    from memstate.audit import PodSelector, pod_history, pod_rows
+    from memstate.history.audit import PodSelector, pod_history, pod_rows
 
     source = open_log(args)
     selector = PodSelector(args.pod)
@@ -313,7 +313,7 @@ def _pod_table_row(row: dict[str, Any]) -> list[Any]:
 
 
 def run_numa(args: argparse.Namespace) -> int:
-    from memstate.audit import numa_holdings, state_at
+    from memstate.history.audit import numa_holdings, state_at
 
     point = state_at(open_log(args), seq=args.seq, at_ns=args.at)
     try:
@@ -375,7 +375,7 @@ def run_numa(args: argparse.Namespace) -> int:
 
 
 def run_rejections(args: argparse.Namespace) -> int:
-    from memstate.audit import rejection_summary
+    from memstate.history.audit import rejection_summary
 
     groups = rejection_summary(
         open_log(args), _window(args), selector=_selector(args.pod), by_pod=args.by_pod
@@ -416,7 +416,7 @@ def run_rejections(args: argparse.Namespace) -> int:
 
 
 def run_timeline(args: argparse.Namespace) -> int:
-    from memstate.audit import timeline
+    from memstate.history.audit import timeline
 
     rows = timeline(open_log(args), _window(args), selector=_selector(args.pod))
     chosen = output_format(args)
@@ -438,13 +438,13 @@ def run_timeline(args: argparse.Namespace) -> int:
 
 def run_plot(args: argparse.Namespace) -> int:
     try:
-        from memstate.plot import render_png
+        from memstate.history.audit_plot import render_png
     except ImportError as exc:
         raise MissingExtra(
             f"`memstate audit plot` needs matplotlib, which is not installed ({exc}); "
             f"install the plot extra: {PLOT_HINT}"
         ) from None
-    from memstate.audit import plot_data
+    from memstate.history.audit import plot_data
 
     data = plot_data(
         open_log(args), _window(args), resource=args.resource, max_spans=max(args.pods, 0)
@@ -465,7 +465,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from memstate.audit import export_records
+    from memstate.history.audit import export_records
 
     records = export_records(
         open_log(args),

@@ -7,11 +7,11 @@ watchfiles, prometheus_client, matplotlib) inside their handlers, never at impor
 """
 
 COMMAND_MODULES = (
-    "memstate.commands.run_cmd",
-    "memstate.commands.pods_cmd",
-    "memstate.commands.plan_cmd",
-    "memstate.commands.log_cmd",
-    "memstate.commands.replay_cmd",
-    "memstate.commands.audit_cmd",
-    "memstate.commands.demo_cmd",
+    "memstate.cli.commands.run_cmd",
+    "memstate.cli.commands.pods_cmd",
+    "memstate.cli.commands.plan_cmd",
+    "memstate.cli.commands.log_cmd",
+    "memstate.cli.commands.replay_cmd",
+    "memstate.cli.commands.audit_cmd",
+    "memstate.cli.commands.demo_cmd",
 )

@@ -102,7 +102,7 @@ from memstate.host.cgroupfs import (
     join_cgroup_path,
     unescape_mount_field,
 )
-from memstate.host.cgroupsim import (
+from memstate.host.sim.cgroupsim import (
     DEFAULT_CONTROLLERS,
     DEFAULT_HUGEPAGE_SIZES_BYTES,
     KERNEL_6_1,

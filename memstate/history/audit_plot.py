@@ -1,6 +1,6 @@
 """The PNG of `memstate audit plot` (matplotlib, an optional extra: `memstate[plot]`).
 
-Importing this module imports matplotlib; `memstate.commands.audit_cmd` imports it only inside
+Importing this module imports matplotlib; `memstate.cli.commands.audit_cmd` imports it only inside
 the plot command and turns the ImportError into a message naming the extra. The drawing uses
 matplotlib's object API with the Agg canvas (no pyplot, no global figure state, no display).
 
@@ -20,8 +20,8 @@ from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from memstate.audit import PlotData
-from memstate.output import human_bytes
+from memstate.history.audit import PlotData
+from memstate.present.output import human_bytes
 
 _GIB = float(1 << 30)
 
