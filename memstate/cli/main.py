@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from memstate import __version__
 from memstate.cli.commands import COMMAND_MODULES
 from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, MemstateError
+from memstate.present.output import configure_tables
 
 EPILOG = """\
 exit codes:
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
+    configure_tables(wide=bool(getattr(args, "wide", False)))
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

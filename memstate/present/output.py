@@ -5,15 +5,19 @@ Conventions shared by every command:
   single documents) when stdout is a pipe, so `memstate log dump | jq` just works;
 - JSON is produced from plain objects with stable, documented keys (docs/cli.md); timestamps are
   UTC ISO 8601 with a `Z`, byte counts are integers;
-- tables never wrap; long cells are kept whole.
+- tables fit the terminal: on a terminal (or with COLUMNS set) the widest text columns are cut
+  with an ellipsis until the table fits; numbers are never cut; `--wide` keeps every cell whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
 import msgspec
@@ -21,6 +25,12 @@ import msgspec
 OutputFormat = Literal["table", "json", "jsonl"]
 
 _JSON = msgspec.json.Encoder(order="sorted")
+
+# The width tables are fitted to, set once per command by `configure_tables` (None: no limit).
+_TABLE_WIDTH: ContextVar[int | None] = ContextVar("memstate_table_width", default=None)
+# A column is never cut below this many characters (or its header, if shorter).
+MIN_COLUMN_WIDTH = 8
+ELLIPSIS = "…"
 
 
 def add_output_argument(parser: argparse.ArgumentParser, *, jsonl: bool = True) -> None:
@@ -35,6 +45,30 @@ def add_output_argument(parser: argparse.ArgumentParser, *, jsonl: bool = True) 
         + ("jsonl" if jsonl else "json")
         + " otherwise)",
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="tables: keep every cell whole instead of fitting the terminal width",
+    )
+
+
+def terminal_width(stream: TextIO | None = None) -> int | None:
+    """The width to fit tables to: COLUMNS if set, else the terminal's, else None (a pipe)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    out = stream or sys.stdout
+    try:
+        if out.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        return None
+    return None
+
+
+def configure_tables(*, wide: bool, stream: TextIO | None = None) -> None:
+    """Fit this command's tables to the terminal, or not at all with `--wide`."""
+    _TABLE_WIDTH.set(None if wide else terminal_width(stream))
 
 
 def output_format(
@@ -67,8 +101,14 @@ def write_jsonl(values: Iterable[Any], stream: TextIO | None = None) -> None:
         out.write(json_text(value) + "\n")
 
 
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces; numbers right-aligned."""
+def render_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], *, width: int | None = None
+) -> str:
+    """Left-aligned columns separated by two spaces; numbers right-aligned.
+
+    With a `width` (default: what `configure_tables` set), the widest text columns are narrowed,
+    their cells cut with an ellipsis, until the table fits; numeric columns keep their width.
+    """
     text_rows = [[_cell(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in text_rows:
@@ -78,10 +118,14 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         bool(text_rows) and all(_is_number(row[i]) for row in text_rows if row[i])
         for i in range(len(headers))
     ]
+    limit = _TABLE_WIDTH.get() if width is None else width
+    if limit is not None:
+        typical = [_median_length([row[i] for row in text_rows]) for i in range(len(headers))]
+        widths = _fit(widths, numeric, typical, limit)
 
     def line(cells: Sequence[str]) -> str:
         parts = [
-            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
+            cell.rjust(widths[i]) if numeric[i] else _cut(cell, widths[i]).ljust(widths[i])
             for i, cell in enumerate(cells)
         ]
         return "  ".join(parts).rstrip()
@@ -93,6 +137,41 @@ def write_table(
     headers: Sequence[str], rows: Iterable[Sequence[Any]], stream: TextIO | None = None
 ) -> None:
     (stream or sys.stdout).write(render_table(headers, rows) + "\n")
+
+
+def _fit(widths: list[int], numeric: list[bool], typical: list[int], limit: int) -> list[int]:
+    """Narrow the widest text column, a character at a time, until the table fits.
+
+    First no column goes below its typical (median) cell, so uniform columns such as times and
+    kinds stay whole while free-text columns give way; then, if that is not enough, down to
+    MIN_COLUMN_WIDTH.
+    """
+    widths = list(widths)
+    excess = sum(widths) + 2 * (len(widths) - 1) - limit
+    for floor in (
+        [
+            w if n else min(w, max(t, MIN_COLUMN_WIDTH))
+            for n, w, t in zip(numeric, widths, typical, strict=True)
+        ],
+        [w if n else min(w, MIN_COLUMN_WIDTH) for n, w in zip(numeric, widths, strict=True)],
+    ):
+        while excess > 0:
+            shrinkable = [i for i, w in enumerate(widths) if w > floor[i]]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: (widths[i], -i))
+            widths[widest] -= 1
+            excess -= 1
+    return widths  # if still too wide, the terminal wraps the rest
+
+
+def _median_length(cells: Sequence[str]) -> int:
+    lengths = sorted(len(cell) for cell in cells)
+    return lengths[len(lengths) // 2] if lengths else 0
+
+
+def _cut(cell: str, width: int) -> str:
+    return cell if len(cell) <= width else cell[: max(width - 1, 0)] + ELLIPSIS
 
 
 def _cell(value: Any) -> str:
