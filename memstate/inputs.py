@@ -9,7 +9,7 @@ ignored (editor backups, dotfiles, names that are not UTF-8).
 Hostile input must cost at most linear time and never raise anything but an `InputError`, so what
 is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input limits"):
 
-- a file is at most `MAX_FILE_BYTES`, UTF-8, one document;
+- a file is at most `MAX_FILE_BYTES`, UTF-8, one document; a YAML mapping names a key once;
 - collections nest at most `MAX_NESTING` levels: checked on the raw bytes before msgspec decodes
   JSON, and while PyYAML composes (its composer recurses once per level);
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
@@ -178,6 +178,17 @@ class _BoundedConstructor(SafeConstructor):
         return self.construct_yaml_int(node)
 
     def flatten_mapping(self, node: MappingNode) -> None:
+        # A key written twice is an error, as in the kubelet's strict decoding (PyYAML keeps the
+        # last one silently); keys brought in by merge keys may be overridden, as YAML says.
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (str(key_node.tag), str(key_node.value))
+                if key in seen:
+                    raise ConstructorError(
+                        None, None, f"duplicate key {echo(key[1])}", key_node.start_mark
+                    )
+                seen.add(key)
         # Merge keys copy pairs; nested merges of one anchor double the copies per level.
         super().flatten_mapping(node)
         if len(node.value) > self.node_budget:

@@ -97,10 +97,14 @@ class Settings(msgspec.Struct, frozen=True):
 
 
 def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
-    """Apply the `memstate:` section of a config file on top of `base`."""
+    """Apply the `memstate:` section of a config file on top of `base`; `source` names the file."""
     if obj is None:
         return base
-    raw = convert_input(obj, SettingsFile, source=source, error=ConfigError)
+    try:
+        raw = convert_input(obj, SettingsFile, source=source, error=ConfigError)
+    except ConfigError as exc:  # paths are relative to the section: name it
+        path = "$.memstate" + exc.path[1:] if exc.path.startswith("$") else "$.memstate"
+        raise ConfigError(exc.message, source=source, path=path) from None
     updates: dict[str, Any] = {}
     for name in msgspec.structs.fields(SettingsFile):
         value = getattr(raw, name.name)

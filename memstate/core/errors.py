@@ -225,5 +225,28 @@ class LogIOError(MemstateError):
         super().__init__(message)
 
 
+class FileAccessError(MemstateError):
+    """A file or directory a command reads or writes cannot be used: permission denied, a full
+    disk, a missing directory. One line with the path and the operating system's reason."""
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.errno = errno
+        super().__init__(f"{path}: {message}" if path else message)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, action: str = "") -> FileAccessError:
+        """`cannot <action>: <strerror>` naming the file the OS error is about."""
+        reason = exc.strerror or str(exc)
+        path = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            path = f"{path} -> {exc.filename2}"
+        message = f"cannot {action}: {reason}" if action else reason
+        return cls(_one_safe_line(message), path=_one_safe_line(str(path)), errno=exc.errno)
+
+
 class LogDiskFull(LogIOError):
     """ENOSPC/EDQUOT on append: nothing of the batch was acknowledged; the log stays usable."""
