@@ -156,8 +156,9 @@ class _BoundedConstructor(SafeConstructor):
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError, IndexError, TypeError) as exc:
-            # `!!int 1e999`, `!!int ""`, a 13th month in an implicit timestamp, a float tag on
+        except (ValueError, OverflowError, IndexError, TypeError, AttributeError) as exc:
+            # `!!int 1e999`, `!!int ""`, a 13th month in an implicit timestamp, `!!timestamp x`
+            # (PyYAML calls .groupdict() on a failed match), a float tag on
             # text: PyYAML lets Python's conversions raise.
             value = f" {echo(node.value)}" if isinstance(node, ScalarNode) else ""
             reason = echo(str(exc), quote=False)

@@ -118,7 +118,14 @@ def test_yaml_int_5000_digits_is_an_input_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["a: !!int ''", "a: !!int 0x" + "f" * 5000, "a: !!float nope", "a: 2026-13-01"]
+    "text",
+    [
+        "a: !!int ''",
+        "a: !!int 0x" + "f" * 5000,
+        "a: !!float nope",
+        "a: 2026-13-01",
+        "a: !!timestamp x",
+    ],
 )
 def test_yaml_values_python_cannot_build_are_input_errors(text: str) -> None:
     with pytest.raises(InputError, match="line 1"):
