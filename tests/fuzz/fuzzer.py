@@ -484,17 +484,21 @@ def run(
     directory: Path,
     *,
     only: int | None = None,
+    shard: tuple[int, int] = (0, 1),
     keep_worst: int = 24,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Fuzz `iterations` cases (or only case `only`) and report findings and the worst inputs."""
+    """Fuzz `iterations` cases (or only case `only`) and report findings and the worst inputs.
+
+    `shard` (k, n) takes cases k, k + n, k + 2n...: n processes cover one run between them.
+    """
     seeds = seed_documents()
     context = make_context(directory)
     findings: list[Finding] = []
     worst: list[Measured] = []
     outcomes: dict[str, int] = {}
     wall, cpu = time.monotonic(), time.process_time()
-    numbers = range(iterations) if only is None else [only]
+    numbers = range(shard[0], iterations, shard[1]) if only is None else range(only, only + 1)
     for number in numbers:
         case = make_case(seed, number, seeds)
         try:
@@ -518,7 +522,7 @@ def run(
         worst.append(Measured(case, seconds, outcome))
         if len(worst) > 4 * keep_worst:
             worst = _worst(worst, keep_worst)
-        if progress is not None and number % 1000 == 0:
+        if progress is not None and number % 5000 < shard[1]:
             progress(number)
     return Report(
         seed=seed,

@@ -23,19 +23,14 @@ from memstate.core.errors import (
     ConfigError,
     InputError,
     ManifestError,
+    ScenarioError,
     TopologyError,
 )
 from memstate.core.events import SCHEMA_VERSION, Envelope, Event, ManifestInvalid
 from memstate.core.pod import MAX_CONTAINERS, first_duplicate
-from memstate.inputs import (
-    MAX_NESTING,
-    check_document,
-    json_nesting,
-    load_config,
-    load_manifest,
-    load_topology,
-    parse_document,
-)
+from memstate.core.scenario import read_scenario
+from memstate.core.validation import MAX_NESTING, check_document, json_nesting
+from memstate.inputs import load_config, load_manifest, load_topology, parse_document
 from memstate.manifests import ManifestDirectory
 from memstate.settings import Settings, settings_from_object
 from tests.factories import container, manifest
@@ -295,3 +290,13 @@ def test_58000_containers_linear(tmp_path: Path) -> None:
 def _write(path: Path, doc: Any) -> Path:
     path.write_text(json.dumps(doc))
     return path
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["[" * 5000, '{"kind": "pod_removal_requested", "uid": "' + "\\ud800" + '"}', '{"seq": 2**64}'],
+)
+def test_scenario_lines_are_bounded_like_files(line: str) -> None:
+    """`log import` and `replay` read JSON lines: the same limits, the same kind of error."""
+    with pytest.raises(ScenarioError, match=r"s\.jsonl:1"):
+        read_scenario(line.replace("2**64", str(2**64)), source="s.jsonl")
