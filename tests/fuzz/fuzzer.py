@@ -522,7 +522,7 @@ def run(
         worst.append(Measured(case, seconds, outcome))
         if len(worst) > 4 * keep_worst:
             worst = _worst(worst, keep_worst)
-        if progress is not None and number % 5000 < shard[1]:
+        if progress is not None and number >= shard[1] and number % 5000 < shard[1]:
             progress(number)
     return Report(
         seed=seed,
