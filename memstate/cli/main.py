@@ -2,7 +2,8 @@
 
 Subcommands live in `memstate.cli.commands.*` (see `COMMAND_MODULES`); a module that is not present
 yet is skipped, so the CLI grows with the project. Every `MemstateError` is printed as one line
-on stderr and mapped to its exit code; anything else is a bug and gets a traceback.
+on stderr and mapped to its exit code, and so is an `OSError` (a file the command cannot use:
+exit 74); anything else is a bug and gets a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from memstate import __version__
 from memstate.cli.commands import COMMAND_MODULES
-from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, MemstateError
+from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, FileAccessError, MemstateError
 from memstate.present.output import configure_tables
 
 EPILOG = """\
@@ -25,7 +26,8 @@ exit codes:
   65  log, checkpoint or input data corruption (EX_DATAERR)
   69  cgroup v2 or a required controller missing (EX_UNAVAILABLE)
   70  internal invariant violated: a bug (EX_SOFTWARE)
-  74  I/O error on the log, e.g. a failed fsync (EX_IOERR)
+  74  I/O error on the log (a failed fsync), or a file a command reads or writes cannot be
+      used: permission denied, disk full (EX_IOERR)
   75  the state directory is locked by another memstate (EX_TEMPFAIL)
   78  bad configuration (EX_CONFIG)
 
@@ -77,4 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `memstate log dump | head`: not an error.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A file a command reads or writes (permission denied, disk full, not a directory): the
+        # operator needs the path and the reason, not a traceback.
+        error = FileAccessError.from_os_error(exc)
+        print(f"memstate: error: {error}", file=sys.stderr)
+        return error.exit_code
     return int(result) if result is not None else EXIT_FAILURE

@@ -22,9 +22,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from memstate.core.errors import ConfigError, InputError
+from memstate.core.errors import ConfigError, InputError, echo
 from memstate.core.quantity import QuantityInput, format_bytes, parse_bytes
 from memstate.core.topology import (
+    MAX_NUMA_NODE_ID,
     MEMORY,
     Topology,
     canonical_resource_name,
@@ -42,6 +43,9 @@ CgroupDriver = Literal["cgroupfs", "systemd"]
 MAX_NUMA_NODES_STATIC = 8  # the Topology Manager's default max-allowable-numa-nodes
 DEFAULT_EVICTION_MEMORY_AVAILABLE = "100Mi"
 _CGROUP_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
+_PERCENT_RE = re.compile(r"(?=\.?[0-9])[0-9]{0,3}(?:\.[0-9]{0,6})?")
+_MAX_CGROUP_ROOT_CHARS = 4096  # PATH_MAX
+_MAX_CGROUP_COMPONENT_CHARS = 255  # NAME_MAX
 
 
 class ReservedMemoryFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -129,7 +133,7 @@ def config_from_object(obj: Any, *, source: str = "") -> NodeConfig:
 def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
     """Structural validation and unit conversion; raises `ConfigError` naming the field."""
     if raw.kind != "KubeletConfiguration":
-        raise ConfigError(f"kind must be KubeletConfiguration, got {raw.kind!r}", path="$.kind")
+        raise ConfigError(f"kind must be KubeletConfiguration, got {echo(raw.kind)}", path="$.kind")
     if not raw.cgroups_per_qos:
         raise ConfigError(
             "cgroupsPerQOS=false is not supported: memstate manages the QoS-level cgroups",
@@ -151,7 +155,7 @@ def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
     prefer_closest = options.pop("prefer-closest-numa-nodes", "false")
     if prefer_closest not in ("true", "false"):
         raise ConfigError(
-            f"prefer-closest-numa-nodes must be 'true' or 'false', got {prefer_closest!r}",
+            f"prefer-closest-numa-nodes must be 'true' or 'false', got {echo(prefer_closest)}",
             path="$.topologyManagerPolicyOptions",
         )
     if options:
@@ -162,7 +166,7 @@ def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
     for index, level in enumerate(raw.enforce_node_allocatable):
         if level not in ("pods", "system-reserved", "kube-reserved", "none"):
             raise ConfigError(
-                f"unknown enforceNodeAllocatable entry {level!r}",
+                f"unknown enforceNodeAllocatable entry {echo(level)}",
                 path=f"$.enforceNodeAllocatable[{index}]",
             )
     return NodeConfig(
@@ -188,13 +192,16 @@ def _normalise_reserved_memory(entries: list[ReservedMemoryFile]) -> tuple[Reser
     result = []
     for index, entry in enumerate(entries):
         where = f"$.reservedMemory[{index}]"
-        if entry.numa_node < 0:
-            raise ConfigError("numaNode must not be negative", path=where + ".numaNode")
+        if not 0 <= entry.numa_node <= MAX_NUMA_NODE_ID:
+            raise ConfigError(
+                f"numaNode {echo(entry.numa_node)} is outside 0..{MAX_NUMA_NODE_ID}",
+                path=where + ".numaNode",
+            )
         for name, value in sorted(entry.limits.items()):
             path = f"{where}.limits.{name}"
             if name != MEMORY and not is_hugepage_resource(name):
                 raise ConfigError(
-                    f"reservedMemory limits accept memory and hugepages-<size>, not {name!r}",
+                    f"reservedMemory limits accept memory and hugepages-<size>, not {echo(name)}",
                     path=path,
                 )
             resource = canonical_resource_name(name, path=path)
@@ -230,12 +237,12 @@ def _eviction_memory_available(eviction_hard: dict[str, str] | None) -> str:
         text = eviction_hard.get("memory.available", "0")
     path = "$.evictionHard['memory.available']"
     if text.endswith("%"):
-        try:
-            percent = Fraction(text[:-1])
-        except ValueError:
-            raise ConfigError(f"malformed percentage {text!r}", path=path) from None
+        # Not Fraction() on the raw text: "1e999999999%" would compute 10**999999999.
+        if not _PERCENT_RE.fullmatch(text[:-1]):
+            raise ConfigError(f"malformed percentage {echo(text)}", path=path)
+        percent = Fraction(text[:-1])
         if not 0 <= percent <= 100:
-            raise ConfigError(f"percentage {text!r} is outside 0..100", path=path)
+            raise ConfigError(f"percentage {echo(text)} is outside 0..100", path=path)
         return f"{percent}%"
     return str(parse_bytes(text, path=path))
 
@@ -245,18 +252,23 @@ def parse_cgroup_root(text: str, driver: str) -> tuple[str, ...]:
     → ("foo", "bar"). Components are restricted so that no path can escape or be ambiguous."""
     path = "$.cgroupRoot"
     if not text.startswith("/"):
-        raise ConfigError(f"cgroupRoot {text!r} must be absolute", path=path)
+        raise ConfigError(f"cgroupRoot {echo(text)} must be absolute", path=path)
+    if len(text) > _MAX_CGROUP_ROOT_CHARS:
+        raise ConfigError(
+            f"cgroupRoot is longer than {_MAX_CGROUP_ROOT_CHARS} characters", path=path
+        )
     parts = [p for p in text.split("/") if p]
     if driver == "systemd" and parts and all(p.endswith(".slice") for p in parts):
         components = parts[-1][: -len(".slice")].split("-")
         expected = ["-".join(components[: i + 1]) + ".slice" for i in range(len(components))]
         if parts != expected:
-            raise ConfigError(f"cgroupRoot {text!r} is not a systemd slice path", path=path)
+            raise ConfigError(f"cgroupRoot {echo(text)} is not a systemd slice path", path=path)
         parts = components
     for part in parts:
-        if not _CGROUP_COMPONENT_RE.fullmatch(part):
+        if len(part) > _MAX_CGROUP_COMPONENT_CHARS or not _CGROUP_COMPONENT_RE.fullmatch(part):
             raise ConfigError(
-                f"cgroupRoot component {part!r} may only hold letters, digits and inner dots",
+                f"cgroupRoot component {echo(part)} may only hold letters, digits and inner dots "
+                f"(at most {_MAX_CGROUP_COMPONENT_CHARS})",
                 path=path,
             )
     return tuple(parts)

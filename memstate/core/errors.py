@@ -24,6 +24,35 @@ EXIT_IOERR = 74  # fsync / I/O failure on the log
 EXIT_TEMPFAIL = 75  # state directory locked by another instance
 EXIT_CONFIG = 78  # bad configuration
 
+ECHO_CHARS = 100  # how much of an input value an error message repeats
+_MAX_MESSAGE_CHARS = 1000
+
+
+def echo(value: object, *, limit: int = ECHO_CHARS, quote: bool = True) -> str:
+    """`value` as an error message may repeat it: at most `limit` characters of it, on one line,
+    escaped (control characters, unpaired surrogates); a string is quoted unless `quote` is
+    false."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"<an integer of {value.bit_length()} bits>"  # str() would refuse or take long
+    text = value if isinstance(value, str) else repr(value)
+    shown = repr(text[:limit])
+    if not quote or not isinstance(value, str):
+        shown = shown[1:-1]
+    if len(text) > limit:
+        shown += f"... ({len(text)} characters)"
+    return shown
+
+
+def _one_safe_line(text: str) -> str:
+    # Errors end up in events (msgpack needs valid UTF-8) and on one log line.
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:_MAX_MESSAGE_CHARS])
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > _MAX_MESSAGE_CHARS:
+        text = text[:_MAX_MESSAGE_CHARS] + "..."
+    return text
+
 
 class MemstateError(Exception):
     """Root of every error memstate raises on purpose."""
@@ -41,9 +70,10 @@ class InputError(MemstateError):
     exit_code = EXIT_DATAERR
 
     def __init__(self, message: str, *, source: str = "", path: str = "") -> None:
-        self.message = message
-        self.source = source
-        self.path = path
+        # Whatever a parser put into it, an input error is bounded, valid UTF-8, one line.
+        self.message = _one_safe_line(message)
+        self.source = _one_safe_line(source)
+        self.path = _one_safe_line(path)
         super().__init__(self.describe())
 
     def describe(self) -> str:
@@ -193,6 +223,29 @@ class LogIOError(MemstateError):
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         self.errno = errno
         super().__init__(message)
+
+
+class FileAccessError(MemstateError):
+    """A file or directory a command reads or writes cannot be used: permission denied, a full
+    disk, a missing directory. One line with the path and the operating system's reason."""
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.errno = errno
+        super().__init__(f"{path}: {message}" if path else message)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, action: str = "") -> FileAccessError:
+        """`cannot <action>: <strerror>` naming the file the OS error is about."""
+        reason = exc.strerror or str(exc)
+        path = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            path = f"{path} -> {exc.filename2}"
+        message = f"cannot {action}: {reason}" if action else reason
+        return cls(_one_safe_line(message), path=_one_safe_line(str(path)), errno=exc.errno)
 
 
 class LogDiskFull(LogIOError):

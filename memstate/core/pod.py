@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import msgspec
 
-from memstate.core.errors import InputError, ManifestError
+from memstate.core.errors import InputError, ManifestError, echo
 from memstate.core.quantity import QuantityInput, parse_bytes, parse_millis
 from memstate.core.topology import MEMORY, canonical_resource_name, is_hugepage_resource
 from memstate.core.validation import convert_input, reraise_as
@@ -34,6 +35,9 @@ BEST_EFFORT: QOSClass = "BestEffort"
 # can contain "/", "..", "_" (the systemd escape) or be empty.
 _UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+# Kubernetes sets no number; a Pod is bounded by etcd's 1.5 MiB object size. Real pods have a
+# handful of containers; every container costs a Topology Manager round and cgroup writes.
+MAX_CONTAINERS = 1000
 _DNS_SUBDOMAIN_RE = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 )
@@ -218,22 +222,23 @@ def pod_from_manifest(obj: Any, *, source: str = "") -> Pod:
 def _normalise_pod(raw: _RawPod) -> Pod:
     if raw.kind != "Pod" or raw.apiVersion != "v1":
         raise ManifestError(
-            f"expected apiVersion v1, kind Pod; got {raw.apiVersion}/{raw.kind}", path="$.kind"
+            f"expected apiVersion v1, kind Pod; got {echo(raw.apiVersion)}/{echo(raw.kind)}",
+            path="$.kind",
         )
     meta = raw.metadata
-    if not _UID_RE.fullmatch(meta.uid):
+    if len(meta.uid) > 128 or not _UID_RE.fullmatch(meta.uid):
         raise ManifestError(
-            f"uid {meta.uid!r} is not usable in a cgroup path (letters, digits and inner '-', "
+            f"uid {echo(meta.uid)} is not usable in a cgroup path (letters, digits and inner '-', "
             "at most 128 characters)",
             path="$.metadata.uid",
         )
     if len(meta.name) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(meta.name):
         raise ManifestError(
-            f"name {meta.name!r} is not a DNS-1123 subdomain", path="$.metadata.name"
+            f"name {echo(meta.name)} is not a DNS-1123 subdomain", path="$.metadata.name"
         )
-    if not _DNS_LABEL_RE.fullmatch(meta.namespace):
+    if len(meta.namespace) > 63 or not _DNS_LABEL_RE.fullmatch(meta.namespace):
         raise ManifestError(
-            f"namespace {meta.namespace!r} is not a DNS-1123 label", path="$.metadata.namespace"
+            f"namespace {echo(meta.namespace)} is not a DNS-1123 label", path="$.metadata.namespace"
         )
     if raw.spec.resources is not None:
         raise ManifestError(
@@ -242,29 +247,45 @@ def _normalise_pod(raw: _RawPod) -> Pod:
         )
     if not raw.spec.containers:
         raise ManifestError("a pod needs at least one container", path="$.spec.containers")
+    count = len(raw.spec.containers) + len(raw.spec.initContainers or [])
+    if count > MAX_CONTAINERS:
+        raise ManifestError(
+            f"{count} containers; memstate accepts at most {MAX_CONTAINERS} per pod",
+            path="$.spec.containers",
+        )
     containers: list[ContainerSpec] = []
     for index, rc in enumerate(raw.spec.initContainers or []):
         containers.append(_normalise_container(rc, f"$.spec.initContainers[{index}]", init=True))
     for index, rc in enumerate(raw.spec.containers):
         containers.append(_normalise_container(rc, f"$.spec.containers[{index}]", init=False))
-    names = [c.name for c in containers]
-    for name in names:
-        if names.count(name) > 1:
-            raise ManifestError(f"container name {name!r} is used twice", path="$.spec")
+    duplicate = first_duplicate(c.name for c in containers)
+    if duplicate is not None:
+        raise ManifestError(f"container name {echo(duplicate)} is used twice", path="$.spec")
     overhead = _resource_map(raw.spec.overhead or {}, "$.spec.overhead")
-    return Pod(
+    pod = Pod(
         uid=meta.uid,
         name=meta.name,
         namespace=meta.namespace,
         containers=tuple(containers),
         overhead=overhead,
     )
+    return pod
+
+
+def first_duplicate(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time, or None; one set lookup per name."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _normalise_container(raw: _RawContainer, where: str, *, init: bool) -> ContainerSpec:
     if not _DNS_LABEL_RE.fullmatch(raw.name):
         raise ManifestError(
-            f"container name {raw.name!r} is not a DNS-1123 label", path=where + ".name"
+            f"container name {echo(raw.name)} is not a DNS-1123 label", path=where + ".name"
         )
     kind: ContainerKind = "init" if init else "app"
     if raw.restartPolicy is not None:
@@ -274,7 +295,7 @@ def _normalise_container(raw: _RawContainer, where: str, *, init: bool) -> Conta
             )
         if raw.restartPolicy != "Always":
             raise ManifestError(
-                f"init container restartPolicy must be Always, got {raw.restartPolicy!r}",
+                f"init container restartPolicy must be Always, got {echo(raw.restartPolicy)}",
                 path=where + ".restartPolicy",
             )
         kind = "sidecar"

@@ -74,6 +74,11 @@ def parse_quantity(value: QuantityInput, *, path: str = "") -> Fraction:
     if isinstance(value, bool):
         raise QuantityError(f"expected a quantity, got a boolean ({value!r})", path=path)
     if isinstance(value, int):
+        if not -INT64_MAX <= value <= INT64_MAX:  # before str(): it refuses > 4,300 digits
+            raise QuantityError(
+                f"quantity of {value.bit_length()} bits does not fit a signed 64-bit integer",
+                path=path,
+            )
         text = str(value)
     elif isinstance(value, float):
         if not math.isfinite(value):

@@ -33,7 +33,13 @@ from memstate.core.errors import InputError, ScenarioError
 from memstate.core.events import EVENT_KINDS, SCHEMA_VERSION, AnyEvent, Envelope
 from memstate.core.pod import pod_from_manifest
 from memstate.core.topology import topology_from_object
-from memstate.core.validation import split_validation_error
+from memstate.core.validation import (
+    MAX_NESTING,
+    check_document,
+    json_nesting,
+    node_budget,
+    split_validation_error,
+)
 
 DEFAULT_START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -72,10 +78,14 @@ def iter_scenario(lines: Iterable[str], *, source: str = "") -> Iterator[Envelop
         if not stripped or stripped.startswith(("#", "//")):
             continue
         where = f"{source}:{line_no}" if source else f"line {line_no}"
+        data = stripped.encode("utf-8", "surrogatepass")
+        if json_nesting(data) > MAX_NESTING:  # msgspec recurses per level
+            raise ScenarioError(f"nested deeper than {MAX_NESTING} levels", source=where)
         try:
-            obj = msgspec.json.decode(stripped)
+            obj = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             raise ScenarioError(f"not valid JSON: {exc}", source=where) from None
+        check_document(obj, budget=node_budget(len(data)), source=where, error=ScenarioError)
         if not isinstance(obj, dict):
             raise ScenarioError("each line must be a JSON object", source=where)
         try:

@@ -18,13 +18,16 @@ from typing import Any
 
 import msgspec
 
-from memstate.core.errors import InputError, TopologyError
-from memstate.core.quantity import QuantityInput, format_bytes, parse_bytes
+from memstate.core.errors import InputError, TopologyError, echo
+from memstate.core.quantity import INT64_MAX, QuantityInput, format_bytes, parse_bytes
 from memstate.core.validation import convert_input, reraise_as
 
 MEMORY = "memory"
 HUGEPAGES_PREFIX = "hugepages-"
 MAX_NUMA_NODE_ID = 63  # masks are 64-bit, as in the kubelet's bitmask package
+# ACPI SLIT distances are one byte (10 local, 255 unreachable); Linux prints them as read.
+MAX_NUMA_DISTANCE = 255
+MAX_KERNEL_RELEASE_CHARS = 64  # utsname.release
 
 
 class HugepagePool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -96,10 +99,10 @@ def is_hugepage_resource(resource: str) -> bool:
 def hugepage_page_size(resource: str, *, path: str = "") -> int:
     """The page size named by a `hugepages-<size>` resource; `InputError` when malformed."""
     if not is_hugepage_resource(resource):
-        raise InputError(f"{resource!r} is not a hugepages-<size> resource", path=path)
+        raise InputError(f"{echo(resource)} is not a hugepages-<size> resource", path=path)
     size = parse_bytes(resource[len(HUGEPAGES_PREFIX) :], path=path)
     if size <= 0 or size & (size - 1):
-        raise InputError(f"hugepage size in {resource!r} is not a power of two", path=path)
+        raise InputError(f"hugepage size in {echo(resource)} is not a power of two", path=path)
     return size
 
 
@@ -121,15 +124,22 @@ def validate_topology(topology: Topology, *, source: str = "") -> Topology:
     page = topology.page_size_bytes
     if page < 4096 or page & (page - 1):
         raise fail(f"base page size {page} is not a power of two >= 4096", "$.pageSize")
+    if len(topology.kernel_release) > MAX_KERNEL_RELEASE_CHARS:
+        raise fail(
+            f"kernel release is longer than {MAX_KERNEL_RELEASE_CHARS} characters",
+            "$.kernelRelease",
+        )
+    if len(topology.nodes) > MAX_NUMA_NODE_ID + 1:
+        raise fail(f"more than {MAX_NUMA_NODE_ID + 1} NUMA nodes", "$.nodes")
     ids = [n.id for n in topology.nodes]
     if ids != sorted(set(ids)):
-        raise fail(f"NUMA node ids must be unique and ascending, got {ids}", "$.nodes")
+        raise fail(f"NUMA node ids must be unique and ascending, got {echo(ids)}", "$.nodes")
     for index, node in enumerate(topology.nodes):
         where = f"$.nodes[{index}]"
         if not 0 <= node.id <= MAX_NUMA_NODE_ID:
             raise fail(f"NUMA node id {node.id} is outside 0..{MAX_NUMA_NODE_ID}", where)
-        if node.memory_bytes < 0:
-            raise fail("memory must not be negative", where + ".memory")
+        if not 0 <= node.memory_bytes <= INT64_MAX:
+            raise fail("memory must be between 0 and 2^63-1 bytes", where + ".memory")
         sizes = [p.page_size_bytes for p in node.hugepages]
         if sizes != sorted(set(sizes)):
             raise fail("hugepage sizes must be unique and ascending", where + ".hugepages")
@@ -142,6 +152,12 @@ def validate_topology(topology: Topology, *, source: str = "") -> Topology:
                 )
             if pool.count < 0:
                 raise fail("hugepage count must not be negative", where + ".hugepages")
+            if pool.total_bytes > node.memory_bytes:
+                raise fail(
+                    f"NUMA node {node.id}: {pool.count} pages of {pool.page_size_bytes} bytes "
+                    "exceed the node's memory",
+                    where + ".hugepages",
+                )
         hugepages_total = sum(p.total_bytes for p in node.hugepages)
         if hugepages_total > node.memory_bytes:
             raise fail(
@@ -155,6 +171,13 @@ def validate_topology(topology: Topology, *, source: str = "") -> Topology:
                 f"{len(topology.nodes)} nodes",
                 where + ".distances",
             )
+        for column, distance in enumerate(node.distances):
+            if not 0 <= distance <= MAX_NUMA_DISTANCE:
+                raise fail(
+                    f"NUMA node {node.id}: distance {echo(distance)} is outside "
+                    f"0..{MAX_NUMA_DISTANCE}",
+                    f"{where}.distances[{column}]",
+                )
     return topology
 
 
@@ -271,7 +294,9 @@ def topology_from_sysfs(
             try:
                 distances[node_id] = tuple(int(x) for x in text.split())
             except ValueError:
-                raise TopologyError(f"malformed distance row {text!r}", source=rel_path) from None
+                raise TopologyError(
+                    f"malformed distance row {echo(text)}", source=rel_path
+                ) from None
         elif len(parts) == 4 and parts[1] == "hugepages" and parts[3] == "nr_hugepages":
             size_match = _HUGEPAGES_DIR_RE.fullmatch(parts[2])
             if size_match is None:
@@ -279,7 +304,7 @@ def topology_from_sysfs(
             try:
                 count = int(text.strip())
             except ValueError:
-                raise TopologyError(f"malformed page count {text!r}", source=rel_path) from None
+                raise TopologyError(f"malformed page count {echo(text)}", source=rel_path) from None
             pools.setdefault(node_id, []).append(
                 HugepagePool(page_size_bytes=int(size_match.group(1)) * 1024, count=count)
             )

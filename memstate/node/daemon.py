@@ -83,7 +83,7 @@ from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
-from memstate.node.inputs import load_config, load_topology, read_document
+from memstate.node.inputs import config_from_document, load_topology, read_document
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
@@ -135,10 +135,10 @@ def load_settings_and_config(
     if base.config_file is None:
         return base, NodeConfig()
     path = base.config_file
-    document = read_document(path, ConfigError)
+    document = read_document(path, ConfigError)  # once: both parts come from the same bytes
     section = document.get("memstate") if isinstance(document, dict) else None
-    settings = settings_from_object(section, source=f"{path}: memstate", base=base)
-    return settings, load_config(path)
+    settings = settings_from_object(section, source=str(path), base=base)
+    return settings, config_from_document(document, source=str(path))
 
 
 class Daemon:
@@ -287,7 +287,12 @@ class Daemon:
     def _load_config(self, topology: Topology) -> NodeConfig:
         settings, config = load_settings_and_config(self.settings)  # ConfigError if unreadable
         if self.settings.config_file is not None:
-            data = self.settings.config_file.read_bytes()
+            try:
+                data = self.settings.config_file.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read: {exc.strerror}", source=str(self.settings.config_file)
+                ) from None
             self._config_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         self.settings = self._with_overrides(settings)
         validate_config_for_topology(config, topology, source=str(settings.config_file or ""))

@@ -1,26 +1,56 @@
 """Reading input files: pod manifests, the node config and topology files.
 
 This is the boundary where untrusted bytes become core values. YAML (which includes JSON) is
-parsed with PyYAML's safe loader, then handed to the core's validating constructors, so every
-error names the file and the field path. Files are bounded in size and must hold exactly one
-document; a manifest directory may contain `.yaml`, `.yml` and `.json` files, anything else is
-ignored (editor backups, dotfiles).
+parsed with PyYAML's safe loader (libyaml's scanner when it is installed), `.json` files with
+msgspec, then handed to the core's validating constructors, so every error names the file and the
+field path. A manifest directory may contain `.yaml`, `.yml` and `.json` files, anything else is
+ignored (editor backups, dotfiles, names that are not UTF-8).
+
+Hostile input must cost at most linear time and never raise anything but an `InputError`, so what
+is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input limits"):
+
+- a file is at most `MAX_FILE_BYTES`, UTF-8, one document; a YAML mapping names a key once;
+- collections nest at most `MAX_NESTING` levels: checked on the raw bytes before msgspec decodes
+  JSON, and while PyYAML composes (its composer recurses once per level);
+- YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
+  more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
+  integer must fit 64 bits; a YAML value the constructor cannot build (`!!int 1e999`, a 13th
+  month) is an input error at its line;
+- strings (values and keys) are at most `MAX_STRING_CHARS` and valid Unicode (an escaped unpaired
+  surrogate such as ``"\\ud800"`` cannot be encoded into the event log);
+- YAML aliases and merge keys may not blow the document up: the decoded document, with every
+  alias expanded, has at most `node_budget(size)` values — linear in the file's size.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import yaml
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
+from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.resolver import Resolver
 
 from memstate.core.config import NodeConfig, config_from_object
-from memstate.core.errors import ConfigError, InputError, ManifestError, TopologyError
+from memstate.core.errors import ConfigError, InputError, ManifestError, TopologyError, echo
 from memstate.core.pod import Pod, pod_from_manifest
 from memstate.core.topology import Topology, topology_from_object
+from memstate.core.validation import (
+    MAX_NESTING,
+    check_document,
+    json_nesting,
+    node_budget,
+)
 
+# A Pod in etcd is at most 1.5 MiB (etcd's request limit); real manifests are a few KiB.
 MAX_FILE_BYTES = 1 << 20
+# int64 needs 19 digits (64 binary digits with 0b); 66 allows underscores and a sign.
+MAX_INT_CHARS = 66
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -32,32 +62,172 @@ def read_document(path: Path, error: type[InputError]) -> Any:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror}", source=source) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise error(f"larger than {MAX_FILE_BYTES} bytes", source=source)
+    except ValueError as exc:  # a path with a NUL byte
+        raise error(f"cannot read: {exc}", source=source) from None
     return parse_document(data, source=source, error=error)
 
 
 def parse_document(data: bytes, *, source: str, error: type[InputError]) -> Any:
-    """Parse bytes as one YAML (or JSON) document."""
+    """Parse bytes as one YAML (or, for a `.json` source, JSON) document, within the limits."""
+    if len(data) > MAX_FILE_BYTES:
+        raise error(f"larger than {MAX_FILE_BYTES} bytes", source=source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"not UTF-8 text (byte {exc.start})", source=source) from None
     if source.endswith(".json"):
+        if json_nesting(data) > MAX_NESTING:
+            raise error(f"nested deeper than {MAX_NESTING} levels", source=source)
         try:
-            return msgspec.json.decode(text)
+            document = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
-            raise error(f"invalid JSON: {exc}", source=source) from None
+            raise error(f"invalid JSON: {echo(str(exc), quote=False)}", source=source) from None
+    else:
+        document = _parse_yaml(text, source=source, error=error)
+    check_document(document, budget=node_budget(len(data)), source=source, error=error)
+    return document
+
+
+# --- YAML -----------------------------------------------------------------------------------------
+
+
+class _BoundedComposer(Composer):
+    """PyYAML's composer with a nesting limit (it recurses once per level)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nesting = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        events: Any = self  # the parser mixed in beside this class provides the event stream
+        if events.check_event(AliasEvent) or not events.check_event(
+            SequenceStartEvent, MappingStartEvent
+        ):
+            return super().compose_node(parent, index)
+        if self.nesting >= MAX_NESTING:
+            mark = events.peek_event().start_mark
+            raise ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", mark)
+        self.nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
+
+
+_YAML_INT = re.compile(r"[-+]?[0-9a-fA-Fbox_:]+")
+
+
+class _BoundedConstructor(SafeConstructor):
+    """PyYAML's safe constructor that reports what it cannot build as a YAML error at its line."""
+
+    node_budget = 10_000
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, IndexError, TypeError, AttributeError) as exc:
+            # `!!int 1e999`, `!!int ""`, a 13th month in an implicit timestamp, `!!timestamp x`
+            # (PyYAML calls .groupdict() on a failed match), a float tag on
+            # text: PyYAML lets Python's conversions raise.
+            value = f" {echo(node.value)}" if isinstance(node, ScalarNode) else ""
+            reason = echo(str(exc), quote=False)
+            raise ConstructorError(
+                None, None, f"invalid {_tag_name(node)}{value}: {reason}", node.start_mark
+            ) from None
+
+    def construct_bounded_int(self, node: ScalarNode) -> int:
+        """`int()` of at most `MAX_INT_CHARS` characters (PyYAML passes any length)."""
+        text = str(node.value)
+        if len(text) > MAX_INT_CHARS or not _YAML_INT.fullmatch(text):
+            raise ConstructorError(
+                None,
+                None,
+                f"integer {echo(text)} is longer than {MAX_INT_CHARS} characters or malformed",
+                node.start_mark,
+            )
+        return self.construct_yaml_int(node)
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        # A key written twice is an error, as in the kubelet's strict decoding (PyYAML keeps the
+        # last one silently); keys brought in by merge keys may be overridden, as YAML says.
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (str(key_node.tag), str(key_node.value))
+                if key in seen:
+                    raise ConstructorError(
+                        None, None, f"duplicate key {echo(key[1])}", key_node.start_mark
+                    )
+                seen.add(key)
+        # Merge keys copy pairs; nested merges of one anchor double the copies per level.
+        super().flatten_mapping(node)
+        if len(node.value) > self.node_budget:
+            raise ConstructorError(
+                None, None, "merge keys expand the mapping too much", node.start_mark
+            )
+
+    yaml_constructors: ClassVar[dict[str | None, Any]] = {
+        **SafeConstructor.yaml_constructors,
+        "tag:yaml.org,2002:int": construct_bounded_int,
+    }
+
+
+def _tag_name(node: Node) -> str:
+    tag = str(node.tag)
+    return tag.rsplit(":", 1)[-1] if tag.startswith("tag:yaml.org,2002:") else echo(tag)
+
+
+try:  # libyaml's scanner and parser: the same grammar, several times faster
+    from yaml._yaml import CParser
+
+    class _Loader(_BoundedComposer, CParser, _BoundedConstructor, Resolver):
+        # The composer comes before CParser in the MRO: CParser's own (Cython, unbounded
+        # recursion) composer is never used, only its event stream.
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _BoundedComposer.__init__(self)
+            _BoundedConstructor.__init__(self)
+            Resolver.__init__(self)
+
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _Loader(  # type: ignore[no-redef]
+        Reader, Scanner, Parser, _BoundedComposer, _BoundedConstructor, Resolver
+    ):
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+            _BoundedComposer.__init__(self)
+            _BoundedConstructor.__init__(self)
+            Resolver.__init__(self)
+
+
+def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
+    loader: Any = _Loader(text)  # PyYAML's loader API is untyped
+    loader.node_budget = node_budget(len(text))
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = []
+        while loader.check_data():
+            document = loader.get_data()
+            if document is not None:
+                documents.append(document)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise error(f"invalid YAML{where}: {problem}", source=source) from None
+        raise error(f"invalid YAML{where}: {echo(problem, quote=False)}", source=source) from None
+    finally:
+        loader.dispose()
     if len(documents) != 1:
         raise error(f"expected exactly one document, found {len(documents)}", source=source)
     return documents[0]
+
+
+# --- loaders --------------------------------------------------------------------------------------
 
 
 def load_manifest(path: Path) -> Pod:
@@ -68,9 +238,14 @@ def load_manifest(path: Path) -> Pod:
 def load_config(path: Path) -> NodeConfig:
     """A validated node config from a KubeletConfiguration-shaped YAML file."""
     obj = read_document(path, ConfigError)
+    return config_from_document(obj, source=str(path))
+
+
+def config_from_document(obj: Any, *, source: str) -> NodeConfig:
+    """The node config of a parsed config file (its `memstate:` section is not part of it)."""
     if isinstance(obj, dict):
         obj = {k: v for k, v in obj.items() if k != "memstate"}
-    return config_from_object(obj, source=str(path))
+    return config_from_object(obj, source=source)
 
 
 def load_topology(path: Path) -> Topology:
@@ -82,10 +257,22 @@ def manifest_files(directory: Path) -> list[Path]:
     """Manifest candidates in a directory, in the order the directory lists them.
 
     Deliberately not sorted: like the kubelet after a restart, memstate must not depend on the
-    order pods come back in, and the tests exercise that.
+    order pods come back in, and the tests exercise that. A name that is not valid UTF-8 is
+    skipped: it could not be named in the event log.
     """
     return [
         entry
         for entry in directory.iterdir()
-        if entry.is_file() and entry.suffix in MANIFEST_SUFFIXES and not entry.name.startswith(".")
+        if entry.is_file()
+        and entry.suffix in MANIFEST_SUFFIXES
+        and not entry.name.startswith(".")
+        and _is_utf8(entry.name)
     ]
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come back as lone surrogates
+        return False
+    return True

@@ -24,13 +24,20 @@ memstate:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from memstate.core.errors import ConfigError
+from memstate.core.errors import ConfigError, echo
 from memstate.core.validation import convert_input
+
+PATH_FIELDS = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+MAX_PATH_CHARS = 4096  # PATH_MAX
+MAX_INTERVAL_SECONDS = 86_400.0
+MAX_CHECKPOINT_EVERY = 10**9
+MAX_CHECKPOINTS_KEEP = 1000
 
 
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -76,25 +83,34 @@ class Settings(msgspec.Struct, frozen=True):
     def metrics_host_port(self) -> tuple[str, int]:
         """`host:port` split, IPv6 in brackets allowed."""
         host, sep, port = self.metrics_address.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5:
             raise ConfigError(
-                f"metricsAddress {self.metrics_address!r} is not host:port",
+                f"metricsAddress {echo(self.metrics_address)} is not host:port",
+                path="$.memstate.metricsAddress",
+            )
+        if int(port) > 65535:
+            raise ConfigError(
+                f"metricsAddress port {port} is outside 0..65535",
                 path="$.memstate.metricsAddress",
             )
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
-    """Apply the `memstate:` section of a config file on top of `base`."""
+    """Apply the `memstate:` section of a config file on top of `base`; `source` names the file."""
     if obj is None:
         return base
-    raw = convert_input(obj, SettingsFile, source=source, error=ConfigError)
+    try:
+        raw = convert_input(obj, SettingsFile, source=source, error=ConfigError)
+    except ConfigError as exc:  # paths are relative to the section: name it
+        path = "$.memstate" + exc.path[1:] if exc.path.startswith("$") else "$.memstate"
+        raise ConfigError(exc.message, source=source, path=path) from None
     updates: dict[str, Any] = {}
     for name in msgspec.structs.fields(SettingsFile):
         value = getattr(raw, name.name)
         if value is None:
             continue
-        if name.name in ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file"):
+        if name.name in PATH_FIELDS:
             value = Path(value)
         updates[name.name] = value
     settings = msgspec.structs.replace(base, **updates)
@@ -104,9 +120,36 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
 
 def validate_settings(settings: Settings, *, source: str = "") -> None:
     """Reject settings that cannot work, naming the field."""
-    if settings.resync_seconds <= 0 or settings.rescan_seconds <= 0:
-        raise ConfigError("resyncSeconds and rescanSeconds must be positive", source=source)
-    if settings.checkpoint_every < 1 or settings.checkpoints_keep < 1:
-        raise ConfigError("checkpointEvery and checkpointsKeep must be at least 1", source=source)
+    for name in PATH_FIELDS:
+        value = getattr(settings, name)
+        text = "" if value is None else str(value)
+        if len(text) > MAX_PATH_CHARS or "\0" in text:
+            field = msgspec.structs.fields(SettingsFile)[_SETTINGS_INDEX[name]].encode_name
+            raise ConfigError(
+                f"{echo(text)} is not a usable path", source=source, path=f"$.memstate.{field}"
+            )
+    for name, seconds in (("resync", settings.resync_seconds), ("rescan", settings.rescan_seconds)):
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_INTERVAL_SECONDS):
+            raise ConfigError(
+                f"{name}Seconds {echo(seconds)} must be positive and at most "
+                f"{MAX_INTERVAL_SECONDS:g}",
+                source=source,
+                path=f"$.memstate.{name}Seconds",
+            )
+    if not 1 <= settings.checkpoint_every <= MAX_CHECKPOINT_EVERY:
+        raise ConfigError(
+            f"checkpointEvery must be between 1 and {MAX_CHECKPOINT_EVERY}",
+            source=source,
+            path="$.memstate.checkpointEvery",
+        )
+    if not 1 <= settings.checkpoints_keep <= MAX_CHECKPOINTS_KEEP:
+        raise ConfigError(
+            f"checkpointsKeep must be between 1 and {MAX_CHECKPOINTS_KEEP}",
+            source=source,
+            path="$.memstate.checkpointsKeep",
+        )
     if settings.metrics_enabled:
         settings.metrics_host_port()
+
+
+_SETTINGS_INDEX = {f.name: i for i, f in enumerate(msgspec.structs.fields(SettingsFile))}

@@ -73,7 +73,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if path is not None:
         document = read_document(path, ConfigError)
         section = document.get("memstate") if isinstance(document, dict) else None
-        settings = settings_from_object(section, source=f"{path}: memstate", base=settings)
+        settings = settings_from_object(section, source=str(path), base=settings)
         settings = _replace(settings, config_file=path)
     env_state = os.environ.get("MEMSTATE_STATE_DIR")
     if env_state and getattr(args, "state_dir", None) is None:

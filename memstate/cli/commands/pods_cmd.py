@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from memstate.cli.commands.common import add_location_arguments, resolve_settings
-from memstate.core.errors import EXIT_FAILURE, InputError, ManifestError, MemstateError
+from memstate.core.errors import (
+    EXIT_FAILURE,
+    FileAccessError,
+    InputError,
+    ManifestError,
+    MemstateError,
+)
 from memstate.core.events import (
     Envelope,
     ManifestInvalid,
@@ -183,7 +189,10 @@ def place_atomically(data: bytes, destination: Path) -> None:
 def run_admit(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     pod = load_manifest(args.file)  # ManifestError (exit 65) before anything is placed
-    data = args.file.read_bytes()
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise FileAccessError.from_os_error(exc, "read the manifest") from None
     manifest_dir = settings.manifest_dir
     if not manifest_dir.is_dir():
         raise InputError(
@@ -205,7 +214,10 @@ def run_admit(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{pod.key} ({pod.uid}) is already in place at {destination}\n")
             return 0
     after = current_last_seq(settings.state_dir) if settings.state_dir.exists() else 0
-    place_atomically(data, destination)
+    try:
+        place_atomically(data, destination)
+    except OSError as exc:
+        raise FileAccessError.from_os_error(exc, f"place the manifest at {destination}") from None
 
     def decided(envelope: Envelope) -> bool:
         event = envelope.event
@@ -270,12 +282,15 @@ def run_remove(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     path, pod = find_manifest(settings.manifest_dir, args.pod)
     after = current_last_seq(settings.state_dir) if settings.state_dir.exists() else 0
-    path.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        path.unlink()
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise FileAccessError.from_os_error(exc, f"delete the manifest {path}") from None
 
     def requested(envelope: Envelope) -> bool:
         event = envelope.event
