@@ -1127,54 +1127,6 @@ def diff_tree(
     return tuple(rows)
 
 
-# --- the protection invariant ---------------------------------------------------------------------
-
-
-def protection_shortfalls(
-    tree: ObservedTree, *, page_size_bytes: int = 4096
-) -> dict[tuple[str, str], int]:
-    """For every cgroup whose memory.min (memory.low) is below the sum of its children's: by how
-    many bytes, keyed by (path, file). Files not observed are not checked; "max" counts as
-    PAGE_COUNTER_MAX pages."""
-    values = ValueModel(page_size_bytes)
-    result: dict[tuple[str, str], int] = {}
-    for path, found in sorted(tree.cgroups.items()):
-        if not found.exists or not found.children:
-            continue
-        for file in PROTECTION_FILES:
-            own = _number_of(values, found, file)
-            if own is None:
-                continue
-            total = 0
-            for name in found.children:
-                child = tree.cgroups.get(join_path(path, name))
-                if child is None or not child.exists:
-                    continue
-                total += _number_of(values, child, file) or 0
-            if values.clamp(total) > own:
-                result[(path, file)] = values.clamp(total) - own
-    return result
-
-
-def _number_of(values: ValueModel, found: ObservedCgroup, file: str) -> int | None:
-    text = found.files.get(file)
-    if text is None:
-        return None
-    normalised = values.normalise(file, text)
-    return None if normalised is None else values.number(normalised)
-
-
-def check_protection(tree: ObservedTree, *, page_size_bytes: int = 4096) -> list[str]:
-    """Sentences naming each parent whose memory.min or memory.low is below the sum of its
-    children's (empty when the invariant of memory-qos.md §12.3 holds)."""
-    return [
-        f"{path or '<root>'}: {file} is {shortfall} bytes below the sum of its children's"
-        for (path, file), shortfall in sorted(
-            protection_shortfalls(tree, page_size_bytes=page_size_bytes).items()
-        )
-    ]
-
-
 # --- predicting the tree after a plan ------------------------------------------------------------
 
 

@@ -45,12 +45,12 @@ from memstate.host.sim.cgroupdir import (
     JournalEntry,
     SimParameters,
     _mount_type,
-    protection_violations,
     read_journal,
     refused_filesystem,
 )
 from memstate.host.sim.cgroupdir_tree import _TreeSim as RenderableSim
 from memstate.host.sim.cgroupsim import KERNEL_6_18, kernel_profile_for_release
+from memstate.testing import protection_violations
 from tests.host import differential
 
 ROOT = Path(__file__).resolve().parents[2]

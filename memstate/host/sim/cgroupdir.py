@@ -88,7 +88,6 @@ from typing import TypeVar
 
 import msgspec
 
-from memstate.core.cgroup_values import kernel_strip
 from memstate.core.errors import HostError
 from memstate.host.cgroupfs import unescape_mount_field
 from memstate.host.sim.cgroupdir_adopt import _Outside
@@ -115,7 +114,6 @@ __all__ = [
     "DirCgroupFS",
     "JournalEntry",
     "SimParameters",
-    "protection_violations",
     "read_journal",
     "refused_filesystem",
 ]
@@ -129,79 +127,6 @@ _STAGING_NAME = "staging"
 # Filesystems DirCgroupFS refuses to write to: never scribble over the real thing.
 _REFUSED_MAGICS = {0x63677270: "cgroup2", 0x0027E0EB: "cgroup", 0x62656572: "sysfs", 0x9FA0: "proc"}
 _REFUSED_TYPES = frozenset(_REFUSED_MAGICS.values())
-
-
-def protection_violations(
-    entries: Iterable[JournalEntry], files: Iterable[str] = ("memory.min", "memory.low")
-) -> list[str]:
-    """Moments in a journal where a cgroup's protection was below the sum of its children's.
-
-    Replays the tree's shape and the stored values of `files` (``max`` counts as infinite),
-    and after every entry checks the cgroups it touched: a parent whose value is below the sum
-    of its children's is a violation, reported as ``"#n: path/memory.min 0 < children 1048576"``.
-    Only cgroups that have the file are checked (the parent enables ``memory``); the root never
-    is. An empty list means no write ever lowered a protection below what the children hold.
-    """
-    checked = tuple(files)
-    values: dict[str, dict[str, float]] = {name: {} for name in checked}
-    children: dict[str, set[str]] = {"": set()}
-    memory_enabled: dict[str, bool] = {"": False}
-    problems: list[str] = []
-
-    def parent_of(path: str) -> str:
-        return path.rpartition("/")[0]
-
-    def has_files(path: str) -> bool:
-        return bool(path) and memory_enabled.get(parent_of(path), False)
-
-    def check(path: str, entry: JournalEntry) -> None:
-        if path not in children or not has_files(path):
-            return
-        for name in checked:
-            own = values[name].get(path, 0.0)
-            total = sum(values[name].get(child, 0.0) for child in children[path])
-            if own < total:
-                problems.append(
-                    f"#{entry.n}: {path}/{name} {_number_text(own)} < children "
-                    f"{_number_text(total)}"
-                )
-
-    def drop(path: str) -> None:
-        for child in list(children.get(path, ())):
-            drop(child)
-        children.pop(path, None)
-        memory_enabled.pop(path, None)
-        for table in values.values():
-            table.pop(path, None)
-        children.get(parent_of(path), set()).discard(path)
-
-    for entry in entries:
-        path = entry.path
-        if path is None:
-            continue
-        if entry.op == "mkdir":
-            children.setdefault(parent_of(path), set()).add(path)
-            children[path] = set()
-            memory_enabled[path] = False
-        elif entry.op in ("rmdir", "remove"):
-            drop(path)
-        elif entry.op == "write" and entry.file == "cgroup.subtree_control":
-            enabled = "memory" in (entry.stored or "").split()
-            memory_enabled[path] = enabled
-            if not enabled:
-                for child in children.get(path, ()):
-                    for table in values.values():
-                        table.pop(child, None)
-        elif entry.op == "write" and entry.file in values:
-            stored = kernel_strip(entry.stored or "0")
-            values[entry.file][path] = float("inf") if stored == "max" else float(int(stored))
-            check(path, entry)
-            check(parent_of(path), entry)
-    return problems
-
-
-def _number_text(value: float) -> str:
-    return "max" if value == float("inf") else str(int(value))
 
 
 # --- filesystem checks ---------------------------------------------------------------------------
