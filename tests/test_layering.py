@@ -159,9 +159,8 @@ def test_planted_violations_are_reported(tmp_path: Path) -> None:
 
 
 def test_importing_the_core_loads_no_io_module() -> None:
-    core_modules = [
-        "memstate.core." + p.stem for p in modules_in(PACKAGE / "core") if p.stem != "__init__"
-    ]
+    # Nested packages (core/plan/) included: module_name spells each one's dotted name.
+    core_modules = [module_name(PACKAGE, p) for p in modules_in(PACKAGE / "core")]
     probe = (
         "import json, sys\n"
         "import msgspec, msgspec.json, msgspec.msgpack, msgspec.structs\n"
