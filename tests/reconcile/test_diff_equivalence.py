@@ -1,14 +1,15 @@
 """`diff_tree` computed directly equals the diff that used to be derived from a whole plan.
 
 Goal: `diff_tree` stopped running the planner (it took only the plan's blocked files and
-removals from it) without changing a single row. Method: the old implementation is kept here as
-the reference (`diff_via_planner`: plan, then read `blocked` and `removals` off the plan), and
+removals from it) without changing a single row. Method: the old way is kept here as the
+reference (`diff_via_planner`: plan, then build the rows from the plan's `blocked` and
+`removals`; the commit that split core/plan ran it as a full copy of the old function), and
 both are compared on the plan tests' fixtures and on a hypothesis property over trees a
 reconciler converged, then someone else mutated (values, deleted and foreign cgroups,
 controllers disabled), observed with random holes (unreadable files, unlisted children,
 unknown populated flags and root controllers), with random retired UIDs and a root that may
-not offer every controller. The reference also pins that the planner and the diff agree on
-what is blocked and what is an orphan.
+not offer every controller. So the planner and the diff agree on what is blocked and what is
+an orphan.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from memstate.core.cgroup_values import CONTROLLER_ORDER, format_controller_list, kernel_strip
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import (
-    SUBTREE_CONTROL,
     FileDiff,
     ObservedTree,
     ValueModel,
     diff_tree,
-    kernel_default,
     plan_operations,
 )
+from memstate.core.plan.diff import diff_rows
+from memstate.core.plan.scope import UndesiredPod
 from memstate.core.targets import NodeTargets
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler, observe_tree
@@ -49,78 +49,22 @@ def diff_via_planner(
     retired_uids: Iterable[str] = (),
 ) -> tuple[FileDiff, ...]:
     """The diff as memstate computed it before the split of core/plan: a whole plan, of which
-    only `blocked` and `removals` were used."""
+    only `blocked` and `removals` were used to build the rows. (Until the direct diff was proved
+    equal, this was a full copy of the old function; the rows are now built by the one
+    `diff_rows`, so what is compared is what changed: where blocked and removals come from.)"""
     plan = plan_operations(
         targets, observed, page_size_bytes=page_size_bytes, retired_uids=retired_uids
     )
-    values = ValueModel(page_size_bytes)
-    blocked = set(plan.blocked)
-    rows: list[FileDiff] = []
-    for target in targets.cgroups:
-        found = observed.get(target.path)
-        exists = found is not None and found.exists
-        if target.controllers:
-            enabled = tuple(found.subtree_control or ()) if found is not None and exists else ()
-            wanted = format_controller_list(target.controllers).strip()
-            have = format_controller_list(set(enabled) & set(CONTROLLER_ORDER)).strip()
-            equal = exists and set(target.controllers) <= set(enabled)
-            rows.append(
-                FileDiff(
-                    path=target.path,
-                    file=SUBTREE_CONTROL,
-                    desired=wanted,
-                    observed=have if exists else None,
-                    desired_normalised=wanted,
-                    observed_normalised=have if exists else None,
-                    equal=equal,
-                    status="equal" if equal else ("differs" if exists else "missing"),
-                )
-            )
-        for file, text in sorted(target.files.items()):
-            where = f"{target.path}/{file}" if target.path else file
-            desired_normalised = values.normalise(file, text)
-            raw = found.files.get(file) if found is not None and exists else None
-            observed_text = kernel_strip(raw) if raw is not None else None
-            if exists and raw is None:
-                default = kernel_default(file)
-                observed_normalised = (
-                    values.normalise(file, default) if default is not None else None
-                )
-            else:
-                observed_normalised = values.normalise(file, raw) if raw is not None else None
-            equal = exists and desired_normalised == observed_normalised
-            if where in blocked:
-                status = "blocked"
-            elif not exists:
-                status = "missing"
-            else:
-                status = "equal" if equal else "differs"
-            rows.append(
-                FileDiff(
-                    path=target.path,
-                    file=file,
-                    desired=text,
-                    observed=observed_text,
-                    desired_normalised=desired_normalised,
-                    observed_normalised=observed_normalised,
-                    equal=equal,
-                    status=status,
-                )
-            )
-    for removal in plan.removals:
-        rows.append(
-            FileDiff(
-                path=removal.path,
-                file="",
-                desired=None,
-                observed="populated" if removal.populated else "present",
-                desired_normalised=None,
-                observed_normalised=None,
-                equal=False,
-                status=removal.kind,
-            )
-        )
-    return tuple(rows)
+    return diff_rows(
+        targets,
+        observed,
+        values=ValueModel(page_size_bytes),
+        blocked=plan.blocked,
+        undesired=[
+            UndesiredPod(path=r.path, uid=r.uid, kind=r.kind, populated=r.populated)
+            for r in plan.removals
+        ],
+    )
 
 
 def observe(fs: SimCgroupFS, targets: NodeTargets) -> ObservedTree:

@@ -13,6 +13,7 @@ from memstate.core.cgroup_values import CONTROLLER_ORDER, format_controller_list
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.model import FileDiff, ObservedTree
 from memstate.core.plan.scope import (
+    UndesiredPod,
     check_target_tree,
     existing,
     naming_config,
@@ -39,9 +40,30 @@ def diff_tree(
     check_target_tree(targets)
     if existing(observed, "") is None:
         raise InvariantViolation("the managed root does not exist")
-    values = ValueModel(page_size_bytes)
     desired = {t.path: t for t in targets.cgroups}
-    blocked = set(plan_controllers(desired, desired, observed).blocked)
+    undesired = undesired_pod_cgroups(
+        targets, observed, naming_config(targets), frozenset(retired_uids)
+    )
+    return diff_rows(
+        targets,
+        observed,
+        values=ValueModel(page_size_bytes),
+        blocked=plan_controllers(desired, desired, observed).blocked,
+        undesired=undesired,
+    )
+
+
+def diff_rows(
+    targets: NodeTargets,
+    observed: ObservedTree,
+    *,
+    values: ValueModel,
+    blocked: Iterable[str],
+    undesired: Iterable[UndesiredPod],
+) -> tuple[FileDiff, ...]:
+    """The rows of `diff_tree`, given what is blocked (``path/file``) and the pod cgroups no
+    target explains; the same inputs the planner computes (memstate.core.plan.scope)."""
+    blocked = set(blocked)
     rows: list[FileDiff] = []
     for target in targets.cgroups:
         found = existing(observed, target.path)
@@ -96,8 +118,7 @@ def diff_tree(
                     status=status,
                 )
             )
-    config = naming_config(targets)
-    for pod in undesired_pod_cgroups(targets, observed, config, frozenset(retired_uids)):
+    for pod in undesired:
         rows.append(
             FileDiff(
                 path=pod.path,
