@@ -90,7 +90,7 @@ import msgspec
 
 from memstate.core.errors import HostError
 from memstate.host.cgroupfs import unescape_mount_field
-from memstate.host.sim.cgroupdir_adopt import _Outside
+from memstate.host.sim.cgroupdir_adopt import _ChangesFromOutside
 from memstate.host.sim.cgroupdir_inotify import _libc
 from memstate.host.sim.cgroupdir_journal import (
     _MARKER_DECODER,
@@ -187,7 +187,7 @@ def _nearest_existing(path: str) -> str:
 # --- DirCgroupFS ---------------------------------------------------------------------------------
 
 
-class DirCgroupFS(_Outside):
+class DirCgroupFS(_ChangesFromOutside):
     """A persistent simulated cgroup v2 tree in directory `root` (see the module docstring).
 
     On a missing or empty directory the tree is created for the machine the keyword arguments

@@ -26,7 +26,7 @@ from memstate.host.sim.cgroupdir_tree import _ID_NAME, _read_identity, _Region, 
 _MAX_OUTSIDE_BYTES = MAX_WRITE_BYTES
 
 
-class _Outside(_Journal, _ModelChanges, _Renderer):
+class _ChangesFromOutside(_Journal, _ModelChanges, _Renderer):
     """Catch up with the journal and adopt edits made by hand."""
 
     def _sync(self) -> None:
