@@ -38,7 +38,8 @@ from memstate.history.audit import (
     state_at,
     timeline,
 )
-from memstate.history.replay import Run, bisect, open_source, replay_log
+from memstate.history.bisect import Run, bisect
+from memstate.history.replay import open_source, replay_log
 
 
 def main() -> None:

@@ -128,10 +128,13 @@ def test_every_package_is_in_the_rules_table() -> None:
 
 PLANTED = {
     # reconcile must not use trio, nor import the node agent; core imports nothing from the shell;
-    # a relative import counts like an absolute one; nobody imports cli.
+    # a relative import counts like an absolute one; nobody imports cli; the product does not
+    # import the test oracles, and they may not import cli either.
     "reconcile/bad.py": "import trio\nfrom memstate.node import daemon\n",
     "core/bad.py": "from ..store import log\n",
     "history/bad.py": "def later() -> None:\n    from memstate.cli import main\n",
+    "node/bad.py": "from memstate.testing import protection\n",
+    "testing/bad.py": "from memstate.cli import main\n",
     "store/a.py": "from memstate.store import b\n",
     "store/b.py": "def f() -> None:\n    from memstate.store import a\n",
 }
@@ -140,12 +143,13 @@ PLANTED = {
 def test_planted_violations_are_reported(tmp_path: Path) -> None:
     """The checker is not vacuous: each planted violation and the planted cycle are found."""
     root = tmp_path / "memstate"
-    for name in ("", "core", "store", "reconcile", "history", "node", "cli"):
+    for name in ("", "core", "store", "reconcile", "history", "node", "cli", "testing"):
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / "__init__.py").write_text("")
     (root / "node" / "daemon.py").write_text("")
     (root / "store" / "log.py").write_text("")
     (root / "cli" / "main.py").write_text("")
+    (root / "testing" / "protection.py").write_text("")
     for relative, text in PLANTED.items():
         (root / relative).write_text(text)
     imports = imports_in(root)
@@ -154,14 +158,15 @@ def test_planted_violations_are_reported(tmp_path: Path) -> None:
     assert "memstate.reconcile.bad (reconcile) imports memstate.node.daemon (node)" in problems
     assert "memstate.core.bad (core) imports memstate.store.log (store)" in problems
     assert "memstate.history.bad (history) imports memstate.cli.main (cli)" in problems
+    assert "memstate.node.bad (node) imports memstate.testing.protection (testing)" in problems
+    assert "memstate.testing.bad (testing) imports memstate.cli.main (cli)" in problems
     assert module_cycles(imports) == [["memstate.store.a", "memstate.store.b"]]
     # And the real tree, checked by the same functions, is clean (the tests above).
 
 
 def test_importing_the_core_loads_no_io_module() -> None:
-    core_modules = [
-        "memstate.core." + p.stem for p in modules_in(PACKAGE / "core") if p.stem != "__init__"
-    ]
+    # Nested packages (core/plan/) included: module_name spells each one's dotted name.
+    core_modules = [module_name(PACKAGE, p) for p in modules_in(PACKAGE / "core")]
     probe = (
         "import json, sys\n"
         "import msgspec, msgspec.json, msgspec.msgpack, msgspec.structs\n"

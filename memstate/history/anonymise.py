@@ -218,153 +218,92 @@ class Mapper:
         )
 
     def event(self, event: Event) -> Event:
-        """The event with every identifier replaced."""
-        mapper = _MAPPERS.get(type(event))
-        return mapper(self, event) if mapper is not None else event
-
-
-def _daemon_started(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, DaemonStarted)
-    return msgspec.structs.replace(
-        e, hostname=m.names.host(e.hostname), boot_id=m.names.boot_id(e.boot_id)
-    )
-
-
-def _topology(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, TopologyObserved)
-    return msgspec.structs.replace(e, source=m.names.source(e.source))
-
-
-def _config(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, ConfigLoaded)
-    return msgspec.structs.replace(e, source=m.names.source(e.source))
-
-
-def _config_rejected(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, ConfigRejected)
-    return msgspec.structs.replace(e, source=m.names.source(e.source), error=m.text(e.error))
-
-
-def _request(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodAdmissionRequested)
-    return msgspec.structs.replace(
-        e,
-        pod=m.pod(e.pod),
-        source=m.names.source(e.source),
-        provider_hints=m.hints(e.provider_hints),
-    )
-
-
-def _removal(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodRemovalRequested)
-    return msgspec.structs.replace(e, uid=m.names.uid(e.uid), source=m.names.source(e.source))
-
-
-def _manifest_invalid(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, ManifestInvalid)
-    source = m.names.source(e.source)
-    return msgspec.structs.replace(e, source=source, error=m.text(e.error))
-
-
-def _init_completed(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodInitCompleted)
-    return msgspec.structs.replace(e, uid=m.names.uid(e.uid))
-
-
-def _admitted(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodAdmitted)
-    pod = m.pod(e.pod)
-    return msgspec.structs.replace(
-        e,
-        pod=pod,
-        spec_hash=spec_hash(pod),
-        allocation=m.allocation(e.allocation),
-        targets=m.targets(e.targets),
-        source=m.names.source(e.source),
-    )
-
-
-def _rejected(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodRejected)
-    return msgspec.structs.replace(
-        e,
-        message=m.text(e.message),
-        uid=m.names.uid(e.uid),
-        name=m.names.name(e.name),
-        namespace=m.names.namespace(e.namespace) if e.name else e.namespace,
-        source=m.names.source(e.source),
-    )
-
-
-def _removed(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, PodRemoved)
-    return msgspec.structs.replace(e, uid=m.names.uid(e.uid))
-
-
-def _deferred(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, ReadmissionDeferred)
-    return msgspec.structs.replace(
-        e,
-        pod=m.pod(e.pod),
-        source=m.names.source(e.source),
-        provider_hints=m.hints(e.provider_hints),
-    )
-
-
-def _reconfigured(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, NodeReconfigured)
-    revoked = tuple(
-        AllocationRevoked(uid=m.names.uid(r.uid), reason=r.reason, message=m.text(r.message))
-        for r in e.revoked
-    )
-    return msgspec.structs.replace(e, revoked=revoked)
-
-
-def _reconfiguration_deferred(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, NodeReconfigurationDeferred)
-    return msgspec.structs.replace(e, message=m.text(e.message))
-
-
-def _tail_truncated(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, LogTailTruncated)
-    return msgspec.structs.replace(e, broken_copy=Path(e.broken_copy).name if e.broken_copy else "")
-
-
-def _drift(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, CgroupDriftCorrected)
-    return msgspec.structs.replace(e, path=m.path(e.path))
-
-
-def _write_failed(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, CgroupWriteFailed)
-    return msgspec.structs.replace(e, path=m.path(e.path), message=m.text(e.message))
-
-
-def _orphan(m: Mapper, e: Event) -> Event:
-    assert isinstance(e, CgroupOrphanFound)
-    return msgspec.structs.replace(e, path=m.path(e.path))
-
-
-_MAPPERS: dict[type[Event], Callable[[Mapper, Event], Event]] = {
-    DaemonStarted: _daemon_started,
-    TopologyObserved: _topology,
-    ConfigLoaded: _config,
-    ConfigRejected: _config_rejected,
-    PodAdmissionRequested: _request,
-    PodRemovalRequested: _removal,
-    ManifestInvalid: _manifest_invalid,
-    PodInitCompleted: _init_completed,
-    PodAdmitted: _admitted,
-    PodRejected: _rejected,
-    PodRemoved: _removed,
-    ReadmissionDeferred: _deferred,
-    NodeReconfigured: _reconfigured,
-    NodeReconfigurationDeferred: _reconfiguration_deferred,
-    LogTailTruncated: _tail_truncated,
-    CgroupDriftCorrected: _drift,
-    CgroupWriteFailed: _write_failed,
-    CgroupOrphanFound: _orphan,
-}
+        """The event with every identifier replaced (events that carry none are returned as is)."""
+        match event:
+            case DaemonStarted():
+                return msgspec.structs.replace(
+                    event,
+                    hostname=self.names.host(event.hostname),
+                    boot_id=self.names.boot_id(event.boot_id),
+                )
+            case TopologyObserved():
+                return msgspec.structs.replace(event, source=self.names.source(event.source))
+            case ConfigLoaded():
+                return msgspec.structs.replace(event, source=self.names.source(event.source))
+            case ConfigRejected():
+                return msgspec.structs.replace(
+                    event, source=self.names.source(event.source), error=self.text(event.error)
+                )
+            case PodAdmissionRequested():
+                return msgspec.structs.replace(
+                    event,
+                    pod=self.pod(event.pod),
+                    source=self.names.source(event.source),
+                    provider_hints=self.hints(event.provider_hints),
+                )
+            case PodRemovalRequested():
+                return msgspec.structs.replace(
+                    event, uid=self.names.uid(event.uid), source=self.names.source(event.source)
+                )
+            case ManifestInvalid():
+                source = self.names.source(event.source)
+                return msgspec.structs.replace(event, source=source, error=self.text(event.error))
+            case PodInitCompleted():
+                return msgspec.structs.replace(event, uid=self.names.uid(event.uid))
+            case PodAdmitted():
+                pod = self.pod(event.pod)
+                return msgspec.structs.replace(
+                    event,
+                    pod=pod,
+                    spec_hash=spec_hash(pod),
+                    allocation=self.allocation(event.allocation),
+                    targets=self.targets(event.targets),
+                    source=self.names.source(event.source),
+                )
+            case PodRejected():
+                return msgspec.structs.replace(
+                    event,
+                    message=self.text(event.message),
+                    uid=self.names.uid(event.uid),
+                    name=self.names.name(event.name),
+                    namespace=self.names.namespace(event.namespace)
+                    if event.name
+                    else event.namespace,
+                    source=self.names.source(event.source),
+                )
+            case PodRemoved():
+                return msgspec.structs.replace(event, uid=self.names.uid(event.uid))
+            case ReadmissionDeferred():
+                return msgspec.structs.replace(
+                    event,
+                    pod=self.pod(event.pod),
+                    source=self.names.source(event.source),
+                    provider_hints=self.hints(event.provider_hints),
+                )
+            case NodeReconfigured():
+                revoked = tuple(
+                    AllocationRevoked(
+                        uid=self.names.uid(r.uid), reason=r.reason, message=self.text(r.message)
+                    )
+                    for r in event.revoked
+                )
+                return msgspec.structs.replace(event, revoked=revoked)
+            case NodeReconfigurationDeferred():
+                return msgspec.structs.replace(event, message=self.text(event.message))
+            case LogTailTruncated():
+                return msgspec.structs.replace(
+                    event, broken_copy=Path(event.broken_copy).name if event.broken_copy else ""
+                )
+            case CgroupDriftCorrected():
+                return msgspec.structs.replace(event, path=self.path(event.path))
+            case CgroupWriteFailed():
+                return msgspec.structs.replace(
+                    event, path=self.path(event.path), message=self.text(event.message)
+                )
+            case CgroupOrphanFound():
+                return msgspec.structs.replace(event, path=self.path(event.path))
+            case _:
+                return event
 
 
 # --- the name-free view used for checking ---------------------------------------------------------
@@ -514,7 +453,8 @@ def _anonymise_transition(
         after = state  # the original's recorded decisions do not fit either
     out = [msgspec.structs.replace(record, event=event)]
     if transition.recorded is not None:
-        assert recorded is not None
+        if recorded is None:
+            raise InvariantViolation(f"seq {record.seq}: recorded decisions were not anonymised")
         out.extend(
             msgspec.structs.replace(original, event=decision)
             for original, decision in zip(transition.recorded, recorded, strict=True)

@@ -17,6 +17,7 @@ import datetime as _dt
 from pathlib import Path
 
 from matplotlib import dates as mdates
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -69,10 +70,7 @@ def render_png(data: PlotData, path: Path) -> None:
     figure.savefig(path, format="png")
 
 
-def _draw_spans(axes: object, data: PlotData, colours: dict[int, str]) -> None:
-    from matplotlib.axes import Axes
-
-    assert isinstance(axes, Axes)
+def _draw_spans(axes: Axes, data: PlotData, colours: dict[int, str]) -> None:
     if not data.spans:
         axes.set_visible(False)
         return

@@ -214,7 +214,8 @@ def test_restart_in_another_order_keeps_every_allocation(make_node: Callable[...
 def check_journal_never_lowers(node: Node, pods: set[str]) -> None:
     """No write in the simulated tree's journal ever lowered these pods' protection, and no
     parent's memory.min/low was ever below the sum of its children's."""
-    from memstate.host.sim.cgroupdir import protection_violations, read_journal
+    from memstate.host.sim.cgroupdir import read_journal
+    from memstate.testing import protection_violations
 
     entries = read_journal(node.cgroup_dir)
     for path in pods:

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from memstate.core.errors import HostError
 from memstate.host.cgroupfs import walk
-from memstate.host.sim import cgroupdir
+from memstate.host.sim import cgroupdir_inotify
 from memstate.host.sim.cgroupdir import (
     JOURNAL_NAME,
     MARKER_NAME,
@@ -45,12 +45,12 @@ from memstate.host.sim.cgroupdir import (
     JournalEntry,
     SimParameters,
     _mount_type,
-    protection_violations,
     read_journal,
     refused_filesystem,
 )
-from memstate.host.sim.cgroupdir import _TreeSim as RenderableSim
+from memstate.host.sim.cgroupdir_tree import _TreeSim as RenderableSim
 from memstate.host.sim.cgroupsim import KERNEL_6_18, kernel_profile_for_release
+from memstate.testing import protection_violations
 from tests.host import differential
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1155,7 +1155,7 @@ def test_without_inotify_every_call_compares(
         raise OSError(code, os.strerror(code))
 
     target = "__init__" if failing == "inotify_init" else "add_watch"
-    monkeypatch.setattr(cgroupdir._Inotify, target, refuse)
+    monkeypatch.setattr(cgroupdir_inotify._Inotify, target, refuse)
     with DirCgroupFS(scratch / "t") as fs:
         assert fs.change_detection == "scan"
         fs.write("", "cgroup.subtree_control", "+memory")

@@ -28,7 +28,6 @@ from memstate.core.plan import (
     ObservedTree,
     ValueModel,
     kernel_default,
-    protection_shortfalls,
 )
 from memstate.core.pod import Pod
 from memstate.core.reducer import step
@@ -38,6 +37,7 @@ from memstate.core.topology import Topology
 from memstate.host import CgroupFS, walk
 from memstate.host.sim import KERNEL_6_1, KernelProfile, SimCgroupFS
 from memstate.present.views import targets_of
+from memstate.testing import protection_shortfalls
 from tests.factories import container, pod, pod_of, static_config, topology
 
 PAGE = 4096

@@ -21,17 +21,16 @@ from memstate.core.plan import (
     Plan,
     ValueModel,
     apply_operations,
-    check_protection,
     diff_tree,
     merge_observations,
     naming_config,
     plan_operations,
-    protection_shortfalls,
 )
 from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host import EMPTY_VALUE
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler, observe_tree
+from memstate.testing import check_protection, protection_shortfalls
 from tests.reconcile.helpers import (
     PAGE,
     Gi,

@@ -25,7 +25,8 @@ import pytest
 
 from memstate.core.events import PodAdmitted
 from memstate.core.state import state_hash
-from memstate.history.replay import Run, bisect, open_source, replay_log
+from memstate.history.bisect import Run, bisect
+from memstate.history.replay import open_source, replay_log
 from memstate.store.checkpoint import list_checkpoints
 from tests.replay.recording import (
     alter_memory_high,

@@ -24,10 +24,9 @@ from memstate.core.errors import MidLogCorruption, ScenarioError
 from memstate.core.events import Envelope, PodAdmissionRequested, PodRemovalRequested
 from memstate.core.scenario import read_scenario, write_scenario
 from memstate.core.state import State, state_hash
+from memstate.history.bisect import Run, bisect
 from memstate.history.replay import (
     LogStructureError,
-    Run,
-    bisect,
     iter_scenario,
     open_source,
     replay_log,

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from memstate.core.errors import HostError
-from memstate.core.plan import protection_shortfalls
 from memstate.core.targets import NodeTargets
 from memstate.host import CgroupFS, RealCgroupFS, available_controllers, enabled_controllers, walk
 from memstate.host.sim import SimCgroupFS, kernel_profile_for_release
 from memstate.reconcile.reconciler import Reconciler, ReconcileReport, ReconcilerOptions
+from memstate.testing import protection_shortfalls
 from tests.factories import container, pod, pod_of, static_config, topology
 from tests.reconcile.helpers import CheckingCgroupFS, FakeClock, targets_of_pods, tree_snapshot
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memstate import __version__
+from memstate.core.errors import ConfigError
 from memstate.core.events import (
     ConfigLoaded,
     DaemonRestarted,
@@ -135,7 +136,13 @@ def run_simulation(args: argparse.Namespace) -> int:
             }
         )
     targets = targets_of(state)
-    assert targets is not None
+    if targets is None:
+        # The reducer refused the example's topology or config (its reasons are in the
+        # transitions): there is nothing to show.
+        raise ConfigError(
+            "the example's topology and config did not come into force; nothing to simulate",
+            source=str(directory),
+        )
     if output_format(args, piped="json") == "json":
         write_json(
             {

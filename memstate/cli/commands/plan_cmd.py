@@ -183,7 +183,8 @@ def desired_state(args: argparse.Namespace) -> State:
     return recover_state(state_dir).state
 
 
-def targets_for(state: State) -> NodeTargets:
+def targets_for(state: State) -> tuple[NodeTargets, int]:
+    """The node's targets in `state` and its base page size (the planner's unit)."""
     from memstate.present.views import targets_of
 
     targets = targets_of(state)
@@ -191,7 +192,7 @@ def targets_for(state: State) -> NodeTargets:
         raise MemstateError(
             "the desired state has no topology and config in force yet: nothing to converge to"
         )
-    return targets
+    return targets, state.topology.page_size_bytes
 
 
 def cgroup_root(args: argparse.Namespace) -> Path:
@@ -319,13 +320,12 @@ def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path |
 def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate plan`; `fs` replaces the tree under --cgroup-root (tests)."""
     state = desired_state(args)
-    targets = targets_for(state)
+    targets, page_size_bytes = targets_for(state)
     root, tree_fs = observed_tree(args, fs)
-    assert state.topology is not None  # targets_for checked it
     document, plan = plan_document(
         targets,
         tree_fs,
-        page_size_bytes=state.topology.page_size_bytes,
+        page_size_bytes=page_size_bytes,
         retired_uids=list(args.retired),
         pod_removal=args.pod_removal,
         remove_orphans=args.remove_orphans,
@@ -372,10 +372,9 @@ def _print_plan(document: dict[str, Any], plan: Plan) -> None:
 def run_diff(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate diff`; `fs` replaces the tree under --cgroup-root (tests)."""
     state = desired_state(args)
-    targets = targets_for(state)
+    targets, page_size_bytes = targets_for(state)
     root, tree_fs = observed_tree(args, fs)
-    assert state.topology is not None
-    document, rows = diff_document(targets, tree_fs, page_size_bytes=state.topology.page_size_bytes)
+    document, rows = diff_document(targets, tree_fs, page_size_bytes=page_size_bytes)
     document["cgroup_root"] = str(root) if root is not None else None
     if args.only_differences:
         document["rows"] = [r for r in document["rows"] if r["status"] != "equal"]

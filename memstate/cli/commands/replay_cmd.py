@@ -440,7 +440,8 @@ def divergence_lines(divergence: Divergence) -> list[str]:
 
 
 def run_bisect(args: argparse.Namespace) -> int:
-    from memstate.history.replay import Run, bisect, open_source
+    from memstate.history.bisect import Run, bisect
+    from memstate.history.replay import open_source
     from memstate.present.progress import Progress
 
     source = open_source(args.path)

@@ -1,0 +1,90 @@
+"""The reconcile planner: desired targets × observed tree → an ordered, dependency-tagged plan.
+
+One module per part, each importable on its own; this package re-exports the public names:
+
+- `values`: cgroup files and their values — which kind a file is, kernel defaults, and
+  `ValueModel`, the kernel-normalised comparison every other part uses;
+- `model`: what the planner reads and returns (`ObservedTree`, `Operation`, `Plan`, `FileDiff`)
+  and how an observation changes (`apply_operations`, `merge_observations`);
+- `scope`: what is managed — the naming of the targets, usable and blocked files, pod cgroups
+  no target explains;
+- `planner`: `plan_operations`, the ordering rules and why (its module docstring);
+- `diff`: `diff_tree`, the managed files side by side with the live tree, without planning.
+"""
+
+from memstate.core.plan.diff import diff_tree
+from memstate.core.plan.model import (
+    PHASES,
+    FileDiff,
+    ObservedCgroup,
+    ObservedTree,
+    Operation,
+    OperationKind,
+    Phase,
+    Plan,
+    PodRemoval,
+    Removal,
+    RemovalAction,
+    RemovalKind,
+    apply_operations,
+    is_safe_name,
+    join_path,
+    merge_observations,
+)
+from memstate.core.plan.planner import plan_operations
+from memstate.core.plan.scope import check_target_tree, naming_config
+from memstate.core.plan.values import (
+    CGROUP_CONTROLLERS,
+    CGROUP_EVENTS,
+    CGROUP_KILL,
+    DEFAULT_CPUSET_BITS,
+    EMPTY_WRITE,
+    KERNEL_DEFAULTS,
+    PROTECTION_FILES,
+    SUBTREE_CONTROL,
+    UNLIMITED,
+    ZERO,
+    FileKind,
+    ValueModel,
+    file_controller,
+    file_kind,
+    kernel_default,
+)
+
+__all__ = [
+    "CGROUP_CONTROLLERS",
+    "CGROUP_EVENTS",
+    "CGROUP_KILL",
+    "DEFAULT_CPUSET_BITS",
+    "EMPTY_WRITE",
+    "KERNEL_DEFAULTS",
+    "PHASES",
+    "PROTECTION_FILES",
+    "SUBTREE_CONTROL",
+    "UNLIMITED",
+    "ZERO",
+    "FileDiff",
+    "FileKind",
+    "ObservedCgroup",
+    "ObservedTree",
+    "Operation",
+    "OperationKind",
+    "Phase",
+    "Plan",
+    "PodRemoval",
+    "Removal",
+    "RemovalAction",
+    "RemovalKind",
+    "ValueModel",
+    "apply_operations",
+    "check_target_tree",
+    "diff_tree",
+    "file_controller",
+    "file_kind",
+    "is_safe_name",
+    "join_path",
+    "kernel_default",
+    "merge_observations",
+    "naming_config",
+    "plan_operations",
+]

@@ -1,0 +1,244 @@
+"""What the planner reads and what it returns: the observed tree, operations, plans, diffs.
+
+An `ObservedTree` is what the reconciler found in the live tree; a `Plan` is the ordered
+operations that bring it to the targets. `apply_operations` and `merge_observations` predict how
+an observation changes (after a plan succeeded, or with a fresh scoped observation) so that the
+reconciler can keep its picture of the tree between full resyncs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import msgspec
+
+from memstate.core.cgroup_paths import parent_path
+from memstate.core.plan.values import EMPTY_WRITE
+
+Phase = Literal["create", "raise", "remove", "lower"]
+OperationKind = Literal["mkdir", "enable", "write", "kill", "rmdir"]
+RemovalKind = Literal["retired", "orphan"]
+RemovalAction = Literal["remove", "kill", "wait", "keep"]
+PodRemoval = Literal["wait", "kill"]
+
+PHASES: tuple[Phase, ...] = ("create", "raise", "remove", "lower")
+# The directory names the host adapter accepts (memstate.host.cgroupfs); anything else found in
+# the live tree is left alone, never turned into a path.
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_@:+=,][A-Za-z0-9_@:+=,.-]*")
+_MAX_NAME_LENGTH = 255
+
+
+class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What observation found at one cgroup path.
+
+    `files` holds the raw text read (newline included is fine) of the files that were read; a
+    file absent from it is assumed to hold its kernel default. `unreadable` names files whose
+    read failed: their value is *unknown* — unless the parent is known not to enable their
+    controller, in which case they simply do not exist yet. Unknown values are never guessed:
+    the planner writes neither them nor anything whose safety depends on them this round.
+    `children` is None when the directory was not (or could not be) listed, `populated` None
+    when cgroup.events was not read, `controllers` (cgroup.controllers) and `subtree_control`
+    None when not read.
+    """
+
+    exists: bool = True
+    files: dict[str, str] = {}
+    unreadable: tuple[str, ...] = ()
+    children: tuple[str, ...] | None = None
+    populated: bool | None = None
+    controllers: tuple[str, ...] | None = None
+    subtree_control: tuple[str, ...] | None = None
+
+
+class ObservedTree(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Observation of the managed tree, keyed by cgroup path ("" is the managed root).
+
+    A desired path missing from `cgroups` is treated as absent (it will be created).
+    """
+
+    cgroups: dict[str, ObservedCgroup] = {}
+
+    def get(self, path: str) -> ObservedCgroup | None:
+        """The observation of `path`, or None if it was not observed."""
+        return self.cgroups.get(path)
+
+    def exists(self, path: str) -> bool:
+        """True if `path` was observed to exist."""
+        found = self.cgroups.get(path)
+        return found is not None and found.exists
+
+
+class Operation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a plan.
+
+    `kind`: ``mkdir``, ``enable`` (a write of ``+a +b`` to cgroup.subtree_control), ``write`` (one
+    write of `value` to `file`), ``kill`` (``1`` to cgroup.kill) or ``rmdir``. `requires` lists
+    the indices of earlier operations that must have succeeded. `observed` is the normalised value
+    found before the plan (for writes and enables; "" for an empty cpuset), None when not
+    applicable or unknown. `reason` says why: ``target``, ``cover`` (a protection raised or kept
+    above target to cover the children), ``retired``, ``orphan``.
+    """
+
+    index: int
+    phase: Phase
+    kind: OperationKind
+    path: str
+    file: str = ""
+    value: str = ""
+    requires: tuple[int, ...] = ()
+    observed: str | None = None
+    reason: str = "target"
+
+    def describe(self) -> str:
+        """One line for people: ``write kubepods/memory.min = 1073741824``."""
+        where = self.path or "<root>"
+        if self.kind in ("mkdir", "rmdir"):
+            return f"{self.kind} {where}"
+        shown = '"\\n" (empty)' if self.value == EMPTY_WRITE else self.value
+        return f"{self.kind} {where}/{self.file} = {shown}"
+
+
+class Removal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A pod cgroup found under kubepods/QoS that is not desired, and what the plan does with it.
+
+    `action`: ``remove`` (rmdir leaf-first), ``kill`` (cgroup.kill, then rmdir), ``wait`` (still
+    populated: protection zeroed, removal retried later), ``keep`` (an orphan left alone).
+    """
+
+    path: str
+    uid: str
+    kind: RemovalKind
+    action: RemovalAction
+    populated: bool | None = None
+
+
+class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ordered operations, the removals found, and what the tree looks like afterwards.
+
+    `final_values` maps each managed cgroup to its managed files' normalised values once every
+    operation succeeded (what the reconciler expects to read back next time; files whose value
+    is unknown are left out). `blocked` lists ``path/file`` entries that cannot be managed
+    (their controller is not available), `unknown` those left alone this round because a value
+    they depend on could not be read.
+    """
+
+    operations: tuple[Operation, ...]
+    removals: tuple[Removal, ...] = ()
+    final_values: dict[str, dict[str, str]] = {}
+    blocked: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def orphans(self) -> tuple[Removal, ...]:
+        """Pod cgroups nothing explains."""
+        return tuple(r for r in self.removals if r.kind == "orphan")
+
+    @property
+    def pending_removals(self) -> tuple[Removal, ...]:
+        """Retired pods left in place this round because they are populated (wait mode)."""
+        return tuple(r for r in self.removals if r.action == "wait")
+
+
+class FileDiff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One managed file (or a cgroup's controllers) compared with the live tree.
+
+    `status`: ``equal``; ``differs``; ``missing`` (the cgroup does not exist); ``blocked`` (the
+    controller is not available); ``orphan`` / ``retired`` (a pod cgroup no target explains).
+    `observed` is the stripped text read, None when there is nothing to read.
+    """
+
+    path: str
+    file: str
+    desired: str | None
+    observed: str | None
+    desired_normalised: str | None
+    observed_normalised: str | None
+    equal: bool
+    status: str
+
+
+def is_safe_name(name: str) -> bool:
+    """True if a directory name found in the live tree may become part of a path."""
+    return (
+        bool(_SAFE_NAME_RE.fullmatch(name))
+        and len(name) <= _MAX_NAME_LENGTH
+        and name not in (".", "..")
+    )
+
+
+def join_path(parent: str, name: str) -> str:
+    """``join_path("", "a") == "a"``, ``join_path("a", "b") == "a/b"``."""
+    return f"{parent}/{name}" if parent else name
+
+
+def apply_operations(tree: ObservedTree, operations: Iterable[Operation]) -> ObservedTree:
+    """The observation one would expect after `operations` succeeded on `tree`.
+
+    Used by the reconciler to keep its picture of the tree current between full resyncs. A new
+    cgroup starts with no files read (defaults assumed) and no children; after a kill its
+    populated flag is unknown.
+    """
+    cgroups = dict(tree.cgroups)
+    for operation in operations:
+        path = operation.path
+        found = cgroups.get(path)
+        if operation.kind == "mkdir":
+            cgroups[path] = ObservedCgroup(
+                exists=True, files={}, children=(), populated=False, subtree_control=()
+            )
+            _set_child(cgroups, path, present=True)
+        elif operation.kind == "rmdir":
+            for other in [p for p in cgroups if p == path or p.startswith(path + "/")]:
+                del cgroups[other]
+            _set_child(cgroups, path, present=False)
+        elif found is None or not found.exists:
+            continue
+        elif operation.kind == "enable":
+            enabled = set(found.subtree_control or ())
+            enabled.update(token[1:] for token in operation.value.split() if token[:1] == "+")
+            cgroups[path] = msgspec.structs.replace(found, subtree_control=tuple(sorted(enabled)))
+        elif operation.kind == "kill":
+            cgroups[path] = msgspec.structs.replace(found, populated=None)
+        else:
+            files = dict(found.files)
+            files[operation.file] = operation.value
+            cgroups[path] = msgspec.structs.replace(found, files=files)
+    return ObservedTree(cgroups=cgroups)
+
+
+def _set_child(cgroups: dict[str, ObservedCgroup], path: str, *, present: bool) -> None:
+    parent = parent_path(path)
+    if parent is None:
+        return
+    found = cgroups.get(parent)
+    if found is None or found.children is None:
+        return
+    name = path.rpartition("/")[2]
+    names = set(found.children)
+    if present:
+        names.add(name)
+    else:
+        names.discard(name)
+    cgroups[parent] = msgspec.structs.replace(found, children=tuple(sorted(names)))
+
+
+def merge_observations(base: ObservedTree, fresh: Mapping[str, ObservedCgroup]) -> ObservedTree:
+    """`base` with the cgroups in `fresh` replaced (a scoped observation over a cached tree).
+
+    A fresh cgroup that was not listed keeps the base's children; a fresh cgroup that no longer
+    exists drops its cached descendants; parents' children lists follow existence.
+    """
+    cgroups = dict(base.cgroups)
+    for path, found in sorted(fresh.items()):
+        previous = cgroups.get(path)
+        if not found.exists:
+            for other in [p for p in cgroups if p.startswith(path + "/")]:
+                del cgroups[other]
+        elif found.children is None and previous is not None and previous.exists:
+            found = msgspec.structs.replace(found, children=previous.children)
+        cgroups[path] = found
+        _set_child(cgroups, path, present=found.exists)
+    return ObservedTree(cgroups=cgroups)

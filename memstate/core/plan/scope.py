@@ -1,0 +1,190 @@
+"""What the planner manages: the target tree, the files it can manage, the pod cgroups it must
+account for.
+
+Shared by the planner and the diff, so that both agree on what is blocked and what is an orphan:
+`naming_config` recovers the cgroup naming the targets were rendered with, `check_target_tree`
+refuses targets the planner cannot work on, `plan_controllers` decides which controllers each
+managed cgroup gets and which of its files are usable (the others are *blocked*: their
+controller is not available), and `undesired_pod_cgroups` finds the pod cgroups under kubepods
+and the QoS cgroups that no target explains (*retired* when a decision removed the pod, else
+*orphans*). Names memstate cannot handle (`is_safe_name`) are never turned into paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from memstate.core.cgroup_paths import (
+    NODE_COMPONENT,
+    QOS_COMPONENTS,
+    SLICE_SUFFIX,
+    node_path,
+    parent_path,
+    parse_cgroup_path,
+    qos_path,
+)
+from memstate.core.config import NodeConfig
+from memstate.core.errors import InvariantViolation
+from memstate.core.plan.model import (
+    ObservedCgroup,
+    ObservedTree,
+    RemovalKind,
+    is_safe_name,
+    join_path,
+)
+from memstate.core.plan.values import file_controller
+from memstate.core.targets import CgroupTarget, NodeTargets
+
+
+def naming_config(targets: NodeTargets) -> NodeConfig:
+    """The NodeConfig naming fields (driver, cgroupRoot) that produced `targets`' paths.
+
+    NodeTargets does not carry its config; the reconciler needs the naming to recognise pod
+    cgroups (`parse_cgroup_path`). The driver and root are read off the node cgroup's path and
+    checked by rendering every level back.
+    """
+    nodes = [c for c in targets.cgroups if c.level == "node"]
+    if len(nodes) != 1:
+        raise InvariantViolation(f"targets have {len(nodes)} node-level cgroups, expected 1")
+    path = nodes[0].path
+    leaf = path.rpartition("/")[2]
+    if leaf.endswith(SLICE_SUFFIX):
+        components = leaf[: -len(SLICE_SUFFIX)].split("-")
+        config = NodeConfig(cgroup_driver="systemd", cgroup_root=tuple(components[:-1]))
+    else:
+        components = path.split("/")
+        config = NodeConfig(cgroup_driver="cgroupfs", cgroup_root=tuple(components[:-1]))
+    if components[-1:] != [NODE_COMPONENT] or node_path(config) != path:
+        raise InvariantViolation(f"node cgroup {path!r} is not a memstate-rendered path")
+    qos = {c.path for c in targets.cgroups if c.level == "qos"}
+    if qos != {qos_path(config, cls) for cls in QOS_COMPONENTS}:
+        raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {path!r}")
+    return config
+
+
+def check_target_tree(targets: NodeTargets) -> None:
+    """Raise InvariantViolation unless the targets form a tree the planner can work on:
+    unique paths, every parent listed before its children, pod cgroups that parse as pods."""
+    config = naming_config(targets)
+    seen: set[str] = set()
+    for target in targets.cgroups:
+        if target.path in seen:
+            raise InvariantViolation(f"cgroup {target.path!r} is listed twice in the targets")
+        parent = parent_path(target.path)
+        if parent is not None and parent not in seen:
+            raise InvariantViolation(f"cgroup {target.path!r} is listed before its parent")
+        if target.level == "pod":
+            parsed = parse_cgroup_path(target.path, config)
+            if parsed is None or parsed.level != "pod" or parsed.pod_uid != target.pod_uid:
+                raise InvariantViolation(f"pod cgroup {target.path!r} is not a pod cgroup name")
+        for value in target.files.values():
+            if "\0" in value or "\n" in value:
+                raise InvariantViolation(f"{target.path}: target value {value!r} is not one line")
+        seen.add(target.path)
+    if "" not in seen:
+        raise InvariantViolation("the targets do not include the managed root ''")
+
+
+def existing(observed: ObservedTree, path: str) -> ObservedCgroup | None:
+    """The observation of `path` if it was observed to exist, else None."""
+    found = observed.get(path)
+    return found if found is not None and found.exists else None
+
+
+@dataclass(frozen=True)
+class Controllers:
+    """Per managed cgroup: the controllers enabled once the plan ran (`enabled_after`) and the
+    target files that can be managed (`managed`); `blocked` lists ``path/file`` of the others."""
+
+    enabled_after: dict[str, frozenset[str]]
+    managed: dict[str, tuple[str, ...]]
+    blocked: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def plan_controllers(
+    desired: Mapping[str, CgroupTarget], order: Iterable[str], observed: ObservedTree
+) -> Controllers:
+    """Which controllers each cgroup of `order` (parents first) will have enabled, and which of
+    its files are usable: a file's controller must be enabled in the parent after the plan."""
+    enabled_after: dict[str, frozenset[str]] = {}
+    managed: dict[str, tuple[str, ...]] = {}
+    blocked: list[str] = []
+    warnings: list[str] = []
+    for path in order:
+        target = desired[path]
+        found = existing(observed, path)
+        parent = parent_path(path)
+        if parent is None:
+            offered = found.controllers if found is not None else None
+            available = frozenset(offered) if offered is not None else frozenset(target.controllers)
+        else:
+            available = enabled_after.get(parent, frozenset())
+        enabled_now = frozenset(found.subtree_control or ()) if found is not None else frozenset()
+        wanted = frozenset(target.controllers)
+        missing = sorted(wanted - available - enabled_now)
+        if missing and parent is None:
+            warnings.append(
+                f"controller(s) {', '.join(missing)} not available at the managed root "
+                "(cgroup.controllers): their files are not managed"
+            )
+        enabled_after[path] = enabled_now | (wanted & available)
+        usable = []
+        for file in sorted(target.files):
+            controller = file_controller(file)
+            from_parent = enabled_after.get(parent, frozenset()) if parent is not None else None
+            if from_parent is not None and controller is not None and controller not in from_parent:
+                blocked.append(f"{path}/{file}" if path else file)
+                continue
+            usable.append(file)
+        managed[path] = tuple(usable)
+    return Controllers(
+        enabled_after=enabled_after,
+        managed=managed,
+        blocked=tuple(blocked),
+        warnings=tuple(warnings),
+    )
+
+
+class UndesiredPod(msgspec.Struct, frozen=True):
+    """A pod cgroup found under kubepods or a QoS cgroup that no target explains."""
+
+    path: str
+    uid: str
+    kind: RemovalKind
+    populated: bool | None
+
+
+def undesired_pod_cgroups(
+    targets: NodeTargets, observed: ObservedTree, config: NodeConfig, retired: frozenset[str]
+) -> list[UndesiredPod]:
+    """The pod cgroups observed under kubepods and the QoS cgroups that are not desired, in
+    holder then name order: ``retired`` if their UID is in `retired`, else ``orphan``. Names
+    that do not parse as memstate pod cgroups are never touched, so never listed."""
+    desired = {t.path for t in targets.cgroups}
+    found_pods: list[UndesiredPod] = []
+    for holder in (t.path for t in targets.cgroups if t.level in ("node", "qos")):
+        found = existing(observed, holder)
+        if found is None or found.children is None:
+            continue
+        for name in sorted(found.children):
+            path = join_path(holder, name)
+            if path in desired or not is_safe_name(name):
+                continue
+            parsed = parse_cgroup_path(path, config)
+            if parsed is None or parsed.level != "pod":
+                continue  # not a memstate name: never touched
+            child = existing(observed, path)
+            kind: RemovalKind = "retired" if parsed.pod_uid in retired else "orphan"
+            found_pods.append(
+                UndesiredPod(
+                    path=path,
+                    uid=parsed.pod_uid,
+                    kind=kind,
+                    populated=child.populated if child is not None else None,
+                )
+            )
+    return found_pods
