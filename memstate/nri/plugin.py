@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import trio
 from google.protobuf.message import DecodeError, Message
 
-from memstate.core.errors import MemstateError
+from memstate.core.errors import InvariantViolation, MemstateError
 from memstate.nri import messages
 from memstate.nri.decider import ContainerUpdate, NriDecider, Refusal
 from memstate.nri.errors import (
@@ -236,7 +236,13 @@ class _Session:
 
     async def _send(self, conn_id: int, message: bytes) -> None:
         async with self._send_lock:
-            await self._stream.send_all(_frames(conn_id, message, MESSAGE_HEADER.size))
+            with trio.move_on_after(self._settings.stall_timeout) as scope:
+                await self._stream.send_all(_frames(conn_id, message, MESSAGE_HEADER.size))
+            if scope.cancelled_caught:
+                raise TruncatedStream(
+                    f"the runtime stopped reading for {self._settings.stall_timeout:g}s",
+                    conn_id=conn_id,
+                )
 
     # --- our calls ------------------------------------------------------------------------------
 
@@ -284,10 +290,10 @@ class _Session:
             return b"", StatusCode.INVALID_ARGUMENT, f"{request.method}: bad payload: {exc}"
         try:
             result = await self._dispatch(request.method, message)
-        except NriProtocolError:
-            raise
-        except (MemstateError, ValueError, KeyError, TypeError) as exc:
-            # A decider failure fails this runtime operation, not the plugin.
+        except InvariantViolation:
+            raise  # memstate itself is wrong: never answered around
+        except MemstateError as exc:
+            # A decider failure (log I/O, bad input) fails this runtime operation, not the plugin.
             logger.error("NRI: %s failed: %s", request.method, exc)
             return b"", StatusCode.INTERNAL, f"memstate: {request.method}: {exc}"
         if isinstance(result, Refusal):

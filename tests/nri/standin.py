@@ -31,6 +31,19 @@ class StandInRuntime:
         self._waiting: dict[int, trio.MemorySendChannel[wire.Reply]] = {}
         self._send_lock = trio.Lock()
         self.reassembler = wire.Reassembler()
+        # When set, RegisterPlugin is answered only by release_registration(): the runtime may
+        # send Configure before it answers (nri.md §8.1).
+        self.hold_registration = False
+        self._held: list[int] = []
+
+    async def release_registration(self) -> None:
+        for stream_id in self._held:
+            await self._answer_empty(stream_id)
+        self._held.clear()
+
+    async def _answer_empty(self, stream_id: int) -> None:
+        reply = wire.ttrpc_message(stream_id, 2, wire.ttrpc_response(b""))
+        await self.send_raw(wire.mux_frame(2, reply))
 
     async def listen(self) -> None:
         if os.path.exists(self.path):
@@ -96,9 +109,10 @@ class StandInRuntime:
             assert isinstance(name, bytes) and isinstance(idx, bytes)
             self.registrations.append((name.decode(), idx.decode()))
             self.registered.set()
-            await self.send_raw(
-                wire.mux_frame(2, wire.ttrpc_message(stream_id, 2, wire.ttrpc_response(b"")))
-            )
+            if self.hold_registration:
+                self._held.append(stream_id)
+            else:
+                await self._answer_empty(stream_id)
         else:
             reply = wire.ttrpc_response(b"", 12, f"method {method.decode()}")
             await self.send_raw(wire.mux_frame(2, wire.ttrpc_message(stream_id, 2, reply)))

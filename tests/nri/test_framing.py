@@ -6,10 +6,18 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memstate.nri.errors import FrameTooLarge, MalformedMessage, MessageTooLarge, TruncatedStream
+from memstate.nri.errors import (
+    FrameTooLarge,
+    MalformedMessage,
+    MessageTooLarge,
+    NriProtocolError,
+    TruncatedStream,
+)
+from memstate.nri.messages import PLUGIN_METHODS, container_info, parse, sandbox_info
 from memstate.nri.mux import MAX_FRAME_PAYLOAD, Frame, MuxDecoder, frames_for_message
 from memstate.nri.ttrpc import (
     MAX_MESSAGE_LENGTH,
@@ -162,3 +170,33 @@ def test_client_ignores_a_late_answer_to_an_abandoned_call() -> None:
     stream_id, _ = client.request("svc", "A", b"")
     client.abandon(stream_id)
     assert client.feed(wire.ttrpc_message(stream_id, 2, wire.ttrpc_response(b""))) == []
+
+
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6))
+def test_garbage_only_ever_raises_protocol_errors(data: bytes, cuts: list[int]) -> None:
+    """Whatever a peer sends, the decoders either decode it or raise a typed protocol error."""
+    mux, server, client = MuxDecoder(), ServerConnection(1), ClientConnection(2)
+    client.request("svc", "m", b"")
+    try:
+        for piece in _pieces(data, cuts):
+            for frame in mux.feed(piece):
+                server.feed(frame.payload)
+                client.feed(frame.payload)
+    except NriProtocolError:
+        pass
+
+
+@given(st.sampled_from(sorted(PLUGIN_METHODS)), st.binary(max_size=200))
+def test_garbage_payloads_only_ever_fail_to_decode(method: str, payload: bytes) -> None:
+    try:
+        message = parse(PLUGIN_METHODS[method], payload)
+    except DecodeError:
+        return
+    # Whatever decoded converts to memstate's values without error.
+    for name in ("pod", "container"):
+        if message.DESCRIPTOR.fields_by_name.get(name) is not None:
+            value = getattr(message, name)
+            if name == "pod":
+                sandbox_info(value)
+            else:
+                container_info(value)

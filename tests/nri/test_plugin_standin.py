@@ -6,6 +6,7 @@ memstate sends is parsed by an independent implementation of the protocol facts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
+from memstate.core.errors import LogIOError
 from memstate.nri.adapter import TargetsDecider
 from memstate.nri.plugin import NriPlugin, PluginSettings
 from tests.nri import wire
@@ -24,6 +26,7 @@ UNIMPLEMENTED = 12
 INVALID_ARGUMENT = 3
 RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
+INTERNAL = 13
 MEMSTATE_MASK = 0x068F
 GUARANTEED_PARENT = "kubepods-pod1111.slice"
 BURSTABLE_PARENT = "kubepods-burstable-pod2222.slice"
@@ -47,28 +50,38 @@ class Harness:
         return wire.decode(reply.payload)
 
 
-@pytest.fixture
-async def harness(nursery: trio.Nursery) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running_plugin(
+    nursery: trio.Nursery, decider_class: type[TargetsDecider] = TargetsDecider, **settings: float
+) -> AsyncIterator[Harness]:
+    """A stand-in runtime and a plugin connected and registered to it."""
     directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")  # unix socket paths are short
     try:
         runtime = StandInRuntime(f"{directory}/nri.sock")
         await runtime.listen()
         decisions = node_decisions()
-        decider = TargetsDecider(lambda: decisions)
-        settings = PluginSettings(
-            socket=runtime.path,
-            name="memstate",
-            index="42",
-            stall_timeout=1.0,
-            backoff_initial=0.01,
-            backoff_max=0.2,
+        decider = decider_class(lambda: decisions)
+        options: dict[str, float] = {
+            "stall_timeout": 1.0,
+            "backoff_initial": 0.01,
+            "backoff_max": 0.2,
+            "registration_timeout": 30.0,
+            **settings,
+        }
+        plugin = NriPlugin(
+            PluginSettings(socket=runtime.path, name="memstate", index="42", **options), decider
         )
-        plugin = NriPlugin(settings, decider)
         nursery.start_soon(plugin.run)
         await runtime.accept(nursery)
         yield Harness(runtime, plugin, decider, nursery)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def harness(nursery: trio.Nursery) -> AsyncIterator[Harness]:
+    async with running_plugin(nursery) as running:
+        yield running
 
 
 def pinned_pod() -> bytes:
@@ -327,3 +340,44 @@ async def test_large_answer_is_framed_for_the_go_reader(harness: Harness) -> Non
     sizes = harness.runtime.reassembler.frame_sizes
     assert max(sizes[:-2], default=0) <= 4096
     assert sizes[-2] == 10  # the ttrpc header alone
+
+
+async def test_configure_is_served_while_registration_is_unanswered(harness: Harness) -> None:
+    harness.runtime.hold_registration = True
+    await harness.reconnected()
+    # The plugin's RegisterPlugin call is outstanding; Configure and Synchronize must be served.
+    await harness.configure()
+    reply = await harness.runtime.call("Synchronize", wire.synchronize_request([], [], False))
+    assert reply.code == 0
+    await harness.runtime.release_registration()
+    await harness.configure()
+
+
+async def test_registration_without_answer_times_out_and_the_plugin_retries(
+    nursery: trio.Nursery,
+) -> None:
+    async with running_plugin(nursery, registration_timeout=0.5) as harness:
+        harness.runtime.hold_registration = True
+        await harness.reconnected()
+        # The registration timeout closes the session; the plugin connects again.
+        await harness.runtime.wait_closed()
+        assert "RegisterPlugin" in harness.plugin.status.last_error
+        harness.runtime.hold_registration = False
+        await harness.reconnected()
+        await harness.configure()
+
+
+class FailingDecider(TargetsDecider):
+    async def create_container(self, pod, container):  # type: ignore[no-untyped-def]
+        raise LogIOError("fsync failed on the event log", errno=5)
+
+
+async def test_a_decider_failure_fails_the_request_not_the_plugin(nursery: trio.Nursery) -> None:
+    async with running_plugin(nursery, FailingDecider) as harness:
+        pod = pinned_pod()
+        reply = await harness.runtime.call(
+            "CreateContainer", wire.container_request(pod, pinned_container("c", "app", Gi))
+        )
+        assert reply.code == INTERNAL
+        assert "fsync failed on the event log" in reply.message
+        await harness.configure()
