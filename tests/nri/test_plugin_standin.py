@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
@@ -381,3 +384,54 @@ async def test_a_decider_failure_fails_the_request_not_the_plugin(nursery: trio.
         assert reply.code == INTERNAL
         assert "fsync failed on the event log" in reply.message
         await harness.configure()
+
+
+async def test_plugin_process_killed_and_restarted_gets_the_same_values(
+    nursery: trio.Nursery,
+) -> None:
+    """SIGKILL the plugin process mid-life: the runtime sees the connection close; a new process
+    registers, and its Synchronize answer re-applies exactly what the first one answered at
+    creation (decisions are a pure function of memstate's state)."""
+    directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")
+    processes: list[trio.Process] = []
+    try:
+        runtime = StandInRuntime(f"{directory}/nri.sock")
+        await runtime.listen()
+
+        async def start_plugin() -> None:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "tests.nri.plugin_process", runtime.path],
+                cwd=str(Path(__file__).resolve().parents[2]),
+            )
+            processes.append(process)
+            await runtime.accept(nursery)
+
+        await start_plugin()
+        await runtime.call("Configure", wire.configure_request())
+        await runtime.call("Synchronize", wire.synchronize_request([], [], False))
+        pod = pinned_pod()
+        created = {}
+        for cid, name, memory in (("c-app", "app", Gi), ("c-side", "sidecar", Gi // 2)):
+            container = pinned_container(cid, name, memory)
+            reply = await runtime.call("CreateContainer", wire.container_request(pod, container))
+            created[cid] = wire.create_response_adjustment(reply.payload)
+
+        processes[0].send_signal(signal.SIGKILL)
+        await runtime.wait_closed()
+        await processes[0].wait()
+        assert processes[0].returncode == -signal.SIGKILL
+
+        await start_plugin()
+        await runtime.call("Configure", wire.configure_request())
+        running = [
+            pinned_container("c-app", "app", Gi),
+            pinned_container("c-side", "sidecar", Gi // 2),
+        ]
+        reply = await runtime.call("Synchronize", wire.synchronize_request([pod], running, False))
+        assert wire.updates_of(reply.payload) == created
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
