@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ GOCODE = Path("/usr/share/gocode")
 TTRPC_SOURCE = GOCODE / "src/github.com/containerd/ttrpc"
 WAIT = 60.0
 FAILED_PRECONDITION = 9
+RESOURCE_EXHAUSTED = 8
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +193,12 @@ async def test_go_peer_full_scenario(go_runtime: tuple[GoRuntime, NriPlugin]) ->
     reply = await runtime.call("PostStartContainer", wire.container_request(pinned, app))
     assert (reply.code, reply.message) == (12, "method PostStartContainer")
 
+    # An oversized request through the real client: RESOURCE_EXHAUSTED, connection kept.
+    reply = await runtime.call("CreateContainer", b"\0" * (4 * 2**20 + 1))
+    assert reply.code == RESOURCE_EXHAUSTED
+    assert "exceed maximum message size" in reply.message
+    assert (await runtime.call("Configure", wire.configure_request())).code == 0
+
     # Runtime restart: the plugin reconnects, registers again and is synchronized afresh.
     await runtime.command(op="restart")
     await runtime.connected()
@@ -199,3 +208,57 @@ async def test_go_peer_full_scenario(go_runtime: tuple[GoRuntime, NriPlugin]) ->
     reply = await runtime.call("Synchronize", wire.synchronize_request([pinned], [app], False))
     assert wire.updates_of(reply.payload)["c-app"].mems == "0"
     assert plugin.status.sessions == 2
+
+
+async def test_go_peer_plugin_process_sigkill_and_restart(
+    go_peer_binary: Path, nursery: trio.Nursery
+) -> None:
+    """memstate's plugin process SIGKILLed under the Go runtime: the runtime sees the connection
+    close; a new process registers and its Synchronize re-applies what creation answered."""
+    directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")
+    socket_path = f"{directory}/nri.sock"
+    peer = await trio.lowlevel.open_process(
+        [str(go_peer_binary), "-socket", socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    send, receive = trio.open_memory_channel[dict[str, object]](1000)
+    nursery.start_soon(_read_lines, peer, send)
+    runtime = GoRuntime(peer, receive, [])
+    plugins: list[trio.Process] = []
+
+    async def start_plugin() -> None:
+        plugins.append(
+            await trio.lowlevel.open_process(
+                [sys.executable, "-m", "tests.nri.plugin_process", socket_path],
+                cwd=str(Path(__file__).resolve().parents[2]),
+            )
+        )
+        await runtime.connected()
+
+    try:
+        await runtime.event("listening")
+        await start_plugin()
+        assert (await runtime.call("Configure", wire.configure_request())).code == 0
+        pod = _pod("sb-pinned", PINNED)
+        created = {}
+        for cid, name, memory in (("c-1", "app", Gi), ("c-2", "sidecar", Gi // 2)):
+            container = wire.container(cid, "sb-pinned", PINNED, name, memory_limit=memory)
+            reply = await runtime.call("CreateContainer", wire.container_request(pod, container))
+            created[cid] = wire.create_response_adjustment(reply.payload)
+        plugins[0].send_signal(signal.SIGKILL)
+        await runtime.event("closed")
+        # The Go peer accepts one plugin per listen (containerd keeps accepting): listen again.
+        await runtime.command(op="restart")
+        await start_plugin()
+        assert (await runtime.call("Configure", wire.configure_request())).code == 0
+        running = [
+            wire.container("c-1", "sb-pinned", PINNED, "app", memory_limit=Gi),
+            wire.container("c-2", "sb-pinned", PINNED, "sidecar", memory_limit=Gi // 2),
+        ]
+        reply = await runtime.call("Synchronize", wire.synchronize_request([pod], running, False))
+        assert wire.updates_of(reply.payload) == created
+    finally:
+        for process in [*plugins, peer]:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
