@@ -173,6 +173,7 @@ class _Session:
         self._sync_containers: list[pb.Container] = []
         self.synchronized = False
         self._reason: BaseException | None = None
+        self._fatal: InvariantViolation | None = None
 
     async def run(self) -> BaseException:
         """Run until the connection ends; return why it ended."""
@@ -180,6 +181,8 @@ class _Session:
             nursery.start_soon(self._guard, self._read_loop, nursery.cancel_scope)
             nursery.start_soon(self._guard, self._serve_loop, nursery.cancel_scope)
             nursery.start_soon(self._guard, self._register, nursery.cancel_scope)
+        if self._fatal is not None:
+            raise self._fatal  # bare, not wrapped in an exception group
         return self._reason or ConnectionLost("session ended")
 
     async def _guard(
@@ -192,6 +195,9 @@ class _Session:
         except (NriError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self._reason is None:
                 self._reason = exc
+            scope.cancel()
+        except InvariantViolation as exc:
+            self._fatal = exc
             scope.cancel()
 
     # --- reading --------------------------------------------------------------------------------

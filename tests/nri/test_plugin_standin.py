@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from memstate.core.errors import LogIOError
+from memstate.core.errors import InvariantViolation, LogIOError
 from memstate.nri.adapter import TargetsDecider
 from memstate.nri.plugin import NriPlugin, PluginSettings
 from tests.nri import wire
@@ -434,4 +434,40 @@ async def test_plugin_process_killed_and_restarted_gets_the_same_values(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class BrokenDecider(TargetsDecider):
+    async def create_container(self, pod, container):  # type: ignore[no-untyped-def]
+        raise InvariantViolation("pod holds bytes on a node that does not exist")
+
+
+async def test_an_invariant_violation_is_not_answered_around(nursery: trio.Nursery) -> None:
+    """memstate being wrong ends the plugin with the bare error (the daemon exits 70); the
+    runtime sees the connection close and carries on without memstate (fail-open)."""
+    directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")
+    try:
+        runtime = StandInRuntime(f"{directory}/nri.sock")
+        await runtime.listen()
+        decisions = node_decisions()
+        plugin = NriPlugin(PluginSettings(socket=runtime.path), BrokenDecider(lambda: decisions))
+        raised: list[BaseException] = []
+
+        async def run_plugin() -> None:
+            try:
+                await plugin.run()
+            except InvariantViolation as exc:
+                raised.append(exc)
+
+        nursery.start_soon(run_plugin)
+        await runtime.accept(nursery)
+        request = wire.container_request(pinned_pod(), pinned_container("c", "app", Gi))
+        with pytest.raises(ConnectionError):
+            await runtime.call("CreateContainer", request)
+        await runtime.wait_closed()
+        with trio.fail_after(WAIT):
+            while not raised:
+                await trio.sleep(0.01)
+        assert "does not exist" in str(raised[0])
+    finally:
         shutil.rmtree(directory, ignore_errors=True)
