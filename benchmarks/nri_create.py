@@ -8,9 +8,10 @@ The plugin runs in its own process, connected over a real unix socket to a runti
 371-byte record to a file in `--dir` and fsyncs it: a stand-in for "the decision is durable in
 the event log" (371 bytes = the mean record payload of benchmarks/log_common.py) until the daemon
 is wired. Each iteration measures, interleaved, one raw 371-byte append + fsync in the same
-directory and one CreateContainer round trip (request out -> adjustment back, framing and
-protobuf on both sides). Prints p50/p90/p99 of both and the p99 difference (the issue's target:
-CreateContainer p99 <= fsync p99 + 2 ms; the runtime's deadline is 2 s).
+directory, one Configure round trip (the transport alone: framing, protobuf, two processes, no
+fsync) and one CreateContainer round trip (request out -> adjustment back). Prints p50/p90/p99
+and the p99 difference (the issue's target: CreateContainer p99 <= fsync p99 + 2 ms; the
+runtime's deadline is 2 s).
 """
 
 from __future__ import annotations
@@ -109,10 +110,15 @@ async def measure(socket_dir: str, directory: Path, containers: int, pods: int) 
             pod = wire.pod_sandbox("sb", PINNED, "pinned", "kubepods-pod.slice")
             fsyncs: list[float] = []
             creates: list[float] = []
+            transports: list[float] = []
+            configure = wire.configure_request()
             for i in range(containers + 50):
                 container = wire.container(f"c-{i}", "sb", PINNED, "app", memory_limit=2**30)
                 request = wire.container_request(pod, container)
                 raw = fsync_once(probe)
+                started = time.perf_counter()
+                await runtime.call("Configure", configure)
+                transport = time.perf_counter() - started
                 started = time.perf_counter()
                 reply = await runtime.call("CreateContainer", request)
                 elapsed = time.perf_counter() - started
@@ -121,15 +127,18 @@ async def measure(socket_dir: str, directory: Path, containers: int, pods: int) 
                 if i >= 50:  # warm-up
                     fsyncs.append(raw)
                     creates.append(elapsed)
+                    transports.append(transport)
             nursery.cancel_scope.cancel()
     finally:
         os.close(probe)
         process.kill()
         await process.wait()
-    report(fsyncs, creates, pods)
+    report(fsyncs, creates, transports, pods)
 
 
-def report(fsyncs: Sequence[float], creates: Sequence[float], pods: int) -> None:
+def report(
+    fsyncs: Sequence[float], creates: Sequence[float], transports: Sequence[float], pods: int
+) -> None:
     def line(name: str, values: Sequence[float]) -> tuple[float, float]:
         p50, p90, p99 = (percentile(list(values), q) * 1000 for q in (50, 90, 99))
         spread = statistics.pstdev(values) * 1000
@@ -141,6 +150,7 @@ def report(fsyncs: Sequence[float], creates: Sequence[float], pods: int) -> None
 
     print(f"{len(creates)} CreateContainer round trips, {pods + 2} admitted pods in the snapshot")
     f50, f99 = line("raw 371-byte append + fsync", fsyncs)
+    line("Configure round trip (transport only)", transports)
     c50, c99 = line("CreateContainer (incl. its fsync)", creates)
     print(
         f"CreateContainer p50 = {c50 / f50:.2f}x fsync p50; p99 - fsync p99 = {c99 - f99:+.3f} ms"
