@@ -7,7 +7,7 @@ answer from the runtime to one of our calls is an `RpcError` carrying the ttrpc 
 
 from __future__ import annotations
 
-from memstate.core.errors import MemstateError
+from memstate.core.errors import ConfigError, MemstateError
 
 
 class NriError(MemstateError):
@@ -65,5 +65,6 @@ class RpcError(NriError):
         super().__init__(f"{method}: status {code}: {message}")
 
 
-class PluginConfigError(NriError):
-    """Plugin name or index that the runtime would refuse (nri.md §2.1)."""
+class PluginConfigError(ConfigError):
+    """Plugin name or index that the runtime would refuse (nri.md §2.1); exit code 78 like every
+    configuration error. `path` names the setting."""

@@ -84,10 +84,14 @@ class PluginSettings:
         """Raise `PluginConfigError` for a name or index the runtime would refuse (§2.1)."""
         if not _NAME_RE.fullmatch(self.name):
             raise PluginConfigError(
-                f"NRI plugin name {self.name!r} must be non-empty from [A-Za-z0-9_.+-]"
+                f"NRI plugin name {self.name!r} must be non-empty from [A-Za-z0-9_.+-]",
+                path="$.nri.pluginName",
             )
         if not _INDEX_RE.fullmatch(self.index):
-            raise PluginConfigError(f"NRI plugin index {self.index!r} must be two ASCII digits")
+            raise PluginConfigError(
+                f"NRI plugin index {self.index!r} must be two ASCII digits",
+                path="$.nri.pluginIndex",
+            )
 
 
 @dataclass(slots=True)

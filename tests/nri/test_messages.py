@@ -138,8 +138,10 @@ async def test_unknown_pods_can_be_refused() -> None:
 
 @pytest.mark.parametrize(("name", "index"), [("", "10"), ("a b", "10"), ("ok", "1"), ("ok", "1a")])
 def test_plugin_settings_refuse_what_the_runtime_refuses(name: str, index: str) -> None:
-    with pytest.raises(PluginConfigError):
+    with pytest.raises(PluginConfigError, match="must be") as caught:
         PluginSettings(name=name, index=index).validate()
+    assert caught.value.exit_code == 78
+    assert caught.value.path in ("$.nri.pluginName", "$.nri.pluginIndex")
 
 
 async def test_reconnect_backoff_runs_on_the_trio_clock(
