@@ -20,6 +20,7 @@ import trio
 
 from memstate.core.errors import InvariantViolation, LogIOError
 from memstate.nri.adapter import TargetsDecider
+from memstate.nri.decider import ContainerInfo, Refusal, ResourceAdjustment, SandboxInfo
 from memstate.nri.plugin import NriPlugin, PluginSettings
 from tests.nri import wire
 from tests.nri.scenario import BURSTABLE, PINNED, REJECTED, UNKNOWN, Gi, node_decisions
@@ -371,7 +372,9 @@ async def test_registration_without_answer_times_out_and_the_plugin_retries(
 
 
 class FailingDecider(TargetsDecider):
-    async def create_container(self, pod, container):  # type: ignore[no-untyped-def]
+    async def create_container(
+        self, pod: SandboxInfo, container: ContainerInfo
+    ) -> ResourceAdjustment | Refusal:
         raise LogIOError("fsync failed on the event log", errno=5)
 
 
@@ -438,7 +441,9 @@ async def test_plugin_process_killed_and_restarted_gets_the_same_values(
 
 
 class BrokenDecider(TargetsDecider):
-    async def create_container(self, pod, container):  # type: ignore[no-untyped-def]
+    async def create_container(
+        self, pod: SandboxInfo, container: ContainerInfo
+    ) -> ResourceAdjustment | Refusal:
         raise InvariantViolation("pod holds bytes on a node that does not exist")
 
 
