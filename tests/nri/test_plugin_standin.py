@@ -66,7 +66,9 @@ async def running_plugin(
         decisions = node_decisions()
         decider = decider_class(lambda: decisions)
         options: dict[str, float] = {
-            "stall_timeout": 1.0,
+            # Long by default: on a loaded machine a sender may pause between pieces of a large
+            # message; only the stall test shortens it.
+            "stall_timeout": 30.0,
             "backoff_initial": 0.01,
             "backoff_max": 0.2,
             "registration_timeout": 30.0,
@@ -317,14 +319,15 @@ async def test_truncated_frame_then_close(harness: Harness) -> None:
     assert "inside a frame" in harness.plugin.status.last_error
 
 
-async def test_peer_stalling_mid_message_is_dropped(harness: Harness) -> None:
-    message = wire.ttrpc_message(1, 1, wire.ttrpc_request("x", "y", b"z" * 100))
-    # A whole frame carrying half a ttrpc message, then silence.
-    await harness.runtime.send_raw(wire.mux_frame(1, message[:40]))
-    await harness.runtime.wait_closed()
-    assert "stalled" in harness.plugin.status.last_error
-    await harness.reconnected()
-    await harness.configure()
+async def test_peer_stalling_mid_message_is_dropped(nursery: trio.Nursery) -> None:
+    async with running_plugin(nursery, stall_timeout=0.5) as harness:
+        message = wire.ttrpc_message(1, 1, wire.ttrpc_request("x", "y", b"z" * 100))
+        # A whole frame carrying half a ttrpc message, then silence.
+        await harness.runtime.send_raw(wire.mux_frame(1, message[:40]))
+        await harness.runtime.wait_closed()
+        assert "stalled" in harness.plugin.status.last_error
+        await harness.reconnected()
+        await harness.configure()
 
 
 async def test_frames_for_unknown_connection_ids_are_ignored(harness: Harness) -> None:
@@ -360,7 +363,7 @@ async def test_configure_is_served_while_registration_is_unanswered(harness: Har
 async def test_registration_without_answer_times_out_and_the_plugin_retries(
     nursery: trio.Nursery,
 ) -> None:
-    async with running_plugin(nursery, registration_timeout=0.5) as harness:
+    async with running_plugin(nursery, registration_timeout=2.0) as harness:
         harness.runtime.hold_registration = True
         await harness.reconnected()
         # The registration timeout closes the session; the plugin connects again.
