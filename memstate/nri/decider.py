@@ -111,7 +111,8 @@ class NriDecider(Protocol):
     async def update_container(
         self, pod: SandboxInfo, container: ContainerInfo
     ) -> Sequence[ContainerUpdate]:
-        """A container's resources are being updated (resize, another plugin)."""
+        """A container's resources are being updated (resize, CPU manager); `container` carries
+        the newly requested resources."""
         ...
 
     async def stop_container(self, pod: SandboxInfo, container: ContainerInfo) -> None:

@@ -116,10 +116,14 @@ def sandbox_info(pod: pb.PodSandbox) -> SandboxInfo:
     )
 
 
-def container_info(container: pb.Container, pod_uid: str = "") -> ContainerInfo:
+def container_info(
+    container: pb.Container, pod_uid: str = "", resources: pb.LinuxResources | None = None
+) -> ContainerInfo:
     """What memstate keeps of a Container; the pod UID comes from the pod, else the kubelet's
-    label."""
-    resources = container.linux.resources
+    label. `resources`, when given, replaces the container's own (an UpdateContainer's requested
+    resources)."""
+    if resources is None:
+        resources = container.linux.resources
     memory_limit = (
         resources.memory.limit.value
         if resources.HasField("memory") and resources.memory.HasField("limit")

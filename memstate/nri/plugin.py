@@ -344,7 +344,9 @@ class _Session:
             return pb.Empty()
         if isinstance(message, pb.UpdateContainerRequest):
             pod = messages.sandbox_info(message.pod)
-            container = messages.container_info(message.container, pod.uid)
+            # The decider sees the resources being requested, not the ones being replaced.
+            requested = message.linux_resources if message.HasField("linux_resources") else None
+            container = messages.container_info(message.container, pod.uid, requested)
             updates = await decider.update_container(pod, container)
             return pb.UpdateContainerResponse(update=messages.container_updates(updates))
         if isinstance(message, pb.StateChangeEvent):

@@ -86,6 +86,16 @@ def test_a_zero_limit_is_present_and_an_absent_one_is_none() -> None:
     assert messages.container_info(container).memory_limit is None
 
 
+def test_requested_resources_replace_the_containers_own() -> None:
+    container = pb.Container()
+    container.ParseFromString(wire.container("c", "sb", "u", "n", memory_limit=5))
+    requested = pb.LinuxResources()
+    requested.memory.limit.value = 7
+    requested.unified["memory.high"] = "6"
+    info = messages.container_info(container, "u", requested)
+    assert (info.memory_limit, dict(info.unified)) == (7, {"memory.high": "6"})
+
+
 def test_event_mask_is_the_documented_memory_plugin_mask() -> None:
     assert messages.MEMSTATE_EVENT_MASK == 0x068F
     assert messages.event_mask([messages.Event.UPDATE_POD_SANDBOX]) == 0x0800
