@@ -93,9 +93,17 @@ class GoRuntime:
         raise AssertionError(f"peer exited during {method}")
 
     async def connected(self) -> None:
-        await self.event("connected")
-        line = await self.event("RegisterPlugin")
-        self.registrations.append(bytes.fromhex(str(line["payload"])))
+        """Wait for a plugin to connect and register (events in either order)."""
+        seen: set[str] = set()
+        with trio.fail_after(WAIT):
+            async for line in self.lines:
+                event = str(line.get("event", ""))
+                if event == "RegisterPlugin":
+                    self.registrations.append(bytes.fromhex(str(line["payload"])))
+                seen.add(event)
+                if {"connected", "RegisterPlugin"} <= seen:
+                    return
+        raise AssertionError("peer exited before a plugin registered")
 
 
 async def _read_lines(

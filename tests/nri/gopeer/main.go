@@ -299,6 +299,8 @@ func main() {
 		if err != nil {
 			return
 		}
+		// Announce the connection before the session can serve (and report) RegisterPlugin.
+		emit(map[string]interface{}{"event": "connected"})
 		s, err := startSession(c)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "session:", err)
@@ -307,7 +309,6 @@ func main() {
 		mu.Lock()
 		cur = s
 		mu.Unlock()
-		emit(map[string]interface{}{"event": "connected"})
 		select {
 		case wait <- struct{}{}:
 		default:
