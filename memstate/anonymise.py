@@ -59,6 +59,7 @@ from memstate.core.events import (
     NodeReconfigured,
     PodAdmissionRequested,
     PodAdmitted,
+    PodCgroupRemoved,
     PodInitCompleted,
     PodRejected,
     PodRemovalRequested,
@@ -345,6 +346,11 @@ def _orphan(m: Mapper, e: Event) -> Event:
     return msgspec.structs.replace(e, path=m.path(e.path))
 
 
+def _cgroup_removed(m: Mapper, e: Event) -> Event:
+    assert isinstance(e, PodCgroupRemoved)
+    return msgspec.structs.replace(e, path=m.path(e.path), uid=m.names.uid(e.uid))
+
+
 _MAPPERS: dict[type[Event], Callable[[Mapper, Event], Event]] = {
     DaemonStarted: _daemon_started,
     TopologyObserved: _topology,
@@ -364,6 +370,7 @@ _MAPPERS: dict[type[Event], Callable[[Mapper, Event], Event]] = {
     CgroupDriftCorrected: _drift,
     CgroupWriteFailed: _write_failed,
     CgroupOrphanFound: _orphan,
+    PodCgroupRemoved: _cgroup_removed,
 }
 
 

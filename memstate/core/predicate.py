@@ -39,6 +39,7 @@ import msgspec
 
 from memstate.core.config import NodeConfig, node_allocatable_reservation
 from memstate.core.pod import Pod, pod_request
+from memstate.core.state import PodRecord
 from memstate.core.topology import (
     MEMORY,
     Topology,
@@ -94,27 +95,45 @@ def _checked_resources(pod: Pod) -> list[str]:
     return [MEMORY, *sorted(hugepages, key=hugepage_page_size)]
 
 
+def _requests(pod: Pod) -> dict[str, int]:
+    """The pod's effective request of memory and of every hugepage size it names."""
+    return {r: size for r in _checked_resources(pod) if (size := pod_request(pod, r)) > 0}
+
+
+# A memo of `_requests` by spec hash (equal hashes are equal specs): "used" sums every admitted
+# pod at each admission, and walking their containers every time would make admission O(pods ×
+# containers). Bounded; clearing it only costs recomputation.
+_REQUESTS_BY_SPEC: dict[str, dict[str, int]] = {}
+_MEMO_LIMIT = 65536
+
+
+def _requests_of(record: PodRecord) -> dict[str, int]:
+    found = _REQUESTS_BY_SPEC.get(record.spec_hash)
+    if found is None:
+        if len(_REQUESTS_BY_SPEC) >= _MEMO_LIMIT:
+            _REQUESTS_BY_SPEC.clear()
+        found = _REQUESTS_BY_SPEC[record.spec_hash] = _requests(record.pod)
+    return found
+
+
 def insufficient_resource(
-    pod: Pod, admitted: Iterable[Pod], config: NodeConfig, topology: Topology
+    pod: Pod, admitted: Iterable[PodRecord], config: NodeConfig, topology: Topology
 ) -> InsufficientResource | None:
     """The first resource `pod` requests beyond what node allocatable leaves after `admitted`
-    (the pods already admitted, `pod` itself not among them), or None when it fits."""
-    requests = {r: pod_request(pod, r) for r in _checked_resources(pod)}
-    wanted = [r for r, size in requests.items() if size > 0]
-    if not wanted:
+    (the records of the pods already admitted, `pod` itself not among them), or None."""
+    requests = _requests(pod)
+    if not requests:
         return None
-    used = dict.fromkeys(wanted, 0)
-    for other in admitted:
-        for resource in wanted:
-            used[resource] += pod_request(other, resource)
+    used = dict.fromkeys(requests, 0)
+    for record in admitted:
+        theirs = _requests_of(record)
+        for resource in used:
+            used[resource] += theirs.get(resource, 0)
     allocatable = node_allocatable(config, topology)
-    for resource in wanted:
+    for resource, requested in requests.items():
         capacity = allocatable.get(resource, 0)
-        if requests[resource] > capacity - used[resource]:
+        if requested > capacity - used[resource]:
             return InsufficientResource(
-                resource=resource,
-                requested=requests[resource],
-                used=used[resource],
-                capacity=capacity,
+                resource=resource, requested=requested, used=used[resource], capacity=capacity
             )
     return None

@@ -235,9 +235,7 @@ def _fresh_admission(
     # and Memory Manager), for every pod (docs/deviations.md). Deferred pods await their own
     # decision and hold nothing until then, as in the Memory Manager's accounting.
     others = (
-        record.pod
-        for uid, record in state.pods.items()
-        if uid != pod.uid and uid not in state.deferred
+        record for uid, record in state.pods.items() if uid != pod.uid and uid not in state.deferred
     )
     short = insufficient_resource(pod, others, config, topology)
     if short is not None:

@@ -22,10 +22,11 @@ from memstate.core.events import (
     ReadmissionCompleted,
     TopologyObserved,
 )
+from memstate.core.pod import Pod, qos_class, spec_hash
 from memstate.core.predicate import InsufficientResource, insufficient_resource, node_allocatable
 from memstate.core.qos import node_targets
 from memstate.core.reducer import step
-from memstate.core.state import State
+from memstate.core.state import PodRecord, State
 from memstate.core.topology import Topology
 from tests.factories import Gi, Mi, container, pod, pod_of, static_config, topology
 
@@ -41,6 +42,10 @@ def none_config(**extra: Any) -> NodeConfig:
             **extra,
         }
     )
+
+
+def records(*pods: Pod) -> list[PodRecord]:
+    return [PodRecord(pod=p, spec_hash=spec_hash(p), qos_class=qos_class(p)) for p in pods]
 
 
 def run(events: list[Event]) -> tuple[State, list[Event]]:
@@ -209,8 +214,11 @@ def test_overhead_and_init_containers_count_like_pod_requests() -> None:
         overhead={"memory": "1Gi"},
     )
     topo = topology("8Gi")  # 7Gi allocatable
-    assert insufficient_resource(candidate, [burstable("o", "2Gi")], none_config(), topo) is None
-    short = insufficient_resource(candidate, [burstable("o", "3Gi")], none_config(), topo)
+    assert (
+        insufficient_resource(candidate, records(burstable("o", "2Gi")), none_config(), topo)
+        is None
+    )
+    short = insufficient_resource(candidate, records(burstable("o", "3Gi")), none_config(), topo)
     assert short is not None
     assert (short.requested, short.used, short.capacity) == (5 * Gi, 3 * Gi, 7 * Gi)
 
