@@ -207,10 +207,13 @@ class Daemon:
         self.state = recovered.state
         self.removals = recovered.removals
         if recovered.removals:
+            paths = sorted(recovered.removals.paths)
+            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
             logger.info(
-                "%d retired pod cgroups still to remove: %s",
-                len(recovered.removals.paths),
-                ", ".join(recovered.removals.paths),
+                "%d retired pod cgroups still to remove: %s%s",
+                len(paths),
+                ", ".join(paths[:5]),
+                more,
             )
         self.last_seq = recovered.last_seq
         self._checkpoint_seq = recovered.checkpoint_seq or 0
