@@ -69,7 +69,7 @@ def main() -> None:
             cases.append((f"admit {label}", after, [after.pod(newcomer.uid).cgroup], []))
         gone = pods[1]  # Burstable
         after = node_targets(pods[:1] + pods[2:])
-        cases.append(("retire Burstable", after, [], [gone.uid]))
+        cases.append(("retire Burstable", after, [], [before.pod(gone.uid).cgroup]))
         for label, targets, scope, retired in cases:
             for mode in ("scoped", "full"):
                 chosen = scope if mode == "scoped" else None
@@ -80,7 +80,7 @@ def main() -> None:
                     chosen: list[str] | None = chosen,
                     retired: list[str] = retired,
                 ) -> ReconcileReport:
-                    return reconciler.reconcile(targets, retired_uids=retired, scope=chosen)
+                    return reconciler.reconcile(targets, retired_paths=retired, scope=chosen)
 
                 seconds, report = measure(args.repeat, base, run)
                 print(

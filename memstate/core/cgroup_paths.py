@@ -144,6 +144,12 @@ def pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
     return cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
 
 
+def pod_paths_of_uid(config: NodeConfig, uid: str) -> tuple[str, ...]:
+    """Every place a pod cgroup of `uid` can have: under kubepods (Guaranteed) and under each
+    QoS cgroup."""
+    return tuple(pod_path(config, uid, qos) for qos in (GUARANTEED, *QOS_COMPONENTS))
+
+
 def root_paths(config: NodeConfig) -> tuple[str, ...]:
     """The managed cgroups above kubepods: the mount root "" and one path per cgroupRoot
     component (``foo`` / ``foo.slice``), top-down."""

@@ -281,6 +281,16 @@ class CgroupOrphanFound(Event, frozen=True, tag="cgroup_orphan_found"):
     removed: bool = False
 
 
+class PodCgroupRemoved(Event, frozen=True, tag="pod_cgroup_removed"):
+    """A retired pod cgroup (its pod removed, rejected or moved to another QoS cgroup) was seen
+    gone; until this note, recovery keeps it among the removals to finish
+    (`memstate.core.removals`)."""
+
+    role: ClassVar[EventRole] = "note"
+    path: str
+    uid: str
+
+
 AnyEvent = (
     DaemonStarted
     | DaemonRestarted
@@ -302,6 +312,7 @@ AnyEvent = (
     | CgroupDriftCorrected
     | CgroupWriteFailed
     | CgroupOrphanFound
+    | PodCgroupRemoved
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -325,6 +336,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CgroupDriftCorrected,
     CgroupWriteFailed,
     CgroupOrphanFound,
+    PodCgroupRemoved,
 )
 
 EVENT_KINDS: dict[str, type[Event]] = {str(t.__struct_config__.tag): t for t in EVENT_TYPES}

@@ -61,6 +61,7 @@ from memstate.core.numa_policy import (
     reserve,
 )
 from memstate.core.pod import Pod, qos_class, spec_hash
+from memstate.core.predicate import insufficient_resource
 from memstate.core.qos import pod_targets
 from memstate.core.state import (
     Counters,
@@ -228,6 +229,25 @@ def _fresh_admission(
                 source=source,
                 pinning_requests=admission.pinning_requests,
                 pinning_errors=admission.pinning_errors,
+            ),
+        )
+    # The kubelet's predicate admit handler runs after the resource-allocating one (Topology
+    # and Memory Manager), for every pod (docs/deviations.md). Deferred pods await their own
+    # decision and hold nothing until then, as in the Memory Manager's accounting.
+    others = (
+        record for uid, record in state.pods.items() if uid != pod.uid and uid not in state.deferred
+    )
+    short = insufficient_resource(pod, others, config, topology)
+    if short is not None:
+        return (
+            PodRejected(
+                reason=short.reason,
+                message=short.message,
+                uid=pod.uid,
+                name=pod.name,
+                namespace=pod.namespace,
+                source=source,
+                pinning_requests=admission.pinning_requests,
             ),
         )
     return (

@@ -59,6 +59,7 @@ from memstate.core.events import (
     NodeReconfigured,
     PodAdmissionRequested,
     PodAdmitted,
+    PodCgroupRemoved,
     PodInitCompleted,
     PodRejected,
     PodRemovalRequested,
@@ -302,6 +303,10 @@ class Mapper:
                 )
             case CgroupOrphanFound():
                 return msgspec.structs.replace(event, path=self.path(event.path))
+            case PodCgroupRemoved():
+                return msgspec.structs.replace(
+                    event, path=self.path(event.path), uid=self.names.uid(event.uid)
+                )
             case _:
                 return event
 

@@ -67,8 +67,7 @@ from memstate.core.events import (
     Event,
     NodeReconfigured,
     PodAdmitted,
-    PodRejected,
-    PodRemoved,
+    PodCgroupRemoved,
     ReadmissionCompleted,
     TopologyObserved,
 )
@@ -80,6 +79,7 @@ from memstate.core.qos import (
     pod_targets,
 )
 from memstate.core.reducer import apply, step
+from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
@@ -174,7 +174,9 @@ class Daemon:
         self._manifest_wake = Wakeup()
         self._config_wake = Wakeup()
         self._scope: set[str] | None = set()  # None: the next round is a full resync
-        self._retired: set[str] = set()
+        # Retired pod cgroups still to remove, folded from the log with the state (recovered at
+        # start, checkpointed with it) and handed whole to every reconcile round.
+        self.removals: PendingRemovals = NO_REMOVALS
         self._events_since_checkpoint = 0
         self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
@@ -203,6 +205,16 @@ class Daemon:
         for warning in recovered.warnings:
             logger.warning("checkpoint: %s", warning)
         self.state = recovered.state
+        self.removals = recovered.removals
+        if recovered.removals:
+            paths = sorted(recovered.removals.paths)
+            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+            logger.info(
+                "%d retired pod cgroups still to remove: %s%s",
+                len(paths),
+                ", ".join(paths[:5]),
+                more,
+            )
         self.last_seq = recovered.last_seq
         self._checkpoint_seq = recovered.checkpoint_seq or 0
         logger.info(
@@ -355,18 +367,24 @@ class Daemon:
         log = self.log
         with trio.CancelScope(shield=True):
             state = self.state
+            removals = self.removals
             records: list[tuple[Event, int | None]] = []
             decisions: list[Event] = []
             for event in events:
+                before = state
                 if event.role == "input":
                     transition = step(state, event)
                     state = transition.state
                     records.append((event, len(transition.decisions)))
                     records.extend((d, None) for d in transition.decisions)
                     decisions.extend(transition.decisions)
+                    removals = fold_removals(
+                        removals, before, [event, *transition.decisions], state
+                    )
                 else:
                     state = apply(state, event)
                     records.append((event, None))
+                    removals = fold_removals(removals, before, [event], state)
             started = time.perf_counter()
             envelopes = await trio.to_thread.run_sync(
                 functools.partial(log.append, records, ts_ns=time.time_ns()),
@@ -376,10 +394,10 @@ class Daemon:
             self.metrics.batch_events.observe(len(envelopes))
             for envelope in envelopes:
                 self.metrics.events_appended.labels(kind=envelope.event.kind).inc()
-            previous = self.state
             self.state = state
+            self.removals = removals
             self.last_seq = envelopes[-1].seq
-            self._note_effects(previous, events, decisions)
+            self._note_effects(decisions)
             self._events_since_checkpoint += len(envelopes)
             if self._events_since_checkpoint >= self.settings.checkpoint_every:
                 await self._checkpoint()
@@ -408,18 +426,18 @@ class Daemon:
             del self._pod_targets[uid]
         return assemble_node_targets(entries, state.config, state.topology)
 
-    def _note_effects(
-        self, previous: State, inputs: Sequence[Event], decisions: Sequence[Event]
-    ) -> None:
-        """Publish the new state and tell the reconciler what changed."""
+    def _note_effects(self, decisions: Sequence[Event]) -> None:
+        """Publish the new state and tell the reconciler what changed (the cgroups of retired
+        pods are in `self.removals`, which every round covers)."""
         self.targets = self._compute_targets()
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
-            if isinstance(decision, PodAdmitted) and self.targets is not None:
-                if self._scope is not None:
-                    self._scope.add(self.targets.pod(decision.uid).cgroup)
-            elif isinstance(decision, (PodRemoved, PodRejected)) and decision.uid in previous.pods:
-                self._retired.add(decision.uid)
+            if (
+                isinstance(decision, PodAdmitted)
+                and self.targets is not None
+                and self._scope is not None
+            ):
+                self._scope.add(self.targets.pod(decision.uid).cgroup)
         if full:
             self._scope = None
         self._publish()
@@ -485,7 +503,7 @@ class Daemon:
     async def _checkpoint(self) -> None:
         """Write a checkpoint of the current state (shielded by the caller or at shutdown)."""
         assert self.log is not None
-        log, state, seq = self.log, self.state, self.last_seq
+        log, state, seq, removals = self.log, self.state, self.last_seq, self.removals
         if seq in (0, self._checkpoint_seq):
             return
         if log.last_seq != seq:
@@ -496,7 +514,9 @@ class Daemon:
 
         def write() -> None:
             check_invariants(state)
-            write_checkpoint(self.settings.state_dir, state, seq=seq, chain_crc=chain)
+            write_checkpoint(
+                self.settings.state_dir, state, seq=seq, chain_crc=chain, removals=removals
+            )
             prune_checkpoints(self.settings.state_dir, self.settings.checkpoints_keep)
             if self.settings.prune_log:
                 oldest = oldest_checkpoint_seq(self.settings.state_dir)
@@ -512,7 +532,12 @@ class Daemon:
     # --- sources -------------------------------------------------------------------------------
 
     async def _scan_manifests(self) -> None:
-        events = await trio.to_thread.run_sync(self.manifests.scan)
+        # The file each pod came from keeps its UID against any other file declaring it.
+        state = self.state
+        holders = {uid: record.source for uid, record in state.pods.items()}
+        holders.update((uid, waiting.source) for uid, waiting in state.deferred.items())
+        scan = functools.partial(self.manifests.scan, holders)
+        events = await trio.to_thread.run_sync(scan)
         if events:
             if self.ready.is_set():
                 await self.submit(events)
@@ -592,16 +617,16 @@ class Daemon:
         if targets is None or self.reconciler is None:
             return None
         scope, self._scope = self._scope, set()
-        if scope is not None and not scope and not self._retired:
+        retiring = self.removals.paths
+        if scope is not None and not scope and not retiring:
             return None
-        retired, self._retired = self._retired, set()
         reconciler = self.reconciler
         started = time.perf_counter()
         report = await trio.to_thread.run_sync(
             functools.partial(
                 reconciler.reconcile,  # type: ignore[attr-defined]
                 targets,
-                retired_uids=sorted(retired),
+                retired_paths=sorted(retiring),
                 scope=None if scope is None else sorted(scope),
             ),
             limiter=self._cgroup_limiter,
@@ -616,7 +641,14 @@ class Daemon:
             self.metrics.drift_corrections.inc(drift)
         self._converged = bool(report.converged)
         self._pending_removals = len(report.pending_removals)
-        self._retired |= set(report.pending_removals)
+        # Removals seen finished become durable notes; the fold then drops them. A path the
+        # state has since desired again, or already dropped, needs no note.
+        current = self.removals.paths
+        notes.extend(
+            PodCgroupRemoved(path=path, uid=current[path])
+            for path in report.removed
+            if path in current
+        )
         self._publish()
         self._write_status()
         if notes:

@@ -7,12 +7,17 @@ events for what changed:
 - a file whose content changed, same UID: `pod_admission_requested` (the reducer turns a changed
   spec into `pod_removed` plus a new decision);
 - a file whose pod now has another UID: `pod_removal_requested` for the old UID, then
-  `pod_admission_requested`;
+  `pod_admission_requested` (every removal of a scan comes before its other events, so a UID
+  given up by one file is free for another in the same scan);
 - a deleted file: `pod_removal_requested`;
 - a file that does not parse or validate: `manifest_invalid` naming the file, the field and the
   reason (the pod it held before, if any, is removed);
-- two files declaring one UID: the file whose name sorts first owns it, the other is
-  `manifest_invalid`.
+- two files declaring one UID: the file that already holds it keeps it — the one the last scan
+  accepted for it, else the one the running pod came from (`scan(holders=...)`, from the state,
+  so this holds after a restart too), else the one whose name sorts first — and every other is
+  `manifest_invalid` with a reason naming both files. A pod is never taken over by another
+  file: it keeps its UID, spec and allocation. Such a file is read again at every scan, and
+  admitted once the UID is free (its holder deleted or changed).
 
 Unchanged files (same bytes) produce nothing, so a periodic full rescan is cheap and idempotent:
 watch events are only hints, the rescan is the source of truth. After a restart nothing is known,
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +57,9 @@ class Seen:
     # a rescan of an unchanged directory stats files instead of reading them. Atomic renames give
     # a new inode; in-place edits change the size or the nanosecond mtime.
     identity: tuple[int, int, int] = (0, 0, 0)
+    # The UID this file declares but another file holds ("" otherwise): such a file is read
+    # again at every scan, to be admitted once the UID is free.
+    conflict: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,13 +97,16 @@ class ManifestDirectory:
             return sorted(files, reverse=True)
         return files
 
-    def scan(self) -> list[Event]:
+    def scan(self, holders: Mapping[str, str] | None = None) -> list[Event]:
         """Read the directory; return the events for every change since the last scan.
 
+        `holders` maps the UID of each pod in the state to the file it came from: when two
+        files declare a UID, the one the running pod came from keeps it (after a restart,
+        before any scan was accepted, this is what tells the original from a newcomer).
         The caller commits the events and then calls `accept` with the same result, so a scan
         whose events were not recorded is repeated next time.
         """
-        events, self._pending = self._diff(self._read_changed())
+        events, self._pending = self._diff(self._read_changed(), holders or {})
         return events
 
     def accept(self) -> None:
@@ -115,7 +126,7 @@ class ManifestDirectory:
                 observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
                 continue
             identity = (info.st_ino, info.st_size, info.st_mtime_ns)
-            if seen is not None and seen.identity == identity:
+            if seen is not None and seen.identity == identity and not seen.conflict:
                 observed.append(Observed(path, seen.digest, unchanged=seen))
                 continue
             try:
@@ -128,19 +139,20 @@ class ManifestDirectory:
                 observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
                 continue
             digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            if seen is not None and seen.digest == digest:
+            if seen is not None and seen.digest == digest and not seen.conflict:
                 seen = Seen(seen.digest, seen.uid, seen.spec_hash, identity)
                 observed.append(Observed(path, digest, unchanged=seen))
             else:
                 observed.append(_parse(path, data, digest, identity))
         return observed
 
-    def _diff(self, observed: Sequence[Observed]) -> tuple[list[Event], dict[str, Seen]]:
-        owners: dict[str, str] = {}
-        for item in sorted(observed, key=lambda o: str(o.path)):
-            uid = item.pod.uid if item.pod else item.unchanged.uid if item.unchanged else ""
-            if uid:
-                owners.setdefault(uid, str(item.path))
+    def _diff(
+        self, observed: Sequence[Observed], holders: Mapping[str, str]
+    ) -> tuple[list[Event], dict[str, Seen]]:
+        owners = self._owners(observed, holders)
+        # Removals go first: a UID a file gives up (deleted, invalid, changed) may be taken by
+        # another file in the same scan, and must be free before that file's admission.
+        removals: list[Event] = []
         events: list[Event] = []
         known: dict[str, Seen] = {}
         present = set()
@@ -153,22 +165,57 @@ class ManifestDirectory:
                 continue
             error = item.error
             if item.pod is not None and owners[item.pod.uid] != key:
-                error = f"uid {item.pod.uid} is already used by {owners[item.pod.uid]}"
+                uid, owner = item.pod.uid, owners[item.pod.uid]
+                if before is not None and before.conflict == uid and before.digest == item.digest:
+                    known[key] = before  # still the same conflict: reported once
+                    continue
+                if before is not None and before.uid:
+                    removals.append(PodRemovalRequested(uid=before.uid, source=key))
+                events.append(
+                    ManifestInvalid(
+                        source=key,
+                        error=(
+                            f"$.metadata.uid: uid {uid} is already declared by {owner}, which "
+                            f"holds the pod; {key} is ignored while it does"
+                        ),
+                    )
+                )
+                known[key] = Seen(item.digest, "", "", item.identity, conflict=uid)
+                continue
             if error or item.pod is None:
                 if before is not None and before.uid:
-                    events.append(PodRemovalRequested(uid=before.uid, source=key))
+                    removals.append(PodRemovalRequested(uid=before.uid, source=key))
                 events.append(ManifestInvalid(source=key, error=error))
                 known[key] = Seen(item.digest, "", "", item.identity)
                 continue
             pod = item.pod
             if before is not None and before.uid and before.uid != pod.uid:
-                events.append(PodRemovalRequested(uid=before.uid, source=key))
+                removals.append(PodRemovalRequested(uid=before.uid, source=key))
             events.append(PodAdmissionRequested(pod=pod, source=key))
             known[key] = Seen(item.digest, pod.uid, spec_hash(pod), item.identity)
         for key, before in self.known.items():
             if key not in present:
-                events.append(PodRemovalRequested(uid=before.uid, source=key))
-        return events, known
+                removals.append(PodRemovalRequested(uid=before.uid, source=key))
+        return removals + events, known
+
+    def _owners(self, observed: Sequence[Observed], holders: Mapping[str, str]) -> dict[str, str]:
+        """UID → the file that holds it, among the files that declare it (module docstring)."""
+        claims: dict[str, list[str]] = {}
+        for item in observed:
+            uid = item.pod.uid if item.pod else item.unchanged.uid if item.unchanged else ""
+            if uid:
+                claims.setdefault(uid, []).append(str(item.path))
+        owners: dict[str, str] = {}
+        for uid, files in claims.items():
+            accepted = [f for f in files if (seen := self.known.get(f)) and seen.uid == uid]
+            running = holders.get(uid)
+            if accepted:
+                owners[uid] = min(accepted)
+            elif running in files:
+                owners[uid] = running
+            else:
+                owners[uid] = min(files)
+        return owners
 
 
 def _parse(path: Path, data: bytes, digest: str, identity: tuple[int, int, int]) -> Observed:

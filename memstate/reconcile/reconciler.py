@@ -9,7 +9,7 @@ One call to `Reconciler.reconcile(targets)` is one round:
    parent's listing, not one `exists` call per pod), reads the protections of the children
    memstate does not manage (container cgroups, orphans, foreign cgroups) and walks every pod
    cgroup no target explains. A scoped round (the daemon's after an admission or a removal)
-   reads only the scoped paths, the candidate paths of retired pods and their ancestors, and
+   reads only the scoped paths, the retired pod cgroups and their ancestors, and
    takes everything else from the picture the previous rounds left (`apply_operations` keeps it
    current), so one admission costs O(1) reads as well as O(1) writes. The periodic full resync
    stays the source of truth: a scoped round never looks for orphans, and anything the cached
@@ -30,11 +30,14 @@ One call to `Reconciler.reconcile(targets)` is one round:
    it, and it was rewritten — a changed *target* is not drift) and `CgroupOrphanFound` (once per
    orphan, again with ``removed=True`` when `remove_orphans` removed it).
 
-Retired pods: the daemon passes the UIDs a decision removed; the reconciler remembers them until
-their cgroup is gone (or the pod is desired again), so passing each UID once is enough. A
-populated retired pod has its protection zeroed so its ancestors can be lowered, then waits
-(``pod_removal="wait"``: retried with back-off, and the daemon's watcher on cgroup.events brings
-the next round early) or is killed through cgroup.kill (``"kill"``).
+Retired pods: every round is given the complete set of retired pod cgroup *paths* still to
+remove (`memstate.core.removals.PendingRemovals`, which the daemon folds from its log and
+recovers at start), and reports which of them it saw gone (`removed`) and which are still there
+(`pending_removals`); the daemon records the former, which is what shrinks the set. The reconciler
+keeps no list of its own, so nothing about removals lives only in its memory. A populated retired
+pod has its protection zeroed so its ancestors can be lowered, then waits (``pod_removal="wait"``:
+retried with back-off, and the daemon's watcher on cgroup.events brings the next round early) or
+is killed through cgroup.kill (``"kill"``).
 
 Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
 TypeError...): a `HostError` from any operation is caught, counted and reported.
@@ -55,12 +58,9 @@ from typing import Literal
 import msgspec
 
 from memstate.core.cgroup_paths import (
-    QOS_COMPONENTS,
     ancestor_paths,
     parent_path,
     parse_cgroup_path,
-    pod_path,
-    validate_pod_uid,
 )
 from memstate.core.cgroup_values import CgroupValueError, parse_controller_list, parse_flat_keyed
 from memstate.core.config import NodeConfig
@@ -90,7 +90,6 @@ from memstate.core.plan import (
     naming_config,
     plan_operations,
 )
-from memstate.core.pod import GUARANTEED
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 
@@ -153,8 +152,9 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     `converged`: nothing is left to do — every operation succeeded, nothing failed to be read,
     no removal is pending and no managed file is blocked. `retry_after_seconds`: when the
     reconciler wants to be called again (a failure or a pending removal), else None.
-    `pending_removals`: UIDs of retired pods whose cgroup is still there. `writes` counts the
-    mutating calls (write, mkdir, rmdir, retries included), `reads` the observation calls.
+    `pending_removals`: retired pod cgroup paths still there (or not known to be gone);
+    `removed`: retired paths seen gone this round. `writes` counts the mutating calls (write,
+    mkdir, rmdir, retries included), `reads` the observation calls.
     """
 
     full: bool
@@ -168,6 +168,7 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     converged: bool
     retry_after_seconds: float | None
     pending_removals: tuple[str, ...]
+    removed: tuple[str, ...] = ()
     results: tuple[OperationResult, ...] = ()
     orphans: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -425,33 +426,31 @@ class Reconciler:
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
-        self._retiring: set[str] = set()
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
-        self._pending: dict[str, int] = {}  # retired UID -> rounds it has been pending
+        self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
-
-    @property
-    def retiring(self) -> frozenset[str]:
-        """UIDs of retired pods whose cgroup has not been seen gone yet."""
-        return frozenset(self._retiring)
 
     def reconcile(
         self,
         targets: NodeTargets,
         *,
-        retired_uids: Iterable[str] = (),
+        retired_paths: Iterable[str] = (),
         scope: Iterable[str] | None = None,
     ) -> ReconcileReport:
-        """One round: observe, plan, execute, report. `scope=None` is a full resync."""
+        """One round: observe, plan, execute, report. `scope=None` is a full resync.
+
+        `retired_paths`: every retired pod cgroup still to remove (all of them, every round);
+        a path the targets desire again is simply not removed.
+        """
         config = naming_config(targets)
-        desired_uids = {t.pod_uid for t in targets.cgroups if t.level == "pod"}
-        self._retiring |= {validate_pod_uid(uid) for uid in retired_uids}
-        self._retiring -= desired_uids
+        desired = {t.path for t in targets.cgroups}
+        valid, foreign = _split_retired(retired_paths, config)
+        retiring = frozenset(valid - desired)
         # Before the first full resync there is no picture to scope against.
         paths = (
             None
             if scope is None or self._tree is None
-            else self._scope_paths(targets, config, scope)
+            else self._scope_paths(targets, config, scope, retiring)
         )
         full = paths is None
         tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
@@ -459,7 +458,7 @@ class Reconciler:
             targets,
             tree,
             page_size_bytes=self.page_size_bytes,
-            retired_uids=self._retiring,
+            retired_paths=retiring,
             pod_removal=self.options.pod_removal,
             remove_orphans=self.options.remove_orphans and full,
             focus=paths,
@@ -476,12 +475,18 @@ class Reconciler:
             full=full,
             reads=reads,
             writes=writes,
+            retiring=retiring,
+            foreign=tuple(foreign),
         )
 
     # --- scope -----------------------------------------------------------------------------
 
     def _scope_paths(
-        self, targets: NodeTargets, config: NodeConfig, scope: Iterable[str]
+        self,
+        targets: NodeTargets,
+        config: NodeConfig,
+        scope: Iterable[str],
+        retiring: frozenset[str],
     ) -> list[str]:
         desired = {t.path for t in targets.cgroups}
         paths: set[str] = set()
@@ -490,11 +495,7 @@ class Reconciler:
             if path not in desired and (parsed is None or parsed.level != "pod"):
                 raise ValueError(f"scope path {path!r} is not a managed or pod cgroup path")
             paths.add(path)
-        for uid in sorted(self._retiring):
-            for qos in (GUARANTEED, *QOS_COMPONENTS):
-                candidate = pod_path(config, uid, qos)
-                if candidate not in desired:
-                    paths.add(candidate)
+        paths |= retiring
         return sorted(paths)
 
     # --- drift -----------------------------------------------------------------------------
@@ -611,6 +612,8 @@ class Reconciler:
         full: bool,
         reads: int,
         writes: int,
+        retiring: frozenset[str],
+        foreign: tuple[str, ...],
     ) -> ReconcileReport:
         now = self.clock()
         notes: list[Event] = [
@@ -644,7 +647,7 @@ class Reconciler:
         self._tree = apply_operations(tree, succeeded)
         self._remember(targets, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
-        pending = self._pending_removals(targets, tree, plan, by_target)
+        pending, removed = self._pending_removals(tree, plan, by_target, retiring)
         retry = self._retry_after(plan, results, pending, now)
         outcomes = Counter(r.outcome for r in results)
         failed = outcomes["failed"] + outcomes["busy"]
@@ -669,9 +672,15 @@ class Reconciler:
             converged=converged,
             retry_after_seconds=retry,
             pending_removals=pending,
+            removed=removed,
             results=tuple(results),
             orphans=tuple(r.path for r in plan.orphans),
-            warnings=plan.warnings,
+            warnings=plan.warnings
+            + tuple(
+                f"retired pod cgroup {path!r} is not named under the cgroup driver and root in "
+                "force: left in place"
+                for path in foreign
+            ),
             read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
             writes=writes,
             reads=reads,
@@ -733,31 +742,26 @@ class Reconciler:
 
     def _pending_removals(
         self,
-        targets: NodeTargets,
         tree: ObservedTree,
         plan: Plan,
         by_target: dict[tuple[str, str], list[OperationResult]],
-    ) -> tuple[str, ...]:
-        """Retired UIDs whose cgroup is (or may still be) there; forget those proven gone."""
+        retiring: frozenset[str],
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(retired paths still there or not known gone, retired paths seen gone)."""
         pending: set[str] = set()
-        found: set[str] = set()
+        planned: set[str] = set()
         for removal in plan.removals:
             if removal.kind != "retired":
                 continue
-            found.add(removal.uid)
+            planned.add(removal.path)
             rmdirs = by_target.get((removal.path, ""), [])
-            removed = bool(rmdirs) and all(r.outcome == "ok" for r in rmdirs)
-            if not removed:
-                pending.add(removal.uid)
-        config = naming_config(targets)
-        desired = {t.path for t in targets.cgroups}
-        for uid in self._retiring - found:
-            candidates = [pod_path(config, uid, qos) for qos in (GUARANTEED, *QOS_COMPONENTS)]
-            if not all(_proven_absent(tree, path) for path in candidates if path not in desired):
-                pending.add(uid)  # its holder could not be listed: keep looking
-        self._retiring = pending
-        self._pending = {uid: self._pending.get(uid, 0) + 1 for uid in sorted(pending)}
-        return tuple(sorted(pending))
+            if not (rmdirs and all(r.outcome == "ok" for r in rmdirs)):
+                pending.add(removal.path)
+        for path in retiring - planned:
+            if not _proven_absent(tree, path):
+                pending.add(path)  # its holder could not be listed: keep looking
+        self._pending = {path: self._pending.get(path, 0) + 1 for path in sorted(pending)}
+        return tuple(sorted(pending)), tuple(sorted(retiring - pending))
 
     def _retry_after(
         self,
@@ -772,10 +776,25 @@ class Reconciler:
                 backoff = self._backoff.get(_key(result.operation))
                 if backoff is not None:
                     waits.append(max(0.0, backoff.not_before - now))
-        waits.extend(self.options.backoff_seconds(self._pending[uid]) for uid in pending)
+        waits.extend(self.options.backoff_seconds(self._pending[path]) for path in pending)
         if any(r.outcome == "skipped" for r in results) and not waits:
             waits.append(self.options.retry_backoff_base_seconds)
         return min(waits) if waits else None
+
+
+def _split_retired(paths: Iterable[str], config: NodeConfig) -> tuple[set[str], list[str]]:
+    """(the retired paths that are pod cgroups under `config`'s naming, the others). The others
+    were named under a cgroup driver or cgroupRoot no longer in force: the tree they live in is
+    not the managed one, so they are left alone (and said so)."""
+    valid: set[str] = set()
+    foreign: list[str] = []
+    for path in paths:
+        parsed = parse_cgroup_path(path, config)
+        if parsed is None or parsed.level != "pod":
+            foreign.append(path)
+        else:
+            valid.add(path)
+    return valid, sorted(foreign)
 
 
 def _proven_absent(tree: ObservedTree, path: str) -> bool:

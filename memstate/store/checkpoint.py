@@ -18,7 +18,10 @@ fsync the directory):
    16  body                  msgpack `CheckpointBody`
   end  crc              u32  CRC32C of every byte before it
 
-The body stores the state as the canonical bytes of `encode_state` plus their `state_hash`.
+The body stores the state as the canonical bytes of `encode_state` plus their `state_hash`, and
+the retired pod cgroups still to remove at N (`memstate.core.removals`: a fold of the log, not
+part of the state or its hash; omitted when there are none, so such a checkpoint is byte for byte
+what earlier builds wrote and read).
 Unlike the kubelet's checkpoints (a checksum over a dump of in-memory objects, which broke when a
 type was renamed), the hash is over the stored bytes. Pair assertions: before writing, the bytes
 are decoded again and must hash the same; after reading, the hash must match the stored bytes
@@ -41,6 +44,7 @@ from crc32c import crc32c
 
 from memstate.core.errors import CheckpointCorruption, InvariantViolation, SchemaError
 from memstate.core.events import SCHEMA_VERSION
+from memstate.core.removals import NO_REMOVALS, PendingRemovals, removals_from_paths
 from memstate.core.state import REDUCER_VERSION, State, decode_state, encode_state, state_hash
 from memstate.store import fsio
 from memstate.store.format import SNAP_DIRNAME
@@ -53,7 +57,7 @@ _CRC = struct.Struct("<I")
 MAX_CHECKPOINT_BYTES = 1 << 30
 
 
-class CheckpointBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CheckpointBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What a checkpoint records (msgpack inside the framed file)."""
 
     seq: int
@@ -62,6 +66,7 @@ class CheckpointBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     schema_version: int
     state_hash: str
     state: bytes  # canonical `encode_state` bytes
+    removals: dict[str, str] = {}  # retired pod cgroup path → pod UID (PendingRemovals)
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -74,6 +79,7 @@ class Checkpoint(msgspec.Struct, frozen=True):
     schema_version: int
     state_hash: str
     state: State
+    removals: PendingRemovals = NO_REMOVALS
 
 
 _BODY_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
@@ -101,7 +107,9 @@ def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def encode_checkpoint(state: State, *, seq: int, chain_crc: int) -> bytes:
+def encode_checkpoint(
+    state: State, *, seq: int, chain_crc: int, removals: PendingRemovals = NO_REMOVALS
+) -> bytes:
     """The complete file content of a checkpoint (pure, verified before it is returned)."""
     if seq < 1:
         raise InvariantViolation(f"a checkpoint needs seq >= 1, got {seq}")
@@ -120,6 +128,7 @@ def encode_checkpoint(state: State, *, seq: int, chain_crc: int) -> bytes:
             schema_version=SCHEMA_VERSION,
             state_hash=digest,
             state=state_bytes,
+            removals=dict(sorted(removals.paths.items())),
         )
     )
     head = _HEAD.pack(SNAP_MAGIC, CHECKPOINT_FORMAT_VERSION, 0, len(body))
@@ -127,15 +136,22 @@ def encode_checkpoint(state: State, *, seq: int, chain_crc: int) -> bytes:
 
 
 def write_checkpoint(
-    state_dir: Path, state: State, *, seq: int, chain_crc: int, fsync: bool = True
+    state_dir: Path,
+    state: State,
+    *,
+    seq: int,
+    chain_crc: int,
+    fsync: bool = True,
+    removals: PendingRemovals = NO_REMOVALS,
 ) -> Path:
     """Write the state after record `seq` atomically; returns the checkpoint path.
 
     `chain_crc` is the log's chain CRC after `seq` (`EventLog.chain_crc` when `seq` is
     `EventLog.last_seq`). Call it at a transaction boundary (never between an input and its
-    decisions). `fsync=False` is for tests and benchmarks only.
+    decisions). `removals` are the retired pod cgroups still to remove at `seq`.
+    `fsync=False` is for tests and benchmarks only.
     """
-    data = encode_checkpoint(state, seq=seq, chain_crc=chain_crc)
+    data = encode_checkpoint(state, seq=seq, chain_crc=chain_crc, removals=removals)
     directory = Path(state_dir) / SNAP_DIRNAME
     fsio.ensure_dir(directory, fsync=fsync)
     path = directory / checkpoint_name(seq)
@@ -210,6 +226,7 @@ def _verified(body: CheckpointBody, path: Path) -> Checkpoint:
         schema_version=body.schema_version,
         state_hash=body.state_hash,
         state=state,
+        removals=removals_from_paths(body.removals),
     )
 
 

@@ -17,6 +17,9 @@ which rebuilds the state without touching the log:
    `memstate log import`) gets its decisions derived, as `memstate replay` does.
 3. Only whole transactions are applied: an input whose decisions are not all in the log yet
    is left out (the writer's recovery drops it; it was never acknowledged).
+4. The retired pod cgroups still to remove (`memstate.core.removals`) are folded alongside,
+   transaction by transaction, from the checkpoint's own list (or none): a removal decided
+   before a crash is finished after it.
 
 `decoded_events` counts the records decoded, so a test can prove that start-up with a checkpoint
 decodes only the tail, whatever the log length.
@@ -36,6 +39,7 @@ from memstate.core.errors import (
 )
 from memstate.core.events import SCHEMA_VERSION, Envelope
 from memstate.core.reducer import apply, step
+from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from memstate.store.format import CHAIN_SEED
@@ -46,6 +50,7 @@ class Recovered(msgspec.Struct, frozen=True):
     """The state rebuilt at start-up and how it was obtained."""
 
     state: State
+    removals: PendingRemovals  # retired pod cgroups still to remove after last_seq
     last_seq: int  # seq of the last record folded in (0 for an empty log)
     chain_crc: int  # chain CRC after last_seq
     checkpoint_seq: int | None  # the checkpoint started from, None for full replay
@@ -59,8 +64,10 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
     reader = reader if reader is not None else LogReader(state_dir)
     warnings: list[str] = []
     checkpoint = _usable_checkpoint(state_dir, reader, warnings)
+    removals = NO_REMOVALS
     if checkpoint is not None:
         state, last_seq, chain = checkpoint.state, checkpoint.seq, checkpoint.chain_crc
+        removals = checkpoint.removals
     else:
         first = reader.first_seq()
         if first > 1:
@@ -92,9 +99,11 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
             )
         if owed:
             continue
+        before = state
         for member, member_crc in group:
             state = _fold(state, member)
             last_seq, chain = member.seq, member_crc
+        removals = fold_removals(removals, before, [m.event for m, _ in group], state)
         group.clear()
     if group:
         warnings.append(
@@ -103,6 +112,7 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
         )
     return Recovered(
         state=state,
+        removals=removals,
         last_seq=last_seq,
         chain_crc=chain,
         checkpoint_seq=checkpoint.seq if checkpoint is not None else None,

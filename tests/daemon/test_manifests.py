@@ -92,7 +92,54 @@ def test_duplicate_uid_goes_to_the_file_sorting_first(tmp_path: Path) -> None:
         invalid = [e for e in events if isinstance(e, ManifestInvalid)]
         assert [e.pod.name for e in admitted] == ["a"]
         assert [Path(e.source).name for e in invalid] == ["b.yaml"]
-        assert "already used by" in invalid[0].error
+        assert "already declared by" in invalid[0].error
+        assert str(directory / "a.yaml") in invalid[0].error
+        assert str(directory / "b.yaml") in invalid[0].error
+
+
+def test_a_new_file_never_takes_the_uid_of_a_running_pod(tmp_path: Path) -> None:
+    source = ManifestDirectory(tmp_path, order="sorted")
+    original = write(tmp_path, "b.yaml", manifest("ux", [container("c", "1Gi")], name="orig"))
+    assert scan(source) == [("admit", "ux")]
+    # A newcomer sorting first declares the same UID with another spec: it is rejected, naming
+    # both files, and nothing happens to the running pod.
+    newcomer = write(tmp_path, "a.yaml", manifest("ux", [container("c", "2Gi")], name="new"))
+    events = source.scan()
+    source.accept()
+    assert kinds(events) == [("invalid", "a.yaml")]
+    (invalid,) = events
+    assert isinstance(invalid, ManifestInvalid)
+    assert str(original) in invalid.error and str(newcomer) in invalid.error
+    # Reported once; the running pod's file stays the holder.
+    assert scan(source) == []
+    # The holder goes: its removal comes first, then the newcomer is admitted.
+    original.unlink()
+    events = source.scan()
+    source.accept()
+    assert kinds(events) == [("remove", "ux"), ("admit", "ux")]
+    assert [e.pod.name for e in events if isinstance(e, PodAdmissionRequested)] == ["new"]
+
+
+def test_after_a_restart_the_file_of_the_running_pod_keeps_its_uid(tmp_path: Path) -> None:
+    original = write(tmp_path, "b.yaml", manifest("ux", [container("c", "1Gi")], name="orig"))
+    write(tmp_path, "a.yaml", manifest("ux", [container("c", "2Gi")], name="new"))
+    # Nothing is known after a restart; the state says which file the running pod came from.
+    for order in ("sorted", "reverse"):
+        events = ManifestDirectory(tmp_path, order=order).scan(holders={"ux": str(original)})
+        admitted = [e for e in events if isinstance(e, PodAdmissionRequested)]
+        assert [e.pod.name for e in admitted] == ["orig"]
+        assert ("invalid", "a.yaml") in kinds(events)
+
+
+def test_a_uid_given_up_in_a_scan_is_free_for_another_file_in_it(tmp_path: Path) -> None:
+    source = ManifestDirectory(tmp_path, order="sorted")
+    holder = write(tmp_path, "b.yaml", manifest("ux", [container("c", "1Gi")], name="orig"))
+    assert scan(source) == [("admit", "ux")]
+    write(tmp_path, "a.yaml", manifest("ux", [container("c", "2Gi")], name="new"))
+    assert scan(source) == [("invalid", "a.yaml")]
+    # The holder switches to another UID: ux is removed before a.yaml's pod is admitted.
+    write(tmp_path, holder.name, manifest("uy", [container("c", "1Gi")], name="orig"))
+    assert scan(source) == [("remove", "ux"), ("admit", "ux"), ("admit", "uy")]
 
 
 def test_unaccepted_scan_is_repeated(tmp_path: Path) -> None:

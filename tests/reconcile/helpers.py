@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memstate.core.cgroup_paths import pod_paths_of_uid
 from memstate.core.config import NodeConfig
 from memstate.core.errors import HostError
 from memstate.core.events import ConfigLoaded, Event, PodAdmissionRequested, TopologyObserved
@@ -101,6 +102,12 @@ def mixed_pod(uid: str, index: int, *, scale: int = 1) -> Pod:
 
 def uid_for(index: int, prefix: str = "p") -> str:
     return f"{prefix}{index:04d}-aaaa"
+
+
+def retired(*uids: str, config: NodeConfig | None = None) -> list[str]:
+    """Every pod cgroup path the UIDs can have (what a test retires when pods go)."""
+    naming = config or node_config()
+    return [path for uid in uids for path in pod_paths_of_uid(naming, uid)]
 
 
 def admit_all(pods: Sequence[Pod], config: NodeConfig, topo: Topology) -> State:

@@ -7,9 +7,9 @@ reference (`diff_via_planner`: plan, then build the rows from the plan's `blocke
 both are compared on the plan tests' fixtures and on a hypothesis property over trees a
 reconciler converged, then someone else mutated (values, deleted and foreign cgroups,
 controllers disabled), observed with random holes (unreadable files, unlisted children,
-unknown populated flags and root controllers), with random retired UIDs and a root that may
-not offer every controller. So the planner and the diff agree on what is blocked and what is
-an orphan.
+unknown populated flags and root controllers), with random retired pods (all paths of a UID)
+and a root that may not offer every controller. So the planner and the diff agree on what is
+blocked and what is an orphan.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from memstate.core.cgroup_paths import pod_paths_of_uid
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import (
     FileDiff,
@@ -31,7 +32,7 @@ from memstate.core.plan import (
     plan_operations,
 )
 from memstate.core.plan.diff import diff_rows
-from memstate.core.plan.scope import UndesiredPod
+from memstate.core.plan.scope import UndesiredPod, naming_config
 from memstate.core.targets import NodeTargets
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler, observe_tree
@@ -46,14 +47,14 @@ def diff_via_planner(
     observed: ObservedTree,
     *,
     page_size_bytes: int,
-    retired_uids: Iterable[str] = (),
+    retired_paths: Iterable[str] = (),
 ) -> tuple[FileDiff, ...]:
     """The diff as memstate computed it before the split of core/plan: a whole plan, of which
     only `blocked` and `removals` were used to build the rows. (Until the direct diff was proved
     equal, this was a full copy of the old function; the rows are now built by the one
     `diff_rows`, so what is compared is what changed: where blocked and removals come from.)"""
     plan = plan_operations(
-        targets, observed, page_size_bytes=page_size_bytes, retired_uids=retired_uids
+        targets, observed, page_size_bytes=page_size_bytes, retired_paths=retired_paths
     )
     return diff_rows(
         targets,
@@ -73,12 +74,18 @@ def observe(fs: SimCgroupFS, targets: NodeTargets) -> ObservedTree:
     return tree
 
 
+def retired_paths_of(targets: NodeTargets, uids: Iterable[str]) -> list[str]:
+    """Every cgroup path the pods `uids` can have (retirement is by path)."""
+    config = naming_config(targets)
+    return sorted(path for uid in uids for path in pod_paths_of_uid(config, uid))
+
+
 def assert_same_diff(
     targets: NodeTargets, tree: ObservedTree, retired: Iterable[str] = ()
 ) -> tuple[FileDiff, ...]:
-    retired = tuple(retired)
-    direct = diff_tree(targets, tree, page_size_bytes=PAGE, retired_uids=retired)
-    reference = diff_via_planner(targets, tree, page_size_bytes=PAGE, retired_uids=retired)
+    paths = retired_paths_of(targets, retired)
+    direct = diff_tree(targets, tree, page_size_bytes=PAGE, retired_paths=paths)
+    reference = diff_via_planner(targets, tree, page_size_bytes=PAGE, retired_paths=paths)
     assert direct == reference
     return direct
 
@@ -192,7 +199,12 @@ def test_the_comparison_can_fail_and_both_refuse_a_missing_root() -> None:
     targets = targets_of_pods(everyone[:2])
     tree = observe(fs, targets)
     direct = diff_tree(targets, tree, page_size_bytes=PAGE)
-    retired = diff_via_planner(targets, tree, page_size_bytes=PAGE, retired_uids=[uid_for(3)])
+    retired = diff_via_planner(
+        targets,
+        tree,
+        page_size_bytes=PAGE,
+        retired_paths=retired_paths_of(targets, [uid_for(3)]),
+    )
     assert direct != retired
     for compute in (diff_tree, diff_via_planner):
         with pytest.raises(InvariantViolation, match="the managed root does not exist"):

@@ -38,6 +38,7 @@ from tests.reconcile.helpers import (
     mixed_pod,
     new_sim,
     node_config,
+    retired,
     targets_of_pods,
     tree_snapshot,
     uid_for,
@@ -285,7 +286,7 @@ def test_add_and_remove_in_one_round_never_lets_children_exceed_the_parent() -> 
     after = targets_of_pods([b, c])
     fs = converged_sim(before)
     assert fs.read("kubepods", "memory.min") == f"{3 * Gi}\n"
-    plan = plan_for(fs, after, retired_uids=["aaaa"])
+    plan = plan_for(fs, after, retired_paths=retired("aaaa"))
     raise_node = position(plan, "write", "kubepods", "memory.min")
     assert plan.operations[raise_node].value == str(5 * Gi)
     assert plan.operations[raise_node].reason == "cover"
@@ -359,7 +360,7 @@ def retired_setup(*, populated: bool) -> tuple[SimCgroupFS, NodeTargets, str, in
 
 def test_unpopulated_retired_pod_is_removed_leaf_first_before_ancestors_are_lowered() -> None:
     fs, targets, path, _pid = retired_setup(populated=False)
-    plan = plan_for(fs, targets, retired_uids=[uid_for(1)])
+    plan = plan_for(fs, targets, retired_paths=retired(uid_for(1)))
     removes = ops(plan, "remove")
     assert [(o.kind, o.path) for o in removes] == [("rmdir", f"{path}/ctr1"), ("rmdir", path)]
     assert removes[0].index in removes[1].requires
@@ -371,7 +372,7 @@ def test_unpopulated_retired_pod_is_removed_leaf_first_before_ancestors_are_lowe
 
 def test_populated_retired_pod_waits_with_its_protection_zeroed_leaf_first() -> None:
     fs, targets, path, _pid = retired_setup(populated=True)
-    plan = plan_for(fs, targets, retired_uids=[uid_for(1)])
+    plan = plan_for(fs, targets, retired_paths=retired(uid_for(1)))
     removes = ops(plan, "remove")
     assert [(o.kind, o.path, o.file, o.value) for o in removes] == [
         ("write", f"{path}/ctr1", "memory.low", "0"),
@@ -385,7 +386,7 @@ def test_populated_retired_pod_waits_with_its_protection_zeroed_leaf_first() -> 
 
 def test_populated_retired_pod_with_kill_is_zeroed_killed_then_removed() -> None:
     fs, targets, path, _pid = retired_setup(populated=True)
-    plan = plan_for(fs, targets, retired_uids=[uid_for(1)], pod_removal="kill")
+    plan = plan_for(fs, targets, retired_paths=retired(uid_for(1)), pod_removal="kill")
     removes = ops(plan, "remove")
     assert [(o.kind, o.path) for o in removes] == [
         ("write", f"{path}/ctr1"),
@@ -423,7 +424,9 @@ def test_names_that_are_not_memstate_pods_are_never_touched() -> None:
     fs.mkdir(f"{pod_path}/cri-containerd-0123.scope")  # a container of a desired pod
     fs.mkdir("system.slice")
     for remove_orphans in (False, True):
-        plan = plan_for(fs, targets, retired_uids=["NOT-A-UID"], remove_orphans=remove_orphans)
+        plan = plan_for(
+            fs, targets, retired_paths=retired("NOT-A-UID"), remove_orphans=remove_orphans
+        )
         assert plan.operations == ()
         assert plan.removals == ()
 
@@ -433,7 +436,7 @@ def test_systemd_orphans_parse_through_the_slice_names() -> None:
     everyone = pods(3)
     fs = converged_sim(targets_of_pods(everyone, config))
     targets = targets_of_pods(everyone[:2], config)
-    plan = plan_for(fs, targets, retired_uids=[uid_for(2)])
+    plan = plan_for(fs, targets, retired_paths=retired(uid_for(2), config=config))
     (removal,) = plan.removals
     assert removal.path.endswith("-podp0002_aaaa.slice")
     assert (removal.uid, removal.kind, removal.action) == (uid_for(2), "retired", "remove")

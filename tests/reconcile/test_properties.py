@@ -47,6 +47,7 @@ from tests.reconcile.helpers import (
     new_sim,
     node_config,
     pod_cgroups,
+    retired,
     targets_of_pods,
     uid_for,
 )
@@ -145,14 +146,14 @@ def test_transitions_keep_parents_covering_children_at_every_operation(
     checker.rebaseline()
     assert checker.baseline == {}, "the starting tree must satisfy the invariant"
 
-    retired = sorted(old_uids - new_uids)
-    report = reconciler.reconcile(new_targets, retired_uids=retired)
+    gone = sorted(old_uids - new_uids)
+    report = reconciler.reconcile(new_targets, retired_paths=retired(*gone, config=config))
 
     assert checker.violations == [], checker.violations[:3]
     assert checker.checks == report.writes
     event(f"retired: {min(len(old_uids - new_uids), 3)}, populated: {len(pids)}")
-    waiting = sorted(uid for uid in pids if uid in retired and pod_removal == "wait")
-    assert list(report.pending_removals) == waiting
+    waiting = sorted(uid for uid in pids if uid in gone and pod_removal == "wait")
+    assert list(report.pending_removals) == sorted(old_targets.pod(u).cgroup for u in waiting)
     assert report.converged == (not waiting)
     assert_tree_matches(sim, new_targets)
     assert pod_cgroups(sim, new_targets) == {new_targets.pod(u).cgroup for u in new_uids} | {
@@ -162,8 +163,9 @@ def test_transitions_keep_parents_covering_children_at_every_operation(
         assert sim.read(old_targets.pod(uid).cgroup, "memory.min") == "0\n"
         assert sim.read(old_targets.pod(uid).cgroup, "memory.low") == "0\n"
         sim.exit(pids[uid])
-    final = reconciler.reconcile(new_targets)
+    final = reconciler.reconcile(new_targets, retired_paths=retired(*gone, config=config))
     assert final.converged and final.pending_removals == ()
+    assert set(final.removed) == set(retired(*gone, config=config))
     assert checker.violations == []
     assert reconciler.reconcile(new_targets).writes == 0
 
@@ -356,15 +358,15 @@ def test_faults_never_escape_never_break_ordering_and_convergence_follows(
     new_targets = targets_of_pods(new_pods, config)
     kept = {uid_for(i) for i in before - resized}
     add_runtime_containers(sim, old_targets, {p.uid for p in old_targets.pods} & kept)
-    retired = sorted({p.uid for p in old_targets.pods} - {p.uid for p in new_targets.pods})
+    gone = sorted({p.uid for p in old_targets.pods} - {p.uid for p in new_targets.pods})
     checker.rebaseline()
     assert checker.baseline == {}
     for rule in rules:
         fs.inject(**rule)
 
-    faulty = [reconciler.reconcile(new_targets, retired_uids=retired)]
+    faulty = [reconciler.reconcile(new_targets, retired_paths=retired(*gone, config=config))]
     clock.advance(1.0)
-    faulty.append(reconciler.reconcile(new_targets))
+    faulty.append(reconciler.reconcile(new_targets, retired_paths=retired(*gone, config=config)))
 
     assert checker.violations == [], checker.violations[:3]
     fired = sum(rule.fired_count for rule in fs.rules)
@@ -387,7 +389,7 @@ def test_faults_never_escape_never_break_ordering_and_convergence_follows(
                 assert (operation.path, operation.kind, operation.file, result.errno) in noted
     fs.clear()
     clock.advance(60.0)  # past every back-off
-    report = reconciler.reconcile(new_targets)
+    report = reconciler.reconcile(new_targets, retired_paths=retired(*gone, config=config))
     assert report.converged, (report.results, report.warnings, report.read_errors)
     assert checker.violations == []
     assert_tree_matches(sim, new_targets)

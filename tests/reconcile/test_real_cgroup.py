@@ -123,12 +123,12 @@ def test_retired_pod_with_a_live_process_is_killed_and_removed(
     process = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
     try:
         fs.write(f"{retired.cgroup}/ctr", "cgroup.procs", str(process.pid))
-        report = reconciler.reconcile(targets, retired_uids=[uid_for(1)])
+        report = reconciler.reconcile(targets, retired_paths=[retired.cgroup])
         assert process.wait(timeout=30) == -9
         rounds = 1
         while report.pending_removals and rounds < ROUNDS_MAX:
             time.sleep(0.02)  # the kernel finishes tearing the process down
-            report = reconciler.reconcile(targets)
+            report = reconciler.reconcile(targets, retired_paths=[retired.cgroup])
             rounds += 1
         assert report.pending_removals == ()
         assert not fs.exists(retired.cgroup)

@@ -25,6 +25,7 @@ from tests.reconcile.helpers import (
     new_sim,
     node_config,
     pod_cgroups,
+    retired,
     targets_of_pods,
     uid_for,
 )
@@ -98,12 +99,12 @@ def test_admission_and_removal_rounds_converge() -> None:
     fs, reconciler, _ = make()
     assert reconciler.reconcile(targets_of_pods(everyone[:5])).converged
     targets = targets_of_pods(everyone[2:])
-    report = reconciler.reconcile(targets, retired_uids=[uid_for(0), uid_for(1)])
+    report = reconciler.reconcile(targets, retired_paths=retired(uid_for(0), uid_for(1)))
     assert report.converged, report
     assert report.pending_removals == ()
     assert pod_cgroups(fs, targets) == {t.cgroup for t in targets.pods}
     assert_tree_matches(fs, targets)
-    assert reconciler.retiring == frozenset()
+    assert set(report.removed) == set(retired(uid_for(0), uid_for(1)))
 
 
 # --- removals ------------------------------------------------------------------------------------
@@ -129,11 +130,9 @@ def test_populated_retired_pod_waits_with_capped_backoff_then_goes() -> None:
     fs, reconciler, clock, path, pid, targets = populated_retiree(options)
     sim = sim_of(fs)
     retries = []
-    for round_number in range(5):
-        report = reconciler.reconcile(
-            targets, retired_uids=[uid_for(1)] if not round_number else ()
-        )
-        assert report.pending_removals == (uid_for(1),)
+    for _ in range(5):
+        report = reconciler.reconcile(targets, retired_paths=retired(uid_for(1)))
+        assert report.pending_removals == (path,)
         assert not report.converged
         retries.append(report.retry_after_seconds)
         clock.advance(10)
@@ -147,16 +146,17 @@ def test_populated_retired_pod_waits_with_capped_backoff_then_goes() -> None:
         == targets.cgroup("kubepods/burstable").files["memory.low"]
     )
     sim.exit(pid)
-    report = reconciler.reconcile(targets, scope=[])  # the watcher's hint: a scoped round
+    # The watcher's hint: a scoped round (the retired paths come with every round).
+    report = reconciler.reconcile(targets, retired_paths=retired(uid_for(1)), scope=[])
     assert report.pending_removals == ()
     assert report.converged, report
     assert not sim.exists(path)
-    assert reconciler.retiring == frozenset()
+    assert path in report.removed
 
 
 def test_populated_retired_pod_is_killed_and_removed_with_kill() -> None:
     fs, reconciler, _, path, pid, targets = populated_retiree(ReconcilerOptions(pod_removal="kill"))
-    report = reconciler.reconcile(targets, retired_uids=[uid_for(1)])
+    report = reconciler.reconcile(targets, retired_paths=retired(uid_for(1)))
     assert report.converged, report
     assert sim_of(fs).exit_status(pid) == -9
     assert not fs.exists(path)
@@ -170,7 +170,7 @@ def test_rmdir_of_a_cgroup_already_gone_is_success() -> None:
     path = targets_of_pods(everyone).pod(uid_for(2)).cgroup
     fs.inject(errno.ENOENT, op="rmdir", path=path)
     report = reconciler.reconcile(
-        targets_of_pods(everyone[:2] + everyone[3:]), retired_uids=[uid_for(2)]
+        targets_of_pods(everyone[:2] + everyone[3:]), retired_paths=retired(uid_for(2))
     )
     assert report.converged
     assert [n for n in report.notes if isinstance(n, CgroupWriteFailed)] == []
@@ -351,10 +351,10 @@ def test_a_readmitted_retired_pod_is_not_removed() -> None:
     targets = targets_of_pods(everyone)
     fs, reconciler, _ = make()
     assert reconciler.reconcile(targets).converged
-    report = reconciler.reconcile(targets, retired_uids=[uid_for(2)])
+    report = reconciler.reconcile(targets, retired_paths=retired(uid_for(2)))
     assert report.converged
     assert fs.exists(targets.pod(uid_for(2)).cgroup)
-    assert reconciler.retiring == frozenset()
+    assert targets.pod(uid_for(2)).cgroup not in report.removed + report.pending_removals
 
 
 def test_scoped_round_reads_only_the_scope_and_ancestors() -> None:
@@ -400,7 +400,7 @@ def test_a_failed_removal_holds_back_the_ancestors_lowering(populated: bool) -> 
         fs.inject(errno.EIO, op="rmdir", path=retired.cgroup)
     targets = targets_of_pods([p for p in everyone if p.uid != uid_for(1)])
     checker.rebaseline()
-    report = reconciler.reconcile(targets, retired_uids=[uid_for(1)])
+    report = reconciler.reconcile(targets, retired_paths=[retired.cgroup])
     assert checker.violations == []
     assert not report.converged
     held = [r for r in report.results if r.outcome == "skipped"]
@@ -411,7 +411,7 @@ def test_a_failed_removal_holds_back_the_ancestors_lowering(populated: bool) -> 
     before = int(sim.read("kubepods/burstable", "memory.low"))
     assert before >= int(sim.read(retired.cgroup, "memory.low"))
     clock.advance(60)
-    report = reconciler.reconcile(targets)
+    report = reconciler.reconcile(targets, retired_paths=[retired.cgroup])
     assert checker.violations == []
-    assert report.pending_removals == ((uid_for(1),) if populated else ())
+    assert report.pending_removals == ((retired.cgroup,) if populated else ())
     assert_tree_matches(sim, targets)

@@ -25,6 +25,7 @@ from tests.reconcile.helpers import (
     default_normalised,
     mixed_pod,
     new_sim,
+    retired,
     targets_of_pods,
     uid_for,
 )
@@ -124,7 +125,7 @@ def test_one_removal_among_500_pods_costs_constant_writes() -> None:
     after = targets([p for p in pods if p.uid != gone.uid])
     fs, reconciler = converged(pods)
     writes, reads = round_cost(
-        fs, lambda: reconciler.reconcile(after, retired_uids=[gone.uid], scope=[])
+        fs, lambda: reconciler.reconcile(after, retired_paths=retired(gone.uid), scope=[])
     )
     # The rmdir, plus the sums that drop; the removed pod's own files are not written.
     assert writes == expected_writes(before, after) <= 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 import memstate.store.checkpoint as checkpoint_module
 from memstate.core.errors import CheckpointCorruption, MidLogCorruption, SchemaError
 from memstate.core.events import SCHEMA_VERSION, Envelope, PodAdmissionRequested
+from memstate.core.removals import PendingRemovals
 from memstate.core.state import State, state_hash
 from memstate.history.replay import replay_state
 from memstate.store.checkpoint import (
@@ -73,6 +75,32 @@ def test_checkpoint_round_trip(logged: tuple[Path, list[Envelope]]) -> None:
     assert loaded.schema_version == SCHEMA_VERSION
     # Deterministic bytes: the same state encodes identically.
     assert encode_checkpoint(expected, seq=seq, chain_crc=loaded.chain_crc) == path.read_bytes()
+
+
+def test_pending_removals_ride_along_and_none_leaves_the_old_format(
+    logged: tuple[Path, list[Envelope]],
+) -> None:
+    """Retired pod cgroups still to remove are kept beside the state (not in its hash); with
+    none, the body has no such key, so the file is what earlier builds wrote and read."""
+    state_dir, written = logged
+    seq = boundaries(written)[-5]
+    state = replay_state([e for e in written if e.seq <= seq])
+    chain = LogReader(state_dir).chain_crc_at(seq)
+    assert chain is not None
+    plain = encode_checkpoint(state, seq=seq, chain_crc=chain)
+    body = msgspec.msgpack.decode(plain[16:-4])
+    assert set(body) == {
+        "seq", "chain_crc", "reducer_version", "schema_version", "state_hash", "state"
+    }  # fmt: skip
+    pending = PendingRemovals(paths={"kubepods/burstable/podgone": "gone"})
+    path = write_checkpoint(state_dir, state, seq=seq, chain_crc=chain, removals=pending)
+    loaded = load_checkpoint(path)
+    assert loaded.removals == pending
+    assert loaded.state_hash == state_hash(state)
+    # Start-up continues the fold from the checkpoint's copy (the tail removes nothing of it).
+    recovered = recover_state(state_dir)
+    assert recovered.checkpoint_seq == seq
+    assert "kubepods/burstable/podgone" in recovered.removals.paths
 
 
 @settings(max_examples=100, deadline=None)

@@ -280,14 +280,15 @@ def run_policy(mount: Path, policy: str) -> None:
             sim.spawn(killed)
             checker.rebaseline()
             baseline = sorted(f"{p}/{f}" for p, f in checker.baseline if p)
-            report = reconciler.reconcile(second_targets, retired_uids=RETIRED)
+            retired = [first_targets.pod(uid).cgroup for uid in RETIRED]
+            report = reconciler.reconcile(second_targets, retired_paths=retired)
             rounds = 1
             while report.pending_removals and rounds < ROUNDS_MAX:
                 time.sleep(0.02)  # the kernel tears the killed process down
-                report = reconciler.reconcile(second_targets)
+                report = reconciler.reconcile(second_targets, retired_paths=retired)
                 rounds += 1
             _, status = os.waitpid(pid, 0)
-            sim_report = sim_reconciler.reconcile(second_targets, retired_uids=RETIRED)
+            sim_report = sim_reconciler.reconcile(second_targets, retired_paths=retired)
             return {
                 **summary(report),
                 "rounds": rounds,

@@ -7,8 +7,9 @@ that any write, mkdir or rmdir is refused: these commands can never change the t
 
 - `plan` prints the ordered operations a full resync would run (phase, operation, cgroup, file,
   value, the value found, the operations it requires), the pod cgroups it would remove and why
-  others are left alone. Removals of retired pods appear only for UIDs given with `--retired`;
-  otherwise an undesired pod cgroup is an orphan, as it would be for a daemon just started.
+  others are left alone. Retired pod cgroups are the removals the state directory's log says are
+  still to finish (as the daemon recovers them), plus every cgroup of a UID given with
+  `--retired`; any other undesired pod cgroup is an orphan.
 - `diff` prints every managed file with its target, what the tree holds, and whether they are
   equal in kernel-normalised form (page rounding, "max", cpu lists), plus the pod cgroups no
   target explains.
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memstate.core.cgroup_paths import pod_paths_of_uid
 from memstate.core.errors import (
     HostError,
     InputError,
@@ -41,6 +43,7 @@ from memstate.core.plan import (
     diff_tree,
     plan_operations,
 )
+from memstate.core.removals import NO_REMOVALS, PendingRemovals
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS, RealCgroupFS
@@ -103,7 +106,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="UID",
-        help="treat this pod UID as retired (removed by a decision); repeatable",
+        help="treat every cgroup of this pod UID that no target explains as retired; repeatable",
     )
     plan.add_argument(
         "--pod-removal",
@@ -165,6 +168,12 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def desired_state(args: argparse.Namespace) -> State:
     """The state to converge to: recovered from `--state-dir` or replayed from `--scenario`."""
+    return desired_state_and_removals(args)[0]
+
+
+def desired_state_and_removals(args: argparse.Namespace) -> tuple[State, PendingRemovals]:
+    """The state to converge to and the retired pod cgroups still to remove (recovered from
+    `--state-dir` as the daemon recovers them; none for a `--scenario`)."""
     if args.scenario is not None:
         from memstate.core.scenario import read_scenario
         from memstate.history.replay import replay_state
@@ -174,13 +183,14 @@ def desired_state(args: argparse.Namespace) -> State:
             text = path.read_text()
         except OSError as exc:
             raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
-        return replay_state(read_scenario(text, source=str(path)))
+        return replay_state(read_scenario(text, source=str(path))), NO_REMOVALS
     from memstate.store.recovery import recover_state
 
     state_dir: Path = args.state_dir
     if not state_dir.is_dir():
         raise MemstateError(f"{state_dir}: no such state directory")
-    return recover_state(state_dir).state
+    recovered = recover_state(state_dir)
+    return recovered.state, recovered.removals
 
 
 def targets_for(state: State) -> tuple[NodeTargets, int]:
@@ -229,7 +239,7 @@ def plan_document(
     fs: CgroupFS,
     *,
     page_size_bytes: int,
-    retired_uids: list[str],
+    retired_paths: list[str],
     pod_removal: str,
     remove_orphans: bool,
 ) -> tuple[dict[str, Any], Plan]:
@@ -239,7 +249,7 @@ def plan_document(
         targets,
         tree,
         page_size_bytes=page_size_bytes,
-        retired_uids=retired_uids,
+        retired_paths=retired_paths,
         pod_removal="kill" if pod_removal == "kill" else "wait",
         remove_orphans=remove_orphans,
     )
@@ -270,11 +280,18 @@ def plan_document(
 
 
 def diff_document(
-    targets: NodeTargets, fs: CgroupFS, *, page_size_bytes: int
+    targets: NodeTargets,
+    fs: CgroupFS,
+    *,
+    page_size_bytes: int,
+    retired_paths: list[str] | None = None,
 ) -> tuple[dict[str, Any], tuple[FileDiff, ...]]:
-    """Every managed file against the tree, as the `-o json` document."""
+    """Every managed file against the tree, as the `-o json` document; pod cgroups no target
+    explains are rows of status ``retired`` (a removal still to finish) or ``orphan``."""
     tree, read_errors, _reads = observe_tree(ReadOnlyCgroupFS(fs), targets)
-    rows = diff_tree(targets, tree, page_size_bytes=page_size_bytes)
+    rows = diff_tree(
+        targets, tree, page_size_bytes=page_size_bytes, retired_paths=retired_paths or ()
+    )
     summary: dict[str, int] = {}
     for row in rows:
         summary[row.status] = summary.get(row.status, 0) + 1
@@ -319,14 +336,18 @@ def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path |
 
 def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate plan`; `fs` replaces the tree under --cgroup-root (tests)."""
-    state = desired_state(args)
+    state, removals = desired_state_and_removals(args)
     targets, page_size_bytes = targets_for(state)
     root, tree_fs = observed_tree(args, fs)
+    retired = set(removals.paths)
+    if args.retired and state.config is not None:  # targets_for found a config in force
+        for uid in args.retired:
+            retired.update(pod_paths_of_uid(state.config, uid))
     document, plan = plan_document(
         targets,
         tree_fs,
         page_size_bytes=page_size_bytes,
-        retired_uids=list(args.retired),
+        retired_paths=sorted(retired),
         pod_removal=args.pod_removal,
         remove_orphans=args.remove_orphans,
     )
@@ -371,10 +392,15 @@ def _print_plan(document: dict[str, Any], plan: Plan) -> None:
 
 def run_diff(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate diff`; `fs` replaces the tree under --cgroup-root (tests)."""
-    state = desired_state(args)
+    state, removals = desired_state_and_removals(args)
     targets, page_size_bytes = targets_for(state)
     root, tree_fs = observed_tree(args, fs)
-    document, rows = diff_document(targets, tree_fs, page_size_bytes=page_size_bytes)
+    document, rows = diff_document(
+        targets,
+        tree_fs,
+        page_size_bytes=page_size_bytes,
+        retired_paths=sorted(removals.paths),
+    )
     document["cgroup_root"] = str(root) if root is not None else None
     if args.only_differences:
         document["rows"] = [r for r in document["rows"] if r["status"] != "equal"]

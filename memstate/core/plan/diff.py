@@ -29,7 +29,7 @@ def diff_tree(
     observed: ObservedTree,
     *,
     page_size_bytes: int,
-    retired_uids: Iterable[str] = (),
+    retired_paths: Iterable[str] = (),
 ) -> tuple[FileDiff, ...]:
     """Every managed file (and each cgroup's controllers) of `targets` against `observed`, plus a
     row per undesired pod cgroup. Comparison is in kernel-normalised form.
@@ -42,7 +42,7 @@ def diff_tree(
         raise InvariantViolation("the managed root does not exist")
     desired = {t.path: t for t in targets.cgroups}
     undesired = undesired_pod_cgroups(
-        targets, observed, naming_config(targets), frozenset(retired_uids)
+        targets, observed, naming_config(targets), frozenset(retired_paths)
     )
     return diff_rows(
         targets,

@@ -48,12 +48,13 @@ ever bites other agents' cgroups.
 
 **Ownership.** The planner manages exactly the cgroups of `NodeTargets`, plus the removal of pod
 cgroups that are no longer desired. Children of kubepods and the QoS cgroups that parse as pod
-cgroups (`parse_cgroup_path`) but are not desired are either *retired* (their UID was passed in:
-a decision removed them) or *orphans* (nothing explains them). Retired pods are removed
-(rmdir leaf-first, their container cgroups included); a populated one gets its protection zeroed
-and then waits, or with ``pod_removal="kill"`` is killed through `cgroup.kill` first. Orphans are
-reported and removed only when empty and ``remove_orphans`` is set. Every other name is left
-alone. `_check_operation_scope` refuses (InvariantViolation) any operation outside that set.
+cgroups (`parse_cgroup_path`) but are not desired are either *retired* (their path was passed
+in: a decision retired them, see memstate.core.removals) or *orphans* (nothing explains them).
+Retired pods are removed (rmdir leaf-first, their container cgroups included); a populated one
+gets its protection zeroed and then waits, or with ``pod_removal="kill"`` is killed through
+`cgroup.kill` first. Orphans are reported and removed only when empty and ``remove_orphans`` is
+set. Every other name is left alone. `_check_operation_scope` refuses (InvariantViolation) any
+operation outside that set.
 
 **Dependencies.** Every operation lists the indices of the operations it requires (`requires`).
 The executor skips an operation whose requirement failed or was skipped, so a failure on one
@@ -124,16 +125,18 @@ def plan_operations(
     observed: ObservedTree,
     *,
     page_size_bytes: int,
-    retired_uids: Iterable[str] = (),
+    retired_paths: Iterable[str] = (),
     pod_removal: PodRemoval = "wait",
     remove_orphans: bool = False,
     focus: Iterable[str] | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
-    `retired_uids` are pods a decision removed: their cgroups are removed (and killed first when
-    `pod_removal` is ``"kill"`` and they are populated). Other undesired pod cgroups are orphans:
-    removed only if `remove_orphans` and observed empty. Pure and deterministic.
+    `retired_paths` are pod cgroups a decision retired (memstate.core.removals): they are removed
+    (and killed first when `pod_removal` is ``"kill"`` and they are populated). Retirement is by
+    path, not UID: a pod whose cgroup moved keeps its new one and loses the old. Other undesired
+    pod cgroups are orphans: removed only if `remove_orphans` and observed empty. Pure and
+    deterministic.
 
     `focus` (a scoped round) limits planning to those cgroups and their ancestors; every other
     managed cgroup is left as observed and only contributes its current values to its parent's
@@ -146,7 +149,7 @@ def plan_operations(
         targets,
         observed,
         values=ValueModel(page_size_bytes),
-        retired=frozenset(retired_uids),
+        retired=frozenset(retired_paths),
         pod_removal=pod_removal,
         remove_orphans=remove_orphans,
         focus=None if focus is None else frozenset(focus),

@@ -162,8 +162,9 @@ def undesired_pod_cgroups(
     targets: NodeTargets, observed: ObservedTree, config: NodeConfig, retired: frozenset[str]
 ) -> list[UndesiredPod]:
     """The pod cgroups observed under kubepods and the QoS cgroups that are not desired, in
-    holder then name order: ``retired`` if their UID is in `retired`, else ``orphan``. Names
-    that do not parse as memstate pod cgroups are never touched, so never listed."""
+    holder then name order: ``retired`` if their path is in `retired` (memstate.core.removals),
+    else ``orphan``. Names that do not parse as memstate pod cgroups are never touched, so never
+    listed."""
     desired = {t.path for t in targets.cgroups}
     found_pods: list[UndesiredPod] = []
     for holder in (t.path for t in targets.cgroups if t.level in ("node", "qos")):
@@ -178,7 +179,7 @@ def undesired_pod_cgroups(
             if parsed is None or parsed.level != "pod":
                 continue  # not a memstate name: never touched
             child = existing(observed, path)
-            kind: RemovalKind = "retired" if parsed.pod_uid in retired else "orphan"
+            kind: RemovalKind = "retired" if path in retired else "orphan"
             found_pods.append(
                 UndesiredPod(
                     path=path,

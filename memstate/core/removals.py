@@ -1,0 +1,116 @@
+"""Pod cgroups waiting to be removed, derived from the log so that no restart forgets one.
+
+Theory of operation
+-------------------
+A pod cgroup is *retired* when the pod cgroup path a state implies stops being implied: the pod
+was removed or rejected, its manifest changed its QoS class in place (same UID, the cgroup moves
+from ``kubepods/burstable`` to ``kubepods/besteffort``), or a reconfiguration changed the cgroup
+naming (driver, cgroupRoot). Retirement is by *path*, never by UID, so a UID that is still
+desired somewhere else never hides the cgroup it left behind.
+
+Nothing new is recorded for a retirement: it follows from decisions already in the log (the
+states before and after each transaction). What is recorded is the end of it: the daemon appends
+a `pod_cgroup_removed` note once the reconciler has seen the cgroup gone. So
+
+    pending = paths retired by the log's decisions − paths the log's notes say are gone
+              − paths the state implies again
+
+is a pure fold over the log (`fold_removals`), rebuilt at every start by recovery, carried in
+checkpoints beside the state (the state hash does not cover it: the fold is of the log, not of the
+reducer's state, and old logs keep their hashes), and handed to the reconciler in full every
+round. The reconciler keeps no list of its own.
+
+`fold_removals` compares only the pods a transaction names when every event in it names one
+(the reducer's handlers change no other pod), and every pod otherwise (a restart, a
+reconfiguration, the end of readmission); `tests/property` checks that both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from memstate.core.cgroup_paths import pod_path
+from memstate.core.config import NodeConfig
+from memstate.core.events import Event, PodCgroupRemoved, pod_uid_of
+from memstate.core.state import PodRecord, State
+
+
+class PendingRemovals(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Retired pod cgroups not yet seen gone: cgroup path → the pod UID it belonged to."""
+
+    paths: dict[str, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+
+NO_REMOVALS = PendingRemovals()
+
+
+def _naming(config: NodeConfig | None) -> tuple[object, ...] | None:
+    return None if config is None else (config.cgroup_driver, config.cgroup_root)
+
+
+def _path_of(config: NodeConfig | None, record: PodRecord | None) -> str | None:
+    if config is None or record is None:
+        return None
+    return pod_path(config, record.pod.uid, record.qos_class)
+
+
+def pod_cgroup_paths(state: State) -> dict[str, str]:
+    """Every pod cgroup path the state implies → its pod UID (empty before a config)."""
+    config = state.config
+    if config is None:
+        return {}
+    return {pod_path(config, uid, r.qos_class): uid for uid, r in state.pods.items()}
+
+
+def fold_removals(
+    pending: PendingRemovals, before: State, events: Sequence[Event], after: State
+) -> PendingRemovals:
+    """`pending` after one transaction (an input and its decisions, or one note) took the
+    state from `before` to `after`. Pure."""
+    paths: dict[str, str] | None = None  # copied on the first change
+
+    def drop(path: str) -> None:
+        nonlocal paths
+        if path in (pending.paths if paths is None else paths):
+            paths = dict(pending.paths) if paths is None else paths
+            paths.pop(path)
+
+    def retire(path: str, uid: str) -> None:
+        nonlocal paths
+        paths = dict(pending.paths) if paths is None else paths
+        paths[path] = uid
+
+    for event in events:
+        if isinstance(event, PodCgroupRemoved):
+            drop(event.path)
+    same_naming = _naming(before.config) == _naming(after.config)
+    if before.pods is not after.pods or not same_naming:
+        uids = {pod_uid_of(e) for e in events if not isinstance(e, PodCgroupRemoved)}
+        if same_naming and "" not in uids:
+            for uid in sorted(uids):
+                old = _path_of(before.config, before.pods.get(uid))
+                new = _path_of(after.config, after.pods.get(uid))
+                if old is not None and old != new:
+                    retire(old, uid)
+                if new is not None:
+                    drop(new)
+        else:
+            old_paths = pod_cgroup_paths(before)
+            new_paths = pod_cgroup_paths(after)
+            for path in sorted(old_paths):
+                if path not in new_paths:
+                    retire(path, old_paths[path])
+            for path in sorted(new_paths):
+                drop(path)
+    # Insertion order is history order; every consumer sorts (checkpoints, the reconciler).
+    return pending if paths is None else PendingRemovals(paths=paths)
+
+
+def removals_from_paths(paths: Mapping[str, str]) -> PendingRemovals:
+    """A `PendingRemovals` from a decoded mapping (checkpoints), keys sorted."""
+    return PendingRemovals(paths=dict(sorted(paths.items()))) if paths else NO_REMOVALS
