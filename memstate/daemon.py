@@ -18,7 +18,7 @@ config (exit 78 if it does not fit the machine); record what changed (`daemon_st
 found in the manifest directory, in whatever order it lists them, and close readmission; reconcile
 the whole tree; then tell systemd READY=1.
 
-Then, concurrently: the manifest directory (watched with watchfiles; watch events are hints, a
+Then, concurrently: the manifest directory (watched with inotify; watch events are hints, a
 periodic full rescan is the truth), the config file and SIGHUP (reload: a valid config becomes an
 event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
@@ -752,30 +752,49 @@ class Daemon:
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
-    from memstate.watching import Batch, watch
+    from memstate.host.inotify import (
+        IN_CLOSE_WRITE,
+        IN_CREATE,
+        IN_DELETE,
+        IN_MOVED_FROM,
+        IN_MOVED_TO,
+    )
+    from memstate.watching import Batch, Change, is_new_regular_file, watch
 
-    def wanted(_change: object, changed: str) -> bool:
-        # Only the file asked for (a config file's directory may hold anything, even our logs).
-        return only_name is None or Path(changed).name == only_name
+    def wanted(change: Change) -> bool:
+        # Only the file asked for (a config file's directory may hold anything, even our logs);
+        # a new regular file counts once its writer closes it, never half-written.
+        if only_name is not None and Path(change.path).name != only_name:
+            return change.path == str(path)  # the directory itself went away
+        return not is_new_regular_file(change)
 
-    def on_batch(batch: Batch) -> bool:
-        if batch:
+    def on_batch(batch: Batch) -> None:
+        if not batch.complete or any(wanted(change) for change in batch.changes):
             on_change()
-        return path.exists()
 
+    # Blocks in the kernel (inotify) until something changes: no CPU while idle, the change
+    # seen at once (admission latency), cancelled at once on SIGTERM. After the first watch
+    # each new one starts with a change, once it is in place: what happened in between is
+    # covered by the rescan.
+    mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    restarted = False
     while True:
-        if not path.exists():
+        if not path.is_dir():
+            restarted = True
             await trio.sleep(5.0)
             continue
         try:
-            # step: report 2 ms after the last change seen (admission latency); debounce: at
-            # most 50 ms of changes grouped together. Cancellation stops the watch at once.
             await watch(
-                path, on_batch, watch_filter=wanted, debounce_ms=50, step_ms=2, recursive=False
+                path,
+                on_batch,
+                mask=mask,
+                recursive=False,
+                on_started=on_change if restarted else None,
             )
-        except (FileNotFoundError, RuntimeError) as exc:
-            logger.debug("watch on %s ended (%s); retrying", path, exc)
+        except OSError as exc:
+            logger.debug("watch on %s failed (%s); retrying", path, exc)
             await trio.sleep(1.0)
+        restarted = True
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:

@@ -71,7 +71,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
 import os
 import shutil
 import stat
@@ -109,6 +108,20 @@ from memstate.host.cgroupsim import (
     KernelProfile,
     SimCgroupFS,
 )
+from memstate.host.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DONT_FOLLOW,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+    libc,
+)
 
 _T = TypeVar("_T")
 
@@ -134,29 +147,17 @@ _BIG_BITMAP = 1 << 16
 _REFUSED_MAGICS = {0x63677270: "cgroup2", 0x0027E0EB: "cgroup", 0x62656572: "sysfs", 0x9FA0: "proc"}
 _REFUSED_TYPES = frozenset(_REFUSED_MAGICS.values())
 
-# inotify(7) constants.
-_IN_CLOSE_WRITE = 0x00000008
-_IN_MOVED_FROM = 0x00000040
-_IN_MOVED_TO = 0x00000080
-_IN_CREATE = 0x00000100
-_IN_DELETE = 0x00000200
-_IN_Q_OVERFLOW = 0x00004000
-_IN_IGNORED = 0x00008000
-_IN_ONLYDIR = 0x01000000
-_IN_DONT_FOLLOW = 0x02000000
-_IN_ISDIR = 0x40000000
 # IN_MODIFY is left out on purpose: edits are looked at once the writer closes the file, and the
 # journal's appends (through a descriptor that stays open) produce no events at all.
 _WATCH_MASK = (
-    _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_ONLYDIR
-    | _IN_DONT_FOLLOW
+    IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_ONLYDIR
+    | IN_DONT_FOLLOW
 )
-_EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
 
 # --- parameters and journal entries --------------------------------------------------------------
@@ -424,72 +425,15 @@ def _is_interface_name(name: str) -> bool:
     return not name.startswith(".") and name.split(".", 1)[0] in _INTERFACE_PREFIXES and "." in name
 
 
-# --- inotify -------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, for inotify and statfs (Python wraps neither)."""
-    # The interpreter's own symbols include libc: no ldconfig subprocess (find_library) needed.
-    return ctypes.CDLL(None, use_errno=True)
-
-
-class _Inotify:
-    """The inotify calls through libc (no extra dependency), non-blocking."""
-
-    def __init__(self) -> None:
-        libc = _libc()
-        self._add_watch = libc.inotify_add_watch
-        self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._add_watch.restype = ctypes.c_int
-        self._rm_watch = libc.inotify_rm_watch
-        self._rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-        self._rm_watch.restype = ctypes.c_int
-        fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        self.fd = fd
-
-    def add_watch(self, directory: str) -> int:
-        wd = int(self._add_watch(self.fd, os.fsencode(directory), _WATCH_MASK))
-        if wd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), directory)
-        return wd
-
-    def rm_watch(self, wd: int) -> None:
-        self._rm_watch(self.fd, wd)  # EINVAL when the kernel dropped it already: fine
-
-    def read_events(self) -> list[tuple[int, int, str]]:
-        """(wd, mask, name) of every queued event; empty when there is none."""
-        events: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                start = offset + _EVENT_HEADER.size
-                raw = data[start : start + length].rstrip(b"\0")
-                events.append((wd, mask, os.fsdecode(raw)))
-                offset = start + length
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 # --- filesystem checks ---------------------------------------------------------------------------
 
 
 def _statfs_magic(path: str) -> int | None:
     """statfs(2) f_type of `path`, None when libc's statfs cannot be called."""
     try:
-        libc = _libc()
+        library = libc()
         buffer = ctypes.create_string_buffer(512)  # larger than any struct statfs
-        if libc.statfs(os.fsencode(path), buffer) != 0:
+        if library.statfs(os.fsencode(path), buffer) != 0:
             return None
     except (OSError, AttributeError):
         return None
@@ -632,7 +576,7 @@ class DirCgroupFS:
         self._watch_wanted = watch
         self._lock_depth = 0
         self._tmp_counter = 0
-        self._inotify: _Inotify | None = None
+        self._inotify: Inotify | None = None
         self._wd_path: dict[int, str] = {}
         self._path_wd: dict[str, int] = {}
         self._cache: dict[str, dict[str, str | None]] = {}
@@ -925,7 +869,7 @@ class DirCgroupFS:
         for event in self._inotify.read_events():
             wd, mask, name = event
             key = (self._wd_path.get(wd), name)
-            if mask & _IN_MOVED_TO and own[key] > 0:
+            if mask & IN_MOVED_TO and own[key] > 0:
                 own[key] -= 1
                 continue
             self._backlog.append(event)
@@ -952,7 +896,7 @@ class DirCgroupFS:
             return
         events = self._backlog + self._inotify.read_events()
         self._backlog = []
-        if any(mask & _IN_Q_OVERFLOW for _wd, mask, _name in events):
+        if any(mask & IN_Q_OVERFLOW for _wd, mask, _name in events):
             self._full_scan()
             return
         self._process_events(events)
@@ -1055,7 +999,7 @@ class DirCgroupFS:
         if not self._watch_wanted:
             return
         try:
-            self._inotify = _Inotify()
+            self._inotify = Inotify(_WATCH_MASK)
         except OSError:
             self._inotify = None  # no inotify here: compare the whole tree at every operation
 
@@ -1065,7 +1009,7 @@ class DirCgroupFS:
     def _process_events(self, events: list[tuple[int, int, str]]) -> None:
         work: dict[tuple[bool, str, str], None] = {}
         for wd, mask, name in events:
-            if mask & _IN_IGNORED:
+            if mask & IN_IGNORED:
                 path = self._wd_path.pop(wd, None)
                 if path is not None and self._path_wd.get(path) == wd:
                     del self._path_wd[path]
@@ -1073,7 +1017,7 @@ class DirCgroupFS:
             path = self._wd_path.get(wd)
             if path is None or not name or name.startswith("."):
                 continue
-            work[(bool(mask & _IN_ISDIR), path, name)] = None
+            work[(bool(mask & IN_ISDIR), path, name)] = None
         for is_dir, path, name in work:
             files = self._cache.get(path)
             if files is None:
