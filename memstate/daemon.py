@@ -23,8 +23,9 @@ periodic full rescan is the truth), the config file and SIGHUP (reload: a valid 
 event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
-metrics endpoint (a thread of prometheus-client reading an immutable snapshot). SIGTERM/SIGINT stop
-everything, finish the in-flight append, write a final checkpoint and exit 0.
+HTTP endpoint (memstate.node.endpoint: /metrics reading an immutable snapshot, /healthz from the
+loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery).
+SIGTERM/SIGINT stop everything, finish the in-flight append, write a final checkpoint and exit 0.
 
 Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that
 cannot be recorded must not be acted on. A full disk fails the batch (nothing acknowledged), is
@@ -86,6 +87,8 @@ from memstate.core.topology import Topology
 from memstate.inputs import load_config, load_topology, read_document
 from memstate.manifests import ManifestDirectory
 from memstate.metrics import Metrics, Snapshot
+from memstate.node.endpoint import HttpEndpoint, status_routes
+from memstate.node.health import Heartbeat, Readiness
 from memstate.sdnotify import Notifier
 from memstate.settings import Settings, settings_from_object
 from memstate.store.checkpoint import (
@@ -184,7 +187,9 @@ class Daemon:
         self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
-        self._metrics_server: object | None = None
+        self.heartbeat = Heartbeat()
+        self.readiness = Readiness()
+        self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
         self.reconciler: object | None = None
         self.ready = trio.Event()
 
@@ -256,9 +261,14 @@ class Daemon:
         self._scope = None
         await self._reconcile_once()
         if settings.metrics_enabled:
+            if self._nursery is None:
+                raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
             host, port = settings.metrics_host_port()
+            endpoint = HttpEndpoint(
+                status_routes(self.metrics.render, self.heartbeat, self.readiness)
+            )
             try:
-                self._metrics_server = self.metrics.serve(host, port)
+                await self._nursery.start(endpoint.serve, host, port)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {host}:{port}: {exc.strerror}",
@@ -266,6 +276,7 @@ class Daemon:
                     path="$.memstate.metricsAddress",
                 ) from None
             logger.info("metrics on http://%s:%d/metrics", host, port)
+        self.readiness.recovered = True
         pods = len(self.state.pods)
         self.notifier.ready(f"{pods} pods, seq {self.last_seq}")
         logger.info("ready: %d pods, seq %d", pods, self.last_seq)
@@ -523,6 +534,10 @@ class Daemon:
                     await self._scan_manifests()
                 except MemstateError as exc:
                     logger.error("manifest scan: %s", exc)
+                    self.readiness.source_failed("manifests", str(exc))
+                else:
+                    self.readiness.source_in_sync("manifests")
+                self.heartbeat.beat("manifests", self.settings.rescan_seconds)
                 await self._manifest_wake.wait(self.settings.rescan_seconds)
 
     async def config_loop(self) -> None:
@@ -611,6 +626,8 @@ class Daemon:
             self.metrics.drift_corrections.inc(drift)
         self._converged = bool(report.converged)
         self._pending_removals = len(report.pending_removals)
+        self.readiness.converged = self._converged
+        self.readiness.pending_removals = self._pending_removals
         self._retired |= set(report.pending_removals)
         self._publish()
         self._write_status()
@@ -650,6 +667,7 @@ class Daemon:
     async def reconcile_loop(self) -> None:
         retry: float | None = None
         while True:
+            self.heartbeat.beat("reconcile", self.settings.resync_seconds)
             timeout = (
                 self.settings.resync_seconds
                 if retry is None
@@ -710,6 +728,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
                     await self.start()
                     nursery.start_soon(self.writer_loop)
@@ -744,10 +763,6 @@ class Daemon:
                 finally:
                     log, self.log = self.log, None
                     await trio.to_thread.run_sync(log.close, limiter=self._log_limiter)
-            if self._metrics_server is not None:
-                shutdown = getattr(self._metrics_server, "shutdown", None)
-                if shutdown is not None:
-                    await trio.to_thread.run_sync(shutdown)
 
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:

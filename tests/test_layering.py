@@ -54,9 +54,10 @@ IO_MODULES = {
     "trio",
     "watchfiles",
     "prometheus_client",
+    "h11",
     "yaml",
 }
-SHELL_ONLY = {"trio", "watchfiles", "prometheus_client"}
+SHELL_ONLY = {"trio", "watchfiles", "prometheus_client", "h11"}
 
 
 def modules_in(package: Path) -> list[Path]:
