@@ -767,49 +767,9 @@ class Daemon:
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
-    from memstate.host.inotify import (
-        IN_CLOSE_WRITE,
-        IN_CREATE,
-        IN_DELETE,
-        IN_MOVED_FROM,
-        IN_MOVED_TO,
-    )
-    from memstate.watching import Batch, Change, is_new_regular_file, watch
+    from memstate.watching import watch_directory
 
-    def wanted(change: Change) -> bool:
-        # Only the file asked for (a config file's directory may hold anything, even our logs);
-        # a new regular file counts once its writer closes it, never half-written.
-        if only_name is not None and Path(change.path).name != only_name:
-            return change.path == str(path)  # the directory itself went away
-        return not is_new_regular_file(change)
-
-    def on_batch(batch: Batch) -> None:
-        if not batch.complete or any(wanted(change) for change in batch.changes):
-            on_change()
-
-    # Blocks in the kernel (inotify) until something changes: no CPU while idle, the change
-    # seen at once (admission latency), cancelled at once on SIGTERM. After the first watch
-    # each new one starts with a change, once it is in place: what happened in between is
-    # covered by the rescan.
-    mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
-    restarted = False
-    while True:
-        if not path.is_dir():
-            restarted = True
-            await trio.sleep(5.0)
-            continue
-        try:
-            await watch(
-                path,
-                on_batch,
-                mask=mask,
-                recursive=False,
-                on_started=on_change if restarted else None,
-            )
-        except OSError as exc:
-            logger.debug("watch on %s failed (%s); retrying", path, exc)
-            await trio.sleep(1.0)
-        restarted = True
+    await watch_directory(path, on_change, only_name=only_name)
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:

@@ -30,7 +30,9 @@ from pathlib import Path
 import trio
 
 from memstate.host.inotify import (
+    IN_CLOSE_WRITE,
     IN_CREATE,
+    IN_DELETE,
     IN_DELETE_SELF,
     IN_DONT_FOLLOW,
     IN_IGNORED,
@@ -225,3 +227,50 @@ async def watch(
     finally:
         trio.lowlevel.notify_closing(tree.fd)
         tree.close()
+
+
+async def watch_directory(
+    path: Path,
+    on_change: Callable[[], object],
+    *,
+    only_name: str | None = None,
+    missing_poll_seconds: float = 5.0,
+    retry_seconds: float = 1.0,
+) -> None:
+    """Call `on_change` whenever an entry of `path` (only `only_name`, if given) is written,
+    created, renamed or deleted; run until cancelled. A missing `path` is waited for.
+
+    A hint for callers that rescan, as the daemon's manifest directory and config file do: a new
+    regular file counts once its writer closes it (never half-written); after the first watch,
+    each new one (the directory came back, a watch failed) starts with `on_change()` once it is
+    in place, since what happened in between was not seen.
+    """
+
+    def wanted(change: Change) -> bool:
+        if only_name is not None and os.path.basename(change.path) != only_name:
+            return change.path == str(path)  # the directory itself went away
+        return not is_new_regular_file(change)
+
+    def on_batch(batch: Batch) -> None:
+        if not batch.complete or any(wanted(change) for change in batch.changes):
+            on_change()
+
+    mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    restarted = False
+    while True:
+        if not path.is_dir():
+            restarted = True
+            await trio.sleep(missing_poll_seconds)
+            continue
+        try:
+            await watch(
+                path,
+                on_batch,
+                mask=mask,
+                recursive=False,
+                on_started=on_change if restarted else None,
+            )
+        except OSError as exc:
+            logger.debug("watch on %s failed (%s); retrying", path, exc)
+            await trio.sleep(retry_seconds)
+        restarted = True
