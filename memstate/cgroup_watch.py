@@ -57,9 +57,10 @@ from memstate.watching import Batch, WatchEnd, watch
 logger = logging.getLogger(__name__)
 
 ROOT_HINT = ""
-# After the first change, wait this long before reading: a burst (a pod cgroup and its container
-# cgroups created together) becomes one batch.
+# A batch ends after this long without a new change (or at the maximum): a burst (a pod cgroup,
+# its files and container cgroups, a reconcile round's own writes) becomes one batch.
 DEFAULT_SETTLE_SECONDS = 0.05
+DEFAULT_SETTLE_MAX_SECONDS = 0.2
 # How often a missing root is looked for.
 DEFAULT_ROOT_POLL_SECONDS = 1.0
 DEFAULT_RETRY_SECONDS = 5.0
@@ -117,6 +118,7 @@ async def watch_cgroups(
     *,
     on_hint: Callable[[str], object],
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    settle_max_seconds: float = DEFAULT_SETTLE_MAX_SECONDS,
     root_poll_seconds: float = DEFAULT_ROOT_POLL_SECONDS,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
     max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
@@ -151,6 +153,7 @@ async def watch_cgroups(
                 mask=_WATCH_MASK,
                 recursive=True,
                 settle_seconds=settle_seconds,
+                settle_max_seconds=settle_max_seconds,
                 skip_directory=_is_hidden,
                 on_started=(lambda: on_hint(ROOT_HINT)) if restarted else None,
             )

@@ -201,13 +201,15 @@ async def watch(
     mask: int,
     recursive: bool,
     settle_seconds: float = 0.0,
+    settle_max_seconds: float = 0.0,
     skip_directory: Callable[[str], bool] = lambda _name: False,
     on_started: Callable[[], object] | None = None,
 ) -> WatchEnd:
     """Watch `path` until cancelled or the watch ends (see the module docstring).
 
-    `mask` is the IN_* events wanted. `settle_seconds`: after the first event, wait that long
-    before reading, so a burst arrives as one batch. `skip_directory(name)`: directories (of a
+    `mask` is the IN_* events wanted. `settle_seconds`: after an event, keep collecting until
+    no new one came for that long (but no longer than `settle_max_seconds` in all), so a burst
+    arrives as one batch; 0 delivers every read at once. `skip_directory(name)`: directories (of a
     recursive watch) never watched nor reported below. Raises OSError when the watch cannot be
     set up (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
     """
@@ -217,9 +219,7 @@ async def watch(
             on_started()
         while True:
             await trio.lowlevel.wait_readable(tree.fd)
-            if settle_seconds > 0:
-                await trio.sleep(settle_seconds)
-            batch, ended = tree.read()
+            batch, ended = await _read_settled(tree, settle_seconds, settle_max_seconds)
             if (batch.changes or not batch.complete) and on_batch(batch) is False:
                 return WatchEnd.STOPPED
             if ended is not None:
@@ -227,6 +227,29 @@ async def watch(
     finally:
         trio.lowlevel.notify_closing(tree.fd)
         tree.close()
+
+
+async def _read_settled(
+    tree: _Tree, settle_seconds: float, settle_max_seconds: float
+) -> tuple[Batch, WatchEnd | None]:
+    """Read what is queued, then more until a quiet `settle_seconds` (or the maximum)."""
+    batch, ended = tree.read()
+    if settle_seconds <= 0:
+        return batch, ended
+    changes, complete = list(batch.changes), batch.complete
+    deadline = trio.current_time() + max(settle_seconds, settle_max_seconds)
+    while ended is None:
+        quiet = min(settle_seconds, deadline - trio.current_time())
+        if quiet <= 0:
+            break
+        with trio.move_on_after(quiet) as waited:
+            await trio.lowlevel.wait_readable(tree.fd)
+        if waited.cancelled_caught:
+            break
+        more, ended = tree.read()
+        changes += more.changes
+        complete = complete and more.complete
+    return Batch(tuple(changes), complete), ended
 
 
 async def watch_directory(
@@ -241,15 +264,20 @@ async def watch_directory(
     created, renamed or deleted; run until cancelled. A missing `path` is waited for.
 
     A hint for callers that rescan, as the daemon's manifest directory and config file do: a new
-    regular file counts once its writer closes it (never half-written); after the first watch,
-    each new one (the directory came back, a watch failed) starts with `on_change()` once it is
-    in place, since what happened in between was not seen.
+    regular file counts once its writer closes it (never half-written), hidden names never; after
+    the first watch, each new one (the directory came back, a watch failed) starts with
+    `on_change()` once it is in place, since what happened in between was not seen.
     """
 
     def wanted(change: Change) -> bool:
-        if only_name is not None and os.path.basename(change.path) != only_name:
-            return change.path == str(path)  # the directory itself went away
-        return not is_new_regular_file(change)
+        if change.path == str(path):
+            return True  # the directory itself went away
+        name = os.path.basename(change.path)
+        if only_name is not None and name != only_name:
+            return False
+        # Hidden names are temporary files of atomic writers and editors (the manifest scan
+        # ignores them too): only their rename into place counts.
+        return not name.startswith(".") and not is_new_regular_file(change)
 
     def on_batch(batch: Batch) -> None:
         if not batch.complete or any(wanted(change) for change in batch.changes):
