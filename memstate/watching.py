@@ -208,7 +208,7 @@ async def watch(
     """Watch `path` until cancelled or the watch ends (see the module docstring).
 
     `mask` is the IN_* events wanted. `settle_seconds`: after an event, keep collecting until
-    no new one came for that long (but no longer than `settle_max_seconds` in all), so a burst
+    nothing new came for that long (but no longer than `settle_max_seconds` in all), so a burst
     arrives as one batch; 0 delivers every read at once. `skip_directory(name)`: directories (of a
     recursive watch) never watched nor reported below. Raises OSError when the watch cannot be
     set up (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
@@ -232,21 +232,22 @@ async def watch(
 async def _read_settled(
     tree: _Tree, settle_seconds: float, settle_max_seconds: float
 ) -> tuple[Batch, WatchEnd | None]:
-    """Read what is queued, then more until a quiet `settle_seconds` (or the maximum)."""
+    """Read what is queued, then again every `settle_seconds` while more keeps coming (up to
+    `settle_max_seconds` in all). Sleeping rather than waiting for each event: a burst costs a
+    few wake-ups, not one per event (the reconciler's thread needs the GIL meanwhile)."""
     batch, ended = tree.read()
     if settle_seconds <= 0:
         return batch, ended
     changes, complete = list(batch.changes), batch.complete
     deadline = trio.current_time() + max(settle_seconds, settle_max_seconds)
     while ended is None:
-        quiet = min(settle_seconds, deadline - trio.current_time())
-        if quiet <= 0:
+        pause = min(settle_seconds, deadline - trio.current_time())
+        if pause <= 0:
             break
-        with trio.move_on_after(quiet) as waited:
-            await trio.lowlevel.wait_readable(tree.fd)
-        if waited.cancelled_caught:
-            break
+        await trio.sleep(pause)
         more, ended = tree.read()
+        if not more.changes and more.complete:
+            break  # quiet for a whole pause: the burst is over
         changes += more.changes
         complete = complete and more.complete
     return Batch(tuple(changes), complete), ended
