@@ -1,6 +1,6 @@
 """Admission latency of the running daemon, beside the raw fsync latency of the same disk.
 
-    python -m benchmarks.daemon_admission [--pods 500] [--dir /var/tmp/memstate-bench]
+    python -m benchmarks.daemon_admission [--pods 500] [--dir /var/tmp/memstate-bench] [--src DIR]
 
 Starts `memstate run` as a subprocess on a node laid out in `--dir` (on the disk being measured),
 then admits `--pods` Guaranteed pods one at a time: each manifest is renamed into the manifest
@@ -63,6 +63,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=500)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-bench"))
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="run the daemon from this directory's memstate package (another version)",
+    )
     args = parser.parse_args()
     if args.dir.exists():
         shutil.rmtree(args.dir)
@@ -75,7 +81,7 @@ def main() -> None:
         extra_settings={"rescanSeconds": 30, "resyncSeconds": 300, "checkpointEvery": 100000},
     )
     baseline = fsync_baseline(args.dir)
-    node.start()
+    node.start(env={"PYTHONPATH": str(args.src.resolve())} if args.src is not None else None)
     durable: list[float] = []
     converged: list[float] = []
     seq = 0

@@ -49,12 +49,12 @@ RULES: Mapping[str, frozenset[str]] = {
 # Third-party modules a package must not import (directly; indirect use is caught by the core's
 # fresh-interpreter probe in test_layering.py).
 FORBIDDEN_EXTERNAL: Mapping[str, frozenset[str]] = {
-    "core": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "yaml", "httpx"}),
-    "store": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx"}),
-    "host": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx"}),
-    "reconcile": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx"}),
-    "history": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx"}),
-    "present": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx"}),
+    "core": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "yaml", "httpx", "h11"}),
+    "store": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx", "h11"}),
+    "host": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx", "h11"}),
+    "reconcile": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx", "h11"}),
+    "history": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx", "h11"}),
+    "present": frozenset({"trio", "anyio", "watchfiles", "prometheus_client", "httpx", "h11"}),
 }
 
 

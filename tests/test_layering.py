@@ -63,6 +63,7 @@ IO_MODULES = {
     "trio",
     "watchfiles",
     "prometheus_client",
+    "h11",
     "yaml",
 }
 

@@ -6,25 +6,25 @@ The periodic full resync is the source of truth; watching only makes it come ear
 someone else changes the tree — creates or removes a cgroup, writes a managed file, or a pod
 cgroup's processes exit (``populated`` flips in its cgroup.events) — the daemon should reconcile
 now rather than at the next period. `watch_cgroups` watches the root recursively with inotify
-through watchfiles (the notify crate adds a watch to every directory, including the ones created
-later) and calls ``on_hint(path)`` for every cgroup that changed, with `path` relative to the
-root; ``""`` means "the whole tree" (the root appeared, too many cgroups changed at once, or the
-watch had to be restarted and changes may have been missed).
+(memstate.node.watching: a watch on every directory, including the ones created later, waited on by
+trio's event loop, so an idle tree costs no CPU) and calls ``on_hint(path)`` for every cgroup
+that changed, with `path` relative to the root; ``""`` means "the whole tree" (the root appeared,
+too many cgroups changed at once, the kernel's event queue overflowed, or the watch had to be
+restarted and changes may have been missed).
 
 Why inotify works on cgroupfs: a mkdir/rmdir goes through the VFS and notifies the parent
 directory; a write to an interface file notifies like any write; and the kernel itself raises a
 modify notification on cgroup.events when ``populated`` or ``frozen`` changes (kernfs_notify),
-delivered to the directory's watch with the file's name. Polling is never used
-(``force_polling=False``): stat()ing thousands of kernfs files every few hundred milliseconds
-would cost more than the resync it replaces, and polling cannot see cgroup.events flips anyway
-(kernfs mtimes do not change).
+delivered to the directory's watch with the file's name. Polling is never used: stat()ing
+thousands of kernfs files every few hundred milliseconds would cost more than the resync it
+replaces, and polling cannot see cgroup.events flips anyway (kernfs mtimes do not change).
 
-Filtering is done here, not by watchfiles (``watch_filter=None``: its default filter is made for
-source trees). Counter files the kernel notifies on by itself (memory.events, pids.events,
+Filtering is done here. Counter files the kernel notifies on by itself (memory.events, pids.events,
 hugetlb.*.events ...) are ignored: under memory pressure they change constantly and say nothing
 about the state memstate manages. So are hidden names (a leading dot): cgroupfs has none, and the
 directory-backed simulated tree (memstate.host.sim.cgroupdir) keeps its journal and lock there,
-touched by every operation — watching them would turn each resync into the next one's trigger.
+touched by every operation — watching them would turn each resync into the next one's trigger
+(hidden directories are not even watched).
 Of the other interface files only those that say something about what memstate manages count:
 the files it writes (memory.min/low/high/max, cpuset.mems, hugetlb.<size>.max,
 cgroup.subtree_control), cgroup.events (``populated`` decides when a removed pod's cgroup can go),
@@ -35,10 +35,11 @@ always count. memstate's own writes count too (each costs one extra, write-free 
 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
-disappears (back to waiting), and watcher failures (restart after `retry_seconds`). `on_hint`
-must not block; a trio memory channel's ``send_nowait`` or an Event's ``set`` fit. Cancellation
-is prompt: a helper task sets the watcher's stop event when the scope is cancelled, so the watch
-thread returns within `step_ms` instead of waiting out its timeout.
+disappears (the kernel's IN_DELETE_SELF/IN_IGNORED on the root's own watch, never a stat() that a
+quick re-creation would fool; back to waiting), and watcher failures (restart after
+`retry_seconds`). Every watch after the first starts with a whole-tree hint, given only once the
+new watch is in place. `on_hint` must not block; a trio memory channel's ``send_nowait`` or an
+Event's ``set`` fit. Cancellation is immediate: no thread is involved.
 """
 
 from __future__ import annotations
@@ -50,18 +51,24 @@ from pathlib import Path
 
 import trio
 
-from memstate.node.watching import Batch, watch
+from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO
+from memstate.node.watching import Batch, WatchEnd, watch
 
 logger = logging.getLogger(__name__)
 
 ROOT_HINT = ""
-DEFAULT_DEBOUNCE_MS = 200
-DEFAULT_STEP_MS = 50
-# How long the watch thread blocks before checking in (and noticing a removed root).
+# A batch ends after this long without a new change (or at the maximum): a burst (a pod cgroup,
+# its files and container cgroups, a reconcile round's own writes) becomes one batch.
+DEFAULT_SETTLE_SECONDS = 0.05
+DEFAULT_SETTLE_MAX_SECONDS = 0.2
+# How often a missing root is looked for.
 DEFAULT_ROOT_POLL_SECONDS = 1.0
 DEFAULT_RETRY_SECONDS = 5.0
 # More distinct cgroups than this in one batch: one "whole tree" hint instead.
 MAX_HINTS_PER_BATCH = 32
+# Writes (IN_MODIFY: also what the kernel raises on cgroup.events), cgroups appearing or leaving,
+# and files replaced by rename (the directory-backed simulated tree writes that way).
+_WATCH_MASK = IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
 # Interface files are "<controller or cgroup>.<name>"; directories (cgroups) are anything else.
 _INTERFACE_FILE_RE = re.compile(r"(cgroup|memory|cpuset|cpu|io|hugetlb|pids|rdma|misc)\..+")
@@ -110,8 +117,8 @@ async def watch_cgroups(
     root: Path | str,
     *,
     on_hint: Callable[[str], object],
-    debounce_ms: int = DEFAULT_DEBOUNCE_MS,
-    step_ms: int = DEFAULT_STEP_MS,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    settle_max_seconds: float = DEFAULT_SETTLE_MAX_SECONDS,
     root_poll_seconds: float = DEFAULT_ROOT_POLL_SECONDS,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
     max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
@@ -121,49 +128,50 @@ async def watch_cgroups(
     See the module docstring. ``on_hint("")`` asks for a resync of the whole tree.
     """
     directory = Path(root)
-    while True:
-        if not directory.is_dir():
-            while not directory.is_dir():
-                await trio.sleep(root_poll_seconds)
+
+    def on_batch(batch: Batch) -> None:
+        if not batch.complete:
             on_hint(ROOT_HINT)
+            return
+        changed = [change.path for change in batch.changes]
+        for hint in hints_for_changes(directory, changed, limit=max_hints_per_batch):
+            on_hint(hint)
+
+    # After the first watch, every new one starts with a whole-tree hint, given once the new
+    # watch is in place: whatever happened between two watches is covered by that resync, and
+    # every change after the hint is reported. It does not depend on having seen the root
+    # missing: a root removed and created again in between looks unchanged to a stat().
+    restarted = False
+    while True:
+        while not directory.is_dir():
+            restarted = True
+            await trio.sleep(root_poll_seconds)
         try:
-            await _watch_until_root_goes(
+            ended = await watch(
                 directory,
-                on_hint,
-                debounce_ms=debounce_ms,
-                step_ms=step_ms,
-                max_hints_per_batch=max_hints_per_batch,
+                on_batch,
+                mask=_WATCH_MASK,
+                recursive=True,
+                settle_seconds=settle_seconds,
+                settle_max_seconds=settle_max_seconds,
+                skip_directory=_is_hidden,
+                on_started=(lambda: on_hint(ROOT_HINT)) if restarted else None,
             )
-        except (OSError, RuntimeError) as exc:
-            # The watch failed (inotify limits, the root vanished under it...). Changes may have
-            # been missed: ask for a full resync, then try again later.
+        except (FileNotFoundError, NotADirectoryError):
+            restarted = True  # the root went away before its watch was set up
+            continue
+        except OSError as exc:
+            # The watch could not be set up (inotify limits...). Changes may be missed: ask for
+            # a full resync, then try again later.
             logger.warning("cgroup watch on %s failed (%s); retrying", directory, exc)
             on_hint(ROOT_HINT)
+            restarted = True
             await trio.sleep(retry_seconds)
-
-
-async def _watch_until_root_goes(
-    root: Path,
-    on_hint: Callable[[str], object],
-    *,
-    debounce_ms: int,
-    step_ms: int,
-    max_hints_per_batch: int,
-) -> None:
-    def on_batch(batch: Batch) -> bool:
-        if not root.is_dir():
+            continue
+        restarted = True
+        if ended is WatchEnd.ROOT_GONE:
             on_hint(ROOT_HINT)
-            return False
-        changed = [path for _change, path in batch]
-        for hint in hints_for_changes(root, changed, limit=max_hints_per_batch):
-            on_hint(hint)
-        return True
 
-    await watch(
-        root,
-        on_batch,
-        watch_filter=None,
-        debounce_ms=debounce_ms,
-        step_ms=step_ms,
-        recursive=True,
-    )
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")

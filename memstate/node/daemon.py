@@ -18,13 +18,14 @@ config (exit 78 if it does not fit the machine); record what changed (`daemon_st
 found in the manifest directory, in whatever order it lists them, and close readmission; reconcile
 the whole tree; then tell systemd READY=1.
 
-Then, concurrently: the manifest directory (watched with watchfiles; watch events are hints, a
+Then, concurrently: the manifest directory (watched with inotify; watch events are hints, a
 periodic full rescan is the truth), the config file and SIGHUP (reload: a valid config becomes an
 event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
-metrics endpoint (a thread of prometheus-client reading an immutable snapshot). SIGTERM/SIGINT stop
-everything, finish the in-flight append, write a final checkpoint and exit 0.
+HTTP endpoint (memstate.node.endpoint: /metrics reading an immutable snapshot, /healthz from the
+loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery).
+SIGTERM/SIGINT stop everything, finish the in-flight append, write a final checkpoint and exit 0.
 
 Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that
 cannot be recorded must not be acted on. A full disk fails the batch (nothing acknowledged), is
@@ -83,6 +84,8 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
+from memstate.node.endpoint import HttpEndpoint, status_routes
+from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
@@ -186,7 +189,9 @@ class Daemon:
         self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
-        self._metrics_server: object | None = None
+        self.heartbeat = Heartbeat()
+        self.readiness = Readiness()
+        self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
         self.reconciler: object | None = None
         self.ready = trio.Event()
 
@@ -268,9 +273,14 @@ class Daemon:
         self._scope = None
         await self._reconcile_once()
         if settings.metrics_enabled:
+            if self._nursery is None:
+                raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
             host, port = settings.metrics_host_port()
+            endpoint = HttpEndpoint(
+                status_routes(self.metrics.render, self.heartbeat, self.readiness)
+            )
             try:
-                self._metrics_server = self.metrics.serve(host, port)
+                await self._nursery.start(endpoint.serve, host, port)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {host}:{port}: {exc.strerror}",
@@ -278,6 +288,7 @@ class Daemon:
                     path="$.memstate.metricsAddress",
                 ) from None
             logger.info("metrics on http://%s:%d/metrics", host, port)
+        self.readiness.recovered = True
         pods = len(self.state.pods)
         self.notifier.ready(f"{pods} pods, seq {self.last_seq}")
         logger.info("ready: %d pods, seq %d", pods, self.last_seq)
@@ -553,6 +564,10 @@ class Daemon:
                     await self._scan_manifests()
                 except MemstateError as exc:
                     logger.error("manifest scan: %s", exc)
+                    self.readiness.source_failed("manifests", str(exc))
+                else:
+                    self.readiness.source_in_sync("manifests")
+                self.heartbeat.beat("manifests", self.settings.rescan_seconds)
                 await self._manifest_wake.wait(self.settings.rescan_seconds)
 
     async def config_loop(self) -> None:
@@ -649,6 +664,8 @@ class Daemon:
             for path in report.removed
             if path in current
         )
+        self.readiness.converged = self._converged
+        self.readiness.pending_removals = self._pending_removals
         self._publish()
         self._write_status()
         if notes:
@@ -687,6 +704,7 @@ class Daemon:
     async def reconcile_loop(self) -> None:
         retry: float | None = None
         while True:
+            self.heartbeat.beat("reconcile", self.settings.resync_seconds)
             timeout = (
                 self.settings.resync_seconds
                 if retry is None
@@ -747,6 +765,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
                     await self.start()
                     nursery.start_soon(self.writer_loop)
@@ -781,38 +800,13 @@ class Daemon:
                 finally:
                     log, self.log = self.log, None
                     await trio.to_thread.run_sync(log.close, limiter=self._log_limiter)
-            if self._metrics_server is not None:
-                shutdown = getattr(self._metrics_server, "shutdown", None)
-                if shutdown is not None:
-                    await trio.to_thread.run_sync(shutdown)
 
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
-    from memstate.node.watching import Batch, watch
+    from memstate.node.watching import watch_directory
 
-    def wanted(_change: object, changed: str) -> bool:
-        # Only the file asked for (a config file's directory may hold anything, even our logs).
-        return only_name is None or Path(changed).name == only_name
-
-    def on_batch(batch: Batch) -> bool:
-        if batch:
-            on_change()
-        return path.exists()
-
-    while True:
-        if not path.exists():
-            await trio.sleep(5.0)
-            continue
-        try:
-            # step: report 2 ms after the last change seen (admission latency); debounce: at
-            # most 50 ms of changes grouped together. Cancellation stops the watch at once.
-            await watch(
-                path, on_batch, watch_filter=wanted, debounce_ms=50, step_ms=2, recursive=False
-            )
-        except (FileNotFoundError, RuntimeError) as exc:
-            logger.debug("watch on %s ended (%s); retrying", path, exc)
-            await trio.sleep(1.0)
+    await watch_directory(path, on_change, only_name=only_name)
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:

@@ -11,7 +11,8 @@ Names: the upstream kubelet names where dashboards exist
 (`kubelet_memory_qos_node_memory_{min,low}_bytes`, and the pinning counters both as
 `memory_manager_pinning_*_total` and with the kubelet's `kubelet_` prefix), `memstate_*` for the
 rest. No pod UID labels (churny series); per-pod
-history belongs to `memstate audit`. The endpoint binds to 127.0.0.1 unless configured otherwise.
+history belongs to `memstate audit`. Served over HTTP by memstate.node.endpoint (on trio, in the
+daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -226,10 +227,3 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text (for tests and `memstate status --metrics`)."""
         return prometheus_client.generate_latest(self.registry)
-
-    def serve(self, host: str, port: int) -> object:
-        """Start the HTTP endpoint in a daemon thread; returns the server (for shutdown)."""
-        server, _thread = prometheus_client.start_http_server(
-            port, addr=host, registry=self.registry
-        )
-        return server

@@ -1,67 +1,305 @@
-"""A watchfiles watch that trio can cancel promptly.
+"""Directory watches that block in the kernel: inotify, waited on by trio.
 
-`watchfiles.awatch` waits for changes in a worker thread; cancelling the awaiting task does not
-stop that thread, which then sits out its own timeout before the task can finish (seconds at
-shutdown). `watch` passes a stop event that is set the moment the enclosing scope is cancelled,
-so the thread returns within one `step`. Changes are delivered to a callback rather than yielded,
-because a trio nursery cannot stay open across the yields of an async generator.
+Why not watchfiles: its watch thread wakes every `step` milliseconds to look for changes and for
+its stop event, whether anything happens or not; three such watches at a 2 ms step cost the idle
+daemon ~3 % of a core (docs/performance.md, idle). Here the inotify descriptor is registered with
+trio's epoll loop (`trio.lowlevel.wait_readable`): an idle watch costs nothing, a change is seen
+the moment the kernel queues it, and cancellation (SIGTERM) is immediate because no thread is
+involved.
+
+`watch` watches one directory, or a whole tree (`recursive=True`: every directory gets its own
+inotify watch, including the ones created later — found through IN_CREATE/IN_MOVED_TO on their
+parent, then walked, since they may have children by the time the watch is added). It calls
+`on_batch` with the changes read in one go and returns when the watched directory itself goes
+away (deleted, moved, unmounted) or when the kernel's queue overflowed (changes were lost: the
+caller rescans and watches again). The watch is established (every directory watched) before
+`on_started` is called, so a caller can announce "watching now" knowing that any later change
+will be reported — which is what makes a restart after the root came back race-free.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Set
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-import anyio
 import trio
-import watchfiles
 
-# How long the watch thread waits for changes before checking the stop event and yielding an
-# empty batch (which also lets callers notice a watched root that went away).
-WATCH_TIMEOUT_MS = 1000
+from memstate.host.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_DONT_FOLLOW,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    Inotify,
+)
 
-Batch = Set[tuple[watchfiles.Change, str]]
+logger = logging.getLogger(__name__)
+
+# What every watch needs whatever the caller asks for: the end of the watched directory itself.
+_SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+# What a recursive watch needs to follow directories appearing and leaving.
+_TREE_EVENTS = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO
+
+
+@dataclass(frozen=True)
+class Change:
+    """One inotify event: the absolute path it is about and its mask (IN_* bits)."""
+
+    path: str
+    mask: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The changes read in one go; `complete` is False when the kernel dropped some."""
+
+    changes: tuple[Change, ...]
+    complete: bool = True
+
+
+class WatchEnd(Enum):
+    """Why `watch` returned."""
+
+    STOPPED = "stopped"  # on_batch returned False
+    ROOT_GONE = "root gone"  # the watched directory was deleted, moved away or unmounted
+    OVERFLOW = "overflow"  # the kernel's event queue overflowed: changes were lost
+
+
+def is_new_regular_file(change: Change) -> bool:
+    """A regular file just created: its content is not written yet (IN_CLOSE_WRITE follows)."""
+    if not change.mask & IN_CREATE or change.mask & IN_ISDIR:
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(change.path).st_mode)
+    except OSError:
+        return False  # gone again: let the caller look
+
+
+class _Tree:
+    """The inotify descriptor and the directories it watches (synchronous, no trio)."""
+
+    def __init__(
+        self, root: Path, mask: int, *, recursive: bool, skip_directory: Callable[[str], bool]
+    ) -> None:
+        self.root = str(root)
+        self.recursive = recursive
+        self.skip_directory = skip_directory
+        self.inotify = Inotify(mask | _SELF_EVENTS | (_TREE_EVENTS if recursive else 0))
+        self.path_of: dict[int, str] = {}
+        self.wd_of: dict[str, int] = {}
+        try:
+            # The root may be a symlink to the directory (a manifest directory often is):
+            # followed. Directories below are never followed (IN_DONT_FOLLOW, no symlink walk).
+            self.root_wd = self._add(self.root, self.inotify.mask)
+            if recursive:
+                self._add_below(self.root)
+        except BaseException:
+            self.inotify.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self.inotify.fd
+
+    def _add(self, path: str, mask: int) -> int:
+        wd = self.inotify.add_watch(path, mask)
+        self.path_of[wd] = path
+        self.wd_of[path] = wd
+        return wd
+
+    def _add_below(self, directory: str) -> list[str]:
+        """Watch every directory below `directory`; returns them (they are news to the caller)."""
+        found: list[str] = []
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+            try:
+                with os.scandir(current) as entries:
+                    children = [
+                        entry.path
+                        for entry in entries
+                        if entry.is_dir(follow_symlinks=False)
+                        and not self.skip_directory(entry.name)
+                    ]
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while we walked: its parent reports the removal
+            for child in children:
+                try:
+                    self._add(child, self.inotify.mask | IN_DONT_FOLLOW)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                found.append(child)
+                pending.append(child)
+        return found
+
+    def _drop_below(self, directory: str) -> None:
+        """Forget the watches at and below a directory that moved away."""
+        prefix = directory + os.sep
+        for path in [p for p in self.wd_of if p == directory or p.startswith(prefix)]:
+            wd = self.wd_of.pop(path)
+            self.path_of.pop(wd, None)
+            self.inotify.rm_watch(wd)
+
+    def read(self) -> tuple[Batch, WatchEnd | None]:
+        """Everything queued now, and whether the watch has ended."""
+        changes: list[Change] = []
+        ended: WatchEnd | None = None
+        complete = True
+        for wd, mask, name in self.inotify.read_events():
+            if mask & IN_Q_OVERFLOW:
+                complete = False
+                ended = ended or WatchEnd.OVERFLOW
+                continue
+            base = self.path_of.get(wd)
+            if base is None:
+                continue  # a watch dropped already (its IN_IGNORED, late events)
+            if mask & IN_IGNORED:
+                del self.path_of[wd]
+                if self.wd_of.get(base) == wd:
+                    del self.wd_of[base]
+                if wd == self.root_wd:
+                    ended = WatchEnd.ROOT_GONE
+                continue
+            path = os.path.join(base, name) if name else base
+            if wd == self.root_wd and not name and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                ended = WatchEnd.ROOT_GONE
+            if mask & IN_UNMOUNT and wd == self.root_wd:
+                ended = WatchEnd.ROOT_GONE
+            changes.append(Change(path, mask))
+            if self.recursive and mask & IN_ISDIR and name:
+                if mask & IN_MOVED_FROM:
+                    self._drop_below(path)
+                elif mask & (IN_CREATE | IN_MOVED_TO) and not self.skip_directory(name):
+                    try:
+                        self._add(path, self.inotify.mask | IN_DONT_FOLLOW)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue  # gone again already
+                    changes.extend(Change(p, IN_CREATE | IN_ISDIR) for p in self._add_below(path))
+        return Batch(tuple(changes), complete), ended
+
+    def close(self) -> None:
+        self.inotify.close()
 
 
 async def watch(
     path: Path,
     on_batch: Callable[[Batch], bool | None],
     *,
-    watch_filter: Callable[[watchfiles.Change, str], bool] | None,
-    debounce_ms: int,
-    step_ms: int,
+    mask: int,
     recursive: bool,
-) -> None:
-    """Call `on_batch` with every batch of changes under `path` (an empty one after each quiet
-    `WATCH_TIMEOUT_MS`) until cancelled, or until `on_batch` returns False."""
-    stop = anyio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_set_when_cancelled, stop)
-        batches_iterator = watchfiles.awatch(
-            path,
-            watch_filter=watch_filter,
-            debounce=debounce_ms,
-            step=step_ms,
-            stop_event=stop,
-            rust_timeout=WATCH_TIMEOUT_MS,
-            yield_on_timeout=True,
-            force_polling=False,
-            recursive=recursive,
-            ignore_permission_denied=True,
-        )
-        try:
-            async with contextlib.aclosing(batches_iterator) as batches:
-                async for batch in batches:
-                    if on_batch(batch) is False:
-                        return
-        finally:
-            stop.set()
-            nursery.cancel_scope.cancel()
+    settle_seconds: float = 0.0,
+    settle_max_seconds: float = 0.0,
+    skip_directory: Callable[[str], bool] = lambda _name: False,
+    on_started: Callable[[], object] | None = None,
+) -> WatchEnd:
+    """Watch `path` until cancelled or the watch ends (see the module docstring).
 
-
-async def _set_when_cancelled(stop: anyio.Event) -> None:
+    `mask` is the IN_* events wanted. `settle_seconds`: after an event, keep collecting until
+    nothing new came for that long (but no longer than `settle_max_seconds` in all), so a burst
+    arrives as one batch; 0 delivers every read at once. `skip_directory(name)`: directories (of a
+    recursive watch) never watched nor reported below. Raises OSError when the watch cannot be
+    set up (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
+    """
+    tree = _Tree(path, mask, recursive=recursive, skip_directory=skip_directory)
     try:
-        await trio.sleep_forever()
+        if on_started is not None:
+            on_started()
+        while True:
+            await trio.lowlevel.wait_readable(tree.fd)
+            batch, ended = await _read_settled(tree, settle_seconds, settle_max_seconds)
+            if (batch.changes or not batch.complete) and on_batch(batch) is False:
+                return WatchEnd.STOPPED
+            if ended is not None:
+                return ended
     finally:
-        stop.set()
+        trio.lowlevel.notify_closing(tree.fd)
+        tree.close()
+
+
+async def _read_settled(
+    tree: _Tree, settle_seconds: float, settle_max_seconds: float
+) -> tuple[Batch, WatchEnd | None]:
+    """Read what is queued, then again every `settle_seconds` while more keeps coming (up to
+    `settle_max_seconds` in all). Sleeping rather than waiting for each event: a burst costs a
+    few wake-ups, not one per event (the reconciler's thread needs the GIL meanwhile)."""
+    batch, ended = tree.read()
+    if settle_seconds <= 0:
+        return batch, ended
+    changes, complete = list(batch.changes), batch.complete
+    deadline = trio.current_time() + max(settle_seconds, settle_max_seconds)
+    while ended is None:
+        pause = min(settle_seconds, deadline - trio.current_time())
+        if pause <= 0:
+            break
+        await trio.sleep(pause)
+        more, ended = tree.read()
+        if not more.changes and more.complete:
+            break  # quiet for a whole pause: the burst is over
+        changes += more.changes
+        complete = complete and more.complete
+    return Batch(tuple(changes), complete), ended
+
+
+async def watch_directory(
+    path: Path,
+    on_change: Callable[[], object],
+    *,
+    only_name: str | None = None,
+    missing_poll_seconds: float = 5.0,
+    retry_seconds: float = 1.0,
+) -> None:
+    """Call `on_change` whenever an entry of `path` (only `only_name`, if given) is written,
+    created, renamed or deleted; run until cancelled. A missing `path` is waited for.
+
+    A hint for callers that rescan, as the daemon's manifest directory and config file do: a new
+    regular file counts once its writer closes it (never half-written), hidden names never; after
+    the first watch, each new one (the directory came back, a watch failed) starts with
+    `on_change()` once it is in place, since what happened in between was not seen.
+    """
+
+    def wanted(change: Change) -> bool:
+        if change.path == str(path):
+            return True  # the directory itself went away
+        name = os.path.basename(change.path)
+        if only_name is not None and name != only_name:
+            return False
+        # Hidden names are temporary files of atomic writers and editors (the manifest scan
+        # ignores them too): only their rename into place counts.
+        return not name.startswith(".") and not is_new_regular_file(change)
+
+    def on_batch(batch: Batch) -> None:
+        if not batch.complete or any(wanted(change) for change in batch.changes):
+            on_change()
+
+    mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    restarted = False
+    while True:
+        if not path.is_dir():
+            restarted = True
+            await trio.sleep(missing_poll_seconds)
+            continue
+        try:
+            await watch(
+                path,
+                on_batch,
+                mask=mask,
+                recursive=False,
+                on_started=on_change if restarted else None,
+            )
+        except OSError as exc:
+            logger.debug("watch on %s failed (%s); retrying", path, exc)
+            await trio.sleep(retry_seconds)
+        restarted = True

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -234,6 +235,23 @@ class Node:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET `path` on the daemon's HTTP endpoint: (status, body), errors included."""
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status), str(response.read().decode())
+        except urllib.error.HTTPError as error:
+            return int(error.code), str(error.read().decode())
+
+    def threads(self) -> int:
+        """The daemon process's thread count (/proc)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(
+            next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1]
+        )
 
     def metric(self, name: str) -> float | None:
         for line in self.metrics().splitlines():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -350,4 +351,37 @@ def test_container_cgroups_made_by_the_runtime_are_tolerated(
         assert node.alive(), node.stderr()[-2000:]
         assert time.monotonic() < deadline, "pod cgroup with a container cgroup not removed"
         time.sleep(0.1)
+    assert node.terminate() == 0
+
+
+def test_http_endpoint_holds_300_idle_connections_and_keeps_answering(
+    make_node: Callable[..., Node],
+) -> None:
+    """Issue 10: 300 idle connections made the old endpoint start 300 threads. Now they cost no
+    thread, the daemon keeps admitting pods and answering /metrics, /healthz and /readyz, and
+    every other path is 404."""
+    node = make_node()
+    node.start()
+    assert node.http("/readyz") == (200, "ready\n")
+    assert node.http("/healthz") == (200, "ok\n")
+    assert node.http("/other")[0] == 404
+    assert node.http("/")[0] == 404
+    threads_before = node.threads()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", node.metrics_port), timeout=10))
+        node.drop("a.yaml", pod_manifest("pod-a", "1Gi"))
+        node.wait_for(admitted("pod-a"))
+        status, body = node.http("/metrics")
+        assert status == 200 and "memstate_pods" in body
+        assert node.http("/healthz") == (200, "ok\n")
+        assert node.http("/other")[0] == 404
+        # Worker threads of trio's cache come and go with the daemon's own work (log appends,
+        # scans and reconciles, each on its own limiter); one per connection would be 300 more.
+        assert node.threads() <= threads_before + 3
+    finally:
+        for connection in idle:
+            connection.close()
+    assert node.http("/readyz") == (200, "ready\n")
     assert node.terminate() == 0

@@ -1155,7 +1155,7 @@ def test_without_inotify_every_call_compares(
         raise OSError(code, os.strerror(code))
 
     target = "__init__" if failing == "inotify_init" else "add_watch"
-    monkeypatch.setattr(cgroupdir_inotify._Inotify, target, refuse)
+    monkeypatch.setattr(cgroupdir_inotify.Inotify, target, refuse)
     with DirCgroupFS(scratch / "t") as fs:
         assert fs.change_detection == "scan"
         fs.write("", "cgroup.subtree_control", "+memory")

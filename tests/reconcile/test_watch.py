@@ -1,9 +1,10 @@
-"""The cgroup watcher: "resync soon" hints from inotify (watchfiles), under trio.
+"""The cgroup watcher: "resync soon" hints from inotify, under trio.
 
 Method: `watch_cgroups` runs in a nursery and appends its hints to a list; the test changes
 the tree and waits (boundedly, polling the list) for the hints it expects. Against a temporary
 directory: a root that does not exist yet, cgroups created, interface files written, kernel
-counters ignored, the root removed and created again, and prompt cancellation. Against a real
+counters ignored, the root removed and created again (also with no chance for the watcher to run
+in between), directories moved, and prompt cancellation. Against a real
 cgroup2 mount (skipped with the reason when there is none): a cgroup created, and `populated`
 flipping to 0 when a process exits on its own — a change only the kernel reports, through
 cgroup.events. Timeouts are hang guards, never assertions about speed.
@@ -33,6 +34,19 @@ async def until(condition: Callable[[], bool], timeout: float = HINT_TIMEOUT_SEC
             await trio.sleep(0.02)
         return True
     return condition()
+
+
+async def until_watching(root: Path, hints: list[str]) -> None:
+    """Wait until the watch on `root` is in place: a probe cgroup created (again and again, as
+    the watch may start after it) gives its hint. Leaves no probe behind."""
+    probe = root / "probe"
+    for _attempt in range(int(HINT_TIMEOUT_SECONDS / 0.5)):
+        probe.mkdir()
+        seen = await until(lambda: "probe" in hints, timeout=0.5)
+        probe.rmdir()
+        if seen:
+            return
+    raise AssertionError(f"the watch on {root} never reported the probe: {hints}")
 
 
 def test_changes_map_to_their_cgroups() -> None:
@@ -97,6 +111,44 @@ async def test_root_removed_and_recreated_is_watched_again(tmp_path: Path) -> No
         await trio.sleep(0.3)
         (root / "again").mkdir()
         assert await until(lambda: "again" in hints), hints
+        nursery.cancel_scope.cancel()
+
+
+async def test_root_replaced_before_the_watcher_looks_is_watched_again(tmp_path: Path) -> None:
+    """The race behind the flaky test above (issue 10), made certain: the root is removed and
+    created again with no chance for the watcher to run in between, so anything that decides
+    "the root is gone" by looking at the path sees it unchanged and keeps a dead watch."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    hints: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_cgroups(root, on_hint=hints.append, root_poll_seconds=0.02)
+        )
+        await until_watching(root, hints)
+        root.rmdir()
+        root.mkdir()
+        # One whole-tree hint for the root going, one once the new watch is in place.
+        assert await until(lambda: hints.count(ROOT_HINT) >= 2), hints
+        (root / "again").mkdir()
+        assert await until(lambda: "again" in hints), hints
+        nursery.cancel_scope.cancel()
+
+
+async def test_directories_moved_within_the_tree_are_followed(tmp_path: Path) -> None:
+    """A cgroup directory renamed within the tree is watched under its new name only."""
+    (tmp_path / "a" / "pod").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    hints: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_cgroups(tmp_path, on_hint=hints.append))
+        await until_watching(tmp_path, hints)
+        (tmp_path / "a" / "pod").rename(tmp_path / "b" / "pod")
+        assert await until(lambda: "b/pod" in hints), hints
+        hints.clear()
+        (tmp_path / "b" / "pod" / "memory.max").write_text("max\n")
+        assert await until(lambda: "b/pod" in hints), hints
+        assert "a/pod" not in hints
         nursery.cancel_scope.cancel()
 
 

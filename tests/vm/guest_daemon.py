@@ -182,7 +182,7 @@ DAEMON_MODULES = (
     "memstate.reconcile.reconciler",
     "memstate.host.sysfs",
     "memstate.node.cgroup_watch",
-    "watchfiles",
+    "memstate.node.watching",
 )
 
 

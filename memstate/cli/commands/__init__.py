@@ -2,7 +2,7 @@
 
 Each module exposes `register(subparsers)` which adds its parser(s) and sets `handler` (a function
 `(argparse.Namespace) -> int`) with `set_defaults`. Modules import heavy dependencies (trio,
-watchfiles, prometheus_client, matplotlib) inside their handlers, never at import time, so
+prometheus_client, matplotlib) inside their handlers, never at import time, so
 `memstate --help` and the read-only tools start fast.
 """
 

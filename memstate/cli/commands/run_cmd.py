@@ -92,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
     )
-    # watchfiles logs every batch of changes at INFO; they are hints, not news.
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     from memstate.node.daemon import Daemon, run_daemon
 
     settings = resolve_settings(args)

@@ -90,8 +90,8 @@ import msgspec
 
 from memstate.core.errors import HostError
 from memstate.host.cgroupfs import unescape_mount_field
+from memstate.host.inotify import libc
 from memstate.host.sim.cgroupdir_adopt import _ChangesFromOutside
-from memstate.host.sim.cgroupdir_inotify import _libc
 from memstate.host.sim.cgroupdir_journal import (
     _MARKER_DECODER,
     JOURNAL_NAME,
@@ -135,9 +135,9 @@ _REFUSED_TYPES = frozenset(_REFUSED_MAGICS.values())
 def _statfs_magic(path: str) -> int | None:
     """statfs(2) f_type of `path`, None when libc's statfs cannot be called."""
     try:
-        libc = _libc()
+        library = libc()
         buffer = ctypes.create_string_buffer(512)  # larger than any struct statfs
-        if libc.statfs(os.fsencode(path), buffer) != 0:
+        if library.statfs(os.fsencode(path), buffer) != 0:
             return None
     except (OSError, AttributeError):
         return None

@@ -8,99 +8,42 @@ caller compares the whole tree instead.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
-import os
-import struct
 from collections import Counter
 
+from memstate.host.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DONT_FOLLOW,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
 from memstate.host.sim.cgroupdir_tree import _DirState
 
-# inotify(7) constants.
-_IN_CLOSE_WRITE = 0x00000008
-_IN_MOVED_FROM = 0x00000040
-_IN_MOVED_TO = 0x00000080
-_IN_CREATE = 0x00000100
-_IN_DELETE = 0x00000200
-_IN_Q_OVERFLOW = 0x00004000
-_IN_IGNORED = 0x00008000
-_IN_ONLYDIR = 0x01000000
-_IN_DONT_FOLLOW = 0x02000000
-_IN_ISDIR = 0x40000000
 # IN_MODIFY is left out on purpose: edits are looked at once the writer closes the file, and the
 # journal's appends (through a descriptor that stays open) produce no events at all.
 _WATCH_MASK = (
-    _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_ONLYDIR
-    | _IN_DONT_FOLLOW
+    IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_ONLYDIR
+    | IN_DONT_FOLLOW
 )
-_EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, for inotify and statfs (Python wraps neither)."""
-    # The interpreter's own symbols include libc: no ldconfig subprocess (find_library) needed.
-    return ctypes.CDLL(None, use_errno=True)
-
-
-class _Inotify:
-    """The inotify calls through libc (no extra dependency), non-blocking."""
-
-    def __init__(self) -> None:
-        libc = _libc()
-        self._add_watch = libc.inotify_add_watch
-        self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._add_watch.restype = ctypes.c_int
-        self._rm_watch = libc.inotify_rm_watch
-        self._rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-        self._rm_watch.restype = ctypes.c_int
-        fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        self.fd = fd
-
-    def add_watch(self, directory: str) -> int:
-        wd = int(self._add_watch(self.fd, os.fsencode(directory), _WATCH_MASK))
-        if wd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), directory)
-        return wd
-
-    def rm_watch(self, wd: int) -> None:
-        self._rm_watch(self.fd, wd)  # EINVAL when the kernel dropped it already: fine
-
-    def read_events(self) -> list[tuple[int, int, str]]:
-        """(wd, mask, name) of every queued event; empty when there is none."""
-        events: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                start = offset + _EVENT_HEADER.size
-                raw = data[start : start + length].rstrip(b"\0")
-                events.append((wd, mask, os.fsdecode(raw)))
-                offset = start + length
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class _Watches(_DirState):
     """The watch per cgroup directory, and the changes its events name."""
 
     _watch_wanted: bool
-    _inotify: _Inotify | None
+    _inotify: Inotify | None
     _wd_path: dict[int, str]
     _path_wd: dict[str, int]
     # Events read while draining the own renames of a flush, for the next operation.
@@ -119,7 +62,7 @@ class _Watches(_DirState):
         if not self._watch_wanted:
             return
         try:
-            self._inotify = _Inotify()
+            self._inotify = Inotify(_WATCH_MASK)
         except OSError:
             self._inotify = None  # no inotify here: compare the whole tree at every operation
 
@@ -159,7 +102,7 @@ class _Watches(_DirState):
         for event in self._inotify.read_events():
             wd, mask, name = event
             key = (self._wd_path.get(wd), name)
-            if mask & _IN_MOVED_TO and own[key] > 0:
+            if mask & IN_MOVED_TO and own[key] > 0:
                 own[key] -= 1
                 continue
             self._backlog.append(event)
@@ -172,11 +115,11 @@ class _Watches(_DirState):
             return None
         events = self._backlog + self._inotify.read_events()
         self._backlog = []
-        if any(mask & _IN_Q_OVERFLOW for _wd, mask, _name in events):
+        if any(mask & IN_Q_OVERFLOW for _wd, mask, _name in events):
             return None
         work: dict[tuple[bool, str, str], None] = {}
         for wd, mask, name in events:
-            if mask & _IN_IGNORED:
+            if mask & IN_IGNORED:
                 path = self._wd_path.pop(wd, None)
                 if path is not None and self._path_wd.get(path) == wd:
                     del self._path_wd[path]
@@ -184,5 +127,5 @@ class _Watches(_DirState):
             path = self._wd_path.get(wd)
             if path is None or not name or name.startswith("."):
                 continue
-            work[(bool(mask & _IN_ISDIR), path, name)] = None
+            work[(bool(mask & IN_ISDIR), path, name)] = None
         return list(work)

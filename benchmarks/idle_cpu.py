@@ -1,0 +1,111 @@
+"""Idle CPU of the running daemon: `memstate run` with nothing happening, over a window.
+
+    python -m benchmarks.idle_cpu [--seconds 30] [--rounds 3] [--pods 0]
+                                  [--baseline-src DIR] [--dir /var/tmp/memstate-idle]
+
+Starts `memstate run` as a subprocess on a node laid out like the demo's (tests/daemon/harness:
+two NUMA nodes, a directory-backed simulated cgroup tree, the metrics endpoint on), with the
+production periods (rescan and resync every 30 s), admits `--pods` pods, waits until the start-up
+work is over, then reads the process's CPU time (utime + stime of every thread, /proc/<pid>/stat)
+at the start and the end of a `--seconds` window in which nothing changes. Prints the share of
+one core.
+
+With `--baseline-src DIR` (a directory holding another version's `memstate` package, e.g.
+`git archive <rev> memstate | tar -x -C DIR`), the two versions are measured alternately, round
+after round (A/B interleaved, so a change in the machine's load hits both), and the ratio of the
+medians is printed with the spread (min..max) of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from tests.daemon.harness import Node, pod_manifest
+
+SETTLE_SECONDS = 5.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    # After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> float:
+    """Share of one core the idle daemon used over `seconds` (0.01 = 1 %)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    node = Node(
+        directory,
+        extra_settings={"rescanSeconds": 30, "resyncSeconds": 30},
+        nodes_memory=("64Gi", "64Gi"),
+        topology_policy="best-effort",
+    )
+    node.start(env={"PYTHONPATH": str(src)} if src is not None else None)
+    try:
+        for index in range(pods):
+            node.drop(f"idle-{index:04d}.yaml", pod_manifest(f"idle-{index:04d}", "64Mi"))
+        if pods:
+            node.wait_for(
+                lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
+                timeout=600,
+            )
+        time.sleep(SETTLE_SECONDS)
+        assert node.process is not None
+        pid = node.process.pid
+        started_cpu, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        used, elapsed = cpu_seconds(pid) - started_cpu, time.monotonic() - started
+    finally:
+        node.terminate()
+    return used / elapsed
+
+
+def describe(name: str, shares: list[float]) -> str:
+    median = statistics.median(shares)
+    return (
+        f"{name:<10} median {median * 100:6.3f} % of a core  "
+        f"(spread {min(shares) * 100:.3f}..{max(shares) * 100:.3f} %, {len(shares)} rounds)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pods", type=int, default=0)
+    parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-idle"))
+    args = parser.parse_args()
+    current: list[float] = []
+    baseline: list[float] = []
+    for round_number in range(args.rounds):
+        if args.baseline_src is not None:
+            share = measure(
+                args.dir, src=args.baseline_src.resolve(), pods=args.pods, seconds=args.seconds
+            )
+            baseline.append(share)
+            print(f"round {round_number + 1}: baseline {share * 100:.3f} %", flush=True)
+        share = measure(args.dir, src=None, pods=args.pods, seconds=args.seconds)
+        current.append(share)
+        print(f"round {round_number + 1}: current  {share * 100:.3f} %", flush=True)
+    shutil.rmtree(args.dir, ignore_errors=True)
+    print(f"idle window {args.seconds:g} s, {args.pods} pods, load {os.getloadavg()[0]:.1f}")
+    print(describe("current", current))
+    if baseline:
+        print(describe("baseline", baseline))
+        ratio = statistics.median(current) / statistics.median(baseline)
+        print(f"current / baseline: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The daemon's directory watches (manifest directory, config file): inotify under trio.
+
+Goal: a change in the directory reaches the callback, a file counts once its writer closes it, a
+directory removed and created again (even with no chance for the watch to run in between) is
+watched again, and cancellation is immediate. Method: `watch_directory` runs in a nursery and
+counts its callbacks; the test changes real files in a temporary directory and waits (boundedly)
+for the count. Timeouts are hang guards, never assertions about speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from memstate.node.watching import watch_directory
+
+HANG_GUARD_SECONDS = 10.0
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+async def until(condition: Callable[[], bool]) -> bool:
+    with trio.move_on_after(HANG_GUARD_SECONDS):
+        while not condition():
+            await trio.sleep(0.01)
+        return True
+    return condition()
+
+
+async def until_more(changes: Counter, than: int) -> bool:
+    return await until(lambda: changes.count > than)
+
+
+async def until_watching(directory: Path, changes: Counter) -> None:
+    """A probe file renamed in, again and again until seen: the watch is in place."""
+    for attempt in range(int(HANG_GUARD_SECONDS / 0.2)):
+        before = changes.count
+        (directory / f".probe{attempt}.tmp").write_text("x")
+        (directory / f".probe{attempt}.tmp").rename(directory / f"probe{attempt}")
+        with trio.move_on_after(0.2):
+            await until_more(changes, before)
+        if changes.count > before:
+            return
+    raise AssertionError("the watch never reported the probe")
+
+
+async def test_written_renamed_and_deleted_files_are_changes(tmp_path: Path) -> None:
+    changes = Counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_directory(tmp_path, changes))
+        (tmp_path / "b.tmp").write_text("b")
+        # Once the probe is reported, every earlier event has been too (events come in order).
+        await until_watching(tmp_path, changes)
+        # Each of these makes one batch of events, hence one change.
+        for act in (
+            lambda: (tmp_path / "a.yaml").write_text("a"),  # created, written, closed
+            lambda: (tmp_path / "b.tmp").rename(tmp_path / "b.yaml"),
+            (tmp_path / "a.yaml").unlink,
+        ):
+            before = changes.count
+            act()
+            assert await until_more(changes, before)
+            assert changes.count == before + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_the_named_file_counts(tmp_path: Path) -> None:
+    changes = Counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_directory(tmp_path, changes, only_name="config.yaml"))
+        # Wait until the watch is in place: the named file written until it is reported.
+        for _ in range(int(HANG_GUARD_SECONDS / 0.2)):
+            (tmp_path / "config.yaml").write_text("x")
+            with trio.move_on_after(0.2):
+                await until(lambda: changes.count > 0)
+            if changes.count:
+                break
+        assert changes.count > 0
+        # Other files, then the named one: only the last write makes a change. (The other
+        # files' events are queued first, so if they counted, the count would show it.)
+        before = changes.count
+        for index in range(20):
+            (tmp_path / f"other{index}.log").write_text("noise")
+        (tmp_path / "config.yaml").write_text("y")
+        assert await until(lambda: changes.count > before)
+        # Events arrive in order: had the other files counted, they would have counted first.
+        assert changes.count == before + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_directory_replaced_at_once_is_watched_again(tmp_path: Path) -> None:
+    directory = tmp_path / "pods"
+    directory.mkdir()
+    changes = Counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_directory(directory, changes, missing_poll_seconds=0.02))
+        await until_watching(directory, changes)
+        for entry in directory.iterdir():
+            entry.unlink()
+        directory.rmdir()
+        directory.mkdir()  # no chance for the watch to run in between
+        await until_watching(directory, changes)
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancellation_is_immediate(tmp_path: Path) -> None:
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: watch_directory(tmp_path, Counter()))
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
