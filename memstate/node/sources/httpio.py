@@ -45,10 +45,19 @@ async def lines_bounded(
 
 
 def describe_http_error(exc: httpx.HTTPError) -> str:
-    """A one-line description of a transport-level failure."""
+    """A one-line description of a transport-level failure, with its root cause (httpx often
+    wraps e.g. a TLS verification failure in an empty `ConnectError`)."""
     kind = type(exc).__name__
-    text = str(exc) or kind
-    return text if kind in text else f"{kind}: {text}"
+    parts = [kind]
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).strip()
+        if text and text not in parts:
+            parts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return ": ".join(parts)
 
 
 def status_error(response: httpx.Response, body: bytes, *, where: str) -> SourceError:
