@@ -291,7 +291,8 @@ class ApiServerStandIn(_StandIn):
         self.page_size_cap = 2  # pages of at most this many pods (pagination is exercised)
         self.chunk_delay = 0.0
         self.list_delay = 0.0
-        self.watch_status: int | None = None  # answer the next watch with this status
+        self.watch_status: int | None = None  # answer watches with this status …
+        self.watch_status_times = 0  # … this many times
         self._watchers: list[queue.Queue[tuple[str, Any]]] = []
         super().__init__(certificates.server_context())
 
@@ -399,7 +400,8 @@ class ApiServerStandIn(_StandIn):
                 since = int(query.get("resourceVersion", ["0"])[0] or 0)
                 inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
                 with standin.lock:
-                    status, standin.watch_status = standin.watch_status, None
+                    status = standin.watch_status if standin.watch_status_times > 0 else None
+                    standin.watch_status_times = max(0, standin.watch_status_times - 1)
                     gone = since < standin.oldest_watchable
                     backlog = [h for h in standin.history if h[0] > since]
                     if not gone and status is None:
@@ -436,6 +438,12 @@ class ApiServerStandIn(_StandIn):
                             standin._watchers.remove(inbox)
 
             def stream(self, inbox: queue.Queue[tuple[str, Any]]) -> None:
+                self._stream(inbox)
+                # Stopped or dropped: the connection dies without the terminating chunk.
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+            def _stream(self, inbox: queue.Queue[tuple[str, Any]]) -> None:
                 while not standin.stopping.is_set():
                     try:
                         what, data = inbox.get(timeout=0.05)
@@ -465,9 +473,6 @@ class ApiServerStandIn(_StandIn):
                             },
                         )
                     elif what == "drop":
-                        # Mid-stream, without the terminating chunk: a broken connection.
-                        self.close_connection = True
-                        self.connection.shutdown(2)
                         return
 
             def send_event(self, kind: str, obj: dict[str, Any]) -> None:
