@@ -228,13 +228,15 @@ class _Handler(BaseHTTPRequestHandler):
 class KubeletStandIn(_StandIn):
     """The kubelet's `/pods` over HTTPS with a bearer token."""
 
-    def __init__(self, certificates: Certificates, token: str) -> None:
+    def __init__(
+        self, certificates: Certificates, token: str, *, require_client_cert: bool = False
+    ) -> None:
         self.token = token
         self.pods: list[dict[str, Any]] = []
         self.failure: int | None = None  # answer this HTTP status instead
         self.garbage: bytes | None = None  # answer this body instead of a PodList
         self.hang_up = False  # close the connection without answering
-        super().__init__(certificates.server_context())
+        super().__init__(certificates.server_context(require_client_cert=require_client_cert))
 
     def set_pods(self, pods: list[dict[str, Any]]) -> None:
         with self.lock:
