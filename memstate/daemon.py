@@ -33,6 +33,7 @@ counted and logged, and the inputs are tried again at the next rescan.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -83,9 +84,14 @@ from memstate.core.reducer import apply, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
+from memstate.host.cgroupfs import is_populated
 from memstate.inputs import load_config, load_topology, read_document
 from memstate.manifests import ManifestDirectory
 from memstate.metrics import Metrics, Snapshot
+from memstate.node.sources.configure import NetworkSource, network_sources, node_name_of
+from memstate.node.sources.feed import SourceFeed
+from memstate.node.sources.kubelet import KubeletSource
+from memstate.node.sources.tracker import PodTracker
 from memstate.sdnotify import Notifier
 from memstate.settings import Settings, settings_from_object
 from memstate.store.checkpoint import (
@@ -165,7 +171,12 @@ class Daemon:
         self.last_seq = 0
         self.targets: NodeTargets | None = None
         self.log: EventLog | None = None
-        self.manifests = ManifestDirectory(settings.manifest_dir)
+        # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
+        self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone)
+        self.feed = SourceFeed(self.tracker, self._record)
+        self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
+        self.sources: list[NetworkSource] = []
+        self._sources_wake = Wakeup()
         self.config_topology: Topology | None = None
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[_Submission](64)
         self._log_limiter = trio.CapacityLimiter(1)
@@ -214,6 +225,8 @@ class Daemon:
         topology = self._observe_topology()
         config = self._load_config(topology)
         self.config_topology = topology
+        self.manifests.node_name = node_name_of(self.settings)
+        self.sources = network_sources(self.settings)  # ConfigError on bad credentials
         self._open_reconciler(topology, config)
 
         boot: list[Event] = []
@@ -247,8 +260,9 @@ class Daemon:
 
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
-        if self.state.readmission_open:
+        if self.state.readmission_open and not self.sources:
             await self._commit([ReadmissionCompleted()])
+        # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
         for warning in self.targets.warnings if self.targets is not None else ():
             if "5.9" not in warning:  # that one is logged with more detail by _publish
                 logger.warning("targets: %s", warning)
@@ -433,6 +447,8 @@ class Daemon:
             "metrics_address": self.settings.metrics_address,
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
+            "pod_sources": list(self.settings.pod_sources),
+            "pod_source_health": [source.health.as_dict() for source in self.sources],
             "updated_ts_ns": time.time_ns(),
         }
         path = self.settings.state_dir / "daemon-status.json"
@@ -506,14 +522,74 @@ class Daemon:
 
     # --- sources -------------------------------------------------------------------------------
 
+    async def _record(self, events: Sequence[Event]) -> None:
+        """Make source events durable: through the writer once it runs, directly before."""
+        if self.ready.is_set():
+            await self.submit(events)
+        else:
+            await self._commit(events)
+
     async def _scan_manifests(self) -> None:
-        events = await trio.to_thread.run_sync(self.manifests.scan)
-        if events:
-            if self.ready.is_set():
-                await self.submit(events)
-            else:
-                await self._commit(events)
-        self.manifests.accept()
+        if "manifests" not in self.settings.pod_sources:
+            return
+        pods = await trio.to_thread.run_sync(self.manifests.read)
+        await self.feed.deliver("manifests", pods)
+
+    def _pod_cgroup_gone(self, uid: str) -> bool:
+        """No process is left in the pod's cgroup (it is gone, or empty): a terminating or
+        deleted pod may be released. Asked by the tracker; reads one cgroup.events file."""
+        if self.targets is None or self.reconciler is None:
+            return True
+        try:
+            path = self.targets.pod(uid).cgroup
+        except KeyError:
+            return True
+        try:
+            return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
+        except HostError as exc:
+            return exc.errno == errno.ENOENT
+
+    async def sources_loop(self) -> None:
+        """Run the kubelet/API-server sources; close readmission once each has synced."""
+        if not self.sources:
+            return
+        async with trio.open_nursery() as nursery:
+            for source in self.sources:
+                nursery.start_soon(source.run, self.feed.deliverer(source.name))
+            waited = 0.0
+            while self.state.readmission_open:
+                unsynced = [s.name for s in self.sources if s.health.last_success_unix is None]
+                if not unsynced:
+                    await self.submit([ReadmissionCompleted()])
+                    break
+                if waited and waited % 60.0 == 0:
+                    logger.warning(
+                        "readmission stays open until every pod source has synced; waiting for %s",
+                        ", ".join(unsynced),
+                    )
+                await trio.sleep(0.5)
+                waited += 0.5
+            health = None
+            while True:
+                # Deleted pods are released when their cgroup empties: ask again on cgroup
+                # hints and periodically; publish source health when it changes.
+                await self._sources_wake.wait(self.settings.rescan_seconds)
+                try:
+                    await self.feed.recheck()
+                except MemstateError as exc:
+                    logger.error("pod sources: %s", exc)
+                current = [tuple(s.health.as_dict().values()) for s in self.sources]
+                if current != health:
+                    health = current
+                    self._publish_sources()
+                    self._write_status()
+
+    def _publish_sources(self) -> None:
+        for source in self.sources:
+            h = source.health
+            self.metrics.pod_source_in_sync.labels(source=h.name).set(1 if h.in_sync else 0)
+            self.metrics.pod_source_failures.labels(source=h.name).set(h.consecutive_failures)
+            self.metrics.pod_source_last_success.labels(source=h.name).set(h.last_success_unix or 0)
 
     async def manifest_loop(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -679,6 +755,12 @@ class Daemon:
             elif self._scope is not None:
                 self._scope.add(managed)
             self._reconcile_wake.set()
+            # A new pod cgroup means the kubelet started a pod: poll /pods at once; an emptied
+            # one may release a deleted pod.
+            for source in self.sources:
+                if isinstance(source, KubeletSource) and managed is None:
+                    source.nudge()
+            self._sources_wake.set()
 
         await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
 
@@ -714,6 +796,7 @@ class Daemon:
                     await self.start()
                     nursery.start_soon(self.writer_loop)
                     nursery.start_soon(self.manifest_loop)
+                    nursery.start_soon(self.sources_loop)
                     nursery.start_soon(self.config_loop)
                     nursery.start_soon(self.reconcile_loop)
                     nursery.start_soon(self.cgroup_watch_loop)

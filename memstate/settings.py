@@ -19,6 +19,21 @@ memstate:
   checkpointEvery: 1000
   checkpointsKeep: 3
   pruneLog: false                   # delete segments before the oldest kept checkpoint
+  nodeName: null                    # default: the host name (derived static-pod UIDs, API watch)
+  podSources: [manifests]           # any of manifests, kubelet, apiserver (docs/operations.md)
+  kubelet:                          # only read when podSources has kubelet
+    url: https://127.0.0.1:10250    # or http://127.0.0.1:10255 (read-only port)
+    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+    caFile: null                    # verify the kubelet's serving certificate with this CA
+    certFile: null                  # client certificate instead of / besides a token
+    keyFile: null
+    insecureSkipTlsVerify: false
+    pollSeconds: 5
+  apiServer:                        # only read when podSources has apiserver
+    kubeconfig: null                # null: the in-cluster service account
+    context: null                   # kubeconfig context (default: its current-context)
+    watchTimeoutSeconds: 300
+    readTimeoutSeconds: 90
 ```
 """
 
@@ -31,6 +46,29 @@ import msgspec
 
 from memstate.core.errors import ConfigError
 from memstate.core.validation import convert_input
+
+PodSourceName = Literal["manifests", "kubelet", "apiserver"]
+
+
+class KubeletSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """How to reach the kubelet's `/pods` (memstate.node.sources.kubelet)."""
+
+    url: str = "https://127.0.0.1:10250"
+    token_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_tls_verify: bool = False
+    poll_seconds: float = 5.0
+
+
+class ApiServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """How to reach the API server (memstate.node.sources.apiserver)."""
+
+    kubeconfig: str | None = None  # None: the in-cluster service account
+    context: str | None = None
+    watch_timeout_seconds: int = 300
+    read_timeout_seconds: float = 90.0
 
 
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -47,6 +85,10 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     checkpoint_every: int | None = None
     checkpoints_keep: int | None = None
     prune_log: bool | None = None
+    node_name: str | None = None
+    pod_sources: list[PodSourceName] | None = None
+    kubelet: KubeletSettings | None = None
+    api_server: ApiServerSettings | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -68,6 +110,10 @@ class Settings(msgspec.Struct, frozen=True):
     # Delete log segments wholly before the oldest kept checkpoint after each checkpoint. Off by
     # default: audit and replay need history.
     prune_log: bool = False
+    node_name: str = ""  # "": the host name
+    pod_sources: tuple[PodSourceName, ...] = ("manifests",)
+    kubelet: KubeletSettings = KubeletSettings()
+    api_server: ApiServerSettings = ApiServerSettings()
 
     @property
     def metrics_enabled(self) -> bool:
@@ -96,6 +142,8 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
             continue
         if name.name in ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file"):
             value = Path(value)
+        elif name.name == "pod_sources":
+            value = tuple(value)
         updates[name.name] = value
     settings = msgspec.structs.replace(base, **updates)
     validate_settings(settings, source=source)
@@ -110,3 +158,13 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
         raise ConfigError("checkpointEvery and checkpointsKeep must be at least 1", source=source)
     if settings.metrics_enabled:
         settings.metrics_host_port()
+    if not settings.pod_sources or len(set(settings.pod_sources)) != len(settings.pod_sources):
+        raise ConfigError(
+            "podSources must name at least one source, each once",
+            source=source,
+            path="$.memstate.podSources",
+        )
+    if settings.kubelet.poll_seconds <= 0 or settings.api_server.watch_timeout_seconds <= 0:
+        raise ConfigError(
+            "kubelet.pollSeconds and apiServer.watchTimeoutSeconds must be positive", source=source
+        )

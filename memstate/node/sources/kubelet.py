@@ -38,11 +38,14 @@ class KubeletSource:
         interval: float = 5.0,
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
+        min_interval: float = 0.5,
     ) -> None:
         self.connection = connection
         self.interval = interval
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # Nudges come with every cgroup hint: never poll more often than this.
+        self.min_interval = min_interval
         self.health = SourceHealth(self.name)
         self._nudged = trio.Event()
         self.where = f"{connection.base_url}/pods"
@@ -71,9 +74,11 @@ class KubeletSource:
         async with client:
             while True:
                 self._nudged = trio.Event()
+                polled = trio.current_time()
                 await self._poll_once(client, deliver)
                 with trio.move_on_after(self.interval):
                     await self._nudged.wait()
+                await trio.sleep_until(polled + self.min_interval)
 
     async def _poll_once(self, client: httpx.AsyncClient, deliver: Deliver) -> None:
         try:
