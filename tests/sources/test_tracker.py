@@ -157,3 +157,16 @@ def test_unaccepted_update_is_repeated() -> None:
         == summary(list(again))
         == [("pod_admission_requested", "u1", "kubelet")]
     )
+
+
+def test_pod_source_is_omitted_when_unset_so_old_records_keep_their_bytes() -> None:
+    import msgspec
+
+    from memstate.core.codec import decode_envelope, encode_envelope
+    from memstate.core.events import SCHEMA_VERSION, Envelope, PodRemovalRequested
+
+    old = PodRemovalRequested(uid="u1", source="/pods/a.yaml")
+    assert b"pod_source" not in msgspec.msgpack.encode(old)
+    new = PodRemovalRequested(uid="u1", source="kubelet:default/a", pod_source="kubelet")
+    envelope = Envelope(seq=1, ts_ns=1, schema_v=SCHEMA_VERSION, event=new)
+    assert decode_envelope(encode_envelope(envelope)) == envelope

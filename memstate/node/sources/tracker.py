@@ -38,7 +38,7 @@ The tracker does no I/O itself: the cgroup question is an injected callable.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from memstate.core.events import (
     Event,
@@ -50,7 +50,7 @@ from memstate.core.events import (
 from memstate.node.sources.observation import PRECEDENCE, ObservedPod, SourceName
 
 CgroupGone = Callable[[str], bool]
-"""`cgroup_gone(uid)`: True when the pod's cgroup no longer exists on the node."""
+"""`cgroup_gone(uid)`: True when no process is left in the pod's cgroup (it is gone or empty)."""
 
 # Sources whose pods may still run after they stopped being listed (deleted through the API,
 # force-deleted): their removals wait for the pod cgroup to be gone. The manifest directory is
@@ -66,8 +66,6 @@ class _Held:
     locator: str
     spec_hash: str
     init_completed: bool
-    # Seen terminating, or left a cgroup-gated source: removal waits for its cgroup to go.
-    releasing: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,6 @@ class PodTracker:
         self._observed: dict[str, list[ObservedPod]] = {}
         self._view = _View()
         self._pending: tuple[dict[str, list[ObservedPod]], _View] | None = None
-
-    @property
-    def held_uids(self) -> list[str]:
-        """UIDs memstate has asked to admit and not yet to remove (accepted view)."""
-        return list(self._view.held)
 
     def update(self, source_name: SourceName, pods: Sequence[ObservedPod]) -> list[Event]:
         """`source_name` now sees exactly `pods`; the events for what changed (staged)."""
@@ -122,7 +115,7 @@ class PodTracker:
             if uid in wanted:
                 continue
             if previous.source_name in _CGROUP_GATED and not self._is_gone(uid):
-                held[uid] = replace(previous, releasing=True)  # deleted, may still run
+                held[uid] = previous  # deleted, but its containers may still run
             else:
                 removals.append(_removal(uid, previous))
         for locator, (name, _) in before.invalid.items():
@@ -162,8 +155,7 @@ class PodTracker:
                 if pod.init_completed and not init_done:
                     requests.append(PodInitCompleted(uid=uid, pod_source=name))
                     init_done = True
-                releasing = pod.lifecycle == "terminating"
-                held[uid] = _Held(name, pod.locator, pod.spec_hash, init_done, releasing)
+                held[uid] = _Held(name, pod.locator, pod.spec_hash, init_done)
 
         self._pending = (observed, _View(held, invalid, done))
         return removals + requests
