@@ -107,6 +107,7 @@ logger = logging.getLogger("memstate.daemon")
 MAX_BATCH_EVENTS = 256
 SHUTDOWN_GRACE_SECONDS = 10.0
 FAILURE_NOTE_REPEAT_SECONDS = 600.0
+SOURCE_HEALTH_SECONDS = 1.0
 
 
 class Wakeup:
@@ -571,9 +572,9 @@ class Daemon:
                 waited += 0.5
             health = None
             while True:
-                # Deleted pods are released when their cgroup empties: ask again on cgroup
-                # hints and periodically; publish source health when it changes.
-                await self._sources_wake.wait(self.settings.rescan_seconds)
+                # Deleted pods are released when their cgroup empties: ask again on cgroup hints
+                # and every second (an in-memory diff); publish source health when it changes.
+                await self._sources_wake.wait(SOURCE_HEALTH_SECONDS)
                 try:
                     await self.feed.recheck()
                 except MemstateError as exc:

@@ -24,7 +24,7 @@ from memstate.core.events import (
     ReadmissionCompleted,
 )
 from tests.daemon.harness import Gi, Node
-from tests.sources.standins import Certificates, KubeletStandIn, kube_pod
+from tests.sources.standins import ApiServerStandIn, Certificates, KubeletStandIn, kube_pod
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +165,69 @@ def wait_file(node: Node, path: str, file: str, expected: str) -> None:
     while node.cgroup_file(path, file) != expected:
         assert time.monotonic() < deadline, f"{path}/{file} is {node.cgroup_file(path, file)!r}"
         time.sleep(0.1)
+
+
+def test_daemon_with_apiserver_source_through_a_kubeconfig(
+    make_node: Callable[..., Node], certificates: Certificates, tmp_path: Path
+) -> None:
+    import base64
+
+    import yaml
+
+    standin = ApiServerStandIn(certificates, "s3cr3t-token")
+    standin.add(kube_pod("a", POD_A))
+    standin.start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        ca = base64.b64encode(certificates.ca.cert_pem.bytes()).decode()
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "memstate@node-a",
+                    "contexts": [
+                        {"name": "memstate@node-a", "context": {"cluster": "c", "user": "memstate"}}
+                    ],
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {"server": standin.url, "certificate-authority-data": ca},
+                        }
+                    ],
+                    "users": [{"name": "memstate", "user": {"token": "s3cr3t-token"}}],
+                }
+            )
+        )
+        node = make_node(
+            extra_settings={
+                "nodeName": "node-a",
+                "podSources": ["apiserver"],
+                "apiServer": {"kubeconfig": str(kubeconfig)},
+            }
+        )
+        node.start()
+        node.wait_for(lambda rs: admitted_uids(rs) == {POD_A})
+        standin.add(kube_pod("b", POD_B, memory="2Gi"))
+        node.wait_for(lambda rs: admitted_uids(rs) == {POD_A, POD_B})
+        wait_file(node, f"kubepods/pod{POD_B}", "memory.max", str(2 * Gi))
+        standin.modify(kube_pod("a", POD_A, phase="Succeeded"))
+        node.wait_for(lambda rs: admitted_uids(rs) == {POD_B})
+        # The history is compacted while the watch is down: 410, relist; b was deleted meanwhile.
+        standin.expire()
+        with standin.lock:
+            standin.pods.pop(POD_B)
+        standin.drop_watches()
+        node.wait_for(lambda rs: admitted_uids(rs) == set())
+        assert standin.list_count() >= 2
+        deadline = time.monotonic() + 60
+        while node.metric('memstate_pod_source_in_sync{source="apiserver"}') != 1.0:
+            assert time.monotonic() < deadline, "the source never showed in sync again"
+            time.sleep(0.1)
+        sources = {
+            r.event.pod_source for r in node.records() if isinstance(r.event, PodAdmissionRequested)
+        }
+        assert sources == {"apiserver"}
+        assert node.terminate() == 0
+    finally:
+        standin.stop()
