@@ -207,6 +207,9 @@ class _StandIn:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Go's net/http (the real kubelet and API server) sets TCP_NODELAY; without it Nagle's
+    # algorithm holds small watch events back until the client's delayed ACK.
+    disable_nagle_algorithm = True
     standin: Any
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -236,6 +239,7 @@ class KubeletStandIn(_StandIn):
         self.failure: int | None = None  # answer this HTTP status instead
         self.garbage: bytes | None = None  # answer this body instead of a PodList
         self.hang_up = False  # close the connection without answering
+        self.served_at: list[float] = []  # perf_counter() after each PodList sent (benchmarks)
         super().__init__(certificates.server_context(require_client_cert=require_client_cert))
 
     def set_pods(self, pods: list[dict[str, Any]]) -> None:
@@ -276,6 +280,7 @@ class KubeletStandIn(_StandIn):
                     self.send_json(200, None, raw=garbage)
                 else:
                     self.send_json(200, body)
+                    standin.served_at.append(time.perf_counter())
 
         return Handler
 
