@@ -643,7 +643,17 @@ class Daemon:
             logger.info("config reloaded from %s: no change", path)
 
     def _apply_reloadable(self, settings: Settings) -> None:
-        fixed = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+        fixed = (
+            "state_dir",
+            "manifest_dir",
+            "cgroup_root",
+            "cgroup_sim",
+            "topology_file",
+            "node_name",
+            "pod_sources",
+            "kubelet",
+            "api_server",
+        )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):
                 logger.warning("config: %s changes only take effect after a restart", name)

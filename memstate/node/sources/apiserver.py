@@ -52,6 +52,7 @@ logger = logging.getLogger("memstate.sources.apiserver")
 
 MAX_EVENT_BYTES = 4 << 20  # one Pod object (etcd refuses objects above ~1.5 MiB)
 PODS_PATH = "/api/v1/pods"
+MIN_WATCH_SECONDS = 1.0
 
 
 class Gone(SourceError):
@@ -103,7 +104,11 @@ class ApiServerSource:
                 try:
                     if not self.resource_version:
                         await self._list(client, deliver)
+                    started = trio.current_time()
                     await self._watch(client, deliver)
+                    if trio.current_time() - started < MIN_WATCH_SECONDS:
+                        # A server that ends every watch at once must not be hammered.
+                        await trio.sleep(self.backoff_initial)
                 except Gone as exc:
                     logger.info("apiserver source: %s; listing again", exc.message)
                     self.resource_version = ""
