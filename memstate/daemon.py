@@ -19,7 +19,9 @@ found in the manifest directory, in whatever order it lists them, and close read
 the whole tree; then tell systemd READY=1.
 
 Then, concurrently: the manifest directory (watched with watchfiles; watch events are hints, a
-periodic full rescan is the truth), the config file and SIGHUP (reload: a valid config becomes an
+periodic full rescan is the truth), the kubelet and API-server pod sources when configured (all
+sources feed one tracker, memstate.node.sources; with such sources, readmission closes once each
+has synced), the config file and SIGHUP (reload: a valid config becomes an
 event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the

@@ -71,7 +71,7 @@ class ManifestDirectory:
     ) -> None:
         self.directory = directory
         self.order = order if order is not None else os.environ.get(ORDER_HOOK, "listing")
-        self.node_name = node_name or socket.gethostname()
+        self.node_name = node_name or socket.gethostname().lower()
         self.tracker = tracker if tracker is not None else PodTracker()
         self._cache: dict[str, _Read] = {}
 
