@@ -170,3 +170,22 @@ def test_pod_source_is_omitted_when_unset_so_old_records_keep_their_bytes() -> N
     new = PodRemovalRequested(uid="u1", source="kubelet:default/a", pod_source="kubelet")
     envelope = Envelope(seq=1, ts_ns=1, schema_v=SCHEMA_VERSION, event=new)
     assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+def test_observation_cache_reuses_unchanged_pods_only() -> None:
+    import msgspec
+
+    from memstate.node.sources.kube import KubePod, ObservationCache
+    from tests.sources.standins import kube_pod
+
+    def decoded(**kw: object) -> KubePod:
+        return msgspec.convert(kube_pod("a", "u1", **kw), KubePod)  # type: ignore[arg-type]
+
+    cache = ObservationCache("kubelet")
+    (first,) = cache.observe_all([decoded()])
+    (again,) = cache.observe_all([decoded()])
+    assert again is first
+    (changed,) = cache.observe_all([decoded(phase="Succeeded")])
+    assert changed is not first and changed.lifecycle == "finished"
+    twins = cache.observe_all([decoded(), decoded()])
+    assert twins[0] is not twins[1] and twins[0] == twins[1]

@@ -20,7 +20,7 @@ from memstate.core.errors import MemstateError, SourceError
 from memstate.node.sources.connection import Connection
 from memstate.node.sources.feed import Deliver
 from memstate.node.sources.httpio import describe_http_error, read_bounded, status_error
-from memstate.node.sources.kube import MAX_BODY_BYTES, decode_pod_list, observe
+from memstate.node.sources.kube import MAX_BODY_BYTES, ObservationCache, decode_pod_list
 from memstate.node.sources.observation import ObservedPod, SourceHealth, SourceName
 
 logger = logging.getLogger("memstate.sources.kubelet")
@@ -49,6 +49,7 @@ class KubeletSource:
         self.health = SourceHealth(self.name)
         self._nudged = trio.Event()
         self.where = f"{connection.base_url}/pods"
+        self._observations = ObservationCache(self.name)
 
     def nudge(self) -> None:
         """Poll now (a pod cgroup appeared)."""
@@ -64,7 +65,7 @@ class KubeletSource:
         except httpx.HTTPError as exc:
             raise SourceError(describe_http_error(exc), source=self.where) from None
         pods = decode_pod_list(body, where=self.where)
-        return [observe(pod, self.name) for pod in pods.items or ()]
+        return self._observations.observe_all(pods.items or [])
 
     async def run(self, deliver: Deliver) -> None:
         """Poll until cancelled, handing every successful poll's pods to `deliver`."""
