@@ -109,7 +109,7 @@ def run_kubelet(root: Path, certificates: Certificates, resident: int, samples: 
             served = min(t for t in list(standin.served_at) if t > added)
             latencies.append(done - served)
     finally:
-        node.terminate()
+        node.terminate(timeout=120.0)
         standin.stop()
     return latencies
 
@@ -162,7 +162,7 @@ def run_apiserver(
             standin.add(kube_pod(f"n{index}", uid_of(index), memory="64Mi"))
             latencies.append(durable.wait({uid_of(index)}) - started)
     finally:
-        node.terminate()
+        node.terminate(timeout=120.0)
         standin.stop()
     return latencies
 

@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     )
     # watchfiles logs every batch of changes at INFO; they are hints, not news.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: a kubelet poll every few seconds would flood the journal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from memstate.daemon import Daemon, run_daemon
 
     settings = resolve_settings(args)
