@@ -768,11 +768,13 @@ class Daemon:
             elif self._scope is not None:
                 self._scope.add(managed)
             self._reconcile_wake.set()
-            # A new pod cgroup means the kubelet started a pod: poll /pods at once; an emptied
-            # one may release a deleted pod.
-            for source in self.sources:
-                if isinstance(source, KubeletSource) and managed is None:
-                    source.nudge()
+            # A cgroup memstate does not manage appeared (the kubelet made a pod cgroup, or the
+            # runtime a container's): poll /pods at once (rate-limited by the source). An
+            # emptied cgroup may release a deleted pod.
+            if path and managed != path:
+                for source in self.sources:
+                    if isinstance(source, KubeletSource):
+                        source.nudge()
             self._sources_wake.set()
 
         await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)

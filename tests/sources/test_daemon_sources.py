@@ -231,3 +231,42 @@ def test_daemon_with_apiserver_source_through_a_kubeconfig(
         assert node.terminate() == 0
     finally:
         standin.stop()
+
+
+def test_new_pod_cgroup_nudges_the_kubelet_poll(
+    make_node: Callable[..., Node], certificates: Certificates, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.crt"
+    certificates.ca.cert_pem.write_to_path(str(ca_file))
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cr3t-token")
+    standin = KubeletStandIn(certificates, "s3cr3t-token")
+    standin.start()
+    try:
+        node = make_node(
+            extra_settings={
+                "podSources": ["kubelet"],
+                "kubelet": {
+                    "url": standin.url,
+                    "tokenFile": str(token_file),
+                    "caFile": str(ca_file),
+                    "pollSeconds": 3600,  # only a nudge can make it poll again
+                },
+            }
+        )
+        node.start()
+        deadline = time.monotonic() + 60
+        while standin.polls() < 1:
+            assert time.monotonic() < deadline, "no first poll"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        polls = standin.polls()
+        standin.set_pods([kube_pod("a", POD_A)])
+        # The kubelet creates the pod cgroup before the sandbox: the cgroup watcher's hint makes
+        # memstate poll at once.
+        (node.cgroup_dir / "kubepods" / "burstable" / f"pod{POD_B}").mkdir(parents=True)
+        node.wait_for(lambda rs: admitted_uids(rs) == {POD_A})
+        assert standin.polls() > polls
+        assert node.terminate() == 0
+    finally:
+        standin.stop()
