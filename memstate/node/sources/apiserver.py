@@ -27,7 +27,7 @@ import logging
 import httpx
 import trio
 
-from memstate.core.errors import MemstateError, SourceError
+from memstate.core.errors import ConfigError, MemstateError, SourceError
 from memstate.node.sources.connection import Connection
 from memstate.node.sources.feed import Deliver
 from memstate.node.sources.httpio import (
@@ -77,7 +77,9 @@ class ApiServerSource:
         backoff_max: float = 30.0,
     ) -> None:
         if not node_name:
-            raise SourceError("the API server source needs the node name", source="nodeName")
+            raise ConfigError(
+                "the API server source needs the node name", path="$.memstate.nodeName"
+            )
         self.connection = connection
         self.node_name = node_name
         self.page_size = page_size
