@@ -232,15 +232,26 @@ class KubeletStandIn(_StandIn):
     """The kubelet's `/pods` over HTTPS with a bearer token."""
 
     def __init__(
-        self, certificates: Certificates, token: str, *, require_client_cert: bool = False
+        self,
+        certificates: Certificates,
+        token: str,
+        *,
+        require_client_cert: bool = False,
+        read_only_port: bool = False,
     ) -> None:
         self.token = token
+        # The read-only port: plain HTTP, no authentication at all.
+        self.read_only_port = read_only_port
         self.pods: list[dict[str, Any]] = []
         self.failure: int | None = None  # answer this HTTP status instead
         self.garbage: bytes | None = None  # answer this body instead of a PodList
         self.hang_up = False  # close the connection without answering
         self.served_at: list[float] = []  # perf_counter() after each PodList sent (benchmarks)
-        super().__init__(certificates.server_context(require_client_cert=require_client_cert))
+        super().__init__(
+            None
+            if read_only_port
+            else certificates.server_context(require_client_cert=require_client_cert)
+        )
 
     def set_pods(self, pods: list[dict[str, Any]]) -> None:
         with self.lock:
@@ -260,7 +271,8 @@ class KubeletStandIn(_StandIn):
                     self.close_connection = True
                     self.connection.close()
                     return
-                if self.headers.get("Authorization") != f"Bearer {standin.token}":
+                authorised = self.headers.get("Authorization") == f"Bearer {standin.token}"
+                if not authorised and not standin.read_only_port:
                     self.send_json(401, None, raw=b"Unauthorized")
                     return
                 if split.path != "/pods":

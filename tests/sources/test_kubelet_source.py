@@ -207,3 +207,18 @@ async def test_pod_level_resources_are_rejected_by_locator(
             nursery.cancel_scope.cancel()
     assert recorder.summary() == [("invalid", "kubelet:default/p"), ("remove", "")]
     assert "spec.resources" in getattr(recorder.events[0], "error", "")
+
+
+async def test_read_only_port(certificates: Certificates, recorder: Recorder) -> None:
+    feed = SourceFeed(PodTracker(), recorder.submit)
+    with running(KubeletStandIn(certificates, "unused", read_only_port=True)) as standin:
+        assert isinstance(standin, KubeletStandIn)
+        assert standin.url.startswith("http://")
+        standin.set_pods([kube_pod("a", UID_A)])
+        source = KubeletSource(kubelet_connection(standin.url), interval=0.05)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run, feed.deliverer("kubelet"))
+            await wait_for(lambda: recorder.summary() == [("admit", UID_A)], "admission")
+            nursery.cancel_scope.cancel()
+    # no credentials are sent to the unauthenticated port
+    assert all("authorization" not in {k.lower() for k in h} for _, _, h in standin.requests)
