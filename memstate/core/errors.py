@@ -109,6 +109,14 @@ class ScenarioError(InputError):
     """A JSON-lines scenario or export line that cannot be turned into an event."""
 
 
+class SourceError(InputError):
+    """A pod source (kubelet `/pods`, the API server) answered with something unusable or not at
+    all. `source` names the URL or the credentials file. Not fatal: the source retries and its
+    last view stays in force."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
 class SchemaError(MemstateError):
     """A stored event or snapshot written by a newer or unknown schema."""
 

@@ -109,14 +109,21 @@ class PodAdmissionRequested(Event, frozen=True, tag="pod_admission_requested"):
     pod: Pod
     source: str = ""
     provider_hints: tuple[ProviderHints, ...] = ()
+    # Which pod source asked ("manifests", "kubelet", "apiserver"); "" in logs written before
+    # pod sources existed and in hand-written scenarios. Never read by the reducer.
+    pod_source: str = ""
 
 
 class PodRemovalRequested(Event, frozen=True, tag="pod_removal_requested"):
-    """A pod to remove (its manifest was deleted)."""
+    """A pod to remove (its manifest was deleted, it finished, or it was deleted
+    and its cgroup is gone)."""
 
     role: ClassVar[EventRole] = "input"
     uid: str
     source: str = ""
+    # Which pod source asked ("manifests", "kubelet", "apiserver"); "" in logs written before
+    # pod sources existed and in hand-written scenarios. Never read by the reducer.
+    pod_source: str = ""
 
 
 class ManifestInvalid(Event, frozen=True, tag="manifest_invalid"):
@@ -125,6 +132,9 @@ class ManifestInvalid(Event, frozen=True, tag="manifest_invalid"):
     role: ClassVar[EventRole] = "input"
     source: str
     error: str
+    # Which pod source asked ("manifests", "kubelet", "apiserver"); "" in logs written before
+    # pod sources existed and in hand-written scenarios. Never read by the reducer.
+    pod_source: str = ""
 
 
 class PodInitCompleted(Event, frozen=True, tag="pod_init_completed"):
@@ -137,6 +147,9 @@ class PodInitCompleted(Event, frozen=True, tag="pod_init_completed"):
 
     role: ClassVar[EventRole] = "input"
     uid: str
+    # Which pod source asked ("manifests", "kubelet", "apiserver"); "" in logs written before
+    # pod sources existed and in hand-written scenarios. Never read by the reducer.
+    pod_source: str = ""
 
 
 class ReadmissionCompleted(Event, frozen=True, tag="readmission_completed"):

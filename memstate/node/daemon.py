@@ -19,7 +19,9 @@ found in the manifest directory, in whatever order it lists them, and close read
 the whole tree; then tell systemd READY=1.
 
 Then, concurrently: the manifest directory (watched with inotify; watch events are hints, a
-periodic full rescan is the truth), the config file and SIGHUP (reload: a valid config becomes an
+periodic full rescan is the truth), the kubelet and API-server pod sources when configured (all
+sources feed one tracker, memstate.node.sources; with such sources, readmission closes once each
+has synced), the config file and SIGHUP (reload: a valid config becomes an
 event, an invalid one is rejected, counted and logged, the old one stays), the reconcile loop
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
@@ -34,6 +36,7 @@ counted and logged, and the inputs are tried again at the next rescan.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -84,6 +87,7 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
+from memstate.host.cgroupfs import is_populated
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
@@ -91,6 +95,10 @@ from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, settings_from_object
+from memstate.node.sources.configure import NetworkSource, network_sources, node_name_of
+from memstate.node.sources.feed import SourceFeed
+from memstate.node.sources.kubelet import KubeletSource
+from memstate.node.sources.tracker import PodTracker
 from memstate.store.checkpoint import (
     oldest_checkpoint_seq,
     prune_checkpoints,
@@ -104,6 +112,7 @@ logger = logging.getLogger("memstate.node.daemon")
 MAX_BATCH_EVENTS = 256
 SHUTDOWN_GRACE_SECONDS = 10.0
 FAILURE_NOTE_REPEAT_SECONDS = 600.0
+SOURCE_HEALTH_SECONDS = 1.0
 
 
 class Wakeup:
@@ -168,7 +177,12 @@ class Daemon:
         self.last_seq = 0
         self.targets: NodeTargets | None = None
         self.log: EventLog | None = None
-        self.manifests = ManifestDirectory(settings.manifest_dir)
+        # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
+        self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
+        self.feed = SourceFeed(self.tracker, self._record)
+        self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
+        self.sources: list[NetworkSource] = []
+        self._sources_wake = Wakeup()
         self.config_topology: Topology | None = None
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[_Submission](64)
         self._log_limiter = trio.CapacityLimiter(1)
@@ -231,6 +245,8 @@ class Daemon:
         topology = self._observe_topology()
         config = self._load_config(topology)
         self.config_topology = topology
+        self.manifests.node_name = node_name_of(self.settings)
+        self.sources = network_sources(self.settings)  # ConfigError on bad credentials
         self._open_reconciler(topology, config)
 
         boot: list[Event] = []
@@ -264,8 +280,9 @@ class Daemon:
 
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
-        if self.state.readmission_open:
+        if self.state.readmission_open and not self.sources:
             await self._commit([ReadmissionCompleted()])
+        # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
         for warning in self.targets.warnings if self.targets is not None else ():
             if "5.9" not in warning:  # that one is logged with more detail by _publish
                 logger.warning("targets: %s", warning)
@@ -467,6 +484,8 @@ class Daemon:
             "metrics_address": self.settings.metrics_address,
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
+            "pod_sources": list(self.settings.pod_sources),
+            "pod_source_health": [source.health.as_dict() for source in self.sources],
             "updated_ts_ns": time.time_ns(),
         }
         path = self.settings.state_dir / "daemon-status.json"
@@ -542,19 +561,83 @@ class Daemon:
 
     # --- sources -------------------------------------------------------------------------------
 
+    async def _record(self, events: Sequence[Event]) -> None:
+        """Make source events durable: through the writer once it runs, directly before."""
+        if self.ready.is_set():
+            await self.submit(events)
+        else:
+            await self._commit(events)
+
     async def _scan_manifests(self) -> None:
-        # The file each pod came from keeps its UID against any other file declaring it.
-        state = self.state
-        holders = {uid: record.source for uid, record in state.pods.items()}
-        holders.update((uid, waiting.source) for uid, waiting in state.deferred.items())
-        scan = functools.partial(self.manifests.scan, holders)
-        events = await trio.to_thread.run_sync(scan)
-        if events:
-            if self.ready.is_set():
-                await self.submit(events)
-            else:
-                await self._commit(events)
-        self.manifests.accept()
+        if "manifests" not in self.settings.pod_sources:
+            return
+        pods = await trio.to_thread.run_sync(self.manifests.read)
+        await self.feed.deliver("manifests", pods)
+
+    def _holder_of(self, uid: str) -> str | None:
+        """Where the running (or deferred) pod `uid` came from: that locator keeps its UID
+        against any other declaring it, also right after a restart (memstate.node.sources)."""
+        record = self.state.pods.get(uid)
+        if record is not None:
+            return record.source
+        waiting = self.state.deferred.get(uid)
+        return waiting.source if waiting is not None else None
+
+    def _pod_cgroup_gone(self, uid: str) -> bool:
+        """No process is left in the pod's cgroup (it is gone, or empty): a terminating or
+        deleted pod may be released. Asked by the tracker; reads one cgroup.events file."""
+        if self.targets is None or self.reconciler is None:
+            return True
+        try:
+            path = self.targets.pod(uid).cgroup
+        except KeyError:
+            return True
+        try:
+            return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
+        except HostError as exc:
+            return exc.errno == errno.ENOENT
+
+    async def sources_loop(self) -> None:
+        """Run the kubelet/API-server sources; close readmission once each has synced."""
+        if not self.sources:
+            return
+        async with trio.open_nursery() as nursery:
+            for source in self.sources:
+                nursery.start_soon(source.run, self.feed.deliverer(source.name))
+            waited = 0.0
+            while self.state.readmission_open:
+                unsynced = [s.name for s in self.sources if s.health.last_success_unix is None]
+                if not unsynced:
+                    await self.submit([ReadmissionCompleted()])
+                    break
+                if waited and waited % 60.0 == 0:
+                    logger.warning(
+                        "readmission stays open until every pod source has synced; waiting for %s",
+                        ", ".join(unsynced),
+                    )
+                await trio.sleep(0.5)
+                waited += 0.5
+            health = None
+            while True:
+                # Deleted pods are released when their cgroup empties: ask again on cgroup hints
+                # and every second (an in-memory diff); publish source health when it changes.
+                await self._sources_wake.wait(SOURCE_HEALTH_SECONDS)
+                try:
+                    await self.feed.recheck()
+                except MemstateError as exc:
+                    logger.error("pod sources: %s", exc)
+                current = [tuple(s.health.as_dict().values()) for s in self.sources]
+                if current != health:
+                    health = current
+                    self._publish_sources()
+                    self._write_status()
+
+    def _publish_sources(self) -> None:
+        for source in self.sources:
+            h = source.health
+            self.metrics.pod_source_in_sync.labels(source=h.name).set(1 if h.in_sync else 0)
+            self.metrics.pod_source_failures.labels(source=h.name).set(h.consecutive_failures)
+            self.metrics.pod_source_last_success.labels(source=h.name).set(h.last_success_unix or 0)
 
     async def manifest_loop(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -611,7 +694,17 @@ class Daemon:
             logger.info("config reloaded from %s: no change", path)
 
     def _apply_reloadable(self, settings: Settings) -> None:
-        fixed = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+        fixed = (
+            "state_dir",
+            "manifest_dir",
+            "cgroup_root",
+            "cgroup_sim",
+            "topology_file",
+            "node_name",
+            "pod_sources",
+            "kubelet",
+            "api_server",
+        )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):
                 logger.warning("config: %s changes only take effect after a restart", name)
@@ -734,6 +827,14 @@ class Daemon:
             elif self._scope is not None:
                 self._scope.add(managed)
             self._reconcile_wake.set()
+            # A cgroup memstate does not manage appeared (the kubelet made a pod cgroup, or the
+            # runtime a container's): poll /pods at once (rate-limited by the source). An
+            # emptied cgroup may release a deleted pod.
+            if path and managed != path:
+                for source in self.sources:
+                    if isinstance(source, KubeletSource):
+                        source.nudge()
+            self._sources_wake.set()
 
         await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
 
@@ -770,6 +871,7 @@ class Daemon:
                     await self.start()
                     nursery.start_soon(self.writer_loop)
                     nursery.start_soon(self.manifest_loop)
+                    nursery.start_soon(self.sources_loop)
                     nursery.start_soon(self.config_loop)
                     nursery.start_soon(self.reconcile_loop)
                     nursery.start_soon(self.cgroup_watch_loop)

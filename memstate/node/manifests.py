@@ -1,10 +1,11 @@
 """The manifest directory as a source of pods, like the kubelet's static pod directory.
 
-`ManifestDirectory.scan()` compares the directory with what it saw last time and returns the input
-events for what changed:
+`ManifestDirectory.read()` reads the directory and returns one observation per manifest file (see
+memstate.node.sources.observation); `scan()` hands them to the shared `PodTracker`, which turns
+what changed into input events (the same rules for every pod source):
 
 - a new file with a valid pod: `pod_admission_requested`;
-- a file whose content changed, same UID: `pod_admission_requested` (the reducer turns a changed
+- a file whose pod spec changed, same UID: `pod_admission_requested` (the reducer turns a changed
   spec into `pod_removed` plus a new decision);
 - a file whose pod now has another UID: `pod_removal_requested` for the old UID, then
   `pod_admission_requested` (every removal of a scan comes before its other events, so a UID
@@ -19,6 +20,9 @@ events for what changed:
   file: it keeps its UID, spec and allocation. Such a file is read again at every scan, and
   admitted once the UID is free (its holder deleted or changed).
 
+A manifest without `metadata.uid` is a kubelet-style static pod: its UID is derived from its
+content, the node name and its path (memstate.node.sources.static documents the rule).
+
 Unchanged files (same bytes) produce nothing, so a periodic full rescan is cheap and idempotent:
 watch events are only hints, the rescan is the source of truth. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
@@ -29,30 +33,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memstate.core.errors import InputError, ManifestError
-from memstate.core.events import (
-    Event,
-    ManifestInvalid,
-    PodAdmissionRequested,
-    PodRemovalRequested,
-)
-from memstate.core.pod import Pod, pod_from_manifest, spec_hash
+from memstate.core.events import Event
+from memstate.core.pod import pod_from_manifest, spec_hash
 from memstate.node.inputs import MAX_FILE_BYTES, manifest_files, parse_document
+from memstate.node.sources.observation import ObservedPod, SourceName
+from memstate.node.sources.static import derive_static_uid, static_pod_key
+from memstate.node.sources.tracker import PodTracker
 
 ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
 
 
 @dataclass(frozen=True)
-class Seen:
+class _Read:
     """What a file held when it was last read."""
 
     digest: str
-    uid: str  # "" when the file was invalid
-    spec_hash: str
+    observed: ObservedPod
     # (inode, size, mtime in ns) when it was read: unchanged identity means unchanged bytes, so
     # a rescan of an unchanged directory stats files instead of reading them. Atomic renames give
     # a new inode; in-place edits change the size or the nanosecond mtime.
@@ -62,26 +65,24 @@ class Seen:
     conflict: str = ""
 
 
-@dataclass(frozen=True)
-class Observed:
-    """One file as read by a scan."""
-
-    path: Path
-    digest: str
-    pod: Pod | None = None
-    error: str = ""
-    unchanged: Seen | None = None  # same bytes as last time: nothing to do
-    identity: tuple[int, int, int] = (0, 0, 0)
-
-
 class ManifestDirectory:
-    """Turns the manifest directory's changes into input events."""
+    """The manifest directory as a pod source (see the module docstring)."""
 
-    def __init__(self, directory: Path, *, order: str | None = None) -> None:
+    name: SourceName = "manifests"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        order: str | None = None,
+        node_name: str = "",
+        tracker: PodTracker | None = None,
+    ) -> None:
         self.directory = directory
         self.order = order if order is not None else os.environ.get(ORDER_HOOK, "listing")
-        self.known: dict[str, Seen] = {}
-        self._pending: dict[str, Seen] = {}
+        self.node_name = node_name or socket.gethostname().lower()
+        self.tracker = tracker if tracker is not None else PodTracker()
+        self._cache: dict[str, _Read] = {}
 
     def _listing(self) -> list[Path]:
         try:
@@ -98,36 +99,36 @@ class ManifestDirectory:
         return files
 
     def scan(self, holders: Mapping[str, str] | None = None) -> list[Event]:
-        """Read the directory; return the events for every change since the last scan.
+        """Read the directory; return the events for every change since the last accepted scan.
 
-        `holders` maps the UID of each pod in the state to the file it came from: when two
-        files declare a UID, the one the running pod came from keeps it (after a restart,
-        before any scan was accepted, this is what tells the original from a newcomer).
-        The caller commits the events and then calls `accept` with the same result, so a scan
+        `holders` maps the UID of each pod in the state to the file it came from (see
+        `PodTracker.update`). The caller commits the events and then calls `accept`, so a scan
         whose events were not recorded is repeated next time.
         """
-        events, self._pending = self._diff(self._read_changed(), holders or {})
-        return events
+        return self.tracker.update(self.name, self.read(), holders=holders)
 
     def accept(self) -> None:
         """Remember the last scan's view (its events are durable now)."""
-        self.known = self._pending
+        self.tracker.accept()
 
-    def _read_changed(self) -> list[Observed]:
-        observed = []
+    def read(self) -> list[ObservedPod]:
+        """One observation per manifest file, in listing order (unchanged files are not read)."""
+        observed: list[ObservedPod] = []
+        cache: dict[str, _Read] = {}
         for path in self._listing():
-            seen = self.known.get(str(path))
+            key = str(path)
+            seen = self._cache.get(key)
             try:
                 info = path.stat()
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                error = f"cannot stat: {exc.strerror}"
-                observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
+                observed.append(ObservedPod(key, error=f"cannot stat: {exc.strerror}"))
                 continue
             identity = (info.st_ino, info.st_size, info.st_mtime_ns)
-            if seen is not None and seen.identity == identity and not seen.conflict:
-                observed.append(Observed(path, seen.digest, unchanged=seen))
+            if seen is not None and seen.identity == identity:
+                cache[key] = seen
+                observed.append(seen.observed)
                 continue
             try:
                 with path.open("rb") as handle:
@@ -135,95 +136,46 @@ class ManifestDirectory:
             except FileNotFoundError:
                 continue  # deleted between listing and reading: the next scan sees it gone
             except OSError as exc:
-                error = f"cannot read: {exc.strerror}"
-                observed.append(Observed(path, f"unreadable:{exc.errno}", error=error))
+                observed.append(ObservedPod(key, error=f"cannot read: {exc.strerror}"))
                 continue
             digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            if seen is not None and seen.digest == digest and not seen.conflict:
-                seen = Seen(seen.digest, seen.uid, seen.spec_hash, identity)
-                observed.append(Observed(path, digest, unchanged=seen))
+            if seen is not None and seen.digest == digest:
+                item = seen.observed
             else:
-                observed.append(_parse(path, data, digest, identity))
+                item = self._parse(key, data)
+            cache[key] = _Read(digest, item, identity)
+            observed.append(item)
+        self._cache = cache
         return observed
 
-    def _diff(
-        self, observed: Sequence[Observed], holders: Mapping[str, str]
-    ) -> tuple[list[Event], dict[str, Seen]]:
-        owners = self._owners(observed, holders)
-        # Removals go first: a UID a file gives up (deleted, invalid, changed) may be taken by
-        # another file in the same scan, and must be free before that file's admission.
-        removals: list[Event] = []
-        events: list[Event] = []
-        known: dict[str, Seen] = {}
-        present = set()
-        for item in observed:
-            key = str(item.path)
-            present.add(key)
-            before = self.known.get(key)
-            if item.unchanged is not None:
-                known[key] = item.unchanged
-                continue
-            error = item.error
-            if item.pod is not None and owners[item.pod.uid] != key:
-                uid, owner = item.pod.uid, owners[item.pod.uid]
-                if before is not None and before.conflict == uid and before.digest == item.digest:
-                    known[key] = before  # still the same conflict: reported once
-                    continue
-                if before is not None and before.uid:
-                    removals.append(PodRemovalRequested(uid=before.uid, source=key))
-                events.append(
-                    ManifestInvalid(
-                        source=key,
-                        error=(
-                            f"$.metadata.uid: uid {uid} is already declared by {owner}, which "
-                            f"holds the pod; {key} is ignored while it does"
-                        ),
-                    )
-                )
-                known[key] = Seen(item.digest, "", "", item.identity, conflict=uid)
-                continue
-            if error or item.pod is None:
-                if before is not None and before.uid:
-                    removals.append(PodRemovalRequested(uid=before.uid, source=key))
-                events.append(ManifestInvalid(source=key, error=error))
-                known[key] = Seen(item.digest, "", "", item.identity)
-                continue
-            pod = item.pod
-            if before is not None and before.uid and before.uid != pod.uid:
-                removals.append(PodRemovalRequested(uid=before.uid, source=key))
-            events.append(PodAdmissionRequested(pod=pod, source=key))
-            known[key] = Seen(item.digest, pod.uid, spec_hash(pod), item.identity)
-        for key, before in self.known.items():
-            if key not in present:
-                removals.append(PodRemovalRequested(uid=before.uid, source=key))
-        return removals + events, known
+    def _parse(self, source: str, data: bytes) -> ObservedPod:
+        try:
+            if len(data) > MAX_FILE_BYTES:
+                raise ManifestError(f"larger than {MAX_FILE_BYTES} bytes", source=source)
+            document = parse_document(data, source=source, error=ManifestError)
+            document, derived = self._with_uid(document, source)
+            pod = pod_from_manifest(document, source=source)
+        except InputError as exc:
+            where = f"{exc.path}: " if exc.path else ""
+            return ObservedPod(source, error=where + exc.message)
+        static_key = static_pod_key(pod.namespace, pod.name, self.node_name) if derived else ""
+        return ObservedPod(
+            source,
+            pod=pod,
+            spec_hash=spec_hash(pod),
+            derived_uid=derived,
+            static_key=static_key,
+        )
 
-    def _owners(self, observed: Sequence[Observed], holders: Mapping[str, str]) -> dict[str, str]:
-        """UID → the file that holds it, among the files that declare it (module docstring)."""
-        claims: dict[str, list[str]] = {}
-        for item in observed:
-            uid = item.pod.uid if item.pod else item.unchanged.uid if item.unchanged else ""
-            if uid:
-                claims.setdefault(uid, []).append(str(item.path))
-        owners: dict[str, str] = {}
-        for uid, files in claims.items():
-            accepted = [f for f in files if (seen := self.known.get(f)) and seen.uid == uid]
-            running = holders.get(uid)
-            if accepted:
-                owners[uid] = min(accepted)
-            elif running in files:
-                owners[uid] = running
-            else:
-                owners[uid] = min(files)
-        return owners
-
-
-def _parse(path: Path, data: bytes, digest: str, identity: tuple[int, int, int]) -> Observed:
-    source = str(path)
-    try:
-        document = parse_document(data, source=source, error=ManifestError)
-        pod = pod_from_manifest(document, source=source)
-    except InputError as exc:
-        where = f"{exc.path}: " if exc.path else ""
-        return Observed(path, digest, error=where + exc.message, identity=identity)
-    return Observed(path, digest, pod=pod, identity=identity)
+    def _with_uid(self, document: Any, source: str) -> tuple[Any, bool]:
+        """A static pod manifest without `metadata.uid` gets its derived UID."""
+        if not isinstance(document, dict):
+            return document, False
+        metadata = document.get("metadata")
+        if not isinstance(metadata, dict) or metadata.get("uid") not in (None, ""):
+            return document, False
+        try:
+            uid = derive_static_uid(document, node_name=self.node_name, path=source)
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"cannot derive a UID: {exc}", source=source) from None
+        return {**document, "metadata": {**metadata, "uid": uid}}, True

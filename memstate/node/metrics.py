@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -216,6 +216,24 @@ class Metrics:
         self.log_append_errors = Counter(
             "memstate_log_append_errors",
             "Batches that could not be appended (disk full); nothing of them was acknowledged.",
+            registry=self.registry,
+        )
+        self.pod_source_in_sync = Gauge(
+            "memstate_pod_source_in_sync",
+            "1 while a pod source's view is current (last poll or list/watch succeeded).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.pod_source_failures = Gauge(
+            "memstate_pod_source_consecutive_failures",
+            "Failed polls or connections of a pod source since its last success.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.pod_source_last_success = Gauge(
+            "memstate_pod_source_last_success_timestamp_seconds",
+            "Unix time of a pod source's last successful poll or list/watch (0: never).",
+            ["source"],
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))

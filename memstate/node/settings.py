@@ -19,6 +19,21 @@ memstate:
   checkpointEvery: 1000
   checkpointsKeep: 3
   pruneLog: false                   # delete segments before the oldest kept checkpoint
+  nodeName: null                    # default: the host name (derived static-pod UIDs, API watch)
+  podSources: [manifests]           # any of manifests, kubelet, apiserver (docs/operations.md)
+  kubelet:                          # only read when podSources has kubelet
+    url: https://127.0.0.1:10250    # or http://127.0.0.1:10255 (read-only port)
+    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+    caFile: null                    # verify the kubelet's serving certificate with this CA
+    certFile: null                  # client certificate instead of / besides a token
+    keyFile: null
+    insecureSkipTlsVerify: false
+    pollSeconds: 5
+  apiServer:                        # only read when podSources has apiserver
+    kubeconfig: null                # null: the in-cluster service account
+    context: null                   # kubeconfig context (default: its current-context)
+    watchTimeoutSeconds: 300
+    readTimeoutSeconds: 90
 ```
 """
 
@@ -40,6 +55,30 @@ MAX_CHECKPOINT_EVERY = 10**9
 MAX_CHECKPOINTS_KEEP = 1000
 
 
+PodSourceName = Literal["manifests", "kubelet", "apiserver"]
+
+
+class KubeletSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """How to reach the kubelet's `/pods` (memstate.node.sources.kubelet)."""
+
+    url: str = "https://127.0.0.1:10250"
+    token_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_tls_verify: bool = False
+    poll_seconds: float = 5.0
+
+
+class ApiServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """How to reach the API server (memstate.node.sources.apiserver)."""
+
+    kubeconfig: str | None = None  # None: the in-cluster service account
+    context: str | None = None
+    watch_timeout_seconds: int = 300
+    read_timeout_seconds: float = 90.0
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     state_dir: str | None = None
     manifest_dir: str | None = None
@@ -54,6 +93,10 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     checkpoint_every: int | None = None
     checkpoints_keep: int | None = None
     prune_log: bool | None = None
+    node_name: str | None = None
+    pod_sources: list[PodSourceName] | None = None
+    kubelet: KubeletSettings | None = None
+    api_server: ApiServerSettings | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -75,6 +118,10 @@ class Settings(msgspec.Struct, frozen=True):
     # Delete log segments wholly before the oldest kept checkpoint after each checkpoint. Off by
     # default: audit and replay need history.
     prune_log: bool = False
+    node_name: str = ""  # "": the host name
+    pod_sources: tuple[PodSourceName, ...] = ("manifests",)
+    kubelet: KubeletSettings = KubeletSettings()
+    api_server: ApiServerSettings = ApiServerSettings()
 
     @property
     def metrics_enabled(self) -> bool:
@@ -112,6 +159,8 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
             continue
         if name.name in PATH_FIELDS:
             value = Path(value)
+        elif name.name == "pod_sources":
+            value = tuple(value)
         updates[name.name] = value
     settings = msgspec.structs.replace(base, **updates)
     validate_settings(settings, source=source)
@@ -150,6 +199,23 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
         )
     if settings.metrics_enabled:
         settings.metrics_host_port()
+    if not settings.pod_sources or len(set(settings.pod_sources)) != len(settings.pod_sources):
+        raise ConfigError(
+            "podSources must name at least one source, each once",
+            source=source,
+            path="$.memstate.podSources",
+        )
+    for field, seconds in (
+        ("kubelet.pollSeconds", settings.kubelet.poll_seconds),
+        ("apiServer.watchTimeoutSeconds", float(settings.api_server.watch_timeout_seconds)),
+        ("apiServer.readTimeoutSeconds", settings.api_server.read_timeout_seconds),
+    ):
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_INTERVAL_SECONDS):
+            raise ConfigError(
+                f"{field} {echo(seconds)} must be positive and at most {MAX_INTERVAL_SECONDS:g}",
+                source=source,
+                path=f"$.memstate.{field}",
+            )
 
 
 _SETTINGS_INDEX = {f.name: i for i, f in enumerate(msgspec.structs.fields(SettingsFile))}

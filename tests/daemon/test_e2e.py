@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import time
@@ -84,10 +85,6 @@ def test_manifests_become_decisions_and_cgroups(make_node: Callable[..., Node]) 
         # Malformed manifests become rejections naming the file; the daemon stays up.
         bad = {
             "yaml-error.yaml": "metadata: {name: x\n",
-            "no-uid.yaml": {
-                "metadata": {"name": "no-uid"},
-                "spec": {"containers": [{"name": "c"}]},
-            },
             "negative.yaml": pod_manifest("neg", "-1Gi"),
             "absurd.yaml": pod_manifest("absurd", "9Ei"),
             "limit-below.yaml": {
@@ -124,13 +121,28 @@ def test_manifests_become_decisions_and_cgroups(make_node: Callable[..., Node]) 
             if isinstance(r.event, ManifestInvalid)
         }
         assert "invalid YAML" in invalid["yaml-error.yaml"]
-        assert "uid" in invalid["no-uid.yaml"]
         assert "negative" in invalid["negative.yaml"]
         assert "absurdly large" in invalid["absurd.yaml"]
         assert "less than or equal to limit" in invalid["limit-below.yaml"]
         assert "cgroup path" in invalid["escape.yaml"]
         assert node.alive()
         assert not (node.cgroup_dir / "x").exists()
+
+        # A manifest without metadata.uid is a static pod: admitted under a derived UID.
+        node.drop(
+            "no-uid.yaml", {"metadata": {"name": "no-uid"}, "spec": {"containers": [{"name": "c"}]}}
+        )
+        records = node.wait_for(
+            lambda rs: any(
+                isinstance(r.event, PodAdmitted) and r.event.pod.name == "no-uid" for r in rs
+            )
+        )
+        static = next(
+            r.event
+            for r in records
+            if isinstance(r.event, PodAdmitted) and r.event.pod.name == "no-uid"
+        )
+        assert isinstance(static, PodAdmitted) and re.fullmatch(r"[0-9a-f]{32}", static.uid)
 
         # Deleting a manifest removes the pod and its cgroup.
         (node.manifest_dir / "a.yaml").unlink()
@@ -157,7 +169,7 @@ def test_manifests_become_decisions_and_cgroups(make_node: Callable[..., Node]) 
         assert node.metric("kubelet_memory_qos_node_memory_low_bytes") == Gi
         assert node.metric("memstate_rejected_pods") == len(bad)
         status = node.status()
-        assert [p["uid"] for p in status["pods"]] == ["pod-b"]
+        assert sorted(p["uid"] for p in status["pods"]) == sorted(["pod-b", static.uid])
         assert {r["reason"] for r in status["rejections"]} == {"InvalidManifest"}
     finally:
         if node.alive():

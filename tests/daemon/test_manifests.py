@@ -112,11 +112,12 @@ def test_a_new_file_never_takes_the_uid_of_a_running_pod(tmp_path: Path) -> None
     assert str(original) in invalid.error and str(newcomer) in invalid.error
     # Reported once; the running pod's file stays the holder.
     assert scan(source) == []
-    # The holder goes: its removal comes first, then the newcomer is admitted.
+    # The holder goes: the newcomer's pod is requested under the UID (another spec: the reducer
+    # removes the running pod, reason spec_changed, and decides the new one).
     original.unlink()
     events = source.scan()
     source.accept()
-    assert kinds(events) == [("remove", "ux"), ("admit", "ux")]
+    assert kinds(events) == [("admit", "ux")]
     assert [e.pod.name for e in events if isinstance(e, PodAdmissionRequested)] == ["new"]
 
 
@@ -137,9 +138,10 @@ def test_a_uid_given_up_in_a_scan_is_free_for_another_file_in_it(tmp_path: Path)
     assert scan(source) == [("admit", "ux")]
     write(tmp_path, "a.yaml", manifest("ux", [container("c", "2Gi")], name="new"))
     assert scan(source) == [("invalid", "a.yaml")]
-    # The holder switches to another UID: ux is removed before a.yaml's pod is admitted.
+    # The holder switches to another UID: ux is free for a.yaml's pod in the same scan (another
+    # spec under ux: the reducer removes the old pod, reason spec_changed, then decides the new).
     write(tmp_path, holder.name, manifest("uy", [container("c", "1Gi")], name="orig"))
-    assert scan(source) == [("remove", "ux"), ("admit", "ux"), ("admit", "uy")]
+    assert scan(source) == [("admit", "ux"), ("admit", "uy")]
 
 
 def test_unaccepted_scan_is_repeated(tmp_path: Path) -> None:

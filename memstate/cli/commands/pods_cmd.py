@@ -354,6 +354,23 @@ def run_status(args: argparse.Namespace) -> int:
     out.write("\n")
     if state.readmission_open:
         out.write("readmission in progress\n")
+    health = daemon.get("pod_source_health") if daemon and daemon.get("running") else None
+    if health:
+        out.write("\nPod sources:\n")
+        write_table(
+            ["SOURCE", "IN SYNC", "FAILURES", "LAST SUCCESS", "PODS", "LAST ERROR"],
+            [
+                [
+                    str(h.get("name", "")),
+                    "yes" if h.get("in_sync") else "no",
+                    str(h.get("consecutive_failures", 0)),
+                    _when(h.get("last_success_unix")),
+                    str(h.get("pods", 0)),
+                    str(h.get("last_error", "")) or "-",
+                ]
+                for h in health
+            ],
+        )
     out.write("\nPods:\n")
     write_table(POD_HEADERS, pod_rows(state))
     rejections = rejections_document(state)
@@ -382,6 +399,15 @@ def run_status(args: argparse.Namespace) -> int:
         for warning in targets.warnings:
             out.write(f"warning: {warning}\n")
     return 0
+
+
+def _when(unix: object) -> str:
+    import datetime
+
+    if not isinstance(unix, int | float) or not unix:
+        return "never"
+    moment = datetime.datetime.fromtimestamp(unix, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_daemon_status(state_dir: Path) -> dict[str, Any] | None:

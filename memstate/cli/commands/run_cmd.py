@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
     )
+    # httpx logs every request at INFO: a kubelet poll every few seconds would flood the journal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from memstate.node.daemon import Daemon, run_daemon
 
     settings = resolve_settings(args)

@@ -1,0 +1,55 @@
+"""Serialises every source's observations through one `PodTracker` into the writer.
+
+Sources run concurrently (one trio task each); the tracker's update → commit → accept protocol
+needs them one at a time, so `SourceFeed.deliver` holds a lock across it. `submit` makes events
+durable (the daemon's writer); when it raises, nothing is accepted and the next delivery asks
+again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from memstate.core.events import Event
+from memstate.node.sources.observation import ObservedPod, SourceName
+from memstate.node.sources.tracker import PodTracker
+
+Submit = Callable[[Sequence[Event]], Awaitable[None]]
+Deliver = Callable[[Sequence[ObservedPod]], Awaitable[None]]
+
+
+class SourceFeed:
+    """One tracker, one lock, one way into the event log."""
+
+    def __init__(self, tracker: PodTracker, submit: Submit) -> None:
+        self.tracker = tracker
+        self._submit = submit
+        self._lock = trio.Lock()
+
+    async def deliver(self, source_name: SourceName, pods: Sequence[ObservedPod]) -> list[Event]:
+        """`source_name` sees exactly `pods` now: record what changed. Returns the events."""
+        async with self._lock:
+            events = self.tracker.update(source_name, pods)
+            if events:
+                await self._submit(events)
+            self.tracker.accept()
+            return events
+
+    async def recheck(self) -> list[Event]:
+        """Release deleted pods whose cgroup is gone now (call on cgroup hints and periodically)."""
+        async with self._lock:
+            events = self.tracker.recheck()
+            if events:
+                await self._submit(events)
+            self.tracker.accept()
+            return events
+
+    def deliverer(self, source_name: SourceName) -> Deliver:
+        """`deliver` bound to one source, for the source's `run`."""
+
+        async def deliver(pods: Sequence[ObservedPod]) -> None:
+            await self.deliver(source_name, pods)
+
+        return deliver

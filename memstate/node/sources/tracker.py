@@ -1,0 +1,235 @@
+"""The one place where pod observations become input events.
+
+Theory of operation
+-------------------
+Every source hands `PodTracker.update(name, pods)` the full set of pods it currently sees (see
+memstate.node.sources.observation). The tracker keeps each source's last set, merges the sets by
+precedence into the pods memstate should hold, and compares that with what it already asked for:
+
+- a pod seen for the first time, or with another spec: `pod_admission_requested`;
+- a pod no source sees any more: `pod_removal_requested` (a locator that held another UID before
+  gets the removal of the old UID first, like a manifest whose UID changed);
+- a pod that `Succeeded` or `Failed`: `pod_removal_requested` (it holds no running container);
+- a terminating pod (`deletionTimestamp` set), or one that left a source that reports deletion
+  while its containers may still run (kubelet, API server): held until `cgroup_gone(uid)` says
+  its pod cgroup is gone, then `pod_removal_requested` (a deleted pod's containers use memory until
+  they stop, and the kubelet also frees a pod's memory only once it is no longer active);
+- every regular init container terminated with exit code 0: `pod_init_completed`, once;
+- a pod that cannot be decoded: `manifest_invalid` under its locator, once per distinct error;
+  when the locator goes away, `pod_removal_requested` with an empty UID clears the rejection.
+
+Merging: a UID seen by several sources is taken from the source first in `PRECEDENCE` (kubelet,
+API server, manifest directory). A manifest pod with a *derived* UID (a static pod without
+`metadata.uid`) is dropped while a higher source lists the same static pod under the kubelet's
+own UID (same `static_key`): the kubelet's real UID wins. Within one source two locators with one
+UID: the locator that holds the pod keeps it — the one the tracker already admitted it from, or,
+after a restart when nothing is held yet, the one the running pod came from (`holder_of`, which
+the daemon answers from its state) — and only among newcomers does the locator sorting first win.
+The others are invalid, naming both locators: a new file never takes over a running pod.
+
+A source that fails keeps its last set, so an outage changes nothing already decided; only a new
+successful observation can. Events carry `pod_source` (the source name) and `source` (the locator).
+
+Commit protocol: `update` (and `recheck`) return events and stage the new view; the caller makes
+the events durable and then calls `accept()`. Without `accept` the next call diffs against the
+old view again, so events that were never recorded are asked for again. Callers serialise
+update → commit → accept (memstate.node.sources.feed does).
+
+The tracker does no I/O itself: the cgroup question is an injected callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from memstate.core.events import (
+    Event,
+    ManifestInvalid,
+    PodAdmissionRequested,
+    PodInitCompleted,
+    PodRemovalRequested,
+)
+from memstate.node.sources.observation import PRECEDENCE, ObservedPod, SourceName
+
+CgroupGone = Callable[[str], bool]
+"""`cgroup_gone(uid)`: True when no process is left in the pod's cgroup (it is gone or empty)."""
+HolderOf = Callable[[str], "str | None"]
+"""`holder_of(uid)`: the locator the running pod with that UID came from, None if none runs."""
+
+# Sources whose pods may still run after they stopped being listed (deleted through the API,
+# force-deleted): their removals wait for the pod cgroup to be gone. The manifest directory is
+# memstate's own: a deleted file removes the pod at once, as before.
+_CGROUP_GATED: frozenset[str] = frozenset({"kubelet", "apiserver"})
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A pod memstate asked to admit and has not asked to remove."""
+
+    source_name: str
+    locator: str
+    spec_hash: str
+    init_completed: bool
+
+
+@dataclass(frozen=True)
+class _View:
+    held: dict[str, _Held] = field(default_factory=dict)  # uid → held pod
+    invalid: dict[str, tuple[str, str]] = field(default_factory=dict)  # locator → (source, error)
+    # Finished or released pods still listed by a source: not asked for again. uid → spec hash.
+    done: dict[str, str] = field(default_factory=dict)
+
+
+class PodTracker:
+    """Turns the sources' observations into input events (see the module docstring)."""
+
+    def __init__(
+        self, *, cgroup_gone: CgroupGone | None = None, holder_of: HolderOf | None = None
+    ) -> None:
+        self._cgroup_gone = cgroup_gone
+        self._holder_of = holder_of
+        self._observed: dict[str, list[ObservedPod]] = {}
+        self._view = _View()
+        self._pending: tuple[dict[str, list[ObservedPod]], _View] | None = None
+
+    def update(
+        self,
+        source_name: SourceName,
+        pods: Sequence[ObservedPod],
+        *,
+        holders: Mapping[str, str] | None = None,
+    ) -> list[Event]:
+        """`source_name` now sees exactly `pods`; the events for what changed (staged).
+
+        `holders` (UID → locator of the running pod) overrides the injected `holder_of`.
+        """
+        observed = dict(self._observed)
+        observed[source_name] = list(pods)
+        return self._evaluate(observed, holders)
+
+    def recheck(self) -> list[Event]:
+        """Re-evaluate without a new observation: releases pods whose cgroup is gone now."""
+        return self._evaluate(dict(self._observed), None)
+
+    def accept(self) -> None:
+        """The last call's events are durable: make its view the current one."""
+        if self._pending is not None:
+            self._observed, self._view = self._pending
+            self._pending = None
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def _evaluate(
+        self, observed: dict[str, list[ObservedPod]], holders: Mapping[str, str] | None
+    ) -> list[Event]:
+        before = self._view
+
+        def holder(uid: str) -> str | None:
+            held = before.held.get(uid)
+            if held is not None:
+                return held.locator
+            if holders is not None:
+                return holders.get(uid)
+            return self._holder_of(uid) if self._holder_of is not None else None
+
+        wanted, invalid = _merge(observed, holder)
+        held: dict[str, _Held] = {}
+        done: dict[str, str] = {}
+        removals: list[Event] = []
+        requests: list[Event] = []
+
+        for uid, previous in before.held.items():
+            if uid in wanted:
+                continue
+            if previous.source_name in _CGROUP_GATED and not self._is_gone(uid):
+                held[uid] = previous  # deleted, but its containers may still run
+            else:
+                removals.append(_removal(uid, previous))
+        for locator, (name, _) in before.invalid.items():
+            if locator not in invalid and not any(p.locator == locator for _, p in wanted.values()):
+                removals.append(PodRemovalRequested(uid="", source=locator, pod_source=name))
+
+        # Admissions, init completions and rejections in the order the sources list their pods.
+        for name in PRECEDENCE:
+            for pod in observed.get(name, []):
+                rejected = invalid.get(pod.locator)
+                if rejected is not None:
+                    if rejected[0] == name and before.invalid.get(pod.locator) != rejected:
+                        requests.append(
+                            ManifestInvalid(source=pod.locator, error=rejected[1], pod_source=name)
+                        )
+                    continue
+                if pod.pod is None or wanted.get(pod.uid, (None, None))[1] is not pod:
+                    continue  # seen by a source of higher precedence
+                uid = pod.uid
+                was = before.held.get(uid)
+                gone_now = (
+                    pod.lifecycle == "terminating" and name in _CGROUP_GATED and self._is_gone(uid)
+                )
+                if pod.lifecycle == "finished" or gone_now:
+                    if was is not None:
+                        removals.append(_removal(uid, was))
+                    done[uid] = pod.spec_hash
+                    continue
+                if was is None and before.done.get(uid) == pod.spec_hash:
+                    done[uid] = pod.spec_hash  # released earlier and still listed
+                    continue
+                if was is None or was.spec_hash != pod.spec_hash:
+                    requests.append(
+                        PodAdmissionRequested(pod=pod.pod, source=pod.locator, pod_source=name)
+                    )
+                init_done = was is not None and was.init_completed
+                if pod.init_completed and not init_done:
+                    requests.append(PodInitCompleted(uid=uid, pod_source=name))
+                    init_done = True
+                held[uid] = _Held(name, pod.locator, pod.spec_hash, init_done)
+
+        self._pending = (observed, _View(held, invalid, done))
+        return removals + requests
+
+    def _is_gone(self, uid: str) -> bool:
+        return True if self._cgroup_gone is None else self._cgroup_gone(uid)
+
+
+def _removal(uid: str, held: _Held) -> PodRemovalRequested:
+    return PodRemovalRequested(uid=uid, source=held.locator, pod_source=held.source_name)
+
+
+def _merge(
+    observed: dict[str, list[ObservedPod]], holder: Callable[[str], str | None]
+) -> tuple[dict[str, tuple[str, ObservedPod]], dict[str, tuple[str, str]]]:
+    """The pods to hold (uid → (source, pod)) and the invalid ones (locator → (source, error)).
+
+    `holder(uid)` names the locator that holds a running pod: it keeps the UID."""
+    wanted: dict[str, tuple[str, ObservedPod]] = {}
+    invalid: dict[str, tuple[str, str]] = {}
+    static_keys: set[str] = set()
+    for name in PRECEDENCE:
+        pods = observed.get(name, [])
+        claims: dict[str, list[str]] = {}
+        for pod in pods:
+            if pod.pod is not None:
+                claims.setdefault(pod.uid, []).append(pod.locator)
+        owners: dict[str, str] = {}
+        for uid, locators in claims.items():
+            held = holder(uid) if len(locators) > 1 else None
+            owners[uid] = held if held in locators else min(locators)
+        for pod in pods:
+            if pod.pod is None:
+                invalid[pod.locator] = (name, pod.error)
+                continue
+            if owners[pod.uid] != pod.locator:
+                invalid[pod.locator] = (
+                    name,
+                    f"$.metadata.uid: uid {pod.uid} is already declared by "
+                    f"{owners[pod.uid]}; {pod.locator} is ignored while that one holds it",
+                )
+                continue
+            if pod.uid in wanted:
+                continue  # a source of higher precedence sees this pod
+            if pod.derived_uid and pod.static_key in static_keys:
+                continue  # the kubelet's own UID for this static pod wins
+            wanted[pod.uid] = (name, pod)
+        static_keys.update(p.static_key for p in pods if p.static_key and not p.derived_uid)
+    return wanted, invalid
