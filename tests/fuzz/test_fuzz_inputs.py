@@ -122,11 +122,13 @@ def test_worst_inputs_through_the_real_daemon(report: Report, tmp_path: Path) ->
     node = Node(tmp_path / "node")
     try:
         node.start()
-        paths = [node.drop(f"worst-{case.number}{case.suffix}", "") for case in worst]
-        for path, case in zip(paths, worst, strict=True):
+        paths = []
+        for case in worst:  # bytes as fuzzed (not text), renamed into place like `admit` does
+            path = node.manifest_dir / f"worst-{case.number}{case.suffix}"
             temporary = path.with_name(f".{path.name}.tmp")
             temporary.write_bytes(case.data)
             temporary.replace(path)
+            paths.append(path)
         node.drop("canary.yaml", pod_manifest("canary-after-fuzz", "1Gi"))
         node.wait_for(
             lambda records: (
