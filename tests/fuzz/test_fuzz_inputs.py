@@ -11,7 +11,7 @@ Reproduce and soak:
 
     MEMSTATE_FUZZ_SEED=<seed> MEMSTATE_FUZZ_CASE=<n> .venv/bin/python -m pytest tests/fuzz -q
     MEMSTATE_FUZZ_ITERATIONS=100000 .venv/bin/python -m pytest tests/fuzz -q -s
-    # the same soak in two processes (every second case each):
+    # the same soak in two processes (every second block of cases each):
     export MEMSTATE_FUZZ_ITERATIONS=100000
     MEMSTATE_FUZZ_SHARD=0/2 .venv/bin/python -m pytest tests/fuzz -q -s &
     MEMSTATE_FUZZ_SHARD=1/2 .venv/bin/python -m pytest tests/fuzz -q -s
@@ -40,7 +40,7 @@ from tests.fuzz.fuzzer import Report, describe, run
 SEED = int(os.environ.get("MEMSTATE_FUZZ_SEED", "20261202"))
 ITERATIONS = int(os.environ.get("MEMSTATE_FUZZ_ITERATIONS", "2000"))
 ONLY = int(os.environ["MEMSTATE_FUZZ_CASE"]) if os.environ.get("MEMSTATE_FUZZ_CASE") else None
-# "k/n": this process takes every n-th case from k, so n processes share a soak.
+# "k/n": this process takes every n-th block of cases from block k, so n processes share a soak.
 _SHARD = os.environ.get("MEMSTATE_FUZZ_SHARD", "0/1").split("/")
 SHARD = (int(_SHARD[0]), int(_SHARD[1]))
 WORST_THROUGH_DAEMON = 12
