@@ -490,7 +490,8 @@ def run(
 ) -> Report:
     """Fuzz `iterations` cases (or only case `only`) and report findings and the worst inputs.
 
-    `shard` (k, n) takes cases k, k + n, k + 2n...: n processes cover one run between them.
+    `shard` (k, n) takes every n-th block of `len(KINDS)` consecutive cases, starting with block
+    k, so n processes cover one run between them and each sees every kind of file.
     """
     seeds = seed_documents()
     context = make_context(directory)
@@ -498,7 +499,12 @@ def run(
     worst: list[Measured] = []
     outcomes: dict[str, int] = {}
     wall, cpu = time.monotonic(), time.process_time()
-    numbers = range(shard[0], iterations, shard[1]) if only is None else range(only, only + 1)
+    first, count = shard
+    numbers = (
+        [n for n in range(iterations) if (n // len(KINDS)) % count == first]
+        if only is None
+        else [only]
+    )
     for number in numbers:
         case = make_case(seed, number, seeds)
         try:
@@ -522,7 +528,7 @@ def run(
         worst.append(Measured(case, seconds, outcome))
         if len(worst) > 16 * keep_worst:
             worst = _worst(worst, keep_worst)
-        if progress is not None and number >= shard[1] and number % 5000 < shard[1]:
+        if progress is not None and number and number % 5000 == 0:
             progress(number)
     return Report(
         seed=seed,

@@ -11,7 +11,7 @@ Reproduce and soak:
 
     MEMSTATE_FUZZ_SEED=<seed> MEMSTATE_FUZZ_CASE=<n> .venv/bin/python -m pytest tests/fuzz -q
     MEMSTATE_FUZZ_ITERATIONS=100000 .venv/bin/python -m pytest tests/fuzz -q -s
-    # the same soak in two processes (every second case each):
+    # the same soak in two processes (every second block of cases each):
     export MEMSTATE_FUZZ_ITERATIONS=100000
     MEMSTATE_FUZZ_SHARD=0/2 .venv/bin/python -m pytest tests/fuzz -q -s &
     MEMSTATE_FUZZ_SHARD=1/2 .venv/bin/python -m pytest tests/fuzz -q -s
@@ -40,7 +40,7 @@ from tests.fuzz.fuzzer import Report, describe, run
 SEED = int(os.environ.get("MEMSTATE_FUZZ_SEED", "20261202"))
 ITERATIONS = int(os.environ.get("MEMSTATE_FUZZ_ITERATIONS", "2000"))
 ONLY = int(os.environ["MEMSTATE_FUZZ_CASE"]) if os.environ.get("MEMSTATE_FUZZ_CASE") else None
-# "k/n": this process takes every n-th case from k, so n processes share a soak.
+# "k/n": this process takes every n-th block of cases from block k, so n processes share a soak.
 _SHARD = os.environ.get("MEMSTATE_FUZZ_SHARD", "0/1").split("/")
 SHARD = (int(_SHARD[0]), int(_SHARD[1]))
 WORST_THROUGH_DAEMON = 12
@@ -122,11 +122,13 @@ def test_worst_inputs_through_the_real_daemon(report: Report, tmp_path: Path) ->
     node = Node(tmp_path / "node")
     try:
         node.start()
-        paths = [node.drop(f"worst-{case.number}{case.suffix}", "") for case in worst]
-        for path, case in zip(paths, worst, strict=True):
+        paths = []
+        for case in worst:  # bytes as fuzzed (not text), renamed into place like `admit` does
+            path = node.manifest_dir / f"worst-{case.number}{case.suffix}"
             temporary = path.with_name(f".{path.name}.tmp")
             temporary.write_bytes(case.data)
             temporary.replace(path)
+            paths.append(path)
         node.drop("canary.yaml", pod_manifest("canary-after-fuzz", "1Gi"))
         node.wait_for(
             lambda records: (
