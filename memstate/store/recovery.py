@@ -53,12 +53,17 @@ class Recovered(msgspec.Struct, frozen=True):
     warnings: list[str]
 
 
-def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recovered:
-    """Rebuild the state: newest valid checkpoint + replay of the records after it."""
+def recover_state(
+    state_dir: Path, *, reader: LogReader | None = None, use_checkpoints: bool = True
+) -> Recovered:
+    """Rebuild the state: newest valid checkpoint + replay of the records after it.
+
+    `use_checkpoints=False` folds the whole log from seq 1 (benchmarks, cross-checks).
+    """
     state_dir = Path(state_dir)
     reader = reader if reader is not None else LogReader(state_dir)
     warnings: list[str] = []
-    checkpoint = _usable_checkpoint(state_dir, reader, warnings)
+    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
     if checkpoint is not None:
         state, last_seq, chain = checkpoint.state, checkpoint.seq, checkpoint.chain_crc
     else:
