@@ -10,7 +10,8 @@ What a busy node's log looks like, as far as the reducer's cost goes (issue 15):
   with 2 MiB hugepages and a regular init container; with an init container and a sidecar),
   Burstable and BestEffort; sizes drawn at random, so some admissions are rejected;
 - churn: a random live pod removed, a new one requested, init containers completing, now and
-  then a manifest that cannot be read and a removal for a pod that is not there;
+  then a manifest file that cannot be read (deleted again a while later) and a removal for a pod
+  that is not there; every pod has its manifest file as `source`, as the daemon records it;
 - a daemon restart every ~`--restart-every` transactions: `daemon_started`, `daemon_restarted`,
   the live pods re-requested in a shuffled order (a few stay away), `readmission_completed`;
 - a checkpoint every ~`--checkpoint-every` records, at a transaction boundary.
@@ -53,7 +54,7 @@ from memstate.store.checkpoint import write_checkpoint
 from memstate.store.log import EventLog
 
 # Bump when the workload changes, so cached logs of the old workload are not reused.
-WORKLOAD_VERSION = 1
+WORKLOAD_VERSION = 2
 BASE_TS_NS = 1_767_225_600 * 10**9
 Gi = 2**30
 Mi = 2**20
@@ -192,6 +193,10 @@ def build(
     serial = 0
     live: dict[str, Pod] = {}  # pods asked for and not yet removed (admitted or not)
     with_init: list[str] = []
+    broken: list[str] = []  # unreadable manifest files present now
+
+    def source(uid: str) -> str:
+        return f"/etc/kubernetes/memstate/{uid}.yaml"
 
     def new_pod() -> Pod:
         nonlocal serial
@@ -211,7 +216,8 @@ def build(
         writer.submit(TopologyObserved(topology=topology))
         writer.submit(ConfigLoaded(config=config))
         while len(live) < live_pods:
-            writer.submit(PodAdmissionRequested(pod=new_pod()))
+            pod = new_pod()
+            writer.submit(PodAdmissionRequested(pod=pod, source=source(pod.uid)))
         since_restart = 0
         while writer.records < records:
             since_restart += 1
@@ -225,7 +231,7 @@ def build(
                     if rng.random() < 0.02:
                         del live[uid]  # gone while memstate was down
                         continue
-                    writer.submit(PodAdmissionRequested(pod=live[uid]))
+                    writer.submit(PodAdmissionRequested(pod=live[uid], source=source(uid)))
                 writer.submit(ReadmissionCompleted())
                 continue
             roll = rng.random()
@@ -234,17 +240,19 @@ def build(
                 if uid in live:
                     writer.submit(PodInitCompleted(uid=uid))
             elif roll < 0.07:
-                writer.submit(
-                    ManifestInvalid(source=f"/etc/memstate/pods/broken-{serial}.yaml", error="bad")
-                )
+                if len(broken) >= 5:  # an operator fixed or deleted the oldest one
+                    writer.submit(PodRemovalRequested(uid="", source=broken.pop(0)))
+                broken.append(source(f"broken-{serial}"))
+                writer.submit(ManifestInvalid(source=broken[-1], error="line 3: bad indentation"))
             elif roll < 0.08:
                 writer.submit(PodRemovalRequested(uid=f"pod-gone-{serial}"))
             elif len(live) >= live_pods or (roll < 0.55 and live):
                 uid = rng.choice(sorted(live))
                 del live[uid]
-                writer.submit(PodRemovalRequested(uid=uid))
+                writer.submit(PodRemovalRequested(uid=uid, source=source(uid)))
             else:
-                writer.submit(PodAdmissionRequested(pod=new_pod()))
+                pod = new_pod()
+                writer.submit(PodAdmissionRequested(pod=pod, source=source(pod.uid)))
         writer.flush()
         return log.last_seq
 

@@ -21,9 +21,11 @@ per-node takes are exact, and a single-node hint on a node that belongs to a gro
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 
@@ -128,10 +130,34 @@ def node_distances(topology: Topology, config: NodeConfig) -> dict[int, tuple[in
 # --- hint generation ------------------------------------------------------------------------------
 
 
-def _all_masks(node_ids: Sequence[int]) -> list[Mask]:
-    return [
+class _Masks(NamedTuple):
+    masks: tuple[Mask, ...]  # every non-empty mask, by size, then lexicographically
+    prefixes: tuple[int, ...]  # index of mask[:-1] (listed earlier), -1 for single nodes
+    members: tuple[frozenset[int], ...]
+    position: dict[Mask, int]
+
+
+@functools.lru_cache(maxsize=32)
+def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
+    """Cached: a node has one set of NUMA ids, and with 8 nodes there are 255 masks."""
+    masks = tuple(
         m for size in range(1, len(node_ids) + 1) for m in itertools.combinations(node_ids, size)
-    ]
+    )
+    index = {m: i for i, m in enumerate(masks)}
+    return _Masks(
+        masks=masks,
+        prefixes=tuple(index.get(m[:-1], -1) for m in masks),
+        members=tuple(frozenset(m) for m in masks),
+        position=index,
+    )
+
+
+def _mask_sums(table: _Masks, per_node: Mapping[int, int]) -> list[int]:
+    """Per mask, the sum of `per_node` over its nodes: the prefix's sum plus the last node."""
+    sums = [0] * len(table.masks)
+    for i, (mask, prefix) in enumerate(zip(table.masks, table.prefixes, strict=True)):
+        sums[i] = (sums[prefix] if prefix >= 0 else 0) + per_node[mask[-1]]
+    return sums
 
 
 def calculate_hints(
@@ -139,29 +165,48 @@ def calculate_hints(
     requests: Mapping[str, int],
     reusable: Mapping[tuple[Mask, str], int],
 ) -> dict[str, list[TopologyHint]]:
-    """`calculateHints`: the same mask list for every requested resource, or an empty map."""
-    node_ids = machine.node_ids
+    """`calculateHints`: the same mask list for every requested resource, or an empty map.
+
+    Every node's numbers are read once and every mask's sums are built from a shorter mask's,
+    so the walk over the 2^n - 1 masks does constant work per mask and resource.
+    """
+    node_ids = tuple(machine.node_ids)
+    table = _all_masks(node_ids)
+    count = len(table.masks)
+    too_small = [False] * count  # some resource's allocatable sum is below the request
+    too_full = [False] * count  # some resource's free (+ reusable) sum is below the request
+    for resource, size in requests.items():
+        capacity = _mask_sums(table, {n: machine.allocatable(n, resource) for n in node_ids})
+        free = _mask_sums(table, {n: machine.free(n, resource) for n in node_ids})
+        for (mask, r), amount in reusable.items():
+            if r == resource and mask in table.position:
+                free[table.position[mask]] += amount
+        for i in range(count):
+            if capacity[i] < size:
+                too_small[i] = True
+            if free[i] < size:
+                too_full[i] = True
+    cells = {n: machine.cells(n) for n in node_ids}
+    # A node in use refuses every multi-node mask other than exactly its group.
+    group_of = {
+        n: (frozenset(cells[n]) if len(cells[n]) > 1 else None)
+        for n in node_ids
+        if machine.assignments(n) > 0
+    }
     min_size = len(node_ids)
     feasible: list[Mask] = []
-    for mask in _all_masks(node_ids):
-        if any(sum(machine.allocatable(n, r) for n in mask) < size for r, size in requests.items()):
+    for i, mask in enumerate(table.masks):
+        if too_small[i]:
             continue
         # Computed before the group and free checks: "preferred" means the smallest node count
         # that could physically hold the request, not one that has room now.
         min_size = min(min_size, len(mask))
         if len(mask) == 1:
-            if len(machine.cells(mask[0])) > 1:
+            if len(cells[mask[0]]) > 1:
                 continue  # the node belongs to a cross-NUMA group
-        elif any(
-            machine.assignments(n) > 0
-            and (len(machine.cells(n)) == 1 or set(machine.cells(n)) != set(mask))
-            for n in mask
-        ):
+        elif any(n in group_of and group_of[n] != table.members[i] for n in mask):
             continue  # would mix single- and cross-NUMA use, or split a group
-        if any(
-            sum(machine.free(n, r) for n in mask) + reusable.get((mask, r), 0) < size
-            for r, size in requests.items()
-        ):
+        if too_full[i]:
             continue
         feasible.append(mask)
     if not feasible:

@@ -357,7 +357,8 @@ def _apply_deferred(state: State, event: Event) -> State:
 def _without_deferral(state: State, uid: str) -> State:
     if uid not in state.deferred:
         return state
-    deferred = {k: v for k, v in state.deferred.items() if k != uid}
+    deferred = dict(state.deferred)
+    del deferred[uid]
     return msgspec.structs.replace(state, deferred=deferred)
 
 
@@ -368,9 +369,18 @@ def _apply_readmission_completed(state: State, event: Event) -> State:
 def _apply_removal_requested(state: State, event: Event) -> State:
     assert isinstance(event, PodRemovalRequested)
     keys = [k for k in (event.uid, rejection_key("", event.source) if event.source else "") if k]
-    if not any(k in state.rejections for k in keys):
+    return _without_rejections(state, keys)
+
+
+def _without_rejections(state: State, keys: Iterable[str]) -> State:
+    """`state` without the rejections under `keys`: a lookup per key, and one C-level copy of
+    the map only when there is something to drop (never a walk over every rejection)."""
+    present = [k for k in keys if k in state.rejections]
+    if not present:
         return state
-    rejections = {k: v for k, v in state.rejections.items() if k not in keys}
+    rejections = dict(state.rejections)
+    for key in present:
+        del rejections[key]
     return msgspec.structs.replace(state, rejections=rejections)
 
 
@@ -392,11 +402,6 @@ def _apply_admitted(state: State, event: Event) -> State:
     counters = msgspec.structs.replace(
         state.counters, pinning_requests=state.counters.pinning_requests + event.pinning_requests
     )
-    rejections = {
-        k: v
-        for k, v in state.rejections.items()
-        if k not in (event.uid, rejection_key("", event.source))
-    }
     existing = state.pods.get(event.uid)
     if event.restored:
         if existing is None or existing.allocation != event.allocation:
@@ -420,11 +425,11 @@ def _apply_admitted(state: State, event: Event) -> State:
             source=event.source,
         )
     state = _without_deferral(state, event.uid)
+    state = _without_rejections(state, (event.uid, rejection_key("", event.source)))
     return msgspec.structs.replace(
         state,
         machine=machine,
         pods=_with_pod(state, record),
-        rejections=rejections,
         counters=counters,
     )
 
@@ -463,7 +468,8 @@ def _drop_pod(state: State, uid: str) -> State:
     machine = state.machine
     if record.allocation is not None:
         machine = release(machine, record.allocation)
-    pods = {k: v for k, v in state.pods.items() if k != uid}
+    pods = dict(state.pods)  # a C-level copy, then one deletion
+    del pods[uid]
     return msgspec.structs.replace(state, machine=machine, pods=pods)
 
 
