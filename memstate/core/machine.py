@@ -160,7 +160,11 @@ class MachineBuilder:
         return 0 if table is None else table.reserved
 
     def free(self, node_id: int, resource: str) -> int:
-        return self.allocatable(node_id, resource) - self.reserved(node_id, resource)
+        table = self._table(node_id, resource)
+        if table is None:
+            return 0
+        reserved = self._reserved.get((node_id, resource))
+        return table.allocatable - (table.reserved if reserved is None else reserved)
 
     def allocatable(self, node_id: int, resource: str) -> int:
         table = self._table(node_id, resource)

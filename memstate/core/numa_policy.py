@@ -133,7 +133,8 @@ def node_distances(topology: Topology, config: NodeConfig) -> dict[int, tuple[in
 class _Masks(NamedTuple):
     masks: tuple[Mask, ...]  # every non-empty mask, by size, then lexicographically
     prefixes: tuple[int, ...]  # index of mask[:-1] (listed earlier), -1 for single nodes
-    members: tuple[frozenset[int], ...]
+    lasts: tuple[int, ...]  # mask[-1]
+    bits: tuple[int, ...]  # the mask as a bit set (bit i = NUMA node i)
     position: dict[Mask, int]
 
 
@@ -143,21 +144,14 @@ def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
     masks = tuple(
         m for size in range(1, len(node_ids) + 1) for m in itertools.combinations(node_ids, size)
     )
-    index = {m: i for i, m in enumerate(masks)}
+    position = {m: i for i, m in enumerate(masks)}
     return _Masks(
         masks=masks,
-        prefixes=tuple(index.get(m[:-1], -1) for m in masks),
-        members=tuple(frozenset(m) for m in masks),
-        position=index,
+        prefixes=tuple(position.get(m[:-1], -1) for m in masks),
+        lasts=tuple(m[-1] for m in masks),
+        bits=tuple(to_bits(m) for m in masks),
+        position=position,
     )
-
-
-def _mask_sums(table: _Masks, per_node: Mapping[int, int]) -> list[int]:
-    """Per mask, the sum of `per_node` over its nodes: the prefix's sum plus the last node."""
-    sums = [0] * len(table.masks)
-    for i, (mask, prefix) in enumerate(zip(table.masks, table.prefixes, strict=True)):
-        sums[i] = (sums[prefix] if prefix >= 0 else 0) + per_node[mask[-1]]
-    return sums
 
 
 def calculate_hints(
@@ -167,8 +161,9 @@ def calculate_hints(
 ) -> dict[str, list[TopologyHint]]:
     """`calculateHints`: the same mask list for every requested resource, or an empty map.
 
-    Every node's numbers are read once and every mask's sums are built from a shorter mask's,
-    so the walk over the 2^n - 1 masks does constant work per mask and resource.
+    Every node's numbers are read once, every mask's sums are its prefix's plus its last node's
+    (the prefix is listed earlier), and the group rule is checked on bit sets, so the walk over
+    the 2^n - 1 masks does constant work per mask and resource.
     """
     node_ids = tuple(machine.node_ids)
     table = _all_masks(node_ids)
@@ -176,23 +171,37 @@ def calculate_hints(
     too_small = [False] * count  # some resource's allocatable sum is below the request
     too_full = [False] * count  # some resource's free (+ reusable) sum is below the request
     for resource, size in requests.items():
-        capacity = _mask_sums(table, {n: machine.allocatable(n, resource) for n in node_ids})
-        free = _mask_sums(table, {n: machine.free(n, resource) for n in node_ids})
-        for (mask, r), amount in reusable.items():
-            if r == resource and mask in table.position:
-                free[table.position[mask]] += amount
-        for i in range(count):
-            if capacity[i] < size:
+        allocatable = {n: machine.allocatable(n, resource) for n in node_ids}
+        free = {n: machine.free(n, resource) for n in node_ids}
+        reused = {
+            table.position[mask]: amount
+            for (mask, r), amount in reusable.items()
+            if r == resource and mask in table.position
+        }
+        capacity_sums = [0] * count
+        free_sums = [0] * count
+        for i, (prefix, last) in enumerate(zip(table.prefixes, table.lasts, strict=True)):
+            if prefix < 0:
+                capacity, available = allocatable[last], free[last]
+            else:
+                capacity = capacity_sums[prefix] + allocatable[last]
+                available = free_sums[prefix] + free[last]
+            capacity_sums[i], free_sums[i] = capacity, available
+            if capacity < size:
                 too_small[i] = True
-            if free[i] < size:
+            if available + reused.get(i, 0) < size:
                 too_full[i] = True
-    cells = {n: machine.cells(n) for n in node_ids}
-    # A node in use refuses every multi-node mask other than exactly its group.
-    group_of = {
-        n: (frozenset(cells[n]) if len(cells[n]) > 1 else None)
-        for n in node_ids
-        if machine.assignments(n) > 0
-    }
+    # The group rule on bit sets: a node in a cross-NUMA group takes no single-node mask; a node
+    # in use takes no multi-node mask other than exactly its group (none when it is single).
+    grouped = 0
+    in_use: list[tuple[int, int]] = []  # (node bit, its group's bits, 0 when single)
+    for n in node_ids:
+        cells = machine.cells(n)
+        group = to_bits(cells) if len(cells) > 1 else 0
+        if group:
+            grouped |= 1 << n
+        if machine.assignments(n) > 0:
+            in_use.append((1 << n, group))
     min_size = len(node_ids)
     feasible: list[Mask] = []
     for i, mask in enumerate(table.masks):
@@ -201,10 +210,11 @@ def calculate_hints(
         # Computed before the group and free checks: "preferred" means the smallest node count
         # that could physically hold the request, not one that has room now.
         min_size = min(min_size, len(mask))
+        bits = table.bits[i]
         if len(mask) == 1:
-            if len(cells[mask[0]]) > 1:
+            if bits & grouped:
                 continue  # the node belongs to a cross-NUMA group
-        elif any(n in group_of and group_of[n] != table.members[i] for n in mask):
+        elif any(bits & node and group != bits for node, group in in_use):
             continue  # would mix single- and cross-NUMA use, or split a group
         if too_full[i]:
             continue
@@ -428,6 +438,10 @@ def admit(
 ) -> Admission:
     """Run a pod through the Topology Manager and the Memory Manager. Pure."""
     pinned = pins(pod, config)
+    if not pinned and not provider_hints:
+        # Nothing to pin and no other provider: every merge would be of the single "no
+        # preference" answer, which every policy admits, and the hint would be thrown away.
+        return Admission(None, None, 0, 0)
     allocator = _PodAllocator(machine=MachineBuilder(machine), pod=pod)
     node_ids = topology.node_ids
     distances = node_distances(topology, config)
