@@ -289,6 +289,84 @@ class MachineBuilder:
         return Machine(nodes=tuple(nodes))
 
 
+def add_allocation(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block]) -> Machine:
+    """`machine` with recorded takes reserved and blocks assigned (`MachineBuilder.reserve` and
+    `assign`, same checks), rebuilding only the nodes they touch: what `apply` pays per pod."""
+    return _moved(machine, takes, blocks, 1)
+
+
+def remove_allocation(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block]) -> Machine:
+    """`machine` with takes released and blocks unassigned (`MachineBuilder.release` and
+    `unassign`, same checks), rebuilding only the nodes they touch."""
+    return _moved(machine, takes, blocks, -1)
+
+
+def _moved(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block], sign: int) -> Machine:
+    by_id = {n.id: n for n in machine.nodes}
+    reserved: dict[tuple[int, str], int] = {}
+    for take in takes:
+        key = (take.numa_node, take.resource)
+        node = by_id.get(take.numa_node)
+        table = None if node is None else node.memory_map.get(take.resource)
+        if table is None:
+            action = "take" if sign > 0 else "release"
+            raise InvariantViolation(
+                f"{action} of {take.resource} on NUMA node {take.numa_node}: no such table"
+            )
+        value = reserved.get(key, table.reserved) + sign * take.size_bytes
+        reserved[key] = value
+        if sign > 0 and value > table.allocatable:
+            raise InvariantViolation(
+                f"NUMA node {take.numa_node} {take.resource}: reserved "
+                f"{value} exceeds allocatable {table.allocatable}"
+            )
+        if sign < 0 and value < 0:
+            raise InvariantViolation(
+                f"NUMA node {take.numa_node} {take.resource}: release below zero"
+            )
+    assignments: dict[int, int] = {}
+    cells: dict[int, Mask] = {}
+    for block in blocks:
+        for node_id in block.numa_affinity:
+            node = by_id.get(node_id)
+            if node is None:
+                raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
+            count = assignments.get(node_id, node.number_of_assignments) + sign
+            assignments[node_id] = count
+            if count < 0:
+                raise InvariantViolation(f"NUMA node {node_id}: assignments below zero")
+            if sign > 0:
+                cells[node_id] = block.numa_affinity
+            elif count == 0:
+                cells[node_id] = (node_id,)
+    touched = {node_id for node_id, _ in reserved} | assignments.keys()
+    nodes = []
+    for node in machine.nodes:
+        if node.id not in touched:
+            nodes.append(node)
+            continue
+        tables = dict(node.memory_map)
+        for (node_id, resource), value in reserved.items():
+            if node_id == node.id:
+                table = tables[resource]
+                tables[resource] = MemoryTable(
+                    total=table.total,
+                    system_reserved=table.system_reserved,
+                    allocatable=table.allocatable,
+                    reserved=value,
+                    free=table.allocatable - value,
+                )
+        nodes.append(
+            NumaNodeState(
+                id=node.id,
+                number_of_assignments=assignments.get(node.id, node.number_of_assignments),
+                cells=cells.get(node.id, node.cells),
+                memory_map=tables,
+            )
+        )
+    return Machine(nodes=tuple(nodes))
+
+
 def merge_takes(takes: Iterable[Take]) -> tuple[Take, ...]:
     """Sum takes per (node, resource), drop zeros, sort: the canonical form stored in state."""
     totals: dict[tuple[int, str], int] = {}

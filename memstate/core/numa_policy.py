@@ -31,7 +31,16 @@ import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import AdmissionError, InvariantViolation
-from memstate.core.machine import Block, Machine, MachineBuilder, Mask, Take, merge_takes
+from memstate.core.machine import (
+    Block,
+    Machine,
+    MachineBuilder,
+    Mask,
+    Take,
+    add_allocation,
+    merge_takes,
+    remove_allocation,
+)
 from memstate.core.pod import GUARANTEED, ContainerSpec, Pod, numa_requests, pod_numa_requests
 from memstate.core.pod import qos_class as pod_qos_class
 from memstate.core.quantity import format_bytes
@@ -514,18 +523,12 @@ def admit(
 
 def reserve(machine: Machine, allocation: PodAllocation) -> Machine:
     """Add a recorded allocation to the machine (admission, or re-adding after a rebuild)."""
-    builder = MachineBuilder(machine)
-    builder.reserve(allocation.takes)
-    builder.assign(allocation.blocks)
-    return builder.freeze()
+    return add_allocation(machine, allocation.takes, allocation.blocks)
 
 
 def release(machine: Machine, allocation: PodAllocation) -> Machine:
     """Give back everything a pod holds."""
-    builder = MachineBuilder(machine)
-    builder.release(allocation.takes)
-    builder.unassign(allocation.blocks)
-    return builder.freeze()
+    return remove_allocation(machine, allocation.takes, allocation.blocks)
 
 
 def release_init_containers(
@@ -536,10 +539,21 @@ def release_init_containers(
 
     The bytes come back from the pod's own takes on each block's mask, lowest node first.
     """
+    freed, dropped, kept = init_containers_done(pod, allocation)
+    if not dropped:
+        return machine, allocation
+    return remove_allocation(machine, freed, dropped), kept
+
+
+def init_containers_done(
+    pod: Pod, allocation: PodAllocation
+) -> tuple[list[Take], list[Block], PodAllocation]:
+    """(takes to release, blocks to unassign, the allocation kept) when the regular init
+    containers are done; nothing to release when they hold no blocks."""
     init_names = {c.name for c in pod.containers if c.kind == "init"}
     dropped = [b for c in allocation.containers if c.name in init_names for b in c.blocks]
     if not dropped:
-        return machine, allocation
+        return [], [], allocation
     remaining = {(t.numa_node, t.resource): t.size_bytes for t in allocation.takes}
     freed: list[Take] = []
     for block in dropped:
@@ -556,9 +570,6 @@ def release_init_containers(
                 f"pod {pod.key}: init block of {block.size} bytes of {block.type} on "
                 f"{list(block.numa_affinity)} is not covered by the pod's takes"
             )
-    builder = MachineBuilder(machine)
-    builder.release(freed)
-    builder.unassign(dropped)
     kept = tuple(
         ContainerAllocation(name=c.name, hint=c.hint, blocks=()) if c.name in init_names else c
         for c in allocation.containers
@@ -566,4 +577,4 @@ def release_init_containers(
     takes = merge_takes(
         Take(numa_node=n, resource=r, size_bytes=size) for (n, r), size in remaining.items()
     )
-    return builder.freeze(), PodAllocation(containers=kept, takes=takes)
+    return freed, dropped, PodAllocation(containers=kept, takes=takes)

@@ -35,7 +35,7 @@ from memstate.core.errors import (
     SchemaError,
 )
 from memstate.core.events import SCHEMA_VERSION, Envelope
-from memstate.core.reducer import apply, step
+from memstate.core.reducer import Folder, step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from memstate.store.format import CHAIN_SEED
@@ -77,6 +77,8 @@ def recover_state(
             )
         state, last_seq, chain = State(), 0, CHAIN_SEED
     decoded = 0
+    # Intermediate states are never looked at: fold into working copies, freeze once at the end.
+    folder = Folder(state)
     group: list[tuple[Envelope, int]] = []
     owed = 0
     for payload, seq, offset, segment, crc in reader.read_frames(last_seq + 1):
@@ -98,7 +100,12 @@ def recover_state(
         if owed:
             continue
         for member, member_crc in group:
-            state = _fold(state, member)
+            event = member.event
+            if event.role == "input" and member.decisions is None:
+                # A hand-written input: derive its decisions, as `memstate replay` does.
+                folder = Folder(step(folder.state(), event).state)
+            else:
+                folder.fold(event)
             last_seq, chain = member.seq, member_crc
         group.clear()
     if group:
@@ -107,20 +114,13 @@ def recover_state(
             f"ends after {len(group) - 1}: the incomplete transaction was not applied"
         )
     return Recovered(
-        state=state,
+        state=folder.state(),
         last_seq=last_seq,
         chain_crc=chain,
         checkpoint_seq=checkpoint.seq if checkpoint is not None else None,
         decoded_events=decoded,
         warnings=warnings,
     )
-
-
-def _fold(state: State, envelope: Envelope) -> State:
-    event = envelope.event
-    if event.role == "input" and envelope.decisions is None:
-        return step(state, event).state  # hand-written input: derive its decisions
-    return apply(state, event)
 
 
 def _usable_checkpoint(
