@@ -144,6 +144,7 @@ class _Masks(NamedTuple):
     prefixes: tuple[int, ...]  # index of mask[:-1] (listed earlier), -1 for single nodes
     lasts: tuple[int, ...]  # mask[-1]
     bits: tuple[int, ...]  # the mask as a bit set (bit i = NUMA node i)
+    sizes: tuple[int, ...]  # len(mask)
     position: dict[Mask, int]
 
 
@@ -159,6 +160,7 @@ def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
         prefixes=tuple(position.get(m[:-1], -1) for m in masks),
         lasts=tuple(m[-1] for m in masks),
         bits=tuple(to_bits(m) for m in masks),
+        sizes=tuple(len(m) for m in masks),
         position=position,
     )
 
@@ -202,31 +204,38 @@ def calculate_hints(
                 too_full[i] = True
     # The group rule on bit sets: a node in a cross-NUMA group takes no single-node mask; a node
     # in use takes no multi-node mask other than exactly its group (none when it is single).
-    grouped = 0
-    in_use: list[tuple[int, int]] = []  # (node bit, its group's bits, 0 when single)
+    grouped = 0  # nodes in a cross-NUMA group
+    single_in_use = 0  # nodes in use on their own: no multi-node mask may contain them
+    group_in_use: list[tuple[int, int]] = []  # (node bit, group bits) of group members in use
     for n in node_ids:
         cells = machine.cells(n)
         group = to_bits(cells) if len(cells) > 1 else 0
         if group:
             grouped |= 1 << n
         if machine.assignments(n) > 0:
-            in_use.append((1 << n, group))
-    min_size = len(node_ids)
+            if group:
+                group_in_use.append((1 << n, group))
+            else:
+                single_in_use |= 1 << n
+    # "Preferred" means the smallest node count that could physically hold the request (before
+    # the group and free checks); masks come by size, so that is the first one large enough.
+    min_size = next(
+        (size for size, small in zip(table.sizes, too_small, strict=True) if not small),
+        len(node_ids),
+    )
     feasible: list[Mask] = []
-    for i, mask in enumerate(table.masks):
-        if too_small[i]:
+    for mask, size, bits, small, full in zip(
+        table.masks, table.sizes, table.bits, too_small, too_full, strict=True
+    ):
+        if small or full:
             continue
-        # Computed before the group and free checks: "preferred" means the smallest node count
-        # that could physically hold the request, not one that has room now.
-        min_size = min(min_size, len(mask))
-        bits = table.bits[i]
-        if len(mask) == 1:
+        if size == 1:
             if bits & grouped:
                 continue  # the node belongs to a cross-NUMA group
-        elif any(bits & node and group != bits for node, group in in_use):
+        elif bits & single_in_use or any(
+            bits & node and group != bits for node, group in group_in_use
+        ):
             continue  # would mix single- and cross-NUMA use, or split a group
-        if too_full[i]:
-            continue
         feasible.append(mask)
     if not feasible:
         return {}
