@@ -123,19 +123,21 @@ def _fresh_table(total: int, system_reserved: int, allocatable: int) -> MemoryTa
 
 
 class MachineBuilder:
-    """A mutable scratch copy of a `Machine` (one decision or one apply, then `freeze`)."""
+    """A mutable scratch copy of a `Machine` (one decision or one apply, then `freeze`).
+
+    Copy-on-write per entry: only the counters an update touches are held here, reads fall back
+    to the frozen machine, and `freeze` rebuilds only the nodes that changed (the others are
+    shared with the input). Reserving or releasing one pod therefore costs what the pod holds,
+    not the size of the node map.
+    """
 
     def __init__(self, machine: Machine) -> None:
         self._ids: list[int] = [n.id for n in machine.nodes]
-        self._assignments: dict[int, int] = {n.id: n.number_of_assignments for n in machine.nodes}
-        self._cells: dict[int, Mask] = {n.id: n.cells for n in machine.nodes}
-        self._reserved: dict[tuple[int, str], int] = {}
-        self._allocatable: dict[tuple[int, str], int] = {}
         self._base: dict[int, NumaNodeState] = {n.id: n for n in machine.nodes}
-        for n in machine.nodes:
-            for resource, table in n.memory_map.items():
-                self._reserved[(n.id, resource)] = table.reserved
-                self._allocatable[(n.id, resource)] = table.allocatable
+        # Overrides of the base machine's values, for the entries updated so far.
+        self._reserved: dict[tuple[int, str], int] = {}
+        self._assignments: dict[int, int] = {}
+        self._cells: dict[int, Mask] = {}
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -143,21 +145,38 @@ class MachineBuilder:
     def node_ids(self) -> list[int]:
         return self._ids
 
+    def _table(self, node_id: int, resource: str) -> MemoryTable | None:
+        node = self._base.get(node_id)
+        return None if node is None else node.memory_map.get(resource)
+
     def has(self, node_id: int, resource: str) -> bool:
-        return (node_id, resource) in self._allocatable
+        return self._table(node_id, resource) is not None
+
+    def reserved(self, node_id: int, resource: str) -> int:
+        reserved = self._reserved.get((node_id, resource))
+        if reserved is not None:
+            return reserved
+        table = self._table(node_id, resource)
+        return 0 if table is None else table.reserved
 
     def free(self, node_id: int, resource: str) -> int:
-        key = (node_id, resource)
-        return self._allocatable.get(key, 0) - self._reserved.get(key, 0)
+        table = self._table(node_id, resource)
+        if table is None:
+            return 0
+        reserved = self._reserved.get((node_id, resource))
+        return table.allocatable - (table.reserved if reserved is None else reserved)
 
     def allocatable(self, node_id: int, resource: str) -> int:
-        return self._allocatable.get((node_id, resource), 0)
+        table = self._table(node_id, resource)
+        return 0 if table is None else table.allocatable
 
     def assignments(self, node_id: int) -> int:
-        return self._assignments[node_id]
+        count = self._assignments.get(node_id)
+        return self._base[node_id].number_of_assignments if count is None else count
 
     def cells(self, node_id: int) -> Mask:
-        return self._cells[node_id]
+        cells = self._cells.get(node_id)
+        return self._base[node_id].cells if cells is None else cells
 
     # --- updates --------------------------------------------------------------------------------
 
@@ -175,7 +194,7 @@ class MachineBuilder:
             if available <= 0:
                 continue
             taken = min(available, remaining)
-            self._reserved[(node_id, resource)] += taken
+            self._reserved[(node_id, resource)] = self.reserved(node_id, resource) + taken
             remaining -= taken
             takes.append(Take(numa_node=node_id, resource=resource, size_bytes=taken))
         return takes
@@ -184,22 +203,28 @@ class MachineBuilder:
         """Apply recorded takes; free memory must not go negative."""
         for take in takes:
             key = (take.numa_node, take.resource)
-            if key not in self._allocatable:
+            table = self._table(take.numa_node, take.resource)
+            if table is None:
                 raise InvariantViolation(
                     f"take of {take.resource} on NUMA node {take.numa_node}: no such table"
                 )
-            self._reserved[key] += take.size_bytes
-            if self._reserved[key] > self._allocatable[key]:
+            reserved = self.reserved(take.numa_node, take.resource) + take.size_bytes
+            self._reserved[key] = reserved
+            if reserved > table.allocatable:
                 raise InvariantViolation(
                     f"NUMA node {take.numa_node} {take.resource}: reserved "
-                    f"{self._reserved[key]} exceeds allocatable {self._allocatable[key]}"
+                    f"{reserved} exceeds allocatable {table.allocatable}"
                 )
 
     def release(self, takes: Iterable[Take]) -> None:
         for take in takes:
-            key = (take.numa_node, take.resource)
-            self._reserved[key] -= take.size_bytes
-            if self._reserved[key] < 0:
+            if self._table(take.numa_node, take.resource) is None:
+                raise InvariantViolation(
+                    f"release of {take.resource} on NUMA node {take.numa_node}: no such table"
+                )
+            reserved = self.reserved(take.numa_node, take.resource) - take.size_bytes
+            self._reserved[(take.numa_node, take.resource)] = reserved
+            if reserved < 0:
                 raise InvariantViolation(
                     f"NUMA node {take.numa_node} {take.resource}: release below zero"
                 )
@@ -208,25 +233,32 @@ class MachineBuilder:
         """Count blocks on every node of their mask and join the nodes into the mask's group."""
         for block in blocks:
             for node_id in block.numa_affinity:
-                self._assignments[node_id] += 1
+                self._assignments[node_id] = self.assignments(node_id) + 1
                 self._cells[node_id] = block.numa_affinity
 
     def unassign(self, blocks: Iterable[Block]) -> None:
         for block in blocks:
             for node_id in block.numa_affinity:
-                self._assignments[node_id] -= 1
-                if self._assignments[node_id] < 0:
+                count = self.assignments(node_id) - 1
+                self._assignments[node_id] = count
+                if count < 0:
                     raise InvariantViolation(f"NUMA node {node_id}: assignments below zero")
-                if self._assignments[node_id] == 0:
+                if count == 0:
                     self._cells[node_id] = (node_id,)
 
     def freeze(self) -> Machine:
+        touched = {n for n, _ in self._reserved} | self._assignments.keys() | self._cells.keys()
+        if not touched:
+            return Machine(nodes=tuple(self._base[n] for n in self._ids))
         nodes = []
         for node_id in self._ids:
             base = self._base[node_id]
+            if node_id not in touched:
+                nodes.append(base)
+                continue
             tables = {}
             for resource, table in base.memory_map.items():
-                reserved = self._reserved[(node_id, resource)]
+                reserved = self._reserved.get((node_id, resource), table.reserved)
                 if reserved == table.reserved:
                     tables[resource] = table
                 else:
@@ -237,8 +269,8 @@ class MachineBuilder:
                         reserved=reserved,
                         free=table.allocatable - reserved,
                     )
-            assignments = self._assignments[node_id]
-            cells = self._cells[node_id]
+            assignments = self.assignments(node_id)
+            cells = self.cells(node_id)
             if (
                 assignments == base.number_of_assignments
                 and cells == base.cells
@@ -255,6 +287,84 @@ class MachineBuilder:
                     )
                 )
         return Machine(nodes=tuple(nodes))
+
+
+def add_allocation(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block]) -> Machine:
+    """`machine` with recorded takes reserved and blocks assigned (`MachineBuilder.reserve` and
+    `assign`, same checks), rebuilding only the nodes they touch: what `apply` pays per pod."""
+    return _moved(machine, takes, blocks, 1)
+
+
+def remove_allocation(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block]) -> Machine:
+    """`machine` with takes released and blocks unassigned (`MachineBuilder.release` and
+    `unassign`, same checks), rebuilding only the nodes they touch."""
+    return _moved(machine, takes, blocks, -1)
+
+
+def _moved(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block], sign: int) -> Machine:
+    by_id = {n.id: n for n in machine.nodes}
+    reserved: dict[tuple[int, str], int] = {}
+    for take in takes:
+        key = (take.numa_node, take.resource)
+        node = by_id.get(take.numa_node)
+        table = None if node is None else node.memory_map.get(take.resource)
+        if table is None:
+            action = "take" if sign > 0 else "release"
+            raise InvariantViolation(
+                f"{action} of {take.resource} on NUMA node {take.numa_node}: no such table"
+            )
+        value = reserved.get(key, table.reserved) + sign * take.size_bytes
+        reserved[key] = value
+        if sign > 0 and value > table.allocatable:
+            raise InvariantViolation(
+                f"NUMA node {take.numa_node} {take.resource}: reserved "
+                f"{value} exceeds allocatable {table.allocatable}"
+            )
+        if sign < 0 and value < 0:
+            raise InvariantViolation(
+                f"NUMA node {take.numa_node} {take.resource}: release below zero"
+            )
+    assignments: dict[int, int] = {}
+    cells: dict[int, Mask] = {}
+    for block in blocks:
+        for node_id in block.numa_affinity:
+            node = by_id.get(node_id)
+            if node is None:
+                raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
+            count = assignments.get(node_id, node.number_of_assignments) + sign
+            assignments[node_id] = count
+            if count < 0:
+                raise InvariantViolation(f"NUMA node {node_id}: assignments below zero")
+            if sign > 0:
+                cells[node_id] = block.numa_affinity
+            elif count == 0:
+                cells[node_id] = (node_id,)
+    touched = {node_id for node_id, _ in reserved} | assignments.keys()
+    nodes = []
+    for node in machine.nodes:
+        if node.id not in touched:
+            nodes.append(node)
+            continue
+        tables = dict(node.memory_map)
+        for (node_id, resource), value in reserved.items():
+            if node_id == node.id:
+                table = tables[resource]
+                tables[resource] = MemoryTable(
+                    total=table.total,
+                    system_reserved=table.system_reserved,
+                    allocatable=table.allocatable,
+                    reserved=value,
+                    free=table.allocatable - value,
+                )
+        nodes.append(
+            NumaNodeState(
+                id=node.id,
+                number_of_assignments=assignments.get(node.id, node.number_of_assignments),
+                cells=cells.get(node.id, node.cells),
+                memory_map=tables,
+            )
+        )
+    return Machine(nodes=tuple(nodes))
 
 
 def merge_takes(takes: Iterable[Take]) -> tuple[Take, ...]:

@@ -21,15 +21,26 @@ per-node takes are exact, and a single-node hint on a node that belongs to a gro
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import AdmissionError, InvariantViolation
-from memstate.core.machine import Block, Machine, MachineBuilder, Mask, Take, merge_takes
+from memstate.core.machine import (
+    Block,
+    Machine,
+    MachineBuilder,
+    Mask,
+    Take,
+    add_allocation,
+    merge_takes,
+    remove_allocation,
+)
 from memstate.core.pod import GUARANTEED, ContainerSpec, Pod, numa_requests, pod_numa_requests
 from memstate.core.pod import qos_class as pod_qos_class
 from memstate.core.quantity import format_bytes
@@ -128,10 +139,30 @@ def node_distances(topology: Topology, config: NodeConfig) -> dict[int, tuple[in
 # --- hint generation ------------------------------------------------------------------------------
 
 
-def _all_masks(node_ids: Sequence[int]) -> list[Mask]:
-    return [
+class _Masks(NamedTuple):
+    masks: tuple[Mask, ...]  # every non-empty mask, by size, then lexicographically
+    prefixes: tuple[int, ...]  # index of mask[:-1] (listed earlier), -1 for single nodes
+    lasts: tuple[int, ...]  # mask[-1]
+    bits: tuple[int, ...]  # the mask as a bit set (bit i = NUMA node i)
+    sizes: tuple[int, ...]  # len(mask)
+    position: dict[Mask, int]
+
+
+@functools.lru_cache(maxsize=32)
+def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
+    """Cached: a node has one set of NUMA ids, and with 8 nodes there are 255 masks."""
+    masks = tuple(
         m for size in range(1, len(node_ids) + 1) for m in itertools.combinations(node_ids, size)
-    ]
+    )
+    position = {m: i for i, m in enumerate(masks)}
+    return _Masks(
+        masks=masks,
+        prefixes=tuple(position.get(m[:-1], -1) for m in masks),
+        lasts=tuple(m[-1] for m in masks),
+        bits=tuple(to_bits(m) for m in masks),
+        sizes=tuple(len(m) for m in masks),
+        position=position,
+    )
 
 
 def calculate_hints(
@@ -139,30 +170,72 @@ def calculate_hints(
     requests: Mapping[str, int],
     reusable: Mapping[tuple[Mask, str], int],
 ) -> dict[str, list[TopologyHint]]:
-    """`calculateHints`: the same mask list for every requested resource, or an empty map."""
-    node_ids = machine.node_ids
-    min_size = len(node_ids)
+    """`calculateHints`: the same mask list for every requested resource, or an empty map.
+
+    Every node's numbers are read once, every mask's sums are its prefix's plus its last node's
+    (the prefix is listed earlier), and the group rule is checked on bit sets, so the walk over
+    the 2^n - 1 masks does constant work per mask and resource.
+    """
+    node_ids = tuple(machine.node_ids)
+    table = _all_masks(node_ids)
+    count = len(table.masks)
+    too_small = [False] * count  # some resource's allocatable sum is below the request
+    too_full = [False] * count  # some resource's free (+ reusable) sum is below the request
+    for resource, size in requests.items():
+        allocatable = {n: machine.allocatable(n, resource) for n in node_ids}
+        free = {n: machine.free(n, resource) for n in node_ids}
+        reused = {
+            table.position[mask]: amount
+            for (mask, r), amount in reusable.items()
+            if r == resource and mask in table.position
+        }
+        capacity_sums = [0] * count
+        free_sums = [0] * count
+        for i, (prefix, last) in enumerate(zip(table.prefixes, table.lasts, strict=True)):
+            if prefix < 0:
+                capacity, available = allocatable[last], free[last]
+            else:
+                capacity = capacity_sums[prefix] + allocatable[last]
+                available = free_sums[prefix] + free[last]
+            capacity_sums[i], free_sums[i] = capacity, available
+            if capacity < size:
+                too_small[i] = True
+            if available + reused.get(i, 0) < size:
+                too_full[i] = True
+    # The group rule on bit sets: a node in a cross-NUMA group takes no single-node mask; a node
+    # in use takes no multi-node mask other than exactly its group (none when it is single).
+    grouped = 0  # nodes in a cross-NUMA group
+    single_in_use = 0  # nodes in use on their own: no multi-node mask may contain them
+    group_in_use: list[tuple[int, int]] = []  # (node bit, group bits) of group members in use
+    for n in node_ids:
+        cells = machine.cells(n)
+        group = to_bits(cells) if len(cells) > 1 else 0
+        if group:
+            grouped |= 1 << n
+        if machine.assignments(n) > 0:
+            if group:
+                group_in_use.append((1 << n, group))
+            else:
+                single_in_use |= 1 << n
+    # "Preferred" means the smallest node count that could physically hold the request (before
+    # the group and free checks); masks come by size, so that is the first one large enough.
+    min_size = next(
+        (size for size, small in zip(table.sizes, too_small, strict=True) if not small),
+        len(node_ids),
+    )
     feasible: list[Mask] = []
-    for mask in _all_masks(node_ids):
-        if any(sum(machine.allocatable(n, r) for n in mask) < size for r, size in requests.items()):
+    for mask, size, bits, small, full in zip(
+        table.masks, table.sizes, table.bits, too_small, too_full, strict=True
+    ):
+        if small or full:
             continue
-        # Computed before the group and free checks: "preferred" means the smallest node count
-        # that could physically hold the request, not one that has room now.
-        min_size = min(min_size, len(mask))
-        if len(mask) == 1:
-            if len(machine.cells(mask[0])) > 1:
+        if size == 1:
+            if bits & grouped:
                 continue  # the node belongs to a cross-NUMA group
-        elif any(
-            machine.assignments(n) > 0
-            and (len(machine.cells(n)) == 1 or set(machine.cells(n)) != set(mask))
-            for n in mask
+        elif bits & single_in_use or any(
+            bits & node and group != bits for node, group in group_in_use
         ):
             continue  # would mix single- and cross-NUMA use, or split a group
-        if any(
-            sum(machine.free(n, r) for n in mask) + reusable.get((mask, r), 0) < size
-            for r, size in requests.items()
-        ):
-            continue
         feasible.append(mask)
     if not feasible:
         return {}
@@ -383,6 +456,10 @@ def admit(
 ) -> Admission:
     """Run a pod through the Topology Manager and the Memory Manager. Pure."""
     pinned = pins(pod, config)
+    if not pinned and not provider_hints:
+        # Nothing to pin and no other provider: every merge would be of the single "no
+        # preference" answer, which every policy admits, and the hint would be thrown away.
+        return Admission(None, None, 0, 0)
     allocator = _PodAllocator(machine=MachineBuilder(machine), pod=pod)
     node_ids = topology.node_ids
     distances = node_distances(topology, config)
@@ -455,18 +532,12 @@ def admit(
 
 def reserve(machine: Machine, allocation: PodAllocation) -> Machine:
     """Add a recorded allocation to the machine (admission, or re-adding after a rebuild)."""
-    builder = MachineBuilder(machine)
-    builder.reserve(allocation.takes)
-    builder.assign(allocation.blocks)
-    return builder.freeze()
+    return add_allocation(machine, allocation.takes, allocation.blocks)
 
 
 def release(machine: Machine, allocation: PodAllocation) -> Machine:
     """Give back everything a pod holds."""
-    builder = MachineBuilder(machine)
-    builder.release(allocation.takes)
-    builder.unassign(allocation.blocks)
-    return builder.freeze()
+    return remove_allocation(machine, allocation.takes, allocation.blocks)
 
 
 def release_init_containers(
@@ -477,10 +548,21 @@ def release_init_containers(
 
     The bytes come back from the pod's own takes on each block's mask, lowest node first.
     """
+    freed, dropped, kept = init_containers_done(pod, allocation)
+    if not dropped:
+        return machine, allocation
+    return remove_allocation(machine, freed, dropped), kept
+
+
+def init_containers_done(
+    pod: Pod, allocation: PodAllocation
+) -> tuple[list[Take], list[Block], PodAllocation]:
+    """(takes to release, blocks to unassign, the allocation kept) when the regular init
+    containers are done; nothing to release when they hold no blocks."""
     init_names = {c.name for c in pod.containers if c.kind == "init"}
     dropped = [b for c in allocation.containers if c.name in init_names for b in c.blocks]
     if not dropped:
-        return machine, allocation
+        return [], [], allocation
     remaining = {(t.numa_node, t.resource): t.size_bytes for t in allocation.takes}
     freed: list[Take] = []
     for block in dropped:
@@ -497,9 +579,6 @@ def release_init_containers(
                 f"pod {pod.key}: init block of {block.size} bytes of {block.type} on "
                 f"{list(block.numa_affinity)} is not covered by the pod's takes"
             )
-    builder = MachineBuilder(machine)
-    builder.release(freed)
-    builder.unassign(dropped)
     kept = tuple(
         ContainerAllocation(name=c.name, hint=c.hint, blocks=()) if c.name in init_names else c
         for c in allocation.containers
@@ -507,4 +586,4 @@ def release_init_containers(
     takes = merge_takes(
         Take(numa_node=n, resource=r, size_bytes=size) for (n, r), size in remaining.items()
     )
-    return builder.freeze(), PodAllocation(containers=kept, takes=takes)
+    return freed, dropped, PodAllocation(containers=kept, takes=takes)

@@ -27,7 +27,7 @@ name and with a reason, those that no longer fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
@@ -55,6 +55,7 @@ from memstate.core.machine import MachineBuilder, default_machine
 from memstate.core.numa_policy import (
     ProviderHints,
     admit,
+    init_containers_done,
     pins,
     release,
     release_init_containers,
@@ -377,7 +378,8 @@ def _apply_deferred(state: State, event: Event) -> State:
 def _without_deferral(state: State, uid: str) -> State:
     if uid not in state.deferred:
         return state
-    deferred = {k: v for k, v in state.deferred.items() if k != uid}
+    deferred = dict(state.deferred)
+    del deferred[uid]
     return msgspec.structs.replace(state, deferred=deferred)
 
 
@@ -388,9 +390,18 @@ def _apply_readmission_completed(state: State, event: Event) -> State:
 def _apply_removal_requested(state: State, event: Event) -> State:
     assert isinstance(event, PodRemovalRequested)
     keys = [k for k in (event.uid, rejection_key("", event.source) if event.source else "") if k]
-    if not any(k in state.rejections for k in keys):
+    return _without_rejections(state, keys)
+
+
+def _without_rejections(state: State, keys: Iterable[str]) -> State:
+    """`state` without the rejections under `keys`: a lookup per key, and one C-level copy of
+    the map only when there is something to drop (never a walk over every rejection)."""
+    present = [k for k in keys if k in state.rejections]
+    if not present:
         return state
-    rejections = {k: v for k, v in state.rejections.items() if k not in keys}
+    rejections = dict(state.rejections)
+    for key in present:
+        del rejections[key]
     return msgspec.structs.replace(state, rejections=rejections)
 
 
@@ -412,11 +423,6 @@ def _apply_admitted(state: State, event: Event) -> State:
     counters = msgspec.structs.replace(
         state.counters, pinning_requests=state.counters.pinning_requests + event.pinning_requests
     )
-    rejections = {
-        k: v
-        for k, v in state.rejections.items()
-        if k not in (event.uid, rejection_key("", event.source))
-    }
     existing = state.pods.get(event.uid)
     if event.restored:
         if existing is None or existing.allocation != event.allocation:
@@ -440,11 +446,11 @@ def _apply_admitted(state: State, event: Event) -> State:
             source=event.source,
         )
     state = _without_deferral(state, event.uid)
+    state = _without_rejections(state, (event.uid, rejection_key("", event.source)))
     return msgspec.structs.replace(
         state,
         machine=machine,
         pods=_with_pod(state, record),
-        rejections=rejections,
         counters=counters,
     )
 
@@ -483,7 +489,8 @@ def _drop_pod(state: State, uid: str) -> State:
     machine = state.machine
     if record.allocation is not None:
         machine = release(machine, record.allocation)
-    pods = {k: v for k, v in state.pods.items() if k != uid}
+    pods = dict(state.pods)  # a C-level copy, then one deletion
+    del pods[uid]
     return msgspec.structs.replace(state, machine=machine, pods=pods)
 
 
@@ -505,6 +512,139 @@ def _apply_reconfigured(state: State, event: Event) -> State:
     return msgspec.structs.replace(
         state, topology=topology, config=config, machine=builder.freeze(), pods=pods
     )
+
+
+class Folder:
+    """Folds a long run of events whose intermediate states nobody looks at (start-up).
+
+    `fold(event)` gives the same state as `apply`, but keeps working copies of the pods,
+    rejections, deferrals, node map (a `MachineBuilder`) and counters and mutates them instead of
+    building a new `State` per event; `state()` freezes them into a `State` (fresh containers,
+    so the folder can go on without touching it). The input state is never modified. The
+    events start-up sees all the time (admissions, removals, rejections, removal requests, init
+    completions and events without effect) have mutating fast paths written to the letter of
+    their `apply` handlers; any other event freezes, goes through `apply`, and the folder
+    continues from the result. tests/unit/test_folder.py holds `fold` to `apply`. After an
+    `InvariantViolation` the folder is unusable (it may hold half an event); the caller stops
+    there anyway.
+    """
+
+    def __init__(self, state: State) -> None:
+        self._load(state)
+
+    def _load(self, state: State) -> None:
+        self._base = state
+        self._pods = dict(state.pods)
+        self._rejections = dict(state.rejections)
+        self._deferred = dict(state.deferred)
+        self._machine = MachineBuilder(state.machine)
+        self._requests = state.counters.pinning_requests
+        self._errors = state.counters.pinning_errors
+
+    @property
+    def config(self) -> NodeConfig | None:
+        """The config in force after the events folded so far (read-only view)."""
+        return self._base.config
+
+    @property
+    def pods(self) -> Mapping[str, PodRecord]:
+        """The pods after the events folded so far: a live view, not a copy; do not keep it."""
+        return self._pods
+
+    def state(self) -> State:
+        """The state after every event folded so far."""
+        return msgspec.structs.replace(
+            self._base,
+            machine=self._machine.freeze(),
+            pods=dict(self._pods),
+            rejections=dict(self._rejections),
+            deferred=dict(self._deferred),
+            counters=Counters(pinning_requests=self._requests, pinning_errors=self._errors),
+        )
+
+    def fold(self, event: Event) -> None:
+        """Apply one event (`apply`'s semantics, including its `InvariantViolation`s)."""
+        kind = type(event)
+        if kind not in _APPLY:
+            return
+        if kind is PodAdmitted:
+            assert isinstance(event, PodAdmitted)
+            self._admitted(event)
+        elif kind is PodRemoved:
+            assert isinstance(event, PodRemoved)
+            if event.uid not in self._pods and event.uid not in self._deferred:
+                raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
+            self._drop_pod(event.uid)
+        elif kind is PodRejected:
+            assert isinstance(event, PodRejected)
+            self._requests += event.pinning_requests
+            self._errors += event.pinning_errors
+            self._rejections[rejection_key(event.uid, event.source)] = Rejection(
+                reason=event.reason,
+                message=event.message,
+                uid=event.uid,
+                name=event.name,
+                namespace=event.namespace,
+                source=event.source,
+            )
+            self._drop_pod(event.uid)
+        elif kind is PodInitCompleted:
+            assert isinstance(event, PodInitCompleted)
+            record = self._pods.get(event.uid)
+            if record is None or record.init_completed:
+                return
+            allocation = record.allocation
+            if allocation is not None:
+                freed, dropped, allocation = init_containers_done(record.pod, allocation)
+                self._machine.release(freed)
+                self._machine.unassign(dropped)
+            self._pods[event.uid] = msgspec.structs.replace(
+                record, allocation=allocation, init_completed=True
+            )
+        elif kind is PodRemovalRequested:
+            assert isinstance(event, PodRemovalRequested)
+            if event.uid:
+                self._rejections.pop(event.uid, None)
+            if event.source:
+                self._rejections.pop(rejection_key("", event.source), None)
+        else:
+            self._load(apply(self.state(), event))
+
+    def _admitted(self, event: PodAdmitted) -> None:
+        self._requests += event.pinning_requests
+        existing = self._pods.get(event.uid)
+        if event.restored:
+            if existing is None or existing.allocation != event.allocation:
+                raise InvariantViolation(
+                    f"restored admission of pod {event.pod.key} ({event.uid}) does not match "
+                    "the allocation in state"
+                )
+            record = msgspec.structs.replace(existing, status="running", source=event.source)
+        else:
+            if existing is not None and existing.allocation is not None:
+                self._machine.release(existing.allocation.takes)
+                self._machine.unassign(existing.allocation.blocks)
+            if event.allocation is not None:
+                self._machine.reserve(event.allocation.takes)
+                self._machine.assign(event.allocation.blocks)
+            record = PodRecord(
+                pod=event.pod,
+                spec_hash=event.spec_hash,
+                qos_class=event.qos_class,
+                allocation=event.allocation,
+                source=event.source,
+            )
+        self._deferred.pop(event.uid, None)
+        self._rejections.pop(event.uid, None)
+        self._rejections.pop(rejection_key("", event.source), None)
+        self._pods[event.uid] = record
+
+    def _drop_pod(self, uid: str) -> None:
+        record = self._pods.pop(uid, None)
+        if record is not None and record.allocation is not None:
+            self._machine.release(record.allocation.takes)
+            self._machine.unassign(record.allocation.blocks)
+        self._deferred.pop(uid, None)
 
 
 _APPLY: dict[type[Event], Callable[[State, Event], State]] = {

@@ -28,13 +28,15 @@ reconfiguration, the end of readmission); `tests/property` checks that both agre
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
 from memstate.core.cgroup_paths import pod_path
 from memstate.core.config import NodeConfig
 from memstate.core.events import Event, PodCgroupRemoved, pod_uid_of
-from memstate.core.state import PodRecord, State
+from memstate.core.state import PodRecord
 
 
 class PendingRemovals(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,7 +61,36 @@ def _path_of(config: NodeConfig | None, record: PodRecord | None) -> str | None:
     return pod_path(config, record.pod.uid, record.qos_class)
 
 
-def pod_cgroup_paths(state: State) -> dict[str, str]:
+class PodsAt(Protocol):
+    """What the fold reads of a state: a `State`, start-up's `Folder`, or a `PodsSnapshot`."""
+
+    @property
+    def config(self) -> NodeConfig | None: ...
+
+    @property
+    def pods(self) -> Mapping[str, PodRecord]: ...
+
+
+@dataclass(frozen=True)
+class PodsSnapshot:
+    """The part of a state one transaction's fold needs, taken before it (see `snapshot_for`)."""
+
+    config: NodeConfig | None
+    pods: Mapping[str, PodRecord]
+
+
+def snapshot_for(current: PodsAt, events: Sequence[Event]) -> PodsSnapshot:
+    """Before a transaction of `events` is folded into `current` (mutated in place, as start-up's
+    `Folder` is): the pods `fold_removals` will look at — the ones the events name, or all of
+    them when an event names none (a restart, a reconfiguration)."""
+    uids = {pod_uid_of(e) for e in events if not isinstance(e, PodCgroupRemoved)}
+    if "" in uids:
+        return PodsSnapshot(current.config, dict(current.pods))
+    pods = current.pods
+    return PodsSnapshot(current.config, {uid: pods[uid] for uid in uids if uid in pods})
+
+
+def pod_cgroup_paths(state: PodsAt) -> dict[str, str]:
     """Every pod cgroup path the state implies → its pod UID (empty before a config)."""
     config = state.config
     if config is None:
@@ -68,7 +99,7 @@ def pod_cgroup_paths(state: State) -> dict[str, str]:
 
 
 def fold_removals(
-    pending: PendingRemovals, before: State, events: Sequence[Event], after: State
+    pending: PendingRemovals, before: PodsAt, events: Sequence[Event], after: PodsAt
 ) -> PendingRemovals:
     """`pending` after one transaction (an input and its decisions, or one note) took the
     state from `before` to `after`. Pure."""

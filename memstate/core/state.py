@@ -2,7 +2,10 @@
 
 `State` is an immutable value. Its dict fields are never mutated after construction (the reducer
 copies on write), which keeps old states valid for replay tools and lets the daemon publish a state
-to other threads (the metrics server) by swapping one reference.
+to other threads (the metrics server) by swapping one reference. Copy-on-write here means one
+C-level `dict()` copy of the map an event changes, never a walk over every entry, and a node map
+that shares every NUMA node the event did not touch; a long fold whose intermediate states
+nobody sees (start-up) uses `reducer.Folder`, which mutates private copies and freezes once.
 
 What is deliberately *not* here: sequence numbers, timestamps and anything history-shaped. Two
 histories that lead to the same situation (for example readmission in a different order) give

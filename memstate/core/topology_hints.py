@@ -146,6 +146,25 @@ def _merged_candidates(lists: list[list[_Hint]], default_bits: int) -> set[tuple
     return {(acc, preferred) for acc, _, preferred in states if acc != 0}
 
 
+def _candidates(lists: list[list[_Hint]], default_bits: int) -> set[tuple[int, bool]]:
+    """`_merged_candidates`, without merging a list with copies of itself when that cannot matter.
+
+    The Memory Manager answers with the same list for every resource it is asked about (memory
+    and each hugepage size), which on 8 nodes is 255 x 255 permutations for one hugepage pod.
+    Merging copies of one list only adds non-preferred candidates: a permutation stays preferred
+    only if every hint is preferred and every mask equals the first, and such a permutation gives
+    exactly what that hint gives alone. Preferred candidates beat non-preferred ones in `_best`,
+    so when the list alone yields a preferred candidate the copies cannot change the result.
+    """
+    if len(lists) > 1:
+        first = [(h.bits, h.preferred) for h in lists[0]]
+        if all([(h.bits, h.preferred) for h in other] == first for other in lists[1:]):
+            alone = _merged_candidates(lists[:1], default_bits)
+            if any(preferred for _, preferred in alone):
+                return alone
+    return _merged_candidates(lists, default_bits)
+
+
 def _best(
     candidates: set[tuple[int, bool]],
     target: int,
@@ -206,7 +225,7 @@ def merge_hints(
             for hints in lists
         ]
         distances = None
-    best = _best(_merged_candidates(lists, default_bits), _max_of_min(lists), distances)
+    best = _best(_candidates(lists, default_bits), _max_of_min(lists), distances)
     bits, preferred = best if best is not None else (default_bits, False)
     hint = TopologyHint(numa_affinity=from_bits(bits), preferred=preferred)
     if policy == "single-numa-node":

@@ -38,8 +38,8 @@ from memstate.core.errors import (
     SchemaError,
 )
 from memstate.core.events import SCHEMA_VERSION, Envelope
-from memstate.core.reducer import apply, step
-from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
+from memstate.core.reducer import Folder, step
+from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals, snapshot_for
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from memstate.store.format import CHAIN_SEED
@@ -58,12 +58,17 @@ class Recovered(msgspec.Struct, frozen=True):
     warnings: list[str]
 
 
-def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recovered:
-    """Rebuild the state: newest valid checkpoint + replay of the records after it."""
+def recover_state(
+    state_dir: Path, *, reader: LogReader | None = None, use_checkpoints: bool = True
+) -> Recovered:
+    """Rebuild the state: newest valid checkpoint + replay of the records after it.
+
+    `use_checkpoints=False` folds the whole log from seq 1 (benchmarks, cross-checks).
+    """
     state_dir = Path(state_dir)
     reader = reader if reader is not None else LogReader(state_dir)
     warnings: list[str] = []
-    checkpoint = _usable_checkpoint(state_dir, reader, warnings)
+    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
     removals = NO_REMOVALS
     if checkpoint is not None:
         state, last_seq, chain = checkpoint.state, checkpoint.seq, checkpoint.chain_crc
@@ -79,6 +84,8 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
             )
         state, last_seq, chain = State(), 0, CHAIN_SEED
     decoded = 0
+    # Intermediate states are never looked at: fold into working copies, freeze once at the end.
+    folder = Folder(state)
     group: list[tuple[Envelope, int]] = []
     owed = 0
     for payload, seq, offset, segment, crc in reader.read_frames(last_seq + 1):
@@ -99,11 +106,17 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
             )
         if owed:
             continue
-        before = state
+        events = [m.event for m, _ in group]
+        before = snapshot_for(folder, events)
         for member, member_crc in group:
-            state = _fold(state, member)
+            event = member.event
+            if event.role == "input" and member.decisions is None:
+                # A hand-written input: derive its decisions, as `memstate replay` does.
+                folder = Folder(step(folder.state(), event).state)
+            else:
+                folder.fold(event)
             last_seq, chain = member.seq, member_crc
-        removals = fold_removals(removals, before, [m.event for m, _ in group], state)
+        removals = fold_removals(removals, before, events, folder)
         group.clear()
     if group:
         warnings.append(
@@ -111,7 +124,7 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
             f"ends after {len(group) - 1}: the incomplete transaction was not applied"
         )
     return Recovered(
-        state=state,
+        state=folder.state(),
         removals=removals,
         last_seq=last_seq,
         chain_crc=chain,
@@ -119,13 +132,6 @@ def recover_state(state_dir: Path, *, reader: LogReader | None = None) -> Recove
         decoded_events=decoded,
         warnings=warnings,
     )
-
-
-def _fold(state: State, envelope: Envelope) -> State:
-    event = envelope.event
-    if event.role == "input" and envelope.decisions is None:
-        return step(state, event).state  # hand-written input: derive its decisions
-    return apply(state, event)
 
 
 def _usable_checkpoint(

@@ -296,3 +296,35 @@ def test_merge_matches_the_upstream_fold(
     )
     expected = reference_merge(policy, _NODES, providers, distances)
     assert merge_hints(policy, _NODES, providers, distances=distances) == expected  # type: ignore[arg-type]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    policy=st.sampled_from(["best-effort", "restricted", "single-numa-node"]),
+    hints=st.lists(_hints(), min_size=1, max_size=6),
+    resources=st.sets(st.sampled_from(["memory", "hugepages-2Mi", "hugepages-1Gi"]), min_size=2),
+    other=st.one_of(st.none(), _answer),
+)
+def test_merge_of_one_list_per_resource_matches_the_upstream_fold(
+    policy: str, hints: list[TopologyHint], resources: set[str], other: ProviderAnswer
+) -> None:
+    """The Memory Manager's answer repeats one list per resource: merge_hints skips the copies
+    when they cannot matter (topology_hints._candidates); the full fold must agree."""
+    providers: list[ProviderAnswer] = [{r: list(hints) for r in resources}]
+    if other is not None:
+        providers.append(other)
+    expected = reference_merge(policy, _NODES, providers, None)
+    assert merge_hints(policy, _NODES, providers) == expected  # type: ignore[arg-type]
+
+
+def test_copies_of_a_list_without_preferred_hints_still_merge() -> None:
+    """Without a preferred hint the copies matter: {0,1,2} & {0,1,3} = {0,1} has the target size
+    and beats {2,3}, which wins for the list alone."""
+    hints = [H(2, 3, preferred=False), H(0, 1, 2, preferred=False), H(0, 1, 3, preferred=False)]
+    alone = merge_hints("best-effort", _NODES, [{"memory": hints}])
+    repeated = merge_hints("best-effort", _NODES, [{"memory": hints, "hugepages-2Mi": hints}])
+    assert alone == (H(2, 3, preferred=False), True)
+    assert repeated == reference_merge(
+        "best-effort", _NODES, [{"memory": hints, "hugepages-2Mi": hints}], None
+    )
+    assert repeated == (H(0, 1, preferred=False), True)
