@@ -1067,7 +1067,7 @@ def _acknowledged_beyond_end(scan: LogScan) -> LogProblem | None:
             f"the log ends at seq {kept}{cut}, but the segment's mark records seq "
             f"{segment.acked_seq} as acknowledged: acknowledged records {kept + 1}.."
             f"{segment.acked_seq} are missing (the segment was cut at or inside acknowledged "
-            f"records); {REPAIR_HINT}",
+            "records)",
         )
     return None
 
@@ -1097,7 +1097,7 @@ def _checkpoint_beyond_end(state_dir: Path, scan: LogScan) -> LogProblem | None:
             end + 1,
             f"the log ends at seq {end}, but checkpoint {path.name} covers records up to seq "
             f"{seq}: records that were durable are missing (a removed last segment, or a log "
-            f"restored from an older copy); {REPAIR_HINT}",
+            "restored from an older copy)",
         )
     return None
 
