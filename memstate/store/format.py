@@ -20,9 +20,9 @@ Format 2 adds two **mark slots** after those 32 bytes (frames then start at byte
 segments have none (frames start at byte 32) and still read. Each slot (40 bytes) is a mark:
 
     0  acked_seq   u64  every record up to this seq was acknowledged (durable and returned)
-    8  body_end    u64  sealed: the segment's length; else 0
+    8  body_end    u64  end of the frame of acked_seq (sealed: the segment's length)
    16  chain_crc   u32  chain CRC after acked_seq
-   20  body_crc    u32  sealed: plain CRC32C of bytes frames_start..body_end; else 0
+   20  body_crc    u32  plain CRC32C of bytes frames_start..body_end (the acknowledged frames)
    24  flags       u32  bit 0: sealed (the segment is closed, a successor exists)
    28  generation  u32  incremented on every mark write (the newer of two valid slots wins)
    32  reserved    u32  0
@@ -31,7 +31,9 @@ segments have none (frames start at byte 32) and still read. Each slot (40 bytes
 The writer rewrites the *older* slot after each group commit (one small pwrite, made durable by
 the next commit's fsync, or by the fsync at close or rotation), so a torn mark write leaves the
 other slot intact. A mark never runs ahead of durable data: it is written only after the fsync
-that made its records durable. At rotation the closing segment's mark becomes its **seal** (last
+that made its records durable. Because it carries the CRC32C of the acknowledged frames, start-up
+checks that prefix of the active segment at C speed and walks frame by frame only what follows
+it (normally nothing). At rotation the closing segment's mark becomes its **seal** (last
 seq, chain CRC, body length and body CRC), fsynced; start-up then checks a sealed segment from
 its 112 bytes and its size alone, and `log verify --full` (and the daemon after READY) checks its
 body against the body CRC.
@@ -145,8 +147,8 @@ class Mark(msgspec.Struct, frozen=True):
     chain_crc: int
     generation: int = 0
     sealed: bool = False
-    body_end: int = 0  # sealed only: the segment's length in bytes
-    body_crc: int = 0  # sealed only: CRC32C of the frames (bytes frames_start..body_end)
+    body_end: int = 0  # end of the frame of acked_seq (sealed: the segment's length); 0: unknown
+    body_crc: int = 0  # CRC32C of the frames before body_end (bytes frames_start..body_end)
 
 
 class SegmentHeader(msgspec.Struct, frozen=True):
@@ -186,7 +188,7 @@ def encode_segment_header(base_seq: int, prev_chain_crc: int, *, format_version:
     header = head[:28] + struct.pack("<I", crc)
     if version == 1:
         return header
-    empty = Mark(acked_seq=base_seq - 1, chain_crc=prev_chain_crc)
+    empty = Mark(acked_seq=base_seq - 1, chain_crc=prev_chain_crc, body_end=SEGMENT_HEADER_BYTES)
     return header + encode_mark(empty) + encode_mark(msgspec.structs.replace(empty, generation=1))
 
 
@@ -219,8 +221,6 @@ def decode_mark(data: bytes | memoryview) -> Mark | None:
     if crc32c(bytes(data[:36])) != stored or reserved != 0 or flags & ~MARK_SEALED:
         return None
     sealed = bool(flags & MARK_SEALED)
-    if not sealed and (body_end or body_crc):
-        return None
     return Mark(
         acked_seq=acked,
         chain_crc=chain,

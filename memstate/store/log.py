@@ -264,6 +264,9 @@ class LogScan:
     problem: LogProblem | None
     origin: LogOrigin | None
     tail_frames: list[WalkedFrame] = field(default_factory=list)  # the last segment's last ones
+    # (seq, chain CRC) just before the first of `tail_frames`: the segment's start, or the end
+    # of its acknowledged prefix when that was checked by its CRC instead of walked.
+    tail_start: tuple[int, int] = (0, CHAIN_SEED)
 
     @property
     def last_seq(self) -> int:
@@ -323,7 +326,10 @@ def scan_log(log_dir: Path, *, full: bool = False, on_record: OnRecord | None = 
             if header.sealed and not last and not full and on_record is None:
                 info = _sealed_info(scan, segment, header, path)
             else:
-                info = _walk_segment(scan, segment, header, path, last=last, on_record=on_record)
+                fast = not full and on_record is None and not header.sealed
+                info = _walk_segment(
+                    scan, segment, header, path, last=last, fast=fast, on_record=on_record
+                )
         if info is None:
             return scan
         scan.segments.append(info)
@@ -381,13 +387,30 @@ def _walk_segment(
     path: Path,
     *,
     last: bool,
+    fast: bool,
     on_record: OnRecord | None,
 ) -> SegmentInfo:
-    """Check every frame of a segment (and a sealed one's seal against what was read)."""
+    """Check every frame of a segment (and a sealed one's seal against what was read).
+
+    With `fast`, the acknowledged prefix its mark describes is checked by its CRC32C (C speed)
+    and only the frames after it are walked (normally none: what a crash left, or nothing)."""
     # One more than a batch: recovery needs the chain CRC of the record before a dropped
-    # transaction, which may be the first of the batch.
+    # transaction, which may be the first of the batch. Transactions never straddle the end
+    # of the acknowledged prefix (a mark is written after a whole batch).
     keep: deque[WalkedFrame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if last else 0)
-    walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+    prefix = segment.verified_prefix(header) if fast else None
+    if prefix is not None:
+        walk = FrameWalk(
+            segment,
+            prefix.body_end,
+            prefix.acked_seq + 1,
+            prefix.chain_crc,
+            body_crc=prefix.body_crc,
+        )
+    else:
+        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+    if last:
+        scan.tail_start = (walk.last_seq, walk.chain_crc)
     try:
         for frame in walk:
             if on_record is not None:
@@ -769,8 +792,8 @@ class EventLog:
             chain_crc=self._chain_crc,
             generation=generation,
             sealed=sealed,
-            body_end=self._offset if sealed else 0,
-            body_crc=self._body_crc if sealed else 0,
+            body_end=self._offset,
+            body_crc=self._body_crc,
         )
         try:
             fsio.pwrite_all(self._require_fd(), encode_mark(mark), mark_slot_offset(generation))
@@ -1171,9 +1194,8 @@ def _chain_after(scan: LogScan, report: RecoveryReport) -> int:
     if report.incomplete_transaction_seq is None:
         return scan.chain_crc
     target = report.incomplete_transaction_seq - 1
-    tail = scan.segments[-1]
-    if target == tail.base_seq - 1:
-        return tail.prev_chain_crc
+    if target == scan.tail_start[0]:
+        return scan.tail_start[1]
     for frame in scan.tail_frames:
         if frame[1] == target:
             return frame[4]
@@ -1235,9 +1257,25 @@ class LogReader:
             with segment:
                 header = self._header(segment.header(), path, base, previous)
                 name = path.name
-                walk = FrameWalk(
-                    segment, header.frames_start, header.base_seq, header.prev_chain_crc
+                mark = header.mark
+                prefix = (
+                    segment.verified_prefix(header)
+                    if mark is not None and not mark.sealed and from_seq > mark.acked_seq
+                    else None
                 )
+                if prefix is not None:
+                    # Nothing wanted in the acknowledged prefix: checked by its CRC, skipped.
+                    walk = FrameWalk(
+                        segment,
+                        prefix.body_end,
+                        prefix.acked_seq + 1,
+                        prefix.chain_crc,
+                        body_crc=prefix.body_crc,
+                    )
+                else:
+                    walk = FrameWalk(
+                        segment, header.frames_start, header.base_seq, header.prev_chain_crc
+                    )
                 try:
                     for offset, seq, payload, _, crc in walk:
                         if to_seq is not None and seq > to_seq:
@@ -1370,6 +1408,17 @@ class LogReader:
             if isinstance(header, HeaderProblem):
                 raise MidLogCorruption(header.message, file=str(listed[0][1]), offset=0)
             return header.prev_chain_crc
+        holder = [path for base, path in listed if base <= seq][-1:]
+        if holder:
+            with SegmentFile(holder[0]) as segment:
+                header = segment.header()
+                if (
+                    not isinstance(header, HeaderProblem)
+                    and header.mark is not None
+                    and header.mark.acked_seq == seq
+                    and segment.verified_prefix(header) is not None
+                ):
+                    return header.mark.chain_crc  # e.g. a checkpoint written at a clean stop
         for record, crc in self.read_with_crc(seq, seq):
             if record.seq == seq:
                 return crc

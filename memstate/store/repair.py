@@ -286,14 +286,14 @@ def _lower_mark(path: Path, last_seq: int, *, dry_run: bool, fsync: bool) -> Rep
         header = segment.header()
         if isinstance(header, HeaderProblem) or header.mark is None:
             return None  # format 1: no mark
-        chain = header.prev_chain_crc
+        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+        chain, end, body_crc = header.prev_chain_crc, header.frames_start, 0
         with contextlib.suppress(FrameFailure):  # damage after the cut (a dry run) is not read
-            for frame in FrameWalk(
-                segment, header.frames_start, header.base_seq, header.prev_chain_crc
-            ):
+            for frame in walk:
                 if frame[1] > last_seq:
                     break
-                chain = frame[4]
+                chain, end, body_crc = frame[4], frame[3], walk.body_crc
+        body_crc = segment.body_crc(header.frames_start, end)
     mark = header.mark
     if mark.acked_seq <= last_seq and not mark.sealed:
         return None
@@ -301,7 +301,13 @@ def _lower_mark(path: Path, last_seq: int, *, dry_run: bool, fsync: bool) -> Rep
         fd = os.open(path, os.O_WRONLY)
         try:
             for generation in range(mark.generation + 1, mark.generation + 1 + MARK_SLOTS):
-                lowered = Mark(acked_seq=last_seq, chain_crc=chain, generation=generation)
+                lowered = Mark(
+                    acked_seq=last_seq,
+                    chain_crc=chain,
+                    generation=generation,
+                    body_end=end,
+                    body_crc=body_crc,
+                )
                 fsio.pwrite_all(fd, encode_mark(lowered), mark_slot_offset(generation))
             if fsync:
                 os.fsync(fd)

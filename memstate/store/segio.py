@@ -27,6 +27,7 @@ from memstate.store.format import (
     Classification,
     FrameFailure,
     HeaderProblem,
+    Mark,
     SegmentHeader,
     classify_failure,
     decode_segment_header,
@@ -80,6 +81,21 @@ class SegmentFile:
             offset += len(chunk)
         return crc
 
+    def verified_prefix(self, header: SegmentHeader) -> Mark | None:
+        """The segment's mark if the frames it covers are intact (their CRC32C, at C speed).
+
+        Lets readers skip the frame-by-frame walk over acknowledged records: the mark says
+        where they end, the seq and chain CRC there, and the CRC of their bytes. None when
+        there is no usable mark (format 1, an unknown end, a file shorter than the mark says,
+        or bytes that differ); the caller then walks every frame, which finds the problem.
+        """
+        mark = header.mark
+        if mark is None or not header.frames_start <= mark.body_end <= self.size:
+            return None
+        if self.body_crc(header.frames_start, mark.body_end) != mark.body_crc:
+            return None
+        return mark
+
     def classify(self, failure: FrameFailure, *, last_segment: bool) -> Classification:
         """The torn-tail verdict on `failure`, reading the rest of the file from its offset."""
         rest = self.pread(self.size - failure.offset, failure.offset) if last_segment else b""
@@ -98,16 +114,24 @@ class SegmentFile:
 class FrameWalk:
     """Iterate the valid frames of a segment from `start`, in chunks; raises `FrameFailure`
     (file offsets) at the first invalid one. After the loop (or the failure), `end`,
-    `last_seq`, `chain_crc` and `body_crc` (plain CRC32C of [start, end)) describe the valid
-    prefix."""
+    `last_seq`, `chain_crc` and `body_crc` (plain CRC32C of the frames up to `end`) describe
+    the valid prefix."""
 
-    def __init__(self, segment: SegmentFile, start: int, expected_seq: int, chain_crc: int) -> None:
+    def __init__(
+        self,
+        segment: SegmentFile,
+        start: int,
+        expected_seq: int,
+        chain_crc: int,
+        *,
+        body_crc: int = 0,
+    ) -> None:
         self.segment = segment
         self.start = start
         self.end = start
         self.last_seq = expected_seq - 1
         self.chain_crc = chain_crc
-        self.body_crc = 0
+        self.body_crc = body_crc  # of the frames before `start` (a verified prefix), if any
 
     def __iter__(self) -> Iterator[WalkedFrame]:
         size = self.segment.size

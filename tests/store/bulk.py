@@ -82,8 +82,8 @@ def write_filler_log(
         name = segment_name(seq)
         base, previous_crc, before_last_crc = seq, crc, crc
         parts = [encode_segment_header(seq, crc)]
-        size = SEGMENT_HEADER_BYTES
-        body_crc = 0
+        size = before_last_size = SEGMENT_HEADER_BYTES
+        body_crc = before_last_body = 0
         while seq < end:
             payload = payloads.prefix + encode_seq(seq) + payloads.suffix
             length = len(payload)
@@ -93,7 +93,7 @@ def write_filler_log(
             # Same bytes as `append_frame`: crc | length | seq | payload | zero padding, the CRC
             # chained over everything after the CRC field.
             body = pack_length_seq(length, seq) + payload + zeros[frame_bytes - 16 - length]
-            before_last_crc = crc
+            before_last_crc, before_last_size, before_last_body = crc, size, body_crc
             crc = crc32c(body, crc)
             parts.append(pack_crc(crc))
             parts.append(body)
@@ -104,11 +104,13 @@ def write_filler_log(
         # The marks the writer leaves: one per one-record commit (generations 2, 3, ...), and
         # a seal when it rotates to a next segment.
         records = seq - base
-        marks = [Mark(seq - 1, crc, generation=records + 1)]
+        marks = [Mark(seq - 1, crc, records + 1, body_end=size, body_crc=body_crc)]
         if records > 1:
-            marks.append(Mark(seq - 2, before_last_crc, generation=records))
+            marks.append(
+                Mark(seq - 2, before_last_crc, records, False, before_last_size, before_last_body)
+            )
         else:
-            marks.append(Mark(base - 1, previous_crc, generation=1))
+            marks.append(Mark(base - 1, previous_crc, 1, body_end=SEGMENT_HEADER_BYTES))
         if seq < end:
             seal = Mark(seq - 1, crc, records + 2, sealed=True, body_end=size, body_crc=body_crc)
             marks = [seal, marks[0]]

@@ -11,6 +11,8 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from crc32c import crc32c
+
 from memstate.core.events import (
     CgroupOrphanFound,
     ConfigLoaded,
@@ -29,6 +31,7 @@ from memstate.store.format import (
     SegmentHeader,
     decode_segment_header,
     encode_mark,
+    iter_frames,
     mark_slot_offset,
 )
 from memstate.store.log import EventLog
@@ -128,8 +131,18 @@ def set_mark(segment: Path, acked_seq: int) -> None:
     data = bytearray(segment.read_bytes())
     header = decode_segment_header(bytes(data))
     assert isinstance(header, SegmentHeader) and header.mark is not None
+    # Where record `acked_seq` ends, the chain CRC there and the CRC of the frames before it.
+    end, chain = header.frames_start, header.prev_chain_crc
+    if acked_seq >= header.base_seq:
+        for frame in iter_frames(bytes(data), header.frames_start, header.base_seq, chain):
+            if frame[1] == acked_seq:
+                end, chain = frame[4], frame[5]
+                break
+        else:
+            raise AssertionError(f"seq {acked_seq} is not in {segment.name}")
+    body_crc = crc32c(bytes(data[header.frames_start : end]))
     for generation in (header.mark.generation + 1, header.mark.generation + 2):
-        mark = Mark(acked_seq=acked_seq, chain_crc=0, generation=generation)
+        mark = Mark(acked_seq, chain, generation, body_end=end, body_crc=body_crc)
         offset = mark_slot_offset(generation)
         data[offset : offset + MARK_SLOT_BYTES] = encode_mark(mark)
     segment.write_bytes(bytes(data))

@@ -70,7 +70,7 @@ def test_header_layout_keeps_magic_and_version_first() -> None:
     assert isinstance(decoded, SegmentHeader)
     assert (decoded.format_version, decoded.base_seq, decoded.prev_chain_crc) == (2, 42, 0xDEADBEEF)
     # A new segment's mark: nothing acknowledged yet, not sealed, both slots intact.
-    assert decoded.mark == Mark(acked_seq=41, chain_crc=0xDEADBEEF, generation=1)
+    assert decoded.mark == Mark(41, 0xDEADBEEF, generation=1, body_end=SEGMENT_HEADER_BYTES)
     assert decoded.damaged_slots == 0 and decoded.frames_start == 112
 
 
