@@ -1260,18 +1260,15 @@ class LogReader:
                 mark = header.mark
                 prefix = (
                     segment.verified_prefix(header)
-                    if mark is not None and not mark.sealed and from_seq > mark.acked_seq
+                    if mark is not None and not mark.sealed and from_seq > header.base_seq
                     else None
                 )
                 if prefix is not None:
-                    # Nothing wanted in the acknowledged prefix: checked by its CRC, skipped.
-                    walk = FrameWalk(
-                        segment,
-                        prefix.body_end,
-                        prefix.acked_seq + 1,
-                        prefix.chain_crc,
-                        body_crc=prefix.body_crc,
-                    )
+                    # The acknowledged prefix is checked by its CRC; the frames before the first
+                    # one wanted are skipped by their heads instead of walked.
+                    start_seq = min(from_seq, prefix.acked_seq + 1)
+                    offset, chain = segment.locate(header, prefix, start_seq)
+                    walk = FrameWalk(segment, offset, start_seq, chain)
                 else:
                     walk = FrameWalk(
                         segment, header.frames_start, header.base_seq, header.prev_chain_crc
@@ -1412,13 +1409,18 @@ class LogReader:
         if holder:
             with SegmentFile(holder[0]) as segment:
                 header = segment.header()
-                if (
-                    not isinstance(header, HeaderProblem)
+                prefix = (
+                    segment.verified_prefix(header)
+                    if not isinstance(header, HeaderProblem)
                     and header.mark is not None
-                    and header.mark.acked_seq == seq
-                    and segment.verified_prefix(header) is not None
-                ):
-                    return header.mark.chain_crc  # e.g. a checkpoint written at a clean stop
+                    and not header.mark.sealed
+                    and header.base_seq <= seq <= header.mark.acked_seq
+                    else None
+                )
+                if prefix is not None and not isinstance(header, HeaderProblem):
+                    # Inside the CRC-checked acknowledged prefix: the chain CRC after `seq` is
+                    # the stored CRC of its frame, found by walking frame heads only.
+                    return segment.locate(header, prefix, seq + 1)[1]
         for record, crc in self.read_with_crc(seq, seq):
             if record.seq == seq:
                 return crc

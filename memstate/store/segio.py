@@ -101,6 +101,28 @@ class SegmentFile:
             return None
         return mark
 
+    def locate(self, header: SegmentHeader, prefix: Mark, seq: int) -> tuple[int, int]:
+        """(offset of frame `seq`, chain CRC before it) inside a verified acknowledged prefix.
+
+        Walks frame heads only (length, then the next head): the prefix's CRC32C already vouches
+        for every byte, so nothing is re-checked. `seq` may be one past the prefix (its end).
+        """
+        if not header.base_seq <= seq <= prefix.acked_seq + 1:
+            raise ValueError(
+                f"seq {seq} is not in the prefix {header.base_seq}..{prefix.acked_seq}"
+            )
+        offset, current, chain = header.frames_start, header.base_seq, header.prev_chain_crc
+        chunk_start, chunk = offset, b""
+        while current < seq:
+            if offset + FRAME_HEAD_BYTES > chunk_start + len(chunk):
+                chunk_start = offset
+                chunk = self.pread(min(READ_CHUNK_BYTES, prefix.body_end - offset), offset)
+            stored, length, _ = FRAME_HEAD.unpack_from(chunk, offset - chunk_start)
+            chain = stored
+            offset += padded_size(length)
+            current += 1
+        return offset, chain
+
     def classify(self, failure: FrameFailure, *, last_segment: bool) -> Classification:
         """The torn-tail verdict on `failure`, reading the rest of the file from its offset."""
         rest = self.pread(self.size - failure.offset, failure.offset) if last_segment else b""
