@@ -32,11 +32,19 @@ acknowledgement: nothing the caller saw returned can be lost by a crash.
 Since a batch is acknowledged as a unit, a transaction cut short at the tail was never
 acknowledged, and recovery drops it together with any torn frame.
 
-**Recovery on open** scans every segment (headers, CRC chain, seq continuity; payloads are not
-decoded). A torn tail in the last segment is copied to `<segment>.broken-<UTC>`, truncated and
-fsynced, and reported in `EventLog.recovery`; the caller then appends a `log_tail_truncated`
-note. Anything else is refused with file, offset and seq (`MidLogCorruption`, exit 65), pointing
-to `memstate log verify` and `memstate log repair`; salvage is offline and explicit only
+**Acknowledged mark and seals.** After each commit the writer rewrites a mark in the segment
+header (last acknowledged seq, its chain CRC, the end and CRC32C of the acknowledged frames; two
+alternating slots, `memstate.store.format`), made durable by the next fsync; at rotation the
+closing segment's mark becomes its seal. So a log cut inside or at the end of acknowledged
+records is refused, and sealed segments are checked from their seal at start-up.
+
+**Recovery on open** (`inspect_log`, shared with `verify` and repair) checks every header and
+seal, the active segment (its acknowledged prefix by CRC32C, the frames after it one by one) and
+the rules beyond the frames (the mark, checkpoints past the end). A torn tail of unacknowledged
+records in the last segment is copied to `<segment>.broken-<UTC>`, truncated and fsynced, and
+reported in `EventLog.recovery`; the caller then appends a `log_tail_truncated` note. Anything
+else is refused with file, offset and seq (`MidLogCorruption`, exit 65), pointing to
+`memstate log verify` and `memstate log repair`; salvage is offline and explicit only
 (`memstate.store.repair`).
 
 `fsync=False` exists for tests and benchmarks only. Production code never sets it: the daemon
