@@ -369,7 +369,8 @@ def _sealed_info(
 ) -> SegmentInfo | None:
     """A sealed segment checked from its seal alone: its size must be the sealed length."""
     seal = header.mark
-    assert seal is not None
+    if seal is None:
+        raise InvariantViolation(f"{path.name}: checked as sealed but has no mark")
     if segment.size != seal.body_end or seal.body_end < header.frames_start:
         scan.problem = LogProblem(
             "corruption",
