@@ -5,10 +5,13 @@
 For each length, builds a log of the benchmark workload (without fsync; not measured) with a
 checkpoint `--tail` records before the end, then measures start-up as the daemon does it:
 
-- open: `EventLog.open` — lock, then recovery, which checks every segment header and every
-  frame's CRC and sequence number (payloads are not decoded);
+- open: `EventLog.open` — lock, then recovery: every segment header; sealed segments from their
+  seal; the active segment's acknowledged prefix by its CRC32C and frame by frame after it
+  (payloads are not decoded);
 - recover: `recover_state` — load and verify the checkpoint, decode and fold the tail;
 - decoded: how many records `recover_state` decoded (the tail only);
+- sealed check: `check_sealed_bodies` — what the daemon runs in the background after READY
+  (every sealed segment's length and body CRC32C, read in 1 MiB chunks);
 - full replay: `recover_state` after removing the checkpoint (lengths up to --full-max).
 
 The checkpoint state is computed while building by folding the same events in memory (not
@@ -26,7 +29,7 @@ from benchmarks.log_common import BASE_TS_NS, Batch, Workload, best_of, group
 from memstate.core.reducer import apply_all
 from memstate.core.state import State
 from memstate.store.checkpoint import list_checkpoints, write_checkpoint
-from memstate.store.log import EventLog
+from memstate.store.log import EventLog, check_sealed_bodies
 from memstate.store.recovery import recover_state
 
 
@@ -68,6 +71,8 @@ def measure(state_dir: Path, length: int, args: argparse.Namespace) -> str:
     open_s, last = best_of(args.repeat, open_log)
     assert last == records
     recover_s, recovered = best_of(args.repeat, lambda: recover_state(state_dir))
+    sealed_s, sealed_problem = best_of(args.repeat, lambda: check_sealed_bodies(state_dir))
+    assert sealed_problem is None
     assert recovered.checkpoint_seq == checkpoint_seq and not recovered.warnings
     full = "-"
     if records <= args.full_max:
@@ -78,7 +83,7 @@ def measure(state_dir: Path, length: int, args: argparse.Namespace) -> str:
         full = f"{full_s:.3f}"
     return (
         f"{records:>9} {size:>7.1f} {open_s:>8.3f} {recover_s:>10.3f} "
-        f"{recovered.decoded_events:>8} {open_s + recover_s:>11.3f} {full:>14}"
+        f"{recovered.decoded_events:>8} {open_s + recover_s:>11.3f} {sealed_s:>9.3f} {full:>14}"
     )
 
 
@@ -92,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'records':>9} {'MiB':>7} {'open s':>8} {'recover s':>10} {'decoded':>8} "
-        f"{'start-up s':>11} {'full replay s':>14}"
+        f"{'start-up s':>11} {'sealed s':>9} {'full replay s':>14}"
     )
     for length in (int(x) for x in args.lengths.split(",")):
         state_dir = Path(tempfile.mkdtemp(prefix="memstate-bench-", dir=args.dir))

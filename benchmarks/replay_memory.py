@@ -1,6 +1,6 @@
 """Peak memory and time of `memstate replay` and `memstate audit pod` versus log length.
 
-    .venv/bin/python -m benchmarks.replay_memory [--lengths 100000,500000,1000000] [--dir /var/tmp]
+    .venv/bin/python -m benchmarks.replay_memory [--lengths 100000,300000,1000000] [--dir /var/tmp]
 
 For each length, builds a log of the benchmark workload (benchmarks/log_common.py: a node start,
 100 resident pods, then admit/remove churn; without fsync; not measured) with a checkpoint every
@@ -8,6 +8,8 @@ For each length, builds a log of the benchmark workload (benchmarks/log_common.p
 child's peak resident set size (VmHWM) and wall time:
 
 - baseline: the child imports memstate and opens the log (what every query pays);
+- read: every record read and decoded, streaming (`LogReader.read`): the log-reading part of
+  every replay, in bounded chunks since the log format 2 work (was: whole 16 MiB segments);
 - replay: `replay_log` — every decision re-derived and compared, every checkpoint's hash checked
   (what `memstate replay DIR` does);
 - audit pod: `pod_history` of one resident pod (what `memstate audit pod NAME` does);
@@ -76,6 +78,8 @@ def child(query: str, state_dir: Path) -> None:
     result: object
     if query == "baseline":
         result = source.first_seq()
+    elif query == "read":
+        result = {"records": sum(1 for _ in LogReader(state_dir).read())}
     elif query == "replay":
         report = replay_log(source)
         assert report.divergence is None, report.divergence
@@ -118,7 +122,7 @@ def measure(query: str, state_dir: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="100000,500000,1000000")
+    parser.add_argument("--lengths", default="100000,300000,1000000")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--checkpoint-every", type=int, default=100_000)
     parser.add_argument("--materialise-max", type=int, default=500_000)
@@ -128,7 +132,8 @@ def main() -> None:
         child(args.child[0], Path(args.child[1]))
         return
     print(
-        f"{'records':>9} {'log MiB':>8} {'baseline MiB':>13} {'replay s':>9} {'replay MiB':>11} "
+        f"{'records':>9} {'log MiB':>8} {'baseline MiB':>13} {'read MiB':>9} "
+        f"{'replay s':>9} {'replay MiB':>11} "
         f"{'audit pod s':>12} {'audit pod MiB':>14} {'materialise MiB':>16}"
     )
     for length in (int(x) for x in args.lengths.split(",")):
@@ -137,6 +142,7 @@ def main() -> None:
             records = build(state_dir, length, args.checkpoint_every)
             size = sum(p.stat().st_size for p in (state_dir / "log").iterdir())
             base = measure("baseline", state_dir)
+            read = measure("read", state_dir)
             replay = measure("replay", state_dir)
             audit = measure("audit-pod", state_dir)
             whole = measure("materialise", state_dir) if length <= args.materialise_max else None
@@ -147,7 +153,7 @@ def main() -> None:
                 return f"{int(str(measured['maxrss_kib'])) / 1024:.1f}"
 
             print(
-                f"{records:>9} {size / 2**20:>8.1f} {mib(base):>13} "
+                f"{records:>9} {size / 2**20:>8.1f} {mib(base):>13} {mib(read):>9} "
                 f"{float(str(replay['seconds'])):>9.1f} {mib(replay):>11} "
                 f"{float(str(audit['seconds'])):>12.1f} {mib(audit):>14} {mib(whole):>16}",
                 flush=True,

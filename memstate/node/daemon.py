@@ -104,7 +104,7 @@ from memstate.store.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-from memstate.store.log import EventLog
+from memstate.store.log import EventLog, check_sealed_bodies
 from memstate.store.recovery import recover_state
 
 logger = logging.getLogger("memstate.node.daemon")
@@ -859,6 +859,29 @@ class Daemon:
             self.notifier.watchdog()
             await trio.sleep(interval)
 
+    async def sealed_segments_check(self) -> None:
+        """Check every sealed segment's body against its seal, once, after READY.
+
+        Start-up checks sealed segments from their seal only (docs/event-log.md, "What
+        start-up checks"); the state never depends on their bodies when a checkpoint after them
+        was used. Damage found here is logged and counted, and the daemon keeps running: what
+        it serves came from records that were checked. `memstate log verify --full` shows it.
+        """
+        problem = await trio.to_thread.run_sync(
+            check_sealed_bodies, self.settings.state_dir, abandon_on_cancel=True
+        )
+        if problem is None:
+            self.metrics.log_sealed_checks.labels(result="ok").inc()
+            logger.info("sealed log segments match their seals")
+            return
+        self.metrics.log_sealed_checks.labels(result="damaged").inc()
+        logger.error(
+            "sealed log segment damaged: %s: offset %d: %s; run `memstate log verify --full`",
+            problem.file,
+            problem.offset,
+            problem.message,
+        )
+
     # --- main ----------------------------------------------------------------------------------
 
     async def main(self) -> None:
@@ -876,6 +899,7 @@ class Daemon:
                     nursery.start_soon(self.reconcile_loop)
                     nursery.start_soon(self.cgroup_watch_loop)
                     nursery.start_soon(self.watchdog_loop)
+                    nursery.start_soon(self.sealed_segments_check)
                     if self.stop_after_seconds is not None:
                         nursery.start_soon(
                             _stop_after, self.stop_after_seconds, nursery.cancel_scope

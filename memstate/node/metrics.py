@@ -236,6 +236,13 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.log_sealed_checks = Counter(
+            "memstate_log_sealed_checks",
+            "Background checks of sealed log segments against their seals after READY, by "
+            "result (ok, damaged). Start-up reads sealed segments from their seal only.",
+            ["result"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
 
     def publish(self, snapshot: Snapshot) -> None:

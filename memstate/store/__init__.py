@@ -29,6 +29,8 @@ from memstate.store.log import (
     RecoveryReport,
     SegmentInfo,
     VerifyReport,
+    check_sealed_bodies,
+    inspect_log,
     verify,
 )
 from memstate.store.recovery import Recovered, recover_state
@@ -45,6 +47,8 @@ __all__ = [
     "RecoveryReport",
     "SegmentInfo",
     "VerifyReport",
+    "check_sealed_bodies",
+    "inspect_log",
     "list_checkpoints",
     "load_checkpoint",
     "oldest_checkpoint_seq",

@@ -16,6 +16,28 @@ Segment header (32 bytes, little-endian)
 Bytes 0..11 (magic, version, flags) stay where they are in every future format version, so an
 old build can always say "newer format" instead of "garbage".
 
+Format 2 adds two **mark slots** after those 32 bytes (frames then start at byte 112); format 1
+segments have none (frames start at byte 32) and still read. Each slot (40 bytes) is a mark:
+
+    0  acked_seq   u64  every record up to this seq was acknowledged (durable and returned)
+    8  body_end    u64  end of the frame of acked_seq (sealed: the segment's length)
+   16  chain_crc   u32  chain CRC after acked_seq
+   20  body_crc    u32  plain CRC32C of bytes frames_start..body_end (the acknowledged frames)
+   24  flags       u32  bit 0: sealed (the segment is closed, a successor exists)
+   28  generation  u32  incremented on every mark write (the newer of two valid slots wins)
+   32  reserved    u32  0
+   36  slot_crc    u32  CRC32C of bytes 0..35 of the slot
+
+The writer rewrites the *older* slot after each group commit (one small pwrite, made durable by
+the next commit's fsync, or by the fsync at close or rotation), so a torn mark write leaves the
+other slot intact. A mark never runs ahead of durable data: it is written only after the fsync
+that made its records durable. Because it carries the CRC32C of the acknowledged frames, start-up
+checks that prefix of the active segment at C speed and walks frame by frame only what follows
+it (normally nothing). At rotation the closing segment's mark becomes its **seal** (last
+seq, chain CRC, body length and body CRC), fsynced; start-up then checks a sealed segment from
+its 112 bytes and its size alone, and `log verify --full` (and the daemon after READY) checks its
+body against the body CRC.
+
 Record frame (16-byte head, payload, zero padding to a multiple of 8)
 ---------------------------------------------------------------------
     0  crc     u32  CRC32C of bytes 4..end-of-padding, seeded with the previous record's crc
@@ -66,9 +88,14 @@ import msgspec
 from crc32c import crc32c
 
 LOG_MAGIC = b"MEMSTLOG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SEGMENT_HEADER = struct.Struct("<8sHHIQII")
-SEGMENT_HEADER_BYTES = SEGMENT_HEADER.size  # 32
+BASE_HEADER_BYTES = SEGMENT_HEADER.size  # 32: the whole header of a format 1 segment
+MARK_SLOT = struct.Struct("<QQIIIIII")
+MARK_SLOT_BYTES = MARK_SLOT.size  # 40
+MARK_SLOTS = 2
+SEGMENT_HEADER_BYTES = BASE_HEADER_BYTES + MARK_SLOTS * MARK_SLOT_BYTES  # 112: frames start here
+MARK_SEALED = 1
 FRAME_HEAD = struct.Struct("<IIQ")
 FRAME_HEAD_BYTES = FRAME_HEAD.size  # 16
 FRAME_ALIGN = 8
@@ -82,7 +109,9 @@ SNAP_DIRNAME = "snap"
 SEGMENT_SUFFIX = ".evlog"
 SEGMENT_NAME_DIGITS = 20
 
-if SEGMENT_HEADER_BYTES != 32 or FRAME_HEAD_BYTES != 16:  # pragma: no cover - layout guard
+if (
+    BASE_HEADER_BYTES != 32 or SEGMENT_HEADER_BYTES != 112 or FRAME_HEAD_BYTES != 16
+):  # pragma: no cover - layout guard
     raise ImportError("memstate.store.format: unexpected struct sizes")
 
 FailureKind = Literal[
@@ -115,21 +144,95 @@ def padded_size(length: int) -> int:
 # --- segment header -------------------------------------------------------------------------------
 
 
+class Mark(msgspec.Struct, frozen=True):
+    """What a segment's mark slots say: acknowledged up to `acked_seq`; `sealed` when closed."""
+
+    acked_seq: int
+    chain_crc: int
+    generation: int = 0
+    sealed: bool = False
+    body_end: int = 0  # end of the frame of acked_seq (sealed: the segment's length); 0: unknown
+    body_crc: int = 0  # CRC32C of the frames before body_end (bytes frames_start..body_end)
+
+
 class SegmentHeader(msgspec.Struct, frozen=True):
-    """The decoded, checked header of a segment."""
+    """The decoded, checked header of a segment (and, from format 2, its best mark)."""
 
     format_version: int
     base_seq: int
     prev_chain_crc: int
+    mark: Mark | None = None  # None for format 1 (no slots)
+    damaged_slots: int = 0  # slots whose CRC fails (one is a torn mark write; tolerated)
+
+    @property
+    def frames_start(self) -> int:
+        """Offset of the first frame: after the slots (format 2) or the 32-byte header (1)."""
+        return frames_start(self.format_version)
+
+    @property
+    def sealed(self) -> bool:
+        return self.mark is not None and self.mark.sealed
 
 
-def encode_segment_header(base_seq: int, prev_chain_crc: int) -> bytes:
-    """The 32 header bytes of a new segment."""
+def frames_start(format_version: int) -> int:
+    """Where frames begin in a segment of `format_version`."""
+    return BASE_HEADER_BYTES if format_version == 1 else SEGMENT_HEADER_BYTES
+
+
+def encode_segment_header(base_seq: int, prev_chain_crc: int, *, format_version: int = 0) -> bytes:
+    """The header bytes of a new segment: format 2 (current) with both slots marking nothing
+    acknowledged yet (`base_seq - 1`), or the 32 bytes of format 1 (fixtures, tests)."""
+    version = format_version or FORMAT_VERSION
     if base_seq < 1:
         raise ValueError(f"base_seq must be >= 1, got {base_seq}")
-    head = SEGMENT_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, 0, prev_chain_crc, base_seq, 0, 0)
+    if version not in (1, 2):
+        raise ValueError(f"cannot write segment format {version}")
+    head = SEGMENT_HEADER.pack(LOG_MAGIC, version, 0, prev_chain_crc, base_seq, 0, 0)
     crc = crc32c(head[:28])
-    return head[:28] + struct.pack("<I", crc)
+    header = head[:28] + struct.pack("<I", crc)
+    if version == 1:
+        return header
+    empty = Mark(acked_seq=base_seq - 1, chain_crc=prev_chain_crc, body_end=SEGMENT_HEADER_BYTES)
+    return header + encode_mark(empty) + encode_mark(msgspec.structs.replace(empty, generation=1))
+
+
+def encode_mark(mark: Mark) -> bytes:
+    """The 40 bytes of one mark slot."""
+    flags = MARK_SEALED if mark.sealed else 0
+    body = MARK_SLOT.pack(
+        mark.acked_seq,
+        mark.body_end,
+        mark.chain_crc,
+        mark.body_crc,
+        flags,
+        mark.generation & 0xFFFFFFFF,
+        0,
+        0,
+    )[:36]
+    return body + struct.pack("<I", crc32c(body))
+
+
+def mark_slot_offset(generation: int) -> int:
+    """Byte offset of the slot a mark of `generation` is written to (they alternate)."""
+    return BASE_HEADER_BYTES + (generation % MARK_SLOTS) * MARK_SLOT_BYTES
+
+
+def decode_mark(data: bytes | memoryview) -> Mark | None:
+    """One slot's mark, or None if its CRC (or a field) says it is damaged or torn."""
+    acked, body_end, chain, body_crc, flags, generation, reserved, stored = MARK_SLOT.unpack_from(
+        data, 0
+    )
+    if crc32c(bytes(data[:36])) != stored or reserved != 0 or flags & ~MARK_SEALED:
+        return None
+    sealed = bool(flags & MARK_SEALED)
+    return Mark(
+        acked_seq=acked,
+        chain_crc=chain,
+        generation=generation,
+        sealed=sealed,
+        body_end=body_end,
+        body_crc=body_crc,
+    )
 
 
 class HeaderProblem(msgspec.Struct, frozen=True):
@@ -141,10 +244,10 @@ class HeaderProblem(msgspec.Struct, frozen=True):
 
 
 def decode_segment_header(data: bytes | memoryview) -> SegmentHeader | HeaderProblem:
-    """Check magic, then version, then the header CRC; return the header or the problem."""
-    if len(data) < SEGMENT_HEADER_BYTES:
+    """Check magic, then version, then the header CRC, then (format 2) the mark slots."""
+    if len(data) < BASE_HEADER_BYTES:
         return HeaderProblem(
-            f"segment header incomplete ({len(data)} of {SEGMENT_HEADER_BYTES} bytes); headers "
+            f"segment header incomplete ({len(data)} of {BASE_HEADER_BYTES} bytes); headers "
             "are written before the segment is renamed into place, so this is damage",
             offset=0,
         )
@@ -170,7 +273,29 @@ def decode_segment_header(data: bytes | memoryview) -> SegmentHeader | HeaderPro
             f"base_seq {base_seq})",
             offset=0,
         )
-    return SegmentHeader(format_version=version, base_seq=base_seq, prev_chain_crc=prev_crc)
+    if version == 1:
+        return SegmentHeader(format_version=1, base_seq=base_seq, prev_chain_crc=prev_crc)
+    if len(data) < SEGMENT_HEADER_BYTES:
+        return HeaderProblem(
+            f"segment mark slots incomplete ({len(data)} of {SEGMENT_HEADER_BYTES} bytes)",
+            offset=BASE_HEADER_BYTES,
+        )
+    marks = [
+        decode_mark(memoryview(data)[offset : offset + MARK_SLOT_BYTES])
+        for offset in range(BASE_HEADER_BYTES, SEGMENT_HEADER_BYTES, MARK_SLOT_BYTES)
+    ]
+    valid = [mark for mark in marks if mark is not None and mark.acked_seq >= base_seq - 1]
+    if not valid:
+        # Only one slot is ever written at a time: both bad is damage, not a torn mark write.
+        return HeaderProblem("both mark slots are damaged", offset=BASE_HEADER_BYTES)
+    best = max(valid, key=lambda mark: (mark.generation, mark.acked_seq))
+    return SegmentHeader(
+        format_version=version,
+        base_seq=base_seq,
+        prev_chain_crc=prev_crc,
+        mark=best,
+        damaged_slots=MARK_SLOTS - len(valid),
+    )
 
 
 # --- frames ---------------------------------------------------------------------------------------
@@ -296,19 +421,24 @@ class Classification(msgspec.Struct, frozen=True):
 
 
 def classify_failure(
-    data: bytes | memoryview, failure: FrameFailure, *, last_segment: bool
+    data: bytes | memoryview, failure: FrameFailure, *, last_segment: bool, base: int = 0
 ) -> Classification:
-    """Apply the torn-tail rules of the module docstring to the first invalid frame."""
+    """Apply the torn-tail rules of the module docstring to the first invalid frame.
+
+    `data` holds the segment's bytes from file offset `base` to its end (readers that work in
+    chunks pass the rest of the file from the failing frame on); offsets in `failure` and in
+    the reasons are file offsets.
+    """
     if not last_segment:
         return Classification(False, f"{failure.detail} in a segment that is not the last one")
     view = memoryview(data)
-    end = len(view)
+    end = base + len(view)
     offset = failure.offset
     if failure.kind == "incomplete_header":
         return Classification(True, failure.detail)
     if failure.kind == "seq_mismatch":
         return Classification(False, failure.detail + " (a valid CRC never comes from a crash)")
-    stored_crc, length, seq = FRAME_HEAD.unpack_from(view, offset)
+    stored_crc, length, seq = FRAME_HEAD.unpack_from(view, offset - base)
     if failure.kind == "past_eof":
         if seq != failure.expected_seq:
             return Classification(
@@ -316,18 +446,18 @@ def classify_failure(
                 f"{failure.detail}, and its head holds seq {seq} instead of "
                 f"{failure.expected_seq}: not a torn write",
             )
-        follower = _find_chained_follower(view, offset, stored_crc, failure.expected_seq + 1)
+        follower = _find_chained_follower(view, offset - base, stored_crc, failure.expected_seq + 1)
         if follower is not None:
             return Classification(
                 False,
                 f"{failure.detail}, but a valid frame (seq {failure.expected_seq + 1}) follows "
-                f"at offset {follower}: the length field is damaged",
+                f"at offset {base + follower}: the length field is damaged",
             )
         return Classification(True, failure.detail)
     # crc_mismatch or bad_length: torn only if the file ends in zeros that start no later than
     # the end of this frame (nothing but zeros after it; some of its own bytes never landed).
     frame_end = offset + (padded_size(length) if failure.kind == "crc_mismatch" else 16)
-    zeros_from = trailing_zeros_start(view)
+    zeros_from = base + trailing_zeros_start(view)
     if zeros_from < end and zeros_from <= frame_end:
         return Classification(True, f"{failure.detail}; only zeros from offset {zeros_from} to EOF")
     return Classification(False, f"{failure.detail}, with non-zero data after it")

@@ -32,11 +32,19 @@ acknowledgement: nothing the caller saw returned can be lost by a crash.
 Since a batch is acknowledged as a unit, a transaction cut short at the tail was never
 acknowledged, and recovery drops it together with any torn frame.
 
-**Recovery on open** scans every segment (headers, CRC chain, seq continuity; payloads are not
-decoded). A torn tail in the last segment is copied to `<segment>.broken-<UTC>`, truncated and
-fsynced, and reported in `EventLog.recovery`; the caller then appends a `log_tail_truncated`
-note. Anything else is refused with file, offset and seq (`MidLogCorruption`, exit 65), pointing
-to `memstate log verify` and `memstate log repair`; salvage is offline and explicit only
+**Acknowledged mark and seals.** After each commit the writer rewrites a mark in the segment
+header (last acknowledged seq, its chain CRC, the end and CRC32C of the acknowledged frames; two
+alternating slots, `memstate.store.format`), made durable by the next fsync; at rotation the
+closing segment's mark becomes its seal. So a log cut inside or at the end of acknowledged
+records is refused, and sealed segments are checked from their seal at start-up.
+
+**Recovery on open** (`inspect_log`, shared with `verify` and repair) checks every header and
+seal, the active segment (its acknowledged prefix by CRC32C, the frames after it one by one) and
+the rules beyond the frames (the mark, checkpoints past the end). A torn tail of unacknowledged
+records in the last segment is copied to `<segment>.broken-<UTC>`, truncated and fsynced, and
+reported in `EventLog.recovery`; the caller then appends a `log_tail_truncated` note. Anything
+else is refused with file, offset and seq (`MidLogCorruption`, exit 65), pointing to
+`memstate log verify` and `memstate log repair`; salvage is offline and explicit only
 (`memstate.store.repair`).
 
 `fsync=False` exists for tests and benchmarks only. Production code never sets it: the daemon
@@ -85,18 +93,18 @@ from memstate.store.format import (
     LOG_DIRNAME,
     SEGMENT_HEADER_BYTES,
     SNAP_DIRNAME,
-    Frame,
     FrameFailure,
     HeaderProblem,
+    Mark,
     SegmentHeader,
     append_frame,
-    classify_failure,
-    decode_segment_header,
+    encode_mark,
     encode_segment_header,
-    iter_frames,
+    mark_slot_offset,
     parse_segment_name,
     segment_name,
 )
+from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
 
 ORIGIN_FILENAME = "ORIGIN"
 DEFAULT_SEGMENT_BYTES = 16 << 20
@@ -183,6 +191,11 @@ class SegmentInfo(msgspec.Struct, frozen=True):
     chain_crc: int
     end_offset: int
     size_bytes: int
+    format_version: int = 1
+    sealed: bool = False  # closed at rotation; checked from its seal unless a full check
+    acked_seq: int = 0  # the segment's mark: records up to here were acknowledged
+    mark_generation: int = 0
+    body_crc: int = 0  # plain CRC32C of its frames (valid prefix); 0 if not read
 
     @property
     def record_count(self) -> int:
@@ -244,7 +257,7 @@ def list_segments(log_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-# --- scanning -------------------------------------------------------------------------------------
+# --- scanning ---------------------------------------------------------------------------------
 
 OnRecord = Callable[[int, memoryview, str, int], None]
 """Called by `scan_log` for each valid record: (seq, payload, segment file name, frame offset)."""
@@ -252,14 +265,16 @@ OnRecord = Callable[[int, memoryview, str, int], None]
 
 @dataclass
 class LogScan:
-    """Result of a full scan. `problem` is the first problem found (scanning stops there)."""
+    """Result of a scan. `problem` is the first problem found (scanning stops there)."""
 
     log_dir: Path
     segments: list[SegmentInfo]
     problem: LogProblem | None
     origin: LogOrigin | None
-    tail_data: bytes = b""  # content of the last segment scanned
-    tail_frames: list[Frame] = field(default_factory=list)
+    tail_frames: list[WalkedFrame] = field(default_factory=list)  # the last segment's last ones
+    # (seq, chain CRC) just before the first of `tail_frames`: the segment's start, or the end
+    # of its acknowledged prefix when that was checked by its CRC instead of walked.
+    tail_start: tuple[int, int] = (0, CHAIN_SEED)
 
     @property
     def last_seq(self) -> int:
@@ -281,12 +296,19 @@ class LogScan:
         return self.origin.base_seq if self.origin else 1
 
 
-def scan_log(log_dir: Path, *, on_record: OnRecord | None = None) -> LogScan:
-    """Check every segment in order: headers, names, seq continuity, the CRC chain.
+def scan_log(log_dir: Path, *, full: bool = False, on_record: OnRecord | None = None) -> LogScan:
+    """Check the segments in order: headers, names, seq continuity, the CRC chain, the seals.
+
+    A *sealed* segment (format 2, closed at rotation) that is not the last one is checked from
+    its header and seal only — header CRC, seal CRC, file size equal to the sealed length, and
+    the links to its neighbours (base seq, chain CRC) — unless `full` (then its frames are walked
+    and its body CRC compared too). Every other segment (the last one, format 1 segments, one
+    whose seal never landed) has every frame checked: length bound, CRC chain, seq continuity.
 
     Stops at the first problem, classified as a torn tail (recoverable) or not. Does not decode
-    payloads unless `on_record` does. The frames of the last segment are kept (up to
-    `MAX_BATCH_RECORDS`) so the caller can look for an incomplete transaction.
+    payloads unless `on_record` does (which reads every segment's frames). Segments are read in
+    bounded chunks. The last segment's last frames are kept (up to `MAX_BATCH_RECORDS` + 1) so
+    the caller can look for an incomplete transaction.
     """
     origin = read_origin(log_dir)
     listed = list_segments(log_dir)
@@ -305,51 +327,171 @@ def scan_log(log_dir: Path, *, on_record: OnRecord | None = None) -> LogScan:
         return scan
     for index, (name_base, path) in enumerate(listed):
         last = index == len(listed) - 1
-        data = fsio.read_file(path)
-        header = _checked_header(scan, data, path, name_base)
-        if header is None:
+        with SegmentFile(path) as segment:
+            header = _checked_header(scan, segment.header(), path, name_base)
+            if header is None:
+                return scan
+            if header.sealed and not last and not full and on_record is None:
+                info = _sealed_info(scan, segment, header, path)
+            else:
+                fast = not full and on_record is None and not header.sealed
+                info = _walk_segment(
+                    scan, segment, header, path, last=last, fast=fast, on_record=on_record
+                )
+        if info is None:
             return scan
-        # One more than a batch: recovery needs the chain CRC of the record before a dropped
-        # transaction, which may be the first of the batch.
-        keep: deque[Frame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if last else 0)
-        end, last_seq, chain = SEGMENT_HEADER_BYTES, header.base_seq - 1, header.prev_chain_crc
-        view = memoryview(data)
-        try:
-            for frame in iter_frames(data, SEGMENT_HEADER_BYTES, header.base_seq, chain):
-                if on_record is not None:
-                    on_record(frame[1], view[frame[2] : frame[3]], path.name, frame[0])
-                keep.append(frame)
-                end, last_seq, chain = frame[4], frame[1], frame[5]
-        except FrameFailure as failure:
-            verdict = classify_failure(data, failure, last_segment=last)
-            scan.problem = LogProblem(
-                "torn_tail" if verdict.torn else "corruption",
-                str(path),
-                failure.offset,
-                failure.expected_seq,
-                verdict.reason,
-            )
-        scan.segments.append(
-            SegmentInfo(
-                name=path.name,
-                base_seq=header.base_seq,
-                prev_chain_crc=header.prev_chain_crc,
-                last_seq=last_seq,
-                chain_crc=chain,
-                end_offset=end,
-                size_bytes=len(data),
-            )
-        )
-        if last:
-            scan.tail_data = data
-            scan.tail_frames = list(keep)
+        scan.segments.append(info)
         if scan.problem is not None:
             return scan
+    tail = scan.segments[-1]
+    if tail.sealed and not _successor_appeared(log_dir, tail):
+        scan.problem = LogProblem(
+            "corruption",
+            str(log_dir / tail.name),
+            tail.size_bytes,
+            tail.last_seq + 1,
+            f"the last segment {tail.name} is sealed (a segment is sealed only after the next "
+            f"one exists): the segment that held seq {tail.last_seq + 1} onwards is missing",
+            segment_level=True,
+        )
     return scan
 
 
-def _checked_header(scan: LogScan, data: bytes, path: Path, name_base: int) -> SegmentHeader | None:
-    """Decode and link-check one segment header; on failure record the problem, return None."""
+def _successor_appeared(log_dir: Path, tail: SegmentInfo) -> bool:
+    """A writer seals a segment just after creating its successor: a reader that listed the
+    directory before that sees a sealed last segment. Listing again tells the two apart; the
+    reader's view then ends at the sealed segment (a prefix, as always)."""
+    return any(base == tail.last_seq + 1 for base, _ in list_segments(log_dir))
+
+
+def _sealed_info(
+    scan: LogScan, segment: SegmentFile, header: SegmentHeader, path: Path
+) -> SegmentInfo | None:
+    """A sealed segment checked from its seal alone: its size must be the sealed length."""
+    seal = header.mark
+    if seal is None:
+        raise InvariantViolation(f"{path.name}: checked as sealed but has no mark")
+    if segment.size != seal.body_end or seal.body_end < header.frames_start:
+        scan.problem = LogProblem(
+            "corruption",
+            str(path),
+            min(segment.size, seal.body_end),
+            seal.acked_seq + 1,
+            f"sealed segment is {segment.size} bytes long but its seal says {seal.body_end} "
+            f"(records up to seq {seal.acked_seq} were sealed in it): "
+            + (
+                "the end of the segment is missing"
+                if segment.size < seal.body_end
+                else "bytes were appended after it was sealed"
+            ),
+        )
+        return None
+    return _info(path, header, seal.acked_seq, seal.chain_crc, seal.body_end, segment.size, 0)
+
+
+def _walk_segment(
+    scan: LogScan,
+    segment: SegmentFile,
+    header: SegmentHeader,
+    path: Path,
+    *,
+    last: bool,
+    fast: bool,
+    on_record: OnRecord | None,
+) -> SegmentInfo:
+    """Check every frame of a segment (and a sealed one's seal against what was read).
+
+    With `fast`, the acknowledged prefix its mark describes is checked by its CRC32C (C speed)
+    and only the frames after it are walked (normally none: what a crash left, or nothing)."""
+    # One more than a batch: recovery needs the chain CRC of the record before a dropped
+    # transaction, which may be the first of the batch. Transactions never straddle the end
+    # of the acknowledged prefix (a mark is written after a whole batch).
+    keep: deque[WalkedFrame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if last else 0)
+    prefix = segment.verified_prefix(header) if fast else None
+    if prefix is not None:
+        walk = FrameWalk(
+            segment,
+            prefix.body_end,
+            prefix.acked_seq + 1,
+            prefix.chain_crc,
+            body_crc=prefix.body_crc,
+        )
+    else:
+        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+    if last:
+        scan.tail_start = (walk.last_seq, walk.chain_crc)
+    try:
+        for frame in walk:
+            if on_record is not None:
+                on_record(frame[1], frame[2], path.name, frame[0])
+            keep.append(frame)
+    except FrameFailure as failure:
+        verdict = segment.classify(failure, last_segment=last)
+        scan.problem = LogProblem(
+            "torn_tail" if verdict.torn else "corruption",
+            str(path),
+            failure.offset,
+            failure.expected_seq,
+            verdict.reason,
+        )
+    info = _info(path, header, walk.last_seq, walk.chain_crc, walk.end, segment.size, walk.body_crc)
+    if last:
+        scan.tail_frames = list(keep)
+    seal = header.mark
+    if scan.problem is None and seal is not None and seal.sealed:
+        wrong = [
+            what
+            for what, found, sealed in (
+                ("length", walk.end, seal.body_end),
+                ("last seq", walk.last_seq, seal.acked_seq),
+                ("chain CRC", walk.chain_crc, seal.chain_crc),
+                ("body CRC", walk.body_crc, seal.body_crc),
+            )
+            if found != sealed
+        ]
+        if wrong:
+            scan.problem = LogProblem(
+                "corruption",
+                str(path),
+                header.frames_start,
+                header.base_seq,
+                f"the frames of sealed segment {path.name} do not match its seal "
+                f"({', '.join(wrong)}): the seal or the segment is damaged",
+                segment_level=True,
+            )
+    return info
+
+
+def _info(  # noqa: PLR0917 - one constructor call, all positional for brevity at the call sites
+    path: Path,
+    header: SegmentHeader,
+    last_seq: int,
+    chain_crc: int,
+    end: int,
+    size: int,
+    body_crc: int,
+) -> SegmentInfo:
+    mark = header.mark
+    return SegmentInfo(
+        name=path.name,
+        base_seq=header.base_seq,
+        prev_chain_crc=header.prev_chain_crc,
+        last_seq=last_seq,
+        chain_crc=chain_crc,
+        end_offset=end,
+        size_bytes=size,
+        format_version=header.format_version,
+        sealed=header.sealed,
+        acked_seq=mark.acked_seq if mark is not None else header.base_seq - 1,
+        mark_generation=mark.generation if mark is not None else 0,
+        body_crc=body_crc,
+    )
+
+
+def _checked_header(
+    scan: LogScan, decoded: SegmentHeader | HeaderProblem, path: Path, name_base: int
+) -> SegmentHeader | None:
+    """Link-check one decoded segment header; on failure record the problem, return None."""
     previous = scan.segments[-1] if scan.segments else None
     expected_seq = previous.last_seq + 1 if previous else name_base
 
@@ -358,7 +500,6 @@ def _checked_header(scan: LogScan, data: bytes, path: Path, name_base: int) -> S
             kind, str(path), offset, expected_seq, message, segment_level=True
         )
 
-    decoded = decode_segment_header(data)
     if isinstance(decoded, HeaderProblem):
         fail(
             "newer_format" if decoded.newer_format else "corruption",
@@ -425,16 +566,15 @@ def find_incomplete_transaction(scan: LogScan) -> LogProblem | None:
     if not scan.segments or not scan.tail_frames:
         return None
     path = str(scan.log_dir / scan.segments[-1].name)
-    return incomplete_transaction(scan.tail_data, scan.tail_frames, path)
+    return incomplete_transaction(scan.tail_frames, path)
 
 
-def incomplete_transaction(data: bytes, frames: Sequence[Frame], path: str) -> LogProblem | None:
+def incomplete_transaction(frames: Sequence[WalkedFrame], path: str) -> LogProblem | None:
     """`find_incomplete_transaction` over explicit frames (the valid frames of one segment)."""
-    view = memoryview(data)
     for index in range(len(frames) - 1, max(len(frames) - 2 - MAX_BATCH_RECORDS, -1), -1):
-        offset, seq, start, end, _, _ = frames[index]
+        offset, seq, payload, _, _ = frames[index]
         try:
-            head = decode_head(view[start:end])
+            head = decode_head(payload)
         except SchemaError as exc:
             raise SchemaError(f"{path}: offset {offset}: seq {seq}: {exc}") from None
         if head.decisions is None:
@@ -471,6 +611,8 @@ class EventLog:
         segment_offset: int,
         last_seq: int,
         chain_crc: int,
+        mark_generation: int,
+        body_crc: int,
     ) -> None:
         self.state_dir = state_dir
         self.log_dir = state_dir / LOG_DIRNAME
@@ -484,6 +626,12 @@ class EventLog:
         self._last_seq = last_seq
         self._chain_crc = chain_crc
         self._poisoned: str | None = None
+        # The active segment's mark (docs/event-log.md, "Acknowledged mark"): generation of the
+        # last mark written, running CRC32C of its frames (for the seal), and whether a mark was
+        # written since the last fsync (close makes it durable).
+        self._mark_generation = mark_generation
+        self._body_crc = body_crc
+        self._mark_unsynced = False
 
     # -- opening and recovery --
 
@@ -528,10 +676,9 @@ class EventLog:
     ) -> EventLog:
         log_dir = state_dir / LOG_DIRNAME
         removed = _remove_temp_files(log_dir, state_dir / SNAP_DIRNAME, fsync=fsync)
-        scan = scan_log(log_dir)
-        if scan.problem is None or scan.problem.recoverable:
-            _refuse_if_shorter_than_checkpoints(state_dir, scan)
+        scan = inspect_log(state_dir)
         report = truncate_recoverable_tail(scan, fsync=fsync, removed_temp_files=removed)
+        generation, body_crc = 1, 0
         if scan.segments:
             tail = scan.segments[-1]
             path, offset = (
@@ -540,6 +687,17 @@ class EventLog:
             )
             last_seq = _last_seq_after(scan, report)
             chain = _chain_after(scan, report)
+            if tail.format_version == 1:
+                # A format 1 segment has no mark slots: continue in a new format 2 segment (an
+                # empty one is replaced, the rename is atomic).
+                path = _create_segment(log_dir, last_seq + 1, chain, fsync=fsync)
+                offset = SEGMENT_HEADER_BYTES
+            else:
+                generation = tail.mark_generation
+                body_crc = tail.body_crc
+                if report.truncated:
+                    with SegmentFile(path) as segment:
+                        body_crc = segment.body_crc(SEGMENT_HEADER_BYTES, offset)
         else:
             path = _create_segment(log_dir, 1, CHAIN_SEED, fsync=fsync)
             offset, last_seq, chain = SEGMENT_HEADER_BYTES, 0, CHAIN_SEED
@@ -553,6 +711,8 @@ class EventLog:
             segment_offset=offset,
             last_seq=last_seq,
             chain_crc=chain,
+            mark_generation=generation,
+            body_crc=body_crc,
         )
 
     # -- state --
@@ -627,7 +787,32 @@ class EventLog:
         self._offset += len(buffer)
         self._last_seq = envelopes[-1].seq
         self._chain_crc = crc
+        self._body_crc = crc32c(buffer, self._body_crc)
+        # The mark for this batch goes to the page cache only: the next commit's fsync (or the
+        # one at close or rotation) makes it durable, so it never runs ahead of durable data.
+        self._write_mark(sealed=False)
         return envelopes
+
+    def _write_mark(self, *, sealed: bool) -> None:
+        """Write the active segment's mark (or its seal) into its older slot; no fsync."""
+        generation = self._mark_generation + 1
+        mark = Mark(
+            acked_seq=self._last_seq,
+            chain_crc=self._chain_crc,
+            generation=generation,
+            sealed=sealed,
+            body_end=self._offset,
+            body_crc=self._body_crc,
+        )
+        try:
+            fsio.pwrite_all(self._require_fd(), encode_mark(mark), mark_slot_offset(generation))
+        except OSError as exc:
+            raise self._poison(
+                f"{self._segment_path}: could not write the acknowledged mark: {exc.strerror}",
+                exc,
+            ) from None
+        self._mark_generation = generation
+        self._mark_unsynced = True
 
     def _write_durably(self, buffer: bytearray) -> None:
         fd = self._require_fd()
@@ -653,6 +838,7 @@ class EventLog:
                 raise self._poison(
                     f"fsync of {self._segment_path} failed: {exc.strerror}", exc
                 ) from None
+        self._mark_unsynced = False
 
     def _cut_back(self, fd: int, cause: OSError) -> None:
         """Remove a partially written batch so the file holds exactly what was acknowledged."""
@@ -668,7 +854,13 @@ class EventLog:
             ) from None
 
     def _rotate(self) -> None:
-        """Start the next segment before a batch that would overflow the current one."""
+        """Start the next segment before a batch that would overflow the current one.
+
+        The successor is created (durably) first, then the current segment is sealed and
+        fsynced: a sealed segment therefore always has a successor, which lets start-up detect
+        a removed last segment. A crash in between leaves an unsealed non-last segment, which
+        is simply checked frame by frame.
+        """
         base = self._last_seq + 1
         try:
             path = _create_segment(self.log_dir, base, self._chain_crc, fsync=self._fsync)
@@ -684,12 +876,23 @@ class EventLog:
                 f"{self.log_dir}: could not start segment {segment_name(base)}: {exc.strerror}",
                 errno=exc.errno,
             ) from None
+        self._write_mark(sealed=True)
+        if self._fsync:
+            try:
+                os.fsync(self._require_fd())
+            except OSError as exc:
+                raise self._poison(
+                    f"fsync of the seal of {self._segment_path} failed", exc
+                ) from None
         new_fd = os.open(path, os.O_WRONLY)
         old_fd, self._fd = self._fd, new_fd
         if old_fd is not None:
             os.close(old_fd)
         self._segment_path = path
         self._offset = SEGMENT_HEADER_BYTES
+        self._mark_generation = 1  # a new segment's slots hold generations 0 and 1
+        self._body_crc = 0
+        self._mark_unsynced = False
 
     def _poison(self, message: str, cause: OSError) -> LogIOError:
         self._poisoned = message
@@ -736,7 +939,8 @@ class EventLog:
             return []
         listed = list_segments(self.log_dir)
         keep_path = listed[len(victims)][1]
-        header = decode_segment_header(fsio.read_file(keep_path)[:SEGMENT_HEADER_BYTES])
+        with SegmentFile(keep_path) as kept:
+            header = kept.header()
         if isinstance(header, HeaderProblem):
             raise MidLogCorruption(header.message, file=str(keep_path), offset=header.offset)
         origin = LogOrigin(base_seq=header.base_seq, prev_chain_crc=header.prev_chain_crc)
@@ -750,9 +954,15 @@ class EventLog:
     # -- closing --
 
     def close(self) -> None:
-        """Close the segment and release the lock. Idempotent; never raises for a poisoned log."""
+        """Make the last mark durable, close the segment and release the lock.
+
+        Idempotent; never raises (a failed fsync here only leaves the mark one batch behind:
+        every acknowledged record was already durable)."""
         fd, self._fd = self._fd, None
         if fd is not None:
+            if self._mark_unsynced and self._fsync and self._poisoned is None:
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
             os.close(fd)
         self._lock.release()
 
@@ -836,31 +1046,92 @@ def _create_segment(log_dir: Path, base_seq: int, prev_chain_crc: int, *, fsync:
     return path
 
 
-def _refuse_if_shorter_than_checkpoints(state_dir: Path, scan: LogScan) -> None:
+def inspect_log(
+    state_dir: Path, *, full: bool = False, on_record: OnRecord | None = None
+) -> LogScan:
+    """The one verdict on a log's files that start-up (`EventLog.open`) and `verify` share.
+
+    `scan_log`, then the rules that look beyond the frames, in this order: a recoverable tail
+    (torn frame, incomplete transaction) may be cut only if no *acknowledged* record goes with
+    it (the segment's mark), and no valid checkpoint may lie beyond the end of the log. A
+    violation replaces `scan.problem` with a non-recoverable one (exit 65) naming what is missing.
+    """
+    scan = scan_log(Path(state_dir) / LOG_DIRNAME, full=full, on_record=on_record)
+    if scan.problem is None or scan.problem.recoverable:
+        beyond = _acknowledged_beyond_end(scan) or _checkpoint_beyond_end(Path(state_dir), scan)
+        if beyond is not None:
+            scan.problem = beyond
+    return scan
+
+
+def end_after_recovery(scan: LogScan) -> int:
+    """The last seq the log keeps once a recoverable tail is cut."""
+    incomplete = find_incomplete_transaction(scan)
+    return incomplete.seq - 1 if incomplete is not None else scan.last_seq
+
+
+def _acknowledged_beyond_end(scan: LogScan) -> LogProblem | None:
+    """A segment whose mark says more was acknowledged than it holds lost acknowledged records.
+
+    Marks are written only after the fsync that made their records durable, so after a crash a
+    mark is never ahead of the data: this is a cut at a record boundary, a torn tail over
+    acknowledged records (`truncate -s -8`), or a shortened file, never a crash.
+    """
+    if not scan.segments:
+        return None
+    end = end_after_recovery(scan)
+    for index, segment in enumerate(scan.segments):
+        last = index == len(scan.segments) - 1
+        kept = end if last else segment.last_seq
+        if segment.acked_seq <= kept:
+            continue
+        cut = ""
+        if last and scan.problem is not None:
+            what = scan.problem.kind.replace("_", " ")
+            cut = f" once the {what} at offset {scan.problem.offset} is cut"
+        elif last and kept < segment.last_seq:
+            cut = " once the incomplete transaction is cut"
+        return LogProblem(
+            "corruption",
+            str(scan.log_dir / segment.name),
+            segment.end_offset,
+            kept + 1,
+            f"the log ends at seq {kept}{cut}, but the segment's mark records seq "
+            f"{segment.acked_seq} as acknowledged: acknowledged records {kept + 1}.."
+            f"{segment.acked_seq} are missing (the segment was cut at or inside acknowledged "
+            "records)",
+        )
+    return None
+
+
+def _checkpoint_beyond_end(state_dir: Path, scan: LogScan) -> LogProblem | None:
     """A valid checkpoint beyond the end of the log means durable records went missing.
 
     Checkpoints are written only after the records they cover are durable, and repair moves
-    aside those it cuts past, so this catches what the chain cannot: a whole *last* segment
-    that was removed (or a log restored from an older backup).
+    aside those it cuts past, so this catches what the chain cannot: a whole last segment of a
+    format 1 log that was removed, or a log restored from an older backup.
     """
     from memstate.store.checkpoint import list_checkpoints, load_checkpoint
 
-    end = scan.last_seq
+    end = end_after_recovery(scan)
     for seq, path in reversed(list_checkpoints(state_dir)):
         if seq <= end:
-            return
+            return None
         try:
             load_checkpoint(path)
         except (LogCorruption, SchemaError):
             continue  # a damaged checkpoint proves nothing; start-up will skip it
-        tail = scan.segments[-1].name if scan.segments else LOG_DIRNAME
-        raise MidLogCorruption(
+        tail = scan.segments[-1] if scan.segments else None
+        return LogProblem(
+            "corruption",
+            str(scan.log_dir / tail.name) if tail else str(scan.log_dir),
+            tail.end_offset if tail else 0,
+            end + 1,
             f"the log ends at seq {end}, but checkpoint {path.name} covers records up to seq "
             f"{seq}: records that were durable are missing (a removed last segment, or a log "
-            f"restored from an older copy); {REPAIR_HINT}",
-            file=str(scan.log_dir / tail),
-            seq=end + 1,
+            "restored from an older copy)",
         )
+    return None
 
 
 def _remove_temp_files(log_dir: Path, snap_dir: Path, *, fsync: bool) -> tuple[str, ...]:
@@ -932,12 +1203,11 @@ def _chain_after(scan: LogScan, report: RecoveryReport) -> int:
     if report.incomplete_transaction_seq is None:
         return scan.chain_crc
     target = report.incomplete_transaction_seq - 1
-    tail = scan.segments[-1]
-    if target == tail.base_seq - 1:
-        return tail.prev_chain_crc
+    if target == scan.tail_start[0]:
+        return scan.tail_start[1]
     for frame in scan.tail_frames:
         if frame[1] == target:
-            return frame[5]
+            return frame[4]
     raise InvariantViolation(f"chain CRC of seq {target} not found in the scanned tail")
 
 
@@ -988,50 +1258,87 @@ class LogReader:
                 return
             last = index == len(listed) - 1
             try:
-                data = fsio.read_file(path)
+                segment = SegmentFile(path)
             except FileNotFoundError:
                 if last:
                     return  # removed under us by a prune or repair: nothing more to read
                 raise MidLogCorruption("segment vanished while reading", file=str(path)) from None
-            header = self._header(data, path, base, previous)
-            view = memoryview(data)
-            name = path.name
-            end, last_seq, chain = SEGMENT_HEADER_BYTES, header.base_seq - 1, header.prev_chain_crc
-            try:
-                for offset, seq, begin, stop, frame_end, crc in iter_frames(
-                    data, SEGMENT_HEADER_BYTES, header.base_seq, chain
+            with segment:
+                header = self._header(segment.header(), path, base, previous)
+                name = path.name
+                mark = header.mark
+                prefix = (
+                    segment.verified_prefix(header)
+                    if mark is not None and not mark.sealed and from_seq > header.base_seq
+                    else None
+                )
+                if prefix is not None:
+                    # The acknowledged prefix is checked by its CRC; the frames before the first
+                    # one wanted are skipped by their heads instead of walked.
+                    start_seq = min(from_seq, prefix.acked_seq + 1)
+                    offset, chain = segment.locate(header, prefix, start_seq)
+                    walk = FrameWalk(segment, offset, start_seq, chain)
+                else:
+                    walk = FrameWalk(
+                        segment, header.frames_start, header.base_seq, header.prev_chain_crc
+                    )
+                try:
+                    for offset, seq, payload, _, crc in walk:
+                        if to_seq is not None and seq > to_seq:
+                            return
+                        if seq >= from_seq:
+                            yield payload, seq, offset, name, crc
+                except FrameFailure as failure:
+                    verdict = segment.classify(failure, last_segment=last)
+                    if verdict.torn:
+                        return  # an incomplete tail: stop cleanly
+                    raise LogProblem(
+                        "corruption",
+                        str(path),
+                        failure.offset,
+                        failure.expected_seq,
+                        verdict.reason,
+                    ).to_error() from None
+                seal = header.mark
+                if (
+                    seal is not None
+                    and seal.sealed
+                    and (
+                        walk.end,
+                        walk.last_seq,
+                        walk.chain_crc,
+                        walk.body_crc,
+                    )
+                    != (seal.body_end, seal.acked_seq, seal.chain_crc, seal.body_crc)
                 ):
-                    last_seq, chain, end = seq, crc, frame_end
-                    if to_seq is not None and seq > to_seq:
-                        return
-                    if seq >= from_seq:
-                        yield view[begin:stop], seq, offset, name, crc
-            except FrameFailure as failure:
-                verdict = classify_failure(data, failure, last_segment=last)
-                if verdict.torn:
-                    return  # an incomplete tail: stop cleanly
-                raise LogProblem(
-                    "corruption", str(path), failure.offset, failure.expected_seq, verdict.reason
-                ).to_error() from None
-            previous = SegmentInfo(
-                name=path.name,
-                base_seq=header.base_seq,
-                prev_chain_crc=header.prev_chain_crc,
-                last_seq=last_seq,
-                chain_crc=chain,
-                end_offset=end,
-                size_bytes=len(data),
-            )
+                    raise MidLogCorruption(
+                        f"the frames of sealed segment {name} do not match its seal",
+                        file=str(path),
+                        offset=header.frames_start,
+                        seq=header.base_seq,
+                    )
+                previous = SegmentInfo(
+                    name=path.name,
+                    base_seq=header.base_seq,
+                    prev_chain_crc=header.prev_chain_crc,
+                    last_seq=walk.last_seq,
+                    chain_crc=walk.chain_crc,
+                    end_offset=walk.end,
+                    size_bytes=segment.size,
+                )
 
     def _header(
-        self, data: bytes, path: Path, base: int, previous: SegmentInfo | None
+        self,
+        decoded: SegmentHeader | HeaderProblem,
+        path: Path,
+        base: int,
+        previous: SegmentInfo | None,
     ) -> SegmentHeader:
         scan = LogScan(
             log_dir=self.log_dir, segments=[previous] if previous else [], problem=None, origin=None
         )
         if previous is None:
             # Reading from the middle: the header's own CRC vouches for its chain value.
-            decoded = decode_segment_header(data)
             if isinstance(decoded, HeaderProblem):
                 kind: ProblemKind = "newer_format" if decoded.newer_format else "corruption"
                 raise LogProblem(kind, str(path), decoded.offset, base, decoded.message).to_error()
@@ -1044,9 +1351,10 @@ class LogReader:
                     f"file name says seq {base} but the header says {decoded.base_seq}",
                 ).to_error()
             return decoded
-        header = _checked_header(scan, data, path, base)
+        header = _checked_header(scan, decoded, path, base)
         if header is None:
-            assert scan.problem is not None
+            if scan.problem is None:
+                raise InvariantViolation("a rejected header left no problem")
             raise scan.problem.to_error()
         return header
 
@@ -1101,10 +1409,27 @@ class LogReader:
         if seq == 0 and (not listed or listed[0][0] == 1):
             return CHAIN_SEED
         if listed and seq == listed[0][0] - 1:
-            header = decode_segment_header(fsio.read_file(listed[0][1])[:SEGMENT_HEADER_BYTES])
+            with SegmentFile(listed[0][1]) as first:
+                header = first.header()
             if isinstance(header, HeaderProblem):
                 raise MidLogCorruption(header.message, file=str(listed[0][1]), offset=0)
             return header.prev_chain_crc
+        holder = [path for base, path in listed if base <= seq][-1:]
+        if holder:
+            with SegmentFile(holder[0]) as segment:
+                header = segment.header()
+                prefix = (
+                    segment.verified_prefix(header)
+                    if not isinstance(header, HeaderProblem)
+                    and header.mark is not None
+                    and not header.mark.sealed
+                    and header.base_seq <= seq <= header.mark.acked_seq
+                    else None
+                )
+                if prefix is not None and not isinstance(header, HeaderProblem):
+                    # Inside the CRC-checked acknowledged prefix: the chain CRC after `seq` is
+                    # the stored CRC of its frame, found by walking frame heads only.
+                    return segment.locate(header, prefix, seq + 1)[1]
         for record, crc in self.read_with_crc(seq, seq):
             if record.seq == seq:
                 return crc
@@ -1139,9 +1464,10 @@ def decode_at(payload: bytes | memoryview, seq: int, segment: str, offset: int) 
 class VerifyReport(msgspec.Struct, frozen=True):
     """What `verify` found. `problem` is the first non-recoverable problem (None: log is sound).
 
-    `tail` is a recoverable problem at the end (a torn tail or an incomplete transaction) that
-    the next `EventLog.open` (or `memstate log repair --truncate-torn-tail`) will cut off; while
-    a daemon is writing it can also be a batch in flight.
+    `tail` is a recoverable problem at the end (a torn tail or an incomplete transaction of
+    unacknowledged records) that the next `EventLog.open` (or `memstate log repair
+    --truncate-torn-tail`) will cut off; while a daemon is writing it can also be a batch in
+    flight. `sealed_unread` counts sealed segments checked from their seal only (not `full`).
     """
 
     state_dir: str
@@ -1153,6 +1479,8 @@ class VerifyReport(msgspec.Struct, frozen=True):
     decoded: bool
     problem: LogProblem | None = None
     tail: LogProblem | None = None
+    full: bool = False
+    sealed_unread: int = 0
 
     @property
     def ok(self) -> bool:
@@ -1164,12 +1492,16 @@ class VerifyReport(msgspec.Struct, frozen=True):
             raise self.problem.to_error()
 
 
-def verify(state_dir: Path, *, decode: bool = True) -> VerifyReport:
-    """Check the whole log without modifying anything (no lock needed).
+def verify(state_dir: Path, *, decode: bool = True, full: bool = False) -> VerifyReport:
+    """Check the log without modifying anything (no lock needed).
 
-    Verifies headers, file names, seq continuity, the CRC chain and, with `decode`, that every
-    payload decodes under this build's schema (a newer `schema_v` is reported as a problem).
+    By default this is exactly start-up's verdict (`inspect_log`, then what `recover_state`
+    reads: the segment holding the checkpoint's seq and every record after it, decoded): same
+    problem, file, offset and seq. `full` adds every frame of every sealed segment, compared
+    with its seal, and (with `decode`) decodes every record. `decode=False` checks framing only.
     """
+    from memstate.store.recovery import check_startup_reads
+
     state_dir = Path(state_dir)
     log_dir = state_dir / LOG_DIRNAME
     schema_problem: list[LogProblem] = []
@@ -1178,7 +1510,7 @@ def verify(state_dir: Path, *, decode: bool = True) -> VerifyReport:
         if schema_problem:
             return
         try:
-            decode_record(RawRecord(seq, bytes(payload), segment, offset))
+            decode_at(payload, seq, segment, offset)
         except SchemaError as exc:
             schema_problem.append(
                 LogProblem("schema", str(log_dir / segment), offset, seq, str(exc))
@@ -1189,10 +1521,12 @@ def verify(state_dir: Path, *, decode: bool = True) -> VerifyReport:
             )
 
     try:
-        scan = scan_log(log_dir, on_record=check if decode else None)
+        scan = inspect_log(state_dir, full=full, on_record=check if decode and full else None)
     except LogCorruption as exc:
         damaged = LogProblem("corruption", exc.file, exc.offset or 0, exc.seq or 0, exc.message)
-        return VerifyReport(str(state_dir), [], 1, 0, CHAIN_SEED, 0, decode, problem=damaged)
+        return VerifyReport(
+            str(state_dir), [], 1, 0, CHAIN_SEED, 0, decode, problem=damaged, full=full
+        )
     problem = scan.problem
     if schema_problem and (problem is None or _before(schema_problem[0], problem)):
         problem = schema_problem[0]
@@ -1202,6 +1536,8 @@ def verify(state_dir: Path, *, decode: bool = True) -> VerifyReport:
     if problem is None:
         # An incomplete transaction starts before a torn frame: it is where the cut will be.
         tail = find_incomplete_transaction(scan) or tail
+        if decode:
+            problem = check_startup_reads(state_dir)
     first = scan.first_seq()
     records = sum(segment.record_count for segment in scan.segments)
     return VerifyReport(
@@ -1214,7 +1550,50 @@ def verify(state_dir: Path, *, decode: bool = True) -> VerifyReport:
         decoded=decode,
         problem=problem,
         tail=tail,
+        full=full,
+        sealed_unread=0 if full else sum(1 for s in scan.segments[:-1] if s.sealed),
     )
+
+
+def check_sealed_bodies(state_dir: Path) -> LogProblem | None:
+    """Compare every sealed segment's bytes with its seal (length and body CRC32C).
+
+    This is the part of `verify --full` that start-up leaves out (it checks sealed segments from
+    their seal only); the daemon runs it in the background after READY. Chunked, C-speed CRC.
+    """
+    for _, path in list_segments(Path(state_dir) / LOG_DIRNAME):
+        try:
+            segment = SegmentFile(path)
+        except FileNotFoundError:
+            continue  # pruned meanwhile
+        with segment:
+            header = segment.header()
+            if isinstance(header, HeaderProblem):
+                return LogProblem("corruption", str(path), header.offset, 0, header.message)
+            seal = header.mark
+            if seal is None or not seal.sealed:
+                continue
+            if segment.size != seal.body_end:
+                return LogProblem(
+                    "corruption",
+                    str(path),
+                    min(segment.size, seal.body_end),
+                    seal.acked_seq,
+                    f"sealed segment is {segment.size} bytes long but its seal says "
+                    f"{seal.body_end}",
+                )
+            found = segment.body_crc(header.frames_start, seal.body_end)
+            if found != seal.body_crc:
+                return LogProblem(
+                    "corruption",
+                    str(path),
+                    header.frames_start,
+                    header.base_seq,
+                    f"sealed segment body CRC {found:08x} does not match its seal "
+                    f"{seal.body_crc:08x}: records {header.base_seq}..{seal.acked_seq} are "
+                    "damaged",
+                )
+    return None
 
 
 def _before(a: LogProblem, b: LogProblem) -> bool:

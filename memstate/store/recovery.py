@@ -27,6 +27,7 @@ decodes only the tail, whatever the log length.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -34,6 +35,7 @@ import msgspec
 from memstate.core.errors import (
     CheckpointCorruption,
     InvariantViolation,
+    LogCorruption,
     MidLogCorruption,
     SchemaError,
 )
@@ -43,7 +45,7 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals, 
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from memstate.store.format import CHAIN_SEED
-from memstate.store.log import REPAIR_HINT, LogReader, decode_at
+from memstate.store.log import REPAIR_HINT, LogProblem, LogReader, decode_at
 
 
 class Recovered(msgspec.Struct, frozen=True):
@@ -68,45 +70,18 @@ def recover_state(
     state_dir = Path(state_dir)
     reader = reader if reader is not None else LogReader(state_dir)
     warnings: list[str] = []
-    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
+    checkpoint = startup_checkpoint(state_dir, reader, warnings, use_checkpoints=use_checkpoints)
     removals = NO_REMOVALS
     if checkpoint is not None:
         state, last_seq, chain = checkpoint.state, checkpoint.seq, checkpoint.chain_crc
         removals = checkpoint.removals
     else:
-        first = reader.first_seq()
-        if first > 1:
-            raise MidLogCorruption(
-                f"the log was pruned to start at seq {first} and no usable checkpoint covers "
-                f"the records before it; {REPAIR_HINT}",
-                file=str(reader.log_dir),
-                seq=first,
-            )
         state, last_seq, chain = State(), 0, CHAIN_SEED
-    decoded = 0
     # Intermediate states are never looked at: fold into working copies, freeze once at the end.
     folder = Folder(state)
-    group: list[tuple[Envelope, int]] = []
-    owed = 0
-    for payload, seq, offset, segment, crc in reader.read_frames(last_seq + 1):
-        expected = (group[-1][0].seq if group else last_seq) + 1
-        if seq != expected:
-            raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
-        envelope = decode_at(payload, seq, segment, offset)
-        decoded += 1
-        group.append((envelope, crc))
-        if owed:
-            owed -= 1
-        elif envelope.decisions:
-            owed = envelope.decisions
-        elif envelope.event.role == "decision":
-            raise InvariantViolation(
-                f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a transaction "
-                "(a checkpoint taken mid-transaction, or a log not written by memstate)"
-            )
-        if owed:
-            continue
-        events = [m.event for m, _ in group]
+    replay = TailReplay(reader, last_seq)
+    for group in replay:
+        events = [member.event for member, _ in group]
         before = snapshot_for(folder, events)
         for member, member_crc in group:
             event = member.event
@@ -117,11 +92,11 @@ def recover_state(
                 folder.fold(event)
             last_seq, chain = member.seq, member_crc
         removals = fold_removals(removals, before, events, folder)
-        group.clear()
-    if group:
+    if replay.incomplete:
+        first = replay.incomplete[0][0]
         warnings.append(
-            f"seq {group[0][0].seq} announces {group[0][0].decisions} decisions but the log "
-            f"ends after {len(group) - 1}: the incomplete transaction was not applied"
+            f"seq {first.seq} announces {first.decisions} decisions but the log "
+            f"ends after {len(replay.incomplete) - 1}: the incomplete transaction was not applied"
         )
     return Recovered(
         state=folder.state(),
@@ -129,9 +104,94 @@ def recover_state(
         last_seq=last_seq,
         chain_crc=chain,
         checkpoint_seq=checkpoint.seq if checkpoint is not None else None,
-        decoded_events=decoded,
+        decoded_events=replay.decoded,
         warnings=warnings,
     )
+
+
+def startup_checkpoint(
+    state_dir: Path, reader: LogReader, warnings: list[str], *, use_checkpoints: bool = True
+) -> Checkpoint | None:
+    """The checkpoint start-up begins from (None: replay from seq 1); raises if a pruned log
+    has none (or `use_checkpoints` is False). Skipped checkpoints are explained in `warnings`."""
+    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
+    if checkpoint is None:
+        first = reader.first_seq()
+        if first > 1:
+            raise MidLogCorruption(
+                f"the log was pruned to start at seq {first} and no usable checkpoint covers "
+                f"the records before it; {REPAIR_HINT}",
+                file=str(reader.log_dir),
+                seq=first,
+            )
+    return checkpoint
+
+
+class TailReplay:
+    """The whole transactions after `after_seq`, decoded, as start-up folds them.
+
+    Iterating yields each transaction as [(envelope, chain CRC after it), ...]; afterwards
+    `decoded` counts the records decoded and `incomplete` holds an input at the end whose
+    decisions are not all there (left out)."""
+
+    def __init__(self, reader: LogReader, after_seq: int) -> None:
+        self.reader = reader
+        self.after_seq = after_seq
+        self.decoded = 0
+        self.incomplete: list[tuple[Envelope, int]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[Envelope, int]]]:
+        group: list[tuple[Envelope, int]] = []
+        owed = 0
+        last_seq = self.after_seq
+        for payload, seq, offset, segment, crc in self.reader.read_frames(self.after_seq + 1):
+            expected = (group[-1][0].seq if group else last_seq) + 1
+            if seq != expected:
+                raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
+            envelope = decode_at(payload, seq, segment, offset)
+            self.decoded += 1
+            group.append((envelope, crc))
+            if owed:
+                owed -= 1
+            elif envelope.decisions:
+                owed = envelope.decisions
+            elif envelope.event.role == "decision":
+                raise InvariantViolation(
+                    f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a "
+                    "transaction (a checkpoint taken mid-transaction, or a log not written by "
+                    "memstate)"
+                )
+            if owed:
+                continue
+            last_seq = group[-1][0].seq
+            yield group
+            group = []
+        self.incomplete = group
+
+
+def check_startup_reads(state_dir: Path) -> LogProblem | None:
+    """What start-up's reads of the log would refuse, without folding anything.
+
+    Start-up (`recover_state`) picks a checkpoint (reading the segment that holds its seq to
+    compare chain CRCs) and decodes every record after it; `memstate log verify` runs this so
+    that it refuses exactly what start-up refuses (same file, offset and seq).
+    """
+    reader = LogReader(state_dir)
+    try:
+        checkpoint = startup_checkpoint(state_dir, reader, [])
+        for _ in TailReplay(reader, checkpoint.seq if checkpoint is not None else 0):
+            pass
+    except SchemaError as exc:
+        return LogProblem("schema", str(reader.log_dir), 0, 0, str(exc))
+    except LogCorruption as exc:
+        return LogProblem(
+            "corruption",
+            exc.file or str(reader.log_dir),
+            exc.offset or 0,
+            exc.seq or 0,
+            exc.message.removesuffix(f"; {REPAIR_HINT}"),
+        )
+    return None
 
 
 def _usable_checkpoint(

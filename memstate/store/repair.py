@@ -25,6 +25,8 @@ run (or start-up) handles.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -35,20 +37,22 @@ from memstate.store import fsio
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.format import (
     LOG_DIRNAME,
+    MARK_SLOTS,
     SEGMENT_HEADER_BYTES,
-    Frame,
     FrameFailure,
     HeaderProblem,
-    decode_segment_header,
-    iter_frames,
+    Mark,
+    encode_mark,
+    mark_slot_offset,
 )
 from memstate.store.log import (
     LogProblem,
     SegmentInfo,
     incomplete_transaction,
+    inspect_log,
     list_segments,
-    scan_log,
 )
+from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
 
 RepairMode = Literal["torn_tail", "point_in_time", "truncate_after"]
 
@@ -56,7 +60,7 @@ RepairMode = Literal["torn_tail", "point_in_time", "truncate_after"]
 class RepairAction(msgspec.Struct, frozen=True):
     """One change made (or planned, in a dry run)."""
 
-    action: Literal["truncate_segment", "move_segment_aside", "move_checkpoint_aside"]
+    action: Literal["truncate_segment", "move_segment_aside", "move_checkpoint_aside", "lower_mark"]
     file: str
     new_size_bytes: int  # for truncate_segment; 0 otherwise
     bytes_dropped: int
@@ -108,7 +112,8 @@ def _repair_locked(
     state_dir: Path, *, mode: RepairMode, seq: int | None, dry_run: bool, fsync: bool
 ) -> RepairReport:
     log_dir = state_dir / LOG_DIRNAME
-    scan = scan_log(log_dir)
+    # Start-up's verdict (acknowledged mark included) over every frame: repair is about damage.
+    scan = inspect_log(state_dir, full=True)
     listed = list_segments(log_dir)
     problem = scan.problem
     if problem is not None and problem.kind == "newer_format":
@@ -177,27 +182,27 @@ def _cut_after(segments: list[SegmentInfo], listed: list[tuple[int, Path]], seq:
         if segment.base_seq - 1 <= seq <= segment.last_seq:
             _, frames = _frames_of(listed[index][1], None)
             kept = [frame for frame in frames if frame[1] <= seq]
-            return _Cut(index=index, offset=_end_of(kept), last_seq=seq)
+            return _Cut(index=index, offset=_end_of(listed[index][1], kept), last_seq=seq)
     raise InvariantViolation(f"seq {seq} not found in any segment")  # pragma: no cover
 
 
-def _frames_of(path: Path, upto: int | None) -> tuple[bytes, list[Frame]]:
-    """Valid frames of a segment that start before `upto` (None: all valid frames)."""
-    data = fsio.read_file(path)
-    header = decode_segment_header(data)
-    if isinstance(header, HeaderProblem):
-        return data, []
-    frames = []
-    try:
-        for frame in iter_frames(
-            data, SEGMENT_HEADER_BYTES, header.base_seq, header.prev_chain_crc
-        ):
-            if upto is not None and frame[0] >= upto:
-                break
-            frames.append(frame)
-    except FrameFailure:
-        pass  # the cut is at or before the first invalid frame
-    return data, frames
+def _frames_of(path: Path, upto: int | None) -> tuple[int, list[WalkedFrame]]:
+    """(base seq, valid frames that start before `upto`) of a segment (None: all of them)."""
+    frames: list[WalkedFrame] = []
+    with SegmentFile(path) as segment:
+        header = segment.header()
+        if isinstance(header, HeaderProblem):
+            return 1, []
+        try:
+            for frame in FrameWalk(
+                segment, header.frames_start, header.base_seq, header.prev_chain_crc
+            ):
+                if upto is not None and frame[0] >= upto:
+                    break
+                frames.append((frame[0], frame[1], memoryview(bytes(frame[2])), frame[3], frame[4]))
+        except FrameFailure:
+            pass  # the cut is at or before the first invalid frame
+    return header.base_seq, frames
 
 
 def _drop_incomplete_transaction(
@@ -211,30 +216,27 @@ def _drop_incomplete_transaction(
         if cut.index == 0:
             return _Cut(index=0, offset=None, last_seq=first_seq - 1)
         path = listed[cut.index - 1][1]
-        data, frames = _frames_of(path, None)
-        tail_index, tail_offset = cut.index - 1, _end_of(frames)
+        base, frames = _frames_of(path, None)
+        tail_index, tail_offset = cut.index - 1, _end_of(path, frames)
     else:
         path = listed[cut.index][1]
-        data, frames = _frames_of(path, cut.offset)
-        tail_index, tail_offset = cut.index, _end_of(frames)
-    incomplete = incomplete_transaction(data, frames, str(path))
+        base, frames = _frames_of(path, cut.offset)
+        tail_index, tail_offset = cut.index, _end_of(path, frames)
+    incomplete = incomplete_transaction(frames, str(path))
     if incomplete is not None:
         return _Cut(index=tail_index, offset=incomplete.offset, last_seq=incomplete.seq - 1)
     if cut.offset is None:
         return cut
-    last = frames[-1][1] if frames else _base_of(data) - 1
+    last = frames[-1][1] if frames else base - 1
     return _Cut(index=tail_index, offset=tail_offset, last_seq=last)
 
 
-def _end_of(frames: list[Frame]) -> int:
-    if not frames:
-        return SEGMENT_HEADER_BYTES
-    return frames[-1][4]
-
-
-def _base_of(data: bytes) -> int:
-    header = decode_segment_header(data)
-    return 1 if isinstance(header, HeaderProblem) else header.base_seq
+def _end_of(path: Path, frames: list[WalkedFrame]) -> int:
+    if frames:
+        return frames[-1][3]
+    with SegmentFile(path) as segment:
+        header = segment.header()
+    return SEGMENT_HEADER_BYTES if isinstance(header, HeaderProblem) else header.frames_start
 
 
 def _apply_cut(
@@ -263,9 +265,52 @@ def _apply_cut(
             actions.append(
                 RepairAction("truncate_segment", str(path), cut.offset, size - cut.offset, copy)
             )
+    new_last = cut.index if cut.offset is not None else cut.index - 1
+    if new_last >= 0 and actions:
+        action = _lower_mark(listed[new_last][1], cut.last_seq, dry_run=dry_run, fsync=fsync)
+        if action is not None:
+            actions.append(action)
     for seq, path in list_checkpoints(state_dir):
         if seq > cut.last_seq:
             moved = "" if dry_run else str(fsio.move_aside(path, fsync=fsync))
             actions.append(RepairAction("move_checkpoint_aside", str(path), 0, 0, moved))
     actions.sort(key=lambda a: (a.action != "move_segment_aside", a.file))
     return actions, max(last_valid - cut.last_seq, 0)
+
+
+def _lower_mark(path: Path, last_seq: int, *, dry_run: bool, fsync: bool) -> RepairAction | None:
+    """Make the new last segment's mark say what it now holds: records up to `last_seq`,
+    unsealed (its successors are gone). Without this, start-up would refuse the repaired log
+    for the acknowledged records the repair chose to drop. Both slots are rewritten, fsynced."""
+    with SegmentFile(path) as segment:
+        header = segment.header()
+        if isinstance(header, HeaderProblem) or header.mark is None:
+            return None  # format 1: no mark
+        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+        chain, end, body_crc = header.prev_chain_crc, header.frames_start, 0
+        with contextlib.suppress(FrameFailure):  # damage after the cut (a dry run) is not read
+            for frame in walk:
+                if frame[1] > last_seq:
+                    break
+                chain, end, body_crc = frame[4], frame[3], walk.body_crc
+        body_crc = segment.body_crc(header.frames_start, end)
+    mark = header.mark
+    if mark.acked_seq <= last_seq and not mark.sealed:
+        return None
+    if not dry_run:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for generation in range(mark.generation + 1, mark.generation + 1 + MARK_SLOTS):
+                lowered = Mark(
+                    acked_seq=last_seq,
+                    chain_crc=chain,
+                    generation=generation,
+                    body_end=end,
+                    body_crc=body_crc,
+                )
+                fsio.pwrite_all(fd, encode_mark(lowered), mark_slot_offset(generation))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    return RepairAction("lower_mark", str(path), 0, 0, "")

@@ -24,8 +24,12 @@ from crc32c import crc32c
 from memstate.core.codec import encode_envelope
 from memstate.core.events import SCHEMA_VERSION, CgroupOrphanFound, Envelope
 from memstate.store.format import (
+    MARK_SLOT_BYTES,
     SEGMENT_HEADER_BYTES,
+    Mark,
+    encode_mark,
     encode_segment_header,
+    mark_slot_offset,
     padded_size,
     segment_name,
 )
@@ -76,8 +80,10 @@ def write_filler_log(
     end = first_seq + count
     while seq < end:
         name = segment_name(seq)
+        base, previous_crc, before_last_crc = seq, crc, crc
         parts = [encode_segment_header(seq, crc)]
-        size = SEGMENT_HEADER_BYTES
+        size = before_last_size = SEGMENT_HEADER_BYTES
+        body_crc = before_last_body = 0
         while seq < end:
             payload = payloads.prefix + encode_seq(seq) + payloads.suffix
             length = len(payload)
@@ -87,10 +93,29 @@ def write_filler_log(
             # Same bytes as `append_frame`: crc | length | seq | payload | zero padding, the CRC
             # chained over everything after the CRC field.
             body = pack_length_seq(length, seq) + payload + zeros[frame_bytes - 16 - length]
+            before_last_crc, before_last_size, before_last_body = crc, size, body_crc
             crc = crc32c(body, crc)
             parts.append(pack_crc(crc))
             parts.append(body)
+            body_crc = crc32c(body, crc32c(parts[-2], body_crc))
             size += frame_bytes
             seq += 1
-        (log_dir / name).write_bytes(b"".join(parts))
+        data = bytearray(b"".join(parts))
+        # The marks the writer leaves: one per one-record commit (generations 2, 3, ...), and
+        # a seal when it rotates to a next segment.
+        records = seq - base
+        marks = [Mark(seq - 1, crc, records + 1, body_end=size, body_crc=body_crc)]
+        if records > 1:
+            marks.append(
+                Mark(seq - 2, before_last_crc, records, False, before_last_size, before_last_body)
+            )
+        else:
+            marks.append(Mark(base - 1, previous_crc, 1, body_end=SEGMENT_HEADER_BYTES))
+        if seq < end:
+            seal = Mark(seq - 1, crc, records + 2, sealed=True, body_end=size, body_crc=body_crc)
+            marks = [seal, marks[0]]
+        for mark in marks:
+            offset = mark_slot_offset(mark.generation)
+            data[offset : offset + MARK_SLOT_BYTES] = encode_mark(mark)
+        (log_dir / name).write_bytes(bytes(data))
     return end - 1, crc

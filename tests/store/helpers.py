@@ -11,6 +11,8 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from crc32c import crc32c
+
 from memstate.core.events import (
     CgroupOrphanFound,
     ConfigLoaded,
@@ -23,6 +25,15 @@ from memstate.core.events import (
 )
 from memstate.core.reducer import step
 from memstate.core.state import REDUCER_VERSION, State
+from memstate.store.format import (
+    MARK_SLOT_BYTES,
+    Mark,
+    SegmentHeader,
+    decode_segment_header,
+    encode_mark,
+    iter_frames,
+    mark_slot_offset,
+)
 from memstate.store.log import EventLog
 from tests import factories
 
@@ -92,13 +103,49 @@ def build_log(
     *,
     segment_bytes: int = 4096,
     fsync: bool = False,
+    last_batch_acknowledged: bool = True,
 ) -> list[Envelope]:
-    """Append `batches` (one append each) and return every acknowledged envelope."""
+    """Append `batches` (one append each) and return every envelope written.
+
+    With `last_batch_acknowledged=False` the log looks as if the process died while writing
+    the last batch, after its bytes reached the file but before its mark: the segment's mark
+    says the batch before it is the last acknowledged one. That is the log a crash leaves, and
+    the only kind whose damaged tail recovery may cut (docs/event-log.md, "Acknowledged mark").
+    """
     written: list[Envelope] = []
     with EventLog.open(state_dir, fsync=fsync, segment_bytes=segment_bytes) as log:
         for index, batch in enumerate(batches):
+            before = log.last_seq
             written.extend(log.append(batch, ts_ns=BASE_TS_NS + index * 10**9))
+        segment = log.segment_path
+    if not last_batch_acknowledged:
+        set_mark(segment, before)
     return written
+
+
+def set_mark(segment: Path, acked_seq: int) -> None:
+    """Overwrite both mark slots of a segment (format 2) to say `acked_seq`, unsealed.
+
+    Written with the format's primitives, not the writer's: tests model what a crash or a
+    person leaves on disk."""
+    data = bytearray(segment.read_bytes())
+    header = decode_segment_header(bytes(data))
+    assert isinstance(header, SegmentHeader) and header.mark is not None
+    # Where record `acked_seq` ends, the chain CRC there and the CRC of the frames before it.
+    end, chain = header.frames_start, header.prev_chain_crc
+    if acked_seq >= header.base_seq:
+        for frame in iter_frames(bytes(data), header.frames_start, header.base_seq, chain):
+            if frame[1] == acked_seq:
+                end, chain = frame[4], frame[5]
+                break
+        else:
+            raise AssertionError(f"seq {acked_seq} is not in {segment.name}")
+    body_crc = crc32c(bytes(data[header.frames_start : end]))
+    for generation in (header.mark.generation + 1, header.mark.generation + 2):
+        mark = Mark(acked_seq, chain, generation, body_end=end, body_crc=body_crc)
+        offset = mark_slot_offset(generation)
+        data[offset : offset + MARK_SLOT_BYTES] = encode_mark(mark)
+    segment.write_bytes(bytes(data))
 
 
 def standard_batches(transactions: int, *, seed: int = 0, per_batch: int = 1) -> list[Batch]:

@@ -14,20 +14,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.store.format import (
+    BASE_HEADER_BYTES,
     CHAIN_SEED,
     FORMAT_VERSION,
     FRAME_HEAD_BYTES,
     LOG_MAGIC,
+    MARK_SLOT_BYTES,
     MAX_PAYLOAD_BYTES,
     SEGMENT_HEADER_BYTES,
     FrameFailure,
     HeaderProblem,
+    Mark,
     SegmentHeader,
     append_frame,
     decode_segment_header,
     encode_frame,
+    encode_mark,
     encode_segment_header,
+    frames_start,
     iter_frames,
+    mark_slot_offset,
     padded_size,
     parse_segment_name,
     segment_name,
@@ -54,20 +60,59 @@ def test_segment_names_sort_by_sequence_and_ignore_other_files() -> None:
 
 def test_header_layout_keeps_magic_and_version_first() -> None:
     header = encode_segment_header(42, 0xDEADBEEF)
-    assert len(header) == SEGMENT_HEADER_BYTES == 32
+    assert len(header) == SEGMENT_HEADER_BYTES == 112
     assert header[:8] == LOG_MAGIC
-    assert struct.unpack_from("<H", header, 8)[0] == FORMAT_VERSION
+    assert struct.unpack_from("<H", header, 8)[0] == FORMAT_VERSION == 2
     assert struct.unpack_from("<I", header, 12)[0] == 0xDEADBEEF
     assert struct.unpack_from("<Q", header, 16)[0] == 42
     assert struct.unpack_from("<I", header, 28)[0] == crc32c(header[:28])
-    assert decode_segment_header(header) == SegmentHeader(FORMAT_VERSION, 42, 0xDEADBEEF)
+    decoded = decode_segment_header(header)
+    assert isinstance(decoded, SegmentHeader)
+    assert (decoded.format_version, decoded.base_seq, decoded.prev_chain_crc) == (2, 42, 0xDEADBEEF)
+    # A new segment's mark: nothing acknowledged yet, not sealed, both slots intact.
+    assert decoded.mark == Mark(41, 0xDEADBEEF, generation=1, body_end=SEGMENT_HEADER_BYTES)
+    assert decoded.damaged_slots == 0 and decoded.frames_start == 112
 
 
-@given(st.integers(min_value=0, max_value=SEGMENT_HEADER_BYTES * 8 - 1))
+def test_format_1_header_still_decodes() -> None:
+    header = encode_segment_header(42, 7, format_version=1)
+    assert len(header) == BASE_HEADER_BYTES == 32
+    assert decode_segment_header(header) == SegmentHeader(1, 42, 7)
+    assert frames_start(1) == 32
+
+
+@given(st.integers(min_value=0, max_value=BASE_HEADER_BYTES * 8 - 1))
 def test_any_flipped_header_bit_is_refused(bit: int) -> None:
     header = bytearray(encode_segment_header(7, 99))
     header[bit // 8] ^= 1 << (bit % 8)
     assert isinstance(decode_segment_header(bytes(header)), HeaderProblem)
+
+
+@given(st.integers(min_value=BASE_HEADER_BYTES * 8, max_value=SEGMENT_HEADER_BYTES * 8 - 1))
+def test_a_flipped_bit_in_one_mark_slot_falls_back_to_the_other(bit: int) -> None:
+    # One slot is written at a time, so one bad slot may be a torn mark write: tolerated.
+    header = bytearray(encode_segment_header(7, 99))
+    header[bit // 8] ^= 1 << (bit % 8)
+    decoded = decode_segment_header(bytes(header))
+    assert isinstance(decoded, SegmentHeader)
+    assert decoded.damaged_slots == 1
+    assert decoded.mark is not None and decoded.mark.acked_seq == 6
+
+
+def test_both_mark_slots_damaged_is_refused() -> None:
+    header = bytearray(encode_segment_header(7, 99))
+    header[BASE_HEADER_BYTES] ^= 1
+    header[BASE_HEADER_BYTES + MARK_SLOT_BYTES] ^= 1
+    problem = decode_segment_header(bytes(header))
+    assert isinstance(problem, HeaderProblem) and "both mark slots" in problem.message
+
+
+def test_the_newer_valid_slot_wins() -> None:
+    header = bytearray(encode_segment_header(7, 99))
+    newer = Mark(acked_seq=20, chain_crc=5, generation=2)
+    header[mark_slot_offset(2) : mark_slot_offset(2) + MARK_SLOT_BYTES] = encode_mark(newer)
+    decoded = decode_segment_header(bytes(header))
+    assert isinstance(decoded, SegmentHeader) and decoded.mark == newer
 
 
 def test_newer_format_version_is_reported_as_such() -> None:

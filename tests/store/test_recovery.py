@@ -19,8 +19,14 @@ from memstate.core.errors import EXIT_DATAERR, LogCorruption, MidLogCorruption, 
 from memstate.core.events import CgroupOrphanFound, DaemonStarted, Envelope
 from memstate.core.state import State
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.format import FORMAT_VERSION, SEGMENT_HEADER_BYTES, padded_size
+from memstate.store.format import (
+    BASE_HEADER_BYTES,
+    FORMAT_VERSION,
+    SEGMENT_HEADER_BYTES,
+    padded_size,
+)
 from memstate.store.log import EventLog, LogReader, verify
+from memstate.store.recovery import recover_state
 from tests.store.helpers import BASE_TS_NS, Batch, Node, build_log, standard_batches
 
 
@@ -77,8 +83,11 @@ def frame_table(state_dir: Path) -> list[FrameAt]:
 
 
 def build(tmp_path: Path, batches: list[Batch], segment_bytes: int = 1024) -> Built:
+    """A log as a crash leaves it: the last batch written but not yet acknowledged."""
     state_dir = tmp_path / "state"
-    written = build_log(state_dir, batches, segment_bytes=segment_bytes)
+    written = build_log(
+        state_dir, batches, segment_bytes=segment_bytes, last_batch_acknowledged=False
+    )
     files = {p.name: p.read_bytes() for p in sorted((state_dir / "log").glob("*.evlog"))}
     return Built(state_dir, written, frame_table(state_dir), files)
 
@@ -213,12 +222,18 @@ def test_leftover_temp_files_are_removed(tmp_path: Path) -> None:
 # --- corruption -----------------------------------------------------------------------------------
 
 
+def start_up(state_dir: Path) -> None:
+    """What the daemon does before READY with the log: open (recovery) and `recover_state`."""
+    with EventLog.open(state_dir, fsync=False):
+        recover_state(state_dir)
+
+
 def expect_refusal(built: Built, segment: str, low: int, high: int) -> LogCorruption | SchemaError:
     """Open must refuse, name `segment`, report an offset in [low, high), change nothing."""
     path = built.state_dir / "log" / segment
     before = (sorted(p.name for p in path.parent.iterdir()), path.read_bytes())
     with pytest.raises((LogCorruption, SchemaError)) as error:
-        EventLog.open(built.state_dir, fsync=False)
+        start_up(built.state_dir)
     exc = error.value
     assert exc.exit_code == EXIT_DATAERR
     assert (sorted(p.name for p in path.parent.iterdir()), path.read_bytes()) == before
@@ -255,8 +270,19 @@ def test_one_flipped_bit_anywhere_before_the_tail_is_refused_at_its_frame(tmp_pa
             damaged = bytearray(original)
             damaged[byte] ^= 1 << (byte % 8)
             built.write(name, bytes(damaged))
+            if BASE_HEADER_BYTES <= byte < SEGMENT_HEADER_BYTES:
+                # One damaged mark slot is what a torn mark write leaves: the other slot (one
+                # batch older) is used, and nothing is lost.
+                start_up(built.state_dir)
+                assert (
+                    records(built.state_dir) == built.written[:-1]
+                    or records(built.state_dir) == built.written
+                )
+                built.restore()
+                checked += 1
+                continue
             if byte < SEGMENT_HEADER_BYTES:
-                low, high = 0, SEGMENT_HEADER_BYTES
+                low, high = 0, BASE_HEADER_BYTES
             else:
                 frame = next(f for f in frames_by_segment[name] if f.offset <= byte < f.end)
                 low, high = frame.offset, frame.offset + 1
@@ -320,6 +346,20 @@ def test_removed_first_segment_is_refused(tmp_path: Path) -> None:
     assert "missing" in str(exc)
 
 
+def test_removed_last_segment_is_refused_because_the_one_before_is_sealed(
+    tmp_path: Path,
+) -> None:
+    # No checkpoint needed: a segment is sealed only after its successor exists.
+    built = log_ending_with_a_note(tmp_path)
+    names = sorted(built.files)
+    built.restore()
+    (built.state_dir / "log" / names[-1]).unlink()
+    with pytest.raises(MidLogCorruption, match=r"sealed.*missing") as error:
+        EventLog.open(built.state_dir, fsync=False)
+    assert error.value.exit_code == EXIT_DATAERR
+    assert verify(built.state_dir).problem is not None
+
+
 def test_removed_last_segment_is_refused_when_a_checkpoint_covers_it(tmp_path: Path) -> None:
     built = log_ending_with_a_note(tmp_path)
     names = sorted(built.files)
@@ -328,7 +368,7 @@ def test_removed_last_segment_is_refused_when_a_checkpoint_covers_it(tmp_path: P
         seq, crc = log.last_seq, log.chain_crc
     write_checkpoint(built.state_dir, State(), seq=seq, chain_crc=crc, fsync=False)
     (built.state_dir / "log" / names[-1]).unlink()
-    with pytest.raises(MidLogCorruption, match="checkpoint") as error:
+    with pytest.raises(MidLogCorruption, match="missing") as error:
         EventLog.open(built.state_dir, fsync=False)
     assert error.value.exit_code == EXIT_DATAERR
 

@@ -1,4 +1,5 @@
-"""Start-up on a 1,000,000-record log with a checkpoint decodes only the tail.
+"""Start-up on a 1,000,000-record log with a checkpoint decodes only the tail, and reads no
+byte of the sealed segments' bodies.
 
 Goal: start-up cost after a checkpoint does not depend on how much history precedes it — it
 decodes (and folds) only the records after the checkpoint. The test counts decoded records,
@@ -13,6 +14,7 @@ writer. Then the log is opened (recovery scans every frame's CRC) and `recover_s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import memstate.store.log as log_module
 from memstate.core.codec import encode_envelope
 from memstate.core.events import SCHEMA_VERSION, Envelope
 from memstate.store.checkpoint import write_checkpoint
+from memstate.store.format import SEGMENT_HEADER_BYTES, SegmentHeader, decode_segment_header
 from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
 from tests.store.bulk import FILLER, FillerPayloads, write_filler_log
@@ -91,12 +94,50 @@ def test_startup_with_a_checkpoint_decodes_only_the_tail(
         return envelope
 
     monkeypatch.setattr(log_module, "decode_envelope", counting_decode)
+    reads = record_reads(monkeypatch)
     with EventLog.open(state_dir, fsync=False) as log:  # start-up: recovery, then state
         assert not log.recovery.truncated and log.last_seq == TOTAL_RECORDS
         recovered = recover_state(state_dir)
+    monkeypatch.undo()
+    # Sealed segments are checked from their header and seal only: start-up reads no byte of
+    # their bodies, so its cost does not grow with the log (the daemon reads them after READY).
+    segments = sorted((state_dir / "log").glob("*.evlog"))
+    sealed = [path for path in segments[:-1] if is_sealed(path)]
+    assert len(sealed) >= 5
+    for path in sealed:
+        assert reads.get(str(path), 0) <= SEGMENT_HEADER_BYTES, path.name
     assert recovered.checkpoint_seq == checkpoint_seq
     assert recovered.decoded_events == tail_records == TOTAL_RECORDS - checkpoint_seq
     assert decoded == list(range(checkpoint_seq + 1, TOTAL_RECORDS + 1))
     assert recovered.last_seq == TOTAL_RECORDS
     assert recovered.state == node.state
     assert recovered.warnings == []
+
+
+def is_sealed(path: Path) -> bool:
+    header = decode_segment_header(path.read_bytes()[:SEGMENT_HEADER_BYTES])
+    return isinstance(header, SegmentHeader) and header.sealed
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Wrap `os.pread`/`os.preadv`: the furthest byte read in each file, by path."""
+    furthest: dict[str, int] = {}
+    real_pread, real_preadv = os.pread, os.preadv
+
+    def note(fd: int, offset: int, count: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        furthest[path] = max(furthest.get(path, 0), offset + count)
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        data = real_pread(fd, size, offset)
+        note(fd, offset, len(data))
+        return data
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        count = real_preadv(fd, buffers, offset)
+        note(fd, offset, count)
+        return count
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "preadv", preadv)
+    return furthest

@@ -8,6 +8,7 @@ describe. The fixture is read from a copy, so the committed files are never touc
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import msgspec
 
 from memstate.core.events import SCHEMA_VERSION, DaemonStarted
 from memstate.history.replay import replay_state
+from memstate.store.format import SegmentHeader, decode_segment_header
 from memstate.store.log import EventLog, LogReader, verify
 from memstate.store.recovery import recover_state
 
@@ -49,3 +51,28 @@ def test_v1_log_replays_with_current_types(tmp_path: Path) -> None:
     assert recovered.state == replay_state(envelopes)
     assert sorted(recovered.state.pods) == ["v1-pod-b", "v1-pod-c"]
     assert all(record.allocation is not None for record in recovered.state.pods.values())
+
+
+def test_format_1_segments_still_read_and_the_writer_continues_in_format_2(
+    tmp_path: Path,
+) -> None:
+    # The fixture's segments are format 1 (32-byte header, no mark slots).
+    for path in (FIXTURE / "log").glob("*.evlog"):
+        header = decode_segment_header(path.read_bytes())
+        assert isinstance(header, SegmentHeader) and header.format_version == 1
+    state_dir = tmp_path / "state"
+    shutil.copytree(FIXTURE, state_dir)
+    with EventLog.open(state_dir, fsync=False) as log:
+        log.append([(DaemonStarted(memstate_version="0.1.0", reducer_version=1), 0)], ts_ns=1)
+    segments = sorted((state_dir / "log").glob("*.evlog"))
+    assert len(segments) == 3  # the old two, untouched, and a new format 2 one from seq 13
+    new = decode_segment_header(segments[-1].read_bytes())
+    assert isinstance(new, SegmentHeader) and (new.format_version, new.base_seq) == (2, 13)
+    assert new.mark is not None and new.mark.acked_seq == 13
+    for path in segments[:2]:
+        assert path.read_bytes() == (FIXTURE / "log" / path.name).read_bytes()
+    report = verify(state_dir, full=True)
+    assert report.ok and report.last_seq == 13
+    # The new segment's mark now guards the records it holds.
+    os.truncate(segments[-1], segments[-1].stat().st_size - 8)
+    assert verify(state_dir).problem is not None

@@ -71,15 +71,24 @@ def register(subparsers: Any) -> None:
 
     verify_parser = commands.add_parser(
         "verify",
-        help="check headers, sequence, CRC chain and records (exit 65 on damage)",
+        help="apply start-up's checks to the log (exit 65 where start-up would refuse)",
         description=(
-            "Check every segment (magic, format version, CRC chain, contiguous sequence) and "
-            "decode every record. Exit 0 if the log is sound (a torn tail that the next start "
-            "will cut is reported but is not damage), 65 with the first problem otherwise. "
+            "Apply exactly the checks `memstate run` applies at start-up, without changing "
+            "anything: every segment header and seal, every frame of the unsealed segments, "
+            "the acknowledged mark, checkpoints beyond the end, and the records start-up reads "
+            "(after the checkpoint it would use), decoded. Exit 0 where start-up would start (a "
+            "torn tail of unacknowledged records that it will cut is reported, not damage), 65 "
+            "with the same problem, file, offset and seq where it would refuse. --full also "
+            "reads every sealed segment (frames, body CRC) and decodes every record. "
             "Checkpoints are listed with whether start-up could use them."
         ),
     )
     _state_dir_argument(verify_parser)
+    verify_parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also check every sealed segment's frames and body CRC and decode every record",
+    )
     verify_parser.add_argument(
         "--no-decode", action="store_true", help="check framing and CRCs only (faster)"
     )
@@ -239,7 +248,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     state_dir = state_dir_of(args)
     _require_log(state_dir)
-    report = verify(state_dir, decode=not args.no_decode)
+    report = verify(state_dir, decode=not args.no_decode, full=args.full)
     reader = LogReader(state_dir)
     checkpoints = []
     for seq, path in list_checkpoints(state_dir):
@@ -261,6 +270,8 @@ def run_verify(args: argparse.Namespace) -> int:
         "last_seq": report.last_seq,
         "chain_crc": f"{report.chain_crc:08x}",
         "decoded": report.decoded,
+        "full": report.full,
+        "sealed_unread": report.sealed_unread,
         "problem": to_plain(report.problem) if report.problem else None,
         "tail": to_plain(report.tail) if report.tail else None,
         "checkpoints": checkpoints,
@@ -280,6 +291,13 @@ def _verify_table(document: dict[str, Any]) -> None:
         ["records", f"{document['records']} (seq {document['first_seq']}..{document['last_seq']})"],
         ["chain CRC", document["chain_crc"]],
         ["records decoded", "yes" if document["decoded"] else "no (--no-decode)"],
+        [
+            "sealed segments",
+            "all read (--full)"
+            if document["full"]
+            else f"{document['sealed_unread']} checked from their seal (as start-up; --full reads "
+            "them)",
+        ],
     ]
     tail = document["tail"]
     if tail:
