@@ -6,9 +6,9 @@
 Starts `memstate run` as a subprocess on a node laid out like the demo's (tests/daemon/harness:
 two NUMA nodes, a directory-backed simulated cgroup tree, the metrics endpoint on), with the
 production periods (rescan and resync every 30 s), admits `--pods` pods, waits until the start-up
-work is over, then reads the process's CPU time (utime + stime of every thread, /proc/<pid>/stat)
-at the start and the end of a `--seconds` window in which nothing changes. Prints the share of
-one core.
+and admission work is over (converged, no reconcile round for 5 s), then reads the process's CPU
+time (utime + stime of every thread, /proc/<pid>/stat) at the start and the end of a `--seconds`
+window in which nothing changes. Prints the share of one core.
 
 With `--baseline-src DIR` (a directory holding another version's `memstate` package, e.g.
 `git archive <rev> memstate | tar -x -C DIR`), the two versions are measured alternately, round
@@ -39,6 +39,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def reconcile_rounds(node: Node) -> float:
+    """Reconcile rounds so far (scoped and full), from the daemon's metrics."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in node.metrics().splitlines()
+        if line.startswith("memstate_reconcile_duration_seconds_count")
+    )
+
+
+def wait_until_quiet(node: Node, timeout: float = 600.0) -> None:
+    """Until the start-up and admission work is over: the tree converged and no reconcile round
+    for `SETTLE_SECONDS` (pods dropped together are still being reconciled after their
+    decisions are recorded)."""
+    deadline = time.monotonic() + timeout
+    rounds, since = reconcile_rounds(node), time.monotonic()
+    while time.monotonic() - since < SETTLE_SECONDS:
+        if time.monotonic() > deadline:
+            raise AssertionError("the daemon never became quiet")
+        time.sleep(0.5)
+        now_rounds = reconcile_rounds(node)
+        if now_rounds != rounds or node.metric("memstate_reconcile_converged") != 1:
+            rounds, since = now_rounds, time.monotonic()
+
+
 def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> float:
     """Share of one core the idle daemon used over `seconds` (0.01 = 1 %)."""
     if directory.exists():
@@ -59,7 +83,7 @@ def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> 
                 lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
                 timeout=600,
             )
-        time.sleep(SETTLE_SECONDS)
+        wait_until_quiet(node)
         assert node.process is not None
         pid = node.process.pid
         started_cpu, started = cpu_seconds(pid), time.monotonic()
