@@ -54,8 +54,14 @@ class SegmentFile:
             raise
 
     def header(self) -> SegmentHeader | HeaderProblem:
-        """The decoded header (format 1 or 2) read with one small `pread`."""
-        return decode_segment_header(self.pread(min(self.size, SEGMENT_HEADER_BYTES), 0))
+        """The decoded header (format 1 or 2) read with one small `pread`.
+
+        The size is taken again *after* the header is read: a writer updates the mark only
+        after the bytes it describes are in the file, so a reader beside a running writer never
+        sees a mark (or seal) that ends past the size it uses."""
+        decoded = decode_segment_header(self.pread(SEGMENT_HEADER_BYTES, 0))
+        self.size = os.fstat(self.fd).st_size
+        return decoded
 
     def pread(self, size: int, offset: int) -> bytes:
         """`size` bytes at `offset` (fewer only at the end of the file)."""
