@@ -104,8 +104,9 @@ from memstate.store.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-from memstate.store.log import EventLog, check_sealed_bodies
+from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
+from memstate.store.verify import check_sealed_bodies
 
 logger = logging.getLogger("memstate.node.daemon")
 

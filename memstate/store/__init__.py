@@ -28,12 +28,10 @@ from memstate.store.log import (
     RawRecord,
     RecoveryReport,
     SegmentInfo,
-    VerifyReport,
-    check_sealed_bodies,
     inspect_log,
-    verify,
 )
 from memstate.store.recovery import Recovered, recover_state
+from memstate.store.verify import VerifyReport, check_sealed_bodies, verify
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

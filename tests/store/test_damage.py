@@ -33,8 +33,9 @@ from memstate.core.errors import InvariantViolation, LogCorruption, MemstateErro
 from memstate.core.events import Envelope
 from memstate.history.replay import replay_state
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog, LogReader, check_sealed_bodies, verify
+from memstate.store.log import EventLog, LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.verify import check_sealed_bodies, verify
 from tests.store.helpers import build_log, standard_batches
 
 SAMPLES = int(os.environ.get("MEMSTATE_DAMAGE_SAMPLES", "200"))

@@ -21,7 +21,8 @@ import pytest
 
 from memstate.core.errors import EXIT_IOERR, LogDiskFull
 from memstate.core.events import Envelope
-from memstate.store.log import EventLog, LogReader, verify
+from memstate.store.log import EventLog, LogReader
+from memstate.store.verify import verify
 from tests.store.helpers import BASE_TS_NS, Node
 
 

@@ -40,7 +40,8 @@ from memstate.store.format import (
     decode_segment_header,
     segment_name,
 )
-from memstate.store.log import EventLog, LogReader, read_origin, verify
+from memstate.store.log import EventLog, LogReader, read_origin
+from memstate.store.verify import verify
 from tests.store.helpers import BASE_TS_NS, Node, build_log, standard_batches
 
 

@@ -17,8 +17,9 @@ import msgspec
 from memstate.core.events import SCHEMA_VERSION, DaemonStarted
 from memstate.history.replay import replay_state
 from memstate.store.format import SegmentHeader, decode_segment_header
-from memstate.store.log import EventLog, LogReader, verify
+from memstate.store.log import EventLog, LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.verify import verify
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1-log"
 

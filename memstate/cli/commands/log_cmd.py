@@ -243,8 +243,9 @@ def _require_log(state_dir: Path) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     from memstate.store.checkpoint import list_checkpoints
-    from memstate.store.log import LogReader, verify
+    from memstate.store.log import LogReader
     from memstate.store.recovery import assess_checkpoint
+    from memstate.store.verify import verify
 
     state_dir = state_dir_of(args)
     _require_log(state_dir)
