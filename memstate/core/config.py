@@ -340,9 +340,8 @@ def validate_config_for_topology(
             f"enumeration is 2^N); this machine has {len(topology.nodes)}",
             "$.memoryManagerPolicy",
         )
-    memory_total = sum(e.size_bytes for e in config.reserved_memory if e.resource == MEMORY)
-    if memory_total <= 0:
-        raise fail("[memorymanager] you should specify the system reserved memory")
+    # Upstream's order (memory-manager.md §1.4): the Node Allocatable sums first, then "> 0", so
+    # one misconfiguration gets the kubelet's error.
     expected = node_allocatable_reservation(config, topology.capacity_bytes)
     reserved_types = {e.resource for e in config.reserved_memory} | set(expected)
     for resource in sorted(reserved_types):
@@ -354,3 +353,6 @@ def validate_config_for_topology(
                 f'the value "{format_bytes(want)}" determined by Node Allocatable feature '
                 "(kubeReserved + systemReserved + evictionHard memory.available)"
             )
+    memory_total = sum(e.size_bytes for e in config.reserved_memory if e.resource == MEMORY)
+    if memory_total <= 0:
+        raise fail("[memorymanager] you should specify the system reserved memory")

@@ -224,6 +224,7 @@ class Daemon:
         for warning in recovered.warnings:
             logger.warning("checkpoint: %s", warning)
         self.state = recovered.state
+        self.metrics.start_process(recovered.state.counters)
         self.removals = recovered.removals
         if recovered.removals:
             paths = sorted(recovered.removals.paths)
