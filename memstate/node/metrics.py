@@ -14,8 +14,8 @@ rest. Upstream-named series carry upstream's stability prefix in their help text
 the kubelet's component-base metrics do. Like the kubelet's, the upstream-named pinning counters
 count from the start of this process; the totals over the whole event log (what the state holds)
 are `memstate_memory_manager_pinning_{requests,errors}_total`. No pod UID labels (churny series);
-per-pod history belongs to `memstate audit`. Served over HTTP by memstate.node.endpoint (on trio, in the
-daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
+per-pod history belongs to `memstate audit`. Served over HTTP by memstate.node.endpoint (on trio,
+in the daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
 """
 
 from __future__ import annotations
