@@ -178,7 +178,7 @@ def test_hugepage_names_are_canonical() -> None:
         ),
         (lambda m: m["spec"].update(containers=[]), "$.spec.containers", "at least one"),
         (lambda m: m["spec"].update(resources={"limits": {}}), "$.spec.resources", "pod-level"),
-        (lambda m: m.update(kind="Deployment"), "$.kind", "kind Pod"),
+        (lambda m: m.update(kind="Deployment"), "$.kind", "is not a Pod"),
         (
             lambda m: m["spec"]["containers"].append(container("app", "1Gi")),
             "$.spec",
@@ -355,7 +355,7 @@ def test_documented_reservation_example_validates() -> None:
     ("obj", "path", "fragment"),
     [
         ({"memoryManagerPolcy": "Static"}, "", "unknown field"),
-        ({"memoryManagerPolicy": "static"}, "$.memoryManagerPolicy", "Invalid enum"),
+        ({"memoryManagerPolicy": "static"}, "$.memoryManagerPolicy", 'unknown policy: "static"'),
         ({"memoryThrottlingFactor": 0}, "$.memoryThrottlingFactor", "greater than 0"),
         ({"memoryThrottlingFactor": 1.5}, "$.memoryThrottlingFactor", "less than or equal"),
         (
