@@ -11,19 +11,15 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pytest
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
-pytest.importorskip("matplotlib")
-
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-
-from memstate.core.events import PodAdmissionRequested, PodRemovalRequested  # noqa: E402
-from memstate.history.audit import PlotData, PodSpan, Window, plot_data  # noqa: E402
-from memstate.history.audit_plot import _moment, draw, render_png  # noqa: E402
-from memstate.history.replay import open_source  # noqa: E402
-from tests import factories  # noqa: E402
-from tests.replay.recording import BASE_TS_NS, record_log, start_inputs  # noqa: E402
+from memstate.core.events import PodAdmissionRequested, PodRemovalRequested
+from memstate.history.audit import PlotData, PodSpan, Window, plot_data
+from memstate.history.audit_plot import _moment, draw, render_png
+from memstate.history.replay import open_source
+from tests import factories
+from tests.replay.recording import BASE_TS_NS, record_log, start_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHT = ROOT / "replay" / "audit-night-shift.jsonl"
