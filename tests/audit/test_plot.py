@@ -9,6 +9,8 @@ text extents from the Agg renderer), never through pixels.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 from matplotlib.lines import Line2D
@@ -123,3 +125,11 @@ def test_audit_plot_handles_events_sharing_a_timestamp(tmp_path: Path) -> None:
     low, high = figure.axes[0].get_xlim()
     assert high - low > 0
     render_png(data, tmp_path / "same.png")
+
+
+def test_audit_plot_week_example_is_what_its_script_writes(tmp_path: Path) -> None:
+    """The bundled example is generated, never edited: the script reproduces it byte for byte."""
+    script = ROOT / "scripts" / "make_week_example.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+    for name in ("week-of-churn.jsonl", "week-of-churn.expected.json"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "replay" / name).read_bytes(), name
