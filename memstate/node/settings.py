@@ -37,8 +37,8 @@ memstate:
 ```
 
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
-(top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Before
-0.x the section spelled `cgroupTree` as `cgroupRoot` too; that spelling is still accepted, with a
+(top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier
+versions spelled `cgroupTree` as `cgroupRoot` too; that spelling is still accepted, with a
 deprecation warning (`DEPRECATED_KEYS`).
 """
 
