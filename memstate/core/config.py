@@ -1,8 +1,17 @@
 """Node configuration, spelled with KubeletConfiguration field names.
 
 Operators already know `memoryManagerPolicy`, `reservedMemory`, `memoryThrottlingFactor`... so the
-config file uses exactly those names (camelCase). Unknown fields are rejected so that a typo such
-as `memoryManagerPolcy` is an error rather than a silently ignored line.
+config file uses exactly those names (camelCase), and a kubelet's own config file (a kubeadm
+`KubeletConfiguration`) can be used as is: the upstream fields memstate has no use for
+(`authentication`, `clusterDNS`, `staticPodPath`...) are accepted and listed by `ignored_fields`,
+which the shell reports once per load. A field that is not a KubeletConfiguration field at all is
+still an error, so that a typo such as `memoryManagerPolcy` is not a silently ignored line. A few
+upstream fields would change what memstate decides if they were honoured; those are refused when
+set (`UNSUPPORTED_FIELDS`).
+
+Checks run in upstream's order (memory-manager.md §1.4, §9): the config's own values at load
+(`unknown policy: "static"`, with the valid values), then against the machine: reservations on
+existing NUMA nodes, the Node Allocatable sums, reserved memory > 0.
 
 Two layers:
 - `KubeletConfigFile` mirrors the file (quantities as written, camelCase); `normalise_config`
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -48,6 +57,140 @@ _MAX_CGROUP_ROOT_CHARS = 4096  # PATH_MAX
 _MAX_CGROUP_COMPONENT_CHARS = 255  # NAME_MAX
 
 
+# The fields of KubeletConfiguration (kubelet.config.k8s.io/v1beta1, up to v1.36) that memstate
+# does not read: accepted, and listed as ignored.
+UPSTREAM_IGNORED_FIELDS = frozenset(
+    {
+        "address",
+        "allowedUnsafeSysctls",
+        "authentication",
+        "authorization",
+        "clusterDNS",
+        "clusterDomain",
+        "configMapAndSecretChangeDetectionStrategy",
+        "containerLogMaxFiles",
+        "containerLogMaxSize",
+        "containerLogMaxWorkers",
+        "containerLogMonitorInterval",
+        "containerRuntimeEndpoint",
+        "contentType",
+        "cpuCFSQuota",
+        "cpuCFSQuotaPeriod",
+        "cpuManagerPolicy",
+        "cpuManagerPolicyOptions",
+        "cpuManagerReconcilePeriod",
+        "crashLoopBackOff",
+        "enableControllerAttachDetach",
+        "enableContentionProfiling",
+        "enableDebugFlagsHandler",
+        "enableDebuggingHandlers",
+        "enableProfilingHandler",
+        "enableServer",
+        "enableSystemLogHandler",
+        "enableSystemLogQuery",
+        "eventBurst",
+        "eventRecordQPS",
+        "evictionMaxPodGracePeriod",
+        "evictionMinimumReclaim",
+        "evictionPressureTransitionPeriod",
+        "evictionSoft",
+        "evictionSoftGracePeriod",
+        "failCgroupV1",
+        "failSwapOn",
+        "fileCheckFrequency",
+        "hairpinMode",
+        "healthzBindAddress",
+        "healthzPort",
+        "httpCheckFrequency",
+        "imageGCHighThresholdPercent",
+        "imageGCLowThresholdPercent",
+        "imageMaximumGCAge",
+        "imageMinimumGCAge",
+        "imagePullCredentialsVerificationPolicy",
+        "imageServiceEndpoint",
+        "iptablesDropBit",
+        "iptablesMasqueradeBit",
+        "kernelMemcgNotification",
+        "kubeAPIBurst",
+        "kubeAPIQPS",
+        "kubeReservedCgroup",
+        "kubeletCgroups",
+        "localStorageCapacityIsolation",
+        "logging",
+        "makeIPTablesUtilChains",
+        "maxOpenFiles",
+        "maxParallelImagePulls",
+        "maxPods",
+        "memorySwap",
+        "nodeLeaseDurationSeconds",
+        "nodeStatusMaxImages",
+        "nodeStatusReportFrequency",
+        "nodeStatusUpdateFrequency",
+        "oomScoreAdj",
+        "podCIDR",
+        "podLogsDir",
+        "podPidsLimit",
+        "podsPerCore",
+        "port",
+        "preloadedImagesVerificationAllowlist",
+        "protectKernelDefaults",
+        "providerID",
+        "readOnlyPort",
+        "registerNode",
+        "registerWithTaints",
+        "registryBurst",
+        "registryPullQPS",
+        "reservedSystemCPUs",
+        "resolvConf",
+        "rotateCertificates",
+        "runOnce",
+        "runtimeRequestTimeout",
+        "seccompDefault",
+        "serializeImagePulls",
+        "serverTLSBootstrap",
+        "showHiddenMetricsForVersion",
+        "shutdownGracePeriod",
+        "shutdownGracePeriodByPodPriority",
+        "shutdownGracePeriodCriticalPods",
+        "singleProcessOOMKill",
+        "staticPodPath",
+        "staticPodURL",
+        "staticPodURLHeader",
+        "streamingConnectionIdleTimeout",
+        "syncFrequency",
+        "systemCgroups",
+        "systemReservedCgroup",
+        "tlsCertFile",
+        "tlsCipherSuites",
+        "tlsMinVersion",
+        "tlsPrivateKeyFile",
+        "tracing",
+        "userNamespaces",
+        "volumePluginDir",
+        "volumeStatsAggPeriod",
+    }
+)
+# Upstream fields that would change memstate's decisions: refused unless they hold the value
+# memstate implements (docs/deviations.md).
+UNSUPPORTED_FIELDS: dict[str, tuple[object, str]] = {
+    "qosReserved": ({}, "QOSReserved memory limits on the QoS cgroups are not supported"),
+    "mergeDefaultEvictionSettings": (
+        False,
+        "memstate reads evictionHard without merging the defaults into it",
+    ),
+}
+# enforceNodeAllocatable entries whose cgroups memstate does not manage.
+UNENFORCED_LEVELS = ("kube-reserved", "system-reserved")
+# Upstream's wording for an unknown value of an enumerated field, and the valid values.
+_ENUM_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "memoryManagerPolicy": ("policy", ("None", "Static")),
+    "topologyManagerPolicy": ("policy", ("none", "best-effort", "restricted", "single-numa-node")),
+    "topologyManagerScope": ("scope", ("container", "pod")),
+    "memoryReservationPolicy": ("memoryReservationPolicy", ("None", "TieredReservation")),
+    "cgroupDriver": ("cgroup driver", ("cgroupfs", "systemd")),
+}
+
+
 class ReservedMemoryFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     numa_node: int
     limits: dict[str, QuantityInput]
@@ -58,17 +201,19 @@ class KubeletConfigFile(msgspec.Struct, forbid_unknown_fields=True, rename="came
 
     api_version: str = "kubelet.config.k8s.io/v1beta1"
     kind: str = "KubeletConfiguration"
-    memory_manager_policy: MemoryManagerPolicy = "None"
-    topology_manager_policy: TopologyManagerPolicy = "none"
-    topology_manager_scope: TopologyManagerScope = "container"
+    # Enumerations are plain strings here: `normalise_config` checks them in upstream's order
+    # and words the error as upstream does.
+    memory_manager_policy: str = "None"
+    topology_manager_policy: str = "none"
+    topology_manager_scope: str = "container"
     topology_manager_policy_options: dict[str, str] = {}
     reserved_memory: list[ReservedMemoryFile] = []
     system_reserved: dict[str, QuantityInput] = {}
     kube_reserved: dict[str, QuantityInput] = {}
     eviction_hard: dict[str, str] | None = None
     memory_throttling_factor: float = 0.9
-    memory_reservation_policy: MemoryReservationPolicy = "None"
-    cgroup_driver: CgroupDriver = "cgroupfs"
+    memory_reservation_policy: str = "None"
+    cgroup_driver: str = "cgroupfs"
     cgroup_root: str = "/"
     cgroups_per_qos: bool = msgspec.field(name="cgroupsPerQOS", default=True)
     enforce_node_allocatable: list[str] = msgspec.field(default_factory=lambda: ["pods"])
@@ -117,10 +262,24 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return int(value)
 
 
+_READ_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(KubeletConfigFile))
+
+
+def ignored_fields(obj: Any) -> list[str]:
+    """The upstream KubeletConfiguration fields of `obj` that memstate does not read, sorted."""
+    if not isinstance(obj, dict):
+        return []
+    return sorted(k for k in obj if isinstance(k, str) and k in UPSTREAM_IGNORED_FIELDS)
+
+
 def config_from_object(obj: Any, *, source: str = "") -> NodeConfig:
-    """Decode a KubeletConfiguration-shaped object (from YAML/JSON) into a `NodeConfig`."""
+    """Decode a KubeletConfiguration-shaped object (from YAML/JSON) into a `NodeConfig`.
+
+    Upstream fields memstate does not read are dropped here (see `ignored_fields`)."""
     if obj is None:
         obj = {}
+    if isinstance(obj, dict):
+        obj = _check_top_level(obj, source)
     raw = convert_input(obj, KubeletConfigFile, source=source, error=ConfigError)
     try:
         return normalise_config(raw)
@@ -130,10 +289,61 @@ def config_from_object(obj: Any, *, source: str = "") -> NodeConfig:
         raise reraise_as(exc, ConfigError, source=source) from None
 
 
+def _check_top_level(obj: dict[Any, Any], source: str) -> dict[Any, Any]:
+    """The checks that must speak before a type check would: the kind, upstream's wording for
+    unknown policies, unsupported and unknown fields. Returns the fields memstate reads."""
+    kind = obj.get("kind", "KubeletConfiguration")
+    if kind != "KubeletConfiguration":
+        # Before the field check: a Pod or a Deployment would otherwise be "unknown field".
+        raise ConfigError(
+            f"kind {echo(kind)} is not a KubeletConfiguration: this file is not a kubelet config",
+            source=source,
+            path="$.kind",
+        )
+    for key, (default, reason) in UNSUPPORTED_FIELDS.items():
+        if key in obj and obj[key] not in (default, None):
+            raise ConfigError(f"{key} is not supported: {reason}", source=source, path=f"$.{key}")
+    for key in obj:
+        if key not in _READ_FIELDS and key not in UPSTREAM_IGNORED_FIELDS:
+            if key in UNSUPPORTED_FIELDS:
+                continue
+            raise ConfigError(
+                f"unknown field {echo(key)}: not a KubeletConfiguration field",
+                source=source,
+                path=f"$.{echo(key, quote=False)}",
+            )
+    return {k: v for k, v in obj.items() if k in _READ_FIELDS}
+
+
+def _known(value: str, field: str) -> str:
+    """`value` if `field` (a key of `_ENUM_FIELDS`) allows it, else upstream's "unknown" error."""
+    what, valid = _ENUM_FIELDS[field]
+    if value not in valid:
+        raise ConfigError(
+            f'unknown {what}: "{echo(value, quote=False)}" (valid: {", ".join(valid)})',
+            path=f"$.{field}",
+        )
+    return value
+
+
 def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
-    """Structural validation and unit conversion; raises `ConfigError` naming the field."""
+    """Structural validation and unit conversion; raises `ConfigError` naming the field.
+
+    The kubelet validates its configuration before it constructs the Memory Manager, which is
+    where an unknown `memoryManagerPolicy` is found: that check comes last here too.
+    """
     if raw.kind != "KubeletConfiguration":
         raise ConfigError(f"kind must be KubeletConfiguration, got {echo(raw.kind)}", path="$.kind")
+    topology_policy = cast(
+        TopologyManagerPolicy, _known(raw.topology_manager_policy, "topologyManagerPolicy")
+    )
+    topology_scope = cast(
+        TopologyManagerScope, _known(raw.topology_manager_scope, "topologyManagerScope")
+    )
+    cgroup_driver = cast(CgroupDriver, _known(raw.cgroup_driver, "cgroupDriver"))
+    reservation_policy = cast(
+        MemoryReservationPolicy, _known(raw.memory_reservation_policy, "memoryReservationPolicy")
+    )
     if not raw.cgroups_per_qos:
         raise ConfigError(
             "cgroupsPerQOS=false is not supported: memstate manages the QoS-level cgroups",
@@ -146,7 +356,7 @@ def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
             path="$.memoryThrottlingFactor",
         )
     memory_qos = raw.feature_gates.get("MemoryQoS", True)
-    if raw.memory_reservation_policy == "TieredReservation" and not memory_qos:
+    if reservation_policy == "TieredReservation" and not memory_qos:
         raise ConfigError(
             "memoryReservationPolicy TieredReservation requires the MemoryQoS feature gate",
             path="$.memoryReservationPolicy",
@@ -164,25 +374,43 @@ def normalise_config(raw: KubeletConfigFile) -> NodeConfig:
             path="$.topologyManagerPolicyOptions",
         )
     for index, level in enumerate(raw.enforce_node_allocatable):
-        if level not in ("pods", "system-reserved", "kube-reserved", "none"):
+        if level not in ("pods", "none", *UNENFORCED_LEVELS):
             raise ConfigError(
-                f"unknown enforceNodeAllocatable entry {echo(level)}",
+                f"unknown enforceNodeAllocatable entry {echo(level)} "
+                "(valid: pods, kube-reserved, system-reserved, none)",
                 path=f"$.enforceNodeAllocatable[{index}]",
             )
+    unenforced = [level for level in UNENFORCED_LEVELS if level in raw.enforce_node_allocatable]
+    if unenforced:
+        # Accepting them would claim a limit nobody writes: memstate manages the pods' tree only.
+        raise ConfigError(
+            f"enforceNodeAllocatable: {', '.join(unenforced)} not enforced by memstate (it "
+            "manages only the pods' cgroups: kubepods and below); keep pods (or none) and leave "
+            "the kube-/system-reserved cgroups to the kubelet or systemd",
+            path="$.enforceNodeAllocatable",
+        )
+    reserved_memory = _normalise_reserved_memory(raw.reserved_memory)
+    system_reserved = _memory_resources(raw.system_reserved, "$.systemReserved")
+    kube_reserved = _memory_resources(raw.kube_reserved, "$.kubeReserved")
+    eviction_memory_available = _eviction_memory_available(raw.eviction_hard)
+    cgroup_root = parse_cgroup_root(raw.cgroup_root, cgroup_driver)
+    memory_policy = cast(
+        MemoryManagerPolicy, _known(raw.memory_manager_policy, "memoryManagerPolicy")
+    )
     return NodeConfig(
-        memory_manager_policy=raw.memory_manager_policy,
-        topology_manager_policy=raw.topology_manager_policy,
-        topology_manager_scope=raw.topology_manager_scope,
+        memory_manager_policy=memory_policy,
+        topology_manager_policy=topology_policy,
+        topology_manager_scope=topology_scope,
         prefer_closest_numa_nodes=prefer_closest == "true",
-        reserved_memory=_normalise_reserved_memory(raw.reserved_memory),
-        system_reserved=_memory_resources(raw.system_reserved, "$.systemReserved"),
-        kube_reserved=_memory_resources(raw.kube_reserved, "$.kubeReserved"),
-        eviction_memory_available=_eviction_memory_available(raw.eviction_hard),
+        reserved_memory=reserved_memory,
+        system_reserved=system_reserved,
+        kube_reserved=kube_reserved,
+        eviction_memory_available=eviction_memory_available,
         memory_throttling_factor=factor,
-        memory_reservation_policy=raw.memory_reservation_policy,
+        memory_reservation_policy=reservation_policy,
         memory_qos=memory_qos,
-        cgroup_driver=raw.cgroup_driver,
-        cgroup_root=parse_cgroup_root(raw.cgroup_root, raw.cgroup_driver),
+        cgroup_driver=cgroup_driver,
+        cgroup_root=cgroup_root,
         enforce_node_allocatable=tuple(sorted(set(raw.enforce_node_allocatable))),
     )
 
@@ -340,9 +568,8 @@ def validate_config_for_topology(
             f"enumeration is 2^N); this machine has {len(topology.nodes)}",
             "$.memoryManagerPolicy",
         )
-    memory_total = sum(e.size_bytes for e in config.reserved_memory if e.resource == MEMORY)
-    if memory_total <= 0:
-        raise fail("[memorymanager] you should specify the system reserved memory")
+    # Upstream's order (memory-manager.md §1.4): the Node Allocatable sums first, then "> 0", so
+    # one misconfiguration gets the kubelet's error.
     expected = node_allocatable_reservation(config, topology.capacity_bytes)
     reserved_types = {e.resource for e in config.reserved_memory} | set(expected)
     for resource in sorted(reserved_types):
@@ -354,3 +581,6 @@ def validate_config_for_topology(
                 f'the value "{format_bytes(want)}" determined by Node Allocatable feature '
                 "(kubeReserved + systemReserved + evictionHard memory.available)"
             )
+    memory_total = sum(e.size_bytes for e in config.reserved_memory if e.resource == MEMORY)
+    if memory_total <= 0:
+        raise fail("[memorymanager] you should specify the system reserved memory")

@@ -211,6 +211,14 @@ def pod_from_manifest(obj: Any, *, source: str = "") -> Pod:
     """
     if not isinstance(obj, dict):
         raise ManifestError("a pod manifest must be a mapping", source=source, path="$")
+    kind = obj.get("kind", "Pod")
+    if kind != "Pod":
+        # Before the type check, which would report what a Deployment lacks ("containers").
+        raise ManifestError(
+            f"kind {echo(kind)} is not a Pod: memstate admits Pod manifests only",
+            source=source,
+            path="$.kind",
+        )
     raw = convert_input(obj, _RawPod, source=source, error=ManifestError)
     try:
         return _normalise_pod(raw)

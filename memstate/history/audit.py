@@ -621,9 +621,21 @@ class PodSpan:
     end_ns: int = field(compare=False)
 
 
+@dataclass(frozen=True)
+class PlotMarker:
+    """A moment the plot marks: a rejected pod or a daemon restart."""
+
+    ts_ns: int
+    kind: str  # "rejection" or "restart"
+    label: str
+
+
 @dataclass
 class PlotData:
-    """A step series of reserved bytes per NUMA node, and the pod spans worth drawing."""
+    """A step series of reserved bytes per NUMA node, the pod spans worth drawing, and the
+    rejections and restarts (the first `max_markers` in the window; `markers_dropped` counts the
+    rest). `times_ns` is strictly increasing: events that share a timestamp make one point, the
+    value that holds after them."""
 
     resource: str
     node_ids: tuple[int, ...] = ()
@@ -632,6 +644,8 @@ class PlotData:
     reserved: list[tuple[int, ...]] = field(default_factory=list)  # per node, at times_ns
     spans: list[PodSpan] = field(default_factory=list)
     merged: bool = False  # the series was thinned (each point: the max over its interval)
+    markers: list[PlotMarker] = field(default_factory=list)
+    markers_dropped: int = 0
 
 
 def plot_data(
@@ -641,10 +655,11 @@ def plot_data(
     resource: str = MEMORY,
     max_points: int = 4000,
     max_spans: int = 40,
+    max_markers: int = 500,
 ) -> PlotData:
     """Walk the log once and keep what the plot needs, bounded: at most ~`max_points` series
-    points (pairs are merged keeping each node's maximum once there are more) and the
-    `max_spans` heaviest pod spans (bytes × duration)."""
+    points (pairs are merged keeping each node's maximum once there are more), the
+    `max_spans` heaviest pod spans (bytes × duration) and `max_markers` markers."""
     data = PlotData(resource=resource)
     open_spans: dict[str, tuple[int, tuple[int, ...], int, str]] = {}
     heaviest: list[PodSpan] = []
@@ -674,6 +689,11 @@ def plot_data(
         if not window.covers(ts_ns):
             continue
         end_ns = max(end_ns, ts_ns)
+        for marker in _markers_of(transition):
+            if len(data.markers) < max_markers:
+                data.markers.append(marker)
+            else:
+                data.markers_dropped += 1
         machine = transition.after.machine
         if machine.node_ids != data.node_ids:
             data.node_ids = machine.node_ids
@@ -686,8 +706,12 @@ def plot_data(
             if resource in n.memory_map:
                 data.allocatable[n.id] = n.memory_map[resource].allocatable
         if current != last and data.node_ids:
-            data.times_ns.append(ts_ns)
-            data.reserved.append(current)
+            if data.times_ns and data.times_ns[-1] == ts_ns:
+                # Same instant as the previous point: what holds after both is this value.
+                data.reserved[-1] = current
+            else:
+                data.times_ns.append(ts_ns)
+                data.reserved.append(current)
             last = current
             if len(data.times_ns) > 2 * max_points:
                 _thin(data)
@@ -698,6 +722,24 @@ def plot_data(
         data.reserved.append(data.reserved[-1])
     data.spans = sorted(heaviest, key=lambda s: (s.start_ns, s.uid))
     return data
+
+
+def _markers_of(transition: Transition) -> list[PlotMarker]:
+    """The rejections and restarts among a transition's input and decisions."""
+    found = []
+    request = transition.record.event
+    for item in items_of(transition):
+        event = item.event
+        if isinstance(event, DaemonRestarted):
+            found.append(PlotMarker(item.ts_ns, "restart", "restart"))
+        elif isinstance(event, PodRejected):
+            name = (
+                request.pod.key
+                if isinstance(request, PodAdmissionRequested) and request.pod.uid == event.uid
+                else event.uid or event.source
+            )
+            found.append(PlotMarker(item.ts_ns, "rejection", f"{name}: {event.reason}"))
+    return found
 
 
 def _track_span(

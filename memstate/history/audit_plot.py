@@ -5,10 +5,14 @@ the plot command and turns the ImportError into a message naming the extra. The 
 matplotlib's object API with the Agg canvas (no pyplot, no global figure state, no display).
 
 Top panel: reserved bytes of one resource per NUMA node over time, a step plot (the value holds
-until the next change), each node's allocatable as a dashed line of the same colour. Bottom
-panel: one bar per pinned pod from admission to removal, coloured by its NUMA node (hatched when
-it spans several), labelled with the pod and its size — the heaviest spans only (bytes × time),
-so a long log stays readable.
+until the next change), each node's allocatable as a dashed line of the same colour. Nodes with
+the same allocatable would draw the same line, so each node's dashes take their own slot of a
+shared pattern (the lines interleave instead of hiding each other). Bottom panel: one bar per
+pinned pod from admission to removal, coloured by its NUMA node (hatched when it spans several),
+one row per pod so that no two labels share a line (the figure grows with the rows); a label goes
+right of its bar's start, or left of it in the right half of the plot, and is clipped to the
+axes. Both panels mark rejections (red dotted lines, `gid` "rejection") and restarts (black lines,
+`gid` "restart"). A window whose events all share one timestamp gets a one-minute axis.
 """
 
 from __future__ import annotations
@@ -32,42 +36,82 @@ def _moment(ts_ns: int) -> float:
     return float(mdates.date2num(moment))  # type: ignore[no-untyped-call]
 
 
+_ROW_INCHES = 0.2  # the bottom panel's height per pod row: a 7-point label fits
+_MARKER_STYLE = {
+    "rejection": {"color": "red", "linestyle": ":", "linewidth": 1.0},
+    "restart": {"color": "black", "linestyle": "-", "linewidth": 1.2},
+}
+
+
 def render_png(data: PlotData, path: Path) -> None:
     """Draw `data` and write it to `path` as a PNG."""
-    figure = Figure(figsize=(12, 7.5), dpi=110, layout="constrained")
+    draw(data).savefig(path, format="png")
+
+
+def draw(data: PlotData) -> Figure:
+    """The plot as a matplotlib `Figure` on an Agg canvas (tests read its artists)."""
+    rows = len(data.spans)
+    bottom_inches = max(2.0, rows * _ROW_INCHES) if rows else 0.05
+    figure = Figure(figsize=(12, 4.5 + bottom_inches), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(
-        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2] if data.spans else [1, 0.01]}
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [4.5, bottom_inches]}
     )
     colours = {
         node: f"C{index % 10}" for index, node in enumerate(data.node_ids)
     }  # matplotlib's default cycle
     times = [_moment(t) for t in data.times_ns]
+    slots = max(len(data.node_ids), 1)
     for index, node in enumerate(data.node_ids):
         values = [row[index] / _GIB for row in data.reserved]
         top.step(times, values, where="post", color=colours[node], label=f"NUMA {node} reserved")
         if node in data.allocatable:
+            # Dash slot `index` of `slots`: equal lines alternate colours instead of covering.
             top.axhline(
                 data.allocatable[node] / _GIB,
                 color=colours[node],
-                linestyle="--",
-                linewidth=0.8,
-                label=f"NUMA {node} allocatable",
+                linestyle=(4.0 * index, (4.0, 4.0 * (slots - 1) or 4.0)),
+                linewidth=1.0,
+                label=f"NUMA {node} allocatable {human_bytes(data.allocatable[node])}",
+                gid=f"allocatable-{node}",
             )
     top.set_ylabel(f"{data.resource} (GiB)")
     title = f"Reserved {data.resource} per NUMA node"
     if data.merged:
         title += " (thinned: each step is the maximum over its interval)"
     top.set_title(title)
+    _draw_markers(top, bottom, data)
     top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     top.grid(True, alpha=0.3)
     _draw_spans(bottom, data, colours)
+    instants = times + [_moment(m.ts_ns) for m in data.markers]
+    if instants and max(instants) - min(instants) < 1e-9:
+        # Every event at one instant: give the axis a width instead of a singular range.
+        pad = 30.0 / 86_400
+        top.set_xlim(instants[0] - pad, instants[0] + pad)
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
     bottom.xaxis.set_major_locator(locator)
     formatter = mdates.ConciseDateFormatter(locator)  # type: ignore[no-untyped-call]
     bottom.xaxis.set_major_formatter(formatter)
     bottom.set_xlabel("time (UTC)")
-    figure.savefig(path, format="png")
+    return figure
+
+
+def _draw_markers(top: Axes, bottom: Axes, data: PlotData) -> None:
+    labelled: set[str] = set()
+    for marker in data.markers:
+        style = _MARKER_STYLE[marker.kind]
+        at = _moment(marker.ts_ns)
+        count = sum(1 for m in data.markers if m.kind == marker.kind)
+        label = None
+        if marker.kind not in labelled:
+            labelled.add(marker.kind)
+            plural = "s" if count != 1 else ""
+            more = f" (+{data.markers_dropped} not drawn)" if data.markers_dropped else ""
+            label = f"{count} {marker.kind}{plural}{more}"
+        top.axvline(at, label=label, gid=marker.kind, **style)  # type: ignore[arg-type]
+        if bottom.get_visible():
+            bottom.axvline(at, gid=marker.kind, **style)  # type: ignore[arg-type]
 
 
 def _draw_spans(axes: Axes, data: PlotData, colours: dict[int, str]) -> None:
@@ -75,6 +119,9 @@ def _draw_spans(axes: Axes, data: PlotData, colours: dict[int, str]) -> None:
         axes.set_visible(False)
         return
     ordered = sorted(data.spans, key=lambda s: (s.numa_nodes, s.start_ns, s.uid))
+    first = min(_moment(s.start_ns) for s in ordered)
+    last = max(_moment(s.end_ns) for s in ordered)
+    middle = (first + last) / 2
     for row, span in enumerate(ordered):
         start, end = _moment(span.start_ns), _moment(span.end_ns)
         colour = colours.get(span.numa_nodes[0], "grey") if span.numa_nodes else "grey"
@@ -87,12 +134,16 @@ def _draw_spans(axes: Axes, data: PlotData, colours: dict[int, str]) -> None:
             edgecolor="black",
             linewidth=0.3,
         )
+        text = f" {span.label} {human_bytes(span.size_bytes)} NUMA {list(span.numa_nodes)} "
         axes.text(
             start,
             row,
-            f" {span.label} {human_bytes(span.size_bytes)} NUMA {list(span.numa_nodes)}",
+            text,
             va="center",
+            ha="right" if start > middle else "left",
             fontsize=7,
+            clip_on=True,
+            gid="span-label",
         )
     axes.set_yticks([])
     axes.set_ylim(-1, len(ordered))

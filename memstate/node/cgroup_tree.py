@@ -1,7 +1,7 @@
 """Choosing and checking the cgroup tree the daemon converges.
 
 Two kinds of tree:
-- the real cgroup v2 filesystem under `cgroupRoot` (the cgroup2 mount, or a subtree delegated to
+- the real cgroup v2 filesystem under `cgroupTree` (the cgroup2 mount, or a subtree delegated to
   memstate), through `RealCgroupFS`, which never touches anything outside that directory;
 - a directory-backed simulated tree (`cgroupSim`), which models the kernel's rules, for the demo,
   the end-to-end tests and machines without cgroup v2.
@@ -37,8 +37,9 @@ def open_cgroup_fs(settings: Settings, topology: Topology, config: NodeConfig) -
     root = settings.cgroup_root
     if not (root / "cgroup.controllers").exists():
         raise HostError(
-            f"{root} is not a cgroup v2 directory (no cgroup.controllers); set cgroupRoot to the "
-            "cgroup2 mount or a delegated subtree, or use cgroupSim for a simulated tree",
+            f"{root} is not a cgroup v2 directory (no cgroup.controllers); set "
+            "memstate.cgroupTree to the cgroup2 mount or a delegated subtree, or use cgroupSim "
+            "for a simulated tree",
             errno=errno.ENOENT,
             path=str(root),
             op="open",
@@ -57,11 +58,11 @@ def _read(path: str) -> str:
 
 
 def check_not_inside(root: Path, self_cgroup_text: str, mounts_text: str) -> None:
-    """Refuse a `cgroupRoot` that holds memstate's own process (exit 69).
+    """Refuse a `cgroupTree` that holds memstate's own process (exit 69).
 
     A non-root cgroup with processes of its own cannot enable controllers for its children (the
-    no-internal-process rule: EBUSY), so if `cgroupRoot` is memstate's own cgroup, or lies below
-    it, memstate would fail write by write. The usual cause is pointing `cgroupRoot` at
+    no-internal-process rule: EBUSY), so if `cgroupTree` is memstate's own cgroup, or lies below
+    it, memstate would fail write by write. The usual cause is pointing `cgroupTree` at
     memstate's own service cgroup under `Delegate=yes`. An ancestor of memstate's cgroup is
     fine: it holds no processes itself.
     """
@@ -74,9 +75,9 @@ def check_not_inside(root: Path, self_cgroup_text: str, mounts_text: str) -> Non
             own_path = mount_path / own.lstrip("/")
             if own_path == root or own_path in root.parents:
                 raise HostError(
-                    f"memstate itself runs in {own_path}, inside cgroupRoot {root}: the kernel "
+                    f"memstate itself runs in {own_path}, inside cgroupTree {root}: the kernel "
                     "refuses controllers for a cgroup that holds processes (EBUSY). Point "
-                    "cgroupRoot at a separate delegated slice, not memstate's own cgroup",
+                    "cgroupTree at a separate delegated slice, not memstate's own cgroup",
                     errno=errno.EBUSY,
                     path=str(root),
                     op="open",

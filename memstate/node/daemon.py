@@ -94,7 +94,7 @@ from memstate.node.inputs import config_from_document, load_topology, read_docum
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
-from memstate.node.settings import Settings, settings_from_object
+from memstate.node.settings import Settings, describe_defaults, settings_from_object
 from memstate.node.sources.configure import NetworkSource, network_sources, node_name_of
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
@@ -146,6 +146,7 @@ def load_settings_and_config(
 ) -> tuple[Settings, NodeConfig]:
     """Read the config file (KubeletConfiguration fields plus a `memstate:` section)."""
     if base.config_file is None:
+        logger.warning("%s", describe_defaults(base))
         return base, NodeConfig()
     path = base.config_file
     document = read_document(path, ConfigError)  # once: both parts come from the same bytes
@@ -225,6 +226,7 @@ class Daemon:
         for warning in recovered.warnings:
             logger.warning("checkpoint: %s", warning)
         self.state = recovered.state
+        self.metrics.start_process(recovered.state.counters)
         self.removals = recovered.removals
         if recovered.removals:
             paths = sorted(recovered.removals.paths)

@@ -24,6 +24,7 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.resolver import Resolver
 
-from memstate.core.config import NodeConfig, config_from_object
+from memstate.core.config import NodeConfig, config_from_object, ignored_fields
 from memstate.core.errors import ConfigError, InputError, ManifestError, TopologyError, echo
 from memstate.core.pod import Pod, pod_from_manifest
 from memstate.core.topology import Topology, topology_from_object
@@ -46,6 +47,8 @@ from memstate.core.validation import (
     json_nesting,
     node_budget,
 )
+
+logger = logging.getLogger(__name__)
 
 # A Pod in etcd is at most 1.5 MiB (etcd's request limit); real manifests are a few KiB.
 MAX_FILE_BYTES = 1 << 20
@@ -242,10 +245,22 @@ def load_config(path: Path) -> NodeConfig:
 
 
 def config_from_document(obj: Any, *, source: str) -> NodeConfig:
-    """The node config of a parsed config file (its `memstate:` section is not part of it)."""
+    """The node config of a parsed config file (its `memstate:` section is not part of it).
+
+    Upstream KubeletConfiguration fields memstate does not read are logged in one warning line.
+    """
     if isinstance(obj, dict):
         obj = {k: v for k, v in obj.items() if k != "memstate"}
-    return config_from_object(obj, source=source)
+    config = config_from_object(obj, source=source)
+    ignored = ignored_fields(obj)
+    if ignored:
+        logger.warning(
+            "%s: %d KubeletConfiguration fields ignored (not used by memstate): %s",
+            source or "config",
+            len(ignored),
+            ", ".join(ignored),
+        )
+    return config
 
 
 def load_topology(path: Path) -> Topology:

@@ -10,9 +10,12 @@ Two kinds of series:
 Names: the upstream kubelet names where dashboards exist
 (`kubelet_memory_qos_node_memory_{min,low}_bytes`, and the pinning counters both as
 `memory_manager_pinning_*_total` and with the kubelet's `kubelet_` prefix), `memstate_*` for the
-rest. No pod UID labels (churny series); per-pod
-history belongs to `memstate audit`. Served over HTTP by memstate.node.endpoint (on trio, in the
-daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
+rest. Upstream-named series carry upstream's stability prefix in their help text (`[ALPHA] `), as
+the kubelet's component-base metrics do. Like the kubelet's, the upstream-named pinning counters
+count from the start of this process; the totals over the whole event log (what the state holds)
+are `memstate_memory_manager_pinning_{requests,errors}_total`. No pod UID labels (churny series);
+per-pod history belongs to `memstate audit`. Served over HTTP by memstate.node.endpoint (on trio,
+in the daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from prometheus_client.registry import Collector
 
 from memstate import __version__
 from memstate.core.events import SCHEMA_VERSION
-from memstate.core.state import REDUCER_VERSION, State
+from memstate.core.state import REDUCER_VERSION, Counters, State
 from memstate.core.targets import NodeTargets
 
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+# What component-base prepends to the help text of an ALPHA metric (all upstream ones used here).
+UPSTREAM_STABILITY_PREFIX = "[ALPHA] "
 RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -62,30 +67,46 @@ class _StateCollector(Collector):
     def _families(self, snap: Snapshot) -> list[Metric]:
         state = snap.state
         families: list[Metric] = []
-        for prefix in ("", "kubelet_"):
+        baseline = self._metrics.process_baseline
+        # (name prefix, help prefix, requests, errors): per process under the upstream names,
+        # over the whole log under memstate's.
+        counter_sets = [
+            (
+                prefix,
+                UPSTREAM_STABILITY_PREFIX,
+                state.counters.pinning_requests - baseline.pinning_requests,
+                state.counters.pinning_errors - baseline.pinning_errors,
+            )
+            for prefix in ("", "kubelet_")
+        ]
+        counter_sets.append(
+            ("memstate_", "", state.counters.pinning_requests, state.counters.pinning_errors)
+        )
+        for prefix, stability, request_count, error_count in counter_sets:
             requests = CounterMetricFamily(
                 f"{prefix}memory_manager_pinning_requests",
-                "The number of memory pages allocations which required pinning.",
-                value=state.counters.pinning_requests,
+                f"{stability}The number of memory pages allocations which required pinning.",
+                value=max(request_count, 0),
             )
             errors = CounterMetricFamily(
                 f"{prefix}memory_manager_pinning_errors",
-                "The number of memory pages allocations which required pinning that failed.",
-                value=state.counters.pinning_errors,
+                f"{stability}The number of memory pages allocations which required pinning "
+                "that failed.",
+                value=max(error_count, 0),
             )
             families += [requests, errors]
         targets = snap.targets
         families.append(
             GaugeMetricFamily(
                 "kubelet_memory_qos_node_memory_min_bytes",
-                "Total memory.min in bytes for Guaranteed pods",
+                UPSTREAM_STABILITY_PREFIX + "Total memory.min in bytes for Guaranteed pods",
                 value=targets.node_memory_min_bytes if targets else 0,
             )
         )
         families.append(
             GaugeMetricFamily(
                 "kubelet_memory_qos_node_memory_low_bytes",
-                "Total memory.low in bytes for Burstable pods",
+                UPSTREAM_STABILITY_PREFIX + "Total memory.low in bytes for Burstable pods",
                 value=targets.node_memory_low_bytes if targets else 0,
             )
         )
@@ -172,6 +193,9 @@ class Metrics:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.snapshot = Snapshot()
+        # The pinning counters of the recovered state: upstream's counters start at 0 with the
+        # process, so the upstream-named series report the increase since then.
+        self.process_baseline = Counters()
         self.events_appended = Counter(
             "memstate_events_appended",
             "Events appended to the log, by kind.",
@@ -244,6 +268,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))
+
+    def start_process(self, recovered: Counters) -> None:
+        """Count the upstream-named pinning counters from `recovered` (the state at start-up)."""
+        self.process_baseline = recovered
 
     def publish(self, snapshot: Snapshot) -> None:
         """Make `snapshot` what scrapes see (one reference swap)."""

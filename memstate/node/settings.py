@@ -8,7 +8,7 @@ file and can be overridden on the command line:
 memstate:
   stateDir: /var/lib/memstate
   manifestDir: /etc/memstate/pods
-  cgroupRoot: /sys/fs/cgroup        # the cgroup v2 tree (or delegated subtree) memstate owns
+  cgroupTree: /sys/fs/cgroup        # the cgroup v2 tree (or delegated subtree) memstate owns
   cgroupSim: null                   # a directory-backed simulated tree instead (demo, tests)
   topologyFile: null                # read sysfs unless set
   metricsAddress: 127.0.0.1:9473    # "off" disables the endpoint
@@ -35,20 +35,34 @@ memstate:
     watchTimeoutSeconds: 300
     readTimeoutSeconds: 90
 ```
+
+`cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
+(top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier
+versions spelled `cgroupTree` as `cgroupRoot` too; that spelling is still accepted, with a
+deprecation warning (`DEPRECATED_KEYS`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from memstate.core.config import NodeConfig
 from memstate.core.errors import ConfigError, echo
+from memstate.core.quantity import format_bytes
 from memstate.core.validation import convert_input
 
+logger = logging.getLogger(__name__)
+
 PATH_FIELDS = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+# Old spelling in the `memstate:` section -> (the SettingsFile field that replaced it, its key).
+DEPRECATED_KEYS = {"cgroup_root": ("cgroup_tree", "cgroupTree")}
+# SettingsFile fields whose Settings attribute has another name.
+_SETTINGS_ATTRIBUTE = {"cgroup_tree": "cgroup_root"}
 MAX_PATH_CHARS = 4096  # PATH_MAX
 MAX_INTERVAL_SECONDS = 86_400.0
 MAX_CHECKPOINT_EVERY = 10**9
@@ -82,7 +96,8 @@ class ApiServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     state_dir: str | None = None
     manifest_dir: str | None = None
-    cgroup_root: str | None = None
+    cgroup_tree: str | None = None
+    cgroup_root: str | None = None  # deprecated spelling of cgroup_tree
     cgroup_sim: str | None = None
     topology_file: str | None = None
     metrics_address: str | None = None
@@ -105,6 +120,7 @@ class Settings(msgspec.Struct, frozen=True):
     state_dir: Path = Path("/var/lib/memstate")
     manifest_dir: Path = Path("/etc/memstate/pods")
     config_file: Path | None = None
+    # `cgroupTree` in the file (not the KubeletConfiguration's cgroupRoot, see the module doc).
     cgroup_root: Path = Path("/sys/fs/cgroup")
     cgroup_sim: Path | None = None
     topology_file: Path | None = None
@@ -152,16 +168,36 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
     except ConfigError as exc:  # paths are relative to the section: name it
         path = "$.memstate" + exc.path[1:] if exc.path.startswith("$") else "$.memstate"
         raise ConfigError(exc.message, source=source, path=path) from None
+    for old_name, (new_name, new_key) in DEPRECATED_KEYS.items():
+        old_value = getattr(raw, old_name)
+        if old_value is None:
+            continue
+        old_key = _SETTINGS_FIELDS[old_name].encode_name
+        if getattr(raw, new_name) is not None:
+            raise ConfigError(
+                f"both {new_key} and its deprecated spelling {old_key} are set: keep {new_key}",
+                source=source,
+                path=f"$.memstate.{old_key}",
+            )
+        logger.warning(
+            "%s: memstate.%s is deprecated, spell it memstate.%s (the top-level cgroupRoot is "
+            "the kubelet's, a cgroup name inside that tree)",
+            source or "config",
+            old_key,
+            new_key,
+        )
+        raw = msgspec.structs.replace(raw, **{new_name: old_value, old_name: None})
     updates: dict[str, Any] = {}
     for name in msgspec.structs.fields(SettingsFile):
         value = getattr(raw, name.name)
         if value is None:
             continue
-        if name.name in PATH_FIELDS:
+        attribute = _SETTINGS_ATTRIBUTE.get(name.name, name.name)
+        if attribute in PATH_FIELDS:
             value = Path(value)
-        elif name.name == "pod_sources":
+        elif attribute == "pod_sources":
             value = tuple(value)
-        updates[name.name] = value
+        updates[attribute] = value
     settings = msgspec.structs.replace(base, **updates)
     validate_settings(settings, source=source)
     return settings
@@ -173,7 +209,7 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
         value = getattr(settings, name)
         text = "" if value is None else str(value)
         if len(text) > MAX_PATH_CHARS or "\0" in text:
-            field = msgspec.structs.fields(SettingsFile)[_SETTINGS_INDEX[name]].encode_name
+            field = _SETTINGS_FIELDS[_FILE_FIELD.get(name, name)].encode_name
             raise ConfigError(
                 f"{echo(text)} is not a usable path", source=source, path=f"$.memstate.{field}"
             )
@@ -218,4 +254,25 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
             )
 
 
-_SETTINGS_INDEX = {f.name: i for i, f in enumerate(msgspec.structs.fields(SettingsFile))}
+_SETTINGS_FIELDS = {f.name: f for f in msgspec.structs.fields(SettingsFile)}
+_FILE_FIELD = {attribute: name for name, attribute in _SETTINGS_ATTRIBUTE.items()}
+
+
+def describe_defaults(settings: Settings) -> str:
+    """One line saying what a daemon started without a config file runs with."""
+    config = NodeConfig()
+    tree = settings.cgroup_sim or settings.cgroup_root
+    return (
+        "no config file (--config, $MEMSTATE_CONFIG or /etc/memstate/config.yaml): using the "
+        f"kubelet's defaults memoryManagerPolicy {config.memory_manager_policy}, "
+        f"topologyManagerPolicy {config.topology_manager_policy}, "
+        f"memoryThrottlingFactor {config.memory_throttling_factor}, "
+        f"memoryReservationPolicy {config.memory_reservation_policy}, "
+        f"cgroupDriver {config.cgroup_driver}, cgroupRoot /{'/'.join(config.cgroup_root)}, "
+        "evictionHard memory.available "
+        f"{format_bytes(config.eviction_memory_bytes(0))}, and memstate's MemoryQoS "
+        f"{'on' if config.memory_qos else 'off'}, stateDir {settings.state_dir}, "
+        f"manifestDir {settings.manifest_dir}, "
+        f"cgroupTree {tree}{' (simulated)' if settings.cgroup_sim else ''}, "
+        f"metricsAddress {settings.metrics_address}"
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from memstate.core.errors import ConfigError
+from memstate.core.state import Counters, State
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, settings_from_object
@@ -139,3 +140,40 @@ def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
     # cgroup v1 only, or no information: nothing to check
     check_not_inside(Path("/sys/fs/cgroup/x"), "", mounts)
     assert HostError("x").exit_code == 69
+
+
+def _help_texts(text: str) -> dict[str, str]:
+    return {
+        line.split(" ", 3)[2]: line.split(" ", 3)[3]
+        for line in text.splitlines()
+        if line.startswith("# HELP ")
+    }
+
+
+def test_metrics_help_stability_prefix() -> None:
+    """Upstream-named series carry the kubelet's `[ALPHA] ` help prefix; memstate's own do not."""
+    helps = _help_texts(Metrics().render().decode())
+    upstream = [n for n in helps if n.startswith(("kubelet_", "memory_manager_"))]
+    assert len(upstream) == 6, upstream
+    for name in upstream:
+        assert helps[name].startswith("[ALPHA] "), (name, helps[name])
+    own = [n for n in helps if n.startswith("memstate_")]
+    assert own
+    for name in own:
+        assert not helps[name].startswith("["), (name, helps[name])
+
+
+def test_fidelity_pinning_counters_reset_per_process() -> None:
+    """Upstream names count from this process's start; memstate_* keep the log's totals."""
+    metrics = Metrics()
+    metrics.start_process(Counters(pinning_requests=5, pinning_errors=2))
+    metrics.publish(Snapshot(state=State(counters=Counters(pinning_requests=7, pinning_errors=2))))
+    text = metrics.render().decode()
+    for line in (
+        "\nmemory_manager_pinning_requests_total 2.0",
+        "\nkubelet_memory_manager_pinning_requests_total 2.0",
+        "\nkubelet_memory_manager_pinning_errors_total 0.0",
+        "\nmemstate_memory_manager_pinning_requests_total 7.0",
+        "\nmemstate_memory_manager_pinning_errors_total 2.0",
+    ):
+        assert line in text, line

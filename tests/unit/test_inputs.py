@@ -178,7 +178,7 @@ def test_hugepage_names_are_canonical() -> None:
         ),
         (lambda m: m["spec"].update(containers=[]), "$.spec.containers", "at least one"),
         (lambda m: m["spec"].update(resources={"limits": {}}), "$.spec.resources", "pod-level"),
-        (lambda m: m.update(kind="Deployment"), "$.kind", "kind Pod"),
+        (lambda m: m.update(kind="Deployment"), "$.kind", "is not a Pod"),
         (
             lambda m: m["spec"]["containers"].append(container("app", "1Gi")),
             "$.spec",
@@ -355,7 +355,7 @@ def test_documented_reservation_example_validates() -> None:
     ("obj", "path", "fragment"),
     [
         ({"memoryManagerPolcy": "Static"}, "", "unknown field"),
-        ({"memoryManagerPolicy": "static"}, "$.memoryManagerPolicy", "Invalid enum"),
+        ({"memoryManagerPolicy": "static"}, "$.memoryManagerPolicy", 'unknown policy: "static"'),
         ({"memoryThrottlingFactor": 0}, "$.memoryThrottlingFactor", "greater than 0"),
         ({"memoryThrottlingFactor": 1.5}, "$.memoryThrottlingFactor", "less than or equal"),
         (
@@ -461,3 +461,18 @@ def test_static_policy_refuses_more_than_eight_nodes() -> None:
     config = static_config(["1Gi"] * 9)
     with pytest.raises(ConfigError, match="at most 8 NUMA nodes"):
         validate_config_for_topology(config, topology(*nodes))
+
+
+def test_fidelity_static_checks_node_allocatable_sum_before_reserved_memory_positive() -> None:
+    """Upstream sums first: no reservedMemory under the default eviction threshold gets the sum
+    error, not "you should specify the system reserved memory"."""
+    config = config_from_object({"memoryManagerPolicy": "Static"})
+    with pytest.raises(ConfigError) as info:
+        validate_config_for_topology(config, topology("4Gi", "4Gi"))
+    message = str(info.value)
+    assert 'the total amount "0" of type "memory" is not equal to the value "100Mi"' in message
+    assert "specify the system reserved memory" not in message
+    # With nothing to sum (no eviction threshold, no reservations) the "> 0" check still speaks.
+    config = config_from_object({"memoryManagerPolicy": "Static", "evictionHard": {}})
+    with pytest.raises(ConfigError, match="specify the system reserved memory"):
+        validate_config_for_topology(config, topology("4Gi", "4Gi"))

@@ -11,7 +11,7 @@ The scenario:
    the config, the daemon's stderr and its state directory come back to the host): a config
    with the Static policy and TieredReservation, ``reservedMemory`` on both NUMA nodes sized
    from the VM's sysfs so that each node has ``ALLOCATABLE_MIB`` allocatable (and matching
-   systemReserved + evictionHard), ``cgroupRoot: /sys/fs/cgroup`` (the real memory, cpuset and
+   systemReserved + evictionHard), ``cgroupTree: /sys/fs/cgroup`` (the real memory, cpuset and
    hugetlb controllers), the topology read from sysfs, metrics off.
 2. Start ``python -m memstate run`` (the host's interpreter, a new process) and wait for READY=1
    on a real NOTIFY_SOCKET datagram socket.
@@ -153,7 +153,7 @@ def node_config(root: Path, nodes: dict[int, dict[str, int]]) -> dict[str, Any]:
         "memstate": {
             "stateDir": str(root / "state"),
             "manifestDir": str(root / "manifests"),
-            "cgroupRoot": DEFAULT_MOUNT,
+            "cgroupTree": DEFAULT_MOUNT,
             "metricsAddress": "off",
             "rescanSeconds": 2,
             "resyncSeconds": 10,
