@@ -24,7 +24,9 @@ import msgspec
 
 from memstate.core.pod import ContainerKind, QOSClass
 
-CgroupLevel = Literal["root", "node", "qos", "pod"]
+# "container": a runtime-created cgroup under a pod cgroup, discovered, never created
+# (memstate.core.plan.containers).
+CgroupLevel = Literal["root", "node", "qos", "pod", "container"]
 
 MEMORY_MIN = "memory.min"
 MEMORY_LOW = "memory.low"
