@@ -21,8 +21,9 @@ What is managed, per cgroup level:
   With the Static Memory Manager policy `cpuset.mems` carries the pinned NUMA nodes ("" =
   inherit); every topology hugepage size gets `hugetlb.<size>.max` (the pod's hugepage limit, "0"
   when it requested none: a pod cannot use hugepages it did not request, as in the kubelet).
-- **containers** are reported, not written (the runtime creates them): min/low per the *pod*
-  class, `memory.high` by the page-rounded formula of §4.1, `memory.max` = limit.
+- **containers** (the runtime creates their cgroups; the reconciler writes min/low/high on those
+  it finds, memstate.core.plan.containers): min/low per the *pod* class, `memory.high` by the
+  page-rounded formula of §4.1, `memory.max` = limit (the runtime's, reported only).
 
 "Unset" is rendered as the kernel default ("0" for min/low, "max" for high/max) and still managed:
 drift gets corrected, and a fresh tree needs no write. With the MemoryQoS gate off only
