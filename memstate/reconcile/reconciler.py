@@ -51,7 +51,7 @@ from __future__ import annotations
 import errno as errno_module
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -419,6 +419,30 @@ def observe_containers(
     return merge_observations(base, observer.found), observer.errors, observer.reads
 
 
+def add_container_cgroups(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    tree: ObservedTree,
+    container_ids: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    pods: Iterable[str] | None = None,
+) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int]:
+    """After `observe_tree`: the container cgroups listed under the pod cgroups of `tree` (only
+    under `pods`, when given) read and added to the targets. Returns (targets, tree, the
+    container paths read, read errors, calls). Read-only."""
+    listed = with_container_targets(targets, tree, container_ids, listed_is_enough=True)
+    by_pod = container_paths(listed)
+    if pods is None:
+        wanted = sorted(p for found in by_pod.values() for p in found)
+    else:
+        wanted = sorted(p for pod in pods for p in by_pod.get(pod, ()))
+    errors: list[ReadError] = []
+    reads = 0
+    if wanted:
+        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
+    return with_container_targets(targets, tree, container_ids), tree, wanted, errors, reads
+
+
 # --- the reconciler -------------------------------------------------------------------------------
 
 
@@ -519,17 +543,9 @@ class Reconciler:
         rest) say which containers exist; their managed files are read before planning, so the
         planner only ever sees container cgroups observed to exist and never creates one.
         """
-        listed = with_container_targets(targets, tree, self.container_ids, listed_is_enough=True)
-        by_pod = container_paths(listed)
-        if paths is None:
-            wanted = sorted(p for found in by_pod.values() for p in found)
-        else:
-            wanted = sorted(p for pod in paths for p in by_pod.get(pod, ()))
-        errors: list[ReadError] = []
-        reads = 0
-        if wanted:
-            tree, errors, reads = observe_containers(self.fs, listed, wanted, base=tree)
-        complete = with_container_targets(targets, tree, self.container_ids)
+        complete, tree, wanted, errors, reads = add_container_cgroups(
+            self.fs, targets, tree, self.container_ids, pods=paths
+        )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
 

@@ -10,6 +10,7 @@ and create nothing.
 
 from __future__ import annotations
 
+from memstate.cli.commands.plan_cmd import diff_document, plan_document
 from memstate.core.plan.containers import (
     container_for_directory,
     runtime_container_id,
@@ -138,3 +139,30 @@ def test_a_container_cgroup_that_went_away_is_no_error() -> None:
     report = reconciler.reconcile(targets)
     assert report.converged and report.notes == [], report
     assert set(walk(fs)) == {t.path for t in targets.cgroups}
+
+
+def test_plan_and_diff_show_container_values_without_writing() -> None:
+    targets = two_pods()
+    fs, reconciler = make()
+    assert reconciler.reconcile(targets).converged
+    burstable = targets.pod("b1")
+    container = f"{burstable.cgroup}/app"
+    runtime_creates(fs, container)
+    writes = fs.counts["write"]
+    _document, plan = plan_document(
+        targets,
+        fs,
+        page_size_bytes=PAGE,
+        retired_paths=[],
+        pod_removal="wait",
+        remove_orphans=False,
+    )
+    high = files_of(burstable, "app")["memory.high"]
+    assert {(o.file, o.value) for o in plan.operations if o.path == container} == {
+        ("memory.high", high),
+        ("memory.low", files_of(burstable, "app")["memory.low"]),
+    }
+    _diff, rows = diff_document(targets, fs, page_size_bytes=PAGE)
+    differs = {(r.path, r.file) for r in rows if r.status == "differs"}
+    assert (container, "memory.high") in differs
+    assert fs.counts["write"] == writes  # read-only
