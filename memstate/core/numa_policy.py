@@ -443,8 +443,13 @@ def _provider_answers(
 
 
 def pins(pod: Pod, config: NodeConfig) -> bool:
-    """Whether the Memory Manager pins this pod: Static policy and a Guaranteed pod."""
-    return config.memory_manager_policy == "Static" and pod_qos_class(pod) == GUARANTEED
+    """Whether the Memory Manager pins this pod: Static policy and a Guaranteed pod without
+    pod-level resources (those are skipped since v1.34, k/k#133279: no hints, no blocks)."""
+    return (
+        config.memory_manager_policy == "Static"
+        and pod.pod_level is None
+        and pod_qos_class(pod) == GUARANTEED
+    )
 
 
 def admit(

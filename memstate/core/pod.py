@@ -1,10 +1,15 @@
 """Pods: the normalised spec memstate decides on, its QoS class and its request sums.
 
 A Kubernetes `v1` Pod manifest is decoded into `Pod`, which keeps only what matters here —
-identity, containers with their cpu/memory/hugepages requests and limits, pod overhead — after
-the API server's defaulting (a limit without a request makes request = limit) and validation
-(request <= limit, hugepages request == limit, sidecars only among init containers, names that
-can be used in cgroup paths). Every other Pod field is accepted and ignored.
+identity, containers with their cpu/memory/hugepages requests and limits, pod overhead and
+pod-level resources (`spec.resources`, KEP-2837) — after the API server's defaulting (a limit
+without a request makes request = limit) and validation (request <= limit, hugepages request ==
+limit, sidecars only among init containers, names that can be used in cgroup paths, pod-level
+requests covering the containers' aggregate and pod-level limits covering each container's).
+Every other Pod field is accepted and ignored.
+
+Pod-level resources, where set, decide the QoS class alone and replace the container aggregate
+in the pod's request and limit, per resource (kubelet-node.md §9, memory-qos.md §2).
 
 Containers are kept in execution order: init containers (regular and sidecars) in spec order,
 then app containers in spec order — the order the Topology Manager allocates in.
@@ -62,6 +67,14 @@ class ContainerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.kind != "init"
 
 
+class PodResources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Pod-level requests and limits (`spec.resources`) after defaulting; cpu in millicores,
+    memory and hugepages in bytes. Never empty: a `spec.resources` without a quantity is unset."""
+
+    requests: dict[str, int] = {}
+    limits: dict[str, int] = {}
+
+
 class Pod(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The part of a pod memstate decides on."""
 
@@ -70,6 +83,14 @@ class Pod(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     namespace: str
     containers: tuple[ContainerSpec, ...]
     overhead: dict[str, int] = {}
+    # UNSET is left out of the encoding (unlike omit_defaults, which would also drop an empty
+    # `overhead`): a pod without pod-level resources encodes, hashes and replays as before.
+    resources: PodResources | msgspec.UnsetType = msgspec.UNSET
+
+    @property
+    def pod_level(self) -> PodResources | None:
+        """The pod-level resources, or None when the pod has none."""
+        return None if isinstance(self.resources, msgspec.UnsetType) else self.resources
 
     @property
     def key(self) -> str:
@@ -97,8 +118,11 @@ def spec_hash(pod: Pod) -> str:
 def container_qos_class(container: ContainerSpec) -> QOSClass:
     """BestEffort without cpu/memory requests or limits; Guaranteed with request == limit > 0 for
     both; Burstable otherwise. Zero quantities count as unset."""
+    return _resources_qos_class(container.requests, container.limits)
+
+
+def _resources_qos_class(requests: dict[str, int], limits: dict[str, int]) -> QOSClass:
     # Four lookups, no intermediate dicts: this runs for every container of every admission.
-    requests, limits = container.requests, container.limits
     cpu_request, cpu_limit = requests.get(CPU, 0), limits.get(CPU, 0)
     memory_request, memory_limit = requests.get(MEMORY, 0), limits.get(MEMORY, 0)
     if not (cpu_request or memory_request or cpu_limit or memory_limit):
@@ -110,7 +134,14 @@ def container_qos_class(container: ContainerSpec) -> QOSClass:
 
 def qos_class(pod: Pod) -> QOSClass:
     """Guaranteed iff every container (init and sidecars included) is Guaranteed; BestEffort iff
-    every one is BestEffort; Burstable otherwise. Hugepages and other resources do not count."""
+    every one is BestEffort; Burstable otherwise. Hugepages and other resources do not count.
+
+    With pod-level resources the class is decided from them alone (kubelet-node.md §9): the same
+    rule applied to the pod-level requests and limits.
+    """
+    pod_level = pod.pod_level
+    if pod_level is not None:
+        return _resources_qos_class(pod_level.requests, pod_level.limits)
     classes = {container_qos_class(c) for c in pod.containers}
     if len(classes) == 1:
         (only,) = classes
@@ -144,15 +175,56 @@ def aggregate(pod: Pod, resource: str, *, field: Literal["requests", "limits"]) 
 
 
 def pod_request(pod: Pod, resource: str = MEMORY) -> int:
-    """The pod's effective request (`PodRequests`): the aggregate plus pod overhead."""
-    return aggregate(pod, resource, field="requests") + pod.overhead.get(resource, 0)
+    """The pod's effective request (`PodRequests`): the pod-level request where set, else the
+    aggregate; plus pod overhead."""
+    pod_level = pod.pod_level
+    if pod_level is not None and resource in pod_level.requests:
+        request = pod_level.requests[resource]
+    else:
+        request = aggregate(pod, resource, field="requests")
+    return request + pod.overhead.get(resource, 0)
 
 
 def pod_limit(pod: Pod, resource: str = MEMORY) -> int | None:
-    """The pod's limit when *every* container declares one (plus overhead), else None."""
+    """The pod's limit (plus overhead): the pod-level limit where set, else the aggregate when
+    *every* container declares one; None otherwise."""
+    pod_level = pod.pod_level
+    if pod_level is not None and resource in pod_level.limits:
+        return pod_level.limits[resource] + pod.overhead.get(resource, 0)
     if not all(c.limits.get(resource, 0) > 0 for c in pod.containers):
         return None
     return aggregate(pod, resource, field="limits") + pod.overhead.get(resource, 0)
+
+
+def pod_limits_total(pod: Pod, resource: str) -> int:
+    """`PodLimits` of one resource: the pod-level limit where set, else the aggregate of the
+    declared limits (no "every container declares one" rule); plus overhead. What the kubelet
+    writes as the pod's hugetlb limit."""
+    pod_level = pod.pod_level
+    if pod_level is not None and resource in pod_level.limits:
+        limit = pod_level.limits[resource]
+    else:
+        limit = aggregate(pod, resource, field="limits")
+    return limit + pod.overhead.get(resource, 0)
+
+
+def container_limit(pod: Pod, container: ContainerSpec, resource: str = MEMORY) -> int:
+    """The limit the runtime gets for a container (0 = none): its own, else the pod-level limit
+    (the kubelet's `getMemoryLimit`, with pod-level resources set)."""
+    own = container.limits.get(resource, 0)
+    pod_level = pod.pod_level
+    if own == 0 and pod_level is not None:
+        return pod_level.limits.get(resource, 0)
+    return own
+
+
+def requested_resources(pod: Pod) -> set[str]:
+    """Every resource the pod names a request for: its containers', overhead, pod level."""
+    named = {r for c in pod.containers for r in c.requests} | set(pod.overhead)
+    pod_level = pod.pod_level
+    if pod_level is not None:
+        named |= set(pod_level.requests)
+    return named
 
 
 def numa_requests(container: ContainerSpec) -> dict[str, int]:
@@ -194,7 +266,7 @@ class _RawPodSpec(msgspec.Struct):
     containers: list[_RawContainer]
     initContainers: list[_RawContainer] | None = None
     overhead: dict[str, QuantityInput] | None = None
-    resources: dict[str, Any] | None = None
+    resources: _RawResources | None = None
 
 
 class _RawPod(msgspec.Struct):
@@ -249,11 +321,6 @@ def _normalise_pod(raw: _RawPod) -> Pod:
         raise ManifestError(
             f"namespace {echo(meta.namespace)} is not a DNS-1123 label", path="$.metadata.namespace"
         )
-    if raw.spec.resources is not None:
-        raise ManifestError(
-            "pod-level resources (spec.resources) are not supported; set container resources",
-            path="$.spec.resources",
-        )
     if not raw.spec.containers:
         raise ManifestError("a pod needs at least one container", path="$.spec.containers")
     count = len(raw.spec.containers) + len(raw.spec.initContainers or [])
@@ -278,7 +345,66 @@ def _normalise_pod(raw: _RawPod) -> Pod:
         containers=tuple(containers),
         overhead=overhead,
     )
-    return pod
+    if raw.spec.resources is None:
+        return pod
+    pod_level = _normalise_pod_resources(raw.spec.resources, "$.spec.resources")
+    if pod_level is None:
+        return pod
+    _check_pod_level_covers_containers(pod, pod_level)
+    return msgspec.structs.replace(pod, resources=pod_level)
+
+
+def _normalise_pod_resources(raw: _RawResources, where: str) -> PodResources | None:
+    """Pod-level resources after defaulting and validation; None when no quantity is set (zero
+    counts as unset, as in the kubelet's helpers)."""
+    for field_name, values in (("requests", raw.requests), ("limits", raw.limits)):
+        for name in sorted(values or {}):
+            if name not in (CPU, MEMORY) and not is_hugepage_resource(name):
+                raise ManifestError(
+                    f"{name} is not supported at pod level (cpu, memory and hugepages are)",
+                    path=f"{where}.{field_name}.{name}",
+                )
+    requests = {
+        r: v for r, v in _resource_map(raw.requests or {}, where + ".requests").items() if v > 0
+    }
+    limits = {r: v for r, v in _resource_map(raw.limits or {}, where + ".limits").items() if v > 0}
+    if not requests and not limits:
+        return None
+    for resource, size in limits.items():
+        requests.setdefault(resource, size)  # API defaulting, as for containers
+    for resource, request in sorted(requests.items()):
+        limit = limits.get(resource)
+        path = f"{where}.requests.{resource}"
+        if is_hugepage_resource(resource) and limit is not None and request != limit:
+            raise ManifestError(f"{resource} request must equal its limit", path=path)
+        if limit is not None and request > limit:
+            raise ManifestError(
+                f"{resource} request {request} must be less than or equal to limit {limit}",
+                path=path,
+            )
+    return PodResources(requests=requests, limits=limits)
+
+
+def _check_pod_level_covers_containers(pod: Pod, pod_level: PodResources) -> None:
+    """The API server's consistency rule: a pod-level limit is at least every container's limit
+    (checked first: a container limit also defaults its request), a pod-level request at least
+    the containers' aggregate request."""
+    for resource, limit in sorted(pod_level.limits.items()):
+        for c in pod.containers:
+            own = c.limits.get(resource, 0)
+            if own > limit:
+                raise ManifestError(
+                    f"pod-level {resource} limit {limit} is below container {c.name}'s limit {own}",
+                    path=f"$.spec.resources.limits.{resource}",
+                )
+    for resource, request in sorted(pod_level.requests.items()):
+        containers = aggregate(pod, resource, field="requests")
+        if containers > request:
+            raise ManifestError(
+                f"pod-level {resource} request {request} is below the aggregate container "
+                f"request {containers}",
+                path=f"$.spec.resources.requests.{resource}",
+            )
 
 
 def first_duplicate(names: Iterable[str]) -> str | None:

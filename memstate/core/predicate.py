@@ -38,7 +38,7 @@ from collections.abc import Iterable
 import msgspec
 
 from memstate.core.config import NodeConfig, node_allocatable_reservation
-from memstate.core.pod import Pod, pod_request
+from memstate.core.pod import Pod, pod_request, requested_resources
 from memstate.core.state import PodRecord
 from memstate.core.topology import (
     MEMORY,
@@ -90,7 +90,7 @@ def node_allocatable(config: NodeConfig, topology: Topology) -> dict[str, int]:
 
 def _checked_resources(pod: Pod) -> list[str]:
     """Memory, then every hugepage size the pod requests, ascending by page size."""
-    named = {r for c in pod.containers for r in c.requests} | set(pod.overhead)
+    named = requested_resources(pod)
     hugepages = {r for r in named if is_hugepage_resource(r)}
     return [MEMORY, *sorted(hugepages, key=hugepage_page_size)]
 

@@ -21,8 +21,9 @@ What is managed, per cgroup level:
   With the Static Memory Manager policy `cpuset.mems` carries the pinned NUMA nodes ("" =
   inherit); every topology hugepage size gets `hugetlb.<size>.max` (the pod's hugepage limit, "0"
   when it requested none: a pod cannot use hugepages it did not request, as in the kubelet).
-- **containers** are reported, not written (the runtime creates them): min/low per the *pod*
-  class, `memory.high` by the page-rounded formula of §4.1, `memory.max` = limit.
+- **containers** (the runtime creates their cgroups; the reconciler writes min/low/high on those
+  it finds, memstate.core.plan.containers): min/low per the *pod* class, `memory.high` by the
+  page-rounded formula of §4.1, `memory.max` = limit (the runtime's, reported only).
 
 "Unset" is rendered as the kernel default ("0" for min/low, "max" for high/max) and still managed:
 drift gets corrected, and a fresh tree needs no write. With the MemoryQoS gate off only
@@ -64,8 +65,8 @@ from memstate.core.pod import (
     ContainerSpec,
     Pod,
     QOSClass,
-    aggregate,
     pod_limit,
+    pod_limits_total,
     pod_request,
     qos_class,
 )
@@ -171,14 +172,19 @@ def container_targets(
     config: NodeConfig,
     alloc_bytes: int,
     page_size_bytes: int,
+    *,
+    pod_memory_limit: int = 0,
 ) -> ContainerTargets:
     """What the kubelet would hand the runtime for one container (app, sidecar or init).
 
     min vs low follows the *pod* class (memory-qos.md §3.3); the memory.high skip is decided per
-    container.
+    container. `pod_memory_limit` is the pod-level memory limit (0 = none): a container without
+    its own limit gets it as `memory.max` (the kubelet's `getMemoryLimit`), and `memory.high` is
+    computed on it too, so that high never exceeds max (the kubelet computes high on allocatable
+    there, above the container's own `memory.max`, where it never throttles).
     """
     request = container.requests.get(MEMORY, 0)
-    limit = container.limits.get(MEMORY, 0)
+    limit = container.limits.get(MEMORY, 0) or pod_memory_limit
     files: dict[str, str] = {}
     if config.memory_qos:
         protect = tiered(config) and request > 0
@@ -202,8 +208,17 @@ def pod_targets(
     """
     pod_class = qos_class(pod)
     alloc_bytes = allocatable_bytes(config, topology)
+    pod_level = pod.pod_level
+    pod_memory_limit = pod_level.limits.get(MEMORY, 0) if pod_level is not None else 0
     containers = tuple(
-        container_targets(c, pod_class, config, alloc_bytes, topology.page_size_bytes)
+        container_targets(
+            c,
+            pod_class,
+            config,
+            alloc_bytes,
+            topology.page_size_bytes,
+            pod_memory_limit=pod_memory_limit,
+        )
         for c in pod.containers
     )
     files: dict[str, str] = {}
@@ -218,9 +233,10 @@ def pod_targets(
         files[CPUSET_MEMS] = format_node_list(allocation.numa_nodes) if allocation else ""
     for size in topology.hugepage_sizes:
         resource = hugepage_resource_name(size)
-        # Like the kubelet's PodLimits: aggregate of declared limits (hugepages always have one)
-        # plus overhead; no "every container declares it" rule, sizes not requested get 0.
-        limit = aggregate(pod, resource, field="limits") + pod.overhead.get(resource, 0)
+        # Like the kubelet's PodLimits: the pod-level limit, else the aggregate of declared
+        # limits (hugepages always have one), plus overhead; no "every container declares it"
+        # rule, sizes not requested get 0.
+        limit = pod_limits_total(pod, resource)
         files[hugetlb_max_file(size)] = _render_bytes(limit)
     return PodTargets(
         uid=pod.uid,

@@ -24,7 +24,9 @@ import msgspec
 
 from memstate.core.pod import ContainerKind, QOSClass
 
-CgroupLevel = Literal["root", "node", "qos", "pod"]
+# "container": a runtime-created cgroup under a pod cgroup, discovered, never created
+# (memstate.core.plan.containers).
+CgroupLevel = Literal["root", "node", "qos", "pod", "container"]
 
 MEMORY_MIN = "memory.min"
 MEMORY_LOW = "memory.low"
@@ -37,7 +39,8 @@ MEMORY_FILES = (MEMORY_MIN, MEMORY_LOW, MEMORY_HIGH, MEMORY_MAX)
 class ContainerTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the kubelet would put into the CRI `unified` map for a container.
 
-    memstate does not create container cgroups (the runtime does); these values are reported in
+    memstate does not create container cgroups (the runtime does); the reconciler writes the
+    Memory QoS files of those it finds (memstate.core.plan.containers), the rest is reported in
     status and audit output and used by the invariant checks.
     """
 

@@ -27,6 +27,7 @@ from memstate.core.events import (
     ReadmissionDeferred,
     TopologyObserved,
 )
+from memstate.core.plan.containers import CONTAINER_FILES
 from memstate.core.qos import node_targets
 from memstate.core.state import State, state_hash
 from memstate.core.targets import NodeTargets
@@ -143,6 +144,11 @@ def pods_document(state: State) -> list[dict[str, Any]]:
                 ],
                 "cgroup": pod_target.cgroup if pod_target else None,
                 "cgroup_files": dict(pod_target.files) if pod_target else {},
+                # What memstate writes on each container cgroup it finds under the pod's.
+                "container_files": {
+                    c.name: {f: c.files[f] for f in CONTAINER_FILES if f in c.files}
+                    for c in (pod_target.containers if pod_target else ())
+                },
             }
         )
     return documents
@@ -185,6 +191,20 @@ def targets_document(targets: NodeTargets) -> dict[str, Any]:
         "node_memory_low_bytes": targets.node_memory_low_bytes,
         "warnings": list(targets.warnings),
     }
+
+
+CONTAINER_HEADERS = ["POD CGROUP", "CONTAINER", "MEMORY.MIN", "MEMORY.LOW", "MEMORY.HIGH"]
+
+
+def container_rows(targets: NodeTargets) -> list[list[Any]]:
+    """Per container: the Memory QoS values memstate writes on its cgroup once the runtime
+    created it (none with the MemoryQoS gate off)."""
+    return [
+        [pod.cgroup, c.name, *(c.files[f] for f in CONTAINER_FILES)]
+        for pod in targets.pods
+        for c in pod.containers
+        if all(f in c.files for f in CONTAINER_FILES)
+    ]
 
 
 TARGET_HEADERS = ["CGROUP", "LEVEL", "FILE", "VALUE"]

@@ -51,7 +51,7 @@ from __future__ import annotations
 import errno as errno_module
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,6 +90,7 @@ from memstate.core.plan import (
     naming_config,
     plan_operations,
 )
+from memstate.core.plan.containers import container_paths, with_container_targets
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 
@@ -399,6 +400,49 @@ def observe_tree(
     return tree, observer.errors, observer.reads
 
 
+def observe_containers(
+    fs: CgroupFS, targets: NodeTargets, paths: Iterable[str], *, base: ObservedTree
+) -> tuple[ObservedTree, list[ReadError], int]:
+    """Read the managed files of the container cgroups `paths` (targets of `targets`, listed by
+    their pod cgroup in `base`) and their pod cgroups' `cgroup.subtree_control` (the runtime
+    enables the memory controller there; without it the files do not exist), and merge them
+    into `base`: (tree, read errors, calls)."""
+    observer = _Observer(fs, targets, naming_config(targets))
+    for pod in sorted({path.rpartition("/")[0] for path in paths}):
+        found = base.get(pod)
+        if found is not None and found.exists:
+            enabled = observer._controllers(pod, SUBTREE_CONTROL)
+            observer.found[pod] = msgspec.structs.replace(found, subtree_control=enabled)
+    for path in paths:
+        # Listed, with what its own children hold (crun may nest one): the planner covers them.
+        observer.desired_cgroup(path, None, list_children=True)
+    return merge_observations(base, observer.found), observer.errors, observer.reads
+
+
+def add_container_cgroups(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    tree: ObservedTree,
+    container_ids: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    pods: Iterable[str] | None = None,
+) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int]:
+    """After `observe_tree`: the container cgroups listed under the pod cgroups of `tree` (only
+    under `pods`, when given) read and added to the targets. Returns (targets, tree, the
+    container paths read, read errors, calls). Read-only."""
+    listed = with_container_targets(targets, tree, container_ids, listed_is_enough=True)
+    by_pod = container_paths(listed)
+    if pods is None:
+        wanted = sorted(p for found in by_pod.values() for p in found)
+    else:
+        wanted = sorted(p for pod in pods for p in by_pod.get(pod, ()))
+    errors: list[ReadError] = []
+    reads = 0
+    if wanted:
+        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
+    return with_container_targets(targets, tree, container_ids), tree, wanted, errors, reads
+
+
 # --- the reconciler -------------------------------------------------------------------------------
 
 
@@ -429,6 +473,10 @@ class Reconciler:
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
+        # Pod UID -> {bare runtime container id -> container name}: how runtime-named container
+        # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
+        # become known; directories named after their container need none.
+        self.container_ids: dict[str, dict[str, str]] = {}
 
     def reconcile(
         self,
@@ -454,6 +502,9 @@ class Reconciler:
         )
         full = paths is None
         tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
+        targets, tree, focus, more_errors, more_reads = self._with_containers(targets, tree, paths)
+        read_errors += more_errors
+        reads += more_reads
         plan = plan_operations(
             targets,
             tree,
@@ -461,7 +512,7 @@ class Reconciler:
             retired_paths=retiring,
             pod_removal=self.options.pod_removal,
             remove_orphans=self.options.remove_orphans and full,
-            focus=paths,
+            focus=focus,
         )
         drift = self._drift(targets, tree, plan)
         results, writes = self._execute(plan)
@@ -478,6 +529,25 @@ class Reconciler:
             retiring=retiring,
             foreign=tuple(foreign),
         )
+
+    # --- container cgroups ------------------------------------------------------------------
+
+    def _with_containers(
+        self, targets: NodeTargets, tree: ObservedTree, paths: list[str] | None
+    ) -> tuple[NodeTargets, ObservedTree, list[str] | None, list[ReadError], int]:
+        """The targets with the container cgroups found under the pod cgroups, the tree with
+        their files read, the plan's focus (a scoped round's plus the containers of the pods in
+        it) and the extra read errors and calls.
+
+        The pod cgroups' listings (fresh in a full round, fresh for scoped pods, cached for the
+        rest) say which containers exist; their managed files are read before planning, so the
+        planner only ever sees container cgroups observed to exist and never creates one.
+        """
+        complete, tree, wanted, errors, reads = add_container_cgroups(
+            self.fs, targets, tree, self.container_ids, pods=paths
+        )
+        focus = None if paths is None else sorted({*paths, *wanted})
+        return complete, tree, focus, errors, reads
 
     # --- scope -----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from memstate.core.events import PodAdmissionRequested
+from memstate.core.pod import PodResources, pod_request, qos_class
 from memstate.node.sources.connection import kubelet_connection
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
@@ -189,7 +191,7 @@ async def test_untrusted_server_certificate_is_refused(
     assert standin.polls() == 0  # the request never reached the handler
 
 
-async def test_pod_level_resources_are_rejected_by_locator(
+async def test_pod_level_resources_are_admitted_with_their_pod_level_values(
     certificates: Certificates, ca_file: Path, token_file: Path, recorder: Recorder
 ) -> None:
     feed = SourceFeed(PodTracker(), recorder.submit)
@@ -199,14 +201,17 @@ async def test_pod_level_resources_are_rejected_by_locator(
         source = source_for(standin, ca_file, token_file, interval=0.05)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(source.run, feed.deliverer("kubelet"))
-            await wait_for(lambda: bool(recorder.events), "rejection")
-            polls = standin.polls()
-            await wait_for(lambda: standin.polls() > polls + 2, "more polls")
-            standin.set_pods([])
-            await wait_for(lambda: len(recorder.events) == 2, "rejection cleared")
+            await wait_for(lambda: bool(recorder.events), "admission")
             nursery.cancel_scope.cancel()
-    assert recorder.summary() == [("invalid", "kubelet:default/p"), ("remove", "")]
-    assert "spec.resources" in getattr(recorder.events[0], "error", "")
+    assert recorder.summary() == [("admit", UID_A)]
+    event = recorder.events[0]
+    assert isinstance(event, PodAdmissionRequested)
+    # spec.resources: limits memory 2Gi, cpu 2; the API defaulting copies them into requests.
+    assert event.pod.pod_level == PodResources(
+        requests={"cpu": 2000, "memory": 2 << 30}, limits={"cpu": 2000, "memory": 2 << 30}
+    )
+    assert qos_class(event.pod) == "Guaranteed"
+    assert pod_request(event.pod) == 2 << 30
 
 
 async def test_read_only_port(certificates: Certificates, recorder: Recorder) -> None:

@@ -177,7 +177,11 @@ def test_hugepage_names_are_canonical() -> None:
             "only be set on init",
         ),
         (lambda m: m["spec"].update(containers=[]), "$.spec.containers", "at least one"),
-        (lambda m: m["spec"].update(resources={"limits": {}}), "$.spec.resources", "pod-level"),
+        (
+            lambda m: m["spec"].update(resources={"limits": {"ephemeral-storage": "1Gi"}}),
+            "$.spec.resources.limits.ephemeral-storage",
+            "not supported at pod level",
+        ),
         (lambda m: m.update(kind="Deployment"), "$.kind", "is not a Pod"),
         (
             lambda m: m["spec"]["containers"].append(container("app", "1Gi")),

@@ -48,7 +48,7 @@ from memstate.core.state import State
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS, RealCgroupFS
 from memstate.present.output import add_output_argument, output_format, write_json, write_table
-from memstate.reconcile.reconciler import observe_tree
+from memstate.reconcile.reconciler import add_container_cgroups, observe_tree
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_ROOT_ENV = "MEMSTATE_CGROUP_ROOT"
@@ -244,7 +244,11 @@ def plan_document(
     remove_orphans: bool,
 ) -> tuple[dict[str, Any], Plan]:
     """The plan of a full resync of `fs` to `targets`, as the `-o json` document."""
-    tree, read_errors, reads = observe_tree(ReadOnlyCgroupFS(fs), targets)
+    reader = ReadOnlyCgroupFS(fs)
+    tree, read_errors, reads = observe_tree(reader, targets)
+    targets, tree, _paths, more_errors, more_reads = add_container_cgroups(reader, targets, tree)
+    read_errors += more_errors
+    reads += more_reads
     plan = plan_operations(
         targets,
         tree,
@@ -288,7 +292,10 @@ def diff_document(
 ) -> tuple[dict[str, Any], tuple[FileDiff, ...]]:
     """Every managed file against the tree, as the `-o json` document; pod cgroups no target
     explains are rows of status ``retired`` (a removal still to finish) or ``orphan``."""
-    tree, read_errors, _reads = observe_tree(ReadOnlyCgroupFS(fs), targets)
+    reader = ReadOnlyCgroupFS(fs)
+    tree, read_errors, _reads = observe_tree(reader, targets)
+    targets, tree, _paths, more_errors, _more = add_container_cgroups(reader, targets, tree)
+    read_errors += more_errors
     rows = diff_tree(
         targets, tree, page_size_bytes=page_size_bytes, retired_paths=retired_paths or ()
     )

@@ -44,8 +44,10 @@ from memstate.present.output import (
     write_table,
 )
 from memstate.present.views import (
+    CONTAINER_HEADERS,
     NUMA_HEADERS,
     POD_HEADERS,
+    container_rows,
     describe_decision,
     numa_document,
     numa_rows,
@@ -396,6 +398,10 @@ def run_status(args: argparse.Namespace) -> int:
             for p in targets.pods
         ]
         write_table(["CGROUP", "MEMORY.MIN", "MEMORY.LOW", "MEMORY.MAX"], rows)
+        containers = container_rows(targets)
+        if containers:
+            out.write("\nContainer cgroups (written when the runtime creates them):\n")
+            write_table(CONTAINER_HEADERS, containers)
         for warning in targets.warnings:
             out.write(f"warning: {warning}\n")
     return 0

@@ -53,7 +53,7 @@ class PodSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     containers: list[Container] = []
     initContainers: list[Container] | None = None
     overhead: dict[str, QuantityValue] | None = None
-    # Pod-level resources are decoded so the core can refuse them with its own message.
+    # Pod-level resources (KEP-2837): the core validates them and decides on them.
     resources: dict[str, Any] | None = None
     nodeName: str | None = None
 
