@@ -382,8 +382,9 @@ class Daemon:
         """Have `events` decided and recorded (memstate.node.writer); returns once durable."""
         await self.writer.submit(events)
 
-    def _compute_targets(self) -> NodeTargets | None:
-        """The state's cgroup targets, reusing the targets of pods that did not change."""
+    def _compute_targets(self, decisions: Sequence[Event] = ()) -> NodeTargets | None:
+        """The state's cgroup targets, reusing the targets of pods that did not change and the
+        targets an admission decision carries (the reducer computed them: once per admission)."""
         state = self.state
         if state.topology is None or state.config is None:
             return None
@@ -391,6 +392,12 @@ class Daemon:
         if self._targets_context != context:
             self._pod_targets.clear()
             self._targets_context = context
+        for decision in decisions:
+            if isinstance(decision, PodAdmitted) and decision.targets is not None:
+                admitted = state.pods.get(decision.uid)
+                if admitted is not None and admitted.allocation == decision.allocation:
+                    key = (admitted.spec_hash, admitted.allocation)
+                    self._pod_targets[decision.uid] = (key, decision.targets)
         entries = []
         for uid, record in state.pods.items():
             cached = self._pod_targets.get(uid)
@@ -408,7 +415,7 @@ class Daemon:
     def _note_effects(self, decisions: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
         pods are in `self.removals`, which every round covers)."""
-        self.targets = self._compute_targets()
+        self.targets = self._compute_targets(decisions)
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if (
