@@ -44,10 +44,9 @@ import os
 import platform
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -59,7 +58,6 @@ from memstate.core.errors import (
     HostError,
     InputError,
     InvariantViolation,
-    LogDiskFull,
     MemstateError,
 )
 from memstate.core.events import (
@@ -67,7 +65,6 @@ from memstate.core.events import (
     ConfigRejected,
     DaemonRestarted,
     DaemonStarted,
-    Envelope,
     Event,
     NodeReconfigured,
     PodAdmitted,
@@ -75,19 +72,18 @@ from memstate.core.events import (
     ReadmissionCompleted,
     TopologyObserved,
 )
-from memstate.core.invariants import check_invariants
 from memstate.core.qos import (
     MEMORY_HIGH_SAFE_KERNEL,
     assemble_node_targets,
     kernel_version,
     pod_targets,
 )
-from memstate.core.reducer import apply, step
-from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
+from memstate.core.removals import PendingRemovals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
+from memstate.node.adapters import Adapters, LogStorage, file_storage
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
@@ -95,22 +91,15 @@ from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, describe_defaults, settings_from_object
-from memstate.node.sources.configure import NetworkSource, network_sources, node_name_of
+from memstate.node.sources.configure import network_sources, node_name_of
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
 from memstate.node.sources.tracker import PodTracker
-from memstate.store.checkpoint import (
-    oldest_checkpoint_seq,
-    prune_checkpoints,
-    write_checkpoint,
-)
-from memstate.store.log import EventLog
-from memstate.store.recovery import recover_state
+from memstate.node.writer import Writer
 from memstate.store.verify import check_sealed_bodies
 
 logger = logging.getLogger("memstate.node.daemon")
 
-MAX_BATCH_EVENTS = 256
 SHUTDOWN_GRACE_SECONDS = 10.0
 FAILURE_NOTE_REPEAT_SECONDS = 600.0
 SOURCE_HEALTH_SECONDS = 1.0
@@ -132,13 +121,6 @@ class Wakeup:
         woken = self._event.is_set()
         self._event = trio.Event()
         return woken
-
-
-@dataclass
-class _Submission:
-    events: list[Event]
-    done: trio.Event = field(default_factory=trio.Event)
-    error: MemstateError | None = None
 
 
 def load_settings_and_config(
@@ -167,37 +149,40 @@ class Daemon:
         fsync: bool = True,
         on_ready: Callable[[Daemon], None] | None = None,
         stop_after_seconds: float | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
+        self.adapters = adapters if adapters is not None else Adapters()
         self.settings = settings
         self.on_ready = on_ready
         self.stop_after_seconds = stop_after_seconds
         self.cli_overrides = dict(cli_overrides or {})
-        self.notifier = notifier or Notifier.from_environment()
+        self.notifier = notifier or self.adapters.notifier or Notifier.from_environment()
         self.fsync = fsync
         self.metrics = Metrics()
-        self.state = State()
-        self.last_seq = 0
+        self.wall_clock_ns = self.adapters.wall_clock_ns
+        self.run_io = self.adapters.run_io
+        # The one path every event takes, before and after READY (memstate.node.writer).
+        self.writer = Writer(
+            metrics=self.metrics,
+            wall_clock_ns=self.wall_clock_ns,
+            run_io=self.run_io,
+            on_commit=self._note_effects,
+            checkpoint_every=lambda: self.settings.checkpoint_every,
+        )
+        self.storage: LogStorage | None = None
         self.targets: NodeTargets | None = None
-        self.log: EventLog | None = None
         # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
         self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
         self.feed = SourceFeed(self.tracker, self._record)
         self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
-        self.sources: list[NetworkSource] = []
+        self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
         self._sources_wake = Wakeup()
         self.config_topology: Topology | None = None
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[_Submission](64)
-        self._log_limiter = trio.CapacityLimiter(1)
         self._cgroup_limiter = trio.CapacityLimiter(1)
         self._reconcile_wake = Wakeup()
         self._manifest_wake = Wakeup()
         self._config_wake = Wakeup()
         self._scope: set[str] | None = set()  # None: the next round is a full resync
-        # Retired pod cgroups still to remove, folded from the log with the state (recovered at
-        # start, checkpointed with it) and handed whole to every reconcile round.
-        self.removals: PendingRemovals = NO_REMOVALS
-        self._events_since_checkpoint = 0
-        self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
         self._config_digest = ""
         self._pod_targets: dict[str, tuple[tuple[str, object], PodTargets]] = {}
@@ -211,23 +196,55 @@ class Daemon:
         self.reconciler: object | None = None
         self.ready = trio.Event()
 
+    # The writer owns the state, the pending removals (retired pod cgroups still to remove,
+    # folded from the log with the state and handed whole to every reconcile round) and the seq.
+    @property
+    def state(self) -> State:
+        """The state after the last durable record."""
+        return self.writer.state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self.writer.state = state
+
+    @property
+    def removals(self) -> PendingRemovals:
+        """Retired pod cgroups still to remove."""
+        return self.writer.removals
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last durable record."""
+        return self.writer.last_seq
+
     # --- start-up ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Everything before READY=1 (see the module docstring for the order)."""
         settings = self.settings
         self.notifier.status("recovering the event log")
-        self.log = await trio.to_thread.run_sync(
-            functools.partial(EventLog.open, settings.state_dir, fsync=self.fsync),
-            limiter=self._log_limiter,
+        make_storage = self.adapters.storage or file_storage(
+            settings.state_dir,
+            fsync=self.fsync,
+            checkpoints_keep=settings.checkpoints_keep,
+            prune_log=settings.prune_log,
         )
-        had_history = self.log.last_seq > 0
-        recovered = await trio.to_thread.run_sync(recover_state, settings.state_dir)
+        storage = make_storage()
+        opened = await self.run_io(storage.open, limiter=self.writer.limiter)
+        self.storage = storage
+        recovered = opened.recovered
+        had_history = opened.log.last_seq > 0
         for warning in recovered.warnings:
             logger.warning("checkpoint: %s", warning)
-        self.state = recovered.state
         self.metrics.start_process(recovered.state.counters)
-        self.removals = recovered.removals
+        self.writer.attach(
+            opened.log,
+            self._write_checkpoint,
+            state=recovered.state,
+            removals=recovered.removals,
+            last_seq=recovered.last_seq,
+            checkpoint_seq=recovered.checkpoint_seq or 0,
+        )
         if recovered.removals:
             paths = sorted(recovered.removals.paths)
             more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
@@ -237,8 +254,6 @@ class Daemon:
                 ", ".join(paths[:5]),
                 more,
             )
-        self.last_seq = recovered.last_seq
-        self._checkpoint_seq = recovered.checkpoint_seq or 0
         logger.info(
             "recovered seq %d (checkpoint %s, %d records decoded)",
             recovered.last_seq,
@@ -249,11 +264,13 @@ class Daemon:
         config = self._load_config(topology)
         self.config_topology = topology
         self.manifests.node_name = node_name_of(self.settings)
-        self.sources = network_sources(self.settings)  # ConfigError on bad credentials
+        given = self.adapters.sources
+        # ConfigError on bad credentials
+        self.sources = list(given) if given is not None else list(network_sources(self.settings))
         self._open_reconciler(topology, config)
 
         boot: list[Event] = []
-        truncated = self.log.recovery.tail_truncated_event()
+        truncated = opened.truncated
         if truncated is not None:
             logger.warning(
                 "log tail truncated: %s at offset %d, %d bytes dropped (copy kept at %s)",
@@ -269,7 +286,7 @@ class Daemon:
                 reducer_version=REDUCER_VERSION,
                 python=platform.python_version(),
                 hostname=socket.gethostname(),
-                boot_id=_boot_id(),
+                boot_id=self.adapters.boot_id(),
                 kernel_release=os.uname().release,
             )
         )
@@ -279,12 +296,12 @@ class Daemon:
             boot.append(TopologyObserved(topology=topology, source=self._topology_source()))
         if config != self.state.observed_config:
             boot.append(ConfigLoaded(config=config, source=str(settings.config_file or "")))
-        await self._commit(boot)
+        await self.writer.submit(boot)
 
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
         if self.state.readmission_open and not self.sources:
-            await self._commit([ReadmissionCompleted()])
+            await self.writer.submit([ReadmissionCompleted()])
         # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
         for warning in self.targets.warnings if self.targets is not None else ():
             if "5.9" not in warning:  # that one is logged with more detail by _publish
@@ -292,7 +309,7 @@ class Daemon:
         self.notifier.status("reconciling the cgroup tree")
         self._scope = None
         await self._reconcile_once()
-        if settings.metrics_enabled:
+        if settings.metrics_enabled and self.adapters.host_loops:
             if self._nursery is None:
                 raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
             host, port = settings.metrics_host_port()
@@ -321,6 +338,8 @@ class Daemon:
         return str(self.settings.topology_file or "/sys/devices/system/node")
 
     def _observe_topology(self) -> Topology:
+        if self.adapters.topology is not None:
+            return self.adapters.topology
         if self.settings.topology_file is not None:
             return load_topology(self.settings.topology_file)
         from memstate.host.sysfs import observe_topology
@@ -348,94 +367,26 @@ class Daemon:
         from memstate.node.cgroup_tree import open_cgroup_fs
         from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
-        fs = open_cgroup_fs(self.settings, topology, config)
+        fs = self.adapters.cgroup_fs or open_cgroup_fs(self.settings, topology, config)
         self.reconciler = Reconciler(
             fs,
             page_size_bytes=topology.page_size_bytes,
+            clock=trio.lowlevel.current_clock().current_time,  # usable from a worker thread
             options=ReconcilerOptions(
                 pod_removal=self.settings.pod_removal,
                 remove_orphans=self.settings.remove_orphans,
             ),
         )
 
-    # --- the writer: decide, append (group commit), apply, publish ----------------------------
+    # --- the writer's effects -------------------------------------------------------------------
 
     async def submit(self, events: Sequence[Event]) -> None:
-        """Have `events` decided and recorded; returns once they are durable."""
-        submission = _Submission(list(events))
-        await self._inbox_send.send(submission)
-        await submission.done.wait()
-        if submission.error is not None:
-            raise submission.error
+        """Have `events` decided and recorded (memstate.node.writer); returns once durable."""
+        await self.writer.submit(events)
 
-    async def writer_loop(self) -> None:
-        async for first in self._inbox_receive:
-            batch = [first]
-            count = len(first.events)
-            while count < MAX_BATCH_EVENTS:
-                try:
-                    item = self._inbox_receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(item)
-                count += len(item.events)
-            error: MemstateError | None = None
-            try:
-                await self._commit([e for item in batch for e in item.events])
-            except LogDiskFull as exc:
-                self.metrics.log_append_errors.inc()
-                logger.error("event log: %s", exc)
-                error = exc
-            for item in batch:
-                item.error = error
-                item.done.set()
-
-    async def _commit(self, events: Sequence[Event]) -> list[Envelope]:
-        """Decide, append durably, then apply and publish. Shielded: see the module docstring."""
-        if not events:
-            return []
-        assert self.log is not None
-        log = self.log
-        with trio.CancelScope(shield=True):
-            state = self.state
-            removals = self.removals
-            records: list[tuple[Event, int | None]] = []
-            decisions: list[Event] = []
-            for event in events:
-                before = state
-                if event.role == "input":
-                    transition = step(state, event)
-                    state = transition.state
-                    records.append((event, len(transition.decisions)))
-                    records.extend((d, None) for d in transition.decisions)
-                    decisions.extend(transition.decisions)
-                    removals = fold_removals(
-                        removals, before, [event, *transition.decisions], state
-                    )
-                else:
-                    state = apply(state, event)
-                    records.append((event, None))
-                    removals = fold_removals(removals, before, [event], state)
-            started = time.perf_counter()
-            envelopes = await trio.to_thread.run_sync(
-                functools.partial(log.append, records, ts_ns=time.time_ns()),
-                limiter=self._log_limiter,
-            )
-            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_events.observe(len(envelopes))
-            for envelope in envelopes:
-                self.metrics.events_appended.labels(kind=envelope.event.kind).inc()
-            self.state = state
-            self.removals = removals
-            self.last_seq = envelopes[-1].seq
-            self._note_effects(decisions)
-            self._events_since_checkpoint += len(envelopes)
-            if self._events_since_checkpoint >= self.settings.checkpoint_every:
-                await self._checkpoint()
-        return envelopes
-
-    def _compute_targets(self) -> NodeTargets | None:
-        """The state's cgroup targets, reusing the targets of pods that did not change."""
+    def _compute_targets(self, decisions: Sequence[Event] = ()) -> NodeTargets | None:
+        """The state's cgroup targets, reusing the targets of pods that did not change and the
+        targets an admission decision carries (the reducer computed them: once per admission)."""
         state = self.state
         if state.topology is None or state.config is None:
             return None
@@ -443,6 +394,12 @@ class Daemon:
         if self._targets_context != context:
             self._pod_targets.clear()
             self._targets_context = context
+        for decision in decisions:
+            if isinstance(decision, PodAdmitted) and decision.targets is not None:
+                admitted = state.pods.get(decision.uid)
+                if admitted is not None and admitted.allocation == decision.allocation:
+                    key = (admitted.spec_hash, admitted.allocation)
+                    self._pod_targets[decision.uid] = (key, decision.targets)
         entries = []
         for uid, record in state.pods.items():
             cached = self._pod_targets.get(uid)
@@ -460,7 +417,7 @@ class Daemon:
     def _note_effects(self, decisions: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
         pods are in `self.removals`, which every round covers)."""
-        self.targets = self._compute_targets()
+        self.targets = self._compute_targets(decisions)
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if (
@@ -477,6 +434,8 @@ class Daemon:
 
     def _write_status(self) -> None:
         """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable)."""
+        if not self.adapters.host_loops:
+            return
         document = {
             "pid": os.getpid(),
             "version": __version__,
@@ -489,7 +448,7 @@ class Daemon:
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),
             "pod_source_health": [source.health.as_dict() for source in self.sources],
-            "updated_ts_ns": time.time_ns(),
+            "updated_ts_ns": self.wall_clock_ns(),
         }
         path = self.settings.state_dir / "daemon-status.json"
         temporary = path.with_name(f".{path.name}.tmp")
@@ -533,48 +492,25 @@ class Daemon:
             )
         )
 
-    async def _checkpoint(self) -> None:
-        """Write a checkpoint of the current state (shielded by the caller or at shutdown)."""
-        assert self.log is not None
-        log, state, seq, removals = self.log, self.state, self.last_seq, self.removals
-        if seq in (0, self._checkpoint_seq):
-            return
-        if log.last_seq != seq:
-            raise InvariantViolation(
-                f"state at seq {seq} but the log ends at {log.last_seq}: refusing a checkpoint"
-            )
-        chain = log.chain_crc
-
-        def write() -> None:
-            check_invariants(state)
-            write_checkpoint(
-                self.settings.state_dir, state, seq=seq, chain_crc=chain, removals=removals
-            )
-            prune_checkpoints(self.settings.state_dir, self.settings.checkpoints_keep)
-            if self.settings.prune_log:
-                oldest = oldest_checkpoint_seq(self.settings.state_dir)
-                if oldest is not None:
-                    for name in log.prune_segments(through_seq=oldest):
-                        logger.info("pruned log segment %s (before checkpoint %d)", name, oldest)
-
-        await trio.to_thread.run_sync(write, limiter=self._log_limiter)
-        self._checkpoint_seq = seq
-        self._events_since_checkpoint = 0
-        logger.info("checkpoint at seq %d", seq)
+    def _write_checkpoint(
+        self, state: State, seq: int, chain_crc: int, removals: PendingRemovals
+    ) -> None:
+        """The writer's checkpoint writer: the storage's, once it is open."""
+        if self.storage is None:
+            raise InvariantViolation("a checkpoint before the log was opened")
+        self.storage.write_checkpoint(state, seq, chain_crc, removals)
 
     # --- sources -------------------------------------------------------------------------------
 
     async def _record(self, events: Sequence[Event]) -> None:
-        """Make source events durable: through the writer once it runs, directly before."""
-        if self.ready.is_set():
-            await self.submit(events)
-        else:
-            await self._commit(events)
+        """Make source events durable (through the writer, before and after READY)."""
+        await self.writer.submit(events)
 
     async def _scan_manifests(self) -> None:
         if "manifests" not in self.settings.pod_sources:
             return
-        pods = await trio.to_thread.run_sync(self.manifests.read)
+        read = self.adapters.read_manifests or self.manifests.read
+        pods = await self.run_io(read)
         await self.feed.deliver("manifests", pods)
 
     def _holder_of(self, uid: str) -> str | None:
@@ -644,7 +580,10 @@ class Daemon:
 
     async def manifest_loop(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, self.settings.manifest_dir, self._manifest_wake.set, None)
+            if self.adapters.host_loops and self.adapters.read_manifests is None:
+                nursery.start_soon(
+                    _watch, self.settings.manifest_dir, self._manifest_wake.set, None
+                )
             while True:
                 try:
                     await self._scan_manifests()
@@ -659,7 +598,7 @@ class Daemon:
     async def config_loop(self) -> None:
         path = self.settings.config_file
         async with trio.open_nursery() as nursery:
-            if path is not None:
+            if path is not None and self.adapters.host_loops:
                 nursery.start_soon(_watch, path.parent, self._config_wake.set, path.name)
             while True:
                 if await self._config_wake.wait(3600.0):
@@ -732,8 +671,8 @@ class Daemon:
         if scope is not None and not scope and not retiring:
             return None
         reconciler = self.reconciler
-        started = time.perf_counter()
-        report = await trio.to_thread.run_sync(
+        started = trio.current_time()
+        report = await self.run_io(
             functools.partial(
                 reconciler.reconcile,  # type: ignore[attr-defined]
                 targets,
@@ -743,7 +682,7 @@ class Daemon:
             limiter=self._cgroup_limiter,
         )
         label = "full" if scope is None else "scoped"
-        self.metrics.reconcile_seconds.labels(scope=label).observe(time.perf_counter() - started)
+        self.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
         for (file_name, result), count in sorted(report.counters.items()):
             self.metrics.cgroup_writes.labels(file=file_name, result=result).inc(count)
         notes = self._notes_worth_recording(report.notes)
@@ -765,13 +704,13 @@ class Daemon:
         self._publish()
         self._write_status()
         if notes:
-            await self.submit(notes) if self.ready.is_set() else await self._commit(notes)
+            await self.writer.submit(notes)
         retry: float | None = report.retry_after_seconds
         return retry
 
     def _notes_worth_recording(self, notes: Sequence[Event]) -> list[Event]:
         """Drift and orphans are always recorded; a repeated identical failure once per 10 min."""
-        now = time.monotonic()
+        now = trio.current_time()
         kept: list[Event] = []
         for note in notes:
             if note.kind == "cgroup_write_failed":
@@ -891,24 +830,38 @@ class Daemon:
         """Run until SIGTERM/SIGINT; raises MemstateError subclasses for fatal conditions."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
-                    await self.start()
-                    nursery.start_soon(self.writer_loop)
-                    nursery.start_soon(self.manifest_loop)
-                    nursery.start_soon(self.sources_loop)
-                    nursery.start_soon(self.config_loop)
-                    nursery.start_soon(self.reconcile_loop)
-                    nursery.start_soon(self.cgroup_watch_loop)
-                    nursery.start_soon(self.watchdog_loop)
-                    nursery.start_soon(self.sealed_segments_check)
-                    if self.stop_after_seconds is not None:
-                        nursery.start_soon(
-                            _stop_after, self.stop_after_seconds, nursery.cancel_scope
-                        )
+                await self.run(signals)
             finally:
                 await self.shutdown()
+
+    async def run(self, signals: AsyncIterator[int] | None = None) -> None:
+        """Start up, then run every loop until cancelled; no final checkpoint (`shutdown`).
+
+        The simulation calls this directly and cancels it to crash the daemon."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if signals is not None:
+                nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
+            # The writer runs first: start-up's events take the same path as all others.
+            await nursery.start(self.writer.run)
+            await self.start()
+            for loop in self.loops():
+                nursery.start_soon(loop)
+            if self.stop_after_seconds is not None:
+                nursery.start_soon(_stop_after, self.stop_after_seconds, nursery.cancel_scope)
+
+    def loops(self) -> list[Callable[[], Any]]:
+        """The tasks that run after READY (add a loop here)."""
+        loops: list[Callable[[], Any]] = [
+            self.manifest_loop,
+            self.sources_loop,
+            self.config_loop,
+            self.reconcile_loop,
+            self.watchdog_loop,
+        ]
+        if self.adapters.host_loops:
+            loops += [self.cgroup_watch_loop, self.sealed_segments_check]
+        return loops
 
     async def _signal_loop(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:
@@ -923,12 +876,12 @@ class Daemon:
     async def shutdown(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
             self.notifier.stopping()
-            if self.log is not None:
+            if self.storage is not None:
                 try:
-                    await self._checkpoint()
+                    await self.writer.checkpoint()
                 finally:
-                    log, self.log = self.log, None
-                    await trio.to_thread.run_sync(log.close, limiter=self._log_limiter)
+                    storage, self.storage = self.storage, None
+                    await self.run_io(storage.close, limiter=self.writer.limiter)
 
 
 async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
@@ -942,13 +895,6 @@ async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:
     await trio.sleep(seconds)
     logger.info("stopping after %g s as asked", seconds)
     scope.cancel()
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def run_daemon(daemon: Daemon) -> None:

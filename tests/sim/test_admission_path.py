@@ -1,0 +1,103 @@
+"""One admission, end to end, in the simulated daemon (docs/architecture.md): the pod's targets
+are computed once (by the reducer's decision), and the only blocking calls handed to the I/O
+runner (a worker thread in production) are file I/O: the manifest read, the log append and the
+reconciler's cgroup round."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import trio.testing
+
+from memstate.core import qos, reducer
+from memstate.host.sim import SimCgroupFS
+from memstate.node import daemon as daemon_module
+from memstate.node.adapters import Adapters
+from memstate.node.daemon import Daemon
+from memstate.node.sdnotify import Notifier
+from tests.factories import topology
+from tests.sim.world import (
+    CONFIG_YAML,
+    PAGE,
+    ProtectionCheckingFS,
+    SimDisk,
+    SimStorage,
+    World,
+    _random_pod,
+    _settings,
+    run_inline,
+)
+
+_T = TypeVar("_T")
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(inner, "__qualname__", repr(inner))
+
+
+def test_one_admission_computes_targets_once_and_hands_only_io_to_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    rng = random.Random(1)
+    world = World(
+        seed=1,
+        rng=rng,
+        disk=SimDisk(random.Random(2)),
+        fs=ProtectionCheckingFS(SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1")),
+    )
+    calls: list[str] = []
+    handed: list[str] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(args[0].uid)
+        return qos.pod_targets(*args)
+
+    monkeypatch.setattr(reducer, "pod_targets", counting)
+    monkeypatch.setattr(daemon_module, "pod_targets", counting)
+
+    async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
+        handed.append(_name_of(fn))
+        return await run_inline(fn)
+
+    adapters = Adapters(
+        wall_clock_ns=world.wall_clock_ns,
+        run_io=recording_io,
+        storage=lambda: SimStorage(world.disk),
+        cgroup_fs=world.fs,
+        topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),
+        sources=[],
+        read_manifests=world.read_pods,
+        notifier=Notifier(None, None),
+        host_loops=False,
+    )
+    daemon = Daemon(_settings(config_file), adapters=adapters)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            calls.clear()
+            handed.clear()
+            pod = _random_pod(rng, "one")  # seed 1 draws a Guaranteed pod: pinned, min set
+            world.pods["one"] = pod
+            daemon._manifest_wake.set()
+            while "one" not in daemon.state.pods or not daemon.readiness.converged:
+                await trio.sleep(0.1)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert calls == ["one"]
+    assert daemon.targets is not None and daemon.targets.pod("one").cgroup
+    kinds = set(handed)
+    assert {"SimLog.append", "Reconciler.reconcile"} <= kinds, handed
+    assert kinds <= {"SimLog.append", "Reconciler.reconcile", "World.read_pods"}, handed
