@@ -391,7 +391,8 @@ class Daemon:
         """Decide, append durably, then apply and publish. Shielded: see the module docstring."""
         if not events:
             return []
-        assert self.log is not None
+        if self.log is None:
+            raise InvariantViolation("commit before the event log is open")
         log = self.log
         with trio.CancelScope(shield=True):
             state = self.state
@@ -532,7 +533,8 @@ class Daemon:
 
     async def _checkpoint(self) -> None:
         """Write a checkpoint of the current state (shielded by the caller or at shutdown)."""
-        assert self.log is not None
+        if self.log is None:
+            raise InvariantViolation("checkpoint before the event log is open")
         log, state, seq, removals = self.log, self.state, self.last_seq, self.removals
         if seq in (0, self._checkpoint_seq):
             return
