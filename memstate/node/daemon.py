@@ -643,7 +643,13 @@ class Daemon:
 
     async def manifest_loop(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, self.settings.manifest_dir, self._manifest_wake.set, None)
+            nursery.start_soon(
+                _watch,
+                self.settings.manifest_dir,
+                self._manifest_wake.set,
+                None,
+                self.metrics.watch_failed("manifests"),
+            )
             while True:
                 try:
                     await self._scan_manifests()
@@ -659,7 +665,13 @@ class Daemon:
         path = self.settings.config_file
         async with trio.open_nursery() as nursery:
             if path is not None:
-                nursery.start_soon(_watch, path.parent, self._config_wake.set, path.name)
+                nursery.start_soon(
+                    _watch,
+                    path.parent,
+                    self._config_wake.set,
+                    path.name,
+                    self.metrics.watch_failed("config"),
+                )
             while True:
                 if await self._config_wake.wait(3600.0):
                     await self.reload_config()
@@ -838,7 +850,11 @@ class Daemon:
                         source.nudge()
             self._sources_wake.set()
 
-        await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
+        await watch_cgroups(
+            self.settings.cgroup_sim or self.settings.cgroup_root,
+            on_hint=hint,
+            on_error=self.metrics.watch_failed("cgroups"),
+        )
 
     def _managed_cgroup_of(self, path: str) -> str | None:
         """The nearest cgroup at or above `path` that the targets manage (None if none)."""
@@ -930,11 +946,17 @@ class Daemon:
                     await trio.to_thread.run_sync(log.close, limiter=self._log_limiter)
 
 
-async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
-    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
+async def _watch(
+    path: Path,
+    on_change: Callable[[], None],
+    only_name: str | None,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`.
+    Failures are logged, passed to `on_error` and retried (memstate.node.watching)."""
     from memstate.node.watching import watch_directory
 
-    await watch_directory(path, on_change, only_name=only_name)
+    await watch_directory(path, on_change, only_name=only_name, on_error=on_error)
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:
