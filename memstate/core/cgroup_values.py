@@ -43,6 +43,9 @@ INT_MAX = 2**31 - 1
 DEFAULT_PAGE_SIZE_BYTES = 4096
 # The kernel's isspace() for ASCII: what strstrip() removes around a written value.
 KERNEL_WHITESPACE = " \t\n\v\f\r"
+# What to write to set a file to the empty value (cpuset.cpus, cpuset.mems): a zero-length write
+# changes nothing, and the kernel strips this to "", which means "empty".
+EMPTY_WRITE = "\n"
 # Longest text any parser here accepts; cgroup writes are capped at one page by kernfs anyway.
 MAX_VALUE_LENGTH = 4096
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import msgspec
 
-from memstate.core.cgroup_paths import ancestor_paths, parent_path, parse_cgroup_path
+from memstate.core.cgroup_paths import (
+    ancestor_paths,
+    is_valid_cgroup_name,
+    parent_path,
+    parse_cgroup_path,
+)
 from memstate.core.cgroup_values import CgroupValueError, parse_controller_list, parse_flat_keyed
 from memstate.core.config import NodeConfig
 from memstate.core.errors import HostError
@@ -26,7 +31,6 @@ from memstate.core.plan import (
     SUBTREE_CONTROL,
     ObservedCgroup,
     ObservedTree,
-    is_safe_name,
     join_path,
     merge_observations,
     naming_config,
@@ -165,7 +169,7 @@ class _Observer:
         missing_files = False
         for name in found.children:
             child = join_path(path, name)
-            if child in self.desired or not is_safe_name(name):
+            if child in self.desired or not is_valid_cgroup_name(name):
                 continue
             parsed = (
                 parse_cgroup_path(child, self.config) if target.level in ("node", "qos") else None
@@ -194,7 +198,7 @@ class _Observer:
         if not found.exists or found.children is None or depth >= MAX_REMOVAL_DEPTH:
             return
         for name in found.children:
-            if is_safe_name(name):
+            if is_valid_cgroup_name(name):
                 self.removal_subtree(join_path(path, name), known_exists=True, depth=depth + 1)
 
     def full(self) -> ObservedTree:

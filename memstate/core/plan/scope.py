@@ -7,7 +7,7 @@ refuses targets the planner cannot work on, `plan_controllers` decides which con
 managed cgroup gets and which of its files are usable (the others are *blocked*: their
 controller is not available), and `undesired_pod_cgroups` finds the pod cgroups under kubepods
 and the QoS cgroups that no target explains (*retired* when a decision removed the pod, else
-*orphans*). Names memstate cannot handle (`is_safe_name`) are never turned into paths.
+*orphans*). Names memstate cannot handle (`is_valid_cgroup_name`) are never turned into paths.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from memstate.core.cgroup_paths import (
     NODE_COMPONENT,
     QOS_COMPONENTS,
     SLICE_SUFFIX,
+    is_valid_cgroup_name,
     node_path,
     parent_path,
     parse_cgroup_path,
@@ -32,7 +33,6 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
-    is_safe_name,
     join_path,
 )
 from memstate.core.plan.values import file_controller
@@ -173,7 +173,7 @@ def undesired_pod_cgroups(
             continue
         for name in sorted(found.children):
             path = join_path(holder, name)
-            if path in desired or not is_safe_name(name):
+            if path in desired or not is_valid_cgroup_name(name):
                 continue
             parsed = parse_cgroup_path(path, config)
             if parsed is None or parsed.level != "pod":
