@@ -336,6 +336,8 @@ def assemble_node_targets(
         node_memory_min_bytes=g_sum if is_tiered else 0,
         node_memory_low_bytes=b_sum if is_tiered else 0,
         warnings=warnings,
+        cgroup_driver=config.cgroup_driver,
+        cgroup_root=config.cgroup_root,
     )
 
 

@@ -78,14 +78,13 @@ from memstate.core.events import (
 from memstate.core.invariants import check_invariants
 from memstate.core.qos import (
     MEMORY_HIGH_SAFE_KERNEL,
-    assemble_node_targets,
     kernel_version,
-    pod_targets,
 )
 from memstate.core.reducer import apply, step
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
-from memstate.core.targets import NodeTargets, PodTargets
+from memstate.core.state_targets import TargetsTracker
+from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.endpoint import HttpEndpoint, status_routes
@@ -198,8 +197,7 @@ class Daemon:
         self._checkpoint_seq = 0
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
         self._config_digest = ""
-        self._pod_targets: dict[str, tuple[tuple[str, object], PodTargets]] = {}
-        self._targets_context: tuple[NodeConfig, Topology] | None = None
+        self._targets = TargetsTracker()  # the state's NodeTargets, each pod's computed once
         self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
@@ -432,33 +430,10 @@ class Daemon:
                 await self._checkpoint()
         return envelopes
 
-    def _compute_targets(self) -> NodeTargets | None:
-        """The state's cgroup targets, reusing the targets of pods that did not change."""
-        state = self.state
-        if state.topology is None or state.config is None:
-            return None
-        context = (state.config, state.topology)
-        if self._targets_context != context:
-            self._pod_targets.clear()
-            self._targets_context = context
-        entries = []
-        for uid, record in state.pods.items():
-            cached = self._pod_targets.get(uid)
-            key = (record.spec_hash, record.allocation)
-            if cached is None or cached[0] != key:
-                targets = pod_targets(record.pod, record.allocation, *context)
-                self._pod_targets[uid] = (key, targets)
-            else:
-                targets = cached[1]
-            entries.append((record.pod, targets))
-        for uid in [u for u in self._pod_targets if u not in state.pods]:
-            del self._pod_targets[uid]
-        return assemble_node_targets(entries, state.config, state.topology)
-
     def _note_effects(self, decisions: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
         pods are in `self.removals`, which every round covers)."""
-        self.targets = self._compute_targets()
+        self.targets = self._targets.update(self.state, decisions)
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if (
