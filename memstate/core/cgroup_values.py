@@ -31,7 +31,7 @@ can be passed in as read (the newline is whitespace and stripped like on a write
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from memstate.core.errors import MemstateError
 
@@ -548,3 +548,29 @@ def parse_subtree_control(
             disable.add(name)
             enable.discard(name)
     return frozenset(enable), frozenset(disable)
+
+
+# --- the protection invariant ---------------------------------------------------------------------
+
+
+def uncovered_parents(
+    parents: Iterable[str],
+    children_of: Callable[[str], Iterable[str]],
+    value_of: Callable[[str], float | None],
+) -> Iterator[tuple[str, float, float]]:
+    """``(parent, own, children's sum)`` for each of `parents` whose protection (memory.min or
+    memory.low, as numbers: ``max`` is infinity) is below the sum of its children's.
+
+    memory.min and memory.low only protect a child as far as its parent's own value covers it
+    (memory-qos.md §12.3). The one statement of that check, for the target tree
+    (`memstate.core.qos.check_targets`) and the test oracles over a live tree or a simulator
+    journal (`memstate.testing.protection`). `value_of` None: a parent is not checked, a child
+    counts as 0.
+    """
+    for parent in parents:
+        own = value_of(parent)
+        if own is None:
+            continue
+        total = sum(v for child in children_of(parent) if (v := value_of(child)) is not None)
+        if total > own:
+            yield parent, own, total
