@@ -18,11 +18,11 @@ from memstate.core.events import ConfigLoaded, Event, PodAdmissionRequested, Top
 from memstate.core.pod import Pod, pod_from_manifest
 from memstate.core.reducer import step
 from memstate.core.state import State
+from memstate.core.state_targets import state_targets
 from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology, topology_from_object
 from memstate.host import CgroupFS, walk
 from memstate.host.sim import SimCgroupFS
-from memstate.present.views import targets_of
 
 PAGE_SIZE_BYTES = 4096
 
@@ -88,7 +88,7 @@ def node_targets(pods: list[Pod]) -> NodeTargets:
     events.extend(PodAdmissionRequested(pod=p) for p in pods)
     for event in events:
         state = step(state, event).state
-    targets = targets_of(state)
+    targets = state_targets(state)
     if targets is None or len(targets.pods) != len(pods):
         raise SystemExit("the benchmark node did not admit every pod")
     return targets

@@ -33,9 +33,9 @@ import re
 import msgspec
 
 from memstate.core.cgroup_values import hugetlb_file
-from memstate.core.config import CgroupDriver, NodeConfig
+from memstate.core.config import CGROUP_ROOT_COMPONENT_RE, CgroupDriver, NodeConfig
 from memstate.core.errors import InvariantViolation
-from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED, QOSClass
+from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED, UID_RE, QOSClass
 from memstate.core.targets import CgroupLevel
 
 NODE_COMPONENT = "kubepods"
@@ -43,12 +43,16 @@ POD_PREFIX = "pod"
 SLICE_SUFFIX = ".slice"
 QOS_COMPONENTS: dict[QOSClass, str] = {BURSTABLE: "burstable", BEST_EFFORT: "besteffort"}
 
-# Same rule as pod admission (memstate.core.pod): letters, digits, inner dashes, <= 128 chars.
-_UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
-# Same rule as config.parse_cgroup_root: letters, digits and inner dots.
-_ROOT_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
 # A systemd-escaped UID as found in a slice name ("-" became "_").
 _ESCAPED_UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]{0,126}[A-Za-z0-9])?")
+
+# The directory names memstate turns into paths, in the live tree and through the host adapter:
+# what kubelet (cgroupfs and systemd drivers), containerd, CRI-O and systemd produce (kubepods,
+# pod<uid>, kubepods-burstable-pod<uid>.slice, cri-containerd-<id>.scope, user@1000.service). A
+# leading dot or dash is refused; so are backslashes (systemd's \x2d escapes) and anything else
+# exotic: such names found in the tree are listed but never used.
+_CGROUP_NAME_RE = re.compile(r"[A-Za-z0-9_@:+=,][A-Za-z0-9_@:+=,.-]*")
+MAX_NAME_BYTES = 255  # NAME_MAX
 
 _KIB = 1024
 _MIB = 1024 * _KIB
@@ -67,10 +71,19 @@ class ParsedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # --- validation -----------------------------------------------------------------------------------
 
 
+def is_valid_cgroup_name(name: str) -> bool:
+    """True if `name` (a directory name) may be one component of a cgroup path."""
+    return (
+        _CGROUP_NAME_RE.fullmatch(name) is not None
+        and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+        and name not in (".", "..")
+    )
+
+
 def validate_pod_uid(uid: str) -> str:
     """Return `uid` if it can safely become part of a cgroup name, else raise
     `InvariantViolation` (admission should have rejected it)."""
-    if not _UID_RE.fullmatch(uid):
+    if not UID_RE.fullmatch(uid):
         raise InvariantViolation(
             f"pod uid {uid!r} cannot be used in a cgroup name (letters, digits and inner '-' only)"
         )
@@ -79,7 +92,7 @@ def validate_pod_uid(uid: str) -> str:
 
 def _validate_root(components: tuple[str, ...]) -> tuple[str, ...]:
     for component in components:
-        if not _ROOT_COMPONENT_RE.fullmatch(component):
+        if not CGROUP_ROOT_COMPONENT_RE.fullmatch(component):
             raise InvariantViolation(
                 f"cgroupRoot component {component!r} cannot be used in a cgroup name"
             )
@@ -220,7 +233,7 @@ def _pod_uid_from_leaf(leaf: str, parent: str, driver: CgroupDriver) -> str | No
         if not leaf.startswith(POD_PREFIX):
             return None
         uid = leaf[len(POD_PREFIX) :]
-        return uid if _UID_RE.fullmatch(uid) else None
+        return uid if UID_RE.fullmatch(uid) else None
     # systemd: the leaf is "<parent slice name without .slice>-pod<escaped uid>.slice".
     parent_leaf = parent.rpartition("/")[2]
     prefix = parent_leaf[: -len(SLICE_SUFFIX)] + "-" + POD_PREFIX
@@ -230,7 +243,7 @@ def _pod_uid_from_leaf(leaf: str, parent: str, driver: CgroupDriver) -> str | No
     if not _ESCAPED_UID_RE.fullmatch(escaped):
         return None
     uid = escaped.replace("_", "-")
-    return uid if _UID_RE.fullmatch(uid) else None
+    return uid if UID_RE.fullmatch(uid) else None
 
 
 # --- hugetlb file names ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ can be passed in as read (the newline is whitespace and stripped like on a write
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from memstate.core.errors import MemstateError
 
@@ -43,6 +43,9 @@ INT_MAX = 2**31 - 1
 DEFAULT_PAGE_SIZE_BYTES = 4096
 # The kernel's isspace() for ASCII: what strstrip() removes around a written value.
 KERNEL_WHITESPACE = " \t\n\v\f\r"
+# What to write to set a file to the empty value (cpuset.cpus, cpuset.mems): a zero-length write
+# changes nothing, and the kernel strips this to "", which means "empty".
+EMPTY_WRITE = "\n"
 # Longest text any parser here accepts; cgroup writes are capped at one page by kernfs anyway.
 MAX_VALUE_LENGTH = 4096
 
@@ -545,3 +548,29 @@ def parse_subtree_control(
             disable.add(name)
             enable.discard(name)
     return frozenset(enable), frozenset(disable)
+
+
+# --- the protection invariant ---------------------------------------------------------------------
+
+
+def uncovered_parents(
+    parents: Iterable[str],
+    children_of: Callable[[str], Iterable[str]],
+    value_of: Callable[[str], float | None],
+) -> Iterator[tuple[str, float, float]]:
+    """``(parent, own, children's sum)`` for each of `parents` whose protection (memory.min or
+    memory.low, as numbers: ``max`` is infinity) is below the sum of its children's.
+
+    memory.min and memory.low only protect a child as far as its parent's own value covers it
+    (memory-qos.md §12.3). The one statement of that check, for the target tree
+    (`memstate.core.qos.check_targets`) and the test oracles over a live tree or a simulator
+    journal (`memstate.testing.protection`). `value_of` None: a parent is not checked, a child
+    counts as 0.
+    """
+    for parent in parents:
+        own = value_of(parent)
+        if own is None:
+            continue
+        total = sum(v for child in children_of(parent) if (v := value_of(child)) is not None)
+        if total > own:
+            yield parent, own, total

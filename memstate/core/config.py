@@ -51,7 +51,7 @@ CgroupDriver = Literal["cgroupfs", "systemd"]
 
 MAX_NUMA_NODES_STATIC = 8  # the Topology Manager's default max-allowable-numa-nodes
 DEFAULT_EVICTION_MEMORY_AVAILABLE = "100Mi"
-_CGROUP_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
+CGROUP_ROOT_COMPONENT_RE = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")
 _PERCENT_RE = re.compile(r"(?=\.?[0-9])[0-9]{0,3}(?:\.[0-9]{0,6})?")
 _MAX_CGROUP_ROOT_CHARS = 4096  # PATH_MAX
 _MAX_CGROUP_COMPONENT_CHARS = 255  # NAME_MAX
@@ -493,7 +493,7 @@ def parse_cgroup_root(text: str, driver: str) -> tuple[str, ...]:
             raise ConfigError(f"cgroupRoot {echo(text)} is not a systemd slice path", path=path)
         parts = components
     for part in parts:
-        if len(part) > _MAX_CGROUP_COMPONENT_CHARS or not _CGROUP_COMPONENT_RE.fullmatch(part):
+        if len(part) > _MAX_CGROUP_COMPONENT_CHARS or not CGROUP_ROOT_COMPONENT_RE.fullmatch(part):
             raise ConfigError(
                 f"cgroupRoot component {echo(part)} may only hold letters, digits and inner dots "
                 f"(at most {_MAX_CGROUP_COMPONENT_CHARS})",

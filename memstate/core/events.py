@@ -22,11 +22,12 @@ in `memstate.core.codec` that rewrites the old raw form before typed decoding.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import msgspec
 
 from memstate.core.config import NodeConfig
+from memstate.core.errors import InvariantViolation
 from memstate.core.numa_policy import PodAllocation, ProviderHints
 from memstate.core.pod import Pod, QOSClass
 from memstate.core.targets import PodTargets
@@ -49,7 +50,8 @@ class Event(
     def kind(self) -> str:
         """The stable tag of this event type."""
         tag = type(self).__struct_config__.tag
-        assert isinstance(tag, str)
+        if not isinstance(tag, str):
+            raise InvariantViolation(f"{type(self).__name__} has no string tag")
         return tag
 
 
@@ -353,6 +355,18 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 
 EVENT_KINDS: dict[str, type[Event]] = {str(t.__struct_config__.tag): t for t in EVENT_TYPES}
+
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
+
+
+def known_event(event: Event) -> AnyEvent:
+    """`event` as a member of the catalogue union, so a `match` over it can be exhaustive.
+
+    Raises InvariantViolation for an `Event` subclass outside the catalogue (it could not be
+    stored or replayed)."""
+    if type(event) not in _KNOWN_TYPES:
+        raise InvariantViolation(f"{type(event).__name__} is not an event of the catalogue")
+    return cast("AnyEvent", event)
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -303,11 +303,13 @@ class _PodAllocator:
             if not default.preferred and best.preferred:
                 raise self.fail(container, MSG_NO_DEFAULT_PREFERRED, self.describe(requests))
             best = default
-        assert best.numa_affinity is not None
+        if best.numa_affinity is None:
+            raise InvariantViolation(f"pod {self.pod.key}: the best default hint has no NUMA mask")
         if not self.satisfies(best.numa_affinity, requests):
             best = self._extend(container, requests, best)
         mask = best.numa_affinity
-        assert mask is not None
+        if mask is None:
+            raise InvariantViolation(f"pod {self.pod.key}: the extended hint has no NUMA mask")
         self._check_group_rule(container, mask, requests)
 
         blocks = [Block(numa_affinity=mask, type=r, size=size) for r, size in requests.items()]
@@ -329,7 +331,8 @@ class _PodAllocator:
         self, container: ContainerSpec, requests: Mapping[str, int], current: TopologyHint
     ) -> TopologyHint:
         """`extendTopologyManagerHint`: the best feasible superset of the current mask."""
-        assert current.numa_affinity is not None
+        if current.numa_affinity is None:
+            raise InvariantViolation(f"pod {self.pod.key}: extending a hint without a NUMA mask")
         hints = calculate_hints(self.machine, requests, self.reusable)
         wanted = set(current.numa_affinity)
         supersets = [

@@ -38,7 +38,7 @@ BEST_EFFORT: QOSClass = "BestEffort"
 
 # A UID becomes part of a cgroup path: letters, digits and inner dashes only, so that no value
 # can contain "/", "..", "_" (the systemd escape) or be empty.
-_UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
+UID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 # Kubernetes sets no number; a Pod is bounded by etcd's 1.5 MiB object size. Real pods have a
 # handful of containers; every container costs a Topology Manager round and cgroup writes.
@@ -307,7 +307,7 @@ def _normalise_pod(raw: _RawPod) -> Pod:
             path="$.kind",
         )
     meta = raw.metadata
-    if len(meta.uid) > 128 or not _UID_RE.fullmatch(meta.uid):
+    if len(meta.uid) > 128 or not UID_RE.fullmatch(meta.uid):
         raise ManifestError(
             f"uid {echo(meta.uid)} is not usable in a cgroup path (letters, digits and inner '-', "
             "at most 128 characters)",

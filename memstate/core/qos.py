@@ -54,7 +54,7 @@ from memstate.core.cgroup_paths import (
     qos_path,
     root_paths,
 )
-from memstate.core.cgroup_values import format_bitmap_list
+from memstate.core.cgroup_values import format_bitmap_list, uncovered_parents
 from memstate.core.config import NodeConfig, allocatable_bytes
 from memstate.core.errors import InvariantViolation
 from memstate.core.numa_policy import PodAllocation
@@ -352,6 +352,8 @@ def assemble_node_targets(
         node_memory_min_bytes=g_sum if is_tiered else 0,
         node_memory_low_bytes=b_sum if is_tiered else 0,
         warnings=warnings,
+        cgroup_driver=config.cgroup_driver,
+        cgroup_root=config.cgroup_root,
     )
 
 
@@ -547,18 +549,25 @@ def _check_parents_cover_children(targets: NodeTargets, found: list[str]) -> Non
         parent = parent_path(target.path)
         if parent is not None:
             children.setdefault(parent, []).append(target)
+    files = {target.path: target.files for target in targets.cgroups}
     for target in targets.cgroups:
-        kids = children.get(target.path, [])
+        if target.path not in children:
+            continue
         for name in (MEMORY_MIN, MEMORY_LOW):
-            if name not in target.files or not kids:
+            if name not in target.files:
                 continue
-            own = _value(target.files[name])
-            if own is None:
+            if _value(target.files[name]) is None:
                 found.append(f"cgroup {target.path}: {name} {target.files[name]!r} is not bytes")
                 continue
-            total = _sum(_value(k.files[name]) for k in kids if name in k.files)
-            if total > own:
-                found.append(
-                    f"cgroup {target.path}: {name} {target.files[name]} is below the sum {total} "
-                    "of its children's"
+
+            def value_of(path: str, name: str = name) -> float | None:
+                text = files[path].get(name)
+                return None if text is None else _value(text)
+
+            found.extend(
+                f"cgroup {path}: {name} {files[path][name]} is below the sum {total} of its "
+                "children's"
+                for path, _own, total in uncovered_parents(
+                    [target.path], lambda p: (k.path for k in children[p]), value_of
                 )
+            )

@@ -27,7 +27,8 @@ name and with a reason, those that no longer fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import assert_never
 
 import msgspec
 
@@ -35,14 +36,21 @@ from memstate.core.config import NodeConfig, validate_config_for_topology
 from memstate.core.errors import ConfigError, InvariantViolation
 from memstate.core.events import (
     AllocationRevoked,
+    CgroupDriftCorrected,
+    CgroupOrphanFound,
+    CgroupWriteFailed,
     ConfigLoaded,
+    ConfigRejected,
     DaemonRestarted,
+    DaemonStarted,
     Event,
+    LogTailTruncated,
     ManifestInvalid,
     NodeReconfigurationDeferred,
     NodeReconfigured,
     PodAdmissionRequested,
     PodAdmitted,
+    PodCgroupRemoved,
     PodInitCompleted,
     PodRejected,
     PodRemovalRequested,
@@ -50,6 +58,7 @@ from memstate.core.events import (
     ReadmissionCompleted,
     ReadmissionDeferred,
     TopologyObserved,
+    known_event,
 )
 from memstate.core.machine import MachineBuilder, default_machine
 from memstate.core.numa_policy import (
@@ -98,24 +107,45 @@ def step(state: State, event: Event) -> Transition:
 
 
 def decide(state: State, event: Event) -> tuple[Event, ...]:
-    """The decisions `event` implies in `state`. Pure; non-inputs imply nothing."""
-    if event.role != "input":
-        return ()
-    if isinstance(event, PodAdmissionRequested):
-        return _decide_admission(state, event)
-    if isinstance(event, PodRemovalRequested):
-        if event.uid in state.pods or event.uid in state.deferred:
-            return (PodRemoved(uid=event.uid, reason="requested"),)
-        return ()
-    if isinstance(event, ManifestInvalid):
-        return (PodRejected(reason=INVALID_MANIFEST, message=event.error, source=event.source),)
-    if isinstance(event, ReadmissionCompleted):
-        return _decide_readmission_completed(state)
-    if isinstance(event, TopologyObserved):
-        return _decide_reconfiguration(state, event.topology, state.observed_config)
-    if isinstance(event, ConfigLoaded):
-        return _decide_reconfiguration(state, state.observed_topology, event.config)
-    return ()
+    """The decisions `event` implies in `state`. Pure; non-inputs imply nothing.
+
+    The `match` is exhaustive over the catalogue (`assert_never`): a new event kind does not
+    type-check until it is given a branch here and in `apply`."""
+    match known_event(event):
+        case PodAdmissionRequested() as request:
+            return _decide_admission(state, request)
+        case PodRemovalRequested(uid=uid):
+            if uid in state.pods or uid in state.deferred:
+                return (PodRemoved(uid=uid, reason="requested"),)
+            return ()
+        case ManifestInvalid(error=error, source=source):
+            return (PodRejected(reason=INVALID_MANIFEST, message=error, source=source),)
+        case ReadmissionCompleted():
+            return _decide_readmission_completed(state)
+        case TopologyObserved(topology=topology):
+            return _decide_reconfiguration(state, topology, state.observed_config)
+        case ConfigLoaded(config=config):
+            return _decide_reconfiguration(state, state.observed_topology, config)
+        case (
+            DaemonStarted()
+            | DaemonRestarted()
+            | ConfigRejected()
+            | PodInitCompleted()
+            | PodAdmitted()
+            | PodRejected()
+            | PodRemoved()
+            | ReadmissionDeferred()
+            | NodeReconfigured()
+            | NodeReconfigurationDeferred()
+            | LogTailTruncated()
+            | CgroupDriftCorrected()
+            | CgroupWriteFailed()
+            | CgroupOrphanFound()
+            | PodCgroupRemoved()
+        ):
+            return ()  # decisions and notes imply nothing; inputs without a judgement
+        case unreachable:
+            assert_never(unreachable)
 
 
 def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Event, ...]:
@@ -155,7 +185,7 @@ def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[E
     the end of readmission and decided there in UID order, so the order of requests never
     changes the outcome.
     """
-    assert state.topology is not None and state.config is not None
+    topology, config = _in_force(state)
     pod = request.pod
     digest = spec_hash(pod)
     waiting = state.deferred.get(pod.uid)
@@ -166,21 +196,28 @@ def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[E
     existing = state.pods[pod.uid]
     if existing.spec_hash != digest:
         return (PodRemoved(uid=pod.uid, reason="spec_changed"), _deferral(request, "spec_changed"))
-    if existing.allocation is None and pins(pod, state.config):
+    if existing.allocation is None and pins(pod, config):
         return (_deferral(request, "allocation_revoked"),)
-    count = len(pod.containers) if pins(pod, state.config) else 0
+    count = len(pod.containers) if pins(pod, config) else 0
     return (
         PodAdmitted(
             pod=pod,
             qos_class=existing.qos_class,
             spec_hash=digest,
             allocation=existing.allocation,
-            targets=pod_targets(pod, existing.allocation, state.config, state.topology),
+            targets=pod_targets(pod, existing.allocation, config, topology),
             restored=True,
             pinning_requests=count,
             source=request.source,
         ),
     )
+
+
+def _in_force(state: State) -> tuple[Topology, NodeConfig]:
+    """The topology and config in force; callers checked that the node is ready."""
+    if state.topology is None or state.config is None:
+        raise InvariantViolation("a pod is being decided before a topology and config are in force")
+    return state.topology, state.config
 
 
 def _deferral(request: PodAdmissionRequested, reason: str) -> ReadmissionDeferred:
@@ -216,8 +253,7 @@ def _fresh_admission(
     state: State, pod: Pod, source: str, provider_hints: tuple[ProviderHints, ...]
 ) -> tuple[Event, ...]:
     """Run the pod through the Topology Manager and Memory Manager against `state`."""
-    assert state.topology is not None and state.config is not None
-    topology, config = state.topology, state.config
+    topology, config = _in_force(state)
     admission = admit(state.machine, topology, config, pod, provider_hints)
     if admission.rejection is not None:
         return (
@@ -296,7 +332,8 @@ def _placement_problem(
 ) -> tuple[str, str] | None:
     """Why a recorded allocation cannot be re-placed on a rebuilt machine, or None."""
     allocation = record.allocation
-    assert allocation is not None
+    if allocation is None:
+        raise InvariantViolation(f"pod {record.pod.uid} has no allocation to re-place")
     who = f"pod {record.pod.key} ({record.pod.uid})"
     if config.memory_manager_policy != "Static":
         return (
@@ -327,11 +364,48 @@ def _placement_problem(
 
 
 def apply(state: State, event: Event) -> State:
-    """Fold one event into the state. Pure."""
-    handler = _APPLY.get(type(event))
-    if handler is None:
-        return state  # notes and inputs without state effect
-    return handler(state, event)
+    """Fold one event into the state. Pure.
+
+    Exhaustive over the catalogue (`assert_never`), the most frequent kinds first (each `case`
+    is one `isinstance`); `Folder.fold` mirrors the fast ones."""
+    match known_event(event):
+        case PodAdmitted() as admitted:
+            return _apply_admitted(state, admitted)
+        case PodRemoved() as removed:
+            return _apply_removed(state, removed)
+        case PodRejected() as rejected:
+            return _apply_rejected(state, rejected)
+        case PodRemovalRequested() as requested:
+            return _apply_removal_requested(state, requested)
+        case PodInitCompleted() as init:
+            return _apply_init_completed(state, init)
+        case ReadmissionDeferred() as deferral:
+            return _apply_deferred(state, deferral)
+        case TopologyObserved(topology=topology):
+            return msgspec.structs.replace(state, observed_topology=topology)
+        case ConfigLoaded(config=config):
+            return msgspec.structs.replace(state, observed_config=config)
+        case DaemonRestarted():
+            return _apply_restarted(state)
+        case ReadmissionCompleted():
+            return msgspec.structs.replace(state, readmission_open=False)
+        case NodeReconfigured() as reconfigured:
+            return _apply_reconfigured(state, reconfigured)
+        case (
+            PodAdmissionRequested()
+            | DaemonStarted()
+            | ConfigRejected()
+            | ManifestInvalid()
+            | NodeReconfigurationDeferred()
+            | LogTailTruncated()
+            | CgroupDriftCorrected()
+            | CgroupWriteFailed()
+            | CgroupOrphanFound()
+            | PodCgroupRemoved()
+        ):
+            return state  # notes and inputs without state effect
+        case unreachable:
+            assert_never(unreachable)
 
 
 def apply_all(state: State, events: Iterable[Event]) -> State:
@@ -347,17 +421,7 @@ def _with_pod(state: State, record: PodRecord) -> dict[str, PodRecord]:
     return pods
 
 
-def _apply_topology(state: State, event: Event) -> State:
-    assert isinstance(event, TopologyObserved)
-    return msgspec.structs.replace(state, observed_topology=event.topology)
-
-
-def _apply_config(state: State, event: Event) -> State:
-    assert isinstance(event, ConfigLoaded)
-    return msgspec.structs.replace(state, observed_config=event.config)
-
-
-def _apply_restarted(state: State, event: Event) -> State:
+def _apply_restarted(state: State) -> State:
     # A restart during readmission starts it over: deferred requests will be made again.
     pods = {
         uid: msgspec.structs.replace(record, status="awaiting_readmission")
@@ -366,8 +430,7 @@ def _apply_restarted(state: State, event: Event) -> State:
     return msgspec.structs.replace(state, pods=pods, readmission_open=True, deferred={})
 
 
-def _apply_deferred(state: State, event: Event) -> State:
-    assert isinstance(event, ReadmissionDeferred)
+def _apply_deferred(state: State, event: ReadmissionDeferred) -> State:
     deferred = dict(state.deferred)
     deferred[event.uid] = DeferredAdmission(
         pod=event.pod, source=event.source, provider_hints=event.provider_hints
@@ -383,12 +446,7 @@ def _without_deferral(state: State, uid: str) -> State:
     return msgspec.structs.replace(state, deferred=deferred)
 
 
-def _apply_readmission_completed(state: State, event: Event) -> State:
-    return msgspec.structs.replace(state, readmission_open=False)
-
-
-def _apply_removal_requested(state: State, event: Event) -> State:
-    assert isinstance(event, PodRemovalRequested)
+def _apply_removal_requested(state: State, event: PodRemovalRequested) -> State:
     keys = [k for k in (event.uid, rejection_key("", event.source) if event.source else "") if k]
     return _without_rejections(state, keys)
 
@@ -405,8 +463,7 @@ def _without_rejections(state: State, keys: Iterable[str]) -> State:
     return msgspec.structs.replace(state, rejections=rejections)
 
 
-def _apply_init_completed(state: State, event: Event) -> State:
-    assert isinstance(event, PodInitCompleted)
+def _apply_init_completed(state: State, event: PodInitCompleted) -> State:
     record = state.pods.get(event.uid)
     if record is None or record.init_completed:
         return state
@@ -418,8 +475,7 @@ def _apply_init_completed(state: State, event: Event) -> State:
     return msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
 
 
-def _apply_admitted(state: State, event: Event) -> State:
-    assert isinstance(event, PodAdmitted)
+def _apply_admitted(state: State, event: PodAdmitted) -> State:
     counters = msgspec.structs.replace(
         state.counters, pinning_requests=state.counters.pinning_requests + event.pinning_requests
     )
@@ -455,8 +511,7 @@ def _apply_admitted(state: State, event: Event) -> State:
     )
 
 
-def _apply_rejected(state: State, event: Event) -> State:
-    assert isinstance(event, PodRejected)
+def _apply_rejected(state: State, event: PodRejected) -> State:
     counters = Counters(
         pinning_requests=state.counters.pinning_requests + event.pinning_requests,
         pinning_errors=state.counters.pinning_errors + event.pinning_errors,
@@ -475,8 +530,7 @@ def _apply_rejected(state: State, event: Event) -> State:
     return msgspec.structs.replace(state, rejections=rejections, counters=counters)
 
 
-def _apply_removed(state: State, event: Event) -> State:
-    assert isinstance(event, PodRemoved)
+def _apply_removed(state: State, event: PodRemoved) -> State:
     if event.uid not in state.pods and event.uid not in state.deferred:
         raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
     return _without_deferral(_drop_pod(state, event.uid), event.uid)
@@ -494,8 +548,7 @@ def _drop_pod(state: State, uid: str) -> State:
     return msgspec.structs.replace(state, machine=machine, pods=pods)
 
 
-def _apply_reconfigured(state: State, event: Event) -> State:
-    assert isinstance(event, NodeReconfigured)
+def _apply_reconfigured(state: State, event: NodeReconfigured) -> State:
     topology, config = state.observed_topology, state.observed_config
     if topology is None or config is None:
         raise InvariantViolation("node_reconfigured without an observed topology and config")
@@ -564,51 +617,66 @@ class Folder:
 
     def fold(self, event: Event) -> None:
         """Apply one event (`apply`'s semantics, including its `InvariantViolation`s)."""
-        kind = type(event)
-        if kind not in _APPLY:
-            return
-        if kind is PodAdmitted:
-            assert isinstance(event, PodAdmitted)
-            self._admitted(event)
-        elif kind is PodRemoved:
-            assert isinstance(event, PodRemoved)
-            if event.uid not in self._pods and event.uid not in self._deferred:
-                raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
-            self._drop_pod(event.uid)
-        elif kind is PodRejected:
-            assert isinstance(event, PodRejected)
-            self._requests += event.pinning_requests
-            self._errors += event.pinning_errors
-            self._rejections[rejection_key(event.uid, event.source)] = Rejection(
-                reason=event.reason,
-                message=event.message,
-                uid=event.uid,
-                name=event.name,
-                namespace=event.namespace,
-                source=event.source,
-            )
-            self._drop_pod(event.uid)
-        elif kind is PodInitCompleted:
-            assert isinstance(event, PodInitCompleted)
-            record = self._pods.get(event.uid)
-            if record is None or record.init_completed:
-                return
-            allocation = record.allocation
-            if allocation is not None:
-                freed, dropped, allocation = init_containers_done(record.pod, allocation)
-                self._machine.release(freed)
-                self._machine.unassign(dropped)
-            self._pods[event.uid] = msgspec.structs.replace(
-                record, allocation=allocation, init_completed=True
-            )
-        elif kind is PodRemovalRequested:
-            assert isinstance(event, PodRemovalRequested)
-            if event.uid:
-                self._rejections.pop(event.uid, None)
-            if event.source:
-                self._rejections.pop(rejection_key("", event.source), None)
-        else:
-            self._load(apply(self.state(), event))
+        match known_event(event):
+            case PodAdmitted() as admitted:
+                self._admitted(admitted)
+            case PodRemoved(uid=uid):
+                if uid not in self._pods and uid not in self._deferred:
+                    raise InvariantViolation(f"pod_removed for unknown pod {uid}")
+                self._drop_pod(uid)
+            case PodRejected() as rejected:
+                self._requests += rejected.pinning_requests
+                self._errors += rejected.pinning_errors
+                self._rejections[rejection_key(rejected.uid, rejected.source)] = Rejection(
+                    reason=rejected.reason,
+                    message=rejected.message,
+                    uid=rejected.uid,
+                    name=rejected.name,
+                    namespace=rejected.namespace,
+                    source=rejected.source,
+                )
+                self._drop_pod(rejected.uid)
+            case PodInitCompleted(uid=uid):
+                record = self._pods.get(uid)
+                if record is None or record.init_completed:
+                    return
+                allocation = record.allocation
+                if allocation is not None:
+                    freed, dropped, allocation = init_containers_done(record.pod, allocation)
+                    self._machine.release(freed)
+                    self._machine.unassign(dropped)
+                self._pods[uid] = msgspec.structs.replace(
+                    record, allocation=allocation, init_completed=True
+                )
+            case PodRemovalRequested(uid=uid, source=source):
+                if uid:
+                    self._rejections.pop(uid, None)
+                if source:
+                    self._rejections.pop(rejection_key("", source), None)
+            case (
+                PodAdmissionRequested()
+                | DaemonStarted()
+                | ConfigRejected()
+                | ManifestInvalid()
+                | NodeReconfigurationDeferred()
+                | LogTailTruncated()
+                | CgroupDriftCorrected()
+                | CgroupWriteFailed()
+                | CgroupOrphanFound()
+                | PodCgroupRemoved()
+            ):
+                pass  # no state effect, as in `apply`
+            case (
+                ReadmissionDeferred()
+                | TopologyObserved()
+                | ConfigLoaded()
+                | DaemonRestarted()
+                | ReadmissionCompleted()
+                | NodeReconfigured()
+            ):
+                self._load(apply(self.state(), event))  # rare: the slow path through `apply`
+            case unreachable:
+                assert_never(unreachable)
 
     def _admitted(self, event: PodAdmitted) -> None:
         self._requests += event.pinning_requests
@@ -645,18 +713,3 @@ class Folder:
             self._machine.release(record.allocation.takes)
             self._machine.unassign(record.allocation.blocks)
         self._deferred.pop(uid, None)
-
-
-_APPLY: dict[type[Event], Callable[[State, Event], State]] = {
-    TopologyObserved: _apply_topology,
-    ConfigLoaded: _apply_config,
-    DaemonRestarted: _apply_restarted,
-    ReadmissionCompleted: _apply_readmission_completed,
-    PodRemovalRequested: _apply_removal_requested,
-    PodInitCompleted: _apply_init_completed,
-    PodAdmitted: _apply_admitted,
-    PodRejected: _apply_rejected,
-    PodRemoved: _apply_removed,
-    ReadmissionDeferred: _apply_deferred,
-    NodeReconfigured: _apply_reconfigured,
-}

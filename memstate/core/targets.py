@@ -14,6 +14,9 @@ Conventions:
 - `controllers` lists what must be enabled in this cgroup's `cgroup.subtree_control` for its
   children's managed files to exist.
 - `cgroups` is ordered parents before children, deterministically.
+- `NodeTargets` carries the cgroup naming its paths were rendered with (`cgroup_driver`,
+  `cgroup_root`), so whoever must recognise a pod cgroup in the live tree reads it here instead
+  of parsing it back out of the paths.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Literal
 
 import msgspec
 
+from memstate.core.config import CgroupDriver
 from memstate.core.pod import ContainerKind, QOSClass
 
 # "container": a runtime-created cgroup under a pod cgroup, discovered, never created
@@ -81,6 +85,9 @@ class NodeTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_memory_low_bytes: int
     # Over-commit and similar conditions ordering cannot fix: reported, never hidden.
     warnings: tuple[str, ...] = ()
+    # The naming the paths were rendered with (NodeConfig.cgroup_driver, .cgroup_root).
+    cgroup_driver: CgroupDriver = "cgroupfs"
+    cgroup_root: tuple[str, ...] = ()
 
     def cgroup(self, path: str) -> CgroupTarget:
         for target in self.cgroups:

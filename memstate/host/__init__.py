@@ -6,8 +6,8 @@ The reconciler is written against the `CgroupFS` protocol; see memstate.host.cgr
 contract (paths, values, errors). Importing this package has no side effects.
 """
 
+from memstate.core.cgroup_values import EMPTY_WRITE
 from memstate.host.cgroupfs import (
-    EMPTY_VALUE,
     CgroupFS,
     RealCgroupFS,
     available_controllers,
@@ -22,7 +22,7 @@ from memstate.host.cgroupfs import (
 )
 
 __all__ = [
-    "EMPTY_VALUE",
+    "EMPTY_WRITE",
     "CgroupFS",
     "RealCgroupFS",
     "available_controllers",

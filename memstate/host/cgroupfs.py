@@ -20,7 +20,7 @@ a bad path fails the same way everywhere: HostError with errno EINVAL.
 Values. `write` sends exactly one write(2) of the given text. A zero-length write never reaches a
 cgroup file's handler (the kernel returns 0 and changes nothing), so `write` refuses ``""``
 (EINVAL) instead of silently doing nothing. To write an *empty* value — clearing cpuset.cpus or
-cpuset.mems — write `EMPTY_VALUE` (``"\\n"``), which the kernel strips to the empty string.
+cpuset.mems — write `EMPTY_WRITE` (``"\\n"``), which the kernel strips to the empty string.
 
 Errors. Every failure raises `memstate.core.errors.HostError` with ``errno`` (an `errno` module
 constant), ``op`` (the method name: ``exists``, ``list_children``, ``read``, ``write``,
@@ -46,24 +46,21 @@ import stat
 from collections.abc import Iterator
 from typing import Protocol
 
-from memstate.core.cgroup_values import parse_controller_list, parse_flat_keyed, parse_procs
+from memstate.core.cgroup_paths import MAX_NAME_BYTES, is_valid_cgroup_name
+from memstate.core.cgroup_values import (
+    parse_controller_list,
+    parse_flat_keyed,
+    parse_procs,
+)
 from memstate.core.errors import HostError
 
-# What callers write to set a file to the empty value (cpuset.cpus, cpuset.mems): see module doc.
-EMPTY_VALUE = "\n"
 # Deeper than any real hierarchy (kubepods/qos/pod/container is 4); a bound on path work.
 MAX_PATH_DEPTH = 32
-MAX_NAME_BYTES = 255
 # Longest value `write` accepts; kernfs refuses cgroup writes longer than a page with E2BIG.
 MAX_WRITE_BYTES = 65536
 _READ_CHUNK_BYTES = 65536
 _MAX_READ_BYTES = 16 * 1024 * 1024
 
-# cgroup directory names: what kubelet (cgroupfs and systemd drivers), containerd, CRI-O and
-# systemd produce (kubepods, pod<uid>, kubepods-burstable-pod<uid>.slice, cri-containerd-<id>.scope,
-# user@1000.service). A leading dot or dash is refused; so are backslashes (systemd's \x2d escapes)
-# and anything else exotic. list_children still returns such names, but they cannot be used.
-_NAME_RE = re.compile(r"[A-Za-z0-9_@:+=,][A-Za-z0-9_@:+=,.-]*")
 # Interface file names: "<prefix>.<rest>", e.g. cgroup.procs, memory.swap.max, hugetlb.2MB.max.
 _FILE_RE = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_]+)+")
 
@@ -144,15 +141,6 @@ def split_cgroup_path(path: str, *, op: str = "") -> tuple[str, ...]:
     return components
 
 
-def is_valid_cgroup_name(name: str) -> bool:
-    """True if `name` is acceptable as one cgroup path component."""
-    return (
-        _NAME_RE.fullmatch(name) is not None
-        and len(name.encode("utf-8")) <= MAX_NAME_BYTES
-        and name not in (".", "..")
-    )
-
-
 def check_file_name(file: str, *, op: str, path: str) -> None:
     """Raise HostError(EINVAL) unless `file` looks like a cgroup interface file name."""
     if not isinstance(file, str):
@@ -172,7 +160,7 @@ def check_write_value(value: str, *, path: str, file: str) -> bytes:
             path,
             file,
             value=value,
-            detail="a zero-length write changes nothing; write EMPTY_VALUE ('\\n') to clear",
+            detail="a zero-length write changes nothing; write EMPTY_WRITE ('\\n') to clear",
         )
     if "\0" in value:
         raise host_error(errno.EINVAL, "write", path, file, value=value, detail="NUL in value")

@@ -36,15 +36,16 @@ always count. memstate's own writes count too (each costs one extra, write-free 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
 disappears (the kernel's IN_DELETE_SELF/IN_IGNORED on the root's own watch, never a stat() that a
-quick re-creation would fool; back to waiting), and watcher failures (restart after
-`retry_seconds`). Every watch after the first starts with a whole-tree hint, given only once the
-new watch is in place. `on_hint` must not block; a trio memory channel's ``send_nowait`` or an
-Event's ``set`` fit. Cancellation is immediate: no thread is involved.
+quick re-creation would fool; back to waiting), and watcher failures (logged — an unexpected one
+at ERROR with its traceback —, reported to `on_error`, restarted after an exponential back-off
+from `retry_seconds`, see `memstate.node.watching.WatchRetry`). Every watch after the first
+starts with a whole-tree hint, given only once the new watch is in place. `on_hint` must not
+block; a trio memory channel's ``send_nowait`` or an Event's ``set`` fit. Cancellation is
+immediate: no thread is involved.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,9 +53,7 @@ from pathlib import Path
 import trio
 
 from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO
-from memstate.node.watching import Batch, WatchEnd, watch
-
-logger = logging.getLogger(__name__)
+from memstate.node.watching import Batch, WatchEnd, WatchRetry, watch
 
 ROOT_HINT = ""
 # A batch ends after this long without a new change (or at the maximum): a burst (a pod cgroup,
@@ -64,6 +63,7 @@ DEFAULT_SETTLE_MAX_SECONDS = 0.2
 # How often a missing root is looked for.
 DEFAULT_ROOT_POLL_SECONDS = 1.0
 DEFAULT_RETRY_SECONDS = 5.0
+DEFAULT_MAX_RETRY_SECONDS = 60.0
 # More distinct cgroups than this in one batch: one "whole tree" hint instead.
 MAX_HINTS_PER_BATCH = 32
 # Writes (IN_MODIFY: also what the kernel raises on cgroup.events), cgroups appearing or leaving,
@@ -121,7 +121,9 @@ async def watch_cgroups(
     settle_max_seconds: float = DEFAULT_SETTLE_MAX_SECONDS,
     root_poll_seconds: float = DEFAULT_ROOT_POLL_SECONDS,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS,
     max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
+    on_error: Callable[[BaseException], object] | None = None,
 ) -> None:
     """Call ``on_hint(cgroup_path)`` whenever the tree under `root` changes; run until cancelled.
 
@@ -141,7 +143,19 @@ async def watch_cgroups(
     # watch is in place: whatever happened between two watches is covered by that resync, and
     # every change after the hint is reported. It does not depend on having seen the root
     # missing: a root removed and created again in between looks unchanged to a stat().
+    retry = WatchRetry(
+        f"cgroup watch on {directory}",
+        base_seconds=retry_seconds,
+        max_seconds=max_retry_seconds,
+        on_error=on_error,
+    )
     restarted = False
+
+    def started() -> None:
+        retry.established()
+        if restarted:
+            on_hint(ROOT_HINT)
+
     while True:
         while not directory.is_dir():
             restarted = True
@@ -155,18 +169,18 @@ async def watch_cgroups(
                 settle_seconds=settle_seconds,
                 settle_max_seconds=settle_max_seconds,
                 skip_directory=_is_hidden,
-                on_started=(lambda: on_hint(ROOT_HINT)) if restarted else None,
+                on_started=started,
             )
         except (FileNotFoundError, NotADirectoryError):
             restarted = True  # the root went away before its watch was set up
             continue
-        except OSError as exc:
-            # The watch could not be set up (inotify limits...). Changes may be missed: ask for
-            # a full resync, then try again later.
-            logger.warning("cgroup watch on %s failed (%s); retrying", directory, exc)
+        except Exception as exc:  # reported loudly, then retried (module docstring)
+            # The watch could not be set up (inotify limits...) or failed (a bug). Changes may
+            # be missed: ask for a full resync, then try again later.
+            delay = retry.failed(exc)
             on_hint(ROOT_HINT)
             restarted = True
-            await trio.sleep(retry_seconds)
+            await trio.sleep(delay)
             continue
         restarted = True
         if ended is WatchEnd.ROOT_GONE:

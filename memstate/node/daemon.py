@@ -74,13 +74,12 @@ from memstate.core.events import (
 )
 from memstate.core.qos import (
     MEMORY_HIGH_SAFE_KERNEL,
-    assemble_node_targets,
     kernel_version,
-    pod_targets,
 )
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import REDUCER_VERSION, State
-from memstate.core.targets import NodeTargets, PodTargets
+from memstate.core.state_targets import TargetsTracker
+from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage, file_storage
@@ -185,8 +184,7 @@ class Daemon:
         self._scope: set[str] | None = set()  # None: the next round is a full resync
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}
         self._config_digest = ""
-        self._pod_targets: dict[str, tuple[tuple[str, object], PodTargets]] = {}
-        self._targets_context: tuple[NodeConfig, Topology] | None = None
+        self._targets = TargetsTracker()  # the state's NodeTargets, each pod's computed once
         self._warned_old_kernel = False
         self._converged = False
         self._pending_removals = 0
@@ -384,40 +382,10 @@ class Daemon:
         """Have `events` decided and recorded (memstate.node.writer); returns once durable."""
         await self.writer.submit(events)
 
-    def _compute_targets(self, decisions: Sequence[Event] = ()) -> NodeTargets | None:
-        """The state's cgroup targets, reusing the targets of pods that did not change and the
-        targets an admission decision carries (the reducer computed them: once per admission)."""
-        state = self.state
-        if state.topology is None or state.config is None:
-            return None
-        context = (state.config, state.topology)
-        if self._targets_context != context:
-            self._pod_targets.clear()
-            self._targets_context = context
-        for decision in decisions:
-            if isinstance(decision, PodAdmitted) and decision.targets is not None:
-                admitted = state.pods.get(decision.uid)
-                if admitted is not None and admitted.allocation == decision.allocation:
-                    key = (admitted.spec_hash, admitted.allocation)
-                    self._pod_targets[decision.uid] = (key, decision.targets)
-        entries = []
-        for uid, record in state.pods.items():
-            cached = self._pod_targets.get(uid)
-            key = (record.spec_hash, record.allocation)
-            if cached is None or cached[0] != key:
-                targets = pod_targets(record.pod, record.allocation, *context)
-                self._pod_targets[uid] = (key, targets)
-            else:
-                targets = cached[1]
-            entries.append((record.pod, targets))
-        for uid in [u for u in self._pod_targets if u not in state.pods]:
-            del self._pod_targets[uid]
-        return assemble_node_targets(entries, state.config, state.topology)
-
     def _note_effects(self, decisions: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
         pods are in `self.removals`, which every round covers)."""
-        self.targets = self._compute_targets(decisions)
+        self.targets = self._targets.update(self.state, decisions)
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if (
@@ -582,7 +550,11 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             if self.adapters.host_loops and self.adapters.read_manifests is None:
                 nursery.start_soon(
-                    _watch, self.settings.manifest_dir, self._manifest_wake.set, None
+                    _watch,
+                    self.settings.manifest_dir,
+                    self._manifest_wake.set,
+                    None,
+                    self.metrics.watch_failed("manifests"),
                 )
             while True:
                 try:
@@ -599,7 +571,13 @@ class Daemon:
         path = self.settings.config_file
         async with trio.open_nursery() as nursery:
             if path is not None and self.adapters.host_loops:
-                nursery.start_soon(_watch, path.parent, self._config_wake.set, path.name)
+                nursery.start_soon(
+                    _watch,
+                    path.parent,
+                    self._config_wake.set,
+                    path.name,
+                    self.metrics.watch_failed("config"),
+                )
             while True:
                 if await self._config_wake.wait(3600.0):
                     await self.reload_config()
@@ -778,7 +756,11 @@ class Daemon:
                         source.nudge()
             self._sources_wake.set()
 
-        await watch_cgroups(self.settings.cgroup_sim or self.settings.cgroup_root, on_hint=hint)
+        await watch_cgroups(
+            self.settings.cgroup_sim or self.settings.cgroup_root,
+            on_hint=hint,
+            on_error=self.metrics.watch_failed("cgroups"),
+        )
 
     def _managed_cgroup_of(self, path: str) -> str | None:
         """The nearest cgroup at or above `path` that the targets manage (None if none)."""
@@ -884,11 +866,17 @@ class Daemon:
                     await self.run_io(storage.close, limiter=self.writer.limiter)
 
 
-async def _watch(path: Path, on_change: Callable[[], None], only_name: str | None) -> None:
-    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`."""
+async def _watch(
+    path: Path,
+    on_change: Callable[[], None],
+    only_name: str | None,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`.
+    Failures are logged, passed to `on_error` and retried (memstate.node.watching)."""
     from memstate.node.watching import watch_directory
 
-    await watch_directory(path, on_change, only_name=only_name)
+    await watch_directory(path, on_change, only_name=only_name, on_error=on_error)
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:

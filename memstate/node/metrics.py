@@ -21,7 +21,7 @@ in the daemon's nursery), which binds to 127.0.0.1 unless configured otherwise.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import prometheus_client
@@ -267,11 +267,27 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.watch_errors = Counter(
+            "memstate_watch_errors",
+            "Failures of a directory watch (manifests, config, cgroups), each retried with "
+            "back-off; see the log for the error (an unexpected one with its traceback).",
+            ["watch"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
 
     def start_process(self, recovered: Counters) -> None:
         """Count the upstream-named pinning counters from `recovered` (the state at start-up)."""
         self.process_baseline = recovered
+
+    def watch_failed(self, watch: str) -> Callable[[BaseException], None]:
+        """The `on_error` callback of a watch loop: counts its failures under `watch`."""
+        counter = self.watch_errors.labels(watch=watch)
+
+        def count(_exc: BaseException) -> None:
+            counter.inc()
+
+        return count
 
     def publish(self, snapshot: Snapshot) -> None:
         """Make `snapshot` what scrapes see (one reference swap)."""

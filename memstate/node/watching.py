@@ -15,6 +15,12 @@ away (deleted, moved, unmounted) or when the kernel's queue overflowed (changes 
 caller rescans and watches again). The watch is established (every directory watched) before
 `on_started` is called, so a caller can announce "watching now" knowing that any later change
 will be reported — which is what makes a restart after the root came back race-free.
+
+The loops built on it (`watch_directory` here, `memstate.node.cgroup_watch.watch_cgroups`) never
+die and never fail silently: a watch that cannot be set up (an `OSError`: inotify limits...) is
+logged at WARNING, anything else (a bug) at ERROR with its traceback, once per run of failures;
+both are passed to `on_error` (the daemon counts them in a metric) and the watch is tried again
+after an exponential back-off (`WatchRetry`), reset once a watch is in place again.
 """
 
 from __future__ import annotations
@@ -194,6 +200,53 @@ class _Tree:
         self.inotify.close()
 
 
+class WatchRetry:
+    """Back-off and reporting between attempts of a watch loop (see the module docstring).
+
+    `failed(exc)` logs and reports one failure and returns how long to wait before the next
+    attempt: `base_seconds`, doubling per consecutive failure, at most `max_seconds`.
+    `established()` (call it once a watch is in place) ends the run of failures.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        base_seconds: float,
+        max_seconds: float,
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self.what = what
+        self.base_seconds = base_seconds
+        self.max_seconds = max(max_seconds, base_seconds)
+        self.on_error = on_error
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> float:
+        """Log and report `exc`; the seconds to wait before trying again."""
+        self.failures += 1
+        delay = min(self.base_seconds * 2.0 ** (self.failures - 1), self.max_seconds)
+        if isinstance(exc, OSError):
+            logger.warning("%s failed (%s); retrying in %g s", self.what, exc, delay)
+        elif self.failures == 1:
+            logger.error("%s failed unexpectedly; retrying in %g s", self.what, delay, exc_info=exc)
+        else:
+            logger.error(
+                "%s failed unexpectedly again (%d in a row: %r); retrying in %g s",
+                self.what,
+                self.failures,
+                exc,
+                delay,
+            )
+        if self.on_error is not None:
+            self.on_error(exc)
+        return delay
+
+    def established(self) -> None:
+        """A watch is in place: the next failure starts a new run (short delay, traceback)."""
+        self.failures = 0
+
+
 async def watch(
     path: Path,
     on_batch: Callable[[Batch], bool | None],
@@ -260,6 +313,8 @@ async def watch_directory(
     only_name: str | None = None,
     missing_poll_seconds: float = 5.0,
     retry_seconds: float = 1.0,
+    max_retry_seconds: float = 60.0,
+    on_error: Callable[[BaseException], object] | None = None,
 ) -> None:
     """Call `on_change` whenever an entry of `path` (only `only_name`, if given) is written,
     created, renamed or deleted; run until cancelled. A missing `path` is waited for.
@@ -267,7 +322,8 @@ async def watch_directory(
     A hint for callers that rescan, as the daemon's manifest directory and config file do: a new
     regular file counts once its writer closes it (never half-written), hidden names never; after
     the first watch, each new one (the directory came back, a watch failed) starts with
-    `on_change()` once it is in place, since what happened in between was not seen.
+    `on_change()` once it is in place, since what happened in between was not seen. A failing
+    watch is reported (`on_error`, logs) and retried with back-off (`WatchRetry`).
     """
 
     def wanted(change: Change) -> bool:
@@ -285,21 +341,28 @@ async def watch_directory(
             on_change()
 
     mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    retry = WatchRetry(
+        f"watch on {path}",
+        base_seconds=retry_seconds,
+        max_seconds=max_retry_seconds,
+        on_error=on_error,
+    )
     restarted = False
+
+    def started() -> None:
+        retry.established()
+        if restarted:
+            on_change()
+
     while True:
         if not path.is_dir():
             restarted = True
             await trio.sleep(missing_poll_seconds)
             continue
         try:
-            await watch(
-                path,
-                on_batch,
-                mask=mask,
-                recursive=False,
-                on_started=on_change if restarted else None,
-            )
-        except OSError as exc:
-            logger.debug("watch on %s failed (%s); retrying", path, exc)
-            await trio.sleep(retry_seconds)
+            await watch(path, on_batch, mask=mask, recursive=False, on_started=started)
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # the directory went away before its watch was set up: wait for it again
+        except Exception as exc:  # reported loudly, then retried (module docstring)
+            await trio.sleep(retry.failed(exc))
         restarted = True

@@ -28,8 +28,8 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.plan.containers import CONTAINER_FILES
-from memstate.core.qos import node_targets
 from memstate.core.state import State, state_hash
+from memstate.core.state_targets import state_targets
 from memstate.core.targets import NodeTargets
 from memstate.present.output import human_bytes, to_plain
 
@@ -102,17 +102,9 @@ def numa_rows(state: State) -> list[list[Any]]:
 NUMA_HEADERS = ["NUMA", "RESOURCE", "ALLOCATABLE", "RESERVED", "FREE", "CELLS"]
 
 
-def targets_of(state: State) -> NodeTargets | None:
-    """The cgroup targets of a state, or None before a topology and config are in force."""
-    if state.topology is None or state.config is None:
-        return None
-    pods = [(record.pod, record.allocation) for record in state.sorted_pods()]
-    return node_targets(pods, state.config, state.topology)
-
-
 def pods_document(state: State) -> list[dict[str, Any]]:
     """Every pod with its QoS class, pinning, sizes and pod cgroup targets."""
-    targets = targets_of(state)
+    targets = state_targets(state)
     documents = []
     for record in state.sorted_pods():
         allocation = record.allocation

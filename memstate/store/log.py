@@ -63,7 +63,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import msgspec
 from crc32c import crc32c
@@ -80,12 +80,11 @@ from memstate.core.errors import (
     TornTail,
 )
 from memstate.core.events import (
-    EVENT_KINDS,
     SCHEMA_VERSION,
-    AnyEvent,
     Envelope,
     Event,
     LogTailTruncated,
+    known_event,
 )
 from memstate.store import fsio
 from memstate.store.format import (
@@ -752,7 +751,7 @@ class EventLog:
                 seq=first + index,
                 ts_ns=ts_ns,
                 schema_v=SCHEMA_VERSION,
-                event=_known_event(event),
+                event=known_event(event),
                 decisions=decisions,
             )
             for index, (event, decisions) in enumerate(items)
@@ -971,15 +970,6 @@ class EventLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _known_event(event: Event) -> AnyEvent:
-    if type(event) not in _KNOWN_TYPES:
-        raise InvariantViolation(f"{type(event).__name__} is not an event of the catalogue")
-    return cast("AnyEvent", event)
-
-
-_KNOWN_TYPES = frozenset(EVENT_KINDS.values())
 
 
 def check_batch(envelopes: Sequence[Envelope]) -> None:

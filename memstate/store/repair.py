@@ -157,7 +157,8 @@ def _first_cut(
     seq: int | None,
 ) -> _Cut | None:
     if mode == "truncate_after":
-        assert seq is not None
+        if seq is None:
+            raise InvariantViolation("repair mode truncate_after needs a sequence number")
         return _cut_after(segments, listed, seq)
     if problem is None:
         if not segments:

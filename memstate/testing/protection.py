@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from memstate.core.cgroup_values import kernel_strip
+from memstate.core.cgroup_values import kernel_strip, uncovered_parents
 from memstate.core.plan import (
     PROTECTION_FILES,
     ObservedCgroup,
@@ -48,13 +48,15 @@ def protection_violations(
         if path not in children or not has_files(path):
             return
         for name in checked:
-            own = values[name].get(path, 0.0)
-            total = sum(values[name].get(child, 0.0) for child in children[path])
-            if own < total:
-                problems.append(
-                    f"#{entry.n}: {path}/{name} {_number_text(own)} < children "
-                    f"{_number_text(total)}"
-                )
+            table = values[name]
+
+            def value_of(cgroup: str, table: dict[str, float] = table) -> float:
+                return table.get(cgroup, 0.0)
+
+            problems.extend(
+                f"#{entry.n}: {path}/{name} {_number_text(own)} < children {_number_text(total)}"
+                for _path, own, total in uncovered_parents([path], children.__getitem__, value_of)
+            )
 
     def drop(path: str) -> None:
         for child in list(children.get(path, ())):
@@ -101,22 +103,24 @@ def protection_shortfalls(
     many bytes, keyed by (path, file). Files not observed are not checked; "max" counts as
     PAGE_COUNTER_MAX pages."""
     values = ValueModel(page_size_bytes)
+    parents = [p for p, found in sorted(tree.cgroups.items()) if found.exists and found.children]
+
+    def children_of(path: str) -> list[str]:
+        return [join_path(path, name) for name in tree.cgroups[path].children or ()]
+
     result: dict[tuple[str, str], int] = {}
-    for path, found in sorted(tree.cgroups.items()):
-        if not found.exists or not found.children:
-            continue
+    for path in parents:
         for file in PROTECTION_FILES:
-            own = _number_of(values, found, file)
-            if own is None:
-                continue
-            total = 0
-            for name in found.children:
-                child = tree.cgroups.get(join_path(path, name))
-                if child is None or not child.exists:
-                    continue
-                total += _number_of(values, child, file) or 0
-            if values.clamp(total) > own:
-                result[(path, file)] = values.clamp(total) - own
+
+            def value_of(cgroup: str, file: str = file) -> int | None:
+                found = tree.cgroups.get(cgroup)
+                if found is None or not found.exists:
+                    return None
+                return _number_of(values, found, file)
+
+            for _path, own, total in uncovered_parents([path], children_of, value_of):
+                if values.clamp(int(total)) > own:  # the kernel caps the children's sum too
+                    result[(path, file)] = values.clamp(int(total)) - int(own)
     return result
 
 

@@ -2,19 +2,22 @@
 
 Goal: a change in the directory reaches the callback, a file counts once its writer closes it, a
 directory removed and created again (even with no chance for the watch to run in between) is
-watched again, and cancellation is immediate. Method: `watch_directory` runs in a nursery and
+watched again, cancellation is immediate, and a failing watch is loud (logged, reported) and
+retried. Method: `watch_directory` runs in a nursery and
 counts its callbacks; the test changes real files in a temporary directory and waits (boundedly)
 for the count. Timeouts are hang guards, never assertions about speed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
-from memstate.node.watching import watch_directory
+from memstate.node.watching import WatchRetry, watch_directory
 
 HANG_GUARD_SECONDS = 10.0
 
@@ -117,3 +120,52 @@ async def test_cancellation_is_immediate(tmp_path: Path) -> None:
             nursery.start_soon(lambda: watch_directory(tmp_path, Counter()))
             await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+
+
+async def test_an_unexpected_error_is_logged_reported_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the loop (here: the callback raising) is not swallowed: ERROR with the
+    traceback, `on_error`, then the watch comes back and reports changes again."""
+    calls = Counter()
+    errors: list[BaseException] = []
+
+    def on_change() -> None:
+        calls()
+        if calls.count == 1:
+            raise RuntimeError("planted bug in the callback")
+
+    caplog.set_level(logging.WARNING, logger="memstate.node.watching")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_directory(tmp_path, on_change, retry_seconds=0.01, on_error=errors.append)
+        )
+        await until_watching(tmp_path, calls)
+        assert await until(lambda: bool(errors))
+        # Back after the failure: the restarted watch reports changes again.
+        await until_watching(tmp_path, calls)
+        nursery.cancel_scope.cancel()
+    assert [type(e) for e in errors] == [RuntimeError]
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1
+    assert "failed unexpectedly" in failures[0].getMessage()
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[1] is errors[0]
+
+
+def test_retry_backs_off_and_shows_the_traceback_once_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[BaseException] = []
+    retry = WatchRetry("watch on /x", base_seconds=1.0, max_seconds=5.0, on_error=seen.append)
+    caplog.set_level(logging.WARNING, logger="memstate.node.watching")
+    delays = [retry.failed(ValueError(f"bug {n}")) for n in range(5)]
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0]
+    with_traceback = [r for r in caplog.records if r.exc_info]
+    assert len(with_traceback) == 1
+    assert all(r.levelno == logging.ERROR for r in caplog.records)
+    retry.established()
+    caplog.clear()
+    assert retry.failed(OSError(28, "No space left on device")) == 1.0
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert len(seen) == 6

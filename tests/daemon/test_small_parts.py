@@ -86,42 +86,6 @@ def test_metric_names() -> None:
     assert "_created" not in text
 
 
-def test_daemon_target_cache_equals_a_fresh_computation() -> None:
-    """The daemon reuses unchanged pods' targets between commits; the result must always be
-    what `node_targets` computes from scratch."""
-    from memstate.core.events import (
-        ConfigLoaded,
-        PodAdmissionRequested,
-        PodRemovalRequested,
-        TopologyObserved,
-    )
-    from memstate.core.reducer import step
-    from memstate.core.state import State
-    from memstate.node.daemon import Daemon
-    from memstate.present.views import targets_of
-    from tests.factories import container, pod, pod_of, static_config, topology
-
-    daemon = Daemon(Settings(metrics_address="off"))
-    topo = topology("8Gi", "8Gi")
-    events = [
-        TopologyObserved(topology=topo),
-        ConfigLoaded(config=static_config(["1Gi", "1Gi"], memoryReservationPolicy="None")),
-        PodAdmissionRequested(pod=pod("a", "1Gi")),
-        PodAdmissionRequested(pod=pod_of("b", [container("c", "1Gi", limit_memory="2Gi")])),
-        PodAdmissionRequested(pod=pod("a", "2Gi")),  # changed spec: new targets for a
-        ConfigLoaded(
-            config=static_config(["1Gi", "1Gi"], memoryReservationPolicy="TieredReservation")
-        ),
-        PodRemovalRequested(uid="b"),
-        PodAdmissionRequested(pod=pod("c", "512Mi")),
-    ]
-    state = State()
-    for event in events:
-        state = step(state, event).state
-        daemon.state = state
-        assert daemon._compute_targets() == targets_of(state), event.kind
-
-
 def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
     from memstate.core.errors import HostError
     from memstate.node.cgroup_tree import check_not_inside

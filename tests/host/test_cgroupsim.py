@@ -14,7 +14,7 @@ import pytest
 
 from memstate.core.errors import HostError
 from memstate.host import (
-    EMPTY_VALUE,
+    EMPTY_WRITE,
     available_controllers,
     enabled_controllers,
     is_populated,
@@ -349,7 +349,7 @@ def test_subtree_control_errnos() -> None:
     assert sim.read("", "cgroup.subtree_control") == ""
     sim.write("", "cgroup.subtree_control", "+hugetlb +memory")
     sim.write("", "cgroup.subtree_control", "+memory")  # already on: no-op
-    sim.write("", "cgroup.subtree_control", EMPTY_VALUE)  # nothing requested: no-op
+    sim.write("", "cgroup.subtree_control", EMPTY_WRITE)  # nothing requested: no-op
     assert sim.read("", "cgroup.subtree_control") == "memory hugetlb\n"
     sim.write("a", "cgroup.subtree_control", "+memory")
     assert errno_of(sim.write, "", "cgroup.subtree_control", "-memory") == errno.EBUSY
@@ -377,7 +377,7 @@ def test_cgroup_kill_kills_the_subtree() -> None:
 
 def test_cpuset_effective_and_emptying() -> None:
     """Effective = request ∩ parent's effective, falling back to the parent's; ENOSPC when a
-    populated cgroup's cpuset would become empty; EMPTY_VALUE clears an unpopulated one."""
+    populated cgroup's cpuset would become empty; EMPTY_WRITE clears an unpopulated one."""
     sim = make_sim(online_cpus="0-3", online_nodes="0-1")
     sim.mkdir("a")
     sim.write("", "cgroup.subtree_control", "+cpuset")
@@ -390,9 +390,9 @@ def test_cpuset_effective_and_emptying() -> None:
     sim.write("a/b", "cpuset.cpus", "1-3")
     assert sim.read("a/b", "cpuset.cpus.effective") == "1\n"
     pid = sim.spawn("a/b")
-    assert errno_of(sim.write, "a/b", "cpuset.cpus", EMPTY_VALUE) == errno.ENOSPC
+    assert errno_of(sim.write, "a/b", "cpuset.cpus", EMPTY_WRITE) == errno.ENOSPC
     sim.exit(pid)
-    sim.write("a/b", "cpuset.cpus", EMPTY_VALUE)
+    sim.write("a/b", "cpuset.cpus", EMPTY_WRITE)
     assert sim.read("a/b", "cpuset.cpus") == "\n"
     assert sim.read("a/b", "cpuset.cpus.effective") == "0-1\n"
     assert errno_of(sim.write, "a", "cpuset.cpus.partition", "root") == errno.EOPNOTSUPP

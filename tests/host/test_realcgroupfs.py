@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from memstate.core.errors import HostError
-from memstate.host import EMPTY_VALUE, RealCgroupFS, parse_cgroup2_mounts, split_cgroup_path
+from memstate.host import EMPTY_WRITE, RealCgroupFS, parse_cgroup2_mounts, split_cgroup_path
 
 ESCAPES = [
     "..",
@@ -123,7 +123,7 @@ def test_plain_operations(layout: tuple[RealCgroupFS, Path]) -> None:
     assert fs.read("a", "memory.max") == "max\n"
     fs.write("a", "memory.max", "1048576")
     assert fs.read("a", "memory.max") == "1048576"
-    fs.write("a", "memory.max", EMPTY_VALUE)
+    fs.write("a", "memory.max", EMPTY_WRITE)
     assert fs.read("a", "memory.max") == "\n"
     cases = [
         (fs.mkdir, ("a",), errno.EEXIST, "mkdir", "a"),

@@ -33,11 +33,11 @@ from memstate.core.plan import (
 from memstate.core.pod import Pod
 from memstate.core.reducer import step
 from memstate.core.state import State
+from memstate.core.state_targets import state_targets
 from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.host import CgroupFS, walk
 from memstate.host.sim import KERNEL_6_1, KernelProfile, SimCgroupFS
-from memstate.present.views import targets_of
 from memstate.testing import protection_shortfalls
 from tests.factories import container, pod, pod_of, static_config, topology
 
@@ -125,7 +125,7 @@ def targets_of_pods(
 ) -> NodeTargets:
     """NodeTargets for the admitted subset of `pods`."""
     state = admit_all(pods, config or node_config(), topo or node_topology())
-    targets = targets_of(state)
+    targets = state_targets(state)
     assert targets is not None
     return targets
 

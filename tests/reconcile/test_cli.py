@@ -22,8 +22,8 @@ from memstate.cli.main import main
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import plan_operations
 from memstate.core.scenario import read_scenario
+from memstate.core.state_targets import state_targets
 from memstate.history.replay import replay_state
-from memstate.present.views import targets_of
 from memstate.reconcile.reconciler import Reconciler, observe_tree
 from tests.reconcile.helpers import PAGE, directory_contents, materialise, new_sim
 
@@ -33,7 +33,7 @@ SCENARIO = ROOT / "replay" / "memory-qos-tiered.jsonl"
 
 def scenario_targets():  # type: ignore[no-untyped-def]
     state = replay_state(read_scenario(SCENARIO.read_text(), source=str(SCENARIO)))
-    targets = targets_of(state)
+    targets = state_targets(state)
     assert targets is not None
     return targets
 

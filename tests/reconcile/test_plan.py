@@ -27,7 +27,6 @@ from memstate.core.plan import (
     plan_operations,
 )
 from memstate.core.targets import CgroupTarget, NodeTargets
-from memstate.host import EMPTY_VALUE
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler, observe_tree
 from memstate.testing import check_protection, protection_shortfalls
@@ -247,7 +246,6 @@ def test_clearing_a_cpuset_writes_a_newline_never_an_empty_string() -> None:
     plan = plan_for(fs, targets)
     (write,) = plan.operations
     assert (write.phase, write.value) == ("lower", EMPTY_WRITE)
-    assert EMPTY_WRITE == EMPTY_VALUE
     applied(fs, targets)
     assert fs.read("kubepods/podg1", "cpuset.mems") == "\n"
 

@@ -1070,3 +1070,14 @@ def test_check_finds_shape_problems() -> None:
     # garbage in a memory file
     garbage = replace_cgroup(targets, targets.pod("g1").cgroup, memory_max="1G")
     assert any("not a byte count" in v for v in check_targets(garbage))
+
+
+def test_uncovered_parents_is_the_one_statement_of_the_protection_check() -> None:
+    from memstate.core.cgroup_values import uncovered_parents
+
+    values: dict[str, float | None] = {"a": 10, "a/x": 6, "a/y": 5, "b": None, "b/z": 1, "c": 3}
+    tree = {"a": ["a/x", "a/y"], "b": ["b/z"], "c": ["c/w"]}
+    found = list(uncovered_parents(["a", "b", "c"], tree.__getitem__, values.get))
+    # a: 10 < 6 + 5; b: not checked (no value); c: a child without a value counts as 0.
+    assert found == [("a", 10, 11)]
+    assert list(uncovered_parents(["a"], tree.__getitem__, lambda p: float("inf"))) == []

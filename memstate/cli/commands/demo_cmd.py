@@ -31,6 +31,7 @@ from memstate.core.events import (
 )
 from memstate.core.reducer import step
 from memstate.core.state import REDUCER_VERSION, State, state_hash
+from memstate.core.state_targets import state_targets
 from memstate.node.inputs import load_config, load_manifest, load_topology, manifest_files
 from memstate.present.output import add_output_argument, output_format, write_json, write_table
 from memstate.present.views import (
@@ -44,7 +45,6 @@ from memstate.present.views import (
     pods_document,
     target_rows,
     targets_document,
-    targets_of,
 )
 
 
@@ -135,7 +135,7 @@ def run_simulation(args: argparse.Namespace) -> int:
                 "decisions": [describe_decision(d) for d in transition.decisions],
             }
         )
-    targets = targets_of(state)
+    targets = state_targets(state)
     if targets is None:
         # The reducer refused the example's topology or config (its reasons are in the
         # transitions): there is nothing to show.

@@ -195,9 +195,9 @@ def desired_state_and_removals(args: argparse.Namespace) -> tuple[State, Pending
 
 def targets_for(state: State) -> tuple[NodeTargets, int]:
     """The node's targets in `state` and its base page size (the planner's unit)."""
-    from memstate.present.views import targets_of
+    from memstate.core.state_targets import state_targets
 
-    targets = targets_of(state)
+    targets = state_targets(state)
     if targets is None or state.topology is None:
         raise MemstateError(
             "the desired state has no topology and config in force yet: nothing to converge to"

@@ -35,6 +35,7 @@ from memstate.core.events import (
 from memstate.core.pod import Pod
 from memstate.core.quantity import format_bytes
 from memstate.core.state import state_hash
+from memstate.core.state_targets import state_targets
 from memstate.core.topology import Topology
 from memstate.node.inputs import load_manifest, load_topology, manifest_files
 from memstate.present.output import (
@@ -55,7 +56,6 @@ from memstate.present.views import (
     pods_document,
     rejections_document,
     targets_document,
-    targets_of,
 )
 
 POLL_SECONDS = 0.1
@@ -324,7 +324,7 @@ def run_status(args: argparse.Namespace) -> int:
         raise NoState(f"no memstate state in {settings.state_dir} (use --state-dir or --config)")
     recovered = recover_state(settings.state_dir)
     state = recovered.state
-    targets = targets_of(state)
+    targets = state_targets(state)
     daemon = read_daemon_status(settings.state_dir)
     if output_format(args, piped="json") == "json":
         write_json(

@@ -12,6 +12,7 @@ One module per part, each importable on its own; this package re-exports the pub
 - `diff`: `diff_tree`, the managed files side by side with the live tree, without planning.
 """
 
+from memstate.core.cgroup_values import EMPTY_WRITE
 from memstate.core.plan.diff import diff_tree
 from memstate.core.plan.model import (
     PHASES,
@@ -27,7 +28,6 @@ from memstate.core.plan.model import (
     RemovalAction,
     RemovalKind,
     apply_operations,
-    is_safe_name,
     join_path,
     merge_observations,
 )
@@ -38,7 +38,6 @@ from memstate.core.plan.values import (
     CGROUP_EVENTS,
     CGROUP_KILL,
     DEFAULT_CPUSET_BITS,
-    EMPTY_WRITE,
     KERNEL_DEFAULTS,
     PROTECTION_FILES,
     SUBTREE_CONTROL,
@@ -81,7 +80,6 @@ __all__ = [
     "diff_tree",
     "file_controller",
     "file_kind",
-    "is_safe_name",
     "join_path",
     "kernel_default",
     "merge_observations",

@@ -8,14 +8,13 @@ reconciler can keep its picture of the tree between full resyncs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import msgspec
 
 from memstate.core.cgroup_paths import parent_path
-from memstate.core.plan.values import EMPTY_WRITE
+from memstate.core.cgroup_values import EMPTY_WRITE
 
 Phase = Literal["create", "raise", "remove", "lower"]
 OperationKind = Literal["mkdir", "enable", "write", "kill", "rmdir"]
@@ -24,10 +23,6 @@ RemovalAction = Literal["remove", "kill", "wait", "keep"]
 PodRemoval = Literal["wait", "kill"]
 
 PHASES: tuple[Phase, ...] = ("create", "raise", "remove", "lower")
-# The directory names the host adapter accepts (memstate.host.cgroupfs); anything else found in
-# the live tree is left alone, never turned into a path.
-_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_@:+=,][A-Za-z0-9_@:+=,.-]*")
-_MAX_NAME_LENGTH = 255
 
 
 class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -158,15 +153,6 @@ class FileDiff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     observed_normalised: str | None
     equal: bool
     status: str
-
-
-def is_safe_name(name: str) -> bool:
-    """True if a directory name found in the live tree may become part of a path."""
-    return (
-        bool(_SAFE_NAME_RE.fullmatch(name))
-        and len(name) <= _MAX_NAME_LENGTH
-        and name not in (".", "..")
-    )
 
 
 def join_path(parent: str, name: str) -> str:

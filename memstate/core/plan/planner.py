@@ -67,8 +67,8 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from memstate.core.cgroup_paths import ancestor_paths, parent_path
-from memstate.core.cgroup_values import format_controller_list
+from memstate.core.cgroup_paths import ancestor_paths, is_valid_cgroup_name, parent_path
+from memstate.core.cgroup_values import EMPTY_WRITE, format_controller_list
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.model import (
     ObservedCgroup,
@@ -81,7 +81,6 @@ from memstate.core.plan.model import (
     Removal,
     RemovalAction,
     RemovalKind,
-    is_safe_name,
     join_path,
 )
 from memstate.core.plan.scope import (
@@ -93,7 +92,6 @@ from memstate.core.plan.scope import (
 )
 from memstate.core.plan.values import (
     CGROUP_KILL,
-    EMPTY_WRITE,
     PROTECTION_FILES,
     SUBTREE_CONTROL,
     ZERO,
@@ -253,7 +251,7 @@ class _Planner:
         found = self._observed(path)
         if found is not None and found.children is not None:
             for name in found.children:
-                if is_safe_name(name):
+                if is_valid_cgroup_name(name):
                     names.add(name)
                 elif (path, name) not in self._unsafe_reported:
                     self._unsafe_reported.add((path, name))
@@ -339,7 +337,7 @@ class _Planner:
         found = self._observed(path)
         if found is not None and found.children is not None:
             for name in sorted(found.children):
-                if is_safe_name(name):
+                if is_valid_cgroup_name(name):
                     yield from self._subtree_bottom_up(join_path(path, name))
                 else:
                     self.warnings.append(

@@ -2,12 +2,12 @@
 account for.
 
 Shared by the planner and the diff, so that both agree on what is blocked and what is an orphan:
-`naming_config` recovers the cgroup naming the targets were rendered with, `check_target_tree`
+`naming_config` gives the cgroup naming the targets carry, `check_target_tree`
 refuses targets the planner cannot work on, `plan_controllers` decides which controllers each
 managed cgroup gets and which of its files are usable (the others are *blocked*: their
 controller is not available), and `undesired_pod_cgroups` finds the pod cgroups under kubepods
 and the QoS cgroups that no target explains (*retired* when a decision removed the pod, else
-*orphans*). Names memstate cannot handle (`is_safe_name`) are never turned into paths.
+*orphans*). Names memstate cannot handle (`is_valid_cgroup_name`) are never turned into paths.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import msgspec
 
 from memstate.core.cgroup_paths import (
-    NODE_COMPONENT,
     QOS_COMPONENTS,
-    SLICE_SUFFIX,
+    is_valid_cgroup_name,
     node_path,
     parent_path,
     parse_cgroup_path,
@@ -32,7 +31,6 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
-    is_safe_name,
     join_path,
 )
 from memstate.core.plan.values import file_controller
@@ -40,35 +38,29 @@ from memstate.core.targets import CgroupTarget, NodeTargets
 
 
 def naming_config(targets: NodeTargets) -> NodeConfig:
-    """The NodeConfig naming fields (driver, cgroupRoot) that produced `targets`' paths.
+    """A NodeConfig with the naming fields (driver, cgroupRoot) `targets` were rendered with,
+    for `parse_cgroup_path` (the other fields are defaults and mean nothing here)."""
+    return NodeConfig(cgroup_driver=targets.cgroup_driver, cgroup_root=targets.cgroup_root)
 
-    NodeTargets does not carry its config; the reconciler needs the naming to recognise pod
-    cgroups (`parse_cgroup_path`). The driver and root are read off the node cgroup's path and
-    checked by rendering every level back.
-    """
-    nodes = [c for c in targets.cgroups if c.level == "node"]
-    if len(nodes) != 1:
-        raise InvariantViolation(f"targets have {len(nodes)} node-level cgroups, expected 1")
-    path = nodes[0].path
-    leaf = path.rpartition("/")[2]
-    if leaf.endswith(SLICE_SUFFIX):
-        components = leaf[: -len(SLICE_SUFFIX)].split("-")
-        config = NodeConfig(cgroup_driver="systemd", cgroup_root=tuple(components[:-1]))
-    else:
-        components = path.split("/")
-        config = NodeConfig(cgroup_driver="cgroupfs", cgroup_root=tuple(components[:-1]))
-    if components[-1:] != [NODE_COMPONENT] or node_path(config) != path:
-        raise InvariantViolation(f"node cgroup {path!r} is not a memstate-rendered path")
+
+def _check_naming(targets: NodeTargets, config: NodeConfig) -> None:
+    """The node and QoS cgroups are where the targets' own naming puts them."""
+    nodes = [c.path for c in targets.cgroups if c.level == "node"]
+    if nodes != [node_path(config)]:
+        raise InvariantViolation(
+            f"node cgroups {nodes} do not match the targets' naming ({config.cgroup_driver}, "
+            f"root {'/'.join(config.cgroup_root) or '/'})"
+        )
     qos = {c.path for c in targets.cgroups if c.level == "qos"}
     if qos != {qos_path(config, cls) for cls in QOS_COMPONENTS}:
-        raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {path!r}")
-    return config
+        raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}")
 
 
 def check_target_tree(targets: NodeTargets) -> None:
     """Raise InvariantViolation unless the targets form a tree the planner can work on:
     unique paths, every parent listed before its children, pod cgroups that parse as pods."""
     config = naming_config(targets)
+    _check_naming(targets, config)
     seen: set[str] = set()
     for target in targets.cgroups:
         if target.path in seen:
@@ -173,7 +165,7 @@ def undesired_pod_cgroups(
             continue
         for name in sorted(found.children):
             path = join_path(holder, name)
-            if path in desired or not is_safe_name(name):
+            if path in desired or not is_valid_cgroup_name(name):
                 continue
             parsed = parse_cgroup_path(path, config)
             if parsed is None or parsed.level != "pod":

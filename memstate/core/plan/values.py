@@ -36,9 +36,6 @@ SUBTREE_CONTROL = "cgroup.subtree_control"
 CGROUP_KILL = "cgroup.kill"
 CGROUP_EVENTS = "cgroup.events"
 CGROUP_CONTROLLERS = "cgroup.controllers"
-# What to write to clear a cpuset: the kernel strips it to "", which means "empty". Equal to
-# memstate.host.cgroupfs.EMPTY_VALUE (the core cannot import the host layer; a test pins it).
-EMPTY_WRITE = "\n"
 ZERO = "0"
 UNLIMITED = "max"
 DEFAULT_CPUSET_BITS = 8192

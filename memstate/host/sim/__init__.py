@@ -5,7 +5,7 @@
 kernels by the VM suite (tests/vm).
 """
 
-from memstate.host.sim.cgroupfaults import FaultInjectingCgroupFS, FaultRule, Operation
+from memstate.host.sim.cgroupfaults import CallRecord, FaultInjectingCgroupFS, FaultRule
 from memstate.host.sim.cgroupsim import (
     KERNEL_6_1,
     KERNEL_6_18,
@@ -18,10 +18,10 @@ from memstate.host.sim.cgroupsim import (
 __all__ = [
     "KERNEL_6_1",
     "KERNEL_6_18",
+    "CallRecord",
     "FaultInjectingCgroupFS",
     "FaultRule",
     "KernelProfile",
-    "Operation",
     "PlantedBug",
     "SimCgroupFS",
     "kernel_profile_for_release",

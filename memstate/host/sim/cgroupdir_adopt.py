@@ -15,8 +15,9 @@ import errno
 import os
 import stat
 
+from memstate.core.cgroup_paths import is_valid_cgroup_name
 from memstate.core.errors import HostError
-from memstate.host.cgroupfs import MAX_WRITE_BYTES, is_valid_cgroup_name, join_cgroup_path
+from memstate.host.cgroupfs import MAX_WRITE_BYTES, join_cgroup_path
 from memstate.host.sim.cgroupdir_changes import _ModelChanges
 from memstate.host.sim.cgroupdir_journal import JournalEntry, _init_error, _Journal
 from memstate.host.sim.cgroupdir_render import _Renderer

@@ -71,7 +71,7 @@ class FaultRule:
 
 
 @dataclass(frozen=True)
-class Operation:
+class CallRecord:
     """One call seen by the wrapper: what was asked and how it ended (errno None = success)."""
 
     op: str
@@ -89,7 +89,7 @@ class FaultInjectingCgroupFS:
         self._inner = inner
         self._rules: list[FaultRule] = []
         self._counts: Counter[str] = Counter()
-        self._log: deque[Operation] = deque(maxlen=log_length)
+        self._log: deque[CallRecord] = deque(maxlen=log_length)
 
     @property
     def inner(self) -> CgroupFS:
@@ -107,7 +107,7 @@ class FaultInjectingCgroupFS:
         return {op: self._counts[op] for op in OPS}
 
     @property
-    def log(self) -> tuple[Operation, ...]:
+    def log(self) -> tuple[CallRecord, ...]:
         """The most recent operations (at most `log_length`), oldest first."""
         return tuple(self._log)
 
@@ -167,19 +167,19 @@ class FaultInjectingCgroupFS:
         self._counts[op] += 1
         rule = self._firing_rule(op, path, file, value)
         if rule is not None and not rule.after:
-            self._log.append(Operation(op, path, file, value, rule.errno, injected=True))
+            self._log.append(CallRecord(op, path, file, value, rule.errno, injected=True))
             raise host_error(rule.errno, op, path, file, value=value, detail="injected fault")
         try:
             result = action()
         except HostError as exc:
-            self._log.append(Operation(op, path, file, value, exc.errno, injected=False))
+            self._log.append(CallRecord(op, path, file, value, exc.errno, injected=False))
             raise
         if rule is not None:
-            self._log.append(Operation(op, path, file, value, rule.errno, injected=True))
+            self._log.append(CallRecord(op, path, file, value, rule.errno, injected=True))
             raise host_error(
                 rule.errno, op, path, file, value=value, detail="injected fault after the operation"
             )
-        self._log.append(Operation(op, path, file, value, None, injected=False))
+        self._log.append(CallRecord(op, path, file, value, None, injected=False))
         return result
 
     def exists(self, path: str) -> bool:

@@ -1,0 +1,299 @@
+"""Observing the live cgroup tree for the reconciler: what is there, read through `CgroupFS`.
+
+A full observation reads every managed cgroup, lists every managed directory, reads the
+protections of the children memstate does not manage and walks every pod cgroup no target
+explains; a scoped one reads only the scoped paths and their ancestors over a cached picture
+(see `memstate.reconcile.reconciler` for why). Read-only, synchronous, never raises `HostError`:
+a failed call becomes a `ReadError` and the value is reported unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from memstate.core.cgroup_paths import (
+    ancestor_paths,
+    is_valid_cgroup_name,
+    parent_path,
+    parse_cgroup_path,
+)
+from memstate.core.cgroup_values import CgroupValueError, parse_controller_list, parse_flat_keyed
+from memstate.core.config import NodeConfig
+from memstate.core.errors import HostError
+from memstate.core.plan import (
+    CGROUP_CONTROLLERS,
+    CGROUP_EVENTS,
+    PROTECTION_FILES,
+    SUBTREE_CONTROL,
+    ObservedCgroup,
+    ObservedTree,
+    join_path,
+    merge_observations,
+    naming_config,
+)
+from memstate.core.plan.containers import container_paths, with_container_targets
+from memstate.core.targets import NodeTargets
+from memstate.host.cgroupfs import CgroupFS
+
+# Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
+MAX_REMOVAL_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """An observation call that failed (anything but "not there")."""
+
+    op: str
+    path: str
+    file: str
+    errno: int
+    message: str
+
+
+class _Observer:
+    """Reads the tree through a CgroupFS; counts calls; never raises HostError."""
+
+    def __init__(self, fs: CgroupFS, targets: NodeTargets, config: NodeConfig) -> None:
+        self.fs = fs
+        self.targets = targets
+        self.config = config
+        self.desired = {t.path: t for t in targets.cgroups}
+        self.reads = 0
+        self.errors: list[ReadError] = []
+        self.found: dict[str, ObservedCgroup] = {}
+
+    def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
+        self.errors.append(ReadError(op, path, file, exc.errno or 0, str(exc)))
+
+    def exists(self, path: str) -> bool | None:
+        self.reads += 1
+        try:
+            return self.fs.exists(path)
+        except HostError as exc:
+            self._failed("exists", path, "", exc)
+            return None
+
+    def cgroup(
+        self,
+        path: str,
+        files: Iterable[str],
+        *,
+        known_exists: bool | None,
+        children: bool = True,
+        subtree_control: bool = False,
+        controllers: bool = False,
+        populated: bool = False,
+    ) -> ObservedCgroup:
+        """Observe one cgroup. `known_exists` None asks the filesystem first."""
+        exists = known_exists if known_exists is not None else self.exists(path)
+        if exists is False:
+            return ObservedCgroup(exists=False)
+        wanted = tuple(files)
+        if exists is None:
+            # Whether it exists is unknown: everything about it is unknown, never guessed.
+            return ObservedCgroup(exists=True, unreadable=wanted)
+        values: dict[str, str] = {}
+        unreadable: list[str] = []
+        for file in wanted:
+            text = self._read(path, file, quiet_enoent=True)
+            if text is None:
+                unreadable.append(file)
+            else:
+                values[file] = text
+        names = self._list(path) if children else None
+        enabled = self._controllers(path, SUBTREE_CONTROL) if subtree_control else None
+        offered = self._controllers(path, CGROUP_CONTROLLERS) if controllers else None
+        is_populated = self._populated(path) if populated else None
+        return ObservedCgroup(
+            exists=True,
+            files=values,
+            unreadable=tuple(unreadable),
+            children=names,
+            populated=is_populated,
+            controllers=offered,
+            subtree_control=enabled,
+        )
+
+    def _read(self, path: str, file: str, *, quiet_enoent: bool = False) -> str | None:
+        self.reads += 1
+        try:
+            return self.fs.read(path, file)
+        except HostError as exc:
+            # ENOENT: the controller is not enabled above (the planner tells that apart from a
+            # cgroup that vanished); not worth a note.
+            if not (quiet_enoent and exc.errno == errno_module.ENOENT):
+                self._failed("read", path, file, exc)
+            return None
+
+    def _list(self, path: str) -> tuple[str, ...] | None:
+        self.reads += 1
+        try:
+            return tuple(self.fs.list_children(path))
+        except HostError as exc:
+            self._failed("list_children", path, "", exc)
+            return None
+
+    def _controllers(self, path: str, file: str) -> tuple[str, ...] | None:
+        text = self._read(path, file)
+        return None if text is None else parse_controller_list(text)
+
+    def _populated(self, path: str) -> bool | None:
+        text = self._read(path, CGROUP_EVENTS)
+        if text is None:
+            return None
+        try:
+            return parse_flat_keyed(text).get("populated", 0) == 1
+        except CgroupValueError:
+            return None
+
+    # --- composite observations ------------------------------------------------------------
+
+    def desired_cgroup(self, path: str, known_exists: bool | None, *, list_children: bool) -> None:
+        """A managed cgroup: its files, controllers, children, and what its children hold."""
+        target = self.desired[path]
+        found = self.cgroup(
+            path,
+            target.files,
+            known_exists=known_exists,
+            children=list_children,
+            subtree_control=bool(target.controllers),
+            controllers=parent_path(path) is None,
+        )
+        self.found[path] = found
+        if not found.exists or found.children is None:
+            return
+        protections = [f for f in PROTECTION_FILES if f in target.files]
+        missing_files = False
+        for name in found.children:
+            child = join_path(path, name)
+            if child in self.desired or not is_valid_cgroup_name(name):
+                continue
+            parsed = (
+                parse_cgroup_path(child, self.config) if target.level in ("node", "qos") else None
+            )
+            if parsed is not None and parsed.level == "pod":
+                self.removal_subtree(child, known_exists=True)
+            elif protections:
+                observed = self.cgroup(child, protections, known_exists=True, children=False)
+                self.found[child] = observed
+                missing_files = missing_files or bool(observed.unreadable)
+        if missing_files and found.subtree_control is None:
+            # A child without memory files: tells "not enabled here" from "unreadable".
+            enabled = self._controllers(path, SUBTREE_CONTROL)
+            self.found[path] = msgspec.structs.replace(found, subtree_control=enabled)
+
+    def removal_subtree(self, path: str, *, known_exists: bool | None, depth: int = 0) -> None:
+        """A pod cgroup no target explains, with everything below it (for leaf-first rmdir)."""
+        found = self.cgroup(
+            path,
+            PROTECTION_FILES,
+            known_exists=known_exists,
+            subtree_control=True,
+            populated=depth == 0,
+        )
+        self.found[path] = found
+        if not found.exists or found.children is None or depth >= MAX_REMOVAL_DEPTH:
+            return
+        for name in found.children:
+            if is_valid_cgroup_name(name):
+                self.removal_subtree(join_path(path, name), known_exists=True, depth=depth + 1)
+
+    def full(self) -> ObservedTree:
+        """Everything under the managed tree (see the module docstring)."""
+        for target in self.targets.cgroups:
+            parent = parent_path(target.path)
+            if parent is None:
+                known: bool | None = None
+            else:
+                above = self.found.get(parent)
+                if above is None or not above.exists:
+                    self.found[target.path] = ObservedCgroup(exists=False)
+                    continue
+                name = target.path.rpartition("/")[2]
+                known = (name in above.children) if above.children is not None else None
+            self.desired_cgroup(target.path, known, list_children=True)
+        return ObservedTree(cgroups=dict(self.found))
+
+    def scoped(self, base: ObservedTree, paths: Iterable[str]) -> ObservedTree:
+        """Fresh reads of `paths` and their ancestors over the cached `base`."""
+        scoped = sorted(set(paths))
+        ancestors = sorted(
+            {a for path in scoped for a in ancestor_paths(path) if a in self.desired} - set(scoped),
+            key=lambda p: (p.count("/"), p),
+        )
+        for path in ancestors:
+            # The ancestors' children come from the cache: listing kubepods would be O(pods).
+            self.desired_cgroup(path, None, list_children=False)
+        for path in scoped:
+            if path in self.desired:
+                self.desired_cgroup(path, None, list_children=True)
+            else:
+                self.removal_subtree(path, known_exists=None)
+        return merge_observations(base, self.found)
+
+
+def observe_tree(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    *,
+    scope: Iterable[str] | None = None,
+    base: ObservedTree | None = None,
+) -> tuple[ObservedTree, list[ReadError], int]:
+    """Observe the tree for `targets`: (tree, read errors, number of calls).
+
+    With `scope` and a cached `base`, only the scoped paths and their ancestors are read (see
+    the module docstring); otherwise everything. Read-only: never writes.
+    """
+    observer = _Observer(fs, targets, naming_config(targets))
+    if scope is None or base is None:
+        tree = observer.full()
+    else:
+        tree = observer.scoped(base, scope)
+    return tree, observer.errors, observer.reads
+
+
+def observe_containers(
+    fs: CgroupFS, targets: NodeTargets, paths: Iterable[str], *, base: ObservedTree
+) -> tuple[ObservedTree, list[ReadError], int]:
+    """Read the managed files of the container cgroups `paths` (targets of `targets`, listed by
+    their pod cgroup in `base`) and their pod cgroups' `cgroup.subtree_control` (the runtime
+    enables the memory controller there; without it the files do not exist), and merge them
+    into `base`: (tree, read errors, calls)."""
+    observer = _Observer(fs, targets, naming_config(targets))
+    for pod in sorted({path.rpartition("/")[0] for path in paths}):
+        found = base.get(pod)
+        if found is not None and found.exists:
+            enabled = observer._controllers(pod, SUBTREE_CONTROL)
+            observer.found[pod] = msgspec.structs.replace(found, subtree_control=enabled)
+    for path in paths:
+        # Listed, with what its own children hold (crun may nest one): the planner covers them.
+        observer.desired_cgroup(path, None, list_children=True)
+    return merge_observations(base, observer.found), observer.errors, observer.reads
+
+
+def add_container_cgroups(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    tree: ObservedTree,
+    container_ids: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    pods: Iterable[str] | None = None,
+) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int]:
+    """After `observe_tree`: the container cgroups listed under the pod cgroups of `tree` (only
+    under `pods`, when given) read and added to the targets. Returns (targets, tree, the
+    container paths read, read errors, calls). Read-only."""
+    listed = with_container_targets(targets, tree, container_ids, listed_is_enough=True)
+    by_pod = container_paths(listed)
+    if pods is None:
+        wanted = sorted(p for found in by_pod.values() for p in found)
+    else:
+        wanted = sorted(p for pod in pods for p in by_pod.get(pod, ()))
+    errors: list[ReadError] = []
+    reads = 0
+    if wanted:
+        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
+    return with_container_targets(targets, tree, container_ids), tree, wanted, errors, reads
