@@ -15,9 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from memstate.core import qos, reducer
+from memstate.core import qos, reducer, state_targets
 from memstate.host.sim import SimCgroupFS
-from memstate.node import daemon as daemon_module
 from memstate.node.adapters import Adapters
 from memstate.node.daemon import Daemon
 from memstate.node.sdnotify import Notifier
@@ -62,7 +61,7 @@ def test_one_admission_computes_targets_once_and_hands_only_io_to_threads(
         return qos.pod_targets(*args)
 
     monkeypatch.setattr(reducer, "pod_targets", counting)
-    monkeypatch.setattr(daemon_module, "pod_targets", counting)
+    monkeypatch.setattr(state_targets, "pod_targets", counting)
 
     async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
         handed.append(_name_of(fn))
