@@ -88,6 +88,7 @@ from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
+from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
@@ -207,6 +208,7 @@ class Daemon:
         self.readiness = Readiness()
         self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
         self.reconciler: object | None = None
+        self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
 
     # --- start-up ------------------------------------------------------------------------------
@@ -346,6 +348,8 @@ class Daemon:
         from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
         fs = open_cgroup_fs(self.settings, topology, config)
+        # One daemon per tree (exit 75 for a second one), whatever its state directory.
+        self._tree_claim = TreeClaim.acquire(self.settings.cgroup_sim or self.settings.cgroup_root)
         self.reconciler = Reconciler(
             fs,
             page_size_bytes=topology.page_size_bytes,
@@ -918,6 +922,8 @@ class Daemon:
             return
 
     async def shutdown(self) -> None:
+        if self._tree_claim is not None:
+            self._tree_claim.release()
         with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
             self.notifier.stopping()
             if self.log is not None:

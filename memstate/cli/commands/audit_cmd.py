@@ -7,9 +7,10 @@
     memstate audit plot -f reserved.png [--resource memory] [--since T] [--until T]
     memstate audit export [-f FILE] [--node NAME] [filters]
 
-Every command reads a log without a lock: the node's state directory (`--state-dir`, default
-`$MEMSTATE_STATE_DIR` or /var/lib/memstate) or any copy of it, or a JSON-lines scenario or
-export (`--log PATH` takes either). One forward pass, one state in memory (memstate.history.audit).
+Every command reads a log without a lock: the node's state directory (`--state-dir`, else
+`$MEMSTATE_STATE_DIR`, else the config's, see docs/cli.md) or any copy of it, or a JSON-lines
+scenario or export (`--log PATH` takes either). One forward pass, one state in memory
+(memstate.history.audit).
 Output: a table on a terminal, `-o json`, `-o jsonl`; times in UTC ISO 8601 with a `Z`.
 """
 
@@ -24,6 +25,7 @@ import msgspec
 
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
+    add_config_argument,
     allow_relative_times,
     event_kinds,
     seq_number,
@@ -198,8 +200,10 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help=f"the node's state directory (default: $MEMSTATE_STATE_DIR or {DEFAULT_STATE_DIR})",
+        help="the node's state directory (default: $MEMSTATE_STATE_DIR, the config's "
+        f"memstate.stateDir, {DEFAULT_STATE_DIR})",
     )
+    add_config_argument(parser)
     where.add_argument(
         "--log",
         type=Path,

@@ -1,6 +1,6 @@
 """`memstate log …`: verify, dump, repair, import and export the event log.
 
-Every subcommand takes `--state-dir` (default: `$MEMSTATE_STATE_DIR`, else /var/lib/memstate).
+Every subcommand takes `--state-dir` and `--config` (resolved as docs/cli.md says).
 `verify`, `dump` and `export` are read-only and take no lock: they work beside a running daemon
 and stop cleanly at a tail that is still being written. `repair` and `import` take the writer's
 lock and refuse (exit 75) while a daemon holds it. docs/event-log.md has the formats and the
@@ -19,6 +19,7 @@ import msgspec
 
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
+    add_config_argument,
     allow_relative_times,
     event_kinds,
     seq_number,
@@ -222,8 +223,10 @@ def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help=f"state directory (default: $MEMSTATE_STATE_DIR or {DEFAULT_STATE_DIR})",
+        help="state directory (default: $MEMSTATE_STATE_DIR, the config's memstate.stateDir, "
+        f"{DEFAULT_STATE_DIR})",
     )
+    add_config_argument(parser)
 
 
 def _seq_arguments(parser: argparse.ArgumentParser) -> None:

@@ -85,7 +85,13 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         "state_dir": args.state_dir,
         "manifest_dir": args.manifest_dir,
     }
-    return {name: value for name, value in mapping.items() if value is not None}
+    chosen: dict[str, object] = {
+        name: value for name, value in mapping.items() if value is not None
+    }
+    if args.cgroup_root is not None:
+        # The flag names the real tree: a `cgroupSim` in the config must not win over it.
+        chosen["cgroup_sim"] = None
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
