@@ -347,7 +347,9 @@ def run_remove(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     removed = any(isinstance(r.event, PodRemoved) and r.event.uid == pod.uid for r in records)
-    if output_format(args, piped="json") == "json":
+    if args.quiet and args.output is None:
+        pass  # -q: nothing at all unless a format is asked for explicitly
+    elif output_format(args, piped="json") == "json":
         write_json(
             {
                 "seq": records[-1].seq,
@@ -358,8 +360,6 @@ def run_remove(args: argparse.Namespace) -> int:
                 "removed": removed,
             }
         )
-    elif args.quiet:
-        pass
     elif removed:
         sys.stdout.write(f"removed {pod.key} ({pod.uid}); its memory is free again\n")
     else:

@@ -1,0 +1,73 @@
+"""Issue 14, item 6: output for people and programs — `-o json` on `remove` and `log prune`,
+`-q` quiet everywhere (`replay -q -o json` is a summary), `log prune --dry-run` beside a running
+daemon (no lock).
+
+Method: real subprocesses on real state directories; the lock held by a real `EventLog` writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from memstate.core.events import DaemonRestarted
+from memstate.history.replay import replay_state
+from memstate.store.checkpoint import write_checkpoint
+from memstate.store.log import EventLog, LogReader, list_segments
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def memstate(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTATE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "memstate", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_item6_replay_quiet_json_is_the_summary_only() -> None:
+    scenario = str(ROOT / "replay" / "memory-qos-tiered.jsonl")
+    full = json.loads(memstate("replay", scenario, "-o", "json").stdout)
+    quiet = memstate("replay", scenario, "-q", "-o", "json")
+    assert quiet.returncode == 0, quiet.stderr
+    summary = json.loads(quiet.stdout)
+    assert "state" in full and "pods" in full
+    assert not {"state", "pods", "numa"} & summary.keys()
+    assert summary["state_hash"] == full["state_hash"]
+    assert len(quiet.stdout) < len(json.dumps(full)) / 2
+
+
+def test_item6_log_prune_dry_run_needs_no_lock_and_speaks_json(tmp_path: Path) -> None:
+    from tests.store.test_log_cmd import _chain_at
+
+    with EventLog.open(tmp_path, fsync=False, segment_bytes=4096) as log:
+        for _ in range(300):
+            log.append([(DaemonRestarted(), 0)], ts_ns=1)
+        middle = log.last_seq // 2
+    at_middle = replay_state(LogReader(tmp_path).read(1, middle))
+    write_checkpoint(tmp_path, at_middle, seq=middle, chain_crc=_chain_at(tmp_path, middle))
+    before = [path.name for _, path in list_segments(tmp_path / "log")]
+    with EventLog.open(tmp_path, fsync=False, segment_bytes=4096):  # the "daemon" holds the lock
+        dry = memstate("log", "prune", "--state-dir", str(tmp_path), "--dry-run", "-o", "json")
+        assert dry.returncode == 0, dry.stderr
+        document = json.loads(dry.stdout)
+        assert document["dry_run"] is True and document["checkpoint_seq"] == middle
+        assert document["segments"] and set(document["segments"]) < set(before)
+        real = memstate("log", "prune", "--state-dir", str(tmp_path), "-o", "json")
+        assert real.returncode == 75, real.stderr
+    assert [path.name for _, path in list_segments(tmp_path / "log")] == before
+    done = memstate("log", "prune", "--state-dir", str(tmp_path), "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    after = {path.name for _, path in list_segments(tmp_path / "log")}
+    assert after == set(before) - set(document["segments"])
