@@ -92,6 +92,7 @@ from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
+from memstate.node.journal import log_committed, log_drift
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
@@ -430,6 +431,7 @@ class Daemon:
             self.removals = removals
             self.last_seq = envelopes[-1].seq
             self._note_effects(decisions)
+            log_committed(logger, envelopes)
             self._events_since_checkpoint += len(envelopes)
             if self._events_since_checkpoint >= self.settings.checkpoint_every:
                 await self._checkpoint()
@@ -788,8 +790,8 @@ class Daemon:
                 self._failure_notes[key] = now
                 logger.warning("cgroup: %s", getattr(note, "message", note))
             elif note.kind == "cgroup_drift_corrected":
-                logger.warning(
-                    "drift corrected: %s/%s was %s, now %s",
+                log_drift(
+                    logger,
                     getattr(note, "path", ""),
                     getattr(note, "file", ""),
                     getattr(note, "found", ""),

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from memstate.cli.commands.common import add_location_arguments, resolve_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def register(subparsers: Any) -> None:
@@ -69,7 +66,13 @@ def register(subparsers: Any) -> None:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="stderr log level (default info)",
+        help="stderr log level (default info; info has one line per decision)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="stderr log lines as text or as JSON objects for log shippers (default text)",
     )
     parser.set_defaults(handler=run)
 
@@ -95,9 +98,9 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
-    )
+    from memstate.node.journal import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     # httpx logs every request at INFO: a kubelet poll every few seconds would flood the journal.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from memstate.node.daemon import Daemon, run_daemon
