@@ -101,6 +101,7 @@ from memstate.node.sources.configure import NetworkSource, network_sources, node
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
 from memstate.node.sources.tracker import PodTracker
+from memstate.node.stale import forget_vanished_rejections
 from memstate.store.checkpoint import (
     oldest_checkpoint_seq,
     prune_checkpoints,
@@ -284,7 +285,8 @@ class Daemon:
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
         if self.state.readmission_open and not self.sources:
-            await self._commit([ReadmissionCompleted()])
+            forget = forget_vanished_rejections(self.state, settings.manifest_dir)
+            await self._commit([*forget, ReadmissionCompleted()])
         # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
         for warning in self.targets.warnings if self.targets is not None else ():
             if "5.9" not in warning:  # that one is logged with more detail by _publish
@@ -614,7 +616,8 @@ class Daemon:
             while self.state.readmission_open:
                 unsynced = [s.name for s in self.sources if s.health.last_success_unix is None]
                 if not unsynced:
-                    await self.submit([ReadmissionCompleted()])
+                    forget = forget_vanished_rejections(self.state, self.settings.manifest_dir)
+                    await self.submit([*forget, ReadmissionCompleted()])
                     break
                 if waited and waited % 60.0 == 0:
                     logger.warning(
