@@ -71,3 +71,24 @@ def test_item6_log_prune_dry_run_needs_no_lock_and_speaks_json(tmp_path: Path) -
     assert done.stdout == ""
     after = {path.name for _, path in list_segments(tmp_path / "log")}
     assert after == set(before) - set(document["segments"])
+
+
+def test_item6_status_table_shows_qos_cgroups_and_container_memory_high(tmp_path: Path) -> None:
+    node = tmp_path / "demo"
+    assert memstate("demo", "--dir", str(node), "--for", "1").returncode == 0
+    state = str(node / "state")
+    table = memstate("status", "--state-dir", state, "-o", "table", "--wide")
+    assert table.returncode == 0, table.stderr
+    document = json.loads(memstate("status", "--state-dir", state, "-o", "json").stdout)
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line.strip()}
+    for target in document["targets"]["cgroups"]:
+        if target["level"] == "qos":
+            assert rows[target["path"]][1] == "qos"
+            assert rows[target["path"]][4] == target["files"]["memory.high"]
+    for pod in document["pods"]:
+        for container in pod["containers"]:
+            path = f"{pod['cgroup']}/{container['name']}"
+            assert rows[path][1] == "container", table.stdout
+    # The Burstable container's throttling point (memory.high) is the one below its limit.
+    web = next(p for p in document["pods"] if p["name"] == "web")
+    assert rows[f"{web['cgroup']}/nginx"][4] not in ("max", "-")

@@ -35,6 +35,7 @@ from memstate.core.events import (
 from memstate.core.pod import Pod
 from memstate.core.quantity import format_bytes
 from memstate.core.state import state_hash
+from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.node.inputs import load_manifest, load_topology, manifest_files
 from memstate.present.output import (
@@ -446,15 +447,35 @@ def run_status(args: argparse.Namespace) -> int:
     out.write("\nNUMA nodes:\n")
     write_table(NUMA_HEADERS, numa_rows(state))
     if targets is not None:
-        out.write("\nPod cgroups:\n")
-        rows = [
-            [p.cgroup, *(p.files.get(f, "-") for f in ("memory.min", "memory.low", "memory.max"))]
-            for p in targets.pods
-        ]
-        write_table(["CGROUP", "MEMORY.MIN", "MEMORY.LOW", "MEMORY.MAX"], rows)
+        out.write("\nCgroups (node, QoS, pod, and the containers' values for the runtime):\n")
+        write_table(CGROUP_HEADERS, cgroup_rows(targets))
         for warning in targets.warnings:
             out.write(f"warning: {warning}\n")
     return 0
+
+
+MEMORY_FILES = ("memory.min", "memory.low", "memory.high", "memory.max")
+CGROUP_HEADERS = ["CGROUP", "LEVEL", *(f.upper() for f in MEMORY_FILES)]
+
+
+def cgroup_rows(targets: NodeTargets) -> list[list[str]]:
+    """One row per managed cgroup with memory files (node, QoS, pod), each pod followed by its
+    containers (`<pod cgroup>/<container>`: created by the runtime, values from the targets)."""
+    containers = {p.cgroup: p.containers for p in targets.pods}
+    rows: list[list[str]] = []
+    for target in targets.cgroups:
+        if not any(f in target.files for f in MEMORY_FILES):
+            continue
+        rows.append([target.path, target.level, *(target.files.get(f, "-") for f in MEMORY_FILES)])
+        for container in containers.get(target.path, ()):
+            rows.append(
+                [
+                    f"{target.path}/{container.name}",
+                    "container",
+                    *(container.files.get(f, "-") for f in MEMORY_FILES),
+                ]
+            )
+    return rows
 
 
 def _when(unix: object) -> str:
