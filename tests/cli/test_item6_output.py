@@ -92,3 +92,37 @@ def test_item6_status_table_shows_qos_cgroups_and_container_memory_high(tmp_path
     # The Burstable container's throttling point (memory.high) is the one below its limit.
     web = next(p for p in document["pods"] if p["name"] == "web")
     assert rows[f"{web['cgroup']}/nginx"][4] not in ("max", "-")
+
+
+def test_item6_audit_draws_progress_on_a_terminal_and_erases_it(tmp_path: Path) -> None:
+    """`audit` reads every record: on a terminal it shows how far it is (stderr only), and
+    erases the bar before the answer; piped, stderr stays empty."""
+    import pty
+
+    with EventLog.open(tmp_path, fsync=False) as log:
+        for _ in range(20):
+            log.append([(DaemonRestarted(), 0)] * 1000, ts_ns=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTATE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-m", "memstate", "audit", "timeline", "--state-dir"]
+    command += [str(tmp_path), "-o", "json"]
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, cwd=ROOT, env=env)
+    os.close(terminal)
+    stdout, _ = process.communicate(timeout=300)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert process.returncode == 0
+    assert len(json.loads(stdout)) == 20_000
+    assert b"audit [" in shown and b"/20000" in shown
+    assert shown.endswith(b"\r\x1b[K")
+    piped = memstate("audit", "timeline", "--state-dir", str(tmp_path), "-o", "json")
+    assert piped.returncode == 0 and piped.stderr == ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -223,11 +224,29 @@ def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
 
 
 def open_log(args: argparse.Namespace) -> LogSource:
-    """`--log PATH`, else the state directory (`--state-dir`, `$MEMSTATE_STATE_DIR`, default)."""
-    from memstate.history.replay import open_source
+    """`--log PATH`, else the state directory (resolved as every command does, docs/cli.md).
+    On a terminal, reading it draws a progress bar on stderr (a 150k-record pass takes
+    seconds), erased before the command prints."""
+    from memstate.history.replay import LogSource, Record
+    from memstate.present.progress import Progress
 
     chosen: Path | None = getattr(args, "log", None)
-    return open_source(chosen if chosen is not None else state_dir_of(args))
+
+    class ReportingSource(LogSource):
+        """A LogSource that reports each record read to a progress bar."""
+
+        def records(self, from_seq: int = 1) -> Iterator[Record]:
+            enabled = sys.stderr.isatty()
+            total = self.last_seq_estimate() if enabled else 0
+            progress = Progress(total, label="audit", enabled=enabled)
+            try:
+                for record in super().records(from_seq):
+                    progress.update(record[0].seq)
+                    yield record
+            finally:
+                progress.close()
+
+    return ReportingSource(chosen if chosen is not None else state_dir_of(args))
 
 
 def _window(args: argparse.Namespace) -> Window:
