@@ -166,3 +166,22 @@ def test_item2_remove_without_a_manifest_directory_is_one_line(tmp_path: Path) -
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "manifest directory" in lines[0] and "does not exist" in lines[0]
+
+
+def test_item2_admit_of_a_present_uid_with_a_new_spec_waits_for_the_new_decision(
+    demo: RunningDemo, tmp_path: Path
+) -> None:
+    manifests = demo.directory / "manifests"
+    uid = "c41e8d27-9f0a-4b63-a5d2-1e7b3c9f5a03"
+    changed = tmp_path / "api-smaller.yaml"
+    text = (EXAMPLE / "manifests/api.yaml").read_text()
+    changed.write_text(
+        text.replace('limits: {cpu: "1", memory: 2Gi}', 'limits: {cpu: "1", memory: 1Gi}')
+    )
+    assert changed.read_text() != text
+    config = str(demo.directory / "config.yaml")
+    result = memstate("admit", str(changed), "--config", config, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["admitted"] is True and document["decision"]["pod"]["uid"] == uid
+    assert pod_files_with_uid(manifests, uid) == ["api.yaml"]

@@ -32,7 +32,7 @@ from memstate.core.events import (
     PodRemovalRequested,
     PodRemoved,
 )
-from memstate.core.pod import Pod
+from memstate.core.pod import Pod, spec_hash
 from memstate.core.quantity import format_bytes
 from memstate.core.state import state_hash
 from memstate.core.targets import NodeTargets
@@ -203,11 +203,14 @@ def run_admit(args: argparse.Namespace) -> int:
             f"manifest directory {manifest_dir} does not exist", source=str(manifest_dir)
         )
     destination = manifest_destination(manifest_dir, pod)
-    same_uid = [path for path, held in manifests_of(manifest_dir) if held.uid == pod.uid]
-    if same_uid and destination not in same_uid:
+    same_uid = [(path, held) for path, held in manifests_of(manifest_dir) if held.uid == pod.uid]
+    if same_uid and destination not in [path for path, _ in same_uid]:
         # The pod is already there under another file name: replace that file (atomically), so
         # the directory never holds two manifests of one UID (the second would be rejected).
-        destination = same_uid[0]
+        destination = same_uid[0][0]
+    # The same spec (resources, QoS) in a new file brings no new decision; a changed spec does
+    # (the daemon removes the pod with reason spec_changed and decides again), so wait for it.
+    unchanged_spec = any(spec_hash(held) == spec_hash(pod) for _, held in same_uid)
     if destination.exists():
         try:
             existing = load_manifest(destination)
@@ -228,15 +231,14 @@ def run_admit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FileAccessError.from_os_error(exc, f"place the manifest at {destination}") from None
 
-    if same_uid:
-        # The daemon already decided this UID (a pod's resources are immutable once admitted, as
-        # in Kubernetes): the new file replaces the old one and no new decision follows.
+    if unchanged_spec:
         if output_format(args, piped="json") == "json":
             write_json({"seq": None, "admitted": None, "replaced": str(destination)})
         else:
             sys.stdout.write(
                 f"replaced {destination}: {pod.key} ({pod.uid}) was already in the manifest "
-                "directory, and the daemon keeps its decision (`memstate status` shows it)\n"
+                "directory with the same spec: the daemon keeps its decision (`memstate status` "
+                "shows it)\n"
             )
         return 0
 
