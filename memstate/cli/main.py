@@ -28,7 +28,8 @@ exit codes:
   70  internal invariant violated: a bug (EX_SOFTWARE)
   74  I/O error on the log (a failed fsync), or a file a command reads or writes cannot be
       used: permission denied, disk full (EX_IOERR)
-  75  the state directory is locked by another memstate (EX_TEMPFAIL)
+  75  the state directory, or the cgroup tree `run` converges, is locked by another
+      memstate (EX_TEMPFAIL)
   78  bad configuration (EX_CONFIG)
 
 See docs/ for the model, the on-disk format and operations.

@@ -15,10 +15,12 @@ missing, rather than failing write by write.
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from pathlib import Path
 
 from memstate.core.config import NodeConfig
-from memstate.core.errors import HostError
+from memstate.core.errors import HostError, LockHeld
 from memstate.core.qos import subtree_controllers
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import (
@@ -110,3 +112,58 @@ def open_simulated_tree(directory: Path, topology: Topology) -> CgroupFS:
         hugepage_sizes_bytes=topology.hugepage_sizes,
         online_nodes=nodes,
     )
+
+
+class TreeClaim:
+    """An exclusive, non-blocking `flock` on the directory of the cgroup tree memstate converges.
+
+    Two daemons with different state directories must not converge the same tree: each would undo
+    the other's writes. The lock is on the directory itself (a cgroupfs directory cannot hold a
+    lock file of ours); the kernel drops it when the process dies, so a crash never leaves a
+    stale claim. A simulated tree's own per-operation lock is a file inside it, not the
+    directory, so the two never meet.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: Path) -> TreeClaim:
+        """Claim the tree at `path` or raise `LockHeld` (exit 75) naming the holder if known."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            inode = os.fstat(fd).st_ino
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = _flock_holder(_read("/proc/locks"), inode)
+                who = f"pid {holder}" if holder else "another process"
+                raise LockHeld(
+                    f"{path}: the cgroup tree is already converged by {who} (another memstate "
+                    "daemon, perhaps with a different state directory); stop it or give this "
+                    "one a different cgroupRoot/cgroupSim"
+                ) from None
+            raise
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Drop the claim (idempotent)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        os.close(fd)
+
+
+def _flock_holder(locks_text: str, inode: int) -> int | None:
+    """The pid holding a FLOCK on `inode` according to /proc/locks, if one is listed."""
+    for line in locks_text.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1b:5678 0 EOF" (blocked waiters have "->" first)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            try:
+                return int(fields[4])
+            except ValueError:
+                return None
+    return None

@@ -83,9 +83,11 @@ from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage, file_storage
+from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
+from memstate.node.journal import log_drift
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.sdnotify import Notifier
@@ -94,6 +96,7 @@ from memstate.node.sources.configure import network_sources, node_name_of
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
 from memstate.node.sources.tracker import PodTracker
+from memstate.node.stale import forget_vanished_rejections
 from memstate.node.writer import Writer
 from memstate.store.verify import check_sealed_bodies
 
@@ -192,6 +195,7 @@ class Daemon:
         self.readiness = Readiness()
         self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
         self.reconciler: object | None = None
+        self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
@@ -299,7 +303,8 @@ class Daemon:
         self.notifier.status("readmitting pods")
         await self._scan_manifests()
         if self.state.readmission_open and not self.sources:
-            await self.writer.submit([ReadmissionCompleted()])
+            forget = forget_vanished_rejections(self.state, settings.manifest_dir)
+            await self.writer.submit([*forget, ReadmissionCompleted()])
         # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
         for warning in self.targets.warnings if self.targets is not None else ():
             if "5.9" not in warning:  # that one is logged with more detail by _publish
@@ -365,7 +370,14 @@ class Daemon:
         from memstate.node.cgroup_tree import open_cgroup_fs
         from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
-        fs = self.adapters.cgroup_fs or open_cgroup_fs(self.settings, topology, config)
+        fs = self.adapters.cgroup_fs
+        if fs is None:
+            fs = open_cgroup_fs(self.settings, topology, config)
+            # One daemon per tree (exit 75 for a second one), whatever its state directory. An
+            # injected tree (the simulation's) is the caller's to share.
+            self._tree_claim = TreeClaim.acquire(
+                self.settings.cgroup_sim or self.settings.cgroup_root
+            )
         self.reconciler = Reconciler(
             fs,
             page_size_bytes=topology.page_size_bytes,
@@ -515,7 +527,8 @@ class Daemon:
             while self.state.readmission_open:
                 unsynced = [s.name for s in self.sources if s.health.last_success_unix is None]
                 if not unsynced:
-                    await self.submit([ReadmissionCompleted()])
+                    forget = forget_vanished_rejections(self.state, self.settings.manifest_dir)
+                    await self.submit([*forget, ReadmissionCompleted()])
                     break
                 if waited and waited % 60.0 == 0:
                     logger.warning(
@@ -704,8 +717,8 @@ class Daemon:
                 self._failure_notes[key] = now
                 logger.warning("cgroup: %s", getattr(note, "message", note))
             elif note.kind == "cgroup_drift_corrected":
-                logger.warning(
-                    "drift corrected: %s/%s was %s, now %s",
+                log_drift(
+                    logger,
                     getattr(note, "path", ""),
                     getattr(note, "file", ""),
                     getattr(note, "found", ""),
@@ -856,6 +869,8 @@ class Daemon:
             return
 
     async def shutdown(self) -> None:
+        if self._tree_claim is not None:
+            self._tree_claim.release()
         with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
             self.notifier.stopping()
             if self.storage is not None:

@@ -32,9 +32,12 @@ from memstate.core.events import Envelope, Event
 from memstate.core.reducer import apply, step
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import State
+from memstate.node.journal import log_committed
 from memstate.node.metrics import Metrics
 
 logger = logging.getLogger("memstate.node.writer")
+# Decisions are journalled under the daemon's name, where operators look for them.
+journal_logger = logging.getLogger("memstate.node.daemon")
 
 MAX_BATCH_EVENTS = 256
 
@@ -199,6 +202,7 @@ class Writer:
             self.removals = removals
             self.last_seq = envelopes[-1].seq
             self.on_commit(decisions)
+            log_committed(journal_logger, envelopes)
             self.events_since_checkpoint += len(envelopes)
             if self.events_since_checkpoint >= self.checkpoint_every():
                 await self.checkpoint()

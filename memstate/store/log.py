@@ -241,6 +241,17 @@ def read_origin(log_dir: Path) -> LogOrigin | None:
     return LogOrigin(base_seq=base_seq, prev_chain_crc=prev_crc)
 
 
+def prunable_segments(log_dir: Path, *, through_seq: int) -> list[Path]:
+    """The segments whose records all have seq <= `through_seq`, oldest first; never the newest
+    (the one being written). Reads names only, so it needs no lock (`log prune --dry-run`)."""
+    listed = list_segments(log_dir)
+    return [
+        path
+        for (_, path), (next_base, _) in itertools.pairwise(listed)
+        if next_base - 1 <= through_seq
+    ]
+
+
 def list_segments(log_dir: Path) -> list[tuple[int, Path]]:
     """(base_seq, path) of every segment, in order; temp files and broken copies are skipped."""
     try:
@@ -917,11 +928,10 @@ class EventLog:
 
     def prunable_segments(self, *, through_seq: int) -> list[Path]:
         """The segments `prune_segments(through_seq=...)` would delete, oldest first."""
-        listed = list_segments(self.log_dir)
         return [
             path
-            for (_, path), (next_base, _) in itertools.pairwise(listed)
-            if next_base - 1 <= through_seq and path != self._segment_path
+            for path in prunable_segments(self.log_dir, through_seq=through_seq)
+            if path != self._segment_path
         ]
 
     def prune_segments(self, *, through_seq: int) -> list[str]:

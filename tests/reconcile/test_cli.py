@@ -217,15 +217,21 @@ def test_state_dir_is_recovered_like_the_daemon_does(
     assert json.loads(from_state)["cgroup_root"] == str(tmp_path / "tree")
 
 
-def test_errors_map_to_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_map_to_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     code = main(["plan", "--scenario", str(SCENARIO), "--cgroup-root", str(tmp_path / "nope")])
     assert code == 69  # EX_UNAVAILABLE: no cgroup tree there
     empty = tmp_path / "empty.jsonl"
     empty.write_text("# nothing decided yet\n")
     assert main(["diff", "--scenario", str(empty), "--cgroup-root", str(tmp_path)]) == 1
     assert "no topology and config" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["plan", "--cgroup-root", str(tmp_path)])  # a desired state is required
+    # Without --state-dir the state directory is found as every command finds it (docs/cli.md):
+    # here $MEMSTATE_STATE_DIR, which names nothing.
+    monkeypatch.delenv("MEMSTATE_CONFIG", raising=False)
+    monkeypatch.setenv("MEMSTATE_STATE_DIR", str(tmp_path / "no-state"))
+    assert main(["plan", "--cgroup-root", str(tmp_path)]) == 1
+    assert f"{tmp_path / 'no-state'}: no such state directory" in capsys.readouterr().err
 
 
 def test_the_commands_cannot_write() -> None:

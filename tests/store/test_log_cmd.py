@@ -274,6 +274,8 @@ def test_prune_deletes_segments_before_the_oldest_checkpoint(tmp_path: Path) -> 
                 "prune",
                 "--state-dir",
                 str(tmp_path),
+                "-o",
+                "table",
                 *extra,
             ],
             capture_output=True,

@@ -7,9 +7,10 @@
     memstate audit plot -f reserved.png [--resource memory] [--since T] [--until T]
     memstate audit export [-f FILE] [--node NAME] [filters]
 
-Every command reads a log without a lock: the node's state directory (`--state-dir`, default
-`$MEMSTATE_STATE_DIR` or /var/lib/memstate) or any copy of it, or a JSON-lines scenario or
-export (`--log PATH` takes either). One forward pass, one state in memory (memstate.history.audit).
+Every command reads a log without a lock: the node's state directory (`--state-dir`, else
+`$MEMSTATE_STATE_DIR`, else the config's, see docs/cli.md) or any copy of it, or a JSON-lines
+scenario or export (`--log PATH` takes either). One forward pass, one state in memory
+(memstate.history.audit).
 Output: a table on a terminal, `-o json`, `-o jsonl`; times in UTC ISO 8601 with a `Z`.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,6 +26,7 @@ import msgspec
 
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
+    add_config_argument,
     allow_relative_times,
     event_kinds,
     seq_number,
@@ -198,8 +201,10 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help=f"the node's state directory (default: $MEMSTATE_STATE_DIR or {DEFAULT_STATE_DIR})",
+        help="the node's state directory (default: $MEMSTATE_STATE_DIR, the config's "
+        f"memstate.stateDir, {DEFAULT_STATE_DIR})",
     )
+    add_config_argument(parser)
     where.add_argument(
         "--log",
         type=Path,
@@ -219,11 +224,29 @@ def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
 
 
 def open_log(args: argparse.Namespace) -> LogSource:
-    """`--log PATH`, else the state directory (`--state-dir`, `$MEMSTATE_STATE_DIR`, default)."""
-    from memstate.history.replay import open_source
+    """`--log PATH`, else the state directory (resolved as every command does, docs/cli.md).
+    On a terminal, reading it draws a progress bar on stderr (a 150k-record pass takes
+    seconds), erased before the command prints."""
+    from memstate.history.replay import LogSource, Record
+    from memstate.present.progress import Progress
 
     chosen: Path | None = getattr(args, "log", None)
-    return open_source(chosen if chosen is not None else state_dir_of(args))
+
+    class ReportingSource(LogSource):
+        """A LogSource that reports each record read to a progress bar."""
+
+        def records(self, from_seq: int = 1) -> Iterator[Record]:
+            enabled = sys.stderr.isatty()
+            total = self.last_seq_estimate() if enabled else 0
+            progress = Progress(total, label="audit", enabled=enabled)
+            try:
+                for record in super().records(from_seq):
+                    progress.update(record[0].seq)
+                    yield record
+            finally:
+                progress.close()
+
+    return ReportingSource(chosen if chosen is not None else state_dir_of(args))
 
 
 def _window(args: argparse.Namespace) -> Window:

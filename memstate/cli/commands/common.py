@@ -42,12 +42,40 @@ def add_location_arguments(parser: argparse.ArgumentParser, *, manifests: bool =
         )
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """`--config` alone, for commands that take their state directory in their own way."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the config file whose memstate.stateDir is used unless --state-dir is given "
+        f"(default: $MEMSTATE_CONFIG, else {DEFAULT_CONFIG} if it exists)",
+    )
+
+
 def state_dir_of(args: argparse.Namespace) -> Path:
-    """`--state-dir`, else `$MEMSTATE_STATE_DIR`, else the default (read at run time)."""
-    chosen: Path | None = getattr(args, "state_dir", None)
-    if chosen is not None:
-        return chosen
-    return Path(os.environ.get("MEMSTATE_STATE_DIR") or DEFAULT_STATE_DIR)
+    """The state directory, resolved like every command does (docs/cli.md "Where a node's files
+    are"): `--state-dir`, else `$MEMSTATE_STATE_DIR`, else the config's `memstate.stateDir`
+    (`--config`, else `$MEMSTATE_CONFIG`, else /etc/memstate/config.yaml if it exists), else
+    /var/lib/memstate."""
+    return resolve_settings(args).state_dir
+
+
+def memstate_command() -> str:
+    """How to run memstate again from this shell, for hints meant to be pasted: `memstate` when
+    that is on PATH, else the console script beside this interpreter (`.venv/bin/memstate`,
+    relative to the working directory when it lies below it), else `python -m memstate`."""
+    import shutil
+
+    if shutil.which("memstate") is not None:
+        return "memstate"
+    script = Path(sys.executable).parent / "memstate"
+    if not script.exists():
+        return f"{sys.executable} -m memstate"
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def usage(parser: argparse.ArgumentParser) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memstate import __version__
+from memstate.cli.commands.common import memstate_command
 from memstate.core.errors import ConfigError
 from memstate.core.events import (
     ConfigLoaded,
@@ -46,6 +47,7 @@ from memstate.present.views import (
     target_rows,
     targets_document,
 )
+from memstate.store.fsio import atomic_write
 
 
 def example_dir() -> Path:
@@ -173,7 +175,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     for warning in targets.warnings:
         out.write(f"warning: {warning}\n")
     out.write(
-        f"\nstate hash {state_hash(state)}. Next: `memstate replay replay/restart-any-order.jsonl`"
+        f"\nstate hash {state_hash(state)}. Next: `{memstate_command()} replay "
+        "replay/restart-any-order.jsonl`"
         " replays a recorded scenario; docs/model.md explains what you see.\n"
     )
     return 0
@@ -198,6 +201,11 @@ def lay_out(node_dir: Path, example: Path, metrics_port: int) -> Path:
     topology = node_dir / "topology.yaml"
     if not topology.exists():
         shutil.copy(example / "topology.yaml", topology)
+    path = node_dir / "config.yaml"
+    if path.exists():
+        # Written by an earlier demo and perhaps edited since: the user's file wins, and a second
+        # demo refused by the lock (exit 75) must not touch the running one's config either.
+        return path
     config = yaml.safe_load((example / "kubelet-config.yaml").read_text())
     config["memstate"] = {
         "stateDir": str((node_dir / "state").absolute()),
@@ -208,12 +216,13 @@ def lay_out(node_dir: Path, example: Path, metrics_port: int) -> Path:
         "rescanSeconds": 2,
         "resyncSeconds": 10,
     }
-    path = node_dir / "config.yaml"
-    path.write_text(
-        "# Written by `memstate demo`: the example KubeletConfiguration plus memstate's own\n"
-        "# section pointing at this directory. Edit it while the demo runs to see a reload.\n"
+    text = (
+        "# Written once by `memstate demo`: the example KubeletConfiguration plus memstate's own\n"
+        "# section pointing at this directory. Edit it while the demo runs to see a reload; a\n"
+        "# later `memstate demo` keeps your edits (delete the file to get the defaults back).\n"
         + yaml.safe_dump(config, sort_keys=False)
     )
+    atomic_write(path, text.encode(), fsync=True)
     return path
 
 
@@ -238,9 +247,10 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     node_dir: Path = args.dir
-    port = _free_port(DEMO_METRICS_PORT)
-    config = lay_out(node_dir, args.example_dir or example_dir(), port)
+    config = lay_out(node_dir, args.example_dir or example_dir(), _free_port(DEMO_METRICS_PORT))
     settings = resolve_settings(argparse.Namespace(config=config, state_dir=None))
+    metrics = settings.metrics_address if settings.metrics_enabled else None
+    me = memstate_command()
     out = sys.stdout
     out.write(f"memstate demo: running the daemon on the example node in {node_dir}/\n")
 
@@ -250,17 +260,18 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
         write_table(POD_HEADERS, pod_rows(state))
         out.write("\nNUMA nodes:\n")
         write_table(NUMA_HEADERS, numa_rows(state))
-        state_dir = node_dir / "state"
+        state_dir = settings.state_dir
         out.write(
             "\nWhere to look (in another terminal):\n"
-            f"  memstate status --state-dir {state_dir}       pods, NUMA accounting, targets\n"
-            f"  curl -s http://127.0.0.1:{port}/metrics        Prometheus metrics\n"
-            f"  cat {node_dir}/cgroup/kubepods/memory.min       the simulated cgroup tree\n"
-            f"  memstate log dump --state-dir {state_dir}     the event log\n"
-            f"  memstate audit timeline --state-dir {state_dir}\n"
-            f"Drop a Pod manifest into {node_dir}/manifests/ to admit it, delete one to remove "
-            "it; edit the config to reload.\n"
-            "Stop with Ctrl-C; run `memstate demo` again to restart the node from its log.\n"
+            f"  {me} status --state-dir {state_dir}       pods, NUMA accounting, targets\n"
+            + (f"  curl -s http://{metrics}/metrics        Prometheus metrics\n" if metrics else "")
+            + f"  cat {settings.cgroup_sim or settings.cgroup_root}/kubepods/memory.min"
+            "       the simulated cgroup tree\n"
+            f"  {me} log dump --state-dir {state_dir}     the event log\n"
+            f"  {me} audit timeline --state-dir {state_dir}\n"
+            f"Drop a Pod manifest into {settings.manifest_dir}/ to admit it, delete one to remove "
+            f"it; edit {config} to reload.\n"
+            f"Stop with Ctrl-C; run `{me} demo` again to restart the node from its log.\n"
         )
         out.flush()
 

@@ -1,6 +1,6 @@
 """`memstate log …`: verify, dump, repair, import and export the event log.
 
-Every subcommand takes `--state-dir` (default: `$MEMSTATE_STATE_DIR`, else /var/lib/memstate).
+Every subcommand takes `--state-dir` and `--config` (resolved as docs/cli.md says).
 `verify`, `dump` and `export` are read-only and take no lock: they work beside a running daemon
 and stop cleanly at a tail that is still being written. `repair` and `import` take the writer's
 lock and refuse (exit 75) while a daemon holds it. docs/event-log.md has the formats and the
@@ -19,6 +19,7 @@ import msgspec
 
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
+    add_config_argument,
     allow_relative_times,
     event_kinds,
     seq_number,
@@ -173,13 +174,18 @@ def register(subparsers: Any) -> None:
             "and verifies. Start-up then begins at a checkpoint, so nothing it needs is lost, "
             "but audit and replay lose the history before it. Segments are kept by default; "
             "this command (or the daemon setting memstate.pruneLog) is the explicit way to drop "
-            "them. Takes the writer's lock: stop the daemon first (exit 75 otherwise)."
+            "them. Takes the writer's lock: stop the daemon first (exit 75 otherwise); "
+            "--dry-run takes none."
         ),
     )
     _state_dir_argument(prune_parser)
     prune_parser.add_argument(
-        "--dry-run", action="store_true", help="list the segments that would be deleted"
+        "--dry-run",
+        action="store_true",
+        help="list the segments that would be deleted (takes no lock)",
     )
+    add_output_argument(prune_parser, jsonl=False)
+    prune_parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     prune_parser.set_defaults(handler=run_prune)
 
     import_parser = commands.add_parser(
@@ -222,8 +228,10 @@ def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help=f"state directory (default: $MEMSTATE_STATE_DIR or {DEFAULT_STATE_DIR})",
+        help="state directory (default: $MEMSTATE_STATE_DIR, the config's memstate.stateDir, "
+        f"{DEFAULT_STATE_DIR})",
     )
+    add_config_argument(parser)
 
 
 def _seq_arguments(parser: argparse.ArgumentParser) -> None:
@@ -488,19 +496,33 @@ def run_repair(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     from memstate.store.checkpoint import oldest_checkpoint_seq
-    from memstate.store.log import EventLog
+    from memstate.store.log import EventLog, prunable_segments
 
     state_dir = state_dir_of(args)
     _require_log(state_dir)
     through = oldest_checkpoint_seq(state_dir)
+    deleted: list[str] = []
+    if through is not None and args.dry_run:
+        # Names only: no lock, so it works beside a running daemon.
+        deleted = [p.name for p in prunable_segments(state_dir / "log", through_seq=through)]
+    elif through is not None:
+        with EventLog.open(state_dir) as log:
+            deleted = log.prune_segments(through_seq=through)
+    if args.quiet and args.output is None:
+        return EXIT_OK  # -q: nothing at all unless a format is asked for explicitly
+    if output_format(args, piped="json") == "json":
+        write_json(
+            {
+                "state_dir": str(state_dir),
+                "dry_run": bool(args.dry_run),
+                "checkpoint_seq": through,
+                "segments": deleted,
+            }
+        )
+        return EXIT_OK
     if through is None:
         sys.stdout.write("no valid checkpoint: nothing can be pruned (start-up would need it)\n")
         return EXIT_OK
-    with EventLog.open(state_dir) as log:
-        if args.dry_run:
-            deleted = [path.name for path in log.prunable_segments(through_seq=through)]
-        else:
-            deleted = log.prune_segments(through_seq=through)
     verb = "would delete" if args.dry_run else "deleted"
     for name in deleted:
         sys.stdout.write(f"{verb} {name}\n")

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memstate.cli.commands.common import add_config_argument, resolve_settings, state_dir_of
 from memstate.core.cgroup_paths import pod_paths_of_uid
 from memstate.core.errors import (
     HostError,
@@ -139,8 +140,14 @@ def register(subparsers: Any) -> None:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--state-dir", type=Path, help="recover the desired state from here")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="recover the desired state from here (default: $MEMSTATE_STATE_DIR, the config's "
+        "memstate.stateDir, /var/lib/memstate)",
+    )
     source.add_argument("--scenario", type=Path, help="replay this JSON-lines scenario instead")
     tree = parser.add_mutually_exclusive_group()
     tree.add_argument(
@@ -148,7 +155,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help=(
-            f"the cgroup tree to observe (default: ${CGROUP_ROOT_ENV}, else {DEFAULT_CGROUP_ROOT})"
+            f"the cgroup tree to observe (default: ${CGROUP_ROOT_ENV}, else the config's "
+            f"cgroupSim or cgroupRoot, else {DEFAULT_CGROUP_ROOT})"
         ),
     )
     tree.add_argument(
@@ -157,6 +165,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="observe a directory-backed simulated tree instead (e.g. demo/cgroup)",
     )
+    add_config_argument(parser)
     parser.add_argument(
         "--exit-code", action="store_true", help="exit 1 when the tree is not converged"
     )
@@ -186,9 +195,11 @@ def desired_state_and_removals(args: argparse.Namespace) -> tuple[State, Pending
         return replay_state(read_scenario(text, source=str(path))), NO_REMOVALS
     from memstate.store.recovery import recover_state
 
-    state_dir: Path = args.state_dir
+    state_dir = state_dir_of(args)
     if not state_dir.is_dir():
         raise MemstateError(f"{state_dir}: no such state directory")
+    if not (state_dir / "log").is_dir():
+        raise MemstateError(f"no memstate state in {state_dir} (use --state-dir or --config)")
     recovered = recover_state(state_dir)
     return recovered.state, recovered.removals
 
@@ -205,16 +216,23 @@ def targets_for(state: State) -> tuple[NodeTargets, int]:
     return targets, state.topology.page_size_bytes
 
 
-def cgroup_root(args: argparse.Namespace) -> Path:
-    chosen: Path | None = args.cgroup_root
-    if chosen is None:
-        env = os.environ.get(CGROUP_ROOT_ENV)
-        chosen = Path(env) if env else DEFAULT_CGROUP_ROOT
-    if not chosen.is_dir():
-        raise HostError(
-            f"cgroup root {chosen} is not a directory", errno=errno.ENOENT, path=str(chosen)
-        )
-    return chosen
+def cgroup_tree_of(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The tree to observe and whether it is simulated: `--cgroup-root`/`--cgroup-sim`, else
+    `$MEMSTATE_CGROUP_ROOT`, else the config's `cgroupSim` or `cgroupRoot`, else the default —
+    the order every command uses (docs/cli.md)."""
+    flag_root: Path | None = getattr(args, "cgroup_root", None)
+    flag_sim: Path | None = getattr(args, "cgroup_sim", None)
+    if flag_root is not None:
+        return flag_root, False
+    if flag_sim is not None:
+        return flag_sim, True
+    env = os.environ.get(CGROUP_ROOT_ENV)
+    if env:
+        return Path(env), False
+    settings = resolve_settings(args)
+    if settings.cgroup_sim is not None:
+        return settings.cgroup_sim, True
+    return settings.cgroup_root, False
 
 
 # --- documents ------------------------------------------------------------------------------------
@@ -330,15 +348,20 @@ def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path |
     """The tree to observe: `fs` (tests), a simulated tree (`--cgroup-sim`), or the real one."""
     if fs is not None:
         return None, fs
-    sim: Path | None = getattr(args, "cgroup_sim", None)
-    if sim is not None:
+    tree, simulated = cgroup_tree_of(args)
+    if simulated:
         from memstate.host.sim.cgroupdir import DirCgroupFS
+
+        sim = tree
 
         if not sim.is_dir():
             raise InputError(f"no simulated cgroup tree at {sim}", source=str(sim))
         return sim, DirCgroupFS(sim, watch=False)
-    root = cgroup_root(args)
-    return root, RealCgroupFS(str(root))
+    if not tree.is_dir():
+        raise HostError(
+            f"cgroup root {tree} is not a directory", errno=errno.ENOENT, path=str(tree)
+        )
+    return tree, RealCgroupFS(str(tree))
 
 
 def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:

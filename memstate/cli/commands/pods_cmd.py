@@ -32,10 +32,11 @@ from memstate.core.events import (
     PodRemovalRequested,
     PodRemoved,
 )
-from memstate.core.pod import Pod
+from memstate.core.pod import Pod, spec_hash
 from memstate.core.quantity import format_bytes
 from memstate.core.state import state_hash
 from memstate.core.state_targets import state_targets
+from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.node.inputs import load_manifest, load_topology, manifest_files
 from memstate.present.output import (
@@ -45,10 +46,8 @@ from memstate.present.output import (
     write_table,
 )
 from memstate.present.views import (
-    CONTAINER_HEADERS,
     NUMA_HEADERS,
     POD_HEADERS,
-    container_rows,
     describe_decision,
     numa_document,
     numa_rows,
@@ -85,13 +84,16 @@ def register(subparsers: Any) -> None:
         "remove",
         help="delete a pod's manifest and wait for its removal",
         description=(
-            "Find the manifest of the pod named POD (a UID, a name, or namespace/name) in the "
+            "Find the manifest of the pod named POD (a UID, a name, namespace/name, or a "
+            "manifest file whose UID is used) in the "
             "manifest directory, delete it and wait until the daemon has recorded the removal."
         ),
     )
-    remove.add_argument("pod", help="UID, name or namespace/name")
+    remove.add_argument("pod", help="UID, name, namespace/name, or a manifest file")
     add_location_arguments(remove, manifests=True)
     remove.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    add_output_argument(remove, jsonl=False)
+    remove.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     remove.set_defaults(handler=run_remove)
 
     status = subparsers.add_parser(
@@ -201,6 +203,14 @@ def run_admit(args: argparse.Namespace) -> int:
             f"manifest directory {manifest_dir} does not exist", source=str(manifest_dir)
         )
     destination = manifest_destination(manifest_dir, pod)
+    same_uid = [(path, held) for path, held in manifests_of(manifest_dir) if held.uid == pod.uid]
+    if same_uid and destination not in [path for path, _ in same_uid]:
+        # The pod is already there under another file name: replace that file (atomically), so
+        # the directory never holds two manifests of one UID (the second would be rejected).
+        destination = same_uid[0][0]
+    # The same spec (resources, QoS) in a new file brings no new decision; a changed spec does
+    # (the daemon removes the pod with reason spec_changed and decides again), so wait for it.
+    unchanged_spec = any(spec_hash(held) == spec_hash(pod) for _, held in same_uid)
     if destination.exists():
         try:
             existing = load_manifest(destination)
@@ -220,6 +230,17 @@ def run_admit(args: argparse.Namespace) -> int:
         place_atomically(data, destination)
     except OSError as exc:
         raise FileAccessError.from_os_error(exc, f"place the manifest at {destination}") from None
+
+    if unchanged_spec:
+        if output_format(args, piped="json") == "json":
+            write_json({"seq": None, "admitted": None, "replaced": str(destination)})
+        else:
+            sys.stdout.write(
+                f"replaced {destination}: {pod.key} ({pod.uid}) was already in the manifest "
+                "directory with the same spec: the daemon keeps its decision (`memstate status` "
+                "shows it)\n"
+            )
+        return 0
 
     def decided(envelope: Envelope) -> bool:
         event = envelope.event
@@ -262,37 +283,60 @@ def _print_admission(decision: PodAdmitted) -> None:
 # --- remove ---------------------------------------------------------------------------------------
 
 
-def find_manifest(manifest_dir: Path, wanted: str) -> tuple[Path, Pod]:
-    """The one manifest whose pod has this UID, name or namespace/name."""
-    matches: list[tuple[Path, Pod]] = []
+def manifests_of(manifest_dir: Path) -> list[tuple[Path, Pod]]:
+    """Every readable manifest of the directory with its pod (unreadable ones are skipped)."""
+    if not manifest_dir.is_dir():
+        raise InputError(
+            f"manifest directory {manifest_dir} does not exist (use --manifest-dir or --config)",
+            source=str(manifest_dir),
+        )
+    found: list[tuple[Path, Pod]] = []
     for path in sorted(manifest_files(manifest_dir)):
         try:
-            pod = load_manifest(path)
+            found.append((path, load_manifest(path)))
         except InputError:
             continue
-        if wanted in (pod.uid, pod.name, pod.key):
-            matches.append((path, pod))
+    return found
+
+
+def find_manifests(manifest_dir: Path, wanted: str) -> tuple[list[Path], Pod]:
+    """The manifests of the one pod named by `wanted`: a manifest file (its UID), a UID, a name
+    or namespace/name. A UID is exact: every file holding it is that pod's."""
+    held = manifests_of(manifest_dir)
+    if os.sep in wanted or wanted.endswith((".yaml", ".yml", ".json")):
+        candidate = Path(wanted)
+        if candidate.is_file():
+            wanted = load_manifest(candidate).uid
+    by_uid = [(path, pod) for path, pod in held if pod.uid == wanted]
+    if by_uid:
+        return [path for path, _ in by_uid], by_uid[0][1]
+    matches = [(path, pod) for path, pod in held if wanted in (pod.name, pod.key)]
     if not matches:
         raise InputError(f"no manifest in {manifest_dir} holds a pod {wanted!r}")
-    if len(matches) > 1:
+    if len({pod.uid for _, pod in matches}) > 1:
         listed = ", ".join(f"{p.key} ({p.uid}) in {path.name}" for path, p in matches)
         raise InputError(f"{wanted!r} is ambiguous: {listed}; give the UID")
-    return matches[0]
+    return [path for path, _ in matches], matches[0][1]
 
 
 def run_remove(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    path, pod = find_manifest(settings.manifest_dir, args.pod)
+    paths, pod = find_manifests(settings.manifest_dir, args.pod)
     after = current_last_seq(settings.state_dir) if settings.state_dir.exists() else 0
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise FileAccessError.from_os_error(exc, f"delete the manifest {path}") from None
     try:
-        path.unlink()
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = os.open(settings.manifest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise FileAccessError.from_os_error(exc, f"delete the manifest {path}") from None
+        raise FileAccessError.from_os_error(exc, "sync the manifest directory") from None
+    path = paths[0]
 
     def requested(envelope: Envelope) -> bool:
         event = envelope.event
@@ -306,7 +350,20 @@ def run_remove(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     removed = any(isinstance(r.event, PodRemoved) and r.event.uid == pod.uid for r in records)
-    if removed:
+    if args.quiet and args.output is None:
+        pass  # -q: nothing at all unless a format is asked for explicitly
+    elif output_format(args, piped="json") == "json":
+        write_json(
+            {
+                "seq": records[-1].seq,
+                "uid": pod.uid,
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "manifests": [str(p) for p in paths],
+                "removed": removed,
+            }
+        )
+    elif removed:
         sys.stdout.write(f"removed {pod.key} ({pod.uid}); its memory is free again\n")
     else:
         sys.stdout.write(f"removed the manifest of {pod.key} ({pod.uid}); it was not admitted\n")
@@ -392,19 +449,35 @@ def run_status(args: argparse.Namespace) -> int:
     out.write("\nNUMA nodes:\n")
     write_table(NUMA_HEADERS, numa_rows(state))
     if targets is not None:
-        out.write("\nPod cgroups:\n")
-        rows = [
-            [p.cgroup, *(p.files.get(f, "-") for f in ("memory.min", "memory.low", "memory.max"))]
-            for p in targets.pods
-        ]
-        write_table(["CGROUP", "MEMORY.MIN", "MEMORY.LOW", "MEMORY.MAX"], rows)
-        containers = container_rows(targets)
-        if containers:
-            out.write("\nContainer cgroups (written when the runtime creates them):\n")
-            write_table(CONTAINER_HEADERS, containers)
+        out.write("\nCgroups (node, QoS, pod, and the containers' values for the runtime):\n")
+        write_table(CGROUP_HEADERS, cgroup_rows(targets))
         for warning in targets.warnings:
             out.write(f"warning: {warning}\n")
     return 0
+
+
+MEMORY_FILES = ("memory.min", "memory.low", "memory.high", "memory.max")
+CGROUP_HEADERS = ["CGROUP", "LEVEL", *(f.upper() for f in MEMORY_FILES)]
+
+
+def cgroup_rows(targets: NodeTargets) -> list[list[str]]:
+    """One row per managed cgroup with memory files (node, QoS, pod), each pod followed by its
+    containers (`<pod cgroup>/<container>`: created by the runtime, values from the targets)."""
+    containers = {p.cgroup: p.containers for p in targets.pods}
+    rows: list[list[str]] = []
+    for target in targets.cgroups:
+        if not any(f in target.files for f in MEMORY_FILES):
+            continue
+        rows.append([target.path, target.level, *(target.files.get(f, "-") for f in MEMORY_FILES)])
+        for container in containers.get(target.path, ()):
+            rows.append(
+                [
+                    f"{target.path}/{container.name}",
+                    "container",
+                    *(container.files.get(f, "-") for f in MEMORY_FILES),
+                ]
+            )
+    return rows
 
 
 def _when(unix: object) -> str:

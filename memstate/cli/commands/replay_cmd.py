@@ -138,7 +138,12 @@ def _replay_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--no-list", dest="listing", action="store_false", help="do not list transitions"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary (also in JSON: no state, pods or NUMA)",
+    )
     _progress_argument(parser)
     add_output_argument(parser, jsonl=False)
     return parser
@@ -283,6 +288,10 @@ def run_replay(args: argparse.Namespace) -> int:
     divergence = report.divergence
     if chosen == "json":
         document = _replay_document(report, source.kind, build_version())
+        if args.quiet:
+            # The summary only, as for the table: the state is the bulk of the document.
+            for bulky in ("state", "numa", "pods"):
+                document.pop(bulky)
         if listing:
             document["transitions"] = listed
         write_json(document)

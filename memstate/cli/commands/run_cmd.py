@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from memstate.cli.commands.common import add_location_arguments, resolve_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def register(subparsers: Any) -> None:
@@ -69,7 +66,13 @@ def register(subparsers: Any) -> None:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="stderr log level (default info)",
+        help="stderr log level (default info; info has one line per decision)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="stderr log lines as text or as JSON objects for log shippers (default text)",
     )
     parser.set_defaults(handler=run)
 
@@ -85,13 +88,19 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         "state_dir": args.state_dir,
         "manifest_dir": args.manifest_dir,
     }
-    return {name: value for name, value in mapping.items() if value is not None}
+    chosen: dict[str, object] = {
+        name: value for name, value in mapping.items() if value is not None
+    }
+    if args.cgroup_root is not None:
+        # The flag names the real tree: a `cgroupSim` in the config must not win over it.
+        chosen["cgroup_sim"] = None
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
-    )
+    from memstate.node.journal import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     # httpx logs every request at INFO: a kubelet poll every few seconds would flood the journal.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from memstate.node.daemon import Daemon, run_daemon
