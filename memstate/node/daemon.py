@@ -93,6 +93,7 @@ from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
+from memstate.node.nri_decider import NriService, run_nri
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, settings_from_object
 from memstate.node.sources.configure import NetworkSource, network_sources, node_name_of
@@ -208,6 +209,7 @@ class Daemon:
         self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
         self.reconciler: object | None = None
         self.ready = trio.Event()
+        self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -486,6 +488,7 @@ class Daemon:
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),
             "pod_source_health": [source.health.as_dict() for source in self.sources],
+            "nri": self.nri.as_dict() if self.nri is not None else None,
             "updated_ts_ns": time.time_ns(),
         }
         path = self.settings.state_dir / "daemon-status.json"
@@ -704,6 +707,7 @@ class Daemon:
             "pod_sources",
             "kubelet",
             "api_server",
+            "nri",
         )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):
@@ -900,6 +904,7 @@ class Daemon:
                     nursery.start_soon(self.cgroup_watch_loop)
                     nursery.start_soon(self.watchdog_loop)
                     nursery.start_soon(self.sealed_segments_check)
+                    nursery.start_soon(run_nri, self)
                     if self.stop_after_seconds is not None:
                         nursery.start_soon(
                             _stop_after, self.stop_after_seconds, nursery.cancel_scope
