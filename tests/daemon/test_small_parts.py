@@ -139,3 +139,28 @@ def test_cgroup_root_holding_memstate_itself_is_refused() -> None:
     # cgroup v1 only, or no information: nothing to check
     check_not_inside(Path("/sys/fs/cgroup/x"), "", mounts)
     assert HostError("x").exit_code == 69
+
+
+def test_nri_settings_are_off_by_default_and_validated() -> None:
+    assert Settings().nri is None
+    settings = settings_from_object(
+        {"nri": {"socket": "/run/nri.sock", "pluginName": "memstate", "pluginIndex": "10"}},
+        source="c.yaml",
+        base=Settings(),
+    )
+    assert settings.nri is not None
+    assert (settings.nri.socket, settings.nri.plugin_index) == ("/run/nri.sock", "10")
+    bad = [
+        ({"pluginName": "mem state"}, "$.memstate.nri.pluginName"),
+        ({"pluginIndex": "5"}, "$.memstate.nri.pluginIndex"),
+        ({"pluginIndex": 50}, "$.memstate.nri.pluginIndex"),  # YAML 50 is a number: quote it
+        ({"socket": ""}, "$.memstate.nri.socket"),
+        ({"unknownPodWaitSeconds": 2.0}, "$.memstate.nri.unknownPodWaitSeconds"),
+        ({"plugin": "x"}, "$.memstate.nri"),
+    ]
+    for section, path in bad:
+        with pytest.raises(ConfigError) as caught:
+            settings_from_object({"nri": section}, source="c.yaml", base=Settings())
+        assert caught.value.exit_code == 78
+        assert caught.value.path.startswith(path), (section, caught.value.path)
+        assert caught.value.source == "c.yaml"
