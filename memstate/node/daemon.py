@@ -26,7 +26,8 @@ event, an invalid one is rejected, counted and logged, the old one stays), the r
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
 HTTP endpoint (memstate.node.endpoint: /metrics reading an immutable snapshot, /healthz from the
-loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery).
+loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery),
+and with `nri:` the NRI plugin (memstate.node.nri_decider: answers from committed decisions only).
 SIGTERM/SIGINT stop everything, finish the in-flight append, write a final checkpoint and exit 0.
 
 Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that
