@@ -163,7 +163,11 @@ def main() -> None:
         trio.run(measure, node, socket_path, args.containers, args.pods)
     finally:
         if node.alive():
-            node.terminate()
+            stopping = time.perf_counter()
+            code = node.terminate(timeout=300)
+            took = time.perf_counter() - stopping
+            print(f"daemon stopped (SIGTERM) with exit {code} after {took:.1f} s; its last lines:")
+            print("\n".join(node.stderr().splitlines()[-6:]))
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
 
