@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from memstate.core.events import ConfigLoaded, PodAdmitted, PodRejected
+from memstate.core.events import ConfigLoaded, PodAdmitted, PodRejected, PodRemoved
 from memstate.nri.adapter import adjustment_for
 from tests.daemon.harness import Node
 from tests.nri import wire
@@ -246,6 +246,28 @@ def test_pod_lifecycle_refusal_and_restart_readmission(node: Node, socket_dir: P
                 if isinstance(r.event, PodAdmitted)
             }
             assert {uid: after.get(uid, before[uid]) for uid in CONTAINERS} == before
+
+            # The pod goes: its source says so (the file is removed), the runtime stops and
+            # removes it; memstate answers every call and releases the pod as without NRI.
+            (node.manifest_dir / "burstable.yaml").unlink()
+            for container_id, name in CONTAINERS[BURSTABLE]:
+                request = wire.container_request(
+                    _sandbox(BURSTABLE), _container(BURSTABLE, container_id, name)
+                )
+                for method in ("StopContainer", "RemoveContainer"):
+                    reply = await runtime.call(method, request)
+                    assert reply.code == 0, (method, reply)
+            for method in ("StopPodSandbox", "RemovePodSandbox"):
+                reply = await runtime.call(method, wire.pod_request(_sandbox(BURSTABLE)))
+                assert reply.code == 0, (method, reply)
+            await trio.to_thread.run_sync(
+                lambda: node.wait_for(
+                    lambda records: any(
+                        isinstance(r.event, PodRemoved) and r.event.uid == BURSTABLE
+                        for r in records
+                    )
+                )
+            )
             await trio.to_thread.run_sync(node.terminate)
             nursery.cancel_scope.cancel()
 
