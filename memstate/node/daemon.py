@@ -26,7 +26,8 @@ event, an invalid one is rejected, counted and logged, the old one stays), the r
 (after every commit for the cgroups the decisions touched, a full resync periodically and when the
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
 HTTP endpoint (memstate.node.endpoint: /metrics reading an immutable snapshot, /healthz from the
-loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery).
+loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery),
+and with `nri:` the NRI plugin (memstate.node.nri_decider: answers from committed decisions only).
 SIGTERM/SIGINT stop everything, finish the in-flight append, write a final checkpoint and exit 0.
 
 Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that
@@ -90,6 +91,7 @@ from memstate.node.inputs import config_from_document, load_topology, read_docum
 from memstate.node.journal import log_drift
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
+from memstate.node.nri_decider import NriService, run_nri
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, describe_defaults, settings_from_object
 from memstate.node.sources.configure import network_sources, node_name_of
@@ -197,6 +199,7 @@ class Daemon:
         self.reconciler: object | None = None
         self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
+        self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -428,6 +431,7 @@ class Daemon:
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),
             "pod_source_health": [source.health.as_dict() for source in self.sources],
+            "nri": self.nri.as_dict() if self.nri is not None else None,
             "updated_ts_ns": self.wall_clock_ns(),
         }
         path = self.settings.state_dir / "daemon-status.json"
@@ -637,6 +641,7 @@ class Daemon:
             "pod_sources",
             "kubelet",
             "api_server",
+            "nri",
         )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):
@@ -853,6 +858,7 @@ class Daemon:
             self.config_loop,
             self.reconcile_loop,
             self.watchdog_loop,
+            functools.partial(run_nri, self),
         ]
         if self.adapters.host_loops:
             loops += [self.cgroup_watch_loop, self.sealed_segments_check]

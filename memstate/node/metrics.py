@@ -274,6 +274,26 @@ class Metrics:
             ["watch"],
             registry=self.registry,
         )
+        self.nri_connected = Gauge(
+            "memstate_nri_connected",
+            "1 while the NRI plugin is connected to the runtime (0 otherwise, or without `nri:`).",
+            registry=self.registry,
+        )
+        self.nri_requests = Counter(
+            "memstate_nri_requests",
+            "Runtime requests the NRI plugin answered, by method and result (adjusted, "
+            "unchanged, refused, unknown_pod: let through without a decision).",
+            ["method", "result"],
+            registry=self.registry,
+        )
+        self.nri_decision_seconds = Histogram(
+            "memstate_nri_decision_duration_seconds",
+            "From a RunPodSandbox/CreateContainer request to its answer, waiting for the pod's "
+            "durable decision included (the runtime's deadline is 2 s).",
+            ["method"],
+            buckets=FSYNC_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
 
     def start_process(self, recovered: Counters) -> None:

@@ -34,6 +34,12 @@ memstate:
     context: null                   # kubeconfig context (default: its current-context)
     watchTimeoutSeconds: 300
     readTimeoutSeconds: 90
+  nri: null                         # the NRI plugin (docs/operations.md "NRI"); off unless set
+  # nri:
+  #   socket: /var/run/nri/nri.sock
+  #   pluginName: memstate
+  #   pluginIndex: "50"
+  #   unknownPodWaitSeconds: 1.0    # how long a creation waits for the pod source, then fail-open
 ```
 
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +100,17 @@ class ApiServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     read_timeout_seconds: float = 90.0
 
 
+class NriSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """The NRI plugin (memstate.node.nri_decider): where the runtime's socket is, how memstate
+    registers, and how long a creation may wait for the pod source before it is let through."""
+
+    socket: str = "/var/run/nri/nri.sock"
+    plugin_name: str = "memstate"
+    plugin_index: str = "50"
+    # Well below the runtime's 2 s request timeout (docs/operations.md "NRI"), fsync included.
+    unknown_pod_wait_seconds: float = 1.0
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     state_dir: str | None = None
     manifest_dir: str | None = None
@@ -112,6 +130,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     pod_sources: list[PodSourceName] | None = None
     kubelet: KubeletSettings | None = None
     api_server: ApiServerSettings | None = None
+    nri: NriSettings | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -138,6 +157,7 @@ class Settings(msgspec.Struct, frozen=True):
     pod_sources: tuple[PodSourceName, ...] = ("manifests",)
     kubelet: KubeletSettings = KubeletSettings()
     api_server: ApiServerSettings = ApiServerSettings()
+    nri: NriSettings | None = None  # None: no NRI plugin
 
     @property
     def metrics_enabled(self) -> bool:
@@ -252,6 +272,43 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
                 source=source,
                 path=f"$.memstate.{field}",
             )
+    if settings.nri is not None:
+        _validate_nri(settings.nri, source=source)
+
+
+# The runtime's rules for external plugins (nri.md §2.1) and its default request timeout (§8.3).
+_NRI_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+_NRI_INDEX_RE = re.compile(r"[0-9]{2}")
+NRI_REQUEST_TIMEOUT_SECONDS = 2.0
+
+
+def _validate_nri(nri: NriSettings, *, source: str) -> None:
+    if not nri.socket or len(nri.socket) > MAX_PATH_CHARS or "\0" in nri.socket:
+        raise ConfigError(
+            f"{echo(nri.socket)} is not a usable socket path",
+            source=source,
+            path="$.memstate.nri.socket",
+        )
+    if not _NRI_NAME_RE.fullmatch(nri.plugin_name):
+        raise ConfigError(
+            f"pluginName {echo(nri.plugin_name)} must be non-empty, from [A-Za-z0-9_.+-]",
+            source=source,
+            path="$.memstate.nri.pluginName",
+        )
+    if not _NRI_INDEX_RE.fullmatch(nri.plugin_index):
+        raise ConfigError(
+            f"pluginIndex {echo(nri.plugin_index)} must be two ASCII digits (a quoted string)",
+            source=source,
+            path="$.memstate.nri.pluginIndex",
+        )
+    wait = nri.unknown_pod_wait_seconds
+    if not (math.isfinite(wait) and 0 <= wait < NRI_REQUEST_TIMEOUT_SECONDS):
+        raise ConfigError(
+            f"unknownPodWaitSeconds {echo(wait)} must be at least 0 and below the runtime's "
+            f"{NRI_REQUEST_TIMEOUT_SECONDS:g} s request timeout",
+            source=source,
+            path="$.memstate.nri.unknownPodWaitSeconds",
+        )
 
 
 _SETTINGS_FIELDS = {f.name: f for f in msgspec.structs.fields(SettingsFile)}

@@ -141,3 +141,28 @@ def test_fidelity_pinning_counters_reset_per_process() -> None:
         "\nmemstate_memory_manager_pinning_errors_total 2.0",
     ):
         assert line in text, line
+
+
+def test_nri_settings_are_off_by_default_and_validated() -> None:
+    assert Settings().nri is None
+    settings = settings_from_object(
+        {"nri": {"socket": "/run/nri.sock", "pluginName": "memstate", "pluginIndex": "10"}},
+        source="c.yaml",
+        base=Settings(),
+    )
+    assert settings.nri is not None
+    assert (settings.nri.socket, settings.nri.plugin_index) == ("/run/nri.sock", "10")
+    bad = [
+        ({"pluginName": "mem state"}, "$.memstate.nri.pluginName"),
+        ({"pluginIndex": "5"}, "$.memstate.nri.pluginIndex"),
+        ({"pluginIndex": 50}, "$.memstate.nri.pluginIndex"),  # YAML 50 is a number: quote it
+        ({"socket": ""}, "$.memstate.nri.socket"),
+        ({"unknownPodWaitSeconds": 2.0}, "$.memstate.nri.unknownPodWaitSeconds"),
+        ({"plugin": "x"}, "$.memstate.nri"),
+    ]
+    for section, path in bad:
+        with pytest.raises(ConfigError) as caught:
+            settings_from_object({"nri": section}, source="c.yaml", base=Settings())
+        assert caught.value.exit_code == 78
+        assert caught.value.path.startswith(path), (section, caught.value.path)
+        assert caught.value.source == "c.yaml"

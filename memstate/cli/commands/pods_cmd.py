@@ -430,6 +430,13 @@ def run_status(args: argparse.Namespace) -> int:
                 for h in health
             ],
         )
+    nri = daemon.get("nri") if daemon and daemon.get("running") else None
+    if isinstance(nri, dict):
+        # The NRI plugin's connection (memstate.node.nri_decider), when `nri:` is configured.
+        connected = f"connected to {nri.get('runtime') or 'the runtime'}"
+        state_text = connected if nri.get("connected") else "not connected"
+        out.write(f"\nNRI plugin {nri.get('plugin')} on {nri.get('socket')}: {state_text}")
+        out.write(f"; last error: {nri.get('last_error')}\n" if nri.get("last_error") else "\n")
     out.write("\nPods:\n")
     write_table(POD_HEADERS, pod_rows(state))
     rejections = rejections_document(state)

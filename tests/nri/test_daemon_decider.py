@@ -1,0 +1,155 @@
+"""The daemon's NRI decider (memstate.node.nri_decider) on real core decisions.
+
+Goal: an answer only ever comes from a committed state (a pod whose decision is committed during
+the wait is answered with it, after the commit); a pod never decided is let through unchanged
+after the configured wait, with the sources nudged; refusals carry the upstream reason; the
+look-up tables are rebuilt once per published state, not per request.
+Method: the published (state, targets) pair is a variable the test swaps, as the daemon's writer
+does after each fsync; trio's MockClock drives the waits.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from memstate.core.events import PodAdmissionRequested
+from memstate.core.qos import node_targets
+from memstate.core.reducer import step
+from memstate.core.state import State
+from memstate.core.targets import NodeTargets
+from memstate.node.nri_decider import DaemonNriDecider
+from memstate.nri.adapter import adjustment_for
+from memstate.nri.decider import ContainerInfo, Refusal, ResourceAdjustment, SandboxInfo
+from tests.factories import container, pod_of
+from tests.nri.scenario import PINNED, REJECTED, UNKNOWN, node_state
+
+LATE = "55555555-5555-5555-5555-555555555555"
+
+
+def _targets(state: State) -> NodeTargets:
+    assert state.config is not None and state.topology is not None
+    pods = [(r.pod, r.allocation) for r in state.pods.values()]
+    return node_targets(pods, state.config, state.topology)
+
+
+class Published:
+    """What the daemon publishes after each commit, and the nudges the decider asked for."""
+
+    def __init__(self, state: State) -> None:
+        self.pair = (state, _targets(state))
+        self.nudges = 0
+
+    def current(self) -> tuple[State, NodeTargets | None]:
+        return self.pair
+
+    def nudge(self) -> None:
+        self.nudges += 1
+
+    def commit(self, state: State) -> None:
+        self.pair = (state, _targets(state))
+
+
+def _pod(uid: str) -> SandboxInfo:
+    return SandboxInfo(f"sb-{uid[:4]}", uid, "p", "default", "kubepods-pod.slice", "Guaranteed")
+
+
+def _container(uid: str, name: str) -> ContainerInfo:
+    return ContainerInfo(f"c-{uid[:4]}-{name}", f"sb-{uid[:4]}", uid, name, 1)
+
+
+def _decider(published: Published, wait: float = 1.0) -> DaemonNriDecider:
+    return DaemonNriDecider(
+        published.current, published.nudge, unknown_pod_wait_seconds=wait, metrics=None
+    )
+
+
+def test_known_pods_are_answered_from_the_committed_state() -> None:
+    published = Published(node_state())
+    decider = _decider(published)
+    state, targets = published.pair
+    assert targets is not None and state.config is not None
+
+    async def main() -> None:
+        for name in ("app", "sidecar"):
+            got = await decider.create_container(_pod(PINNED), _container(PINNED, name))
+            assert got == adjustment_for(targets.pod(PINNED), name, state.config)
+            assert isinstance(got, ResourceAdjustment) and got.cpuset_mems
+        refused = await decider.run_pod_sandbox(_pod(REJECTED))
+        rejection = next(r for r in state.rejections.values() if r.uid == REJECTED)
+        assert refused == Refusal(rejection.reason, rejection.message)
+        assert await decider.create_container(_pod(REJECTED), _container(REJECTED, "big")) == (
+            refused
+        )
+
+    trio.run(main)
+    assert published.nudges == 0  # nothing was unknown: no source was asked
+
+
+def test_a_pod_committed_during_the_wait_is_answered_after_its_commit() -> None:
+    published = Published(node_state())
+    decider = _decider(published, wait=1.5)
+    late_pod = pod_of(LATE, [container("app", "1Gi")])
+    answered_at: list[float] = []
+
+    async def main() -> None:
+        async def answer() -> None:
+            got = await decider.create_container(_pod(LATE), _container(LATE, "app"))
+            answered_at.append(trio.current_time())
+            state, targets = published.pair
+            assert targets is not None and state.config is not None
+            assert got == adjustment_for(targets.pod(LATE), "app", state.config)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer)
+            await trio.sleep(0.4)
+            assert not answered_at  # no decision yet: the request waits
+            assert published.nudges == 1  # and asked the sources to look now
+            state = step(published.pair[0], PodAdmissionRequested(pod=late_pod)).state
+            published.commit(state)  # what the writer does after the fsync
+            committed_at = trio.current_time()
+        assert answered_at and answered_at[0] >= committed_at
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_an_unknown_pod_is_let_through_unchanged_after_the_wait() -> None:
+    published = Published(node_state())
+    decider = _decider(published, wait=0.7)
+
+    async def main() -> None:
+        started = trio.current_time()
+        got = await decider.create_container(_pod(UNKNOWN), _container(UNKNOWN, "x"))
+        assert got == ResourceAdjustment()
+        assert trio.current_time() - started >= 0.7
+        assert await decider.run_pod_sandbox(_pod(UNKNOWN)) is None
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert published.nudges == 2
+
+
+def test_synchronize_and_update_reapply_and_tables_are_built_once_per_state() -> None:
+    published = Published(node_state())
+    decider = _decider(published)
+    containers = [_container(PINNED, "sidecar"), _container(PINNED, "app")]
+
+    async def main() -> None:
+        updates = await decider.synchronize([_pod(PINNED)], containers)
+        assert {u.container_id for u in updates} == {c.id for c in containers}
+        again = await decider.update_container(_pod(PINNED), containers[1])
+        assert [u.adjustment for u in again] == [
+            u.adjustment for u in updates if u.container_id == containers[1].id
+        ]
+        first = decider.snapshot()
+        for _ in range(50):
+            await decider.create_container(_pod(PINNED), containers[0])
+        assert decider.snapshot() is first  # same published state: same tables
+        published.commit(
+            step(
+                published.pair[0],
+                PodAdmissionRequested(pod=pod_of(LATE, [container("app", "1Gi")])),
+            ).state
+        )
+        assert decider.snapshot() is not first
+
+    trio.run(main)
