@@ -8,9 +8,11 @@ real chunked transfer encoding), controlled by the test through thread-safe meth
   to close connections without answering.
 - `ApiServerStandIn`: `GET /api/v1/pods` lists (with resourceVersion and pagination) and watches
   (chunked, one JSON event per line). The test drives the pod set with `add`/`modify`/`delete`,
-  which are appended to the history and streamed to open watches; `bookmark()`, `expire(rv)` (a
-  watch from an older rv gets `410 Gone`), `error_410_in_stream()`, `drop_watches()` and a
-  per-chunk delay simulate the server's behaviour. Every request is recorded.
+  which are appended to the history and streamed to open watches; `bookmark()`, `expire()` (the
+  history is compacted: a watch from any rv older than the current one gets `410 Gone`, as after
+  an etcd compaction; a fresh list's rv stays watchable), `error_410_in_stream()`,
+  `drop_watches()` and a per-chunk delay simulate the server's behaviour. Every request is
+  recorded; `streaming_count()` tells how many watches reached the stream.
 
 `kube_pod` builds a pod of the shape the kubelet and the API server serve, with many fields
 memstate ignores.
@@ -313,6 +315,7 @@ class ApiServerStandIn(_StandIn):
         self.watch_status: int | None = None  # answer watches with this status …
         self.watch_status_times = 0  # … this many times
         self._watchers: list[queue.Queue[tuple[str, Any]]] = []
+        self._registered = 0  # watches that reached the stream (and so see drops and 410s)
         super().__init__(certificates.server_context())
 
     # --- control -----------------------------------------------------------------------------
@@ -352,9 +355,14 @@ class ApiServerStandIn(_StandIn):
             return rv
 
     def expire(self) -> None:
-        """Compact the history: watches from any rv up to now get 410 Gone."""
+        """Compact the history: a watch from any rv before now gets 410 Gone.
+
+        Like the real server: other objects' writes move the global revision on, the compaction
+        drops everything before it, and the resourceVersion a new list returns is watchable
+        (a stand-in that refused it too would make a correct client relist in a loop).
+        """
         with self.lock:
-            self.oldest_watchable = self.version + 1
+            self.oldest_watchable = self._next()
 
     def error_410_in_stream(self) -> None:
         with self.lock:
@@ -368,6 +376,12 @@ class ApiServerStandIn(_StandIn):
 
     def watch_count(self) -> int:
         return len([q for q in self.requests_to("/api/v1/pods") if q.get("watch") == ["1"]])
+
+    def streaming_count(self) -> int:
+        """Watches that got as far as streaming: a drop or an in-stream 410 sent after this
+        count moved reaches them (`watch_count` counts requests, which may not be there yet)."""
+        with self.lock:
+            return self._registered
 
     def list_count(self) -> int:
         return len(
@@ -425,6 +439,7 @@ class ApiServerStandIn(_StandIn):
                     backlog = [h for h in standin.history if h[0] > since]
                     if not gone and status is None:
                         standin._watchers.append(inbox)
+                        standin._registered += 1
                 if status is not None:
                     self.send_json(status, {"kind": "Status", "code": status, "message": "x"})
                     return

@@ -99,14 +99,14 @@ async def test_gone_relists_and_drops_resume(
         source = source_for(standin, ca_file, token_file)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(source.run, feed.deliverer("apiserver"))
-            await wait_for(lambda: standin.watch_count() == 1, "first watch")
+            await wait_for(lambda: standin.streaming_count() == 1, "first watch")
 
             # dropped connection: watch again from the last rv, no relist
             standin.add(kube_pod("p1", UIDS[1]))
             await wait_for(lambda: ("admit", UIDS[1]) in recorder.summary(), "p1")
             seen_rv = source.resource_version
             standin.drop_watches()
-            await wait_for(lambda: standin.watch_count() == 2, "rewatch after drop")
+            await wait_for(lambda: standin.streaming_count() == 2, "rewatch after drop")
             rewatch = [q for q in standin.requests_to("/api/v1/pods") if q.get("watch")][1]
             assert rewatch["resourceVersion"] == [seen_rv]
             assert standin.list_count() == 1
@@ -115,6 +115,9 @@ async def test_gone_relists_and_drops_resume(
             standin.error_410_in_stream()
             await wait_for(lambda: standin.list_count() == 2, "relist after in-stream 410")
             assert source.relists == 1
+            # Only a watch that is streaming sees the drop below (else it would start from the
+            # fresh list's resourceVersion, which the compaction may already include).
+            await wait_for(lambda: standin.streaming_count() == 3, "watching after the relist")
 
             # 410 as the HTTP status of the watch, after the history was compacted while the
             # watch was down; a pod deleted in the gap disappears with the relist
@@ -122,18 +125,52 @@ async def test_gone_relists_and_drops_resume(
             with standin.lock:
                 standin.pods.pop(UIDS[0])  # deleted while nobody watched (compacted away)
             standin.drop_watches()
-            await wait_for(lambda: standin.list_count() == 3, "relist after HTTP 410")
+            await wait_for(lambda: standin.list_count() >= 3, "relist after HTTP 410")
             await wait_for(lambda: ("remove", UIDS[0]) in recorder.summary(), "gap deletion")
             await wait_for(lambda: standin.watch_count() >= 4, "watching again")
             standin.add(kube_pod("p2", UIDS[2]))
             await wait_for(lambda: ("admit", UIDS[2]) in recorder.summary(), "p2 after relist")
             nursery.cancel_scope.cancel()
+    # One relist per 410: the fresh list's resourceVersion is watchable again.
+    assert standin.list_count() == 3
+    assert source.relists == 2
     assert recorder.summary() == [
         ("admit", UIDS[0]),
         ("admit", UIDS[1]),
         ("remove", UIDS[0]),
         ("admit", UIDS[2]),
     ]
+
+
+async def test_repeated_gone_backs_off(
+    certificates: Certificates, ca_file: Path, token_file: Path, recorder: Recorder
+) -> None:
+    """A server answering 410 to the watch of every fresh list is not relisted in a tight loop."""
+    feed = SourceFeed(PodTracker(), recorder.submit)
+    with running(ApiServerStandIn(certificates, "s3cr3t-token")) as standin:
+        assert isinstance(standin, ApiServerStandIn)
+        standin.add(kube_pod("p0", UIDS[0]))
+        standin.watch_status, standin.watch_status_times = 410, 4
+        source = ApiServerSource(
+            connection_for(standin, ca_file, token_file),
+            "node-a",
+            read_timeout=30.0,
+            backoff_initial=0.2,
+            backoff_max=10.0,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run, feed.deliverer("apiserver"))
+            await wait_for(lambda: standin.list_count() >= 1, "first list")
+            started = trio.current_time()
+            await wait_for(lambda: standin.watch_count() >= 5, "the watch that is answered")
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    # Four 410s in a row: relists after waits of 0, 0.2, 0.4 and 0.8 s (a lower bound, which a
+    # loaded machine only lengthens).
+    assert standin.list_count() == 5
+    assert source.relists == 4
+    assert elapsed >= 1.4
+    assert recorder.summary() == [("admit", UIDS[0])]
 
 
 async def test_slow_responses_and_outage(

@@ -12,7 +12,8 @@ Protocol (docs "Kubernetes API Concepts"; specs/kubelet-node.md §4):
 3. when the stream ends (server timeout, dropped connection, read timeout — `read_timeout` should
    exceed the bookmark interval of about a minute), watch again from the last resourceVersion;
 4. `410 Gone` (as the HTTP status or as an `ERROR` event with code 410, also for an expired
-   `continue` token): the resourceVersion is too old — list again (relist);
+   `continue` token): the resourceVersion is too old — list again (relist); a second 410 before
+   a watch connected again waits with the same capped backoff (no tight relist loop);
 5. any other failure: wait with capped exponential backoff (`backoff_initial` doubling up to
    `backoff_max`; trio's clock, so tests can use `MockClock`), then resume.
 
@@ -91,6 +92,7 @@ class ApiServerSource:
         self.health = SourceHealth(self.name)
         self.resource_version = ""
         self.relists = 0
+        self._gone_in_a_row = 0  # 410s without a watch that connected in between
         self._pods: dict[str, ObservedPod] = {}
         self.where = f"{connection.base_url}{PODS_PATH}"
 
@@ -115,6 +117,12 @@ class ApiServerSource:
                     logger.info("apiserver source: %s; listing again", exc.message)
                     self.resource_version = ""
                     self.relists += 1
+                    self._gone_in_a_row += 1
+                    if self._gone_in_a_row > 1:
+                        # A fresh list's resourceVersion was too old again: a server that keeps
+                        # answering 410 must not be relisted in a tight loop (client-go's
+                        # reflector backs off between list-and-watch attempts too).
+                        await trio.sleep(self._gone_backoff())
                 except SourceError as exc:
                     first = self.health.consecutive_failures == 0
                     self.health.failed(exc.describe())
@@ -127,6 +135,10 @@ class ApiServerSource:
                     logger.error("apiserver source: cannot record the changes (retrying): %s", exc)
                     self.resource_version = ""
                     await trio.sleep(self.backoff_delay())
+
+    def _gone_backoff(self) -> float:
+        exponent = min(self._gone_in_a_row - 2, 30)
+        return min(self.backoff_max, self.backoff_initial * float(2**exponent))
 
     def backoff_delay(self) -> float:
         """Capped exponential backoff after `health.consecutive_failures` failures."""
@@ -192,6 +204,7 @@ class ApiServerSource:
                     _check_status(reply, body, self.where)
                 # Connected: the view is current again.
                 self.health.succeeded(len(self._pods))
+                self._gone_in_a_row = 0
                 async for line in lines_bounded(reply, MAX_EVENT_BYTES, where=self.where):
                     await self._handle(line, deliver)
         except httpx.HTTPError as exc:
