@@ -18,19 +18,9 @@ import msgspec
 import trio
 
 from memstate import __version__
-from memstate.core.errors import (
-    HostError,
-    InvariantViolation,
-)
-from memstate.core.events import (
-    Event,
-    NodeReconfigured,
-    PodAdmitted,
-)
-from memstate.core.qos import (
-    MEMORY_HIGH_SAFE_KERNEL,
-    kernel_version,
-)
+from memstate.core.errors import HostError, InvariantViolation
+from memstate.core.events import Event, NodeReconfigured, PodAdmitted
+from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker

@@ -38,35 +38,24 @@ counted and logged, and the inputs are tried again at the next rescan.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import platform
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgspec
 import trio
 
 from memstate import __version__
-from memstate.core.config import NodeConfig, validate_config_for_topology
-from memstate.core.errors import (
-    ConfigError,
-    HostError,
-    InputError,
-    InvariantViolation,
-    MemstateError,
-)
+from memstate.core.config import NodeConfig
+from memstate.core.errors import ConfigError, InvariantViolation, MemstateError
 from memstate.core.events import (
     ConfigLoaded,
-    ConfigRejected,
     DaemonRestarted,
     DaemonStarted,
     Event,
-    PodCgroupRemoved,
     ReadmissionCompleted,
     TopologyObserved,
 )
@@ -76,35 +65,20 @@ from memstate.node.adapters import Adapters, file_storage
 from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.context import DaemonContext
 from memstate.node.endpoint import HttpEndpoint, status_routes
-from memstate.node.inputs import config_from_document, load_topology, read_document
-from memstate.node.journal import log_drift
+from memstate.node.inputs import load_topology
+from memstate.node.loops.config import config_loop, load_config
+from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop, reconcile_once
+from memstate.node.loops.pods import manifest_loop, scan_manifests, sources_loop
+from memstate.node.loops.upkeep import sealed_segments_check, watchdog_loop
 from memstate.node.nri_decider import run_nri
 from memstate.node.sdnotify import Notifier
-from memstate.node.settings import Settings, describe_defaults, settings_from_object
+from memstate.node.settings import Settings
 from memstate.node.sources.configure import network_sources, node_name_of
-from memstate.node.sources.kubelet import KubeletSource
 from memstate.node.stale import forget_vanished_rejections
-from memstate.store.verify import check_sealed_bodies
 
 logger = logging.getLogger("memstate.node.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
-FAILURE_NOTE_REPEAT_SECONDS = 600.0
-SOURCE_HEALTH_SECONDS = 1.0
-
-
-def load_settings_and_config(
-    base: Settings,
-) -> tuple[Settings, NodeConfig]:
-    """Read the config file (KubeletConfiguration fields plus a `memstate:` section)."""
-    if base.config_file is None:
-        logger.warning("%s", describe_defaults(base))
-        return base, NodeConfig()
-    path = base.config_file
-    document = read_document(path, ConfigError)  # once: both parts come from the same bytes
-    section = document.get("memstate") if isinstance(document, dict) else None
-    settings = settings_from_object(section, source=str(path), base=base)
-    return settings, config_from_document(document, source=str(path))
 
 
 class Daemon(DaemonContext):
@@ -175,7 +149,7 @@ class Daemon(DaemonContext):
             recovered.decoded_events,
         )
         topology = self._observe_topology()
-        config = self._load_config(topology)
+        config = load_config(self, topology)
         self.config_topology = topology
         self.manifests.node_name = node_name_of(self.settings)
         given = self.adapters.sources
@@ -213,7 +187,7 @@ class Daemon(DaemonContext):
         await self.writer.submit(boot)
 
         self.notifier.status("readmitting pods")
-        await self._scan_manifests()
+        await scan_manifests(self)
         if self.state.readmission_open and not self.sources:
             forget = forget_vanished_rejections(self.state, settings.manifest_dir)
             await self.writer.submit([*forget, ReadmissionCompleted()])
@@ -223,7 +197,7 @@ class Daemon(DaemonContext):
                 logger.warning("targets: %s", warning)
         self.notifier.status("reconciling the cgroup tree")
         self._scope = None
-        await self._reconcile_once()
+        await reconcile_once(self)
         if settings.metrics_enabled and self.adapters.host_loops:
             if self._nursery is None:
                 raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
@@ -261,23 +235,6 @@ class Daemon(DaemonContext):
 
         return observe_topology()
 
-    def _load_config(self, topology: Topology) -> NodeConfig:
-        settings, config = load_settings_and_config(self.settings)  # ConfigError if unreadable
-        if self.settings.config_file is not None:
-            try:
-                data = self.settings.config_file.read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read: {exc.strerror}", source=str(self.settings.config_file)
-                ) from None
-            self._config_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        self.settings = self._with_overrides(settings)
-        validate_config_for_topology(config, topology, source=str(settings.config_file or ""))
-        return config
-
-    def _with_overrides(self, settings: Settings) -> Settings:
-        return msgspec.structs.replace(settings, **self.cli_overrides)
-
     def _open_reconciler(self, topology: Topology, config: NodeConfig) -> None:
         from memstate.node.cgroup_tree import open_cgroup_fs
         from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
@@ -298,319 +255,6 @@ class Daemon(DaemonContext):
                 pod_removal=self.settings.pod_removal,
                 remove_orphans=self.settings.remove_orphans,
             ),
-        )
-
-    # --- sources -------------------------------------------------------------------------------
-
-    async def _scan_manifests(self) -> None:
-        if "manifests" not in self.settings.pod_sources:
-            return
-        read = self.adapters.read_manifests or self.manifests.read
-        pods = await self.run_io(read)
-        await self.feed.deliver("manifests", pods)
-
-    async def sources_loop(self) -> None:
-        """Run the kubelet/API-server sources; close readmission once each has synced."""
-        if not self.sources:
-            return
-        async with trio.open_nursery() as nursery:
-            for source in self.sources:
-                nursery.start_soon(source.run, self.feed.deliverer(source.name))
-            waited = 0.0
-            while self.state.readmission_open:
-                unsynced = [s.name for s in self.sources if s.health.last_success_unix is None]
-                if not unsynced:
-                    forget = forget_vanished_rejections(self.state, self.settings.manifest_dir)
-                    await self.submit([*forget, ReadmissionCompleted()])
-                    break
-                if waited and waited % 60.0 == 0:
-                    logger.warning(
-                        "readmission stays open until every pod source has synced; waiting for %s",
-                        ", ".join(unsynced),
-                    )
-                await trio.sleep(0.5)
-                waited += 0.5
-            health = None
-            while True:
-                # Deleted pods are released when their cgroup empties: ask again on cgroup hints
-                # and every second (an in-memory diff); publish source health when it changes.
-                await self._sources_wake.wait(SOURCE_HEALTH_SECONDS)
-                try:
-                    await self.feed.recheck()
-                except MemstateError as exc:
-                    logger.error("pod sources: %s", exc)
-                current = [tuple(s.health.as_dict().values()) for s in self.sources]
-                if current != health:
-                    health = current
-                    self._publish_sources()
-                    self._write_status()
-
-    def _publish_sources(self) -> None:
-        for source in self.sources:
-            h = source.health
-            self.metrics.pod_source_in_sync.labels(source=h.name).set(1 if h.in_sync else 0)
-            self.metrics.pod_source_failures.labels(source=h.name).set(h.consecutive_failures)
-            self.metrics.pod_source_last_success.labels(source=h.name).set(h.last_success_unix or 0)
-
-    async def manifest_loop(self) -> None:
-        async with trio.open_nursery() as nursery:
-            if self.adapters.host_loops and self.adapters.read_manifests is None:
-                nursery.start_soon(
-                    _watch,
-                    self.settings.manifest_dir,
-                    self._manifest_wake.set,
-                    None,
-                    self.metrics.watch_failed("manifests"),
-                )
-            while True:
-                try:
-                    await self._scan_manifests()
-                except MemstateError as exc:
-                    logger.error("manifest scan: %s", exc)
-                    self.readiness.source_failed("manifests", str(exc))
-                else:
-                    self.readiness.source_in_sync("manifests")
-                self.heartbeat.beat("manifests", self.settings.rescan_seconds)
-                await self._manifest_wake.wait(self.settings.rescan_seconds)
-
-    async def config_loop(self) -> None:
-        path = self.settings.config_file
-        async with trio.open_nursery() as nursery:
-            if path is not None and self.adapters.host_loops:
-                nursery.start_soon(
-                    _watch,
-                    path.parent,
-                    self._config_wake.set,
-                    path.name,
-                    self.metrics.watch_failed("config"),
-                )
-            while True:
-                if await self._config_wake.wait(3600.0):
-                    await self.reload_config()
-
-    async def reload_config(self) -> None:
-        """Load the config file again; a valid change becomes an event, an invalid one does not."""
-        path = self.settings.config_file
-        if path is None:
-            return
-        # A change of the file and a SIGHUP often arrive together: one edit, one decision.
-        try:
-            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-        except OSError:
-            digest = ""
-        if digest and digest == self._config_digest:
-            logger.info("config reload: %s is unchanged", path)
-            return
-        self._config_digest = digest
-        topology = self.state.topology or self.config_topology
-        try:
-            settings, config = load_settings_and_config(self.settings)
-            if topology is not None:
-                validate_config_for_topology(config, topology, source=str(path))
-        except InputError as exc:
-            self.metrics.config_reload_errors.inc()
-            logger.error("config reload rejected, keeping the previous config: %s", exc)
-            await self.submit([ConfigRejected(source=str(path), error=exc.describe())])
-            return
-        self._apply_reloadable(self._with_overrides(settings))
-        if config != self.state.observed_config:
-            logger.info("config reloaded from %s", path)
-            await self.submit([ConfigLoaded(config=config, source=str(path))])
-        else:
-            logger.info("config reloaded from %s: no change", path)
-
-    def _apply_reloadable(self, settings: Settings) -> None:
-        fixed = (
-            "state_dir",
-            "manifest_dir",
-            "cgroup_root",
-            "cgroup_sim",
-            "topology_file",
-            "node_name",
-            "pod_sources",
-            "kubelet",
-            "api_server",
-            "nri",
-        )
-        for name in fixed:
-            if getattr(settings, name) != getattr(self.settings, name):
-                logger.warning("config: %s changes only take effect after a restart", name)
-        keep = {name: getattr(self.settings, name) for name in fixed}
-        self.settings = msgspec.structs.replace(settings, **keep)
-        if self.reconciler is not None:
-            from memstate.reconcile.reconciler import ReconcilerOptions
-
-            self.reconciler.options = ReconcilerOptions(  # type: ignore[attr-defined]
-                pod_removal=self.settings.pod_removal, remove_orphans=self.settings.remove_orphans
-            )
-
-    # --- reconcile -----------------------------------------------------------------------------
-
-    async def _reconcile_once(self) -> float | None:
-        """One reconcile round; returns when the reconciler wants a retry (seconds) or None."""
-        targets = self.targets
-        if targets is None or self.reconciler is None:
-            return None
-        scope, self._scope = self._scope, set()
-        retiring = self.removals.paths
-        if scope is not None and not scope and not retiring:
-            return None
-        reconciler = self.reconciler
-        started = trio.current_time()
-        report = await self.run_io(
-            functools.partial(
-                reconciler.reconcile,  # type: ignore[attr-defined]
-                targets,
-                retired_paths=sorted(retiring),
-                scope=None if scope is None else sorted(scope),
-            ),
-            limiter=self._cgroup_limiter,
-        )
-        label = "full" if scope is None else "scoped"
-        self.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
-        for (file_name, result), count in sorted(report.counters.items()):
-            self.metrics.cgroup_writes.labels(file=file_name, result=result).inc(count)
-        notes = self._notes_worth_recording(report.notes)
-        drift = sum(1 for n in report.notes if n.kind == "cgroup_drift_corrected")
-        if drift:
-            self.metrics.drift_corrections.inc(drift)
-        self._converged = bool(report.converged)
-        self._pending_removals = len(report.pending_removals)
-        # Removals seen finished become durable notes; the fold then drops them. A path the
-        # state has since desired again, or already dropped, needs no note.
-        current = self.removals.paths
-        notes.extend(
-            PodCgroupRemoved(path=path, uid=current[path])
-            for path in report.removed
-            if path in current
-        )
-        self.readiness.converged = self._converged
-        self.readiness.pending_removals = self._pending_removals
-        self._publish()
-        self._write_status()
-        if notes:
-            await self.writer.submit(notes)
-        retry: float | None = report.retry_after_seconds
-        return retry
-
-    def _notes_worth_recording(self, notes: Sequence[Event]) -> list[Event]:
-        """Drift and orphans are always recorded; a repeated identical failure once per 10 min."""
-        now = trio.current_time()
-        kept: list[Event] = []
-        for note in notes:
-            if note.kind == "cgroup_write_failed":
-                key = (
-                    getattr(note, "path", ""),
-                    getattr(note, "op", ""),
-                    getattr(note, "file", ""),
-                    int(getattr(note, "errno", 0)),
-                )
-                last = self._failure_notes.get(key)
-                if last is not None and now - last < FAILURE_NOTE_REPEAT_SECONDS:
-                    continue
-                self._failure_notes[key] = now
-                logger.warning("cgroup: %s", getattr(note, "message", note))
-            elif note.kind == "cgroup_drift_corrected":
-                log_drift(
-                    logger,
-                    getattr(note, "path", ""),
-                    getattr(note, "file", ""),
-                    getattr(note, "found", ""),
-                    getattr(note, "expected", ""),
-                )
-            kept.append(note)
-        return kept
-
-    async def reconcile_loop(self) -> None:
-        retry: float | None = None
-        while True:
-            self.heartbeat.beat("reconcile", self.settings.resync_seconds)
-            timeout = (
-                self.settings.resync_seconds
-                if retry is None
-                else min(retry, self.settings.resync_seconds)
-            )
-            woken = await self._reconcile_wake.wait(timeout)
-            if not woken and retry is None:
-                self._scope = None  # periodic full resync: the source of truth
-            try:
-                retry = await self._reconcile_once()
-            except HostError as exc:
-                logger.error("reconcile: %s", exc)
-                retry = self.settings.resync_seconds
-
-    async def cgroup_watch_loop(self) -> None:
-        """Changes to the tree made by others trigger an early full resync."""
-        from memstate.node.cgroup_watch import watch_cgroups
-
-        def hint(path: str) -> None:
-            # A hint names the cgroup that changed ("" for the whole tree): resync the managed
-            # cgroup it belongs to early (a container cgroup the runtime made below a pod
-            # cgroup belongs to that pod); anything else gets a full resync, which also finds
-            # orphans. The periodic full resync stays the source of truth.
-            managed = self._managed_cgroup_of(path) if path else None
-            if managed is None:
-                self._scope = None
-            elif self._scope is not None:
-                self._scope.add(managed)
-            self._reconcile_wake.set()
-            # A cgroup memstate does not manage appeared (the kubelet made a pod cgroup, or the
-            # runtime a container's): poll /pods at once (rate-limited by the source). An
-            # emptied cgroup may release a deleted pod.
-            if path and managed != path:
-                for source in self.sources:
-                    if isinstance(source, KubeletSource):
-                        source.nudge()
-            self._sources_wake.set()
-
-        await watch_cgroups(
-            self.settings.cgroup_sim or self.settings.cgroup_root,
-            on_hint=hint,
-            on_error=self.metrics.watch_failed("cgroups"),
-        )
-
-    def _managed_cgroup_of(self, path: str) -> str | None:
-        """The nearest cgroup at or above `path` that the targets manage (None if none)."""
-        if self.targets is None:
-            return None
-        managed = {target.path for target in self.targets.cgroups}
-        parts = path.split("/")
-        while parts:
-            candidate = "/".join(parts)
-            if candidate in managed:
-                return candidate
-            parts.pop()
-        return None
-
-    async def watchdog_loop(self) -> None:
-        interval = self.notifier.watchdog_interval_seconds
-        if interval is None:
-            return
-        while True:
-            self.notifier.watchdog()
-            await trio.sleep(interval)
-
-    async def sealed_segments_check(self) -> None:
-        """Check every sealed segment's body against its seal, once, after READY.
-
-        Start-up checks sealed segments from their seal only (docs/event-log.md, "What
-        start-up checks"); the state never depends on their bodies when a checkpoint after them
-        was used. Damage found here is logged and counted, and the daemon keeps running: what
-        it serves came from records that were checked. `memstate log verify --full` shows it.
-        """
-        problem = await trio.to_thread.run_sync(
-            check_sealed_bodies, self.settings.state_dir, abandon_on_cancel=True
-        )
-        if problem is None:
-            self.metrics.log_sealed_checks.labels(result="ok").inc()
-            logger.info("sealed log segments match their seals")
-            return
-        self.metrics.log_sealed_checks.labels(result="damaged").inc()
-        logger.error(
-            "sealed log segment damaged: %s: offset %d: %s; run `memstate log verify --full`",
-            problem.file,
-            problem.offset,
-            problem.message,
         )
 
     # --- main ----------------------------------------------------------------------------------
@@ -642,15 +286,18 @@ class Daemon(DaemonContext):
     def loops(self) -> list[Callable[[], Any]]:
         """The tasks that run after READY (add a loop here)."""
         loops: list[Callable[[], Any]] = [
-            self.manifest_loop,
-            self.sources_loop,
-            self.config_loop,
-            self.reconcile_loop,
-            self.watchdog_loop,
+            functools.partial(manifest_loop, self),
+            functools.partial(sources_loop, self),
+            functools.partial(config_loop, self),
+            functools.partial(reconcile_loop, self),
+            functools.partial(watchdog_loop, self),
             functools.partial(run_nri, self),
         ]
         if self.adapters.host_loops:
-            loops += [self.cgroup_watch_loop, self.sealed_segments_check]
+            loops += [
+                functools.partial(cgroup_watch_loop, self),
+                functools.partial(sealed_segments_check, self),
+            ]
         return loops
 
     async def _signal_loop(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
@@ -674,19 +321,6 @@ class Daemon(DaemonContext):
                 finally:
                     storage, self.storage = self.storage, None
                     await self.run_io(storage.close, limiter=self.writer.limiter)
-
-
-async def _watch(
-    path: Path,
-    on_change: Callable[[], None],
-    only_name: str | None,
-    on_error: Callable[[BaseException], None],
-) -> None:
-    """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`.
-    Failures are logged, passed to `on_error` and retried (memstate.node.watching)."""
-    from memstate.node.watching import watch_directory
-
-    await watch_directory(path, on_change, only_name=only_name, on_error=on_error)
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:
