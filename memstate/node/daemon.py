@@ -39,42 +39,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import platform
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
 
-from memstate import __version__
-from memstate.core.config import NodeConfig
-from memstate.core.errors import ConfigError, InvariantViolation, MemstateError
-from memstate.core.events import (
-    ConfigLoaded,
-    DaemonRestarted,
-    DaemonStarted,
-    Event,
-    ReadmissionCompleted,
-    TopologyObserved,
-)
-from memstate.core.state import REDUCER_VERSION
-from memstate.core.topology import Topology
-from memstate.node.adapters import Adapters, file_storage
-from memstate.node.cgroup_tree import TreeClaim
+from memstate.core.errors import MemstateError
+from memstate.node.adapters import Adapters
 from memstate.node.context import DaemonContext
-from memstate.node.endpoint import HttpEndpoint, status_routes
-from memstate.node.inputs import load_topology
-from memstate.node.loops.config import config_loop, load_config
-from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop, reconcile_once
-from memstate.node.loops.pods import manifest_loop, scan_manifests, sources_loop
+from memstate.node.loops.config import config_loop
+from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop
+from memstate.node.loops.pods import manifest_loop, sources_loop
 from memstate.node.loops.upkeep import sealed_segments_check, watchdog_loop
 from memstate.node.nri_decider import run_nri
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings
-from memstate.node.sources.configure import network_sources, node_name_of
-from memstate.node.stale import forget_vanished_rejections
+from memstate.node.startup import start_up
 
 logger = logging.getLogger("memstate.node.daemon")
 
@@ -105,158 +86,6 @@ class Daemon(DaemonContext):
         self.on_ready = on_ready
         self.stop_after_seconds = stop_after_seconds
 
-    # --- start-up ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Everything before READY=1 (see the module docstring for the order)."""
-        settings = self.settings
-        self.notifier.status("recovering the event log")
-        make_storage = self.adapters.storage or file_storage(
-            settings.state_dir,
-            fsync=self.fsync,
-            checkpoints_keep=settings.checkpoints_keep,
-            prune_log=settings.prune_log,
-        )
-        storage = make_storage()
-        opened = await self.run_io(storage.open, limiter=self.writer.limiter)
-        self.storage = storage
-        recovered = opened.recovered
-        had_history = opened.log.last_seq > 0
-        for warning in recovered.warnings:
-            logger.warning("checkpoint: %s", warning)
-        self.metrics.start_process(recovered.state.counters)
-        self.writer.attach(
-            opened.log,
-            self._write_checkpoint,
-            state=recovered.state,
-            removals=recovered.removals,
-            last_seq=recovered.last_seq,
-            checkpoint_seq=recovered.checkpoint_seq or 0,
-        )
-        if recovered.removals:
-            paths = sorted(recovered.removals.paths)
-            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
-            logger.info(
-                "%d retired pod cgroups still to remove: %s%s",
-                len(paths),
-                ", ".join(paths[:5]),
-                more,
-            )
-        logger.info(
-            "recovered seq %d (checkpoint %s, %d records decoded)",
-            recovered.last_seq,
-            recovered.checkpoint_seq,
-            recovered.decoded_events,
-        )
-        topology = self._observe_topology()
-        config = load_config(self, topology)
-        self.config_topology = topology
-        self.manifests.node_name = node_name_of(self.settings)
-        given = self.adapters.sources
-        # ConfigError on bad credentials
-        self.sources = list(given) if given is not None else list(network_sources(self.settings))
-        self._open_reconciler(topology, config)
-
-        boot: list[Event] = []
-        truncated = opened.truncated
-        if truncated is not None:
-            logger.warning(
-                "log tail truncated: %s at offset %d, %d bytes dropped (copy kept at %s)",
-                truncated.segment,
-                truncated.offset,
-                truncated.bytes_dropped,
-                truncated.broken_copy,
-            )
-            boot.append(truncated)
-        boot.append(
-            DaemonStarted(
-                memstate_version=__version__,
-                reducer_version=REDUCER_VERSION,
-                python=platform.python_version(),
-                hostname=socket.gethostname(),
-                boot_id=self.adapters.boot_id(),
-                kernel_release=os.uname().release,
-            )
-        )
-        if had_history:
-            boot.append(DaemonRestarted())
-        if topology != self.state.observed_topology:
-            boot.append(TopologyObserved(topology=topology, source=self._topology_source()))
-        if config != self.state.observed_config:
-            boot.append(ConfigLoaded(config=config, source=str(settings.config_file or "")))
-        await self.writer.submit(boot)
-
-        self.notifier.status("readmitting pods")
-        await scan_manifests(self)
-        if self.state.readmission_open and not self.sources:
-            forget = forget_vanished_rejections(self.state, settings.manifest_dir)
-            await self.writer.submit([*forget, ReadmissionCompleted()])
-        # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
-        for warning in self.targets.warnings if self.targets is not None else ():
-            if "5.9" not in warning:  # that one is logged with more detail by _publish
-                logger.warning("targets: %s", warning)
-        self.notifier.status("reconciling the cgroup tree")
-        self._scope = None
-        await reconcile_once(self)
-        if settings.metrics_enabled and self.adapters.host_loops:
-            if self._nursery is None:
-                raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
-            host, port = settings.metrics_host_port()
-            endpoint = HttpEndpoint(
-                status_routes(self.metrics.render, self.heartbeat, self.readiness)
-            )
-            try:
-                await self._nursery.start(endpoint.serve, host, port)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on {host}:{port}: {exc.strerror}",
-                    source=str(settings.config_file or ""),
-                    path="$.memstate.metricsAddress",
-                ) from None
-            logger.info("metrics on http://%s:%d/metrics", host, port)
-        self.readiness.recovered = True
-        pods = len(self.state.pods)
-        self.notifier.ready(f"{pods} pods, seq {self.last_seq}")
-        logger.info("ready: %d pods, seq %d", pods, self.last_seq)
-        self.ready.set()
-        self._write_status()
-        if self.on_ready is not None:
-            self.on_ready(self)
-
-    def _topology_source(self) -> str:
-        return str(self.settings.topology_file or "/sys/devices/system/node")
-
-    def _observe_topology(self) -> Topology:
-        if self.adapters.topology is not None:
-            return self.adapters.topology
-        if self.settings.topology_file is not None:
-            return load_topology(self.settings.topology_file)
-        from memstate.host.sysfs import observe_topology
-
-        return observe_topology()
-
-    def _open_reconciler(self, topology: Topology, config: NodeConfig) -> None:
-        from memstate.node.cgroup_tree import open_cgroup_fs
-        from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
-
-        fs = self.adapters.cgroup_fs
-        if fs is None:
-            fs = open_cgroup_fs(self.settings, topology, config)
-            # One daemon per tree (exit 75 for a second one), whatever its state directory. An
-            # injected tree (the simulation's) is the caller's to share.
-            self._tree_claim = TreeClaim.acquire(
-                self.settings.cgroup_sim or self.settings.cgroup_root
-            )
-        self.reconciler = Reconciler(
-            fs,
-            page_size_bytes=topology.page_size_bytes,
-            clock=trio.lowlevel.current_clock().current_time,  # usable from a worker thread
-            options=ReconcilerOptions(
-                pod_removal=self.settings.pod_removal,
-                remove_orphans=self.settings.remove_orphans,
-            ),
-        )
-
     # --- main ----------------------------------------------------------------------------------
 
     async def main(self) -> None:
@@ -277,7 +106,9 @@ class Daemon(DaemonContext):
                 nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
             # The writer runs first: start-up's events take the same path as all others.
             await nursery.start(self.writer.run)
-            await self.start()
+            await start_up(self)
+            if self.on_ready is not None:
+                self.on_ready(self)
             for loop in self.loops():
                 nursery.start_soon(loop)
             if self.stop_after_seconds is not None:
