@@ -536,8 +536,8 @@ def starting_point(
     first = source.first_seq()
     if first <= 1 and not from_checkpoint:
         return State(), 0, []
+    from memstate.store.checkpoint import usable_checkpoint
     from memstate.store.log import LogReader
-    from memstate.store.recovery import assess_checkpoint
 
     reader = LogReader(source.path)
     warnings: list[str] = []
@@ -549,11 +549,11 @@ def starting_point(
     # A pruned log must start at its oldest usable checkpoint (everything after it is checked);
     # `from_checkpoint` skips ahead to the newest one.
     ordered = reversed(candidates) if from_checkpoint else iter(candidates)
-    for candidate in ordered:
-        checkpoint, reason = assess_checkpoint(candidate.path, candidate.seq, reader)
-        if checkpoint is not None:
-            return checkpoint.state, checkpoint.seq, warnings
-        warnings.append(f"checkpoint {candidate.path.name} not used: {reason}")
+    checkpoint = usable_checkpoint(
+        ((c.seq, c.path) for c in ordered), chain_crc_at=reader.chain_crc_at, skipped=warnings
+    )
+    if checkpoint is not None:
+        return checkpoint.state, checkpoint.seq, warnings
     if first > 1:
         raise MidLogCorruption(
             f"the log was pruned to start at seq {first} and no usable checkpoint covers the "

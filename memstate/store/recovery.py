@@ -33,17 +33,16 @@ from pathlib import Path
 import msgspec
 
 from memstate.core.errors import (
-    CheckpointCorruption,
     InvariantViolation,
     LogCorruption,
     MidLogCorruption,
     SchemaError,
 )
-from memstate.core.events import SCHEMA_VERSION, Envelope
+from memstate.core.events import Envelope
 from memstate.core.reducer import Folder, step
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals, snapshot_for
-from memstate.core.state import REDUCER_VERSION, State
-from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from memstate.core.state import State
+from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
 from memstate.store.log import REPAIR_HINT, LogProblem, LogReader, decode_at
 
@@ -114,7 +113,15 @@ def startup_checkpoint(
 ) -> Checkpoint | None:
     """The checkpoint start-up begins from (None: replay from seq 1); raises if a pruned log
     has none (or `use_checkpoints` is False). Skipped checkpoints are explained in `warnings`."""
-    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
+    checkpoint = (
+        usable_checkpoint(
+            reversed(list_checkpoints(state_dir)),
+            chain_crc_at=reader.chain_crc_at,
+            skipped=warnings,
+        )
+        if use_checkpoints
+        else None
+    )
     if checkpoint is None:
         first = reader.first_seq()
         if first > 1:
@@ -192,40 +199,3 @@ def check_startup_reads(state_dir: Path) -> LogProblem | None:
             exc.message.removesuffix(f"; {REPAIR_HINT}"),
         )
     return None
-
-
-def _usable_checkpoint(
-    state_dir: Path, reader: LogReader, warnings: list[str]
-) -> Checkpoint | None:
-    for seq, path in reversed(list_checkpoints(state_dir)):
-        checkpoint, reason = assess_checkpoint(path, seq, reader)
-        if checkpoint is not None:
-            return checkpoint
-        warnings.append(f"checkpoint {path.name} skipped: {reason}")
-    return None
-
-
-def assess_checkpoint(path: Path, seq: int, reader: LogReader) -> tuple[Checkpoint | None, str]:
-    """(the checkpoint, "") if start-up may use it, else (None, why not)."""
-    try:
-        checkpoint = load_checkpoint(path)
-    except (CheckpointCorruption, SchemaError) as exc:
-        return None, str(exc)
-    if checkpoint.reducer_version != REDUCER_VERSION:
-        return None, (
-            f"built by reducer version {checkpoint.reducer_version}, this build is "
-            f"{REDUCER_VERSION} (replaying instead)"
-        )
-    if checkpoint.schema_version > SCHEMA_VERSION:
-        return None, (
-            f"event schema {checkpoint.schema_version} is newer than this build ({SCHEMA_VERSION})"
-        )
-    log_crc = reader.chain_crc_at(seq)
-    if log_crc is None:
-        return None, f"the log does not hold seq {seq}"
-    if log_crc != checkpoint.chain_crc:
-        return None, (
-            f"chain CRC {checkpoint.chain_crc:08x} does not match the log's {log_crc:08x} at "
-            f"seq {seq} (the log was repaired or replaced)"
-        )
-    return checkpoint, ""
