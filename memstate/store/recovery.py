@@ -45,6 +45,7 @@ from memstate.core.state import State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
 from memstate.store.log import REPAIR_HINT, LogProblem, LogReader, decode_at
+from memstate.store.transactions import TransactionProblem, group_transactions
 
 
 class Recovered(msgspec.Struct, frozen=True):
@@ -148,32 +149,41 @@ class TailReplay:
         self.incomplete: list[tuple[Envelope, int]] = []
 
     def __iter__(self) -> Iterator[list[tuple[Envelope, int]]]:
-        group: list[tuple[Envelope, int]] = []
-        owed = 0
-        last_seq = self.after_seq
+        grouped = group_transactions(self._records(), _envelope_of)
+        try:
+            for transaction in grouped:
+                yield list(transaction.members)
+        except TransactionProblem as problem:
+            if problem.kind == "cut_short":
+                self.incomplete = problem.taken  # never acknowledged: left out
+                return
+            if problem.kind == "orphan_decision":
+                raise InvariantViolation(
+                    f"seq {problem.head.seq}: {problem.head.event.kind} is a decision outside a "
+                    "transaction (a checkpoint taken mid-transaction, or a log not written by "
+                    "memstate)"
+                ) from None
+            offender = problem.offender
+            raise InvariantViolation(
+                f"seq {offender.seq if offender else 0}: "
+                f"{offender.event.kind if offender else 'a record'} cannot be one of the "
+                f"decisions announced by seq {problem.head.seq} (a log not written by memstate)"
+            ) from None
+
+    def _records(self) -> Iterator[tuple[Envelope, int]]:
+        """Every record after `after_seq`, decoded, with the chain CRC after it."""
+        expected = self.after_seq + 1
         for payload, seq, offset, segment, crc in self.reader.read_frames(self.after_seq + 1):
-            expected = (group[-1][0].seq if group else last_seq) + 1
             if seq != expected:
                 raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
             envelope = decode_at(payload, seq, segment, offset)
             self.decoded += 1
-            group.append((envelope, crc))
-            if owed:
-                owed -= 1
-            elif envelope.decisions:
-                owed = envelope.decisions
-            elif envelope.event.role == "decision":
-                raise InvariantViolation(
-                    f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a "
-                    "transaction (a checkpoint taken mid-transaction, or a log not written by "
-                    "memstate)"
-                )
-            if owed:
-                continue
-            last_seq = group[-1][0].seq
-            yield group
-            group = []
-        self.incomplete = group
+            expected += 1
+            yield envelope, crc
+
+
+def _envelope_of(record: tuple[Envelope, int]) -> Envelope:
+    return record[0]
 
 
 def check_startup_reads(state_dir: Path) -> LogProblem | None:
