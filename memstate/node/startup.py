@@ -27,7 +27,7 @@ from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.context import DaemonContext
 from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.inputs import load_topology
-from memstate.node.loops.config import load_config
+from memstate.node.loops.config import load_config_at_startup
 from memstate.node.loops.converge import reconcile_once
 from memstate.node.loops.pods import scan_manifests
 from memstate.node.sources.configure import network_sources, node_name_of
@@ -79,7 +79,7 @@ async def start_up(daemon: DaemonContext) -> None:
         recovered.decoded_events,
     )
     topology = observe_topology(daemon)
-    config = load_config(daemon, topology)
+    config = load_config_at_startup(daemon, topology)
     daemon.config_topology = topology
     daemon.manifests.node_name = node_name_of(daemon.settings)
     given = daemon.adapters.sources

@@ -14,7 +14,7 @@ from memstate.core.errors import ConfigError, InputError
 from memstate.core.events import ConfigLoaded, ConfigRejected
 from memstate.core.topology import Topology
 from memstate.node.context import DaemonContext
-from memstate.node.inputs import config_from_document, read_document
+from memstate.node.inputs import config_from_document, parse_document, read_input
 from memstate.node.settings import Settings, describe_defaults, settings_from_object
 from memstate.node.watching import watch_directory
 
@@ -29,23 +29,34 @@ def load_settings_and_config(
     if base.config_file is None:
         logger.warning("%s", describe_defaults(base))
         return base, NodeConfig()
-    path = base.config_file
-    document = read_document(path, ConfigError)  # once: both parts come from the same bytes
+    return settings_and_config_from(base, read_input(base.config_file, ConfigError))
+
+
+def settings_and_config_from(base: Settings, data: bytes) -> tuple[Settings, NodeConfig]:
+    """Both parts of the config file from the same bytes (`base.config_file`'s)."""
+    source = str(base.config_file)
+    document = parse_document(data, source=source, error=ConfigError)
     section = document.get("memstate") if isinstance(document, dict) else None
-    settings = settings_from_object(section, source=str(path), base=base)
-    return settings, config_from_document(document, source=str(path))
+    settings = settings_from_object(section, source=source, base=base)
+    return settings, config_from_document(document, source=source)
 
 
-def load_config(daemon: DaemonContext, topology: Topology) -> NodeConfig:
-    settings, config = load_settings_and_config(daemon.settings)  # ConfigError if unreadable
-    if daemon.settings.config_file is not None:
-        try:
-            data = daemon.settings.config_file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read: {exc.strerror}", source=str(daemon.settings.config_file)
-            ) from None
-        daemon._config_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+def config_digest(data: bytes) -> str:
+    """What tells one version of the config file from another (a reload of the same bytes is
+    one decision, not two)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def load_config_at_startup(daemon: DaemonContext, topology: Topology) -> NodeConfig:
+    """Start-up's load: settings, config and digest from one read (ConfigError if unreadable or
+    invalid, or if the config does not fit `topology`)."""
+    path = daemon.settings.config_file
+    if path is None:
+        settings, config = load_settings_and_config(daemon.settings)
+    else:
+        data = read_input(path, ConfigError)
+        daemon._config_digest = config_digest(data)
+        settings, config = settings_and_config_from(daemon.settings, data)
     daemon.settings = with_overrides(daemon, settings)
     validate_config_for_topology(config, topology, source=str(settings.config_file or ""))
     return config
@@ -79,24 +90,25 @@ async def reload_config(daemon: DaemonContext) -> None:
     path = daemon.settings.config_file
     if path is None:
         return
-    # A change of the file and a SIGHUP often arrive together: one edit, one decision.
     try:
-        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    except OSError:
-        digest = ""
-    if digest and digest == daemon._config_digest:
+        data = read_input(path, ConfigError)
+    except InputError as exc:
+        daemon._config_digest = ""
+        await _reject(daemon, exc)
+        return
+    # A change of the file and a SIGHUP often arrive together: one edit, one decision.
+    digest = config_digest(data)
+    if digest == daemon._config_digest:
         logger.info("config reload: %s is unchanged", path)
         return
     daemon._config_digest = digest
     topology = daemon.state.topology or daemon.config_topology
     try:
-        settings, config = load_settings_and_config(daemon.settings)
+        settings, config = settings_and_config_from(daemon.settings, data)
         if topology is not None:
             validate_config_for_topology(config, topology, source=str(path))
     except InputError as exc:
-        daemon.metrics.config_reload_errors.inc()
-        logger.error("config reload rejected, keeping the previous config: %s", exc)
-        await daemon.submit([ConfigRejected(source=str(path), error=exc.describe())])
+        await _reject(daemon, exc)
         return
     apply_reloadable(daemon, with_overrides(daemon, settings))
     if config != daemon.state.observed_config:
@@ -104,6 +116,13 @@ async def reload_config(daemon: DaemonContext) -> None:
         await daemon.submit([ConfigLoaded(config=config, source=str(path))])
     else:
         logger.info("config reloaded from %s: no change", path)
+
+
+async def _reject(daemon: DaemonContext, exc: InputError) -> None:
+    daemon.metrics.config_reload_errors.inc()
+    logger.error("config reload rejected, keeping the previous config: %s", exc)
+    source = str(daemon.settings.config_file)
+    await daemon.submit([ConfigRejected(source=source, error=exc.describe())])
 
 
 def apply_reloadable(daemon: DaemonContext, settings: Settings) -> None:
