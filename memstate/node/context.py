@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 import msgspec
 import trio
@@ -71,10 +71,16 @@ class DaemonContext:
         notifier: Notifier | None = None,
         cli_overrides: dict[str, object] | None = None,
         fsync: bool = True,
+        on_ready: Callable[[Self], None] | None = None,
+        stop_after_seconds: float | None = None,
         adapters: Adapters | None = None,
     ) -> None:
         self.adapters = adapters if adapters is not None else Adapters()
         self.settings = settings
+        # Called with the daemon once READY (memstate.node.daemon.Daemon.run); Self keeps the
+        # callers' type check, Any only what mypy cannot bind on the attribute.
+        self.on_ready: Callable[[Any], None] | None = on_ready
+        self.stop_after_seconds = stop_after_seconds
         self.cli_overrides = dict(cli_overrides or {})
         self.notifier = notifier or self.adapters.notifier or Notifier.from_environment()
         self.fsync = fsync

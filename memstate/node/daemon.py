@@ -10,6 +10,10 @@ publishes the new state and wakes the reconciler. The append and the state updat
 shielded section: a SIGTERM arriving mid-fsync waits for it, so the state in memory always matches
 the log's last record and its chain CRC (which the final checkpoint records).
 
+The daemon is composed of parts: the state they share (memstate.node.context), the writer
+(memstate.node.writer), start-up (memstate.node.startup) and the loops (memstate.node.loops);
+`Daemon` wires them: `run` starts the writer, then start-up, then the loops.
+
 Start-up order (docs/operations.md): lock the state directory and recover the log (EventLog.open:
 torn tails are cut, anything worse refuses with exit 65); rebuild the state from the newest valid
 checkpoint plus the tail; observe the topology (sysfs or a topology file); load and validate the
@@ -46,15 +50,12 @@ from typing import Any
 import trio
 
 from memstate.core.errors import MemstateError
-from memstate.node.adapters import Adapters
 from memstate.node.context import DaemonContext
 from memstate.node.loops.config import config_loop
 from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop
 from memstate.node.loops.pods import manifest_loop, sources_loop
 from memstate.node.loops.upkeep import sealed_segments_check, watchdog_loop
 from memstate.node.nri_decider import run_nri
-from memstate.node.sdnotify import Notifier
-from memstate.node.settings import Settings
 from memstate.node.startup import start_up
 
 logger = logging.getLogger("memstate.node.daemon")
@@ -64,27 +65,6 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 class Daemon(DaemonContext):
     """The node daemon. `trio.run(Daemon(settings).main)`, or `run_daemon(settings)`."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        notifier: Notifier | None = None,
-        cli_overrides: dict[str, object] | None = None,
-        fsync: bool = True,
-        on_ready: Callable[[Daemon], None] | None = None,
-        stop_after_seconds: float | None = None,
-        adapters: Adapters | None = None,
-    ) -> None:
-        super().__init__(
-            settings,
-            notifier=notifier,
-            cli_overrides=cli_overrides,
-            fsync=fsync,
-            adapters=adapters,
-        )
-        self.on_ready = on_ready
-        self.stop_after_seconds = stop_after_seconds
 
     # --- main ----------------------------------------------------------------------------------
 

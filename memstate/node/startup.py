@@ -22,7 +22,7 @@ from memstate.core.events import (
 )
 from memstate.core.state import REDUCER_VERSION
 from memstate.core.topology import Topology
-from memstate.node.adapters import file_storage
+from memstate.node.adapters import OpenedLog, file_storage
 from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.context import DaemonContext
 from memstate.node.endpoint import HttpEndpoint, status_routes
@@ -30,6 +30,7 @@ from memstate.node.inputs import load_topology
 from memstate.node.loops.config import load_config_at_startup
 from memstate.node.loops.converge import reconcile_once
 from memstate.node.loops.pods import scan_manifests
+from memstate.node.settings import Settings
 from memstate.node.sources.configure import network_sources, node_name_of
 from memstate.node.stale import forget_vanished_rejections
 
@@ -39,6 +40,33 @@ logger = logging.getLogger("memstate.node.daemon")
 
 async def start_up(daemon: DaemonContext) -> None:
     """Everything before READY=1 (see the module docstring for the order)."""
+    settings = daemon.settings  # as given: the config file's own settings are loaded below
+    opened = await recover(daemon)
+    topology = observe_topology(daemon)
+    config = load_config_at_startup(daemon, topology)
+    daemon.config_topology = topology
+    daemon.manifests.node_name = node_name_of(daemon.settings)
+    given = daemon.adapters.sources
+    # ConfigError on bad credentials
+    daemon.sources = list(given) if given is not None else list(network_sources(daemon.settings))
+    open_reconciler(daemon, topology, config)
+    await daemon.writer.submit(boot_events(daemon, opened, topology, config, settings))
+    await readmit(daemon, settings)
+    daemon.notifier.status("reconciling the cgroup tree")
+    daemon._scope = None
+    await reconcile_once(daemon)
+    if settings.metrics_enabled and daemon.adapters.host_loops:
+        await serve_metrics(daemon, settings)
+    daemon.readiness.recovered = True
+    pods = len(daemon.state.pods)
+    daemon.notifier.ready(f"{pods} pods, seq {daemon.last_seq}")
+    logger.info("ready: %d pods, seq %d", pods, daemon.last_seq)
+    daemon.ready.set()
+    daemon._write_status()
+
+
+async def recover(daemon: DaemonContext) -> OpenedLog:
+    """Open the log storage and hand the recovered state to the writer."""
     settings = daemon.settings
     daemon.notifier.status("recovering the event log")
     make_storage = daemon.adapters.storage or file_storage(
@@ -51,7 +79,6 @@ async def start_up(daemon: DaemonContext) -> None:
     opened = await daemon.run_io(storage.open, limiter=daemon.writer.limiter)
     daemon.storage = storage
     recovered = opened.recovered
-    had_history = opened.log.last_seq > 0
     for warning in recovered.warnings:
         logger.warning("checkpoint: %s", warning)
     daemon.metrics.start_process(recovered.state.counters)
@@ -78,15 +105,17 @@ async def start_up(daemon: DaemonContext) -> None:
         recovered.checkpoint_seq,
         recovered.decoded_events,
     )
-    topology = observe_topology(daemon)
-    config = load_config_at_startup(daemon, topology)
-    daemon.config_topology = topology
-    daemon.manifests.node_name = node_name_of(daemon.settings)
-    given = daemon.adapters.sources
-    # ConfigError on bad credentials
-    daemon.sources = list(given) if given is not None else list(network_sources(daemon.settings))
-    open_reconciler(daemon, topology, config)
+    return opened
 
+
+def boot_events(
+    daemon: DaemonContext,
+    opened: OpenedLog,
+    topology: Topology,
+    config: NodeConfig,
+    settings: Settings,
+) -> list[Event]:
+    """What this start records: a truncated tail, the start, a restart, what changed."""
     boot: list[Event] = []
     truncated = opened.truncated
     if truncated is not None:
@@ -108,48 +137,45 @@ async def start_up(daemon: DaemonContext) -> None:
             kernel_release=os.uname().release,
         )
     )
-    if had_history:
+    if opened.log.last_seq > 0:
         boot.append(DaemonRestarted())
     if topology != daemon.state.observed_topology:
         boot.append(TopologyObserved(topology=topology, source=topology_source(daemon)))
     if config != daemon.state.observed_config:
         boot.append(ConfigLoaded(config=config, source=str(settings.config_file or "")))
-    await daemon.writer.submit(boot)
+    return boot
 
+
+async def readmit(daemon: DaemonContext, settings: Settings) -> None:
+    """Readmit the pods the manifest directory holds; close readmission unless other pod
+    sources are configured (then it closes once each has synced: loops.pods.sources_loop)."""
     daemon.notifier.status("readmitting pods")
     await scan_manifests(daemon)
     if daemon.state.readmission_open and not daemon.sources:
         forget = forget_vanished_rejections(daemon.state, settings.manifest_dir)
         await daemon.writer.submit([*forget, ReadmissionCompleted()])
-    # With kubelet/API-server sources, readmission closes once each has synced (sources_loop).
     for warning in daemon.targets.warnings if daemon.targets is not None else ():
         if "5.9" not in warning:  # that one is logged with more detail by _publish
             logger.warning("targets: %s", warning)
-    daemon.notifier.status("reconciling the cgroup tree")
-    daemon._scope = None
-    await reconcile_once(daemon)
-    if settings.metrics_enabled and daemon.adapters.host_loops:
-        if daemon._nursery is None:
-            raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
-        host, port = settings.metrics_host_port()
-        endpoint = HttpEndpoint(
-            status_routes(daemon.metrics.render, daemon.heartbeat, daemon.readiness)
-        )
-        try:
-            await daemon._nursery.start(endpoint.serve, host, port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {host}:{port}: {exc.strerror}",
-                source=str(settings.config_file or ""),
-                path="$.memstate.metricsAddress",
-            ) from None
-        logger.info("metrics on http://%s:%d/metrics", host, port)
-    daemon.readiness.recovered = True
-    pods = len(daemon.state.pods)
-    daemon.notifier.ready(f"{pods} pods, seq {daemon.last_seq}")
-    logger.info("ready: %d pods, seq %d", pods, daemon.last_seq)
-    daemon.ready.set()
-    daemon._write_status()
+
+
+async def serve_metrics(daemon: DaemonContext, settings: Settings) -> None:
+    """Start the HTTP endpoint (/metrics, /healthz, /readyz) in the root nursery."""
+    if daemon._nursery is None:
+        raise InvariantViolation("the HTTP endpoint needs main()'s nursery")
+    host, port = settings.metrics_host_port()
+    endpoint = HttpEndpoint(
+        status_routes(daemon.metrics.render, daemon.heartbeat, daemon.readiness)
+    )
+    try:
+        await daemon._nursery.start(endpoint.serve, host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}",
+            source=str(settings.config_file or ""),
+            path="$.memstate.metricsAddress",
+        ) from None
+    logger.info("metrics on http://%s:%d/metrics", host, port)
 
 
 def topology_source(daemon: DaemonContext) -> str:
