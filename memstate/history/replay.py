@@ -105,25 +105,8 @@ def transitions(
     """Walk envelopes as transitions, re-deriving decisions per `mode` (module docstring).
     Streams; keeps one state."""
     current = state if state is not None else State()
-    iterator = iter(envelopes)
-    for envelope in iterator:
+    for envelope, recorded in _transactions(envelopes):
         event = envelope.event
-        if event.role == "decision":
-            raise LogStructureError(
-                f"seq {envelope.seq}: {event.kind} is not preceded by the input it decides on"
-            )
-        recorded: tuple[Envelope, ...] | None = None
-        if envelope.decisions is not None:
-            taken = []
-            for _ in range(envelope.decisions):
-                decision = next(iterator, None)
-                if decision is None or decision.event.role != "decision":
-                    raise LogStructureError(
-                        f"seq {envelope.seq}: {event.kind} announces {envelope.decisions} "
-                        "decision records that are not all there"
-                    )
-                taken.append(decision)
-            recorded = tuple(taken)
         derived: tuple[Event, ...]
         if event.role != "input":
             derived = ()  # notes imply nothing (what `decide` would say, without the call)
@@ -153,6 +136,28 @@ def transitions(
             reference=mode == "reference",
         )
         current = after
+
+
+def _transactions(
+    envelopes: Iterable[Envelope],
+) -> Iterator[tuple[Envelope, tuple[Envelope, ...] | None]]:
+    """(record, its recorded decisions or None) by the store's one grouping rule
+    (memstate.store.transactions); a malformed sequence is a `LogStructureError`."""
+    from memstate.store.transactions import TransactionProblem, envelope_itself, group_transactions
+
+    try:
+        for transaction in group_transactions(envelopes, envelope_itself):
+            yield transaction.head, transaction.decisions
+    except TransactionProblem as problem:
+        head = problem.head
+        if problem.kind == "orphan_decision":
+            raise LogStructureError(
+                f"seq {head.seq}: {head.event.kind} is not preceded by the input it decides on"
+            ) from None
+        raise LogStructureError(
+            f"seq {head.seq}: {head.event.kind} announces {head.decisions} "
+            "decision records that are not all there"
+        ) from None
 
 
 def replay_state(envelopes: Iterable[Envelope], *, state: State | None = None) -> State:
@@ -536,8 +541,8 @@ def starting_point(
     first = source.first_seq()
     if first <= 1 and not from_checkpoint:
         return State(), 0, []
+    from memstate.store.checkpoint import usable_checkpoint
     from memstate.store.log import LogReader
-    from memstate.store.recovery import assess_checkpoint
 
     reader = LogReader(source.path)
     warnings: list[str] = []
@@ -549,11 +554,11 @@ def starting_point(
     # A pruned log must start at its oldest usable checkpoint (everything after it is checked);
     # `from_checkpoint` skips ahead to the newest one.
     ordered = reversed(candidates) if from_checkpoint else iter(candidates)
-    for candidate in ordered:
-        checkpoint, reason = assess_checkpoint(candidate.path, candidate.seq, reader)
-        if checkpoint is not None:
-            return checkpoint.state, checkpoint.seq, warnings
-        warnings.append(f"checkpoint {candidate.path.name} not used: {reason}")
+    checkpoint = usable_checkpoint(
+        ((c.seq, c.path) for c in ordered), chain_crc_at=reader.chain_crc_at, skipped=warnings
+    )
+    if checkpoint is not None:
+        return checkpoint.state, checkpoint.seq, warnings
     if first > 1:
         raise MidLogCorruption(
             f"the log was pruned to start at seq {first} and no usable checkpoint covers the "

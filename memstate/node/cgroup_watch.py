@@ -148,17 +148,11 @@ async def watch_cgroups(
         base_seconds=retry_seconds,
         max_seconds=max_retry_seconds,
         on_error=on_error,
+        on_restart=lambda: on_hint(ROOT_HINT),
     )
-    restarted = False
-
-    def started() -> None:
-        retry.established()
-        if restarted:
-            on_hint(ROOT_HINT)
-
     while True:
         while not directory.is_dir():
-            restarted = True
+            retry.restarted = True
             await trio.sleep(root_poll_seconds)
         try:
             ended = await watch(
@@ -169,20 +163,20 @@ async def watch_cgroups(
                 settle_seconds=settle_seconds,
                 settle_max_seconds=settle_max_seconds,
                 skip_directory=_is_hidden,
-                on_started=started,
+                on_started=retry.started,
             )
         except (FileNotFoundError, NotADirectoryError):
-            restarted = True  # the root went away before its watch was set up
+            retry.restarted = True  # the root went away before its watch was set up
             continue
         except Exception as exc:  # reported loudly, then retried (module docstring)
             # The watch could not be set up (inotify limits...) or failed (a bug). Changes may
             # be missed: ask for a full resync, then try again later.
             delay = retry.failed(exc)
             on_hint(ROOT_HINT)
-            restarted = True
+            retry.restarted = True
             await trio.sleep(delay)
             continue
-        restarted = True
+        retry.restarted = True
         if ended is WatchEnd.ROOT_GONE:
             on_hint(ROOT_HINT)
 

@@ -59,15 +59,20 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 def read_document(path: Path, error: type[InputError]) -> Any:
     """One YAML/JSON document from a file, as plain objects; `error` names the file."""
+    return parse_document(read_input(path, error), source=str(path), error=error)
+
+
+def read_input(path: Path, error: type[InputError]) -> bytes:
+    """The bytes of an input file, read once and at most one byte past the size limit (so that
+    `parse_document` refuses a larger file without reading all of it)."""
     source = str(path)
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+            return handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror}", source=source) from None
     except ValueError as exc:  # a path with a NUL byte
         raise error(f"cannot read: {exc}", source=source) from None
-    return parse_document(data, source=source, error=error)
 
 
 def parse_document(data: bytes, *, source: str, error: type[InputError]) -> Any:

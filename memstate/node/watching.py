@@ -215,12 +215,15 @@ class WatchRetry:
         base_seconds: float,
         max_seconds: float,
         on_error: Callable[[BaseException], object] | None = None,
+        on_restart: Callable[[], object] | None = None,
     ) -> None:
         self.what = what
         self.base_seconds = base_seconds
         self.max_seconds = max(max_seconds, base_seconds)
         self.on_error = on_error
+        self.on_restart = on_restart
         self.failures = 0
+        self.restarted = False  # set by the loop once a watch ended, failed or waited
 
     def failed(self, exc: Exception) -> float:
         """Log and report `exc`; the seconds to wait before trying again."""
@@ -245,6 +248,13 @@ class WatchRetry:
     def established(self) -> None:
         """A watch is in place: the next failure starts a new run (short delay, traceback)."""
         self.failures = 0
+
+    def started(self) -> None:
+        """`watch`'s `on_started`: `established()`, and after the first watch `on_restart()`
+        once the new one is in place (what happened in between was not seen)."""
+        self.established()
+        if self.restarted and self.on_restart is not None:
+            self.on_restart()
 
 
 async def watch(
@@ -346,23 +356,17 @@ async def watch_directory(
         base_seconds=retry_seconds,
         max_seconds=max_retry_seconds,
         on_error=on_error,
+        on_restart=on_change,
     )
-    restarted = False
-
-    def started() -> None:
-        retry.established()
-        if restarted:
-            on_change()
-
     while True:
         if not path.is_dir():
-            restarted = True
+            retry.restarted = True
             await trio.sleep(missing_poll_seconds)
             continue
         try:
-            await watch(path, on_batch, mask=mask, recursive=False, on_started=started)
+            await watch(path, on_batch, mask=mask, recursive=False, on_started=retry.started)
         except (FileNotFoundError, NotADirectoryError):
             pass  # the directory went away before its watch was set up: wait for it again
         except Exception as exc:  # reported loudly, then retried (module docstring)
             await trio.sleep(retry.failed(exc))
-        restarted = True
+        retry.restarted = True

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -250,11 +251,63 @@ def prune_checkpoints(state_dir: Path, keep: int, *, fsync: bool = True) -> list
 
 def oldest_checkpoint_seq(state_dir: Path) -> int | None:
     """Seq of the oldest checkpoint that loads and verifies (the limit for pruning the log)."""
-    for seq, path in list_checkpoints(state_dir):
-        try:
-            checkpoint = load_checkpoint(path)
-        except (CheckpointCorruption, SchemaError):
-            continue
-        if checkpoint.reducer_version == REDUCER_VERSION:
-            return seq
+    checkpoint = usable_checkpoint(list_checkpoints(state_dir))
+    return checkpoint.seq if checkpoint is not None else None
+
+
+def usable_checkpoint(
+    candidates: Iterable[tuple[int, Path]],
+    *,
+    chain_crc_at: Callable[[int], int | None] | None = None,
+    skipped: list[str] | None = None,
+) -> Checkpoint | None:
+    """The first of `candidates` ((seq, path), in the order given) that a replay may start from
+    (`assess_checkpoint`); why each one before it was passed over is appended to `skipped`.
+
+    The one rule for choosing a checkpoint: start-up (newest first), replay's starting point
+    (oldest first for a pruned log, newest first when asked) and the pruning limit (oldest
+    first, without a log to compare with) all choose through it.
+    """
+    for seq, path in candidates:
+        checkpoint, reason = assess_checkpoint(path, seq, chain_crc_at)
+        if checkpoint is not None:
+            return checkpoint
+        if skipped is not None:
+            skipped.append(f"checkpoint {path.name} skipped: {reason}")
     return None
+
+
+def assess_checkpoint(
+    path: Path, seq: int, chain_crc_at: Callable[[int], int | None] | None = None
+) -> tuple[Checkpoint | None, str]:
+    """(the checkpoint, "") if a replay may start from it, else (None, why not).
+
+    It must load and verify (CRC, state hashes, schema) and come from this `REDUCER_VERSION`;
+    with `chain_crc_at` (the log's chain CRC at a seq, None if the log does not hold it) the log
+    must hold its seq with the *same chain CRC*, which proves the checkpoint describes this
+    log's prefix (after a repair or a restore from another node, a seq may hold other records).
+    """
+    try:
+        checkpoint = load_checkpoint(path)
+    except (CheckpointCorruption, SchemaError) as exc:
+        return None, str(exc)
+    if checkpoint.reducer_version != REDUCER_VERSION:
+        return None, (
+            f"built by reducer version {checkpoint.reducer_version}, this build is "
+            f"{REDUCER_VERSION} (replaying instead)"
+        )
+    if checkpoint.schema_version > SCHEMA_VERSION:
+        return None, (
+            f"event schema {checkpoint.schema_version} is newer than this build ({SCHEMA_VERSION})"
+        )
+    if chain_crc_at is None:
+        return checkpoint, ""
+    log_crc = chain_crc_at(seq)
+    if log_crc is None:
+        return None, f"the log does not hold seq {seq}"
+    if log_crc != checkpoint.chain_crc:
+        return None, (
+            f"chain CRC {checkpoint.chain_crc:08x} does not match the log's {log_crc:08x} at "
+            f"seq {seq} (the log was repaired or replaced)"
+        )
+    return checkpoint, ""

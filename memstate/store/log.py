@@ -104,6 +104,7 @@ from memstate.store.format import (
     segment_name,
 )
 from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
+from memstate.store.transactions import TransactionProblem, envelope_itself, group_transactions
 
 ORIGIN_FILENAME = "ORIGIN"
 DEFAULT_SEGMENT_BYTES = 16 << 20
@@ -983,40 +984,50 @@ class EventLog:
 
 
 def check_batch(envelopes: Sequence[Envelope]) -> None:
-    """Reject malformed batches: empty, too long, or with a transaction that is not whole."""
+    """Reject malformed batches: empty, too long, or with a transaction that is not whole
+    (the grouping rule is memstate.store.transactions')."""
     if not envelopes:
         raise InvariantViolation("an append needs at least one event")
     if len(envelopes) > MAX_BATCH_RECORDS:
         raise InvariantViolation(
             f"a batch holds at most {MAX_BATCH_RECORDS} records, got {len(envelopes)}"
         )
-    index = 0
-    while index < len(envelopes):
-        envelope = envelopes[index]
-        decisions = envelope.decisions
-        index += 1
-        if decisions is None:
-            continue
-        if isinstance(decisions, bool) or decisions < 0:
-            raise InvariantViolation(f"seq {envelope.seq}: decisions must be >= 0")
-        if envelope.event.role != "input":
+    try:
+        for transaction in group_transactions(envelopes, envelope_itself):
+            _check_announcement(transaction.head)
+    except TransactionProblem as problem:
+        head = problem.head
+        _check_announcement(head)  # its own count is checked before what follows it
+        if problem.kind == "orphan_decision":
             raise InvariantViolation(
-                f"seq {envelope.seq}: only inputs announce decisions ({envelope.event.kind} "
-                f"is a {envelope.event.role})"
-            )
-        following = envelopes[index : index + decisions]
-        if len(following) < decisions:
+                f"seq {head.seq}: {head.event.kind} is a decision that no input in the batch "
+                "announces: a transaction must be appended whole"
+            ) from None
+        if problem.kind == "cut_short":
             raise InvariantViolation(
-                f"seq {envelope.seq} announces {decisions} decisions but the batch holds only "
-                f"{len(following)} after it: a transaction must be appended whole"
-            )
-        for decision in following:
-            if decision.event.role != "decision" or decision.decisions is not None:
-                raise InvariantViolation(
-                    f"seq {decision.seq}: {decision.event.kind} cannot be one of the decisions "
-                    f"announced by seq {envelope.seq}"
-                )
-        index += decisions
+                f"seq {head.seq} announces {head.decisions} decisions but the batch holds only "
+                f"{len(problem.taken) - 1} after it: a transaction must be appended whole"
+            ) from None
+        offender = problem.offender
+        raise InvariantViolation(
+            f"seq {offender.seq if offender else 0}: "
+            f"{offender.event.kind if offender else 'a record'} cannot be one of the decisions "
+            f"announced by seq {head.seq}"
+        ) from None
+
+
+def _check_announcement(envelope: Envelope) -> None:
+    """Only inputs announce decisions, and a count is a whole number."""
+    decisions = envelope.decisions
+    if decisions is None:
+        return
+    if isinstance(decisions, bool) or decisions < 0:
+        raise InvariantViolation(f"seq {envelope.seq}: decisions must be >= 0")
+    if envelope.event.role != "input":
+        raise InvariantViolation(
+            f"seq {envelope.seq}: only inputs announce decisions ({envelope.event.kind} "
+            f"is a {envelope.event.role})"
+        )
 
 
 class _DirSyncFailed(Exception):

@@ -33,19 +33,19 @@ from pathlib import Path
 import msgspec
 
 from memstate.core.errors import (
-    CheckpointCorruption,
     InvariantViolation,
     LogCorruption,
     MidLogCorruption,
     SchemaError,
 )
-from memstate.core.events import SCHEMA_VERSION, Envelope
+from memstate.core.events import Envelope
 from memstate.core.reducer import Folder, step
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals, snapshot_for
-from memstate.core.state import REDUCER_VERSION, State
-from memstate.store.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from memstate.core.state import State
+from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
 from memstate.store.log import REPAIR_HINT, LogProblem, LogReader, decode_at
+from memstate.store.transactions import TransactionProblem, group_transactions
 
 
 class Recovered(msgspec.Struct, frozen=True):
@@ -114,7 +114,15 @@ def startup_checkpoint(
 ) -> Checkpoint | None:
     """The checkpoint start-up begins from (None: replay from seq 1); raises if a pruned log
     has none (or `use_checkpoints` is False). Skipped checkpoints are explained in `warnings`."""
-    checkpoint = _usable_checkpoint(state_dir, reader, warnings) if use_checkpoints else None
+    checkpoint = (
+        usable_checkpoint(
+            reversed(list_checkpoints(state_dir)),
+            chain_crc_at=reader.chain_crc_at,
+            skipped=warnings,
+        )
+        if use_checkpoints
+        else None
+    )
     if checkpoint is None:
         first = reader.first_seq()
         if first > 1:
@@ -141,32 +149,41 @@ class TailReplay:
         self.incomplete: list[tuple[Envelope, int]] = []
 
     def __iter__(self) -> Iterator[list[tuple[Envelope, int]]]:
-        group: list[tuple[Envelope, int]] = []
-        owed = 0
-        last_seq = self.after_seq
+        grouped = group_transactions(self._records(), _envelope_of)
+        try:
+            for transaction in grouped:
+                yield list(transaction.members)
+        except TransactionProblem as problem:
+            if problem.kind == "cut_short":
+                self.incomplete = problem.taken  # never acknowledged: left out
+                return
+            if problem.kind == "orphan_decision":
+                raise InvariantViolation(
+                    f"seq {problem.head.seq}: {problem.head.event.kind} is a decision outside a "
+                    "transaction (a checkpoint taken mid-transaction, or a log not written by "
+                    "memstate)"
+                ) from None
+            offender = problem.offender
+            raise InvariantViolation(
+                f"seq {offender.seq if offender else 0}: "
+                f"{offender.event.kind if offender else 'a record'} cannot be one of the "
+                f"decisions announced by seq {problem.head.seq} (a log not written by memstate)"
+            ) from None
+
+    def _records(self) -> Iterator[tuple[Envelope, int]]:
+        """Every record after `after_seq`, decoded, with the chain CRC after it."""
+        expected = self.after_seq + 1
         for payload, seq, offset, segment, crc in self.reader.read_frames(self.after_seq + 1):
-            expected = (group[-1][0].seq if group else last_seq) + 1
             if seq != expected:
                 raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
             envelope = decode_at(payload, seq, segment, offset)
             self.decoded += 1
-            group.append((envelope, crc))
-            if owed:
-                owed -= 1
-            elif envelope.decisions:
-                owed = envelope.decisions
-            elif envelope.event.role == "decision":
-                raise InvariantViolation(
-                    f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a "
-                    "transaction (a checkpoint taken mid-transaction, or a log not written by "
-                    "memstate)"
-                )
-            if owed:
-                continue
-            last_seq = group[-1][0].seq
-            yield group
-            group = []
-        self.incomplete = group
+            expected += 1
+            yield envelope, crc
+
+
+def _envelope_of(record: tuple[Envelope, int]) -> Envelope:
+    return record[0]
 
 
 def check_startup_reads(state_dir: Path) -> LogProblem | None:
@@ -192,40 +209,3 @@ def check_startup_reads(state_dir: Path) -> LogProblem | None:
             exc.message.removesuffix(f"; {REPAIR_HINT}"),
         )
     return None
-
-
-def _usable_checkpoint(
-    state_dir: Path, reader: LogReader, warnings: list[str]
-) -> Checkpoint | None:
-    for seq, path in reversed(list_checkpoints(state_dir)):
-        checkpoint, reason = assess_checkpoint(path, seq, reader)
-        if checkpoint is not None:
-            return checkpoint
-        warnings.append(f"checkpoint {path.name} skipped: {reason}")
-    return None
-
-
-def assess_checkpoint(path: Path, seq: int, reader: LogReader) -> tuple[Checkpoint | None, str]:
-    """(the checkpoint, "") if start-up may use it, else (None, why not)."""
-    try:
-        checkpoint = load_checkpoint(path)
-    except (CheckpointCorruption, SchemaError) as exc:
-        return None, str(exc)
-    if checkpoint.reducer_version != REDUCER_VERSION:
-        return None, (
-            f"built by reducer version {checkpoint.reducer_version}, this build is "
-            f"{REDUCER_VERSION} (replaying instead)"
-        )
-    if checkpoint.schema_version > SCHEMA_VERSION:
-        return None, (
-            f"event schema {checkpoint.schema_version} is newer than this build ({SCHEMA_VERSION})"
-        )
-    log_crc = reader.chain_crc_at(seq)
-    if log_crc is None:
-        return None, f"the log does not hold seq {seq}"
-    if log_crc != checkpoint.chain_crc:
-        return None, (
-            f"chain CRC {checkpoint.chain_crc:08x} does not match the log's {log_crc:08x} at "
-            f"seq {seq} (the log was repaired or replaced)"
-        )
-    return checkpoint, ""

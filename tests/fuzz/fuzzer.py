@@ -44,8 +44,8 @@ from memstate.core.events import (
 from memstate.core.reducer import apply, step
 from memstate.core.state import State
 from memstate.core.topology import Topology
-from memstate.node.daemon import load_settings_and_config
 from memstate.node.inputs import load_topology
+from memstate.node.loops.config import load_settings_and_config
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.settings import Settings
 

@@ -266,3 +266,28 @@ def test_an_unrecovered_incomplete_transaction_is_not_applied(tmp_path: Path) ->
     assert recovered.last_seq in ends
     assert recovered.state == replay_state([e for e in written if e.seq < last_input.seq])
     assert "incomplete transaction" in recovered.warnings[0]
+
+
+def test_start_up_and_replay_choose_a_checkpoint_by_the_same_rule(
+    logged: tuple[Path, list[Envelope]],
+) -> None:
+    """One chooser (store.checkpoint.usable_checkpoint): start-up and `memstate replay
+    --from-checkpoint` pass over the same newer checkpoints, for the same reasons, and start
+    from the same one."""
+    from memstate.history.replay import open_source, starting_point
+
+    state_dir, written = logged
+    ends = boundaries(written)
+    checkpoint_at(state_dir, written, ends[3])
+    crc = LogReader(state_dir).chain_crc_at(ends[-3])
+    assert crc is not None
+    write_checkpoint(state_dir, State(), seq=ends[-3], chain_crc=crc ^ 1, fsync=False)
+    damaged = checkpoint_at(state_dir, written, ends[-2])
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    recovered = recover_state(state_dir)
+    state, after, warnings = starting_point(open_source(state_dir), from_checkpoint=True)
+    assert recovered.checkpoint_seq == after == ends[3]
+    assert recovered.warnings == warnings
+    assert len(warnings) == 2 and "CRC mismatch" in warnings[0] and "chain CRC" in warnings[1]
+    assert state == replay_state([e for e in written if e.seq <= ends[3]])
+    assert oldest_checkpoint_seq(state_dir) == ends[3]

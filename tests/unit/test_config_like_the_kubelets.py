@@ -19,8 +19,8 @@ import pytest
 from memstate.core.config import config_from_object, validate_config_for_topology
 from memstate.core.errors import ConfigError, ManifestError
 from memstate.core.pod import pod_from_manifest
-from memstate.node.daemon import load_settings_and_config
 from memstate.node.inputs import load_config
+from memstate.node.loops.config import load_settings_and_config
 from memstate.node.settings import Settings, settings_from_object
 from tests.factories import Mi, container, manifest, topology
 

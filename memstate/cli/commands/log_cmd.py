@@ -250,9 +250,8 @@ def _require_log(state_dir: Path) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from memstate.store.checkpoint import list_checkpoints
+    from memstate.store.checkpoint import assess_checkpoint, list_checkpoints
     from memstate.store.log import LogReader
-    from memstate.store.recovery import assess_checkpoint
     from memstate.store.verify import verify
 
     state_dir = state_dir_of(args)
@@ -261,7 +260,9 @@ def run_verify(args: argparse.Namespace) -> int:
     reader = LogReader(state_dir)
     checkpoints = []
     for seq, path in list_checkpoints(state_dir):
-        checkpoint, reason = assess_checkpoint(path, seq, reader) if report.ok else (None, "")
+        checkpoint, reason = (
+            assess_checkpoint(path, seq, reader.chain_crc_at) if report.ok else (None, "")
+        )
         checkpoints.append(
             {
                 "file": str(path),

@@ -1,0 +1,267 @@
+"""What every part of the daemon shares: settings, adapters, the writer, health, the wake-ups.
+
+`DaemonContext` holds the daemon's state (memstate.node.daemon.Daemon is it plus the wiring); the
+start-up (memstate.node.startup) and the loops (memstate.node.loops) are functions of it. The
+writer's effects (publishing the new state, waking the reconciler) and the status file live here
+because every part calls them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import msgspec
+import trio
+
+from memstate import __version__
+from memstate.core.errors import HostError, InvariantViolation
+from memstate.core.events import Event, NodeReconfigured, PodAdmitted
+from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
+from memstate.core.removals import PendingRemovals
+from memstate.core.state import State
+from memstate.core.state_targets import TargetsTracker
+from memstate.core.targets import NodeTargets
+from memstate.core.topology import Topology
+from memstate.host.cgroupfs import is_populated
+from memstate.node.adapters import Adapters, LogStorage
+from memstate.node.cgroup_tree import TreeClaim
+from memstate.node.health import Heartbeat, Readiness
+from memstate.node.manifests import ManifestDirectory
+from memstate.node.metrics import Metrics, Snapshot
+from memstate.node.nri_decider import NriService
+from memstate.node.sdnotify import Notifier
+from memstate.node.settings import Settings
+from memstate.node.sources.feed import SourceFeed
+from memstate.node.sources.tracker import PodTracker
+from memstate.node.writer import Writer
+
+# The daemon's log lines keep the name operators filter on, whichever module writes them.
+logger = logging.getLogger("memstate.node.daemon")
+
+
+class Wakeup:
+    """A level-triggered wake-up: `set()` any number of times, `wait()` returns once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until set or `timeout` passes; True if it was set. Resets it."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        woken = self._event.is_set()
+        self._event = trio.Event()
+        return woken
+
+
+class DaemonContext:
+    """The daemon's state and the parts every task shares (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        cli_overrides: dict[str, object] | None = None,
+        fsync: bool = True,
+        on_ready: Callable[[Self], None] | None = None,
+        stop_after_seconds: float | None = None,
+        adapters: Adapters | None = None,
+    ) -> None:
+        self.adapters = adapters if adapters is not None else Adapters()
+        self.settings = settings
+        # Called with the daemon once READY (memstate.node.daemon.Daemon.run); Self keeps the
+        # callers' type check, Any only what mypy cannot bind on the attribute.
+        self.on_ready: Callable[[Any], None] | None = on_ready
+        self.stop_after_seconds = stop_after_seconds
+        self.cli_overrides = dict(cli_overrides or {})
+        self.notifier = notifier or self.adapters.notifier or Notifier.from_environment()
+        self.fsync = fsync
+        self.metrics = Metrics()
+        self.wall_clock_ns = self.adapters.wall_clock_ns
+        self.run_io = self.adapters.run_io
+        # The one path every event takes, before and after READY (memstate.node.writer).
+        self.writer = Writer(
+            metrics=self.metrics,
+            wall_clock_ns=self.wall_clock_ns,
+            run_io=self.run_io,
+            on_commit=self._note_effects,
+            checkpoint_every=lambda: self.settings.checkpoint_every,
+        )
+        self.storage: LogStorage | None = None
+        self.targets: NodeTargets | None = None
+        # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
+        self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
+        self.feed = SourceFeed(self.tracker, self._record)
+        self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
+        self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
+        self._sources_wake = Wakeup()
+        self.config_topology: Topology | None = None
+        self._cgroup_limiter = trio.CapacityLimiter(1)
+        self._reconcile_wake = Wakeup()
+        self._manifest_wake = Wakeup()
+        self._config_wake = Wakeup()
+        self._scope: set[str] | None = set()  # None: the next round is a full resync
+        self._failure_notes: dict[tuple[str, str, str, int], float] = {}
+        self._config_digest = ""
+        self._targets = TargetsTracker()  # the state's NodeTargets, each pod's computed once
+        self._warned_old_kernel = False
+        self._converged = False
+        self._pending_removals = 0
+        self.heartbeat = Heartbeat()
+        self.readiness = Readiness()
+        self._nursery: trio.Nursery | None = None  # the root nursery, for the HTTP endpoint
+        self.reconciler: object | None = None
+        self._tree_claim: TreeClaim | None = None
+        self.ready = trio.Event()
+        self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
+
+    # The writer owns the state, the pending removals (retired pod cgroups still to remove,
+    # folded from the log with the state and handed whole to every reconcile round) and the seq.
+    @property
+    def state(self) -> State:
+        """The state after the last durable record."""
+        return self.writer.state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self.writer.state = state
+
+    @property
+    def removals(self) -> PendingRemovals:
+        """Retired pod cgroups still to remove."""
+        return self.writer.removals
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last durable record."""
+        return self.writer.last_seq
+
+    # --- the writer's effects -------------------------------------------------------------------
+
+    async def submit(self, events: Sequence[Event]) -> None:
+        """Have `events` decided and recorded (memstate.node.writer); returns once durable."""
+        await self.writer.submit(events)
+
+    def _note_effects(self, decisions: Sequence[Event]) -> None:
+        """Publish the new state and tell the reconciler what changed (the cgroups of retired
+        pods are in `self.removals`, which every round covers)."""
+        self.targets = self._targets.update(self.state, decisions)
+        full = any(isinstance(d, NodeReconfigured) for d in decisions)
+        for decision in decisions:
+            if (
+                isinstance(decision, PodAdmitted)
+                and self.targets is not None
+                and self._scope is not None
+            ):
+                self._scope.add(self.targets.pod(decision.uid).cgroup)
+        if full:
+            self._scope = None
+        self._publish()
+        if decisions:
+            self._reconcile_wake.set()
+
+    def _write_status(self) -> None:
+        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable)."""
+        if not self.adapters.host_loops:
+            return
+        document = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "ready": self.ready.is_set(),
+            "seq": self.last_seq,
+            "converged": self._converged,
+            "pending_removals": self._pending_removals,
+            "metrics_address": self.settings.metrics_address,
+            "manifest_dir": str(self.settings.manifest_dir),
+            "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
+            "pod_sources": list(self.settings.pod_sources),
+            "pod_source_health": [source.health.as_dict() for source in self.sources],
+            "nri": self.nri.as_dict() if self.nri is not None else None,
+            "updated_ts_ns": self.wall_clock_ns(),
+        }
+        path = self.settings.state_dir / "daemon-status.json"
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_bytes(msgspec.json.encode(document))
+            temporary.replace(path)
+        except OSError as exc:
+            logger.debug("cannot write %s: %s", path, exc)
+
+    def _old_kernel_with_memory_high(self) -> str:
+        """The kernel release when memory.high is in use on a kernel older than 5.9, else ""."""
+        topology, targets = self.state.topology, self.targets
+        if topology is None or targets is None:
+            return ""
+        version = kernel_version(topology.kernel_release)
+        if version is None or version >= MEMORY_HIGH_SAFE_KERNEL:
+            return ""
+        in_use = any(
+            c.files.get("memory.high", "max") != "max" for p in targets.pods for c in p.containers
+        )
+        return topology.kernel_release if in_use else ""
+
+    def _publish(self) -> None:
+        old_kernel = self._old_kernel_with_memory_high()
+        if old_kernel and not self._warned_old_kernel:
+            self._warned_old_kernel = True
+            logger.warning(
+                "memory.high is in use on kernel %s, older than 5.9: allocations faster than "
+                "reclaim can stall at memory.high (the livelock that kept Memory QoS in alpha); "
+                "use a 5.9 or newer kernel",
+                old_kernel,
+            )
+        self.metrics.publish(
+            Snapshot(
+                state=self.state,
+                targets=self.targets,
+                last_seq=self.last_seq,
+                converged=self._converged,
+                pending_removals=self._pending_removals,
+                old_kernel_with_memory_high=old_kernel,
+            )
+        )
+
+    def _write_checkpoint(
+        self, state: State, seq: int, chain_crc: int, removals: PendingRemovals
+    ) -> None:
+        """The writer's checkpoint writer: the storage's, once it is open."""
+        if self.storage is None:
+            raise InvariantViolation("a checkpoint before the log was opened")
+        self.storage.write_checkpoint(state, seq, chain_crc, removals)
+
+    # --- sources -------------------------------------------------------------------------------
+
+    async def _record(self, events: Sequence[Event]) -> None:
+        """Make source events durable (through the writer, before and after READY)."""
+        await self.writer.submit(events)
+
+    def _holder_of(self, uid: str) -> str | None:
+        """Where the running (or deferred) pod `uid` came from: that locator keeps its UID
+        against any other declaring it, also right after a restart (memstate.node.sources)."""
+        record = self.state.pods.get(uid)
+        if record is not None:
+            return record.source
+        waiting = self.state.deferred.get(uid)
+        return waiting.source if waiting is not None else None
+
+    def _pod_cgroup_gone(self, uid: str) -> bool:
+        """No process is left in the pod's cgroup (it is gone, or empty): a terminating or
+        deleted pod may be released. Asked by the tracker; reads one cgroup.events file."""
+        if self.targets is None or self.reconciler is None:
+            return True
+        try:
+            path = self.targets.pod(uid).cgroup
+        except KeyError:
+            return True
+        try:
+            return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
+        except HostError as exc:
+            return exc.errno == errno.ENOENT

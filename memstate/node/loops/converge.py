@@ -1,0 +1,159 @@
+"""The reconcile loop: scoped rounds after commits, periodic full resyncs, retries, cgroup hints."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from memstate.core.errors import HostError
+from memstate.core.events import Event, PodCgroupRemoved
+from memstate.node.context import DaemonContext
+from memstate.node.journal import log_drift
+from memstate.node.sources.kubelet import KubeletSource
+
+# The daemon's log lines keep the name operators filter on, whichever module writes them.
+logger = logging.getLogger("memstate.node.daemon")
+
+FAILURE_NOTE_REPEAT_SECONDS = 600.0
+
+
+async def reconcile_once(daemon: DaemonContext) -> float | None:
+    """One reconcile round; returns when the reconciler wants a retry (seconds) or None."""
+    targets = daemon.targets
+    if targets is None or daemon.reconciler is None:
+        return None
+    scope, daemon._scope = daemon._scope, set()
+    retiring = daemon.removals.paths
+    if scope is not None and not scope and not retiring:
+        return None
+    reconciler = daemon.reconciler
+    started = trio.current_time()
+    report = await daemon.run_io(
+        functools.partial(
+            reconciler.reconcile,  # type: ignore[attr-defined]
+            targets,
+            retired_paths=sorted(retiring),
+            scope=None if scope is None else sorted(scope),
+        ),
+        limiter=daemon._cgroup_limiter,
+    )
+    label = "full" if scope is None else "scoped"
+    daemon.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
+    for (file_name, result), count in sorted(report.counters.items()):
+        daemon.metrics.cgroup_writes.labels(file=file_name, result=result).inc(count)
+    notes = notes_worth_recording(daemon, report.notes)
+    drift = sum(1 for n in report.notes if n.kind == "cgroup_drift_corrected")
+    if drift:
+        daemon.metrics.drift_corrections.inc(drift)
+    daemon._converged = bool(report.converged)
+    daemon._pending_removals = len(report.pending_removals)
+    # Removals seen finished become durable notes; the fold then drops them. A path the
+    # state has since desired again, or already dropped, needs no note.
+    current = daemon.removals.paths
+    notes.extend(
+        PodCgroupRemoved(path=path, uid=current[path]) for path in report.removed if path in current
+    )
+    daemon.readiness.converged = daemon._converged
+    daemon.readiness.pending_removals = daemon._pending_removals
+    daemon._publish()
+    daemon._write_status()
+    if notes:
+        await daemon.writer.submit(notes)
+    retry: float | None = report.retry_after_seconds
+    return retry
+
+
+def notes_worth_recording(daemon: DaemonContext, notes: Sequence[Event]) -> list[Event]:
+    """Drift and orphans are always recorded; a repeated identical failure once per 10 min."""
+    now = trio.current_time()
+    kept: list[Event] = []
+    for note in notes:
+        if note.kind == "cgroup_write_failed":
+            key = (
+                getattr(note, "path", ""),
+                getattr(note, "op", ""),
+                getattr(note, "file", ""),
+                int(getattr(note, "errno", 0)),
+            )
+            last = daemon._failure_notes.get(key)
+            if last is not None and now - last < FAILURE_NOTE_REPEAT_SECONDS:
+                continue
+            daemon._failure_notes[key] = now
+            logger.warning("cgroup: %s", getattr(note, "message", note))
+        elif note.kind == "cgroup_drift_corrected":
+            log_drift(
+                logger,
+                getattr(note, "path", ""),
+                getattr(note, "file", ""),
+                getattr(note, "found", ""),
+                getattr(note, "expected", ""),
+            )
+        kept.append(note)
+    return kept
+
+
+async def reconcile_loop(daemon: DaemonContext) -> None:
+    retry: float | None = None
+    while True:
+        daemon.heartbeat.beat("reconcile", daemon.settings.resync_seconds)
+        timeout = (
+            daemon.settings.resync_seconds
+            if retry is None
+            else min(retry, daemon.settings.resync_seconds)
+        )
+        woken = await daemon._reconcile_wake.wait(timeout)
+        if not woken and retry is None:
+            daemon._scope = None  # periodic full resync: the source of truth
+        try:
+            retry = await reconcile_once(daemon)
+        except HostError as exc:
+            logger.error("reconcile: %s", exc)
+            retry = daemon.settings.resync_seconds
+
+
+async def cgroup_watch_loop(daemon: DaemonContext) -> None:
+    """Changes to the tree made by others trigger an early full resync."""
+    from memstate.node.cgroup_watch import watch_cgroups
+
+    def hint(path: str) -> None:
+        # A hint names the cgroup that changed ("" for the whole tree): resync the managed
+        # cgroup it belongs to early (a container cgroup the runtime made below a pod
+        # cgroup belongs to that pod); anything else gets a full resync, which also finds
+        # orphans. The periodic full resync stays the source of truth.
+        managed = managed_cgroup_of(daemon, path) if path else None
+        if managed is None:
+            daemon._scope = None
+        elif daemon._scope is not None:
+            daemon._scope.add(managed)
+        daemon._reconcile_wake.set()
+        # A cgroup memstate does not manage appeared (the kubelet made a pod cgroup, or the
+        # runtime a container's): poll /pods at once (rate-limited by the source). An
+        # emptied cgroup may release a deleted pod.
+        if path and managed != path:
+            for source in daemon.sources:
+                if isinstance(source, KubeletSource):
+                    source.nudge()
+        daemon._sources_wake.set()
+
+    await watch_cgroups(
+        daemon.settings.cgroup_sim or daemon.settings.cgroup_root,
+        on_hint=hint,
+        on_error=daemon.metrics.watch_failed("cgroups"),
+    )
+
+
+def managed_cgroup_of(daemon: DaemonContext, path: str) -> str | None:
+    """The nearest cgroup at or above `path` that the targets manage (None if none)."""
+    if daemon.targets is None:
+        return None
+    managed = {target.path for target in daemon.targets.cgroups}
+    parts = path.split("/")
+    while parts:
+        candidate = "/".join(parts)
+        if candidate in managed:
+            return candidate
+        parts.pop()
+    return None

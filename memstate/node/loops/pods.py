@@ -1,0 +1,97 @@
+"""The pod sources' loops: the manifest directory, the kubelet and API-server sources."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import trio
+
+from memstate.core.errors import MemstateError
+from memstate.core.events import ReadmissionCompleted
+from memstate.node.context import DaemonContext
+from memstate.node.stale import forget_vanished_rejections
+from memstate.node.watching import watch_directory
+
+# The daemon's log lines keep the name operators filter on, whichever module writes them.
+logger = logging.getLogger("memstate.node.daemon")
+
+SOURCE_HEALTH_SECONDS = 1.0
+
+
+async def scan_manifests(daemon: DaemonContext) -> None:
+    if "manifests" not in daemon.settings.pod_sources:
+        return
+    read = daemon.adapters.read_manifests or daemon.manifests.read
+    pods = await daemon.run_io(read)
+    await daemon.feed.deliver("manifests", pods)
+
+
+async def sources_loop(daemon: DaemonContext) -> None:
+    """Run the kubelet/API-server sources; close readmission once each has synced."""
+    if not daemon.sources:
+        return
+    async with trio.open_nursery() as nursery:
+        for source in daemon.sources:
+            nursery.start_soon(source.run, daemon.feed.deliverer(source.name))
+        waited = 0.0
+        while daemon.state.readmission_open:
+            unsynced = [s.name for s in daemon.sources if s.health.last_success_unix is None]
+            if not unsynced:
+                forget = forget_vanished_rejections(daemon.state, daemon.settings.manifest_dir)
+                await daemon.submit([*forget, ReadmissionCompleted()])
+                break
+            if waited and waited % 60.0 == 0:
+                logger.warning(
+                    "readmission stays open until every pod source has synced; waiting for %s",
+                    ", ".join(unsynced),
+                )
+            await trio.sleep(0.5)
+            waited += 0.5
+        health = None
+        while True:
+            # Deleted pods are released when their cgroup empties: ask again on cgroup hints
+            # and every second (an in-memory diff); publish source health when it changes.
+            await daemon._sources_wake.wait(SOURCE_HEALTH_SECONDS)
+            try:
+                await daemon.feed.recheck()
+            except MemstateError as exc:
+                logger.error("pod sources: %s", exc)
+            current = [tuple(s.health.as_dict().values()) for s in daemon.sources]
+            if current != health:
+                health = current
+                publish_sources(daemon)
+                daemon._write_status()
+
+
+def publish_sources(daemon: DaemonContext) -> None:
+    for source in daemon.sources:
+        h = source.health
+        daemon.metrics.pod_source_in_sync.labels(source=h.name).set(1 if h.in_sync else 0)
+        daemon.metrics.pod_source_failures.labels(source=h.name).set(h.consecutive_failures)
+        daemon.metrics.pod_source_last_success.labels(source=h.name).set(h.last_success_unix or 0)
+
+
+async def manifest_loop(daemon: DaemonContext) -> None:
+    async with trio.open_nursery() as nursery:
+        if daemon.adapters.host_loops and daemon.adapters.read_manifests is None:
+            # A change is a hint (the loop rescans); failures are logged, counted and retried.
+            nursery.start_soon(
+                functools.partial(
+                    watch_directory,
+                    daemon.settings.manifest_dir,
+                    daemon._manifest_wake.set,
+                    only_name=None,
+                    on_error=daemon.metrics.watch_failed("manifests"),
+                )
+            )
+        while True:
+            try:
+                await scan_manifests(daemon)
+            except MemstateError as exc:
+                logger.error("manifest scan: %s", exc)
+                daemon.readiness.source_failed("manifests", str(exc))
+            else:
+                daemon.readiness.source_in_sync("manifests")
+            daemon.heartbeat.beat("manifests", daemon.settings.rescan_seconds)
+            await daemon._manifest_wake.wait(daemon.settings.rescan_seconds)

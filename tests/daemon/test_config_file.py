@@ -1,0 +1,70 @@
+"""The config file is read once per load: settings, config and the digest that makes a repeated
+reload a no-op all come from the same bytes (memstate.node.loops.config).
+
+Method: a real config file on disk; every read of it (`Path.open`, `Path.read_bytes`,
+`Path.read_text`) is recorded while the real read happens. Before the fix, start-up read the file
+twice (the document, then the bytes for the digest), so an edit between the two reads was taken
+as already loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memstate.node.context import DaemonContext
+from memstate.node.loops.config import config_digest, load_config_at_startup
+from memstate.node.settings import Settings
+from tests.factories import topology
+
+CONFIG_YAML = """\
+memoryManagerPolicy: Static
+topologyManagerPolicy: none
+memoryReservationPolicy: TieredReservation
+systemReserved: {memory: 2Gi}
+evictionHard: {memory.available: "0"}
+reservedMemory:
+- {numaNode: 0, limits: {memory: 1Gi}}
+- {numaNode: 1, limits: {memory: 1Gi}}
+memstate: {metricsAddress: "off", rescanSeconds: 7}
+"""
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch, watched: Path) -> list[str]:
+    """Names of the Path methods that read `watched`, in order (the reads still happen)."""
+    reads: list[str] = []
+    for name in ("open", "read_bytes", "read_text"):
+        original: Callable[..., Any] = getattr(Path, name)
+
+        def counting(self: Path, *args: Any, _name: str = name, _orig: Any = original) -> Any:
+            if self == watched:
+                reads.append(_name)
+            return _orig(self, *args)
+
+        monkeypatch.setattr(Path, name, counting)
+    return reads
+
+
+def test_start_up_reads_the_config_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    daemon = DaemonContext(
+        Settings(
+            state_dir=tmp_path / "state",
+            manifest_dir=tmp_path / "manifests",
+            config_file=config_file,
+            metrics_address="off",
+        )
+    )
+    reads = record_reads(monkeypatch, config_file)
+    config = load_config_at_startup(daemon, topology("8Gi", "8Gi"))
+    assert reads == ["open"]
+    monkeypatch.undo()
+    assert daemon._config_digest == config_digest(config_file.read_bytes())
+    assert daemon.settings.rescan_seconds == 7  # the memstate: section, from the same read
+    assert config.memory_manager_policy == "Static"
