@@ -212,6 +212,8 @@ class _Cgroup:
             node = node.parent
 
 
+_COMPONENTS_CACHE_ENTRIES = 4096
+
 _Reader = Callable[["_Cgroup", str], str]
 _Writer = Callable[["_Cgroup", str, str], None]
 
@@ -280,6 +282,7 @@ class SimCgroupFS:
         # handler serves a file only on its name: both are looked up on every call, so memoise.
         self._files_by_controllers: dict[tuple[bool, frozenset[str]], frozenset[str]] = {}
         self._readers: dict[str, _Reader | None] = {}
+        self._components: dict[str, tuple[str, ...]] = {}
         self._writers: dict[str, _Writer | None] = {}
 
     @property
@@ -313,7 +316,14 @@ class SimCgroupFS:
         return node
 
     def _node(self, path: str, op: str, file: str = "") -> _Cgroup:
-        return self._lookup(split_cgroup_path(path, op=op), op, path, file)
+        components = self._components.get(path)
+        if components is None:
+            # Validated once per path (an invalid one raises and is not remembered).
+            components = split_cgroup_path(path, op=op)
+            if len(self._components) >= _COMPONENTS_CACHE_ENTRIES:
+                self._components.clear()
+            self._components[path] = components
+        return self._lookup(components, op, path, file)
 
     # --- which files exist -----------------------------------------------------------------------
 
