@@ -3,8 +3,10 @@
 A full observation reads every managed cgroup, lists every managed directory, reads the
 protections of the children memstate does not manage and walks every pod cgroup no target
 explains; a scoped one reads only the scoped paths and their ancestors over a cached picture
-(see `memstate.reconcile.reconciler` for why). Read-only, synchronous, never raises `HostError`:
-a failed call becomes a `ReadError` and the value is reported unknown, never guessed.
+(see `memstate.reconcile.reconciler` for why); `observe_children` refreshes, before a scoped
+round lowers a parent's protection, what that parent's children hold now. Read-only, synchronous,
+never raises `HostError`: a failed call becomes a `ReadError` and the value is reported unknown,
+never guessed.
 """
 
 from __future__ import annotations
@@ -254,6 +256,61 @@ def observe_tree(
     else:
         tree = observer.scoped(base, scope)
     return tree, observer.errors, observer.reads
+
+
+def observe_children(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    parents: Mapping[str, Iterable[str]],
+    *,
+    base: ObservedTree,
+    observed: Iterable[str] = (),
+) -> tuple[ObservedTree, list[ReadError], int]:
+    """Fresh values of `files` in every child of each parent (`parents` maps a parent to the
+    protection files it is about to lower), merged into `base`: (tree, read errors, calls).
+
+    Each parent is listed (a child someone else created counts as much as one whose value
+    changed); every listed child not in `observed` (read this round already) has those files
+    read, its other cached values kept; a cached child no longer listed is recorded absent. If
+    the listing fails, the parent's files are recorded unreadable, so nothing lowers them this
+    round. Costs one listing per parent and one read per child and file.
+    """
+    observer = _Observer(fs, targets, naming_config(targets))
+    skip = set(observed)
+    for parent, wanted in sorted(parents.items()):
+        files = tuple(sorted(set(wanted)))
+        found = base.get(parent)
+        if found is None or not found.exists:
+            continue
+        names = observer._list(parent)
+        if names is None:
+            unreadable = tuple(sorted({*found.unreadable, *files}))
+            observer.found[parent] = msgspec.structs.replace(found, unreadable=unreadable)
+            continue
+        observer.found[parent] = msgspec.structs.replace(found, children=names)
+        for name in names:
+            child = join_path(parent, name)
+            if child in skip or not is_valid_cgroup_name(name):
+                continue
+            fresh = observer.cgroup(child, files, known_exists=True, children=False)
+            cached = base.get(child)
+            if cached is not None and cached.exists:
+                kept = {f: v for f, v in cached.files.items() if f not in files}
+                fresh = msgspec.structs.replace(
+                    cached,
+                    files={**kept, **fresh.files},
+                    unreadable=tuple(
+                        sorted(
+                            {f for f in cached.unreadable if f not in files} | {*fresh.unreadable}
+                        )
+                    ),
+                )
+            observer.found[child] = fresh
+        for name in found.children or ():
+            child = join_path(parent, name)
+            if name not in names and child not in skip:
+                observer.found[child] = ObservedCgroup(exists=False)
+    return merge_observations(base, observer.found), observer.errors, observer.reads
 
 
 def observe_containers(

@@ -14,6 +14,9 @@ One call to `Reconciler.reconcile(targets)` is one round:
    (`apply_operations` keeps it current), so one admission costs O(1) reads as well as O(1)
    writes. The periodic full resync stays the source of truth: a scoped round never looks for
    orphans, and anything the cached picture got wrong is repaired by the next full one.
+   One exception, because lowering on a stale picture is not safe: a scoped round whose plan
+   lowers a parent's protection reads that parent's children first and plans again
+   (`_see_children_of_lowered`).
 2. **Plan** with `memstate.core.plan.plan_operations` (ordering rules and why: see there).
 3. **Execute** the operations in order. An operation whose requirement failed, was skipped or is
    still backing off is skipped, so a failure on one cgroup never stops unrelated cgroups and
@@ -68,6 +71,7 @@ from memstate.core.events import (
 )
 from memstate.core.plan import (
     CGROUP_KILL,
+    PROTECTION_FILES,
     SUBTREE_CONTROL,
     ObservedTree,
     Operation,
@@ -83,6 +87,7 @@ from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
     ReadError,
     add_container_cgroups,
+    observe_children,
     observe_containers,
     observe_tree,
 )
@@ -252,15 +257,25 @@ class Reconciler:
         targets, tree, focus, more_errors, more_reads = self._with_containers(targets, tree, paths)
         read_errors += more_errors
         reads += more_reads
-        plan = plan_operations(
-            targets,
-            tree,
-            page_size_bytes=self.page_size_bytes,
-            retired_paths=retiring,
-            pod_removal=self.options.pod_removal,
-            remove_orphans=self.options.remove_orphans and full,
-            focus=focus,
-        )
+
+        def plan_for(tree: ObservedTree) -> Plan:
+            return plan_operations(
+                targets,
+                tree,
+                page_size_bytes=self.page_size_bytes,
+                retired_paths=retiring,
+                pod_removal=self.options.pod_removal,
+                remove_orphans=self.options.remove_orphans and full,
+                focus=focus,
+            )
+
+        plan = plan_for(tree)
+        if not full:
+            tree, plan, more_errors, more_reads = self._see_children_of_lowered(
+                targets, tree, plan, plan_for, focus or ()
+            )
+            read_errors += more_errors
+            reads += more_reads
         drift = self._drift(targets, tree, plan)
         results, writes = self._execute(plan)
         return self._finish(
@@ -314,6 +329,66 @@ class Reconciler:
             paths.add(path)
         paths |= retiring
         return sorted(paths)
+
+    # --- lowering in a scoped round ---------------------------------------------------------
+
+    def _see_children_of_lowered(
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        plan: Plan,
+        plan_for: Callable[[ObservedTree], Plan],
+        focus: Iterable[str],
+    ) -> tuple[ObservedTree, Plan, list[ReadError], int]:
+        """Before a scoped round lowers a parent's protection, read what the parent's children
+        hold now, and plan again with it: (tree, plan, read errors, calls).
+
+        A scoped round reads its scope and the scope's ancestors; their other children come from
+        the cached picture, which does not know what another writer did since the last full
+        resync (a sibling's memory.min raised, a cgroup created). Raising on a stale sum is
+        safe — the parent only covers more — but lowering to it can leave the parent below its
+        children. So each parent the plan lowers is listed and the lowered files of its children
+        not observed this round are read (`observe_children`); the lower pass then never goes
+        below them. Only lowered parents cost reads: an admission usually lowers nothing. Fresh
+        values only ever lower less, but a re-plan may lower another parent; repeat until every
+        lowered parent was seen with its children (at most once per level).
+        """
+        seen = {path for path in focus if self._children_observed(targets, path, plan)}
+        errors: list[ReadError] = []
+        reads = 0
+        while True:
+            lowered: dict[str, set[str]] = {}
+            for operation in plan.operations:
+                if (
+                    operation.phase == "lower"
+                    and operation.kind == "write"
+                    and operation.file in PROTECTION_FILES
+                    and operation.path not in seen
+                ):
+                    lowered.setdefault(operation.path, set()).add(operation.file)
+            if not lowered:
+                return tree, plan, errors, reads
+            tree, more_errors, more_reads = observe_children(
+                self.fs, targets, lowered, base=tree, observed=plan.final_values
+            )
+            errors += more_errors
+            reads += more_reads
+            seen.update(lowered)
+            plan = plan_for(tree)
+
+    @staticmethod
+    def _children_observed(targets: NodeTargets, path: str, plan: Plan) -> bool:
+        """True if this round already read `path`'s listing and all its children: a scoped
+        cgroup is listed with its unmanaged children's protections; its managed children count
+        only if they were planned (observed) too."""
+        prefix = f"{path}/" if path else ""
+        return all(
+            target.path in plan.final_values
+            for target in targets.cgroups
+            if target.path.startswith(prefix)
+            and target.path != path
+            and "/" not in target.path[len(prefix) :]
+        )
 
     # --- drift -----------------------------------------------------------------------------
 

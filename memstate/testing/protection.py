@@ -17,6 +17,7 @@ from memstate.core.plan import (
     ObservedTree,
     ValueModel,
     join_path,
+    value_model,
 )
 from memstate.host.sim.cgroupdir import JournalEntry
 
@@ -102,7 +103,7 @@ def protection_shortfalls(
     """For every cgroup whose memory.min (memory.low) is below the sum of its children's: by how
     many bytes, keyed by (path, file). Files not observed are not checked; "max" counts as
     PAGE_COUNTER_MAX pages."""
-    values = ValueModel(page_size_bytes)
+    values = value_model(page_size_bytes)
     parents = [p for p, found in sorted(tree.cgroups.items()) if found.exists and found.children]
 
     def children_of(path: str) -> list[str]:

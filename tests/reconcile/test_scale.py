@@ -5,7 +5,9 @@ converged on a SimCgroupFS wrapped in FaultInjectingCgroupFS, which counts every
 pod is admitted (or retired) and the round's mutating calls are counted and compared with what
 the targets say must change — the new pod's non-default files plus the QoS-level sums that moved
 — computed from the old and new targets, not from the planner. The same round at 50 pods must
-cost exactly as many reads when scoped: the cost does not grow with the node.
+cost exactly as many reads when scoped: the cost does not grow with the node. (A removal that
+lowers a parent's protection also reads that parent's children first: see
+test_scoped_lowering.py.)
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def test_one_admission_among_500_pods_costs_constant_writes_and_reads(qos: str) 
 
 def test_one_removal_among_500_pods_costs_constant_writes() -> None:
     pods = node_of(501)
-    gone = pods[7]  # a Burstable pod with two containers
+    gone = pods[7]  # a BestEffort pod: no protection is lowered, so no sibling is read
     before = targets(pods)
     after = targets([p for p in pods if p.uid != gone.uid])
     fs, reconciler = converged(pods)

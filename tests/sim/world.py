@@ -23,6 +23,7 @@ A failure is a `SimFailure` naming the seed and the command that reruns it.
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,11 +34,11 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from memstate.core.errors import InvariantViolation, LogDiskFull
+from memstate.core.errors import HostError, InvariantViolation, LogDiskFull
 from memstate.core.events import SCHEMA_VERSION, Envelope, Event
 from memstate.core.invariants import check_invariants
 from memstate.core.numa_policy import PodAllocation
-from memstate.core.plan import PROTECTION_FILES, diff_tree
+from memstate.core.plan import PROTECTION_FILES, ObservedCgroup, ObservedTree, diff_tree
 from memstate.core.pod import pod_from_manifest
 from memstate.core.reducer import apply
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
@@ -132,11 +133,27 @@ class SimLog:
         return envelopes
 
 
+class InvariantCheck:
+    """`check_invariants`, skipped for the very state object it last passed: states are
+    immutable and the check is pure, and the same state is often checked twice (at a
+    checkpoint, then after the step)."""
+
+    def __init__(self) -> None:
+        self.sound: State | None = None
+
+    def __call__(self, state: State) -> None:
+        if state is self.sound:
+            return
+        check_invariants(state)
+        self.sound = state  # a reference, so the identity cannot be reused by another object
+
+
 class SimStorage:
     """`LogStorage` on a `SimDisk`: recovery folds the synced records after the checkpoint."""
 
-    def __init__(self, disk: SimDisk) -> None:
+    def __init__(self, disk: SimDisk, check: Callable[[State], None] = check_invariants) -> None:
         self.disk = disk
+        self.check = check
 
     def open(self) -> OpenedLog:
         disk = self.disk
@@ -166,7 +183,7 @@ class SimStorage:
     def write_checkpoint(
         self, state: State, seq: int, chain_crc: int, removals: PendingRemovals
     ) -> None:
-        check_invariants(state)
+        self.check(state)
         self.disk.checkpoint = (state, seq, removals)  # written and renamed atomically
 
     def close(self) -> None:
@@ -220,13 +237,45 @@ class ProtectionCheckingFS(FaultInjectingCgroupFS):
         super().write(path, file, value)
         if file not in PROTECTION_FILES:
             return
-        now = protection_shortfalls(tree_snapshot(self.sim), page_size_bytes=PAGE)
+        # A protection write moves two sums only: the written cgroup's own value (it covers its
+        # children) and its parent's children's sum. Every other shortfall is what the last
+        # check (or `allow_drift`) left, since mkdir adds a child holding 0, rmdir only takes a
+        # child's value away and no other file moves a protection; so checking these two
+        # parents after every write finds exactly what a walk of the whole tree would.
+        now = protection_shortfalls(_neighbourhood(self.sim, path), page_size_bytes=PAGE)
         for key, shortfall in sorted(now.items()):
             if shortfall > self.baseline.get(key, 0):
                 self.violations.append(
                     f"after writing {value} to {path}/{file}: {key[0] or '<root>'} {key[1]} "
                     f"is {shortfall} bytes below its children's sum"
                 )
+
+
+def _neighbourhood(fs: SimCgroupFS, path: str) -> ObservedTree:
+    """The protections of `path`, its parent, and the children of both, as an ObservedTree in
+    which only those two have children (so `protection_shortfalls` checks just them)."""
+    parent = path.rpartition("/")[0] if path else None
+    holders = [path] if parent is None else [parent, path]
+    cgroups: dict[str, ObservedCgroup] = {}
+
+    def observe(cgroup: str, children: tuple[str, ...]) -> None:
+        values: dict[str, str] = {}
+        for file in PROTECTION_FILES:
+            try:
+                values[file] = fs.read(cgroup, file)
+            except HostError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        cgroups[cgroup] = ObservedCgroup(files=values, children=children)
+
+    for holder in holders:
+        names = tuple(fs.list_children(holder))
+        observe(holder, names)
+        for name in names:
+            child = f"{holder}/{name}" if holder else name
+            if child not in holders:
+                observe(child, ())
+    return ObservedTree(cgroups=cgroups)
 
 
 # --- pods -----------------------------------------------------------------------------------------
@@ -279,6 +328,7 @@ class World:
     next_uid: int = 0
     wall_ns: int = 1_700_000_000 * 10**9
     steps: list[str] = field(default_factory=list)
+    check_state: InvariantCheck = field(default_factory=InvariantCheck)
 
     def read_pods(self) -> list[ObservedPod]:
         pods = list(self.pods.values())
@@ -358,7 +408,7 @@ async def _live(world: World, config_file: Path, life: int, *, last: bool) -> No
     adapters = Adapters(
         wall_clock_ns=world.wall_clock_ns,
         run_io=run_inline,
-        storage=lambda: SimStorage(world.disk),
+        storage=lambda: SimStorage(world.disk, world.check_state),
         cgroup_fs=world.fs,
         topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),
         sources=[],
@@ -498,7 +548,7 @@ async def _step(world: World, daemon: Daemon) -> None:
 def _check(world: World, daemon: Daemon, *, after_restart: bool) -> None:
     state = daemon.state
     try:
-        check_invariants(state)
+        world.check_state(state)
     except InvariantViolation as exc:
         raise world.fail(f"state invariant: {exc}") from None
     if world.fs.violations:

@@ -48,6 +48,7 @@ from memstate.core.plan.values import (
     file_controller,
     file_kind,
     kernel_default,
+    value_model,
 )
 
 __all__ = [
@@ -85,4 +86,5 @@ __all__ = [
     "merge_observations",
     "naming_config",
     "plan_operations",
+    "value_model",
 ]

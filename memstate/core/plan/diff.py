@@ -20,7 +20,7 @@ from memstate.core.plan.scope import (
     plan_controllers,
     undesired_pod_cgroups,
 )
-from memstate.core.plan.values import SUBTREE_CONTROL, ValueModel, kernel_default
+from memstate.core.plan.values import SUBTREE_CONTROL, ValueModel, kernel_default, value_model
 from memstate.core.targets import NodeTargets
 
 
@@ -47,7 +47,7 @@ def diff_tree(
     return diff_rows(
         targets,
         observed,
-        values=ValueModel(page_size_bytes),
+        values=value_model(page_size_bytes),
         blocked=plan_controllers(desired, desired, observed).blocked,
         undesired=undesired,
     )

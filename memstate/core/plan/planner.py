@@ -100,6 +100,7 @@ from memstate.core.plan.values import (
     file_controller,
     file_kind,
     kernel_default,
+    value_model,
 )
 from memstate.core.targets import CgroupTarget, NodeTargets
 
@@ -146,7 +147,7 @@ def plan_operations(
     planner = _Planner(
         targets,
         observed,
-        values=ValueModel(page_size_bytes),
+        values=value_model(page_size_bytes),
         retired=frozenset(retired_paths),
         pod_removal=pod_removal,
         remove_orphans=remove_orphans,

@@ -13,6 +13,7 @@ Which kind a file is (`file_kind`) decides how the planner orders its writes.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -134,6 +135,13 @@ class ValueModel:
 
     def clamp(self, value_bytes: int) -> int:
         return min(value_bytes, self.unlimited_bytes)
+
+
+@functools.lru_cache(maxsize=8)
+def value_model(page_size_bytes: int) -> ValueModel:
+    """The shared `ValueModel` of a page size: its normalisation cache outlives one plan (the
+    daemon plans every round, each time normalising the same few values)."""
+    return ValueModel(page_size_bytes)
 
 
 def cpuset_ids(normalised: str) -> frozenset[int]:

@@ -212,6 +212,8 @@ class _Cgroup:
             node = node.parent
 
 
+_COMPONENTS_CACHE_ENTRIES = 4096
+
 _Reader = Callable[["_Cgroup", str], str]
 _Writer = Callable[["_Cgroup", str, str], None]
 
@@ -276,6 +278,12 @@ class SimCgroupFS:
         self._processes: dict[int, _Cgroup | None] = {}
         self._exit_statuses: dict[int, int] = {}
         self._next_pid = FIRST_PID
+        # Which files a cgroup has depends only on its parent's enabled controllers, and which
+        # handler serves a file only on its name: both are looked up on every call, so memoise.
+        self._files_by_controllers: dict[tuple[bool, frozenset[str]], frozenset[str]] = {}
+        self._readers: dict[str, _Reader | None] = {}
+        self._components: dict[str, tuple[str, ...]] = {}
+        self._writers: dict[str, _Writer | None] = {}
 
     @property
     def page_size_bytes(self) -> int:
@@ -308,7 +316,14 @@ class SimCgroupFS:
         return node
 
     def _node(self, path: str, op: str, file: str = "") -> _Cgroup:
-        return self._lookup(split_cgroup_path(path, op=op), op, path, file)
+        components = self._components.get(path)
+        if components is None:
+            # Validated once per path (an invalid one raises and is not remembered).
+            components = split_cgroup_path(path, op=op)
+            if len(self._components) >= _COMPONENTS_CACHE_ENTRIES:
+                self._components.clear()
+            self._components[path] = components
+        return self._lookup(components, op, path, file)
 
     # --- which files exist -----------------------------------------------------------------------
 
@@ -319,6 +334,13 @@ class SimCgroupFS:
         return frozenset(node.parent.subtree_control)
 
     def _files(self, node: _Cgroup) -> frozenset[str]:
+        key = (self._is_kernel_root(node), self._controllers_of(node))
+        files = self._files_by_controllers.get(key)
+        if files is None:
+            files = self._files_by_controllers[key] = self._compute_files(node)
+        return files
+
+    def _compute_files(self, node: _Cgroup) -> frozenset[str]:
         if self._is_kernel_root(node):
             files = set(_ROOT_CORE_FILES)
             if "cpuset" in self._controllers:
@@ -507,6 +529,11 @@ class SimCgroupFS:
     # --- readers ---------------------------------------------------------------------------------
 
     def _reader(self, file: str) -> _Reader | None:
+        if file not in self._readers:
+            self._readers[file] = self._make_reader(file)
+        return self._readers[file]
+
+    def _make_reader(self, file: str) -> _Reader | None:
         readers: dict[str, _Reader] = {
             "cgroup.controllers": lambda n, f: format_controller_list(self._controllers_of(n)),
             "cgroup.subtree_control": lambda n, f: format_controller_list(n.subtree_control),
@@ -582,6 +609,11 @@ class SimCgroupFS:
     # --- writers ---------------------------------------------------------------------------------
 
     def _writer(self, file: str) -> _Writer | None:
+        if file not in self._writers:
+            self._writers[file] = self._make_writer(file)
+        return self._writers[file]
+
+    def _make_writer(self, file: str) -> _Writer | None:
         writers: dict[str, _Writer] = {
             "cgroup.procs": self._write_procs,
             "cgroup.threads": _not_modelled("writes to cgroup.threads"),
