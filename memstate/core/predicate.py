@@ -92,13 +92,22 @@ def node_allocatable(config: NodeConfig, topology: Topology) -> dict[str, int]:
 def _checked_resources(pod: Pod) -> list[str]:
     """Memory, then every hugepage size the pod requests, ascending by page size."""
     named = requested_resources(pod)
-    hugepages = {r for r in named if is_hugepage_resource(r)}
-    return [MEMORY, *sorted(hugepages, key=hugepage_page_size)]
+    hugepages = [r for r in named if is_hugepage_resource(r)]
+    if len(hugepages) > 1:
+        hugepages.sort(key=hugepage_page_size)
+    return [MEMORY, *hugepages]
 
 
 def _requests(pod: Pod) -> dict[str, int]:
-    """The pod's effective request of memory and of every hugepage size it names."""
-    return {r: size for r in _checked_resources(pod) if (size := pod_request(pod, r)) > 0}
+    """The pod's effective request of memory and of every hugepage size it names (kept with
+    the pod: it is immutable)."""
+    cache = vars(pod)
+    found: dict[str, int] | None = cache.get("_predicate_requests")
+    if found is None:
+        found = cache["_predicate_requests"] = {
+            r: size for r in _checked_resources(pod) if (size := pod_request(pod, r)) > 0
+        }
+    return found
 
 
 # A memo of `_requests` by spec hash (equal hashes are equal specs): "used" sums every admitted
