@@ -268,8 +268,19 @@ def preferred_default_hint(
     if not requests:
         return None  # `calculate_hints` answers {}: no preference, a different merge
     node_ids = tuple(machine.node_ids)
-    table = _all_masks(node_ids)
     needs = list(requests.items())
+    if any(all(machine.allocatable(n, r) >= need for r, need in needs) for n in node_ids):
+        # One node could hold it: the preferred masks are single nodes, and ascending ids are
+        # ascending mask values, so the first feasible node is the answer.
+        for n in node_ids:
+            if len(machine.cells(n)) <= 1 and all(
+                machine.allocatable(n, r) >= need
+                and machine.free(n, r) + reusable.get(((n,), r), 0) >= need
+                for r, need in needs
+            ):
+                return TopologyHint(numa_affinity=(n,), preferred=True)
+        return None
+    table = _all_masks(node_ids)
     allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
     min_size = len(node_ids)
     for mask, size in zip(table.masks, table.sizes, strict=True):
