@@ -39,7 +39,7 @@ from typing import NamedTuple
 import msgspec
 
 from memstate.core.config import NodeConfig, node_allocatable_reservation
-from memstate.core.pod import Pod, pod_request, requested_resources
+from memstate.core.pod import Pod, pod_request, requested_resources, spec_hash
 from memstate.core.state import PodRecord, State
 from memstate.core.topology import (
     MEMORY,
@@ -118,11 +118,15 @@ _MEMO_LIMIT = 65536
 
 
 def _requests_of(record: PodRecord) -> dict[str, int]:
-    found = _REQUESTS_BY_SPEC.get(record.spec_hash)
+    return _requests_by_spec(record.spec_hash, record.pod)
+
+
+def _requests_by_spec(digest: str, pod: Pod) -> dict[str, int]:
+    found = _REQUESTS_BY_SPEC.get(digest)
     if found is None:
         if len(_REQUESTS_BY_SPEC) >= _MEMO_LIMIT:
             _REQUESTS_BY_SPEC.clear()
-        found = _REQUESTS_BY_SPEC[record.spec_hash] = _requests(record.pod)
+        found = _REQUESTS_BY_SPEC[digest] = _requests(pod)
     return found
 
 
@@ -231,7 +235,9 @@ def insufficient_resource_in(
     """`insufficient_resource` of `pod` against the pods of `state` other than `pod` itself
     and the deferred ones (which hold nothing until decided), from the sums kept with the
     state: constant work per admission instead of a walk over every pod."""
-    requests = _requests(pod)
+    # By spec hash, so that the record `apply` adds for this pod (in replay: a decoded copy of
+    # it) finds its requests in the memo when the sums are carried.
+    requests = _requests_by_spec(spec_hash(pod), pod)
     if not requests:
         return None
     used = dict(pod_request_totals(state))
