@@ -53,8 +53,11 @@ from memstate.core.topology import topology_from_object
 from memstate.store.checkpoint import write_checkpoint
 from memstate.store.log import EventLog
 
-# Bump when the workload changes, so cached logs of the old workload are not reused.
-WORKLOAD_VERSION = 2
+# Bump when the workload changes, or when the reducer's decisions on it change without a
+# REDUCER_VERSION bump, so that cached logs of the old workload are not reused: a cached log
+# that this build decides differently makes `log_replay` stop with "replay diverged". 3: the
+# admission predicate (OutOfmemory) rejects some pods the logs of version 2 admitted.
+WORKLOAD_VERSION = 3
 BASE_TS_NS = 1_767_225_600 * 10**9
 Gi = 2**30
 Mi = 2**20

@@ -152,9 +152,23 @@ def qos_path(config: NodeConfig, qos_class: QOSClass) -> str:
     return cgroup_path(qos_components(config, qos_class), config.cgroup_driver)
 
 
+# Pod paths by (driver, cgroupRoot, uid, QoS class): every admission's targets name the pod's
+# cgroup and start-up's removals fold compares pods' paths transaction by transaction, so the
+# same few hundred paths are rendered again and again. Bounded; clearing only costs rendering.
+_POD_PATHS: dict[tuple[str, tuple[str, ...], str, str], str] = {}
+_POD_PATHS_LIMIT = 65536
+
+
 def pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
     """Path of a pod cgroup."""
-    return cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
+    key = (config.cgroup_driver, config.cgroup_root, uid, qos_class)
+    found = _POD_PATHS.get(key)
+    if found is None:
+        found = cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
+        if len(_POD_PATHS) >= _POD_PATHS_LIMIT:
+            _POD_PATHS.clear()
+        _POD_PATHS[key] = found
+    return found
 
 
 def pod_paths_of_uid(config: NodeConfig, uid: str) -> tuple[str, ...]:

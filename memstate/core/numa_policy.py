@@ -146,6 +146,7 @@ class _Masks(NamedTuple):
     bits: tuple[int, ...]  # the mask as a bit set (bit i = NUMA node i)
     sizes: tuple[int, ...]  # len(mask)
     position: dict[Mask, int]
+    starts: tuple[int, ...]  # starts[k]: index of the first mask of size k (k = 1..n+1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -155,6 +156,9 @@ def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
         m for size in range(1, len(node_ids) + 1) for m in itertools.combinations(node_ids, size)
     )
     position = {m: i for i, m in enumerate(masks)}
+    starts = [0, 0]
+    for size in range(2, len(node_ids) + 2):
+        starts.append(starts[-1] + sum(1 for m in masks if len(m) == size - 1))
     return _Masks(
         masks=masks,
         prefixes=tuple(position.get(m[:-1], -1) for m in masks),
@@ -162,6 +166,7 @@ def _all_masks(node_ids: tuple[int, ...]) -> _Masks:
         bits=tuple(to_bits(m) for m in masks),
         sizes=tuple(len(m) for m in masks),
         position=position,
+        starts=tuple(starts),
     )
 
 
@@ -241,6 +246,81 @@ def calculate_hints(
         return {}
     hints = [TopologyHint(numa_affinity=m, preferred=len(m) == min_size) for m in feasible]
     return {r: list(hints) for r in sorted(requests)}
+
+
+def preferred_default_hint(
+    machine: MachineBuilder,
+    requests: Mapping[str, int],
+    reusable: Mapping[tuple[Mask, str], int],
+) -> TopologyHint | None:
+    """The Topology Manager's hint for a container when the Memory Manager is the only hint
+    provider, the policy is best-effort or restricted and `prefer-closest-numa-nodes` is off,
+    provided `calculate_hints` has a preferred hint; None otherwise (the caller then merges).
+
+    Same result as ``merge_hints(policy, node_ids, [calculate_hints(...)])`` without listing
+    every mask: the answer gives the same list for every resource, merging copies of a list
+    that holds a preferred hint yields that list's own hints (`topology_hints._candidates`), and
+    the best preferred hint is the narrowest, then the smallest mask value. Preferred hints are
+    the feasible masks of the smallest size that could hold the request, so only the masks of
+    that size are checked (n of them when one node can hold it, not 2^n - 1), with the same
+    tests as `calculate_hints`. tests/property/test_hint_fast_path.py holds the two equal.
+    """
+    if not requests:
+        return None  # `calculate_hints` answers {}: no preference, a different merge
+    node_ids = tuple(machine.node_ids)
+    needs = list(requests.items())
+    if any(all(machine.allocatable(n, r) >= need for r, need in needs) for n in node_ids):
+        # One node could hold it: the preferred masks are single nodes, and ascending ids are
+        # ascending mask values, so the first feasible node is the answer.
+        for n in node_ids:
+            if len(machine.cells(n)) <= 1 and all(
+                machine.allocatable(n, r) >= need
+                and machine.free(n, r) + reusable.get(((n,), r), 0) >= need
+                for r, need in needs
+            ):
+                return TopologyHint(numa_affinity=(n,), preferred=True)
+        return None
+    table = _all_masks(node_ids)
+    allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
+    min_size = len(node_ids)
+    for mask, size in zip(table.masks, table.sizes, strict=True):
+        if all(sum(allocatable[r][n] for n in mask) >= need for r, need in needs):
+            min_size = size
+            break
+    free = {r: {n: machine.free(n, r) for n in node_ids} for r in requests}
+    best: int | None = None
+    best_mask: Mask = ()
+    for index in range(table.starts[min_size], table.starts[min_size + 1]):
+        bits = table.bits[index]
+        if best is not None and bits >= best:
+            continue
+        mask = table.masks[index]
+        if any(sum(allocatable[r][n] for n in mask) < need for r, need in needs):
+            continue  # too small
+        if any(
+            sum(free[r][n] for n in mask) + reusable.get((mask, r), 0) < need for r, need in needs
+        ):
+            continue  # too full
+        if not _group_rule_allows(machine, mask, bits):
+            continue
+        best, best_mask = bits, mask
+    if best is None:
+        return None
+    return TopologyHint(numa_affinity=best_mask, preferred=True)
+
+
+def _group_rule_allows(machine: MachineBuilder, mask: Mask, bits: int) -> bool:
+    """`calculate_hints`' group rule for one mask (`bits` is the mask as a bit set): a node in a
+    cross-NUMA group takes no single-node mask; a node in use takes no multi-node mask other
+    than exactly its group."""
+    if len(mask) == 1:
+        return len(machine.cells(mask[0])) <= 1
+    for n in mask:
+        if machine.assignments(n) > 0:
+            cells = machine.cells(n)
+            if len(cells) <= 1 or to_bits(cells) != bits:
+                return False
+    return True
 
 
 def find_best_hint(hints: Sequence[TopologyHint]) -> TopologyHint:
@@ -445,6 +525,10 @@ def _provider_answers(
     return answers
 
 
+# Policies under which a preferred hint is admitted as it is (`preferred_default_hint`).
+_FAST_POLICIES = ("best-effort", "restricted")
+
+
 def pins(pod: Pod, config: NodeConfig) -> bool:
     """Whether the Memory Manager pins this pod: Static policy and a Guaranteed pod without
     pod-level resources (those are skipped since v1.34, k/k#133279: no hints, no blocks)."""
@@ -506,19 +590,25 @@ def admit(
         elif pod_hint is not None:
             hint = pod_hint
         else:
-            mm_answer = (
-                calculate_hints(allocator.machine, numa_requests(container), allocator.reusable)
-                if pinned
+            others = _provider_answers(provider_hints, container.name)
+            fast = (
+                preferred_default_hint(
+                    allocator.machine, numa_requests(container), allocator.reusable
+                )
+                if pinned and not others and distances is None and policy in _FAST_POLICIES
                 else None
             )
-            hint, ok = merge_hints(
-                policy,
-                node_ids,
-                [mm_answer, *_provider_answers(provider_hints, container.name)],
-                distances=distances,
-            )
-            if not ok:
-                return topology_error(hint, f"pod {pod.key} container {container.name}")
+            if fast is not None:
+                hint = fast  # what the merge below gives, without listing every mask
+            else:
+                mm_answer = (
+                    calculate_hints(allocator.machine, numa_requests(container), allocator.reusable)
+                    if pinned
+                    else None
+                )
+                hint, ok = merge_hints(policy, node_ids, [mm_answer, *others], distances=distances)
+                if not ok:
+                    return topology_error(hint, f"pod {pod.key} container {container.name}")
         if not pinned:
             continue
         requests += 1

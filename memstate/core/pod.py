@@ -75,8 +75,13 @@ class PodResources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: dict[str, int] = {}
 
 
-class Pod(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The part of a pod memstate decides on."""
+class Pod(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
+    """The part of a pod memstate decides on.
+
+    `dict=True` lets the pure functions of a pod that an admission asks for several times
+    (`qos_class`, `spec_hash`, the predicate's requests) keep their answer with it: a pod is
+    immutable, so the answer cannot go stale. Never encoded, hashed or compared.
+    """
 
     uid: str
     name: str
@@ -109,7 +114,13 @@ _SPEC_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 
 def spec_hash(pod: Pod) -> str:
     """A stable digest of the normalised spec: equal specs hash equal in every process."""
-    return hashlib.blake2b(_SPEC_ENCODER.encode(pod), digest_size=16).hexdigest()
+    cache = vars(pod)
+    digest: str | None = cache.get("_spec_hash")
+    if digest is None:
+        digest = cache["_spec_hash"] = hashlib.blake2b(
+            _SPEC_ENCODER.encode(pod), digest_size=16
+        ).hexdigest()
+    return digest
 
 
 # --- QoS class ------------------------------------------------------------------------------------
@@ -139,6 +150,14 @@ def qos_class(pod: Pod) -> QOSClass:
     With pod-level resources the class is decided from them alone (kubelet-node.md §9): the same
     rule applied to the pod-level requests and limits.
     """
+    cache = vars(pod)
+    found: QOSClass | None = cache.get("_qos_class")
+    if found is None:
+        found = cache["_qos_class"] = _qos_class(pod)
+    return found
+
+
+def _qos_class(pod: Pod) -> QOSClass:
     pod_level = pod.pod_level
     if pod_level is not None:
         return _resources_qos_class(pod_level.requests, pod_level.limits)

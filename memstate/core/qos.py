@@ -44,6 +44,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from memstate.core.cgroup_paths import (
     hugetlb_max_file,
@@ -198,6 +199,33 @@ def container_targets(
     return ContainerTargets(name=container.name, files=files, kind=container.kind)
 
 
+class _TargetsContext(NamedTuple):
+    """What every pod's targets take from the config and topology."""
+
+    alloc_bytes: int
+    hugetlb: tuple[tuple[str, str], ...]  # (resource, hugetlb limit file), page sizes ascending
+
+
+# One slot: the last (config, topology, context), compared by identity (they change only at a
+# reconfiguration); replaced whole, so threads see one or the other.
+_CONTEXT_MEMO: list[tuple[NodeConfig, Topology, _TargetsContext] | None] = [None]
+
+
+def _targets_context(config: NodeConfig, topology: Topology) -> _TargetsContext:
+    memo = _CONTEXT_MEMO[0]
+    if memo is not None and memo[0] is config and memo[1] is topology:
+        return memo[2]
+    context = _TargetsContext(
+        alloc_bytes=allocatable_bytes(config, topology),
+        hugetlb=tuple(
+            (hugepage_resource_name(size), hugetlb_max_file(size))
+            for size in topology.hugepage_sizes
+        ),
+    )
+    _CONTEXT_MEMO[0] = (config, topology, context)
+    return context
+
+
 def pod_targets(
     pod: Pod, allocation: PodAllocation | None, config: NodeConfig, topology: Topology
 ) -> PodTargets:
@@ -207,7 +235,8 @@ def pod_targets(
     (its NUMA nodes become `cpuset.mems`).
     """
     pod_class = qos_class(pod)
-    alloc_bytes = allocatable_bytes(config, topology)
+    context = _targets_context(config, topology)
+    alloc_bytes = context.alloc_bytes
     pod_level = pod.pod_level
     pod_memory_limit = pod_level.limits.get(MEMORY, 0) if pod_level is not None else 0
     containers = tuple(
@@ -231,13 +260,12 @@ def pod_targets(
     files[MEMORY_MAX] = _limit_text(pod_limit(pod, MEMORY))
     if config.memory_manager_policy == "Static":
         files[CPUSET_MEMS] = format_node_list(allocation.numa_nodes) if allocation else ""
-    for size in topology.hugepage_sizes:
-        resource = hugepage_resource_name(size)
+    for resource, file in context.hugetlb:
         # Like the kubelet's PodLimits: the pod-level limit, else the aggregate of declared
         # limits (hugepages always have one), plus overhead; no "every container declares it"
         # rule, sizes not requested get 0.
         limit = pod_limits_total(pod, resource)
-        files[hugetlb_max_file(size)] = _render_bytes(limit)
+        files[file] = _render_bytes(limit)
     return PodTargets(
         uid=pod.uid,
         qos_class=pod_class,

@@ -28,7 +28,7 @@ name and with a reason, those that no longer fit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import assert_never
+from typing import Any, assert_never
 
 import msgspec
 
@@ -71,7 +71,7 @@ from memstate.core.numa_policy import (
     reserve,
 )
 from memstate.core.pod import Pod, qos_class, spec_hash
-from memstate.core.predicate import insufficient_resource
+from memstate.core.predicate import carry_request_totals, insufficient_resource_in
 from memstate.core.qos import pod_targets
 from memstate.core.state import (
     Counters,
@@ -271,10 +271,7 @@ def _fresh_admission(
     # The kubelet's predicate admit handler runs after the resource-allocating one (Topology
     # and Memory Manager), for every pod (docs/deviations.md). Deferred pods await their own
     # decision and hold nothing until then, as in the Memory Manager's accounting.
-    others = (
-        record for uid, record in state.pods.items() if uid != pod.uid and uid not in state.deferred
-    )
-    short = insufficient_resource(pod, others, config, topology)
+    short = insufficient_resource_in(state, pod, config, topology)
     if short is not None:
         return (
             PodRejected(
@@ -382,13 +379,13 @@ def apply(state: State, event: Event) -> State:
         case ReadmissionDeferred() as deferral:
             return _apply_deferred(state, deferral)
         case TopologyObserved(topology=topology):
-            return msgspec.structs.replace(state, observed_topology=topology)
+            return _evolve(state, observed_topology=topology)
         case ConfigLoaded(config=config):
-            return msgspec.structs.replace(state, observed_config=config)
+            return _evolve(state, observed_config=config)
         case DaemonRestarted():
             return _apply_restarted(state)
         case ReadmissionCompleted():
-            return msgspec.structs.replace(state, readmission_open=False)
+            return _evolve(state, readmission_open=False)
         case NodeReconfigured() as reconfigured:
             return _apply_reconfigured(state, reconfigured)
         case (
@@ -415,6 +412,14 @@ def apply_all(state: State, events: Iterable[Event]) -> State:
     return state
 
 
+def _evolve(state: State, **changes: Any) -> State:
+    """`msgspec.structs.replace` of fields other than `pods`, keeping the sums cached with the
+    state (`predicate.pod_request_totals`); a new pods map carries them explicitly."""
+    after = msgspec.structs.replace(state, **changes)
+    vars(after).update(vars(state))
+    return after
+
+
 def _with_pod(state: State, record: PodRecord) -> dict[str, PodRecord]:
     pods = dict(state.pods)
     pods[record.pod.uid] = record
@@ -427,7 +432,9 @@ def _apply_restarted(state: State) -> State:
         uid: msgspec.structs.replace(record, status="awaiting_readmission")
         for uid, record in state.pods.items()
     }
-    return msgspec.structs.replace(state, pods=pods, readmission_open=True, deferred={})
+    restarted = msgspec.structs.replace(state, pods=pods, readmission_open=True, deferred={})
+    carry_request_totals(state, restarted, None, None)  # same pods, only their status changed
+    return restarted
 
 
 def _apply_deferred(state: State, event: ReadmissionDeferred) -> State:
@@ -435,7 +442,7 @@ def _apply_deferred(state: State, event: ReadmissionDeferred) -> State:
     deferred[event.uid] = DeferredAdmission(
         pod=event.pod, source=event.source, provider_hints=event.provider_hints
     )
-    return msgspec.structs.replace(state, deferred=deferred)
+    return _evolve(state, deferred=deferred)
 
 
 def _without_deferral(state: State, uid: str) -> State:
@@ -443,7 +450,7 @@ def _without_deferral(state: State, uid: str) -> State:
         return state
     deferred = dict(state.deferred)
     del deferred[uid]
-    return msgspec.structs.replace(state, deferred=deferred)
+    return _evolve(state, deferred=deferred)
 
 
 def _apply_removal_requested(state: State, event: PodRemovalRequested) -> State:
@@ -460,7 +467,7 @@ def _without_rejections(state: State, keys: Iterable[str]) -> State:
     rejections = dict(state.rejections)
     for key in present:
         del rejections[key]
-    return msgspec.structs.replace(state, rejections=rejections)
+    return _evolve(state, rejections=rejections)
 
 
 def _apply_init_completed(state: State, event: PodInitCompleted) -> State:
@@ -472,7 +479,9 @@ def _apply_init_completed(state: State, event: PodInitCompleted) -> State:
     if allocation is not None:
         machine, allocation = release_init_containers(machine, record.pod, allocation)
     updated = msgspec.structs.replace(record, allocation=allocation, init_completed=True)
-    return msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
+    after = msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
+    carry_request_totals(state, after, record, updated)
+    return after
 
 
 def _apply_admitted(state: State, event: PodAdmitted) -> State:
@@ -503,12 +512,14 @@ def _apply_admitted(state: State, event: PodAdmitted) -> State:
         )
     state = _without_deferral(state, event.uid)
     state = _without_rejections(state, (event.uid, rejection_key("", event.source)))
-    return msgspec.structs.replace(
+    after = msgspec.structs.replace(
         state,
         machine=machine,
         pods=_with_pod(state, record),
         counters=counters,
     )
+    carry_request_totals(state, after, existing, record)
+    return after
 
 
 def _apply_rejected(state: State, event: PodRejected) -> State:
@@ -527,7 +538,7 @@ def _apply_rejected(state: State, event: PodRejected) -> State:
     rejections = dict(state.rejections)
     rejections[rejection_key(event.uid, event.source)] = rejection
     state = _without_deferral(_drop_pod(state, event.uid), event.uid)
-    return msgspec.structs.replace(state, rejections=rejections, counters=counters)
+    return _evolve(state, rejections=rejections, counters=counters)
 
 
 def _apply_removed(state: State, event: PodRemoved) -> State:
@@ -545,7 +556,9 @@ def _drop_pod(state: State, uid: str) -> State:
         machine = release(machine, record.allocation)
     pods = dict(state.pods)  # a C-level copy, then one deletion
     del pods[uid]
-    return msgspec.structs.replace(state, machine=machine, pods=pods)
+    after = msgspec.structs.replace(state, machine=machine, pods=pods)
+    carry_request_totals(state, after, record, None)
+    return after
 
 
 def _apply_reconfigured(state: State, event: NodeReconfigured) -> State:
@@ -562,9 +575,11 @@ def _apply_reconfigured(state: State, event: NodeReconfigured) -> State:
             builder.reserve(record.allocation.takes)
             builder.assign(record.allocation.blocks)
         pods[record.pod.uid] = record
-    return msgspec.structs.replace(
+    after = msgspec.structs.replace(
         state, topology=topology, config=config, machine=builder.freeze(), pods=pods
     )
+    carry_request_totals(state, after, None, None)  # same pods, only allocations changed
+    return after
 
 
 class Folder:

@@ -27,7 +27,7 @@ reconfiguration, the end of readmission); `tests/property` checks that both agre
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +116,31 @@ def fold_removals(
         paths = dict(pending.paths) if paths is None else paths
         paths[path] = uid
 
+    _fold(drop, retire, before, events, after)
+    # Insertion order is history order; every consumer sorts (checkpoints, the reconciler).
+    return pending if paths is None else PendingRemovals(paths=paths)
+
+
+def fold_removals_into(
+    paths: dict[str, str], before: PodsAt, events: Sequence[Event], after: PodsAt
+) -> None:
+    """`fold_removals` on a working copy of the pending paths, changed in place: for a long
+    fold whose intermediate values nobody looks at (start-up), where copying the pending map
+    at every retirement would cost the map's size per removal."""
+
+    def drop(path: str) -> None:
+        paths.pop(path, None)
+
+    _fold(drop, paths.__setitem__, before, events, after)
+
+
+def _fold(
+    drop: Callable[[str], None],
+    retire: Callable[[str, str], None],
+    before: PodsAt,
+    events: Sequence[Event],
+    after: PodsAt,
+) -> None:
     for event in events:
         if isinstance(event, PodCgroupRemoved):
             drop(event.path)
@@ -138,8 +163,6 @@ def fold_removals(
                     retire(path, old_paths[path])
             for path in sorted(new_paths):
                 drop(path)
-    # Insertion order is history order; every consumer sorts (checkpoints, the reconciler).
-    return pending if paths is None else PendingRemovals(paths=paths)
 
 
 def removals_from_paths(paths: Mapping[str, str]) -> PendingRemovals:

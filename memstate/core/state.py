@@ -72,11 +72,15 @@ class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pinning_errors: int = 0
 
 
-class State(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class State(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     """Everything decisions depend on.
 
     `topology`/`config` are the pair decisions are made under; `observed_*` the latest
     observations, which become effective through a `node_reconfigured` decision.
+
+    `dict=True` gives each state a `__dict__` for sums derived from its fields and kept with it
+    so that the reducer need not recompute them (`predicate.pod_request_totals`). What is there
+    is a cache: never encoded, hashed or compared, and recomputed when absent.
     """
 
     topology: Topology | None = None

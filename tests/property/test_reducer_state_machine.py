@@ -12,6 +12,7 @@ pods in two different orders and compares; the teardown replays the whole record
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -30,6 +31,11 @@ from memstate.core.events import (
 )
 from memstate.core.invariants import violations
 from memstate.core.pod import Pod
+from memstate.core.predicate import (
+    insufficient_resource,
+    insufficient_resource_in,
+    pod_request_totals,
+)
 from memstate.core.reducer import step
 from memstate.core.state import State, state_hash
 from memstate.history.replay import transitions
@@ -165,6 +171,24 @@ class ReducerMachine(RuleBasedStateMachine):
     def sound(self) -> None:
         problems = violations(self.state)
         assert not problems, problems
+
+    @invariant()
+    def predicate_sums_carried_exactly(self) -> None:
+        # The request sums `apply` carries from state to state equal a walk over the pods, and
+        # the predicate answers from them exactly as from that walk, for every pod as candidate
+        # (deferred pods and the candidate itself excluded).
+        state = self.state
+        fresh = msgspec.structs.replace(state)  # same fields, no cached sums
+        carried = {r: v for r, v in pod_request_totals(state).items() if v}
+        walked = {r: v for r, v in pod_request_totals(fresh).items() if v}
+        assert carried == walked
+        if state.config is None or state.topology is None:
+            return
+        for uid, record in state.pods.items():
+            others = [r for u, r in state.pods.items() if u != uid and u not in state.deferred]
+            assert insufficient_resource_in(
+                state, record.pod, state.config, state.topology
+            ) == insufficient_resource(record.pod, others, state.config, state.topology)
 
     def teardown(self) -> None:
         # The recorded log replays to the same state and re-derives the same decisions.

@@ -1,0 +1,113 @@
+"""The Memory Manager's hint fast path against the straightforward computation.
+
+`numa_policy.preferred_default_hint` claims to give what ``merge_hints(policy, node_ids,
+[calculate_hints(...)])`` gives for best-effort and restricted without other providers, whenever
+that merge ends on a preferred hint of the Memory Manager, and to decline (None) exactly when it
+does not. Method: random machines (1–8 NUMA nodes, with and without hugepages, through the real
+parsers), part of each node's memory taken, nodes joined into cross-NUMA groups or used alone
+through real blocks, random memory and hugepage requests and reusable init-container memory;
+both ways are computed on the same `MachineBuilder` and compared.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstate.core.machine import Block, MachineBuilder, Take, default_machine
+from memstate.core.numa_policy import calculate_hints, preferred_default_hint
+from memstate.core.topology import MEMORY
+from memstate.core.topology_hints import merge_hints
+from tests.property.strategies import static_configs, topologies
+
+HUGEPAGES = "hugepages-2Mi"
+Mi = 2**20
+
+
+@st.composite
+def scenes(
+    draw: st.DrawFn,
+) -> tuple[MachineBuilder, dict[str, int], dict[tuple[tuple[int, ...], str], int]]:
+    topology = draw(topologies())
+    config = draw(static_configs(topology))
+    builder = MachineBuilder(default_machine(topology, config))
+    ids = list(builder.node_ids)
+    resources = [r for r in (MEMORY, HUGEPAGES) if builder.has(ids[0], r)]
+    # Take a random share of every table, so some masks are full and some are not.
+    for node_id in ids:
+        for resource in resources:
+            free = builder.free(node_id, resource)
+            share = draw(st.sampled_from([0, 0, 1, 2, 3, 4])) / 4
+            taken = int(free * share) // Mi * Mi
+            if taken:
+                builder.reserve([Take(numa_node=node_id, resource=resource, size_bytes=taken)])
+    # Use nodes alone or in groups, so the group rule has something to refuse.
+    rest = list(ids)
+    while rest and draw(st.booleans()):
+        size = draw(st.integers(1, min(3, len(rest))))
+        group = tuple(sorted(draw(st.permutations(rest))[:size]))
+        rest = [n for n in rest if n not in group]
+        builder.assign([Block(numa_affinity=group, type=MEMORY, size=Mi)])
+    requests: dict[str, int] = {}
+    if draw(st.integers(0, 9)):
+        requests[MEMORY] = draw(st.sampled_from([64, 512, 1024, 2048, 3072, 5120, 9000])) * Mi
+    if HUGEPAGES in resources and draw(st.booleans()):
+        requests[HUGEPAGES] = draw(st.sampled_from([2, 64, 128, 300])) * Mi
+    reusable: dict[tuple[tuple[int, ...], str], int] = {}
+    if requests and draw(st.booleans()):
+        mask = tuple(sorted(draw(st.permutations(ids))[: draw(st.integers(1, len(ids)))]))
+        resource = draw(st.sampled_from(sorted(requests)))
+        reusable[(mask, resource)] = draw(st.sampled_from([64, 1024, 4096])) * Mi
+    return builder, requests, reusable
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenes(), st.sampled_from(["best-effort", "restricted"]))
+def test_fast_hint_is_the_merged_hint(
+    scene: tuple[MachineBuilder, dict[str, int], dict[tuple[tuple[int, ...], str], int]],
+    policy: str,
+) -> None:
+    builder, requests, reusable = scene
+    answer = calculate_hints(builder, requests, reusable)
+    merged, admitted = merge_hints(policy, builder.node_ids, [answer])  # type: ignore[arg-type]
+    fast = preferred_default_hint(builder, requests, reusable)
+    has_preferred = any(h.preferred for hints in answer.values() for h in hints)
+    if fast is None:
+        # Declines exactly when the merge does not end on one of the answer's preferred hints.
+        assert not answer or not has_preferred
+    else:
+        assert has_preferred
+        assert (fast, True) == (merged, admitted)
+
+
+def test_the_fast_path_is_taken_and_declined() -> None:
+    """Both branches of the comparison above are reachable with the kind of machine it draws:
+    one node free and one full, a request that fits one node, then one that fits none alone."""
+    from memstate.core.config import config_from_object
+    from memstate.core.topology import topology_from_object
+
+    topology = topology_from_object(
+        {"nodes": [{"id": 0, "memory": "4Gi"}, {"id": 1, "memory": "4Gi"}]}
+    )
+    config = config_from_object(
+        {
+            "memoryManagerPolicy": "Static",
+            "topologyManagerPolicy": "best-effort",
+            "systemReserved": {"memory": "512Mi"},
+            "evictionHard": {"memory.available": "0"},
+            "reservedMemory": [{"numaNode": n, "limits": {"memory": "256Mi"}} for n in (0, 1)],
+        }
+    )
+    builder = MachineBuilder(default_machine(topology, config))
+    builder.reserve([Take(numa_node=0, resource=MEMORY, size_bytes=3 * 1024 * Mi)])
+    fits_one = {MEMORY: 1024 * Mi}
+    hint = preferred_default_hint(builder, fits_one, {})
+    assert hint is not None and hint.numa_affinity == (1,) and hint.preferred
+    assert merge_hints("best-effort", (0, 1), [calculate_hints(builder, fits_one, {})]) == (
+        hint,
+        True,
+    )
+    # 4.6 GiB fits the two nodes' allocatable (7.5 GiB) but not their free memory (4.5 GiB): no
+    # hint at all, so no preferred one.
+    too_big = {MEMORY: 4700 * Mi}
+    assert preferred_default_hint(builder, too_big, {}) is None
