@@ -217,6 +217,7 @@ class Reconciler:
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
+        self._desired_before: set[str] = set()  # the desired paths of the previous round
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
@@ -514,6 +515,8 @@ class Reconciler:
         """What the tree holds now as far as this reconciler knows (the base of drift)."""
         desired = {t.path for t in targets.cgroups}
         for path, files in plan.final_values.items():
+            if path not in desired:
+                continue  # only desired cgroups are remembered
             created = by_target.get((path, ""), [])
             if all(r.outcome == "ok" for r in created):
                 self._expected_present.add(path)
@@ -522,14 +525,20 @@ class Reconciler:
                 if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
                     self._expected[(path, file)] = value
         for target in targets.cgroups:
+            if not target.controllers:
+                continue
             enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
-            if target.controllers and all(r.outcome == "ok" for r in enabled):
+            if all(r.outcome == "ok" for r in enabled):
                 self._expected_controllers[target.path] = frozenset(target.controllers)
-        self._expected = {k: v for k, v in self._expected.items() if k[0] in desired}
-        self._expected_present &= desired
-        self._expected_controllers = {
-            k: v for k, v in self._expected_controllers.items() if k in desired
-        }
+        # Forget what is no longer desired; a round that dropped nothing (an admission) walks
+        # nothing here.
+        gone = self._desired_before - desired
+        self._desired_before = desired
+        if gone:
+            self._expected = {k: v for k, v in self._expected.items() if k[0] not in gone}
+            self._expected_present -= gone
+            for path in gone:
+                self._expected_controllers.pop(path, None)
         if full:
             # Back-off of operations a full plan no longer contains is stale (a scoped plan
             # only covers its scope, so it cannot tell).
