@@ -572,8 +572,10 @@ class Daemon:
                     self._manifest_wake.set,
                     None,
                     self.metrics.watch_failed("manifests"),
+                    self.manifests.hint,  # a scan reads only what the watch reported
                 )
             while True:
+                self.manifests.full_rescan_seconds = self.settings.rescan_seconds
                 try:
                     await self._scan_manifests()
                 except MemstateError as exc:
@@ -871,6 +873,8 @@ class Daemon:
                 self._config_wake.set()
                 continue
             logger.info("%s: shutting down", signal.Signals(signum).name)
+            if self.reconciler is not None:  # a round in a worker thread stops at once
+                self.reconciler.interrupt()  # type: ignore[attr-defined]
             scope.cancel()
             return
 
@@ -892,12 +896,15 @@ async def _watch(
     on_change: Callable[[], None],
     only_name: str | None,
     on_error: Callable[[BaseException], None],
+    on_names: Callable[[set[str] | None], object] | None = None,
 ) -> None:
     """Call `on_change` on changes in `path` (a hint; callers rescan). Waits for `path`.
     Failures are logged, passed to `on_error` and retried (memstate.node.watching)."""
     from memstate.node.watching import watch_directory
 
-    await watch_directory(path, on_change, only_name=only_name, on_error=on_error)
+    await watch_directory(
+        path, on_change, only_name=only_name, on_error=on_error, on_names=on_names
+    )
 
 
 async def _stop_after(seconds: float, scope: trio.CancelScope) -> None:

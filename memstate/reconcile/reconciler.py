@@ -42,13 +42,15 @@ is killed through cgroup.kill (``"kill"``).
 Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
 TypeError...): a `HostError` from any operation is caught, counted and reported.
 
-The reconciler is synchronous and not thread-safe; the daemon runs it in a worker thread with a
+The reconciler is synchronous and not thread-safe (except `interrupt`, which stops a round
+between two operations at shutdown); the daemon runs it in a worker thread with a
 capacity limiter of one. Nothing here imports trio.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -225,6 +227,16 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """Make the round in progress (and every later one) stop before its next operation.
+
+        Thread-safe: the daemon calls it from the event loop at SIGTERM while a round runs in a
+        worker thread, so a long round (a backlog of removals on a slow tree) cannot hold the
+        shutdown past its grace period. The operations not attempted are reported ``skipped``.
+        """
+        self._interrupted.set()
 
     def reconcile(
         self,
@@ -358,6 +370,12 @@ class Reconciler:
         results: list[OperationResult] = []
         writes = 0
         for operation in plan.operations:
+            if self._interrupted.is_set():
+                # Shutting down: stop between operations (any prefix of a plan keeps its
+                # ordering guarantees); the rest is for the next daemon's first round.
+                not_ok.add(operation.index)
+                results.append(OperationResult(operation, "skipped", message="interrupted"))
+                continue
             if any(index in not_ok for index in operation.requires):
                 not_ok.add(operation.index)
                 results.append(OperationResult(operation, "skipped"))
