@@ -190,6 +190,7 @@ class _Planner:
         if planned is not None:
             # Planned: the focus and its ancestors; the rest stays as observed.
             self.order = [path for path in self.order if path in planned]
+        self._planned = frozenset(self.order)
         self.desired_children: dict[str, list[str]] = {}
         for target in targets.cgroups:
             parent = parent_path(target.path)
@@ -268,6 +269,17 @@ class _Planner:
         result = sorted(names)
         self._children_cache[path] = result
         return result
+
+    def _children_with_operations(self, path: str) -> list[str]:
+        """The children of `path` this plan can have operations on: the planned ones and the
+        removed ones (every other child is left as observed: no raise, lower or removal), so a
+        scoped round does not look at every pod for the requirements of a QoS cgroup's write."""
+        planned = self._planned
+        return [
+            child
+            for name in self._child_names(path)
+            if (child := join_path(path, name)) in planned or child in self.removal_by_path
+        ]
 
     def is_unreadable(self, path: str, file: str) -> bool:
         """True if `file`'s value in `path` is unknown (its read failed, and it is not simply
@@ -642,8 +654,7 @@ class _Planner:
                 now = self.current_text(path, file)
                 requires = self._base_requirements(path, file)
                 requires.append(self._op("raise", path, file))
-                for name in self._child_names(path) if kind in _ORDER_BOUND else ():
-                    child = join_path(path, name)
+                for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
                     requires.append(self._op("raise", child, file))
                     requires.append(self._op("lower", child, file))
                     if kind == "protection" and child in self.removal_by_path:
