@@ -1,11 +1,13 @@
 """Whole-process start-up of `memstate run` on a 1M-record log against an empty log.
 
     .venv/bin/python -m benchmarks.daemon_startup [--records 1000000] [--rounds 5] [--dir /var/tmp]
+                                                  [--pods 2]
 
 What is timed: from spawning `python -m memstate run` (interpreter start, imports, log recovery,
 `recover_state`, readmission, first reconcile) to the READY=1 datagram on a real sd_notify
 socket — the e2e harness of tests/daemon (`tests.daemon.harness.Node`), the simulated cgroup
-tree, two pods in the manifest directory. Then SIGTERM (exit 0 checked).
+tree, two pods in the manifest directory (`--pods N`: N, the others Guaranteed pods of 64 MiB on
+two NUMA nodes of 64 GiB). Then SIGTERM (exit 0 checked).
 
 - empty: a fresh state directory every round (no log yet);
 - long: a log of `--records` records: a real daemon's history (start, two admissions, stop with
@@ -44,20 +46,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def with_pods(node: Node) -> Node:
+def new_node(root: Path, pods: int) -> Node:
+    """The harness's node with the two pods, plus `pods - 2` Guaranteed pods of 64 MiB (on two
+    NUMA nodes of 64 GiB then, so that they all fit)."""
+    if pods <= 2:
+        node = Node(root)
+    else:
+        node = Node(root, nodes_memory=("64Gi", "64Gi"), topology_policy="best-effort")
     node.drop("a.yaml", pod_manifest("pod-a", "1Gi"))
     node.drop("b.yaml", pod_manifest("pod-b", "1Gi", guaranteed=False))
+    for index in range(pods - 2):
+        node.drop(f"r{index:04d}.yaml", pod_manifest(f"resident-{index:04d}", "64Mi"))
     return node
 
 
-def build_long(root: Path, records: int) -> Node:
+def build_long(root: Path, records: int, pods: int) -> Node:
     """A node whose log holds `records` records and ends with a checkpoint."""
-    node = with_pods(Node(root))
+    node = new_node(root, pods)
     node.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60 + pods
     while (
         time.monotonic() < deadline
-        and sum(1 for r in node.records() if r.event.kind == "pod_admitted") < 2
+        and sum(1 for r in node.records() if r.event.kind == "pod_admitted") < pods
     ):
         time.sleep(0.2)
     if node.terminate() != 0:
@@ -84,7 +94,8 @@ def build_long(root: Path, records: int) -> Node:
 def start_once(node: Node, settle: float) -> tuple[float, int, int]:
     """(seconds to READY, RSS KiB at READY, RSS KiB `settle` s later); stops the daemon."""
     started = time.perf_counter()
-    node.start()
+    node.start(wait_ready=False)
+    node.wait_ready(timeout=600)  # a fresh node builds every pod's cgroup before READY
     ready = time.perf_counter() - started
     assert node.process is not None
     pid = node.process.pid
@@ -108,16 +119,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--pods", type=int, default=2, help="pods on the node (at least 2)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="memstate-startup-", dir=args.dir))
     try:
-        long_node = build_long(root / "long", args.records)
+        long_node = build_long(root / "long", args.records, args.pods)
         size = sum(p.stat().st_size for p in (long_node.state_dir / "log").glob("*.evlog"))
         segments = len(list((long_node.state_dir / "log").glob("*.evlog")))
         print(f"long log: {args.records} records, {segments} segments, {size / 2**20:.0f} MiB")
         results: dict[str, list[tuple[float, int, int]]] = {"empty": [], "long": []}
         for index in range(args.rounds):
-            empty_node = with_pods(Node(root / f"empty{index}"))
+            empty_node = new_node(root / f"empty{index}", args.pods)
             results["empty"].append(start_once(empty_node, args.settle))
             results["long"].append(start_once(long_node, args.settle))
             shutil.rmtree(root / f"empty{index}")

@@ -39,6 +39,7 @@ parents covering children, the tree's shape); the reducer runs it after every st
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -302,6 +303,32 @@ def node_targets(
     )
 
 
+class PodPart(NamedTuple):
+    """What a pod contributes to its node's targets (`pod_part`): assembled by
+    `assemble_from_parts`, kept by the daemon's tracker while the pod does not change."""
+
+    targets: PodTargets
+    request_bytes: int  # the pod's memory request (the QoS-level sums)
+    cgroup: CgroupTarget  # its pod cgroup
+    order: tuple[int, str]  # where its cgroup sorts among the node's (depth, path)
+    throttled: int  # containers with a memory.high (the old-kernel warning)
+
+
+def pod_part(pod: Pod, targets: PodTargets) -> PodPart:
+    """`pod`'s part of the node's targets, given its `pod_targets`."""
+    return PodPart(
+        targets=targets,
+        request_bytes=pod_request(pod, MEMORY),
+        cgroup=CgroupTarget(
+            path=targets.cgroup, level="pod", files=targets.files, pod_uid=targets.uid
+        ),
+        order=(path_depth(targets.cgroup), targets.cgroup),
+        throttled=sum(
+            1 for c in targets.containers if c.files.get(MEMORY_HIGH, UNLIMITED) != UNLIMITED
+        ),
+    )
+
+
 def assemble_node_targets(
     pods: Sequence[tuple[Pod, PodTargets]], config: NodeConfig, topology: Topology
 ) -> NodeTargets:
@@ -312,10 +339,37 @@ def assemble_node_targets(
     for first, second in itertools.pairwise(ordered):
         if first[0].uid == second[0].uid:
             raise InvariantViolation(f"pod uid {first[0].uid} appears twice")
-    pod_results = tuple(targets for _, targets in ordered)
-    requests = {pod.uid: pod_request(pod, MEMORY) for pod, _ in ordered}
-    g_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == GUARANTEED)
-    b_sum = sum(requests[p.uid] for p in pod_results if p.qos_class == BURSTABLE)
+    parts = [pod_part(pod, targets) for pod, targets in ordered]
+    by_order = sorted(parts, key=lambda part: part.order)
+    return assemble_from_parts(
+        parts,
+        [part.order for part in by_order],
+        [part.cgroup for part in by_order],
+        config,
+        topology,
+        guaranteed_bytes=sum(p.request_bytes for p in parts if p.targets.qos_class == GUARANTEED),
+        burstable_bytes=sum(p.request_bytes for p in parts if p.targets.qos_class == BURSTABLE),
+        throttled=sum(p.throttled for p in parts),
+    )
+
+
+def assemble_from_parts(
+    parts: Sequence[PodPart],
+    orders: Sequence[tuple[int, str]],
+    cgroups: Sequence[CgroupTarget],
+    config: NodeConfig,
+    topology: Topology,
+    *,
+    guaranteed_bytes: int,
+    burstable_bytes: int,
+    throttled: int,
+) -> NodeTargets:
+    """The node's targets from its pods' parts: `parts` by pod UID, the pod cgroups sorted by
+    their `order` (given as two parallel lists), the Guaranteed and Burstable request sums and
+    the count of containers with a memory.high. Linear only in C-level copies, so the daemon's
+    tracker, which keeps all of these up to date pod by pod, pays O(changed pods) per commit."""
+    g_sum, b_sum = guaranteed_bytes, burstable_bytes
+    pod_results = tuple(part.targets for part in parts)
     is_tiered = tiered(config)
     alloc_bytes = allocatable_bytes(config, topology)
     node_max_bytes = (
@@ -334,10 +388,10 @@ def assemble_node_targets(
         return files
 
     controllers = subtree_controllers(config, topology)
-    cgroups = [
+    fixed = [
         CgroupTarget(path=p, level="root", controllers=controllers) for p in root_paths(config)
     ]
-    cgroups.append(
+    fixed.append(
         CgroupTarget(
             path=node_path(config),
             level="node",
@@ -345,7 +399,7 @@ def assemble_node_targets(
             controllers=controllers,
         )
     )
-    cgroups.append(
+    fixed.append(
         CgroupTarget(
             path=qos_path(config, BURSTABLE),
             level="qos",
@@ -353,7 +407,7 @@ def assemble_node_targets(
             controllers=controllers,
         )
     )
-    cgroups.append(
+    fixed.append(
         CgroupTarget(
             path=qos_path(config, BEST_EFFORT),
             level="qos",
@@ -361,21 +415,26 @@ def assemble_node_targets(
             controllers=controllers,
         )
     )
-    cgroups.extend(
-        CgroupTarget(path=p.cgroup, level="pod", files=p.files, pod_uid=p.uid) for p in pod_results
-    )
-    cgroups.sort(key=lambda target: (path_depth(target.path), target.path))
+    # Every cgroup sorted by (depth, path), as `node_targets` always listed them: the few
+    # node-level cgroups are inserted into the sorted pod cgroups.
+    keys = list(orders)
+    merged = list(cgroups)
+    for target in sorted(fixed, key=lambda t: (path_depth(t.path), t.path)):
+        key = (path_depth(target.path), target.path)
+        index = bisect.bisect_right(keys, key)
+        keys.insert(index, key)
+        merged.insert(index, target)
     warnings = _warnings(
         config,
         topology,
-        pod_results,
+        throttled,
         g_sum=g_sum,
         b_sum=b_sum,
         alloc_bytes=alloc_bytes,
         node_max_bytes=node_max_bytes,
     )
     return NodeTargets(
-        cgroups=tuple(cgroups),
+        cgroups=tuple(merged),
         pods=pod_results,
         node_memory_min_bytes=g_sum if is_tiered else 0,
         node_memory_low_bytes=b_sum if is_tiered else 0,
@@ -400,7 +459,7 @@ def _amount(size_bytes: int) -> str:
 def _warnings(
     config: NodeConfig,
     topology: Topology,
-    pod_results: tuple[PodTargets, ...],
+    throttled: int,
     *,
     g_sum: int,
     b_sum: int,
@@ -428,19 +487,17 @@ def _warnings(
             "ancestor carries at least as much"
         )
     version = kernel_version(topology.kernel_release)
-    if config.memory_qos and version is not None and version < MEMORY_HIGH_SAFE_KERNEL:
-        throttled = sum(
-            1
-            for p in pod_results
-            for c in p.containers
-            if c.files.get(MEMORY_HIGH, UNLIMITED) != UNLIMITED
+    if (
+        config.memory_qos
+        and version is not None
+        and version < MEMORY_HIGH_SAFE_KERNEL
+        and throttled
+    ):
+        warnings.append(
+            f"kernel {topology.kernel_release} is older than 5.9: memory.high on "
+            f"{throttled} container(s) can stall allocating tasks indefinitely (livelock); "
+            "use a 5.9 or newer kernel"
         )
-        if throttled:
-            warnings.append(
-                f"kernel {topology.kernel_release} is older than 5.9: memory.high on "
-                f"{throttled} container(s) can stall allocating tasks indefinitely (livelock); "
-                "use a 5.9 or newer kernel"
-            )
     return tuple(warnings)
 
 

@@ -161,7 +161,9 @@ class DaemonContext:
                 and self.targets is not None
                 and self._scope is not None
             ):
-                self._scope.add(self.targets.pod(decision.uid).cgroup)
+                # The decision carries the pod's targets (else a look-up by UID).
+                admitted = decision.targets or self.targets.pod(decision.uid)
+                self._scope.add(admitted.cgroup)
         if full:
             self._scope = None
         self._publish()

@@ -118,6 +118,8 @@ class Daemon(DaemonContext):
                 self._config_wake.set()
                 continue
             logger.info("%s: shutting down", signal.Signals(signum).name)
+            if self.reconciler is not None:  # a round in a worker thread stops at once
+                self.reconciler.interrupt()  # type: ignore[attr-defined]
             scope.cancel()
             return
 

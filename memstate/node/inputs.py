@@ -280,14 +280,17 @@ def manifest_files(directory: Path) -> list[Path]:
     order pods come back in, and the tests exercise that. A name that is not valid UTF-8 is
     skipped: it could not be named in the event log.
     """
-    return [
-        entry
-        for entry in directory.iterdir()
-        if entry.is_file()
-        and entry.suffix in MANIFEST_SUFFIXES
+    return [entry for entry in directory.iterdir() if is_manifest_candidate(entry)]
+
+
+def is_manifest_candidate(entry: Path) -> bool:
+    """A regular file with a manifest suffix, not hidden, named in UTF-8 (see `manifest_files`)."""
+    return (
+        entry.suffix in MANIFEST_SUFFIXES
         and not entry.name.startswith(".")
         and _is_utf8(entry.name)
-    ]
+        and entry.is_file()
+    )
 
 
 def _is_utf8(name: str) -> bool:

@@ -24,7 +24,11 @@ A manifest without `metadata.uid` is a kubelet-style static pod: its UID is deri
 content, the node name and its path (memstate.node.sources.static documents the rule).
 
 Unchanged files (same bytes) produce nothing, so a periodic full rescan is cheap and idempotent:
-watch events are only hints, the rescan is the source of truth. After a restart nothing is known,
+watch events are only hints, the rescan is the source of truth. Between full rescans a read looks
+only at the names the watch reported (`hint`), so one new manifest costs one stat and one read,
+not a stat of every file; a full rescan runs at least every `full_rescan_seconds`, whenever a
+read comes without hints (the periodic rescan, a nudge) and after a hint that changes may have
+been missed. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
 directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
 """
@@ -34,7 +38,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,12 @@ from typing import Any
 from memstate.core.errors import InputError, ManifestError
 from memstate.core.events import Event
 from memstate.core.pod import pod_from_manifest, spec_hash
-from memstate.node.inputs import MAX_FILE_BYTES, manifest_files, parse_document
+from memstate.node.inputs import (
+    MAX_FILE_BYTES,
+    is_manifest_candidate,
+    manifest_files,
+    parse_document,
+)
 from memstate.node.sources.observation import ObservedPod, SourceName
 from memstate.node.sources.static import derive_static_uid, static_pod_key
 from memstate.node.sources.tracker import PodTracker
@@ -77,12 +88,24 @@ class ManifestDirectory:
         order: str | None = None,
         node_name: str = "",
         tracker: PodTracker | None = None,
+        full_rescan_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = directory
         self.order = order if order is not None else os.environ.get(ORDER_HOOK, "listing")
         self.node_name = node_name or socket.gethostname().lower()
         self.tracker = tracker if tracker is not None else PodTracker()
+        # key (the file's path) → what it held when last read.
         self._cache: dict[str, _Read] = {}
+        # key → the file's observation, in the order scans found the files.
+        self._observed: dict[str, ObservedPod] = {}
+        self._hinted: set[str] | None = set()  # names the watch reported since the last read
+        # `hint` runs in the event loop, `read` in a worker thread.
+        self._hint_lock = threading.Lock()
+        self._full_done = False
+        self._last_full = 0.0
+        self.full_rescan_seconds = full_rescan_seconds
+        self.clock = clock
 
     def _listing(self) -> list[Path]:
         try:
@@ -111,42 +134,85 @@ class ManifestDirectory:
         """Remember the last scan's view (its events are durable now)."""
         self.tracker.accept()
 
+    def hint(self, names: Iterable[str] | None) -> None:
+        """The watch saw these entries change (None: it may have missed changes, e.g. its queue
+        overflowed or it was restarted): the next `read` looks at them only, unless a full
+        rescan is due (see `read`)."""
+        with self._hint_lock:
+            if names is None or self._hinted is None:
+                self._hinted = None
+            else:
+                self._hinted.update(names)
+
     def read(self) -> list[ObservedPod]:
-        """One observation per manifest file, in listing order (unchanged files are not read)."""
-        observed: list[ObservedPod] = []
-        cache: dict[str, _Read] = {}
+        """One observation per manifest file, in listing order (unchanged files are not read).
+
+        A full rescan lists the directory and stats every file: at the first read, when no
+        hint came since the last read (a periodic or nudged rescan), after a hint of None, and
+        once `full_rescan_seconds` passed since the last full one (the safety net against
+        missed hints). Otherwise only the hinted names are looked at, and every other file
+        keeps its last observation, so an admission does not cost a walk over all manifests.
+        """
+        with self._hint_lock:
+            hinted, self._hinted = self._hinted, set()
+        now = self.clock()
+        if (
+            not self._full_done
+            or not hinted
+            or now - self._last_full >= self.full_rescan_seconds
+            or self.order != "listing"
+        ):
+            self._last_full = now
+            self._full_done = True
+            return self._read_all()
+        for name in sorted(hinted):
+            path = self.directory / name
+            key = str(path)
+            seen = self._cache.pop(key, None)
+            observed = self._observe(path, seen) if is_manifest_candidate(path) else None
+            if observed is None:
+                self._observed.pop(key, None)  # gone, or not (any more) a manifest
+            else:
+                self._observed[key] = observed  # keeps its place if it was known
+        return list(self._observed.values())
+
+    def _read_all(self) -> list[ObservedPod]:
+        previous, self._cache = self._cache, {}
+        self._observed = {}
         for path in self._listing():
             key = str(path)
-            seen = self._cache.get(key)
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                observed.append(ObservedPod(key, error=f"cannot stat: {exc.strerror}"))
-                continue
-            identity = (info.st_ino, info.st_size, info.st_mtime_ns)
-            if seen is not None and seen.identity == identity:
-                cache[key] = seen
-                observed.append(seen.observed)
-                continue
-            try:
-                with path.open("rb") as handle:
-                    data = handle.read(MAX_FILE_BYTES + 1)
-            except FileNotFoundError:
-                continue  # deleted between listing and reading: the next scan sees it gone
-            except OSError as exc:
-                observed.append(ObservedPod(key, error=f"cannot read: {exc.strerror}"))
-                continue
-            digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            if seen is not None and seen.digest == digest:
-                item = seen.observed
-            else:
-                item = self._parse(key, data)
-            cache[key] = _Read(digest, item, identity)
-            observed.append(item)
-        self._cache = cache
-        return observed
+            observed = self._observe(path, previous.get(key))
+            if observed is not None:
+                self._observed[key] = observed
+        return list(self._observed.values())
+
+    def _observe(self, path: Path, seen: _Read | None) -> ObservedPod | None:
+        """What file `path` holds now (None: it is gone); remembered in `_cache` if read."""
+        key = str(path)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return ObservedPod(key, error=f"cannot stat: {exc.strerror}")
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if seen is not None and seen.identity == identity:
+            self._cache[key] = seen
+            return seen.observed
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return None  # deleted between listing and reading: the next scan sees it gone
+        except OSError as exc:
+            return ObservedPod(key, error=f"cannot read: {exc.strerror}")
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        if seen is not None and seen.digest == digest:
+            item = seen.observed
+        else:
+            item = self._parse(key, data)
+        self._cache[key] = _Read(digest, item, identity)
+        return item
 
     def _parse(self, source: str, data: bytes) -> ObservedPod:
         try:

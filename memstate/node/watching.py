@@ -325,9 +325,13 @@ async def watch_directory(
     retry_seconds: float = 1.0,
     max_retry_seconds: float = 60.0,
     on_error: Callable[[BaseException], object] | None = None,
+    on_names: Callable[[set[str] | None], object] | None = None,
 ) -> None:
     """Call `on_change` whenever an entry of `path` (only `only_name`, if given) is written,
     created, renamed or deleted; run until cancelled. A missing `path` is waited for.
+    `on_names`, if given, is called first with the names of the entries that changed, or None
+    when changes may have been missed (the queue overflowed, the watch was (re)started, the
+    directory itself changed): what a caller that rescans only what changed needs.
 
     A hint for callers that rescan, as the daemon's manifest directory and config file do: a new
     regular file counts once its writer closes it (never half-written), hidden names never; after
@@ -347,8 +351,19 @@ async def watch_directory(
         return not name.startswith(".") and not is_new_regular_file(change)
 
     def on_batch(batch: Batch) -> None:
-        if not batch.complete or any(wanted(change) for change in batch.changes):
-            on_change()
+        changed = [change for change in batch.changes if wanted(change)]
+        if batch.complete and not changed:
+            return
+        if on_names is not None:
+            whole = not batch.complete or any(c.path == str(path) for c in changed)
+            on_names(None if whole else {os.path.basename(c.path) for c in changed})
+        on_change()
+
+    def on_restart() -> None:
+        # Changes may have been missed while no watch ran: everything is a candidate.
+        if on_names is not None:
+            on_names(None)
+        on_change()
 
     mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
     retry = WatchRetry(
@@ -356,7 +371,7 @@ async def watch_directory(
         base_seconds=retry_seconds,
         max_seconds=max_retry_seconds,
         on_error=on_error,
-        on_restart=on_change,
+        on_restart=on_restart,
     )
     while True:
         if not path.is_dir():

@@ -45,13 +45,15 @@ is killed through cgroup.kill (``"kill"``).
 Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
 TypeError...): a `HostError` from any operation is caught, counted and reported.
 
-The reconciler is synchronous and not thread-safe; the daemon runs it in a worker thread with a
+The reconciler is synchronous and not thread-safe (except `interrupt`, which stops a round
+between two operations at shutdown); the daemon runs it in a worker thread with a
 capacity limiter of one. Nothing here imports trio.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -222,6 +224,7 @@ class Reconciler:
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
+        self._desired_before: set[str] = set()  # the desired paths of the previous round
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
@@ -229,6 +232,16 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """Make the round in progress (and every later one) stop before its next operation.
+
+        Thread-safe: the daemon calls it from the event loop at SIGTERM while a round runs in a
+        worker thread, so a long round (a backlog of removals on a slow tree) cannot hold the
+        shutdown past its grace period. The operations not attempted are reported ``skipped``.
+        """
+        self._interrupted.set()
 
     def reconcile(
         self,
@@ -432,6 +445,12 @@ class Reconciler:
         results: list[OperationResult] = []
         writes = 0
         for operation in plan.operations:
+            if self._interrupted.is_set():
+                # Shutting down: stop between operations (any prefix of a plan keeps its
+                # ordering guarantees); the rest is for the next daemon's first round.
+                not_ok.add(operation.index)
+                results.append(OperationResult(operation, "skipped", message="interrupted"))
+                continue
             if any(index in not_ok for index in operation.requires):
                 not_ok.add(operation.index)
                 results.append(OperationResult(operation, "skipped"))
@@ -589,6 +608,8 @@ class Reconciler:
         """What the tree holds now as far as this reconciler knows (the base of drift)."""
         desired = {t.path for t in targets.cgroups}
         for path, files in plan.final_values.items():
+            if path not in desired:
+                continue  # only desired cgroups are remembered
             created = by_target.get((path, ""), [])
             if all(r.outcome == "ok" for r in created):
                 self._expected_present.add(path)
@@ -597,14 +618,20 @@ class Reconciler:
                 if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
                     self._expected[(path, file)] = value
         for target in targets.cgroups:
+            if not target.controllers:
+                continue
             enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
-            if target.controllers and all(r.outcome == "ok" for r in enabled):
+            if all(r.outcome == "ok" for r in enabled):
                 self._expected_controllers[target.path] = frozenset(target.controllers)
-        self._expected = {k: v for k, v in self._expected.items() if k[0] in desired}
-        self._expected_present &= desired
-        self._expected_controllers = {
-            k: v for k, v in self._expected_controllers.items() if k in desired
-        }
+        # Forget what is no longer desired; a round that dropped nothing (an admission) walks
+        # nothing here.
+        gone = self._desired_before - desired
+        self._desired_before = desired
+        if gone:
+            self._expected = {k: v for k, v in self._expected.items() if k[0] not in gone}
+            self._expected_present -= gone
+            for path in gone:
+                self._expected_controllers.pop(path, None)
         if full:
             # Back-off of operations a full plan no longer contains is stale (a scoped plan
             # only covers its scope, so it cannot tell).

@@ -163,3 +163,32 @@ def test_order_hook(tmp_path: Path) -> None:
     backward = [uid for _, uid in kinds(ManifestDirectory(tmp_path, order="reverse").scan())]
     assert forward == ["ua", "ub", "uc"]
     assert backward == ["uc", "ub", "ua"]
+
+
+def test_a_hinted_scan_reads_only_the_hinted_names(tmp_path: Path) -> None:
+    """Between full rescans a scan looks at the names the watch reported and nothing else; a
+    scan without hints, a hint of None and the full-rescan period each bring a full rescan."""
+    now = [0.0]
+    source = ManifestDirectory(tmp_path, full_rescan_seconds=30.0, clock=lambda: now[0])
+    write(tmp_path, "a.yaml", manifest("ua", [container("c", "1Gi")]))
+    assert scan(source) == [("admit", "ua")]  # the first scan is full
+    write(tmp_path, "b.yaml", manifest("ub", [container("c", "1Gi")]))
+    write(tmp_path, "c.yaml", manifest("uc", [container("c", "1Gi")]))
+    source.hint({"b.yaml"})
+    assert scan(source) == [("admit", "ub")]  # c.yaml was not reported: not looked at
+    (tmp_path / "a.yaml").unlink()
+    source.hint({"a.yaml", "notes.txt"})
+    assert scan(source) == [("remove", "ua")]
+    assert scan(source) == [("admit", "uc")]  # no hint: a full rescan
+    write(tmp_path, "d.yaml", manifest("ud", [container("c", "1Gi")]))
+    source.hint(None)  # changes may have been missed
+    source.hint({"e.yaml"})
+    assert scan(source) == [("admit", "ud")]
+    write(tmp_path, "e.yaml", manifest("ue", [container("c", "1Gi")]))
+    write(tmp_path, "f.yaml", manifest("uf", [container("c", "1Gi")]))
+    now[0] = 29.0
+    source.hint({"e.yaml"})
+    assert scan(source) == [("admit", "ue")]
+    now[0] = 61.0  # the full rescan is due even though hints keep coming
+    source.hint({"e.yaml"})
+    assert scan(source) == [("admit", "uf")]

@@ -133,3 +133,31 @@ def test_one_removal_among_500_pods_costs_constant_writes() -> None:
     assert writes == expected_writes(before, after) <= 4
     assert reads < 60
     assert not fs.exists(before.pod(gone.uid).cgroup)
+
+
+def test_an_interrupted_round_stops_between_operations_and_the_next_daemon_finishes() -> None:
+    """SIGTERM during a long round: the reconciler stops before its next operation (the rest
+    reported skipped), and a fresh reconciler (the next daemon) converges the tree."""
+    pods = node_of(20)
+    fs = FaultInjectingCgroupFS(new_sim())
+    reconciler = Reconciler(fs, page_size_bytes=PAGE, clock=FakeClock())
+    mkdir = fs.mkdir
+    made: list[str] = []
+
+    def mkdir_then_interrupt(path: str) -> None:
+        mkdir(path)
+        made.append(path)
+        if len(made) == 3:
+            reconciler.interrupt()
+
+    fs.mkdir = mkdir_then_interrupt  # type: ignore[method-assign]
+    report = reconciler.reconcile(targets(pods))
+    assert not report.converged
+    assert len(made) == 3
+    skipped = [r for r in report.results if r.outcome == "skipped"]
+    assert skipped and all(r.message == "interrupted" for r in skipped)
+    assert report.results[-1].outcome == "skipped"
+    fs.mkdir = mkdir  # type: ignore[method-assign]
+    after = Reconciler(fs, page_size_bytes=PAGE, clock=FakeClock())
+    assert after.reconcile(targets(pods)).converged
+    assert_tree_matches(fs, targets(pods))

@@ -107,3 +107,43 @@ def test_node_targets_carry_their_naming() -> None:
     assert (targets.cgroup_driver, targets.cgroup_root) == ("systemd", ())
     assert naming_config(targets).cgroup_driver == "systemd"
     assert any(c.path.endswith(".slice") for c in targets.cgroups)
+
+
+def test_the_incremental_tracker_equals_a_computation_from_scratch_through_churn() -> None:
+    """Every QoS class (so the sums and the order of pod cgroups under kubepods, burstable and
+    besteffort all move), admissions and removals in a seeded random order, memory.high set on
+    an old kernel (the throttled-container warning): equal to from-scratch after every step."""
+    import random
+
+    rng = random.Random(15)
+    topo = topology("64Gi", "64Gi", kernel_release="5.4.0")
+    events: list[Event] = [
+        TopologyObserved(topology=topo),
+        ConfigLoaded(
+            config=static_config(["1Gi", "1Gi"], memoryReservationPolicy="TieredReservation")
+        ),
+    ]
+    live: list[str] = []
+    for index in range(120):
+        if live and rng.random() < 0.35:
+            events.append(PodRemovalRequested(uid=live.pop(rng.randrange(len(live)))))
+            continue
+        uid = f"p{rng.randrange(10**6):06d}-{index}"
+        kind = rng.choice(["guaranteed", "burstable", "besteffort"])
+        if kind == "guaranteed":
+            new = pod(uid, f"{rng.randint(1, 8) * 64}Mi")
+        elif kind == "burstable":
+            new = pod_of(uid, [container("c", "64Mi", limit_memory="1Gi", guaranteed=False)])
+        else:
+            new = pod_of(uid, [container("c", None, None)])
+        events.append(PodAdmissionRequested(pod=new))
+        live.append(uid)
+    tracker = TargetsTracker()
+    state = State()
+    for event in events:
+        transition = step(state, event)
+        state = transition.state
+        assert tracker.update(state, transition.decisions) == from_scratch(state), event.kind
+    assert len(state.pods) > 20
+    final = from_scratch(state)
+    assert final is not None and any("older than 5.9" in w for w in final.warnings)

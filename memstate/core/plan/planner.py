@@ -143,7 +143,8 @@ def plan_operations(
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
-    check_target_tree(targets)
+    planned = None if focus is None else with_ancestors(focus)
+    check_target_tree(targets, planned)
     planner = _Planner(
         targets,
         observed,
@@ -151,9 +152,17 @@ def plan_operations(
         retired=frozenset(retired_paths),
         pod_removal=pod_removal,
         remove_orphans=remove_orphans,
-        focus=None if focus is None else frozenset(focus),
+        planned=planned,
     )
     return planner.run()
+
+
+def with_ancestors(paths: Iterable[str]) -> frozenset[str]:
+    """`paths` and every ancestor of each: what a scoped round plans."""
+    wanted = set(paths)
+    for path in list(wanted):
+        wanted.update(ancestor_paths(path))
+    return frozenset(wanted)
 
 
 class _Planner:
@@ -168,7 +177,7 @@ class _Planner:
         retired: frozenset[str],
         pod_removal: PodRemoval,
         remove_orphans: bool,
-        focus: frozenset[str] | None,
+        planned: frozenset[str] | None,
     ) -> None:
         self.targets = targets
         self.observed = observed
@@ -179,12 +188,10 @@ class _Planner:
         self.config = naming_config(targets)
         self.desired: dict[str, CgroupTarget] = {t.path: t for t in targets.cgroups}
         self.order = [t.path for t in targets.cgroups]  # parents first
-        if focus is not None:
+        if planned is not None:
             # Planned: the focus and its ancestors; the rest stays as observed.
-            wanted = set(focus)
-            for path in focus:
-                wanted.update(ancestor_paths(path))
-            self.order = [path for path in self.order if path in wanted]
+            self.order = [path for path in self.order if path in planned]
+        self._planned = frozenset(self.order)
         self.desired_children: dict[str, list[str]] = {}
         for target in targets.cgroups:
             parent = parent_path(target.path)
@@ -263,6 +270,17 @@ class _Planner:
         result = sorted(names)
         self._children_cache[path] = result
         return result
+
+    def _children_with_operations(self, path: str) -> list[str]:
+        """The children of `path` this plan can have operations on: the planned ones and the
+        removed ones (every other child is left as observed: no raise, lower or removal), so a
+        scoped round does not look at every pod for the requirements of a QoS cgroup's write."""
+        planned = self._planned
+        return [
+            child
+            for name in self._child_names(path)
+            if (child := join_path(path, name)) in planned or child in self.removal_by_path
+        ]
 
     def is_unreadable(self, path: str, file: str) -> bool:
         """True if `file`'s value in `path` is unknown (its read failed, and it is not simply
@@ -404,22 +422,37 @@ class _Planner:
     def _contribution(self, parent: str, name: str, file: str) -> _Contribution | None:
         """A child's value of `file` now, after the raise pass and at the end; None if unknown."""
         path = join_path(parent, name)
-        if path in self.desired and (path, file) in self.unknown:
+        key = (path, file)
+        if path in self.desired:
+            if key in self.unknown:
+                return None
+            final = self.final.get(key)
+            if final is not None:
+                return _Contribution(
+                    current=self.current[key], raised=self.raised[key], final=final
+                )
+        # A child this round leaves alone (most of them in a scoped round): its value now.
+        found = self.observed.cgroups.get(path)
+        if found is None or not found.exists:
+            now = 0
+        elif file in found.unreadable and self.is_unreadable(path, file):
             return None
-        if path in self.desired and (path, file) in self.final:
-            return _Contribution(
-                current=self.current[(path, file)],
-                raised=self.raised[(path, file)],
-                final=self.final[(path, file)],
-            )
-        if self._exists(path) and self.is_unreadable(path, file):
-            return None
-        now = self._protection_now(path, file) if self._exists(path) else 0
+        else:
+            now = self._protection_of(found, file)
         removal = self.removal_by_path.get(path)
         if removal is not None and removal.action != "keep":
             # Gone at the end of the round: removed, or zeroed because it is populated.
             return _Contribution(current=now, raised=now, final=0)
         return _Contribution(current=now, raised=now, final=now)
+
+    def _protection_of(self, found: ObservedCgroup, file: str) -> int:
+        """`_protection_now` of an observed, existing cgroup."""
+        text = found.files.get(file)
+        normalised = None if text is None else self.values.normalise(file, text)
+        if normalised is None:
+            default = kernel_default(file)
+            normalised = None if default is None else self.values.normalise(file, default)
+        return 0 if normalised is None else self.values.number(normalised)
 
     # --- emission --------------------------------------------------------------------------
 
@@ -622,8 +655,7 @@ class _Planner:
                 now = self.current_text(path, file)
                 requires = self._base_requirements(path, file)
                 requires.append(self._op("raise", path, file))
-                for name in self._child_names(path) if kind in _ORDER_BOUND else ():
-                    child = join_path(path, name)
+                for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
                     requires.append(self._op("raise", child, file))
                     requires.append(self._op("lower", child, file))
                     if kind == "protection" and child in self.removal_by_path:

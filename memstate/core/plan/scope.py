@@ -56,11 +56,20 @@ def _check_naming(targets: NodeTargets, config: NodeConfig) -> None:
         raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}")
 
 
-def check_target_tree(targets: NodeTargets) -> None:
+def check_target_tree(targets: NodeTargets, paths: Iterable[str] | None = None) -> None:
     """Raise InvariantViolation unless the targets form a tree the planner can work on:
-    unique paths, every parent listed before its children, pod cgroups that parse as pods."""
+    unique paths, every parent listed before its children, pod cgroups that parse as pods.
+
+    `paths` (a scoped round: the cgroups it plans, each with its ancestors) limits the per-cgroup
+    checks to those cgroups, so a round's cost does not grow with the pods it leaves alone; the
+    naming, the root and the uniqueness of paths are checked whole (cheap set operations). A full
+    round (None) checks every cgroup.
+    """
     config = naming_config(targets)
     _check_naming(targets, config)
+    if paths is not None:
+        _check_scoped(targets, config, paths)
+        return
     seen: set[str] = set()
     for target in targets.cgroups:
         if target.path in seen:
@@ -68,16 +77,40 @@ def check_target_tree(targets: NodeTargets) -> None:
         parent = parent_path(target.path)
         if parent is not None and parent not in seen:
             raise InvariantViolation(f"cgroup {target.path!r} is listed before its parent")
-        if target.level == "pod":
-            parsed = parse_cgroup_path(target.path, config)
-            if parsed is None or parsed.level != "pod" or parsed.pod_uid != target.pod_uid:
-                raise InvariantViolation(f"pod cgroup {target.path!r} is not a pod cgroup name")
-        for value in target.files.values():
-            if "\0" in value or "\n" in value:
-                raise InvariantViolation(f"{target.path}: target value {value!r} is not one line")
+        _check_target(target, config)
         seen.add(target.path)
     if "" not in seen:
         raise InvariantViolation("the targets do not include the managed root ''")
+
+
+def _check_scoped(targets: NodeTargets, config: NodeConfig, paths: Iterable[str]) -> None:
+    position = {target.path: index for index, target in enumerate(targets.cgroups)}
+    if len(position) != len(targets.cgroups):
+        seen: set[str] = set()
+        for target in targets.cgroups:
+            if target.path in seen:
+                raise InvariantViolation(f"cgroup {target.path!r} is listed twice in the targets")
+            seen.add(target.path)
+    if "" not in position:
+        raise InvariantViolation("the targets do not include the managed root ''")
+    for path in paths:
+        index = position.get(path)
+        if index is None:
+            continue  # not desired (a retired or container cgroup): nothing to check
+        parent = parent_path(path)
+        if parent is not None and position.get(parent, index) >= index:
+            raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
+        _check_target(targets.cgroups[index], config)
+
+
+def _check_target(target: CgroupTarget, config: NodeConfig) -> None:
+    if target.level == "pod":
+        parsed = parse_cgroup_path(target.path, config)
+        if parsed is None or parsed.level != "pod" or parsed.pod_uid != target.pod_uid:
+            raise InvariantViolation(f"pod cgroup {target.path!r} is not a pod cgroup name")
+    for value in target.files.values():
+        if "\0" in value or "\n" in value:
+            raise InvariantViolation(f"{target.path}: target value {value!r} is not one line")
 
 
 def existing(observed: ObservedTree, path: str) -> ObservedCgroup | None:

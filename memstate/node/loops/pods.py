@@ -83,9 +83,11 @@ async def manifest_loop(daemon: DaemonContext) -> None:
                     daemon._manifest_wake.set,
                     only_name=None,
                     on_error=daemon.metrics.watch_failed("manifests"),
+                    on_names=daemon.manifests.hint,  # a scan reads only what the watch reported
                 )
             )
         while True:
+            daemon.manifests.full_rescan_seconds = daemon.settings.rescan_seconds
             try:
                 await scan_manifests(daemon)
             except MemstateError as exc:

@@ -1,0 +1,147 @@
+"""memstate's own CPU per admission at N resident pods: the real daemon in process, no simulator.
+
+    python -m benchmarks.admission_cpu [--pods 500] [--samples 100]
+
+`benchmarks.daemon_admission` measures the whole `memstate run` process, whose cgroup tree is the
+directory-backed simulator: there, rendering every file of a new cgroup directory on disk costs
+far more CPU than memstate's own work. This benchmark takes the simulator out: the real `Daemon`
+(writer, reducer, pod tracker, manifest directory with real files, targets, reconciler, the event
+log with fsync in a temporary directory, worker threads as in production) runs in this process
+against the in-memory kernel model (`SimCgroupFS`), with the watches off: each sample writes one
+manifest, reports its name as the watch would (`ManifestDirectory.hint`), wakes the manifest loop
+and waits until the pod is admitted and the tree converged. CPU is this process's
+`time.process_time()` over the samples (the model's work included, which is small), divided by
+`--samples`; periodic rescans and resyncs are set to an hour so that none falls in the window.
+
+Run another version's daemon with PYTHONPATH (e.g. a `git archive` of an older commit first on
+the path); a version without `ManifestDirectory.hint` rescans the directory instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+import yaml
+
+from memstate.host.sim import SimCgroupFS
+from memstate.node.adapters import Adapters
+from memstate.node.daemon import Daemon
+from memstate.node.sdnotify import Notifier
+from memstate.node.settings import Settings
+from tests.daemon.harness import pod_manifest
+from tests.factories import topology
+
+PAGE = 4096
+CONFIG = {
+    "memoryManagerPolicy": "Static",
+    "topologyManagerPolicy": "best-effort",
+    "memoryReservationPolicy": "TieredReservation",
+    "systemReserved": {"memory": "8Gi"},
+    "evictionHard": {"memory.available": "0"},
+    "reservedMemory": [{"numaNode": i, "limits": {"memory": "1Gi"}} for i in range(8)],
+    "memstate": {
+        "metricsAddress": "off",
+        "cgroupRoot": "/",
+        "rescanSeconds": 3600,
+        "resyncSeconds": 3600,
+        "checkpointEvery": 1000000,
+    },
+}
+
+
+def run(root: Path, pods: int, samples: int) -> tuple[float, list[float]]:
+    """(CPU seconds per admission, wall seconds of each admission)."""
+    manifests = root / "manifests"
+    manifests.mkdir()
+    config_file = root / "config.yaml"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    settings = Settings(
+        state_dir=root / "state",
+        manifest_dir=manifests,
+        config_file=config_file,
+        metrics_address="off",
+        pod_sources=("manifests",),
+    )
+    adapters = Adapters(
+        cgroup_fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7"),
+        topology=topology(*["64Gi"] * 8),
+        sources=[],
+        notifier=Notifier(None, None),
+        host_loops=False,
+    )
+    daemon = Daemon(settings, adapters=adapters)
+    walls: list[float] = []
+    cpu = [0.0]
+
+    def drop(uid: str) -> None:
+        temporary = manifests / f".{uid}.tmp"
+        temporary.write_text(yaml.safe_dump(pod_manifest(uid, "64Mi")))
+        temporary.replace(manifests / f"{uid}.yaml")
+
+    def hint(names: set[str]) -> None:
+        source = daemon.manifests
+        if hasattr(source, "hint"):
+            source.hint(names)
+        daemon._manifest_wake.set()
+
+    async def until(condition: object) -> None:
+        assert callable(condition)
+        while not condition():
+            await trio.sleep(0.0005)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            residents = [f"resident-{index:04d}" for index in range(pods)]
+            for uid in residents:
+                drop(uid)
+            hint({f"{uid}.yaml" for uid in residents})
+            await until(lambda: len(daemon.state.pods) >= pods and daemon.readiness.converged)
+            await trio.sleep(0.5)
+            if os.environ.get("MEMSTATE_SAMPLE_OUT"):
+                os.kill(os.getpid(), signal.SIGUSR1)  # a sampling profiler starts afresh here
+            started_cpu = time.process_time()
+            for index in range(samples):
+                uid = f"sample-{index:04d}"
+                started = time.perf_counter()
+                drop(uid)
+                hint({f"{uid}.yaml"})
+                await until(lambda u=uid: u in daemon.state.pods and daemon.readiness.converged)  # type: ignore[misc]
+                walls.append(time.perf_counter() - started)
+            cpu[0] = (time.process_time() - started_cpu) / samples
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
+    return cpu[0], walls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    results = []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="memstate-admission-cpu-", dir="/var/tmp") as tmp:
+            cpu, walls = run(Path(tmp), args.pods, args.samples)
+        results.append(cpu)
+        print(
+            f"{args.pods} resident pods, {args.samples} admissions: CPU per admission "
+            f"{cpu * 1000:.2f} ms; wall p50 {statistics.median(walls) * 1000:.2f} ms"
+        )
+    if args.rounds > 1:
+        ms = [r * 1000 for r in results]
+        print(f"median {statistics.median(ms):.2f} ms ({min(ms):.2f}..{max(ms):.2f})")
+
+
+if __name__ == "__main__":
+    main()
