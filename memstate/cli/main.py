@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from memstate import __version__
 from memstate.cli.commands import COMMAND_MODULES
 from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, FileAccessError, MemstateError
-from memstate.present.output import configure_tables
+from memstate.present.output import configure_tables, quiet_stdout
 
 EPILOG = """\
 exit codes:
@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        result = handler(args)
+        with quiet_stdout(args):
+            result = handler(args)
     except MemstateError as exc:
         print(f"memstate: error: {exc}", file=sys.stderr)
         return exc.exit_code

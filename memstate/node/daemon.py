@@ -199,6 +199,8 @@ class Daemon:
         self.reconciler: object | None = None
         self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
+        # host:port the metrics endpoint is bound to (port 0 in the config: the kernel's pick).
+        self.metrics_bound: str | None = None
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
@@ -323,13 +325,15 @@ class Daemon:
                 status_routes(self.metrics.render, self.heartbeat, self.readiness)
             )
             try:
-                await self._nursery.start(endpoint.serve, host, port)
+                bound = await self._nursery.start(endpoint.serve, host, port)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {host}:{port}: {exc.strerror}",
                     source=str(settings.config_file or ""),
                     path="$.memstate.metricsAddress",
                 ) from None
+            port = bound[0][1] if bound else port
+            self.metrics_bound = f"{host}:{port}"
             logger.info("metrics on http://%s:%d/metrics", host, port)
         self.readiness.recovered = True
         pods = len(self.state.pods)
@@ -426,7 +430,7 @@ class Daemon:
             "seq": self.last_seq,
             "converged": self._converged,
             "pending_removals": self._pending_removals,
-            "metrics_address": self.settings.metrics_address,
+            "metrics_address": self.metrics_bound or self.settings.metrics_address,
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),

@@ -108,8 +108,8 @@ def test_item1_environment_state_dir_beats_config(node: Path, tmp_path: Path) ->
         "json",
         env={"MEMSTATE_CONFIG": str(node / "config.yaml"), "MEMSTATE_STATE_DIR": str(empty)},
     )
-    assert result.returncode == 1
-    assert f"no memstate state in {empty}" in result.stderr
+    assert result.returncode == 65  # a state directory with no log: operator input error
+    assert f"{empty}: not a memstate state directory" in result.stderr
 
 
 def test_item1_plan_and_diff_default_to_the_config_state_and_tree(node: Path) -> None:

@@ -24,7 +24,7 @@ SETPRIV = shutil.which("setpriv")
 # (arguments with {bad} = malformed file, {missing} = a path that does not exist, {ro} = an
 # unwritable directory, {scenario} = a valid recorded scenario; expected exit code)
 CASES: list[tuple[str, int]] = [
-    ("status --state-dir {missing}", 1),
+    ("status --state-dir {missing}", 65),
     ("status --config {missing}.yaml", 78),
     ("status --config {bad}", 78),
     ("admit {missing}.yaml", 65),
@@ -33,7 +33,7 @@ CASES: list[tuple[str, int]] = [
     ("remove x --manifest-dir {missing}", 65),
     ("topology --topology-file {missing}", 65),
     ("topology --topology-file {bad}", 65),
-    ("plan --state-dir {missing}", 1),
+    ("plan --state-dir {missing}", 65),
     ("diff --scenario {bad}", 65),
     ("plan --scenario {missing}", 65),
     ("log verify --state-dir {missing}", 65),
