@@ -23,7 +23,8 @@ exit codes:
   0   ok
   1   failure, or a divergence found by replay/verify
   2   usage error
-  65  log, checkpoint or input data corruption (EX_DATAERR)
+  65  log, checkpoint or input data corruption, or no state directory where one was
+      named (EX_DATAERR)
   69  cgroup v2 or a required controller missing (EX_UNAVAILABLE)
   70  internal invariant violated: a bug (EX_SOFTWARE)
   74  I/O error on the log (a failed fsync), or a file a command reads or writes cannot be

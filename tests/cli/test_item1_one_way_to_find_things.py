@@ -44,7 +44,7 @@ def memstate(
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A demo node that ran once: state, manifests, simulated tree and config.yaml."""
     directory = tmp_path_factory.mktemp("node") / "demo"
-    result = memstate("demo", "--dir", str(directory), "--for", "1")
+    result = memstate("demo", "--metrics-port", "0", "--dir", str(directory), "--for", "1")
     assert result.returncode == 0, result.stderr
     yield directory
 

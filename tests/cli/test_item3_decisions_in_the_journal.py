@@ -29,7 +29,18 @@ def environment() -> dict[str, str]:
 def test_item3_one_json_line_per_decision_and_rejected_file(tmp_path: Path) -> None:
     node = tmp_path / "demo"
     laid = subprocess.run(
-        [sys.executable, "-m", "memstate", "demo", "--dir", str(node), "--for", "1"],
+        [
+            sys.executable,
+            "-m",
+            "memstate",
+            "demo",
+            "--metrics-port",
+            "0",
+            "--dir",
+            str(node),
+            "--for",
+            "1",
+        ],
         capture_output=True,
         text=True,
         env=environment(),

@@ -221,7 +221,10 @@ def run_admit(args: argparse.Namespace) -> int:
                 source=str(args.file),
             )
         if destination.read_bytes() == data:
-            sys.stdout.write(f"{pod.key} ({pod.uid}) is already in place at {destination}\n")
+            if output_format(args, piped="json") == "json":
+                write_json({"seq": None, "admitted": None, "unchanged": str(destination)})
+            else:
+                sys.stdout.write(f"{pod.key} ({pod.uid}) is already in place at {destination}\n")
             return 0
     after = current_last_seq(settings.state_dir) if settings.state_dir.exists() else 0
     try:
