@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from memstate import __version__
 from memstate.cli.commands import COMMAND_MODULES
 from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, FileAccessError, MemstateError
-from memstate.present.output import configure_tables
+from memstate.present.output import configure_tables, quiet_stdout
 
 EPILOG = """\
 exit codes:
   0   ok
   1   failure, or a divergence found by replay/verify
   2   usage error
-  65  log, checkpoint or input data corruption (EX_DATAERR)
+  65  log, checkpoint or input data corruption, or no state directory where one was
+      named (EX_DATAERR)
   69  cgroup v2 or a required controller missing (EX_UNAVAILABLE)
   70  internal invariant violated: a bug (EX_SOFTWARE)
   74  I/O error on the log (a failed fsync), or a file a command reads or writes cannot be
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        result = handler(args)
+        with quiet_stdout(args):
+            result = handler(args)
     except MemstateError as exc:
         print(f"memstate: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -518,23 +518,34 @@ class ExportRecord(msgspec.Struct, frozen=True):
     reducer_version: int
 
 
+# The node name of an export whose log names no host and no --node was given.
+UNKNOWN_NODE = "unknown"
+
+
 def export_records(
     source: LogSource,
     window: Window,
     *,
     selector: PodSelector | None = None,
     node: str | None = None,
+    default_node: str = UNKNOWN_NODE,
     from_seq: int = 1,
     to_seq: int | None = None,
 ) -> Iterator[ExportRecord]:
-    """Every record as one flat `ExportRecord`. `node` names the machine (default: the hostname
-    of the latest `daemon_started`). Streams."""
+    """Every record as one flat `ExportRecord`. Streams. The node's name is never empty (one
+    node must not show up under two names in a table of many): `node` if given; else the
+    hostname of the latest `daemon_started` that names one, and before it (the records a log
+    starts with, or a pruned log's first segments) the first hostname the log names; in a log
+    that names none (a scenario, a log from a build that did not record it), `default_node`."""
     started: DaemonStarted | None = None
+    name = node or first_hostname(source) or default_node or UNKNOWN_NODE
     for transition in history(source):
         if to_seq is not None and transition.record.seq > to_seq:
             return
         if isinstance(transition.record.event, DaemonStarted):
             started = transition.record.event
+            if started.hostname and not node:
+                name = started.hostname
         for item in items_of(transition):
             if selector is not None:
                 selector.learn(item.event)
@@ -542,10 +553,20 @@ def export_records(
                     continue
             if item.seq < from_seq or not window.admits(item):
                 continue
-            yield _export_record(item, started, node)
+            yield _export_record(item, started, name)
 
 
-def _export_record(item: Item, started: DaemonStarted | None, node: str | None) -> ExportRecord:
+def first_hostname(source: LogSource) -> str | None:
+    """The hostname of the first `daemon_started` that names one. Reads until it finds it
+    (normally the first record), the whole log if none names a host."""
+    for envelope in source.envelopes():
+        event = envelope.event
+        if isinstance(event, DaemonStarted) and event.hostname:
+            return event.hostname
+    return None
+
+
+def _export_record(item: Item, started: DaemonStarted | None, node: str) -> ExportRecord:
     event = item.event
     pod = _pod_of(event)
     uid = pod.uid if pod else pod_uid_of(event)
@@ -571,7 +592,7 @@ def _export_record(item: Item, started: DaemonStarted | None, node: str | None) 
     limit = pod_limit(pod, MEMORY) if pod else None
     return ExportRecord(
         export_v=EXPORT_VERSION,
-        node=node if node is not None else (started.hostname if started else ""),
+        node=node,
         seq=item.seq,
         input_seq=item.input_seq,
         decision_index=item.index,

@@ -13,12 +13,18 @@ one row per pod so that no two labels share a line (the figure grows with the ro
 right of its bar's start, or left of it in the right half of the plot, and is clipped to the
 axes. Both panels mark rejections (red dotted lines, `gid` "rejection") and restarts (black lines,
 `gid` "restart"). A window whose events all share one timestamp gets a one-minute axis.
+
+The PNG carries what it shows as JSON in a text chunk (`PLOT_DATA_KEY`: the NUMA nodes, the
+number of points and spans, every marker with its kind, time and label), so a program (and the
+test of the bundled picture) can check a plot without reading pixels.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from pathlib import Path
+from typing import Any
 
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
@@ -43,9 +49,29 @@ _MARKER_STYLE = {
 }
 
 
+PLOT_DATA_KEY = "memstate.plot"
+
+
+def plot_summary(data: PlotData) -> dict[str, Any]:
+    """What the picture shows, as the JSON the PNG carries under `PLOT_DATA_KEY`."""
+    from memstate.present.output import format_ts
+
+    return {
+        "resource": data.resource,
+        "numa_nodes": list(data.node_ids),
+        "points": len(data.times_ns),
+        "pod_spans": len(data.spans),
+        "markers": [
+            {"kind": m.kind, "ts": format_ts(m.ts_ns), "label": m.label} for m in data.markers
+        ],
+        "markers_dropped": data.markers_dropped,
+    }
+
+
 def render_png(data: PlotData, path: Path) -> None:
-    """Draw `data` and write it to `path` as a PNG."""
-    draw(data).savefig(path, format="png")
+    """Draw `data` and write it to `path` as a PNG, with `plot_summary` in a text chunk."""
+    summary = json.dumps(plot_summary(data), sort_keys=True, ensure_ascii=True)
+    draw(data).savefig(path, format="png", metadata={PLOT_DATA_KEY: summary})
 
 
 def draw(data: PlotData) -> Figure:

@@ -121,6 +121,8 @@ class DaemonContext:
         self.reconciler: object | None = None
         self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
+        # host:port the metrics endpoint is bound to (port 0 in the config: the kernel's pick).
+        self.metrics_bound: str | None = None
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
@@ -181,7 +183,7 @@ class DaemonContext:
             "seq": self.last_seq,
             "converged": self._converged,
             "pending_removals": self._pending_removals,
-            "metrics_address": self.settings.metrics_address,
+            "metrics_address": self.metrics_bound or self.settings.metrics_address,
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),

@@ -168,13 +168,15 @@ async def serve_metrics(daemon: DaemonContext, settings: Settings) -> None:
         status_routes(daemon.metrics.render, daemon.heartbeat, daemon.readiness)
     )
     try:
-        await daemon._nursery.start(endpoint.serve, host, port)
+        bound = await daemon._nursery.start(endpoint.serve, host, port)
     except OSError as exc:
         raise ConfigError(
             f"cannot serve metrics on {host}:{port}: {exc.strerror}",
             source=str(settings.config_file or ""),
             path="$.memstate.metricsAddress",
         ) from None
+    port = bound[0][1] if bound else port
+    daemon.metrics_bound = f"{host}:{port}"
     logger.info("metrics on http://%s:%d/metrics", host, port)
 
 

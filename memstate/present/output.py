@@ -12,11 +12,12 @@ Conventions shared by every command:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
@@ -33,8 +34,17 @@ MIN_COLUMN_WIDTH = 8
 ELLIPSIS = "…"
 
 
-def add_output_argument(parser: argparse.ArgumentParser, *, jsonl: bool = True) -> None:
-    """Add `-o/--output` with the house choices."""
+QUIET_HELP = (
+    "quiet: nothing on stdout unless -o is given (then the summary only), no notes or progress "
+    "on stderr; errors are still printed"
+)
+
+
+def add_output_argument(
+    parser: argparse.ArgumentParser, *, jsonl: bool = True, quiet_help: str = QUIET_HELP
+) -> None:
+    """Add `-o/--output` with the house choices, `--wide` and `-q/--quiet` (every command that
+    prints a result has all three: docs/cli.md "Conventions")."""
     choices = ["table", "json", "jsonl"] if jsonl else ["table", "json"]
     parser.add_argument(
         "-o",
@@ -50,6 +60,38 @@ def add_output_argument(parser: argparse.ArgumentParser, *, jsonl: bool = True) 
         action="store_true",
         help="tables: keep every cell whole instead of fitting the terminal width",
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+
+
+def is_quiet(args: argparse.Namespace) -> bool:
+    """`-q` was given."""
+    return bool(getattr(args, "quiet", False))
+
+
+@contextlib.contextmanager
+def quiet_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """With `-q` and no explicit `-o`, whatever the command prints on stdout is dropped (the
+    one rule that makes `-q` mean the same for every command); otherwise nothing changes."""
+    if not is_quiet(args) or getattr(args, "output", None) is not None:
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def note(args: argparse.Namespace, text: str) -> None:
+    """A line for the operator about what a command did, on stderr; nothing with `-q`."""
+    if not is_quiet(args):
+        sys.stderr.write(text + "\n")
+
+
+def report(args: argparse.Namespace, document: Any, text: str) -> None:
+    """The result of a command whose product is a file (an export, a plot, an import): with
+    `-o json` the document on stdout, otherwise `text` as a note on stderr."""
+    if getattr(args, "output", None) == "json":
+        write_json(document)
+    else:
+        note(args, text)
 
 
 def terminal_width(stream: TextIO | None = None) -> int | None:

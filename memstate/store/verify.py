@@ -8,6 +8,7 @@ their seals. Kept apart from memstate.store.log so the log does not import recov
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -57,13 +58,20 @@ class VerifyReport(msgspec.Struct, frozen=True):
             raise self.problem.to_error()
 
 
-def verify(state_dir: Path, *, decode: bool = True, full: bool = False) -> VerifyReport:
+def verify(
+    state_dir: Path,
+    *,
+    decode: bool = True,
+    full: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
     """Check the log without modifying anything (no lock needed).
 
     By default this is exactly start-up's verdict (`inspect_log`, then what `recover_state`
     reads: the segment holding the checkpoint's seq and every record after it, decoded): same
     problem, file, offset and seq. `full` adds every frame of every sealed segment, compared
     with its seal, and (with `decode`) decodes every record. `decode=False` checks framing only.
+    With `full`, `on_progress` is called with the seq of every frame walked (a progress bar).
     """
     state_dir = Path(state_dir)
     log_dir = state_dir / LOG_DIRNAME
@@ -83,8 +91,16 @@ def verify(state_dir: Path, *, decode: bool = True, full: bool = False) -> Verif
                 LogProblem("corruption", str(log_dir / segment), offset, seq, exc.message)
             )
 
+    def walked(seq: int, payload: memoryview, segment: str, offset: int) -> None:
+        if on_progress is not None:
+            on_progress(seq)
+        if decode:
+            check(seq, payload, segment, offset)
+
+    # Without `full` no hook: a hook makes the scan walk every sealed segment's frames.
+    hooked = full and (decode or on_progress is not None)
     try:
-        scan = inspect_log(state_dir, full=full, on_record=check if decode and full else None)
+        scan = inspect_log(state_dir, full=full, on_record=walked if hooked else None)
     except LogCorruption as exc:
         damaged = LogProblem("corruption", exc.file, exc.offset or 0, exc.seq or 0, exc.message)
         return VerifyReport(

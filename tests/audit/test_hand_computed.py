@@ -191,6 +191,9 @@ def test_export_rows_carry_the_hand_computed_facts() -> None:
         ("pod_admitted", "", [1], 6 * Gi),
     ]
     assert etl[1].node == "node-a"  # the hostname of the daemon_started at 03:15
+    # Issue 14, item 6: never an empty node name; the records before that daemon_started (whose
+    # first one names no host) belong to the same node.
+    assert {r.node for r in rows} == {"node-a"}
     assert etl[1].request_memory_bytes == etl[1].limit_memory_bytes == 6 * Gi
     assert etl[1].memory_max == str(6 * Gi)
     web = next(r for r in rows if r.pod_uid == "web-1" and r.kind == "pod_admitted")

@@ -133,3 +133,57 @@ def test_audit_plot_week_example_is_what_its_script_writes(tmp_path: Path) -> No
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
     for name in ("week-of-churn.jsonl", "week-of-churn.expected.json"):
         assert (tmp_path / name).read_bytes() == (ROOT / "replay" / name).read_bytes(), name
+
+
+def _png_texts(path: Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG file (a reader of its own: the format's chunk layout)."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    texts: dict[str, str] = {}
+    offset = 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            texts[key.decode("latin-1")] = value.decode("latin-1")
+        offset += 12 + length
+    return texts
+
+
+def test_audit_plot_png_of_the_week_shows_its_rejections_and_restarts(tmp_path: Path) -> None:
+    """Issue 14, "Done when": the PNG of the bundled week, as the command writes it and as
+    docs/audit.md shows it (scripts/make_week_plot.py), carries the markers it draws; they are
+    the week's rejections (counted by the example's independent model) and its restarts."""
+    import json
+
+    from memstate.history.audit_plot import PLOT_DATA_KEY
+
+    expected = json.loads((ROOT / "replay" / "week-of-churn.expected.json").read_text())
+    rejections = sum(1 for d in expected["decisions"] if d["kind"] == "pod_rejected")
+    restarts = [
+        json.loads(line)["ts"].replace("Z", ".000Z")
+        for line in WEEK.read_text().splitlines()
+        if '"daemon_restarted"' in line
+    ]
+    assert rejections >= 5 and len(restarts) == 3
+    written = tmp_path / "week.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "memstate", "audit", "plot", "-f", str(written), "--log", str(WEEK)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(_png_texts(written)[PLOT_DATA_KEY])
+    kinds = [marker["kind"] for marker in summary["markers"]]
+    assert kinds.count("rejection") == rejections
+    assert [m["ts"] for m in summary["markers"] if m["kind"] == "restart"] == restarts
+    assert summary["markers_dropped"] == 0
+    pictured = ROOT / "docs" / "audit-plot-week.png"
+    assert pictured.name in (ROOT / "docs" / "audit.md").read_text()
+    assert json.loads(_png_texts(pictured)[PLOT_DATA_KEY]) == summary

@@ -54,7 +54,7 @@ def test_demo_table_names_the_next_step() -> None:
 
 def test_demo_runs_the_daemon_on_a_simulated_tree_and_restarts_it(tmp_path: Path) -> None:
     node = tmp_path / "demo"
-    first = memstate("demo", "--dir", str(node), "--for", "2")
+    first = memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "2")
     assert first.returncode == 0, first.stderr
     assert "Ready. What was decided:" in first.stdout
     assert "memstate status --state-dir" in first.stdout
@@ -63,7 +63,7 @@ def test_demo_runs_the_daemon_on_a_simulated_tree_and_restarts_it(tmp_path: Path
     assert (node / "cgroup/kubepods/memory.min").read_text().strip() == str(
         (9 * 1024 + 512) * 2**20
     )
-    second = memstate("demo", "--dir", str(node), "--for", "2")
+    second = memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "2")
     assert second.returncode == 0, second.stderr
     status = memstate("status", "--state-dir", str(node / "state"), "-o", "json")
     document = json.loads(status.stdout)
@@ -150,7 +150,7 @@ def test_relative_times_parse_as_values(tmp_path: Path) -> None:
 
 def test_plan_and_diff_read_the_demo_tree(tmp_path: Path) -> None:
     node = tmp_path / "demo"
-    assert memstate("demo", "--dir", str(node), "--for", "1").returncode == 0
+    assert memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "1").returncode == 0
     where = ("--state-dir", str(node / "state"), "--cgroup-sim", str(node / "cgroup"))
     converged = memstate("diff", *where, "--exit-code", "-o", "json")
     assert converged.returncode == 0, converged.stdout + converged.stderr

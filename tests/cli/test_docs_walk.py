@@ -72,7 +72,18 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (work / "replay").symlink_to(ROOT / "replay")
     env = environment(work)
     result = subprocess.run(
-        [sys.executable, "-m", "memstate", "demo", "--dir", "node", "--for", "1"],
+        [
+            sys.executable,
+            "-m",
+            "memstate",
+            "demo",
+            "--metrics-port",
+            "0",
+            "--dir",
+            "node",
+            "--for",
+            "1",
+        ],
         capture_output=True,
         text=True,
         cwd=work,

@@ -52,6 +52,8 @@ class RunningDemo:
                 "-m",
                 "memstate",
                 "demo",
+                "--metrics-port",
+                "0",
                 "--dir",
                 str(directory),
                 "--for",
@@ -113,11 +115,11 @@ def test_item2_demo_keeps_an_edited_config(demo: RunningDemo) -> None:
     assert edited != config.read_text()
     config.write_text(edited)
     # A second demo on the same directory is refused by the lock and must leave the file alone.
-    second = memstate("demo", "--dir", str(demo.directory), "--for", "1")
+    second = memstate("demo", "--metrics-port", "0", "--dir", str(demo.directory), "--for", "1")
     assert second.returncode == 75, second.stderr
     assert config.read_text() == edited
     demo.stop()
-    third = memstate("demo", "--dir", str(demo.directory), "--for", "1")
+    third = memstate("demo", "--metrics-port", "0", "--dir", str(demo.directory), "--for", "1")
     assert third.returncode == 0, third.stderr
     assert config.read_text() == edited
 

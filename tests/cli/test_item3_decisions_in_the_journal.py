@@ -1,5 +1,6 @@
 """Issue 14, item 3: decisions in the journal. At `--log-level info` the daemon logs one
-structured line per decision (pod, QoS class, NUMA nodes or reason) and per rejected file;
+structured line per decision (pod, QoS class, NUMA nodes or reason), per rejected file, per
+applied reload and per drift correction;
 `--log-format json` makes every stderr line a JSON object for log shippers.
 
 Method: the demo node laid out by `memstate demo --for 1`, an over-size pod and a broken file
@@ -29,7 +30,18 @@ def environment() -> dict[str, str]:
 def test_item3_one_json_line_per_decision_and_rejected_file(tmp_path: Path) -> None:
     node = tmp_path / "demo"
     laid = subprocess.run(
-        [sys.executable, "-m", "memstate", "demo", "--dir", str(node), "--for", "1"],
+        [
+            sys.executable,
+            "-m",
+            "memstate",
+            "demo",
+            "--metrics-port",
+            "0",
+            "--dir",
+            str(node),
+            "--for",
+            "1",
+        ],
         capture_output=True,
         text=True,
         env=environment(),
@@ -87,3 +99,85 @@ def test_item3_one_json_line_per_decision_and_rejected_file(tmp_path: Path) -> N
     assert admitted["shop/db"]["numa"] == [1]
     assert admitted["shop/db"]["restored"] is True
     assert "qos=Guaranteed" in admitted["shop/db"]["msg"]
+
+
+def test_item3_one_json_line_per_reload_and_drift_correction(tmp_path: Path) -> None:
+    """After `ready`, an edited config (SIGHUP) is one `config_applied` line and a cgroup file
+    changed behind the daemon's back is one `drift_corrected` line naming the file, what was
+    found and what was written back (the simulated tree is real files; resync at most 10 s)."""
+    import signal
+    import threading
+
+    node = tmp_path / "demo"
+    laid = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memstate",
+            "demo",
+            "--metrics-port",
+            "0",
+            "--dir",
+            str(node),
+            "--for",
+            "1",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=180,
+        check=False,
+    )
+    assert laid.returncode == 0, laid.stderr
+    config_path = node / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["memstate"]["metricsAddress"] = "off"
+    config_path.write_text(yaml.safe_dump(config))
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memstate",
+            "run",
+            "--config",
+            str(config_path),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    # If a line never comes, the stream ends when the daemon is killed and the asserts say why.
+    watchdog = threading.Timer(300, daemon.kill)
+    watchdog.start()
+    memory_min = node / "cgroup" / "kubepods" / "memory.min"
+    seen: dict[str, list[dict[str, Any]]] = {}
+    try:
+        assert daemon.stderr is not None
+        for raw in daemon.stderr:
+            line = json.loads(raw)
+            seen.setdefault(line.get("event", ""), []).append(line)
+            if line["msg"].startswith("ready"):
+                target = memory_min.read_text().strip()
+                config["memoryThrottlingFactor"] = 0.7
+                config_path.write_text(yaml.safe_dump(config))
+                daemon.send_signal(signal.SIGHUP)
+                memory_min.write_text("0\n")
+            if "config_applied" in seen and "drift_corrected" in seen:
+                break
+    finally:
+        watchdog.cancel()
+        daemon.terminate()
+        daemon.wait(timeout=120)
+    applied = seen.get("config_applied", [])
+    assert len(applied) == 1 and applied[0]["level"] == "info", seen.keys()
+    assert applied[0]["revoked"] == []
+    drift = [d for d in seen.get("drift_corrected", []) if d["file"] == "memory.min"]
+    assert drift, seen.keys()
+    assert drift[0]["cgroup"] == "kubepods"
+    assert drift[0]["found"] == "0" and drift[0]["expected"] == target
+    assert memory_min.read_text().strip() == target

@@ -46,7 +46,7 @@ def test_item4_a_rejection_whose_manifest_is_gone_is_forgotten_at_readmission(
 ) -> None:
     node = tmp_path / "demo"
     manifests = node / "manifests"
-    assert memstate("demo", "--dir", str(node), "--for", "1").returncode == 0
+    assert memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "1").returncode == 0
     big = yaml.safe_load((manifests / "db.yaml").read_text())
     big["metadata"].update(name="big", uid="0000-big")
     for container in big["spec"]["containers"]:
@@ -55,7 +55,7 @@ def test_item4_a_rejection_whose_manifest_is_gone_is_forgotten_at_readmission(
     (manifests / "broken.yaml").write_text("kind: Pod\nmetadata: [\n")
     # The rejections are kept across a restart while their files are there...
     for _ in range(2):
-        run = memstate("demo", "--dir", str(node), "--for", "1")
+        run = memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "1")
         assert run.returncode == 0, run.stderr
         status = json.loads(memstate("status", "--state-dir", str(node / "state")).stdout)
         sources = {Path(r["source"]).name for r in status["rejections"]}
@@ -63,7 +63,7 @@ def test_item4_a_rejection_whose_manifest_is_gone_is_forgotten_at_readmission(
     # ...and forgotten once they were deleted while the daemon was stopped.
     (manifests / "big.yaml").unlink()
     (manifests / "broken.yaml").unlink()
-    run = memstate("demo", "--dir", str(node), "--for", "1")
+    run = memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "1")
     assert run.returncode == 0, run.stderr
     status = json.loads(memstate("status", "--state-dir", str(node / "state")).stdout)
     assert status["rejections"] == []

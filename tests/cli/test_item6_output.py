@@ -75,7 +75,7 @@ def test_item6_log_prune_dry_run_needs_no_lock_and_speaks_json(tmp_path: Path) -
 
 def test_item6_status_table_shows_qos_cgroups_and_container_memory_high(tmp_path: Path) -> None:
     node = tmp_path / "demo"
-    assert memstate("demo", "--dir", str(node), "--for", "1").returncode == 0
+    assert memstate("demo", "--metrics-port", "0", "--dir", str(node), "--for", "1").returncode == 0
     state = str(node / "state")
     table = memstate("status", "--state-dir", state, "-o", "table", "--wide")
     assert table.returncode == 0, table.stderr

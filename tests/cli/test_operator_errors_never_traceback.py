@@ -24,7 +24,7 @@ SETPRIV = shutil.which("setpriv")
 # (arguments with {bad} = malformed file, {missing} = a path that does not exist, {ro} = an
 # unwritable directory, {scenario} = a valid recorded scenario; expected exit code)
 CASES: list[tuple[str, int]] = [
-    ("status --state-dir {missing}", 1),
+    ("status --state-dir {missing}", 65),
     ("status --config {missing}.yaml", 78),
     ("status --config {bad}", 78),
     ("admit {missing}.yaml", 65),
@@ -33,7 +33,7 @@ CASES: list[tuple[str, int]] = [
     ("remove x --manifest-dir {missing}", 65),
     ("topology --topology-file {missing}", 65),
     ("topology --topology-file {bad}", 65),
-    ("plan --state-dir {missing}", 1),
+    ("plan --state-dir {missing}", 65),
     ("diff --scenario {bad}", 65),
     ("plan --scenario {missing}", 65),
     ("log verify --state-dir {missing}", 65),
@@ -92,3 +92,50 @@ def test_operator_error_is_one_line_with_its_exit_code(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memstate: error: "), result.stderr
     assert result.returncode == exit_code, result.stderr
+
+
+def _state_dir_commands() -> list[tuple[str, list[str]]]:
+    """Every leaf command with a --state-dir that reads an existing one (the walk of
+    tests/cli/test_item6_every_command.py, so a new command is covered), with the arguments it
+    needs besides."""
+    from tests.cli.test_item6_every_command import LEAVES, options_of
+
+    # These create the state directory or wait on a daemon that would: not readers.
+    writers = {"run", "admit", "remove", "log import"}
+    needs = {
+        "log repair": ["--point-in-time"],
+        "audit pod": ["web"],
+        "audit numa": ["0"],
+        "audit plot": ["-f", "x.png"],
+    }
+    return [
+        (words, needs.get(words, []))
+        for words, parser in sorted(LEAVES.items())
+        if "--state-dir" in options_of(parser) and words not in writers
+    ]
+
+
+@pytest.mark.parametrize(
+    ("words", "extra"), _state_dir_commands(), ids=[w for w, _ in _state_dir_commands()]
+)
+def test_a_missing_state_directory_is_exit_65_from_every_command(
+    tmp_path: Path, words: str, extra: list[str]
+) -> None:
+    """One convention (docs/cli.md "Conventions"): a state directory that is not there is an
+    operator input error, 65, whichever command is given it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTATE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    missing = tmp_path / "missing"
+    argv = [*words.split(), *extra, "--state-dir", str(missing)]
+    result = subprocess.run(
+        [sys.executable, "-m", "memstate", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"memstate: error: {missing}"), result.stderr
+    assert result.returncode == 65, result.stderr

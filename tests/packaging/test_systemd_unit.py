@@ -118,3 +118,20 @@ def test_memstate_can_still_write_its_state_and_the_cgroup_tree() -> None:
     assert {"/sys/fs/cgroup", "/var/lib/memstate"} <= writable
     # Either of these would remount /sys/fs/cgroup read-only and fail every write.
     assert not re.search(r"^Protect(ControlGroups|KernelTunables)=yes", text, re.M)
+
+
+def test_documentation_points_at_the_pages_the_install_puts_there() -> None:
+    """Issue 14, item 7: a real `Documentation=`: each is a file the install of docs/operations.md
+    (a venv at ExecStart's prefix) writes, because the wheel ships docs/ as share/doc/memstate."""
+    import tomllib
+
+    text = UNIT.read_text()
+    prefix = _exec_start().removesuffix("/bin/memstate")
+    assert f"python3 -m venv {prefix}\n" in (ROOT / "docs" / "operations.md").read_text()
+    shared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    installed_docs = shared["targets"]["wheel"]["shared-data"]["docs"]
+    pages = re.findall(r"^Documentation=(\S+)$", text, re.M)
+    assert pages
+    for page in pages:
+        assert page.startswith(f"file:{prefix}/{installed_docs}/"), page
+        assert (ROOT / "docs" / page.rsplit("/", 1)[1]).is_file(), page

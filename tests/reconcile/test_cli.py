@@ -230,7 +230,7 @@ def test_errors_map_to_exit_codes(
     # here $MEMSTATE_STATE_DIR, which names nothing.
     monkeypatch.delenv("MEMSTATE_CONFIG", raising=False)
     monkeypatch.setenv("MEMSTATE_STATE_DIR", str(tmp_path / "no-state"))
-    assert main(["plan", "--cgroup-root", str(tmp_path)]) == 1
+    assert main(["plan", "--cgroup-root", str(tmp_path)]) == 65
     assert f"{tmp_path / 'no-state'}: no such state directory" in capsys.readouterr().err
 
 

@@ -170,7 +170,7 @@ def test_state_dir_from_the_environment(
     assert code == 0 and objects(out) == expected(written[:3])
     monkeypatch.setenv("MEMSTATE_STATE_DIR", str(state_dir.parent / "nowhere"))
     code, _, err = run(capsys, "log", "verify")
-    assert code == 65 and "no event log" in err
+    assert code == 65 and "no such state directory" in err
 
 
 def test_repair_command(

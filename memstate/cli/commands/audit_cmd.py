@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,8 +26,13 @@ import msgspec
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
     add_config_argument,
+    add_progress_arguments,
     allow_relative_times,
     event_kinds,
+    progress_enabled,
+    progress_source,
+    require_file_for_report,
+    require_state_dir,
     seq_number,
     state_dir_of,
     time_value,
@@ -40,6 +44,7 @@ from memstate.present.output import (
     add_output_argument,
     human_bytes,
     output_format,
+    report,
     write_json,
     write_jsonl,
     write_table,
@@ -166,6 +171,7 @@ def register(subparsers: Any) -> None:
     plot.add_argument(
         "--pods", type=int, default=40, help="how many pod spans to draw (default 40)"
     )
+    add_output_argument(plot, jsonl=False)
     plot.set_defaults(handler=run_plot)
 
     export = commands.add_parser(
@@ -189,6 +195,7 @@ def register(subparsers: Any) -> None:
     export.add_argument(
         "-f", "--file", type=Path, default=None, help="write to FILE instead of stdout"
     )
+    add_output_argument(export, jsonl=False)
     export.set_defaults(handler=run_export)
 
 
@@ -211,6 +218,7 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a state directory (e.g. a copy from a node) or a .jsonl scenario or export",
     )
+    add_progress_arguments(parser)
 
 
 def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
@@ -225,28 +233,11 @@ def _window_arguments(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
 
 def open_log(args: argparse.Namespace) -> LogSource:
     """`--log PATH`, else the state directory (resolved as every command does, docs/cli.md).
-    On a terminal, reading it draws a progress bar on stderr (a 150k-record pass takes
-    seconds), erased before the command prints."""
-    from memstate.history.replay import LogSource, Record
-    from memstate.present.progress import Progress
-
+    On a terminal (or with --progress), reading it draws a progress bar on stderr (a
+    150k-record pass takes seconds), erased before the command prints."""
     chosen: Path | None = getattr(args, "log", None)
-
-    class ReportingSource(LogSource):
-        """A LogSource that reports each record read to a progress bar."""
-
-        def records(self, from_seq: int = 1) -> Iterator[Record]:
-            enabled = sys.stderr.isatty()
-            total = self.last_seq_estimate() if enabled else 0
-            progress = Progress(total, label="audit", enabled=enabled)
-            try:
-                for record in super().records(from_seq):
-                    progress.update(record[0].seq)
-                    yield record
-            finally:
-                progress.close()
-
-    return ReportingSource(chosen if chosen is not None else state_dir_of(args))
+    path = chosen if chosen is not None else require_state_dir(state_dir_of(args))
+    return progress_source(path, label="audit", enabled=progress_enabled(args))
 
 
 def _window(args: argparse.Namespace) -> Window:
@@ -477,9 +468,17 @@ def run_plot(args: argparse.Namespace) -> int:
             f"nothing to plot: no NUMA node reports {args.resource} in the chosen window"
         )
     render_png(data, args.file)
-    sys.stderr.write(
+    report(
+        args,
+        {
+            "file": str(args.file),
+            "resource": args.resource,
+            "numa_nodes": list(data.node_ids),
+            "points": len(data.times_ns),
+            "pod_spans": len(data.spans),
+        },
         f"wrote {args.file}: {len(data.node_ids)} NUMA node(s), {len(data.times_ns)} points, "
-        f"{len(data.spans)} pod span(s)\n"
+        f"{len(data.spans)} pod span(s)",
     )
     return EXIT_OK
 
@@ -490,6 +489,7 @@ def run_plot(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from memstate.history.audit import export_records
 
+    require_file_for_report(args)
     records = export_records(
         open_log(args),
         _window(args),
@@ -509,5 +509,9 @@ def run_export(args: argparse.Namespace) -> int:
         if target is not sys.stdout:
             target.close()
     if args.file is not None:
-        sys.stderr.write(f"exported {count} records to {args.file}\n")
+        report(
+            args,
+            {"file": str(args.file), "records": count},
+            f"exported {count} records to {args.file}",
+        )
     return EXIT_OK

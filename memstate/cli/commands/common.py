@@ -6,11 +6,16 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from memstate.core.errors import ConfigError
+from memstate.core.errors import EXIT_USAGE, ConfigError, InputError, MemstateError
 from memstate.node.inputs import read_document
 from memstate.node.settings import Settings, settings_from_object
+
+if TYPE_CHECKING:
+    from memstate.history.replay import LogSource
 
 DEFAULT_CONFIG = Path("/etc/memstate/config.yaml")
 DEFAULT_STATE_DIR = "/var/lib/memstate"
@@ -59,6 +64,93 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     (`--config`, else `$MEMSTATE_CONFIG`, else /etc/memstate/config.yaml if it exists), else
     /var/lib/memstate."""
     return resolve_settings(args).state_dir
+
+
+class NoStateDir(InputError):
+    """The state directory a command reads does not exist or holds no event log: an operator
+    input error (a wrong --state-dir or config), exit 65 like every other input that cannot be
+    read (docs/cli.md "Conventions")."""
+
+
+class UsageError(MemstateError):
+    """Options that parse but do not go together (exit 2, as argparse's own errors)."""
+
+    exit_code = EXIT_USAGE
+
+
+def require_state_dir(state_dir: Path) -> Path:
+    """`state_dir`, if it is a memstate state directory (it has `log/`); else `NoStateDir`."""
+    if not state_dir.is_dir():
+        raise NoStateDir(
+            "no such state directory (give --state-dir or --config, docs/cli.md)",
+            source=str(state_dir),
+        )
+    if not (state_dir / "log").is_dir():
+        raise NoStateDir(
+            f"not a memstate state directory: no event log (no {state_dir / 'log'} directory)",
+            source=str(state_dir),
+        )
+    return state_dir
+
+
+def require_file_for_report(args: argparse.Namespace) -> None:
+    """An export's `-o json` is the report of what it wrote to `-f FILE`; without a file the
+    records themselves are stdout, and a report there would corrupt them."""
+    if args.file is None and args.output == "json":
+        raise UsageError(
+            "-o json reports what an export wrote to -f FILE; without -f the JSON lines on "
+            "stdout are the output"
+        )
+
+
+def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--progress` / `--no-progress` for a command that can take more than a second."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="draw the progress bar on stderr even when stderr is not a terminal",
+    )
+    choice.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (default: one line on stderr, drawn only when stderr is a "
+        "terminal and -q is not given, erased when done)",
+    )
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether to draw a progress bar: `--progress`/`--no-progress`, else on a terminal unless
+    `-q`."""
+    chosen: bool | None = getattr(args, "progress", None)
+    if chosen is not None:
+        return chosen
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
+def progress_source(path: Path, *, label: str, enabled: bool) -> LogSource:
+    """A `LogSource` over `path` that draws a progress bar (`label`) on stderr while a pass
+    reads it, erased at the end of the pass; a plain `LogSource` when not `enabled`."""
+    from memstate.history.replay import LogSource, Record
+    from memstate.present.progress import Progress
+
+    class ReportingSource(LogSource):
+        """A LogSource that reports each record read to a progress bar."""
+
+        def records(self, from_seq: int = 1) -> Iterator[Record]:
+            progress = Progress(self.last_seq_estimate(), label=label, enabled=True)
+            try:
+                for record in super().records(from_seq):
+                    progress.update(record[0].seq)
+                    yield record
+            finally:
+                progress.close()
+
+    return ReportingSource(path) if enabled else LogSource(path)
 
 
 def memstate_command() -> str:

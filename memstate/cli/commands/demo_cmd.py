@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from memstate import __version__
 from memstate.cli.commands.common import memstate_command
 from memstate.core.errors import ConfigError
@@ -48,6 +50,8 @@ from memstate.present.views import (
     targets_document,
 )
 from memstate.store.fsio import atomic_write
+
+DEMO_METRICS_PORT = 9473
 
 
 def example_dir() -> Path:
@@ -92,6 +96,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="a directory with topology.yaml, kubelet-config.yaml and manifests/ "
         "(default: the bundled example)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help=f"serve metrics on 127.0.0.1:PORT; 0: any free port, picked when the daemon binds "
+        f"(default: the config's metricsAddress, written as {DEMO_METRICS_PORT} or, if that is "
+        "taken, a free port when the demo lays out its directory)",
     )
     add_output_argument(parser, jsonl=False)
     parser.set_defaults(handler=run)
@@ -184,8 +197,6 @@ def run_simulation(args: argparse.Namespace) -> int:
 
 # --- the daemon demo ------------------------------------------------------------------------------
 
-DEMO_METRICS_PORT = 9473
-
 
 def lay_out(node_dir: Path, example: Path, metrics_port: int) -> Path:
     """Create (or reuse) the demo node; returns its config file."""
@@ -226,6 +237,12 @@ def lay_out(node_dir: Path, example: Path, metrics_port: int) -> Path:
     return path
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
+    return int(text)
+
+
 def _free_port(preferred: int) -> int:
     import socket
 
@@ -247,15 +264,41 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     node_dir: Path = args.dir
-    config = lay_out(node_dir, args.example_dir or example_dir(), _free_port(DEMO_METRICS_PORT))
+    port = args.metrics_port
+    config = lay_out(
+        node_dir,
+        args.example_dir or example_dir(),
+        port if port is not None else _free_port(DEMO_METRICS_PORT),
+    )
     settings = resolve_settings(argparse.Namespace(config=config, state_dir=None))
-    metrics = settings.metrics_address if settings.metrics_enabled else None
+    if port is not None:
+        # The flag beats the config, as everywhere (docs/cli.md).
+        settings = msgspec.structs.replace(settings, metrics_address=f"127.0.0.1:{port}")
     me = memstate_command()
     out = sys.stdout
-    out.write(f"memstate demo: running the daemon on the example node in {node_dir}/\n")
+    as_json = args.output == "json"
+    if not as_json:
+        out.write(f"memstate demo: running the daemon on the example node in {node_dir}/\n")
 
     def ready(daemon: Daemon) -> None:
         state = daemon.state
+        metrics = daemon.metrics_bound
+        if as_json:
+            write_json(
+                {
+                    "node_dir": str(node_dir),
+                    "config": str(config),
+                    "state_dir": str(settings.state_dir),
+                    "manifest_dir": str(settings.manifest_dir),
+                    "cgroup_tree": str(settings.cgroup_sim or settings.cgroup_root),
+                    "metrics_address": metrics,
+                    "seq": daemon.last_seq,
+                    "pods": pods_document(state),
+                    "numa": numa_document(state),
+                }
+            )
+            out.flush()
+            return
         out.write("\nReady. What was decided:\n")
         write_table(POD_HEADERS, pod_rows(state))
         out.write("\nNUMA nodes:\n")
@@ -276,5 +319,6 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
         out.flush()
 
     run_daemon(Daemon(settings, on_ready=ready, stop_after_seconds=args.duration))
-    out.write(f"stopped; the log and a final checkpoint are in {node_dir}/state\n")
+    if not as_json:
+        out.write(f"stopped; the log and a final checkpoint are in {node_dir}/state\n")
     return 0

@@ -20,8 +20,12 @@ import msgspec
 from memstate.cli.commands.common import (
     DEFAULT_STATE_DIR,
     add_config_argument,
+    add_progress_arguments,
     allow_relative_times,
     event_kinds,
+    progress_enabled,
+    require_file_for_report,
+    require_state_dir,
     seq_number,
     state_dir_of,
     time_value,
@@ -30,7 +34,6 @@ from memstate.cli.commands.common import (
 from memstate.cli.timeparse import FORMS
 from memstate.core.errors import (
     EXIT_OK,
-    InputError,
     InvariantViolation,
     ScenarioError,
 )
@@ -39,6 +42,7 @@ from memstate.present.output import (
     add_output_argument,
     format_ts,
     output_format,
+    report,
     to_plain,
     write_json,
     write_table,
@@ -94,6 +98,7 @@ def register(subparsers: Any) -> None:
         "--no-decode", action="store_true", help="check framing and CRCs only (faster)"
     )
     add_output_argument(verify_parser, jsonl=False)
+    add_progress_arguments(verify_parser)
     verify_parser.set_defaults(handler=run_verify)
 
     dump_parser = commands.add_parser(
@@ -184,8 +189,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="list the segments that would be deleted (takes no lock)",
     )
-    add_output_argument(prune_parser, jsonl=False)
-    prune_parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    add_output_argument(prune_parser, jsonl=False, quiet_help="print nothing")
     prune_parser.set_defaults(handler=run_prune)
 
     import_parser = commands.add_parser(
@@ -202,6 +206,8 @@ def register(subparsers: Any) -> None:
     import_parser.add_argument(
         "--append", action="store_true", help="renumber and append to a non-empty log"
     )
+    add_output_argument(import_parser, jsonl=False)
+    add_progress_arguments(import_parser)
     import_parser.set_defaults(handler=run_import)
 
     export_parser = commands.add_parser(
@@ -217,6 +223,8 @@ def register(subparsers: Any) -> None:
     export_parser.add_argument(
         "-f", "--file", type=Path, default=None, help="write to FILE instead of stdout"
     )
+    add_output_argument(export_parser, jsonl=False)
+    add_progress_arguments(export_parser)
     export_parser.set_defaults(handler=run_export)
 
 
@@ -239,24 +247,25 @@ def _seq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to-seq", type=seq_number, default=None, help="last sequence number")
 
 
-def _require_log(state_dir: Path) -> None:
-    if not (state_dir / "log").is_dir():
-        raise InputError(
-            f"no event log here (no {state_dir / 'log'} directory)", source=str(state_dir)
-        )
-
-
 # --- verify ---------------------------------------------------------------------------------------
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from memstate.history.replay import LogSource
+    from memstate.present.progress import Progress
     from memstate.store.checkpoint import assess_checkpoint, list_checkpoints
     from memstate.store.log import LogReader
     from memstate.store.verify import verify
 
     state_dir = state_dir_of(args)
-    _require_log(state_dir)
-    report = verify(state_dir, decode=not args.no_decode, full=args.full)
+    require_state_dir(state_dir)
+    # Only --full reads the whole log; the default pass reads the tail start-up reads.
+    enabled = args.full and progress_enabled(args)
+    total = LogSource(state_dir).last_seq_estimate() if enabled else 0
+    with Progress(total, label="verify", enabled=enabled) as progress:
+        report = verify(
+            state_dir, decode=not args.no_decode, full=args.full, on_progress=progress.update
+        )
     reader = LogReader(state_dir)
     checkpoints = []
     for seq, path in list_checkpoints(state_dir):
@@ -340,7 +349,7 @@ def run_dump(args: argparse.Namespace) -> int:
     from memstate.store.log import LogReader
 
     state_dir = state_dir_of(args)
-    _require_log(state_dir)
+    require_state_dir(state_dir)
     reader = LogReader(state_dir)
     selected = select_records(
         reader.read(
@@ -460,7 +469,7 @@ def run_repair(args: argparse.Namespace) -> int:
     from memstate.store.repair import RepairMode, repair_log
 
     state_dir = state_dir_of(args)
-    _require_log(state_dir)
+    require_state_dir(state_dir)
     mode: RepairMode = args.mode or "truncate_after"
     report = repair_log(
         state_dir,
@@ -500,7 +509,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from memstate.store.log import EventLog, prunable_segments
 
     state_dir = state_dir_of(args)
-    _require_log(state_dir)
+    require_state_dir(state_dir)
     through = oldest_checkpoint_seq(state_dir)
     deleted: list[str] = []
     if through is not None and args.dry_run:
@@ -538,6 +547,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from memstate.core.scenario import read_scenario
+    from memstate.present.progress import Progress
     from memstate.store.log import MAX_BATCH_RECORDS, EventLog, check_batch
 
     path: Path = args.file
@@ -565,10 +575,23 @@ def run_import(args: argparse.Namespace) -> int:
                 check_batch(batch)
             except InvariantViolation as exc:
                 raise ScenarioError(str(exc), source=source) from None
-        for batch in batches:
-            log.append_envelopes(batch)
+        enabled = progress_enabled(args)
+        with Progress(len(renumbered), label="import", enabled=enabled) as progress:
+            for batch in batches:
+                log.append_envelopes(batch)
+                progress.update(batch[-1].seq - first + 1)
         last = log.last_seq
-    sys.stderr.write(f"imported {len(envelopes)} records as seq {first}..{last} into {state_dir}\n")
+    report(
+        args,
+        {
+            "file": source,
+            "state_dir": str(state_dir),
+            "records": len(envelopes),
+            "first_seq": first,
+            "last_seq": last,
+        },
+        f"imported {len(envelopes)} records as seq {first}..{last} into {state_dir}",
+    )
     return EXIT_OK
 
 
@@ -592,10 +615,13 @@ def transaction_batches(envelopes: Sequence[Envelope], limit: int) -> list[list[
 
 def run_export(args: argparse.Namespace) -> int:
     from memstate.core.scenario import envelope_to_object
+    from memstate.history.replay import LogSource
+    from memstate.present.progress import Progress
     from memstate.store.log import LogReader
 
     state_dir = state_dir_of(args)
-    _require_log(state_dir)
+    require_state_dir(state_dir)
+    require_file_for_report(args)
     encoder = msgspec.json.Encoder()
     target: TextIO
     if args.file is not None:
@@ -603,13 +629,21 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         target = sys.stdout
     count = 0
+    enabled = progress_enabled(args)
+    total = (args.to_seq or LogSource(state_dir).last_seq_estimate()) if enabled else 0
     try:
-        for envelope in LogReader(state_dir).read(args.from_seq, args.to_seq):
-            target.write(encoder.encode(envelope_to_object(envelope)).decode() + "\n")
-            count += 1
+        with Progress(total, label="export", enabled=enabled) as progress:
+            for envelope in LogReader(state_dir).read(args.from_seq, args.to_seq):
+                target.write(encoder.encode(envelope_to_object(envelope)).decode() + "\n")
+                count += 1
+                progress.update(envelope.seq)
     finally:
         if target is not sys.stdout:
             target.close()
     if args.file is not None:
-        sys.stderr.write(f"exported {count} records to {args.file}\n")
+        report(
+            args,
+            {"file": str(args.file), "state_dir": str(state_dir), "records": count},
+            f"exported {count} records to {args.file}",
+        )
     return EXIT_OK

@@ -27,7 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from memstate.cli.commands.common import add_config_argument, resolve_settings, state_dir_of
+from memstate.cli.commands.common import (
+    add_config_argument,
+    require_state_dir,
+    resolve_settings,
+    state_dir_of,
+)
 from memstate.core.cgroup_paths import pod_paths_of_uid
 from memstate.core.errors import (
     HostError,
@@ -195,11 +200,7 @@ def desired_state_and_removals(args: argparse.Namespace) -> tuple[State, Pending
         return replay_state(read_scenario(text, source=str(path))), NO_REMOVALS
     from memstate.store.recovery import recover_state
 
-    state_dir = state_dir_of(args)
-    if not state_dir.is_dir():
-        raise MemstateError(f"{state_dir}: no such state directory")
-    if not (state_dir / "log").is_dir():
-        raise MemstateError(f"no memstate state in {state_dir} (use --state-dir or --config)")
+    state_dir = require_state_dir(state_dir_of(args))
     recovered = recover_state(state_dir)
     return recovered.state, recovered.removals
 

@@ -16,13 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from memstate.cli.commands.common import add_location_arguments, resolve_settings
+from memstate.cli.commands.common import (
+    add_location_arguments,
+    require_state_dir,
+    resolve_settings,
+)
 from memstate.core.errors import (
     EXIT_FAILURE,
     FileAccessError,
     InputError,
     ManifestError,
-    MemstateError,
 )
 from memstate.core.events import (
     Envelope,
@@ -60,10 +63,6 @@ from memstate.present.views import (
 POLL_SECONDS = 0.1
 
 
-class NoState(MemstateError):
-    """There is no memstate state directory where one was expected."""
-
-
 def register(subparsers: Any) -> None:
     admit = subparsers.add_parser(
         "admit",
@@ -92,8 +91,7 @@ def register(subparsers: Any) -> None:
     remove.add_argument("pod", help="UID, name, namespace/name, or a manifest file")
     add_location_arguments(remove, manifests=True)
     remove.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-    add_output_argument(remove, jsonl=False)
-    remove.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    add_output_argument(remove, jsonl=False, quiet_help="print nothing on success")
     remove.set_defaults(handler=run_remove)
 
     status = subparsers.add_parser(
@@ -223,7 +221,10 @@ def run_admit(args: argparse.Namespace) -> int:
                 source=str(args.file),
             )
         if destination.read_bytes() == data:
-            sys.stdout.write(f"{pod.key} ({pod.uid}) is already in place at {destination}\n")
+            if output_format(args, piped="json") == "json":
+                write_json({"seq": None, "admitted": None, "unchanged": str(destination)})
+            else:
+                sys.stdout.write(f"{pod.key} ({pod.uid}) is already in place at {destination}\n")
             return 0
     after = current_last_seq(settings.state_dir) if settings.state_dir.exists() else 0
     try:
@@ -377,8 +378,7 @@ def run_status(args: argparse.Namespace) -> int:
     from memstate.store.recovery import recover_state
 
     settings = resolve_settings(args)
-    if not (settings.state_dir / "log").is_dir():
-        raise NoState(f"no memstate state in {settings.state_dir} (use --state-dir or --config)")
+    require_state_dir(settings.state_dir)
     recovered = recover_state(settings.state_dir)
     state = recovered.state
     targets = state_targets(state)

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memstate.cli.commands.common import (
+    add_progress_arguments,
     allow_relative_times,
+    progress_enabled,
+    progress_source,
     seq_number,
     time_value,
 )
@@ -34,6 +38,7 @@ from memstate.present.output import (
     add_output_argument,
     format_ts,
     output_format,
+    report,
     write_json,
     write_table,
 )
@@ -67,16 +72,30 @@ def register(subparsers: Any) -> None:
         prefix_chars="\x00",
     )
     parser.add_argument("arguments", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=run)
+    # The parsers of its forms, for tools that walk the command tree (tests/cli).
+    parser.set_defaults(handler=run, forms=form_parsers)
+
+
+def form_parsers() -> dict[str, argparse.ArgumentParser]:
+    """`replay`'s own forms and their parsers ("" is `replay PATH`)."""
+    return {"": _replay_parser(), "bisect": _bisect_parser(), "anonymise": _anonymise_parser()}
 
 
 def run(args: argparse.Namespace) -> int:
+    from memstate.present.output import configure_tables, quiet_stdout
+
     arguments: list[str] = list(args.arguments)
+    handler: Callable[[argparse.Namespace], int] = run_replay
+    parser_of = _replay_parser
     if arguments and arguments[0] == "bisect":
-        return run_bisect(_bisect_parser().parse_args(arguments[1:]))
-    if arguments and arguments[0] in ("anonymise", "anonymize"):
-        return run_anonymise(_anonymise_parser().parse_args(arguments[1:]))
-    return run_replay(_replay_parser().parse_args(arguments))
+        handler, parser_of, arguments = run_bisect, _bisect_parser, arguments[1:]
+    elif arguments and arguments[0] in ("anonymise", "anonymize"):
+        handler, parser_of, arguments = run_anonymise, _anonymise_parser, arguments[1:]
+    parsed = parser_of().parse_args(arguments)
+    # main() saw only the raw arguments: apply -q and --wide as it does for other commands.
+    configure_tables(wide=parsed.wide)
+    with quiet_stdout(parsed):
+        return handler(parsed)
 
 
 # --- parsers --------------------------------------------------------------------------------------
@@ -138,14 +157,12 @@ def _replay_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--no-list", dest="listing", action="store_false", help="do not list transitions"
     )
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="print only the summary (also in JSON: no state, pods or NUMA)",
+    add_progress_arguments(parser)
+    add_output_argument(
+        parser,
+        jsonl=False,
+        quiet_help="nothing on stdout; with -o, the summary only (in JSON: no state, pods or NUMA)",
     )
-    _progress_argument(parser)
-    add_output_argument(parser, jsonl=False)
     return parser
 
 
@@ -187,7 +204,7 @@ def _bisect_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trust the binary search (do not check the checkpoints before its answer)",
     )
-    _progress_argument(parser)
+    add_progress_arguments(parser)
     add_output_argument(parser, jsonl=False)
     return parser
 
@@ -205,22 +222,18 @@ def _anonymise_parser() -> argparse.ArgumentParser:
         epilog="Attach OUT to the bug report; keep the mapping file to yourself.",
     )
     parser.add_argument("input", type=Path, help="a state directory or a .jsonl file")
-    parser.add_argument("output", type=Path, help="the anonymised .jsonl file to write")
+    parser.add_argument(
+        "output_file", metavar="OUT", type=Path, help="the anonymised .jsonl file to write"
+    )
     parser.add_argument(
         "--mapping",
         type=Path,
         default=None,
         help="also write the pseudonym table (original → pseudonym) as JSON; keep it private",
     )
+    add_progress_arguments(parser)
+    add_output_argument(parser, jsonl=False)
     return parser
-
-
-def _progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (it is shown on stderr when stderr is a terminal)",
-    )
 
 
 def _positive(text: str) -> int:
@@ -250,7 +263,8 @@ def run_replay(args: argparse.Namespace) -> int:
         listing = source.kind == "jsonl" and chosen == "table"
     listing = listing and not args.quiet
     listed: list[dict[str, Any]] = []
-    enabled = not args.no_progress and sys.stderr.isatty() and not (listing and chosen == "table")
+    # A listing in a table is itself the progress (and a bar would be drawn across it).
+    enabled = progress_enabled(args) and not (listing and chosen == "table")
     total = source.last_seq_estimate() if enabled else 0
     progress = Progress(total, label="replay", enabled=enabled)
     if listing and chosen == "table":
@@ -459,7 +473,7 @@ def run_bisect(args: argparse.Namespace) -> int:
         second = Run(open_source(args.against), label="other")
     else:
         second = Run(source, reference=True, label="reference")
-    enabled = not args.no_progress and sys.stderr.isatty()
+    enabled = progress_enabled(args)
     total = source.last_seq_estimate() if enabled else 0
     with Progress(total, label="bisect", enabled=enabled) as progress:
         report = bisect(
@@ -512,20 +526,28 @@ def run_bisect(args: argparse.Namespace) -> int:
 
 def run_anonymise(args: argparse.Namespace) -> int:
     from memstate.history.anonymise import anonymise_log
-    from memstate.history.replay import open_source
 
-    source = open_source(args.input)
-    result = anonymise_log(source, args.output)
+    # Two passes (the UIDs, then the copy): each draws its bar.
+    source = progress_source(args.input, label="anonymise", enabled=progress_enabled(args))
+    result = anonymise_log(source, args.output_file)
     if args.mapping is not None:
         args.mapping.write_text(result.mapping_json())
-    sys.stderr.write(
-        f"wrote {result.records} records to {args.output} ({result.pods} pods, "
+    report(
+        args,
+        {
+            "file": str(args.output_file),
+            "mapping": str(args.mapping) if args.mapping is not None else None,
+            "records": result.records,
+            "pods": result.pods,
+            "names": result.names,
+            "divergence_seq": result.divergence_seq,
+        },
+        f"wrote {result.records} records to {args.output_file} ({result.pods} pods, "
         f"{result.names} names pseudonymised); replayed beside the original: "
         + (
             f"both diverge first at seq {result.divergence_seq}"
             if result.divergence_seq is not None
             else "no divergence in either"
-        )
-        + "\n"
+        ),
     )
     return EXIT_OK
