@@ -62,6 +62,7 @@ INVOCATIONS: dict[str, str | None] = {
 
 # Commands that read a whole log, and the label of their bar.
 LONG_OPERATIONS = {
+    "log dump": "dump",
     "log verify": "verify",
     "log import": "import",
     "log export": "export",

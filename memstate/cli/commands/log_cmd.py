@@ -133,6 +133,7 @@ def register(subparsers: Any) -> None:
         help="also show an input at the tail whose decisions are not (yet) all written",
     )
     add_output_argument(dump_parser)
+    add_progress_arguments(dump_parser)
     dump_parser.set_defaults(handler=run_dump)
 
     repair_parser = commands.add_parser(
@@ -346,16 +347,32 @@ DUMP_HEADERS = ["SEQ", "TIME", "KIND", "POD", "DETAIL"]
 
 def run_dump(args: argparse.Namespace) -> int:
     from memstate.core.scenario import envelope_to_object
+    from memstate.history.replay import LogSource
+    from memstate.present.progress import Progress
     from memstate.store.log import LogReader
 
     state_dir = state_dir_of(args)
     require_state_dir(state_dir)
     reader = LogReader(state_dir)
+    chosen = output_format(args)
+    # Tables and JSON are written once the log is read (the bar is erased by then); JSON lines
+    # stream, so on a terminal a bar would be drawn across them.
+    enabled = progress_enabled(args) and (chosen != "jsonl" or not sys.stdout.isatty())
+    total = (args.to_seq or LogSource(state_dir).last_seq_estimate()) if enabled else 0
+
+    def reading(records: Iterator[Envelope]) -> Iterator[Envelope]:
+        with Progress(total, label="dump", enabled=enabled) as progress:
+            for envelope in records:
+                progress.update(envelope.seq)
+                yield envelope
+
     selected = select_records(
-        reader.read(
-            1 if _pod_by_name(args.pod) else args.from_seq,
-            args.to_seq,
-            complete_transactions=not args.include_incomplete,
+        reading(
+            reader.read(
+                1 if _pod_by_name(args.pod) else args.from_seq,
+                args.to_seq,
+                complete_transactions=not args.include_incomplete,
+            )
         ),
         from_seq=args.from_seq,
         kinds=args.kind,
@@ -363,7 +380,6 @@ def run_dump(args: argparse.Namespace) -> int:
         since_ns=args.since,
         until_ns=args.until,
     )
-    chosen = output_format(args)
     if chosen == "table":
         write_table(DUMP_HEADERS, (dump_row(e) for e in selected))
     elif chosen == "jsonl":
