@@ -60,7 +60,7 @@ import itertools
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -984,14 +984,19 @@ class EventLog:
 
 
 def check_batch(envelopes: Sequence[Envelope]) -> None:
-    """Reject malformed batches: empty, too long, or with a transaction that is not whole
-    (the grouping rule is memstate.store.transactions')."""
+    """Reject malformed batches: empty, too long, or with a transaction that is not whole."""
     if not envelopes:
         raise InvariantViolation("an append needs at least one event")
     if len(envelopes) > MAX_BATCH_RECORDS:
         raise InvariantViolation(
             f"a batch holds at most {MAX_BATCH_RECORDS} records, got {len(envelopes)}"
         )
+    check_transactions(envelopes)
+
+
+def check_transactions(envelopes: Iterable[Envelope]) -> None:
+    """`InvariantViolation` unless `envelopes` are whole transactions (the grouping rule is
+    memstate.store.transactions') whose announced counts are whole numbers on inputs."""
     try:
         for transaction in group_transactions(envelopes, envelope_itself):
             _check_announcement(transaction.head)

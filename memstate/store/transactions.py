@@ -9,7 +9,8 @@ turns a `TransactionProblem` into its own error:
 - start-up and `memstate log verify` (`store.recovery.TailReplay`): a decision outside a
   transaction is refused, an input at the very end whose decisions are not all there is left out
   (it was never acknowledged);
-- the append check (`store.log.check_batch`): a batch must hold whole transactions only;
+- the append check (`store.log.check_batch`, `check_transactions`): a batch must hold whole
+  transactions only; `memstate log import` checks a whole scenario so, then batches it;
 - replay, audit and bisect (`history.replay.transitions`): `LogStructureError`.
 
 One reader stays apart, with reason: `store.log.incomplete_transaction` runs at every start-up on

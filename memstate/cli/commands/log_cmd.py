@@ -564,7 +564,7 @@ def run_prune(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from memstate.core.scenario import read_scenario
     from memstate.present.progress import Progress
-    from memstate.store.log import MAX_BATCH_RECORDS, EventLog, check_batch
+    from memstate.store.log import MAX_BATCH_RECORDS, EventLog, check_batch, check_transactions
 
     path: Path = args.file
     source = "<stdin>" if str(path) == "-" else str(path)
@@ -585,12 +585,13 @@ def run_import(args: argparse.Namespace) -> int:
             )
         first = log.last_seq + 1
         renumbered = [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(envelopes)]
-        batches = transaction_batches(renumbered, MAX_BATCH_RECORDS)
-        for batch in batches:
-            try:
+        try:
+            check_transactions(renumbered)  # whole transactions: batching cannot split one
+            batches = transaction_batches(renumbered, MAX_BATCH_RECORDS)
+            for batch in batches:
                 check_batch(batch)
-            except InvariantViolation as exc:
-                raise ScenarioError(str(exc), source=source) from None
+        except InvariantViolation as exc:
+            raise ScenarioError(str(exc), source=source) from None
         enabled = progress_enabled(args)
         with Progress(len(renumbered), label="import", enabled=enabled) as progress:
             for batch in batches:
@@ -612,18 +613,18 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def transaction_batches(envelopes: Sequence[Envelope], limit: int) -> list[list[Envelope]]:
-    """Split into batches of at most `limit` records without splitting a transaction."""
+    """Split whole transactions (`check_transactions`) into batches of at most `limit` records
+    without splitting one (grouped by the store's one rule, memstate.store.transactions)."""
+    from memstate.store.transactions import envelope_itself, group_transactions
+
     batches: list[list[Envelope]] = []
     current: list[Envelope] = []
-    index = 0
-    while index < len(envelopes):
-        size = 1 + (envelopes[index].decisions or 0)
-        transaction = list(envelopes[index : index + size])
-        if current and len(current) + len(transaction) > limit:
+    for transaction in group_transactions(envelopes, envelope_itself):
+        members = transaction.members
+        if current and len(current) + len(members) > limit:
             batches.append(current)
             current = []
-        current.extend(transaction)
-        index += size
+        current.extend(members)
     if current:
         batches.append(current)
     return batches
