@@ -53,7 +53,6 @@ capacity limiter of one. Nothing here imports trio.
 from __future__ import annotations
 
 import errno as errno_module
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -232,7 +231,8 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
-        self._interrupted = threading.Event()
+        # Set from the event loop's thread, read between operations (a bool: one atomic store).
+        self._interrupted = False
 
     def interrupt(self) -> None:
         """Make the round in progress (and every later one) stop before its next operation.
@@ -241,7 +241,7 @@ class Reconciler:
         worker thread, so a long round (a backlog of removals on a slow tree) cannot hold the
         shutdown past its grace period. The operations not attempted are reported ``skipped``.
         """
-        self._interrupted.set()
+        self._interrupted = True
 
     def reconcile(
         self,
@@ -445,7 +445,7 @@ class Reconciler:
         results: list[OperationResult] = []
         writes = 0
         for operation in plan.operations:
-            if self._interrupted.is_set():
+            if self._interrupted:
                 # Shutting down: stop between operations (any prefix of a plan keeps its
                 # ordering guarantees); the rest is for the next daemon's first round.
                 not_ok.add(operation.index)

@@ -390,11 +390,10 @@ class _Planner:
             for file in PROTECTION_FILES:
                 if file not in self.managed[path]:
                     continue
-                names = self._child_names(path)
-                contributions = [self._contribution(path, name, file) for name in names]
+                sums = self._children_sums(path, file)
                 found = self._observed(path)
                 if (
-                    None in contributions
+                    sums is None
                     or self.is_unreadable(path, file)
                     or (found is not None and found.children is None)
                 ):
@@ -402,14 +401,12 @@ class _Planner:
                     # the contribution, its ancestors' and children's raises) for a later round.
                     self.unknown.add((path, file))
                     continue
-                known = [c for c in contributions if c is not None]
+                children_now, children_raised, children_final = sums
                 now = self._protection_now(path, file)
                 target = self.values.number(self.desired_text(path, file))
-                shortfall = max(0, sum(c.current for c in known) - now)
-                final = self.values.clamp(max(target, sum(c.final for c in known)))
-                raised = self.values.clamp(
-                    max(now, final, sum(c.raised for c in known) - shortfall)
-                )
+                shortfall = max(0, children_now - now)
+                final = self.values.clamp(max(target, children_final))
+                raised = self.values.clamp(max(now, final, children_raised - shortfall))
                 self.current[(path, file)] = now
                 self.final[(path, file)] = final
                 self.raised[(path, file)] = raised
@@ -418,6 +415,42 @@ class _Planner:
                         f"{path or '<root>'} {file} kept at {self.values.render(final)}, above its "
                         f"target {self.values.render(target)}: its children hold that much"
                     )
+
+    def _children_sums(self, path: str, file: str) -> tuple[int, int, int] | None:
+        """The children's `file` summed: (now, after the raise pass, at the end); None if one
+        of them is unknown. Children this round neither plans nor removes (nearly all of a QoS
+        cgroup's in a scoped round) only count their value now: read here in a tight loop, the
+        others through `_contribution`."""
+        values = self.values
+        default = kernel_default(file)
+        normalised_default = None if default is None else values.normalise(file, default)
+        default_now = 0 if normalised_default is None else values.number(normalised_default)
+        cgroups = self.observed.cgroups
+        planned, removed = self._planned, self.removal_by_path
+        prefix = f"{path}/" if path else ""
+        now_sum = raised_sum = final_sum = 0
+        settled = 0  # the summed value now of the children left alone
+        for name in self._child_names(path):
+            child = prefix + name
+            found = cgroups.get(child)
+            if (
+                child in planned
+                or child in removed
+                or (found is not None and found.exists and file in found.unreadable)
+            ):
+                contribution = self._contribution(path, name, file)
+                if contribution is None:
+                    return None
+                now_sum += contribution.current
+                raised_sum += contribution.raised
+                final_sum += contribution.final
+                continue
+            if found is None or not found.exists:
+                continue
+            text = found.files.get(file)
+            normalised = None if text is None else values.normalise(file, text)
+            settled += default_now if normalised is None else values.number(normalised)
+        return now_sum + settled, raised_sum + settled, final_sum + settled
 
     def _contribution(self, parent: str, name: str, file: str) -> _Contribution | None:
         """A child's value of `file` now, after the raise pass and at the end; None if unknown."""
