@@ -121,17 +121,62 @@ def fold_removals(
     return pending if paths is None else PendingRemovals(paths=paths)
 
 
-def fold_removals_into(
-    paths: dict[str, str], before: PodsAt, events: Sequence[Event], after: PodsAt
-) -> None:
-    """`fold_removals` on a working copy of the pending paths, changed in place: for a long
-    fold whose intermediate values nobody looks at (start-up), where copying the pending map
-    at every retirement would cost the map's size per removal."""
+class RemovalsFolder:
+    """`fold_removals` for start-up: a working copy of the pending paths, changed in place (as
+    `reducer.Folder` folds the state), so a retirement does not copy the whole pending map.
 
-    def drop(path: str) -> None:
-        paths.pop(path, None)
+    It also skips most of the walk over every pod that a transaction naming no pod asks for (an
+    unreadable manifest, a restart). After such a walk no pending path is one the state implies
+    (the walk drops them all), and every later fold keeps it so: a retired path is the old path
+    of a pod whose path changed, and paths embed the pod UID, so no other pod implies it. From
+    then on, a walk needs only the pods whose record changed (compared by identity; an unchanged
+    record implies the same path under the same naming); the rest would only drop paths that
+    are not pending. Before the first walk (pending from a checkpoint is taken as it is) the
+    full walk runs, as in `fold_removals`. tests/property/test_removals.py compares the two.
+    """
 
-    _fold(drop, paths.__setitem__, before, events, after)
+    def __init__(self, pending: PendingRemovals) -> None:
+        self.paths = dict(pending.paths)
+        self._clean = False  # known: no pending path is implied by the state folded so far
+
+    def fold(self, before: PodsAt, events: Sequence[Event], after: PodsAt) -> None:
+        """`fold_removals` of one transaction, in place."""
+        paths = self.paths
+        if (
+            self._clean
+            and before.pods is not after.pods
+            and _naming(before.config) == _naming(after.config)
+            and "" in {pod_uid_of(e) for e in events if not isinstance(e, PodCgroupRemoved)}
+        ):
+            for event in events:
+                if isinstance(event, PodCgroupRemoved):
+                    paths.pop(event.path, None)
+            old_pods, new_pods = before.pods, after.pods
+            changed = [uid for uid, record in old_pods.items() if new_pods.get(uid) is not record]
+            changed.extend(uid for uid in new_pods if uid not in old_pods)
+            retired: list[tuple[str, str]] = []
+            for uid in changed:
+                old = _path_of(before.config, old_pods.get(uid))
+                new = _path_of(after.config, new_pods.get(uid))
+                if old is not None and old != new:
+                    retired.append((old, uid))
+                if new is not None:
+                    paths.pop(new, None)
+            for path, uid in sorted(retired):
+                paths[path] = uid
+            return
+
+        def drop(path: str) -> None:
+            paths.pop(path, None)
+
+        if _fold(drop, paths.__setitem__, before, events, after):
+            self._clean = True
+
+    def pending(self, start: PendingRemovals) -> PendingRemovals:
+        """The result: `start` itself when nothing changed (as `fold_removals` returns it)."""
+        if list(self.paths.items()) == list(start.paths.items()):
+            return start
+        return PendingRemovals(paths=dict(self.paths))
 
 
 def _fold(
@@ -140,7 +185,9 @@ def _fold(
     before: PodsAt,
     events: Sequence[Event],
     after: PodsAt,
-) -> None:
+) -> bool:
+    """The fold of one transaction through `drop` and `retire`; True when it walked every pod
+    (so that afterwards no pending path is one `after` implies)."""
     for event in events:
         if isinstance(event, PodCgroupRemoved):
             drop(event.path)
@@ -163,6 +210,8 @@ def _fold(
                     retire(path, old_paths[path])
             for path in sorted(new_paths):
                 drop(path)
+            return True
+    return False
 
 
 def removals_from_paths(paths: Mapping[str, str]) -> PendingRemovals:

@@ -40,7 +40,7 @@ from memstate.core.errors import (
 )
 from memstate.core.events import Envelope
 from memstate.core.reducer import Folder, step
-from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals_into, snapshot_for
+from memstate.core.removals import NO_REMOVALS, PendingRemovals, RemovalsFolder, snapshot_for
 from memstate.core.state import State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
@@ -79,7 +79,7 @@ def recover_state(
         state, last_seq, chain = State(), 0, CHAIN_SEED
     # Intermediate states are never looked at: fold into working copies, freeze once at the end.
     folder = Folder(state)
-    pending = dict(removals.paths)  # a working copy, as the folder's; wrapped once at the end
+    pending = RemovalsFolder(removals)  # a working copy, as the folder's
     replay = TailReplay(reader, last_seq)
     for group in replay:
         events = [member.event for member, _ in group]
@@ -92,15 +92,14 @@ def recover_state(
             else:
                 folder.fold(event)
             last_seq, chain = member.seq, member_crc
-        fold_removals_into(pending, before, events, folder)
+        pending.fold(before, events, folder)
     if replay.incomplete:
         first = replay.incomplete[0][0]
         warnings.append(
             f"seq {first.seq} announces {first.decisions} decisions but the log "
             f"ends after {len(replay.incomplete) - 1}: the incomplete transaction was not applied"
         )
-    if list(pending.items()) != list(removals.paths.items()):  # insertion order is history's
-        removals = PendingRemovals(paths=pending)
+    removals = pending.pending(removals)
     return Recovered(
         state=folder.state(),
         removals=removals,
