@@ -94,6 +94,7 @@ from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.nri_decider import NriService, run_nri
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings, describe_defaults, settings_from_object
+from memstate.node.shadow import ShadowWatch, run_shadow
 from memstate.node.sources.configure import network_sources, node_name_of
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
@@ -200,6 +201,7 @@ class Daemon:
         self._tree_claim: TreeClaim | None = None
         self.ready = trio.Event()
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
+        self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -381,6 +383,8 @@ class Daemon:
             self._tree_claim = TreeClaim.acquire(
                 self.settings.cgroup_sim or self.settings.cgroup_root
             )
+        if self.settings.mode == "shadow":
+            self.shadow = ShadowWatch(self.settings.kubelet_checkpoint)
         self.reconciler = Reconciler(
             fs,
             page_size_bytes=topology.page_size_bytes,
@@ -388,6 +392,7 @@ class Daemon:
             options=ReconcilerOptions(
                 pod_removal=self.settings.pod_removal,
                 remove_orphans=self.settings.remove_orphans,
+                shadow=self.shadow is not None,
             ),
         )
 
@@ -642,6 +647,9 @@ class Daemon:
             "kubelet",
             "api_server",
             "nri",
+            "mode",
+            "ownership",
+            "kubelet_checkpoint",
         )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):
@@ -652,7 +660,9 @@ class Daemon:
             from memstate.reconcile.reconciler import ReconcilerOptions
 
             self.reconciler.options = ReconcilerOptions(  # type: ignore[attr-defined]
-                pod_removal=self.settings.pod_removal, remove_orphans=self.settings.remove_orphans
+                pod_removal=self.settings.pod_removal,
+                remove_orphans=self.settings.remove_orphans,
+                shadow=self.shadow is not None,
             )
 
     # --- reconcile -----------------------------------------------------------------------------
@@ -677,6 +687,8 @@ class Daemon:
             ),
             limiter=self._cgroup_limiter,
         )
+        if self.shadow is not None:
+            self.shadow.cgroups_observed(report.differences)
         label = "full" if scope is None else "scoped"
         self.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
         for (file_name, result), count in sorted(report.counters.items()):
@@ -859,6 +871,7 @@ class Daemon:
             self.reconcile_loop,
             self.watchdog_loop,
             functools.partial(run_nri, self),
+            functools.partial(run_shadow, self),
         ]
         if self.adapters.host_loops:
             loops += [self.cgroup_watch_loop, self.sealed_segments_check]
