@@ -206,7 +206,8 @@ def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[E
         return (_deferral(request, "spec_changed"),)
     existing = state.pods[pod.uid]
     if existing.spec_hash == IMPORTED_SPEC_HASH and existing.allocation is not None:
-        # Imported from the kubelet's checkpoint: the real spec arrives now.
+        # Imported from the kubelet's checkpoint: the real spec arrives now and takes over the
+        # stand-in's blocks (a new record, so not `restored`: that keeps the record as it was).
         restored = restored_allocation(pod, existing.allocation, config)
         if restored is not None:
             return (
@@ -216,7 +217,6 @@ def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[E
                     spec_hash=digest,
                     allocation=restored,
                     targets=pod_targets(pod, restored, config, topology),
-                    restored=True,
                     pinning_requests=len(pod.containers),
                     source=request.source,
                 ),
