@@ -98,6 +98,11 @@ from memstate.node.shadow import ShadowWatch, run_shadow
 from memstate.node.sources.configure import network_sources, node_name_of
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
+from memstate.node.sources.rejection_events import (
+    RejectionEvents,
+    rejection_events_for,
+    run_rejection_events,
+)
 from memstate.node.sources.tracker import PodTracker
 from memstate.node.stale import forget_vanished_rejections
 from memstate.node.writer import Writer
@@ -202,6 +207,7 @@ class Daemon:
         self.ready = trio.Event()
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
         self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
+        self.rejection_events: RejectionEvents | None = None  # with the API-server source
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -274,6 +280,13 @@ class Daemon:
         given = self.adapters.sources
         # ConfigError on bad credentials
         self.sources = list(given) if given is not None else list(network_sources(self.settings))
+        self.rejection_events = rejection_events_for(
+            self.sources,
+            node_name=node_name_of(self.settings),
+            wall_clock_ns=self.wall_clock_ns,
+            shadow=self.settings.mode == "shadow",
+            on_result=lambda result: self.metrics.rejection_events.labels(result=result).inc(),
+        )
         self._open_reconciler(topology, config)
 
         boot: list[Event] = []
@@ -417,6 +430,8 @@ class Daemon:
         if full:
             self._scope = None
         self._publish()
+        if self.rejection_events is not None:
+            self.rejection_events.note(decisions)
         if decisions:
             self._reconcile_wake.set()
 
@@ -872,6 +887,7 @@ class Daemon:
             self.watchdog_loop,
             functools.partial(run_nri, self),
             functools.partial(run_shadow, self),
+            functools.partial(run_rejection_events, self),
         ]
         if self.adapters.host_loops:
             loops += [self.cgroup_watch_loop, self.sealed_segments_check]

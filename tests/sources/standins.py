@@ -10,7 +10,9 @@ real chunked transfer encoding), controlled by the test through thread-safe meth
   (chunked, one JSON event per line). The test drives the pod set with `add`/`modify`/`delete`,
   which are appended to the history and streamed to open watches; `bookmark()`, `expire(rv)` (a
   watch from an older rv gets `410 Gone`), `error_410_in_stream()`, `drop_watches()` and a
-  per-chunk delay simulate the server's behaviour. Every request is recorded.
+  per-chunk delay simulate the server's behaviour. Every request is recorded. `POST
+  /api/v1/namespaces/<ns>/events` stores the core/v1 Event in `events` (201), or answers
+  `event_status` when set.
 
 `kube_pod` builds a pod of the shape the kubelet and the API server serve, with many fields
 memstate ignores.
@@ -313,6 +315,8 @@ class ApiServerStandIn(_StandIn):
         self.watch_status: int | None = None  # answer watches with this status …
         self.watch_status_times = 0  # … this many times
         self._watchers: list[queue.Queue[tuple[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []  # POSTed core/v1 Events
+        self.event_status: int | None = None  # answer event POSTs with this status instead
         super().__init__(certificates.server_context())
 
     # --- control -----------------------------------------------------------------------------
@@ -398,6 +402,29 @@ class ApiServerStandIn(_StandIn):
                     self.watch(query)
                 else:
                     self.list(query)
+
+            def do_POST(self) -> None:
+                split = urlsplit(self.path)
+                standin.record(split.path, {}, dict(self.headers))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Authorization") != f"Bearer {standin.token}":
+                    self.send_json(401, {"kind": "Status", "code": 401, "reason": "Unauthorized"})
+                    return
+                parts = split.path.strip("/").split("/")
+                if parts[:3] != ["api", "v1", "namespaces"] or parts[4:] != ["events"]:
+                    self.send_json(404, {"kind": "Status", "code": 404})
+                    return
+                if standin.event_status is not None:
+                    code = standin.event_status
+                    self.send_json(code, {"kind": "Status", "code": code, "message": "refused"})
+                    return
+                event = json.loads(body)
+                if event.get("metadata", {}).get("namespace") != parts[3]:
+                    self.send_json(400, {"kind": "Status", "code": 400, "message": "namespace"})
+                    return
+                with standin.lock:
+                    standin.events.append(event)
+                self.send_json(201, event)
 
             def list(self, query: dict[str, list[str]]) -> None:
                 time.sleep(standin.list_delay)
