@@ -76,6 +76,15 @@ def test_imported_pods_keep_their_numa_nodes_after_the_next_start(
         node.wait_for(lambda _: node.cgroup_file("kubepods/podpod-a", "cpuset.mems") == "1")
     finally:
         node.terminate()
+    # The import and what followed replay bit for bit (decisions re-derived from the inputs).
+    replay = node.cli("replay", str(node.state_dir))
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    # ... and so does an anonymised copy (the stand-in is renamed like the import it comes from).
+    copy = node.root / "anonymised"
+    made = node.cli("replay", "anonymise", str(node.state_dir), str(copy))
+    assert made.returncode == 0, made.stdout + made.stderr
+    again = node.cli("replay", str(copy))
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_a_pod_whose_spec_does_not_match_its_blocks_is_decided_afresh(

@@ -108,6 +108,8 @@ def test_shadow_mode_writes_nothing_and_records_each_disagreement_once(
         assert "numa_nodes" in table.stdout and "POD" in table.stdout
     finally:
         node.terminate()
+    replay = node.cli("replay", str(node.state_dir))
+    assert replay.returncode == 0, replay.stdout + replay.stderr
     after = tree_bytes(node.cgroup_dir)
     assert after.keys() == before.keys()
     changed = sorted(name for name in before if before[name] != after[name])
