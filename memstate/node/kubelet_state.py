@@ -61,8 +61,9 @@ class ImportResult(msgspec.Struct, frozen=True):
 
 
 def import_kubelet_state(
-    path: Path,
+    checkpoint: KubeletCheckpoint,
     *,
+    source: str,
     state_dir: Path,
     topology: Topology,
     config: NodeConfig,
@@ -71,16 +72,15 @@ def import_kubelet_state(
     fsync: bool = True,
     wall_clock_ns: Callable[[], int] = time.time_ns,
 ) -> ImportResult:
-    """Verify the checkpoint at `path` and record its assignments in the log at `state_dir`.
+    """Record the assignments of a verified `checkpoint` (`read_checkpoint`; `source` names its
+    file) in the log at `state_dir`.
 
-    Refuses, recording nothing: a wrong checksum or unknown policy (`KubeletCheckpointError`,
-    65), an assignment that does not fit this machine or a pod memstate already knows (65), a
+    Refuses, recording nothing: an assignment that does not fit this machine, a pod memstate
+    already knows or pod-level assignments (`KubeletCheckpointError`, 65), a
     policy memstate's config does not share (`ConfigError`, 78), a state directory a daemon
     holds (`LockHeld`, 75). The topology and config are recorded first when they differ from
     the ones the log holds, so the next start finds them unchanged.
     """
-    checkpoint = read_checkpoint(path)
-    source = str(path)
     pinned = [p for p in checkpoint.pods if any(c.blocks for c in p.containers)]
     if checkpoint.pod_entries:
         raise KubeletCheckpointError(

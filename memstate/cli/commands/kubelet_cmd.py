@@ -97,8 +97,9 @@ def register(subparsers: Any) -> None:
 def run_import_kubelet_state(args: argparse.Namespace) -> int:
     from memstate.node.daemon import load_settings_and_config
     from memstate.node.inputs import load_topology
-    from memstate.node.kubelet_state import import_kubelet_state
+    from memstate.node.kubelet_state import import_kubelet_state, read_checkpoint
 
+    checkpoint = read_checkpoint(args.file)  # the input first: its checksum, its policy
     settings, config = load_settings_and_config(resolve_settings(args))
     topology_file = args.topology_file or settings.topology_file
     if topology_file is not None:
@@ -110,14 +111,14 @@ def run_import_kubelet_state(args: argparse.Namespace) -> int:
         topology = observe_topology()
         topology_source = "/sys/devices/system/node"
     result = import_kubelet_state(
-        args.file,
+        checkpoint,
+        source=str(args.file),
         state_dir=settings.state_dir,
         topology=topology,
         config=config,
         topology_source=topology_source,
         config_source=str(settings.config_file or ""),
     )
-    checkpoint = result.checkpoint
     if output_format(args, piped="json") == "json":
         write_json(
             {
