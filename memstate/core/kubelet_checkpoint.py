@@ -225,11 +225,11 @@ def parse_checkpoint(raw: bytes, *, source: str = "") -> KubeletCheckpoint:
     if "data" in document or "dataChecksum" in document:
         return _parse_v3(document, fail)
     stored = _uint(document.get("checksum"), "$.checksum", fail, required=True)
+    _check_shape(document, "$", fail)  # before rendering: the renderer trusts the shape
     layouts: list[tuple[Layout, int]] = []
     if "podEntries" not in document:
         layouts.append(("v1", checksum_v1(document)))
     layouts.append(("v2", checksum_v2(document)))
-    _check_shape(document, "$", fail)
     for layout, computed in layouts:
         if computed == stored:
             return _typed(document, layout, stored, "$", fail)

@@ -12,6 +12,8 @@ import re
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memstate.core.errors import EXIT_DATAERR
 from memstate.core.kubelet_checkpoint import (
@@ -170,3 +172,47 @@ def test_v3_with_a_wrong_data_checksum_is_refused() -> None:
     with pytest.raises(KubeletCheckpointError, match="checksum mismatch") as caught:
         parse_checkpoint(json.dumps(document).encode(), source="f")
     assert caught.value.path == "$.dataChecksum"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"machineState": [1]},
+        {"machineState": {"x": {}}},
+        {"machineState": {"0": None}},
+        {"machineState": {"0": {"memoryMap": {"memory": {"total": -1}}}}},
+        {"machineState": {"0": {"cells": ["a"]}}},
+        {"entries": {"pod": {"app": [{"numaAffinity": [0], "type": 3, "size": 1}]}}},
+        {"entries": {"pod": {"app": {"not": "a list"}}}},
+        {"entries": {"pod": {"app": [{"size": 2**64}]}}},
+        {"podEntries": {"pod": {"memoryBlocks": "x"}}},
+        {"policyName": 7},
+    ],
+)
+def test_malformed_fields_are_named_never_a_crash(document: dict[str, object]) -> None:
+    raw = json.dumps({"policyName": "Static", **document, "checksum": 1}).encode()
+    with pytest.raises(KubeletCheckpointError) as caught:
+        parse_checkpoint(raw, source="f")
+    assert caught.value.path.startswith("$.")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["0", "1", "x", "memory", "app"]), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+_keys = st.sampled_from(
+    ["policyName", "machineState", "entries", "podEntries", "checksum", "data", "dataChecksum"]
+)
+
+
+@given(st.dictionaries(_keys, _json, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_any_json_is_parsed_or_refused_with_a_reason(document: dict[str, object]) -> None:
+    try:
+        parse_checkpoint(json.dumps(document).encode(), source="f")
+    except KubeletCheckpointError as exc:
+        assert exc.source == "f" and exc.message
