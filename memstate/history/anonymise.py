@@ -76,6 +76,7 @@ from memstate.core.numa_policy import PodAllocation, ProviderHints
 from memstate.core.pod import Pod, spec_hash
 from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.scenario import envelope_to_object
+from memstate.core.shadow import NUMA_NODES
 from memstate.core.state import State
 from memstate.core.targets import PodTargets
 from memstate.history.replay import LogSource, Transition, transitions
@@ -285,9 +286,10 @@ class Mapper:
                 return msgspec.structs.replace(
                     event,
                     uid=self.names.uid(event.uid),
-                    where=self.path(event.where)
-                    if event.where.startswith(("/", "kubepods"))
-                    else self.names.source(event.where),
+                    # The checkpoint file for NUMA nodes, else the pod cgroup's path.
+                    where=self.names.source(event.where)
+                    if event.subject == NUMA_NODES
+                    else self.path(event.where),
                 )
             case PodAdmitted():
                 pod = self.pod(event.pod)

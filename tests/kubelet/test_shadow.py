@@ -110,6 +110,13 @@ def test_shadow_mode_writes_nothing_and_records_each_disagreement_once(
         node.terminate()
     replay = node.cli("replay", str(node.state_dir))
     assert replay.returncode == 0, replay.stdout + replay.stderr
+    copy = node.root / "anonymised"
+    made = node.cli("replay", "anonymise", str(node.state_dir), str(copy))
+    assert made.returncode == 0, made.stdout + made.stderr
+    again = node.cli("replay", str(copy))
+    assert again.returncode == 0, again.stdout + again.stderr
+    files = [copy] if copy.is_file() else [p for p in copy.rglob("*") if p.is_file()]
+    assert files and not any(b"pod-a" in p.read_bytes() for p in files)
     after = tree_bytes(node.cgroup_dir)
     assert after.keys() == before.keys()
     changed = sorted(name for name in before if before[name] != after[name])
