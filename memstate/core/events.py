@@ -28,6 +28,7 @@ import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
+from memstate.core.kubelet_checkpoint import CheckpointPod
 from memstate.core.numa_policy import PodAllocation, ProviderHints
 from memstate.core.pod import Pod, QOSClass
 from memstate.core.targets import PodTargets
@@ -154,6 +155,19 @@ class PodInitCompleted(Event, frozen=True, tag="pod_init_completed"):
     pod_source: str = ""
 
 
+class KubeletStateImported(Event, frozen=True, tag="kubelet_state_imported"):
+    """The kubelet Memory Manager's checkpoint (`memstate import kubelet-state`): its pods'
+    blocks become their allocations, kept when the pods come back (docs/operations.md, "Moving
+    from the kubelet's Memory Manager"). `checksum` is the one verified (`dataChecksum` for v3)."""
+
+    role: ClassVar[EventRole] = "input"
+    source: str
+    policy_name: str
+    layout: str
+    checksum: int
+    pods: tuple[CheckpointPod, ...] = ()
+
+
 class ReadmissionCompleted(Event, frozen=True, tag="readmission_completed"):
     """Every pod that still runs has been re-requested; the rest are gone."""
 
@@ -256,6 +270,25 @@ class NodeReconfigurationDeferred(Event, frozen=True, tag="node_reconfiguration_
 # --- notes ----------------------------------------------------------------------------------------
 
 
+class ShadowDisagreement(Event, frozen=True, tag="shadow_disagreement"):
+    """In shadow mode: memstate's decision for a pod and what the kubelet did differ (or, with
+    `resolved`, no longer differ). Recorded when a disagreement starts, changes or ends, never
+    once per poll.
+
+    `subject` says what differs: `numa_nodes` (the kubelet checkpoint's blocks against memstate's
+    allocation), `not_pinned_by_kubelet` / `not_pinned_by_memstate`, or a cgroup file of the pod
+    (`memory.min`, `memory.low`, `memory.high`, `memory.max`, `cpuset.mems`). `where` is the
+    checkpoint file or the cgroup path."""
+
+    role: ClassVar[EventRole] = "note"
+    uid: str
+    subject: str
+    memstate: str
+    kubelet: str
+    where: str = ""
+    resolved: bool = False
+
+
 class LogTailTruncated(Event, frozen=True, tag="log_tail_truncated"):
     """Recovery cut a torn tail off the log (never anything acknowledged)."""
 
@@ -317,6 +350,7 @@ AnyEvent = (
     | ManifestInvalid
     | PodInitCompleted
     | ReadmissionCompleted
+    | KubeletStateImported
     | PodAdmitted
     | PodRejected
     | PodRemoved
@@ -328,6 +362,7 @@ AnyEvent = (
     | CgroupWriteFailed
     | CgroupOrphanFound
     | PodCgroupRemoved
+    | ShadowDisagreement
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -341,6 +376,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ManifestInvalid,
     PodInitCompleted,
     ReadmissionCompleted,
+    KubeletStateImported,
     PodAdmitted,
     PodRejected,
     PodRemoved,
@@ -352,6 +388,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CgroupWriteFailed,
     CgroupOrphanFound,
     PodCgroupRemoved,
+    ShadowDisagreement,
 )
 
 EVENT_KINDS: dict[str, type[Event]] = {str(t.__struct_config__.tag): t for t in EVENT_TYPES}

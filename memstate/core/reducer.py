@@ -44,6 +44,7 @@ from memstate.core.events import (
     DaemonRestarted,
     DaemonStarted,
     Event,
+    KubeletStateImported,
     LogTailTruncated,
     ManifestInvalid,
     NodeReconfigurationDeferred,
@@ -57,8 +58,15 @@ from memstate.core.events import (
     PodRemoved,
     ReadmissionCompleted,
     ReadmissionDeferred,
+    ShadowDisagreement,
     TopologyObserved,
     known_event,
+)
+from memstate.core.kubelet_import import (
+    IMPORTED_SPEC_HASH,
+    imported_allocation,
+    restored_allocation,
+    stand_in_pod,
 )
 from memstate.core.machine import MachineBuilder, default_machine
 from memstate.core.numa_policy import (
@@ -126,6 +134,8 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
             return _decide_reconfiguration(state, topology, state.observed_config)
         case ConfigLoaded(config=config):
             return _decide_reconfiguration(state, state.observed_topology, config)
+        case KubeletStateImported() as imported:
+            return _decide_import(state, imported)
         case (
             DaemonStarted()
             | DaemonRestarted()
@@ -142,6 +152,7 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
             | CgroupWriteFailed()
             | CgroupOrphanFound()
             | PodCgroupRemoved()
+            | ShadowDisagreement()
         ):
             return ()  # decisions and notes imply nothing; inputs without a judgement
         case unreachable:
@@ -194,6 +205,22 @@ def _decide_readmission(state: State, request: PodAdmissionRequested) -> tuple[E
             return ()  # already waiting for the end of readmission
         return (_deferral(request, "spec_changed"),)
     existing = state.pods[pod.uid]
+    if existing.spec_hash == IMPORTED_SPEC_HASH and existing.allocation is not None:
+        # Imported from the kubelet's checkpoint: the real spec arrives now and takes over the
+        # stand-in's blocks (a new record, so not `restored`: that keeps the record as it was).
+        restored = restored_allocation(pod, existing.allocation, config)
+        if restored is not None:
+            return (
+                PodAdmitted(
+                    pod=pod,
+                    qos_class=qos_class(pod),
+                    spec_hash=digest,
+                    allocation=restored,
+                    targets=pod_targets(pod, restored, config, topology),
+                    pinning_requests=len(pod.containers),
+                    source=request.source,
+                ),
+            )
     if existing.spec_hash != digest:
         return (PodRemoved(uid=pod.uid, reason="spec_changed"), _deferral(request, "spec_changed"))
     if existing.allocation is None and pins(pod, config):
@@ -295,6 +322,40 @@ def _fresh_admission(
             source=source,
         ),
     )
+
+
+def _decide_import(state: State, event: KubeletStateImported) -> tuple[Event, ...]:
+    """One `pod_admitted` per imported pod that fits, with a stand-in spec and exactly the
+    checkpoint's blocks (memstate.core.kubelet_import). `memstate import kubelet-state` refuses
+    a checkpoint with any pod that does not fit before recording it; here such a pod, or one
+    already known, is left out, so replay stays total."""
+    if state.topology is None or state.config is None:
+        return ()
+    topology, config = state.topology, state.config
+    if event.policy_name != "Static" or config.memory_manager_policy != "Static":
+        return ()
+    builder = MachineBuilder(state.machine)
+    decisions: list[Event] = []
+    for imported in event.pods:  # in recorded order: the takes depend on it
+        if imported.uid in state.pods or imported.uid in state.deferred:
+            continue
+        if not any(c.blocks for c in imported.containers):
+            continue
+        allocation, _ = imported_allocation(builder, imported)
+        if allocation is None:
+            continue
+        pod = stand_in_pod(imported)
+        decisions.append(
+            PodAdmitted(
+                pod=pod,
+                qos_class=qos_class(pod),
+                spec_hash=IMPORTED_SPEC_HASH,
+                allocation=allocation,
+                targets=pod_targets(pod, allocation, config, topology),
+                source=event.source,
+            )
+        )
+    return tuple(decisions)
 
 
 def _decide_reconfiguration(
@@ -399,6 +460,8 @@ def apply(state: State, event: Event) -> State:
             | CgroupWriteFailed()
             | CgroupOrphanFound()
             | PodCgroupRemoved()
+            | KubeletStateImported()
+            | ShadowDisagreement()
         ):
             return state  # notes and inputs without state effect
         case unreachable:
@@ -679,6 +742,8 @@ class Folder:
                 | CgroupWriteFailed()
                 | CgroupOrphanFound()
                 | PodCgroupRemoved()
+                | KubeletStateImported()
+                | ShadowDisagreement()
             ):
                 pass  # no state effect, as in `apply`
             case (

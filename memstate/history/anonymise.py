@@ -53,6 +53,7 @@ from memstate.core.events import (
     DaemonStarted,
     Envelope,
     Event,
+    KubeletStateImported,
     LogTailTruncated,
     ManifestInvalid,
     NodeReconfigurationDeferred,
@@ -65,13 +66,17 @@ from memstate.core.events import (
     PodRemovalRequested,
     PodRemoved,
     ReadmissionDeferred,
+    ShadowDisagreement,
     TopologyObserved,
     pod_uid_of,
 )
+from memstate.core.kubelet_checkpoint import CheckpointPod
+from memstate.core.kubelet_import import IMPORTED_SPEC_HASH
 from memstate.core.numa_policy import PodAllocation, ProviderHints
 from memstate.core.pod import Pod, spec_hash
 from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.scenario import envelope_to_object
+from memstate.core.shadow import NUMA_NODES
 from memstate.core.state import State
 from memstate.core.targets import PodTargets
 from memstate.history.replay import LogSource, Transition, transitions
@@ -251,6 +256,41 @@ class Mapper:
                 return msgspec.structs.replace(event, source=source, error=self.text(event.error))
             case PodInitCompleted():
                 return msgspec.structs.replace(event, uid=self.names.uid(event.uid))
+            case PodAdmitted() if event.spec_hash == IMPORTED_SPEC_HASH:
+                # A stand-in from the kubelet's checkpoint: named by its UID, as the reducer
+                # re-derives it from the (anonymised) `kubelet_state_imported`.
+                pod = self.pod(event.pod)
+                pod = msgspec.structs.replace(pod, name=pod.uid, namespace=event.pod.namespace)
+                return msgspec.structs.replace(
+                    event,
+                    pod=pod,
+                    allocation=self.allocation(event.allocation),
+                    targets=self.targets(event.targets),
+                    source=self.names.source(event.source),
+                )
+            case KubeletStateImported():
+                pods = tuple(
+                    CheckpointPod(
+                        uid=self.names.uid(p.uid),
+                        containers=tuple(
+                            msgspec.structs.replace(c, name=self.names.container(c.name))
+                            for c in p.containers
+                        ),
+                    )
+                    for p in event.pods
+                )
+                return msgspec.structs.replace(
+                    event, source=self.names.source(event.source), pods=pods
+                )
+            case ShadowDisagreement():
+                return msgspec.structs.replace(
+                    event,
+                    uid=self.names.uid(event.uid),
+                    # The checkpoint file for NUMA nodes, else the pod cgroup's path.
+                    where=self.names.source(event.where)
+                    if event.subject == NUMA_NODES
+                    else self.path(event.where),
+                )
             case PodAdmitted():
                 pod = self.pod(event.pod)
                 return msgspec.structs.replace(

@@ -35,7 +35,9 @@ from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.nri_decider import NriService
 from memstate.node.sdnotify import Notifier
 from memstate.node.settings import Settings
+from memstate.node.shadow import ShadowWatch
 from memstate.node.sources.feed import SourceFeed
+from memstate.node.sources.rejection_events import RejectionEvents
 from memstate.node.sources.tracker import PodTracker
 from memstate.node.writer import Writer
 
@@ -124,6 +126,8 @@ class DaemonContext:
         # host:port the metrics endpoint is bound to (port 0 in the config: the kernel's pick).
         self.metrics_bound: str | None = None
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
+        self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
+        self.rejection_events: RejectionEvents | None = None  # with the API-server source
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -169,6 +173,8 @@ class DaemonContext:
         if full:
             self._scope = None
         self._publish()
+        if self.rejection_events is not None:
+            self.rejection_events.note(decisions)
         if decisions:
             self._reconcile_wake.set()
 

@@ -56,6 +56,8 @@ from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop
 from memstate.node.loops.pods import manifest_loop, sources_loop
 from memstate.node.loops.upkeep import sealed_segments_check, watchdog_loop
 from memstate.node.nri_decider import run_nri
+from memstate.node.shadow import run_shadow
+from memstate.node.sources.rejection_events import run_rejection_events
 from memstate.node.startup import start_up
 
 logger = logging.getLogger("memstate.node.daemon")
@@ -103,6 +105,8 @@ class Daemon(DaemonContext):
             functools.partial(reconcile_loop, self),
             functools.partial(watchdog_loop, self),
             functools.partial(run_nri, self),
+            functools.partial(run_shadow, self),
+            functools.partial(run_rejection_events, self),
         ]
         if self.adapters.host_loops:
             loops += [

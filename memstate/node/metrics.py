@@ -242,6 +242,19 @@ class Metrics:
             "Batches that could not be appended (disk full); nothing of them was acknowledged.",
             registry=self.registry,
         )
+        self.rejection_events = Counter(
+            "memstate_pod_rejection_events",
+            "Kubernetes Events for rejected pods, by result (posted, failed, not_listed, dropped).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.shadow_disagreements = Gauge(
+            "memstate_shadow_disagreements",
+            "Shadow mode: open disagreements with the kubelet, by what differs (numa_nodes, or "
+            "the pod cgroup file).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.pod_source_in_sync = Gauge(
             "memstate_pod_source_in_sync",
             "1 while a pod source's view is current (last poll or list/watch succeeded).",

@@ -34,6 +34,9 @@ memstate:
     context: null                   # kubeconfig context (default: its current-context)
     watchTimeoutSeconds: 300
     readTimeoutSeconds: 90
+  ownership: standalone              # or beside-kubelet ("Running beside the kubelet")
+  mode: numa                        # numa | qos | shadow (decide and record, write nothing)
+  kubeletCheckpoint: /var/lib/kubelet/memory_manager_state  # what shadow mode compares with
   nri: null                         # the NRI plugin (docs/operations.md "NRI"); off unless set
   # nri:
   #   socket: /var/run/nri/nri.sock
@@ -65,7 +68,14 @@ from memstate.core.validation import convert_input
 
 logger = logging.getLogger(__name__)
 
-PATH_FIELDS = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+PATH_FIELDS = (
+    "state_dir",
+    "manifest_dir",
+    "cgroup_root",
+    "cgroup_sim",
+    "topology_file",
+    "kubelet_checkpoint",
+)
 # Old spelling in the `memstate:` section -> (the SettingsFile field that replaced it, its key).
 DEPRECATED_KEYS = {"cgroup_root": ("cgroup_tree", "cgroupTree")}
 # SettingsFile fields whose Settings attribute has another name.
@@ -77,6 +87,8 @@ MAX_CHECKPOINTS_KEEP = 1000
 
 
 PodSourceName = Literal["manifests", "kubelet", "apiserver"]
+Ownership = Literal["standalone", "beside-kubelet"]
+Mode = Literal["numa", "qos", "shadow"]
 
 
 class KubeletSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -131,6 +143,9 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     kubelet: KubeletSettings | None = None
     api_server: ApiServerSettings | None = None
     nri: NriSettings | None = None
+    ownership: Ownership | None = None
+    mode: Mode | None = None
+    kubelet_checkpoint: str | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -158,6 +173,12 @@ class Settings(msgspec.Struct, frozen=True):
     kubelet: KubeletSettings = KubeletSettings()
     api_server: ApiServerSettings = ApiServerSettings()
     nri: NriSettings | None = None  # None: no NRI plugin
+    ownership: Ownership = "standalone"
+    # numa: pin and protect (today's behaviour); qos: Memory QoS values only, no cpuset.mems;
+    # shadow: decide and record, write no cgroup file, compare with the kubelet.
+    mode: Mode = "numa"
+    # The kubelet Memory Manager's checkpoint shadow mode compares with.
+    kubelet_checkpoint: Path = Path("/var/lib/kubelet/memory_manager_state")
 
     @property
     def metrics_enabled(self) -> bool:
@@ -274,6 +295,13 @@ def validate_settings(settings: Settings, *, source: str = "") -> None:
             )
     if settings.nri is not None:
         _validate_nri(settings.nri, source=source)
+        if settings.mode == "shadow":
+            # An NRI adjustment is a write on memstate's behalf, and a refusal stops a pod.
+            raise ConfigError(
+                "mode shadow writes nothing and refuses nothing: remove the nri: section",
+                source=source,
+                path="$.memstate.nri",
+            )
 
 
 # The runtime's rules for external plugins (nri.md §2.1) and its default request timeout (§8.3).

@@ -31,7 +31,9 @@ from memstate.node.loops.config import load_config_at_startup
 from memstate.node.loops.converge import reconcile_once
 from memstate.node.loops.pods import scan_manifests
 from memstate.node.settings import Settings
+from memstate.node.shadow import ShadowWatch
 from memstate.node.sources.configure import network_sources, node_name_of
+from memstate.node.sources.rejection_events import rejection_events_for
 from memstate.node.stale import forget_vanished_rejections
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
@@ -49,6 +51,13 @@ async def start_up(daemon: DaemonContext) -> None:
     given = daemon.adapters.sources
     # ConfigError on bad credentials
     daemon.sources = list(given) if given is not None else list(network_sources(daemon.settings))
+    daemon.rejection_events = rejection_events_for(
+        daemon.sources,
+        node_name=node_name_of(daemon.settings),
+        wall_clock_ns=daemon.wall_clock_ns,
+        shadow=daemon.settings.mode == "shadow",
+        on_result=lambda result: daemon.metrics.rejection_events.labels(result=result).inc(),
+    )
     open_reconciler(daemon, topology, config)
     await daemon.writer.submit(boot_events(daemon, opened, topology, config, settings))
     await readmit(daemon, settings)
@@ -206,6 +215,8 @@ def open_reconciler(daemon: DaemonContext, topology: Topology, config: NodeConfi
         daemon._tree_claim = TreeClaim.acquire(
             daemon.settings.cgroup_sim or daemon.settings.cgroup_root
         )
+    if daemon.settings.mode == "shadow":
+        daemon.shadow = ShadowWatch(daemon.settings.kubelet_checkpoint)
     daemon.reconciler = Reconciler(
         fs,
         page_size_bytes=topology.page_size_bytes,
@@ -213,5 +224,6 @@ def open_reconciler(daemon: DaemonContext, topology: Topology, config: NodeConfi
         options=ReconcilerOptions(
             pod_removal=daemon.settings.pod_removal,
             remove_orphans=daemon.settings.remove_orphans,
+            shadow=daemon.shadow is not None,
         ),
     )

@@ -122,6 +122,9 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     - `retry_backoff_base_seconds` / `retry_backoff_max_seconds`: the wait before a failed
       operation (or a pending removal) is tried again doubles from the base up to the cap.
     - `max_attempts_per_round`: immediate attempts of one operation on EINTR/EAGAIN.
+    - `shadow`: observe and plan, execute nothing (no write, mkdir, rmdir or kill), every round
+      full; the report's `differences` lists the pod cgroups' values that differ from the
+      targets (shadow mode, docs/operations.md "Shadow mode").
     """
 
     pod_removal: Literal["wait", "kill"] = "wait"
@@ -129,6 +132,7 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     retry_backoff_base_seconds: float = 0.5
     retry_backoff_max_seconds: float = 30.0
     max_attempts_per_round: int = 3
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         if self.pod_removal not in ("wait", "kill"):
@@ -157,6 +161,20 @@ class OperationResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     errno: int | None = None
     attempts: int = 0
     message: str = ""
+
+
+class FileDifference(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A pod cgroup file whose live value is not memstate's target (shadow mode)."""
+
+    uid: str
+    path: str
+    file: str
+    target: str
+    found: str
+
+
+# The pod cgroup files a shadow round compares with memstate's targets.
+SHADOW_FILES = ("memory.min", "memory.low", "memory.high", "memory.max", "cpuset.mems")
 
 
 class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -188,6 +206,7 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     read_errors: tuple[str, ...] = ()
     writes: int = 0
     reads: int = 0
+    differences: tuple[FileDifference, ...] = ()
 
 
 @dataclass
@@ -255,6 +274,8 @@ class Reconciler:
         `retired_paths`: every retired pod cgroup still to remove (all of them, every round);
         a path the targets desire again is simply not removed.
         """
+        if self.options.shadow:
+            scope = None  # nothing is written, so no picture to keep: every round looks
         config = naming_config(targets)
         desired = {t.path for t in targets.cgroups}
         valid, foreign = _split_retired(retired_paths, config)
@@ -289,6 +310,10 @@ class Reconciler:
             )
             read_errors += more_errors
             reads += more_reads
+        if self.options.shadow:
+            return self._shadow_report(
+                targets, tree, plan, read_errors=read_errors, reads=reads, retiring=retiring
+            )
         drift = self._drift(targets, tree, plan)
         results, writes = self._execute(plan)
         return self._finish(
@@ -303,6 +328,73 @@ class Reconciler:
             writes=writes,
             retiring=retiring,
             foreign=tuple(foreign),
+        )
+
+    # --- shadow ----------------------------------------------------------------------------
+
+    def _shadow_report(
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        plan: Plan,
+        *,
+        read_errors: list[ReadError],
+        reads: int,
+        retiring: frozenset[str],
+    ) -> ReconcileReport:
+        """A round that executes nothing: what differs on the pod cgroups that exist. Retired
+        pod cgroups are the kubelet's to remove; those seen gone are reported `removed`."""
+        differences: list[FileDifference] = []
+        for target in targets.cgroups:
+            if target.level != "pod":
+                continue
+            found = tree.get(target.path)
+            if found is None or not found.exists:
+                continue  # the kubelet has not made it (yet): nothing to compare
+            wanted = plan.final_values.get(target.path, {})
+            for file in SHADOW_FILES:
+                value = wanted.get(file)
+                if value is None or file in found.unreadable:
+                    continue
+                text = found.files.get(file)
+                if text is None:
+                    text = kernel_default(file)
+                now = self._values.normalise(file, text) if text is not None else None
+                if now != value:
+                    differences.append(
+                        FileDifference(
+                            uid=target.pod_uid,
+                            path=target.path,
+                            file=file,
+                            target=value,
+                            found="absent" if now is None else now,
+                        )
+                    )
+        self._tree = tree
+        return ReconcileReport(
+            full=True,
+            attempted=0,
+            succeeded=0,
+            failed=0,
+            skipped=0,
+            deferred=0,
+            notes=[
+                CgroupWriteFailed(
+                    path=e.path, op=e.op, errno=e.errno, message=e.message, file=e.file
+                )
+                for e in read_errors
+            ],
+            counters={},
+            converged=not read_errors,  # nothing is left that shadow mode would do
+            retry_after_seconds=None,
+            pending_removals=tuple(sorted(p for p in retiring if not _proven_absent(tree, p))),
+            removed=tuple(sorted(p for p in retiring if _proven_absent(tree, p))),
+            orphans=tuple(r.path for r in plan.orphans),
+            warnings=plan.warnings,
+            read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
+            writes=0,
+            reads=reads,
+            differences=tuple(differences),
         )
 
     # --- container cgroups ------------------------------------------------------------------

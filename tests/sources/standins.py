@@ -12,7 +12,9 @@ real chunked transfer encoding), controlled by the test through thread-safe meth
   history is compacted: a watch from any rv older than the current one gets `410 Gone`, as after
   an etcd compaction; a fresh list's rv stays watchable), `error_410_in_stream()`,
   `drop_watches()` and a per-chunk delay simulate the server's behaviour. Every request is
-  recorded; `streaming_count()` tells how many watches reached the stream.
+  recorded; `streaming_count()` tells how many watches reached the stream. `POST
+  /api/v1/namespaces/<ns>/events` stores the core/v1 Event in `events` (201), or answers
+  `event_status` when set.
 
 `kube_pod` builds a pod of the shape the kubelet and the API server serve, with many fields
 memstate ignores.
@@ -316,6 +318,8 @@ class ApiServerStandIn(_StandIn):
         self.watch_status_times = 0  # … this many times
         self._watchers: list[queue.Queue[tuple[str, Any]]] = []
         self._registered = 0  # watches that reached the stream (and so see drops and 410s)
+        self.events: list[dict[str, Any]] = []  # POSTed core/v1 Events
+        self.event_status: int | None = None  # answer event POSTs with this status instead
         super().__init__(certificates.server_context())
 
     # --- control -----------------------------------------------------------------------------
@@ -412,6 +416,29 @@ class ApiServerStandIn(_StandIn):
                     self.watch(query)
                 else:
                     self.list(query)
+
+            def do_POST(self) -> None:
+                split = urlsplit(self.path)
+                standin.record(split.path, {}, dict(self.headers))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Authorization") != f"Bearer {standin.token}":
+                    self.send_json(401, {"kind": "Status", "code": 401, "reason": "Unauthorized"})
+                    return
+                parts = split.path.strip("/").split("/")
+                if parts[:3] != ["api", "v1", "namespaces"] or parts[4:] != ["events"]:
+                    self.send_json(404, {"kind": "Status", "code": 404})
+                    return
+                if standin.event_status is not None:
+                    code = standin.event_status
+                    self.send_json(code, {"kind": "Status", "code": code, "message": "refused"})
+                    return
+                event = json.loads(body)
+                if event.get("metadata", {}).get("namespace") != parts[3]:
+                    self.send_json(400, {"kind": "Status", "code": 400, "message": "namespace"})
+                    return
+                with standin.lock:
+                    standin.events.append(event)
+                self.send_json(201, event)
 
             def list(self, query: dict[str, list[str]]) -> None:
                 time.sleep(standin.list_delay)

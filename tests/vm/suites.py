@@ -54,6 +54,11 @@ PLANTED_MODULE = "tests.vm.guest_planted"
 DAEMON = "daemon"
 DAEMON_MODULE = "tests.vm.guest_daemon"
 
+# Shadow mode on the real tree: memstate beside a kubelet-played tree changes not one file
+# (tests/vm/guest_shadow.py, tests/vm/test_shadow_vm.py). It leaves the tree as it found it.
+SHADOW = "shadow"
+SHADOW_MODULE = "tests.vm.guest_shadow"
+
 
 def reconcile_available() -> bool:
     """True once tests/vm/guest_reconcile.py exists in the tree."""
@@ -90,5 +95,6 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
         suites.append(
             GuestSuite(RECONCILE, (py, "-m", RECONCILE_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
+    suites.append(GuestSuite(SHADOW, (py, "-m", SHADOW_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
     suites.append(GuestSuite(DAEMON, (py, "-m", DAEMON_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
     return suites

@@ -14,4 +14,5 @@ COMMAND_MODULES = (
     "memstate.cli.commands.replay_cmd",
     "memstate.cli.commands.audit_cmd",
     "memstate.cli.commands.demo_cmd",
+    "memstate.cli.commands.kubelet_cmd",
 )

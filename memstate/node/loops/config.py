@@ -137,6 +137,9 @@ def apply_reloadable(daemon: DaemonContext, settings: Settings) -> None:
         "kubelet",
         "api_server",
         "nri",
+        "mode",
+        "ownership",
+        "kubelet_checkpoint",
     )
     for name in fixed:
         if getattr(settings, name) != getattr(daemon.settings, name):
@@ -147,5 +150,7 @@ def apply_reloadable(daemon: DaemonContext, settings: Settings) -> None:
         from memstate.reconcile.reconciler import ReconcilerOptions
 
         daemon.reconciler.options = ReconcilerOptions(  # type: ignore[attr-defined]
-            pod_removal=daemon.settings.pod_removal, remove_orphans=daemon.settings.remove_orphans
+            pod_removal=daemon.settings.pod_removal,
+            remove_orphans=daemon.settings.remove_orphans,
+            shadow=daemon.shadow is not None,
         )

@@ -40,6 +40,8 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
         ),
         limiter=daemon._cgroup_limiter,
     )
+    if daemon.shadow is not None:
+        daemon.shadow.cgroups_observed(report.differences)
     label = "full" if scope is None else "scoped"
     daemon.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
     for (file_name, result), count in sorted(report.counters.items()):

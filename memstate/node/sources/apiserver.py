@@ -237,6 +237,14 @@ class ApiServerSource:
         self.resource_version = pod.metadata.resourceVersion or self.resource_version
         self.health.pods = len(self._pods)
 
+    def api_pod(self, uid: str) -> tuple[str, str, str] | None:
+        """(namespace, name, the API server's UID) of the listed pod whose kubelet-side UID is
+        `uid` (a mirror pod's differs from its `metadata.uid`), or None."""
+        for api_uid, observed in self._pods.items():
+            if observed.uid == uid and observed.pod is not None:
+                return observed.pod.namespace, observed.pod.name, api_uid
+        return None
+
     def _ours(self, pod: KubePod) -> bool:
         # The field selector already filters; a pod of another node is never ours.
         return pod.spec.nodeName in (None, "", self.node_name)
