@@ -89,6 +89,7 @@ from memstate.node.endpoint import HttpEndpoint, status_routes
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.inputs import config_from_document, load_topology, read_document
 from memstate.node.journal import log_drift
+from memstate.node.kubelet_config import with_kubelet_config
 from memstate.node.manifests import ManifestDirectory
 from memstate.node.metrics import Metrics, Snapshot
 from memstate.node.nri_decider import NriService, run_nri
@@ -138,7 +139,8 @@ def load_settings_and_config(
     document = read_document(path, ConfigError)  # once: both parts come from the same bytes
     section = document.get("memstate") if isinstance(document, dict) else None
     settings = settings_from_object(section, source=str(path), base=base)
-    return settings, config_from_document(document, source=str(path))
+    config = config_from_document(document, source=str(path))
+    return settings, with_kubelet_config(settings, config, document)
 
 
 class Daemon:
@@ -370,6 +372,7 @@ class Daemon:
         return msgspec.structs.replace(settings, **self.cli_overrides)
 
     def _open_reconciler(self, topology: Topology, config: NodeConfig) -> None:
+        from memstate.core.plan.profile import WriteProfile
         from memstate.node.cgroup_tree import open_cgroup_fs
         from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
@@ -389,6 +392,7 @@ class Daemon:
                 pod_removal=self.settings.pod_removal,
                 remove_orphans=self.settings.remove_orphans,
             ),
+            profile=WriteProfile(ownership=self.settings.ownership, mode=self.settings.mode),
         )
 
     # --- the writer's effects -------------------------------------------------------------------
@@ -642,6 +646,8 @@ class Daemon:
             "kubelet",
             "api_server",
             "nri",
+            "ownership",
+            "mode",
         )
         for name in fixed:
             if getattr(settings, name) != getattr(self.settings, name):

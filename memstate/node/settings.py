@@ -34,6 +34,9 @@ memstate:
     context: null                   # kubeconfig context (default: its current-context)
     watchTimeoutSeconds: 300
     readTimeoutSeconds: 90
+  ownership: standalone             # or beside-kubelet: the kubelet owns the pod cgroups
+  mode: numa                        # numa (pin and protect), qos (Memory QoS only) or shadow
+  kubeletConfigFile: null           # the kubelet's config.yaml: checked at start, see below
   nri: null                         # the NRI plugin (docs/operations.md "NRI"); off unless set
   # nri:
   #   socket: /var/run/nri/nri.sock
@@ -41,6 +44,10 @@ memstate:
   #   pluginIndex: "50"
   #   unknownPodWaitSeconds: 1.0    # how long a creation waits for the pod source, then fail-open
 ```
+
+`ownership`, `mode` and `kubeletConfigFile` say how memstate shares the node with a kubelet
+(docs/operations.md, "Running beside the kubelet"; memstate.core.plan.profile,
+memstate.node.kubelet_config); they take effect at start.
 
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
 (top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier
@@ -60,12 +67,20 @@ import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import ConfigError, echo
+from memstate.core.plan.profile import Mode, Ownership
 from memstate.core.quantity import format_bytes
 from memstate.core.validation import convert_input
 
 logger = logging.getLogger(__name__)
 
-PATH_FIELDS = ("state_dir", "manifest_dir", "cgroup_root", "cgroup_sim", "topology_file")
+PATH_FIELDS = (
+    "state_dir",
+    "manifest_dir",
+    "cgroup_root",
+    "cgroup_sim",
+    "topology_file",
+    "kubelet_config_file",
+)
 # Old spelling in the `memstate:` section -> (the SettingsFile field that replaced it, its key).
 DEPRECATED_KEYS = {"cgroup_root": ("cgroup_tree", "cgroupTree")}
 # SettingsFile fields whose Settings attribute has another name.
@@ -131,6 +146,9 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     kubelet: KubeletSettings | None = None
     api_server: ApiServerSettings | None = None
     nri: NriSettings | None = None
+    ownership: Ownership | None = None
+    mode: Mode | None = None
+    kubelet_config_file: str | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -158,6 +176,11 @@ class Settings(msgspec.Struct, frozen=True):
     kubelet: KubeletSettings = KubeletSettings()
     api_server: ApiServerSettings = ApiServerSettings()
     nri: NriSettings | None = None  # None: no NRI plugin
+    # Who owns the pod cgroups, and what memstate writes (memstate.core.plan.profile).
+    ownership: Ownership = "standalone"
+    mode: Mode = "numa"
+    # The kubelet's own KubeletConfiguration, checked at start (memstate.node.kubelet_config).
+    kubelet_config_file: Path | None = None
 
     @property
     def metrics_enabled(self) -> bool:

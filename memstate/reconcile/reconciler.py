@@ -39,6 +39,11 @@ pod has its protection zeroed so its ancestors can be lowered, then waits (``pod
 retried with back-off, and the daemon's watcher on cgroup.events brings the next round early) or
 is killed through cgroup.kill (``"kill"``).
 
+Profiles: `profile` (memstate.core.plan.profile) says what this reconciler may do. Beside the
+kubelet it creates, removes and kills nothing and writes only the Memory QoS files (and pods'
+`cpuset.mems` in NUMA mode); desired cgroups the kubelet has not made yet are reported as
+`awaiting` and planned once they appear (the daemon's cgroup watcher brings that round early).
+
 Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
 TypeError...): a `HostError` from any operation is caught, counted and reported.
 
@@ -77,7 +82,9 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
+    profile_targets,
 )
+from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -161,7 +168,9 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reconciler wants to be called again (a failure or a pending removal), else None.
     `pending_removals`: retired pod cgroup paths still there (or not known to be gone);
     `removed`: retired paths seen gone this round. `writes` counts the mutating calls (write,
-    mkdir, rmdir, retries included), `reads` the observation calls.
+    mkdir, rmdir, retries included), `reads` the observation calls. `awaiting`: desired cgroups
+    that do not exist and that the profile does not create (beside the kubelet: not made yet);
+    they do not count against `converged`.
     """
 
     full: bool
@@ -182,6 +191,7 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     read_errors: tuple[str, ...] = ()
     writes: int = 0
     reads: int = 0
+    awaiting: tuple[str, ...] = ()
 
 
 @dataclass
@@ -197,7 +207,8 @@ class Reconciler:
     """Converges a cgroup tree to `NodeTargets`; see the module docstring.
 
     `options` may be replaced between rounds (the daemon does on a config reload). `clock` is a
-    monotonic clock in seconds, injected so tests drive back-off without sleeping.
+    monotonic clock in seconds, injected so tests drive back-off without sleeping. `profile`:
+    what may be created, removed and written (fixed for the reconciler's life).
     """
 
     def __init__(
@@ -207,8 +218,10 @@ class Reconciler:
         page_size_bytes: int,
         options: ReconcilerOptions = DEFAULT_OPTIONS,
         clock: Callable[[], float] = time.monotonic,
+        profile: WriteProfile = STANDALONE,
     ) -> None:
         self.fs = fs
+        self.profile = profile
         self.page_size_bytes = page_size_bytes
         self.options = options
         self.clock = clock
@@ -237,6 +250,8 @@ class Reconciler:
         `retired_paths`: every retired pod cgroup still to remove (all of them, every round);
         a path the targets desire again is simply not removed.
         """
+        # Only the files this profile writes are observed, planned and checked for drift.
+        targets = profile_targets(targets, self.profile)
         config = naming_config(targets)
         desired = {t.path for t in targets.cgroups}
         valid, foreign = _split_retired(retired_paths, config)
@@ -260,6 +275,7 @@ class Reconciler:
             pod_removal=self.options.pod_removal,
             remove_orphans=self.options.remove_orphans and full,
             focus=focus,
+            profile=self.profile,
         )
         drift = self._drift(targets, tree, plan)
         results, writes = self._execute(plan)
@@ -501,6 +517,7 @@ class Reconciler:
             read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
             writes=writes,
             reads=reads,
+            awaiting=plan.awaiting,
         )
 
     def _remember(
