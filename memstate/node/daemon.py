@@ -179,7 +179,9 @@ class Daemon:
         self.targets: NodeTargets | None = None
         # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
         self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
-        self.feed = SourceFeed(self.tracker, self._record)
+        self.feed = SourceFeed(
+            self.tracker, self._record, on_container_ids=self._container_ids_changed
+        )
         self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
         self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
         self._sources_wake = Wakeup()
@@ -523,6 +525,16 @@ class Daemon:
             return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
         except HostError as exc:
             return exc.errno == errno.ENOENT
+
+    def _container_ids_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
+        """New runtime container ids from the sources: converge those pods' containers now."""
+        if self.reconciler is None:
+            return
+        self.reconciler.container_ids = ids  # type: ignore[attr-defined]
+        if self.targets is not None and self._scope is not None:
+            held = {target.uid: target.cgroup for target in self.targets.pods}
+            self._scope.update(held[uid] for uid in pods if uid in held)
+        self._reconcile_wake.set()
 
     async def sources_loop(self) -> None:
         """Run the kubelet/API-server sources; close readmission once each has synced."""

@@ -297,3 +297,64 @@ def test_profile_file_rules() -> None:
     assert STANDALONE.allows("pod", "memory.max") and STANDALONE.allows("pod", CPUSET_MEMS)
     assert not STANDALONE_QOS.allows("pod", CPUSET_MEMS)
     assert STANDALONE_QOS.allows("pod", "memory.max")
+
+
+DASHED_UID = "5c7d1e2f-3333-4a4b-9c5d-0000000000aa"
+APP_ID = "c0" * 32
+SANDBOX_ID = "5a" * 32
+
+
+@pytest.mark.parametrize(
+    ("driver", "runtime", "directory", "conmon"),
+    [
+        ("cgroupfs", "containerd", APP_ID, None),
+        ("cgroupfs", "cri-o", f"crio-{APP_ID}", f"crio-conmon-{APP_ID}"),
+        ("systemd", "containerd", f"cri-containerd-{APP_ID}.scope", None),
+        ("systemd", "cri-o", f"crio-{APP_ID}.scope", f"crio-conmon-{APP_ID}.scope"),
+    ],
+)
+def test_container_cgroups_of_both_runtimes_and_drivers_get_their_values_beside_the_kubelet(
+    driver: str, runtime: str, directory: str, conmon: str | None
+) -> None:
+    """The runtime's naming (kubelet-node.md §6) under kubelet-made pod cgroups; the id comes
+    from the pod status as a source decodes it (`containerd://` / `cri-o://`)."""
+    import msgspec
+
+    from memstate.node.sources.kube import KubePod, observe
+    from tests.sources.standins import kube_pod
+
+    config = node_config(driver=driver)
+    burstable = pod_of(
+        DASHED_UID, [container("app", "128Mi", limit_memory="512Mi", guaranteed=False)]
+    )
+    targets = targets_of_pods([burstable], config)
+    status = kube_pod("p", DASHED_UID, container_id=f"{runtime}://{APP_ID}")
+    seen = observe(msgspec.convert(status, KubePod), "kubelet")
+    fs, rec = reconciler(BESIDE)
+    sim = sim_of(fs)
+    kubelet_makes(sim, targets, None)
+    pod_cgroup = targets.pod(DASHED_UID).cgroup
+    if driver == "systemd":
+        assert pod_cgroup.endswith("-pod5c7d1e2f_3333_4a4b_9c5d_0000000000aa.slice")
+    # The runtime: the sandbox's cgroup, conmon's (CRI-O), the container's, a process in it.
+    sim.write(pod_cgroup, "cgroup.subtree_control", "+memory")
+    others = [SANDBOX_ID if runtime == "containerd" else f"crio-{SANDBOX_ID}"]
+    others += [conmon] if conmon else []
+    for name in [directory, *others]:
+        sim.mkdir(f"{pod_cgroup}/{name}")
+    sim.spawn(f"{pod_cgroup}/{directory}")
+    rec.container_ids = {seen.uid: dict(seen.container_ids)}
+    start = len(fs.log)
+
+    assert rec.reconcile(targets).converged
+
+    wanted = targets.pod(DASHED_UID).containers[0].files
+    path = f"{pod_cgroup}/{directory}"
+    assert wanted["memory.low"] == str(128 << 20) and wanted["memory.high"] != "max"
+    for file in ("memory.min", "memory.low", "memory.high"):
+        assert fs.read(path, file).strip() == wanted[file], file
+    assert fs.read(path, "memory.max").strip() == "max"  # the runtime's
+    written = {p for op, p, _ in mutations(fs, start) if op == "write"}
+    assert path in written
+    assert not written & {f"{pod_cgroup}/{name}" for name in others}  # sandbox, conmon: alone
+    assert not any(op != "write" for op, _, _ in mutations(fs, start))
