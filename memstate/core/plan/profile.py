@@ -33,6 +33,7 @@ from memstate.core.targets import (
     CgroupLevel,
     CgroupTarget,
     NodeTargets,
+    PodTargets,
 )
 
 Ownership = Literal["standalone", "beside-kubelet"]
@@ -77,9 +78,10 @@ STANDALONE = WriteProfile()
 
 
 def profile_targets(targets: NodeTargets, profile: WriteProfile) -> NodeTargets:
-    """`targets` with only the files `profile` lets memstate write. Cgroups and their
-    `controllers` stay (the controllers say which `cgroup.subtree_control` to read; whether
-    they are enabled is the planner's `owns_cgroups` question). Idempotent."""
+    """`targets` with only the files `profile` lets memstate write, on the cgroups and on the
+    pods' own `files` (what the NRI plugin hands the runtime: no `cpuset.mems` in qos mode).
+    Cgroups and their `controllers` stay (the controllers say which `cgroup.subtree_control` to
+    read; whether they are enabled is the planner's `owns_cgroups` question). Idempotent."""
     if profile == STANDALONE:
         return targets
     cgroups: list[CgroupTarget] = []
@@ -90,6 +92,13 @@ def profile_targets(targets: NodeTargets, profile: WriteProfile) -> NodeTargets:
             changed = True
             target = msgspec.structs.replace(target, files=files)
         cgroups.append(target)
+    pods: list[PodTargets] = []
+    for pod in targets.pods:
+        files = {f: v for f, v in pod.files.items() if profile.allows("pod", f)}
+        if len(files) != len(pod.files):
+            changed = True
+            pod = msgspec.structs.replace(pod, files=files)
+        pods.append(pod)
     if not changed:
         return targets
-    return msgspec.structs.replace(targets, cgroups=tuple(cgroups))
+    return msgspec.structs.replace(targets, cgroups=tuple(cgroups), pods=tuple(pods))
