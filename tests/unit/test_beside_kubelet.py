@@ -206,3 +206,20 @@ def test_the_check_is_pure() -> None:
     )
     assert first == again and first.cgroup_driver == "systemd"
     assert msgspec.json.encode(config) == frozen
+
+
+def test_ownership_and_mode_settings_are_checked_by_name() -> None:
+    from memstate.node.settings import settings_from_object
+
+    settings = settings_from_object(
+        {"ownership": "beside-kubelet", "mode": "qos", "kubeletConfigFile": "/k.yaml"},
+        source="c.yaml",
+        base=Settings(),
+    )
+    assert (settings.ownership, settings.mode) == ("beside-kubelet", "qos")
+    assert settings.kubelet_config_file == Path("/k.yaml")
+    assert (Settings().ownership, Settings().mode) == ("standalone", "numa")
+    for field, value in (("ownership", "besides-kubelet"), ("mode", "NUMA")):
+        with pytest.raises(ConfigError) as caught:
+            settings_from_object({field: value}, source="c.yaml", base=Settings())
+        assert caught.value.path == f"$.memstate.{field}"

@@ -55,6 +55,12 @@ DAEMON = "daemon"
 DAEMON_MODULE = "tests.vm.guest_daemon"
 
 
+# memstate beside a kubelet the suite plays, both drivers (tests/vm/guest_beside_kubelet.py,
+# tests/vm/test_beside_kubelet_vm.py).
+BESIDE_KUBELET = "beside_kubelet"
+BESIDE_KUBELET_MODULE = "tests.vm.guest_beside_kubelet"
+
+
 def reconcile_available() -> bool:
     """True once tests/vm/guest_reconcile.py exists in the tree."""
     return (REPO_ROOT / "tests" / "vm" / "guest_reconcile.py").is_file()
@@ -91,4 +97,9 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
             GuestSuite(RECONCILE, (py, "-m", RECONCILE_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
     suites.append(GuestSuite(DAEMON, (py, "-m", DAEMON_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
+    suites.append(
+        GuestSuite(
+            BESIDE_KUBELET, (py, "-m", BESIDE_KUBELET_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300
+        )
+    )
     return suites
