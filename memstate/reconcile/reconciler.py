@@ -222,6 +222,7 @@ class Reconciler:
     ) -> None:
         self.fs = fs
         self.profile = profile
+        self._profiled: tuple[NodeTargets, NodeTargets] | None = None  # (given, filtered)
         self.page_size_bytes = page_size_bytes
         self.options = options
         self.clock = clock
@@ -250,8 +251,11 @@ class Reconciler:
         `retired_paths`: every retired pod cgroup still to remove (all of them, every round);
         a path the targets desire again is simply not removed.
         """
-        # Only the files this profile writes are observed, planned and checked for drift.
-        targets = profile_targets(targets, self.profile)
+        # Only the files this profile writes are observed, planned and checked for drift
+        # (filtered once per targets: the daemon hands the same object until the next commit).
+        if self._profiled is None or self._profiled[0] is not targets:
+            self._profiled = (targets, profile_targets(targets, self.profile))
+        targets = self._profiled[1]
         config = naming_config(targets)
         desired = {t.path for t in targets.cgroups}
         valid, foreign = _split_retired(retired_paths, config)
