@@ -19,8 +19,8 @@ cgroupfs directories named as systemd names them — with CRI-O's):
    decided the directories are listed again (memstate must have made none, not even kubepods).
 3. The kubelet: kubepods and the QoS cgroups with memory, cpuset and hugetlb enabled, the pod
    cgroups with the kubelet's own memory.max and hugetlb.2MB.max, kubepods' memory.max. The
-   runtime: memory enabled in each pod, the app container's cgroup (runtime naming) and the
-   sandbox's, a real `sleep` in each.
+   runtime: the controllers enabled in each pod (as runc does), the app container's cgroup
+   (runtime naming) and the sandbox's, a real `sleep` in each.
 4. Wait until memstate's values read back in the real files (bounded, no timing assertion),
    then record every relevant file, the directories, and where the processes may allocate.
 5. The kubelet deletes B: it leaves `/pods`, its processes are killed, its cgroups removed;
@@ -334,7 +334,7 @@ def one_driver(mount: Path, job: Path, driver: str, nodes: dict[int, dict[str, i
         for pod in pods.values():
             (mount / pod / "memory.max").write_text(KUBELET_POD_MAX)
             (mount / pod / "hugetlb.2MB.max").write_text("0")
-            (mount / pod / "cgroup.subtree_control").write_text("+memory")
+            (mount / pod / "cgroup.subtree_control").write_text(CONTROLLERS)  # as runc does
         for uid in pods:
             for path in (containers[uid], sandboxes[uid]):
                 (mount / path).mkdir()
