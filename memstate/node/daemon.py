@@ -436,6 +436,8 @@ class Daemon:
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),
+            "ownership": self.settings.ownership,
+            "mode": self.settings.mode,
             "pod_source_health": [source.health.as_dict() for source in self.sources],
             "nri": self.nri.as_dict() if self.nri is not None else None,
             "updated_ts_ns": self.wall_clock_ns(),

@@ -236,6 +236,9 @@ def test_beside_the_kubelet_memstate_writes_values_and_makes_nothing(
     wait_held(node, {G_UID})
     wait_value(node, kubepods, "memory.min", str(1 * Gi))
 
+    status = node.cli("status", "--config", str(node.config_file), "-o", "table")
+    assert "ownership beside-kubelet, mode numa" in status.stdout, status.stderr
+
     changes = daemon_changes(node, daemon)
     assert changes, "the daemon changed nothing"
     assert {op for op, _, _ in changes} == {"write"}, changes
