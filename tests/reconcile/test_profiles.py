@@ -12,24 +12,29 @@ the tree, not on what the planner says it would do.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, Operation, plan_operations
 from memstate.core.plan.diff import diff_tree
+from memstate.core.plan.planner import _Planner
 from memstate.core.plan.profile import (
     BESIDE_KUBELET_FILES,
     STANDALONE,
     WriteProfile,
     profile_targets,
 )
+from memstate.core.plan.values import ValueModel
 from memstate.core.targets import CPUSET_MEMS, NodeTargets
 from memstate.host import walk
 from memstate.host.sim import FaultInjectingCgroupFS, SimCgroupFS
+from memstate.node.sources.kube import KubePod, observe
 from memstate.reconcile.observe import observe_tree
 from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 from tests.factories import container, pod, pod_of
 from tests.reconcile.helpers import PAGE, FakeClock, new_sim, node_config, targets_of_pods
+from tests.sources.standins import kube_pod
 
 BESIDE = WriteProfile(ownership="beside-kubelet", mode="numa")
 BESIDE_QOS = WriteProfile(ownership="beside-kubelet", mode="qos")
@@ -232,8 +237,6 @@ def test_the_planner_refuses_to_create_beside_the_kubelet_even_when_asked_indire
 def test_an_operation_outside_the_profile_is_an_invariant_violation() -> None:
     """The planner's last check on every operation: were a change to emit a memory.max write,
     a mkdir or an enable beside the kubelet, planning would fail loudly instead of writing."""
-    from memstate.core.plan.planner import _Planner
-    from memstate.core.plan.values import ValueModel
 
     targets = profile_targets(targets_of_pods(three_pods()), BESIDE)
     fs, _ = reconciler(BESIDE)
@@ -318,10 +321,6 @@ def test_container_cgroups_of_both_runtimes_and_drivers_get_their_values_beside_
 ) -> None:
     """The runtime's naming (kubelet-node.md §6) under kubelet-made pod cgroups; the id comes
     from the pod status as a source decodes it (`containerd://` / `cri-o://`)."""
-    import msgspec
-
-    from memstate.node.sources.kube import KubePod, observe
-    from tests.sources.standins import kube_pod
 
     config = node_config(driver=driver)
     burstable = pod_of(
