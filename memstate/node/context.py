@@ -101,7 +101,9 @@ class DaemonContext:
         self.targets: NodeTargets | None = None
         # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
         self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
-        self.feed = SourceFeed(self.tracker, self._record)
+        self.feed = SourceFeed(
+            self.tracker, self._record, on_container_ids=self._container_ids_changed
+        )
         self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
         self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
         self._sources_wake = Wakeup()
@@ -193,6 +195,8 @@ class DaemonContext:
             "manifest_dir": str(self.settings.manifest_dir),
             "cgroup_tree": str(self.settings.cgroup_sim or self.settings.cgroup_root),
             "pod_sources": list(self.settings.pod_sources),
+            "ownership": self.settings.ownership,
+            "mode": self.settings.mode,
             "pod_source_health": [source.health.as_dict() for source in self.sources],
             "nri": self.nri.as_dict() if self.nri is not None else None,
             "updated_ts_ns": self.wall_clock_ns(),
@@ -275,3 +279,13 @@ class DaemonContext:
             return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
         except HostError as exc:
             return exc.errno == errno.ENOENT
+
+    def _container_ids_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
+        """New runtime container ids from the sources: converge those pods' containers now."""
+        if self.reconciler is None:
+            return
+        self.reconciler.container_ids = ids  # type: ignore[attr-defined]
+        if self.targets is not None and self._scope is not None:
+            held = {target.uid: target.cgroup for target in self.targets.pods}
+            self._scope.update(held[uid] for uid in pods if uid in held)
+        self._reconcile_wake.set()

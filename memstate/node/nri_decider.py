@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import trio
 
 from memstate.core.config import NodeConfig
+from memstate.core.plan.profile import WriteProfile, profile_targets
 from memstate.core.state import Rejection, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.node.metrics import Metrics
@@ -296,8 +297,18 @@ def nri_service_for(daemon: NriHost) -> NriService | None:
         return None
     from memstate.node.sources.kubelet import KubeletSource
 
+    profile = WriteProfile(ownership=daemon.settings.ownership, mode=daemon.settings.mode)
+    last: list[tuple[NodeTargets, NodeTargets]] = []  # (decided, as the profile writes them)
+
     def current() -> tuple[State, NodeTargets | None]:
-        return daemon.state, daemon.targets
+        # The runtime writes what NRI answers: only what the profile lets memstate write (no
+        # cpuset.mems in qos mode). Filtered once per published targets.
+        targets = daemon.targets
+        if targets is None:
+            return daemon.state, None
+        if not last or last[0][0] is not targets:
+            last[:] = [(targets, profile_targets(targets, profile))]
+        return daemon.state, last[0][1]
 
     def nudge() -> None:
         # What a cgroup hint does (daemon.cgroup_watch_loop): poll the kubelet now, rescan the

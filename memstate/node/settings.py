@@ -34,8 +34,9 @@ memstate:
     context: null                   # kubeconfig context (default: its current-context)
     watchTimeoutSeconds: 300
     readTimeoutSeconds: 90
-  ownership: standalone              # or beside-kubelet ("Running beside the kubelet")
-  mode: numa                        # numa | qos | shadow (decide and record, write nothing)
+  ownership: standalone             # or beside-kubelet: the kubelet owns the pod cgroups
+  mode: numa                        # numa (pin and protect), qos (Memory QoS only) or shadow
+  kubeletConfigFile: null           # the kubelet's config.yaml: checked at start, see below
   kubeletCheckpoint: /var/lib/kubelet/memory_manager_state  # what shadow mode compares with
   nri: null                         # the NRI plugin (docs/operations.md "NRI"); off unless set
   # nri:
@@ -44,6 +45,10 @@ memstate:
   #   pluginIndex: "50"
   #   unknownPodWaitSeconds: 1.0    # how long a creation waits for the pod source, then fail-open
 ```
+
+`ownership`, `mode` and `kubeletConfigFile` say how memstate shares the node with a kubelet
+(docs/operations.md, "Running beside the kubelet"; memstate.core.plan.profile,
+memstate.node.kubelet_config); they take effect at start.
 
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
 (top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier
@@ -63,6 +68,7 @@ import msgspec
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import ConfigError, echo
+from memstate.core.plan.profile import Mode, Ownership
 from memstate.core.quantity import format_bytes
 from memstate.core.validation import convert_input
 
@@ -75,6 +81,7 @@ PATH_FIELDS = (
     "cgroup_sim",
     "topology_file",
     "kubelet_checkpoint",
+    "kubelet_config_file",
 )
 # Old spelling in the `memstate:` section -> (the SettingsFile field that replaced it, its key).
 DEPRECATED_KEYS = {"cgroup_root": ("cgroup_tree", "cgroupTree")}
@@ -87,8 +94,6 @@ MAX_CHECKPOINTS_KEEP = 1000
 
 
 PodSourceName = Literal["manifests", "kubelet", "apiserver"]
-Ownership = Literal["standalone", "beside-kubelet"]
-Mode = Literal["numa", "qos", "shadow"]
 
 
 class KubeletSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -146,6 +151,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     ownership: Ownership | None = None
     mode: Mode | None = None
     kubelet_checkpoint: str | None = None
+    kubelet_config_file: str | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -173,10 +179,13 @@ class Settings(msgspec.Struct, frozen=True):
     kubelet: KubeletSettings = KubeletSettings()
     api_server: ApiServerSettings = ApiServerSettings()
     nri: NriSettings | None = None  # None: no NRI plugin
+    # Who owns the pod cgroups, and what memstate writes (memstate.core.plan.profile).
     ownership: Ownership = "standalone"
     # numa: pin and protect (today's behaviour); qos: Memory QoS values only, no cpuset.mems;
     # shadow: decide and record, write no cgroup file, compare with the kubelet.
     mode: Mode = "numa"
+    # The kubelet's own KubeletConfiguration, checked at start (memstate.node.kubelet_config).
+    kubelet_config_file: Path | None = None
     # The kubelet Memory Manager's checkpoint shadow mode compares with.
     kubelet_checkpoint: Path = Path("/var/lib/kubelet/memory_manager_state")
 

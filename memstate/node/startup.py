@@ -204,6 +204,7 @@ def observe_topology(daemon: DaemonContext) -> Topology:
 
 
 def open_reconciler(daemon: DaemonContext, topology: Topology, config: NodeConfig) -> None:
+    from memstate.core.plan.profile import WriteProfile
     from memstate.node.cgroup_tree import open_cgroup_fs
     from memstate.reconcile.reconciler import Reconciler, ReconcilerOptions
 
@@ -226,4 +227,5 @@ def open_reconciler(daemon: DaemonContext, topology: Topology, config: NodeConfi
             remove_orphans=daemon.settings.remove_orphans,
             shadow=daemon.shadow is not None,
         ),
+        profile=WriteProfile(ownership=daemon.settings.ownership, mode=daemon.settings.mode),
     )

@@ -42,6 +42,11 @@ pod has its protection zeroed so its ancestors can be lowered, then waits (``pod
 retried with back-off, and the daemon's watcher on cgroup.events brings the next round early) or
 is killed through cgroup.kill (``"kill"``).
 
+Profiles: `profile` (memstate.core.plan.profile) says what this reconciler may do. Beside the
+kubelet it creates, removes and kills nothing and writes only the Memory QoS files (and pods'
+`cpuset.mems` in NUMA mode); desired cgroups the kubelet has not made yet are reported as
+`awaiting` and planned once they appear (the daemon's cgroup watcher brings that round early).
+
 Failures never raise out of `reconcile` except programmer errors (`InvariantViolation`, a
 TypeError...): a `HostError` from any operation is caught, counted and reported.
 
@@ -82,7 +87,9 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
+    profile_targets,
 )
+from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -185,7 +192,9 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reconciler wants to be called again (a failure or a pending removal), else None.
     `pending_removals`: retired pod cgroup paths still there (or not known to be gone);
     `removed`: retired paths seen gone this round. `writes` counts the mutating calls (write,
-    mkdir, rmdir, retries included), `reads` the observation calls.
+    mkdir, rmdir, retries included), `reads` the observation calls. `awaiting`: desired cgroups
+    that do not exist and that the profile does not create (beside the kubelet: not made yet);
+    they do not count against `converged`.
     """
 
     full: bool
@@ -207,6 +216,7 @@ class ReconcileReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     writes: int = 0
     reads: int = 0
     differences: tuple[FileDifference, ...] = ()
+    awaiting: tuple[str, ...] = ()
 
 
 @dataclass
@@ -222,7 +232,8 @@ class Reconciler:
     """Converges a cgroup tree to `NodeTargets`; see the module docstring.
 
     `options` may be replaced between rounds (the daemon does on a config reload). `clock` is a
-    monotonic clock in seconds, injected so tests drive back-off without sleeping.
+    monotonic clock in seconds, injected so tests drive back-off without sleeping. `profile`:
+    what may be created, removed and written (fixed for the reconciler's life).
     """
 
     def __init__(
@@ -232,8 +243,11 @@ class Reconciler:
         page_size_bytes: int,
         options: ReconcilerOptions = DEFAULT_OPTIONS,
         clock: Callable[[], float] = time.monotonic,
+        profile: WriteProfile = STANDALONE,
     ) -> None:
         self.fs = fs
+        self.profile = profile
+        self._profiled: tuple[NodeTargets, NodeTargets] | None = None  # (given, filtered)
         self.page_size_bytes = page_size_bytes
         self.options = options
         self.clock = clock
@@ -276,6 +290,11 @@ class Reconciler:
         """
         if self.options.shadow:
             scope = None  # nothing is written, so no picture to keep: every round looks
+        # Only the files this profile writes are observed, planned and checked for drift
+        # (filtered once per targets: the daemon hands the same object until the next commit).
+        if self._profiled is None or self._profiled[0] is not targets:
+            self._profiled = (targets, profile_targets(targets, self.profile))
+        targets = self._profiled[1]
         config = naming_config(targets)
         desired = {t.path for t in targets.cgroups}
         valid, foreign = _split_retired(retired_paths, config)
@@ -301,6 +320,7 @@ class Reconciler:
                 pod_removal=self.options.pod_removal,
                 remove_orphans=self.options.remove_orphans and full,
                 focus=focus,
+                profile=self.profile,
             )
 
         plan = plan_for(tree)
@@ -687,6 +707,7 @@ class Reconciler:
             read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
             writes=writes,
             reads=reads,
+            awaiting=plan.awaiting,
         )
 
     def _remember(

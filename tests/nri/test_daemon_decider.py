@@ -153,3 +153,36 @@ def test_synchronize_and_update_reapply_and_tables_are_built_once_per_state() ->
         assert decider.snapshot() is not first
 
     trio.run(main)
+
+
+def test_in_qos_mode_the_nri_answer_carries_no_cpuset_mems() -> None:
+    """`mode: qos` never pins: not through the reconciler, not through the runtime either."""
+    from types import SimpleNamespace
+
+    from memstate.node.nri_decider import nri_service_for
+    from memstate.node.settings import NriSettings, Settings
+
+    state = node_state()
+    targets = _targets(state)
+    answers: dict[str, object] = {}
+    for mode in ("numa", "qos"):
+        daemon = SimpleNamespace(
+            settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
+            state=state,
+            targets=targets,
+            metrics=None,
+            sources=[],
+        )
+        service = nri_service_for(daemon)  # type: ignore[arg-type]
+        assert service is not None
+
+        decider = service.decider
+
+        async def main(decider: DaemonNriDecider = decider) -> object:
+            return await decider.create_container(_pod(PINNED), _container(PINNED, "app"))
+
+        answers[mode] = trio.run(main)
+    numa, qos = answers["numa"], answers["qos"]
+    assert isinstance(numa, ResourceAdjustment) and numa.cpuset_mems
+    assert isinstance(qos, ResourceAdjustment) and qos.cpuset_mems == ""
+    assert qos.unified == numa.unified and qos.unified  # the Memory QoS values all the same

@@ -244,3 +244,46 @@ def test_the_commands_cannot_write() -> None:
     ):
         with pytest.raises(InvariantViolation):
             attempt()
+
+
+def test_plan_and_diff_follow_the_configs_ownership(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `ownership: beside-kubelet` in the config, `memstate plan` on a tree the kubelet has
+    not populated creates nothing and lists what it waits for; `diff` shows only memstate's
+    files."""
+    sim = new_sim()
+    materialise(sim, tmp_path / "tree")
+    config = tmp_path / "config.yaml"
+    config.write_text("memstate:\n  ownership: beside-kubelet\n  mode: qos\n")
+    code, out = run(
+        capsys,
+        "plan",
+        "--config",
+        str(config),
+        "--scenario",
+        str(SCENARIO),
+        "--cgroup-root",
+        str(tmp_path / "tree"),
+        "-o",
+        "json",
+    )
+    assert code == 0
+    document = json.loads(out)
+    targets = scenario_targets()
+    assert document["operations"] == []
+    assert set(document["awaiting"]) == {t.path for t in targets.cgroups if t.path}
+    code, out = run(
+        capsys,
+        "diff",
+        "--config",
+        str(config),
+        "--scenario",
+        str(SCENARIO),
+        "--cgroup-root",
+        str(tmp_path / "tree"),
+        "-o",
+        "json",
+    )
+    files = {row["file"] for row in json.loads(out)["rows"]}
+    assert files and files <= {"memory.min", "memory.low", "memory.high"}, files

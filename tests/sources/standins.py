@@ -51,11 +51,18 @@ def kube_pod(
     annotations: dict[str, str] | None = None,
     resource_version: str = "1",
     pod_level_resources: bool = False,
+    limit_memory: str | None = None,
+    container_id: str | None = None,
+    init_container_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A v1 Pod as the kubelet or API server serve it (many fields memstate ignores)."""
+    """A v1 Pod as the kubelet or API server serve it (many fields memstate ignores).
+
+    `limit_memory` other than `memory` makes it Burstable; `container_id` (``containerd://<id>``)
+    is the app container's status once the runtime created it, `init_container_ids` the init
+    containers' by name."""
     resources = {
         "requests": {"cpu": "1", "memory": memory},
-        "limits": {"cpu": "1", "memory": memory},
+        "limits": {"cpu": "1", "memory": limit_memory or memory},
     }
     inits = [
         {"name": n, "image": "busybox:1.36", "command": ["true"], "resources": resources}
@@ -73,7 +80,7 @@ def kube_pod(
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": "2026-12-01T10:00:00Z",
                     "finishedAt": "2026-12-01T10:00:01Z",
-                    "containerID": "containerd://" + "ab" * 32,
+                    "containerID": (init_container_ids or {}).get(n, "containerd://" + "ab" * 32),
                 }
             }
         )
@@ -82,6 +89,7 @@ def kube_pod(
                 "name": n,
                 "state": state,
                 "lastState": {},
+                **({} if code is None else {"containerID": state["terminated"]["containerID"]}),
                 "ready": code == 0,
                 "restartCount": 0,
                 "image": "docker.io/library/busybox:1.36",
@@ -142,9 +150,24 @@ def kube_pod(
             "podIPs": [{"ip": "10.244.1.7"}],
             "startTime": "2026-12-01T10:00:00Z",
             "initContainerStatuses": statuses,
-            "containerStatuses": [],
+            "containerStatuses": [] if container_id is None else [_running("app", container_id)],
             "qosClass": "Guaranteed",
         },
+    }
+
+
+def _running(name: str, container_id: str) -> dict[str, Any]:
+    """A running container's status, as the kubelet reports it."""
+    return {
+        "name": name,
+        "state": {"running": {"startedAt": "2026-12-01T10:00:02Z"}},
+        "lastState": {},
+        "ready": True,
+        "restartCount": 0,
+        "image": "docker.io/library/nginx:1.27",
+        "imageID": "docker.io/library/nginx@sha256:" + "ef" * 32,
+        "containerID": container_id,
+        "started": True,
     }
 
 

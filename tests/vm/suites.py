@@ -60,6 +60,12 @@ SHADOW = "shadow"
 SHADOW_MODULE = "tests.vm.guest_shadow"
 
 
+# memstate beside a kubelet the suite plays, both drivers (tests/vm/guest_beside_kubelet.py,
+# tests/vm/test_beside_kubelet_vm.py).
+BESIDE_KUBELET = "beside_kubelet"
+BESIDE_KUBELET_MODULE = "tests.vm.guest_beside_kubelet"
+
+
 def reconcile_available() -> bool:
     """True once tests/vm/guest_reconcile.py exists in the tree."""
     return (REPO_ROOT / "tests" / "vm" / "guest_reconcile.py").is_file()
@@ -97,4 +103,9 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
         )
     suites.append(GuestSuite(SHADOW, (py, "-m", SHADOW_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
     suites.append(GuestSuite(DAEMON, (py, "-m", DAEMON_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
+    suites.append(
+        GuestSuite(
+            BESIDE_KUBELET, (py, "-m", BESIDE_KUBELET_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300
+        )
+    )
     return suites

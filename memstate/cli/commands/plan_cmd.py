@@ -49,6 +49,7 @@ from memstate.core.plan import (
     diff_tree,
     plan_operations,
 )
+from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.removals import NO_REMOVALS, PendingRemovals
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
@@ -261,8 +262,10 @@ def plan_document(
     retired_paths: list[str],
     pod_removal: str,
     remove_orphans: bool,
+    profile: WriteProfile = STANDALONE,
 ) -> tuple[dict[str, Any], Plan]:
-    """The plan of a full resync of `fs` to `targets`, as the `-o json` document."""
+    """The plan of a full resync of `fs` to `targets` under `profile` (what the daemon's
+    `ownership` and `mode` let it do), as the `-o json` document."""
     reader = ReadOnlyCgroupFS(fs)
     tree, read_errors, reads = observe_tree(reader, targets)
     targets, tree, _paths, more_errors, more_reads = add_container_cgroups(reader, targets, tree)
@@ -275,6 +278,7 @@ def plan_document(
         retired_paths=retired_paths,
         pod_removal="kill" if pod_removal == "kill" else "wait",
         remove_orphans=remove_orphans,
+        profile=profile,
     )
     phases = dict.fromkeys(("create", "raise", "remove", "lower"), 0)
     for operation in plan.operations:
@@ -295,6 +299,7 @@ def plan_document(
         "blocked": list(plan.blocked),
         "unknown": list(plan.unknown),
         "warnings": list(plan.warnings),
+        "awaiting": list(plan.awaiting),
         "read_errors": [f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors],
         "reads": reads,
         "summary": {"operations": len(plan.operations), "by_phase": phases},
@@ -308,6 +313,7 @@ def diff_document(
     *,
     page_size_bytes: int,
     retired_paths: list[str] | None = None,
+    profile: WriteProfile = STANDALONE,
 ) -> tuple[dict[str, Any], tuple[FileDiff, ...]]:
     """Every managed file against the tree, as the `-o json` document; pod cgroups no target
     explains are rows of status ``retired`` (a removal still to finish) or ``orphan``."""
@@ -316,7 +322,11 @@ def diff_document(
     targets, tree, _paths, more_errors, _more = add_container_cgroups(reader, targets, tree)
     read_errors += more_errors
     rows = diff_tree(
-        targets, tree, page_size_bytes=page_size_bytes, retired_paths=retired_paths or ()
+        targets,
+        tree,
+        page_size_bytes=page_size_bytes,
+        retired_paths=retired_paths or (),
+        profile=profile,
     )
     summary: dict[str, int] = {}
     for row in rows:
@@ -365,6 +375,13 @@ def observed_tree(args: argparse.Namespace, fs: CgroupFS | None) -> tuple[Path |
     return tree, RealCgroupFS(str(tree))
 
 
+def profile_of(args: argparse.Namespace) -> WriteProfile:
+    """The daemon's profile (`ownership`, `mode` of the config file): plan and diff show what
+    the daemon would do, no more."""
+    settings = resolve_settings(args)
+    return WriteProfile(ownership=settings.ownership, mode=settings.mode)
+
+
 def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
     """`memstate plan`; `fs` replaces the tree under --cgroup-root (tests)."""
     state, removals = desired_state_and_removals(args)
@@ -381,6 +398,7 @@ def run_plan(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
         retired_paths=sorted(retired),
         pod_removal=args.pod_removal,
         remove_orphans=args.remove_orphans,
+        profile=profile_of(args),
     )
     document["cgroup_root"] = str(root) if root is not None else None
     converged = not plan.operations and not plan.pending_removals
@@ -414,6 +432,8 @@ def _print_plan(document: dict[str, Any], plan: Plan) -> None:
         out.write(f"{removal.kind} pod cgroup {removal.path} ({populated}): {removal.action}\n")
     for line in document["warnings"]:
         out.write(f"warning: {line}\n")
+    for path in document["awaiting"]:
+        out.write(f"awaiting {path}: not made yet by its owner (the kubelet)\n")
     for line in document["read_errors"]:
         out.write(f"read error: {line}\n")
     phases = ", ".join(f"{n} {p}" for p, n in document["summary"]["by_phase"].items())
@@ -431,6 +451,7 @@ def run_diff(args: argparse.Namespace, fs: CgroupFS | None = None) -> int:
         tree_fs,
         page_size_bytes=page_size_bytes,
         retired_paths=sorted(removals.paths),
+        profile=profile_of(args),
     )
     document["cgroup_root"] = str(root) if root is not None else None
     if args.only_differences:

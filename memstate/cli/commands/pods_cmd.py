@@ -410,6 +410,8 @@ def run_status(args: argparse.Namespace) -> int:
     )
     if daemon and daemon.get("running"):
         out.write(f" (pid {daemon.get('pid')}, converged: {daemon.get('converged')})")
+        if daemon.get("ownership"):  # absent in the status files of older daemons
+            out.write(f", ownership {daemon.get('ownership')}, mode {daemon.get('mode')}")
     out.write("\n")
     if state.readmission_open:
         out.write("readmission in progress\n")

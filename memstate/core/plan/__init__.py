@@ -9,7 +9,8 @@ One module per part, each importable on its own; this package re-exports the pub
 - `scope`: what is managed — the naming of the targets, usable and blocked files, pod cgroups
   no target explains;
 - `planner`: `plan_operations`, the ordering rules and why (its module docstring);
-- `diff`: `diff_tree`, the managed files side by side with the live tree, without planning.
+- `diff`: `diff_tree`, the managed files side by side with the live tree, without planning;
+- `profile`: `WriteProfile`, what memstate may create, remove and write per ownership and mode.
 """
 
 from memstate.core.cgroup_values import EMPTY_WRITE
@@ -32,6 +33,7 @@ from memstate.core.plan.model import (
     merge_observations,
 )
 from memstate.core.plan.planner import plan_operations
+from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import check_target_tree, naming_config
 from memstate.core.plan.values import (
     CGROUP_CONTROLLERS,
@@ -60,6 +62,7 @@ __all__ = [
     "KERNEL_DEFAULTS",
     "PHASES",
     "PROTECTION_FILES",
+    "STANDALONE",
     "SUBTREE_CONTROL",
     "UNLIMITED",
     "ZERO",
@@ -76,6 +79,7 @@ __all__ = [
     "RemovalAction",
     "RemovalKind",
     "ValueModel",
+    "WriteProfile",
     "apply_operations",
     "check_target_tree",
     "diff_tree",
@@ -86,5 +90,6 @@ __all__ = [
     "merge_observations",
     "naming_config",
     "plan_operations",
+    "profile_targets",
     "value_model",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from memstate.core.cgroup_values import CONTROLLER_ORDER, format_controller_list, kernel_strip
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.model import FileDiff, ObservedTree
+from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import (
     UndesiredPod,
     check_target_tree,
@@ -30,14 +31,18 @@ def diff_tree(
     *,
     page_size_bytes: int,
     retired_paths: Iterable[str] = (),
+    profile: WriteProfile = STANDALONE,
 ) -> tuple[FileDiff, ...]:
     """Every managed file (and each cgroup's controllers) of `targets` against `observed`, plus a
-    row per undesired pod cgroup. Comparison is in kernel-normalised form.
+    row per undesired pod cgroup. Comparison is in kernel-normalised form. Under `profile` only
+    the files it lets memstate write are managed (memstate.core.plan.profile); without
+    `owns_cgroups` the controllers are not memstate's either, so they get no row.
 
     Raises InvariantViolation where planning would: targets that do not form a managed tree, a
     managed root that does not exist, a target value the kernel would refuse.
     """
     check_target_tree(targets)
+    targets = profile_targets(targets, profile)
     if existing(observed, "") is None:
         raise InvariantViolation("the managed root does not exist")
     desired = {t.path: t for t in targets.cgroups}
@@ -48,8 +53,9 @@ def diff_tree(
         targets,
         observed,
         values=value_model(page_size_bytes),
-        blocked=plan_controllers(desired, desired, observed).blocked,
+        blocked=plan_controllers(desired, desired, observed, enables=profile.owns_cgroups).blocked,
         undesired=undesired,
+        controller_rows=profile.owns_cgroups,
     )
 
 
@@ -60,6 +66,7 @@ def diff_rows(
     values: ValueModel,
     blocked: Iterable[str],
     undesired: Iterable[UndesiredPod],
+    controller_rows: bool = True,
 ) -> tuple[FileDiff, ...]:
     """The rows of `diff_tree`, given what is blocked (``path/file``) and the pod cgroups no
     target explains; the same inputs the planner computes (memstate.core.plan.scope)."""
@@ -68,7 +75,7 @@ def diff_rows(
     for target in targets.cgroups:
         found = existing(observed, target.path)
         exists = found is not None
-        if target.controllers:
+        if target.controllers and controller_rows:
             enabled = tuple(found.subtree_control or ()) if found is not None else ()
             wanted = format_controller_list(target.controllers).strip()
             have = format_controller_list(set(enabled) & set(CONTROLLER_ORDER)).strip()

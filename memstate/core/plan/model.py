@@ -116,7 +116,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     operation succeeded (what the reconciler expects to read back next time; files whose value
     is unknown are left out). `blocked` lists ``path/file`` entries that cannot be managed
     (their controller is not available), `unknown` those left alone this round because a value
-    they depend on could not be read.
+    they depend on could not be read. `awaiting` lists desired cgroups that do not exist and
+    that the profile does not create (beside the kubelet: not made by the kubelet yet).
     """
 
     operations: tuple[Operation, ...]
@@ -125,6 +126,7 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     blocked: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    awaiting: tuple[str, ...] = ()
 
     @property
     def orphans(self) -> tuple[Removal, ...]:

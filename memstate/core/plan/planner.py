@@ -46,6 +46,13 @@ does not offer is reported and the files that depend on it are left out (blocked
 failing every round. memstate never puts processes anywhere, so the no-internal-process rule only
 ever bites other agents' cgroups.
 
+**Profiles.** `profile` (memstate.core.plan.profile) is an input like the others: it filters
+the target files to those memstate may write, and under ``ownership: beside-kubelet`` the plan
+creates, enables, kills and removes nothing. Desired cgroups that do not exist are then left out
+of the plan and listed in `Plan.awaiting` (their creator, the kubelet, has not made them yet);
+they contribute nothing to their parents' sums until they appear. Retired pod cgroups get their
+protection zeroed and are left for the kubelet to remove; orphans are only reported.
+
 **Ownership.** The planner manages exactly the cgroups of `NodeTargets`, plus the removal of pod
 cgroups that are no longer desired. Children of kubepods and the QoS cgroups that parse as pod
 cgroups (`parse_cgroup_path`) but are not desired are either *retired* (their path was passed
@@ -83,6 +90,7 @@ from memstate.core.plan.model import (
     RemovalKind,
     join_path,
 )
+from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import (
     check_target_tree,
     existing,
@@ -128,6 +136,7 @@ def plan_operations(
     pod_removal: PodRemoval = "wait",
     remove_orphans: bool = False,
     focus: Iterable[str] | None = None,
+    profile: WriteProfile = STANDALONE,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
@@ -140,19 +149,22 @@ def plan_operations(
     `focus` (a scoped round) limits planning to those cgroups and their ancestors; every other
     managed cgroup is left as observed and only contributes its current values to its parent's
     sums, so the work does not grow with the number of pods.
+
+    `profile`: what memstate may write, create and remove (module docstring, "Profiles").
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
     planned = None if focus is None else with_ancestors(focus)
     check_target_tree(targets, planned)
     planner = _Planner(
-        targets,
+        profile_targets(targets, profile),
         observed,
         values=value_model(page_size_bytes),
         retired=frozenset(retired_paths),
         pod_removal=pod_removal,
         remove_orphans=remove_orphans,
         planned=planned,
+        profile=profile,
     )
     return planner.run()
 
@@ -178,8 +190,10 @@ class _Planner:
         pod_removal: PodRemoval,
         remove_orphans: bool,
         planned: frozenset[str] | None,
+        profile: WriteProfile,
     ) -> None:
         self.targets = targets
+        self.profile = profile
         self.observed = observed
         self.values = values
         self.retired = retired
@@ -191,6 +205,17 @@ class _Planner:
         if planned is not None:
             # Planned: the focus and its ancestors; the rest stays as observed.
             self.order = [path for path in self.order if path in planned]
+        self.awaiting: list[str] = []
+        if not profile.owns_cgroups:
+            # Only what exists is planned: the owner of the tree creates the rest.
+            present: set[str] = set()
+            for path in self.order:
+                parent = parent_path(path)
+                if existing(observed, path) is not None and (parent is None or parent in present):
+                    present.add(path)
+                else:
+                    self.awaiting.append(path)
+            self.order = [path for path in self.order if path in present]
         self._planned = frozenset(self.order)
         self.desired_children: dict[str, list[str]] = {}
         for target in targets.cgroups:
@@ -239,6 +264,7 @@ class _Planner:
             blocked=tuple(self.blocked),
             unknown=tuple(f"{p}/{f}" if p else f for p, f in sorted(self.unknown | self.held)),
             warnings=tuple(self.warnings),
+            awaiting=tuple(self.awaiting),
         )
 
     # --- observation helpers ---------------------------------------------------------------
@@ -333,6 +359,17 @@ class _Planner:
     def _removal_action(
         self, kind: RemovalKind, path: str, populated: bool | None
     ) -> RemovalAction:
+        if not self.profile.owns_cgroups:
+            # The kubelet removes pod cgroups (and kills what is left in them).
+            if kind == "orphan":
+                self.warnings.append(
+                    f"pod cgroup {path!r} of a pod memstate does not hold: left to the kubelet"
+                )
+                return "keep"
+            self.warnings.append(
+                f"retired pod cgroup {path!r}: protection zeroed, left for the kubelet to remove"
+            )
+            return "wait"
         if kind == "orphan":
             if self.remove_orphans and populated is False:
                 return "remove"
@@ -369,7 +406,9 @@ class _Planner:
 
     def _plan_controllers(self) -> None:
         """Which controllers each managed cgroup will have enabled, and which files are usable."""
-        controllers = plan_controllers(self.desired, self.order, self.observed)
+        controllers = plan_controllers(
+            self.desired, self.order, self.observed, enables=self.profile.owns_cgroups
+        )
         self.enabled_after = dict(controllers.enabled_after)
         self.managed = dict(controllers.managed)
         self.blocked.extend(controllers.blocked)
@@ -727,6 +766,11 @@ class _Planner:
         """Refuse any operation outside the managed set (module docstring, "Ownership")."""
         if operation.kind in ("write", "kill", "enable") and operation.value == "":
             raise InvariantViolation(f"refusing a zero-length write: {operation.describe()}")
+        if not self.profile.owns_cgroups and operation.kind != "write":
+            raise InvariantViolation(
+                f"ownership {self.profile.ownership} creates and removes nothing: "
+                f"{operation.describe()}"
+            )
         if operation.phase == "remove":
             roots = [r.path for r in self.removals if r.action != "keep"]
             inside = any(
@@ -739,5 +783,7 @@ class _Planner:
             return
         if operation.path not in self.desired or operation.kind in ("rmdir", "kill"):
             raise InvariantViolation(f"operation outside the target tree: {operation.describe()}")
-        if operation.kind == "write" and operation.file not in self.desired[operation.path].files:
+        target = self.desired[operation.path]
+        allowed = self.profile.allows(target.level, operation.file)
+        if operation.kind == "write" and (operation.file not in target.files or not allowed):
             raise InvariantViolation(f"write to an unmanaged file: {operation.describe()}")

@@ -131,10 +131,17 @@ class Controllers:
 
 
 def plan_controllers(
-    desired: Mapping[str, CgroupTarget], order: Iterable[str], observed: ObservedTree
+    desired: Mapping[str, CgroupTarget],
+    order: Iterable[str],
+    observed: ObservedTree,
+    *,
+    enables: bool = True,
 ) -> Controllers:
     """Which controllers each cgroup of `order` (parents first) will have enabled, and which of
-    its files are usable: a file's controller must be enabled in the parent after the plan."""
+    its files are usable: a file's controller must be enabled in the parent after the plan.
+
+    `enables` False: memstate enables nothing (another owner does, the kubelet): only what
+    observation found enabled counts."""
     enabled_after: dict[str, frozenset[str]] = {}
     managed: dict[str, tuple[str, ...]] = {}
     blocked: list[str] = []
@@ -151,12 +158,12 @@ def plan_controllers(
         enabled_now = frozenset(found.subtree_control or ()) if found is not None else frozenset()
         wanted = frozenset(target.controllers)
         missing = sorted(wanted - available - enabled_now)
-        if missing and parent is None:
+        if missing and parent is None and enables:
             warnings.append(
                 f"controller(s) {', '.join(missing)} not available at the managed root "
                 "(cgroup.controllers): their files are not managed"
             )
-        enabled_after[path] = enabled_now | (wanted & available)
+        enabled_after[path] = enabled_now | (wanted & available) if enables else enabled_now
         usable = []
         for file in sorted(target.files):
             controller = file_controller(file)

@@ -15,6 +15,7 @@ from memstate.core.events import ConfigLoaded, ConfigRejected
 from memstate.core.topology import Topology
 from memstate.node.context import DaemonContext
 from memstate.node.inputs import config_from_document, parse_document, read_input
+from memstate.node.kubelet_config import with_kubelet_config
 from memstate.node.settings import Settings, describe_defaults, settings_from_object
 from memstate.node.watching import watch_directory
 
@@ -38,7 +39,8 @@ def settings_and_config_from(base: Settings, data: bytes) -> tuple[Settings, Nod
     document = parse_document(data, source=source, error=ConfigError)
     section = document.get("memstate") if isinstance(document, dict) else None
     settings = settings_from_object(section, source=source, base=base)
-    return settings, config_from_document(document, source=source)
+    config = config_from_document(document, source=source)
+    return settings, with_kubelet_config(settings, config, document)
 
 
 def config_digest(data: bytes) -> str:

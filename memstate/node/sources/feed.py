@@ -3,7 +3,8 @@
 Sources run concurrently (one trio task each); the tracker's update → commit → accept protocol
 needs them one at a time, so `SourceFeed.deliver` holds a lock across it. `submit` makes events
 durable (the daemon's writer); when it raises, nothing is accepted and the next delivery asks
-again.
+again. `on_container_ids` hears of every change of the runtime container ids the sources report
+(memstate.node.sources.tracker): the ids and the pods whose ids changed.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from memstate.node.sources.observation import ObservedPod, SourceName
 from memstate.node.sources.tracker import PodTracker
 
 Submit = Callable[[Sequence[Event]], Awaitable[None]]
+ContainerIds = Callable[[dict[str, dict[str, str]], frozenset[str]], None]
 Deliver = Callable[[Sequence[ObservedPod]], Awaitable[None]]
 
 
 class SourceFeed:
     """One tracker, one lock, one way into the event log."""
 
-    def __init__(self, tracker: PodTracker, submit: Submit) -> None:
+    def __init__(
+        self, tracker: PodTracker, submit: Submit, *, on_container_ids: ContainerIds | None = None
+    ) -> None:
         self.tracker = tracker
         self._submit = submit
+        self._on_container_ids = on_container_ids
         self._lock = trio.Lock()
 
     async def deliver(self, source_name: SourceName, pods: Sequence[ObservedPod]) -> list[Event]:
@@ -34,8 +39,14 @@ class SourceFeed:
             events = self.tracker.update(source_name, pods)
             if events:
                 await self._submit(events)
-            self.tracker.accept()
+            self._accept()
             return events
+
+    def _accept(self) -> None:
+        self.tracker.accept()
+        changed = self.tracker.ids_changed
+        if changed and self._on_container_ids is not None:
+            self._on_container_ids(self.tracker.container_ids(), changed)
 
     async def recheck(self) -> list[Event]:
         """Release deleted pods whose cgroup is gone now (call on cgroup hints and periodically)."""
@@ -43,7 +54,7 @@ class SourceFeed:
             events = self.tracker.recheck()
             if events:
                 await self._submit(events)
-            self.tracker.accept()
+            self._accept()
             return events
 
     def deliverer(self, source_name: SourceName) -> Deliver:

@@ -2,9 +2,11 @@
 
 Only what decides or drives events is decoded: identity (name, namespace, UID, the static/mirror
 pod annotations), the container resources (through the core's own manifest validation), the phase,
-the deletion timestamp and the init containers' termination. Every other field is skipped by the
-decoder without being materialised. Sizes are bounded by the callers (`MAX_BODY_BYTES`,
-`MAX_PODS`).
+the deletion timestamp and the init containers' termination — plus the runtime container ids
+(`containerStatuses[].containerID`), which decide nothing: they tell the reconciler which
+runtime-named container cgroup is which container (`container_ids`). Every other field is
+skipped by the decoder without being materialised. Sizes are bounded by the callers
+(`MAX_BODY_BYTES`, `MAX_PODS`).
 
 Identity: the UID memstate uses is the kubelet-side one. An API-server mirror pod carries it in
 the annotation `kubernetes.io/config.mirror` (its own `metadata.uid` is the API server's); a static
@@ -13,11 +15,13 @@ pod listed by the kubelet carries it as `metadata.uid`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 
 from memstate.core.errors import InputError, SourceError
+from memstate.core.plan.containers import runtime_container_id
 from memstate.core.pod import pod_from_manifest, spec_hash
 from memstate.node.sources.observation import Lifecycle, ObservedPod, SourceName
 
@@ -69,11 +73,14 @@ class ContainerState(msgspec.Struct, frozen=True):
 class ContainerStatus(msgspec.Struct, frozen=True):
     name: str = ""
     state: ContainerState | None = None
+    # `containerd://<64 hex>` or `cri-o://<64 hex>`; "" before the container was created.
+    containerID: str = ""
 
 
 class PodStatus(msgspec.Struct, frozen=True):
     phase: str = ""
     initContainerStatuses: list[ContainerStatus] | None = None
+    containerStatuses: list[ContainerStatus] | None = None
 
 
 class KubePod(msgspec.Struct, frozen=True):
@@ -192,6 +199,7 @@ def observe(pod: KubePod, source_name: SourceName) -> ObservedPod:
         lifecycle=lifecycle(pod),
         init_completed=init_completed(pod),
         static_key=f"{meta.namespace}/{meta.name}" if is_static else "",
+        container_ids=container_ids(pod),
     )
 
 
@@ -231,6 +239,25 @@ def lifecycle(pod: KubePod) -> Lifecycle:
     if pod.metadata.deletionTimestamp:
         return "terminating"
     return "active"
+
+
+# A runtime container id as the cgroup names carry it (memstate.core.plan.containers).
+_RUNTIME_ID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def container_ids(pod: KubePod) -> tuple[tuple[str, str], ...]:
+    """(bare runtime id, container name) of every init and app container the runtime has
+    created, in status order; ids that are not the runtime's 64 hex digits are left out (no
+    cgroup is named after them)."""
+    found: list[tuple[str, str]] = []
+    for status in (
+        *(pod.status.initContainerStatuses or ()),
+        *(pod.status.containerStatuses or ()),
+    ):
+        bare = runtime_container_id(status.containerID)
+        if status.name and _RUNTIME_ID_RE.fullmatch(bare):
+            found.append((bare, status.name))
+    return tuple(found)
 
 
 def init_completed(pod: KubePod) -> bool:

@@ -47,6 +47,9 @@ class ObservedPod:
     # `<namespace>/<name>` under which the kubelet would list this static pod (derived UIDs), or
     # under which a source lists a static/mirror pod (kubelet-side UIDs); "" for other pods.
     static_key: str = ""
+    # (bare runtime container id, container name) from the pod's status: which runtime-named
+    # container cgroup is which container. Observations of the runtime, never recorded.
+    container_ids: tuple[tuple[str, str], ...] = ()
 
     @property
     def uid(self) -> str:

@@ -35,6 +35,13 @@ the events durable and then calls `accept()`. Without `accept` the next call dif
 old view again, so events that were never recorded are asked for again. Callers serialise
 update → commit → accept (memstate.node.sources.feed does).
 
+Container ids: the kubelet and the API server report each container's runtime id
+(`containerStatuses[].containerID`). They decide nothing and are not events: `container_ids()`
+(pod UID → {bare id → container name}, from the accepted view, the source first in
+`PRECEDENCE` winning per id) is what the reconciler maps runtime-named container cgroups with, and
+`accept()` records which pods' ids changed (`ids_changed`) so the daemon can converge their
+containers at once. After a restart they come back with the sources' first poll or list.
+
 The tracker does no I/O itself: the cgroup question is an injected callable.
 """
 
@@ -92,6 +99,9 @@ class PodTracker:
         self._observed: dict[str, list[ObservedPod]] = {}
         self._view = _View()
         self._pending: tuple[dict[str, list[ObservedPod]], _View] | None = None
+        self._container_ids: dict[str, dict[str, str]] = {}
+        # The pods whose container ids the last `accept()` changed.
+        self.ids_changed: frozenset[str] = frozenset()
 
     def update(
         self,
@@ -114,9 +124,21 @@ class PodTracker:
 
     def accept(self) -> None:
         """The last call's events are durable: make its view the current one."""
+        self.ids_changed = frozenset()
         if self._pending is not None:
             self._observed, self._view = self._pending
             self._pending = None
+            ids = _container_ids(self._observed)
+            before = self._container_ids
+            self.ids_changed = frozenset(
+                uid for uid in ids.keys() | before.keys() if ids.get(uid) != before.get(uid)
+            )
+            self._container_ids = ids
+
+    def container_ids(self) -> dict[str, dict[str, str]]:
+        """Pod UID → {bare runtime container id → container name}, as of the accepted view (a
+        new dict after every change: safe to hand to another thread)."""
+        return self._container_ids
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -190,6 +212,18 @@ class PodTracker:
 
     def _is_gone(self, uid: str) -> bool:
         return True if self._cgroup_gone is None else self._cgroup_gone(uid)
+
+
+def _container_ids(observed: Mapping[str, Sequence[ObservedPod]]) -> dict[str, dict[str, str]]:
+    ids: dict[str, dict[str, str]] = {}
+    for name in PRECEDENCE:
+        for pod in observed.get(name, ()):
+            if pod.pod is None or not pod.container_ids:
+                continue
+            known = ids.setdefault(pod.uid, {})
+            for runtime_id, container in pod.container_ids:
+                known.setdefault(runtime_id, container)
+    return ids
 
 
 def _removal(uid: str, held: _Held) -> PodRemovalRequested:
