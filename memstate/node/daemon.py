@@ -412,6 +412,8 @@ class Daemon:
         if full:
             self._scope = None
         self._publish()
+        if self.nri is not None:
+            self.nri.decider.state_changed()  # wakes NRI requests waiting for a decision
         if decisions:
             self._reconcile_wake.set()
 
