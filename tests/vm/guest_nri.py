@@ -18,8 +18,8 @@ observation, the expectations live on the host (tests/vm/test_nri_vm.py).
    does with each answer what runc does with the OCI spec: a container cgroup
    `<cgroup parent>/<container id>`, controllers enabled on the pod cgroup if missing,
    `cpuset.mems` and every `unified` value written (plus `memory.max` = the container's limit,
-   the runtime's own value), then a process (a fork of this program) put in `cgroup.procs`
-   before it runs.
+   the runtime's own value), then a small process (a fresh interpreter without site-packages)
+   put in `cgroup.procs` before it allocates anything.
 4. Each pinned container's process then allocates and touches up to `TOUCH_MIB` of anonymous
    memory (the Burstable one stays idle: no swap, nothing may go near `memory.high`); the
    kernel's view is read back: the files, `cpuset.mems.effective`, the process's
@@ -39,6 +39,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -128,44 +129,42 @@ def touch_bytes(spec: Spec) -> int:
 # --- the container's process ---------------------------------------------------------------------
 
 
-class ContainerProcess:
-    """A fork of this program, held until it is in its cgroup, then told to allocate.
+# The container's program: a fresh interpreter without site-packages (small, like the process a
+# runtime execs), told how much to allocate once it is in its cgroup. Not a fork of this
+# program: cgroup v2 migrates a task's pages to its new cpuset.mems when it moves in, and a fork
+# maps this program's whole heap (tens of MiB migrated, half a minute under TCG).
+CONTAINER_PROGRAM = """
+import sys
+for line in sys.stdin.buffer:
+    held = b"x" * int(line)  # allocated and written: every page touched
+    sys.stdout.buffer.write(b"%d\\n" % len(held))
+    sys.stdout.buffer.flush()
+"""
 
-    The child only uses os-level calls and `bytes`; it never touches trio."""
+
+class ContainerProcess:
+    """The container's process, held until it is in its cgroup, then told to allocate."""
 
     def __init__(self) -> None:
-        go_r, self._go_w = os.pipe()
-        self._done_r, done_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 0
-            try:
-                os.close(self._go_w)
-                os.close(self._done_r)
-                while command := os.read(go_r, 16):
-                    size = int(command.decode())
-                    held = b"x" * size  # allocated and written: every page touched
-                    os.write(done_w, b"%d\n" % len(held))
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(go_r)
-        os.close(done_w)
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", CONTAINER_PROGRAM],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
 
     def allocate(self, size: int) -> None:
-        os.write(self._go_w, str(size).encode())
-        answer = os.read(self._done_r, 64)
-        if int(answer) != size:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(b"%d\n" % size)
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if answer.strip() != str(size).encode():
             raise RuntimeError(f"container process {self.pid} answered {answer!r}")
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        for fd in (self._go_w, self._done_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.process.kill()
+        self.process.wait(timeout=60)
 
 
 def numa_anon(cgroup: Path) -> dict[str, int]:
