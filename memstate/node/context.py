@@ -175,6 +175,8 @@ class DaemonContext:
         if full:
             self._scope = None
         self._publish()
+        if self.nri is not None:
+            self.nri.decider.state_changed()  # wakes NRI requests waiting for a decision
         if self.rejection_events is not None:
             self.rejection_events.note(decisions)
         if decisions:

@@ -14,7 +14,9 @@ pod found in it has its admission decision durable in the log: answering from it
 "durable before the answer". A pod the state does not know yet (the runtime often starts a
 sandbox before the kubelet source's next poll) makes the decider nudge the sources (a kubelet
 poll at once, a manifest rescan) and wait, up to `unknownPodWaitSeconds`, for a commit that
-decides it; the writer's group commit (fsync included) is part of that wait. When the wait ends
+decides it; the writer's group commit (fsync included) is part of that wait, and the daemon
+wakes the waiting requests as it publishes each commit (`state_changed`), so the answer leaves
+as soon as the decision is durable. When the wait ends
 without a decision the creation is let through unchanged (fail-open, counted as `unknown_pod`):
 the reconciler still converges the pod cgroup once the source delivers the pod, and the next
 Synchronize applies the container values. The wait stays well below the runtime's 2 s deadline
@@ -61,8 +63,6 @@ from memstate.nri.plugin import NriPlugin, PluginSettings, PluginStatus
 
 logger = logging.getLogger("memstate.node.nri")
 
-# How often a request waiting for an unknown pod looks at the published state again.
-_POLL_SECONDS = 0.005
 _STATUS_SECONDS = 0.5
 
 Current = Callable[[], tuple[State, "NodeTargets | None"]]
@@ -102,8 +102,16 @@ class DaemonNriDecider:
         self._wait = unknown_pod_wait_seconds
         self._metrics = metrics
         self._snap: _Snapshot | None = None
+        # Set (and replaced) at each commit: wakes the requests waiting for a pod's decision
+        # at once, instead of them looking at the published state on a timer.
+        self._committed = trio.Event()
         # container id -> (pod uid, container name), for updates of running containers.
         self.containers: dict[str, tuple[str, str]] = {}
+
+    def state_changed(self) -> None:
+        """The daemon published a newly committed state (call on the trio thread)."""
+        self._committed.set()
+        self._committed = trio.Event()
 
     def snapshot(self) -> _Snapshot:
         """The look-up tables for the current state (rebuilt once per commit)."""
@@ -123,7 +131,7 @@ class DaemonNriDecider:
         self._nudge()
         with trio.move_on_after(self._wait):
             while not self._known(uid):
-                await trio.sleep(_POLL_SECONDS)
+                await self._committed.wait()
             return True
         return False
 

@@ -4,11 +4,12 @@ Theory of operation. `NriPlugin.run` loops forever: connect to the runtime's soc
 `_Session`, and when the session ends (runtime restart, protocol violation, timeout) wait with
 exponential backoff on trio's clock and connect again; the runtime remembers nothing, so every
 session re-registers and gets a fresh Synchronize. A session runs two tasks: the reader, which
-owns the sans-I/O decoders (multiplexer, then one ttrpc decoder per logical connection) and routes
-requests to the server loop and responses to our waiting calls; and the server loop, which answers
-the runtime's requests one at a time, in arrival order, through the `NriDecider`. Registration is
-a call on connection 2 while connection 1 is already served, because the runtime may send
-Configure before it answers RegisterPlugin (nri.md §8.1).
+owns the sans-I/O decoders (multiplexer, then one ttrpc decoder per logical connection), answers
+the runtime's requests one at a time, in arrival order, through the `NriDecider` (in its own
+task: a hand-over to another task would put each answer behind a whole scheduler batch of the
+daemon's other tasks), and routes responses to our waiting calls; and registration, a call on
+connection 2 while connection 1 is already served, because the runtime may send Configure before
+it answers RegisterPlugin (nri.md §8.1).
 
 Failure handling: anything the peer gets wrong in the framing closes the session (logged with
 what and where); a request we cannot serve gets a ttrpc error status and the session continues;
@@ -33,7 +34,6 @@ from memstate.nri.decider import ContainerUpdate, NriDecider, Refusal
 from memstate.nri.errors import (
     ConnectionLost,
     NriError,
-    NriProtocolError,
     PluginConfigError,
     RpcError,
     TruncatedStream,
@@ -58,8 +58,6 @@ DEFAULT_SOCKET = "/var/run/nri/nri.sock"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 _INDEX_RE = re.compile(r"[0-9]{2}")
 _RECEIVE_SIZE = 65536
-# The runtime serializes events; more queued requests than this means a misbehaving peer.
-_MAX_QUEUED_REQUESTS = 256
 
 Connect = Callable[[str], Awaitable[trio.abc.Stream]]
 
@@ -170,9 +168,6 @@ class _Session:
         self._server = ServerConnection(PLUGIN_SERVICE_CONN)
         self._client = ClientConnection(RUNTIME_SERVICE_CONN)
         self._calls: dict[int, trio.MemorySendChannel[IncomingResponse]] = {}
-        self._requests_in, self._requests_out = trio.open_memory_channel[IncomingRequest](
-            _MAX_QUEUED_REQUESTS
-        )
         self._sync_pods: list[pb.PodSandbox] = []
         self._sync_containers: list[pb.Container] = []
         self.synchronized = False
@@ -183,7 +178,6 @@ class _Session:
         """Run until the connection ends; return why it ended."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._guard, self._read_loop, nursery.cancel_scope)
-            nursery.start_soon(self._guard, self._serve_loop, nursery.cancel_scope)
             nursery.start_soon(self._guard, self._register, nursery.cancel_scope)
         if self._fatal is not None:
             raise self._fatal  # bare, not wrapped in an exception group
@@ -230,13 +224,12 @@ class _Session:
                         logger.warning("NRI: oversized request refused")
                         await self._send(PLUGIN_SERVICE_CONN, answer)
                     for request in requests:
-                        try:
-                            self._requests_in.send_nowait(request)
-                        except trio.WouldBlock:
-                            raise NriProtocolError(
-                                f"more than {_MAX_QUEUED_REQUESTS} requests outstanding",
-                                conn_id=PLUGIN_SERVICE_CONN,
-                            ) from None
+                        # Answered here, in arrival order, before reading on: no hand-over to
+                        # another task, whose turn would come only in the scheduler's next
+                        # batch (after every other task the daemon has ready). While a request
+                        # waits for its pod's decision nothing more is read; the runtime sends
+                        # one event at a time anyway (nri.md §9.1).
+                        await self._serve(request)
                 elif frame.conn_id == RUNTIME_SERVICE_CONN:
                     for response in self._client.feed(frame.payload):
                         channel = self._calls.pop(response.stream_id, None)
@@ -281,12 +274,11 @@ class _Session:
 
     # --- serving --------------------------------------------------------------------------------
 
-    async def _serve_loop(self) -> None:
-        async for request in self._requests_out:
-            payload, code, message = await self._answer(request)
-            await self._send(
-                PLUGIN_SERVICE_CONN, encode_response(request.stream_id, payload, code, message)
-            )
+    async def _serve(self, request: IncomingRequest) -> None:
+        payload, code, message = await self._answer(request)
+        await self._send(
+            PLUGIN_SERVICE_CONN, encode_response(request.stream_id, payload, code, message)
+        )
 
     async def _answer(self, request: IncomingRequest) -> tuple[bytes, int, str]:
         if request.service != PLUGIN_SERVICE:

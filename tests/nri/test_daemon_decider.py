@@ -1,7 +1,7 @@
 """The daemon's NRI decider (memstate.node.nri_decider) on real core decisions.
 
 Goal: an answer only ever comes from a committed state (a pod whose decision is committed during
-the wait is answered with it, after the commit); a pod never decided is let through unchanged
+the wait is answered with it, woken by the commit); a pod never decided is let through unchanged
 after the configured wait, with the sources nudged; refusals carry the upstream reason; the
 look-up tables are rebuilt once per published state, not per request.
 Method: the published (state, targets) pair is a variable the test swaps, as the daemon's writer
@@ -39,6 +39,7 @@ class Published:
     def __init__(self, state: State) -> None:
         self.pair = (state, _targets(state))
         self.nudges = 0
+        self.decider: DaemonNriDecider | None = None
 
     def current(self) -> tuple[State, NodeTargets | None]:
         return self.pair
@@ -48,6 +49,8 @@ class Published:
 
     def commit(self, state: State) -> None:
         self.pair = (state, _targets(state))
+        if self.decider is not None:
+            self.decider.state_changed()  # as Daemon._note_effects does
 
 
 def _pod(uid: str) -> SandboxInfo:
@@ -59,9 +62,10 @@ def _container(uid: str, name: str) -> ContainerInfo:
 
 
 def _decider(published: Published, wait: float = 1.0) -> DaemonNriDecider:
-    return DaemonNriDecider(
+    published.decider = DaemonNriDecider(
         published.current, published.nudge, unknown_pod_wait_seconds=wait, metrics=None
     )
+    return published.decider
 
 
 def test_known_pods_are_answered_from_the_committed_state() -> None:
@@ -102,13 +106,14 @@ def test_a_pod_committed_during_the_wait_is_answered_after_its_commit() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answer)
-            await trio.sleep(0.4)
+            await trio.sleep(0.4013)  # off any timer grid a poll might use
             assert not answered_at  # no decision yet: the request waits
             assert published.nudges == 1  # and asked the sources to look now
             state = step(published.pair[0], PodAdmissionRequested(pod=late_pod)).state
             published.commit(state)  # what the writer does after the fsync
             committed_at = trio.current_time()
-        assert answered_at and answered_at[0] >= committed_at
+        # Woken by the commit itself: the answer leaves at the commit's instant, not on a timer.
+        assert answered_at == [committed_at]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

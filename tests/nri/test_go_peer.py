@@ -7,15 +7,11 @@ through ttrpc.Client; NRI payloads are built and checked by tests.nri.wire.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,99 +20,11 @@ import trio
 from memstate.nri.adapter import TargetsDecider
 from memstate.nri.plugin import NriPlugin, PluginSettings
 from tests.nri import wire
+from tests.nri.gopeer_runtime import GoRuntime
 from tests.nri.scenario import BURSTABLE, PINNED, REJECTED, Gi, node_decisions
 
-GO_SOURCE = Path(__file__).parent / "gopeer" / "main.go"
-GOCODE = Path("/usr/share/gocode")
-TTRPC_SOURCE = GOCODE / "src/github.com/containerd/ttrpc"
-WAIT = 60.0
 FAILED_PRECONDITION = 9
 RESOURCE_EXHAUSTED = 8
-
-
-@pytest.fixture(scope="module")
-def go_peer_binary() -> Iterator[Path]:
-    go = shutil.which("go")
-    if go is None or not TTRPC_SOURCE.is_dir():
-        pytest.skip(
-            "needs golang-go and golang-github-containerd-ttrpc-dev (Debian; .ci/run installs them)"
-        )
-    directory = Path(tempfile.mkdtemp(prefix="nri-go-"))
-    binary = directory / "nri-gopeer"
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",  # GOPATH mode: packages from /usr/share/gocode, no module proxy
-        "GOPATH": str(GOCODE),
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "GOCACHE": str(directory / "cache"),
-    }
-    subprocess.run(
-        [go, "build", "-o", str(binary), str(GO_SOURCE)], check=True, env=env, timeout=600
-    )
-    yield binary
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@dataclass
-class GoRuntime:
-    process: trio.Process
-    lines: trio.MemoryReceiveChannel[dict[str, object]]
-    registrations: list[bytes]
-    next_id: int = 1
-
-    async def command(self, **command: object) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(json.dumps(command).encode() + b"\n")
-
-    async def event(self, name: str) -> dict[str, object]:
-        """The next event `name`, skipping unrelated events."""
-        with trio.fail_after(WAIT):
-            async for line in self.lines:
-                if line.get("event") == name:
-                    return line
-        raise AssertionError(f"peer exited before {name}")
-
-    async def call(self, method: str, payload: bytes) -> wire.Reply:
-        call_id = self.next_id
-        self.next_id += 1
-        await self.command(op="call", id=call_id, method=method, payload=payload.hex())
-        with trio.fail_after(WAIT):
-            async for line in self.lines:
-                if line.get("op") == "result" and line.get("id") == call_id:
-                    code, message, data = line["code"], line["message"], line.get("payload", "")
-                    assert isinstance(code, int) and isinstance(message, str)
-                    assert isinstance(data, str)
-                    return wire.Reply(code, message, bytes.fromhex(data))
-                if line.get("event") == "RegisterPlugin":
-                    self.registrations.append(bytes.fromhex(str(line["payload"])))
-        raise AssertionError(f"peer exited during {method}")
-
-    async def connected(self) -> None:
-        """Wait for a plugin to connect and register (events in either order)."""
-        seen: set[str] = set()
-        with trio.fail_after(WAIT):
-            async for line in self.lines:
-                event = str(line.get("event", ""))
-                if event == "RegisterPlugin":
-                    self.registrations.append(bytes.fromhex(str(line["payload"])))
-                seen.add(event)
-                if {"connected", "RegisterPlugin"} <= seen:
-                    return
-        raise AssertionError("peer exited before a plugin registered")
-
-
-async def _read_lines(
-    process: trio.Process, send: trio.MemorySendChannel[dict[str, object]]
-) -> None:
-    assert process.stdout is not None
-    buffer = b""
-    async with send:
-        async for chunk in process.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                await send.send(json.loads(line))
 
 
 @pytest.fixture
@@ -125,15 +33,7 @@ async def go_runtime(
 ) -> AsyncIterator[tuple[GoRuntime, NriPlugin]]:
     directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")
     socket_path = f"{directory}/nri.sock"
-    process = await trio.lowlevel.open_process(
-        [str(go_peer_binary), "-socket", socket_path],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    send, receive = trio.open_memory_channel[dict[str, object]](1000)
-    nursery.start_soon(_read_lines, process, send)
-    runtime = GoRuntime(process, receive, [])
-    await runtime.event("listening")
+    runtime = await GoRuntime.start(go_peer_binary, socket_path, nursery)
     decisions = node_decisions()
     plugin = NriPlugin(
         PluginSettings(socket=socket_path, index="42", backoff_initial=0.01, backoff_max=0.2),
@@ -144,8 +44,7 @@ async def go_runtime(
     try:
         yield runtime, plugin
     finally:
-        process.kill()
-        await process.wait()
+        await runtime.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -155,8 +54,7 @@ def _pod(sandbox_id: str, uid: str, parent: str = "kubepods-pod.slice") -> bytes
 
 async def test_go_peer_full_scenario(go_runtime: tuple[GoRuntime, NriPlugin]) -> None:
     runtime, plugin = go_runtime
-    name_idx = wire.decode(runtime.registrations[0])
-    assert (wire.one(name_idx, 1), wire.one(name_idx, 2)) == (b"memstate", b"42")
+    assert runtime.registered_as(0) == ("memstate", "42")
 
     reply = await runtime.call("Configure", wire.configure_request())
     assert reply.code == 0 and wire.one(wire.decode(reply.payload), 2) == 0x068F
@@ -225,12 +123,7 @@ async def test_go_peer_plugin_process_sigkill_and_restart(
     close; a new process registers and its Synchronize re-applies what creation answered."""
     directory = tempfile.mkdtemp(prefix="nri-", dir="/tmp")
     socket_path = f"{directory}/nri.sock"
-    peer = await trio.lowlevel.open_process(
-        [str(go_peer_binary), "-socket", socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    send, receive = trio.open_memory_channel[dict[str, object]](1000)
-    nursery.start_soon(_read_lines, peer, send)
-    runtime = GoRuntime(peer, receive, [])
+    runtime = await GoRuntime.start(go_peer_binary, socket_path, nursery)
     plugins: list[trio.Process] = []
 
     async def start_plugin() -> None:
@@ -243,7 +136,6 @@ async def test_go_peer_plugin_process_sigkill_and_restart(
         await runtime.connected()
 
     try:
-        await runtime.event("listening")
         await start_plugin()
         assert (await runtime.call("Configure", wire.configure_request())).code == 0
         pod = _pod("sb-pinned", PINNED)
@@ -265,8 +157,9 @@ async def test_go_peer_plugin_process_sigkill_and_restart(
         reply = await runtime.call("Synchronize", wire.synchronize_request([pod], running, False))
         assert wire.updates_of(reply.payload) == created
     finally:
-        for process in [*plugins, peer]:
+        for process in plugins:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        await runtime.stop()
         shutil.rmtree(directory, ignore_errors=True)

@@ -9,6 +9,7 @@ here beyond its entry below. Keep the total well under a minute of TCG time.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .harness import REPO_ROOT, GuestSuite
@@ -65,6 +66,15 @@ SHADOW_MODULE = "tests.vm.guest_shadow"
 BESIDE_KUBELET = "beside_kubelet"
 BESIDE_KUBELET_MODULE = "tests.vm.guest_beside_kubelet"
 
+# NRI: `memstate run` with `nri:`, the runtime stand-in creating real container cgroups and
+# processes from its answers (tests/vm/guest_nri.py, tests/vm/test_nri_vm.py).
+NRI = "nri"
+NRI_MODULE = "tests.vm.guest_nri"
+
+# A comma-separated list of suite names: only those run (one suite's tests without the whole
+# boot, e.g. CGVM_SUITES=nri). Unset: every suite.
+SELECT_ENV = "CGVM_SUITES"
+
 
 def reconcile_available() -> bool:
     """True once tests/vm/guest_reconcile.py exists in the tree."""
@@ -108,4 +118,19 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
             BESIDE_KUBELET, (py, "-m", BESIDE_KUBELET_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300
         )
     )
-    return suites
+    suites.append(GuestSuite(NRI, (py, "-m", NRI_MODULE, DIFFERENTIAL_MOUNT), timeout_s=300))
+    return select(suites, os.environ.get(SELECT_ENV, ""))
+
+
+def select(suites: list[GuestSuite], names: str) -> list[GuestSuite]:
+    """The suites named in `names` (comma-separated; empty: all); an unknown name is an error."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    if not wanted:
+        return suites
+    unknown = wanted - {suite.name for suite in suites}
+    if unknown:
+        raise ValueError(
+            f"{SELECT_ENV}: no suite {', '.join(sorted(unknown))}; "
+            f"suites: {', '.join(suite.name for suite in suites)}"
+        )
+    return [suite for suite in suites if suite.name in wanted]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from . import guest_probe, harness
-from .suites import default_suites
+from .suites import default_suites, select
 from .test_kernel_probe import (
     CPUS_TABLE,
     DEFAULTS,
@@ -265,6 +265,14 @@ def test_default_suites_run_the_probe_with_this_interpreter() -> None:
     suites = {s.name: s for s in default_suites()}
     assert suites["kernel_probe"].argv == (sys.executable, "tests/vm/guest_probe.py")
     assert (harness.REPO_ROOT / suites["kernel_probe"].argv[1]).is_file()
+
+
+def test_suite_selection_by_name() -> None:
+    suites = [harness.GuestSuite(n, ("true",)) for n in ("kernel_probe", "daemon", "nri")]
+    assert [s.name for s in select(suites, "")] == ["kernel_probe", "daemon", "nri"]
+    assert [s.name for s in select(suites, "nri, kernel_probe")] == ["kernel_probe", "nri"]
+    with pytest.raises(ValueError, match="no suite nope"):
+        select(suites, "nri,nope")
 
 
 # --- process handling against a fake QEMU ----------------------------------------------------
