@@ -11,6 +11,8 @@ what the children hold now. A round that lowers nothing reads no sibling.
 
 from __future__ import annotations
 
+import errno
+
 from memstate.host.sim import FaultInjectingCgroupFS
 from memstate.reconcile.reconciler import Reconciler
 from tests.reconcile.helpers import (
@@ -100,6 +102,32 @@ def test_a_cgroup_created_by_another_writer_under_a_lowered_parent_is_seen() -> 
     assert checker.violations == []
     assert slack(checker) >= 0
     assert protection(checker, "kubepods") == before  # nothing to lower: the foreign child holds it
+
+
+def test_a_lowered_parent_whose_children_cannot_be_listed_is_not_lowered() -> None:
+    """Without the listing, the children's sum is unknown: the parent keeps its value this
+    round (reported, not converged), nothing below it is broken, the next round lowers it."""
+    checker, fs, reconciler, pods = converged_node(5)
+    gone = pods[1]
+    path = targets_of_pods(pods).pod(gone.uid).cgroup
+    before = protection(checker, "kubepods")
+    checker.rebaseline()
+    fs.inject(errno.EIO, op="list_children", path="kubepods")
+
+    after = targets_of_pods([p for p in pods if p.uid != gone.uid])
+    report = reconciler.reconcile(after, retired_paths=[path], scope=[])
+
+    assert checker.violations == []
+    assert not report.converged
+    assert any("list_children kubepods" in e for e in report.read_errors), report.read_errors
+    assert protection(checker, "kubepods") == before
+    assert not checker.exists(path)  # the rest of the round went ahead
+
+    report = reconciler.reconcile(after, retired_paths=[path], scope=[])
+    assert report.converged, report
+    assert checker.violations == []
+    assert protection(checker, "kubepods") < before
+    assert_tree_matches(checker, after)
 
 
 def removal_reads(count: int) -> tuple[int, int]:
