@@ -470,13 +470,14 @@ class Reconciler:
 
         A scoped round reads its scope and the scope's ancestors; their other children come from
         the cached picture, which does not know what another writer did since the last full
-        resync (a sibling's memory.min raised, a cgroup created). Raising on a stale sum is
-        safe — the parent only covers more — but lowering to it can leave the parent below its
-        children. So each parent the plan lowers is listed and the lowered files of its children
-        not observed this round are read (`observe_children`); the lower pass then never goes
-        below them. Only lowered parents cost reads: an admission usually lowers nothing. Fresh
-        values only ever lower less, but a re-plan may lower another parent; repeat until every
-        lowered parent was seen with its children (at most once per level).
+        resync (a sibling's memory.min raised, a cgroup created); lowering to a stale sum can
+        leave the parent below its children (raising a child under a stale sum can too: open,
+        see docs/reconciler.md). So each parent the plan lowers is listed and the lowered files
+        of its children not observed this round are read (`observe_children`); the lower pass
+        then never goes below them. Only lowered parents cost reads: an admission usually
+        lowers nothing. Fresh values only ever lower less, but a re-plan may lower another
+        parent; repeat until every lowered parent was seen with its children (at most once per
+        level).
         """
         seen = {path for path in focus if self._children_observed(targets, path, plan)}
         errors: list[ReadError] = []
