@@ -78,6 +78,8 @@ ELSEWHERE = {
     "remove": "tests/cli/test_item2_newcomer_path.py (--config)",
     "log import": "test_item1_writers_and_plot_find_the_state_dir_by_config",
     "audit plot": "test_item1_writers_and_plot_find_the_state_dir_by_config",
+    "import kubelet-state": "tests/kubelet/test_import.py (--config)",
+    "shadow report": "tests/kubelet/test_shadow.py (--config)",
 }
 
 

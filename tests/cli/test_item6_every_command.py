@@ -58,6 +58,9 @@ INVOCATIONS: dict[str, str | None] = {
     "audit plot": "audit plot -f {new}.png --state-dir {state}",
     "audit export": "audit export --state-dir {state} -f {new}.jsonl",
     "demo": "demo --simulate",
+    "shadow report": "shadow report --state-dir {state}",
+    # needs a kubelet checkpoint and a machine it fits: tests/kubelet/test_import.py (-o json)
+    "import kubelet-state": None,
 }
 
 # Commands that read a whole log, and the label of their bar.
