@@ -14,9 +14,10 @@ One call to `Reconciler.reconcile(targets)` is one round:
    (`apply_operations` keeps it current), so one admission costs O(1) reads as well as O(1)
    writes. The periodic full resync stays the source of truth: a scoped round never looks for
    orphans, and anything the cached picture got wrong is repaired by the next full one.
-   One exception, because lowering on a stale picture is not safe: a scoped round whose plan
-   lowers a parent's protection reads that parent's children first and plans again
-   (`_see_children_of_lowered`).
+   Two exceptions, because lowering on a stale picture is not safe and neither is raising
+   under a parent someone else wrote: a scoped round whose plan lowers a parent's protection,
+   or that finds a parent's protection changed behind its back (drift), reads that parent's
+   children first and plans again (`_see_children_of_lowered`).
 2. **Plan** with `memstate.core.plan.plan_operations` (ordering rules and why: see there).
 3. **Execute** the operations in order. An operation whose requirement failed, was skipped or is
    still backing off is skipped, so a failure on one cgroup never stops unrelated cgroups and
@@ -471,19 +472,29 @@ class Reconciler:
         A scoped round reads its scope and the scope's ancestors; their other children come from
         the cached picture, which does not know what another writer did since the last full
         resync (a sibling's memory.min raised, a cgroup created); lowering to a stale sum can
-        leave the parent below its children (raising a child under a stale sum can too: open,
-        see docs/reconciler.md). So each parent the plan lowers is listed and the lowered files
-        of its children not observed this round are read (`observe_children`); the lower pass
-        then never goes below them. Only lowered parents cost reads: an admission usually
-        lowers nothing. Fresh values only ever lower less, but a re-plan may lower another
+        leave the parent below its children, and so can raising a child from a stale sum when
+        another writer raised the parent and then a sibling into that room. So each parent the
+        plan lowers, and each parent read this round whose protection drifted, is listed and
+        the files concerned of its children not observed this round are read
+        (`observe_children`); the raise and lower passes then count what the children hold now.
+        Only those parents cost reads: an admission usually lowers nothing, and nothing drifts
+        while no one else writes. Fresh values only ever lower less, but a re-plan may lower another
         parent; repeat until every lowered parent was seen with its children (at most once per
         level).
         """
         seen = {path for path in focus if self._children_observed(targets, path, plan)}
         errors: list[ReadError] = []
         reads = 0
+        # A parent someone else wrote since this reconciler last set or saw it: its children's
+        # cached values are as suspect as its own was, so they are read like a lowered
+        # parent's (seed 3390: kubepods raised, then besteffort into that room, then an
+        # admission raised kubepods from the stale sum). Costs nothing while no one else writes.
+        pending = {
+            p: f for p, f in self._drifted_parents(targets, tree, plan).items() if p not in seen
+        }
         while True:
-            lowered: dict[str, set[str]] = {}
+            lowered: dict[str, set[str]] = pending
+            pending = {}
             for operation in plan.operations:
                 if (
                     operation.phase == "lower"
@@ -501,6 +512,29 @@ class Reconciler:
             reads += more_reads
             seen.update(lowered)
             plan = plan_for(tree)
+
+    def _drifted_parents(
+        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+    ) -> dict[str, set[str]]:
+        """Parents read this round whose protection differs from what this reconciler last
+        wrote or saw (another writer changed it): parent path -> the drifted files."""
+        parents = {t.path.rpartition("/")[0] for t in targets.cgroups if "/" in t.path}
+        drifted: dict[str, set[str]] = {}
+        for path in sorted(parents & plan.final_values.keys()):
+            found = tree.get(path)
+            if found is None or not found.exists:
+                continue
+            for file in PROTECTION_FILES:
+                expected = self._expected.get((path, file))
+                if expected is None or file in found.unreadable:
+                    continue
+                text = found.files.get(file)
+                if text is None:
+                    text = kernel_default(file)
+                now = self._values.normalise(file, text) if text is not None else None
+                if now is not None and now != expected:
+                    drifted.setdefault(path, set()).add(file)
+        return drifted
 
     @staticmethod
     def _children_observed(targets: NodeTargets, path: str, plan: Plan) -> bool:

@@ -248,7 +248,7 @@ def test_an_operation_outside_the_profile_is_an_invariant_violation() -> None:
         retired=frozenset(),
         pod_removal="wait",
         remove_orphans=False,
-        focus=None,
+        planned=None,
         profile=BESIDE,
     )
     planner.run()

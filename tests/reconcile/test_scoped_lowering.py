@@ -1,4 +1,4 @@
-"""A scoped round that lowers a parent's protection reads that parent's children first.
+"""A scoped round that lowers a parent's protection, or finds it drifted, reads its children.
 
 A scoped round (after an admission or a removal) takes the cgroups outside its scope from the
 picture earlier rounds left. Another writer may have raised one of them since — the kubelet
@@ -6,14 +6,15 @@ writing a QoS cgroup's memory.min beside memstate, say — and the picture does 
 kubepods to the sum it *remembers* would then leave kubepods below its children (found by the
 simulation, seed 1893). So before writing, the round lists every parent it lowers and reads the
 lowered files of the children it did not observe this round; the lowering then never goes below
-what the children hold now. A round that lowers nothing reads no sibling.
+what the children hold now. The same holds from the other side (seed 3390): a parent whose
+protection another writer changed has children the picture cannot vouch for either, so their
+values are read before a child under it is raised. A round that lowers nothing under a parent
+no one else wrote reads no sibling.
 """
 
 from __future__ import annotations
 
 import errno
-
-import pytest
 
 from memstate.host.sim import FaultInjectingCgroupFS
 from memstate.reconcile.reconciler import Reconciler
@@ -134,11 +135,6 @@ def test_a_lowered_parent_whose_children_cannot_be_listed_is_not_lowered() -> No
     assert_tree_matches(checker, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (simulation seed 3390): a scoped round raises a child under a parent whose "
-    "other children it does not re-read, so a sibling raised by another writer is not covered",
-)
 def test_a_scoped_admission_does_not_leave_kubepods_below_a_sibling_raised_by_another_writer() -> (
     None
 ):
@@ -155,6 +151,42 @@ def test_a_scoped_admission_does_not_leave_kubepods_below_a_sibling_raised_by_an
     reconciler.reconcile(admitted, scope=[admitted.pod(newcomer.uid).cgroup])
 
     assert checker.violations == []
+
+
+def test_a_drifted_parent_costs_one_read_per_child_and_only_then() -> None:
+    """The admission's reads grow by kubepods' listing and one read per child not in scope
+    when (and only when) another writer changed kubepods."""
+    clean = admission_reads(30)
+    checker, fs, reconciler, pods = converged_node(30)
+    checker.inner.write("kubepods", "memory.min", str(protection(checker, "kubepods") + 1024 * Mi))
+    newcomer = mixed_pod(uid_for(999), 0)
+    admitted = targets_of_pods([*pods, newcomer])
+    before = dict(fs.counts)
+    report = reconciler.reconcile(admitted, scope=[admitted.pod(newcomer.uid).cgroup])
+    assert report.converged, report
+    reads = sum(fs.counts[op] - before[op] for op in READS)
+    children = len(checker.list_children("kubepods"))
+    assert checker.violations == []
+    # One listing, then memory.min of each child but the newcomer (observed already).
+    assert reads == clean + 1 + (children - 1)
+
+
+def test_a_sibling_raised_into_existing_slack_is_covered_without_any_read() -> None:
+    """Another writer raises besteffort into kubepods' slack without touching kubepods: no
+    drift, no extra read, and still no parent below its children — kubepods' raise is at least
+    its old value plus the newcomer's share, and the children held at most its old value."""
+    checker, _fs, reconciler, pods = converged_node(5)
+    room = slack(checker)
+    assert room > 0
+    checker.inner.write("kubepods/besteffort", "memory.min", str(room))
+    checker.rebaseline()
+
+    newcomer = pod(uid_for(99), "1Gi", cpu="100m")
+    admitted = targets_of_pods([*pods, newcomer])
+    reconciler.reconcile(admitted, scope=[admitted.pod(newcomer.uid).cgroup])
+
+    assert checker.violations == []
+    assert slack(checker) >= 0
 
 
 def removal_reads(count: int) -> tuple[int, int]:
