@@ -101,7 +101,7 @@ def _state_dir_commands() -> list[tuple[str, list[str]]]:
     from tests.cli.test_item6_every_command import LEAVES, options_of
 
     # These create the state directory or wait on a daemon that would: not readers.
-    writers = {"run", "admit", "remove", "log import"}
+    writers = {"run", "admit", "remove", "log import", "import kubelet-state"}
     needs = {
         "log repair": ["--point-in-time"],
         "audit pod": ["web"],
