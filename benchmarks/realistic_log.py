@@ -66,7 +66,8 @@ from memstate.store.log import EventLog
 # REDUCER_VERSION bump, so that cached logs of the old workload are not reused: a cached log
 # that this build decides differently makes `log_replay` stop with "replay diverged". 3: the
 # admission predicate (OutOfmemory) rejects some pods the logs of version 2 admitted. 4: the
-# retired pod cgroups are recorded removed (`pod_cgroup_removed`), as a live daemon records them.
+# retired pod cgroups are recorded removed (`pod_cgroup_removed`), as a live daemon records them,
+# and the live pods stay near `live_pods` (version 3's churn drained them to ~20).
 WORKLOAD_VERSION = 4
 BASE_TS_NS = 1_767_225_600 * 10**9
 Gi = 2**30
@@ -282,7 +283,9 @@ def build(
                 writer.submit(ManifestInvalid(source=broken[-1], error="line 3: bad indentation"))
             elif roll < 0.08:
                 writer.submit(PodRemovalRequested(uid=f"pod-gone-{serial}"))
-            elif len(live) >= live_pods or (roll < 0.55 and live):
+            elif live and (len(live) >= live_pods or rng.random() < len(live) / (2 * live_pods)):
+                # Removal odds grow with the live count, so it stays near `live_pods` (a fixed
+                # removal share above the admission share drained the node to ~20 pods).
                 uid = rng.choice(sorted(live))
                 del live[uid]
                 writer.submit(PodRemovalRequested(uid=uid, source=source(uid)))

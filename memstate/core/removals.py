@@ -159,9 +159,10 @@ class RemovalsFolder:
             self.fold(PodsSnapshot(changes.config, changes.replaced), events, after)
             return
         paths = self.paths
-        for event in events:
-            if isinstance(event, PodCgroupRemoved):
-                paths.pop(event.path, None)
+        if paths:  # a note drops its path; with nothing pending it has nothing to drop
+            for event in events:
+                if isinstance(event, PodCgroupRemoved):
+                    paths.pop(event.path, None)
         config = after.config
         if config is None or not changes.before:
             return
@@ -169,8 +170,11 @@ class RemovalsFolder:
         for uid in sorted(changes.before):
             old_record = changes.before[uid]
             new_record = new_pods.get(uid)
-            if old_record is new_record:
-                continue
+            if old_record is None:
+                if new_record is None or not paths:
+                    continue  # nothing retired, and nothing pending to drop
+            elif new_record is not None and new_record.qos_class == old_record.qos_class:
+                continue  # the same path (same config and UID): implied before, not pending
             old = None if old_record is None else pod_path(config, uid, old_record.qos_class)
             new = None if new_record is None else pod_path(config, uid, new_record.qos_class)
             if old is not None and old != new:

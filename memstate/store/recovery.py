@@ -163,7 +163,8 @@ class TailReplay:
         grouped = group_transactions(self._records(), _envelope_of)
         try:
             for transaction in grouped:
-                yield list(transaction.members)
+                decisions = transaction.decisions
+                yield [transaction.head, *decisions] if decisions else [transaction.head]
         except TransactionProblem as problem:
             if problem.kind == "cut_short":
                 self.incomplete = problem.taken  # never acknowledged: left out
