@@ -14,7 +14,14 @@ What a busy node's log looks like, as far as the reducer's cost goes (issue 15):
   that is not there; every pod has its manifest file as `source`, as the daemon records it;
 - a daemon restart every ~`--restart-every` transactions: `daemon_started`, `daemon_restarted`,
   the live pods re-requested in a shuffled order (a few stay away), `readmission_completed`;
-- a checkpoint every ~`--checkpoint-every` records, at a transaction boundary.
+- a checkpoint every ~`--checkpoint-every` records, at a transaction boundary, with the pending
+  removals beside the state (as the daemon's checkpoints carry them);
+- the retired pod cgroups removed as a live daemon's reconciler removes them: the pending removals
+  are folded after every transaction (`fold_removals`, as the daemon's writer does) and, after
+  each input, a `pod_cgroup_removed` note per pending path (the reconcile round that follows a
+  commit removes them); none while a restart's readmission is under way, so those wait for
+  `readmission_completed`. Without them the pending paths would grow with the log, which no
+  live daemon does.
 
 Every transaction is the input plus the decisions `step` returned for it, appended through
 `EventLog` (without fsync: building is not what is measured). The randomness is seeded, so one
@@ -41,13 +48,15 @@ from memstate.core.events import (
     Event,
     ManifestInvalid,
     PodAdmissionRequested,
+    PodCgroupRemoved,
     PodInitCompleted,
     PodRemovalRequested,
     ReadmissionCompleted,
     TopologyObserved,
 )
 from memstate.core.pod import Pod, pod_from_manifest
-from memstate.core.reducer import step
+from memstate.core.reducer import apply, step
+from memstate.core.removals import NO_REMOVALS, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.topology import topology_from_object
 from memstate.store.checkpoint import write_checkpoint
@@ -56,8 +65,10 @@ from memstate.store.log import EventLog
 # Bump when the workload changes, or when the reducer's decisions on it change without a
 # REDUCER_VERSION bump, so that cached logs of the old workload are not reused: a cached log
 # that this build decides differently makes `log_replay` stop with "replay diverged". 3: the
-# admission predicate (OutOfmemory) rejects some pods the logs of version 2 admitted.
-WORKLOAD_VERSION = 3
+# admission predicate (OutOfmemory) rejects some pods the logs of version 2 admitted. 4: the
+# retired pod cgroups are recorded removed (`pod_cgroup_removed`), as a live daemon records them,
+# and the live pods stay near `live_pods` (version 3's churn drained them to ~20).
+WORKLOAD_VERSION = 4
 BASE_TS_NS = 1_767_225_600 * 10**9
 Gi = 2**30
 Mi = 2**20
@@ -149,15 +160,37 @@ class _Writer:
         self.next_checkpoint = checkpoint_every
         self.pending: list[tuple[Event, int | None]] = []
         self.transactions = 0
+        self.removals = NO_REMOVALS
+        self.readmitting = False  # between daemon_restarted and readmission_completed
 
     def submit(self, event: Event) -> None:
-        transition = step(self.state, event)
+        before = self.state
+        transition = step(before, event)
         self.state = transition.state
         self.pending.append((event, len(transition.decisions)))
         self.pending.extend((d, None) for d in transition.decisions)
+        self.removals = fold_removals(
+            self.removals, before, [event, *transition.decisions], self.state
+        )
         self.transactions += 1
+        if isinstance(event, DaemonRestarted):
+            self.readmitting = True
+        elif isinstance(event, ReadmissionCompleted):
+            self.readmitting = False
+        if not self.readmitting:
+            # The reconcile round after the commit removes the retired cgroups; the daemon
+            # records each one seen gone as a note (memstate.node.loops.converge).
+            for path, uid in sorted(self.removals.paths.items()):
+                self.note(PodCgroupRemoved(path=path, uid=uid))
         if len(self.pending) >= 64:
             self.flush()
+
+    def note(self, note: Event) -> None:
+        """A note stands alone; the daemon's writer applies it and folds the removals."""
+        before = self.state
+        self.state = apply(before, note)
+        self.pending.append((note, None))
+        self.removals = fold_removals(self.removals, before, [note], self.state)
 
     def flush(self) -> None:
         if not self.pending:
@@ -171,6 +204,7 @@ class _Writer:
                 seq=self.log.last_seq,
                 chain_crc=self.log.chain_crc,
                 fsync=False,
+                removals=self.removals,
             )
             self.next_checkpoint += self.checkpoint_every
 
@@ -249,7 +283,9 @@ def build(
                 writer.submit(ManifestInvalid(source=broken[-1], error="line 3: bad indentation"))
             elif roll < 0.08:
                 writer.submit(PodRemovalRequested(uid=f"pod-gone-{serial}"))
-            elif len(live) >= live_pods or (roll < 0.55 and live):
+            elif live and (len(live) >= live_pods or rng.random() < len(live) / (2 * live_pods)):
+                # Removal odds grow with the live count, so it stays near `live_pods` (a fixed
+                # removal share above the admission share drained the node to ~20 pods).
                 uid = rng.choice(sorted(live))
                 del live[uid]
                 writer.submit(PodRemovalRequested(uid=uid, source=source(uid)))

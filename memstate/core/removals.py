@@ -35,7 +35,9 @@ import msgspec
 
 from memstate.core.cgroup_paths import pod_path
 from memstate.core.config import NodeConfig
+from memstate.core.errors import InvariantViolation
 from memstate.core.events import Event, PodCgroupRemoved, pod_uid_of
+from memstate.core.reducer import FoldedChanges
 from memstate.core.state import PodRecord
 
 
@@ -137,7 +139,48 @@ class RemovalsFolder:
 
     def __init__(self, pending: PendingRemovals) -> None:
         self.paths = dict(pending.paths)
-        self._clean = False  # known: no pending path is implied by the state folded so far
+        # Known: no pending path is implied by the state folded so far (trivially so when
+        # nothing is pending).
+        self._clean = not self.paths
+
+    @property
+    def clean(self) -> bool:
+        """True once `fold_changes` may be used (no pending path is implied by the state)."""
+        return self._clean
+
+    def fold_changes(self, changes: FoldedChanges, events: Sequence[Event], after: PodsAt) -> None:
+        """`fold` of one transaction from what start-up's `Folder` journaled for it, without a
+        snapshot of the pods before it; only while `clean`. A UID whose record did not change
+        implies the same path, which is not pending (clean), so only the journaled UIDs are
+        compared; notes drop their paths first, as in `fold_removals`."""
+        if not self._clean:
+            raise InvariantViolation("RemovalsFolder.fold_changes before a clean state")
+        if changes.replaced is not None:
+            self.fold(PodsSnapshot(changes.config, changes.replaced), events, after)
+            return
+        paths = self.paths
+        if paths:  # a note drops its path; with nothing pending it has nothing to drop
+            for event in events:
+                if isinstance(event, PodCgroupRemoved):
+                    paths.pop(event.path, None)
+        config = after.config
+        if config is None or not changes.before:
+            return
+        new_pods = after.pods
+        for uid in sorted(changes.before):
+            old_record = changes.before[uid]
+            new_record = new_pods.get(uid)
+            if old_record is None:
+                if new_record is None or not paths:
+                    continue  # nothing retired, and nothing pending to drop
+            elif new_record is not None and new_record.qos_class == old_record.qos_class:
+                continue  # the same path (same config and UID): implied before, not pending
+            old = None if old_record is None else pod_path(config, uid, old_record.qos_class)
+            new = None if new_record is None else pod_path(config, uid, new_record.qos_class)
+            if old is not None and old != new:
+                paths[old] = uid
+            if new is not None:
+                paths.pop(new, None)
 
     def fold(self, before: PodsAt, events: Sequence[Event], after: PodsAt) -> None:
         """`fold_removals` of one transaction, in place."""

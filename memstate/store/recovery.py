@@ -83,16 +83,25 @@ def recover_state(
     replay = TailReplay(reader, last_seq)
     for group in replay:
         events = [member.event for member, _ in group]
-        before = snapshot_for(folder, events)
+        # Once no pending path is implied by the state, the folder's journal of changed pods
+        # is all the removals fold needs; before that, a snapshot of the pods the events name.
+        clean = pending.clean
+        if clean:
+            folder.track_changes()
+        else:
+            before = snapshot_for(folder, events)
         for member, member_crc in group:
             event = member.event
             if event.role == "input" and member.decisions is None:
                 # A hand-written input: derive its decisions, as `memstate replay` does.
-                folder = Folder(step(folder.state(), event).state)
+                folder.reload(step(folder.state(), event).state)
             else:
                 folder.fold(event)
             last_seq, chain = member.seq, member_crc
-        pending.fold(before, events, folder)
+        if clean:
+            pending.fold_changes(folder.changes(), events, folder)
+        else:
+            pending.fold(before, events, folder)
     if replay.incomplete:
         first = replay.incomplete[0][0]
         warnings.append(
@@ -154,7 +163,8 @@ class TailReplay:
         grouped = group_transactions(self._records(), _envelope_of)
         try:
             for transaction in grouped:
-                yield list(transaction.members)
+                decisions = transaction.decisions
+                yield [transaction.head, *decisions] if decisions else [transaction.head]
         except TransactionProblem as problem:
             if problem.kind == "cut_short":
                 self.incomplete = problem.taken  # never acknowledged: left out

@@ -136,3 +136,7 @@ def test_the_fold_is_every_path_ever_implied_minus_current_and_noted(
         recovered = recover_state(state_dir)
         assert recovered.state == state
         assert recovered.removals.paths == pending.paths
+        # From seq 1 the fold is clean from the start: the folder's change journal path.
+        from_start = recover_state(state_dir, use_checkpoints=False)
+        assert from_start.state == state
+        assert from_start.removals.paths == pending.paths

@@ -18,6 +18,7 @@ from benchmarks.realistic_log import build
 from memstate.core.errors import InvariantViolation
 from memstate.core.events import Envelope, PodRemoved
 from memstate.core.reducer import Folder, apply
+from memstate.core.removals import NO_REMOVALS, fold_removals
 from memstate.core.scenario import read_scenario
 from memstate.core.state import State, encode_state, state_hash
 from memstate.history.replay import replay_state, transitions
@@ -74,10 +75,23 @@ def test_fold_matches_apply_on_a_realistic_log(tmp_path: Path, numa_nodes: int) 
     assert check_fold_matches_apply(envelopes) > 0
     # Start-up folds with a Folder: from seq 1 and from the newest checkpoint, the same state.
     final = replay_state(envelopes)
-    assert recover_state(state_dir, use_checkpoints=False).state == final
+    from_start = recover_state(state_dir, use_checkpoints=False)
+    assert from_start.state == final
     recovered = recover_state(state_dir)
     assert recovered.checkpoint_seq is not None
     assert recovered.state == final
+    # The removals start-up folds (the folder's change journal) are the writer's fold's, and
+    # the log records retired cgroups removed, as a daemon does.
+    assert "pod_cgroup_removed" in kinds
+    pending = NO_REMOVALS
+    retired: set[str] = set()
+    for transition in transitions(envelopes):
+        events = [transition.record.event, *transition.decisions]
+        pending = fold_removals(pending, transition.before, events, transition.after)
+        retired.update(pending.paths)
+    assert retired, "the log retires no cgroup: the removals fold is not exercised"
+    assert from_start.removals.paths == pending.paths
+    assert recovered.removals.paths == pending.paths
 
 
 def test_folder_leaves_its_input_and_returned_states_alone() -> None:
