@@ -51,7 +51,7 @@ from memstate.core.reducer import step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.topology import topology_from_object
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 # Bump when the workload changes, or when the reducer's decisions on it change without a
 # REDUCER_VERSION bump, so that cached logs of the old workload are not reused: a cached log

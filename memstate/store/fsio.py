@@ -5,7 +5,7 @@ Rules these helpers encode (docs/event-log.md, "Append path"):
   (the kubelet's checkpoint store forgot this);
 - `write(2)` may write less than asked: loop;
 - a failed fsync is never retried here; callers decide what failure means (the log treats it
-  as fatal, see `memstate.store.log`);
+  as fatal, see `memstate.store.writer`);
 - one writer at a time: an exclusive, non-blocking `flock` on `<state_dir>/LOCK`. The kernel
   drops the lock when the holder dies, even on SIGKILL, so there is never a stale lock to clean.
 """

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Start-up tolerates exactly one kind of damage, a torn tail, and refuses everything else (see
-`memstate.store.log`). When it refuses, a human decides, and this module does what they chose:
+`memstate.store.inspection`). When it refuses, a human decides, and this module does what they
+chose:
 
 - `torn_tail` — what start-up would do: cut an incomplete write (and an incomplete transaction)
   off the end of the last segment. Refuses if the damage is anything else.
@@ -45,13 +46,9 @@ from memstate.store.format import (
     encode_mark,
     mark_slot_offset,
 )
-from memstate.store.log import (
-    LogProblem,
-    SegmentInfo,
-    incomplete_transaction,
-    inspect_log,
-    list_segments,
-)
+from memstate.store.inspection import inspect_log
+from memstate.store.problems import LogProblem, SegmentInfo
+from memstate.store.scan import incomplete_transaction, list_segments
 from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
 
 RepairMode = Literal["torn_tail", "point_in_time", "truncate_after"]
