@@ -151,7 +151,7 @@ def truncate_recoverable_tail(
         )
     dropped_frames = 0
     if incomplete is not None:
-        dropped_frames = sum(1 for frame in scan.tail_frames if frame[0] >= incomplete.offset)
+        dropped_frames = sum(1 for frame in scan.tail_frames if frame.offset >= incomplete.offset)
     copy = fsio.keep_broken_copy(log_path, fsync=fsync)
     fsio.truncate_durably(log_path, cut, fsync=fsync)
     return RecoveryReport(
@@ -180,6 +180,6 @@ def _chain_after(scan: LogScan, report: RecoveryReport) -> int:
     if target == scan.tail_start[0]:
         return scan.tail_start[1]
     for frame in scan.tail_frames:
-        if frame[1] == target:
-            return frame[4]
+        if frame.seq == target:
+            return frame.chain_crc
     raise InvariantViolation(f"chain CRC of seq {target} not found in the scanned tail")

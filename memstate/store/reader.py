@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 from memstate.core.codec import decode_envelope
 from memstate.core.errors import (
-    InvariantViolation,
     MidLogCorruption,
     SchemaError,
 )
@@ -21,13 +20,10 @@ from memstate.core.events import (
 from memstate.store.format import (
     CHAIN_SEED,
     LOG_DIRNAME,
-    FrameFailure,
     HeaderProblem,
-    SegmentHeader,
 )
-from memstate.store.problems import LogProblem, ProblemKind, SegmentInfo
-from memstate.store.scan import LogScan, _checked_header, list_segments
-from memstate.store.segio import FrameWalk, SegmentFile
+from memstate.store.scan import SegmentWalker, list_segments
+from memstate.store.segio import SegmentFile
 
 
 class RawRecord(NamedTuple):
@@ -78,113 +74,33 @@ class LogReader:
         if not listed:
             return
         bases = [base for base, _ in listed]
-        start = max(bisect.bisect_right(bases, from_seq) - 1, 0)
-        previous: SegmentInfo | None = None
-        for index in range(start, len(listed)):
-            base, path = listed[index]
-            if to_seq is not None and base > to_seq:
-                return
-            last = index == len(listed) - 1
-            try:
-                segment = SegmentFile(path)
-            except FileNotFoundError:
-                if last:
-                    return  # removed under us by a prune or repair: nothing more to read
-                raise MidLogCorruption("segment vanished while reading", file=str(path)) from None
-            with segment:
-                header = self._header(segment.header(), path, base, previous)
-                name = path.name
-                mark = header.mark
-                prefix = (
-                    segment.verified_prefix(header)
-                    if mark is not None and not mark.sealed and from_seq > header.base_seq
-                    else None
-                )
-                if prefix is not None:
-                    # The acknowledged prefix is checked by its CRC; the frames before the first
-                    # one wanted are skipped by their heads instead of walked.
-                    start_seq = min(from_seq, prefix.acked_seq + 1)
-                    offset, chain = segment.locate(header, prefix, start_seq)
-                    walk = FrameWalk(segment, offset, start_seq, chain)
-                else:
-                    walk = FrameWalk(
-                        segment, header.frames_start, header.base_seq, header.prev_chain_crc
-                    )
-                try:
-                    for offset, seq, payload, _, crc in walk:
-                        if to_seq is not None and seq > to_seq:
-                            return
-                        if seq >= from_seq:
-                            yield payload, seq, offset, name, crc
-                except FrameFailure as failure:
-                    verdict = segment.classify(failure, last_segment=last)
-                    if verdict.torn:
-                        return  # an incomplete tail: stop cleanly
-                    raise LogProblem(
-                        "corruption",
-                        str(path),
-                        failure.offset,
-                        failure.expected_seq,
-                        verdict.reason,
-                    ).to_error() from None
-                seal = header.mark
-                if (
-                    seal is not None
-                    and seal.sealed
-                    and (
-                        walk.end,
-                        walk.last_seq,
-                        walk.chain_crc,
-                        walk.body_crc,
-                    )
-                    != (seal.body_end, seal.acked_seq, seal.chain_crc, seal.body_crc)
-                ):
-                    raise MidLogCorruption(
-                        f"the frames of sealed segment {name} do not match its seal",
-                        file=str(path),
-                        offset=header.frames_start,
-                        seq=header.base_seq,
-                    )
-                previous = SegmentInfo(
-                    name=path.name,
-                    base_seq=header.base_seq,
-                    prev_chain_crc=header.prev_chain_crc,
-                    last_seq=walk.last_seq,
-                    chain_crc=walk.chain_crc,
-                    end_offset=walk.end,
-                    size_bytes=segment.size,
-                )
-
-    def _header(
-        self,
-        decoded: SegmentHeader | HeaderProblem,
-        path: Path,
-        base: int,
-        previous: SegmentInfo | None,
-    ) -> SegmentHeader:
-        scan = LogScan(
-            log_dir=self.log_dir, segments=[previous] if previous else [], problem=None, origin=None
+        walker = SegmentWalker(
+            listed,
+            start=max(bisect.bisect_right(bases, from_seq) - 1, 0),
+            linked_start=False,
+            skip_to=from_seq,
+            to_seq=to_seq,
+            beside_writer=True,
         )
-        if previous is None:
-            # Reading from the middle: the header's own CRC vouches for its chain value.
-            if isinstance(decoded, HeaderProblem):
-                kind: ProblemKind = "newer_format" if decoded.newer_format else "corruption"
-                raise LogProblem(kind, str(path), decoded.offset, base, decoded.message).to_error()
-            if decoded.base_seq != base:
-                raise LogProblem(
-                    "corruption",
-                    str(path),
-                    16,
-                    base,
-                    f"file name says seq {base} but the header says {decoded.base_seq}",
-                ).to_error()
-            return decoded
-        header = _checked_header(scan, decoded, path, base)
-        if header is None:
-            if scan.problem is None:
-                raise InvariantViolation("a rejected header left no problem")
-            raise scan.problem.to_error()
-        return header
+        for visit in walker:
+            name = visit.path.name
+            for frame in visit.walk:
+                seq = frame.seq
+                if to_seq is not None and seq > to_seq:
+                    return
+                if seq >= from_seq:
+                    yield frame.payload, seq, frame.offset, name, frame.chain_crc
+        problem = walker.problem
+        if problem is None or problem.kind == "torn_tail":
+            return  # the end, or an incomplete tail: stop cleanly
+        if walker.seal_mismatch:
+            raise MidLogCorruption(
+                f"the frames of sealed segment {Path(problem.file).name} do not match its seal",
+                file=problem.file,
+                offset=problem.offset,
+                seq=problem.seq,
+            )
+        raise problem.to_error()
 
     def read_with_crc(
         self, from_seq: int = 1, to_seq: int | None = None

@@ -6,10 +6,10 @@ transaction check at its tail.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
+import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +25,12 @@ from memstate.core.errors import (
 from memstate.store import fsio
 from memstate.store.format import (
     CHAIN_SEED,
-    FrameFailure,
     HeaderProblem,
     SegmentHeader,
     parse_segment_name,
 )
 from memstate.store.problems import LogProblem, ProblemKind, SegmentInfo
-from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
+from memstate.store.segio import Frame, FrameWalk, SegmentFile
 
 ORIGIN_FILENAME = "ORIGIN"
 MAX_BATCH_RECORDS = 4096
@@ -81,23 +80,209 @@ def prunable_segments(log_dir: Path, *, through_seq: int) -> list[Path]:
 
 def list_segments(log_dir: Path) -> list[tuple[int, Path]]:
     """(base_seq, path) of every segment, in order; temp files and broken copies are skipped."""
-    try:
-        names = os.listdir(log_dir)
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        base = parse_segment_name(name)
-        if base is not None:
-            found.append((base, log_dir / name))
-    found.sort()
-    return found
+    return fsio.numbered_files(log_dir, parse_segment_name)
 
-
-# --- scanning ---------------------------------------------------------------------------------
 
 OnRecord = Callable[[int, memoryview, str, int], None]
 """Called by `scan_log` for each valid record: (seq, payload, segment file name, frame offset)."""
+
+
+# --- the segment walker ---------------------------------------------------------------------------
+
+
+class SegmentVisit:
+    """One segment the walker has opened and whose header it accepted; `walk` yields its frames.
+
+    The caller iterates `walk` to its end (or stops the whole walk); the walker then checks what
+    the walk found (an invalid frame, the seal) before it opens the next segment."""
+
+    __slots__ = ("header", "last", "path", "walk")
+
+    def __init__(self, path: Path, header: SegmentHeader, walk: FrameWalk, *, last: bool) -> None:
+        self.path = path
+        self.header = header
+        self.walk = walk
+        self.last = last
+
+
+class SegmentWalker:
+    """The one walk over a log's segments, shared by `scan_log` (start-up, `verify`, repair) and
+    `LogReader.read_frames` (every other read).
+
+    Iterating it opens the listed segments in order from `start` and, for each one: checks its
+    header and its links to the segment before (`checked_header`; with `linked_start` the first
+    one is linked to the log's start too, else it vouches for itself), positions a `FrameWalk`
+    and yields it as a `SegmentVisit`; once the caller has read the frames, it records the
+    segment's `SegmentInfo`, classifies an invalid frame (torn tail or corruption) and compares a
+    sealed segment's frames with its seal. The walk stops at the first problem, kept in
+    `problem` (`seal_mismatch` says it was a seal that does not match the frames).
+
+    - `trust_seals`: a sealed segment that is not the last is checked from its seal only (no
+      frames yielded for it).
+    - `skip_to`: where a segment's acknowledged prefix is intact (its CRC32C, `verified_prefix`),
+      its walk starts at this seq (or at the end of the prefix) instead of its first frame.
+    - `to_seq`: segments that start after it are not opened.
+    - `beside_writer`: a segment that vanished while listed (prune, repair) ends the walk if it
+      was the last one; an earlier one is corruption.
+    """
+
+    def __init__(
+        self,
+        listed: Sequence[tuple[int, Path]],
+        *,
+        origin: LogOrigin | None = None,
+        start: int = 0,
+        linked_start: bool = True,
+        trust_seals: bool = False,
+        skip_to: int | None = None,
+        to_seq: int | None = None,
+        beside_writer: bool = False,
+    ) -> None:
+        self.listed = listed
+        self.origin = origin
+        self.start = start
+        self.linked_start = linked_start
+        self.trust_seals = trust_seals
+        self.skip_to = skip_to
+        self.to_seq = to_seq
+        self.beside_writer = beside_writer
+        self.segments: list[SegmentInfo] = []
+        self.problem: LogProblem | None = None
+        self.seal_mismatch = False
+        # (seq, chain CRC) where the last segment's walk started.
+        self.tail_start: tuple[int, int] = (0, CHAIN_SEED)
+
+    def __iter__(self) -> Iterator[SegmentVisit]:
+        listed = self.listed
+        for index in range(self.start, len(listed)):
+            base, path = listed[index]
+            if self.to_seq is not None and base > self.to_seq:
+                return
+            last = index == len(listed) - 1
+            try:
+                segment = SegmentFile(path)
+            except FileNotFoundError:
+                if not self.beside_writer:
+                    raise
+                if last:
+                    return  # removed under us by a prune or repair: nothing more to read
+                raise MidLogCorruption("segment vanished while reading", file=str(path)) from None
+            with segment:
+                header = self._header(segment.header(), path, base)
+                if header is None:
+                    return
+                if header.sealed and not last and self.trust_seals:
+                    sealed = _sealed_info(segment, header, path)
+                    if isinstance(sealed, LogProblem):
+                        self.problem = sealed
+                        return
+                    self.segments.append(sealed)
+                    continue
+                walk = self._walk(segment, header)
+                if last:
+                    self.tail_start = (walk.last_seq, walk.chain_crc)
+                yield SegmentVisit(path, header, walk, last=last)
+                self.segments.append(
+                    _info(
+                        path,
+                        header,
+                        walk.last_seq,
+                        walk.chain_crc,
+                        walk.end,
+                        segment.size,
+                        walk.body_crc,
+                    )
+                )
+                self.problem = self._after_walk(segment, header, walk, path, last=last)
+                if self.problem is not None:
+                    return
+
+    def _header(
+        self, decoded: SegmentHeader | HeaderProblem, path: Path, base: int
+    ) -> SegmentHeader | None:
+        if self.segments or self.linked_start:
+            checked = checked_header(
+                self.segments[-1] if self.segments else None, self.origin, decoded, path, base
+            )
+        else:
+            checked = _standalone_header(decoded, path, base)
+        if isinstance(checked, LogProblem):
+            self.problem = checked
+            return None
+        return checked
+
+    def _walk(self, segment: SegmentFile, header: SegmentHeader) -> FrameWalk:
+        """A walk from the segment's first frame, or from `skip_to` inside its intact prefix."""
+        mark = header.mark
+        if (
+            self.skip_to is not None
+            and self.skip_to > header.base_seq
+            and mark is not None
+            and not mark.sealed
+        ):
+            prefix = segment.verified_prefix(header)
+            if prefix is not None:
+                if self.skip_to > prefix.acked_seq:
+                    return FrameWalk(
+                        segment,
+                        prefix.body_end,
+                        prefix.acked_seq + 1,
+                        prefix.chain_crc,
+                        body_crc=prefix.body_crc,
+                    )
+                # The frames before the first one wanted are skipped by their heads.
+                offset, chain = segment.locate(header, prefix, self.skip_to)
+                return FrameWalk(segment, offset, self.skip_to, chain)
+        return FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
+
+    def _after_walk(
+        self,
+        segment: SegmentFile,
+        header: SegmentHeader,
+        walk: FrameWalk,
+        path: Path,
+        *,
+        last: bool,
+    ) -> LogProblem | None:
+        """What the walk found wrong: an invalid frame, or frames that do not match the seal."""
+        failure = walk.failure
+        if failure is not None:
+            verdict = segment.classify(failure, last_segment=last)
+            return LogProblem(
+                "torn_tail" if verdict.torn else "corruption",
+                str(path),
+                failure.offset,
+                failure.expected_seq,
+                verdict.reason,
+            )
+        seal = header.mark
+        if seal is None or not seal.sealed:
+            return None
+        wrong = [
+            what
+            for what, found, sealed in (
+                ("length", walk.end, seal.body_end),
+                ("last seq", walk.last_seq, seal.acked_seq),
+                ("chain CRC", walk.chain_crc, seal.chain_crc),
+                ("body CRC", walk.body_crc, seal.body_crc),
+            )
+            if found != sealed
+        ]
+        if not wrong:
+            return None
+        self.seal_mismatch = True
+        return LogProblem(
+            "corruption",
+            str(path),
+            header.frames_start,
+            header.base_seq,
+            f"the frames of sealed segment {path.name} do not match its seal "
+            f"({', '.join(wrong)}): the seal or the segment is damaged",
+            segment_level=True,
+        )
+
+
+# --- scanning -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -108,7 +293,7 @@ class LogScan:
     segments: list[SegmentInfo]
     problem: LogProblem | None
     origin: LogOrigin | None
-    tail_frames: list[WalkedFrame] = field(default_factory=list)  # the last segment's last ones
+    tail_frames: list[Frame] = field(default_factory=list)  # the last segment's last ones
     # (seq, chain CRC) just before the first of `tail_frames`: the segment's start, or the end
     # of its acknowledged prefix when that was checked by its CRC instead of walked.
     tail_start: tuple[int, int] = (0, CHAIN_SEED)
@@ -140,7 +325,9 @@ def scan_log(log_dir: Path, *, full: bool = False, on_record: OnRecord | None = 
     its header and seal only — header CRC, seal CRC, file size equal to the sealed length, and
     the links to its neighbours (base seq, chain CRC) — unless `full` (then its frames are walked
     and its body CRC compared too). Every other segment (the last one, format 1 segments, one
-    whose seal never landed) has every frame checked: length bound, CRC chain, seq continuity.
+    whose seal never landed) has every frame checked: length bound, CRC chain, seq continuity
+    (without `full` or `on_record`, an acknowledged prefix whose CRC32C matches its mark is
+    checked by that CRC and only the frames after it are walked).
 
     Stops at the first problem, classified as a torn tail (recoverable) or not. Does not decode
     payloads unless `on_record` does (which reads every segment's frames). Segments are read in
@@ -162,24 +349,27 @@ def scan_log(log_dir: Path, *, full: bool = False, on_record: OnRecord | None = 
                 segment_level=True,
             )
         return scan
-    for index, (name_base, path) in enumerate(listed):
-        last = index == len(listed) - 1
-        with SegmentFile(path) as segment:
-            header = _checked_header(scan, segment.header(), path, name_base)
-            if header is None:
-                return scan
-            if header.sealed and not last and not full and on_record is None:
-                info = _sealed_info(scan, segment, header, path)
-            else:
-                fast = not full and on_record is None and not header.sealed
-                info = _walk_segment(
-                    scan, segment, header, path, last=last, fast=fast, on_record=on_record
-                )
-        if info is None:
-            return scan
-        scan.segments.append(info)
-        if scan.problem is not None:
-            return scan
+    quick = not full and on_record is None
+    walker = SegmentWalker(
+        listed, origin=origin, trust_seals=quick, skip_to=sys.maxsize if quick else None
+    )
+    for visit in walker:
+        # One more than a batch: recovery needs the chain CRC of the record before a dropped
+        # transaction, which may be the first of the batch. Transactions never straddle the end
+        # of the acknowledged prefix (a mark is written after a whole batch).
+        keep: deque[Frame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if visit.last else 0)
+        name = visit.path.name
+        for frame in visit.walk:
+            if on_record is not None:
+                on_record(frame.seq, frame.payload, name, frame.offset)
+            keep.append(frame)
+        if visit.last:
+            scan.tail_frames = list(keep)
+    scan.segments = walker.segments
+    scan.problem = walker.problem
+    scan.tail_start = walker.tail_start
+    if scan.problem is not None:
+        return scan
     tail = scan.segments[-1]
     if tail.sealed and not _successor_appeared(log_dir, tail):
         scan.problem = LogProblem(
@@ -202,14 +392,14 @@ def _successor_appeared(log_dir: Path, tail: SegmentInfo) -> bool:
 
 
 def _sealed_info(
-    scan: LogScan, segment: SegmentFile, header: SegmentHeader, path: Path
-) -> SegmentInfo | None:
+    segment: SegmentFile, header: SegmentHeader, path: Path
+) -> SegmentInfo | LogProblem:
     """A sealed segment checked from its seal alone: its size must be the sealed length."""
     seal = header.mark
     if seal is None:
         raise InvariantViolation(f"{path.name}: checked as sealed but has no mark")
     if segment.size != seal.body_end or seal.body_end < header.frames_start:
-        scan.problem = LogProblem(
+        return LogProblem(
             "corruption",
             str(path),
             min(segment.size, seal.body_end),
@@ -222,81 +412,7 @@ def _sealed_info(
                 else "bytes were appended after it was sealed"
             ),
         )
-        return None
     return _info(path, header, seal.acked_seq, seal.chain_crc, seal.body_end, segment.size, 0)
-
-
-def _walk_segment(
-    scan: LogScan,
-    segment: SegmentFile,
-    header: SegmentHeader,
-    path: Path,
-    *,
-    last: bool,
-    fast: bool,
-    on_record: OnRecord | None,
-) -> SegmentInfo:
-    """Check every frame of a segment (and a sealed one's seal against what was read).
-
-    With `fast`, the acknowledged prefix its mark describes is checked by its CRC32C (C speed)
-    and only the frames after it are walked (normally none: what a crash left, or nothing)."""
-    # One more than a batch: recovery needs the chain CRC of the record before a dropped
-    # transaction, which may be the first of the batch. Transactions never straddle the end
-    # of the acknowledged prefix (a mark is written after a whole batch).
-    keep: deque[WalkedFrame] = deque(maxlen=MAX_BATCH_RECORDS + 1 if last else 0)
-    prefix = segment.verified_prefix(header) if fast else None
-    if prefix is not None:
-        walk = FrameWalk(
-            segment,
-            prefix.body_end,
-            prefix.acked_seq + 1,
-            prefix.chain_crc,
-            body_crc=prefix.body_crc,
-        )
-    else:
-        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
-    if last:
-        scan.tail_start = (walk.last_seq, walk.chain_crc)
-    try:
-        for frame in walk:
-            if on_record is not None:
-                on_record(frame[1], frame[2], path.name, frame[0])
-            keep.append(frame)
-    except FrameFailure as failure:
-        verdict = segment.classify(failure, last_segment=last)
-        scan.problem = LogProblem(
-            "torn_tail" if verdict.torn else "corruption",
-            str(path),
-            failure.offset,
-            failure.expected_seq,
-            verdict.reason,
-        )
-    info = _info(path, header, walk.last_seq, walk.chain_crc, walk.end, segment.size, walk.body_crc)
-    if last:
-        scan.tail_frames = list(keep)
-    seal = header.mark
-    if scan.problem is None and seal is not None and seal.sealed:
-        wrong = [
-            what
-            for what, found, sealed in (
-                ("length", walk.end, seal.body_end),
-                ("last seq", walk.last_seq, seal.acked_seq),
-                ("chain CRC", walk.chain_crc, seal.chain_crc),
-                ("body CRC", walk.body_crc, seal.body_crc),
-            )
-            if found != sealed
-        ]
-        if wrong:
-            scan.problem = LogProblem(
-                "corruption",
-                str(path),
-                header.frames_start,
-                header.base_seq,
-                f"the frames of sealed segment {path.name} do not match its seal "
-                f"({', '.join(wrong)}): the seal or the segment is damaged",
-                segment_level=True,
-            )
-    return info
 
 
 def _info(  # noqa: PLR0917 - one constructor call, all positional for brevity at the call sites
@@ -325,73 +441,86 @@ def _info(  # noqa: PLR0917 - one constructor call, all positional for brevity a
     )
 
 
-def _checked_header(
-    scan: LogScan, decoded: SegmentHeader | HeaderProblem, path: Path, name_base: int
-) -> SegmentHeader | None:
-    """Link-check one decoded segment header; on failure record the problem, return None."""
-    previous = scan.segments[-1] if scan.segments else None
+def checked_header(
+    previous: SegmentInfo | None,
+    origin: LogOrigin | None,
+    decoded: SegmentHeader | HeaderProblem,
+    path: Path,
+    name_base: int,
+) -> SegmentHeader | LogProblem:
+    """Link-check one decoded segment header against the segment before it (`previous`) or, for
+    the first one, the log's start (seq 1, or the prune marker `origin`)."""
     expected_seq = previous.last_seq + 1 if previous else name_base
 
-    def fail(kind: ProblemKind, offset: int, message: str) -> None:
-        scan.problem = LogProblem(
-            kind, str(path), offset, expected_seq, message, segment_level=True
-        )
+    def fail(kind: ProblemKind, offset: int, message: str) -> LogProblem:
+        return LogProblem(kind, str(path), offset, expected_seq, message, segment_level=True)
 
     if isinstance(decoded, HeaderProblem):
-        fail(
+        return fail(
             "newer_format" if decoded.newer_format else "corruption",
             decoded.offset,
             decoded.message,
         )
-        return None
     header = decoded
     if header.base_seq != name_base:
-        fail(
+        return fail(
             "corruption",
             16,
             f"file name says the segment starts at seq {name_base} but its header says "
             f"{header.base_seq} (renamed or swapped segment)",
         )
-        return None
-    origin = scan.origin
     if previous is not None:
         if header.base_seq != previous.last_seq + 1:
-            fail(
+            return fail(
                 "corruption",
                 16,
                 f"sequence gap between segments: {previous.name} ends at seq "
                 f"{previous.last_seq} but this one starts at {header.base_seq} "
                 "(missing segment?)",
             )
-            return None
         if header.prev_chain_crc != previous.chain_crc:
-            fail(
+            return fail(
                 "corruption",
                 12,
                 f"CRC chain break: header carries {header.prev_chain_crc:08x} but "
                 f"{previous.name} ends with {previous.chain_crc:08x} (stale or swapped segment)",
             )
-            return None
     elif header.base_seq == 1:
         if header.prev_chain_crc != CHAIN_SEED:
-            fail("corruption", 12, "first segment does not start the CRC chain at its seed")
-            return None
+            return fail("corruption", 12, "first segment does not start the CRC chain at its seed")
     elif origin is None or header.base_seq > origin.base_seq:
-        fail(
+        return fail(
             "corruption",
             16,
             f"the log starts at seq {header.base_seq}: the segments before it are missing "
             "(no prune record covers them)",
         )
-        return None
     if (
         origin is not None
         and header.base_seq == origin.base_seq
         and header.prev_chain_crc != origin.prev_chain_crc
     ):
-        fail("corruption", 12, "CRC chain break at the start of the pruned log")
-        return None
+        return fail("corruption", 12, "CRC chain break at the start of the pruned log")
     return header
+
+
+def _standalone_header(
+    decoded: SegmentHeader | HeaderProblem, path: Path, base: int
+) -> SegmentHeader | LogProblem:
+    """The first segment a reader opens in the middle of the log: the header's own CRC vouches
+    for its chain value; only its name is checked against it."""
+    if isinstance(decoded, HeaderProblem):
+        kind: ProblemKind = "newer_format" if decoded.newer_format else "corruption"
+        return LogProblem(kind, str(path), decoded.offset, base, decoded.message)
+    if decoded.base_seq != base:
+        return LogProblem(
+            "corruption",
+            str(path),
+            16,
+            base,
+            f"file name says seq {base} but the header says {decoded.base_seq}",
+        )
+    return decoded
 
 
 def find_incomplete_transaction(scan: LogScan) -> LogProblem | None:
@@ -406,12 +535,13 @@ def find_incomplete_transaction(scan: LogScan) -> LogProblem | None:
     return incomplete_transaction(scan.tail_frames, path)
 
 
-def incomplete_transaction(frames: Sequence[WalkedFrame], path: str) -> LogProblem | None:
+def incomplete_transaction(frames: Sequence[Frame], path: str) -> LogProblem | None:
     """`find_incomplete_transaction` over explicit frames (the valid frames of one segment)."""
     for index in range(len(frames) - 1, max(len(frames) - 2 - MAX_BATCH_RECORDS, -1), -1):
-        offset, seq, payload, _, _ = frames[index]
+        frame = frames[index]
+        offset, seq = frame.offset, frame.seq
         try:
-            head = decode_head(payload)
+            head = decode_head(frame.payload)
         except SchemaError as exc:
             raise SchemaError(f"{path}: offset {offset}: seq {seq}: {exc}") from None
         if head.decisions is None:
