@@ -5,6 +5,7 @@ record that names its place in any error.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -82,11 +83,12 @@ class LogReader:
             to_seq=to_seq,
             beside_writer=True,
         )
+        last = sys.maxsize if to_seq is None else to_seq  # one comparison per frame
         for visit in walker:
             name = visit.path.name
             for frame in visit.walk:
                 seq = frame.seq
-                if to_seq is not None and seq > to_seq:
+                if seq > last:
                     return
                 if seq >= from_seq:
                     yield frame.payload, seq, frame.offset, name, frame.chain_crc

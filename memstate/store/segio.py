@@ -182,6 +182,7 @@ class FrameWalk:
         size = self.segment.size
         offset = self.start
         want = READ_CHUNK_BYTES
+        frame = Frame  # a local: one per record on the read path
         while offset < size:
             chunk = self.segment.pread(min(want, size - offset), offset)
             at_eof = offset + len(chunk) >= size
@@ -192,7 +193,7 @@ class FrameWalk:
                 for f_offset, seq, begin, stop, f_end, crc in iter_frames(
                     chunk, 0, self.last_seq + 1, self.chain_crc
                 ):
-                    yield Frame(offset + f_offset, seq, view[begin:stop], offset + f_end, crc)
+                    yield frame(offset + f_offset, seq, view[begin:stop], offset + f_end, crc)
                     consumed, self.last_seq, self.chain_crc = f_end, seq, crc
             except FrameFailure as failure:
                 straddles = not at_eof and failure.kind in ("incomplete_header", "past_eof")
