@@ -86,12 +86,11 @@ class LogReader:
         last = sys.maxsize if to_seq is None else to_seq  # one comparison per frame
         for visit in walker:
             name = visit.path.name
-            for frame in visit.walk:
-                seq = frame.seq
+            for offset, seq, payload, _, chain_crc in visit.walk.unnamed():
                 if seq > last:
                     return
                 if seq >= from_seq:
-                    yield frame.payload, seq, frame.offset, name, frame.chain_crc
+                    yield payload, seq, offset, name, chain_crc
         problem = walker.problem
         if problem is None or problem.kind == "torn_tail":
             return  # the end, or an incomplete tail: stop cleanly
