@@ -108,7 +108,7 @@ def _checkpoint_beyond_end(state_dir: Path, scan: LogScan) -> LogProblem | None:
     return None
 
 
-def _remove_temp_files(log_dir: Path, snap_dir: Path, *, fsync: bool) -> tuple[str, ...]:
+def remove_temp_files(log_dir: Path, snap_dir: Path, *, fsync: bool) -> tuple[str, ...]:
     """Delete leftovers of an interrupted rotation or checkpoint (they hold nothing durable)."""
     removed: list[str] = []
     for directory in (log_dir, snap_dir):
@@ -167,13 +167,15 @@ def truncate_recoverable_tail(
     )
 
 
-def _last_seq_after(scan: LogScan, report: RecoveryReport) -> int:
+def last_seq_after_recovery(scan: LogScan, report: RecoveryReport) -> int:
+    """The last seq the log holds once `report`'s cut is made."""
     if report.incomplete_transaction_seq is not None:
         return report.incomplete_transaction_seq - 1
     return scan.last_seq
 
 
-def _chain_after(scan: LogScan, report: RecoveryReport) -> int:
+def chain_after_recovery(scan: LogScan, report: RecoveryReport) -> int:
+    """The chain CRC after the last record the log holds once `report`'s cut is made."""
     if report.incomplete_transaction_seq is None:
         return scan.chain_crc
     target = report.incomplete_transaction_seq - 1

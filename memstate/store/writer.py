@@ -1,11 +1,12 @@
-"""The durable event log: segments, append with group commit, recovery on open, readers.
+"""The durable event log's writer: segments, append with group commit, recovery on open.
 
 Theory of operation
 -------------------
 The log is the source of truth; everything else (state, checkpoints, the cgroup tree) is derived
 from it. It lives in `<state_dir>/log/` as segment files named by the first sequence number they
 hold (`%020d.evlog`, Kafka's convention: `--from-seq N` finds its segment by name). The byte layout
-and the torn-tail rules are in `memstate.store.format`; this module does the file work.
+and the torn-tail rules are in `memstate.store.format`; walking the segments is
+`memstate.store.scan`, reading them `memstate.store.reader`; this module writes.
 
 **One writer.** `EventLog.open` takes an exclusive `flock` on `<state_dir>/LOCK` (a second
 writer gets `LockHeld`, exit 75). Readers (`LogReader`, `verify`) take no lock and only ever see a
@@ -89,10 +90,10 @@ from memstate.store.format import (
     segment_name,
 )
 from memstate.store.inspection import (
-    _chain_after,
-    _last_seq_after,
-    _remove_temp_files,
+    chain_after_recovery,
     inspect_log,
+    last_seq_after_recovery,
+    remove_temp_files,
     truncate_recoverable_tail,
 )
 from memstate.store.problems import RecoveryReport
@@ -192,7 +193,7 @@ class EventLog:
         cls, state_dir: Path, lock: fsio.DirLock, *, fsync: bool, segment_bytes: int
     ) -> EventLog:
         log_dir = state_dir / LOG_DIRNAME
-        removed = _remove_temp_files(log_dir, state_dir / SNAP_DIRNAME, fsync=fsync)
+        removed = remove_temp_files(log_dir, state_dir / SNAP_DIRNAME, fsync=fsync)
         scan = inspect_log(state_dir)
         report = truncate_recoverable_tail(scan, fsync=fsync, removed_temp_files=removed)
         generation, body_crc = 1, 0
@@ -202,8 +203,8 @@ class EventLog:
                 log_dir / tail.name,
                 report.offset if report.truncated else tail.end_offset,
             )
-            last_seq = _last_seq_after(scan, report)
-            chain = _chain_after(scan, report)
+            last_seq = last_seq_after_recovery(scan, report)
+            chain = chain_after_recovery(scan, report)
             if tail.format_version == 1:
                 # A format 1 segment has no mark slots: continue in a new format 2 segment (an
                 # empty one is replaced, the rename is atomic).
