@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.idle_cpu import cpu_seconds, wait_until_quiet
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from tests.daemon.harness import ROOT, Node, pod_manifest
 
 POD_MEMORY = "64Mi"

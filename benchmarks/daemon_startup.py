@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from memstate.store.checkpoint import list_checkpoints, load_checkpoint, write_checkpoint
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from tests.daemon.harness import Node, pod_manifest
 from tests.store.bulk import write_filler_log
 

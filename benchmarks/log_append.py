@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.log_common import BASE_TS_NS, Workload, group
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 
 def run(directory: Path, transactions: list, per_batch: int, fsync: bool) -> tuple[float, int, int]:

@@ -29,7 +29,7 @@ from memstate.core.pod import pod_from_manifest
 from memstate.core.reducer import step
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.topology import topology_from_object
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 Batch = list[tuple[Event, int | None]]
 BASE_TS_NS = 1_767_225_600 * 10**9

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.log_common import BASE_TS_NS, Workload, group
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.realistic_log import cached_log
 from memstate.history.replay import open_source, replay_log
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 
 

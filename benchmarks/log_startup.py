@@ -29,9 +29,9 @@ from benchmarks.log_common import BASE_TS_NS, Batch, Workload, best_of, group
 from memstate.core.reducer import apply_all
 from memstate.core.state import State
 from memstate.store.checkpoint import list_checkpoints, write_checkpoint
-from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
 from memstate.store.verify import check_sealed_bodies
+from memstate.store.writer import EventLog
 
 
 def build(state_dir: Path, length: int, tail: int) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.daemon_admission import fsync_baseline, report
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from tests.daemon.harness import Node
 from tests.sources.standins import ApiServerStandIn, Certificates, KubeletStandIn, kube_pod
 

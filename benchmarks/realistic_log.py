@@ -60,7 +60,7 @@ from memstate.core.removals import NO_REMOVALS, fold_removals
 from memstate.core.state import REDUCER_VERSION, State
 from memstate.core.topology import topology_from_object
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 # Bump when the workload changes, or when the reducer's decisions on it change without a
 # REDUCER_VERSION bump, so that cached logs of the old workload are not reused: a cached log

@@ -35,7 +35,7 @@ from benchmarks.log_common import BASE_TS_NS, Batch, Workload, group
 from memstate.core.reducer import apply_all
 from memstate.core.state import State
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 POD = "prod/web-resident-0007"
 
@@ -71,7 +71,7 @@ def child(query: str, state_dir: Path) -> None:
     """Run one query and print {seconds, maxrss_kib, result} as JSON (in a fresh process)."""
     from memstate.history.audit import PodSelector, Window, pod_history
     from memstate.history.replay import open_source, replay_log
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     source = open_source(state_dir)
     start = time.perf_counter()

@@ -164,7 +164,7 @@ def _recorded_hash(run: Run, checkpoint: CheckpointRef, cache: dict[tuple[str, i
     """A checkpoint's recorded state hash, after proving it describes this run's log (chain
     CRC); an unusable checkpoint gets a hash no other matches, and a warning upstream."""
     from memstate.store.checkpoint import load_checkpoint
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     key = (str(run.source.path), checkpoint.seq)
     if key not in cache:

@@ -242,7 +242,7 @@ class LogSource:
         """The first seq the log holds (1 unless a state directory's log was pruned)."""
         if self.kind == "jsonl":
             return 1
-        from memstate.store.log import LogReader
+        from memstate.store.reader import LogReader
 
         return LogReader(self.path).first_seq()
 
@@ -264,7 +264,7 @@ class LogSource:
                     for line in lines
                     if line.strip() and not line.lstrip().startswith(("#", "//"))
                 )
-        from memstate.store.log import LogReader
+        from memstate.store.reader import LogReader
 
         reader = LogReader(self.path)
         listed = reader.segments()
@@ -284,7 +284,7 @@ def open_source(path: Path | str) -> LogSource:
 def _state_dir_records(state_dir: Path, from_seq: int) -> Iterator[Record]:
     """`LogReader.read` plus the chain CRC of every record: whole transactions only (an input
     whose decisions are not all written yet is held back, like the rest of a tail in flight)."""
-    from memstate.store.log import LogReader, decode_at
+    from memstate.store.reader import LogReader, decode_at
 
     pending: list[Record] = []
     owed = 0
@@ -542,7 +542,7 @@ def starting_point(
     if first <= 1 and not from_checkpoint:
         return State(), 0, []
     from memstate.store.checkpoint import usable_checkpoint
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     reader = LogReader(source.path)
     warnings: list[str] = []

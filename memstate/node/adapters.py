@@ -71,8 +71,8 @@ class FileLogStorage:
         self._log: object | None = None
 
     def open(self) -> OpenedLog:
-        from memstate.store.log import EventLog
         from memstate.store.recovery import recover_state
+        from memstate.store.writer import EventLog
 
         log = EventLog.open(self.state_dir, fsync=self.fsync)
         self._log = log
@@ -87,7 +87,7 @@ class FileLogStorage:
             prune_checkpoints,
             write_checkpoint,
         )
-        from memstate.store.log import EventLog
+        from memstate.store.writer import EventLog
 
         check_invariants(state)
         write_checkpoint(self.state_dir, state, seq=seq, chain_crc=chain_crc, removals=removals)
@@ -100,7 +100,7 @@ class FileLogStorage:
                     logger.info("pruned log segment %s (before checkpoint %d)", name, oldest)
 
     def close(self) -> None:
-        from memstate.store.log import EventLog
+        from memstate.store.writer import EventLog
 
         log, self._log = self._log, None
         if isinstance(log, EventLog):

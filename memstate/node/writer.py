@@ -61,7 +61,7 @@ async def in_worker_thread(
 
 
 class LogAppender(Protocol):
-    """What the writer needs of the event log (memstate.store.log.EventLog in production)."""
+    """What the writer needs of the event log (memstate.store.writer.EventLog in production)."""
 
     @property
     def last_seq(self) -> int: ...

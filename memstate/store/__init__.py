@@ -19,19 +19,13 @@ from memstate.store.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-from memstate.store.log import (
-    DEFAULT_SEGMENT_BYTES,
-    MAX_BATCH_RECORDS,
-    EventLog,
-    LogProblem,
-    LogReader,
-    RawRecord,
-    RecoveryReport,
-    SegmentInfo,
-    inspect_log,
-)
+from memstate.store.inspection import inspect_log
+from memstate.store.problems import LogProblem, RecoveryReport, SegmentInfo
+from memstate.store.reader import LogReader, RawRecord
 from memstate.store.recovery import Recovered, recover_state
+from memstate.store.scan import MAX_BATCH_RECORDS
 from memstate.store.verify import VerifyReport, check_sealed_bodies, verify
+from memstate.store.writer import DEFAULT_SEGMENT_BYTES, EventLog
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

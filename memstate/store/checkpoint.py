@@ -94,18 +94,13 @@ def checkpoint_name(seq: int) -> str:
 
 def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
     """(seq, path) of every checkpoint file, oldest first (temp and broken files skipped)."""
-    directory = Path(state_dir) / SNAP_DIRNAME
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        stem = name.removesuffix(CHECKPOINT_SUFFIX)
-        if stem != name and len(stem) == 20 and stem.isdigit():
-            found.append((int(stem), directory / name))
-    found.sort()
-    return found
+    return fsio.numbered_files(Path(state_dir) / SNAP_DIRNAME, _checkpoint_seq)
+
+
+def _checkpoint_seq(name: str) -> int | None:
+    """The seq a checkpoint file's name carries, None for any other name."""
+    stem = name.removesuffix(CHECKPOINT_SUFFIX)
+    return int(stem) if stem != name and len(stem) == 20 and stem.isdigit() else None
 
 
 def encode_checkpoint(

@@ -5,7 +5,7 @@ Rules these helpers encode (docs/event-log.md, "Append path"):
   (the kubelet's checkpoint store forgot this);
 - `write(2)` may write less than asked: loop;
 - a failed fsync is never retried here; callers decide what failure means (the log treats it
-  as fatal, see `memstate.store.log`);
+  as fatal, see `memstate.store.writer`);
 - one writer at a time: an exclusive, non-blocking `flock` on `<state_dir>/LOCK`. The kernel
   drops the lock when the holder dies, even on SIGKILL, so there is never a stale lock to clean.
 """
@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from memstate.core.errors import LockHeld
@@ -42,6 +43,24 @@ def ensure_dir(path: Path, *, fsync: bool) -> None:
         return
     if fsync:
         fsync_dir(path.parent)
+
+
+def numbered_files(
+    directory: Path, number_of: Callable[[str], int | None]
+) -> list[tuple[int, Path]]:
+    """(number, path) of the files in `directory` whose name `number_of` reads a number from,
+    in order (other names skipped); empty if the directory does not exist."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        number = number_of(name)
+        if number is not None:
+            found.append((number, directory / name))
+    found.sort()
+    return found
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

@@ -44,7 +44,8 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, RemovalsFolder,
 from memstate.core.state import State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
-from memstate.store.log import REPAIR_HINT, LogProblem, LogReader, decode_at
+from memstate.store.problems import REPAIR_HINT, LogProblem
+from memstate.store.reader import LogReader, decode_at
 from memstate.store.transactions import TransactionProblem, group_transactions
 
 

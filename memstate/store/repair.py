@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Start-up tolerates exactly one kind of damage, a torn tail, and refuses everything else (see
-`memstate.store.log`). When it refuses, a human decides, and this module does what they chose:
+`memstate.store.inspection`). When it refuses, a human decides, and this module does what they
+chose:
 
 - `torn_tail` — what start-up would do: cut an incomplete write (and an incomplete transaction)
   off the end of the last segment. Refuses if the damage is anything else.
@@ -25,7 +26,6 @@ run (or start-up) handles.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -39,20 +39,15 @@ from memstate.store.format import (
     LOG_DIRNAME,
     MARK_SLOTS,
     SEGMENT_HEADER_BYTES,
-    FrameFailure,
     HeaderProblem,
     Mark,
     encode_mark,
     mark_slot_offset,
 )
-from memstate.store.log import (
-    LogProblem,
-    SegmentInfo,
-    incomplete_transaction,
-    inspect_log,
-    list_segments,
-)
-from memstate.store.segio import FrameWalk, SegmentFile, WalkedFrame
+from memstate.store.inspection import inspect_log
+from memstate.store.problems import LogProblem, SegmentInfo
+from memstate.store.scan import SegmentWalker, incomplete_transaction, list_segments
+from memstate.store.segio import Frame, SegmentFile
 
 RepairMode = Literal["torn_tail", "point_in_time", "truncate_after"]
 
@@ -181,29 +176,24 @@ def _cut_after(segments: list[SegmentInfo], listed: list[tuple[int, Path]], seq:
         )
     for index, segment in enumerate(segments):
         if segment.base_seq - 1 <= seq <= segment.last_seq:
-            _, frames = _frames_of(listed[index][1], None)
-            kept = [frame for frame in frames if frame[1] <= seq]
+            _, frames = _frames_of(listed[index], None)
+            kept = [frame for frame in frames if frame.seq <= seq]
             return _Cut(index=index, offset=_end_of(listed[index][1], kept), last_seq=seq)
     raise InvariantViolation(f"seq {seq} not found in any segment")  # pragma: no cover
 
 
-def _frames_of(path: Path, upto: int | None) -> tuple[int, list[WalkedFrame]]:
+def _frames_of(listed: tuple[int, Path], upto: int | None) -> tuple[int, list[Frame]]:
     """(base seq, valid frames that start before `upto`) of a segment (None: all of them)."""
-    frames: list[WalkedFrame] = []
-    with SegmentFile(path) as segment:
-        header = segment.header()
-        if isinstance(header, HeaderProblem):
-            return 1, []
-        try:
-            for frame in FrameWalk(
-                segment, header.frames_start, header.base_seq, header.prev_chain_crc
-            ):
-                if upto is not None and frame[0] >= upto:
-                    break
-                frames.append((frame[0], frame[1], memoryview(bytes(frame[2])), frame[3], frame[4]))
-        except FrameFailure:
-            pass  # the cut is at or before the first invalid frame
-    return header.base_seq, frames
+    frames: list[Frame] = []
+    walker = SegmentWalker([listed], linked_start=False)
+    for visit in walker:
+        for frame in visit.walk:
+            if upto is not None and frame.offset >= upto:
+                return visit.header.base_seq, frames
+            # A copy: the view would pin the chunk it points into.
+            frames.append(msgspec.structs.replace(frame, payload=memoryview(bytes(frame.payload))))
+        return visit.header.base_seq, frames
+    return 1, []  # a header that does not decode: nothing in it is kept
 
 
 def _drop_incomplete_transaction(
@@ -217,24 +207,24 @@ def _drop_incomplete_transaction(
         if cut.index == 0:
             return _Cut(index=0, offset=None, last_seq=first_seq - 1)
         path = listed[cut.index - 1][1]
-        base, frames = _frames_of(path, None)
+        base, frames = _frames_of(listed[cut.index - 1], None)
         tail_index, tail_offset = cut.index - 1, _end_of(path, frames)
     else:
         path = listed[cut.index][1]
-        base, frames = _frames_of(path, cut.offset)
+        base, frames = _frames_of(listed[cut.index], cut.offset)
         tail_index, tail_offset = cut.index, _end_of(path, frames)
     incomplete = incomplete_transaction(frames, str(path))
     if incomplete is not None:
         return _Cut(index=tail_index, offset=incomplete.offset, last_seq=incomplete.seq - 1)
     if cut.offset is None:
         return cut
-    last = frames[-1][1] if frames else base - 1
+    last = frames[-1].seq if frames else base - 1
     return _Cut(index=tail_index, offset=tail_offset, last_seq=last)
 
 
-def _end_of(path: Path, frames: list[WalkedFrame]) -> int:
+def _end_of(path: Path, frames: list[Frame]) -> int:
     if frames:
-        return frames[-1][3]
+        return frames[-1].end
     with SegmentFile(path) as segment:
         header = segment.header()
     return SEGMENT_HEADER_BYTES if isinstance(header, HeaderProblem) else header.frames_start
@@ -268,7 +258,7 @@ def _apply_cut(
             )
     new_last = cut.index if cut.offset is not None else cut.index - 1
     if new_last >= 0 and actions:
-        action = _lower_mark(listed[new_last][1], cut.last_seq, dry_run=dry_run, fsync=fsync)
+        action = _lower_mark(listed[new_last], cut.last_seq, dry_run=dry_run, fsync=fsync)
         if action is not None:
             actions.append(action)
     for seq, path in list_checkpoints(state_dir):
@@ -279,21 +269,22 @@ def _apply_cut(
     return actions, max(last_valid - cut.last_seq, 0)
 
 
-def _lower_mark(path: Path, last_seq: int, *, dry_run: bool, fsync: bool) -> RepairAction | None:
+def _lower_mark(
+    listed: tuple[int, Path], last_seq: int, *, dry_run: bool, fsync: bool
+) -> RepairAction | None:
     """Make the new last segment's mark say what it now holds: records up to `last_seq`,
     unsealed (its successors are gone). Without this, start-up would refuse the repaired log
     for the acknowledged records the repair chose to drop. Both slots are rewritten, fsynced."""
+    path = listed[1]
     with SegmentFile(path) as segment:
         header = segment.header()
-        if isinstance(header, HeaderProblem) or header.mark is None:
-            return None  # format 1: no mark
-        walk = FrameWalk(segment, header.frames_start, header.base_seq, header.prev_chain_crc)
-        chain, end, body_crc = header.prev_chain_crc, header.frames_start, 0
-        with contextlib.suppress(FrameFailure):  # damage after the cut (a dry run) is not read
-            for frame in walk:
-                if frame[1] > last_seq:
-                    break
-                chain, end, body_crc = frame[4], frame[3], walk.body_crc
+    if isinstance(header, HeaderProblem) or header.mark is None:
+        return None  # format 1: no mark
+    # Damage after the cut (a dry run) ends the walk; the frames up to `last_seq` come before it.
+    kept = [frame for frame in _frames_of(listed, None)[1] if frame.seq <= last_seq]
+    chain = kept[-1].chain_crc if kept else header.prev_chain_crc
+    end = kept[-1].end if kept else header.frames_start
+    with SegmentFile(path) as segment:
         body_crc = segment.body_crc(header.frames_start, end)
     mark = header.mark
     if mark.acked_seq <= last_seq and not mark.sealed:

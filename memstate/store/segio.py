@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 from crc32c import crc32c
 
 from memstate.store.format import (
@@ -37,8 +38,18 @@ from memstate.store.format import (
 
 READ_CHUNK_BYTES = 1 << 20
 
-WalkedFrame = tuple[int, int, memoryview, int, int]
-"""(offset, seq, payload view, frame end, chain CRC after it) of one valid frame."""
+
+class Frame(msgspec.Struct, frozen=True, gc=False):
+    """One valid frame of a segment, as a walk finds it.
+
+    `gc=False`: it holds ints and a view of immutable bytes, never a cycle, and the read path
+    makes one per record."""
+
+    offset: int  # file offset of the frame's head
+    seq: int
+    payload: memoryview  # into the chunk just read (immutable bytes): valid while held
+    end: int  # file offset just past the frame (padding included)
+    chain_crc: int  # the chain CRC after this record
 
 
 class SegmentFile:
@@ -145,10 +156,10 @@ class SegmentFile:
 
 
 class FrameWalk:
-    """Iterate the valid frames of a segment from `start`, in chunks; raises `FrameFailure`
-    (file offsets) at the first invalid one. After the loop (or the failure), `end`,
-    `last_seq`, `chain_crc` and `body_crc` (plain CRC32C of the frames up to `end`) describe
-    the valid prefix."""
+    """Iterate the valid frames of a segment from `start`, in chunks. The iteration ends at the
+    first invalid frame, kept in `failure` (a `FrameFailure` with file offsets; None when the
+    walk reached the end of the file). After it, `end`, `last_seq`, `chain_crc` and `body_crc`
+    (plain CRC32C of the frames up to `end`) describe the valid prefix."""
 
     def __init__(
         self,
@@ -165,8 +176,16 @@ class FrameWalk:
         self.last_seq = expected_seq - 1
         self.chain_crc = chain_crc
         self.body_crc = body_crc  # of the frames before `start` (a verified prefix), if any
+        self.failure: FrameFailure | None = None
 
-    def __iter__(self) -> Iterator[WalkedFrame]:
+    def __iter__(self) -> Iterator[Frame]:
+        for offset, seq, payload, end, chain_crc in self.unnamed():
+            yield Frame(offset, seq, payload, end, chain_crc)
+
+    def unnamed(self) -> Iterator[tuple[int, int, memoryview, int, int]]:
+        """The frames as plain tuples (offset, seq, payload, end, chain CRC), in `Frame`'s field
+        order: for `LogReader.read_frames` alone, the read path under every other read, where
+        building a struct per record costs a measurable share of the framing."""
         size = self.segment.size
         offset = self.start
         want = READ_CHUNK_BYTES
@@ -192,7 +211,8 @@ class FrameWalk:
                 if not straddles:
                     self._advance(view, consumed, offset)
                     failure.offset += offset
-                    raise
+                    self.failure = failure
+                    return
             self._advance(view, consumed, offset)
             offset += consumed
 

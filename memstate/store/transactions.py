@@ -9,11 +9,11 @@ turns a `TransactionProblem` into its own error:
 - start-up and `memstate log verify` (`store.recovery.TailReplay`): a decision outside a
   transaction is refused, an input at the very end whose decisions are not all there is left out
   (it was never acknowledged);
-- the append check (`store.log.check_batch`, `check_transactions`): a batch must hold whole
+- the append check (`store.writer.check_batch`, `check_transactions`): a batch must hold whole
   transactions only; `memstate log import` checks a whole scenario so, then batches it;
 - replay, audit and bisect (`history.replay.transitions`): `LogStructureError`.
 
-One reader stays apart, with reason: `store.log.incomplete_transaction` runs at every start-up on
+One reader stays apart, with reason: `store.scan.incomplete_transaction` runs at every start-up on
 the last segment's raw frames, walking *backwards* from the end over at most one batch and
 decoding only each frame's head. Grouping forwards needs a known transaction start, which for the
 tail is the start of the segment: that would decode every head of the last segment (up to a

@@ -3,7 +3,7 @@
 `verify` gives start-up's verdict by running start-up's own reads (`check_startup_reads` in
 memstate.store.recovery), so the two can never disagree (docs/event-log.md, "One truth");
 `full=True` and `check_sealed_bodies` add the sealed segments' bodies, which start-up trusts to
-their seals. Kept apart from memstate.store.log so the log does not import recovery.
+their seals. Kept apart from the log modules so they do not import recovery.
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ import msgspec
 
 from memstate.core.errors import LogCorruption, SchemaError
 from memstate.store.format import CHAIN_SEED, LOG_DIRNAME, HeaderProblem
-from memstate.store.log import (
-    LogProblem,
-    SegmentInfo,
-    decode_at,
-    find_incomplete_transaction,
-    inspect_log,
-    list_segments,
-)
+from memstate.store.inspection import inspect_log
+from memstate.store.problems import LogProblem, SegmentInfo
+from memstate.store.reader import decode_at
 from memstate.store.recovery import check_startup_reads
+from memstate.store.scan import find_incomplete_transaction, list_segments
 from memstate.store.segio import SegmentFile
 
 

@@ -38,7 +38,8 @@ from memstate.history.audit import (
 )
 from memstate.history.replay import open_source
 from memstate.store.checkpoint import list_checkpoints
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
+from memstate.store.writer import EventLog
 from tests import factories
 from tests.replay.recording import BASE_TS_NS, record_log, start_inputs, steady_inputs
 

@@ -68,7 +68,7 @@ def test_demo_runs_the_daemon_on_a_simulated_tree_and_restarts_it(tmp_path: Path
     status = memstate("status", "--state-dir", str(node / "state"), "-o", "json")
     document = json.loads(status.stdout)
     assert len(document["pods"]) == 5
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     kinds = [r.event.kind for r in LogReader(node / "state").read()]
     assert kinds.count("daemon_restarted") == 1
@@ -136,7 +136,7 @@ def test_replay_reports_the_first_altered_decision(tmp_path: Path) -> None:
 def test_relative_times_parse_as_values(tmp_path: Path) -> None:
     """`--since -1h` (not only `--since=-1h`) works for log dump and audit."""
     from memstate.core.events import DaemonRestarted
-    from memstate.store.log import EventLog
+    from memstate.store.writer import EventLog
 
     with EventLog.open(tmp_path, fsync=False) as log:
         log.append([(DaemonRestarted(), 0)], ts_ns=__import__("time").time_ns())

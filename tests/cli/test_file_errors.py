@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from memstate.core.events import DaemonRestarted
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 from tests.factories import container, manifest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from memstate.core.events import DaemonRestarted
 from memstate.history.replay import replay_state
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog, LogReader, list_segments
+from memstate.store.reader import LogReader
+from memstate.store.scan import list_segments
+from memstate.store.writer import EventLog
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from memstate.core.events import Envelope
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 
 ROOT = Path(__file__).resolve().parents[2]
 Gi = 2**30

@@ -23,7 +23,7 @@ import pytest
 from memstate.core.events import LogTailTruncated
 from memstate.store.checkpoint import list_checkpoints
 from memstate.store.format import MARK_SLOT_BYTES, mark_slot_offset
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from tests.daemon.harness import ROOT, Node, pod_manifest
 from tests.daemon.test_e2e import admitted
 

@@ -32,8 +32,8 @@ from memstate.core.reducer import apply, step
 from memstate.core.removals import NO_REMOVALS, fold_removals, pod_cgroup_paths
 from memstate.core.state import State
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests.factories import topology
 from tests.property.strategies import pods
 

@@ -50,7 +50,7 @@ from memstate.core.targets import PodTargets
 from memstate.core.topology import Topology
 from memstate.core.topology_hints import TopologyHint, to_bits
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 from tests import factories
 
 BASE_TS_NS = 1_772_330_400 * 10**9  # 2026-03-01T02:00:00Z

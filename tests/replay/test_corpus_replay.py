@@ -20,7 +20,7 @@ from memstate.core.state import state_hash
 from memstate.history.anonymise import anonymise_log
 from memstate.history.replay import open_source, replay_log
 from memstate.present.views import numa_document
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = sorted((ROOT / "replay").glob("*.jsonl"))

@@ -33,8 +33,9 @@ from memstate.history.replay import (
     transitions,
 )
 from memstate.store.checkpoint import list_checkpoints, load_checkpoint, write_checkpoint
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests import factories
 from tests.replay.recording import (
     BASE_TS_NS,

@@ -29,8 +29,8 @@ from pathlib import Path
 from memstate.core.codec import encode_envelope
 from memstate.core.events import CgroupOrphanFound
 from memstate.store.checkpoint import prune_checkpoints, write_checkpoint
-from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests.store.helpers import Node
 
 

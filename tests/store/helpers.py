@@ -34,7 +34,7 @@ from memstate.store.format import (
     iter_frames,
     mark_slot_offset,
 )
-from memstate.store.log import EventLog
+from memstate.store.writer import EventLog
 from tests import factories
 
 Batch = list[tuple[Event, int | None]]

@@ -29,8 +29,9 @@ from memstate.store.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests import factories
 from tests.store.helpers import BASE_TS_NS, build_log, standard_batches
 

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from memstate.core.events import LogTailTruncated
 from memstate.history.replay import replay_state
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 
 REPO = Path(__file__).resolve().parents[2]
 ITERATIONS = int(os.environ.get("MEMSTATE_CRASH_ITERATIONS", "50"))

@@ -33,9 +33,10 @@ from memstate.core.errors import InvariantViolation, LogCorruption, MemstateErro
 from memstate.core.events import Envelope
 from memstate.history.replay import replay_state
 from memstate.store.checkpoint import write_checkpoint
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 from memstate.store.verify import check_sealed_bodies, verify
+from memstate.store.writer import EventLog
 from tests.store.helpers import build_log, standard_batches
 
 SAMPLES = int(os.environ.get("MEMSTATE_DAMAGE_SAMPLES", "200"))

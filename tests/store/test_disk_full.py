@@ -21,8 +21,9 @@ import pytest
 
 from memstate.core.errors import EXIT_IOERR, LogDiskFull
 from memstate.core.events import Envelope
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.verify import verify
+from memstate.store.writer import EventLog
 from tests.store.helpers import BASE_TS_NS, Node
 
 

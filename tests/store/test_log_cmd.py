@@ -17,7 +17,7 @@ from memstate.core.events import Envelope
 from memstate.core.scenario import envelope_to_object, read_scenario
 from memstate.history.replay import replay_state
 from memstate.store.fsio import DirLock
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 from tests.store.helpers import BASE_TS_NS, build_log, set_mark, standard_batches
 
@@ -252,7 +252,8 @@ def test_prune_deletes_segments_before_the_oldest_checkpoint(tmp_path: Path) -> 
     from memstate.core.events import DaemonRestarted
     from memstate.core.state import state_hash
     from memstate.store.checkpoint import write_checkpoint
-    from memstate.store.log import EventLog, list_segments
+    from memstate.store.scan import list_segments
+    from memstate.store.writer import EventLog
 
     with EventLog.open(tmp_path, fsync=False, segment_bytes=4096) as log:
         for _ in range(300):

@@ -40,8 +40,10 @@ from memstate.store.format import (
     decode_segment_header,
     segment_name,
 )
-from memstate.store.log import EventLog, LogReader, read_origin
+from memstate.store.reader import LogReader
+from memstate.store.scan import read_origin
 from memstate.store.verify import verify
+from memstate.store.writer import EventLog
 from tests.store.helpers import BASE_TS_NS, Node, build_log, standard_batches
 
 
@@ -146,7 +148,7 @@ def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path: Path) 
         f"""
         import sys, time
         from pathlib import Path
-        from memstate.store.log import EventLog
+        from memstate.store.writer import EventLog
         log = EventLog.open(Path({str(tmp_path)!r}))
         print("locked", flush=True)
         time.sleep(60)

@@ -25,9 +25,10 @@ from memstate.store.format import (
     SEGMENT_HEADER_BYTES,
     padded_size,
 )
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 from memstate.store.verify import verify
+from memstate.store.writer import EventLog
 from tests.store.helpers import BASE_TS_NS, Batch, Node, build_log, standard_batches
 
 

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from memstate.core.errors import LogCorruption, MidLogCorruption, SchemaError
 from memstate.core.events import Envelope
 from memstate.store.format import BASE_HEADER_BYTES, SEGMENT_HEADER_BYTES, padded_size
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests.store.helpers import build_log, standard_batches
 
 

@@ -24,10 +24,11 @@ from memstate.core.events import Envelope
 from memstate.history.replay import replay_state
 from memstate.store.checkpoint import list_checkpoints, write_checkpoint
 from memstate.store.format import FORMAT_VERSION
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 from memstate.store.repair import repair_log
 from memstate.store.verify import check_sealed_bodies, verify
+from memstate.store.writer import EventLog
 from tests.store.helpers import build_log, standard_batches
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-import memstate.store.log as log_module
+import memstate.store.reader as log_module
 from memstate.core.codec import encode_envelope
 from memstate.core.events import SCHEMA_VERSION, Envelope
 from memstate.store.checkpoint import write_checkpoint
 from memstate.store.format import SEGMENT_HEADER_BYTES, SegmentHeader, decode_segment_header
-from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 from tests.store.bulk import FILLER, FillerPayloads, write_filler_log
 from tests.store.helpers import BASE_TS_NS, Node
 

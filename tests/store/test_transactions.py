@@ -27,7 +27,6 @@ from memstate.core.events import (
     PodRemoved,
 )
 from memstate.history.replay import LogStructureError, _transactions
-from memstate.store.log import check_batch
 from memstate.store.recovery import TailReplay
 from memstate.store.transactions import (
     Transaction,
@@ -35,6 +34,7 @@ from memstate.store.transactions import (
     envelope_itself,
     group_transactions,
 )
+from memstate.store.writer import check_batch
 
 # (kind of record, the decisions it announces): an input, a note, a decision.
 RECORD = st.tuples(

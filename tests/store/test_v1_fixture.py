@@ -17,9 +17,10 @@ import msgspec
 from memstate.core.events import SCHEMA_VERSION, DaemonStarted
 from memstate.history.replay import replay_state
 from memstate.store.format import SegmentHeader, decode_segment_header
-from memstate.store.log import EventLog, LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 from memstate.store.verify import verify
+from memstate.store.writer import EventLog
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1-log"
 

@@ -22,7 +22,7 @@ from memstate.core.removals import NO_REMOVALS, fold_removals
 from memstate.core.scenario import read_scenario
 from memstate.core.state import State, encode_state, state_hash
 from memstate.history.replay import replay_state, transitions
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
 
 CORPUS = Path(__file__).resolve().parents[2] / "replay"

@@ -67,7 +67,7 @@ from typing import Any
 import msgspec
 
 from memstate.core.events import PodAdmissionRequested, PodAdmitted, PodRejected, PodRemoved
-from memstate.store.log import LogReader
+from memstate.store.reader import LogReader
 
 DEFAULT_MOUNT = "/sys/fs/cgroup"
 NODE_DIR = Path("/sys/devices/system/node")

@@ -255,7 +255,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from memstate.history.replay import LogSource
     from memstate.present.progress import Progress
     from memstate.store.checkpoint import assess_checkpoint, list_checkpoints
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
     from memstate.store.verify import verify
 
     state_dir = state_dir_of(args)
@@ -349,7 +349,7 @@ def run_dump(args: argparse.Namespace) -> int:
     from memstate.core.scenario import envelope_to_object
     from memstate.history.replay import LogSource
     from memstate.present.progress import Progress
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     state_dir = state_dir_of(args)
     require_state_dir(state_dir)
@@ -522,7 +522,8 @@ def run_repair(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     from memstate.store.checkpoint import oldest_checkpoint_seq
-    from memstate.store.log import EventLog, prunable_segments
+    from memstate.store.scan import prunable_segments
+    from memstate.store.writer import EventLog
 
     state_dir = state_dir_of(args)
     require_state_dir(state_dir)
@@ -564,7 +565,8 @@ def run_prune(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from memstate.core.scenario import read_scenario
     from memstate.present.progress import Progress
-    from memstate.store.log import MAX_BATCH_RECORDS, EventLog, check_batch, check_transactions
+    from memstate.store.scan import MAX_BATCH_RECORDS
+    from memstate.store.writer import EventLog, check_batch, check_transactions
 
     path: Path = args.file
     source = "<stdin>" if str(path) == "-" else str(path)
@@ -634,7 +636,7 @@ def run_export(args: argparse.Namespace) -> int:
     from memstate.core.scenario import envelope_to_object
     from memstate.history.replay import LogSource
     from memstate.present.progress import Progress
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     state_dir = state_dir_of(args)
     require_state_dir(state_dir)

@@ -125,7 +125,7 @@ def register(subparsers: Any) -> None:
 
 def current_last_seq(state_dir: Path) -> int:
     """The seq of the last durable record, reading only the last segment."""
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     reader = LogReader(state_dir)
     segments = reader.segments()
@@ -146,7 +146,7 @@ def wait_for(
 ) -> list[Envelope]:
     """Tail the log after `after_seq` until `match` accepts a record; returns the records from the
     matching one to the end of its transition (empty on timeout)."""
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     deadline = time.monotonic() + timeout
     seq = after_seq
