@@ -28,8 +28,8 @@ from memstate.core.machine import MachineBuilder
 from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.topology import Topology
-from memstate.store.log import EventLog
 from memstate.store.recovery import recover_state
+from memstate.store.writer import EventLog
 
 DEFAULT_CHECKPOINT = Path("/var/lib/kubelet/memory_manager_state")
 # The file is a few KB per hundred pods; anything far larger is not a checkpoint.

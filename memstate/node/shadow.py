@@ -136,7 +136,7 @@ async def run_shadow(daemon: ShadowHost) -> None:
     state_dir = daemon.settings.state_dir
 
     def recorded_notes() -> list[ShadowDisagreement]:
-        from memstate.store.log import LogReader
+        from memstate.store.reader import LogReader
 
         rows = open_disagreements(LogReader(state_dir).read())
         return [

@@ -142,7 +142,7 @@ def run_import_kubelet_state(args: argparse.Namespace) -> int:
 
 def run_shadow_report(args: argparse.Namespace) -> int:
     from memstate.core.shadow import open_disagreements
-    from memstate.store.log import LogReader
+    from memstate.store.reader import LogReader
 
     state_dir = state_dir_of(args)
     if not (state_dir / "log").is_dir():
