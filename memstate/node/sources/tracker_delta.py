@@ -9,13 +9,15 @@ full evaluation would (same events, same order, same dicts in the same order) fr
 locators, and returns None whenever the shape does not hold, so the caller falls back to the full
 evaluation. `tests/sources/test_tracker_delta.py` compares both on seeded random deliveries.
 
-What is still linear is C-speed bookkeeping: a dict of the new list by locator, the comparison of
-each locator's observation with the last one (by identity first) and, when a pod is added, the
-view's dicts re-ordered by the new list.
+What is still linear is cheap bookkeeping: a dict of the new list by locator, one look-up and
+identity test per locator to find what changed (the manifest source keeps an unchanged file's
+observation object), copies of the view's dicts, and — only when an added entry does not belong
+at the end of a dict (a file sorting before others) — that dict re-ordered by the new list.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -150,7 +152,15 @@ def evaluate_delta(
         done.pop(uid, None)
     for locator in gone:
         invalid.pop(locator, None)
-    inserted = False
+    for pod in changed:
+        invalid.pop(pod.locator, None)
+    # What is added below lands at the end of each dict; the dicts must end up in the source's
+    # order (the full evaluation builds them so), re-ordered only when the end is not the place.
+    held_tail = next(reversed(held.values()), None)
+    invalid_tail = next(reversed(invalid), None)
+    held_added: list[str] = []  # locators
+    invalid_added: list[str] = []
+    done_added = False
     for pod in changed:  # in the source's order, as the full evaluation lists them
         locator = pod.locator
         if pod.pod is None:
@@ -158,19 +168,16 @@ def evaluate_delta(
             if invalid_before.get(locator) != rejected:
                 requests.append(ManifestInvalid(source=locator, error=pod.error, pod_source=name))
             invalid[locator] = rejected
-            inserted = True
+            invalid_added.append(locator)
             continue
-        invalid.pop(locator, None)
         wanted_locators.add(locator)
         uid = pod.pod.uid
         held_was = held_before.get(uid)
-        if pod.lifecycle == "finished":
-            done[uid] = pod.spec_hash
-            inserted = True
-            continue
-        if held_was is None and done_before.get(uid) == pod.spec_hash:
-            done[uid] = pod.spec_hash
-            inserted = True
+        if pod.lifecycle == "finished" or (
+            held_was is None and done_before.get(uid) == pod.spec_hash
+        ):
+            done[uid] = pod.spec_hash  # finished, or released earlier and still listed
+            done_added = True
             continue
         if held_was is None or held_was.spec_hash != pod.spec_hash:
             requests.append(PodAdmissionRequested(pod=pod.pod, source=locator, pod_source=name))
@@ -179,7 +186,7 @@ def evaluate_delta(
             requests.append(PodInitCompleted(uid=uid, pod_source=name))
             init_done = True
         held[uid] = Held(name, locator, pod.spec_hash, init_done)
-        inserted = True
+        held_added.append(locator)
 
     # Removals in the order the full evaluation finds them: held pods no longer wanted (in the
     # held order), then invalid locators no longer invalid nor holding a pod.
@@ -214,14 +221,35 @@ def evaluate_delta(
             if pod.pod is not None and pod.pod.uid in finished_removals:
                 events.append(finished_removals.pop(pod.pod.uid))
     ordered_requests.extend(requests)
-    if inserted:
-        # The full evaluation builds its dicts in the source's order.
+    order = _Order(new)
+    if held_added and not order.ascending(
+        held_tail.locator if held_tail is not None else None, held_added
+    ):
         held = _reorder(held, new, invalid)
+    if done_added:
         done = _reorder(done, new, invalid)
+    if invalid_added and not order.ascending(invalid_tail, invalid_added):
         invalid = {locator: invalid[locator] for locator in new if locator in invalid}
     return DeltaResult(
         events + ordered_requests, held, invalid, done, SingleSource(name, new, claims)
     )
+
+
+class _Order:
+    """Positions of locators in the new list, found only when asked (C-speed scans)."""
+
+    def __init__(self, new: dict[str, ObservedPod]) -> None:
+        self._new = new
+        self._locators: list[str] | None = None
+
+    def ascending(self, tail: str | None, added: list[str]) -> bool:
+        """`tail` (the last entry kept) and then `added` are in the list's order."""
+        if self._locators is None:
+            self._locators = list(self._new)
+        positions = [self._locators.index(locator) for locator in added]
+        if tail is not None:
+            positions.insert(0, self._locators.index(tail))
+        return all(a < b for a, b in itertools.pairwise(positions))
 
 
 def _reorder(
