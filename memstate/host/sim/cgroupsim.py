@@ -415,9 +415,9 @@ class SimCgroupFS:
             raise host_error(errno.EEXIST, "mkdir", path, detail="simulated")
         level = 1
         for ancestor in parent.ancestors_and_self():
-            live_descendants = sum(1 for _ in ancestor.subtree()) - 1
+            # Count the subtree only under a limit: the walk is O(cgroups) per mkdir.
             too_many = ancestor.max_descendants is not None and (
-                live_descendants >= ancestor.max_descendants
+                sum(1 for _ in ancestor.subtree()) - 1 >= ancestor.max_descendants
             )
             too_deep = ancestor.max_depth is not None and level > ancestor.max_depth
             if too_many or too_deep:

@@ -58,6 +58,8 @@ from memstate.core.events import (
     PodRemovalRequested,
 )
 from memstate.node.sources.observation import PRECEDENCE, ObservedPod, SourceName
+from memstate.node.sources.tracker_delta import Held as _Held
+from memstate.node.sources.tracker_delta import SingleSource, evaluate_delta, index_single_source
 
 CgroupGone = Callable[[str], bool]
 """`cgroup_gone(uid)`: True when no process is left in the pod's cgroup (it is gone or empty)."""
@@ -71,21 +73,13 @@ _CGROUP_GATED: frozenset[str] = frozenset({"kubelet", "apiserver"})
 
 
 @dataclass(frozen=True)
-class _Held:
-    """A pod memstate asked to admit and has not asked to remove."""
-
-    source_name: str
-    locator: str
-    spec_hash: str
-    init_completed: bool
-
-
-@dataclass(frozen=True)
 class _View:
     held: dict[str, _Held] = field(default_factory=dict)  # uid → held pod
     invalid: dict[str, tuple[str, str]] = field(default_factory=dict)  # locator → (source, error)
     # Finished or released pods still listed by a source: not asked for again. uid → spec hash.
     done: dict[str, str] = field(default_factory=dict)
+    # When one source holds every pod: its index for the delta path (tracker_delta).
+    single: SingleSource | None = None
 
 
 class PodTracker:
@@ -116,6 +110,19 @@ class PodTracker:
         """
         observed = dict(self._observed)
         observed[source_name] = list(pods)
+        before = self._view
+        delta = evaluate_delta(
+            before.single,
+            source_name,
+            observed[source_name],
+            held_before=before.held,
+            invalid_before=before.invalid,
+            done_before=before.done,
+        )
+        if delta is not None:
+            view = _View(delta.held, delta.invalid, delta.done, delta.index)
+            self._pending = (observed, view)
+            return delta.events
         return self._evaluate(observed, holders)
 
     def recheck(self) -> list[Event]:
@@ -207,7 +214,10 @@ class PodTracker:
                     init_done = True
                 held[uid] = _Held(name, pod.locator, pod.spec_hash, init_done)
 
-        self._pending = (observed, _View(held, invalid, done))
+        single = index_single_source(
+            observed, {h.source_name for h in held.values()}, _CGROUP_GATED
+        )
+        self._pending = (observed, _View(held, invalid, done, single))
         return removals + requests
 
     def _is_gone(self, uid: str) -> bool:

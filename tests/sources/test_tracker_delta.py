@@ -1,0 +1,82 @@
+"""The tracker's delta path (memstate.node.sources.tracker_delta) against its full evaluation.
+
+Seeded random deliveries — files added, removed, changed, made invalid, finished, UIDs shared by
+two files or moved between files, now and then a kubelet listing (a second, gated source) or an
+update that is not accepted — go to one tracker through `update` (which takes the delta path when
+it can) and to the full evaluation of the same observation; the events (order included) and the
+views (dict order included) must be equal after every step.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from memstate.node.sources.observation import ObservedPod
+from memstate.node.sources.tracker import PodTracker
+from tests.sources.test_tracker import observed
+
+UIDS = [f"u{index}" for index in range(24)]
+LOCATORS = [f"/m/{index:02d}.yaml" for index in range(14)]
+
+
+def random_pod(rng: random.Random, locator: str) -> ObservedPod:
+    roll = rng.random()
+    if roll < 0.08:
+        return ObservedPod(locator, error=f"$.spec: bad {rng.randrange(2)}")
+    return observed(
+        rng.choice(UIDS),
+        locator,
+        memory=rng.choice(["1Gi", "2Gi"]),
+        lifecycle="finished" if roll > 0.92 else "active",
+        init_completed=rng.random() < 0.2,
+    )
+
+
+def view(tracker: PodTracker) -> tuple[object, ...]:
+    pending = tracker._pending
+    assert pending is not None
+    _, v = pending
+    return (list(v.held.items()), list(v.invalid.items()), list(v.done.items()))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_delta_path_equals_the_full_evaluation(seed: int) -> None:
+    rng = random.Random(seed)
+    tracker = PodTracker(cgroup_gone=lambda uid: rng.random() < 0.5)
+    reference = PodTracker(cgroup_gone=lambda uid: True)
+    files: dict[str, ObservedPod] = {}
+    deltas = 0
+    for _ in range(120):
+        roll = rng.random()
+        if roll < 0.04:
+            kubelet = [
+                observed(uid, f"kubelet:{uid}")
+                for uid in rng.sample(UIDS, rng.choice([0, 0, 1, 2]))
+            ]
+            name, pods = "kubelet", kubelet
+        else:
+            for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 40])):
+                locator = rng.choice(LOCATORS)
+                if locator in files and rng.random() < 0.35:
+                    del files[locator]
+                else:
+                    files[locator] = random_pod(rng, locator)
+            name, pods = "manifests", [files[locator] for locator in sorted(files)]
+        # The reference: the full evaluation of the same observation and accepted view.
+        reference._observed, reference._view = tracker._observed, tracker._view
+        reference._cgroup_gone = tracker._cgroup_gone
+        before = tracker._view.single
+        state = rng.getstate()
+        events = tracker.update(name, pods)  # type: ignore[arg-type]
+        got = view(tracker)
+        rng.setstate(state)  # the same answers to cgroup_gone
+        expected = reference._evaluate({**tracker._observed, name: list(pods)}, None)
+        assert events == expected
+        assert got == view(reference)
+        if before is not None and before.source == name:
+            deltas += 1
+        if rng.random() < 0.9:
+            tracker.accept()
+    assert deltas > 5  # the delta path was tried (it falls back on duplicate UIDs)
