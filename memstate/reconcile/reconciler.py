@@ -58,7 +58,6 @@ capacity limiter of one. Nothing here imports trio.
 
 from __future__ import annotations
 
-import contextlib
 import errno as errno_module
 import time
 from collections import Counter
@@ -308,13 +307,8 @@ class Reconciler:
             else self._scope_paths(targets, config, scope, retiring)
         )
         full = paths is None
-        # A tree that can hold still for the reads (the directory-backed simulator) does.
-        snapshot = getattr(self.fs, "snapshot", None)
-        with snapshot() if callable(snapshot) else contextlib.nullcontext():
-            tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
-            targets, tree, focus, more_errors, more_reads = self._with_containers(
-                targets, tree, paths
-            )
+        tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
+        targets, tree, focus, more_errors, more_reads = self._with_containers(targets, tree, paths)
         read_errors += more_errors
         reads += more_reads
 

@@ -275,7 +275,6 @@ class DirCgroupFS(_ChangesFromOutside):
         self._marker_path = os.path.join(resolved, MARKER_NAME)
         self._watch_wanted = watch
         self._lock_depth = 0
-        self._snapshot_depth = 0
         self._tmp_counter = 0
         self._inotify = None
         self._wd_path = {}
@@ -382,22 +381,6 @@ class DirCgroupFS(_ChangesFromOutside):
         """
         with self._locked():
             yield
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Hold the lock and take in news once: calls on this instance inside the block see the
-        tree as it was at entry (plus their own operations) without a catch-up each.
-
-        For a full observation (the reconciler's resync): thousands of reads, one lock and one
-        catch-up with the journal and the inotify queue rather than one per read.
-        """
-        with self._locked():
-            self._sync()
-            self._snapshot_depth += 1
-            try:
-                yield
-            finally:
-                self._snapshot_depth -= 1
 
     def refresh(self) -> None:
         """Take in what changed since the last call (other instances, edits by hand) now.
@@ -525,8 +508,7 @@ class DirCgroupFS(_ChangesFromOutside):
     def _run(self, action: Callable[[], _T]) -> _T:
         """Lock, take in news, act, render what changed, unlock."""
         with self._locked():
-            if not self._snapshot_depth:
-                self._sync()
+            self._sync()
             try:
                 return action()
             finally:
