@@ -226,3 +226,36 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"vm: known bug (strict xfail): {reason}")
     if _STATE.skipped:
         terminalreporter.write_line(f"vm: {_STATE.skipped} skipped: {_STATE.skip_reason}")
+
+
+Records = Mapping[str, Mapping[str, Any]]
+
+
+def suite_records(
+    batch: harness.BatchResult, name: str, *, daemon_stderr: str | None = None
+) -> Records:
+    """A JSON-lines guest suite's records by id; the test fails (with the guest's traceback and
+    the tail of the daemon's stderr, `daemon_stderr` being its path among the VM's files, or
+    else the suite's own stderr) when the suite skipped, raised or exited non-zero."""
+    suite = batch.suites[name]
+    found = {str(r["id"]): r for r in harness.parse_json_lines(suite.stdout)}
+    if "skip" in found:
+        pytest.fail(f"the VM lacks controllers the suite needs: {found['skip']}", pytrace=False)
+    if "error" in found or suite.rc != 0:
+        where = "daemon" if daemon_stderr is not None else "guest"
+        raw = batch.vm.files.get(daemon_stderr, b"") if daemon_stderr is not None else b""
+        stderr = raw.decode(errors="replace") if daemon_stderr is not None else suite.stderr
+        detail = found.get("error", {}).get("traceback", f"exit {suite.rc}")
+        pytest.fail(
+            f"the guest suite failed:\n{detail}\n{where} stderr (tail):\n{stderr[-3000:]}",
+            pytrace=False,
+        )
+    return found
+
+
+def get_record(records: Records, check_id: str) -> Mapping[str, Any]:
+    """The record `check_id`; a test fails naming the ones the guest printed if it is missing."""
+    record = records.get(check_id)
+    if record is None:
+        pytest.fail(f"the guest printed no {check_id!r}; it printed {sorted(records)}")
+    return record

@@ -46,7 +46,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,11 +55,11 @@ from memstate.core.cgroup_paths import node_path, pod_path, qos_path
 from memstate.core.config import NodeConfig
 from memstate.core.events import PodAdmitted, PodRemoved
 from tests.vm.guest_daemon import (
-    DEFAULT_MOUNT,
     POLL_SECONDS,
     WAIT_SECONDS,
     Node,
     emit,
+    guest_main,
     node_config,
     node_memory,
     now,
@@ -429,24 +428,16 @@ def one_driver(mount: Path, job: Path, driver: str, nodes: dict[int, dict[str, i
         emit({"id": tag + "cleanup", "leftover": leftover})
 
 
+def run(mount: Path, job: Path) -> None:
+    emit({"id": "loopback", "was_down": loopback_up()})
+    nodes = node_memory()
+    emit({"id": "preimport", "seconds": round(preimport(), 2)})
+    for driver in RUNS:
+        one_driver(mount, job, driver, nodes)
+
+
 def main(argv: list[str]) -> int:
-    mount = Path(argv[1] if len(argv) > 1 else DEFAULT_MOUNT)
-    job = Path(os.environ.get("CGVM_JOB") or tempfile.mkdtemp(prefix="memstate-beside-vm-"))
-    enabled = (read_text(mount / "cgroup.subtree_control") or "").split()
-    emit({"id": "facts", "kernel": os.uname().release, "enabled": enabled})
-    if not {"memory", "cpuset", "hugetlb"} <= set(enabled):
-        emit({"id": "skip", "reason": f"{mount} does not enable memory, cpuset and hugetlb"})
-        return 0
-    try:
-        emit({"id": "loopback", "was_down": loopback_up()})
-        nodes = node_memory()
-        emit({"id": "preimport", "seconds": round(preimport(), 2)})
-        for driver in RUNS:
-            one_driver(mount, job, driver, nodes)
-    except Exception:
-        emit({"id": "error", "traceback": traceback.format_exc()})
-        return 1
-    return 0
+    return guest_main(argv, run, name="beside")
 
 
 if __name__ == "__main__":

@@ -756,20 +756,34 @@ def run(mount: Path, job: Path) -> None:
         emit({"id": "cleanup", "leftover": leftover})
 
 
-def main(argv: list[str]) -> int:
+def guest_main(
+    argv: list[str],
+    suite: Callable[[Path, Path], None],
+    *,
+    name: str,
+    controllers: tuple[str, ...] = ("memory", "cpuset", "hugetlb"),
+) -> int:
+    """A guest suite's entry point: the mount (argv[1]), the job directory ($CGVM_JOB), the facts
+    record, a skip when the root does not enable `controllers`, then `suite(mount, job)`; an
+    exception is an `error` record with its traceback (exit 1), never a silent pass."""
     mount = Path(argv[1] if len(argv) > 1 else DEFAULT_MOUNT)
-    job = Path(os.environ.get("CGVM_JOB") or tempfile.mkdtemp(prefix="memstate-daemon-vm-"))
+    job = Path(os.environ.get("CGVM_JOB") or tempfile.mkdtemp(prefix=f"memstate-{name}-vm-"))
     enabled = (read_text(mount / "cgroup.subtree_control") or "").split()
     emit({"id": "facts", "kernel": os.uname().release, "enabled": enabled})
-    if not {"memory", "cpuset", "hugetlb"} <= set(enabled):
-        emit({"id": "skip", "reason": f"{mount} does not enable memory, cpuset and hugetlb"})
+    if not set(controllers) <= set(enabled):
+        wanted = ", ".join(controllers[:-1]) + f" and {controllers[-1]}"
+        emit({"id": "skip", "reason": f"{mount} does not enable {wanted}"})
         return 0
     try:
-        run(mount, job)
+        suite(mount, job)
     except Exception:
         emit({"id": "error", "traceback": traceback.format_exc()})
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return guest_main(argv, run, name="daemon")
 
 
 if __name__ == "__main__":

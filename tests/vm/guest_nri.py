@@ -34,7 +34,6 @@ Stdlib, trio and memstate only. By hand:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -42,7 +41,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +51,13 @@ from memstate.core.events import PodAdmitted, PodRejected
 from tests.nri import wire
 from tests.nri.standin import StandInRuntime
 from tests.vm.guest_daemon import (
-    DEFAULT_MOUNT,
     KUBEPODS,
     Node,
     cleanup,
     decided,
     decision_record,
     emit,
+    guest_main,
     node_config,
     node_memory,
     now,
@@ -340,19 +338,7 @@ def run(mount: Path, job: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    mount = Path(argv[1] if len(argv) > 1 else DEFAULT_MOUNT)
-    job = Path(os.environ.get("CGVM_JOB") or tempfile.mkdtemp(prefix="memstate-nri-vm-"))
-    enabled = (read_text(mount / "cgroup.subtree_control") or "").split()
-    emit({"id": "facts", "kernel": os.uname().release, "enabled": enabled})
-    if not {"memory", "cpuset"} <= set(enabled):
-        emit({"id": "skip", "reason": f"{mount} does not enable memory and cpuset"})
-        return 0
-    try:
-        run(mount, job)
-    except Exception:
-        emit({"id": "error", "traceback": traceback.format_exc()})
-        return 1
-    return 0
+    return guest_main(argv, run, name="nri", controllers=("memory", "cpuset"))
 
 
 if __name__ == "__main__":

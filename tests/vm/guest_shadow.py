@@ -29,21 +29,19 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from memstate.core.events import PodAdmitted, ShadowDisagreement
 from memstate.core.kubelet_checkpoint import checksum_v1
 from tests.vm.guest_daemon import (
-    DEFAULT_MOUNT,
     KUBEPODS,
     Node,
     emit,
+    guest_main,
     node_config,
     node_memory,
     pod_manifest,
-    read_text,
 )
 
 UID = "vm-s"
@@ -195,19 +193,7 @@ def run(mount: Path, job: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    mount = Path(argv[1] if len(argv) > 1 else DEFAULT_MOUNT)
-    job = Path(os.environ.get("CGVM_JOB") or tempfile.mkdtemp(prefix="memstate-shadow-vm-"))
-    enabled = (read_text(mount / "cgroup.subtree_control") or "").split()
-    emit({"id": "facts", "kernel": os.uname().release, "enabled": enabled})
-    if not {"memory", "cpuset", "hugetlb"} <= set(enabled):
-        emit({"id": "skip", "reason": f"{mount} does not enable memory, cpuset and hugetlb"})
-        return 0
-    try:
-        run(mount, job)
-    except Exception:
-        emit({"id": "error", "traceback": traceback.format_exc()})
-        return 1
-    return 0
+    return guest_main(argv, run, name="shadow")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ TieredReservation, memoryThrottlingFactor 0.9, 4 KiB pages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 
 from . import guest_beside_kubelet as guest
 from . import harness
+from .conftest import Records, get_record, suite_records
 from .suites import BESIDE_KUBELET
 
 pytestmark = pytest.mark.vm
@@ -29,29 +27,13 @@ B = str(16 * MIB)
 B_HIGH = "46972928"
 DRIVERS = list(guest.RUNS)
 
-Records = Mapping[str, Mapping[str, Any]]
-
 
 @pytest.fixture(scope="module")
 def records(vm_batch: harness.BatchResult) -> Records:
-    suite = vm_batch.suites[BESIDE_KUBELET]
-    found = {str(r["id"]): r for r in harness.parse_json_lines(suite.stdout)}
-    if "skip" in found:
-        pytest.fail(f"the VM lacks controllers the suite needs: {found['skip']}", pytrace=False)
-    if "error" in found:
-        pytest.fail(
-            f"the guest suite failed:\n{found['error']['traceback']}\n"
-            f"guest stderr (tail):\n{suite.stderr[-3000:]}",
-            pytrace=False,
-        )
-    return found
+    return suite_records(vm_batch, BESIDE_KUBELET)
 
 
-def get(records: Records, check_id: str) -> Mapping[str, Any]:
-    record = records.get(check_id)
-    if record is None:
-        pytest.fail(f"the guest printed no {check_id!r}; it printed {sorted(records)}")
-    return record
+get = get_record
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -24,6 +24,7 @@ import pytest
 
 from . import guest_daemon as guest
 from . import harness
+from .conftest import Records, get_record, suite_records
 from .suites import DAEMON
 
 pytestmark = pytest.mark.vm
@@ -32,8 +33,6 @@ MIB = 1 << 20
 RUNNING = {uid: mib for _, uid, mib in guest.RUNNING}
 ADDED = {uid: mib for _, uid, mib in guest.ADDED}
 MANIFESTS = sorted((name, uid) for name, uid, _ in (*guest.RUNNING, *guest.ADDED))
-
-Records = Mapping[str, Mapping[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +46,11 @@ def daemon_stderr(vm_batch: harness.BatchResult) -> str:
 
 
 @pytest.fixture(scope="module")
-def records(suite: harness.SuiteResult, daemon_stderr: str) -> Records:
-    found = {str(r["id"]): r for r in harness.parse_json_lines(suite.stdout)}
-    if "skip" in found:
-        pytest.fail(f"the VM lacks controllers the suite needs: {found['skip']}", pytrace=False)
-    if "error" in found:
-        pytest.fail(
-            f"the guest suite failed:\n{found['error']['traceback']}\n"
-            f"daemon stderr (tail):\n{daemon_stderr[-3000:]}",
-            pytrace=False,
-        )
-    return found
+def records(vm_batch: harness.BatchResult) -> Records:
+    return suite_records(vm_batch, DAEMON, daemon_stderr=f"{guest.ARTIFACTS}/daemon.stderr")
 
 
-def get(records: Records, check_id: str) -> Mapping[str, Any]:
-    record = records.get(check_id)
-    if record is None:
-        pytest.fail(f"the guest printed no {check_id!r}; it printed {sorted(records)}")
-    return record
+get = get_record
 
 
 def pod_path(uid: str) -> str:

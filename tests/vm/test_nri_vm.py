@@ -12,20 +12,17 @@ are memstate's recorded decisions, that the kernel shows what the runtime wrote,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 
 from . import guest_nri as guest
 from . import harness
+from .conftest import Records, get_record, suite_records
 from .suites import NRI
 
 pytestmark = pytest.mark.vm
 
 PAGE = 4096
 MEMORY_FILES = ("memory.high", "memory.min", "memory.low")
-Records = Mapping[str, Mapping[str, Any]]
 CONTAINERS = [
     (uid, spec.name, guest.container_id(uid, spec.name))
     for uid, specs in guest.PODS.items()
@@ -35,25 +32,10 @@ CONTAINERS = [
 
 @pytest.fixture(scope="module")
 def records(vm_batch: harness.BatchResult) -> Records:
-    suite = vm_batch.suites[NRI]
-    found = {str(r["id"]): r for r in harness.parse_json_lines(suite.stdout)}
-    if "skip" in found:
-        pytest.fail(f"the VM lacks controllers the suite needs: {found['skip']}", pytrace=False)
-    if "error" in found:
-        stderr = vm_batch.vm.files.get(f"{guest.ARTIFACTS}/daemon.stderr", b"")
-        pytest.fail(
-            f"the guest suite failed:\n{found['error']['traceback']}\n"
-            f"daemon stderr (tail):\n{stderr.decode(errors='replace')[-3000:]}",
-            pytrace=False,
-        )
-    return found
+    return suite_records(vm_batch, NRI, daemon_stderr=f"{guest.ARTIFACTS}/daemon.stderr")
 
 
-def get(records: Records, check_id: str) -> Mapping[str, Any]:
-    record = records.get(check_id)
-    if record is None:
-        pytest.fail(f"the guest printed no {check_id!r}; it printed {sorted(records)}")
-    return record
+get = get_record
 
 
 def kernel_value(written: str) -> str:

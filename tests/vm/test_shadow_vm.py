@@ -9,41 +9,22 @@ session's one boot (tests/vm/suites.py; `CGVM_SUITES=shadow` runs it alone).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 
 from . import guest_shadow as guest
 from . import harness
+from .conftest import Records, get_record, suite_records
 from .suites import SHADOW
 
 pytestmark = pytest.mark.vm
 
-Records = Mapping[str, Mapping[str, Any]]
-
 
 @pytest.fixture(scope="module")
 def records(vm_batch: harness.BatchResult) -> Records:
-    boot = vm_batch
-    suite = boot.suites[SHADOW]
-    stderr = boot.vm.files.get(f"{guest.ARTIFACTS}/daemon.stderr", b"").decode(errors="replace")
-    found = {str(r["id"]): r for r in harness.parse_json_lines(suite.stdout)}
-    if "skip" in found:
-        pytest.fail(f"the VM lacks controllers the suite needs: {found['skip']}", pytrace=False)
-    if "error" in found or suite.rc != 0:
-        detail = found.get("error", {}).get("traceback", suite.stderr[-3000:])
-        pytest.fail(
-            f"the guest suite failed:\n{detail}\ndaemon stderr:\n{stderr[-3000:]}", pytrace=False
-        )
-    return found
+    return suite_records(vm_batch, SHADOW, daemon_stderr=f"{guest.ARTIFACTS}/daemon.stderr")
 
 
-def get(records: Records, check_id: str) -> Mapping[str, Any]:
-    record = records.get(check_id)
-    if record is None:
-        pytest.fail(f"the guest printed no {check_id!r}; it printed {sorted(records)}")
-    return record
+get = get_record
 
 
 def test_not_one_file_of_the_real_tree_changes(records: Records) -> None:
