@@ -80,6 +80,7 @@ from memstate.core.plan import (
     CGROUP_KILL,
     PROTECTION_FILES,
     SUBTREE_CONTROL,
+    ObservedCgroup,
     ObservedTree,
     Operation,
     Plan,
@@ -525,16 +526,25 @@ class Reconciler:
             if found is None or not found.exists:
                 continue
             for file in PROTECTION_FILES:
-                expected = self._expected.get((path, file))
-                if expected is None or file in found.unreadable:
-                    continue
-                text = found.files.get(file)
-                if text is None:
-                    text = kernel_default(file)
-                now = self._values.normalise(file, text) if text is not None else None
-                if now is not None and now != expected:
+                if self._changed_behind_our_back(path, file, found) is not None:
                     drifted.setdefault(path, set()).add(file)
         return drifted
+
+    def _changed_behind_our_back(
+        self, path: str, file: str, found: ObservedCgroup
+    ) -> tuple[str, str] | None:
+        """(expected, now) if `file` of `path` no longer holds what this reconciler last wrote
+        or saw; None when it does, or when either side is unknown (never written, unreadable)."""
+        expected = self._expected.get((path, file))
+        if expected is None or file in found.unreadable:
+            return None
+        text = found.files.get(file)
+        if text is None:
+            text = kernel_default(file)
+        now = self._values.normalise(file, text) if text is not None else None
+        if now is None or now == expected:
+            return None
+        return expected, now
 
     @staticmethod
     def _children_observed(targets: NodeTargets, path: str, plan: Plan) -> bool:
@@ -574,15 +584,9 @@ class Reconciler:
                         " ".join(sorted(found.subtree_control)),
                     )
             for file in plan.final_values.get(target.path, {}):
-                expected_value = self._expected.get((target.path, file))
-                if expected_value is None or file in found.unreadable:
-                    continue
-                text = found.files.get(file)
-                if text is None:
-                    text = kernel_default(file)
-                now = self._values.normalise(file, text) if text is not None else None
-                if now is not None and now != expected_value:
-                    drift[(target.path, file)] = (expected_value, now)
+                changed = self._changed_behind_our_back(target.path, file, found)
+                if changed is not None:
+                    drift[(target.path, file)] = changed
         return drift
 
     # --- execution -------------------------------------------------------------------------
