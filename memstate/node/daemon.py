@@ -17,7 +17,8 @@ The daemon is composed of parts: the state they share (memstate.node.context), t
 Start-up order (docs/operations.md): lock the state directory and recover the log (EventLog.open:
 torn tails are cut, anything worse refuses with exit 65); rebuild the state from the newest valid
 checkpoint plus the tail; observe the topology (sysfs or a topology file); load and validate the
-config (exit 78 if it does not fit the machine); record what changed (`daemon_started`,
+config (exit 78 if it does not fit the machine, or, with `kubeletConfigFile`, would fight the
+kubelet's: memstate.node.kubelet_config); record what changed (`daemon_started`,
 `daemon_restarted` when there is history, `topology_observed`, `config_loaded`); readmit the pods
 found in the manifest directory, in whatever order it lists them, and close readmission; reconcile
 the whole tree; then tell systemd READY=1.
@@ -31,7 +32,9 @@ event, an invalid one is rejected, counted and logged, the old one stays), the r
 cgroup tree changes behind memstate's back, retries when the reconciler asks), the watchdog, the
 HTTP endpoint (memstate.node.endpoint: /metrics reading an immutable snapshot, /healthz from the
 loops' heartbeat, /readyz from the readiness the daemon keeps; trio tasks in the root nursery),
-and with `nri:` the NRI plugin (memstate.node.nri_decider: answers from committed decisions only).
+with `nri:` the NRI plugin (memstate.node.nri_decider: answers from committed decisions only),
+with `mode: shadow` the comparison with the kubelet (memstate.node.shadow), and with the API-server
+source a Kubernetes Event per rejection (memstate.node.sources.rejection_events).
 SIGTERM/SIGINT stop everything, finish the in-flight append, write a final checkpoint and exit 0.
 
 Failures: a log that cannot be written (fsync error) stops the daemon with exit 74 — decisions that

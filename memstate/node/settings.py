@@ -36,7 +36,7 @@ memstate:
     readTimeoutSeconds: 90
   ownership: standalone             # or beside-kubelet: the kubelet owns the pod cgroups
   mode: numa                        # numa (pin and protect), qos (Memory QoS only) or shadow
-  kubeletConfigFile: null           # the kubelet's config.yaml: checked at start, see below
+  kubeletConfigFile: null           # the kubelet's config.yaml: checked at start and reload
   kubeletCheckpoint: /var/lib/kubelet/memory_manager_state  # what shadow mode compares with
   nri: null                         # the NRI plugin (docs/operations.md "NRI"); off unless set
   # nri:
@@ -48,7 +48,9 @@ memstate:
 
 `ownership`, `mode` and `kubeletConfigFile` say how memstate shares the node with a kubelet
 (docs/operations.md, "Running beside the kubelet"; memstate.core.plan.profile,
-memstate.node.kubelet_config); they take effect at start.
+memstate.node.kubelet_config). `ownership`, `mode`, `kubeletCheckpoint` and `nri` take effect at
+start only (memstate.node.loops.config.apply_reloadable); the file `kubeletConfigFile` names is read
+at start and on every reload.
 
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
 (top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier

@@ -1,6 +1,6 @@
 """Small, careful file-system primitives for the store: fsync discipline, atomic files, the lock.
 
-Rules these helpers encode (docs/event-log.md, "Append path"):
+Rules these helpers encode (docs/event-log.md, "Appending: group commit and fsync"):
 - a new or renamed or removed directory entry is durable only after the *directory* is fsynced
   (the kubelet's checkpoint store forgot this);
 - `write(2)` may write less than asked: loop;

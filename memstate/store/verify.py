@@ -1,9 +1,9 @@
 """Checking a log without changing it: `memstate log verify` and the daemon's background check.
 
 `verify` gives start-up's verdict by running start-up's own reads (`check_startup_reads` in
-memstate.store.recovery), so the two can never disagree (docs/event-log.md, "One truth");
+memstate.store.recovery), so the two can never disagree (docs/event-log.md, "What start-up checks");
 `full=True` and `check_sealed_bodies` add the sealed segments' bodies, which start-up trusts to
-their seals. Kept apart from the log modules so they do not import recovery.
+their seals. Kept apart from the writer and reader modules so they do not import recovery.
 """
 
 from __future__ import annotations

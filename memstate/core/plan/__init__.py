@@ -10,6 +10,7 @@ One module per part, each importable on its own; this package re-exports the pub
   no target explains;
 - `planner`: `plan_operations`, the ordering rules and why (its module docstring);
 - `diff`: `diff_tree`, the managed files side by side with the live tree, without planning;
+- `containers`: which directories under a pod cgroup are which container, and their targets;
 - `profile`: `WriteProfile`, what memstate may create, remove and write per ownership and mode.
 """
 
