@@ -58,6 +58,7 @@ from memstate.nri.decider import (
     Refusal,
     ResourceAdjustment,
     SandboxInfo,
+    container_updates,
 )
 from memstate.nri.plugin import NriPlugin, PluginSettings, PluginStatus
 
@@ -155,13 +156,7 @@ class DaemonNriDecider:
             self._metrics.nri_decision_seconds.labels(method=method).observe(elapsed)
 
     def _updates(self, container_ids: Sequence[str]) -> list[ContainerUpdate]:
-        updates = []
-        for container_id in container_ids:
-            uid, name = self.containers[container_id]
-            decision = self._decide(uid, name)
-            if isinstance(decision, ResourceAdjustment) and not decision.empty:
-                updates.append(ContainerUpdate(container_id, decision))
-        return updates
+        return container_updates(container_ids, self.containers, self._decide)
 
     async def synchronize(
         self, pods: Sequence[SandboxInfo], containers: Sequence[ContainerInfo]

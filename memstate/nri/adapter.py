@@ -27,6 +27,7 @@ from memstate.nri.decider import (
     Refusal,
     ResourceAdjustment,
     SandboxInfo,
+    container_updates,
 )
 
 UnknownPodPolicy = Literal["allow", "refuse"]
@@ -116,13 +117,7 @@ class TargetsDecider:
         return ResourceAdjustment()
 
     def _updates(self, container_ids: Sequence[str]) -> list[ContainerUpdate]:
-        updates = []
-        for container_id in container_ids:
-            pod_uid, name = self.containers[container_id]
-            decision = self._decide(pod_uid, name)
-            if isinstance(decision, ResourceAdjustment) and not decision.empty:
-                updates.append(ContainerUpdate(container_id, decision))
-        return updates
+        return container_updates(container_ids, self.containers, self._decide)
 
     async def synchronize(
         self, pods: Sequence[SandboxInfo], containers: Sequence[ContainerInfo]

@@ -11,7 +11,7 @@ implementations must do per-call work bounded by the pod (look-ups by UID), neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -82,6 +82,24 @@ class ContainerUpdate:
     container_id: str
     adjustment: ResourceAdjustment
     ignore_failure: bool = False
+
+
+def container_updates(
+    container_ids: Sequence[str],
+    containers: Mapping[str, tuple[str, str]],
+    decide: Callable[[str, str], object],
+) -> list[ContainerUpdate]:
+    """The updates that re-apply memstate's values to running containers (Synchronize, and an
+    update of containers already running): one per container whose decision is a non-empty
+    `ResourceAdjustment`. `containers` maps a container id to (pod UID, container name);
+    `decide(pod_uid, name)` is the decider's answer for a container."""
+    updates = []
+    for container_id in container_ids:
+        pod_uid, name = containers[container_id]
+        decision = decide(pod_uid, name)
+        if isinstance(decision, ResourceAdjustment) and not decision.empty:
+            updates.append(ContainerUpdate(container_id, decision))
+    return updates
 
 
 class NriDecider(Protocol):
