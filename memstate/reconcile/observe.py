@@ -69,7 +69,19 @@ class _Observer:
         self.found: dict[str, ObservedCgroup] = {}
 
     def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
+        if exc.errno == errno_module.ENOENT and op != "exists" and self._vanished(path):
+            # The cgroup itself went away during the round (beside the kubelet, its owner
+            # removes pod and container cgroups whenever it likes): the value is unknown this
+            # round and the next one sees the cgroup absent; not a failure worth a note.
+            return
         self.errors.append(ReadError(op, path, file, exc.errno or 0, str(exc)))
+
+    def _vanished(self, path: str) -> bool:
+        self.reads += 1
+        try:
+            return not self.fs.exists(path)
+        except HostError:
+            return False
 
     def exists(self, path: str) -> bool | None:
         self.reads += 1
