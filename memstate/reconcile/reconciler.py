@@ -25,7 +25,8 @@ One call to `Reconciler.reconcile(targets)` is one round:
    `max_attempts_per_round`; any other failure backs off exponentially (base, doubling, capped)
    *across* rounds — the round never sleeps, it reports `retry_after_seconds` and the daemon
    comes back then. ENOENT on a removal (rmdir, cgroup.kill, zeroing a retired pod) means the
-   cgroup is already gone: success. EEXIST on mkdir is success. EBUSY on rmdir means "still
+   cgroup is already gone: success; so does ENOENT on any write beside the kubelet when the
+   cgroup itself is gone (its owner removed it during the round). EEXIST on mkdir is success. EBUSY on rmdir means "still
    populated": the removal stays pending, counted, without a failure note every round.
 4. **Report** (`ReconcileReport`): counters by (file, result) — ``mkdir``/``rmdir`` stand in for
    the file of directory operations — and notes for the event log:
@@ -634,7 +635,9 @@ class Reconciler:
                 self._call(operation)
             except HostError as exc:
                 code = exc.errno or 0
-                if self._counts_as_success(operation, code):
+                if self._counts_as_success(operation, code) or self._removed_by_owner(
+                    operation, code
+                ):
                     return OperationResult(operation, "ok", code, attempts), attempts
                 if code in TRANSIENT_ERRNOS and attempts < self.options.max_attempts_per_round:
                     continue
@@ -652,6 +655,17 @@ class Reconciler:
             self.fs.write(operation.path, CGROUP_KILL, operation.value)
         else:
             self.fs.write(operation.path, operation.file, operation.value)
+
+    def _removed_by_owner(self, operation: Operation, code: int) -> bool:
+        """Beside the kubelet, its owner removes a cgroup whenever it likes, also just before
+        memstate writes to it: ENOENT on a cgroup that is itself gone leaves nothing to write
+        (the next round sees it absent). Where memstate owns the tree it is a failure."""
+        if self.profile.owns_cgroups or code != errno_module.ENOENT:
+            return False
+        try:
+            return not self.fs.exists(operation.path)
+        except HostError:
+            return False
 
     @staticmethod
     def _counts_as_success(operation: Operation, code: int) -> bool:

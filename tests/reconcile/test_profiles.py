@@ -12,6 +12,8 @@ the tree, not on what the planner says it would do.
 
 from __future__ import annotations
 
+import errno
+
 import msgspec
 import pytest
 
@@ -357,3 +359,37 @@ def test_container_cgroups_of_both_runtimes_and_drivers_get_their_values_beside_
     assert path in written
     assert not written & {f"{pod_cgroup}/{name}" for name in others}  # sandbox, conmon: alone
     assert not any(op != "write" for op, _, _ in mutations(fs, start))
+
+
+class KubeletRemovesDuringTheRound(FaultInjectingCgroupFS):
+    """The kubelet removes `victim` (a pod cgroup without children) just before memstate's
+    first write to it in the round: the write meets ENOENT, as on a real node."""
+
+    victim = ""
+
+    def write(self, path: str, file: str, value: str) -> None:
+        if path == self.victim and self.inner.exists(path):
+            self.inner.rmdir(path)
+        super().write(path, file, value)
+
+
+def test_beside_the_kubelet_a_write_to_a_cgroup_the_kubelet_just_removed_is_no_failure() -> None:
+    targets = targets_of_pods(three_pods())
+    fs = KubeletRemovesDuringTheRound(new_sim(), log_length=100_000)
+    rec = Reconciler(fs, page_size_bytes=PAGE, clock=FakeClock(), profile=BESIDE)
+    kubelet_makes(sim_of(fs), targets, None)
+    fs.victim = targets.pod("b1").cgroup
+
+    report = rec.reconcile(targets)
+
+    assert not fs.exists(fs.victim)
+    assert [n for n in report.notes if n.kind == "cgroup_write_failed"] == []
+    # ENOENT from a cgroup that still exists (a missing file) is still a failure worth a note.
+    fs2 = KubeletRemovesDuringTheRound(new_sim(), log_length=100_000)
+    rec2 = Reconciler(fs2, page_size_bytes=PAGE, clock=FakeClock(), profile=BESIDE)
+    kubelet_makes(sim_of(fs2), targets, None)
+    b1 = targets.pod("b1").cgroup
+    fs2.inject(errno.ENOENT, op="write", path=b1, file="memory.low")
+    noted = [n for n in rec2.reconcile(targets).notes if n.kind == "cgroup_write_failed"]
+    assert fs2.exists(b1)
+    assert [(n.path, n.file) for n in noted] == [(b1, "memory.low")]
