@@ -26,8 +26,9 @@ One call to `Reconciler.reconcile(targets)` is one round:
    *across* rounds — the round never sleeps, it reports `retry_after_seconds` and the daemon
    comes back then. ENOENT on a removal (rmdir, cgroup.kill, zeroing a retired pod) means the
    cgroup is already gone: success; so does ENOENT on any write beside the kubelet when the
-   cgroup itself is gone (its owner removed it during the round). EEXIST on mkdir is success. EBUSY on rmdir means "still
-   populated": the removal stays pending, counted, without a failure note every round.
+   cgroup itself is gone (its owner removed it during the round). EEXIST on mkdir is success.
+   EBUSY on rmdir means "still populated": the removal stays pending, counted, without a
+   failure note every round.
 4. **Report** (`ReconcileReport`): counters by (file, result) — ``mkdir``/``rmdir`` stand in for
    the file of directory operations — and notes for the event log:
    `CgroupWriteFailed` (with errno; also for reads that failed), `CgroupDriftCorrected` (a value
