@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from memstate import __version__
 from memstate.cli.commands import COMMAND_MODULES
-from memstate.core.errors import EXIT_FAILURE, EXIT_USAGE, FileAccessError, MemstateError
+from memstate.cli.commands.common import missing_command
+from memstate.core.errors import EXIT_FAILURE, FileAccessError, MemstateError
 from memstate.present.output import configure_tables, quiet_stdout
 
 EPILOG = """\
@@ -68,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     configure_tables(wide=bool(getattr(args, "wide", False)))
     if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return missing_command(parser)
     try:
         with quiet_stdout(args):
             result = handler(args)

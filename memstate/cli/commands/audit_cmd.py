@@ -29,6 +29,7 @@ from memstate.cli.commands.common import (
     add_progress_arguments,
     allow_relative_times,
     event_kinds,
+    missing_command,
     progress_enabled,
     progress_source,
     require_file_for_report,
@@ -36,7 +37,6 @@ from memstate.cli.commands.common import (
     seq_number,
     state_dir_of,
     time_value,
-    usage,
 )
 from memstate.cli.timeparse import FORMS
 from memstate.core.errors import EXIT_OK, EXIT_USAGE, MemstateError
@@ -90,7 +90,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="audit commands", metavar="COMMAND")
-    parser.set_defaults(handler=lambda args: usage(parser))
+    parser.set_defaults(handler=lambda args: missing_command(parser))
 
     pod = commands.add_parser(
         "pod",

@@ -170,10 +170,16 @@ def memstate_command() -> str:
         return str(script)
 
 
-def usage(parser: argparse.ArgumentParser) -> int:
-    """The handler of a command group called without a subcommand: help, exit 2."""
-    parser.print_help(sys.stderr)
-    return 2
+def missing_command(parser: argparse.ArgumentParser) -> int:
+    """`memstate` or a command group (`memstate log`) called without a command: argparse's form
+    of a usage error (the usage line, then one error line, on stderr) and exit 2. `--help` is
+    the way to the full help (stdout, exit 0)."""
+    parser.print_usage(sys.stderr)
+    print(
+        f"{parser.prog}: error: a command is required ({parser.prog} --help lists them)",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 def config_path(args: argparse.Namespace) -> Path | None:

@@ -10,9 +10,9 @@ from typing import Any
 
 from memstate.cli.commands.common import (
     add_location_arguments,
+    missing_command,
     resolve_settings,
     state_dir_of,
-    usage,
 )
 from memstate.core.errors import EXIT_OK, InputError
 from memstate.present.output import (
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
         help="take over state from another manager (kubelet-state)",
         description="Take over state from another manager.",
     )
-    importer.set_defaults(handler=lambda _args: usage(importer))
+    importer.set_defaults(handler=lambda _args: missing_command(importer))
     kinds = importer.add_subparsers(title="what", metavar="WHAT")
     kubelet = kinds.add_parser(
         "kubelet-state",
@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
         help="shadow mode: where memstate and the kubelet disagree",
         description="Shadow mode (memstate.mode: shadow): memstate decides and writes nothing.",
     )
-    shadow.set_defaults(handler=lambda _args: usage(shadow))
+    shadow.set_defaults(handler=lambda _args: missing_command(shadow))
     actions = shadow.add_subparsers(title="actions", metavar="ACTION")
     report = actions.add_parser(
         "report",

@@ -23,13 +23,13 @@ from memstate.cli.commands.common import (
     add_progress_arguments,
     allow_relative_times,
     event_kinds,
+    missing_command,
     progress_enabled,
     require_file_for_report,
     require_state_dir,
     seq_number,
     state_dir_of,
     time_value,
-    usage,
 )
 from memstate.cli.timeparse import FORMS
 from memstate.core.errors import (
@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="log commands", metavar="COMMAND")
-    parser.set_defaults(handler=lambda args: usage(parser))
+    parser.set_defaults(handler=lambda args: missing_command(parser))
 
     verify_parser = commands.add_parser(
         "verify",
