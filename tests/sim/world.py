@@ -308,7 +308,7 @@ evictionHard: {memory.available: "0"}
 reservedMemory:
 - {numaNode: 0, limits: {memory: 1Gi}}
 - {numaNode: 1, limits: {memory: 1Gi}}
-memstate: {metricsAddress: "off", cgroupRoot: /, rescanSeconds: 5, resyncSeconds: 20}
+memstate: {metricsAddress: "off", cgroupTree: /, rescanSeconds: 5, resyncSeconds: 20}
 """
 
 

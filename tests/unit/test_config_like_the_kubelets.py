@@ -11,10 +11,12 @@ Method: the real loaders on real files (a realistic kubeadm fixture), `caplog` f
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from memstate.core.config import config_from_object, validate_config_for_topology
 from memstate.core.errors import ConfigError, ManifestError
@@ -143,12 +145,41 @@ def test_config_like_the_kubelets_one_name_per_cgroup_root(
     assert info.value.path == "$.memstate.cgroupTree"
 
 
-def test_config_like_the_kubelets_packaged_config_uses_the_new_name(tmp_path: Path) -> None:
-    packaged = Path(__file__).parent.parent.parent / "packaging" / "config.yaml"
-    text = packaged.read_text()
-    memstate_section = text[text.index("\nmemstate:") :]
-    assert "cgroupTree:" in memstate_section
-    assert "cgroupRoot:" not in memstate_section
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bundled_configs() -> list[tuple[str, object]]:
+    """Every config the project ships or starts a daemon with: the packaged one, the example
+    node's, the simulation's, and each YAML block of the docs and README with a `memstate:`
+    section (what operators copy)."""
+    from tests.sim.world import CONFIG_YAML as SIM_CONFIG
+
+    found: list[tuple[str, object]] = [
+        ("packaging/config.yaml", yaml.safe_load((ROOT / "packaging" / "config.yaml").read_text())),
+        ("tests/sim/world.py CONFIG_YAML", yaml.safe_load(SIM_CONFIG)),
+    ]
+    for path in sorted((ROOT / "memstate" / "examples").rglob("*.yaml")):
+        found.append((str(path.relative_to(ROOT)), yaml.safe_load(path.read_text())))
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), flags=re.S):
+            try:
+                document = yaml.safe_load(block)
+            except yaml.YAMLError:
+                continue  # a fragment with placeholders: not a config
+            found.append((str(page.relative_to(ROOT)), document))
+    return [
+        (where, document)
+        for where, document in found
+        if isinstance(document, dict) and isinstance(document.get("memstate"), dict)
+    ]
+
+
+def test_config_like_the_kubelets_bundled_configs_use_the_new_name() -> None:
+    configs = _bundled_configs()
+    wheres = {where for where, _ in configs}
+    assert {"packaging/config.yaml", "tests/sim/world.py CONFIG_YAML"} <= wheres
+    old_spelling = [where for where, document in configs if "cgroupRoot" in document["memstate"]]
+    assert old_spelling == []
 
 
 def test_config_like_the_kubelets_run_without_config_names_its_defaults(

@@ -162,7 +162,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=(
             f"the cgroup tree to observe (default: ${CGROUP_ROOT_ENV}, else the config's "
-            f"cgroupSim or cgroupRoot, else {DEFAULT_CGROUP_ROOT})"
+            f"cgroupSim or cgroupTree, else {DEFAULT_CGROUP_ROOT})"
         ),
     )
     tree.add_argument(
@@ -220,7 +220,7 @@ def targets_for(state: State) -> tuple[NodeTargets, int]:
 
 def cgroup_tree_of(args: argparse.Namespace) -> tuple[Path, bool]:
     """The tree to observe and whether it is simulated: `--cgroup-root`/`--cgroup-sim`, else
-    `$MEMSTATE_CGROUP_ROOT`, else the config's `cgroupSim` or `cgroupRoot`, else the default —
+    `$MEMSTATE_CGROUP_ROOT`, else the config's `cgroupSim` or `cgroupTree`, else the default —
     the order every command uses (docs/cli.md)."""
     flag_root: Path | None = getattr(args, "cgroup_root", None)
     flag_sim: Path | None = getattr(args, "cgroup_sim", None)
