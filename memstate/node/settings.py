@@ -52,6 +52,11 @@ memstate.node.kubelet_config). `ownership`, `mode`, `kubeletCheckpoint` and `nri
 start only (memstate.node.loops.config.apply_reloadable); the file `kubeletConfigFile` names is read
 at start and on every reload.
 
+Relative paths in the section (every path above, the nested ones included) are relative to the
+directory of the config file, as the kubelet reads its own config file: a daemon started from /
+by systemd finds the same files as one started from a shell. Paths given as command-line flags
+or environment variables stay relative to the working directory (docs/cli.md).
+
 `cgroupTree` is a directory of the cgroup v2 filesystem; the KubeletConfiguration's `cgroupRoot`
 (top level of the same file) is a cgroup name *inside* that tree, as the kubelet reads it. Earlier
 versions spelled `cgroupTree` as `cgroupRoot` too; that spelling is still accepted, with a
@@ -211,8 +216,14 @@ class Settings(msgspec.Struct, frozen=True):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
-    """Apply the `memstate:` section of a config file on top of `base`; `source` names the file."""
+def settings_from_object(
+    obj: Any, *, source: str, base: Settings, relative_to: Path | None = None
+) -> Settings:
+    """Apply the `memstate:` section of a config file on top of `base`; `source` names the file.
+
+    `relative_to` is the directory the section's relative paths are relative to: the config
+    file's (`config_directory`), as the kubelet reads its own config file. None leaves them as
+    written (relative to the working directory)."""
     if obj is None:
         return base
     try:
@@ -220,6 +231,8 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
     except ConfigError as exc:  # paths are relative to the section: name it
         path = "$.memstate" + exc.path[1:] if exc.path.startswith("$") else "$.memstate"
         raise ConfigError(exc.message, source=source, path=path) from None
+    if relative_to is not None:
+        raw = _anchor_paths(raw, relative_to)
     for old_name, (new_name, new_key) in DEPRECATED_KEYS.items():
         old_value = getattr(raw, old_name)
         if old_value is None:
@@ -253,6 +266,51 @@ def settings_from_object(obj: Any, *, source: str, base: Settings) -> Settings:
     settings = msgspec.structs.replace(base, **updates)
     validate_settings(settings, source=source)
     return settings
+
+
+def config_directory(config_file: Path) -> Path:
+    """The directory relative paths in `config_file` are relative to (absolute, so that they
+    stay right whatever the working directory is when they are used)."""
+    return config_file.absolute().parent
+
+
+# Path-valued fields of the section, top level and nested: relative ones are relative to the
+# config file (settings_from_object).
+_FILE_PATH_FIELDS = (
+    "state_dir",
+    "manifest_dir",
+    "cgroup_tree",
+    "cgroup_root",
+    "cgroup_sim",
+    "topology_file",
+    "kubelet_checkpoint",
+    "kubelet_config_file",
+)
+_NESTED_PATH_FIELDS = {
+    "kubelet": ("token_file", "ca_file", "cert_file", "key_file"),
+    "api_server": ("kubeconfig",),
+    "nri": ("socket",),
+}
+
+
+def _anchored(value: str | None, directory: Path) -> str | None:
+    # "" and None mean "not set" (a kubelet source without a CA file): they stay so.
+    if not value or Path(value).is_absolute():
+        return value
+    return str(directory / value)
+
+
+def _anchor_paths(raw: SettingsFile, directory: Path) -> SettingsFile:
+    """`raw` with every relative path made relative to `directory`."""
+    updates: dict[str, Any] = {
+        name: _anchored(getattr(raw, name), directory) for name in _FILE_PATH_FIELDS
+    }
+    for section, names in _NESTED_PATH_FIELDS.items():
+        nested = getattr(raw, section)
+        if nested is not None:
+            changes = {name: _anchored(getattr(nested, name), directory) for name in names}
+            updates[section] = msgspec.structs.replace(nested, **changes)
+    return msgspec.structs.replace(raw, **updates)
 
 
 def validate_settings(settings: Settings, *, source: str = "") -> None:

@@ -124,7 +124,16 @@ class Node:
 
     # --- process ---------------------------------------------------------------------------------
 
-    def start(self, *, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+    def start(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        cwd: Path | None = None,
+        config_arg: str | None = None,
+    ) -> None:
+        """Start `memstate run --config <config_arg or the config file>` in `cwd` (default: the
+        node's root)."""
         assert self.process is None, "already running"
         if self.notify_path.exists():
             self.notify_path.unlink()
@@ -138,8 +147,15 @@ class Node:
         }
         stderr = self.stderr_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "memstate", "run", "--config", str(self.config_file)],
-            cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "memstate",
+                "run",
+                "--config",
+                config_arg or str(self.config_file),
+            ],
+            cwd=cwd or self.root,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -281,12 +297,14 @@ class Node:
         document: dict[str, Any] = json.loads(result.stdout)
         return document
 
-    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60.0, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "memstate", *args],
             capture_output=True,
             text=True,
-            cwd=self.root,
+            cwd=cwd or self.root,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             timeout=timeout,
             check=False,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from memstate.core.errors import EXIT_USAGE, ConfigError, InputError, MemstateError
 from memstate.node.inputs import read_document
-from memstate.node.settings import Settings, settings_from_object
+from memstate.node.settings import Settings, config_directory, settings_from_object
 
 if TYPE_CHECKING:
     from memstate.history.replay import LogSource
@@ -199,7 +199,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if path is not None:
         document = read_document(path, ConfigError)
         section = document.get("memstate") if isinstance(document, dict) else None
-        settings = settings_from_object(section, source=str(path), base=settings)
+        settings = settings_from_object(
+            section, source=str(path), base=settings, relative_to=config_directory(path)
+        )
         settings = _replace(settings, config_file=path)
     env_state = os.environ.get("MEMSTATE_STATE_DIR")
     if env_state and getattr(args, "state_dir", None) is None:

@@ -16,7 +16,12 @@ from memstate.core.topology import Topology
 from memstate.node.context import DaemonContext
 from memstate.node.inputs import config_from_document, parse_document, read_input
 from memstate.node.kubelet_config import with_kubelet_config
-from memstate.node.settings import Settings, describe_defaults, settings_from_object
+from memstate.node.settings import (
+    Settings,
+    config_directory,
+    describe_defaults,
+    settings_from_object,
+)
 from memstate.node.watching import watch_directory
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
@@ -38,7 +43,8 @@ def settings_and_config_from(base: Settings, data: bytes) -> tuple[Settings, Nod
     source = str(base.config_file)
     document = parse_document(data, source=source, error=ConfigError)
     section = document.get("memstate") if isinstance(document, dict) else None
-    settings = settings_from_object(section, source=source, base=base)
+    relative_to = None if base.config_file is None else config_directory(base.config_file)
+    settings = settings_from_object(section, source=source, base=base, relative_to=relative_to)
     config = config_from_document(document, source=source)
     return settings, with_kubelet_config(settings, config, document)
 
