@@ -42,10 +42,10 @@ logger = logging.getLogger("memstate.node.daemon")
 
 async def start_up(daemon: DaemonContext) -> None:
     """Everything before READY=1 (see the module docstring for the order)."""
-    settings = daemon.settings  # as given: the config file's own settings are loaded below
     opened = await recover(daemon)
     topology = observe_topology(daemon)
     config = load_config_at_startup(daemon, topology)
+    settings = daemon.settings  # the config file's memstate: section under flags and env
     daemon.config_topology = topology
     daemon.manifests.node_name = node_name_of(daemon.settings)
     given = daemon.adapters.sources

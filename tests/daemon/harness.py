@@ -298,14 +298,18 @@ class Node:
         return document
 
     def cli(
-        self, *args: str, timeout: float = 60.0, cwd: Path | None = None
+        self,
+        *args: str,
+        timeout: float = 60.0,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "memstate", *args],
             capture_output=True,
             text=True,
             cwd=cwd or self.root,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             timeout=timeout,
             check=False,
         )

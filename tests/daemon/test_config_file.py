@@ -9,15 +9,18 @@ as already loaded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from memstate.core.events import PodAdmitted
 from memstate.node.context import DaemonContext
 from memstate.node.loops.config import config_digest, load_config_at_startup
 from memstate.node.settings import Settings
+from tests.daemon.harness import Node, pod_manifest
 from tests.factories import topology
 
 CONFIG_YAML = """\
@@ -68,3 +71,44 @@ def test_start_up_reads_the_config_file_once(
     assert daemon._config_digest == config_digest(config_file.read_bytes())
     assert daemon.settings.rescan_seconds == 7  # the memstate: section, from the same read
     assert config.memory_manager_policy == "Static"
+
+
+def test_run_takes_every_location_from_the_config_section_under_flags_and_environment(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """`memstate run` with a config file whose memstate: section names the manifest directory,
+    the metrics address and the state directory, and `$MEMSTATE_STATE_DIR` set: the section's
+    values are the ones in force (manifests admitted from its manifestDir, metrics served on its
+    metricsAddress) except where the environment wins (docs/cli.md): the log and the daemon's
+    status file are in the environment's state directory, and `memstate status` with that
+    environment finds the running daemon and reports the section's values. Before the fix the
+    start-up load put the section's stateDir back over the environment's, so the status file
+    went to a directory the log is not in."""
+    node = make_node()
+    env_state = tmp_path / "env-state"
+    node.drop("a.yaml", pod_manifest("pod-a", "1Gi"))
+    node.start(env={"MEMSTATE_STATE_DIR": str(env_state)})
+    node.state_dir = env_state  # where the harness reads the log
+    node.wait_for(
+        lambda records: any(
+            isinstance(r.event, PodAdmitted) and r.event.uid == "pod-a" for r in records
+        )
+    )
+    assert node.metric("memstate_pods") is not None  # the section's metricsAddress
+    assert not (node.root / "state").exists()  # the section's stateDir: the environment won
+    status_file = env_state / "daemon-status.json"
+    assert status_file.exists()
+    result = node.cli(
+        "status",
+        "--config",
+        str(node.config_file),
+        "-o",
+        "json",
+        env={"MEMSTATE_STATE_DIR": str(env_state)},
+    )
+    assert result.returncode == 0, result.stderr
+    daemon = json.loads(result.stdout)["daemon"]
+    assert daemon is not None and daemon["running"], result.stdout
+    assert daemon["manifest_dir"] == str(node.manifest_dir)
+    assert daemon["metrics_address"] == f"127.0.0.1:{node.metrics_port}"
+    assert node.terminate() == 0

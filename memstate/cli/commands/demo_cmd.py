@@ -271,9 +271,12 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
         port if port is not None else _free_port(DEMO_METRICS_PORT),
     )
     settings = resolve_settings(argparse.Namespace(config=config, state_dir=None))
+    flags: dict[str, object] = {}
     if port is not None:
-        # The flag beats the config, as everywhere (docs/cli.md).
-        settings = msgspec.structs.replace(settings, metrics_address=f"127.0.0.1:{port}")
+        # The flag beats the config (an earlier demo's, perhaps edited), as everywhere
+        # (docs/cli.md).
+        flags["metrics_address"] = f"127.0.0.1:{port}"
+        settings = msgspec.structs.replace(settings, **flags)
     me = memstate_command()
     out = sys.stdout
     as_json = args.output == "json"
@@ -318,7 +321,9 @@ def run_daemon_demo(args: argparse.Namespace) -> int:
         )
         out.flush()
 
-    run_daemon(Daemon(settings, on_ready=ready, stop_after_seconds=args.duration))
+    run_daemon(
+        Daemon(settings, cli_overrides=flags, on_ready=ready, stop_after_seconds=args.duration)
+    )
     if not as_json:
         out.write(f"stopped; the log and a final checkpoint are in {node_dir}/state\n")
     return 0

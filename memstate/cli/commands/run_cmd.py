@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,16 @@ def register(subparsers: Any) -> None:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
-    """Settings given on the command line win over the config file."""
+    """Settings given on the command line (or `$MEMSTATE_STATE_DIR`) win over the config file,
+    at start and at every reload (docs/cli.md "Where a node's files are")."""
+    env_state = os.environ.get("MEMSTATE_STATE_DIR")
     mapping = {
         "cgroup_root": args.cgroup_root,
         "cgroup_sim": args.cgroup_sim,
         "topology_file": args.topology_file,
         "metrics_address": args.metrics_address,
         "pod_removal": args.pod_removal,
-        "state_dir": args.state_dir,
+        "state_dir": args.state_dir or (Path(env_state) if env_state else None),
         "manifest_dir": args.manifest_dir,
     }
     chosen: dict[str, object] = {

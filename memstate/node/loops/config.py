@@ -65,7 +65,16 @@ def load_config_at_startup(daemon: DaemonContext, topology: Topology) -> NodeCon
         data = read_input(path, ConfigError)
         daemon._config_digest = config_digest(data)
         settings, config = settings_and_config_from(daemon.settings, data)
-    daemon.settings = with_overrides(daemon, settings)
+    # The state and manifest directories are in use already (the log was recovered and the
+    # manifest directory opened with the settings the daemon was given, which the command
+    # resolved from the same file, the flags and the environment): the daemon's settings keep
+    # saying where they are.
+    in_use = daemon.settings
+    daemon.settings = msgspec.structs.replace(
+        with_overrides(daemon, settings),
+        state_dir=in_use.state_dir,
+        manifest_dir=in_use.manifest_dir,
+    )
     validate_config_for_topology(config, topology, source=str(settings.config_file or ""))
     return config
 
