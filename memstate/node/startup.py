@@ -68,10 +68,11 @@ async def start_up(daemon: DaemonContext) -> None:
         await serve_metrics(daemon, settings)
     daemon.readiness.recovered = True
     pods = len(daemon.state.pods)
-    daemon.notifier.ready(f"{pods} pods, seq {daemon.last_seq}")
     logger.info("ready: %d pods, seq %d", pods, daemon.last_seq)
     daemon.ready.set()
+    # The status file first: whoever sees READY=1 finds it saying ready, with the bound address.
     daemon._write_status()
+    daemon.notifier.ready(f"{pods} pods, seq {daemon.last_seq}")
 
 
 async def recover(daemon: DaemonContext) -> OpenedLog:
@@ -185,8 +186,10 @@ async def serve_metrics(daemon: DaemonContext, settings: Settings) -> None:
             path="$.memstate.metricsAddress",
         ) from None
     port = bound[0][1] if bound else port
-    daemon.metrics_bound = f"{host}:{port}"
-    logger.info("metrics on http://%s:%d/metrics", host, port)
+    # With port 0 the kernel picks one: the journal line and daemon-status.json (`memstate
+    # status`) are where an operator or a test finds it.
+    daemon.metrics_bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    logger.info("metrics on http://%s/metrics", daemon.metrics_bound)
 
 
 def topology_source(daemon: DaemonContext) -> str:

@@ -32,12 +32,6 @@ Gi = 2**30
 Mi = 2**20
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pod_manifest(
     uid: str,
     memory: str,
@@ -80,7 +74,9 @@ class Node:
         self.topology_file = root / "topology.yaml"
         self.config_file = root / "config.yaml"
         self.notify_path = root / "notify.sock"
-        self.metrics_port = free_port()
+        # The daemon binds port 0 (the kernel picks a free one: no race with other processes
+        # for a port picked here and released); `metrics_port` reads what it bound.
+        self._metrics_port: int | None = None
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(
             yaml.safe_dump(
@@ -108,7 +104,7 @@ class Node:
                 "manifestDir": str(self.manifest_dir),
                 "cgroupSim": str(self.cgroup_dir),
                 "topologyFile": str(self.topology_file),
-                "metricsAddress": f"127.0.0.1:{self.metrics_port}",
+                "metricsAddress": "127.0.0.1:0",
                 "rescanSeconds": 1,
                 "resyncSeconds": 2,
                 **(extra_settings or {}),
@@ -182,6 +178,31 @@ class Node:
                 )
         raise AssertionError(f"daemon not ready after {timeout}s: {self.stderr()}")
 
+    @property
+    def metrics_port(self) -> int:
+        """The port the running daemon's HTTP endpoint is bound to, from the status file it
+        writes before READY=1 (`daemon.metrics_address` of `memstate status`)."""
+        if self._metrics_port is None:
+            assert self.process is not None, "no daemon running"
+            status = self.state_dir / "daemon-status.json"
+            deadline = time.monotonic() + 60.0
+            while True:
+                try:
+                    document = json.loads(status.read_text())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    document = {}
+                # Written with ready true just before READY=1, after the endpoint is bound.
+                if document.get("pid") == self.process.pid and document.get("ready"):
+                    break
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"no status file from the daemon: {self.stderr()}")
+                time.sleep(0.1)
+            address = str(document["metrics_address"])
+            host, _, port = address.rpartition(":")
+            assert host == "127.0.0.1" and port.isdigit() and int(port) > 0, address
+            self._metrics_port = int(port)
+        return self._metrics_port
+
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path.exists() else ""
 
@@ -196,6 +217,7 @@ class Node:
         self.process.send_signal(signum)
         code = self.process.wait(timeout=timeout)
         self.process = None
+        self._metrics_port = None  # the next start binds another
         if self._notify is not None:
             self._notify.close()
             self._notify = None

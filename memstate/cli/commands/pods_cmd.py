@@ -412,6 +412,9 @@ def run_status(args: argparse.Namespace) -> int:
         out.write(f" (pid {daemon.get('pid')}, converged: {daemon.get('converged')})")
         if daemon.get("ownership"):  # absent in the status files of older daemons
             out.write(f", ownership {daemon.get('ownership')}, mode {daemon.get('mode')}")
+        metrics = daemon.get("metrics_address")
+        if metrics and metrics != "off":  # the bound address (the kernel's pick for port 0)
+            out.write(f", metrics http://{metrics}/metrics")
     out.write("\n")
     if state.readmission_open:
         out.write("readmission in progress\n")
