@@ -128,6 +128,10 @@ class DaemonContext:
         # host:port the metrics endpoint is bound to (port 0 in the config: the kernel's pick).
         self.metrics_bound: str | None = None
         self.nri: NriService | None = None  # set by run_nri when `nri:` is configured
+        # Runtime container ids (pod UID -> {id -> name}) from the pod sources and from NRI,
+        # merged for the reconciler (_converge_containers).
+        self._source_container_ids: dict[str, dict[str, str]] = {}
+        self._nri_container_ids: dict[str, dict[str, str]] = {}
         self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
         self.rejection_events: RejectionEvents | None = None  # with the API-server source
 
@@ -284,8 +288,24 @@ class DaemonContext:
 
     def _container_ids_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
         """New runtime container ids from the sources: converge those pods' containers now."""
+        self._source_container_ids = ids
+        self._converge_containers(pods)
+
+    def nri_containers_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
+        """The containers the NRI plugin knows changed: converge those pods' containers now."""
+        self._nri_container_ids = ids
+        self._converge_containers(pods)
+
+    def _converge_containers(self, pods: frozenset[str]) -> None:
         if self.reconciler is None:
             return
+        # Both name the same runtime's containers; a new dict each time (the reconciler reads it
+        # from a worker thread).
+        ids = self._source_container_ids
+        if self._nri_container_ids:
+            ids = {uid: dict(known) for uid, known in self._nri_container_ids.items()}
+            for uid, known in self._source_container_ids.items():
+                ids.setdefault(uid, {}).update(known)
         self.reconciler.container_ids = ids  # type: ignore[attr-defined]
         if self.targets is not None and self._scope is not None:
             held = {target.uid: target.cgroup for target in self.targets.pods}

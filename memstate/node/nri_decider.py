@@ -27,6 +27,13 @@ Look-ups are by pod UID in a snapshot (UID -> PodTargets, UID -> Rejection) rebu
 per commit, the first time a request sees a newer state: per request the work is bounded by the
 pod, never by the node.
 
+The containers the runtime tells about (id -> pod UID and name: Synchronize, CreateContainer,
+UpdateContainer; forgotten at RemoveContainer and RemovePodSandbox) are handed to the daemon
+(`on_containers`), which gives them to the reconciler beside the ids the kubelet and API-server
+sources report: the container cgroups the runtime names by id (docs/reconciler.md "Container
+cgroups") get their values converged like those of the sources' containers, with only the
+manifest directory as a pod source too.
+
 Releases stay where they are: RemovePodSandbox does not remove a pod from the state (a source that
 still lists the pod would contradict it); it nudges the sources, whose tracker releases a deleted
 pod once its cgroup is gone, exactly as without NRI. Synchronize (after either side restarted)
@@ -97,9 +104,12 @@ class DaemonNriDecider:
         *,
         unknown_pod_wait_seconds: float,
         metrics: Metrics | None = None,
+        on_containers: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._current = current
         self._nudge = nudge
+        # Told the pod UIDs whose known containers changed (the module docstring).
+        self._on_containers = on_containers
         self._wait = unknown_pod_wait_seconds
         self._metrics = metrics
         self._snap: _Snapshot | None = None
@@ -108,6 +118,24 @@ class DaemonNriDecider:
         self._committed = trio.Event()
         # container id -> (pod uid, container name), for updates of running containers.
         self.containers: dict[str, tuple[str, str]] = {}
+
+    def containers_by_pod(self) -> dict[str, dict[str, str]]:
+        """Pod UID -> {runtime container id -> container name}: the reconciler's form (a new
+        dict each call)."""
+        by_pod: dict[str, dict[str, str]] = {}
+        for container_id, (uid, name) in self.containers.items():
+            by_pod.setdefault(uid, {})[container_id] = name
+        return by_pod
+
+    def _learn(self, container_id: str, uid: str, name: str) -> None:
+        before = self.containers.get(container_id)
+        self.containers[container_id] = (uid, name)
+        if before != (uid, name):
+            self._changed({uid} if before is None else {uid, before[0]})
+
+    def _changed(self, pods: set[str]) -> None:
+        if pods and self._on_containers is not None:
+            self._on_containers(frozenset(pods))
 
     def state_changed(self) -> None:
         """The daemon published a newly committed state (call on the trio thread)."""
@@ -162,7 +190,9 @@ class DaemonNriDecider:
         self, pods: Sequence[SandboxInfo], containers: Sequence[ContainerInfo]
     ) -> Sequence[ContainerUpdate]:
         """Re-learn every running container; re-apply memstate's values to each."""
+        before = self.containers
         self.containers = {c.id: (c.pod_uid, c.name) for c in containers}
+        self._changed({uid for _, (uid, _) in before.items() ^ self.containers.items()})
         updates = self._updates([c.id for c in containers])
         unknown = {c.pod_uid for c in containers if not self._known(c.pod_uid)}
         if unknown:
@@ -204,13 +234,13 @@ class DaemonNriDecider:
                 self._wait,
                 container.name,
             )
-            self.containers[container.id] = (pod.uid, container.name)
+            self._learn(container.id, pod.uid, container.name)
             self._count("CreateContainer", "unknown_pod", started)
             return ResourceAdjustment()
         if isinstance(decision, Refusal):
             self._count("CreateContainer", "refused", started)
             return decision
-        self.containers[container.id] = (pod.uid, container.name)
+        self._learn(container.id, pod.uid, container.name)
         self._count("CreateContainer", "unchanged" if decision.empty else "adjusted", started)
         return decision
 
@@ -218,7 +248,7 @@ class DaemonNriDecider:
         self, pod: SandboxInfo, container: ContainerInfo
     ) -> Sequence[ContainerUpdate]:
         """Re-apply memstate's values over whatever the update brings."""
-        self.containers[container.id] = (pod.uid, container.name)
+        self._learn(container.id, pod.uid, container.name)
         updates = self._updates([container.id])
         self._count("UpdateContainer", "adjusted" if updates else "unchanged")
         return updates
@@ -228,7 +258,8 @@ class DaemonNriDecider:
 
     async def remove_container(self, pod: SandboxInfo, container: ContainerInfo) -> None:
         """Forget the container."""
-        self.containers.pop(container.id, None)
+        forgotten = self.containers.pop(container.id, None)
+        self._changed(set() if forgotten is None else {forgotten[0]})
 
     async def stop_pod_sandbox(self, pod: SandboxInfo) -> None:
         """The pod's cgroup empties: let the sources look again (a deleted pod is released
@@ -237,9 +268,10 @@ class DaemonNriDecider:
 
     async def remove_pod_sandbox(self, pod: SandboxInfo) -> None:
         """Forget the pod's containers; the release comes from the sources, as without NRI."""
-        self.containers = {
-            cid: entry for cid, entry in self.containers.items() if entry[0] != pod.uid
-        }
+        kept = {cid: entry for cid, entry in self.containers.items() if entry[0] != pod.uid}
+        if len(kept) != len(self.containers):
+            self.containers = kept
+            self._changed({pod.uid})
         self._nudge()
 
 
@@ -265,6 +297,10 @@ class NriHost(Protocol):
     def _sources_wake(self) -> _Settable: ...
 
     def _write_status(self) -> None: ...
+
+    def nri_containers_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
+        """The runtime's containers as NRI reported them (pod UID -> {id -> name}) changed for
+        `pods`."""
 
 
 class NriService:
@@ -322,11 +358,15 @@ def nri_service_for(daemon: NriHost) -> NriService | None:
         daemon._manifest_wake.set()
         daemon._sources_wake.set()
 
+    def containers_changed(pods: frozenset[str]) -> None:
+        daemon.nri_containers_changed(decider.containers_by_pod(), pods)
+
     decider = DaemonNriDecider(
         current,
         nudge,
         unknown_pod_wait_seconds=nri.unknown_pod_wait_seconds,
         metrics=daemon.metrics,
+        on_containers=containers_changed,
     )
     plugin = NriPlugin(
         PluginSettings(socket=nri.socket, name=nri.plugin_name, index=nri.plugin_index), decider
@@ -342,6 +382,9 @@ async def run_nri(daemon: NriHost) -> None:
         return
     daemon.nri = service
     logger.info("NRI: plugin %s-%s on %s", *_describe(service.plugin.settings))
+    # Read at each scrape, like daemon-status.json's `nri` at each write (which other loops do
+    # too): the two never disagree.
+    daemon.metrics.nri_connected.set_function(lambda: 1.0 if service.status.connected else 0.0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(service.plugin.run)
         last: tuple[bool, str, int] | None = None
@@ -350,7 +393,6 @@ async def run_nri(daemon: NriHost) -> None:
             current = (status.connected, status.last_error, status.sessions)
             if current != last:
                 last = current
-                daemon.metrics.nri_connected.set(1 if status.connected else 0)
                 daemon._write_status()
             await trio.sleep(_STATUS_SECONDS)
 

@@ -177,6 +177,7 @@ def test_in_qos_mode_the_nri_answer_carries_no_cpuset_mems() -> None:
             targets=targets,
             metrics=None,
             sources=[],
+            nri_containers_changed=lambda ids, pods: None,
         )
         service = nri_service_for(daemon)  # type: ignore[arg-type]
         assert service is not None
@@ -191,3 +192,41 @@ def test_in_qos_mode_the_nri_answer_carries_no_cpuset_mems() -> None:
     assert isinstance(numa, ResourceAdjustment) and numa.cpuset_mems
     assert isinstance(qos, ResourceAdjustment) and qos.cpuset_mems == ""
     assert qos.unified == numa.unified and qos.unified  # the Memory QoS values all the same
+
+
+def test_every_container_the_runtime_tells_of_is_handed_on_and_forgotten_with_it() -> None:
+    """The decider's known containers reach the daemon (`on_containers`: the pods whose set
+    changed) from every NRI event that teaches or removes one, for decided and unknown pods."""
+    published = Published(node_state())
+    told: list[frozenset[str]] = []
+    decider = DaemonNriDecider(
+        published.current,
+        published.nudge,
+        unknown_pod_wait_seconds=0.0,
+        metrics=None,
+        on_containers=told.append,
+    )
+
+    async def main() -> None:
+        app, side = _container(PINNED, "app"), _container(PINNED, "sidecar")
+        await decider.synchronize([_pod(PINNED)], [app])
+        assert told == [frozenset({PINNED})]
+        await decider.synchronize([_pod(PINNED)], [app])  # nothing new: nothing told
+        assert len(told) == 1
+        await decider.create_container(_pod(PINNED), side)
+        await decider.create_container(_pod(UNKNOWN), _container(UNKNOWN, "x"))  # fail-open
+        await decider.update_container(_pod(PINNED), side)  # known already
+        assert told[1:] == [frozenset({PINNED}), frozenset({UNKNOWN})]
+        assert decider.containers_by_pod() == {
+            PINNED: {app.id: "app", side.id: "sidecar"},
+            UNKNOWN: {f"c-{UNKNOWN[:4]}-x": "x"},
+        }
+        await decider.remove_container(_pod(PINNED), side)
+        await decider.remove_pod_sandbox(_pod(UNKNOWN))
+        await decider.remove_pod_sandbox(_pod(UNKNOWN))  # gone already: nothing told
+        assert told[3:] == [frozenset({PINNED}), frozenset({UNKNOWN})]
+        assert decider.containers_by_pod() == {PINNED: {app.id: "app"}}
+        await decider.synchronize([], [])  # the runtime restarted with nothing running
+        assert told[-1] == frozenset({PINNED}) and decider.containers_by_pod() == {}
+
+    trio.run(main)
