@@ -143,7 +143,7 @@ class TreeClaim:
                 raise LockHeld(
                     f"{path}: the cgroup tree is already converged by {who} (another memstate "
                     "daemon, perhaps with a different state directory); stop it or give this "
-                    "one a different cgroupRoot/cgroupSim"
+                    "one a different cgroupTree/cgroupSim"
                 ) from None
             raise
         return cls(path, fd)

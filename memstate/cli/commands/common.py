@@ -28,7 +28,8 @@ def add_location_arguments(parser: argparse.ArgumentParser, *, manifests: bool =
         type=Path,
         default=None,
         help="the config file (KubeletConfiguration fields plus a `memstate:` section); its "
-        "memstate.stateDir/manifestDir are used unless given here "
+        "memstate.stateDir/manifestDir are used unless given here; relative paths in it are "
+        "relative to its directory, those given here to the working directory "
         f"(default: $MEMSTATE_CONFIG, else {DEFAULT_CONFIG} if it exists)",
     )
     parser.add_argument(
