@@ -426,6 +426,13 @@ def apply(state: State, event: Event) -> State:
 
     Exhaustive over the catalogue (`assert_never`), the most frequent kinds first (each `case`
     is one `isinstance`); `Folder.fold` mirrors the fast ones."""
+    kind = type(event)
+    if kind in _NO_STATE_EFFECT:
+        return state  # inputs and notes without effect: ~60 % of a log, no `match` walk
+    if kind is PodAdmitted:
+        return _apply_admitted(state, cast(PodAdmitted, event))
+    if kind is PodRemoved:
+        return _apply_removed(state, cast(PodRemoved, event))
     match known_event(event):
         case PodAdmitted() as admitted:
             return _apply_admitted(state, admitted)

@@ -54,7 +54,7 @@ from memstate.core.errors import (
 from memstate.core.events import DaemonStarted, Envelope, Event
 from memstate.core.reducer import apply, apply_all, decide
 from memstate.core.scenario import iter_scenario
-from memstate.core.state import REDUCER_VERSION, State, state_hash
+from memstate.core.state import REDUCER_VERSION, State, encode_state, state_hash
 from memstate.history.statediff import Change, diff_states
 
 Mode = Literal["compare", "recorded", "reference"]
@@ -73,12 +73,18 @@ class Transition:
     apply_error: str | None = None
     # True in `reference` mode: the derived decisions were applied, whatever was recorded.
     reference: bool = False
+    # The recorded decisions' events (None when none are recorded): given by `transitions`,
+    # which has them anyway; derived from `recorded` when left out.
+    recorded_events: tuple[Event, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.recorded is not None and self.recorded_events is None:
+            object.__setattr__(self, "recorded_events", tuple(e.event for e in self.recorded))
 
     @property
     def diverges(self) -> bool:
-        if self.recorded is None:
-            return False
-        return tuple(e.event for e in self.recorded) != self.derived
+        recorded = self.recorded_events
+        return recorded is not None and recorded != self.derived
 
     @property
     def last_seq(self) -> int:
@@ -88,8 +94,9 @@ class Transition:
     def decisions(self) -> tuple[Event, ...]:
         """What was applied: the recorded decisions if any were recorded (and this is not a
         reference run), else the derived."""
-        if self.recorded is not None and not self.reference:
-            return tuple(e.event for e in self.recorded)
+        recorded = self.recorded_events
+        if recorded is not None and not self.reference:
+            return recorded
         return self.derived
 
 
@@ -105,23 +112,24 @@ def transitions(
     """Walk envelopes as transitions, re-deriving decisions per `mode` (module docstring).
     Streams; keeps one state."""
     current = state if state is not None else State()
+    reference = mode == "reference"
+    trust_recorded = mode == "recorded"
     for envelope, recorded in _transactions(envelopes):
         event = envelope.event
+        recorded_events = None if recorded is None else tuple([e.event for e in recorded])
         derived: tuple[Event, ...]
         if event.role != "input":
             derived = ()  # notes imply nothing (what `decide` would say, without the call)
-        elif mode == "recorded" and recorded is not None:
-            derived = tuple(e.event for e in recorded)
+        elif trust_recorded and recorded_events is not None:
+            derived = recorded_events
         else:
             derived = decide(current, event)
-        applied: tuple[Event, ...]
-        if mode == "reference" or recorded is None:
-            applied = derived
-        else:
-            applied = tuple(e.event for e in recorded)
+        applied = derived if reference or recorded_events is None else recorded_events
         apply_error: str | None = None
         try:
-            after = apply_all(apply(current, event), applied)
+            after = apply(current, event)
+            for decision in applied:
+                after = apply(after, decision)
         except InvariantViolation as exc:
             if recorded is None or applied == derived:
                 raise  # this build's own decisions do not fit: a real bug
@@ -133,7 +141,8 @@ def transitions(
             before=current,
             after=after,
             apply_error=apply_error,
-            reference=mode == "reference",
+            reference=reference,
+            recorded_events=recorded_events,
         )
         current = after
 
@@ -453,10 +462,11 @@ def replay_log(
             break
         if isinstance(record.event, DaemonStarted):
             started = record.event
+        last_seq = transition.last_seq
         report.first_seq = report.first_seq or record.seq
-        report.records += transition.last_seq - record.seq + 1
+        report.records += last_seq - record.seq + 1
         report.transitions += 1
-        report.last_seq, report.last_ts_ns = transition.last_seq, record.ts_ns
+        report.last_seq, report.last_ts_ns = last_seq, record.ts_ns
         if on_transition is not None:
             on_transition(transition)
         if transition.diverges:
@@ -465,8 +475,8 @@ def replay_log(
             )
             state = transition.before
             break
-        state, report.state_seq = transition.after, transition.last_seq
-        while pending and pending[0].seq <= transition.last_seq:
+        state, report.state_seq = transition.after, last_seq
+        while pending and pending[0].seq <= last_seq:
             checkpoint = pending.pop(0)
             found = _verify_checkpoint(checkpoint, transition, crcs.pop(checkpoint.seq, None))
             if isinstance(found, str):
@@ -490,7 +500,7 @@ def _verify_checkpoint(
 ) -> Divergence | str | None:
     """None when the checkpoint agrees with the replayed state, a warning when it cannot be
     compared, a `checkpoint_hash` divergence when it disagrees."""
-    from memstate.store.checkpoint import load_checkpoint
+    from memstate.store.checkpoint import check_body, load_checkpoint, read_checkpoint_body
 
     name = checkpoint.path.name
     if checkpoint.seq != transition.last_seq:
@@ -498,14 +508,23 @@ def _verify_checkpoint(
             f"checkpoint {name} is inside the transaction of seq {transition.record.seq}; skipped"
         )
     try:
-        loaded = load_checkpoint(checkpoint.path)
+        body = read_checkpoint_body(checkpoint.path)
+        check_body(body, checkpoint.path)
     except (CheckpointCorruption, SchemaError) as exc:
         return f"checkpoint {name} skipped: {exc}"
-    if crc is not None and crc != loaded.chain_crc:
+    if crc is not None and crc != body.chain_crc:
         return (
-            f"checkpoint {name} skipped: its chain CRC {loaded.chain_crc:08x} is not the log's "
+            f"checkpoint {name} skipped: its chain CRC {body.chain_crc:08x} is not the log's "
             f"{crc:08x} at seq {checkpoint.seq} (it describes another log)"
         )
+    if encode_state(transition.after) == body.state:
+        # The stored bytes, whose hash `check_body` checked, are the replayed state's canonical
+        # encoding: the hashes agree, and decoding the stored state would give this state back.
+        return None
+    try:
+        loaded = load_checkpoint(checkpoint.path)  # the states differ: decoded for the report
+    except (CheckpointCorruption, SchemaError) as exc:
+        return f"checkpoint {name} skipped: {exc}"
     replayed_hash = state_hash(transition.after)
     if replayed_hash == loaded.state_hash:
         return None
