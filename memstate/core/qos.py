@@ -44,8 +44,10 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
+
+import msgspec
 
 from memstate.core.cgroup_paths import (
     hugetlb_max_file,
@@ -207,7 +209,7 @@ class _TargetsContext(NamedTuple):
     hugetlb: tuple[tuple[str, str], ...]  # (resource, hugetlb limit file), page sizes ascending
     # Targets by pod shape (`_pod_shape`) under this config and topology: everything but the
     # UID and the cgroup path (`pod_targets`). Bounded; clearing only costs recomputation.
-    shapes: dict[Hashable, _ShapeTargets]
+    shapes: dict[tuple[bytes, tuple[int, ...]], _ShapeTargets]
 
 
 class _ShapeTargets(NamedTuple):
@@ -270,18 +272,14 @@ def pod_targets(
     )
 
 
-def _pod_shape(pod: Pod) -> Hashable:
-    """What a pod's targets depend on besides the config, topology and allocation (dicts as
-    item tuples: two equal dicts in another order are only a memo miss)."""
-    level = pod.pod_level
-    return (
-        tuple(
-            (c.name, c.kind, tuple(c.requests.items()), tuple(c.limits.items()))
-            for c in pod.containers
-        ),
-        tuple(pod.overhead.items()),
-        None if level is None else (tuple(level.requests.items()), tuple(level.limits.items())),
-    )
+_SHAPE_ENCODER = msgspec.msgpack.Encoder()
+
+
+def _pod_shape(pod: Pod) -> bytes:
+    """What a pod's targets depend on besides the config, topology and allocation, as bytes
+    (equal bytes are equal containers, overhead and pod-level resources; equal dicts in another
+    order are only a memo miss)."""
+    return _SHAPE_ENCODER.encode((pod.containers, pod.overhead, pod.pod_level))
 
 
 def _shape_targets(
