@@ -370,9 +370,16 @@ class _PodAllocator:
             sum(self.machine.free(n, r) for n in mask) >= size for r, size in requests.items()
         )
 
-    def allocate(self, container: ContainerSpec, hint: TopologyHint) -> None:
-        """The Static policy's `Allocate` for one container; raises `AdmissionError`."""
-        requests = numa_requests(container)
+    def allocate(
+        self,
+        container: ContainerSpec,
+        hint: TopologyHint,
+        requests: Mapping[str, int] | None = None,
+    ) -> None:
+        """The Static policy's `Allocate` for one container (`requests`: its `numa_requests`,
+        when the caller has them); raises `AdmissionError`."""
+        if requests is None:
+            requests = numa_requests(container)
         self.hints[container.name] = hint
         best = hint
         if best.numa_affinity is None:
@@ -501,9 +508,15 @@ class _PodAllocator:
             for c in self.pod.containers
         )
         allocation = PodAllocation(containers=containers, takes=merge_takes(self.takes))
-        for resource in {b.type for b in allocation.blocks}:
-            held = allocation.reserved_bytes(resource)
-            listed = sum(b.size for b in allocation.blocks if b.type == resource)
+        listed_bytes: dict[str, int] = {}
+        for container_allocation in containers:
+            for block in container_allocation.blocks:
+                listed_bytes[block.type] = listed_bytes.get(block.type, 0) + block.size
+        held_bytes: dict[str, int] = {}
+        for take in allocation.takes:
+            held_bytes[take.resource] = held_bytes.get(take.resource, 0) + take.size_bytes
+        for resource, listed in listed_bytes.items():
+            held = held_bytes.get(resource, 0)
             if held != listed:
                 raise InvariantViolation(
                     f"pod {self.pod.key}: blocks list {listed} bytes of {resource} but the pod "
@@ -585,25 +598,28 @@ def admit(
             return topology_error(pod_hint, f"pod {pod.key}")
 
     for container in pod.containers:
+        container_requests: dict[str, int] | None = None
         if policy == "none":
             hint = EMPTY_HINT
         elif pod_hint is not None:
             hint = pod_hint
         else:
-            others = _provider_answers(provider_hints, container.name)
+            others = _provider_answers(provider_hints, container.name) if provider_hints else []
+            container_requests = numa_requests(container) if pinned else None
             fast = (
-                preferred_default_hint(
-                    allocator.machine, numa_requests(container), allocator.reusable
-                )
-                if pinned and not others and distances is None and policy in _FAST_POLICIES
+                preferred_default_hint(allocator.machine, container_requests, allocator.reusable)
+                if container_requests is not None
+                and not others
+                and distances is None
+                and policy in _FAST_POLICIES
                 else None
             )
             if fast is not None:
                 hint = fast  # what the merge below gives, without listing every mask
             else:
                 mm_answer = (
-                    calculate_hints(allocator.machine, numa_requests(container), allocator.reusable)
-                    if pinned
+                    calculate_hints(allocator.machine, container_requests, allocator.reusable)
+                    if container_requests is not None
                     else None
                 )
                 hint, ok = merge_hints(policy, node_ids, [mm_answer, *others], distances=distances)
@@ -613,7 +629,7 @@ def admit(
             continue
         requests += 1
         try:
-            allocator.allocate(container, hint)
+            allocator.allocate(container, hint, container_requests)
         except AdmissionError as exc:
             return reject(
                 UNEXPECTED_ADMISSION_ERROR,
