@@ -634,7 +634,7 @@ def _apply_admitted(state: State, event: PodAdmitted, owned: bool = False) -> St
         rejections=rejections,
         counters=counters,
     )
-    carry_request_totals(state, after, existing, record)
+    carry_request_totals(state, after, existing, record, owned=owned)
     return after
 
 
@@ -676,7 +676,7 @@ def _drop_pod(state: State, uid: str, owned: bool = False) -> State:
         pods = dict(state.pods)  # a C-level copy, then one deletion
     del pods[uid]
     after = msgspec.structs.replace(state, machine=machine, pods=pods)
-    carry_request_totals(state, after, record, None)
+    carry_request_totals(state, after, record, None, owned=owned)
     return after
 
 

@@ -479,12 +479,14 @@ def replay_log(
             at_ns is not None and record.ts_ns > at_ns
         )
 
+    stopping = stops if to_seq is not None or at_ns is not None else None
+
     replayer = _Replayer(report, pending, crcs)
     envelopes = tracked(source.records(start_seq + 1))
     if on_transition is not None:
         replayer.observed(envelopes, start_state, stops, on_transition, on_progress)
     else:
-        replayer.owned(envelopes, start_state, stops, on_progress)
+        replayer.owned(envelopes, start_state, stopping, on_progress)
     started = replayer.started
     report.recorded_by = version_of(started) if started else ""
     return report
@@ -572,35 +574,56 @@ class _Replayer:
         self,
         envelopes: Iterable[Envelope],
         start: State,
-        stops: Callable[[Envelope], bool],
+        stops: Callable[[Envelope], bool] | None,
         on_progress: OnProgress | None,
     ) -> None:
         """`transitions` in compare mode on one working state: each transaction is compared
         before anything is applied, so at a divergence or a stop the working state is still the
         state before it, and nothing else ever holds it."""
+        report = self.report
+        pending = self.pending
         current = owned_copy(start)
-        for envelope, recorded in _transactions(envelopes):
-            if stops(envelope):
-                break
-            event = envelope.event
-            derived = decide(current, event) if event.role == "input" else ()
-            if recorded is None:
-                applied = derived
-            else:
-                applied = tuple([e.event for e in recorded])
-            last_seq = recorded[-1].seq if recorded else envelope.seq
-            self.count(envelope, last_seq)
-            if recorded is not None and applied != derived:
-                self.diverged(_transition(envelope, recorded, derived, current, "compare"))
-                return
-            after = apply_owned(current, event)
-            for decision in applied:
-                after = apply_owned(after, decision)
-            current = after
-            if on_progress is not None:
-                on_progress(envelope, last_seq, applied)
-            if not self.settled(envelope, last_seq, current, applied):
-                return
+        # The report's counters are kept in locals and written back when the walk ends.
+        records = transactions = 0
+        first_seq = last_seq = state_seq = report.state_seq
+        last_ts_ns = report.last_ts_ns
+        try:
+            for envelope, recorded in _transactions(envelopes):
+                if stops is not None and stops(envelope):
+                    break
+                event = envelope.event
+                derived = decide(current, event) if event.role == "input" else ()
+                applied = derived if recorded is None else tuple([e.event for e in recorded])
+                last_seq = recorded[-1].seq if recorded else envelope.seq
+                if not transactions:
+                    first_seq = envelope.seq
+                records += last_seq - envelope.seq + 1
+                transactions += 1
+                last_ts_ns = envelope.ts_ns
+                if type(event) is DaemonStarted:
+                    self.started = event
+                if recorded is not None and applied != derived:
+                    self.diverged(_transition(envelope, recorded, derived, current, "compare"))
+                    return
+                after = apply_owned(current, event)
+                for decision in applied:
+                    after = apply_owned(after, decision)
+                current, state_seq = after, last_seq
+                if on_progress is not None:
+                    on_progress(envelope, last_seq, applied)
+                if (
+                    pending
+                    and pending[0].seq <= last_seq
+                    and not self.settled(envelope, last_seq, current, applied)
+                ):
+                    return
+        finally:
+            if transactions:
+                report.first_seq = report.first_seq or first_seq
+                report.records += records
+                report.transitions += transactions
+                report.last_seq, report.last_ts_ns = last_seq, last_ts_ns
+            report.state, report.state_seq = current, state_seq  # before any divergent one
 
 
 def _verify_checkpoint(
