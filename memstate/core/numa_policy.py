@@ -267,19 +267,22 @@ def preferred_default_hint(
     """
     if not requests:
         return None  # `calculate_hints` answers {}: no preference, a different merge
-    node_ids = tuple(machine.node_ids)
     needs = list(requests.items())
-    if any(all(machine.allocatable(n, r) >= need for r, need in needs) for n in node_ids):
+    allocatable_of = machine.allocatable
+    if any(all(allocatable_of(n, r) >= need for r, need in needs) for n in machine.node_ids):
         # One node could hold it: the preferred masks are single nodes, and ascending ids are
         # ascending mask values, so the first feasible node is the answer.
-        for n in node_ids:
-            if len(machine.cells(n)) <= 1 and all(
-                machine.allocatable(n, r) >= need
-                and machine.free(n, r) + reusable.get(((n,), r), 0) >= need
-                for r, need in needs
-            ):
+        free_of = machine.free
+        for n in machine.node_ids:
+            if len(machine.cells(n)) > 1:
+                continue
+            for r, need in needs:
+                if allocatable_of(n, r) < need or free_of(n, r) + reusable.get(((n,), r), 0) < need:
+                    break
+            else:
                 return TopologyHint(numa_affinity=(n,), preferred=True)
         return None
+    node_ids = tuple(machine.node_ids)
     table = _all_masks(node_ids)
     allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
     min_size = len(node_ids)
@@ -366,9 +369,14 @@ class _PodAllocator:
 
     def satisfies(self, mask: Mask, requests: Mapping[str, int]) -> bool:
         """`isAffinitySatisfyRequest`: free memory on the mask, reusable memory not counted."""
-        return all(
-            sum(self.machine.free(n, r) for n in mask) >= size for r, size in requests.items()
-        )
+        free = self.machine.free
+        for resource, size in requests.items():
+            available = 0
+            for n in mask:
+                available += free(n, resource)
+            if available < size:
+                return False
+        return True
 
     def allocate(
         self,
