@@ -433,6 +433,8 @@ def apply(state: State, event: Event) -> State:
         return _apply_admitted(state, cast(PodAdmitted, event))
     if kind is PodRemoved:
         return _apply_removed(state, cast(PodRemoved, event))
+    if kind is PodRemovalRequested:
+        return _apply_removal_requested(state, cast(PodRemovalRequested, event))
     match known_event(event):
         case PodAdmitted() as admitted:
             return _apply_admitted(state, admitted)
@@ -491,6 +493,8 @@ def apply_owned(state: State, event: Event) -> State:
         return _apply_admitted(state, cast(PodAdmitted, event), owned=True)
     if kind is PodRemoved:
         return _apply_removed(state, cast(PodRemoved, event), owned=True)
+    if kind is PodRemovalRequested:
+        return _apply_removal_requested(state, cast(PodRemovalRequested, event))
     return apply(state, event)
 
 
@@ -551,8 +555,12 @@ def _without_deferral(state: State, uid: str) -> State:
 
 
 def _apply_removal_requested(state: State, event: PodRemovalRequested) -> State:
-    keys = [k for k in (event.uid, rejection_key("", event.source) if event.source else "") if k]
-    return _without_rejections(state, keys)
+    rejections = state.rejections
+    uid = event.uid
+    by_source = rejection_key("", event.source) if event.source else ""
+    if not ((uid and uid in rejections) or (by_source and by_source in rejections)):
+        return state  # the usual case: nothing rejected under either key
+    return _without_rejections(state, [k for k in (uid, by_source) if k])
 
 
 def _without_rejections(state: State, keys: Iterable[str]) -> State:
