@@ -23,7 +23,9 @@ reducer that replays is not the one that wrote the log, or the log was altered.
 compared with the hash of the replayed state at its seq (a divergence of its own kind: `apply`
 folded the same decisions into a different state, or the checkpoint came from another build);
 the chain CRC at that seq must match the checkpoint's first, or the checkpoint describes another
-log and is only reported. `--to-seq` / `--at` stop early; a pruned log starts from its oldest
+log and is only reported. Unless a caller asks to see every transition (`on_transition`), it
+walks one working state updated in place (`reducer.apply_owned`), comparing each transaction
+before applying it. `--to-seq` / `--at` stop early; a pruned log starts from its oldest
 usable checkpoint.
 
 Bisecting two runs (where two logs, or a log and this build, part) is built on these
