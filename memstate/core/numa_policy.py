@@ -267,19 +267,22 @@ def preferred_default_hint(
     """
     if not requests:
         return None  # `calculate_hints` answers {}: no preference, a different merge
-    node_ids = tuple(machine.node_ids)
     needs = list(requests.items())
-    if any(all(machine.allocatable(n, r) >= need for r, need in needs) for n in node_ids):
+    allocatable_of = machine.allocatable
+    if any(all(allocatable_of(n, r) >= need for r, need in needs) for n in machine.node_ids):
         # One node could hold it: the preferred masks are single nodes, and ascending ids are
         # ascending mask values, so the first feasible node is the answer.
-        for n in node_ids:
-            if len(machine.cells(n)) <= 1 and all(
-                machine.allocatable(n, r) >= need
-                and machine.free(n, r) + reusable.get(((n,), r), 0) >= need
-                for r, need in needs
-            ):
+        free_of = machine.free
+        for n in machine.node_ids:
+            if len(machine.cells(n)) > 1:
+                continue
+            for r, need in needs:
+                if allocatable_of(n, r) < need or free_of(n, r) + reusable.get(((n,), r), 0) < need:
+                    break
+            else:
                 return TopologyHint(numa_affinity=(n,), preferred=True)
         return None
+    node_ids = tuple(machine.node_ids)
     table = _all_masks(node_ids)
     allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
     min_size = len(node_ids)
@@ -366,13 +369,25 @@ class _PodAllocator:
 
     def satisfies(self, mask: Mask, requests: Mapping[str, int]) -> bool:
         """`isAffinitySatisfyRequest`: free memory on the mask, reusable memory not counted."""
-        return all(
-            sum(self.machine.free(n, r) for n in mask) >= size for r, size in requests.items()
-        )
+        free = self.machine.free
+        for resource, size in requests.items():
+            available = 0
+            for n in mask:
+                available += free(n, resource)
+            if available < size:
+                return False
+        return True
 
-    def allocate(self, container: ContainerSpec, hint: TopologyHint) -> None:
-        """The Static policy's `Allocate` for one container; raises `AdmissionError`."""
-        requests = numa_requests(container)
+    def allocate(
+        self,
+        container: ContainerSpec,
+        hint: TopologyHint,
+        requests: Mapping[str, int] | None = None,
+    ) -> None:
+        """The Static policy's `Allocate` for one container (`requests`: its `numa_requests`,
+        when the caller has them); raises `AdmissionError`."""
+        if requests is None:
+            requests = numa_requests(container)
         self.hints[container.name] = hint
         best = hint
         if best.numa_affinity is None:
@@ -501,9 +516,15 @@ class _PodAllocator:
             for c in self.pod.containers
         )
         allocation = PodAllocation(containers=containers, takes=merge_takes(self.takes))
-        for resource in {b.type for b in allocation.blocks}:
-            held = allocation.reserved_bytes(resource)
-            listed = sum(b.size for b in allocation.blocks if b.type == resource)
+        listed_bytes: dict[str, int] = {}
+        for container_allocation in containers:
+            for block in container_allocation.blocks:
+                listed_bytes[block.type] = listed_bytes.get(block.type, 0) + block.size
+        held_bytes: dict[str, int] = {}
+        for take in allocation.takes:
+            held_bytes[take.resource] = held_bytes.get(take.resource, 0) + take.size_bytes
+        for resource, listed in listed_bytes.items():
+            held = held_bytes.get(resource, 0)
             if held != listed:
                 raise InvariantViolation(
                     f"pod {self.pod.key}: blocks list {listed} bytes of {resource} but the pod "
@@ -585,25 +606,28 @@ def admit(
             return topology_error(pod_hint, f"pod {pod.key}")
 
     for container in pod.containers:
+        container_requests: dict[str, int] | None = None
         if policy == "none":
             hint = EMPTY_HINT
         elif pod_hint is not None:
             hint = pod_hint
         else:
-            others = _provider_answers(provider_hints, container.name)
+            others = _provider_answers(provider_hints, container.name) if provider_hints else []
+            container_requests = numa_requests(container) if pinned else None
             fast = (
-                preferred_default_hint(
-                    allocator.machine, numa_requests(container), allocator.reusable
-                )
-                if pinned and not others and distances is None and policy in _FAST_POLICIES
+                preferred_default_hint(allocator.machine, container_requests, allocator.reusable)
+                if container_requests is not None
+                and not others
+                and distances is None
+                and policy in _FAST_POLICIES
                 else None
             )
             if fast is not None:
                 hint = fast  # what the merge below gives, without listing every mask
             else:
                 mm_answer = (
-                    calculate_hints(allocator.machine, numa_requests(container), allocator.reusable)
-                    if pinned
+                    calculate_hints(allocator.machine, container_requests, allocator.reusable)
+                    if container_requests is not None
                     else None
                 )
                 hint, ok = merge_hints(policy, node_ids, [mm_answer, *others], distances=distances)
@@ -613,7 +637,7 @@ def admit(
             continue
         requests += 1
         try:
-            allocator.allocate(container, hint)
+            allocator.allocate(container, hint, container_requests)
         except AdmissionError as exc:
             return reject(
                 UNEXPECTED_ADMISSION_ERROR,

@@ -196,15 +196,21 @@ def pod_request_totals(state: State) -> Mapping[str, int]:
 
 
 def carry_request_totals(
-    before: State, after: State, removed: PodRecord | None, added: PodRecord | None
+    before: State,
+    after: State,
+    removed: PodRecord | None,
+    added: PodRecord | None,
+    *,
+    owned: bool = False,
 ) -> None:
     """Give `after` the sums of `before` with `removed` taken out and `added` put in, when
     `before` has them; `after.pods` must be `before.pods` with exactly that change (a record
-    replaced by one of the same spec is removed=old, added=new, or both None)."""
+    replaced by one of the same spec is removed=old, added=new, or both None). `owned`: the
+    caller owns `before` (`reducer.apply_owned`), so its sums are updated in place."""
     entry: _Totals | None = vars(before).get(_TOTALS)
     if entry is None or entry.pods is not before.pods:
         return  # nothing known: `after` computes its own when asked
-    sums = dict(entry.sums)
+    sums = entry.sums if owned else dict(entry.sums)
     if removed is not None:
         for resource, amount in _requests_of(removed).items():
             sums[resource] -= amount

@@ -47,6 +47,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import msgspec
+
 from memstate.core.cgroup_paths import (
     hugetlb_max_file,
     node_path,
@@ -205,6 +207,18 @@ class _TargetsContext(NamedTuple):
 
     alloc_bytes: int
     hugetlb: tuple[tuple[str, str], ...]  # (resource, hugetlb limit file), page sizes ascending
+    # Targets by pod shape (`_pod_shape`) under this config and topology: everything but the
+    # UID and the cgroup path (`pod_targets`). Bounded; clearing only costs recomputation.
+    shapes: dict[tuple[bytes, tuple[int, ...]], _ShapeTargets]
+
+
+class _ShapeTargets(NamedTuple):
+    qos_class: QOSClass
+    files: dict[str, str]  # shared by the pods of one shape: never modified
+    containers: tuple[ContainerTargets, ...]
+
+
+_SHAPES_LIMIT = 4096
 
 
 # One slot: the last (config, topology, context), compared by identity (they change only at a
@@ -222,6 +236,7 @@ def _targets_context(config: NodeConfig, topology: Topology) -> _TargetsContext:
             (hugepage_resource_name(size), hugetlb_max_file(size))
             for size in topology.hugepage_sizes
         ),
+        shapes={},
     )
     _CONTEXT_MEMO[0] = (config, topology, context)
     return context
@@ -234,9 +249,47 @@ def pod_targets(
 
     `allocation` is the pod's Memory Manager allocation; it only matters with the Static policy
     (its NUMA nodes become `cpuset.mems`).
+
+    Pods of one workload share their resources, so the files are remembered by the pod's shape
+    (what they are computed from: every container's name, kind, requests and limits, the
+    overhead, the pod-level resources and the NUMA nodes of the allocation) for the config and
+    topology in force; only the UID and the cgroup path are the pod's own.
     """
-    pod_class = qos_class(pod)
     context = _targets_context(config, topology)
+    nodes = allocation.numa_nodes if allocation and config.memory_manager_policy == "Static" else ()
+    key = (_pod_shape(pod), nodes)
+    shaped = context.shapes.get(key)
+    if shaped is None:
+        if len(context.shapes) >= _SHAPES_LIMIT:
+            context.shapes.clear()
+        shaped = context.shapes[key] = _shape_targets(pod, allocation, config, topology, context)
+    return PodTargets(
+        uid=pod.uid,
+        qos_class=shaped.qos_class,
+        cgroup=pod_path(config, pod.uid, shaped.qos_class),
+        files=shaped.files,
+        containers=shaped.containers,
+    )
+
+
+_SHAPE_ENCODER = msgspec.msgpack.Encoder()
+
+
+def _pod_shape(pod: Pod) -> bytes:
+    """What a pod's targets depend on besides the config, topology and allocation, as bytes
+    (equal bytes are equal containers, overhead and pod-level resources; equal dicts in another
+    order are only a memo miss)."""
+    return _SHAPE_ENCODER.encode((pod.containers, pod.overhead, pod.pod_level))
+
+
+def _shape_targets(
+    pod: Pod,
+    allocation: PodAllocation | None,
+    config: NodeConfig,
+    topology: Topology,
+    context: _TargetsContext,
+) -> _ShapeTargets:
+    pod_class = qos_class(pod)
     alloc_bytes = context.alloc_bytes
     pod_level = pod.pod_level
     pod_memory_limit = pod_level.limits.get(MEMORY, 0) if pod_level is not None else 0
@@ -267,13 +320,7 @@ def pod_targets(
         # rule, sizes not requested get 0.
         limit = pod_limits_total(pod, resource)
         files[file] = _render_bytes(limit)
-    return PodTargets(
-        uid=pod.uid,
-        qos_class=pod_class,
-        cgroup=pod_path(config, pod.uid, pod_class),
-        files=files,
-        containers=containers,
-    )
+    return _ShapeTargets(pod_class, files, containers)
 
 
 # --- the node tree --------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ reducer that replays is not the one that wrote the log, or the log was altered.
 compared with the hash of the replayed state at its seq (a divergence of its own kind: `apply`
 folded the same decisions into a different state, or the checkpoint came from another build);
 the chain CRC at that seq must match the checkpoint's first, or the checkpoint describes another
-log and is only reported. `--to-seq` / `--at` stop early; a pruned log starts from its oldest
+log and is only reported. Unless a caller asks to see every transition (`on_transition`), it
+walks one working state updated in place (`reducer.apply_owned`), comparing each transaction
+before applying it. `--to-seq` / `--at` stop early; a pruned log starts from its oldest
 usable checkpoint.
 
 Bisecting two runs (where two logs, or a log and this build, part) is built on these
@@ -52,9 +54,9 @@ from memstate.core.errors import (
     SchemaError,
 )
 from memstate.core.events import DaemonStarted, Envelope, Event
-from memstate.core.reducer import apply, apply_all, decide
+from memstate.core.reducer import apply, apply_all, apply_owned, decide, owned_copy
 from memstate.core.scenario import iter_scenario
-from memstate.core.state import REDUCER_VERSION, State, state_hash
+from memstate.core.state import REDUCER_VERSION, State, encode_state, state_hash
 from memstate.history.statediff import Change, diff_states
 
 Mode = Literal["compare", "recorded", "reference"]
@@ -73,12 +75,18 @@ class Transition:
     apply_error: str | None = None
     # True in `reference` mode: the derived decisions were applied, whatever was recorded.
     reference: bool = False
+    # The recorded decisions' events (None when none are recorded): given by `transitions`,
+    # which has them anyway; derived from `recorded` when left out.
+    recorded_events: tuple[Event, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.recorded is not None and self.recorded_events is None:
+            object.__setattr__(self, "recorded_events", tuple(e.event for e in self.recorded))
 
     @property
     def diverges(self) -> bool:
-        if self.recorded is None:
-            return False
-        return tuple(e.event for e in self.recorded) != self.derived
+        recorded = self.recorded_events
+        return recorded is not None and recorded != self.derived
 
     @property
     def last_seq(self) -> int:
@@ -88,8 +96,9 @@ class Transition:
     def decisions(self) -> tuple[Event, ...]:
         """What was applied: the recorded decisions if any were recorded (and this is not a
         reference run), else the derived."""
-        if self.recorded is not None and not self.reference:
-            return tuple(e.event for e in self.recorded)
+        recorded = self.recorded_events
+        if recorded is not None and not self.reference:
+            return recorded
         return self.derived
 
 
@@ -105,37 +114,51 @@ def transitions(
     """Walk envelopes as transitions, re-deriving decisions per `mode` (module docstring).
     Streams; keeps one state."""
     current = state if state is not None else State()
+    trust_recorded = mode == "recorded"
     for envelope, recorded in _transactions(envelopes):
         event = envelope.event
         derived: tuple[Event, ...]
         if event.role != "input":
             derived = ()  # notes imply nothing (what `decide` would say, without the call)
-        elif mode == "recorded" and recorded is not None:
-            derived = tuple(e.event for e in recorded)
+        elif trust_recorded and recorded is not None:
+            derived = tuple([e.event for e in recorded])
         else:
             derived = decide(current, event)
-        applied: tuple[Event, ...]
-        if mode == "reference" or recorded is None:
-            applied = derived
-        else:
-            applied = tuple(e.event for e in recorded)
-        apply_error: str | None = None
-        try:
-            after = apply_all(apply(current, event), applied)
-        except InvariantViolation as exc:
-            if recorded is None or applied == derived:
-                raise  # this build's own decisions do not fit: a real bug
-            after, apply_error = current, str(exc)
-        yield Transition(
-            record=envelope,
-            recorded=recorded,
-            derived=derived,
-            before=current,
-            after=after,
-            apply_error=apply_error,
-            reference=mode == "reference",
-        )
-        current = after
+        transition = _transition(envelope, recorded, derived, current, mode)
+        yield transition
+        current = transition.after
+
+
+def _transition(
+    envelope: Envelope,
+    recorded: tuple[Envelope, ...] | None,
+    derived: tuple[Event, ...],
+    current: State,
+    mode: Mode,
+) -> Transition:
+    """The transition of one transaction from `current` (left unchanged), `derived` given."""
+    reference = mode == "reference"
+    recorded_events = None if recorded is None else tuple([e.event for e in recorded])
+    applied = derived if reference or recorded_events is None else recorded_events
+    apply_error: str | None = None
+    try:
+        after = apply(current, envelope.event)
+        for decision in applied:
+            after = apply(after, decision)
+    except InvariantViolation as exc:
+        if recorded is None or applied == derived:
+            raise  # this build's own decisions do not fit: a real bug
+        after, apply_error = current, str(exc)
+    return Transition(
+        record=envelope,
+        recorded=recorded,
+        derived=derived,
+        before=current,
+        after=after,
+        apply_error=apply_error,
+        reference=reference,
+        recorded_events=recorded_events,
+    )
 
 
 def _transactions(
@@ -414,6 +437,9 @@ class ReplayReport:
 
 
 OnTransition = Callable[[Transition], None]
+OnProgress = Callable[[Envelope, int, tuple[Event, ...]], None]
+"""Called after each transaction replayed without divergence: (its input or note, its last
+seq, the decisions applied). Sees no state, so the replay may keep one working state."""
 
 
 def replay_log(
@@ -424,11 +450,18 @@ def replay_log(
     from_checkpoint: bool = False,
     verify_checkpoints: bool = True,
     on_transition: OnTransition | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ReplayReport:
     """Replay `source` from its start (or a checkpoint), comparing every decision and every
     checkpoint hash; stops at the first divergence, after the transaction holding `to_seq`, or
     before the first input stamped after `at_ns`. Keeps one state (and the pending checkpoint
-    list), whatever the log's length."""
+    list), whatever the log's length.
+
+    `on_transition` sees every transition with its states before and after, so each state is
+    a value of its own (`transitions`). Without it nothing outside sees an intermediate state,
+    and the replay updates one working state in place (`reducer.apply_owned`): the same
+    decisions and states, without copying the pods map at every admission and removal.
+    `on_progress` is called in both cases."""
     start_state, start_seq, warnings = starting_point(source, to_seq, at_ns, from_checkpoint)
     report = ReplayReport(source=str(source), state=start_state, warnings=warnings)
     report.started_from_checkpoint = start_seq or None
@@ -436,7 +469,6 @@ def replay_log(
     pending = [c for c in source.checkpoints() if c.seq > start_seq] if verify_checkpoints else []
     crcs: dict[int, int] = {}
     wanted = {c.seq for c in pending}
-    started: DaemonStarted | None = None
 
     def tracked(records: Iterator[Record]) -> Iterator[Envelope]:
         for envelope, crc in records:
@@ -444,85 +476,209 @@ def replay_log(
                 crcs[envelope.seq] = crc
             yield envelope
 
-    state = start_state
-    for transition in transitions(tracked(source.records(start_seq + 1)), state=start_state):
-        record = transition.record
-        if to_seq is not None and record.seq > to_seq:
-            break
-        if at_ns is not None and record.ts_ns > at_ns:
-            break
+    def stops(record: Envelope) -> bool:
+        return (to_seq is not None and record.seq > to_seq) or (
+            at_ns is not None and record.ts_ns > at_ns
+        )
+
+    stopping = stops if to_seq is not None or at_ns is not None else None
+
+    replayer = _Replayer(report, pending, crcs)
+    envelopes = tracked(source.records(start_seq + 1))
+    if on_transition is not None:
+        replayer.observed(envelopes, start_state, stops, on_transition, on_progress)
+    else:
+        replayer.owned(envelopes, start_state, stopping, on_progress)
+    started = replayer.started
+    report.recorded_by = version_of(started) if started else ""
+    return report
+
+
+class _Replayer:
+    """`replay_log`'s walk: the report's bookkeeping and the checkpoint checks, shared by the
+    walk over observed transitions and the one over a working state."""
+
+    def __init__(self, report: ReplayReport, pending: list[CheckpointRef], crcs: dict[int, int]):
+        self.report = report
+        self.pending = pending
+        self.crcs = crcs
+        self.started: DaemonStarted | None = None
+
+    def count(self, record: Envelope, last_seq: int) -> None:
+        """Account for a transaction read and compared."""
+        report = self.report
         if isinstance(record.event, DaemonStarted):
-            started = record.event
+            self.started = record.event
         report.first_seq = report.first_seq or record.seq
-        report.records += transition.last_seq - record.seq + 1
+        report.records += last_seq - record.seq + 1
         report.transitions += 1
-        report.last_seq, report.last_ts_ns = transition.last_seq, record.ts_ns
-        if on_transition is not None:
-            on_transition(transition)
-        if transition.diverges:
-            report.divergence = decision_divergence(
-                transition, versions=(version_of(started), build_version())
-            )
-            state = transition.before
-            break
-        state, report.state_seq = transition.after, transition.last_seq
-        while pending and pending[0].seq <= transition.last_seq:
+        report.last_seq, report.last_ts_ns = last_seq, record.ts_ns
+
+    def diverged(self, transition: Transition) -> None:
+        self.report.divergence = decision_divergence(
+            transition, versions=(version_of(self.started), build_version())
+        )
+        self.report.state = transition.before
+
+    def settled(
+        self, record: Envelope, last_seq: int, after: State, decisions: tuple[Event, ...]
+    ) -> bool:
+        """`after` is the state after `last_seq`: check the checkpoints up to there; False
+        when one of them diverges."""
+        report = self.report
+        report.state, report.state_seq = after, last_seq
+        pending = self.pending
+        while pending and pending[0].seq <= last_seq:
             checkpoint = pending.pop(0)
-            found = _verify_checkpoint(checkpoint, transition, crcs.pop(checkpoint.seq, None))
+            found = _verify_checkpoint(
+                checkpoint,
+                record=record,
+                last_seq=last_seq,
+                after=after,
+                decisions=decisions,
+                crc=self.crcs.pop(checkpoint.seq, None),
+            )
             if isinstance(found, str):
                 report.warnings.append(found)
                 continue
             if found is not None:
                 report.divergence = replace(
-                    found, versions=(version_of(started), found.versions[1])
+                    found, versions=(version_of(self.started), found.versions[1])
                 )
-                break
+                return False
             report.checkpoints_verified.append(checkpoint.seq)
-        if report.divergence is not None:
-            break
-    report.state = state
-    report.recorded_by = version_of(started) if started else ""
-    return report
+        return True
+
+    def observed(
+        self,
+        envelopes: Iterable[Envelope],
+        start: State,
+        stops: Callable[[Envelope], bool],
+        on_transition: OnTransition,
+        on_progress: OnProgress | None,
+    ) -> None:
+        for transition in transitions(envelopes, state=start):
+            record = transition.record
+            if stops(record):
+                break
+            last_seq = transition.last_seq
+            self.count(record, last_seq)
+            on_transition(transition)
+            if transition.diverges:
+                self.diverged(transition)
+                break
+            if on_progress is not None:
+                on_progress(record, last_seq, transition.decisions)
+            if not self.settled(record, last_seq, transition.after, transition.decisions):
+                break
+
+    def owned(
+        self,
+        envelopes: Iterable[Envelope],
+        start: State,
+        stops: Callable[[Envelope], bool] | None,
+        on_progress: OnProgress | None,
+    ) -> None:
+        """`transitions` in compare mode on one working state: each transaction is compared
+        before anything is applied, so at a divergence or a stop the working state is still the
+        state before it, and nothing else ever holds it."""
+        report = self.report
+        pending = self.pending
+        current = owned_copy(start)
+        # The report's counters are kept in locals and written back when the walk ends.
+        records = transactions = 0
+        first_seq = last_seq = state_seq = report.state_seq
+        last_ts_ns = report.last_ts_ns
+        try:
+            for envelope, recorded in _transactions(envelopes):
+                if stops is not None and stops(envelope):
+                    break
+                event = envelope.event
+                derived = decide(current, event) if event.role == "input" else ()
+                applied = derived if recorded is None else tuple([e.event for e in recorded])
+                last_seq = recorded[-1].seq if recorded else envelope.seq
+                if not transactions:
+                    first_seq = envelope.seq
+                records += last_seq - envelope.seq + 1
+                transactions += 1
+                last_ts_ns = envelope.ts_ns
+                if type(event) is DaemonStarted:
+                    self.started = event
+                if recorded is not None and applied != derived:
+                    self.diverged(_transition(envelope, recorded, derived, current, "compare"))
+                    return
+                after = apply_owned(current, event)
+                for decision in applied:
+                    after = apply_owned(after, decision)
+                current, state_seq = after, last_seq
+                if on_progress is not None:
+                    on_progress(envelope, last_seq, applied)
+                if (
+                    pending
+                    and pending[0].seq <= last_seq
+                    and not self.settled(envelope, last_seq, current, applied)
+                ):
+                    return
+        finally:
+            if transactions:
+                report.first_seq = report.first_seq or first_seq
+                report.records += records
+                report.transitions += transactions
+                report.last_seq, report.last_ts_ns = last_seq, last_ts_ns
+            report.state, report.state_seq = current, state_seq  # before any divergent one
 
 
 def _verify_checkpoint(
-    checkpoint: CheckpointRef, transition: Transition, crc: int | None
+    checkpoint: CheckpointRef,
+    *,
+    record: Envelope,
+    last_seq: int,
+    after: State,
+    decisions: tuple[Event, ...],
+    crc: int | None,
 ) -> Divergence | str | None:
     """None when the checkpoint agrees with the replayed state, a warning when it cannot be
     compared, a `checkpoint_hash` divergence when it disagrees."""
-    from memstate.store.checkpoint import load_checkpoint
+    from memstate.store.checkpoint import check_body, load_checkpoint, read_checkpoint_body
 
     name = checkpoint.path.name
-    if checkpoint.seq != transition.last_seq:
-        return (
-            f"checkpoint {name} is inside the transaction of seq {transition.record.seq}; skipped"
-        )
+    if checkpoint.seq != last_seq:
+        return f"checkpoint {name} is inside the transaction of seq {record.seq}; skipped"
     try:
-        loaded = load_checkpoint(checkpoint.path)
+        body = read_checkpoint_body(checkpoint.path)
+        check_body(body, checkpoint.path)
     except (CheckpointCorruption, SchemaError) as exc:
         return f"checkpoint {name} skipped: {exc}"
-    if crc is not None and crc != loaded.chain_crc:
+    if crc is not None and crc != body.chain_crc:
         return (
-            f"checkpoint {name} skipped: its chain CRC {loaded.chain_crc:08x} is not the log's "
+            f"checkpoint {name} skipped: its chain CRC {body.chain_crc:08x} is not the log's "
             f"{crc:08x} at seq {checkpoint.seq} (it describes another log)"
         )
-    replayed_hash = state_hash(transition.after)
+    if encode_state(after) == body.state:
+        # The stored bytes, whose hash `check_body` checked, are the replayed state's canonical
+        # encoding: the hashes agree, and decoding the stored state would give this state back.
+        return None
+    try:
+        loaded = load_checkpoint(checkpoint.path)  # the states differ: decoded for the report
+    except (CheckpointCorruption, SchemaError) as exc:
+        return f"checkpoint {name} skipped: {exc}"
+    replayed_hash = state_hash(after)
     if replayed_hash == loaded.state_hash:
         return None
     return Divergence(
         kind="checkpoint_hash",
         seq=checkpoint.seq,
-        ts_ns=transition.record.ts_ns,
+        ts_ns=record.ts_ns,
         message=(
             f"checkpoint {name} (written by reducer {loaded.reducer_version}) records state hash "
             f"{loaded.state_hash}, the replayed state at seq {checkpoint.seq} hashes to "
             f"{replayed_hash}"
         ),
-        record=transition.record,
-        recorded=transition.decisions,
-        derived=transition.decisions,
+        record=record,
+        recorded=decisions,
+        derived=decisions,
         state_recorded=loaded.state,
-        state_derived=transition.after,
+        state_derived=after,
         hash_recorded=loaded.state_hash,
         hash_derived=replayed_hash,
         labels=("checkpoint", "replayed"),

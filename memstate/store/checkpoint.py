@@ -158,6 +158,15 @@ def write_checkpoint(
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and verify a checkpoint; `CheckpointCorruption` or `SchemaError` if unusable."""
     path = Path(path)
+    return _verified(read_checkpoint_body(path), path)
+
+
+def read_checkpoint_body(path: Path) -> CheckpointBody:
+    """A checkpoint's framing, CRC and body checked and the body decoded, with the state still
+    in its encoded bytes (`check_body` checks those; `load_checkpoint` decodes them too):
+    enough for a reader that compares the bytes with a state of its own (`memstate replay`).
+    `CheckpointCorruption` or `SchemaError` if unusable."""
+    path = Path(path)
     data = fsio.read_file(path)
     where = str(path)
     if len(data) < _HEAD.size + _CRC.size:
@@ -185,10 +194,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         body = _BODY_DECODER.decode(data[_HEAD.size : crc_offset])
     except msgspec.MsgspecError as exc:
         raise CheckpointCorruption(f"body does not decode: {exc}", file=where) from None
-    return _verified(body, path)
+    return body
 
 
-def _verified(body: CheckpointBody, path: Path) -> Checkpoint:
+def check_body(body: CheckpointBody, path: Path) -> None:
+    """The checks of `load_checkpoint` that need no decoding of the state: the seq the file
+    name says, the state bytes against the recorded hash, the schema version."""
     where = str(path)
     stem = path.name.removesuffix(CHECKPOINT_SUFFIX)
     if stem.isdigit() and int(stem) != body.seq:
@@ -202,6 +213,11 @@ def _verified(body: CheckpointBody, path: Path) -> Checkpoint:
             f"{where}: written with event schema {body.schema_version}, newer than this build "
             f"({SCHEMA_VERSION})"
         )
+
+
+def _verified(body: CheckpointBody, path: Path) -> Checkpoint:
+    where = str(path)
+    check_body(body, path)
     try:
         state = decode_state(body.state)
     except msgspec.MsgspecError as exc:

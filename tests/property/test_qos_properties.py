@@ -17,15 +17,17 @@ import math
 from fractions import Fraction
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memstate.core import qos
 from memstate.core.cgroup_paths import ParsedCgroup, parent_path, parse_cgroup_path, path_depth
 from memstate.core.config import NodeConfig
 from memstate.core.machine import Block
 from memstate.core.numa_policy import ContainerAllocation, PodAllocation
 from memstate.core.pod import Pod, pod_from_manifest, pod_request, qos_class
-from memstate.core.qos import check_targets, memory_high, node_targets
+from memstate.core.qos import check_targets, memory_high, node_targets, pod_targets
 from memstate.core.quantity import INT64_MAX
 from memstate.core.topology import HugepagePool, NumaNode, Topology
 from memstate.core.topology_hints import TopologyHint
@@ -201,6 +203,28 @@ def test_target_tree_is_sound(
     reordered = list(pods)
     shuffle.shuffle(reordered)
     assert node_targets(reordered, config, topology) == targets
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=scenario())
+def test_targets_remembered_by_pod_shape_are_the_pods_own(
+    data: tuple[list[tuple[Pod, PodAllocation | None]], NodeConfig, Topology],
+) -> None:
+    """`pod_targets` remembers files by pod shape: a pod of a shape seen before, with any
+    allocation, gets exactly (same bytes, same file order) what a fresh computation gives it."""
+    pods, config, topology = data
+
+    def fresh(pod: Pod, alloc: PodAllocation | None) -> bytes:
+        qos._CONTEXT_MEMO[0] = None  # a new context: an empty shape memo
+        return msgspec.msgpack.encode(pod_targets(pod, alloc, config, topology))
+
+    remembered = qos._targets_context(config, topology)
+    for index, (pod, _) in enumerate(pods):
+        for other, (_, alloc) in enumerate(pods):
+            twin = msgspec.structs.replace(pod, uid=f"twin-{index}-{other}")
+            qos._CONTEXT_MEMO[0] = (config, topology, remembered)
+            warm = msgspec.msgpack.encode(pod_targets(twin, alloc, config, topology))
+            assert warm == fresh(twin, alloc)
 
 
 @settings(max_examples=500, deadline=None)

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from memstate.core import reducer
-from memstate.core.errors import MidLogCorruption, ScenarioError
+from memstate.core.errors import CheckpointCorruption, MidLogCorruption, ScenarioError
 from memstate.core.events import Envelope, PodAdmissionRequested, PodRemovalRequested
 from memstate.core.scenario import read_scenario, write_scenario
 from memstate.core.state import State, state_hash
@@ -229,6 +229,31 @@ def test_a_checkpoint_that_disagrees_with_the_log_is_a_divergence(tmp_path: Path
     assert report.divergence is None
     assert any("describes another log" in w for w in report.warnings)
     assert report.records == len(written)
+
+
+def test_a_damaged_checkpoint_is_skipped_with_a_warning_and_the_others_verified(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    record_log(state_dir, churn_inputs(100), checkpoint_every=20)
+    listed = list_checkpoints(state_dir)
+    assert len(listed) >= 3
+    (seq1, path1) = listed[1]
+    data = bytearray(path1.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the body: the file's CRC no longer matches
+    path1.write_bytes(bytes(data))
+    report = replay_log(open_source(state_dir))
+    assert report.divergence is None
+    assert [w for w in report.warnings if path1.name in w] == [
+        f"checkpoint {path1.name} skipped: {_load_error(path1)}"
+    ]
+    assert report.checkpoints_verified == [seq for seq, _ in listed if seq != seq1]
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(CheckpointCorruption) as caught:
+        load_checkpoint(path)
+    return str(caught.value)
 
 
 # --- bisect ---------------------------------------------------------------------------------------

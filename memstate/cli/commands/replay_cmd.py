@@ -33,7 +33,7 @@ from memstate.cli.commands.common import (
 )
 from memstate.cli.timeparse import FORMS
 from memstate.core.errors import EXIT_FAILURE, EXIT_OK
-from memstate.core.events import Event
+from memstate.core.events import Envelope, Event
 from memstate.present.output import (
     add_output_argument,
     format_ts,
@@ -249,7 +249,7 @@ LIST_HEADERS = ["SEQ", "EVENT", "DECISION"]
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from memstate.history.replay import Transition, build_version, open_source, replay_log
+    from memstate.history.replay import build_version, open_source, replay_log
     from memstate.present.progress import Progress
     from memstate.present.views import describe_event
 
@@ -270,24 +270,25 @@ def run_replay(args: argparse.Namespace) -> int:
     if listing and chosen == "table":
         sys.stdout.write(f"{'SEQ':>7}  {'EVENT':<28}  DECISION\n")
 
-    def on_transition(transition: Transition) -> None:
-        progress.update(transition.last_seq)
+    # Sees no states, so the replay keeps one working state (`replay_log`).
+    def on_progress(record: Envelope, last_seq: int, decisions: tuple[Event, ...]) -> None:
+        progress.update(last_seq)
         if not listing:
             return
-        texts = [describe_event(d) for d in transition.decisions]
+        texts = [describe_event(d) for d in decisions]
         if chosen == "json":
             listed.append(
                 {
-                    "seq": transition.record.seq,
-                    "ts": format_ts(transition.record.ts_ns),
-                    "event": transition.record.event.kind,
+                    "seq": record.seq,
+                    "ts": format_ts(record.ts_ns),
+                    "event": record.event.kind,
                     "decisions": texts,
                 }
             )
             return
         for index, text in enumerate(texts or ["-"]):
-            seq = str(transition.record.seq) if index == 0 else ""
-            kind = transition.record.event.kind if index == 0 else ""
+            seq = str(record.seq) if index == 0 else ""
+            kind = record.event.kind if index == 0 else ""
             sys.stdout.write(f"{seq:>7}  {kind:<28}  {text}\n")
 
     with progress:
@@ -297,7 +298,7 @@ def run_replay(args: argparse.Namespace) -> int:
             at_ns=args.at,
             from_checkpoint=args.from_checkpoint,
             verify_checkpoints=not args.no_verify_checkpoints,
-            on_transition=on_transition,
+            on_progress=on_progress,
         )
     divergence = report.divergence
     if chosen == "json":
