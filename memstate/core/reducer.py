@@ -27,8 +27,8 @@ name and with a reason, those that no longer fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, assert_never, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, assert_never
 
 import msgspec
 
@@ -721,6 +721,11 @@ class Folder:
             return FoldedChanges(self._journal, config, pods)
         return FoldedChanges(self._journal, self._base.config, None)
 
+    def changed(self) -> bool:
+        """Whether `changes` has anything since `track_changes`: a pod's record may have changed,
+        or a slow-path event replaced the state."""
+        return bool(self._journal) or self._replaced is not None
+
     def reload(self, state: State) -> None:
         """Continue from `state` (a state derived from `state()` outside the folder)."""
         self._load(state)
@@ -776,29 +781,17 @@ class Folder:
         if kind in _NO_STATE_EFFECT:
             return  # the most frequent events (requests, notes): no class-by-class match
         # The next most frequent ones, by exact type before the match (same handlers).
-        if kind is PodAdmitted:
-            self._admitted(cast(PodAdmitted, event))
-            return
-        if kind is PodRemoved:
-            self._removed(cast(PodRemoved, event).uid)
+        fast = _FOLD_FAST_PATHS.get(kind)
+        if fast is not None:
+            fast(self, event)
             return
         match known_event(event):
             case PodAdmitted() as admitted:
                 self._admitted(admitted)
-            case PodRemoved(uid=uid):
-                self._removed(uid)
+            case PodRemoved() as removed:
+                self._removed(removed)
             case PodRejected() as rejected:
-                self._requests += rejected.pinning_requests
-                self._errors += rejected.pinning_errors
-                self._rejections[rejection_key(rejected.uid, rejected.source)] = Rejection(
-                    reason=rejected.reason,
-                    message=rejected.message,
-                    uid=rejected.uid,
-                    name=rejected.name,
-                    namespace=rejected.namespace,
-                    source=rejected.source,
-                )
-                self._drop_pod(rejected.uid)
+                self._rejected(rejected)
             case PodInitCompleted(uid=uid):
                 record = self._pods.get(uid)
                 if record is None or record.init_completed:
@@ -812,11 +805,8 @@ class Folder:
                 self._pods[uid] = msgspec.structs.replace(
                     record, allocation=allocation, init_completed=True
                 )
-            case PodRemovalRequested(uid=uid, source=source):
-                if uid:
-                    self._rejections.pop(uid, None)
-                if source:
-                    self._rejections.pop(rejection_key("", source), None)
+            case PodRemovalRequested() as requested:
+                self._removal_requested(requested)
             case (
                 PodAdmissionRequested()
                 | DaemonStarted()
@@ -846,11 +836,14 @@ class Folder:
 
     def _admitted(self, event: PodAdmitted) -> None:
         self._requests += event.pinning_requests
-        existing = self._pods.get(event.uid)
+        pods = self._pods
+        uid = event.pod.uid
+        existing = pods.get(uid)
+        allocation = event.allocation
         if event.restored:
-            if existing is None or existing.allocation != event.allocation:
+            if existing is None or existing.allocation != allocation:
                 raise InvariantViolation(
-                    f"restored admission of pod {event.pod.key} ({event.uid}) does not match "
+                    f"restored admission of pod {event.pod.key} ({uid}) does not match "
                     "the allocation in state"
                 )
             record = msgspec.structs.replace(existing, status="running", source=event.source)
@@ -858,31 +851,69 @@ class Folder:
             if existing is not None and existing.allocation is not None:
                 self._machine.release(existing.allocation.takes)
                 self._machine.unassign(existing.allocation.blocks)
-            if event.allocation is not None:
-                self._machine.reserve(event.allocation.takes)
-                self._machine.assign(event.allocation.blocks)
+            if allocation is not None:
+                self._machine.reserve(allocation.takes)
+                self._machine.assign(allocation.blocks)
             record = PodRecord(
                 pod=event.pod,
                 spec_hash=event.spec_hash,
                 qos_class=event.qos_class,
-                allocation=event.allocation,
+                allocation=allocation,
                 source=event.source,
             )
-        self._deferred.pop(event.uid, None)
-        self._rejections.pop(event.uid, None)
-        self._rejections.pop(rejection_key("", event.source), None)
-        self._note(event.uid)
-        self._pods[event.uid] = record
+        self._deferred.pop(uid, None)
+        rejections = self._rejections
+        if rejections:
+            rejections.pop(uid, None)
+            rejections.pop(rejection_key("", event.source), None)
+        journal = self._journal
+        if journal is not None and uid not in journal:
+            journal[uid] = existing
+        pods[uid] = record
 
-    def _removed(self, uid: str) -> None:
+    def _removed(self, event: PodRemoved) -> None:
+        uid = event.uid
         if uid not in self._pods and uid not in self._deferred:
             raise InvariantViolation(f"pod_removed for unknown pod {uid}")
         self._drop_pod(uid)
 
+    def _rejected(self, event: PodRejected) -> None:
+        self._requests += event.pinning_requests
+        self._errors += event.pinning_errors
+        self._rejections[rejection_key(event.uid, event.source)] = Rejection(
+            reason=event.reason,
+            message=event.message,
+            uid=event.uid,
+            name=event.name,
+            namespace=event.namespace,
+            source=event.source,
+        )
+        self._drop_pod(event.uid)
+
+    def _removal_requested(self, event: PodRemovalRequested) -> None:
+        rejections = self._rejections
+        if rejections:
+            if event.uid:
+                rejections.pop(event.uid, None)
+            if event.source:
+                rejections.pop(rejection_key("", event.source), None)
+
     def _drop_pod(self, uid: str) -> None:
-        self._note(uid)
         record = self._pods.pop(uid, None)
+        journal = self._journal
+        if journal is not None and uid not in journal:
+            journal[uid] = record
         if record is not None and record.allocation is not None:
             self._machine.release(record.allocation.takes)
             self._machine.unassign(record.allocation.blocks)
         self._deferred.pop(uid, None)
+
+
+# The frequent events with a state effect, by exact type: `Folder.fold` calls these before its
+# `match` (the same handlers the `match` reaches).
+_FOLD_FAST_PATHS: dict[type[Event], Callable[[Folder, Any], None]] = {
+    PodAdmitted: Folder._admitted,
+    PodRemoved: Folder._removed,
+    PodRejected: Folder._rejected,
+    PodRemovalRequested: Folder._removal_requested,
+}

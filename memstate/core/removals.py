@@ -148,6 +148,11 @@ class RemovalsFolder:
         """True once `fold_changes` may be used (no pending path is implied by the state)."""
         return self._clean
 
+    def gone(self, path: str) -> None:
+        """`fold` of a transaction that is one `pod_cgroup_removed` note (a note stands alone and
+        changes no pod, so the fold only drops its path), in any state, clean or not."""
+        self.paths.pop(path, None)
+
     def fold_changes(self, changes: FoldedChanges, events: Sequence[Event], after: PodsAt) -> None:
         """`fold` of one transaction from what start-up's `Folder` journaled for it, without a
         snapshot of the pods before it; only while `clean`. A UID whose record did not change
