@@ -663,7 +663,7 @@ _NO_STATE_EFFECT = frozenset(
 
 
 class FoldedChanges(NamedTuple):
-    """The pods a run of `Folder.fold` changed (`Folder.track_changes`, then `changes`).
+    """The pods a run of `Folder.fold` changed (`Folder.track_changes`, then `take_changes`).
 
     `before` maps every UID whose record may have changed to its record before (None: absent);
     the records of other UIDs are the very same objects. `replaced` holds every pod as it was
@@ -688,7 +688,7 @@ class Folder:
     their `apply` handlers; any other event freezes, goes through `apply`, and the folder
     continues from the result. tests/unit/test_folder.py holds `fold` to `apply`. After an
     `InvariantViolation` the folder is unusable (it may hold half an event); the caller stops
-    there anyway. `track_changes`/`changes` journal which pods a transaction changed, so that
+    there anyway. `track_changes`/`take_changes` journal which pods a transaction changed, so that
     start-up's removals fold (`removals.RemovalsFolder.fold_changes`) needs no snapshot.
     """
 
@@ -704,27 +704,25 @@ class Folder:
         self._load(state)
 
     def track_changes(self) -> None:
-        """Start a change journal (what `changes` returns), dropping the previous one (a
-        `changes()` result from before is emptied)."""
-        if self._journal is None:
-            self._journal = {}
-        else:
-            self._journal.clear()  # reused: `changes` is read before the next transaction
+        """Start a change journal (what `take_changes` returns)."""
+        self._journal = {}
         self._replaced = None
 
-    def changes(self) -> FoldedChanges:
-        """What changed since `track_changes`: see `FoldedChanges`."""
-        if self._journal is None:
-            raise InvariantViolation("Folder.changes without track_changes")
-        if self._replaced is not None:
-            config, pods = self._replaced
-            return FoldedChanges(self._journal, config, pods)
-        return FoldedChanges(self._journal, self._base.config, None)
-
-    def changed(self) -> bool:
-        """Whether `changes` has anything since `track_changes`: a pod's record may have changed,
-        or a slow-path event replaced the state."""
-        return bool(self._journal) or self._replaced is not None
+    def take_changes(self) -> FoldedChanges | None:
+        """What changed since `track_changes` or the previous `take_changes` (see
+        `FoldedChanges`; None when no pod's record changed and no slow-path event ran), and a
+        fresh journal for what follows."""
+        journal = self._journal
+        if journal is None:
+            raise InvariantViolation("Folder.take_changes without track_changes")
+        replaced = self._replaced
+        if not journal and replaced is None:
+            return None
+        self._journal = {}
+        self._replaced = None
+        if replaced is not None:
+            return FoldedChanges(journal, replaced[0], replaced[1])
+        return FoldedChanges(journal, self._base.config, None)
 
     def reload(self, state: State) -> None:
         """Continue from `state` (a state derived from `state()` outside the folder)."""

@@ -169,11 +169,12 @@ class RemovalsFolder:
                 if isinstance(event, PodCgroupRemoved):
                     paths.pop(event.path, None)
         config = after.config
-        if config is None or not changes.before:
+        before = changes.before
+        if config is None or not before:
             return
         new_pods = after.pods
-        for uid in sorted(changes.before):
-            old_record = changes.before[uid]
+        for uid in sorted(before) if len(before) > 1 else before:
+            old_record = before[uid]
             new_record = new_pods.get(uid)
             if old_record is None:
                 if new_record is None or not paths:

@@ -99,15 +99,22 @@ def recover_state(
                 fold(event)
                 pending.gone(event.path)
                 continue
+            if head.decisions is None and event.role == "input":
+                # A hand-written input: derive its decisions, as `memstate replay` does.
+                _derive(folder, pending, head, clean=clean)
+                clean = pending.clean
+                continue
         if clean:
-            _fold_members(folder, members)
-            if folder.changed():
-                pending.fold_changes(folder.changes(), [m.event for m in members], folder)
-                folder.track_changes()
+            for member in members:
+                fold(member.event)
+            changes = folder.take_changes()
+            if changes is not None:
+                pending.fold_changes(changes, [m.event for m in members], folder)
         else:
             events = [m.event for m in members]
             before = snapshot_for(folder, events)
-            _fold_members(folder, members)
+            for event in events:
+                fold(event)
             pending.fold(before, events, folder)
             clean = pending.clean
             if clean:
@@ -130,16 +137,20 @@ def recover_state(
     )
 
 
-def _fold_members(folder: Folder, members: list[Envelope]) -> None:
-    """Fold one transaction's records."""
-    head = members[0]
-    if head.decisions is None and head.event.role == "input":
-        # A hand-written input (it stands alone): derive its decisions, as `memstate replay` does.
-        folder.reload(step(folder.state(), head.event).state)
+def _derive(folder: Folder, pending: RemovalsFolder, head: Envelope, *, clean: bool) -> None:
+    """Fold a hand-written input (no recorded decisions) by deriving its decisions."""
+    event = head.event
+    if clean:
+        folder.reload(step(folder.state(), event).state)
+        changes = folder.take_changes()
+        if changes is not None:
+            pending.fold_changes(changes, [event], folder)
         return
-    fold = folder.fold
-    for member in members:
-        fold(member.event)
+    before = snapshot_for(folder, [event])
+    folder.reload(step(folder.state(), event).state)
+    pending.fold(before, [event], folder)
+    if pending.clean:
+        folder.track_changes()
 
 
 def startup_checkpoint(
@@ -188,48 +199,51 @@ class TailReplay:
         self.incomplete: list[Envelope] = []
 
     def __iter__(self) -> Iterator[tuple[list[Envelope], int]]:
-        expected = self.after_seq + 1
+        first = expected = self.after_seq + 1
         members: list[Envelope] = []
         owed = 0  # decisions still due in `members`
         decoded = 0
         try:
-            for payload, seq, offset, segment, crc in self.reader.read_frames(expected):
-                if seq != expected:
-                    raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
-                try:
-                    envelope = decode_envelope(payload)
-                    placed = envelope.seq == seq
-                except SchemaError:
-                    placed = False
-                if not placed:
-                    # Decoded again only to raise the error that names the record's place.
-                    envelope = decode_at(payload, seq, segment, offset)
-                decoded += 1
-                expected += 1
-                if owed:
-                    if envelope.event.role != "decision" or envelope.decisions is not None:
+            for segment, frames in self.reader.segment_frames(first):
+                for offset, seq, payload, _, crc in frames:
+                    if seq < first:
+                        continue  # before the tail (the segment walked from its start)
+                    if seq != expected:
+                        raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
+                    try:
+                        envelope = decode_envelope(payload)
+                        placed = envelope.seq == seq
+                    except SchemaError:
+                        placed = False
+                    if not placed:
+                        # Decoded again only to raise the error that names the record's place.
+                        envelope = decode_at(payload, seq, segment, offset)
+                    decoded += 1
+                    expected += 1
+                    if owed:
+                        if envelope.event.role != "decision" or envelope.decisions is not None:
+                            raise InvariantViolation(
+                                f"seq {envelope.seq}: {envelope.event.kind} cannot be one of "
+                                f"the decisions announced by seq {members[0].seq} (a log not "
+                                "written by memstate)"
+                            )
+                        members.append(envelope)
+                        owed -= 1
+                        if not owed:
+                            yield members, crc
+                        continue
+                    if envelope.event.role == "decision":
                         raise InvariantViolation(
-                            f"seq {envelope.seq}: {envelope.event.kind} cannot be one of the "
-                            f"decisions announced by seq {members[0].seq} (a log not written "
-                            "by memstate)"
+                            f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a "
+                            "transaction (a checkpoint taken mid-transaction, or a log not "
+                            "written by memstate)"
                         )
-                    members.append(envelope)
-                    owed -= 1
-                    if not owed:
-                        yield members, crc
-                    continue
-                if envelope.event.role == "decision":
-                    raise InvariantViolation(
-                        f"seq {envelope.seq}: {envelope.event.kind} is a decision outside a "
-                        "transaction (a checkpoint taken mid-transaction, or a log not written "
-                        "by memstate)"
-                    )
-                members = [envelope]
-                announced = envelope.decisions
-                if announced is not None and announced > 0:
-                    owed = announced
-                    continue
-                yield members, crc
+                    members = [envelope]
+                    announced = envelope.decisions
+                    if announced is not None and announced > 0:
+                        owed = announced
+                        continue
+                    yield members, crc
         finally:
             self.decoded += decoded
         if owed:

@@ -118,14 +118,20 @@ def old_check_batch(envelopes: list[Envelope]) -> None:
 
 
 class ListReader:
-    """A LogReader's `read_frames` over records kept in a list (payloads really encoded)."""
+    """A LogReader's `segment_frames` over records kept in a list (payloads really encoded),
+    as one segment."""
 
     def __init__(self, records: list[Envelope]) -> None:
         self.records = records
 
-    def read_frames(self, from_seq: int) -> Iterator[tuple[bytes, int, int, str, int]]:
+    def segment_frames(
+        self, from_seq: int
+    ) -> Iterator[tuple[str, Iterator[tuple[int, int, bytes, int, int]]]]:
+        yield "segment", self._frames(from_seq)
+
+    def _frames(self, from_seq: int) -> Iterator[tuple[int, int, bytes, int, int]]:
         for envelope in self.records[from_seq - 1 :]:
-            yield encode_envelope(envelope), envelope.seq, 0, "segment", envelope.seq
+            yield 0, envelope.seq, encode_envelope(envelope), 0, envelope.seq
 
 
 def new_tail_replay(records: list[Envelope]) -> tuple[list[list[int]], list[int]]:
