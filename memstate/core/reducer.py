@@ -27,7 +27,7 @@ name and with a reason, those that no longer fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, assert_never
 
 import msgspec
@@ -43,6 +43,7 @@ from memstate.core.events import (
     ConfigRejected,
     DaemonRestarted,
     DaemonStarted,
+    Envelope,
     Event,
     KubeletStateImported,
     LogTailTruncated,
@@ -772,6 +773,20 @@ class Folder:
             deferred=dict(self._deferred),
             counters=Counters(pinning_requests=self._requests, pinning_errors=self._errors),
         )
+
+    def fold_records(self, records: Sequence[Envelope]) -> None:
+        """`fold` the events of `records` in order (start-up's loop: one call per transaction,
+        and no call at all for the events without a state effect)."""
+        for record in records:
+            event = record.event
+            kind = type(event)
+            if kind in _NO_STATE_EFFECT:
+                continue
+            fast = _FOLD_FAST_PATHS.get(kind)
+            if fast is not None:
+                fast(self, event)
+            else:
+                self.fold(event)
 
     def fold(self, event: Event) -> None:
         """Apply one event (`apply`'s semantics, including its `InvariantViolation`s)."""

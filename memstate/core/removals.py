@@ -168,8 +168,15 @@ class RemovalsFolder:
             for event in events:
                 if isinstance(event, PodCgroupRemoved):
                     paths.pop(event.path, None)
+        self.fold_pods(changes.before, after)
+
+    def fold_pods(self, before: Mapping[str, PodRecord | None], after: PodsAt) -> None:
+        """`fold_changes` of a transaction that holds no `pod_cgroup_removed` note (an input and
+        its decisions: a note stands alone) and replaced nothing: `before` is its journal."""
+        if not self._clean:
+            raise InvariantViolation("RemovalsFolder.fold_pods before a clean state")
+        paths = self.paths
         config = after.config
-        before = changes.before
         if config is None or not before:
             return
         new_pods = after.pods

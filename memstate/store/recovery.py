@@ -32,14 +32,14 @@ from pathlib import Path
 
 import msgspec
 
-from memstate.core.codec import decode_envelope
+from memstate.core.codec import typed_decode
 from memstate.core.errors import (
     InvariantViolation,
     LogCorruption,
     MidLogCorruption,
     SchemaError,
 )
-from memstate.core.events import Envelope, PodCgroupRemoved
+from memstate.core.events import SCHEMA_VERSION, Envelope, PodCgroupRemoved
 from memstate.core.reducer import Folder, step
 from memstate.core.removals import NO_REMOVALS, PendingRemovals, RemovalsFolder, snapshot_for
 from memstate.core.state import State
@@ -105,16 +105,19 @@ def recover_state(
                 clean = pending.clean
                 continue
         if clean:
-            for member in members:
-                fold(member.event)
+            folder.fold_records(members)
             changes = folder.take_changes()
-            if changes is not None:
+            if changes is None:
+                continue
+            if changes.replaced is None and len(members) > 1:
+                # An input and its decisions: no note among them (a note stands alone).
+                pending.fold_pods(changes.before, folder)
+            else:
                 pending.fold_changes(changes, [m.event for m in members], folder)
         else:
             events = [m.event for m in members]
             before = snapshot_for(folder, events)
-            for event in events:
-                fold(event)
+            folder.fold_records(members)
             pending.fold(before, events, folder)
             clean = pending.clean
             if clean:
@@ -200,6 +203,7 @@ class TailReplay:
 
     def __iter__(self) -> Iterator[tuple[list[Envelope], int]]:
         first = expected = self.after_seq + 1
+        decode = typed_decode()
         members: list[Envelope] = []
         owed = 0  # decisions still due in `members`
         decoded = 0
@@ -211,12 +215,13 @@ class TailReplay:
                     if seq != expected:
                         raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
                     try:
-                        envelope = decode_envelope(payload)
-                        placed = envelope.seq == seq
-                    except SchemaError:
-                        placed = False
-                    if not placed:
-                        # Decoded again only to raise the error that names the record's place.
+                        envelope = decode(payload)
+                        current = envelope.seq == seq and envelope.schema_v == SCHEMA_VERSION
+                    except msgspec.MsgspecError:
+                        current = False
+                    if not current:
+                        # The general path: an older record upcast, or the error naming the
+                        # record's place.
                         envelope = decode_at(payload, seq, segment, offset)
                     decoded += 1
                     expected += 1
