@@ -28,7 +28,7 @@ name and with a reason, those that no longer fit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, assert_never
+from typing import Any, NamedTuple, assert_never, cast
 
 import msgspec
 
@@ -794,6 +794,9 @@ class Folder:
         if kind in _NO_STATE_EFFECT:
             return  # the most frequent events (requests, notes): no class-by-class match
         # The next most frequent ones, by exact type before the match (same handlers).
+        if kind is PodAdmitted:
+            self._admitted(cast(PodAdmitted, event))
+            return
         fast = _FOLD_FAST_PATHS.get(kind)
         if fast is not None:
             fast(self, event)
