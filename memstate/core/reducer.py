@@ -864,12 +864,16 @@ class Folder:
                 )
             record = msgspec.structs.replace(existing, status="running", source=event.source)
         else:
+            machine = self._machine
             if existing is not None and existing.allocation is not None:
-                self._machine.release(existing.allocation.takes)
-                self._machine.unassign(existing.allocation.blocks)
+                machine.release(existing.allocation.takes)
+                # Container by container: the blocks in `blocks` order, without building it.
+                for container in existing.allocation.containers:
+                    machine.unassign(container.blocks)
             if allocation is not None:
-                self._machine.reserve(allocation.takes)
-                self._machine.assign(allocation.blocks)
+                machine.reserve(allocation.takes)
+                for container in allocation.containers:
+                    machine.assign(container.blocks)
             record = PodRecord(
                 pod=event.pod,
                 spec_hash=event.spec_hash,
@@ -877,7 +881,8 @@ class Folder:
                 allocation=allocation,
                 source=event.source,
             )
-        self._deferred.pop(uid, None)
+        if self._deferred:
+            self._deferred.pop(uid, None)
         rejections = self._rejections
         if rejections:
             rejections.pop(uid, None)
@@ -920,9 +925,12 @@ class Folder:
         if journal is not None and uid not in journal:
             journal[uid] = record
         if record is not None and record.allocation is not None:
-            self._machine.release(record.allocation.takes)
-            self._machine.unassign(record.allocation.blocks)
-        self._deferred.pop(uid, None)
+            machine = self._machine
+            machine.release(record.allocation.takes)
+            for container in record.allocation.containers:
+                machine.unassign(container.blocks)
+        if self._deferred:
+            self._deferred.pop(uid, None)
 
 
 # The frequent events with a state effect, by exact type: `Folder.fold` calls these before its
