@@ -204,9 +204,9 @@ class TailReplay:
     def __iter__(self) -> Iterator[tuple[list[Envelope], int]]:
         first = expected = self.after_seq + 1
         decode = typed_decode()
+        current_schema = SCHEMA_VERSION
         members: list[Envelope] = []
         owed = 0  # decisions still due in `members`
-        decoded = 0
         try:
             for segment, frames in self.reader.segment_frames(first):
                 for offset, seq, payload, _, crc in frames:
@@ -216,14 +216,13 @@ class TailReplay:
                         raise InvariantViolation(f"reader yielded seq {seq}, expected {expected}")
                     try:
                         envelope = decode(payload)
-                        current = envelope.seq == seq and envelope.schema_v == SCHEMA_VERSION
+                        current = envelope.seq == seq and envelope.schema_v == current_schema
                     except msgspec.MsgspecError:
                         current = False
                     if not current:
                         # The general path: an older record upcast, or the error naming the
                         # record's place.
                         envelope = decode_at(payload, seq, segment, offset)
-                    decoded += 1
                     expected += 1
                     if owed:
                         if envelope.event.role != "decision" or envelope.decisions is not None:
@@ -250,7 +249,7 @@ class TailReplay:
                         continue
                     yield members, crc
         finally:
-            self.decoded += decoded
+            self.decoded += expected - first  # every record decoded so far
         if owed:
             self.incomplete = members  # never acknowledged: left out
 
