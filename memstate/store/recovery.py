@@ -89,9 +89,10 @@ def recover_state(
     if clean:
         folder.track_changes()
     replay = TailReplay(reader, last_seq)
+    last: list[Envelope] = []  # the last transaction folded
     for members, crc in replay:
+        last, chain = members, crc
         head = members[0]
-        last_seq, chain = members[-1].seq, crc
         if len(members) == 1:
             event = head.event
             if type(event) is PodCgroupRemoved:
@@ -122,6 +123,8 @@ def recover_state(
             clean = pending.clean
             if clean:
                 folder.track_changes()
+    if last:
+        last_seq = last[-1].seq
     if replay.incomplete:
         first = replay.incomplete[0]
         warnings.append(
