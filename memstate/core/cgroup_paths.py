@@ -114,13 +114,28 @@ def qos_components(config: NodeConfig, qos_class: QOSClass) -> tuple[str, ...]:
     return (*node_components(config), QOS_COMPONENTS[qos_class])
 
 
+# The parent of a pod cgroup by (cgroupRoot, QoS class), validated once: every pod cgroup path
+# rendered for a new UID (start-up's removals fold, an admission's targets) needs it. A handful
+# of entries per node; the limit only guards a caller cycling through cgroup roots.
+_POD_PARENTS: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
+_POD_PARENTS_LIMIT = 64
+
+
 def pod_components(config: NodeConfig, uid: str, qos_class: QOSClass) -> tuple[str, ...]:
     """Internal name of a pod cgroup: Guaranteed pods directly under kubepods, the others under
     their QoS cgroup."""
     name = POD_PREFIX + validate_pod_uid(uid)
-    if qos_class == GUARANTEED:
-        return (*node_components(config), name)
-    return (*qos_components(config, qos_class), name)
+    key = (config.cgroup_root, qos_class)
+    parent = _POD_PARENTS.get(key)
+    if parent is None:
+        if qos_class == GUARANTEED:
+            parent = node_components(config)
+        else:
+            parent = qos_components(config, qos_class)
+        if len(_POD_PARENTS) >= _POD_PARENTS_LIMIT:
+            _POD_PARENTS.clear()
+        _POD_PARENTS[key] = parent
+    return (*parent, name)
 
 
 # --- rendering ------------------------------------------------------------------------------------

@@ -91,6 +91,13 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _ENCODER.encode(envelope)
 
 
+def typed_decode() -> Callable[[bytes | memoryview], Envelope]:
+    """`decode_envelope`'s fast path alone, for a loop over many records (start-up): a result
+    is an answer only when its `schema_v` is `SCHEMA_VERSION`; otherwise, and when it raises
+    (`msgspec.MsgspecError`), `decode_envelope` gives the answer (an upcast, or the error)."""
+    return _DECODER.decode
+
+
 def decode_head(data: bytes | memoryview) -> EnvelopeHead:
     """Only `seq`, `schema_v` and `decisions` of a record (cheap: the body is skipped)."""
     try:

@@ -27,8 +27,8 @@ name and with a reason, those that no longer fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, assert_never, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, assert_never, cast
 
 import msgspec
 
@@ -43,6 +43,7 @@ from memstate.core.events import (
     ConfigRejected,
     DaemonRestarted,
     DaemonStarted,
+    Envelope,
     Event,
     KubeletStateImported,
     LogTailTruncated,
@@ -726,13 +727,14 @@ _NO_STATE_EFFECT = frozenset(
 )
 
 
-class FoldedChanges(NamedTuple):
-    """The pods a run of `Folder.fold` changed (`Folder.track_changes`, then `changes`).
+class FoldedChanges(msgspec.Struct, frozen=True):
+    """The pods a run of `Folder.fold` changed (`Folder.track_changes`, then `take_changes`).
 
     `before` maps every UID whose record may have changed to its record before (None: absent);
     the records of other UIDs are the very same objects. `replaced` holds every pod as it was
     before (and `config` the config before) when a slow-path event replaced the whole state;
-    `replaced` is None otherwise, and the config did not change.
+    `replaced` is None otherwise, and the config did not change. (A struct, not a named tuple:
+    start-up makes one per transaction, and a struct is made at C speed.)
     """
 
     before: Mapping[str, PodRecord | None]
@@ -752,7 +754,7 @@ class Folder:
     their `apply` handlers; any other event freezes, goes through `apply`, and the folder
     continues from the result. tests/unit/test_folder.py holds `fold` to `apply`. After an
     `InvariantViolation` the folder is unusable (it may hold half an event); the caller stops
-    there anyway. `track_changes`/`changes` journal which pods a transaction changed, so that
+    there anyway. `track_changes`/`take_changes` journal which pods a transaction changed, so that
     start-up's removals fold (`removals.RemovalsFolder.fold_changes`) needs no snapshot.
     """
 
@@ -768,22 +770,25 @@ class Folder:
         self._load(state)
 
     def track_changes(self) -> None:
-        """Start a change journal (what `changes` returns), dropping the previous one (a
-        `changes()` result from before is emptied)."""
-        if self._journal is None:
-            self._journal = {}
-        else:
-            self._journal.clear()  # reused: `changes` is read before the next transaction
+        """Start a change journal (what `take_changes` returns)."""
+        self._journal = {}
         self._replaced = None
 
-    def changes(self) -> FoldedChanges:
-        """What changed since `track_changes`: see `FoldedChanges`."""
-        if self._journal is None:
-            raise InvariantViolation("Folder.changes without track_changes")
-        if self._replaced is not None:
-            config, pods = self._replaced
-            return FoldedChanges(self._journal, config, pods)
-        return FoldedChanges(self._journal, self._base.config, None)
+    def take_changes(self) -> FoldedChanges | None:
+        """What changed since `track_changes` or the previous `take_changes` (see
+        `FoldedChanges`; None when no pod's record changed and no slow-path event ran), and a
+        fresh journal for what follows."""
+        journal = self._journal
+        if journal is None:
+            raise InvariantViolation("Folder.take_changes without track_changes")
+        replaced = self._replaced
+        if not journal and replaced is None:
+            return None
+        self._journal = {}
+        self._replaced = None
+        if replaced is not None:
+            return FoldedChanges(journal, replaced[0], replaced[1])
+        return FoldedChanges(journal, self._base.config, None)
 
     def reload(self, state: State) -> None:
         """Continue from `state` (a state derived from `state()` outside the folder)."""
@@ -834,6 +839,20 @@ class Folder:
             counters=Counters(pinning_requests=self._requests, pinning_errors=self._errors),
         )
 
+    def fold_records(self, records: Sequence[Envelope]) -> None:
+        """`fold` the events of `records` in order (start-up's loop: one call per transaction,
+        and no call at all for the events without a state effect)."""
+        for record in records:
+            event = record.event
+            kind = type(event)
+            if kind in _NO_STATE_EFFECT:
+                continue
+            fast = _FOLD_FAST_PATHS.get(kind)
+            if fast is not None:
+                fast(self, event)
+            else:
+                self.fold(event)
+
     def fold(self, event: Event) -> None:
         """Apply one event (`apply`'s semantics, including its `InvariantViolation`s)."""
         kind = type(event)
@@ -843,26 +862,17 @@ class Folder:
         if kind is PodAdmitted:
             self._admitted(cast(PodAdmitted, event))
             return
-        if kind is PodRemoved:
-            self._removed(cast(PodRemoved, event).uid)
+        fast = _FOLD_FAST_PATHS.get(kind)
+        if fast is not None:
+            fast(self, event)
             return
         match known_event(event):
             case PodAdmitted() as admitted:
                 self._admitted(admitted)
-            case PodRemoved(uid=uid):
-                self._removed(uid)
+            case PodRemoved() as removed:
+                self._removed(removed)
             case PodRejected() as rejected:
-                self._requests += rejected.pinning_requests
-                self._errors += rejected.pinning_errors
-                self._rejections[rejection_key(rejected.uid, rejected.source)] = Rejection(
-                    reason=rejected.reason,
-                    message=rejected.message,
-                    uid=rejected.uid,
-                    name=rejected.name,
-                    namespace=rejected.namespace,
-                    source=rejected.source,
-                )
-                self._drop_pod(rejected.uid)
+                self._rejected(rejected)
             case PodInitCompleted(uid=uid):
                 record = self._pods.get(uid)
                 if record is None or record.init_completed:
@@ -876,11 +886,8 @@ class Folder:
                 self._pods[uid] = msgspec.structs.replace(
                     record, allocation=allocation, init_completed=True
                 )
-            case PodRemovalRequested(uid=uid, source=source):
-                if uid:
-                    self._rejections.pop(uid, None)
-                if source:
-                    self._rejections.pop(rejection_key("", source), None)
+            case PodRemovalRequested() as requested:
+                self._removal_requested(requested)
             case (
                 PodAdmissionRequested()
                 | DaemonStarted()
@@ -910,43 +917,92 @@ class Folder:
 
     def _admitted(self, event: PodAdmitted) -> None:
         self._requests += event.pinning_requests
-        existing = self._pods.get(event.uid)
+        pods = self._pods
+        uid = event.pod.uid
+        existing = pods.get(uid)
+        allocation = event.allocation
         if event.restored:
-            if existing is None or existing.allocation != event.allocation:
+            if existing is None or existing.allocation != allocation:
                 raise InvariantViolation(
-                    f"restored admission of pod {event.pod.key} ({event.uid}) does not match "
+                    f"restored admission of pod {event.pod.key} ({uid}) does not match "
                     "the allocation in state"
                 )
             record = msgspec.structs.replace(existing, status="running", source=event.source)
         else:
+            machine = self._machine
             if existing is not None and existing.allocation is not None:
-                self._machine.release(existing.allocation.takes)
-                self._machine.unassign(existing.allocation.blocks)
-            if event.allocation is not None:
-                self._machine.reserve(event.allocation.takes)
-                self._machine.assign(event.allocation.blocks)
+                machine.release(existing.allocation.takes)
+                # Container by container: the blocks in `blocks` order, without building it.
+                for container in existing.allocation.containers:
+                    machine.unassign(container.blocks)
+            if allocation is not None:
+                machine.reserve(allocation.takes)
+                for container in allocation.containers:
+                    machine.assign(container.blocks)
             record = PodRecord(
                 pod=event.pod,
                 spec_hash=event.spec_hash,
                 qos_class=event.qos_class,
-                allocation=event.allocation,
+                allocation=allocation,
                 source=event.source,
             )
-        self._deferred.pop(event.uid, None)
-        self._rejections.pop(event.uid, None)
-        self._rejections.pop(rejection_key("", event.source), None)
-        self._note(event.uid)
-        self._pods[event.uid] = record
+        if self._deferred:
+            self._deferred.pop(uid, None)
+        rejections = self._rejections
+        if rejections:
+            rejections.pop(uid, None)
+            rejections.pop(rejection_key("", event.source), None)
+        journal = self._journal
+        if journal is not None and uid not in journal:
+            journal[uid] = existing
+        pods[uid] = record
 
-    def _removed(self, uid: str) -> None:
+    def _removed(self, event: PodRemoved) -> None:
+        uid = event.uid
         if uid not in self._pods and uid not in self._deferred:
             raise InvariantViolation(f"pod_removed for unknown pod {uid}")
         self._drop_pod(uid)
 
+    def _rejected(self, event: PodRejected) -> None:
+        self._requests += event.pinning_requests
+        self._errors += event.pinning_errors
+        self._rejections[rejection_key(event.uid, event.source)] = Rejection(
+            reason=event.reason,
+            message=event.message,
+            uid=event.uid,
+            name=event.name,
+            namespace=event.namespace,
+            source=event.source,
+        )
+        self._drop_pod(event.uid)
+
+    def _removal_requested(self, event: PodRemovalRequested) -> None:
+        rejections = self._rejections
+        if rejections:
+            if event.uid:
+                rejections.pop(event.uid, None)
+            if event.source:
+                rejections.pop(rejection_key("", event.source), None)
+
     def _drop_pod(self, uid: str) -> None:
-        self._note(uid)
         record = self._pods.pop(uid, None)
+        journal = self._journal
+        if journal is not None and uid not in journal:
+            journal[uid] = record
         if record is not None and record.allocation is not None:
-            self._machine.release(record.allocation.takes)
-            self._machine.unassign(record.allocation.blocks)
-        self._deferred.pop(uid, None)
+            machine = self._machine
+            machine.release(record.allocation.takes)
+            for container in record.allocation.containers:
+                machine.unassign(container.blocks)
+        if self._deferred:
+            self._deferred.pop(uid, None)
+
+
+# The frequent events with a state effect, by exact type: `Folder.fold` calls these before its
+# `match` (the same handlers the `match` reaches).
+_FOLD_FAST_PATHS: dict[type[Event], Callable[[Folder, Any], None]] = {
+    PodAdmitted: Folder._admitted,
+    PodRemoved: Folder._removed,
+    PodRejected: Folder._rejected,
+    PodRemovalRequested: Folder._removal_requested,
+}

@@ -148,6 +148,11 @@ class RemovalsFolder:
         """True once `fold_changes` may be used (no pending path is implied by the state)."""
         return self._clean
 
+    def gone(self, path: str) -> None:
+        """`fold` of a transaction that is one `pod_cgroup_removed` note (a note stands alone and
+        changes no pod, so the fold only drops its path), in any state, clean or not."""
+        self.paths.pop(path, None)
+
     def fold_changes(self, changes: FoldedChanges, events: Sequence[Event], after: PodsAt) -> None:
         """`fold` of one transaction from what start-up's `Folder` journaled for it, without a
         snapshot of the pods before it; only while `clean`. A UID whose record did not change
@@ -163,12 +168,20 @@ class RemovalsFolder:
             for event in events:
                 if isinstance(event, PodCgroupRemoved):
                     paths.pop(event.path, None)
+        self.fold_pods(changes.before, after)
+
+    def fold_pods(self, before: Mapping[str, PodRecord | None], after: PodsAt) -> None:
+        """`fold_changes` of a transaction that holds no `pod_cgroup_removed` note (an input and
+        its decisions: a note stands alone) and replaced nothing: `before` is its journal."""
+        if not self._clean:
+            raise InvariantViolation("RemovalsFolder.fold_pods before a clean state")
+        paths = self.paths
         config = after.config
-        if config is None or not changes.before:
+        if config is None or not before:
             return
         new_pods = after.pods
-        for uid in sorted(changes.before):
-            old_record = changes.before[uid]
+        for uid in sorted(before) if len(before) > 1 else before:
+            old_record = before[uid]
             new_record = new_pods.get(uid)
             if old_record is None:
                 if new_record is None or not paths:

@@ -71,6 +71,24 @@ class LogReader:
         The hot path under every other read: payloads are views into the segment just read
         (no copy), valid while the caller holds them.
         """
+        last = sys.maxsize if to_seq is None else to_seq  # one comparison per frame
+        for name, frames in self.segment_frames(from_seq, to_seq):
+            for offset, seq, payload, _, chain_crc in frames:
+                if seq > last:
+                    return
+                if seq >= from_seq:
+                    yield payload, seq, offset, name, chain_crc
+
+    def segment_frames(
+        self, from_seq: int = 1, to_seq: int | None = None
+    ) -> Iterator[tuple[str, Iterator[tuple[int, int, memoryview, int, int]]]]:
+        """`read_frames` one segment at a time, for a caller that reads every frame itself:
+        (segment name, its frames as (offset, seq, payload, end, chain CRC)).
+
+        The frames of a segment may start before `from_seq` (the caller skips them) and run
+        past `to_seq`; each segment's frames are read to their end (or the caller stops) before
+        the next segment is opened, and damage found after them raises, as in `read_frames`.
+        """
         listed = self.segments()
         if not listed:
             return
@@ -83,14 +101,8 @@ class LogReader:
             to_seq=to_seq,
             beside_writer=True,
         )
-        last = sys.maxsize if to_seq is None else to_seq  # one comparison per frame
         for visit in walker:
-            name = visit.path.name
-            for offset, seq, payload, _, chain_crc in visit.walk.unnamed():
-                if seq > last:
-                    return
-                if seq >= from_seq:
-                    yield payload, seq, offset, name, chain_crc
+            yield visit.path.name, visit.walk.unnamed()
         problem = walker.problem
         if problem is None or problem.kind == "torn_tail":
             return  # the end, or an incomplete tail: stop cleanly

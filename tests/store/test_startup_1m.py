@@ -15,11 +15,13 @@ writer. Then the log is opened (recovery scans every frame's CRC) and `recover_s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import memstate.store.reader as log_module
+import memstate.store.recovery as recovery_module
 from memstate.core.codec import encode_envelope
 from memstate.core.events import SCHEMA_VERSION, Envelope
 from memstate.store.checkpoint import write_checkpoint
@@ -87,13 +89,26 @@ def test_startup_with_a_checkpoint_decodes_only_the_tail(
 
     decoded: list[int] = []
     real_decode = log_module.decode_envelope
+    real_typed_decode = recovery_module.typed_decode
 
     def counting_decode(data: bytes | memoryview) -> Envelope:
         envelope = real_decode(data)
         decoded.append(envelope.seq)
         return envelope
 
+    def counting_typed_decode() -> Callable[[bytes | memoryview], Envelope]:
+        decode = real_typed_decode()
+
+        def counting(data: bytes | memoryview) -> Envelope:
+            envelope = decode(data)
+            decoded.append(envelope.seq)
+            return envelope
+
+        return counting
+
+    # Every decode start-up may do: the reader's, and the tail loop's typed decode.
     monkeypatch.setattr(log_module, "decode_envelope", counting_decode)
+    monkeypatch.setattr(recovery_module, "typed_decode", counting_typed_decode)
     reads = record_reads(monkeypatch)
     with EventLog.open(state_dir, fsync=False) as log:  # start-up: recovery, then state
         assert not log.recovery.truncated and log.last_seq == TOTAL_RECORDS

@@ -118,21 +118,27 @@ def old_check_batch(envelopes: list[Envelope]) -> None:
 
 
 class ListReader:
-    """A LogReader's `read_frames` over records kept in a list (payloads really encoded)."""
+    """A LogReader's `segment_frames` over records kept in a list (payloads really encoded),
+    as one segment."""
 
     def __init__(self, records: list[Envelope]) -> None:
         self.records = records
 
-    def read_frames(self, from_seq: int) -> Iterator[tuple[bytes, int, int, str, int]]:
+    def segment_frames(
+        self, from_seq: int
+    ) -> Iterator[tuple[str, Iterator[tuple[int, int, bytes, int, int]]]]:
+        yield "segment", self._frames(from_seq)
+
+    def _frames(self, from_seq: int) -> Iterator[tuple[int, int, bytes, int, int]]:
         for envelope in self.records[from_seq - 1 :]:
-            yield encode_envelope(envelope), envelope.seq, 0, "segment", envelope.seq
+            yield 0, envelope.seq, encode_envelope(envelope), 0, envelope.seq
 
 
 def new_tail_replay(records: list[Envelope]) -> tuple[list[list[int]], list[int]]:
     """store.recovery.TailReplay as start-up runs it."""
     replay = TailReplay(ListReader(records), 0)  # type: ignore[arg-type]
-    groups = [[e.seq for e, _ in group] for group in replay]
-    return groups, [e.seq for e, _ in replay.incomplete]
+    groups = [[e.seq for e in group] for group, _ in replay]
+    return groups, [e.seq for e in replay.incomplete]
 
 
 def _contains_interrupted_transaction(records: list[Envelope]) -> bool:
@@ -245,3 +251,47 @@ def test_problems_carry_what_each_user_reports() -> None:
     assert raised.value.kind == "interrupted" and raised.value.offender == interrupted[2]
     with pytest.raises(InvariantViolation, match="no input in the batch announces"):
         check_batch(envelopes_of([("note", None), ("decision", None)]))
+
+
+def by_the_rule(records: list[Envelope]) -> tuple[list[list[int]], list[int], str]:
+    """What start-up must do by `group_transactions`: the transactions (seqs), the incomplete
+    tail left out (seqs), and the refusal (the offending seq and what it is), "" if none."""
+    groups: list[list[int]] = []
+    try:
+        for transaction in group_transactions(records, envelope_itself):
+            groups.append([e.seq for e in transaction.members])
+    except TransactionProblem as problem:
+        if problem.kind == "cut_short":
+            return groups, [e.seq for e in problem.taken], ""
+        if problem.kind == "orphan_decision":
+            return groups, [], f"seq {problem.head.seq}: pod_removed is a decision outside"
+        offender = problem.offender
+        assert offender is not None
+        return (
+            groups,
+            [],
+            f"seq {offender.seq}: {offender.event.kind} cannot be one of the decisions "
+            f"announced by seq {problem.head.seq}",
+        )
+    return groups, [], ""
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(RECORD, max_size=12))
+def test_start_up_groups_by_the_one_rule(shapes: list[tuple[str, int | None]]) -> None:
+    """TailReplay applies `group_transactions`'s rule inline (start-up's hot loop): the same
+    transactions, in the same order, the same incomplete tail, the same refusals."""
+    records = envelopes_of(shapes)
+    groups, incomplete, refusal = by_the_rule(records)
+    replay = TailReplay(ListReader(records), 0)  # type: ignore[arg-type]
+    seen: list[list[int]] = []
+    if refusal:
+        with pytest.raises(InvariantViolation) as raised:
+            for group, _ in replay:
+                seen.append([e.seq for e in group])
+        assert str(raised.value).startswith(refusal)
+    else:
+        seen = [[e.seq for e in group] for group, _ in replay]
+        assert [e.seq for e in replay.incomplete] == incomplete
+        assert replay.decoded == len(records)
+    assert seen == groups

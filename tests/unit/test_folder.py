@@ -24,6 +24,7 @@ from memstate.core.state import State, encode_state, state_hash
 from memstate.history.replay import replay_state, transitions
 from memstate.store.reader import LogReader
 from memstate.store.recovery import recover_state
+from memstate.store.transactions import envelope_itself, group_transactions
 
 CORPUS = Path(__file__).resolve().parents[2] / "replay"
 
@@ -73,6 +74,13 @@ def test_fold_matches_apply_on_a_realistic_log(tmp_path: Path, numa_nodes: int) 
     assert {"pod_admitted", "pod_removed", "pod_rejected", "daemon_restarted"} <= kinds
     assert any(e.event.kind == "pod_admitted" and e.event.restored for e in envelopes)
     assert check_fold_matches_apply(envelopes) > 0
+    # `fold_records` (start-up's call: one per transaction) gives the same states.
+    by_records = Folder(State())
+    for transaction, transition in zip(
+        group_transactions(envelopes, envelope_itself), transitions(envelopes), strict=True
+    ):
+        by_records.fold_records(transaction.members)
+        assert by_records.state() == transition.after, f"seq {transition.record.seq}"
     # Start-up folds with a Folder: from seq 1 and from the newest checkpoint, the same state.
     final = replay_state(envelopes)
     from_start = recover_state(state_dir, use_checkpoints=False)
