@@ -93,6 +93,7 @@ from memstate.core.plan import (
     plan_operations,
     profile_targets,
 )
+from memstate.core.plan.children import ChildSums
 from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
@@ -257,6 +258,9 @@ class Reconciler:
         self.clock = clock
         self._values = ValueModel(page_size_bytes)
         self._tree: ObservedTree | None = None  # the picture scoped rounds start from
+        # The children's protections summed for the last tree planned: carried to the next,
+        # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
+        self._child_sums: ChildSums | None = None
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
@@ -316,6 +320,12 @@ class Reconciler:
         reads += more_reads
 
         def plan_for(tree: ObservedTree) -> Plan:
+            if self.options.shadow:
+                child_sums = None  # every round is full and fresh: nothing to carry
+            elif self._child_sums is None:
+                child_sums = self._child_sums = ChildSums.of(tree, self.page_size_bytes)
+            else:
+                child_sums = self._child_sums = self._child_sums.updated(tree)
             return plan_operations(
                 targets,
                 tree,
@@ -325,6 +335,7 @@ class Reconciler:
                 remove_orphans=self.options.remove_orphans and full,
                 focus=focus,
                 profile=self.profile,
+                child_sums=child_sums,
             )
 
         plan = plan_for(tree)
