@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memstate.core.errors import InvariantViolation
-from memstate.core.plan import ObservedCgroup, ObservedTree, plan_operations
+from memstate.core.plan import ObservedCgroup, ObservedTree, merge_observations, plan_operations
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.plan.values import PROTECTION_FILES
@@ -166,3 +166,27 @@ def test_sums_for_another_tree_are_refused() -> None:
     targets = targets_of_pods([])
     with pytest.raises(InvariantViolation, match="another observed tree"):
         plan_operations(targets, tree, page_size_bytes=PAGE, child_sums=ChildSums.of(other, PAGE))
+
+
+@given(
+    listing=st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=6),
+    name=st.sampled_from(["a", "c", "f"]),
+    present=st.booleans(),
+)
+def test_a_listing_follows_existence_sorted_and_without_duplicates(
+    listing: list[str], name: str, present: bool
+) -> None:
+    """`merge_observations` (and `apply_operations`) keep a parent's listing as the sorted set
+    of names, also from a listing that came unsorted or with duplicates; an unchanged listing
+    keeps the parent's observation itself (what lets the carried sums skip it)."""
+    parent = ObservedCgroup(children=tuple(listing))
+    base = ObservedTree(cgroups={"": ObservedCgroup(children=("p",)), "p": parent})
+    merged = merge_observations(base, {f"p/{name}": ObservedCgroup(exists=present, children=())})
+    names = set(listing)
+    if present:
+        names.add(name)
+    else:
+        names.discard(name)
+    assert merged.cgroups["p"].children == tuple(sorted(names))
+    if tuple(sorted(names)) == tuple(listing):
+        assert merged.cgroups["p"] is parent
