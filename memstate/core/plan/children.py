@@ -143,7 +143,9 @@ class ChildSums:
         old, new = self.tree.cgroups, tree.cgroups
         # Compared in C (no Python-level loop over every cgroup): the paths whose value differs.
         changed = list(compress(new, map(is_not, map(old.get, new), new.values())))
-        changed.extend(old.keys() - new.keys())
+        added = sum(1 for path in changed if path not in old)
+        if len(new) - added != len(old):  # some were dropped (else every old path is kept)
+            changed.extend(old.keys() - new.keys())
         if not changed:
             return self._with(tree)
         model = value_model(self.page_size_bytes)
@@ -172,19 +174,25 @@ class ChildSums:
             if path:
                 parent, _, name = path.rpartition("/")
                 pairs.add((parent, name))
-                names = editing.get(parent)
-                if names is None:
-                    names = editing[parent] = set(entries.get(parent, ()))
-                if exists:
-                    names.add(name)
-                else:
-                    names.discard(name)
+                if (name in entries.get(parent, ())) != exists:
+                    names = editing.get(parent)
+                    if names is None:
+                        names = editing[parent] = set(entries.get(parent, ()))
+                    if exists:
+                        names.add(name)
+                    else:
+                        names.discard(name)
             before = self._listed.get(path)
-            after = (
-                frozenset(found.children)
-                if exists and found is not None and found.children is not None
-                else None
-            )
+            previous = old.get(path)
+            listing = found.children if exists and found is not None else None
+            if (
+                listing is not None
+                and before is not None
+                and previous is not None
+                and listing == previous.children
+            ):
+                continue  # the same listing (compared as tuples, without a set of every name)
+            after = None if listing is None else frozenset(listing)
             if before != after:
                 recheck.add(path)
                 pairs.update(
@@ -206,9 +214,8 @@ class ChildSums:
                         invalid.pop(path, None)
                     totals.setdefault(path, _ZERO_SUMS)
         for parent, names in editing.items():
-            if names != entries.get(parent, frozenset()):
-                entries[parent] = frozenset(names)
-                recheck.add(parent)
+            entries[parent] = frozenset(names)
+            recheck.add(parent)
         for parent, name in pairs:
             if parent not in totals:
                 continue
