@@ -496,7 +496,8 @@ class Reconciler:
         parent; repeat until every lowered parent was seen with its children (at most once per
         level).
         """
-        seen = {path for path in focus if self._children_observed(targets, path, plan)}
+        children = Counter(t.path.rpartition("/")[0] for t in targets.cgroups if t.path)
+        seen = {path for path in focus if self._children_observed(children, path, plan)}
         errors: list[ReadError] = []
         reads = 0
         # A parent someone else wrote since this reconciler last set or saw it: its children's
@@ -560,18 +561,16 @@ class Reconciler:
         return expected, now
 
     @staticmethod
-    def _children_observed(targets: NodeTargets, path: str, plan: Plan) -> bool:
+    def _children_observed(children: Counter[str], path: str, plan: Plan) -> bool:
         """True if this round already read `path`'s listing and all its children: a scoped
         cgroup is listed with its unmanaged children's protections; its managed children count
-        only if they were planned (observed) too."""
-        prefix = f"{path}/" if path else ""
-        return all(
-            target.path in plan.final_values
-            for target in targets.cgroups
-            if target.path.startswith(prefix)
-            and target.path != path
-            and "/" not in target.path[len(prefix) :]
+        only if they were planned (observed) too. `children`: how many desired children each
+        parent has; the planned paths are desired ones, so counting those under `path` tells
+        whether every desired child was planned (without a walk over every target per path)."""
+        planned = sum(
+            1 for child in plan.final_values if child and child.rpartition("/")[0] == path
         )
+        return planned == children[path]
 
     # --- drift -----------------------------------------------------------------------------
 
@@ -580,9 +579,12 @@ class Reconciler:
     ) -> dict[tuple[str, str], tuple[str, str]]:
         """(path, file) → (expected, found) for values changed behind this reconciler's back."""
         drift: dict[tuple[str, str], tuple[str, str]] = {}
-        for target in targets.cgroups:
-            if target.path not in plan.final_values:
-                continue  # not planned in this (scoped) round
+        by_path = {t.path: t for t in targets.cgroups}
+        # The planned ones only, in the targets' order (the plan's final values are in it).
+        for path in plan.final_values:
+            target = by_path.get(path)
+            if target is None:
+                continue
             found = tree.get(target.path)
             if found is None or not found.exists:
                 if target.path in self._expected_present:
