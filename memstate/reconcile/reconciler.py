@@ -505,7 +505,7 @@ class Reconciler:
         # parent's (seed 3390: kubepods raised, then besteffort into that room, then an
         # admission raised kubepods from the stale sum). Costs nothing while no one else writes.
         pending = {
-            p: f for p, f in self._drifted_parents(targets, tree, plan).items() if p not in seen
+            p: f for p, f in self._drifted_parents(children, tree, plan).items() if p not in seen
         }
         while True:
             lowered: dict[str, set[str]] = pending
@@ -529,13 +529,15 @@ class Reconciler:
             plan = plan_for(tree)
 
     def _drifted_parents(
-        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+        self, children: Counter[str], tree: ObservedTree, plan: Plan
     ) -> dict[str, set[str]]:
         """Parents read this round whose protection differs from what this reconciler last
-        wrote or saw (another writer changed it): parent path -> the drifted files."""
-        parents = {t.path.rpartition("/")[0] for t in targets.cgroups if "/" in t.path}
+        wrote or saw (another writer changed it): parent path -> the drifted files. `children`:
+        how many desired children each parent has (the root counts as no one's child here:
+        only a path with a "/" has a parent below the root)."""
+        parents = [path for path in plan.final_values if path and children[path]]
         drifted: dict[str, set[str]] = {}
-        for path in sorted(parents & plan.final_values.keys()):
+        for path in sorted(parents):
             found = tree.get(path)
             if found is None or not found.exists:
                 continue
