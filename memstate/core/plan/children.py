@@ -29,6 +29,7 @@ from memstate.core.plan.values import PROTECTION_FILES, ValueModel, kernel_defau
 # file whose read failed (the planner decides what an unreadable value means).
 Protections = tuple[int | None, ...]
 _ZERO_SUMS = (0,) * len(PROTECTION_FILES)
+_NO_NAMES: frozenset[str] = frozenset()
 _EMPTY_TREE = ObservedTree(cgroups={})
 
 
@@ -43,7 +44,7 @@ class ChildSums:
         "_listed",
         "_totals",
         "_unreadable",
-        "_usable",
+        "_unusable",
         "_values",
         "page_size_bytes",
         "tree",
@@ -60,7 +61,7 @@ class ChildSums:
         entries: dict[str, frozenset[str]],
         totals: dict[str, tuple[int, ...]],
         unreadable: frozenset[str],
-        usable: frozenset[str],
+        unusable: frozenset[str],
     ) -> None:
         self.tree = tree
         self.page_size_bytes = page_size_bytes
@@ -72,7 +73,7 @@ class ChildSums:
         )
         self._totals = totals  # listed path -> Σ of its valid listed children's protections
         self._unreadable = unreadable  # existing cgroups with an unreadable protection
-        self._usable = usable  # listed paths whose existing children are all listed
+        self._unusable = unusable  # listed paths with an existing child they do not list
 
     @classmethod
     def of(cls, tree: ObservedTree, page_size_bytes: int) -> ChildSums:
@@ -86,7 +87,7 @@ class ChildSums:
             entries={},
             totals={},
             unreadable=frozenset(),
-            usable=frozenset(),
+            unusable=frozenset(),
         )
         return empty.updated(tree)
 
@@ -96,7 +97,7 @@ class ChildSums:
         """True if `path` exists, is listed, and every child the tree holds as existing is
         listed: then its total counts every child the planner could find (a desired child
         absent from the listing is absent from the tree, or held as not existing)."""
-        return path in self._usable
+        return path in self._listed and path not in self._unusable
 
     def existing_children(self, path: str) -> frozenset[str]:
         """The names of `path`'s children the tree holds as existing, listed or not."""
@@ -157,7 +158,8 @@ class ChildSums:
         # new one put in (everything else adds the same to the same total).
         pairs: set[tuple[str, str]] = set()
         recheck: set[str] = set()  # paths whose listing or existing children changed
-        editing: dict[str, set[str]] = {}  # parent -> its existing children, being updated
+        # parent -> (children now existing, children no longer existing)
+        edits: dict[str, tuple[list[str], list[str]]] = {}
         for path in changed:
             found = new.get(path)
             exists = found is not None and found.exists
@@ -175,13 +177,7 @@ class ChildSums:
                 parent, _, name = path.rpartition("/")
                 pairs.add((parent, name))
                 if (name in entries.get(parent, ())) != exists:
-                    names = editing.get(parent)
-                    if names is None:
-                        names = editing[parent] = set(entries.get(parent, ()))
-                    if exists:
-                        names.add(name)
-                    else:
-                        names.discard(name)
+                    edits.setdefault(parent, ([], []))[0 if exists else 1].append(name)
             before = self._listed.get(path)
             previous = old.get(path)
             listing = found.children if exists and found is not None else None
@@ -193,29 +189,41 @@ class ChildSums:
             ):
                 continue  # the same listing (compared as tuples, without a set of every name)
             after = None if listing is None else frozenset(listing)
-            if before != after:
-                recheck.add(path)
-                pairs.update(
-                    (path, name) for name in (before or frozenset()) ^ (after or frozenset())
-                )
-                if after is None:
-                    listed.pop(path, None)
-                    invalid.pop(path, None)
-                    totals.pop(path, None)
+            if before is None and after is None:
+                continue
+            differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
+            if before is not None and after is not None and not differ:
+                continue
+            recheck.add(path)
+            pairs.update((path, name) for name in differ)
+            if after is None:
+                listed.pop(path, None)
+                invalid.pop(path, None)
+                totals.pop(path, None)
+            else:
+                listed[path] = after
+                bad = {name for name in differ & after if not is_valid_cgroup_name(name)}
+                bad.update(self._invalid.get(path, _NO_NAMES) & after)
+                if bad:
+                    invalid[path] = frozenset(bad)
                 else:
-                    listed[path] = after
-                    bad = {
-                        n for n in after - (before or frozenset()) if not is_valid_cgroup_name(n)
-                    }
-                    bad.update(self._invalid.get(path, frozenset()) & after)
-                    if bad:
-                        invalid[path] = frozenset(bad)
-                    else:
-                        invalid.pop(path, None)
-                    totals.setdefault(path, _ZERO_SUMS)
-        for parent, names in editing.items():
-            entries[parent] = frozenset(names)
+                    invalid.pop(path, None)
+                totals.setdefault(path, _ZERO_SUMS)
+        for parent, (now_existing, gone) in edits.items():
+            names = entries.get(parent, _NO_NAMES)
+            if now_existing:
+                names = names.union(now_existing)
+            if gone:
+                names = names.difference(gone)
+            entries[parent] = names
             recheck.add(parent)
+        unusable = set(self._unusable)
+        for path in recheck:
+            listing_now = listed.get(path)
+            if listing_now is not None and not entries.get(path, _NO_NAMES) <= listing_now:
+                unusable.add(path)
+            else:
+                unusable.discard(path)
         for parent, name in pairs:
             if parent not in totals:
                 continue
@@ -235,12 +243,7 @@ class ChildSums:
             entries=entries,
             totals=totals,
             unreadable=frozenset(unreadable),
-            usable=(self._usable - recheck)
-            | {
-                path
-                for path in recheck
-                if path in listed and entries.get(path, frozenset()) <= listed[path]
-            },
+            unusable=frozenset(unusable),
         )
 
     def _with(self, tree: ObservedTree) -> ChildSums:
@@ -253,7 +256,7 @@ class ChildSums:
             entries=self._entries,
             totals=self._totals,
             unreadable=self._unreadable,
-            usable=self._usable,
+            unusable=self._unusable,
         )
 
     def check(self, tree: ObservedTree, page_size_bytes: int) -> None:
