@@ -98,6 +98,7 @@ from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
+    ContainerTargetsMemo,
     ReadError,
     add_container_cgroups,
     observe_children,
@@ -272,6 +273,7 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
+        self._containers_memo = ContainerTargetsMemo()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
 
@@ -446,7 +448,7 @@ class Reconciler:
         planner only ever sees container cgroups observed to exist and never creates one.
         """
         complete, tree, wanted, errors, reads = add_container_cgroups(
-            self.fs, targets, tree, self.container_ids, pods=paths
+            self.fs, targets, tree, self.container_ids, pods=paths, memo=self._containers_memo
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
