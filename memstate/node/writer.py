@@ -56,30 +56,8 @@ class RunIO(Protocol):
 async def in_worker_thread(
     fn: Callable[[], _T], *, limiter: trio.CapacityLimiter | None = None
 ) -> _T:
-    """The production `RunIO`: the blocking call in one of trio's cached worker threads.
-
-    What `trio.to_thread.run_sync` does (the limiter held for the call; once started the call
-    cannot be cancelled: a cancelled caller waits for its result), without naming the OS thread
-    before and after every call (two `pthread_setname_np` through ctypes, which release and
-    retake the GIL) and without the parts memstate does not use (`trio.from_thread`, context
-    variables): an admission makes three such calls.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    async with limiter or trio.to_thread.current_default_thread_limiter():
-        token = trio.lowlevel.current_trio_token()
-        task = trio.lowlevel.current_task()
-
-        def deliver(result: Any) -> None:  # an outcome.Outcome, from the worker thread
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        trio.lowlevel.start_thread_soon(fn, deliver)
-        result: _T = await trio.lowlevel.wait_task_rescheduled(_wait_for_the_call)
-        return result
-
-
-def _wait_for_the_call(_: Any) -> trio.lowlevel.Abort:
-    """A call running in a thread cannot be abandoned: the cancelled caller waits for it."""
-    return trio.lowlevel.Abort.FAILED
+    """The production `RunIO`: the blocking call in a worker thread."""
+    return await trio.to_thread.run_sync(fn, limiter=limiter)
 
 
 class LogAppender(Protocol):
