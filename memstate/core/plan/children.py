@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import compress
-from operator import is_not
+from operator import is_not, ne
 
 from memstate.core.cgroup_paths import is_valid_cgroup_name
 from memstate.core.errors import InvariantViolation
@@ -142,8 +142,13 @@ class ChildSums:
         if tree is self.tree:
             return self
         old, new = self.tree.cgroups, tree.cgroups
-        # Compared in C (no Python-level loop over every cgroup): the paths whose value differs.
-        changed = list(compress(new, map(is_not, map(old.get, new), new.values())))
+        # Compared in C (no Python-level loop over every cgroup): the paths whose observation is
+        # not the same object, then of those the ones that differ (a full round observes every
+        # cgroup afresh, mostly equal to what it was).
+        others = list(compress(new, map(is_not, map(old.get, new), new.values())))
+        changed = list(
+            compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
+        )
         added = sum(1 for path in changed if path not in old)
         if len(new) - added != len(old):  # some were dropped (else every old path is kept)
             changed.extend(old.keys() - new.keys())
