@@ -60,7 +60,9 @@ CONFIG = {
 }
 
 
-def run(root: Path, pods: int, samples: int) -> tuple[float, float, float, float, list[float]]:
+def run(
+    root: Path, pods: int, samples: int, *, containers: bool = False
+) -> tuple[float, float, float, float, list[float]]:
     """(memstate's CPU seconds per admission, of which in reconcile rounds, rounds per
     admission, the manifest writer's CPU seconds per admission, wall seconds of each
     admission)."""
@@ -76,7 +78,7 @@ def run(root: Path, pods: int, samples: int) -> tuple[float, float, float, float
         pod_sources=("manifests",),
     )
     adapters = Adapters(
-        cgroup_fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7"),
+        cgroup_fs=(cgroups := SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")),
         topology=topology(*["64Gi"] * 8),
         sources=[],
         notifier=Notifier(None, None),
@@ -120,6 +122,23 @@ def run(root: Path, pods: int, samples: int) -> tuple[float, float, float, float
                 await round_ended[0].wait()
             round_ended[0] = trio.Event()
 
+    async def add_containers() -> None:
+        """What the runtime does on a real node: each resident pod's container gets its cgroup
+        ("app", named after the container) with the memory controller enabled above it; a full
+        round then finds them all (the reconciler manages their protections from then on)."""
+        targets = daemon.targets
+        assert targets is not None
+        made = {pod.cgroup for pod in targets.pods}
+        while not made <= {f"kubepods/{name}" for name in cgroups.list_children("kubepods")}:
+            await trio.sleep(0.05)  # the last residents' cgroups are still being made
+        for path in sorted(made):
+            cgroups.write(path, "cgroup.subtree_control", "+memory")
+            cgroups.mkdir(f"{path}/app")
+        daemon._scope = None  # a full resync, as after the cgroup watch saw the runtime's work
+        daemon._reconcile_wake.set()
+        await trio.sleep(1.0)
+        await until(lambda: daemon.readiness.converged)
+
     async def scenario() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon.run)
@@ -129,6 +148,8 @@ def run(root: Path, pods: int, samples: int) -> tuple[float, float, float, float
                 drop(uid, render(uid))
             hint({f"{uid}.yaml" for uid in residents})
             await until(lambda: len(daemon.state.pods) >= pods and daemon.readiness.converged)
+            if containers:
+                await add_containers()
             await trio.sleep(0.5)
             reconciler = daemon.reconciler
             real_round = reconciler.reconcile  # type: ignore[attr-defined]
@@ -184,11 +205,18 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=500)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--containers",
+        action="store_true",
+        help="give each resident pod a container cgroup, as the runtime would on a real node",
+    )
     args = parser.parse_args()
     results = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="memstate-admission-cpu-", dir="/var/tmp") as tmp:
-            cpu, in_rounds, rounds, writer, walls = run(Path(tmp), args.pods, args.samples)
+            cpu, in_rounds, rounds, writer, walls = run(
+                Path(tmp), args.pods, args.samples, containers=args.containers
+            )
         results.append(cpu)
         print(
             f"{args.pods} resident pods, {args.samples} admissions: CPU per admission "
