@@ -39,6 +39,7 @@ CORE_ALLOWED = {
     "functools",
     "math",
     "bisect",
+    "operator",
     "re",
     "fractions",
     "collections",

@@ -93,10 +93,12 @@ from memstate.core.plan import (
     plan_operations,
     profile_targets,
 )
+from memstate.core.plan.children import ChildSums
 from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
+    ContainerTargetsMemo,
     ReadError,
     add_container_cgroups,
     observe_children,
@@ -257,6 +259,9 @@ class Reconciler:
         self.clock = clock
         self._values = ValueModel(page_size_bytes)
         self._tree: ObservedTree | None = None  # the picture scoped rounds start from
+        # The children's protections summed for the last tree planned: carried to the next,
+        # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
+        self._child_sums: ChildSums | None = None
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
@@ -268,6 +273,7 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
+        self._containers_memo = ContainerTargetsMemo()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
 
@@ -316,6 +322,12 @@ class Reconciler:
         reads += more_reads
 
         def plan_for(tree: ObservedTree) -> Plan:
+            if self.options.shadow:
+                child_sums = None  # every round is full and fresh: nothing to carry
+            elif self._child_sums is None:
+                child_sums = self._child_sums = ChildSums.of(tree, self.page_size_bytes)
+            else:
+                child_sums = self._child_sums = self._child_sums.updated(tree)
             return plan_operations(
                 targets,
                 tree,
@@ -325,6 +337,7 @@ class Reconciler:
                 remove_orphans=self.options.remove_orphans and full,
                 focus=focus,
                 profile=self.profile,
+                child_sums=child_sums,
             )
 
         plan = plan_for(tree)
@@ -435,7 +448,7 @@ class Reconciler:
         planner only ever sees container cgroups observed to exist and never creates one.
         """
         complete, tree, wanted, errors, reads = add_container_cgroups(
-            self.fs, targets, tree, self.container_ids, pods=paths
+            self.fs, targets, tree, self.container_ids, pods=paths, memo=self._containers_memo
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
@@ -485,7 +498,8 @@ class Reconciler:
         parent; repeat until every lowered parent was seen with its children (at most once per
         level).
         """
-        seen = {path for path in focus if self._children_observed(targets, path, plan)}
+        children = Counter(t.path.rpartition("/")[0] for t in targets.cgroups if t.path)
+        seen = {path for path in focus if self._children_observed(children, path, plan)}
         errors: list[ReadError] = []
         reads = 0
         # A parent someone else wrote since this reconciler last set or saw it: its children's
@@ -493,7 +507,7 @@ class Reconciler:
         # parent's (seed 3390: kubepods raised, then besteffort into that room, then an
         # admission raised kubepods from the stale sum). Costs nothing while no one else writes.
         pending = {
-            p: f for p, f in self._drifted_parents(targets, tree, plan).items() if p not in seen
+            p: f for p, f in self._drifted_parents(children, tree, plan).items() if p not in seen
         }
         while True:
             lowered: dict[str, set[str]] = pending
@@ -517,13 +531,15 @@ class Reconciler:
             plan = plan_for(tree)
 
     def _drifted_parents(
-        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+        self, children: Counter[str], tree: ObservedTree, plan: Plan
     ) -> dict[str, set[str]]:
         """Parents read this round whose protection differs from what this reconciler last
-        wrote or saw (another writer changed it): parent path -> the drifted files."""
-        parents = {t.path.rpartition("/")[0] for t in targets.cgroups if "/" in t.path}
+        wrote or saw (another writer changed it): parent path -> the drifted files. `children`:
+        how many desired children each parent has (the root counts as no one's child here:
+        only a path with a "/" has a parent below the root)."""
+        parents = [path for path in plan.final_values if path and children[path]]
         drifted: dict[str, set[str]] = {}
-        for path in sorted(parents & plan.final_values.keys()):
+        for path in sorted(parents):
             found = tree.get(path)
             if found is None or not found.exists:
                 continue
@@ -549,18 +565,16 @@ class Reconciler:
         return expected, now
 
     @staticmethod
-    def _children_observed(targets: NodeTargets, path: str, plan: Plan) -> bool:
+    def _children_observed(children: Counter[str], path: str, plan: Plan) -> bool:
         """True if this round already read `path`'s listing and all its children: a scoped
         cgroup is listed with its unmanaged children's protections; its managed children count
-        only if they were planned (observed) too."""
-        prefix = f"{path}/" if path else ""
-        return all(
-            target.path in plan.final_values
-            for target in targets.cgroups
-            if target.path.startswith(prefix)
-            and target.path != path
-            and "/" not in target.path[len(prefix) :]
+        only if they were planned (observed) too. `children`: how many desired children each
+        parent has; the planned paths are desired ones, so counting those under `path` tells
+        whether every desired child was planned (without a walk over every target per path)."""
+        planned = sum(
+            1 for child in plan.final_values if child and child.rpartition("/")[0] == path
         )
+        return planned == children[path]
 
     # --- drift -----------------------------------------------------------------------------
 
@@ -569,9 +583,12 @@ class Reconciler:
     ) -> dict[tuple[str, str], tuple[str, str]]:
         """(path, file) → (expected, found) for values changed behind this reconciler's back."""
         drift: dict[tuple[str, str], tuple[str, str]] = {}
-        for target in targets.cgroups:
-            if target.path not in plan.final_values:
-                continue  # not planned in this (scoped) round
+        by_path = {t.path: t for t in targets.cgroups}
+        # The planned ones only, in the targets' order (the plan's final values are in it).
+        for path in plan.final_values:
+            target = by_path.get(path)
+            if target is None:
+                continue
             found = tree.get(target.path)
             if found is None or not found.exists:
                 if target.path in self._expected_present:

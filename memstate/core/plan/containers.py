@@ -23,7 +23,7 @@ Pure: the observed tree and the ids are passed in.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 
@@ -93,12 +93,18 @@ def container_targets_for_pod(
     return found
 
 
+# (pod, its cgroup's listing, its runtime ids) -> the container targets that listing shows
+DeriveContainers = Callable[[PodTargets, tuple[str, ...], Mapping[str, str]], list[CgroupTarget]]
+_NO_IDS: Mapping[str, str] = {}
+
+
 def with_container_targets(
     targets: NodeTargets,
     observed: ObservedTree,
     container_ids: Mapping[str, Mapping[str, str]] | None = None,
     *,
     listed_is_enough: bool = False,
+    derive: DeriveContainers | None = None,
 ) -> NodeTargets:
     """`targets` plus a target for every container cgroup `observed` shows under a desired pod
     cgroup (never one that does not exist: memstate creates no container cgroup).
@@ -107,9 +113,12 @@ def with_container_targets(
     merely be listed by its pod cgroup (to know which cgroups to observe next; the planner must
     only ever get the observed ones, or it would create the missing). `container_ids`: pod UID →
     {bare runtime container id → container name}. Container targets come after every other
-    cgroup, so parents stay listed before children.
+    cgroup, so parents stay listed before children. `derive` computes one pod's candidates
+    (`container_targets_for_pod` unless given: the reconciler passes a memo of it, since every
+    round looks at every pod's listing).
     """
     ids = container_ids or {}
+    derive = derive or container_targets_for_pod
     extra: list[CgroupTarget] = []
     for pod in targets.pods:
         found = observed.get(pod.cgroup)
@@ -117,7 +126,7 @@ def with_container_targets(
             continue
         candidates = [
             t
-            for t in container_targets_for_pod(pod, found.children, ids.get(pod.uid, {}))
+            for t in derive(pod, found.children, ids.get(pod.uid, _NO_IDS))
             if listed_is_enough or observed.exists(t.path)
         ]
         extra.extend(candidates)

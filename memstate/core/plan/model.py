@@ -8,6 +8,7 @@ reconciler can keep its picture of the tree between full resyncs.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -205,12 +206,27 @@ def _set_child(cgroups: dict[str, ObservedCgroup], path: str, *, present: bool) 
     if found is None or found.children is None:
         return
     name = path.rpartition("/")[2]
-    names = set(found.children)
-    if present:
-        names.add(name)
+    # The listing sorted and without duplicates, with `name` in or out. A listing is sorted
+    # already (list_children sorts), so this is linear, not a sort of every pod's name; and a
+    # parent whose listing does not change keeps its observation (the same object).
+    ordered = sorted(found.children)
+    if len(set(ordered)) == len(ordered):
+        at = bisect_left(ordered, name)
+        listed = at < len(ordered) and ordered[at] == name
+        if listed and not present:
+            del ordered[at]
+        elif present and not listed:
+            ordered.insert(at, name)
     else:
-        names.discard(name)
-    cgroups[parent] = msgspec.structs.replace(found, children=tuple(sorted(names)))
+        names = set(ordered)
+        if present:
+            names.add(name)
+        else:
+            names.discard(name)
+        ordered = sorted(names)
+    children = tuple(ordered)
+    if children != found.children:
+        cgroups[parent] = msgspec.structs.replace(found, children=children)
 
 
 def merge_observations(base: ObservedTree, fresh: Mapping[str, ObservedCgroup]) -> ObservedTree:

@@ -77,6 +77,7 @@ import msgspec
 from memstate.core.cgroup_paths import ancestor_paths, is_valid_cgroup_name, parent_path
 from memstate.core.cgroup_values import EMPTY_WRITE, format_controller_list
 from memstate.core.errors import InvariantViolation
+from memstate.core.plan.children import ChildSums
 from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
@@ -137,6 +138,7 @@ def plan_operations(
     remove_orphans: bool = False,
     focus: Iterable[str] | None = None,
     profile: WriteProfile = STANDALONE,
+    child_sums: ChildSums | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
@@ -151,11 +153,17 @@ def plan_operations(
     sums, so the work does not grow with the number of pods.
 
     `profile`: what memstate may write, create and remove (module docstring, "Profiles").
+
+    `child_sums`: the children's protections of `observed` summed (memstate.core.plan.children,
+    carried from round to round by the reconciler), so that a scoped round need not sum the
+    children it leaves alone; the plan is the same without it.
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
     planned = None if focus is None else with_ancestors(focus)
     check_target_tree(targets, planned)
+    if child_sums is not None:
+        child_sums.check(observed, page_size_bytes)
     planner = _Planner(
         profile_targets(targets, profile),
         observed,
@@ -165,6 +173,7 @@ def plan_operations(
         remove_orphans=remove_orphans,
         planned=planned,
         profile=profile,
+        child_sums=child_sums,
     )
     return planner.run()
 
@@ -191,8 +200,10 @@ class _Planner:
         remove_orphans: bool,
         planned: frozenset[str] | None,
         profile: WriteProfile,
+        child_sums: ChildSums | None = None,
     ) -> None:
         self.targets = targets
+        self.child_sums = child_sums
         self.profile = profile
         self.observed = observed
         self.values = values
@@ -217,13 +228,15 @@ class _Planner:
                     self.awaiting.append(path)
             self.order = [path for path in self.order if path in present]
         self._planned = frozenset(self.order)
-        self.desired_children: dict[str, list[str]] = {}
-        for target in targets.cgroups:
-            parent = parent_path(target.path)
+        # parent -> its planned children's paths (a scoped round's few)
+        self._planned_children: dict[str, list[str]] = {}
+        for path in self.order:
+            parent = parent_path(path)
             if parent is not None:
-                name = target.path.rpartition("/")[2]
-                self.desired_children.setdefault(parent, []).append(name)
+                self._planned_children.setdefault(parent, []).append(path)
+        self._desired_children: dict[str, list[str]] | None = None  # built when first needed
         self._children_cache: dict[str, list[str]] = {}
+        self._visited: set[str] = set()  # paths whose children's names were checked
         self._unsafe_reported: set[tuple[str, str]] = set()
         self.operations: list[Operation] = []
         self.warnings: list[str] = []
@@ -235,6 +248,7 @@ class _Planner:
         self.created: set[str] = set()
         self.removals: list[Removal] = []
         self.removal_by_path: dict[str, Removal] = {}
+        self._removed_children: dict[str, list[str]] = {}  # parent -> its removals' paths
         # (path, file) -> the operation after which the removed pod's protection is gone
         self.protection_gone: dict[tuple[str, str], int | None] = {}
         self.raised: dict[tuple[str, str], int] = {}
@@ -276,23 +290,60 @@ class _Planner:
         """Exists now (and was not just created by this plan)."""
         return self._observed(path) is not None
 
+    @property
+    def desired_children(self) -> dict[str, list[str]]:
+        """parent path -> the names of its desired children (every target's, built once)."""
+        if self._desired_children is None:
+            self._desired_children = {}
+            for target in self.targets.cgroups:
+                parent = parent_path(target.path)
+                if parent is not None:
+                    name = target.path.rpartition("/")[2]
+                    self._desired_children.setdefault(parent, []).append(name)
+        return self._desired_children
+
+    def _visit_children(self, path: str) -> None:
+        """Warn (once) about the names `path` lists that memstate cannot handle."""
+        if path in self._visited:
+            return
+        self._visited.add(path)
+        found = self._observed(path)
+        if found is None or found.children is None:
+            return
+        invalid = None if self.child_sums is None else self.child_sums.invalid_names(path)
+        if invalid is not None and not invalid:
+            return  # the sums checked every name when the listing changed
+        for name in found.children:
+            safe = name not in invalid if invalid is not None else is_valid_cgroup_name(name)
+            if safe or (path, name) in self._unsafe_reported:
+                continue
+            self._unsafe_reported.add((path, name))
+            self.warnings.append(
+                f"{join_path(path, name)!r}: a cgroup name memstate cannot handle; left alone"
+            )
+
     def _child_names(self, path: str) -> list[str]:
-        """Desired children and observed children (safe names only), sorted (memoised)."""
+        """Desired children and observed children (safe names only), sorted (memoised): every
+        child `_children_sums` may count."""
         cached = self._children_cache.get(path)
         if cached is not None:
             return cached
-        names: set[str] = set(self.desired_children.get(path, ()))
+        self._visit_children(path)
+        if self.child_sums is None:
+            names: set[str] = set(self.desired_children.get(path, ()))
+        else:
+            # The desired children that can count: the planned ones and those the tree holds
+            # as existing (the others add nothing), without indexing every target.
+            skip = len(path) + 1 if path else 0
+            names = {child[skip:] for child in self._planned_children.get(path, ())}
+            names.update(
+                name
+                for name in self.child_sums.existing_children(path)
+                if join_path(path, name) in self.desired
+            )
         found = self._observed(path)
         if found is not None and found.children is not None:
-            for name in found.children:
-                if is_valid_cgroup_name(name):
-                    names.add(name)
-                elif (path, name) not in self._unsafe_reported:
-                    self._unsafe_reported.add((path, name))
-                    self.warnings.append(
-                        f"{join_path(path, name)!r}: a cgroup name memstate cannot handle; "
-                        "left alone"
-                    )
+            names.update(name for name in found.children if is_valid_cgroup_name(name))
         result = sorted(names)
         self._children_cache[path] = result
         return result
@@ -300,13 +351,13 @@ class _Planner:
     def _children_with_operations(self, path: str) -> list[str]:
         """The children of `path` this plan can have operations on: the planned ones and the
         removed ones (every other child is left as observed: no raise, lower or removal), so a
-        scoped round does not look at every pod for the requirements of a QoS cgroup's write."""
-        planned = self._planned
-        return [
-            child
-            for name in self._child_names(path)
-            if (child := join_path(path, name)) in planned or child in self.removal_by_path
-        ]
+        scoped round does not look at every pod for the requirements of a QoS cgroup's write.
+        Sorted; each is one of `_child_names(path)` (planned ones are desired, removed ones
+        were listed under a valid name)."""
+        self._visit_children(path)
+        return sorted(
+            [*self._planned_children.get(path, ()), *self._removed_children.get(path, ())]
+        )
 
     def is_unreadable(self, path: str, file: str) -> bool:
         """True if `file`'s value in `path` is unknown (its read failed, and it is not simply
@@ -355,6 +406,9 @@ class _Planner:
             )
             self.removals.append(removal)
             self.removal_by_path[pod.path] = removal
+            parent = parent_path(pod.path)
+            if parent is not None:
+                self._removed_children.setdefault(parent, []).append(pod.path)
 
     def _removal_action(
         self, kind: RemovalKind, path: str, populated: bool | None
@@ -460,6 +514,8 @@ class _Planner:
         of them is unknown. Children this round neither plans nor removes (nearly all of a QoS
         cgroup's in a scoped round) only count their value now: read here in a tight loop, the
         others through `_contribution`."""
+        if self.child_sums is not None and self.child_sums.usable(path):
+            return self._children_sums_carried(path, file, self.child_sums)
         values = self.values
         default = kernel_default(file)
         normalised_default = None if default is None else values.normalise(file, default)
@@ -489,6 +545,32 @@ class _Planner:
             text = found.files.get(file)
             normalised = None if text is None else values.normalise(file, text)
             settled += default_now if normalised is None else values.number(normalised)
+        return now_sum + settled, raised_sum + settled, final_sum + settled
+
+    def _children_sums_carried(
+        self, path: str, file: str, sums: ChildSums
+    ) -> tuple[int, int, int] | None:
+        """`_children_sums` from the carried sums: their total of every listed child's value now,
+        less the children this round plans, removes or cannot read, plus their contributions."""
+        self._visit_children(path)
+        index = PROTECTION_FILES.index(file)
+        special = {
+            *self._planned_children.get(path, ()),
+            *self._removed_children.get(path, ()),
+            *sums.unreadable_children(path, index),
+        }
+        settled = sums.total(path, index)
+        now_sum = raised_sum = final_sum = 0
+        skip = len(path) + 1 if path else 0
+        for child in sorted(special):
+            name = child[skip:]
+            contribution = self._contribution(path, name, file)
+            if contribution is None:
+                return None
+            now_sum += contribution.current
+            raised_sum += contribution.raised
+            final_sum += contribution.final
+            settled -= sums.counted(path, name, index)
         return now_sum + settled, raised_sum + settled, final_sum + settled
 
     def _contribution(self, parent: str, name: str, file: str) -> _Contribution | None:

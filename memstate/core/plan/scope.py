@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import filterfalse
 
 import msgspec
 
@@ -31,7 +32,6 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
-    join_path,
 )
 from memstate.core.plan.values import file_controller
 from memstate.core.targets import CgroupTarget, NodeTargets
@@ -203,9 +203,12 @@ def undesired_pod_cgroups(
         found = existing(observed, holder)
         if found is None or found.children is None:
             continue
-        for name in sorted(found.children):
-            path = join_path(holder, name)
-            if path in desired or not is_valid_cgroup_name(name):
+        # The listed children no target explains, filtered in C (a holder lists every pod: no
+        # Python step per desired child), in name order (one prefix: path order is name order).
+        prefix = f"{holder}/" if holder else ""
+        for path in sorted(filterfalse(desired.__contains__, map(prefix.__add__, found.children))):
+            name = path[len(prefix) :]
+            if not is_valid_cgroup_name(name):
                 continue
             parsed = parse_cgroup_path(path, config)
             if parsed is None or parsed.level != "pod":

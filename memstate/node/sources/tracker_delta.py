@@ -18,6 +18,7 @@ at the end of a dict (a file sorting before others) — that dict re-ordered by 
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -101,16 +102,16 @@ def evaluate_delta(
     if index is None or index.source != name:
         return None
     old = index.by_locator
-    new = {pod.locator: pod for pod in pods}
+    locators = [pod.locator for pod in pods]
+    new = dict(zip(locators, pods, strict=True))
     if len(new) != len(pods):
         return None
-    changed: list[ObservedPod] = []
-    for locator, pod in new.items():
-        was = old.get(locator)
-        if was is not pod and was != pod:
-            changed.append(pod)
-            if len(changed) > DELTA_LIMIT:
-                return None
+    # The observations that are not the same objects as before (the manifest source keeps an
+    # unchanged file's), found in C; of those, the ones that differ.
+    others = itertools.compress(pods, map(operator.is_not, map(old.get, locators), pods))
+    changed = [pod for pod in others if old.get(pod.locator) != pod]
+    if len(changed) > DELTA_LIMIT:
+        return None
     gone = [locator for locator in old if locator not in new] if len(new) != len(old) else []
     if not changed and len(gone) == 0:
         return DeltaResult([], held_before, invalid_before, done_before, index)

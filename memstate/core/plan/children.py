@@ -1,0 +1,312 @@
+"""The observed children's protections summed per cgroup, carried from one tree to the next.
+
+A scoped reconcile round plans a few pods, but their parents' protections (`memory.min`,
+`memory.low` of kubepods and the QoS cgroups) must still cover *every* child: the planner sums
+what the children it leaves alone hold now. Summed afresh each round, that is a loop over every
+pod. `ChildSums` holds those sums for one `ObservedTree`; `updated(tree)` derives the sums of the
+next tree from the cgroups whose observation changed (compared by identity: the reconciler's
+trees share every unchanged `ObservedCgroup` with the previous one), so a round costs in
+proportion to what it observed, not to the number of pods. The planner
+(memstate.core.plan.planner) subtracts the children it plans, removes or cannot read from the
+total and adds their own contributions; `plan_operations` gives the same plan with or without.
+
+Immutable: `updated` returns a new value and leaves this one (and any plan made with it) alone;
+the tables are copied, not shared, when they change. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import compress
+from operator import is_not, ne
+
+from memstate.core.cgroup_paths import is_valid_cgroup_name
+from memstate.core.errors import InvariantViolation
+from memstate.core.plan.model import ObservedCgroup, ObservedTree
+from memstate.core.plan.values import PROTECTION_FILES, ValueModel, kernel_default, value_model
+
+# One child's protections as its parent's sums count them, in PROTECTION_FILES order; None for a
+# file whose read failed (the planner decides what an unreadable value means).
+Protections = tuple[int | None, ...]
+_ZERO_SUMS = (0,) * len(PROTECTION_FILES)
+_NO_NAMES: frozenset[str] = frozenset()
+_EMPTY_TREE = ObservedTree(cgroups={})
+
+
+class ChildSums:
+    """For one `ObservedTree`: per existing, listed cgroup, its listed children's protections
+    summed (see the module docstring). Build with `ChildSums.of(tree, page_size_bytes)` or
+    `previous.updated(tree)`."""
+
+    __slots__ = (
+        "_entries",
+        "_invalid",
+        "_listed",
+        "_totals",
+        "_unreadable",
+        "_unusable",
+        "_values",
+        "page_size_bytes",
+        "tree",
+    )
+
+    def __init__(
+        self,
+        *,
+        tree: ObservedTree,
+        page_size_bytes: int,
+        values: dict[str, Protections],
+        listed: dict[str, frozenset[str]],
+        invalid: dict[str, frozenset[str]],
+        entries: dict[str, frozenset[str]],
+        totals: dict[str, tuple[int, ...]],
+        unreadable: frozenset[str],
+        unusable: frozenset[str],
+    ) -> None:
+        self.tree = tree
+        self.page_size_bytes = page_size_bytes
+        self._values = values  # path -> its protections, for every existing cgroup
+        self._listed = listed  # path -> the names it lists, for every existing listed cgroup
+        self._invalid = invalid  # path -> the names it lists that memstate cannot handle
+        self._entries = (
+            entries  # parent path -> the names of its children the tree holds as existing
+        )
+        self._totals = totals  # listed path -> Σ of its valid listed children's protections
+        self._unreadable = unreadable  # existing cgroups with an unreadable protection
+        self._unusable = unusable  # listed paths with an existing child they do not list
+
+    @classmethod
+    def of(cls, tree: ObservedTree, page_size_bytes: int) -> ChildSums:
+        """The sums of `tree`, computed from scratch."""
+        empty = cls(
+            tree=_EMPTY_TREE,
+            page_size_bytes=page_size_bytes,
+            values={},
+            listed={},
+            invalid={},
+            entries={},
+            totals={},
+            unreadable=frozenset(),
+            unusable=frozenset(),
+        )
+        return empty.updated(tree)
+
+    # --- queries (the planner's) ---------------------------------------------------------------
+
+    def usable(self, path: str) -> bool:
+        """True if `path` exists, is listed, and every child the tree holds as existing is
+        listed: then its total counts every child the planner could find (a desired child
+        absent from the listing is absent from the tree, or held as not existing)."""
+        return path in self._listed and path not in self._unusable
+
+    def existing_children(self, path: str) -> frozenset[str]:
+        """The names of `path`'s children the tree holds as existing, listed or not."""
+        return self._entries.get(path, frozenset())
+
+    def total(self, path: str, index: int) -> int:
+        """Σ of `path`'s valid listed children's protection `PROTECTION_FILES[index]` (an
+        unreadable one counts 0)."""
+        return self._totals.get(path, _ZERO_SUMS)[index]
+
+    def counted(self, parent: str, name: str, index: int) -> int:
+        """What child `name` of `parent` adds to `total(parent, index)`."""
+        return _counted(self._values, self._listed, self._invalid, parent, name)[index]
+
+    def unreadable_children(self, parent: str, index: int) -> list[str]:
+        """The valid listed children of `parent` whose protection `index` could not be read
+        (paths, in no particular order)."""
+        listed = self._listed.get(parent, frozenset())
+        invalid = self._invalid.get(parent, frozenset())
+        found: list[str] = []
+        for path in self._unreadable:
+            head, _, name = path.rpartition("/")
+            if (
+                path
+                and head == parent
+                and name in listed
+                and name not in invalid
+                and self._values[path][index] is None
+            ):
+                found.append(path)
+        return found
+
+    def invalid_names(self, path: str) -> frozenset[str]:
+        """The names `path` lists that are not valid cgroup names."""
+        return self._invalid.get(path, frozenset())
+
+    # --- update ----------------------------------------------------------------------------
+
+    def updated(self, tree: ObservedTree) -> ChildSums:
+        """The sums of `tree`, from this value's by the cgroups whose observation is not the
+        same object in both trees (all of them when nothing is shared)."""
+        if tree is self.tree:
+            return self
+        old, new = self.tree.cgroups, tree.cgroups
+        # Compared in C (no Python-level loop over every cgroup): the paths whose observation is
+        # not the same object, then of those the ones that differ (a full round observes every
+        # cgroup afresh, mostly equal to what it was).
+        others = list(compress(new, map(is_not, map(old.get, new), new.values())))
+        changed = list(
+            compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
+        )
+        added = sum(1 for path in changed if path not in old)
+        if len(new) - added != len(old):  # some were dropped (else every old path is kept)
+            changed.extend(old.keys() - new.keys())
+        if not changed:
+            return self._with(tree)
+        model = value_model(self.page_size_bytes)
+        defaults = _defaults(model)
+        values, listed, invalid = dict(self._values), dict(self._listed), dict(self._invalid)
+        entries, totals = dict(self._entries), dict(self._totals)
+        unreadable = set(self._unreadable)
+        # (parent, name) pairs whose contribution may differ: their old one is taken out, their
+        # new one put in (everything else adds the same to the same total).
+        pairs: set[tuple[str, str]] = set()
+        recheck: set[str] = set()  # paths whose listing or existing children changed
+        # parent -> (children now existing, children no longer existing)
+        edits: dict[str, tuple[list[str], list[str]]] = {}
+        for path in changed:
+            found = new.get(path)
+            exists = found is not None and found.exists
+            if exists and found is not None:
+                protections = _protections(found, model, defaults)
+                values[path] = protections
+                if None in protections:
+                    unreadable.add(path)
+                else:
+                    unreadable.discard(path)
+            else:
+                values.pop(path, None)
+                unreadable.discard(path)
+            if path:
+                parent, _, name = path.rpartition("/")
+                pairs.add((parent, name))
+                if (name in entries.get(parent, ())) != exists:
+                    edits.setdefault(parent, ([], []))[0 if exists else 1].append(name)
+            before = self._listed.get(path)
+            previous = old.get(path)
+            listing = found.children if exists and found is not None else None
+            if (
+                listing is not None
+                and before is not None
+                and previous is not None
+                and listing == previous.children
+            ):
+                continue  # the same listing (compared as tuples, without a set of every name)
+            after = None if listing is None else frozenset(listing)
+            if before is None and after is None:
+                continue
+            differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
+            if before is not None and after is not None and not differ:
+                continue
+            recheck.add(path)
+            pairs.update((path, name) for name in differ)
+            if after is None:
+                listed.pop(path, None)
+                invalid.pop(path, None)
+                totals.pop(path, None)
+            else:
+                listed[path] = after
+                bad = {name for name in differ & after if not is_valid_cgroup_name(name)}
+                bad.update(self._invalid.get(path, _NO_NAMES) & after)
+                if bad:
+                    invalid[path] = frozenset(bad)
+                else:
+                    invalid.pop(path, None)
+                totals.setdefault(path, _ZERO_SUMS)
+        for parent, (now_existing, gone) in edits.items():
+            names = entries.get(parent, _NO_NAMES)
+            if now_existing:
+                names = names.union(now_existing)
+            if gone:
+                names = names.difference(gone)
+            entries[parent] = names
+            recheck.add(parent)
+        unusable = set(self._unusable)
+        for path in recheck:
+            listing_now = listed.get(path)
+            if listing_now is not None and not entries.get(path, _NO_NAMES) <= listing_now:
+                unusable.add(path)
+            else:
+                unusable.discard(path)
+        for parent, name in pairs:
+            if parent not in totals:
+                continue
+            taken = _counted(self._values, self._listed, self._invalid, parent, name)
+            given = _counted(values, listed, invalid, parent, name)
+            if taken != given:
+                sums = totals[parent]
+                totals[parent] = tuple(
+                    s - t + g for s, t, g in zip(sums, taken, given, strict=True)
+                )
+        return ChildSums(
+            tree=tree,
+            page_size_bytes=self.page_size_bytes,
+            values=values,
+            listed=listed,
+            invalid=invalid,
+            entries=entries,
+            totals=totals,
+            unreadable=frozenset(unreadable),
+            unusable=frozenset(unusable),
+        )
+
+    def _with(self, tree: ObservedTree) -> ChildSums:
+        return ChildSums(
+            tree=tree,
+            page_size_bytes=self.page_size_bytes,
+            values=self._values,
+            listed=self._listed,
+            invalid=self._invalid,
+            entries=self._entries,
+            totals=self._totals,
+            unreadable=self._unreadable,
+            unusable=self._unusable,
+        )
+
+    def check(self, tree: ObservedTree, page_size_bytes: int) -> None:
+        """Refuse (InvariantViolation) sums made for another tree or page size."""
+        if tree is not self.tree or page_size_bytes != self.page_size_bytes:
+            raise InvariantViolation("child sums given for another observed tree or page size")
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _defaults(model: ValueModel) -> tuple[int, ...]:
+    """Each protection file's value in a cgroup that does not show it (the kernel default)."""
+    result: list[int] = []
+    for file in PROTECTION_FILES:
+        default = kernel_default(file)
+        normalised = None if default is None else model.normalise(file, default)
+        result.append(0 if normalised is None else model.number(normalised))
+    return tuple(result)
+
+
+def _protections(found: ObservedCgroup, model: ValueModel, defaults: Iterable[int]) -> Protections:
+    """An existing cgroup's protections as its parent's sums count them."""
+    result: list[int | None] = []
+    for file, default in zip(PROTECTION_FILES, defaults, strict=True):
+        if file in found.unreadable:
+            result.append(None)
+            continue
+        text = found.files.get(file)
+        normalised = None if text is None else model.normalise(file, text)
+        result.append(default if normalised is None else model.number(normalised))
+    return tuple(result)
+
+
+def _counted(
+    values: Mapping[str, Protections],
+    listed: Mapping[str, frozenset[str]],
+    invalid: Mapping[str, frozenset[str]],
+    parent: str,
+    name: str,
+) -> tuple[int, ...]:
+    if name not in listed.get(parent, ()) or name in invalid.get(parent, ()):
+        return _ZERO_SUMS
+    found = values.get(_join(parent, name))
+    if found is None:
+        return _ZERO_SUMS
+    return tuple(0 if value is None else value for value in found)

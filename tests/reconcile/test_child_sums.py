@@ -1,0 +1,192 @@
+"""Carried child sums (memstate.core.plan.children) change nothing in a plan.
+
+Goal: the reconciler carries the children's protections summed from one tree to the next so a
+scoped round does not sum every pod; the plan must be the one computed without them, and the
+sums carried from an earlier tree must be the sums computed afresh. Method: a hypothesis property
+over trees a reconciler converged, then someone else mutated, observed with holes (unreadable
+files, unlisted children, unknown populated flags), with names memstate cannot handle in a
+listing, children the tree holds but their parent does not list, children held as not existing,
+random retired pods and a random scope (or a full round): the plan with the sums equals the plan
+without, under every profile's ownership, and the sums carried from the unmutated tree (which
+shares its unchanged cgroups with the new one) answer every query as the fresh ones do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memstate.core.errors import InvariantViolation
+from memstate.core.plan import ObservedCgroup, ObservedTree, merge_observations, plan_operations
+from memstate.core.plan.children import ChildSums
+from memstate.core.plan.profile import STANDALONE, WriteProfile
+from memstate.core.plan.values import PROTECTION_FILES
+from memstate.host.sim import SimCgroupFS
+from memstate.reconcile.reconciler import Reconciler
+from tests.reconcile.helpers import PAGE, targets_of_pods, uid_for
+from tests.reconcile.test_diff_equivalence import observe, retired_paths_of, with_holes
+from tests.reconcile.test_properties import (
+    PROPERTY_SETTINGS,
+    apply_mutation,
+    configs,
+    mutations,
+    pool_pod,
+)
+
+POOL = 9
+BESIDE = WriteProfile(ownership="beside-kubelet")
+
+
+def with_oddities(tree: ObservedTree, data: st.DataObject) -> ObservedTree:
+    """Listings with a name memstate cannot handle, children held but not listed, children
+    held as not existing: what makes the carried sums fall back or skip."""
+    cgroups = dict(tree.cgroups)
+    for path in sorted(cgroups):
+        found = cgroups[path]
+        if not found.exists or found.children is None or data.draw(st.integers(0, 5)) != 0:
+            continue
+        odd = data.draw(st.sampled_from(["invalid", "unlisted", "gone", "unlisted-gone"]))
+        prefix = f"{path}/" if path else ""
+        if odd == "invalid":
+            found = msgspec.structs.replace(found, children=(*found.children, "bad name\n"))
+        elif odd in ("unlisted", "unlisted-gone") and found.children:
+            name = data.draw(st.sampled_from(sorted(found.children)))
+            found = msgspec.structs.replace(
+                found, children=tuple(n for n in found.children if n != name)
+            )
+            if odd == "unlisted-gone":
+                cgroups[prefix + name] = ObservedCgroup(exists=False)
+        elif odd == "gone" and found.children:
+            name = data.draw(st.sampled_from(sorted(found.children)))
+            cgroups[prefix + name] = ObservedCgroup(exists=False)
+        cgroups[path] = found
+    return ObservedTree(cgroups=cgroups)
+
+
+def assert_same_sums(carried: ChildSums, fresh: ChildSums, tree: ObservedTree) -> None:
+    """Every query of the planner answers the same."""
+    for path in sorted(tree.cgroups):
+        assert carried.usable(path) == fresh.usable(path), path
+        assert carried.invalid_names(path) == fresh.invalid_names(path), path
+        assert carried.existing_children(path) == fresh.existing_children(path), path
+        for index in range(len(PROTECTION_FILES)):
+            assert carried.total(path, index) == fresh.total(path, index), path
+            assert sorted(carried.unreadable_children(path, index)) == sorted(
+                fresh.unreadable_children(path, index)
+            ), path
+
+
+@PROPERTY_SETTINGS
+@given(
+    config=configs(),
+    converged_pods=st.sets(st.integers(0, POOL - 1), min_size=1),
+    desired_pods=st.sets(st.integers(0, POOL - 1)),
+    data=st.data(),
+)
+def test_plans_with_carried_sums_equal_plans_without(
+    config: Any, converged_pods: set[int], desired_pods: set[int], data: st.DataObject
+) -> None:
+    fs = SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1")
+    before = targets_of_pods([pool_pod(i) for i in sorted(converged_pods)], config)
+    Reconciler(fs, page_size_bytes=PAGE).reconcile(before)
+    earlier = observe(fs, before)
+    for change in data.draw(mutations(before)):
+        apply_mutation(fs, change)
+    targets = targets_of_pods([pool_pod(i) for i in sorted(desired_pods)], config)
+    # The new tree shares the earlier tree's unchanged cgroups, as the reconciler's do.
+    fresh_reads = observe(fs, targets).cgroups
+    shared = {
+        path: earlier.cgroups[path] if earlier.cgroups.get(path) == found else found
+        for path, found in fresh_reads.items()
+    }
+    tree = with_oddities(with_holes(ObservedTree(cgroups=shared), data), data)
+    fresh = ChildSums.of(tree, PAGE)
+    carried = ChildSums.of(earlier, PAGE).updated(tree)
+    assert_same_sums(carried, fresh, tree)
+    retired = retired_paths_of(
+        targets, data.draw(st.sets(st.sampled_from([uid_for(i) for i in range(POOL)])))
+    )
+    desired = [t.path for t in targets.cgroups]
+    focus = (
+        None
+        if not desired or data.draw(st.booleans())
+        else data.draw(st.sets(st.sampled_from(desired), min_size=1))
+    )
+    profile = data.draw(st.sampled_from([STANDALONE, BESIDE]))
+    pod_removal = data.draw(st.sampled_from(["wait", "kill"]))
+
+    def plan(child_sums: ChildSums | None) -> Any:
+        try:
+            return plan_operations(
+                targets,
+                tree,
+                page_size_bytes=PAGE,
+                retired_paths=retired,
+                pod_removal=pod_removal,
+                focus=focus,
+                profile=profile,
+                child_sums=child_sums,
+            )
+        except InvariantViolation as exc:
+            return str(exc)
+
+    reference = plan(None)
+    assert plan(fresh) == reference
+    assert plan(carried) == reference
+
+
+def test_sums_follow_a_changed_value_and_a_new_child() -> None:
+    """The carried total moves with a child's value and a child added to the listing (the
+    comparison above is not vacuous)."""
+    parent = ObservedCgroup(children=("a",), files={})
+    child = ObservedCgroup(files={"memory.min": "8192\n"}, children=())
+    tree = ObservedTree(cgroups={"": parent, "a": child})
+    sums = ChildSums.of(tree, PAGE)
+    assert sums.usable("") and sums.total("", 0) == 8192
+    raised = ObservedTree(
+        cgroups={
+            "": ObservedCgroup(children=("a", "b"), files={}),
+            "a": ObservedCgroup(files={"memory.min": "16384\n"}, children=()),
+            "b": ObservedCgroup(files={"memory.min": "4096\n"}, children=()),
+        }
+    )
+    assert sums.updated(raised).total("", 0) == 20480
+    assert sums.total("", 0) == 8192  # the earlier sums are left alone
+    unlisted = ObservedTree(cgroups={**tree.cgroups, "b": child})
+    assert not sums.updated(unlisted).usable("")
+
+
+def test_sums_for_another_tree_are_refused() -> None:
+    tree = ObservedTree(cgroups={"": ObservedCgroup(children=())})
+    other = ObservedTree(cgroups={"": ObservedCgroup(children=())})
+    targets = targets_of_pods([])
+    with pytest.raises(InvariantViolation, match="another observed tree"):
+        plan_operations(targets, tree, page_size_bytes=PAGE, child_sums=ChildSums.of(other, PAGE))
+
+
+@given(
+    listing=st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=6),
+    name=st.sampled_from(["a", "c", "f"]),
+    present=st.booleans(),
+)
+def test_a_listing_follows_existence_sorted_and_without_duplicates(
+    listing: list[str], name: str, present: bool
+) -> None:
+    """`merge_observations` (and `apply_operations`) keep a parent's listing as the sorted set
+    of names, also from a listing that came unsorted or with duplicates; an unchanged listing
+    keeps the parent's observation itself (what lets the carried sums skip it)."""
+    parent = ObservedCgroup(children=tuple(listing))
+    base = ObservedTree(cgroups={"": ObservedCgroup(children=("p",)), "p": parent})
+    merged = merge_observations(base, {f"p/{name}": ObservedCgroup(exists=present, children=())})
+    names = set(listing)
+    if present:
+        names.add(name)
+    else:
+        names.discard(name)
+    assert merged.cgroups["p"].children == tuple(sorted(names))
+    if tuple(sorted(names)) == tuple(listing):
+        assert merged.cgroups["p"] is parent
