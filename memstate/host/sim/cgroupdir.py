@@ -81,6 +81,7 @@ import fcntl
 import os
 import shutil
 import struct
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -198,8 +199,11 @@ class DirCgroupFS(_ChangesFromOutside):
 
     `watch` uses inotify to notice changes made by hand; without it (or when inotify is
     unavailable) every operation compares the whole tree with the directory, which is correct
-    but slow on big trees. Instances are not thread-safe; use one per thread. `close` (or a
-    ``with`` block) releases the descriptors.
+    but slow on big trees. An instance may be shared by threads (the daemon reads through the
+    reconciler's instance from its event loop while a round runs in a worker thread): its
+    operations take turns on a re-entrant lock that one thread holds at a time, and the tree's
+    `flock` is taken by that thread's outermost operation. `close` (or a ``with`` block) releases
+    the descriptors.
     """
 
     def __init__(
@@ -274,6 +278,12 @@ class DirCgroupFS(_ChangesFromOutside):
         self._journal_path = os.path.join(resolved, JOURNAL_NAME)
         self._marker_path = os.path.join(resolved, MARKER_NAME)
         self._watch_wanted = watch
+        # One thread at a time operates on the instance (the model, the caches, the descriptors
+        # are shared); the depth counts that thread's nested operations, and only the thread
+        # holding `_thread_lock` reads or changes it. A flock cannot do this alone: it belongs
+        # to the open file, so a second thread would "take" it again and its unlock would
+        # release the first thread's lock.
+        self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._tmp_counter = 0
         self._inotify = None
@@ -351,6 +361,12 @@ class DirCgroupFS(_ChangesFromOutside):
         """Release the lock file, journal and inotify descriptors; later calls raise EBADF."""
         if getattr(self, "_closed", True):
             return
+        with self._thread_lock:  # not under another thread's operation
+            self._close_descriptors()
+
+    def _close_descriptors(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self._inotify is not None:
             self._inotify.close()
@@ -376,8 +392,9 @@ class DirCgroupFS(_ChangesFromOutside):
         """Hold the tree's lock: other DirCgroupFS users (other processes included) wait.
 
         For tests that edit several files by hand and want no instance to see half of the edit.
-        Calls on this instance inside the block work (the lock is re-entrant per instance);
-        a call on *another* instance of the same tree inside the block waits forever.
+        Calls on this instance by the same thread inside the block work (the lock is re-entrant
+        per thread); other threads' calls on this instance wait for the block to end, and a call
+        on *another* instance of the same tree inside the block waits forever.
         """
         with self._locked():
             yield
@@ -488,22 +505,24 @@ class DirCgroupFS(_ChangesFromOutside):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        if self._closed:
-            raise HostError(f"{self!r} is closed", errno=errno.EBADF, op="lock")
-        if self._lock_depth:
-            self._lock_depth += 1
+        """This thread's turn on the instance, and the tree's flock (re-entrant per thread)."""
+        with self._thread_lock:
+            if self._closed:
+                raise HostError(f"{self!r} is closed", errno=errno.EBADF, op="lock")
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
-            return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self._lock_depth = 1
-        try:
-            yield
-        finally:
-            self._lock_depth = 0
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._lock_depth = 0
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _run(self, action: Callable[[], _T]) -> _T:
         """Lock, take in news, act, render what changed, unlock."""
