@@ -1180,6 +1180,58 @@ def test_two_threads_share_an_instance(scratch: Path) -> None:
     assert_disk_matches(root, replay_reference(root))
 
 
+def test_snapshot_reads_the_tree_as_it_was_at_its_start(scratch: Path) -> None:
+    """Inside `snapshot`, reads use the model as caught up at the start: another instance's
+    write meanwhile shows only after the block; a write inside the block still catches up first
+    (the journal numbers follow each other, nothing of the other instance's write is lost)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs, DirCgroupFS(root) as other:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        fs.mkdir("b")
+        with fs.snapshot():
+            assert fs.read("a", "memory.min") == "0\n"
+            other.write("a", "memory.min", "8192")
+            other.mkdir("c")
+            assert fs.read("a", "memory.min") == "0\n"
+            assert fs.list_children("") == ["a", "b"]
+            fs.write("b", "memory.min", "4096")  # catches up with `other` first
+            assert fs.read("a", "memory.min") == "8192\n"
+            assert fs.exists("c")
+        assert fs.read("b", "memory.min") == "4096\n"
+        assert other.read("b", "memory.min") == "4096\n"
+    entries = read_journal(root)
+    assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
+    assert_disk_matches(root, replay_reference(root))
+
+
+def test_snapshot_is_per_thread(scratch: Path) -> None:
+    """One thread's snapshot does not hold back another thread's calls on the same instance,
+    and the other thread's reads still catch up (they are not inside a snapshot)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs, DirCgroupFS(root) as other:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        seen: list[str] = []
+
+        def other_thread() -> None:
+            seen.append(fs.read("a", "memory.min"))
+            fs.write("a", "memory.max", "1048576")
+
+        with fs.snapshot():
+            other.write("a", "memory.min", "8192")
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join(timeout=60)
+            assert not worker.is_alive()
+            # The other thread caught up and wrote through this instance: the model has both.
+            assert seen == ["8192\n"]
+            assert fs.read("a", "memory.max") == "1048576\n"
+    entries = read_journal(root)
+    assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
+    assert_disk_matches(root, replay_reference(root))
+
+
 def test_other_kernel_profile_is_kept(scratch: Path) -> None:
     with DirCgroupFS(scratch / "t", kernel=KERNEL_6_18, hugepage_sizes_bytes=(2 << 20,)) as fs:
         fs.write("", "cgroup.subtree_control", "+hugetlb")

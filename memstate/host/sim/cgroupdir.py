@@ -188,6 +188,12 @@ def _nearest_existing(path: str) -> str:
 # --- DirCgroupFS ---------------------------------------------------------------------------------
 
 
+class _PerThread(threading.local):
+    """What each thread using an instance has of its own."""
+
+    snapshots = 0  # depth of this thread's `snapshot` blocks
+
+
 class DirCgroupFS(_ChangesFromOutside):
     """A persistent simulated cgroup v2 tree in directory `root` (see the module docstring).
 
@@ -285,6 +291,7 @@ class DirCgroupFS(_ChangesFromOutside):
         # release the first thread's lock.
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
+        self._per_thread = _PerThread()
         self._tmp_counter = 0
         self._inotify = None
         self._wd_path = {}
@@ -399,6 +406,26 @@ class DirCgroupFS(_ChangesFromOutside):
         with self._locked():
             yield
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Take in news once; this thread's reads inside the block (`exists`, `list_children`,
+        `read`, `list_files`) then use the model as it is, without catching up each time.
+
+        For a whole observation (the reconciler's full resync: ~3,500 reads at 500 pods): one
+        flock and one catch-up with the journal and the inotify queue instead of one per read.
+        The reads see the tree as it was at the start of the block plus what this instance did
+        since (other threads' operations included); what other instances or hands change
+        meanwhile is taken in by the next operation outside a snapshot, as if the reads had all
+        happened at the start. Writes inside the block catch up as always. No lock is held
+        between calls: other threads and processes go on meanwhile.
+        """
+        self.refresh()
+        self._per_thread.snapshots += 1
+        try:
+            yield
+        finally:
+            self._per_thread.snapshots -= 1
+
     def refresh(self) -> None:
         """Take in what changed since the last call (other instances, edits by hand) now.
 
@@ -411,15 +438,15 @@ class DirCgroupFS(_ChangesFromOutside):
 
     def exists(self, path: str) -> bool:
         """True if cgroup `path` exists."""
-        return self._run(lambda: self._sim.exists(path))
+        return self._look(lambda: self._sim.exists(path))
 
     def list_children(self, path: str) -> list[str]:
         """Sorted child cgroup names."""
-        return self._run(lambda: self._sim.list_children(path))
+        return self._look(lambda: self._sim.list_children(path))
 
     def read(self, path: str, file: str) -> str:
         """The file's text as the kernel would print it."""
-        return self._run(lambda: self._sim.read(path, file))
+        return self._look(lambda: self._sim.read(path, file))
 
     def write(self, path: str, file: str, value: str) -> None:
         """Apply one write as the kernel's handler would; journaled and rendered on success."""
@@ -444,7 +471,7 @@ class DirCgroupFS(_ChangesFromOutside):
 
     def list_files(self, path: str) -> list[str]:
         """Sorted interface file names of cgroup `path` (what its directory holds)."""
-        return self._run(lambda: self._sim.list_files(path))
+        return self._look(lambda: self._sim.list_files(path))
 
     def spawn(self, path: str | None = None) -> int:
         """Create a fake process, placed in `path` like a write to its cgroup.procs (None: outside
@@ -523,6 +550,16 @@ class DirCgroupFS(_ChangesFromOutside):
             finally:
                 self._lock_depth = 0
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _look(self, action: Callable[[], _T]) -> _T:
+        """A read-only call: inside this thread's `snapshot`, the model as it is (this thread's
+        turn on the instance, no flock, no catch-up); otherwise a whole operation (`_run`)."""
+        if not self._per_thread.snapshots:
+            return self._run(action)
+        with self._thread_lock:
+            if self._closed:
+                raise HostError(f"{self!r} is closed", errno=errno.EBADF, op="lock")
+            return action()
 
     def _run(self, action: Callable[[], _T]) -> _T:
         """Lock, take in news, act, render what changed, unlock."""
