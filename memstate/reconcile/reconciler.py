@@ -264,6 +264,9 @@ class Reconciler:
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
+        # The last full round's planning inputs and plan: planning is pure, so a full round whose
+        # inputs are equal (an idle node's periodic resync) reuses the plan instead of planning.
+        self._last_full_plan: tuple[tuple[object, ...], ObservedTree, Plan] | None = None
         # Pod UID -> {bare runtime container id -> container name}: how runtime-named container
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
@@ -327,7 +330,7 @@ class Reconciler:
                 profile=self.profile,
             )
 
-        plan = plan_for(tree)
+        plan = self._full_plan(targets, tree, retiring, plan_for) if full else plan_for(tree)
         if not full:
             tree, plan, more_errors, more_reads = self._see_children_of_lowered(
                 targets, tree, plan, plan_for, focus or ()
@@ -422,6 +425,30 @@ class Reconciler:
         )
 
     # --- container cgroups ------------------------------------------------------------------
+
+    def _full_plan(
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        retiring: frozenset[str],
+        plan_for: Callable[[ObservedTree], Plan],
+    ) -> Plan:
+        """A full round's plan: the previous full round's when every input of `plan_operations`
+        is equal (planning is pure), else planned and remembered."""
+        inputs = (
+            targets,
+            retiring,
+            self.page_size_bytes,
+            self.options.pod_removal,
+            self.options.remove_orphans,
+            self.profile,
+        )
+        last = self._last_full_plan
+        if last is not None and last[0] == inputs and last[1] == tree:
+            return last[2]
+        plan = plan_for(tree)
+        self._last_full_plan = (inputs, tree, plan)
+        return plan
 
     def _with_containers(
         self, targets: NodeTargets, tree: ObservedTree, paths: list[str] | None
