@@ -48,6 +48,9 @@ follows none of the kernel's rules. DirCgroupFS combines the two:
   the middle of an operation) re-renders what that entry touched. A torn last journal line (the
   writer died inside the append) is cut off. Nothing is fsynced: this is a simulator, and after
   a power loss the journal and the files are simply what the page cache had written.
+  Within a process, the threads sharing an instance take turns the same way (a re-entrant lock
+  per instance, around the flock). Inside `snapshot()` a thread's reads skip the look for news
+  (made once at its start) and the flock: they only read the model, as of that look.
 
 Layout::
 
