@@ -19,6 +19,9 @@ One call to `Reconciler.reconcile(targets)` is one round:
    or that finds a parent's protection changed behind its back (drift), reads that parent's
    children first and plans again (`_see_children_of_lowered`).
 2. **Plan** with `memstate.core.plan.plan_operations` (ordering rules and why: see there).
+   Planning is pure, so a full round whose inputs equal the previous full round's (the same
+   targets, an equal observed tree, the same retired paths) takes that round's plan: an idle
+   node's periodic resync costs its observation, not a new plan.
 3. **Execute** the operations in order. An operation whose requirement failed, was skipped or is
    still backing off is skipped, so a failure on one cgroup never stops unrelated cgroups and
    never breaks an ordering guarantee. EINTR/EAGAIN are retried at once, up to
