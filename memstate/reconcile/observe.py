@@ -11,6 +11,7 @@ never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_module
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -267,10 +268,14 @@ def observe_tree(
     the module docstring); otherwise everything. Read-only: never writes.
     """
     observer = _Observer(fs, targets, naming_config(targets))
-    if scope is None or base is None:
-        tree = observer.full()
-    else:
-        tree = observer.scoped(base, scope)
+    # A tree that can hold still for the reads does (the directory-backed simulator: one
+    # catch-up with other writers per observation, not one per read).
+    snapshot = getattr(fs, "snapshot", None)
+    with snapshot() if callable(snapshot) else contextlib.nullcontext():
+        if scope is None or base is None:
+            tree = observer.full()
+        else:
+            tree = observer.scoped(base, scope)
     return tree, observer.errors, observer.reads
 
 

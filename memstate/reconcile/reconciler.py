@@ -19,6 +19,9 @@ One call to `Reconciler.reconcile(targets)` is one round:
    or that finds a parent's protection changed behind its back (drift), reads that parent's
    children first and plans again (`_see_children_of_lowered`).
 2. **Plan** with `memstate.core.plan.plan_operations` (ordering rules and why: see there).
+   Planning is pure, so a full round whose inputs equal the previous full round's (the same
+   targets, an equal observed tree, the same retired paths) takes that round's plan: an idle
+   node's periodic resync costs its observation, not a new plan.
 3. **Execute** the operations in order. An operation whose requirement failed, was skipped or is
    still backing off is skipped, so a failure on one cgroup never stops unrelated cgroups and
    never breaks an ordering guarantee. EINTR/EAGAIN are retried at once, up to
@@ -269,6 +272,9 @@ class Reconciler:
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
+        # The last full round's planning inputs and plan: planning is pure, so a full round whose
+        # inputs are equal (an idle node's periodic resync) reuses the plan instead of planning.
+        self._last_full_plan: tuple[tuple[object, ...], ObservedTree, Plan] | None = None
         # Pod UID -> {bare runtime container id -> container name}: how runtime-named container
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
@@ -340,7 +346,7 @@ class Reconciler:
                 child_sums=child_sums,
             )
 
-        plan = plan_for(tree)
+        plan = self._full_plan(targets, tree, retiring, plan_for) if full else plan_for(tree)
         if not full:
             tree, plan, more_errors, more_reads = self._see_children_of_lowered(
                 targets, tree, plan, plan_for, focus or ()
@@ -435,6 +441,30 @@ class Reconciler:
         )
 
     # --- container cgroups ------------------------------------------------------------------
+
+    def _full_plan(
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        retiring: frozenset[str],
+        plan_for: Callable[[ObservedTree], Plan],
+    ) -> Plan:
+        """A full round's plan: the previous full round's when every input of `plan_operations`
+        is equal (planning is pure), else planned and remembered."""
+        inputs = (
+            targets,
+            retiring,
+            self.page_size_bytes,
+            self.options.pod_removal,
+            self.options.remove_orphans,
+            self.profile,
+        )
+        last = self._last_full_plan
+        if last is not None and last[0] == inputs and last[1] == tree:
+            return last[2]
+        plan = plan_for(tree)
+        self._last_full_plan = (inputs, tree, plan)
+        return plan
 
     def _with_containers(
         self, targets: NodeTargets, tree: ObservedTree, paths: list[str] | None

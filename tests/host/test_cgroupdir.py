@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -1105,6 +1106,130 @@ def test_locked_block_hides_a_multi_file_edit(scratch: Path) -> None:
         out, err = reader.communicate(timeout=60)
         assert reader.returncode == 0, err
         assert out == "both\n"
+
+
+def test_an_operation_of_another_thread_waits_for_a_locked_block(scratch: Path) -> None:
+    """The lock is re-entrant per thread, not per instance: while one thread holds `locked()`,
+    a write by another thread through the same instance waits for the block to end (as the
+    daemon's event loop reading through the reconciler's instance during a round must)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        inside, written = threading.Event(), threading.Event()
+        failures: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                inside.wait(timeout=60)
+                fs.write("a", "memory.min", "8192")
+                written.set()
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        with fs.locked():
+            journaled = len(read_journal(root))
+            inside.set()
+            # With a per-instance count the write would run now, inside this block.
+            assert not written.wait(timeout=1.0), "another thread operated inside the block"
+            assert fs.read("a", "memory.min") == "0\n"
+            assert len(read_journal(root)) == journaled
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert failures == []
+        assert fs.read("a", "memory.min") == "8192\n"
+    assert_disk_matches(root, replay_reference(root))
+
+
+def test_two_threads_share_an_instance(scratch: Path) -> None:
+    """Two threads writing and reading through one instance at once: every operation is whole
+    (the journal numbers follow each other, each thread reads back what it wrote, the directory
+    is what the journal replays to)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        fs.mkdir("b")
+        failures: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def churn(path: str) -> None:
+            try:
+                start.wait(timeout=60)
+                for index in range(1, 151):
+                    value = str(index * 4096)
+                    fs.write(path, "memory.min", value)
+                    if fs.read(path, "memory.min") != value + "\n":
+                        raise AssertionError(f"{path}: read back something else than {value}")
+                    fs.exists("a" if path == "b" else "b")
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+
+        workers = [threading.Thread(target=churn, args=(path,)) for path in ("a", "b")]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert not any(worker.is_alive() for worker in workers)
+        assert failures == []
+        assert fs.read("a", "memory.min") == fs.read("b", "memory.min") == str(150 * 4096) + "\n"
+    entries = read_journal(root)
+    assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
+    assert_disk_matches(root, replay_reference(root))
+
+
+def test_snapshot_reads_the_tree_as_it_was_at_its_start(scratch: Path) -> None:
+    """Inside `snapshot`, reads use the model as caught up at the start: another instance's
+    write meanwhile shows only after the block; a write inside the block still catches up first
+    (the journal numbers follow each other, nothing of the other instance's write is lost)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs, DirCgroupFS(root) as other:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        fs.mkdir("b")
+        with fs.snapshot():
+            assert fs.read("a", "memory.min") == "0\n"
+            other.write("a", "memory.min", "8192")
+            other.mkdir("c")
+            assert fs.read("a", "memory.min") == "0\n"
+            assert fs.list_children("") == ["a", "b"]
+            fs.write("b", "memory.min", "4096")  # catches up with `other` first
+            assert fs.read("a", "memory.min") == "8192\n"
+            assert fs.exists("c")
+        assert fs.read("b", "memory.min") == "4096\n"
+        assert other.read("b", "memory.min") == "4096\n"
+    entries = read_journal(root)
+    assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
+    assert_disk_matches(root, replay_reference(root))
+
+
+def test_snapshot_is_per_thread(scratch: Path) -> None:
+    """One thread's snapshot does not hold back another thread's calls on the same instance,
+    and the other thread's reads still catch up (they are not inside a snapshot)."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs, DirCgroupFS(root) as other:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        seen: list[str] = []
+
+        def other_thread() -> None:
+            seen.append(fs.read("a", "memory.min"))
+            fs.write("a", "memory.max", "1048576")
+
+        with fs.snapshot():
+            other.write("a", "memory.min", "8192")
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join(timeout=60)
+            assert not worker.is_alive()
+            # The other thread caught up and wrote through this instance: the model has both.
+            assert seen == ["8192\n"]
+            assert fs.read("a", "memory.max") == "1048576\n"
+    entries = read_journal(root)
+    assert [entry.n for entry in entries] == list(range(1, len(entries) + 1))
+    assert_disk_matches(root, replay_reference(root))
 
 
 def test_other_kernel_profile_is_kept(scratch: Path) -> None:

@@ -85,6 +85,44 @@ def test_empty_root_converges_in_one_round_and_the_second_writes_nothing(
     assert second.notes == []
 
 
+def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning is pure: a full round whose targets, observed tree and retired paths equal the
+    last full round's takes that plan (an idle node's periodic resync plans nothing anew); any
+    change to the tree or the targets plans again."""
+    import memstate.reconcile.reconciler as reconciler_module
+
+    everyone = mixed(6)
+    targets = targets_of_pods(everyone)
+    fs, reconciler, _ = make()
+    assert reconciler.reconcile(targets).converged
+    assert reconciler.reconcile(targets).writes == 0  # converged: the plan to reuse from now on
+    planned: list[object] = []
+    real_plan_operations = reconciler_module.plan_operations
+
+    def counting(*args: object, **kwargs: object) -> object:
+        planned.append(args)
+        return real_plan_operations(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconciler_module, "plan_operations", counting)
+    idle = reconciler.reconcile(targets)
+    assert planned == []
+    fresh = Reconciler(fs, page_size_bytes=PAGE).reconcile(targets)  # plans from scratch
+    assert len(planned) == 1
+    assert (idle.converged, idle.writes, idle.attempted, idle.notes, idle.orphans) == (
+        fresh.converged,
+        fresh.writes,
+        fresh.attempted,
+        fresh.notes,
+        fresh.orphans,
+    )
+    sim_of(fs).write(targets.pods[0].cgroup, "memory.max", "max")  # changed behind its back
+    corrected = reconciler.reconcile(targets)
+    assert len(planned) == 2 and corrected.writes == 1 and corrected.converged
+    fewer = targets_of_pods(everyone[:5])  # other targets: planned again, the pod retired
+    assert reconciler.reconcile(fewer, retired_paths=[targets.pods[-1].cgroup]).converged
+    assert len(planned) == 3
+
+
 def test_linux_6_18_hugetlb_default_needs_no_write_either() -> None:
     targets = targets_of_pods(mixed(5))
     fs, reconciler, _ = make(sim=new_sim(kernel=KERNEL_6_18))
