@@ -118,6 +118,10 @@ class DaemonContext:
         self._targets = TargetsTracker()  # the state's NodeTargets, each pod's computed once
         self._warned_old_kernel = False
         self._converged = False
+        # Bumped whenever the published targets change: a round converges the node only if the
+        # targets it converged are still the current ones (a round that ends after a commit it
+        # did not see must not report the new targets converged).
+        self.targets_generation = 0
         self._pending_removals = 0
         self.heartbeat = Heartbeat()
         self.readiness = Readiness()
@@ -165,7 +169,13 @@ class DaemonContext:
     def _note_effects(self, decisions: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
         pods are in `self.removals`, which every round covers)."""
+        before = self.targets
         self.targets = self._targets.update(self.state, decisions)
+        if self.targets != before:  # a new object each commit; equal when no pod's changed
+            # Not converged until a round over these targets ends (metrics, /readyz).
+            self.targets_generation += 1
+            self._converged = False
+            self.readiness.converged = False
         full = any(isinstance(d, NodeReconfigured) for d in decisions)
         for decision in decisions:
             if (

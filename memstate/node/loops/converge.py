@@ -30,6 +30,7 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     if scope is not None and not scope and not retiring:
         return None
     reconciler = daemon.reconciler
+    generation = daemon.targets_generation
     started = trio.current_time()
     report = await daemon.run_io(
         functools.partial(
@@ -50,7 +51,8 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     drift = sum(1 for n in report.notes if n.kind == "cgroup_drift_corrected")
     if drift:
         daemon.metrics.drift_corrections.inc(drift)
-    daemon._converged = bool(report.converged)
+    # Converged to the targets of this round, and those are still the published ones.
+    daemon._converged = bool(report.converged) and generation == daemon.targets_generation
     daemon._pending_removals = len(report.pending_removals)
     # Removals seen finished become durable notes; the fold then drops them. A path the
     # state has since desired again, or already dropped, needs no note.
