@@ -123,6 +123,22 @@ def spec_hash(pod: Pod) -> str:
     return digest
 
 
+_SHAPE_ENCODER = msgspec.msgpack.Encoder()
+
+
+def resource_shape(pod: Pod) -> bytes:
+    """What the pod's requests, limits and cgroup targets depend on (its containers, overhead
+    and pod-level resources, not its identity), as bytes: equal bytes are equal resources;
+    equal dicts in another order are only a memo miss. Kept with the pod."""
+    cache = vars(pod)
+    shape: bytes | None = cache.get("_resource_shape")
+    if shape is None:
+        shape = cache["_resource_shape"] = _SHAPE_ENCODER.encode(
+            (pod.containers, pod.overhead, pod.pod_level)
+        )
+    return shape
+
+
 # --- QoS class ------------------------------------------------------------------------------------
 
 
