@@ -227,7 +227,9 @@ def carry_request_totals(
     if added is not None:
         for resource, amount in _requests_of(added).items():
             sums[resource] = sums.get(resource, 0) + amount
-    vars(after)[_TOTALS] = _Totals(after.pods, sums)
+    # An owned walk hands the same pods map on: the entry, updated in place, still describes it.
+    pods = after.pods
+    vars(after)[_TOTALS] = entry if pods is entry.pods else _Totals(pods, sums)
 
 
 # One slot: the last (config, topology, allocatable); replaced whole, so threads see either.
