@@ -258,11 +258,16 @@ def insufficient_resource_in(
     requests = _requests_by_spec(spec_hash(pod), pod)
     if not requests:
         return None
-    used = dict(pod_request_totals(state))
+    used = pod_request_totals(state)
     pods = state.pods
-    for uid in (pod.uid, *(u for u in state.deferred if u != pod.uid)):
-        record = pods.get(uid)
-        if record is not None:
-            for resource, amount in _requests_of(record).items():
-                used[resource] -= amount
+    record = pods.get(pod.uid)
+    deferred = state.deferred
+    if record is not None or deferred:
+        # Rare (a replaced spec, a readmission window): take the pods that hold nothing out.
+        used = dict(used)
+        for uid in (pod.uid, *(u for u in deferred if u != pod.uid)):
+            record = pods.get(uid)
+            if record is not None:
+                for resource, amount in _requests_of(record).items():
+                    used[resource] -= amount
     return _first_short(requests, used, _allocatable_of(config, topology))

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from memstate import __version__
 from memstate.core.errors import (
@@ -327,7 +327,9 @@ def _state_dir_transactions(
     state_dir: Path, from_seq: int, wanted: set[int], crcs: dict[int, int]
 ) -> Iterator[Grouped]:
     """`_transactions` of `_state_dir_records` in one pass over the frames (`_grouped`)."""
-    return _grouped(_state_dir_frames(state_dir, from_seq), wanted, crcs)
+    from memstate.store.reader import LogReader, decode_at
+
+    return _grouped(LogReader(state_dir).read_frames(from_seq), decode_at, wanted, crcs)
 
 
 def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
@@ -338,16 +340,26 @@ def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
         yield decode_at(payload, seq, segment, offset), crc
 
 
-def _grouped(frames: Iterable[Record], wanted: set[int], crcs: dict[int, int]) -> Iterator[Grouped]:
-    """`_transactions(_whole(frames))` with the records grouped once, not twice: holds back an
-    incomplete tail and raises at the same records with the same messages. Notes in `crcs` the
-    chain CRC after every seq in `wanted`."""
+Payload = TypeVar("Payload")
+
+
+def _grouped(
+    frames: Iterable[tuple[Payload, int, int, str, int | None]],
+    decode: Callable[[Payload, int, str, int], Envelope],
+    wanted: set[int],
+    crcs: dict[int, int],
+) -> Iterator[Grouped]:
+    """`_transactions(_whole(...))` of the decoded `frames` (payload, seq, offset, segment,
+    chain CRC: `LogReader.read_frames`), grouped once, not twice, and decoded in the same loop:
+    holds back an incomplete tail and raises at the same records with the same messages.
+    Notes in `crcs` the chain CRC after every seq in `wanted`."""
     head: Envelope | None = None
     taken: list[Envelope] = []
     owed = 0
-    for envelope, crc in frames:
-        if crc is not None and envelope.seq in wanted:
-            crcs[envelope.seq] = crc
+    for payload, seq, offset, segment, crc in frames:
+        envelope = decode(payload, seq, segment, offset)
+        if crc is not None and seq in wanted:
+            crcs[seq] = crc
         if owed:
             taken.append(envelope)
             owed -= 1

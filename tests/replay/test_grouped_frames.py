@@ -38,13 +38,23 @@ def _frames(records: list[Envelope]) -> list[Record]:
     return [(e, 1000 + e.seq) for e in records]
 
 
+def _raw(frames: list[Record]) -> list[tuple[Envelope, int, int, str, int | None]]:
+    """`read_frames`' shape, the envelope standing in for its payload."""
+    return [(e, e.seq, 0, "seg", crc) for e, crc in frames]
+
+
+def _decode(payload: Envelope, seq: int, segment: str, offset: int) -> Envelope:
+    assert payload.seq == seq
+    return payload
+
+
 @settings(max_examples=600, deadline=None)
 @given(st.lists(RECORD, max_size=14), st.sets(st.integers(min_value=1, max_value=15)))
 def test_one_pass_groups_as_two(shapes: list[tuple[str, int | None]], wanted: set[int]) -> None:
     frames = _frames(envelopes_of(shapes))
     crcs: dict[int, int] = {}
     expected = _seqs(_transactions(e for e, _ in _whole(frames)))
-    assert _seqs(_grouped(frames, wanted, crcs)) == expected
+    assert _seqs(_grouped(_raw(frames), _decode, wanted, crcs)) == expected
     # Every wanted seq read before the walk ended has its CRC (the tail held back included).
     assert all(crcs[seq] == 1000 + seq for seq in crcs)
     assert set(crcs) <= wanted
@@ -54,5 +64,8 @@ def test_a_complete_log_notes_every_wanted_crc() -> None:
     shapes = [("input", 2), ("decision", None), ("decision", None), ("note", None), ("input", 0)]
     frames = _frames(envelopes_of(shapes))
     crcs: dict[int, int] = {}
-    assert _seqs(_grouped(frames, {3, 5}, crcs)) == ([(1, (2, 3)), (4, None), (5, ())], None)
+    assert _seqs(_grouped(_raw(frames), _decode, {3, 5}, crcs)) == (
+        [(1, (2, 3)), (4, None), (5, ())],
+        None,
+    )
     assert crcs == {3: 1003, 5: 1005}
