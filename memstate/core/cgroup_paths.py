@@ -164,11 +164,39 @@ def pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
     key = (config.cgroup_driver, config.cgroup_root, uid, qos_class)
     found = _POD_PATHS.get(key)
     if found is None:
-        found = cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
+        found = _render_pod_path(config, uid, qos_class)
         if len(_POD_PATHS) >= _POD_PATHS_LIMIT:
             _POD_PATHS.clear()
         _POD_PATHS[key] = found
     return found
+
+
+# The rendered parent of every pod cgroup of one (driver, cgroupRoot, QoS class), and the
+# prefix a pod's own last component takes under it: every admission of a new pod misses the
+# paths memo above, and only its own name differs from the last one's.
+_POD_PARENTS: dict[tuple[str, tuple[str, ...], str], tuple[str, str]] = {}
+
+
+def _render_pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
+    """`cgroup_path(pod_components(...))`, the parent rendered once per (driver, root, QoS)."""
+    driver = config.cgroup_driver
+    key = (driver, config.cgroup_root, qos_class)
+    parent = _POD_PARENTS.get(key)
+    if parent is None:
+        components = pod_components(config, "0", qos_class)[:-1]
+        rendered = cgroup_path(components, driver)
+        if driver == "systemd":
+            prefix = "-".join(c.replace("-", "_") for c in components) + "-"
+        else:
+            prefix = ""
+        parent = _POD_PARENTS[key] = (rendered, prefix)
+    name = POD_PREFIX + validate_pod_uid(uid)
+    if "_" in name:  # `cgroup_path`'s guard; a valid UID never has one
+        raise InvariantViolation(f"cgroup name component {name!r} is not safe")
+    rendered, prefix = parent
+    if driver == "systemd":
+        return f"{rendered}/{prefix}{name.replace('-', '_')}{SLICE_SUFFIX}"
+    return f"{rendered}/{name}"
 
 
 def pod_paths_of_uid(config: NodeConfig, uid: str) -> tuple[str, ...]:
