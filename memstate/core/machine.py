@@ -159,15 +159,20 @@ class MachineBuilder:
         table = self._table(node_id, resource)
         return 0 if table is None else table.reserved
 
+    # `free` and `allocatable` read the table without `_table`: the hint and allocation
+    # checks call them a few times per node and resource at every pinned admission.
+
     def free(self, node_id: int, resource: str) -> int:
-        table = self._table(node_id, resource)
+        node = self._base.get(node_id)
+        table = None if node is None else node.memory_map.get(resource)
         if table is None:
             return 0
         reserved = self._reserved.get((node_id, resource))
         return table.allocatable - (table.reserved if reserved is None else reserved)
 
     def allocatable(self, node_id: int, resource: str) -> int:
-        table = self._table(node_id, resource)
+        node = self._base.get(node_id)
+        table = None if node is None else node.memory_map.get(resource)
         return 0 if table is None else table.allocatable
 
     def assignments(self, node_id: int) -> int:
