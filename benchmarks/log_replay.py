@@ -103,7 +103,10 @@ def main() -> None:
         state_dir = cached_log(nodes, args.records, cache_dir=args.cache_dir)
         records = raw_read(state_dir)  # also warms the page cache
         size = sum(p.stat().st_size for p in (state_dir / "log").iterdir())
-        print(f"\n{nodes} NUMA nodes: {records} records, {size / 2**20:.1f} MiB ({state_dir})")
+        print(
+            f"\n{nodes} NUMA nodes: {records} records, {size / 2**20:.1f} MiB ({state_dir}), "
+            f"{args.clock} clock"
+        )
         print(f"{'path':<10} {'records/s':>11} {'vs raw read (median)':>21} {'spread':>16}")
         for name, rows in measure(state_dir, args.rounds, CLOCKS[args.clock]).items():
             rate = statistics.median(r for r, _ in rows)

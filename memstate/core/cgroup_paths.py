@@ -117,8 +117,8 @@ def qos_components(config: NodeConfig, qos_class: QOSClass) -> tuple[str, ...]:
 # The parent of a pod cgroup by (cgroupRoot, QoS class), validated once: every pod cgroup path
 # rendered for a new UID (start-up's removals fold, an admission's targets) needs it. A handful
 # of entries per node; the limit only guards a caller cycling through cgroup roots.
-_POD_PARENTS: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
-_POD_PARENTS_LIMIT = 64
+_POD_COMPONENT_PARENTS: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
+_POD_COMPONENT_PARENTS_LIMIT = 64
 
 
 def pod_components(config: NodeConfig, uid: str, qos_class: QOSClass) -> tuple[str, ...]:
@@ -126,15 +126,15 @@ def pod_components(config: NodeConfig, uid: str, qos_class: QOSClass) -> tuple[s
     their QoS cgroup."""
     name = POD_PREFIX + validate_pod_uid(uid)
     key = (config.cgroup_root, qos_class)
-    parent = _POD_PARENTS.get(key)
+    parent = _POD_COMPONENT_PARENTS.get(key)
     if parent is None:
         if qos_class == GUARANTEED:
             parent = node_components(config)
         else:
             parent = qos_components(config, qos_class)
-        if len(_POD_PARENTS) >= _POD_PARENTS_LIMIT:
-            _POD_PARENTS.clear()
-        _POD_PARENTS[key] = parent
+        if len(_POD_COMPONENT_PARENTS) >= _POD_COMPONENT_PARENTS_LIMIT:
+            _POD_COMPONENT_PARENTS.clear()
+        _POD_COMPONENT_PARENTS[key] = parent
     return (*parent, name)
 
 
@@ -179,11 +179,41 @@ def pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
     key = (config.cgroup_driver, config.cgroup_root, uid, qos_class)
     found = _POD_PATHS.get(key)
     if found is None:
-        found = cgroup_path(pod_components(config, uid, qos_class), config.cgroup_driver)
+        found = _render_pod_path(config, uid, qos_class)
         if len(_POD_PATHS) >= _POD_PATHS_LIMIT:
             _POD_PATHS.clear()
         _POD_PATHS[key] = found
     return found
+
+
+# The rendered parent of every pod cgroup of one (driver, cgroupRoot, QoS class), and the
+# prefix a pod's own last component takes under it: every admission of a new pod misses the
+# paths memo above, and only its own name differs from the last one's.
+_POD_RENDERED_PARENTS: dict[tuple[str, tuple[str, ...], str], tuple[str, str]] = {}
+
+
+def _render_pod_path(config: NodeConfig, uid: str, qos_class: QOSClass) -> str:
+    """`cgroup_path(pod_components(...))`, the parent rendered once per (driver, root, QoS)."""
+    driver = config.cgroup_driver
+    key = (driver, config.cgroup_root, qos_class)
+    parent = _POD_RENDERED_PARENTS.get(key)
+    if parent is None:
+        components = pod_components(config, "0", qos_class)[:-1]
+        rendered = cgroup_path(components, driver)
+        if driver == "systemd":
+            prefix = "-".join(c.replace("-", "_") for c in components) + "-"
+        else:
+            prefix = ""
+        if len(_POD_RENDERED_PARENTS) >= _POD_COMPONENT_PARENTS_LIMIT:
+            _POD_RENDERED_PARENTS.clear()
+        parent = _POD_RENDERED_PARENTS[key] = (rendered, prefix)
+    name = POD_PREFIX + validate_pod_uid(uid)
+    if "_" in name:  # `cgroup_path`'s guard; a valid UID never has one
+        raise InvariantViolation(f"cgroup name component {name!r} is not safe")
+    rendered, prefix = parent
+    if driver == "systemd":
+        return f"{rendered}/{prefix}{name.replace('-', '_')}{SLICE_SUFFIX}"
+    return f"{rendered}/{name}"
 
 
 def pod_paths_of_uid(config: NodeConfig, uid: str) -> tuple[str, ...]:

@@ -159,15 +159,20 @@ class MachineBuilder:
         table = self._table(node_id, resource)
         return 0 if table is None else table.reserved
 
+    # `free` and `allocatable` read the table without `_table`: the hint and allocation
+    # checks call them a few times per node and resource at every pinned admission.
+
     def free(self, node_id: int, resource: str) -> int:
-        table = self._table(node_id, resource)
+        node = self._base.get(node_id)
+        table = None if node is None else node.memory_map.get(resource)
         if table is None:
             return 0
         reserved = self._reserved.get((node_id, resource))
         return table.allocatable - (table.reserved if reserved is None else reserved)
 
     def allocatable(self, node_id: int, resource: str) -> int:
-        table = self._table(node_id, resource)
+        node = self._base.get(node_id)
+        table = None if node is None else node.memory_map.get(resource)
         return 0 if table is None else table.allocatable
 
     def assignments(self, node_id: int) -> int:
@@ -302,28 +307,31 @@ def remove_allocation(machine: Machine, takes: Iterable[Take], blocks: Iterable[
 
 
 def _moved(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block], sign: int) -> Machine:
+    # Runs at every pinned admission and removal `apply` folds: per-node rows of the touched
+    # values, and structs built positionally (fields in declaration order).
     by_id = {n.id: n for n in machine.nodes}
-    reserved: dict[tuple[int, str], int] = {}
+    reserved: dict[int, dict[str, int]] = {}
     for take in takes:
-        key = (take.numa_node, take.resource)
-        node = by_id.get(take.numa_node)
-        table = None if node is None else node.memory_map.get(take.resource)
+        node_id, resource = take.numa_node, take.resource
+        node = by_id.get(node_id)
+        table = None if node is None else node.memory_map.get(resource)
         if table is None:
             action = "take" if sign > 0 else "release"
             raise InvariantViolation(
-                f"{action} of {take.resource} on NUMA node {take.numa_node}: no such table"
+                f"{action} of {resource} on NUMA node {node_id}: no such table"
             )
-        value = reserved.get(key, table.reserved) + sign * take.size_bytes
-        reserved[key] = value
+        row = reserved.get(node_id)
+        if row is None:
+            row = reserved[node_id] = {}
+        value = row.get(resource, table.reserved) + sign * take.size_bytes
+        row[resource] = value
         if sign > 0 and value > table.allocatable:
             raise InvariantViolation(
-                f"NUMA node {take.numa_node} {take.resource}: reserved "
+                f"NUMA node {node_id} {resource}: reserved "
                 f"{value} exceeds allocatable {table.allocatable}"
             )
         if sign < 0 and value < 0:
-            raise InvariantViolation(
-                f"NUMA node {take.numa_node} {take.resource}: release below zero"
-            )
+            raise InvariantViolation(f"NUMA node {node_id} {resource}: release below zero")
     assignments: dict[int, int] = {}
     cells: dict[int, Mask] = {}
     for block in blocks:
@@ -339,32 +347,31 @@ def _moved(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block], sig
                 cells[node_id] = block.numa_affinity
             elif count == 0:
                 cells[node_id] = (node_id,)
-    touched = {node_id for node_id, _ in reserved} | assignments.keys()
     nodes = []
     for node in machine.nodes:
-        if node.id not in touched:
+        node_id = node.id
+        row = reserved.get(node_id)
+        assigned = assignments.get(node_id)
+        if row is None and assigned is None:
             nodes.append(node)
             continue
         tables = dict(node.memory_map)
-        for (node_id, resource), value in reserved.items():
-            if node_id == node.id:
+        if row is not None:
+            for resource, value in row.items():
                 table = tables[resource]
+                allocatable = table.allocatable
                 tables[resource] = MemoryTable(
-                    total=table.total,
-                    system_reserved=table.system_reserved,
-                    allocatable=table.allocatable,
-                    reserved=value,
-                    free=table.allocatable - value,
+                    table.total, table.system_reserved, allocatable, value, allocatable - value
                 )
         nodes.append(
             NumaNodeState(
-                id=node.id,
-                number_of_assignments=assignments.get(node.id, node.number_of_assignments),
-                cells=cells.get(node.id, node.cells),
-                memory_map=tables,
+                node_id,
+                node.number_of_assignments if assigned is None else assigned,
+                cells.get(node_id, node.cells),
+                tables,
             )
         )
-    return Machine(nodes=tuple(nodes))
+    return Machine(tuple(nodes))
 
 
 def merge_takes(takes: Iterable[Take]) -> tuple[Take, ...]:

@@ -123,6 +123,22 @@ def spec_hash(pod: Pod) -> str:
     return digest
 
 
+_SHAPE_ENCODER = msgspec.msgpack.Encoder()
+
+
+def resource_shape(pod: Pod) -> bytes:
+    """What the pod's requests, limits and cgroup targets depend on (its containers, overhead
+    and pod-level resources, not its identity), as bytes: equal bytes are equal resources;
+    equal dicts in another order are only a memo miss. Kept with the pod."""
+    cache = vars(pod)
+    shape: bytes | None = cache.get("_resource_shape")
+    if shape is None:
+        shape = cache["_resource_shape"] = _SHAPE_ENCODER.encode(
+            (pod.containers, pod.overhead, pod.pod_level)
+        )
+    return shape
+
+
 # --- QoS class ------------------------------------------------------------------------------------
 
 
@@ -153,8 +169,20 @@ def qos_class(pod: Pod) -> QOSClass:
     cache = vars(pod)
     found: QOSClass | None = cache.get("_qos_class")
     if found is None:
-        found = cache["_qos_class"] = _qos_class(pod)
+        # Pods of one workload share their resources (and so their class) but not their spec
+        # hash: remembered by the resource shape too.
+        shape = resource_shape(pod)
+        found = _QOS_BY_SHAPE.get(shape)
+        if found is None:
+            if len(_QOS_BY_SHAPE) >= _QOS_MEMO_LIMIT:
+                _QOS_BY_SHAPE.clear()
+            found = _QOS_BY_SHAPE[shape] = _qos_class(pod)
+        cache["_qos_class"] = found
     return found
+
+
+_QOS_BY_SHAPE: dict[bytes, QOSClass] = {}
+_QOS_MEMO_LIMIT = 65536
 
 
 def _qos_class(pod: Pod) -> QOSClass:

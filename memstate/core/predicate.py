@@ -39,7 +39,7 @@ from typing import NamedTuple
 import msgspec
 
 from memstate.core.config import NodeConfig, node_allocatable_reservation
-from memstate.core.pod import Pod, pod_request, requested_resources, spec_hash
+from memstate.core.pod import Pod, pod_request, requested_resources, resource_shape, spec_hash
 from memstate.core.state import PodRecord, State
 from memstate.core.topology import (
     MEMORY,
@@ -100,14 +100,24 @@ def _checked_resources(pod: Pod) -> list[str]:
 
 def _requests(pod: Pod) -> dict[str, int]:
     """The pod's effective request of memory and of every hugepage size it names (kept with
-    the pod: it is immutable)."""
+    the pod: it is immutable; and remembered by the pod's resource shape, which pods of one
+    workload share while their spec hashes differ). Do not modify the result."""
     cache = vars(pod)
     found: dict[str, int] | None = cache.get("_predicate_requests")
     if found is None:
-        found = cache["_predicate_requests"] = {
-            r: size for r in _checked_resources(pod) if (size := pod_request(pod, r)) > 0
-        }
+        shape = resource_shape(pod)
+        found = _REQUESTS_BY_SHAPE.get(shape)
+        if found is None:
+            if len(_REQUESTS_BY_SHAPE) >= _MEMO_LIMIT:
+                _REQUESTS_BY_SHAPE.clear()
+            found = _REQUESTS_BY_SHAPE[shape] = {
+                r: size for r in _checked_resources(pod) if (size := pod_request(pod, r)) > 0
+            }
+        cache["_predicate_requests"] = found
     return found
+
+
+_REQUESTS_BY_SHAPE: dict[bytes, dict[str, int]] = {}
 
 
 # A memo of `_requests` by spec hash (equal hashes are equal specs): "used" sums every admitted
@@ -217,7 +227,9 @@ def carry_request_totals(
     if added is not None:
         for resource, amount in _requests_of(added).items():
             sums[resource] = sums.get(resource, 0) + amount
-    vars(after)[_TOTALS] = _Totals(after.pods, sums)
+    # An owned walk hands the same pods map on: the entry, updated in place, still describes it.
+    pods = after.pods
+    vars(after)[_TOTALS] = entry if pods is entry.pods else _Totals(pods, sums)
 
 
 # One slot: the last (config, topology, allocatable); replaced whole, so threads see either.
@@ -246,11 +258,16 @@ def insufficient_resource_in(
     requests = _requests_by_spec(spec_hash(pod), pod)
     if not requests:
         return None
-    used = dict(pod_request_totals(state))
+    used = pod_request_totals(state)
     pods = state.pods
-    for uid in (pod.uid, *(u for u in state.deferred if u != pod.uid)):
-        record = pods.get(uid)
-        if record is not None:
-            for resource, amount in _requests_of(record).items():
-                used[resource] -= amount
+    record = pods.get(pod.uid)
+    deferred = state.deferred
+    if record is not None or deferred:
+        # Rare (a replaced spec, a readmission window): take the pods that hold nothing out.
+        used = dict(used)
+        for uid in (pod.uid, *(u for u in deferred if u != pod.uid)):
+            record = pods.get(uid)
+            if record is not None:
+                for resource, amount in _requests_of(record).items():
+                    used[resource] -= amount
     return _first_short(requests, used, _allocatable_of(config, topology))

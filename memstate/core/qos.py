@@ -47,8 +47,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-import msgspec
-
 from memstate.core.cgroup_paths import (
     hugetlb_max_file,
     node_path,
@@ -73,6 +71,7 @@ from memstate.core.pod import (
     pod_limits_total,
     pod_request,
     qos_class,
+    resource_shape,
 )
 from memstate.core.quantity import INT64_MAX, format_bytes
 from memstate.core.targets import (
@@ -207,7 +206,7 @@ class _TargetsContext(NamedTuple):
 
     alloc_bytes: int
     hugetlb: tuple[tuple[str, str], ...]  # (resource, hugetlb limit file), page sizes ascending
-    # Targets by pod shape (`_pod_shape`) under this config and topology: everything but the
+    # Targets by pod shape (`pod.resource_shape`) under this config and topology: everything but the
     # UID and the cgroup path (`pod_targets`). Bounded; clearing only costs recomputation.
     shapes: dict[tuple[bytes, tuple[int, ...]], _ShapeTargets]
 
@@ -257,7 +256,7 @@ def pod_targets(
     """
     context = _targets_context(config, topology)
     nodes = allocation.numa_nodes if allocation and config.memory_manager_policy == "Static" else ()
-    key = (_pod_shape(pod), nodes)
+    key = (resource_shape(pod), nodes)
     shaped = context.shapes.get(key)
     if shaped is None:
         if len(context.shapes) >= _SHAPES_LIMIT:
@@ -270,16 +269,6 @@ def pod_targets(
         files=shaped.files,
         containers=shaped.containers,
     )
-
-
-_SHAPE_ENCODER = msgspec.msgpack.Encoder()
-
-
-def _pod_shape(pod: Pod) -> bytes:
-    """What a pod's targets depend on besides the config, topology and allocation, as bytes
-    (equal bytes are equal containers, overhead and pod-level resources; equal dicts in another
-    order are only a memo miss)."""
-    return _SHAPE_ENCODER.encode((pod.containers, pod.overhead, pod.pod_level))
 
 
 def _shape_targets(

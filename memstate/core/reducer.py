@@ -120,13 +120,18 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
 
     The `match` is exhaustive over the catalogue (`assert_never`): a new event kind does not
     type-check until it is given a branch here and in `apply`."""
+    kind = type(event)
+    # The two inputs of most transactions by exact type, before the `match` (one `isinstance`
+    # per `case`), as `apply` does.
+    if kind is PodAdmissionRequested:
+        return _decide_admission(state, cast(PodAdmissionRequested, event))
+    if kind is PodRemovalRequested:
+        return _decide_removal(state, cast(PodRemovalRequested, event).uid)
     match known_event(event):
         case PodAdmissionRequested() as request:
             return _decide_admission(state, request)
         case PodRemovalRequested(uid=uid):
-            if uid in state.pods or uid in state.deferred:
-                return (PodRemoved(uid=uid, reason="requested"),)
-            return ()
+            return _decide_removal(state, uid)
         case ManifestInvalid(error=error, source=source):
             return (PodRejected(reason=INVALID_MANIFEST, message=error, source=source),)
         case ReadmissionCompleted():
@@ -158,6 +163,12 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
             return ()  # decisions and notes imply nothing; inputs without a judgement
         case unreachable:
             assert_never(unreachable)
+
+
+def _decide_removal(state: State, uid: str) -> tuple[Event, ...]:
+    if uid in state.pods or uid in state.deferred:
+        return (PodRemoved(uid=uid, reason="requested"),)
+    return ()
 
 
 def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Event, ...]:

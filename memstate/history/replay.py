@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from memstate import __version__
 from memstate.core.errors import (
@@ -161,9 +161,11 @@ def _transition(
     )
 
 
-def _transactions(
-    envelopes: Iterable[Envelope],
-) -> Iterator[tuple[Envelope, tuple[Envelope, ...] | None]]:
+Grouped = tuple[Envelope, tuple[Envelope, ...] | None]
+"""A transaction: its input or note, and its recorded decisions (None when it announces none)."""
+
+
+def _transactions(envelopes: Iterable[Envelope]) -> Iterator[Grouped]:
     """(record, its recorded decisions or None) by the store's one grouping rule
     (memstate.store.transactions); a malformed sequence is a `LogStructureError`."""
     from memstate.store.transactions import TransactionProblem, envelope_itself, group_transactions
@@ -174,13 +176,21 @@ def _transactions(
     except TransactionProblem as problem:
         head = problem.head
         if problem.kind == "orphan_decision":
-            raise LogStructureError(
-                f"seq {head.seq}: {head.event.kind} is not preceded by the input it decides on"
-            ) from None
-        raise LogStructureError(
-            f"seq {head.seq}: {head.event.kind} announces {head.decisions} "
-            "decision records that are not all there"
-        ) from None
+            raise _orphan(head) from None
+        raise _not_all_there(head) from None
+
+
+def _orphan(head: Envelope) -> LogStructureError:
+    return LogStructureError(
+        f"seq {head.seq}: {head.event.kind} is not preceded by the input it decides on"
+    )
+
+
+def _not_all_there(head: Envelope) -> LogStructureError:
+    return LogStructureError(
+        f"seq {head.seq}: {head.event.kind} announces {head.decisions} "
+        "decision records that are not all there"
+    )
 
 
 def replay_state(envelopes: Iterable[Envelope], *, state: State | None = None) -> State:
@@ -258,6 +268,15 @@ class LogSource:
             return
         yield from _state_dir_records(self.path, from_seq)
 
+    def transactions(
+        self, from_seq: int, wanted: set[int], crcs: dict[int, int]
+    ) -> Iterator[Grouped]:
+        """Whole transactions from `from_seq` on (`LogStructureError` at a malformed one),
+        noting in `crcs` the chain CRC after every seq in `wanted` (state directories only)."""
+        if self.kind == "jsonl":
+            return _transactions(self.envelopes(from_seq))
+        return _state_dir_transactions(self.path, from_seq, wanted, crcs)
+
     def envelopes(self, from_seq: int = 1) -> Iterator[Envelope]:
         return (envelope for envelope, _ in self.records(from_seq))
 
@@ -304,15 +323,74 @@ def open_source(path: Path | str) -> LogSource:
     return LogSource(Path(path))
 
 
+def _state_dir_transactions(
+    state_dir: Path, from_seq: int, wanted: set[int], crcs: dict[int, int]
+) -> Iterator[Grouped]:
+    """`_transactions` of `_state_dir_records` in one pass over the frames (`_grouped`)."""
+    from memstate.store.reader import LogReader, decode_at
+
+    return _grouped(LogReader(state_dir).read_frames(from_seq), decode_at, wanted, crcs)
+
+
+def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
+    """Every valid record from `from_seq` on, decoded, with the chain CRC after it."""
+    from memstate.store.reader import LogReader, decode_at
+
+    for payload, seq, offset, segment, crc in LogReader(state_dir).read_frames(from_seq):
+        yield decode_at(payload, seq, segment, offset), crc
+
+
+Payload = TypeVar("Payload")
+
+
+def _grouped(
+    frames: Iterable[tuple[Payload, int, int, str, int | None]],
+    decode: Callable[[Payload, int, str, int], Envelope],
+    wanted: set[int],
+    crcs: dict[int, int],
+) -> Iterator[Grouped]:
+    """`_transactions(_whole(...))` of the decoded `frames` (payload, seq, offset, segment,
+    chain CRC: `LogReader.read_frames`), grouped once, not twice, and decoded in the same loop:
+    holds back an incomplete tail and raises at the same records with the same messages.
+    Notes in `crcs` the chain CRC after every seq in `wanted`."""
+    head: Envelope | None = None
+    taken: list[Envelope] = []
+    owed = 0
+    for payload, seq, offset, segment, crc in frames:
+        envelope = decode(payload, seq, segment, offset)
+        if crc is not None and seq in wanted:
+            crcs[seq] = crc
+        if owed:
+            taken.append(envelope)
+            owed -= 1
+            if owed == 0 and head is not None:
+                # Checked once whole, as the store's rule does after `_whole` held it back.
+                if head.event.role == "decision":
+                    raise _orphan(head)
+                for decision in taken:
+                    if decision.event.role != "decision" or decision.decisions is not None:
+                        raise _not_all_there(head)
+                yield head, tuple(taken)
+                taken.clear()
+        elif envelope.decisions:
+            head, owed = envelope, envelope.decisions
+        elif envelope.event.role == "decision":
+            raise _orphan(envelope)
+        else:
+            yield envelope, None if envelope.decisions is None else ()
+
+
 def _state_dir_records(state_dir: Path, from_seq: int) -> Iterator[Record]:
     """`LogReader.read` plus the chain CRC of every record: whole transactions only (an input
     whose decisions are not all written yet is held back, like the rest of a tail in flight)."""
-    from memstate.store.reader import LogReader, decode_at
+    return _whole(_state_dir_frames(state_dir, from_seq))
 
+
+def _whole(frames: Iterable[Record]) -> Iterator[Record]:
+    """`frames` without an incomplete last transaction."""
     pending: list[Record] = []
     owed = 0
-    for payload, seq, offset, segment, crc in LogReader(state_dir).read_frames(from_seq):
-        envelope = decode_at(payload, seq, segment, offset)
+    for envelope, crc in frames:
         if owed:
             pending.append((envelope, crc))
             owed -= 1
@@ -484,11 +562,12 @@ def replay_log(
     stopping = stops if to_seq is not None or at_ns is not None else None
 
     replayer = _Replayer(report, pending, crcs)
-    envelopes = tracked(source.records(start_seq + 1))
     if on_transition is not None:
+        envelopes = tracked(source.records(start_seq + 1))
         replayer.observed(envelopes, start_state, stops, on_transition, on_progress)
     else:
-        replayer.owned(envelopes, start_state, stopping, on_progress)
+        grouped = source.transactions(start_seq + 1, wanted, crcs)
+        replayer.owned(grouped, start_state, stopping, on_progress)
     started = replayer.started
     report.recorded_by = version_of(started) if started else ""
     return report
@@ -574,7 +653,7 @@ class _Replayer:
 
     def owned(
         self,
-        envelopes: Iterable[Envelope],
+        grouped: Iterable[Grouped],
         start: State,
         stops: Callable[[Envelope], bool] | None,
         on_progress: OnProgress | None,
@@ -590,7 +669,7 @@ class _Replayer:
         first_seq = last_seq = state_seq = report.state_seq
         last_ts_ns = report.last_ts_ns
         try:
-            for envelope, recorded in _transactions(envelopes):
+            for envelope, recorded in grouped:
                 if stops is not None and stops(envelope):
                     break
                 event = envelope.event

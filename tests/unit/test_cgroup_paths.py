@@ -8,6 +8,8 @@ since memstate's paths are relative to the mount); internal names, validation, r
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memstate.core.cgroup_paths import (
     ParsedCgroup,
@@ -26,8 +28,14 @@ from memstate.core.cgroup_paths import (
     root_paths,
     validate_pod_uid,
 )
-from memstate.core.config import NodeConfig, parse_cgroup_root
+from memstate.core.config import (
+    CGROUP_ROOT_COMPONENT_RE,
+    CgroupDriver,
+    NodeConfig,
+    parse_cgroup_root,
+)
 from memstate.core.errors import InvariantViolation
+from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED, UID_RE, QOSClass
 
 G_UID = "6a4f2e3b-1c9d-4a5e-8f7b-2d3e4f5a6b7c"
 B_UID = "8b3c7d2e-4f5a-6b7c-9d1e-3f4a5b6c7d8e"
@@ -316,3 +324,21 @@ def test_hugetlb_file_names_follow_the_kernel(size_bytes: int, name: str) -> Non
 def test_hugetlb_rejects_impossible_sizes(size_bytes: int) -> None:
     with pytest.raises(InvariantViolation):
         hugetlb_max_file(size_bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.from_regex(UID_RE, fullmatch=True),
+    st.sampled_from(["cgroupfs", "systemd"]),
+    st.lists(st.from_regex(CGROUP_ROOT_COMPONENT_RE, fullmatch=True), max_size=2),
+    st.sampled_from([GUARANTEED, BURSTABLE, BEST_EFFORT]),
+)
+def test_pod_path_renders_as_the_whole_path_does(
+    uid: str, driver: CgroupDriver, root: list[str], qos: QOSClass
+) -> None:
+    """`pod_path` renders the parent once per (driver, root, QoS) and appends the pod's own
+    name; the result is `cgroup_path` of the pod's whole internal name."""
+    config = NodeConfig(cgroup_driver=driver, cgroup_root=tuple(root))
+    expected = cgroup_path(pod_components(config, uid, qos), driver)
+    assert pod_path(config, uid, qos) == expected
+    assert pod_path(config, uid, qos) == expected  # remembered

@@ -258,3 +258,26 @@ def test_readmission_restores_without_judging_and_deferred_pods_hold_nothing() -
     assert isinstance(final, PodRejected) and final.reason == "OutOfmemory"
     assert final.message.endswith(f"requested: {5 * Gi}, used: {3 * Gi}, capacity: {7 * Gi}")
     assert set(state.pods) == {"b"}
+
+
+def test_requests_remembered_by_shape_are_each_pods_own() -> None:
+    # Pods that differ only in identity share their remembered requests; any difference in
+    # containers, init containers or overhead gives a pod its own figures.
+    from memstate.core.pod import pod_request
+    from memstate.core.predicate import _requests
+
+    def fresh(p: Pod) -> dict[str, int]:
+        return {r: v for r in ("memory", "hugepages-2Mi") if (v := pod_request(p, r)) > 0}
+
+    app = [container("app", "1Gi", hugepages={"hugepages-2Mi": "4Mi"})]
+    variants = [
+        pod_of("a", app),
+        pod_of("b", app, name="other", namespace="ns"),
+        pod_of("c", app, overhead={"memory": "64Mi"}),
+        pod_of("d", app, init=[container("init", "3Gi")]),
+        pod_of("e", [container("app", "2Gi", hugepages={"hugepages-2Mi": "4Mi"})]),
+        pod_of("f", [container("app", "1Gi", hugepages={"hugepages-2Mi": "8Mi"})]),
+    ]
+    for p in variants:
+        assert _requests(p) == fresh(p), p.uid
+    assert _requests(variants[0]) is _requests(variants[1])
