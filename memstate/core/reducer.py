@@ -658,12 +658,9 @@ def _apply_admitted(state: State, event: PodAdmitted, owned: bool = False) -> St
     return after
 
 
-def _apply_rejected(state: State, event: PodRejected) -> State:
-    counters = Counters(
-        pinning_requests=state.counters.pinning_requests + event.pinning_requests,
-        pinning_errors=state.counters.pinning_errors + event.pinning_errors,
-    )
-    rejection = Rejection(
+def rejection_of(event: PodRejected) -> Rejection:
+    """The state's record of a rejection (`apply` and `Folder` both keep it by `rejection_key`)."""
+    return Rejection(
         reason=event.reason,
         message=event.message,
         uid=event.uid,
@@ -671,8 +668,15 @@ def _apply_rejected(state: State, event: PodRejected) -> State:
         namespace=event.namespace,
         source=event.source,
     )
+
+
+def _apply_rejected(state: State, event: PodRejected) -> State:
+    counters = Counters(
+        pinning_requests=state.counters.pinning_requests + event.pinning_requests,
+        pinning_errors=state.counters.pinning_errors + event.pinning_errors,
+    )
     rejections = dict(state.rejections)
-    rejections[rejection_key(event.uid, event.source)] = rejection
+    rejections[rejection_key(event.uid, event.source)] = rejection_of(event)
     state = _without_deferral(_drop_pod(state, event.uid), event.uid)
     return _evolve(state, rejections=rejections, counters=counters)
 
@@ -977,14 +981,7 @@ class Folder:
     def _rejected(self, event: PodRejected) -> None:
         self._requests += event.pinning_requests
         self._errors += event.pinning_errors
-        self._rejections[rejection_key(event.uid, event.source)] = Rejection(
-            reason=event.reason,
-            message=event.message,
-            uid=event.uid,
-            name=event.name,
-            namespace=event.namespace,
-            source=event.source,
-        )
+        self._rejections[rejection_key(event.uid, event.source)] = rejection_of(event)
         self._drop_pod(event.uid)
 
     def _removal_requested(self, event: PodRemovalRequested) -> None:

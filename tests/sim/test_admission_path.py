@@ -17,20 +17,17 @@ import trio.testing
 
 from memstate.core import qos, reducer, state_targets
 from memstate.host.sim import SimCgroupFS
-from memstate.node.adapters import Adapters
 from memstate.node.daemon import Daemon
-from memstate.node.sdnotify import Notifier
-from tests.factories import topology
 from tests.sim.world import (
     CONFIG_YAML,
     PAGE,
     ProtectionCheckingFS,
     SimDisk,
-    SimStorage,
     World,
     _random_pod,
     _settings,
     run_inline,
+    sim_adapters,
 )
 
 _T = TypeVar("_T")
@@ -67,18 +64,7 @@ def test_one_admission_computes_targets_once_and_hands_only_io_to_threads(
         handed.append(_name_of(fn))
         return await run_inline(fn)
 
-    adapters = Adapters(
-        wall_clock_ns=world.wall_clock_ns,
-        run_io=recording_io,
-        storage=lambda: SimStorage(world.disk),
-        cgroup_fs=world.fs,
-        topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),
-        sources=[],
-        read_manifests=world.read_pods,
-        notifier=Notifier(None, None),
-        host_loops=False,
-    )
-    daemon = Daemon(_settings(config_file), adapters=adapters)
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))
 
     async def scenario() -> None:
         async with trio.open_nursery() as nursery:

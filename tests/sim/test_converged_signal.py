@@ -16,12 +16,10 @@ import trio.testing
 
 from memstate.core.pod import pod_from_manifest
 from memstate.host.sim import SimCgroupFS
-from memstate.node.adapters import Adapters
 from memstate.node.daemon import Daemon
-from memstate.node.sdnotify import Notifier
 from memstate.node.sources.observation import ObservedPod
-from tests.factories import manifest, topology
-from tests.sim.world import CONFIG_YAML, PAGE, SimDisk, SimStorage, World, _settings, run_inline
+from tests.factories import manifest
+from tests.sim.world import CONFIG_YAML, PAGE, SimDisk, World, _settings, run_inline, sim_adapters
 
 _T = TypeVar("_T")
 Mi = 1024 * 1024
@@ -59,18 +57,7 @@ def test_converged_follows_the_current_targets(tmp_path: Path) -> None:
                 await opened.wait()
         return await run_inline(fn)
 
-    adapters = Adapters(
-        wall_clock_ns=world.wall_clock_ns,
-        run_io=gated_io,
-        storage=lambda: SimStorage(world.disk),
-        cgroup_fs=world.fs,
-        topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),
-        sources=[],
-        read_manifests=world.read_pods,
-        notifier=Notifier(None, None),
-        host_loops=False,
-    )
-    daemon = Daemon(_settings(config_file), adapters=adapters)
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=gated_io))
     seen: dict[str, Any] = {}
 
     def gauge() -> float | None:

@@ -403,11 +403,12 @@ def _settings(config_file: Path) -> Settings:
     )
 
 
-async def _live(world: World, config_file: Path, life: int, *, last: bool) -> None:
-    rng = world.rng
-    adapters = Adapters(
+def sim_adapters(world: World, *, run_io: Any = run_inline, life: int = 0) -> Adapters:
+    """The simulated node's adapters: the world's disk, cgroup tree, clock and manifests, a
+    two-NUMA-node topology, no host loops; `run_io` replaces the inline I/O runner."""
+    return Adapters(
         wall_clock_ns=world.wall_clock_ns,
-        run_io=run_inline,
+        run_io=run_io,
         storage=lambda: SimStorage(world.disk, world.check_state),
         cgroup_fs=world.fs,
         topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),
@@ -417,7 +418,11 @@ async def _live(world: World, config_file: Path, life: int, *, last: bool) -> No
         host_loops=False,
         boot_id=lambda: f"sim-boot-{life}",
     )
-    daemon = Daemon(_settings(config_file), adapters=adapters)
+
+
+async def _live(world: World, config_file: Path, life: int, *, last: bool) -> None:
+    rng = world.rng
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, life=life))
     ending = "clean" if last else rng.choice(["clean", "crash", "crash", "torn"])
     world.steps.append(f"life {life} ({ending})")
     crashed = False

@@ -523,7 +523,7 @@ class _Planner:
         cgroups = self.observed.cgroups
         planned, removed = self._planned, self.removal_by_path
         prefix = f"{path}/" if path else ""
-        now_sum = raised_sum = final_sum = 0
+        contributing: list[str] = []  # children planned, removed or unreadable: `_contribution`
         settled = 0  # the summed value now of the children left alone
         for name in self._child_names(path):
             child = prefix + name
@@ -533,19 +533,14 @@ class _Planner:
                 or child in removed
                 or (found is not None and found.exists and file in found.unreadable)
             ):
-                contribution = self._contribution(path, name, file)
-                if contribution is None:
-                    return None
-                now_sum += contribution.current
-                raised_sum += contribution.raised
-                final_sum += contribution.final
+                contributing.append(name)
                 continue
             if found is None or not found.exists:
                 continue
             text = found.files.get(file)
             normalised = None if text is None else values.normalise(file, text)
             settled += default_now if normalised is None else values.number(normalised)
-        return now_sum + settled, raised_sum + settled, final_sum + settled
+        return self._with_contributions(path, file, contributing, settled)
 
     def _children_sums_carried(
         self, path: str, file: str, sums: ChildSums
@@ -560,18 +555,26 @@ class _Planner:
             *sums.unreadable_children(path, index),
         }
         settled = sums.total(path, index)
-        now_sum = raised_sum = final_sum = 0
         skip = len(path) + 1 if path else 0
-        for child in sorted(special):
-            name = child[skip:]
+        names = [child[skip:] for child in sorted(special)]
+        for name in names:
+            settled -= sums.counted(path, name, index)
+        return self._with_contributions(path, file, names, settled)
+
+    def _with_contributions(
+        self, path: str, file: str, names: list[str], settled: int
+    ) -> tuple[int, int, int] | None:
+        """(now, raised, final) sums: `settled` (the children left alone, the same at every
+        stage) plus each named child's `_contribution`; None if one of them is unknown."""
+        now_sum = raised_sum = final_sum = settled
+        for name in names:
             contribution = self._contribution(path, name, file)
             if contribution is None:
                 return None
             now_sum += contribution.current
             raised_sum += contribution.raised
             final_sum += contribution.final
-            settled -= sums.counted(path, name, index)
-        return now_sum + settled, raised_sum + settled, final_sum + settled
+        return now_sum, raised_sum, final_sum
 
     def _contribution(self, parent: str, name: str, file: str) -> _Contribution | None:
         """A child's value of `file` now, after the raise pass and at the end; None if unknown."""
