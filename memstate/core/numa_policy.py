@@ -561,19 +561,21 @@ def pins(pod: Pod, config: NodeConfig) -> bool:
 
 
 def admit(
-    machine: Machine,
+    machine: Machine | MachineBuilder,
     topology: Topology,
     config: NodeConfig,
     pod: Pod,
     provider_hints: Sequence[ProviderHints] = (),
 ) -> Admission:
-    """Run a pod through the Topology Manager and the Memory Manager. Pure."""
+    """Run a pod through the Topology Manager and the Memory Manager. Pure: a `MachineBuilder`
+    (a walk's working machine) is read through a scratch copy and left untouched."""
     pinned = pins(pod, config)
     if not pinned and not provider_hints:
         # Nothing to pin and no other provider: every merge would be of the single "no
         # preference" answer, which every policy admits, and the hint would be thrown away.
         return Admission(None, None, 0, 0)
-    allocator = _PodAllocator(machine=MachineBuilder(machine), pod=pod)
+    scratch = machine.scratch() if isinstance(machine, MachineBuilder) else MachineBuilder(machine)
+    allocator = _PodAllocator(machine=scratch, pod=pod)
     node_ids = topology.node_ids
     distances = node_distances(topology, config)
     policy = config.topology_manager_policy
