@@ -532,9 +532,12 @@ class WorkingState:
     the node map into the state only where a state is observed (a checkpoint, a divergence,
     the end). The same decisions and states as `decide` and `apply`.
 
-    Admission requests that take a fresh decision, removal requests, admissions and removals
-    use the working node map; any other event is decided and applied on `state()`, and the
-    node map starts again from the result's. The state given to the constructor is never
+    Fresh admissions, admissions, removals, rejections and init completions read or move the
+    working node map; the events whose handlers never look at the node map
+    (`_DECIDED_WITHOUT_MACHINE`, `_APPLIED_WITHOUT_MACHINE`, readmissions, removal requests)
+    take `state.machine` along as it is; any other event (a reconfiguration, the end of
+    readmission, a replaced spec) is decided and applied on `state()`, and the node map starts
+    again from the result's. The state given to the constructor is never
     modified (`owned_copy`). After an `InvariantViolation` the working state is unusable (it
     may hold half an event); the caller stops there anyway.
     """
@@ -565,17 +568,21 @@ class WorkingState:
             uid = pod.uid
             # `_decide_admission`'s way to a fresh admission: a ready node, an unknown UID, no
             # readmission of a deferred pod.
-            if (
-                state.topology is not None
-                and state.config is not None
-                and uid not in state.pods
-                and not (state.readmission_open and uid in state.deferred)
-            ):
-                return _fresh_admission(
-                    state, pod, request.source, request.provider_hints, self._machine
-                )
+            if state.topology is not None and state.config is not None:
+                existing = state.pods.get(uid)
+                if state.readmission_open and (
+                    (existing is not None and existing.status == "awaiting_readmission")
+                    or uid in state.deferred
+                ):
+                    return _decide_readmission(state, request)  # reads no node map
+                if existing is None:
+                    return _fresh_admission(
+                        state, pod, request.source, request.provider_hints, self._machine
+                    )
         elif kind is PodRemovalRequested:
-            return _decide_removal(state, cast(PodRemovalRequested, event).uid)  # no node map
+            return _decide_removal(state, cast(PodRemovalRequested, event).uid)
+        elif kind in _DECIDED_WITHOUT_MACHINE:
+            return decide(state, event)
         return decide(self.state(), event)
 
     def apply(self, event: Event) -> None:
@@ -595,9 +602,44 @@ class WorkingState:
             self._ahead = True
         elif kind is PodRemovalRequested:
             self._state = _apply_removal_requested(self._state, cast(PodRemovalRequested, event))
+        elif kind is PodRejected:
+            self._state = _apply_rejected(self._state, cast(PodRejected, event), self._machine)
+            self._ahead = True
+        elif kind is PodInitCompleted:
+            self._state = _apply_init_completed(
+                self._state, cast(PodInitCompleted, event), self._machine
+            )
+            self._ahead = True
+        elif kind in _APPLIED_WITHOUT_MACHINE:
+            self._state = apply(self._state, event)  # keeps `machine` as it is
         else:
             self._state = apply_owned(self.state(), event)
             self._machine = MachineBuilder(self._state.machine)
+
+
+# Inputs whose `decide` reads no node map (nor `apply`s anything): a `WorkingState` decides them
+# without freezing its node map first.
+_DECIDED_WITHOUT_MACHINE = frozenset(
+    {
+        ManifestInvalid,
+        DaemonStarted,
+        DaemonRestarted,
+        ConfigRejected,
+        PodInitCompleted,
+        LogTailTruncated,
+        CgroupDriftCorrected,
+        CgroupWriteFailed,
+        CgroupOrphanFound,
+        PodCgroupRemoved,
+        ShadowDisagreement,
+    }
+)
+
+# Events whose `apply` neither reads nor replaces the node map (it carries `state.machine` over
+# as it is): a `WorkingState` applies them without freezing.
+_APPLIED_WITHOUT_MACHINE = frozenset(
+    {ReadmissionDeferred, TopologyObserved, ConfigLoaded, DaemonRestarted, ReadmissionCompleted}
+)
 
 
 def apply_all(state: State, events: Iterable[Event]) -> State:
@@ -669,14 +711,22 @@ def _without_rejections(state: State, keys: Iterable[str]) -> State:
     return _evolve(state, rejections=rejections)
 
 
-def _apply_init_completed(state: State, event: PodInitCompleted) -> State:
+def _apply_init_completed(
+    state: State, event: PodInitCompleted, working: MachineBuilder | None = None
+) -> State:
+    # `working` as in `_apply_admitted`: released there, `state.machine` kept as it is.
     record = state.pods.get(event.uid)
     if record is None or record.init_completed:
         return state
     machine = state.machine
     allocation = record.allocation
     if allocation is not None:
-        machine, allocation = release_init_containers(machine, record.pod, allocation)
+        if working is not None:
+            freed, dropped, allocation = init_containers_done(record.pod, allocation)
+            working.release(freed)
+            working.unassign(dropped)
+        else:
+            machine, allocation = release_init_containers(machine, record.pod, allocation)
     updated = msgspec.structs.replace(record, allocation=allocation, init_completed=True)
     after = msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
     carry_request_totals(state, after, record, updated)
@@ -755,7 +805,9 @@ def _apply_admitted(
     return after
 
 
-def _apply_rejected(state: State, event: PodRejected) -> State:
+def _apply_rejected(
+    state: State, event: PodRejected, working: MachineBuilder | None = None
+) -> State:
     counters = Counters(
         pinning_requests=state.counters.pinning_requests + event.pinning_requests,
         pinning_errors=state.counters.pinning_errors + event.pinning_errors,
@@ -770,7 +822,7 @@ def _apply_rejected(state: State, event: PodRejected) -> State:
     )
     rejections = dict(state.rejections)
     rejections[rejection_key(event.uid, event.source)] = rejection
-    state = _without_deferral(_drop_pod(state, event.uid), event.uid)
+    state = _without_deferral(_drop_pod(state, event.uid, working=working), event.uid)
     return _evolve(state, rejections=rejections, counters=counters)
 
 
