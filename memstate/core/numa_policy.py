@@ -269,7 +269,16 @@ def preferred_default_hint(
         return None  # `calculate_hints` answers {}: no preference, a different merge
     needs = list(requests.items())
     allocatable_of = machine.allocatable
-    if any(all(allocatable_of(n, r) >= need for r, need in needs) for n in machine.node_ids):
+    # Plain loops, not `any(all(...))`: this runs at every pinned container's admission.
+    one_node_holds = False
+    for n in machine.node_ids:
+        for r, need in needs:
+            if allocatable_of(n, r) < need:
+                break
+        else:
+            one_node_holds = True
+            break
+    if one_node_holds:
         # One node could hold it: the preferred masks are single nodes, and ascending ids are
         # ascending mask values, so the first feasible node is the answer.
         free_of = machine.free
@@ -576,7 +585,6 @@ def admit(
         return Admission(None, None, 0, 0)
     scratch = machine.scratch() if isinstance(machine, MachineBuilder) else MachineBuilder(machine)
     allocator = _PodAllocator(machine=scratch, pod=pod)
-    node_ids = topology.node_ids
     distances = node_distances(topology, config)
     policy = config.topology_manager_policy
     requests = 0
@@ -600,7 +608,7 @@ def admit(
         )
         pod_hint, ok = merge_hints(
             policy,
-            node_ids,
+            topology.node_ids,
             [mm_answer, *_provider_answers(provider_hints, None)],
             distances=distances,
         )
@@ -632,7 +640,10 @@ def admit(
                     if container_requests is not None
                     else None
                 )
-                hint, ok = merge_hints(policy, node_ids, [mm_answer, *others], distances=distances)
+                # The node ids only here: a tuple built per call, and the fast path needs none.
+                hint, ok = merge_hints(
+                    policy, topology.node_ids, [mm_answer, *others], distances=distances
+                )
                 if not ok:
                     return topology_error(hint, f"pod {pod.key} container {container.name}")
         if not pinned:
