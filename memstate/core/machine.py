@@ -13,7 +13,8 @@ surviving blocks (root cause of k/k#113130). With exact takes the machine state 
 of (topology, config, surviving allocations), whatever the history.
 
 `MachineBuilder` is the one mutable thing in the core: a scratch copy used inside a single
-`decide` or `apply` call and frozen before it is returned.
+`decide` or `apply` call and frozen before it is returned, or the working node map of a walk
+that owns its state (`reducer.Folder`, `reducer.WorkingState`), frozen where a state is observed.
 """
 
 from __future__ import annotations
@@ -138,6 +139,18 @@ class MachineBuilder:
         self._reserved: dict[tuple[int, str], int] = {}
         self._assignments: dict[int, int] = {}
         self._cells: dict[int, Mask] = {}
+
+    def scratch(self) -> MachineBuilder:
+        """A builder reading this one's current values whose updates leave this one untouched:
+        a decision's scratch copy of a walk's working machine. The overrides are at most one
+        per (node, resource), so the copy costs the size of the node map, not of the history."""
+        copy = MachineBuilder.__new__(MachineBuilder)
+        copy._ids = self._ids
+        copy._base = self._base  # never updated in place: shared
+        copy._reserved = dict(self._reserved)
+        copy._assignments = dict(self._assignments)
+        copy._cells = dict(self._cells)
+        return copy
 
     # --- queries --------------------------------------------------------------------------------
 

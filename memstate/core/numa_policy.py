@@ -269,7 +269,16 @@ def preferred_default_hint(
         return None  # `calculate_hints` answers {}: no preference, a different merge
     needs = list(requests.items())
     allocatable_of = machine.allocatable
-    if any(all(allocatable_of(n, r) >= need for r, need in needs) for n in machine.node_ids):
+    # Plain loops, not `any(all(...))`: this runs at every pinned container's admission.
+    one_node_holds = False
+    for n in machine.node_ids:
+        for r, need in needs:
+            if allocatable_of(n, r) < need:
+                break
+        else:
+            one_node_holds = True
+            break
+    if one_node_holds:
         # One node could hold it: the preferred masks are single nodes, and ascending ids are
         # ascending mask values, so the first feasible node is the answer.
         free_of = machine.free
@@ -561,20 +570,21 @@ def pins(pod: Pod, config: NodeConfig) -> bool:
 
 
 def admit(
-    machine: Machine,
+    machine: Machine | MachineBuilder,
     topology: Topology,
     config: NodeConfig,
     pod: Pod,
     provider_hints: Sequence[ProviderHints] = (),
 ) -> Admission:
-    """Run a pod through the Topology Manager and the Memory Manager. Pure."""
+    """Run a pod through the Topology Manager and the Memory Manager. Pure: a `MachineBuilder`
+    (a walk's working machine) is read through a scratch copy and left untouched."""
     pinned = pins(pod, config)
     if not pinned and not provider_hints:
         # Nothing to pin and no other provider: every merge would be of the single "no
         # preference" answer, which every policy admits, and the hint would be thrown away.
         return Admission(None, None, 0, 0)
-    allocator = _PodAllocator(machine=MachineBuilder(machine), pod=pod)
-    node_ids = topology.node_ids
+    scratch = machine.scratch() if isinstance(machine, MachineBuilder) else MachineBuilder(machine)
+    allocator = _PodAllocator(machine=scratch, pod=pod)
     distances = node_distances(topology, config)
     policy = config.topology_manager_policy
     requests = 0
@@ -598,7 +608,7 @@ def admit(
         )
         pod_hint, ok = merge_hints(
             policy,
-            node_ids,
+            topology.node_ids,
             [mm_answer, *_provider_answers(provider_hints, None)],
             distances=distances,
         )
@@ -630,7 +640,10 @@ def admit(
                     if container_requests is not None
                     else None
                 )
-                hint, ok = merge_hints(policy, node_ids, [mm_answer, *others], distances=distances)
+                # The node ids only here: a tuple built per call, and the fast path needs none.
+                hint, ok = merge_hints(
+                    policy, topology.node_ids, [mm_answer, *others], distances=distances
+                )
                 if not ok:
                     return topology_error(hint, f"pod {pod.key} container {container.name}")
         if not pinned:

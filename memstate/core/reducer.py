@@ -289,11 +289,17 @@ def _decide_readmission_completed(state: State) -> tuple[Event, ...]:
 
 
 def _fresh_admission(
-    state: State, pod: Pod, source: str, provider_hints: tuple[ProviderHints, ...]
+    state: State,
+    pod: Pod,
+    source: str,
+    provider_hints: tuple[ProviderHints, ...],
+    working: MachineBuilder | None = None,
 ) -> tuple[Event, ...]:
-    """Run the pod through the Topology Manager and Memory Manager against `state`."""
+    """Run the pod through the Topology Manager and Memory Manager against `state` (its node
+    map is `working` when given: a `WorkingState`'s, read only)."""
     topology, config = _in_force(state)
-    admission = admit(state.machine, topology, config, pod, provider_hints)
+    machine = state.machine if working is None else working
+    admission = admit(machine, topology, config, pod, provider_hints)
     if admission.rejection is not None:
         return (
             PodRejected(
@@ -518,6 +524,124 @@ def owned_copy(state: State) -> State:
     return owned
 
 
+class WorkingState:
+    """One state a walk owns and updates in place, whose intermediate states nobody holds
+    (`memstate replay`): `apply_owned`'s pods map, and the node map kept as one
+    `MachineBuilder` across the walk instead of a frozen `Machine` rebuilt at every pinned
+    admission and removal (and wrapped in a new builder at every decision). `state()` freezes
+    the node map into the state only where a state is observed (a checkpoint, a divergence,
+    the end). The same decisions and states as `decide` and `apply`.
+
+    Fresh admissions, admissions, removals, rejections and init completions read or move the
+    working node map; the events whose handlers never look at the node map
+    (`_DECIDED_WITHOUT_MACHINE`, `_APPLIED_WITHOUT_MACHINE`, readmissions, removal requests)
+    take `state.machine` along as it is; any other event (a reconfiguration, the end of
+    readmission, a replaced spec) is decided and applied on `state()`, and the node map starts
+    again from the result's. The state given to the constructor is never
+    modified (`owned_copy`). After an `InvariantViolation` the working state is unusable (it
+    may hold half an event); the caller stops there anyway.
+    """
+
+    def __init__(self, state: State) -> None:
+        self._state = owned_copy(state)
+        self._machine = MachineBuilder(self._state.machine)
+        self._ahead = False  # the working node map holds moves `_state.machine` lacks
+
+    def state(self) -> State:
+        """The state after every event applied so far. It shares the working pods map: read
+        it (hash it, compare it) before the next `apply`, or copy it with `owned_copy`."""
+        if self._ahead:
+            machine = self._machine.freeze()
+            self._state = _evolve(self._state, machine=machine)
+            self._machine = MachineBuilder(machine)
+            self._ahead = False
+        return self._state
+
+    def decide(self, event: Event) -> tuple[Event, ...]:
+        """`decide(self.state(), event)`, without freezing the node map for the frequent
+        inputs."""
+        kind = type(event)
+        state = self._state
+        if kind is PodAdmissionRequested:
+            request = cast(PodAdmissionRequested, event)
+            pod = request.pod
+            uid = pod.uid
+            # `_decide_admission`'s way to a fresh admission: a ready node, an unknown UID, no
+            # readmission of a deferred pod.
+            if state.topology is not None and state.config is not None:
+                existing = state.pods.get(uid)
+                if state.readmission_open and (
+                    (existing is not None and existing.status == "awaiting_readmission")
+                    or uid in state.deferred
+                ):
+                    return _decide_readmission(state, request)  # reads no node map
+                if existing is None:
+                    return _fresh_admission(
+                        state, pod, request.source, request.provider_hints, self._machine
+                    )
+        elif kind is PodRemovalRequested:
+            return _decide_removal(state, cast(PodRemovalRequested, event).uid)
+        elif kind in _DECIDED_WITHOUT_MACHINE:
+            return decide(state, event)
+        return decide(self.state(), event)
+
+    def apply(self, event: Event) -> None:
+        """`apply` of `event` to the working state, in place."""
+        kind = type(event)
+        if kind in _NO_STATE_EFFECT:
+            return
+        if kind is PodAdmitted:
+            self._state = _apply_admitted(
+                self._state, cast(PodAdmitted, event), owned=True, working=self._machine
+            )
+            self._ahead = True
+        elif kind is PodRemoved:
+            self._state = _apply_removed(
+                self._state, cast(PodRemoved, event), owned=True, working=self._machine
+            )
+            self._ahead = True
+        elif kind is PodRemovalRequested:
+            self._state = _apply_removal_requested(self._state, cast(PodRemovalRequested, event))
+        elif kind is PodRejected:
+            self._state = _apply_rejected(self._state, cast(PodRejected, event), self._machine)
+            self._ahead = True
+        elif kind is PodInitCompleted:
+            self._state = _apply_init_completed(
+                self._state, cast(PodInitCompleted, event), self._machine
+            )
+            self._ahead = True
+        elif kind in _APPLIED_WITHOUT_MACHINE:
+            self._state = apply(self._state, event)  # keeps `machine` as it is
+        else:
+            self._state = apply_owned(self.state(), event)
+            self._machine = MachineBuilder(self._state.machine)
+
+
+# Inputs whose `decide` reads no node map (nor `apply`s anything): a `WorkingState` decides them
+# without freezing its node map first.
+_DECIDED_WITHOUT_MACHINE = frozenset(
+    {
+        ManifestInvalid,
+        DaemonStarted,
+        DaemonRestarted,
+        ConfigRejected,
+        PodInitCompleted,
+        LogTailTruncated,
+        CgroupDriftCorrected,
+        CgroupWriteFailed,
+        CgroupOrphanFound,
+        PodCgroupRemoved,
+        ShadowDisagreement,
+    }
+)
+
+# Events whose `apply` neither reads nor replaces the node map (it carries `state.machine` over
+# as it is): a `WorkingState` applies them without freezing.
+_APPLIED_WITHOUT_MACHINE = frozenset(
+    {ReadmissionDeferred, TopologyObserved, ConfigLoaded, DaemonRestarted, ReadmissionCompleted}
+)
+
+
 def apply_all(state: State, events: Iterable[Event]) -> State:
     """Fold a sequence of events (recorded decisions are applied verbatim)."""
     for event in events:
@@ -587,21 +711,33 @@ def _without_rejections(state: State, keys: Iterable[str]) -> State:
     return _evolve(state, rejections=rejections)
 
 
-def _apply_init_completed(state: State, event: PodInitCompleted) -> State:
+def _apply_init_completed(
+    state: State, event: PodInitCompleted, working: MachineBuilder | None = None
+) -> State:
+    # `working` as in `_apply_admitted`: released there, `state.machine` kept as it is.
     record = state.pods.get(event.uid)
     if record is None or record.init_completed:
         return state
     machine = state.machine
     allocation = record.allocation
     if allocation is not None:
-        machine, allocation = release_init_containers(machine, record.pod, allocation)
+        if working is not None:
+            freed, dropped, allocation = init_containers_done(record.pod, allocation)
+            working.release(freed)
+            working.unassign(dropped)
+        else:
+            machine, allocation = release_init_containers(machine, record.pod, allocation)
     updated = msgspec.structs.replace(record, allocation=allocation, init_completed=True)
     after = msgspec.structs.replace(state, machine=machine, pods=_with_pod(state, updated))
     carry_request_totals(state, after, record, updated)
     return after
 
 
-def _apply_admitted(state: State, event: PodAdmitted, owned: bool = False) -> State:
+def _apply_admitted(
+    state: State, event: PodAdmitted, owned: bool = False, working: MachineBuilder | None = None
+) -> State:
+    # `working`: the caller's working node map (`WorkingState`), updated in place instead of
+    # `state.machine`, which the result then keeps as it is.
     uid = event.uid
     existing = state.pods.get(uid)
     if event.restored:
@@ -614,10 +750,21 @@ def _apply_admitted(state: State, event: PodAdmitted, owned: bool = False) -> St
         machine = state.machine
     else:
         machine = state.machine
-        if existing is not None and existing.allocation is not None:
-            machine = release(machine, existing.allocation)
-        if event.allocation is not None:
-            machine = reserve(machine, event.allocation)
+        if working is not None:
+            # `Folder._admitted`'s moves, container by container (the blocks in `blocks` order).
+            if existing is not None and existing.allocation is not None:
+                working.release(existing.allocation.takes)
+                for container in existing.allocation.containers:
+                    working.unassign(container.blocks)
+            if event.allocation is not None:
+                working.reserve(event.allocation.takes)
+                for container in event.allocation.containers:
+                    working.assign(container.blocks)
+        else:
+            if existing is not None and existing.allocation is not None:
+                machine = release(machine, existing.allocation)
+            if event.allocation is not None:
+                machine = reserve(machine, event.allocation)
         record = PodRecord(
             pod=event.pod,
             spec_hash=event.spec_hash,
@@ -670,30 +817,43 @@ def rejection_of(event: PodRejected) -> Rejection:
     )
 
 
-def _apply_rejected(state: State, event: PodRejected) -> State:
+def _apply_rejected(
+    state: State, event: PodRejected, working: MachineBuilder | None = None
+) -> State:
     counters = Counters(
         pinning_requests=state.counters.pinning_requests + event.pinning_requests,
         pinning_errors=state.counters.pinning_errors + event.pinning_errors,
     )
     rejections = dict(state.rejections)
     rejections[rejection_key(event.uid, event.source)] = rejection_of(event)
-    state = _without_deferral(_drop_pod(state, event.uid), event.uid)
+    state = _without_deferral(_drop_pod(state, event.uid, working=working), event.uid)
     return _evolve(state, rejections=rejections, counters=counters)
 
 
-def _apply_removed(state: State, event: PodRemoved, owned: bool = False) -> State:
+def _apply_removed(
+    state: State, event: PodRemoved, owned: bool = False, working: MachineBuilder | None = None
+) -> State:
     if event.uid not in state.pods and event.uid not in state.deferred:
         raise InvariantViolation(f"pod_removed for unknown pod {event.uid}")
-    return _without_deferral(_drop_pod(state, event.uid, owned), event.uid)
+    return _without_deferral(_drop_pod(state, event.uid, owned, working), event.uid)
 
 
-def _drop_pod(state: State, uid: str, owned: bool = False) -> State:
+def _drop_pod(
+    state: State, uid: str, owned: bool = False, working: MachineBuilder | None = None
+) -> State:
+    # `working` as in `_apply_admitted`: released there, `state.machine` kept as it is.
     record = state.pods.get(uid)
     if record is None:
         return state
     machine = state.machine
-    if record.allocation is not None:
-        machine = release(machine, record.allocation)
+    allocation = record.allocation
+    if allocation is not None:
+        if working is not None:
+            working.release(allocation.takes)
+            for container in allocation.containers:
+                working.unassign(container.blocks)
+        else:
+            machine = release(machine, allocation)
     if owned:
         pods = state.pods
     else:

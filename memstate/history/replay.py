@@ -24,7 +24,7 @@ compared with the hash of the replayed state at its seq (a divergence of its own
 folded the same decisions into a different state, or the checkpoint came from another build);
 the chain CRC at that seq must match the checkpoint's first, or the checkpoint describes another
 log and is only reported. Unless a caller asks to see every transition (`on_transition`), it
-walks one working state updated in place (`reducer.apply_owned`), comparing each transaction
+walks one working state updated in place (`reducer.WorkingState`), comparing each transaction
 before applying it. `--to-seq` / `--at` stop early; a pruned log starts from its oldest
 usable checkpoint.
 
@@ -54,7 +54,7 @@ from memstate.core.errors import (
     SchemaError,
 )
 from memstate.core.events import DaemonStarted, Envelope, Event
-from memstate.core.reducer import apply, apply_all, apply_owned, decide, owned_copy
+from memstate.core.reducer import WorkingState, apply, apply_all, decide
 from memstate.core.scenario import iter_scenario
 from memstate.core.state import REDUCER_VERSION, State, encode_state, state_hash
 from memstate.history.statediff import Change, diff_states
@@ -658,12 +658,13 @@ class _Replayer:
         stops: Callable[[Envelope], bool] | None,
         on_progress: OnProgress | None,
     ) -> None:
-        """`transitions` in compare mode on one working state: each transaction is compared
+        """`transitions` in compare mode on one working state (`reducer.WorkingState`, its node
+        map frozen only at a checkpoint, a divergence and the end): each transaction is compared
         before anything is applied, so at a divergence or a stop the working state is still the
         state before it, and nothing else ever holds it."""
         report = self.report
         pending = self.pending
-        current = owned_copy(start)
+        working = WorkingState(start)
         # The report's counters are kept in locals and written back when the walk ends.
         records = transactions = 0
         first_seq = last_seq = state_seq = report.state_seq
@@ -673,7 +674,7 @@ class _Replayer:
                 if stops is not None and stops(envelope):
                     break
                 event = envelope.event
-                derived = decide(current, event) if event.role == "input" else ()
+                derived = working.decide(event) if event.role == "input" else ()
                 applied = derived if recorded is None else tuple([e.event for e in recorded])
                 last_seq = recorded[-1].seq if recorded else envelope.seq
                 if not transactions:
@@ -684,18 +685,20 @@ class _Replayer:
                 if type(event) is DaemonStarted:
                     self.started = event
                 if recorded is not None and applied != derived:
-                    self.diverged(_transition(envelope, recorded, derived, current, "compare"))
+                    self.diverged(
+                        _transition(envelope, recorded, derived, working.state(), "compare")
+                    )
                     return
-                after = apply_owned(current, event)
+                working.apply(event)
                 for decision in applied:
-                    after = apply_owned(after, decision)
-                current, state_seq = after, last_seq
+                    working.apply(decision)
+                state_seq = last_seq
                 if on_progress is not None:
                     on_progress(envelope, last_seq, applied)
                 if (
                     pending
                     and pending[0].seq <= last_seq
-                    and not self.settled(envelope, last_seq, current, applied)
+                    and not self.settled(envelope, last_seq, working.state(), applied)
                 ):
                     return
         finally:
@@ -704,7 +707,8 @@ class _Replayer:
                 report.records += records
                 report.transitions += transactions
                 report.last_seq, report.last_ts_ns = last_seq, last_ts_ns
-            report.state, report.state_seq = current, state_seq  # before any divergent one
+            # Before any divergent transaction (`diverged` set the same state).
+            report.state, report.state_seq = working.state(), state_seq
 
 
 def _verify_checkpoint(

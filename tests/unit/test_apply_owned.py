@@ -1,10 +1,11 @@
 """Applying in place to an owned state gives `apply`'s states, and leaves the start untouched.
 
 Goal: `reducer.apply_owned` (replay's working state: the pods map updated in place and handed
-on) is indistinguishable from `apply`, including the predicate's sums carried with the state,
-and `owned_copy` never lets it write into a state someone else holds. Method: walk the replay/
-corpus and a realistic log written by the real reducer (benchmarks/realistic_log.py), apply
-every event both ways, and compare the states (equality and canonical bytes) after every
+on) and `reducer.WorkingState` (that, plus one node map kept mutable across the walk) are
+indistinguishable from `decide` and `apply`, including the predicate's sums carried with the
+state, and `owned_copy` never lets them write into a state someone else holds. Method: walk the
+replay/ corpus and a realistic log written by the real reducer (benchmarks/realistic_log.py),
+apply every event both ways, and compare the states (equality and canonical bytes) after every
 transaction; `replay_log` with and without an observer of transitions gives the same report.
 """
 
@@ -17,7 +18,7 @@ import pytest
 from benchmarks.realistic_log import build
 from memstate.core.events import Envelope
 from memstate.core.predicate import _requests_of, pod_request_totals
-from memstate.core.reducer import apply_owned, owned_copy
+from memstate.core.reducer import WorkingState, apply_owned, owned_copy
 from memstate.core.scenario import read_scenario
 from memstate.core.state import State, encode_state
 from memstate.history.replay import Transition, open_source, replay_log, transitions
@@ -55,10 +56,45 @@ def check_owned_matches_apply(envelopes: list[Envelope]) -> int:
     return count
 
 
+def check_working_matches(envelopes: list[Envelope], every: int) -> int:
+    """Decide every input and apply every transaction on a `WorkingState`, comparing the
+    decisions with `decide`'s on the state before at every transaction and the state with
+    `apply`'s at every `every`-th one (observing freezes the node map, so most transactions
+    run on a node map moved many times since); returns the transitions checked."""
+    start = State()
+    start_bytes = encode_state(start)
+    working = WorkingState(start)
+    count = 0
+    for transition in transitions(envelopes):
+        event = transition.record.event
+        if event.role == "input":
+            assert working.decide(event) == transition.derived, f"seq {transition.record.seq}"
+        working.apply(event)
+        for decision in transition.decisions:
+            working.apply(decision)
+        count += 1
+        if count % every == 0:
+            state = working.state()
+            assert state == transition.after, f"seq {transition.record.seq}"
+            assert encode_state(state) == encode_state(transition.after)
+            carried = {r: v for r, v in pod_request_totals(state).items() if v}
+            assert carried == walked_sums(state), f"seq {transition.record.seq}"
+    assert encode_state(working.state()) == encode_state(transition.after)
+    assert encode_state(start) == start_bytes, "WorkingState let the start state change"
+    return count
+
+
 @pytest.mark.parametrize("scenario", sorted(CORPUS.glob("*.jsonl")), ids=lambda p: p.stem)
 def test_owned_matches_apply_on_the_corpus(scenario: Path) -> None:
     envelopes = read_scenario(scenario.read_text(), source=str(scenario))
     assert check_owned_matches_apply(envelopes) > 0
+
+
+@pytest.mark.parametrize("scenario", sorted(CORPUS.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_working_state_matches_on_the_corpus(scenario: Path) -> None:
+    envelopes = read_scenario(scenario.read_text(), source=str(scenario))
+    assert check_working_matches(envelopes, every=1) > 0
+    assert check_working_matches(envelopes, every=5) > 0
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +117,12 @@ def test_owned_matches_apply_on_a_realistic_log(realistic_log: Path) -> None:
     kinds = {e.event.kind for e in envelopes}
     assert {"pod_admitted", "pod_removed", "pod_rejected", "daemon_restarted"} <= kinds
     assert check_owned_matches_apply(envelopes) > 0
+
+
+@pytest.mark.parametrize("every", [1, 37])
+def test_working_state_matches_on_a_realistic_log(realistic_log: Path, every: int) -> None:
+    envelopes = list(LogReader(realistic_log).read())
+    assert check_working_matches(envelopes, every) > 100
 
 
 def test_replay_with_and_without_an_observer_reports_the_same(realistic_log: Path) -> None:
