@@ -251,12 +251,16 @@ class MachineBuilder:
         """Count blocks on every node of their mask and join the nodes into the mask's group."""
         for block in blocks:
             for node_id in block.numa_affinity:
+                if node_id not in self._base:  # a recorded block from a corrupt or foreign log
+                    raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
                 self._assignments[node_id] = self.assignments(node_id) + 1
                 self._cells[node_id] = block.numa_affinity
 
     def unassign(self, blocks: Iterable[Block]) -> None:
         for block in blocks:
             for node_id in block.numa_affinity:
+                if node_id not in self._base:
+                    raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
                 count = self.assignments(node_id) - 1
                 self._assignments[node_id] = count
                 if count < 0:

@@ -96,3 +96,15 @@ def test_moves_equal_the_builder(pods: list, data: st.DataObject) -> None:  # ty
 def test_moves_check_what_the_builder_checks(move: object, message: str) -> None:
     with pytest.raises(InvariantViolation, match=message):
         move()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_block_on_a_node_the_machine_lacks_is_an_invariant_violation(sign: int) -> None:
+    # A recorded block naming NUMA node 7 on a 4-node machine (a corrupt or foreign log whose
+    # checksums hold): the typed error with the node, never a bare KeyError, on both paths.
+    blocks = [Block(numa_affinity=(7,), type="memory", size=0)]
+    with pytest.raises(InvariantViolation, match="NUMA node 7"):
+        _built(MACHINE, [], blocks, sign)
+    moved = add_allocation if sign > 0 else remove_allocation
+    with pytest.raises(InvariantViolation, match="NUMA node 7"):
+        moved(MACHINE, [], blocks)
