@@ -25,7 +25,8 @@ from memstate.host.cgroupfs import CgroupFS
 from memstate.node.sdnotify import Notifier
 from memstate.node.sources.configure import NetworkSource
 from memstate.node.sources.observation import ObservedPod
-from memstate.node.writer import LogAppender, RunIO, in_worker_thread
+from memstate.node.worker_threads import in_worker_thread
+from memstate.node.writer import LogAppender, RunIO
 from memstate.store.recovery import Recovered
 
 logger = logging.getLogger("memstate.node.adapters")

@@ -45,19 +45,13 @@ _T = TypeVar("_T")
 
 
 class RunIO(Protocol):
-    """How blocking file I/O is run: `trio.to_thread.run_sync` in production (with a limiter
-    per resource), inline in the deterministic simulation."""
+    """How blocking file I/O is run: in a worker thread in production
+    (`memstate.node.worker_threads.in_worker_thread`, with a limiter per resource), inline in
+    the deterministic simulation."""
 
     def __call__(
         self, fn: Callable[[], _T], *, limiter: trio.CapacityLimiter | None = None
     ) -> Awaitable[_T]: ...
-
-
-async def in_worker_thread(
-    fn: Callable[[], _T], *, limiter: trio.CapacityLimiter | None = None
-) -> _T:
-    """The production `RunIO`: the blocking call in a worker thread."""
-    return await trio.to_thread.run_sync(fn, limiter=limiter)
 
 
 class LogAppender(Protocol):
