@@ -378,7 +378,7 @@ def assemble_node_targets(
     parts = [pod_part(pod, targets) for pod, targets in ordered]
     by_order = sorted(parts, key=lambda part: part.order)
     return assemble_from_parts(
-        parts,
+        [part.targets for part in parts],
         [part.order for part in by_order],
         [part.cgroup for part in by_order],
         config,
@@ -390,7 +390,7 @@ def assemble_node_targets(
 
 
 def assemble_from_parts(
-    parts: Sequence[PodPart],
+    pods: Sequence[PodTargets],
     orders: Sequence[tuple[int, str]],
     cgroups: Sequence[CgroupTarget],
     config: NodeConfig,
@@ -400,12 +400,13 @@ def assemble_from_parts(
     burstable_bytes: int,
     throttled: int,
 ) -> NodeTargets:
-    """The node's targets from its pods' parts: `parts` by pod UID, the pod cgroups sorted by
-    their `order` (given as two parallel lists), the Guaranteed and Burstable request sums and
-    the count of containers with a memory.high. Linear only in C-level copies, so the daemon's
-    tracker, which keeps all of these up to date pod by pod, pays O(changed pods) per commit."""
+    """The node's targets from its pods' parts (`pod_part`): the pods' targets by UID, the pod
+    cgroups sorted by their `order` (given as two parallel lists), the Guaranteed and Burstable
+    request sums and the count of containers with a memory.high. Linear only in C-level copies,
+    so the daemon's tracker, which keeps all of these up to date pod by pod, pays O(changed
+    pods) per commit."""
     g_sum, b_sum = guaranteed_bytes, burstable_bytes
-    pod_results = tuple(part.targets for part in parts)
+    pod_results = tuple(pods)
     is_tiered = tiered(config)
     alloc_bytes = allocatable_bytes(config, topology)
     node_max_bytes = (

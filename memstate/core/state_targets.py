@@ -6,9 +6,14 @@ reusing what it already has: for each pod the targets recorded in the decisions 
 (the daemon passes each commit's decisions), else those it computed for an earlier state; only a
 pod whose spec or allocation changed since (an init container finished, a new spec under an old
 UID), or every pod after the config or topology changed, is computed again. The tracker keeps
-each pod's part of the node's targets, the sorted pod cgroups and the QoS-level sums between
-states and updates them for the pods whose records changed, so assembling the node's targets
-(`memstate.core.qos.assemble_from_parts`) does not walk every pod in Python.
+each pod's part of the node's targets, the pods' targets by UID, the sorted pod cgroups and the
+QoS-level sums between states and updates them for the pods whose records changed, so assembling
+the node's targets (`memstate.core.qos.assemble_from_parts`) does not walk every pod in Python.
+Which pods changed comes from the events applied since the previous state (`pods_changed_by`:
+the daemon's writer passes each commit's events), so a commit does not compare every pod's
+record either; without them, or after an event that may change any pod (a restart, a
+reconfiguration), every record is compared by identity (a C-speed pass is not available there:
+that is the one Python-level pass left, and only on those events).
 
 `state_targets(state)` is the same for a single state (views, `memstate plan`/`diff`): one
 computation per pod. Pure: no I/O, deterministic (pods by UID).
@@ -21,7 +26,31 @@ from collections.abc import Iterable
 
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
-from memstate.core.events import Event, NodeReconfigured, PodAdmitted
+from memstate.core.events import (
+    CgroupDriftCorrected,
+    CgroupOrphanFound,
+    CgroupWriteFailed,
+    ConfigLoaded,
+    ConfigRejected,
+    DaemonStarted,
+    Event,
+    KubeletStateImported,
+    LogTailTruncated,
+    ManifestInvalid,
+    NodeReconfigurationDeferred,
+    NodeReconfigured,
+    PodAdmissionRequested,
+    PodAdmitted,
+    PodCgroupRemoved,
+    PodInitCompleted,
+    PodRejected,
+    PodRemovalRequested,
+    PodRemoved,
+    ReadmissionCompleted,
+    ReadmissionDeferred,
+    ShadowDisagreement,
+    TopologyObserved,
+)
 from memstate.core.numa_policy import PodAllocation
 from memstate.core.pod import BURSTABLE, GUARANTEED
 from memstate.core.qos import PodPart, assemble_from_parts, pod_part, pod_targets
@@ -32,17 +61,67 @@ from memstate.core.topology import Topology
 # What a pod's targets depend on besides the config and topology: its spec and its allocation.
 _PodKey = tuple[str, PodAllocation | None]
 
+# Events whose application changes at most the record of the pod named by their `uid`.
+_ONE_POD: frozenset[type[Event]] = frozenset(
+    {
+        PodAdmitted,
+        PodRemoved,
+        PodRejected,
+        PodRemovalRequested,
+        PodInitCompleted,
+        ReadmissionDeferred,
+    }
+)
+# Events whose application changes no pod record (the reducer's notes and inputs without
+# effect, the deferral and window bookkeeping, and what changes only the observed topology or
+# config: a config or topology in force changes with `node_reconfigured`, which may change any).
+_NO_POD: frozenset[type[Event]] = frozenset(
+    {
+        PodAdmissionRequested,
+        DaemonStarted,
+        ConfigRejected,
+        ConfigLoaded,
+        TopologyObserved,
+        ManifestInvalid,
+        NodeReconfigurationDeferred,
+        LogTailTruncated,
+        CgroupDriftCorrected,
+        CgroupWriteFailed,
+        CgroupOrphanFound,
+        PodCgroupRemoved,
+        ShadowDisagreement,
+        KubeletStateImported,
+        ReadmissionCompleted,
+    }
+)
+
+
+def pods_changed_by(events: Iterable[Event]) -> set[str] | None:
+    """The UIDs of the pods whose records applying `events` may change, or None when one of
+    them may change any pod (`daemon_restarted`, `node_reconfigured`, a kind not listed here):
+    what `TargetsTracker.update` takes as `changed`."""
+    uids: set[str] = set()
+    for event in events:
+        kind = type(event)
+        if kind in _ONE_POD:
+            uids.add(event.uid)  # type: ignore[attr-defined]
+        elif kind not in _NO_POD:
+            return None
+    return uids
+
 
 class TargetsTracker:
     """Builds `NodeTargets` for successive states, computing each pod's targets at most once.
 
     Between commits it keeps every pod's part of the node's targets (`memstate.core.qos.PodPart`),
-    the pod cgroups in their sorted order and the QoS-level sums, and updates them for the pods
-    that changed only (found by identity: the reducer keeps an unchanged pod's record), so a
-    commit costs O(changed pods) plus C-level copies, not a walk over every pod.
+    the pods' targets in UID order, the pod cgroups in their sorted order and the QoS-level sums,
+    and updates them for the pods that changed only (named by `changed`, else found by identity:
+    the reducer keeps an unchanged pod's record), so a commit costs O(changed pods) plus C-level
+    copies, not a walk over every pod. When no pod's part and neither the config nor the
+    topology changed, `update` returns the very `NodeTargets` it returned before.
 
     `computed` counts the calls to `pod_targets` (a test holds one admission to none: its
-    targets come from the decision).
+    targets come from the decision); `compared_all` the updates that compared every pod's record.
     """
 
     def __init__(self) -> None:
@@ -51,64 +130,76 @@ class TargetsTracker:
         self._records: dict[str, PodRecord] = {}  # the record each pod's part was made from
         self._parts: dict[str, PodPart] = {}
         self._uids: list[str] = []  # sorted
+        self._targets: list[PodTargets] = []  # parallel to _uids
         self._orders: list[tuple[int, str]] = []  # sorted; parallel to _cgroups
         self._cgroups: list[CgroupTarget] = []
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
+        self._last: NodeTargets | None = None  # what the previous update returned
+        self._dirty = False  # a part changed since `_last` was assembled
         self.computed = 0
+        self.compared_all = 0
 
-    def update(self, state: State, decisions: Iterable[Event] = ()) -> NodeTargets | None:
+    def update(
+        self,
+        state: State,
+        decisions: Iterable[Event] = (),
+        *,
+        changed: Iterable[str] | None = None,
+    ) -> NodeTargets | None:
         """The targets of `state` (None before a topology and config are in force).
 
         `decisions`: those applied since the previous call; the targets recorded in their
         `pod_admitted` are taken as they are when the pod still has that spec and allocation and
-        the config and topology did not change in between."""
+        the config and topology did not change in between. `changed`: the UIDs of every pod whose
+        record may differ from the previous call's state (`pods_changed_by` of the events
+        applied since); None compares every pod's record."""
         if state.topology is None or state.config is None:
             self._context = None
             self._forget_all()
             return None
         context = (state.config, state.topology)
         recorded: dict[str, PodAdmitted] = {}
+        pods = state.pods
+        known = self._records
         if self._context != context:
             # New naming, sizes or policy: every pod's targets change (and a decision in this
             # batch may predate the change).
             self._forget_all()
             self._context = context
+            changed = None
         else:
             for decision in decisions:
                 if isinstance(decision, NodeReconfigured):
                     recorded.clear()
                 elif isinstance(decision, PodAdmitted) and decision.targets is not None:
                     recorded[decision.uid] = decision
-        known = self._records
-        changed = [uid for uid, record in state.pods.items() if known.get(uid) is not record]
-        still_known = len(state.pods) - len(changed) + sum(1 for uid in changed if uid in known)
-        if len(known) != still_known:  # some pods are gone
-            for uid in [u for u in known if u not in state.pods]:
+        if changed is None:
+            candidates = self._compare_all(state)
+        else:
+            candidates = [uid for uid in changed if known.get(uid) is not pods.get(uid)]
+        for uid in candidates:
+            record = pods.get(uid)
+            if record is None:
                 self._drop(uid)
-                del self._pods[uid]
-        for uid in changed:
-            record = state.pods[uid]
-            key = (record.spec_hash, record.allocation)
-            cached = self._pods.get(uid)
-            if cached is not None and cached[0] == key:
-                targets = cached[1]
+                self._pods.pop(uid, None)
             else:
-                admitted = recorded.get(uid)
-                if (
-                    admitted is not None
-                    and admitted.targets is not None
-                    and (admitted.spec_hash, admitted.allocation) == key
-                ):
-                    targets = admitted.targets
+                self._replace(uid, record, self._targets_of(uid, record, recorded, context))
+        if len(known) != len(pods):
+            # `changed` missed a pod (an event kind `pods_changed_by` does not know the effect
+            # of): compare every record, as without it.
+            for uid in self._compare_all(state):
+                record = pods.get(uid)
+                if record is None:
+                    self._drop(uid)
+                    self._pods.pop(uid, None)
                 else:
-                    targets = pod_targets(record.pod, record.allocation, *context)
-                    self.computed += 1
-                self._pods[uid] = (key, targets)
-            self._drop(uid)
-            self._add(uid, record, pod_part(record.pod, targets))
-        return assemble_from_parts(
-            [self._parts[uid] for uid in self._uids],
+                    self._replace(uid, record, self._targets_of(uid, record, recorded, context))
+        if not self._dirty and self._last is not None:
+            return self._last
+        self._dirty = False
+        self._last = assemble_from_parts(
+            self._targets,
             self._orders,
             self._cgroups,
             state.config,
@@ -117,21 +208,77 @@ class TargetsTracker:
             burstable_bytes=self._sums[BURSTABLE],
             throttled=self._throttled,
         )
+        return self._last
+
+    def pod(self, uid: str) -> PodTargets | None:
+        """The targets of pod `uid` in the last `update`'s result (None: not there), by a
+        look-up (`NodeTargets.pod` walks the pods)."""
+        part = self._parts.get(uid)
+        return None if part is None else part.targets
+
+    def _compare_all(self, state: State) -> list[str]:
+        """The UIDs whose record is not the one the tracker's part was made from (new, changed
+        or gone): the one pass over every pod, when the changes are not named."""
+        self.compared_all += 1
+        known = self._records
+        pods = state.pods
+        found = [uid for uid, record in pods.items() if known.get(uid) is not record]
+        if len(known) != len(pods) - len(found) + sum(1 for uid in found if uid in known):
+            found.extend(uid for uid in known if uid not in pods)
+        return found
+
+    def _targets_of(
+        self,
+        uid: str,
+        record: PodRecord,
+        recorded: dict[str, PodAdmitted],
+        context: tuple[NodeConfig, Topology],
+    ) -> PodTargets:
+        key = (record.spec_hash, record.allocation)
+        cached = self._pods.get(uid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        admitted = recorded.get(uid)
+        if (
+            admitted is not None
+            and admitted.targets is not None
+            and (admitted.spec_hash, admitted.allocation) == key
+        ):
+            targets = admitted.targets
+        else:
+            targets = pod_targets(record.pod, record.allocation, *context)
+            self.computed += 1
+        self._pods[uid] = (key, targets)
+        return targets
 
     def _forget_all(self) -> None:
         self._pods.clear()
         self._records.clear()
         self._parts.clear()
         self._uids.clear()
+        self._targets.clear()
         self._orders.clear()
         self._cgroups.clear()
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
+        self._last = None
+        self._dirty = True
+
+    def _replace(self, uid: str, record: PodRecord, targets: PodTargets) -> None:
+        old = self._parts.get(uid)
+        if old is not None and old.targets is targets:
+            self._records[uid] = record  # same targets (e.g. only its status changed)
+            return
+        self._drop(uid)
+        self._add(uid, record, pod_part(record.pod, targets))
 
     def _add(self, uid: str, record: PodRecord, part: PodPart) -> None:
+        self._dirty = True
         self._records[uid] = record
         self._parts[uid] = part
-        bisect.insort(self._uids, uid)
+        at = bisect.bisect_left(self._uids, uid)
+        self._uids.insert(at, uid)
+        self._targets.insert(at, part.targets)
         index = bisect.bisect_right(self._orders, part.order)
         self._orders.insert(index, part.order)
         self._cgroups.insert(index, part.cgroup)
@@ -144,8 +291,11 @@ class TargetsTracker:
         part = self._parts.pop(uid, None)
         if part is None:
             return
+        self._dirty = True
         del self._records[uid]
-        del self._uids[bisect.bisect_left(self._uids, uid)]
+        at = bisect.bisect_left(self._uids, uid)
+        del self._uids[at]
+        del self._targets[at]
         index = bisect.bisect_left(self._orders, part.order)
         if self._orders[index] != part.order:
             raise InvariantViolation(f"pod {uid}: its cgroup is not where the tracker put it")

@@ -23,7 +23,7 @@ from memstate.core.events import Event, NodeReconfigured, PodAdmitted
 from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import State
-from memstate.core.state_targets import TargetsTracker
+from memstate.core.state_targets import TargetsTracker, pods_changed_by
 from memstate.core.targets import NodeTargets
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
@@ -166,12 +166,14 @@ class DaemonContext:
         """Have `events` decided and recorded (memstate.node.writer); returns once durable."""
         await self.writer.submit(events)
 
-    def _note_effects(self, decisions: Sequence[Event]) -> None:
+    def _note_effects(self, decisions: Sequence[Event], applied: Sequence[Event]) -> None:
         """Publish the new state and tell the reconciler what changed (the cgroups of retired
-        pods are in `self.removals`, which every round covers)."""
+        pods are in `self.removals`, which every round covers). `applied`: every event the
+        commit applied, which name the pods whose targets may have changed."""
         before = self.targets
-        self.targets = self._targets.update(self.state, decisions)
-        if self.targets != before:  # a new object each commit; equal when no pod's changed
+        self.targets = self._targets.update(self.state, decisions, changed=pods_changed_by(applied))
+        # The same object when no pod's part changed; a new one may still be equal.
+        if self.targets is not before and self.targets != before:
             # Not converged until a round over these targets ends (metrics, /readyz).
             self.targets_generation += 1
             self._converged = False
@@ -184,8 +186,9 @@ class DaemonContext:
                 and self._scope is not None
             ):
                 # The decision carries the pod's targets (else a look-up by UID).
-                admitted = decision.targets or self.targets.pod(decision.uid)
-                self._scope.add(admitted.cgroup)
+                admitted = decision.targets or self._targets.pod(decision.uid)
+                if admitted is not None:
+                    self._scope.add(admitted.cgroup)
         if full:
             self._scope = None
         self._publish()
@@ -287,10 +290,10 @@ class DaemonContext:
         deleted pod may be released. Asked by the tracker; reads one cgroup.events file."""
         if self.targets is None or self.reconciler is None:
             return True
-        try:
-            path = self.targets.pod(uid).cgroup
-        except KeyError:
+        pod = self._targets.pod(uid)
+        if pod is None:
             return True
+        path = pod.cgroup
         try:
             return not is_populated(self.reconciler.fs, path)  # type: ignore[attr-defined]
         except HostError as exc:
@@ -318,6 +321,8 @@ class DaemonContext:
                 ids.setdefault(uid, {}).update(known)
         self.reconciler.container_ids = ids  # type: ignore[attr-defined]
         if self.targets is not None and self._scope is not None:
-            held = {target.uid: target.cgroup for target in self.targets.pods}
-            self._scope.update(held[uid] for uid in pods if uid in held)
+            for uid in pods:
+                held = self._targets.pod(uid)  # a look-up, not a pass over every pod
+                if held is not None:
+                    self._scope.add(held.cgroup)
         self._reconcile_wake.set()

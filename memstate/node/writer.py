@@ -7,9 +7,10 @@ submissions, asks the reducer to `decide` on each input (against the state after
 ones), folds the retired-cgroup removals, appends the inputs with their decisions in one
 group-commit batch (one fsync, through the injected `run_io`, a worker thread in production),
 and only then applies them: the new state, removals and seq become visible together and
-`on_commit(decisions)` publishes them. The append and the state update form one shielded
-section, so a cancellation mid-fsync waits for it and the state in memory always matches the
-log's last record.
+`on_commit(decisions, applied)` publishes them (`applied`: every event of the batch, inputs,
+decisions and notes, in log order, so the subscriber can tell which pods changed). The append
+and the state update form one shielded section, so a cancellation mid-fsync waits for it and
+the state in memory always matches the log's last record.
 
 Nothing here reads a clock or a file directly: record timestamps come from `wall_clock_ns`,
 durations from trio's clock (`trio.current_time()`, a `MockClock` in the simulation), the log
@@ -88,7 +89,7 @@ class Writer:
         metrics: Metrics,
         wall_clock_ns: Callable[[], int],
         run_io: RunIO,
-        on_commit: Callable[[Sequence[Event]], None],
+        on_commit: Callable[[Sequence[Event], Sequence[Event]], None],
         checkpoint_every: Callable[[], int],
     ) -> None:
         self.metrics = metrics
@@ -195,7 +196,7 @@ class Writer:
             self.state = state
             self.removals = removals
             self.last_seq = envelopes[-1].seq
-            self.on_commit(decisions)
+            self.on_commit(decisions, [event for event, _ in records])
             log_committed(journal_logger, envelopes)
             self.events_since_checkpoint += len(envelopes)
             if self.events_since_checkpoint >= self.checkpoint_every():
