@@ -210,6 +210,11 @@ class TargetsTracker:
         )
         return self._last
 
+    @property
+    def throttled(self) -> int:
+        """How many containers in the last `update`'s result have a memory.high below "max"."""
+        return self._throttled
+
     def pod(self, uid: str) -> PodTargets | None:
         """The targets of pod `uid` in the last `update`'s result (None: not there), by a
         look-up (`NodeTargets.pod` walks the pods)."""

@@ -236,10 +236,8 @@ class DaemonContext:
         version = kernel_version(topology.kernel_release)
         if version is None or version >= MEMORY_HIGH_SAFE_KERNEL:
             return ""
-        in_use = any(
-            c.files.get("memory.high", "max") != "max" for p in targets.pods for c in p.containers
-        )
-        return topology.kernel_release if in_use else ""
+        # The tracker counts the containers with a memory.high (no walk over every pod).
+        return topology.kernel_release if self._targets.throttled else ""
 
     def _publish(self) -> None:
         old_kernel = self._old_kernel_with_memory_high()

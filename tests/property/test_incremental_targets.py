@@ -6,8 +6,9 @@ computation from scratch gives for the same state, over random histories of admi
 QoS class, init containers), re-admissions under an old UID with a new spec, removals, finished
 init containers, rejections, config changes (reconfiguring every pod), restarts with their
 readmission window, and notes, committed in batches of one to three events as the writer groups
-them. Its per-pod look-up agrees too, and a commit that changes no pod's targets publishes the
-very same object (what the daemon's generation check relies on).
+them. Its per-pod look-up and its count of throttled containers agree too, and a commit that
+changes no pod's targets publishes the very same object (what the daemon's generation check
+relies on).
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ def test_incremental_publication_equals_the_whole_recomputation(
             assert published is before  # no pod named, same config: the same object
         for uid in state.pods:
             assert tracker.pod(uid) == (expected.pod(uid) if expected is not None else None)
+        # The count behind the old-kernel memory.high warning (the daemon's, per commit).
+        assert tracker.throttled == sum(
+            1
+            for target in (expected.pods if expected is not None else ())
+            for c in target.containers
+            if c.files.get("memory.high", "max") != "max"
+        )
         assert tracker.pod("no-such-pod") is None
 
 
