@@ -15,7 +15,8 @@ the callers rely on and drops the rest:
 - its return value, or its exception (with traceback), is the caller's;
 - `limiter` (trio's default thread limiter when None) bounds how many run at once: one per
   resource serialises the log operations (`Writer.limiter`) and the reconcile rounds;
-- the function runs outside trio: no `trio.from_thread`, and not in the caller's contextvars.
+- the function runs outside trio: no `trio.from_thread`, and not in the caller's contextvars;
+  the call is not counted by `trio.testing.wait_all_threads_completed`.
 
 The threads are trio's own cache (`trio.lowlevel.start_thread_soon`, reused, daemonic); the
 result comes back through the run's `TrioToken`, the one thread-safe way into a trio run.
