@@ -157,3 +157,34 @@ def test_replay_with_and_without_an_observer_reports_the_same(realistic_log: Pat
     stopped = replay_log(open_source(realistic_log), to_seq=middle.last_seq)
     assert stopped.state_seq == middle.last_seq
     assert encode_state(stopped.state) == encode_state(middle.after)
+
+
+def test_working_state_decides_a_replaced_spec_on_its_own_node_map() -> None:
+    """A new spec under an admitted UID is removed and decided afresh against the working node
+    map, with the old pod's memory given back on a scratch copy: the same decisions as
+    `decide` on the frozen state (the new pod fits only once the old one is released), and the
+    working node map itself unchanged until the decisions are applied."""
+    from memstate.core.events import ConfigLoaded, PodAdmissionRequested, TopologyObserved
+    from memstate.core.reducer import apply, decide, step
+    from tests.factories import Gi, pod, static_config, topology
+
+    state = State()
+    for event in (
+        TopologyObserved(topology=topology(4 * Gi)),
+        ConfigLoaded(config=static_config([Gi])),
+    ):
+        state = step(state, event).state
+    working = WorkingState(state)
+    for request in (
+        PodAdmissionRequested(pod=pod("a", 2 * Gi), source="a.yaml"),
+        PodAdmissionRequested(pod=pod("a", 2 * Gi + Gi // 2), source="a.yaml"),
+    ):
+        expected = decide(state, request)
+        assert working.decide(request) == expected
+        assert working.decide(request) == expected, "deciding moved the working node map"
+        assert expected[-1].kind == "pod_admitted"
+        for event in (request, *expected):
+            state = apply(state, event)
+            working.apply(event)
+    assert [d.kind for d in expected] == ["pod_removed", "pod_admitted"]
+    assert encode_state(working.state()) == encode_state(state)
