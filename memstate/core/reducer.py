@@ -35,6 +35,7 @@ import msgspec
 from memstate.core.config import NodeConfig, validate_config_for_topology
 from memstate.core.errors import ConfigError, InvariantViolation
 from memstate.core.events import (
+    NOTE_EVENTS,
     AllocationRevoked,
     CgroupDriftCorrected,
     CgroupOrphanFound,
@@ -618,27 +619,22 @@ class WorkingState:
 
 # Inputs whose `decide` reads no node map (nor `apply`s anything): a `WorkingState` decides them
 # without freezing its node map first.
-_DECIDED_WITHOUT_MACHINE = frozenset(
-    {
-        ManifestInvalid,
-        DaemonStarted,
-        DaemonRestarted,
-        ConfigRejected,
-        PodInitCompleted,
-        LogTailTruncated,
-        CgroupDriftCorrected,
-        CgroupWriteFailed,
-        CgroupOrphanFound,
-        PodCgroupRemoved,
-        ShadowDisagreement,
-    }
-)
+_DECIDED_WITHOUT_MACHINE = NOTE_EVENTS | {
+    ManifestInvalid,
+    DaemonStarted,
+    DaemonRestarted,
+    PodInitCompleted,
+}
 
 # Events whose `apply` neither reads nor replaces the node map (it carries `state.machine` over
 # as it is): a `WorkingState` applies them without freezing.
-_APPLIED_WITHOUT_MACHINE = frozenset(
-    {ReadmissionDeferred, TopologyObserved, ConfigLoaded, DaemonRestarted, ReadmissionCompleted}
-)
+_APPLIED_WITHOUT_MACHINE = NOTE_EVENTS | {
+    ReadmissionDeferred,
+    TopologyObserved,
+    ConfigLoaded,
+    DaemonRestarted,
+    ReadmissionCompleted,
+}
 
 
 def apply_all(state: State, events: Iterable[Event]) -> State:
@@ -885,20 +881,12 @@ def _apply_reconfigured(state: State, event: NodeReconfigured) -> State:
 
 
 # Events `apply` gives no state effect (the `pass` case of `Folder.fold`).
-_NO_STATE_EFFECT = frozenset(
-    {
-        PodAdmissionRequested,
-        DaemonStarted,
-        ConfigRejected,
-        ManifestInvalid,
-        NodeReconfigurationDeferred,
-        LogTailTruncated,
-        CgroupDriftCorrected,
-        CgroupWriteFailed,
-        CgroupOrphanFound,
-        PodCgroupRemoved,
-    }
-)
+_NO_STATE_EFFECT = NOTE_EVENTS | {
+    PodAdmissionRequested,
+    DaemonStarted,
+    ManifestInvalid,
+    NodeReconfigurationDeferred,
+}
 
 
 class FoldedChanges(msgspec.Struct, frozen=True):
