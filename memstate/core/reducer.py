@@ -562,6 +562,8 @@ class WorkingState:
         self._state = owned_copy(state)
         self._machine = MachineBuilder(self._state.machine)
         self._ahead = False  # the working node map holds moves `_state.machine` lacks
+        # The last `snapshot()`, while no event with a state effect was applied since.
+        self._snapshot: State | None = state
 
     def state(self) -> State:
         """The state after every event applied so far. It shares the working pods map: read
@@ -572,6 +574,15 @@ class WorkingState:
             self._machine = MachineBuilder(machine)
             self._ahead = False
         return self._state
+
+    def snapshot(self) -> State:
+        """The state after every event applied so far as a value of its own, which nothing
+        the walk does later changes (an observer's copy: `owned_copy` of `state()`). The same
+        object again while only events without a state effect were applied in between."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = owned_copy(self.state())
+        return snapshot
 
     def decide(self, event: Event) -> tuple[Event, ...]:
         """`decide(self.state(), event)`, without freezing the node map for the frequent
@@ -590,6 +601,7 @@ class WorkingState:
         kind = type(event)
         if kind in _NO_STATE_EFFECT:
             return
+        self._snapshot = None
         if kind is PodAdmitted:
             self._state = _apply_admitted(
                 self._state, cast(PodAdmitted, event), owned=True, working=self._machine

@@ -188,3 +188,45 @@ def test_working_state_decides_a_replaced_spec_on_its_own_node_map() -> None:
             working.apply(event)
     assert [d.kind for d in expected] == ["pod_removed", "pod_admitted"]
     assert encode_state(working.state()) == encode_state(state)
+
+
+def observed_and_expected(path: Path, to_seq: int | None = None) -> tuple[int, int]:
+    """`replay_log`'s observer against `transitions` over the same source (up to its first
+    divergence, or the transaction holding `to_seq`): the same transitions, equal field by field
+    (states by value and canonical bytes), and every state observed still encoding as it did
+    when observed after the walk went on (snapshots, not the working state). Returns (the
+    transitions seen, how many of them changed the state)."""
+    seen: list[Transition] = []
+    at_the_time: list[tuple[bytes, bytes]] = []
+
+    def observe(transition: Transition) -> None:
+        seen.append(transition)
+        at_the_time.append((encode_state(transition.before), encode_state(transition.after)))
+
+    replay_log(open_source(path), to_seq=to_seq, on_transition=observe)
+    expected: list[Transition] = []
+    for transition in transitions(open_source(path).envelopes()):
+        if to_seq is not None and transition.record.seq > to_seq:
+            break
+        expected.append(transition)
+        if transition.diverges:
+            break
+    assert len(seen) == len(expected)
+    changed = 0
+    for got, want, (before, after) in zip(seen, expected, at_the_time, strict=True):
+        assert got == want, f"seq {want.record.seq}"
+        assert before == encode_state(got.before) == encode_state(want.before)
+        assert after == encode_state(got.after) == encode_state(want.after)
+        changed += before != after
+    return len(seen), changed
+
+
+@pytest.mark.parametrize("scenario", sorted(CORPUS.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_the_observer_sees_the_transitions_of_the_corpus(scenario: Path) -> None:
+    assert observed_and_expected(scenario)[0] > 0
+
+
+def test_the_observer_sees_the_transitions_of_a_realistic_log(realistic_log: Path) -> None:
+    count, changed = observed_and_expected(realistic_log)
+    assert changed > 100 and count > changed
+    assert observed_and_expected(realistic_log, to_seq=1500)[0] < count
