@@ -557,7 +557,10 @@ def replay_log(
 
     replayer = _Replayer(report, pending, crcs)
     grouped = source.transactions(start_seq + 1, wanted, crcs)
-    replayer.walk(grouped, start_state, stopping, on_transition, on_progress)
+    from memstate.store.gc_pause import gc_paused
+
+    with gc_paused():  # the walk makes no cycles (`gc_pause`)
+        replayer.walk(grouped, start_state, stopping, on_transition, on_progress)
     started = replayer.started
     report.recorded_by = version_of(started) if started else ""
     return report
