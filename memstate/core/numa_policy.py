@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
@@ -348,16 +348,21 @@ def find_best_hint(hints: Sequence[TopologyHint]) -> TopologyHint:
 # --- allocation -----------------------------------------------------------------------------------
 
 
-@dataclass
 class _PodAllocator:
-    """Scratch state of one pod's admission: the machine copy, reusable init memory, blocks."""
+    """Scratch state of one pod's admission: the machine copy, reusable init memory, blocks.
 
-    machine: MachineBuilder
-    pod: Pod
-    reusable: dict[tuple[Mask, str], int] = field(default_factory=dict)
-    blocks: dict[str, list[Block]] = field(default_factory=dict)
-    hints: dict[str, TopologyHint] = field(default_factory=dict)
-    takes: list[Take] = field(default_factory=list)
+    A plain class with slots, not a dataclass: one is built per pinned admission, and the
+    dataclass `__init__` with its four default factories cost ~2 % of `memstate replay`."""
+
+    __slots__ = ("blocks", "hints", "machine", "pod", "reusable", "takes")
+
+    def __init__(self, machine: MachineBuilder, pod: Pod) -> None:
+        self.machine = machine
+        self.pod = pod
+        self.reusable: dict[tuple[Mask, str], int] = {}
+        self.blocks: dict[str, list[Block]] = {}
+        self.hints: dict[str, TopologyHint] = {}
+        self.takes: list[Take] = []
 
     def fail(self, container: ContainerSpec, core: str, detail: str) -> AdmissionError:
         message = (
@@ -584,23 +589,10 @@ def admit(
         # preference" answer, which every policy admits, and the hint would be thrown away.
         return Admission(None, None, 0, 0)
     scratch = machine.scratch() if isinstance(machine, MachineBuilder) else MachineBuilder(machine)
-    allocator = _PodAllocator(machine=scratch, pod=pod)
+    allocator = _PodAllocator(scratch, pod)
     distances = node_distances(topology, config)
     policy = config.topology_manager_policy
     requests = 0
-
-    def reject(reason: str, message: str, errors: int) -> Admission:
-        return Admission(None, AdmissionError(reason, message), requests, errors)
-
-    def topology_error(hint: TopologyHint, who: str) -> Admission:
-        mask = "any" if hint.numa_affinity is None else list(hint.numa_affinity)
-        return reject(
-            TOPOLOGY_AFFINITY_ERROR,
-            f"Resources cannot be allocated with Topology locality ({who}: best hint {mask}, "
-            f"not preferred; topologyManagerPolicy {policy})",
-            0,
-        )
-
     pod_hint: TopologyHint | None = None
     if policy != "none" and config.topology_manager_scope == "pod":
         mm_answer = (
@@ -613,7 +605,7 @@ def admit(
             distances=distances,
         )
         if not ok:
-            return topology_error(pod_hint, f"pod {pod.key}")
+            return _topology_error(pod_hint, f"pod {pod.key}", policy, requests)
 
     for container in pod.containers:
         container_requests: dict[str, int] | None = None
@@ -645,21 +637,33 @@ def admit(
                     policy, topology.node_ids, [mm_answer, *others], distances=distances
                 )
                 if not ok:
-                    return topology_error(hint, f"pod {pod.key} container {container.name}")
+                    return _topology_error(
+                        hint, f"pod {pod.key} container {container.name}", policy, requests
+                    )
         if not pinned:
             continue
         requests += 1
         try:
             allocator.allocate(container, hint, container_requests)
         except AdmissionError as exc:
-            return reject(
+            error = AdmissionError(
                 UNEXPECTED_ADMISSION_ERROR,
                 f"Allocate failed due to {exc.message}, which is unexpected",
-                1,
             )
+            return Admission(None, error, requests, 1)
     if not pinned:
         return Admission(None, None, 0, 0)
     return Admission(allocator.result(), None, requests, 0)
+
+
+def _topology_error(hint: TopologyHint, who: str, policy: str, requests: int) -> Admission:
+    """The Topology Manager's refusal: the best merged hint is not preferred."""
+    mask = "any" if hint.numa_affinity is None else list(hint.numa_affinity)
+    message = (
+        f"Resources cannot be allocated with Topology locality ({who}: best hint {mask}, "
+        f"not preferred; topologyManagerPolicy {policy})"
+    )
+    return Admission(None, AdmissionError(TOPOLOGY_AFFINITY_ERROR, message), requests, 0)
 
 
 # --- releasing ------------------------------------------------------------------------------------
