@@ -588,12 +588,13 @@ class WorkingState:
         """`decide(self.state(), event)`, without freezing the node map for the frequent
         inputs (`decide` reads the working one)."""
         kind = type(event)
-        if (
-            kind is PodAdmissionRequested
-            or kind is PodRemovalRequested
-            or kind in _DECIDED_WITHOUT_MACHINE
-        ):
-            return decide(self._state, event, self._machine)
+        # `decide`'s own dispatch of the two frequent inputs, without its extra call.
+        if kind is PodAdmissionRequested:
+            return _decide_admission(self._state, cast(PodAdmissionRequested, event), self._machine)
+        if kind is PodRemovalRequested:
+            return _decide_removal(self._state, cast(PodRemovalRequested, event).uid)
+        if kind in _DECIDED_WITHOUT_MACHINE:
+            return decide(self._state, event)
         return decide(self.state(), event)
 
     def apply(self, event: Event) -> None:
