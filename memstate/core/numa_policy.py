@@ -41,7 +41,14 @@ from memstate.core.machine import (
     merge_takes,
     remove_allocation,
 )
-from memstate.core.pod import GUARANTEED, ContainerSpec, Pod, numa_requests, pod_numa_requests
+from memstate.core.pod import (
+    GUARANTEED,
+    ContainerSpec,
+    Pod,
+    numa_requests,
+    pod_numa_requests,
+    resource_shape,
+)
 from memstate.core.pod import qos_class as pod_qos_class
 from memstate.core.quantity import format_bytes
 from memstate.core.topology import MEMORY, Topology
@@ -607,7 +614,8 @@ def admit(
         if not ok:
             return _topology_error(pod_hint, f"pod {pod.key}", policy, requests)
 
-    for container in pod.containers:
+    per_container = _numa_requests_by_container(pod) if pinned else None
+    for index, container in enumerate(pod.containers):
         container_requests: dict[str, int] | None = None
         if policy == "none":
             hint = EMPTY_HINT
@@ -615,7 +623,7 @@ def admit(
             hint = pod_hint
         else:
             others = _provider_answers(provider_hints, container.name) if provider_hints else []
-            container_requests = numa_requests(container) if pinned else None
+            container_requests = per_container[index] if per_container is not None else None
             fast = (
                 preferred_default_hint(allocator.machine, container_requests, allocator.reusable)
                 if container_requests is not None
@@ -654,6 +662,27 @@ def admit(
     if not pinned:
         return Admission(None, None, 0, 0)
     return Admission(allocator.result(), None, requests, 0)
+
+
+def _numa_requests_by_container(pod: Pod) -> tuple[dict[str, int], ...]:
+    """`numa_requests` of every container of `pod`, in order: kept with the pod, and remembered
+    by its resource shape (pods of one workload share it). Do not modify the result."""
+    cache = vars(pod)
+    found: tuple[dict[str, int], ...] | None = cache.get("_numa_requests")
+    if found is None:
+        shape = resource_shape(pod)
+        found = _NUMA_REQUESTS_BY_SHAPE.get(shape)
+        if found is None:
+            if len(_NUMA_REQUESTS_BY_SHAPE) >= _NUMA_REQUESTS_MEMO_LIMIT:
+                _NUMA_REQUESTS_BY_SHAPE.clear()
+            found = _NUMA_REQUESTS_BY_SHAPE[shape] = tuple(numa_requests(c) for c in pod.containers)
+        cache["_numa_requests"] = found
+    return found
+
+
+# Bounded; clearing it only costs recomputation. Equal shapes are equal containers.
+_NUMA_REQUESTS_BY_SHAPE: dict[bytes, tuple[dict[str, int], ...]] = {}
+_NUMA_REQUESTS_MEMO_LIMIT = 65536
 
 
 def _topology_error(hint: TopologyHint, who: str, policy: str, requests: int) -> Admission:
