@@ -361,7 +361,7 @@ class _PodAllocator:
     A plain class with slots, not a dataclass: one is built per pinned admission, and the
     dataclass `__init__` with its four default factories cost ~2 % of `memstate replay`."""
 
-    __slots__ = ("blocks", "hints", "machine", "pod", "reusable", "takes")
+    __slots__ = ("blocks", "hints", "init_allocated", "machine", "pod", "reusable", "takes")
 
     def __init__(self, machine: MachineBuilder, pod: Pod) -> None:
         self.machine = machine
@@ -370,6 +370,7 @@ class _PodAllocator:
         self.blocks: dict[str, list[Block]] = {}
         self.hints: dict[str, TopologyHint] = {}
         self.takes: list[Take] = []
+        self.init_allocated = False  # a regular init container holds blocks
 
     def fail(self, container: ContainerSpec, core: str, detail: str) -> AdmissionError:
         message = (
@@ -440,8 +441,15 @@ class _PodAllocator:
             self.takes.extend(takes)
         self.machine.assign(blocks)
         self.blocks[container.name] = blocks
-        self._update_reusable(container, blocks)
-        self._shrink_init_blocks(container, blocks)
+        # Both steps change nothing for the usual pod (no regular init container before this
+        # one, nothing reusable): skipped then.
+        is_init = container.kind == "init"
+        if is_init or self.reusable:
+            self._update_reusable(container, blocks)
+        if self.init_allocated:
+            self._shrink_init_blocks(container, blocks)
+        if is_init:
+            self.init_allocated = True
 
     def _extend(
         self, container: ContainerSpec, requests: Mapping[str, int], current: TopologyHint
