@@ -663,7 +663,12 @@ class _Replayer:
                     break
                 event = envelope.event
                 derived = working.decide(event) if event.role == "input" else ()
-                applied = derived if recorded is None else tuple([e.event for e in recorded])
+                if recorded is None:
+                    applied = derived
+                elif len(recorded) == 1:
+                    applied = (recorded[0].event,)  # most transactions: no comprehension
+                else:
+                    applied = tuple([e.event for e in recorded])
                 last_seq = recorded[-1].seq if recorded else envelope.seq
                 if not transactions:
                     first_seq = envelope.seq
