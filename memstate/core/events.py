@@ -393,6 +393,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 
 EVENT_KINDS: dict[str, type[Event]] = {str(t.__struct_config__.tag): t for t in EVENT_TYPES}
 
+# The notes: no decision follows them and no state changes with them. The reducer's fast paths
+# join this set into their own classifications, so a new note kind is classified everywhere.
+NOTE_EVENTS: frozenset[type[Event]] = frozenset(t for t in EVENT_TYPES if t.role == "note")
+
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
 
 

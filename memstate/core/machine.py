@@ -198,6 +198,9 @@ class MachineBuilder:
 
     # --- updates --------------------------------------------------------------------------------
 
+    # The updates below read the tables inline (not through `free`, `reserved`, `_table`):
+    # `memstate replay` moves its working machine by every admission and removal it folds.
+
     def fill(self, mask: Mask, resource: str, amount: int) -> list[Take]:
         """Reserve `amount` on `mask`, lowest node first, as far as free memory goes.
 
@@ -205,64 +208,94 @@ class MachineBuilder:
         """
         takes: list[Take] = []
         remaining = amount
+        base = self._base
+        overrides = self._reserved
         for node_id in mask:
             if remaining <= 0:
                 break
-            available = self.free(node_id, resource)
+            node = base.get(node_id)
+            table = None if node is None else node.memory_map.get(resource)
+            if table is None:
+                continue  # nothing free there
+            key = (node_id, resource)
+            reserved = overrides.get(key)
+            if reserved is None:
+                reserved = table.reserved
+            available = table.allocatable - reserved
             if available <= 0:
                 continue
             taken = min(available, remaining)
-            self._reserved[(node_id, resource)] = self.reserved(node_id, resource) + taken
+            overrides[key] = reserved + taken
             remaining -= taken
             takes.append(Take(numa_node=node_id, resource=resource, size_bytes=taken))
         return takes
 
     def reserve(self, takes: Iterable[Take]) -> None:
         """Apply recorded takes; free memory must not go negative."""
+        base = self._base
+        overrides = self._reserved
         for take in takes:
-            key = (take.numa_node, take.resource)
-            table = self._table(take.numa_node, take.resource)
+            node_id, resource = take.numa_node, take.resource
+            node = base.get(node_id)
+            table = None if node is None else node.memory_map.get(resource)
             if table is None:
                 raise InvariantViolation(
-                    f"take of {take.resource} on NUMA node {take.numa_node}: no such table"
+                    f"take of {resource} on NUMA node {node_id}: no such table"
                 )
-            reserved = self.reserved(take.numa_node, take.resource) + take.size_bytes
-            self._reserved[key] = reserved
+            key = (node_id, resource)
+            reserved = overrides.get(key)
+            reserved = (table.reserved if reserved is None else reserved) + take.size_bytes
+            overrides[key] = reserved
             if reserved > table.allocatable:
                 raise InvariantViolation(
-                    f"NUMA node {take.numa_node} {take.resource}: reserved "
+                    f"NUMA node {node_id} {resource}: reserved "
                     f"{reserved} exceeds allocatable {table.allocatable}"
                 )
 
     def release(self, takes: Iterable[Take]) -> None:
+        base = self._base
+        overrides = self._reserved
         for take in takes:
-            if self._table(take.numa_node, take.resource) is None:
+            node_id, resource = take.numa_node, take.resource
+            node = base.get(node_id)
+            table = None if node is None else node.memory_map.get(resource)
+            if table is None:
                 raise InvariantViolation(
-                    f"release of {take.resource} on NUMA node {take.numa_node}: no such table"
+                    f"release of {resource} on NUMA node {node_id}: no such table"
                 )
-            reserved = self.reserved(take.numa_node, take.resource) - take.size_bytes
-            self._reserved[(take.numa_node, take.resource)] = reserved
+            key = (node_id, resource)
+            reserved = overrides.get(key)
+            reserved = (table.reserved if reserved is None else reserved) - take.size_bytes
+            overrides[key] = reserved
             if reserved < 0:
-                raise InvariantViolation(
-                    f"NUMA node {take.numa_node} {take.resource}: release below zero"
-                )
+                raise InvariantViolation(f"NUMA node {node_id} {resource}: release below zero")
 
     def assign(self, blocks: Iterable[Block]) -> None:
         """Count blocks on every node of their mask and join the nodes into the mask's group."""
+        base = self._base
+        counts = self._assignments
+        cells = self._cells
         for block in blocks:
-            for node_id in block.numa_affinity:
-                if node_id not in self._base:  # a recorded block from a corrupt or foreign log
+            mask = block.numa_affinity
+            for node_id in mask:
+                node = base.get(node_id)
+                if node is None:  # a recorded block from a corrupt or foreign log
                     raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
-                self._assignments[node_id] = self.assignments(node_id) + 1
-                self._cells[node_id] = block.numa_affinity
+                count = counts.get(node_id)
+                counts[node_id] = (node.number_of_assignments if count is None else count) + 1
+                cells[node_id] = mask
 
     def unassign(self, blocks: Iterable[Block]) -> None:
+        base = self._base
+        counts = self._assignments
         for block in blocks:
             for node_id in block.numa_affinity:
-                if node_id not in self._base:
+                node = base.get(node_id)
+                if node is None:
                     raise InvariantViolation(f"block on NUMA node {node_id}: no such node")
-                count = self.assignments(node_id) - 1
-                self._assignments[node_id] = count
+                count = counts.get(node_id)
+                count = (node.number_of_assignments if count is None else count) - 1
+                counts[node_id] = count
                 if count < 0:
                     raise InvariantViolation(f"NUMA node {node_id}: assignments below zero")
                 if count == 0:

@@ -221,11 +221,18 @@ def carry_request_totals(
     if entry is None or entry.pods is not before.pods:
         return  # nothing known: `after` computes its own when asked
     sums = entry.sums if owned else dict(entry.sums)
+    # `_requests_of`, its memo read inline: this runs at every admission and removal applied.
     if removed is not None:
-        for resource, amount in _requests_of(removed).items():
+        requests = _REQUESTS_BY_SPEC.get(removed.spec_hash)
+        if requests is None:
+            requests = _requests_of(removed)
+        for resource, amount in requests.items():
             sums[resource] -= amount
     if added is not None:
-        for resource, amount in _requests_of(added).items():
+        requests = _REQUESTS_BY_SPEC.get(added.spec_hash)
+        if requests is None:
+            requests = _requests_of(added)
+        for resource, amount in requests.items():
             sums[resource] = sums.get(resource, 0) + amount
     # An owned walk hands the same pods map on: the entry, updated in place, still describes it.
     pods = after.pods

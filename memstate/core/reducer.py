@@ -35,6 +35,7 @@ import msgspec
 from memstate.core.config import NodeConfig, validate_config_for_topology
 from memstate.core.errors import ConfigError, InvariantViolation
 from memstate.core.events import (
+    NOTE_EVENTS,
     AllocationRevoked,
     CgroupDriftCorrected,
     CgroupOrphanFound,
@@ -115,8 +116,11 @@ def step(state: State, event: Event) -> Transition:
 # --- decide ---------------------------------------------------------------------------------------
 
 
-def decide(state: State, event: Event) -> tuple[Event, ...]:
+def decide(state: State, event: Event, working: MachineBuilder | None = None) -> tuple[Event, ...]:
     """The decisions `event` implies in `state`. Pure; non-inputs imply nothing.
+
+    `working`, when given, is the node map in force in place of `state.machine` (a
+    `WorkingState`'s, which `state.machine` lags behind); it is read, never moved.
 
     The `match` is exhaustive over the catalogue (`assert_never`): a new event kind does not
     type-check until it is given a branch here and in `apply`."""
@@ -124,12 +128,14 @@ def decide(state: State, event: Event) -> tuple[Event, ...]:
     # The two inputs of most transactions by exact type, before the `match` (one `isinstance`
     # per `case`), as `apply` does.
     if kind is PodAdmissionRequested:
-        return _decide_admission(state, cast(PodAdmissionRequested, event))
+        return _decide_admission(state, cast(PodAdmissionRequested, event), working)
     if kind is PodRemovalRequested:
         return _decide_removal(state, cast(PodRemovalRequested, event).uid)
+    if working is not None and kind not in _DECIDED_WITHOUT_MACHINE:
+        state = _evolve(state, machine=working.freeze())  # rare: reads the whole node map
     match known_event(event):
         case PodAdmissionRequested() as request:
-            return _decide_admission(state, request)
+            return _decide_admission(state, request, working)
         case PodRemovalRequested(uid=uid):
             return _decide_removal(state, uid)
         case ManifestInvalid(error=error, source=source):
@@ -171,7 +177,10 @@ def _decide_removal(state: State, uid: str) -> tuple[Event, ...]:
     return ()
 
 
-def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Event, ...]:
+def _decide_admission(
+    state: State, request: PodAdmissionRequested, working: MachineBuilder | None = None
+) -> tuple[Event, ...]:
+    # `working` as in `decide`: the node map in force when `state.machine` lags behind it.
     pod = request.pod
     if state.topology is None or state.config is None:
         return (
@@ -195,8 +204,14 @@ def _decide_admission(state: State, request: PodAdmissionRequested) -> tuple[Eve
         # Pod specs are immutable; a new spec under an old UID replaces the pod.
         removal = PodRemoved(uid=pod.uid, reason="spec_changed")
         decisions.append(removal)
-        state = apply(state, removal)
-    decisions.extend(_fresh_admission(state, request.pod, request.source, request.provider_hints))
+        if working is None:
+            state = apply(state, removal)
+        else:
+            working = working.scratch()  # the caller's node map stays as it is
+            state = _apply_removed(state, removal, working=working)
+    decisions.extend(
+        _fresh_admission(state, request.pod, request.source, request.provider_hints, working)
+    )
     return tuple(decisions)
 
 
@@ -532,20 +547,23 @@ class WorkingState:
     the node map into the state only where a state is observed (a checkpoint, a divergence,
     the end). The same decisions and states as `decide` and `apply`.
 
-    Fresh admissions, admissions, removals, rejections and init completions read or move the
-    working node map; the events whose handlers never look at the node map
-    (`_DECIDED_WITHOUT_MACHINE`, `_APPLIED_WITHOUT_MACHINE`, readmissions, removal requests)
-    take `state.machine` along as it is; any other event (a reconfiguration, the end of
-    readmission, a replaced spec) is decided and applied on `state()`, and the node map starts
-    again from the result's. The state given to the constructor is never
-    modified (`owned_copy`). After an `InvariantViolation` the working state is unusable (it
-    may hold half an event); the caller stops there anyway.
+    Admission requests are decided against the working node map (`decide`'s `working`: a
+    replaced spec's removal moves a scratch copy of it); admissions, removals, rejections and
+    init completions move it; the events whose handlers never look at the node map
+    (`_DECIDED_WITHOUT_MACHINE`, `_APPLIED_WITHOUT_MACHINE`, removal requests) take
+    `state.machine` along as it is; any other event (a reconfiguration, the end of readmission)
+    is decided and applied on `state()`, and the node map starts again from the result's. The
+    state given to the constructor is never modified (`owned_copy`). After an
+    `InvariantViolation` the working state is unusable (it may hold half an event); the caller
+    stops there anyway.
     """
 
     def __init__(self, state: State) -> None:
         self._state = owned_copy(state)
         self._machine = MachineBuilder(self._state.machine)
         self._ahead = False  # the working node map holds moves `_state.machine` lacks
+        # The last `snapshot()`, while no event with a state effect was applied since.
+        self._snapshot: State | None = state
 
     def state(self) -> State:
         """The state after every event applied so far. It shares the working pods map: read
@@ -557,32 +575,26 @@ class WorkingState:
             self._ahead = False
         return self._state
 
+    def snapshot(self) -> State:
+        """The state after every event applied so far as a value of its own, which nothing
+        the walk does later changes (an observer's copy: `owned_copy` of `state()`). The same
+        object again while only events without a state effect were applied in between."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = owned_copy(self.state())
+        return snapshot
+
     def decide(self, event: Event) -> tuple[Event, ...]:
         """`decide(self.state(), event)`, without freezing the node map for the frequent
-        inputs."""
+        inputs (`decide` reads the working one)."""
         kind = type(event)
-        state = self._state
+        # `decide`'s own dispatch of the two frequent inputs, without its extra call.
         if kind is PodAdmissionRequested:
-            request = cast(PodAdmissionRequested, event)
-            pod = request.pod
-            uid = pod.uid
-            # `_decide_admission`'s way to a fresh admission: a ready node, an unknown UID, no
-            # readmission of a deferred pod.
-            if state.topology is not None and state.config is not None:
-                existing = state.pods.get(uid)
-                if state.readmission_open and (
-                    (existing is not None and existing.status == "awaiting_readmission")
-                    or uid in state.deferred
-                ):
-                    return _decide_readmission(state, request)  # reads no node map
-                if existing is None:
-                    return _fresh_admission(
-                        state, pod, request.source, request.provider_hints, self._machine
-                    )
-        elif kind is PodRemovalRequested:
-            return _decide_removal(state, cast(PodRemovalRequested, event).uid)
-        elif kind in _DECIDED_WITHOUT_MACHINE:
-            return decide(state, event)
+            return _decide_admission(self._state, cast(PodAdmissionRequested, event), self._machine)
+        if kind is PodRemovalRequested:
+            return _decide_removal(self._state, cast(PodRemovalRequested, event).uid)
+        if kind in _DECIDED_WITHOUT_MACHINE:
+            return decide(self._state, event)
         return decide(self.state(), event)
 
     def apply(self, event: Event) -> None:
@@ -590,6 +602,7 @@ class WorkingState:
         kind = type(event)
         if kind in _NO_STATE_EFFECT:
             return
+        self._snapshot = None
         if kind is PodAdmitted:
             self._state = _apply_admitted(
                 self._state, cast(PodAdmitted, event), owned=True, working=self._machine
@@ -619,27 +632,22 @@ class WorkingState:
 
 # Inputs whose `decide` reads no node map (nor `apply`s anything): a `WorkingState` decides them
 # without freezing its node map first.
-_DECIDED_WITHOUT_MACHINE = frozenset(
-    {
-        ManifestInvalid,
-        DaemonStarted,
-        DaemonRestarted,
-        ConfigRejected,
-        PodInitCompleted,
-        LogTailTruncated,
-        CgroupDriftCorrected,
-        CgroupWriteFailed,
-        CgroupOrphanFound,
-        PodCgroupRemoved,
-        ShadowDisagreement,
-    }
-)
+_DECIDED_WITHOUT_MACHINE = NOTE_EVENTS | {
+    ManifestInvalid,
+    DaemonStarted,
+    DaemonRestarted,
+    PodInitCompleted,
+}
 
 # Events whose `apply` neither reads nor replaces the node map (it carries `state.machine` over
 # as it is): a `WorkingState` applies them without freezing.
-_APPLIED_WITHOUT_MACHINE = frozenset(
-    {ReadmissionDeferred, TopologyObserved, ConfigLoaded, DaemonRestarted, ReadmissionCompleted}
-)
+_APPLIED_WITHOUT_MACHINE = NOTE_EVENTS | {
+    ReadmissionDeferred,
+    TopologyObserved,
+    ConfigLoaded,
+    DaemonRestarted,
+    ReadmissionCompleted,
+}
 
 
 def apply_all(state: State, events: Iterable[Event]) -> State:
@@ -886,20 +894,12 @@ def _apply_reconfigured(state: State, event: NodeReconfigured) -> State:
 
 
 # Events `apply` gives no state effect (the `pass` case of `Folder.fold`).
-_NO_STATE_EFFECT = frozenset(
-    {
-        PodAdmissionRequested,
-        DaemonStarted,
-        ConfigRejected,
-        ManifestInvalid,
-        NodeReconfigurationDeferred,
-        LogTailTruncated,
-        CgroupDriftCorrected,
-        CgroupWriteFailed,
-        CgroupOrphanFound,
-        PodCgroupRemoved,
-    }
-)
+_NO_STATE_EFFECT = NOTE_EVENTS | {
+    PodAdmissionRequested,
+    DaemonStarted,
+    ManifestInvalid,
+    NodeReconfigurationDeferred,
+}
 
 
 class FoldedChanges(msgspec.Struct, frozen=True):

@@ -327,9 +327,35 @@ def _state_dir_transactions(
     state_dir: Path, from_seq: int, wanted: set[int], crcs: dict[int, int]
 ) -> Iterator[Grouped]:
     """`_transactions` of `_state_dir_records` in one pass over the frames (`_grouped`)."""
-    from memstate.store.reader import LogReader, decode_at
+    from memstate.store.reader import LogReader
 
-    return _grouped(LogReader(state_dir).read_frames(from_seq), decode_at, wanted, crcs)
+    return _grouped(LogReader(state_dir).read_frames(from_seq), _decode_current(), wanted, crcs)
+
+
+def _decode_current() -> Callable[[bytes | memoryview, int, str, int], Envelope]:
+    """`reader.decode_at`, with the typed decoder called directly for a record of the current
+    schema whose envelope carries its frame's seq (every record a current build writes), as
+    start-up's `TailReplay` does: one Python call per record instead of three. Anything else
+    (an older record to upcast, an error to name) takes `decode_at`."""
+    import msgspec
+
+    from memstate.core.codec import typed_decode
+    from memstate.core.events import SCHEMA_VERSION
+    from memstate.store.reader import decode_at
+
+    fast = typed_decode()
+    failed = msgspec.MsgspecError
+
+    def decode(payload: bytes | memoryview, seq: int, segment: str, offset: int) -> Envelope:
+        try:
+            envelope = fast(payload)
+        except failed:
+            return decode_at(payload, seq, segment, offset)
+        if envelope.seq == seq and envelope.schema_v == SCHEMA_VERSION:
+            return envelope
+        return decode_at(payload, seq, segment, offset)
+
+    return decode
 
 
 def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
@@ -535,11 +561,11 @@ def replay_log(
     before the first input stamped after `at_ns`. Keeps one state (and the pending checkpoint
     list), whatever the log's length.
 
-    `on_transition` sees every transition with its states before and after, so each state is
-    a value of its own (`transitions`). Without it nothing outside sees an intermediate state,
-    and the replay updates one working state in place (`reducer.apply_owned`): the same
-    decisions and states, without copying the pods map at every admission and removal.
-    `on_progress` is called in both cases."""
+    The replay updates one working state in place (`reducer.WorkingState`): the same
+    decisions and states as `transitions`, without copying the pods map at every admission
+    and removal. `on_transition` sees every transition as `transitions` gives it, with its
+    states before and after each a value of its own (`WorkingState.snapshot`: one copy per
+    transaction that changes the state). `on_progress` is called after it, with or without."""
     start_state, start_seq, warnings = starting_point(source, to_seq, at_ns, from_checkpoint)
     report = ReplayReport(source=str(source), state=start_state, warnings=warnings)
     report.started_from_checkpoint = start_seq or None
@@ -547,12 +573,6 @@ def replay_log(
     pending = [c for c in source.checkpoints() if c.seq > start_seq] if verify_checkpoints else []
     crcs: dict[int, int] = {}
     wanted = {c.seq for c in pending}
-
-    def tracked(records: Iterator[Record]) -> Iterator[Envelope]:
-        for envelope, crc in records:
-            if crc is not None and envelope.seq in wanted:
-                crcs[envelope.seq] = crc
-            yield envelope
 
     def stops(record: Envelope) -> bool:
         return (to_seq is not None and record.seq > to_seq) or (
@@ -562,12 +582,11 @@ def replay_log(
     stopping = stops if to_seq is not None or at_ns is not None else None
 
     replayer = _Replayer(report, pending, crcs)
-    if on_transition is not None:
-        envelopes = tracked(source.records(start_seq + 1))
-        replayer.observed(envelopes, start_state, stops, on_transition, on_progress)
-    else:
-        grouped = source.transactions(start_seq + 1, wanted, crcs)
-        replayer.owned(grouped, start_state, stopping, on_progress)
+    grouped = source.transactions(start_seq + 1, wanted, crcs)
+    from memstate.store.gc_pause import gc_paused
+
+    with gc_paused():  # the walk makes no cycles (`gc_pause`)
+        replayer.walk(grouped, start_state, stopping, on_transition, on_progress)
     started = replayer.started
     report.recorded_by = version_of(started) if started else ""
     return report
@@ -582,16 +601,6 @@ class _Replayer:
         self.pending = pending
         self.crcs = crcs
         self.started: DaemonStarted | None = None
-
-    def count(self, record: Envelope, last_seq: int) -> None:
-        """Account for a transaction read and compared."""
-        report = self.report
-        if isinstance(record.event, DaemonStarted):
-            self.started = record.event
-        report.first_seq = report.first_seq or record.seq
-        report.records += last_seq - record.seq + 1
-        report.transitions += 1
-        report.last_seq, report.last_ts_ns = last_seq, record.ts_ns
 
     def diverged(self, transition: Transition) -> None:
         self.report.divergence = decision_divergence(
@@ -628,40 +637,19 @@ class _Replayer:
             report.checkpoints_verified.append(checkpoint.seq)
         return True
 
-    def observed(
-        self,
-        envelopes: Iterable[Envelope],
-        start: State,
-        stops: Callable[[Envelope], bool],
-        on_transition: OnTransition,
-        on_progress: OnProgress | None,
-    ) -> None:
-        for transition in transitions(envelopes, state=start):
-            record = transition.record
-            if stops(record):
-                break
-            last_seq = transition.last_seq
-            self.count(record, last_seq)
-            on_transition(transition)
-            if transition.diverges:
-                self.diverged(transition)
-                break
-            if on_progress is not None:
-                on_progress(record, last_seq, transition.decisions)
-            if not self.settled(record, last_seq, transition.after, transition.decisions):
-                break
-
-    def owned(
+    def walk(
         self,
         grouped: Iterable[Grouped],
         start: State,
         stops: Callable[[Envelope], bool] | None,
+        on_transition: OnTransition | None,
         on_progress: OnProgress | None,
     ) -> None:
         """`transitions` in compare mode on one working state (`reducer.WorkingState`, its node
-        map frozen only at a checkpoint, a divergence and the end): each transaction is compared
-        before anything is applied, so at a divergence or a stop the working state is still the
-        state before it, and nothing else ever holds it."""
+        map frozen only at a checkpoint, a divergence, an observed transaction and the end):
+        each transaction is compared before anything is applied, so at a divergence or a stop
+        the working state is still the state before it. Nothing else ever holds it:
+        `on_transition` sees snapshots."""
         report = self.report
         pending = self.pending
         working = WorkingState(start)
@@ -675,7 +663,12 @@ class _Replayer:
                     break
                 event = envelope.event
                 derived = working.decide(event) if event.role == "input" else ()
-                applied = derived if recorded is None else tuple([e.event for e in recorded])
+                if recorded is None:
+                    applied = derived
+                elif len(recorded) == 1:
+                    applied = (recorded[0].event,)  # most transactions: no comprehension
+                else:
+                    applied = tuple([e.event for e in recorded])
                 last_seq = recorded[-1].seq if recorded else envelope.seq
                 if not transactions:
                     first_seq = envelope.seq
@@ -685,14 +678,30 @@ class _Replayer:
                 if type(event) is DaemonStarted:
                     self.started = event
                 if recorded is not None and applied != derived:
-                    self.diverged(
-                        _transition(envelope, recorded, derived, working.state(), "compare")
+                    transition = _transition(
+                        envelope, recorded, derived, working.snapshot(), "compare"
                     )
+                    if on_transition is not None:
+                        on_transition(transition)
+                    self.diverged(transition)
                     return
+                if on_transition is not None:
+                    before = working.snapshot()
                 working.apply(event)
                 for decision in applied:
                     working.apply(decision)
                 state_seq = last_seq
+                if on_transition is not None:
+                    on_transition(
+                        Transition(
+                            record=envelope,
+                            recorded=recorded,
+                            derived=derived,
+                            before=before,
+                            after=working.snapshot(),
+                            recorded_events=None if recorded is None else applied,
+                        )
+                    )
                 if on_progress is not None:
                     on_progress(envelope, last_seq, applied)
                 if (

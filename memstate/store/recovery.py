@@ -45,6 +45,7 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, RemovalsFolder,
 from memstate.core.state import State
 from memstate.store.checkpoint import Checkpoint, list_checkpoints, usable_checkpoint
 from memstate.store.format import CHAIN_SEED
+from memstate.store.gc_pause import gc_paused
 from memstate.store.problems import REPAIR_HINT, LogProblem
 from memstate.store.reader import LogReader, decode_at
 
@@ -68,6 +69,11 @@ def recover_state(
 
     `use_checkpoints=False` folds the whole log from seq 1 (benchmarks, cross-checks).
     """
+    with gc_paused():  # the fold makes no cycles: see `gc_pause`
+        return _recover_state(state_dir, reader, use_checkpoints)
+
+
+def _recover_state(state_dir: Path, reader: LogReader | None, use_checkpoints: bool) -> Recovered:
     state_dir = Path(state_dir)
     reader = reader if reader is not None else LogReader(state_dir)
     warnings: list[str] = []

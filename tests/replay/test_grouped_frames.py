@@ -69,3 +69,34 @@ def test_a_complete_log_notes_every_wanted_crc() -> None:
         None,
     )
     assert crcs == {3: 1003, 5: 1005}
+
+
+def test_the_fast_decode_is_decode_at() -> None:
+    """`replay._decode_current` (the typed decoder called directly) gives `decode_at`'s answer
+    on current records, on a schema-v1 record (upcast), and `decode_at`'s error on a record
+    whose envelope disagrees with its frame's seq and on bytes that do not decode."""
+    from pathlib import Path
+
+    import pytest
+
+    from memstate.core.codec import encode_envelope
+    from memstate.core.errors import MemstateError
+    from memstate.history.replay import _decode_current
+    from memstate.store.reader import LogReader, decode_at
+
+    decode = _decode_current()
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "v1-log"
+    old = [(bytes(p), s, seg, o) for p, s, o, seg, _ in LogReader(fixture).read_frames()]
+    assert old and any(decode_at(*frame).schema_v != 1 for frame in old)
+    current = [
+        (encode_envelope(e), e.seq, "seg", 8 * e.seq)
+        for e in envelopes_of([("input", 1), ("decision", None), ("note", None)])
+    ]
+    for frame in old + current:
+        assert decode(*frame) == decode_at(*frame)
+    payload, seq, segment, offset = current[0]
+    for bad in ((payload, seq + 1, segment, offset), (b"\x93\x01", seq, segment, offset)):
+        with pytest.raises(MemstateError) as expected:
+            decode_at(*bad)
+        with pytest.raises(type(expected.value), match=str(expected.value)):
+            decode(*bad)

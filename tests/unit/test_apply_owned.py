@@ -157,3 +157,76 @@ def test_replay_with_and_without_an_observer_reports_the_same(realistic_log: Pat
     stopped = replay_log(open_source(realistic_log), to_seq=middle.last_seq)
     assert stopped.state_seq == middle.last_seq
     assert encode_state(stopped.state) == encode_state(middle.after)
+
+
+def test_working_state_decides_a_replaced_spec_on_its_own_node_map() -> None:
+    """A new spec under an admitted UID is removed and decided afresh against the working node
+    map, with the old pod's memory given back on a scratch copy: the same decisions as
+    `decide` on the frozen state (the new pod fits only once the old one is released), and the
+    working node map itself unchanged until the decisions are applied."""
+    from memstate.core.events import ConfigLoaded, PodAdmissionRequested, TopologyObserved
+    from memstate.core.reducer import apply, decide, step
+    from tests.factories import Gi, pod, static_config, topology
+
+    state = State()
+    for event in (
+        TopologyObserved(topology=topology(4 * Gi)),
+        ConfigLoaded(config=static_config([Gi])),
+    ):
+        state = step(state, event).state
+    working = WorkingState(state)
+    for request in (
+        PodAdmissionRequested(pod=pod("a", 2 * Gi), source="a.yaml"),
+        PodAdmissionRequested(pod=pod("a", 2 * Gi + Gi // 2), source="a.yaml"),
+    ):
+        expected = decide(state, request)
+        assert working.decide(request) == expected
+        assert working.decide(request) == expected, "deciding moved the working node map"
+        assert expected[-1].kind == "pod_admitted"
+        for event in (request, *expected):
+            state = apply(state, event)
+            working.apply(event)
+    assert [d.kind for d in expected] == ["pod_removed", "pod_admitted"]
+    assert encode_state(working.state()) == encode_state(state)
+
+
+def observed_and_expected(path: Path, to_seq: int | None = None) -> tuple[int, int]:
+    """`replay_log`'s observer against `transitions` over the same source (up to its first
+    divergence, or the transaction holding `to_seq`): the same transitions, equal field by field
+    (states by value and canonical bytes), and every state observed still encoding as it did
+    when observed after the walk went on (snapshots, not the working state). Returns (the
+    transitions seen, how many of them changed the state)."""
+    seen: list[Transition] = []
+    at_the_time: list[tuple[bytes, bytes]] = []
+
+    def observe(transition: Transition) -> None:
+        seen.append(transition)
+        at_the_time.append((encode_state(transition.before), encode_state(transition.after)))
+
+    replay_log(open_source(path), to_seq=to_seq, on_transition=observe)
+    expected: list[Transition] = []
+    for transition in transitions(open_source(path).envelopes()):
+        if to_seq is not None and transition.record.seq > to_seq:
+            break
+        expected.append(transition)
+        if transition.diverges:
+            break
+    assert len(seen) == len(expected)
+    changed = 0
+    for got, want, (before, after) in zip(seen, expected, at_the_time, strict=True):
+        assert got == want, f"seq {want.record.seq}"
+        assert before == encode_state(got.before) == encode_state(want.before)
+        assert after == encode_state(got.after) == encode_state(want.after)
+        changed += before != after
+    return len(seen), changed
+
+
+@pytest.mark.parametrize("scenario", sorted(CORPUS.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_the_observer_sees_the_transitions_of_the_corpus(scenario: Path) -> None:
+    assert observed_and_expected(scenario)[0] > 0
+
+
+def test_the_observer_sees_the_transitions_of_a_realistic_log(realistic_log: Path) -> None:
+    count, changed = observed_and_expected(realistic_log)
+    assert changed > 100 and count > changed
+    assert observed_and_expected(realistic_log, to_seq=1500)[0] < count

@@ -340,3 +340,27 @@ def test_hugepage_size_the_machine_lacks_cannot_be_pinned() -> None:
     result = node.admit(pod_of("a", [container("app", "1Gi", hugepages={"hugepages-1Gi": "1Gi"})]))
     assert result.rejection is not None
     assert MSG_NO_DEFAULT in result.rejection.message
+
+
+def test_numa_requests_by_container_are_shared_by_shape_and_right() -> None:
+    """`admit`'s per-container requests memo: pods that differ only in identity share one
+    answer; a pod whose containers differ gets its own, and every answer is `numa_requests` of
+    each container in order."""
+    from memstate.core.numa_policy import _numa_requests_by_container
+    from memstate.core.pod import numa_requests
+
+    def two_containers(uid: str, memory: int) -> Pod:
+        return pod_of(
+            uid,
+            [container("app", memory), container("side", Gi, hugepages={"hugepages-2Mi": "4Mi"})],
+        )
+
+    first, twin, other = (
+        two_containers("a", Gi),
+        two_containers("b", Gi),
+        two_containers("c", 2 * Gi),
+    )
+    assert _numa_requests_by_container(first) is _numa_requests_by_container(twin)
+    for each in (first, twin, other):
+        assert _numa_requests_by_container(each) == tuple(numa_requests(c) for c in each.containers)
+    assert _numa_requests_by_container(other) != _numa_requests_by_container(first)
