@@ -128,7 +128,8 @@ class ManifestDirectory:
         `PodTracker.update`). The caller commits the events and then calls `accept`, so a scan
         whose events were not recorded is repeated next time.
         """
-        return self.tracker.update(self.name, self.read(), holders=holders)
+        pods, changes = self.read_changes()
+        return self.tracker.update(self.name, pods, holders=holders, changes=changes)
 
     def accept(self) -> None:
         """Remember the last scan's view (its events are durable now)."""
@@ -145,7 +146,14 @@ class ManifestDirectory:
                 self._hinted.update(names)
 
     def read(self) -> list[ObservedPod]:
-        """One observation per manifest file, in listing order (unchanged files are not read).
+        """One observation per manifest file, in listing order (see `read_changes`)."""
+        return self.read_changes()[0]
+
+    def read_changes(self) -> tuple[list[ObservedPod], dict[str, ObservedPod | None] | None]:
+        """One observation per manifest file, in listing order (unchanged files are not read),
+        and the account of what may have changed since the previous read for
+        `PodTracker.update(changes=...)`: file → its observation now (None: gone) for the files
+        looked at; None after a full rescan (the tracker then compares the whole list).
 
         A full rescan lists the directory and stats every file: at the first read, when no
         hint came since the last read (a periodic or nudged rescan), after a hint of None, and
@@ -164,7 +172,8 @@ class ManifestDirectory:
         ):
             self._last_full = now
             self._full_done = True
-            return self._read_all()
+            return self._read_all(), None
+        changes: dict[str, ObservedPod | None] = {}
         for name in sorted(hinted):
             path = self.directory / name
             key = str(path)
@@ -174,7 +183,8 @@ class ManifestDirectory:
                 self._observed.pop(key, None)  # gone, or not (any more) a manifest
             else:
                 self._observed[key] = observed  # keeps its place if it was known
-        return list(self._observed.values())
+            changes[key] = observed
+        return list(self._observed.values()), changes
 
     def _read_all(self) -> list[ObservedPod]:
         previous, self._cache = self._cache, {}
