@@ -11,7 +11,10 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 
 - a file is at most `MAX_FILE_BYTES`, UTF-8, one document; a YAML mapping names a key once;
 - collections nest at most `MAX_NESTING` levels: checked on the raw bytes before msgspec decodes
-  JSON, and while PyYAML composes (its composer recurses once per level);
+  JSON, and while PyYAML composes (its composer recurses once per level). libyaml's own composer
+  (in C, several times faster, but recursing without a limit) composes only a text whose
+  `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest;
+  anything it cannot compose is composed again by the bounded one, which words the error;
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
   more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
   integer must fit 64 bits; a YAML value the constructor cannot build (`!!int 1e999`, a 13th
@@ -197,6 +200,17 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
 
+    class _CComposingLoader(CParser, _BoundedConstructor, Resolver):
+        """libyaml's own composer (in C: no Python work per event, but unbounded recursion):
+        used only for a document `_nesting_bound` proves shallow (see `_parse_yaml`)."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _BoundedConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    _C_COMPOSING: type | None = _CComposingLoader
+
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml.parser import Parser
     from yaml.reader import Reader
@@ -213,26 +227,66 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
 
+    _C_COMPOSING = None
+
+
+# The part of a line up to its last block indicator: `-`, `?` or `:` followed by a blank, a line
+# break or the end (libyaml's rule in block context); `.` stops only at "\n", so a "line" here
+# is never shorter than libyaml's, and the group's length is at least the indicator's column.
+_UP_TO_LAST_INDICATOR = re.compile(r"^(.*)[-?:](?:[ \t\r\x00\x85\u2028\u2029]|$)", re.MULTILINE)
+
+
+def _nesting_bound(text: str) -> int:
+    """An upper bound on how deep collections nest in a YAML text, in linear time (in C).
+
+    A block collection starts at the column of its first key or entry, which is at most the
+    column of an indicator on that line; a block collection nested in another starts at a
+    greater column, except a sequence that is a mapping's value (it may share the mapping's
+    column, and its own entries are indented further): so block collections nest at most
+    2 × (the largest such column + 1) deep. Flow collections need a `[` or `{` each, and a
+    `[` may hold an implicit single-pair mapping (`[a: b]`): 2 per bracket. Quoted or commented
+    indicators only make the bound larger.
+    """
+    column = max(map(len, _UP_TO_LAST_INDICATOR.findall(text)), default=-1)
+    return 2 * (column + 1) + 2 * (text.count("[") + text.count("{"))
+
 
 def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
-    loader: Any = _Loader(text)  # PyYAML's loader API is untyped
-    loader.node_budget = node_budget(len(text))
+    if _C_COMPOSING is not None and _nesting_bound(text) <= MAX_NESTING:
+        # Shallow enough for libyaml's recursive composer: the same events, nodes, resolver and
+        # constructor, so the same document. Whatever goes wrong there is reported by the
+        # bounded loader below, which words every error as it always has.
+        try:
+            documents = _documents(_C_COMPOSING(text), len(text))
+        except Exception:  # re-parsed below, which raises the error to report
+            pass
+        else:
+            if len(documents) == 1:
+                return documents[0]
+    try:
+        documents = _documents(_Loader(text), len(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"invalid YAML{where}: {echo(problem, quote=False)}", source=source) from None
+    if len(documents) != 1:
+        raise error(f"expected exactly one document, found {len(documents)}", source=source)
+    return documents[0]
+
+
+def _documents(loader: Any, size: int) -> list[Any]:
+    """The non-empty documents a loader reads (PyYAML's loader API is untyped)."""
+    loader.node_budget = node_budget(size)
     try:
         documents = []
         while loader.check_data():
             document = loader.get_data()
             if document is not None:
                 documents.append(document)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise error(f"invalid YAML{where}: {echo(problem, quote=False)}", source=source) from None
+        return documents
     finally:
         loader.dispose()
-    if len(documents) != 1:
-        raise error(f"expected exactly one document, found {len(documents)}", source=source)
-    return documents[0]
 
 
 # --- loaders --------------------------------------------------------------------------------------
