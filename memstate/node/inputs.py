@@ -339,12 +339,12 @@ def manifest_files(directory: Path) -> list[Path]:
 
 def is_manifest_candidate(entry: Path) -> bool:
     """A regular file with a manifest suffix, not hidden, named in UTF-8 (see `manifest_files`)."""
-    return (
-        entry.suffix in MANIFEST_SUFFIXES
-        and not entry.name.startswith(".")
-        and _is_utf8(entry.name)
-        and entry.is_file()
-    )
+    return is_manifest_name(entry.name) and entry.is_file()
+
+
+def is_manifest_name(name: str) -> bool:
+    """A name a manifest may have: a manifest suffix, not hidden, UTF-8 (the file not looked at)."""
+    return name.endswith(MANIFEST_SUFFIXES) and not name.startswith(".") and _is_utf8(name)
 
 
 def _is_utf8(name: str) -> bool:
