@@ -13,8 +13,10 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 - collections nest at most `MAX_NESTING` levels: checked on the raw bytes before msgspec decodes
   JSON, and while PyYAML composes (its composer recurses once per level). libyaml's own composer
   (in C, several times faster, but recursing without a limit) composes only a text whose
-  `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest;
-  anything it cannot compose is composed again by the bounded one, which words the error;
+  `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest —
+  and such a document is built without PyYAML's constructor machinery where it holds only
+  mappings, sequences and plain scalars (`_construct_directly`); anything the C composer cannot
+  compose is composed again by the bounded one, which words the error;
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
   more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
   integer must fit 64 bits; a YAML value the constructor cannot build (`!!int 1e999`, a 13th
@@ -37,7 +39,7 @@ import yaml
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from memstate.core.config import NodeConfig, config_from_object, ignored_fields
@@ -257,7 +259,7 @@ def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
         # constructor, so the same document. Whatever goes wrong there is reported by the
         # bounded loader below, which words every error as it always has.
         try:
-            documents = _documents(_C_COMPOSING(text), len(text))
+            documents = _documents(_C_COMPOSING(text), len(text), direct=True)
         except Exception:  # re-parsed below, which raises the error to report
             pass
         else:
@@ -275,18 +277,67 @@ def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
     return documents[0]
 
 
-def _documents(loader: Any, size: int) -> list[Any]:
-    """The non-empty documents a loader reads (PyYAML's loader API is untyped)."""
+def _documents(loader: Any, size: int, *, direct: bool = False) -> list[Any]:
+    """The non-empty documents a loader reads (PyYAML's loader API is untyped); `direct`: build
+    them with `_construct_directly` where it can (libyaml's composer only: it needs the bound)."""
     loader.node_budget = node_budget(size)
     try:
         documents = []
-        while loader.check_data():
-            document = loader.get_data()
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                document = _construct_directly(node, loader, set()) if direct else None
+            except _Unusual:
+                direct = False
+            if not direct:
+                document = loader.construct_document(node)
             if document is not None:
                 documents.append(document)
         return documents
     finally:
         loader.dispose()
+
+
+_STR, _SEQ, _MAP = (f"tag:yaml.org,2002:{name}" for name in ("str", "seq", "map"))
+# Scalars PyYAML's constructor builds into immutable values with no state between nodes.
+_PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "null"))
+
+
+class _Unusual(Exception):
+    """A document `_construct_directly` leaves to PyYAML's constructor."""
+
+
+def _construct_directly(node: Node, loader: Any, seen: set[int]) -> Any:
+    """What PyYAML's (bounded, safe) constructor builds from `node`, without its generators and
+    bookkeeping, for the usual document: mappings, sequences and plain scalars, each node used
+    once. Anything else — an alias, a merge or value key, a key written twice, a tag other than
+    those, a collection as a key — raises `_Unusual`, and the constructor builds the document.
+    Recurses once per level: only for a document `_nesting_bound` proves shallow."""
+    kind = node.__class__
+    if kind is ScalarNode:
+        if node.tag == _STR:
+            return node.value
+        if node.tag in _PLAIN_SCALARS:
+            return loader.construct_object(node)
+        raise _Unusual
+    if id(node) in seen:
+        raise _Unusual  # an alias: one value in two places is the constructor's to build
+    seen.add(id(node))
+    if kind is SequenceNode and node.tag == _SEQ:
+        return [_construct_directly(child, loader, seen) for child in node.value]
+    if kind is not MappingNode or node.tag != _MAP or len(node.value) > loader.node_budget:
+        raise _Unusual
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if key_node.__class__ is not ScalarNode:
+            raise _Unusual
+        key = _construct_directly(key_node, loader, seen)  # not a merge or value key either
+        # A key written twice builds the same key (PyYAML's NaN is one object): the constructor
+        # says whether that is an error (the same spelling) or the last one wins.
+        if key in mapping:
+            raise _Unusual
+        mapping[key] = _construct_directly(value_node, loader, seen)
+    return mapping
 
 
 # --- loaders --------------------------------------------------------------------------------------

@@ -193,6 +193,12 @@ def test_bound_holds_for_deep_texts(steps: list[str]) -> None:
         "a: &x [1, 2]\nb: *x\n",
         "---\n---\nk: v\n",
         "k: v\nk: w\n",
+        ".nan: 1\n.nan: 2\n",  # written twice, though NaN keys never compare equal
+        "1: a\n0x1: b\n",  # two spellings of one key: the constructor keeps the last
+        "<<: {a: 1}\nb: 2\n",
+        "= : v\n",
+        "t: 2001-12-14t21:59:43.10-05:00\n",
+        "? [a]\n: v\n",
         "k: !!int 1e999\n",
         "k: [\n",
         "",
@@ -229,3 +235,10 @@ def test_a_usual_manifest_takes_the_c_composer() -> None:
         }
     )
     assert inputs._nesting_bound(text) <= MAX_NESTING
+
+
+def test_an_alias_is_the_same_value_in_both_places() -> None:
+    """As PyYAML builds it (and what keeps alias expansion linear until the budget check)."""
+    kind, document = outcome("a: &x {k: [1, 2]}\nb: *x\nc: [*x, *x]\n")
+    assert kind == "ok"
+    assert document["a"] is document["b"] is document["c"][0] is document["c"][1]
