@@ -53,7 +53,6 @@ from memstate.core.pod import pod_from_manifest, spec_hash
 from memstate.node.inputs import (
     MAX_FILE_BYTES,
     is_manifest_name,
-    manifest_files,
     parse_document,
 )
 from memstate.node.sources.observation import ObservedPod, SourceName
@@ -113,7 +112,8 @@ class ManifestDirectory:
 
     def _listing(self) -> list[Path]:
         try:
-            files = manifest_files(self.directory)
+            # Names only: `_observe`'s one stat per file says whether it is a regular file.
+            files = [entry for entry in self.directory.iterdir() if is_manifest_name(entry.name)]
         except FileNotFoundError:
             return []
         except OSError as exc:

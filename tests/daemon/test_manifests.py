@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
+from memstate.node.inputs import manifest_files
 from memstate.node.manifests import ManifestDirectory
 from tests.factories import container, manifest
 
@@ -248,6 +249,7 @@ def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> No
         now = observations(pods)
         fresh = ManifestDirectory(tmp_path, order="sorted").read()
         assert now == observations(fresh), step
+        assert sorted(now) == sorted(map(str, manifest_files(tmp_path)))  # the regular files
         if changes is not None:
             hinted += 1
             differ = {k for k in now.keys() | previous.keys() if now.get(k) != previous.get(k)}
