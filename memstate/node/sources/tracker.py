@@ -96,9 +96,11 @@ class PodTracker:
         # The container ids of the pending view and the pods whose ids it changes, when the
         # delta path patched them (None: `accept` derives them from every observation).
         self._pending_ids: tuple[dict[str, dict[str, str]], frozenset[str]] | None = None
-        # Sources updated since the last `accept`: their accounts of changes (see `update`) are
-        # relative to a list the tracker has not accepted, so they are not used.
+        # Sources whose last `update` was not accepted (a recheck's acceptance is not theirs):
+        # their accounts of changes (see `update`) are relative to a list the tracker does not
+        # hold, so they are not used until an update of theirs is accepted.
         self._unaccepted: set[str] = set()
+        self._pending_source: str | None = None  # whose update `_pending` holds
         self._container_ids: dict[str, dict[str, str]] = {}
         # The pods whose container ids the last `accept()` changed.
         self.ids_changed: frozenset[str] = frozenset()
@@ -126,6 +128,7 @@ class PodTracker:
         if source_name in self._unaccepted:
             changes = None
         self._unaccepted.add(source_name)
+        self._pending_source = source_name
         delta = evaluate_delta(
             before.single,
             source_name,
@@ -144,13 +147,14 @@ class PodTracker:
 
     def recheck(self) -> list[Event]:
         """Re-evaluate without a new observation: releases pods whose cgroup is gone now."""
+        self._pending_source = None
         return self._evaluate(dict(self._observed), None)
 
     def accept(self) -> None:
         """The last call's events are durable: make its view the current one."""
         self.ids_changed = frozenset()
-        self._unaccepted.clear()
         if self._pending is not None:
+            self._unaccepted.discard(self._pending_source or "")
             self._observed, self._view = self._pending
             self._pending = None
             if self._pending_ids is not None:
