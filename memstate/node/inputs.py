@@ -211,6 +211,20 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
 
+        def resolve(self, kind: type, value: Any, implicit: Any) -> Any:
+            """PyYAML's tag resolution (regular expressions in Python, half of composing a
+            manifest), remembered: without path resolvers it depends on these arguments only."""
+            resolver: Any = super()  # PyYAML's resolver is untyped
+            if self.yaml_path_resolvers or (value is not None and len(value) > _RESOLVED_CHARS):
+                return resolver.resolve(kind, value, implicit)
+            key = (kind, value, implicit)
+            tag = _RESOLVED.get(key)
+            if tag is None:
+                if len(_RESOLVED) >= _RESOLVED_ENTRIES:
+                    _RESOLVED.clear()  # names and UIDs differ per pod: start afresh now and then
+                tag = _RESOLVED[key] = resolver.resolve(kind, value, implicit)
+            return tag
+
     _C_COMPOSING: type | None = _CComposingLoader
 
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -231,6 +245,11 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 
     _C_COMPOSING = None
 
+
+# Resolved tags of short scalars (and of collections), for `_CComposingLoader.resolve`.
+_RESOLVED: dict[tuple[type, Any, Any], str] = {}
+_RESOLVED_CHARS = 64
+_RESOLVED_ENTRIES = 4096
 
 # The part of a line up to its last block indicator: `-`, `?` or `:` followed by a blank, a line
 # break or the end (libyaml's rule in block context); `.` stops only at "\n", so a "line" here

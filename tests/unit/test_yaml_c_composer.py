@@ -216,7 +216,9 @@ def test_a_text_at_the_nesting_limit_still_takes_the_bounded_composer() -> None:
     assert kind == "error" and f"nested deeper than {MAX_NESTING} levels" in message
 
 
-def test_a_usual_manifest_takes_the_c_composer() -> None:
+def test_a_usual_manifest_takes_the_c_composer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the bound nor the direct construction nor the remembered tags send a usual
+    manifest back to the bounded composer (it would still be right, only slower)."""
     text = yaml.safe_dump(
         {
             "apiVersion": "v1",
@@ -228,13 +230,24 @@ def test_a_usual_manifest_takes_the_c_composer() -> None:
                         "name": "c",
                         "image": "registry.example/app:1.2",
                         "command": ["sh", "-c", "sleep 1"],
-                        "resources": {"limits": {"cpu": "1", "memory": "64Mi"}},
+                        "ports": [{"containerPort": 80}],
+                        "resources": {"limits": {"cpu": 1, "memory": "64Mi"}},
                     }
-                ]
+                ],
+                "hostNetwork": False,
+                "priority": None,
             },
         }
     )
     assert inputs._nesting_bound(text) <= MAX_NESTING
+    expected = slow(text)
+
+    def refuse(stream: str) -> None:
+        raise AssertionError("the bounded composer was asked")
+
+    monkeypatch.setattr(inputs, "_Loader", refuse)
+    for _ in range(2):  # the second time with every tag remembered
+        assert outcome(text) == expected
 
 
 def test_an_alias_is_the_same_value_in_both_places() -> None:
