@@ -28,7 +28,8 @@ watch events are only hints, the rescan is the source of truth. Between full res
 only at the names the watch reported (`hint`), so one new manifest costs one stat and one read,
 not a stat of every file; a full rescan runs at least every `full_rescan_seconds`, whenever a
 read comes without hints (the periodic rescan, a nudge) and after a hint that changes may have
-been missed. After a restart nothing is known,
+been missed. A hinted read also says which files it looked at (`read_changes`), so the tracker
+need not compare the whole list either. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
 directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
 """

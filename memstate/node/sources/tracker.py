@@ -33,7 +33,11 @@ successful observation can. Events carry `pod_source` (the source name) and `sou
 Commit protocol: `update` (and `recheck`) return events and stage the new view; the caller makes
 the events durable and then calls `accept()`. Without `accept` the next call diffs against the
 old view again, so events that were never recorded are asked for again. Callers serialise
-update → commit → accept (memstate.node.sources.feed does).
+update → commit → accept (memstate.node.sources.feed does). A source that knows which of its
+entries changed since its previous update (the manifest directory after a hinted read) passes
+that account as `changes`, and a small change then costs no pass over the list
+(memstate.node.sources.tracker_delta); an account is ignored after an update that was not
+accepted.
 
 Container ids: the kubelet and the API server report each container's runtime id
 (`containerStatuses[].containerID`). They decide nothing and are not events: `container_ids()`
