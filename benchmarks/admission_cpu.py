@@ -54,7 +54,7 @@ CONFIG = {
     "reservedMemory": [{"numaNode": i, "limits": {"memory": "1Gi"}} for i in range(8)],
     "memstate": {
         "metricsAddress": "off",
-        "cgroupRoot": "/",
+        "cgroupTree": "/",
         "rescanSeconds": 3600,
         "resyncSeconds": 3600,
         "checkpointEvery": 1000000,

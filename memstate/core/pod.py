@@ -17,9 +17,10 @@ then app containers in spec order — the order the Topology Manager allocates i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -509,12 +510,28 @@ def _resource_map(values: dict[str, QuantityInput], where: str) -> dict[str, int
     for name, value in sorted(values.items()):
         path = f"{where}.{name}"
         if name == CPU:
-            result[CPU] = parse_millis(value, path=path)
+            result[CPU] = _quantity(parse_millis, value, path)
         elif name == MEMORY or is_hugepage_resource(name):
             resource = canonical_resource_name(name, path=path)
             if resource in result:
                 raise ManifestError(f"{name} duplicates {resource}", path=path)
-            result[resource] = parse_bytes(value, path=path)
+            result[resource] = _quantity(parse_bytes, value, path)
         else:
-            parse_bytes(value, path=path)  # still a quantity: reject garbage
+            _quantity(parse_bytes, value, path)  # still a quantity: reject garbage
     return result
+
+
+def _quantity(parse: Callable[..., int], value: QuantityInput, path: str) -> int:
+    """`parse(value, path=path)`, remembered for the few quantities manifests spell (exact
+    arithmetic on fractions is most of a pod's decoding); an error names `path` as before."""
+    try:
+        return _remembered_quantity(parse, value)
+    except TypeError:  # not hashable: the parser says what it is
+        return parse(value, path=path)
+    except InputError:
+        return parse(value, path=path)  # raises again, naming the field
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # typed: 1, 1.0 and True are different inputs
+def _remembered_quantity(parse: Callable[..., int], value: QuantityInput) -> int:
+    return parse(value)

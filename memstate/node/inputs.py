@@ -11,7 +11,12 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 
 - a file is at most `MAX_FILE_BYTES`, UTF-8, one document; a YAML mapping names a key once;
 - collections nest at most `MAX_NESTING` levels: checked on the raw bytes before msgspec decodes
-  JSON, and while PyYAML composes (its composer recurses once per level);
+  JSON, and while PyYAML composes (its composer recurses once per level). libyaml's own composer
+  (in C, several times faster, but recursing without a limit) composes only a text whose
+  `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest —
+  and such a document is built without PyYAML's constructor machinery where it holds only
+  mappings, sequences and plain scalars (`_construct_directly`); anything the C composer cannot
+  compose is composed again by the bounded one, which words the error;
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
   more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
   integer must fit 64 bits; a YAML value the constructor cannot build (`!!int 1e999`, a 13th
@@ -34,7 +39,7 @@ import yaml
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from memstate.core.config import NodeConfig, config_from_object, ignored_fields
@@ -197,6 +202,31 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
 
+    class _CComposingLoader(CParser, _BoundedConstructor, Resolver):
+        """libyaml's own composer (in C: no Python work per event, but unbounded recursion):
+        used only for a document `_nesting_bound` proves shallow (see `_parse_yaml`)."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _BoundedConstructor.__init__(self)
+            Resolver.__init__(self)
+
+        def resolve(self, kind: type, value: Any, implicit: Any) -> Any:
+            """PyYAML's tag resolution (regular expressions in Python, half of composing a
+            manifest), remembered: without path resolvers it depends on these arguments only."""
+            resolver: Any = super()  # PyYAML's resolver is untyped
+            if self.yaml_path_resolvers or (value is not None and len(value) > _RESOLVED_CHARS):
+                return resolver.resolve(kind, value, implicit)
+            key = (kind, value, implicit)
+            tag = _RESOLVED.get(key)
+            if tag is None:
+                if len(_RESOLVED) >= _RESOLVED_ENTRIES:
+                    _RESOLVED.clear()  # names and UIDs differ per pod: start afresh now and then
+                tag = _RESOLVED[key] = resolver.resolve(kind, value, implicit)
+            return tag
+
+    _C_COMPOSING: type | None = _CComposingLoader
+
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml.parser import Parser
     from yaml.reader import Reader
@@ -213,26 +243,120 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
 
+    _C_COMPOSING = None
+
+
+# Resolved tags of short scalars (and of collections), for `_CComposingLoader.resolve`.
+_RESOLVED: dict[tuple[type, Any, Any], str] = {}
+_RESOLVED_CHARS = 64
+_RESOLVED_ENTRIES = 4096
+
+# The part of a line up to its last block indicator: `-`, `?` or `:` followed by a blank, a line
+# break or the end (libyaml's rule in block context); `.` stops only at "\n", so a "line" here
+# is never shorter than libyaml's, and the group's length is at least the indicator's column.
+_UP_TO_LAST_INDICATOR = re.compile(r"^(.*)[-?:](?:[ \t\r\x00\x85\u2028\u2029]|$)", re.MULTILINE)
+
+
+def _nesting_bound(text: str) -> int:
+    """An upper bound on how deep collections nest in a YAML text, in linear time (in C).
+
+    A block collection starts at the column of its first key or entry, which is at most the
+    column of an indicator on that line; a block collection nested in another starts at a
+    greater column, except a sequence that is a mapping's value (it may share the mapping's
+    column, and its own entries are indented further): so block collections nest at most
+    2 × (the largest such column + 1) deep. Flow collections need a `[` or `{` each, and a
+    `[` may hold an implicit single-pair mapping (`[a: b]`): 2 per bracket. Quoted or commented
+    indicators only make the bound larger.
+    """
+    column = max(map(len, _UP_TO_LAST_INDICATOR.findall(text)), default=-1)
+    return 2 * (column + 1) + 2 * (text.count("[") + text.count("{"))
+
 
 def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
-    loader: Any = _Loader(text)  # PyYAML's loader API is untyped
-    loader.node_budget = node_budget(len(text))
+    if _C_COMPOSING is not None and _nesting_bound(text) <= MAX_NESTING:
+        # Shallow enough for libyaml's recursive composer: the same events, nodes, resolver and
+        # constructor, so the same document. Whatever goes wrong there is reported by the
+        # bounded loader below, which words every error as it always has.
+        try:
+            documents = _documents(_C_COMPOSING(text), len(text), direct=True)
+        except Exception:  # re-parsed below, which raises the error to report
+            pass
+        else:
+            if len(documents) == 1:
+                return documents[0]
     try:
-        documents = []
-        while loader.check_data():
-            document = loader.get_data()
-            if document is not None:
-                documents.append(document)
+        documents = _documents(_Loader(text), len(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise error(f"invalid YAML{where}: {echo(problem, quote=False)}", source=source) from None
-    finally:
-        loader.dispose()
     if len(documents) != 1:
         raise error(f"expected exactly one document, found {len(documents)}", source=source)
     return documents[0]
+
+
+def _documents(loader: Any, size: int, *, direct: bool = False) -> list[Any]:
+    """The non-empty documents a loader reads (PyYAML's loader API is untyped); `direct`: build
+    them with `_construct_directly` where it can (libyaml's composer only: it needs the bound)."""
+    loader.node_budget = node_budget(size)
+    try:
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                document = _construct_directly(node, loader, set()) if direct else None
+            except _Unusual:
+                direct = False
+            if not direct:
+                document = loader.construct_document(node)
+            if document is not None:
+                documents.append(document)
+        return documents
+    finally:
+        loader.dispose()
+
+
+_STR, _SEQ, _MAP = (f"tag:yaml.org,2002:{name}" for name in ("str", "seq", "map"))
+# Scalars PyYAML's constructor builds into immutable values with no state between nodes.
+_PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "null"))
+
+
+class _Unusual(Exception):
+    """A document `_construct_directly` leaves to PyYAML's constructor."""
+
+
+def _construct_directly(node: Node, loader: Any, seen: set[int]) -> Any:
+    """What PyYAML's (bounded, safe) constructor builds from `node`, without its generators and
+    bookkeeping, for the usual document: mappings, sequences and plain scalars, each node used
+    once. Anything else — an alias, a merge or value key, a key written twice, a tag other than
+    those, a collection as a key — raises `_Unusual`, and the constructor builds the document.
+    Recurses once per level: only for a document `_nesting_bound` proves shallow."""
+    kind = node.__class__
+    if kind is ScalarNode:
+        if node.tag == _STR:
+            return node.value
+        if node.tag in _PLAIN_SCALARS:
+            return loader.construct_object(node)
+        raise _Unusual
+    if id(node) in seen:
+        raise _Unusual  # an alias: one value in two places is the constructor's to build
+    seen.add(id(node))
+    if kind is SequenceNode and node.tag == _SEQ:
+        return [_construct_directly(child, loader, seen) for child in node.value]
+    if kind is not MappingNode or node.tag != _MAP or len(node.value) > loader.node_budget:
+        raise _Unusual
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if key_node.__class__ is not ScalarNode:
+            raise _Unusual
+        key = _construct_directly(key_node, loader, seen)  # not a merge or value key either
+        # A key written twice builds the same key (PyYAML's NaN is one object): the constructor
+        # says whether that is an error (the same spelling) or the last one wins.
+        if key in mapping:
+            raise _Unusual
+        mapping[key] = _construct_directly(value_node, loader, seen)
+    return mapping
 
 
 # --- loaders --------------------------------------------------------------------------------------
@@ -285,12 +409,12 @@ def manifest_files(directory: Path) -> list[Path]:
 
 def is_manifest_candidate(entry: Path) -> bool:
     """A regular file with a manifest suffix, not hidden, named in UTF-8 (see `manifest_files`)."""
-    return (
-        entry.suffix in MANIFEST_SUFFIXES
-        and not entry.name.startswith(".")
-        and _is_utf8(entry.name)
-        and entry.is_file()
-    )
+    return is_manifest_name(entry.name) and entry.is_file()
+
+
+def is_manifest_name(name: str) -> bool:
+    """A name a manifest may have: a manifest suffix, not hidden, UTF-8 (the file not looked at)."""
+    return name.endswith(MANIFEST_SUFFIXES) and not name.startswith(".") and _is_utf8(name)
 
 
 def _is_utf8(name: str) -> bool:

@@ -28,16 +28,19 @@ watch events are only hints, the rescan is the source of truth. Between full res
 only at the names the watch reported (`hint`), so one new manifest costs one stat and one read,
 not a stat of every file; a full rescan runs at least every `full_rescan_seconds`, whenever a
 read comes without hints (the periodic rescan, a nudge) and after a hint that changes may have
-been missed. After a restart nothing is known,
+been missed. A hinted read also says which files it looked at (`read_changes`), so the tracker
+need not compare the whole list either. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
 directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,8 +53,7 @@ from memstate.core.events import Event
 from memstate.core.pod import pod_from_manifest, spec_hash
 from memstate.node.inputs import (
     MAX_FILE_BYTES,
-    is_manifest_candidate,
-    manifest_files,
+    is_manifest_name,
     parse_document,
 )
 from memstate.node.sources.observation import ObservedPod, SourceName
@@ -59,6 +61,8 @@ from memstate.node.sources.static import derive_static_uid, static_pod_key
 from memstate.node.sources.tracker import PodTracker
 
 ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
+# stat errors that mean "no file here" (what `Path.is_file` answers False to).
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ class ManifestDirectory:
 
     def _listing(self) -> list[Path]:
         try:
-            files = manifest_files(self.directory)
+            # Names only: `_observe`'s one stat per file says whether it is a regular file.
+            files = [entry for entry in self.directory.iterdir() if is_manifest_name(entry.name)]
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -128,7 +133,8 @@ class ManifestDirectory:
         `PodTracker.update`). The caller commits the events and then calls `accept`, so a scan
         whose events were not recorded is repeated next time.
         """
-        return self.tracker.update(self.name, self.read(), holders=holders)
+        pods, changes = self.read_changes()
+        return self.tracker.update(self.name, pods, holders=holders, changes=changes)
 
     def accept(self) -> None:
         """Remember the last scan's view (its events are durable now)."""
@@ -145,7 +151,14 @@ class ManifestDirectory:
                 self._hinted.update(names)
 
     def read(self) -> list[ObservedPod]:
-        """One observation per manifest file, in listing order (unchanged files are not read).
+        """One observation per manifest file, in listing order (see `read_changes`)."""
+        return self.read_changes()[0]
+
+    def read_changes(self) -> tuple[list[ObservedPod], dict[str, ObservedPod | None] | None]:
+        """One observation per manifest file, in listing order (unchanged files are not read),
+        and the account of what may have changed since the previous read for
+        `PodTracker.update(changes=...)`: file → its observation now (None: gone) for the files
+        looked at; None after a full rescan (the tracker then compares the whole list).
 
         A full rescan lists the directory and stats every file: at the first read, when no
         hint came since the last read (a periodic or nudged rescan), after a hint of None, and
@@ -164,17 +177,20 @@ class ManifestDirectory:
         ):
             self._last_full = now
             self._full_done = True
-            return self._read_all()
+            return self._read_all(), None
+        changes: dict[str, ObservedPod | None] = {}
         for name in sorted(hinted):
             path = self.directory / name
             key = str(path)
             seen = self._cache.pop(key, None)
-            observed = self._observe(path, seen) if is_manifest_candidate(path) else None
+            # The name here, the file type with the one stat `_observe` makes.
+            observed = self._observe(path, seen) if is_manifest_name(path.name) else None
             if observed is None:
                 self._observed.pop(key, None)  # gone, or not (any more) a manifest
             else:
                 self._observed[key] = observed  # keeps its place if it was known
-        return list(self._observed.values())
+            changes[key] = observed
+        return list(self._observed.values()), changes
 
     def _read_all(self) -> list[ObservedPod]:
         previous, self._cache = self._cache, {}
@@ -187,21 +203,23 @@ class ManifestDirectory:
         return list(self._observed.values())
 
     def _observe(self, path: Path, seen: _Read | None) -> ObservedPod | None:
-        """What file `path` holds now (None: it is gone); remembered in `_cache` if read."""
+        """What file `path` holds now (None: it is gone, or not a regular file); remembered in
+        `_cache` if read. One stat, and for a changed file an open, a read and a close."""
         key = str(path)
         try:
-            info = path.stat()
-        except FileNotFoundError:
-            return None
+            info = os.stat(path)
         except OSError as exc:
+            if exc.errno in _GONE:
+                return None
             return ObservedPod(key, error=f"cannot stat: {exc.strerror}")
+        if not stat.S_ISREG(info.st_mode):
+            return None
         identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         if seen is not None and seen.identity == identity:
             self._cache[key] = seen
             return seen.observed
         try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_FILE_BYTES + 1)
+            data = _read_head(path, MAX_FILE_BYTES + 1, info.st_size)
         except FileNotFoundError:
             return None  # deleted between listing and reading: the next scan sees it gone
         except OSError as exc:
@@ -245,3 +263,21 @@ class ManifestDirectory:
         except (TypeError, ValueError) as exc:
             raise ManifestError(f"cannot derive a UID: {exc}", source=source) from None
         return {**document, "metadata": {**metadata, "uid": uid}}, True
+
+
+def _read_head(path: Path, limit: int, size: int) -> bytes:
+    """At most `limit` bytes of a regular file of `size` bytes (at its stat), in as few system
+    calls as it takes (usually one read): no buffered file object. Non-blocking, in case the
+    file was replaced by a FIFO since its stat."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        data = os.read(descriptor, limit)
+        wanted = min(size, limit)
+        while len(data) < wanted:  # a short read: what is left, up to EOF
+            chunk = os.read(descriptor, limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(descriptor)

@@ -8,10 +8,15 @@ Method: real files in a temporary directory, `ManifestDirectory.scan()` and `acc
 from __future__ import annotations
 
 import json
+import os
+import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
+from memstate.node.inputs import manifest_files
 from memstate.node.manifests import ManifestDirectory
 from tests.factories import container, manifest
 
@@ -192,3 +197,66 @@ def test_a_hinted_scan_reads_only_the_hinted_names(tmp_path: Path) -> None:
     now[0] = 61.0  # the full rescan is due even though hints keep coming
     source.hint({"e.yaml"})
     assert scan(source) == [("admit", "uf")]
+
+
+def observations(pods: list[Any]) -> dict[str, tuple[str, str]]:
+    return {pod.locator: (pod.uid, pod.error) for pod in pods}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> None:
+    """Random changes — manifests written, rewritten, made invalid, deleted, replaced by a
+    directory, a FIFO or a symlink (dangling or not), files with other names — each reported
+    by its name: the hinted read's observations (and their order) are what the directory's own
+    account and a fresh full read say, and its account names every file whose observation
+    changed since the previous read."""
+    rng = random.Random(seed)
+    names = [f"m{index}.yaml" for index in range(8)] + ["notes.txt", ".hidden.yaml"]
+    # Symlink targets outside the directory, never changed (a change of a target is not
+    # reported under the link's name: the periodic full rescan sees it).
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "pod.yaml", manifest("u-linked", [container("c", "1Gi")]))
+    targets = [outside / "pod.yaml", outside, outside / "missing.yaml"]
+    tmp_path = tmp_path / "manifests"
+    tmp_path.mkdir()
+    source = ManifestDirectory(tmp_path, full_rescan_seconds=1e9)
+    previous = observations(source.read())
+    hinted = 0
+    for step in range(50):
+        touched = rng.sample(names, rng.choice([1, 1, 2, 3]))
+        for name in touched:
+            path = tmp_path / name
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            roll = rng.random()
+            if roll < 0.5:
+                uid = f"u{rng.randrange(12)}"
+                write(tmp_path, name, manifest(uid, [container("c", rng.choice(["1Gi", "2Gi"]))]))
+            elif roll < 0.6:
+                path.write_text("kind: Pod\nspec: [\n")
+            elif roll < 0.67:
+                path.mkdir()
+            elif roll < 0.74:
+                os.mkfifo(path)
+            elif roll < 0.85:
+                path.symlink_to(rng.choice(targets))
+            # else: deleted
+        source.hint(touched)
+        pods, changes = source.read_changes()
+        now = observations(pods)
+        fresh = ManifestDirectory(tmp_path, order="sorted").read()
+        assert now == observations(fresh), step
+        assert sorted(now) == sorted(map(str, manifest_files(tmp_path)))  # the regular files
+        if changes is not None:
+            hinted += 1
+            differ = {k for k in now.keys() | previous.keys() if now.get(k) != previous.get(k)}
+            assert differ <= changes.keys()
+            assert [pod.locator for pod in pods] == [
+                *(k for k in previous if k in now),
+                *(k for k in changes if k in now and k not in previous),
+            ]
+        previous = now
+    assert hinted > 40

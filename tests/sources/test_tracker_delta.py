@@ -4,15 +4,21 @@ Seeded random deliveries — files added, removed, changed, made invalid, finish
 two files or moved between files, now and then a kubelet listing (a second, gated source) or an
 update that is not accepted — go to one tracker through `update` (which takes the delta path when
 it can) and to the full evaluation of the same observation; the events (order included) and the
-views (dict order included) must be equal after every step.
+views (dict order included) must be equal after every step. The same with the source's account of
+what changed (`update(changes=...)`), and the container ids the delta path patches against the
+ones derived from every observation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
 import pytest
 
+from memstate.node.sources import tracker as tracker_module
+from memstate.node.sources import tracker_delta
 from memstate.node.sources.observation import ObservedPod
 from memstate.node.sources.tracker import PodTracker
 from tests.sources.test_tracker import observed
@@ -80,3 +86,64 @@ def test_delta_path_equals_the_full_evaluation(seed: int) -> None:
         if rng.random() < 0.9:
             tracker.accept()
     assert deltas > 5  # the delta path was tried (it falls back on duplicate UIDs)
+
+
+def with_ids(rng: random.Random, pod: ObservedPod) -> ObservedPod:
+    """`pod` with runtime container ids now and then (what the delta path patches)."""
+    if pod.pod is None or rng.random() < 0.6:
+        return pod
+    ids = tuple((f"{rng.randrange(3):064x}", rng.choice(["c", "d"])) for _ in range(2))
+    return dataclasses.replace(pod, container_ids=ids)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_account_of_changes_equals_the_full_evaluation(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source's account of changes (`update(changes=...)`, as the manifest directory keeps
+    it: a changed file keeps its place, a new one is appended, a gone one dropped) gives the
+    events, views and container ids of the full evaluation of the whole list."""
+    hinted = []
+    real = tracker_delta._hinted_changes
+
+    def counted(*args: Any) -> Any:
+        found = real(*args)
+        hinted.append(found is not None)
+        return found
+
+    monkeypatch.setattr(tracker_delta, "_hinted_changes", counted)
+    rng = random.Random(seed)
+    tracker = PodTracker(cgroup_gone=lambda uid: True)
+    reference = PodTracker(cgroup_gone=lambda uid: True)
+    files: dict[str, ObservedPod] = {}  # in the order the source lists them
+    for _ in range(150):
+        changes: dict[str, ObservedPod | None] | None = {}
+        touched = rng.sample(LOCATORS, rng.choice([0, 1, 1, 1, 2, 3, 5, 14]))
+        for locator in touched:
+            if locator in files and rng.random() < 0.3:
+                del files[locator]
+                changes[locator] = None
+            elif locator in files and rng.random() < 0.1:
+                changes[locator] = files[locator]  # reported, but unchanged
+            else:
+                files[locator] = changes[locator] = with_ids(rng, random_pod(rng, locator))
+        if rng.random() < 0.05:
+            changes = None  # a full rescan: no account
+        pods = list(files.values())
+        reference._observed, reference._view = tracker._observed, tracker._view
+        events = tracker.update("manifests", pods, changes=changes)
+        expected = reference._evaluate({**tracker._observed, "manifests": pods}, None)
+        assert events == expected
+        assert view(tracker) == view(reference)
+        if rng.random() < 0.1:
+            continue  # not accepted: the next update's account is not used
+        if rng.random() < 0.1:
+            tracker.recheck()  # a recheck in between: its acceptance is not this update's
+        before = tracker.container_ids()
+        tracker.accept()
+        ids = tracker_module._container_ids(tracker._observed)
+        assert tracker.container_ids() == ids
+        assert tracker.ids_changed == {
+            uid for uid in ids.keys() | before.keys() if ids.get(uid) != before.get(uid)
+        }
+    assert sum(hinted) > 20  # the account was used (not when an update was left unaccepted)

@@ -22,9 +22,13 @@ SOURCE_HEALTH_SECONDS = 1.0
 async def scan_manifests(daemon: DaemonContext) -> None:
     if "manifests" not in daemon.settings.pod_sources:
         return
-    read = daemon.adapters.read_manifests or daemon.manifests.read
-    pods = await daemon.run_io(read)
-    await daemon.feed.deliver("manifests", pods)
+    if daemon.adapters.read_manifests is not None:
+        pods = await daemon.run_io(daemon.adapters.read_manifests)
+        await daemon.feed.deliver("manifests", pods)
+        return
+    # The directory's account of what changed lets the tracker skip a pass over every pod.
+    pods, changes = await daemon.run_io(daemon.manifests.read_changes)
+    await daemon.feed.deliver("manifests", pods, changes=changes)
 
 
 async def sources_loop(daemon: DaemonContext) -> None:

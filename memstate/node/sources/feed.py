@@ -9,7 +9,7 @@ again. `on_container_ids` hears of every change of the runtime container ids the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -33,10 +33,18 @@ class SourceFeed:
         self._on_container_ids = on_container_ids
         self._lock = trio.Lock()
 
-    async def deliver(self, source_name: SourceName, pods: Sequence[ObservedPod]) -> list[Event]:
-        """`source_name` sees exactly `pods` now: record what changed. Returns the events."""
+    async def deliver(
+        self,
+        source_name: SourceName,
+        pods: Sequence[ObservedPod],
+        *,
+        changes: Mapping[str, ObservedPod | None] | None = None,
+    ) -> list[Event]:
+        """`source_name` sees exactly `pods` now: record what changed. Returns the events.
+
+        `changes`: the source's account of what changed (see `PodTracker.update`)."""
         async with self._lock:
-            events = self.tracker.update(source_name, pods)
+            events = self.tracker.update(source_name, pods, changes=changes)
             if events:
                 await self._submit(events)
             self._accept()

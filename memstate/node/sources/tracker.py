@@ -33,7 +33,11 @@ successful observation can. Events carry `pod_source` (the source name) and `sou
 Commit protocol: `update` (and `recheck`) return events and stage the new view; the caller makes
 the events durable and then calls `accept()`. Without `accept` the next call diffs against the
 old view again, so events that were never recorded are asked for again. Callers serialise
-update → commit → accept (memstate.node.sources.feed does).
+update → commit → accept (memstate.node.sources.feed does). A source that knows which of its
+entries changed since its previous update (the manifest directory after a hinted read) passes
+that account as `changes`, and a small change then costs no pass over the list
+(memstate.node.sources.tracker_delta); an account is ignored after an update that was not
+accepted.
 
 Container ids: the kubelet and the API server report each container's runtime id
 (`containerStatuses[].containerID`). They decide nothing and are not events: `container_ids()`
@@ -93,6 +97,14 @@ class PodTracker:
         self._observed: dict[str, list[ObservedPod]] = {}
         self._view = _View()
         self._pending: tuple[dict[str, list[ObservedPod]], _View] | None = None
+        # The container ids of the pending view and the pods whose ids it changes, when the
+        # delta path patched them (None: `accept` derives them from every observation).
+        self._pending_ids: tuple[dict[str, dict[str, str]], frozenset[str]] | None = None
+        # Sources whose last `update` was not accepted (a recheck's acceptance is not theirs):
+        # their accounts of changes (see `update`) are relative to a list the tracker does not
+        # hold, so they are not used until an update of theirs is accepted.
+        self._unaccepted: set[str] = set()
+        self._pending_source: str | None = None  # whose update `_pending` holds
         self._container_ids: dict[str, dict[str, str]] = {}
         # The pods whose container ids the last `accept()` changed.
         self.ids_changed: frozenset[str] = frozenset()
@@ -103,14 +115,24 @@ class PodTracker:
         pods: Sequence[ObservedPod],
         *,
         holders: Mapping[str, str] | None = None,
+        changes: Mapping[str, ObservedPod | None] | None = None,
     ) -> list[Event]:
         """`source_name` now sees exactly `pods`; the events for what changed (staged).
 
         `holders` (UID → locator of the running pod) overrides the injected `holder_of`.
+        `changes`, from a source that keeps account (the manifest directory): locator → its
+        observation now, None if gone, for every entry of `pods` that may differ from this
+        source's previous `update`; new entries were appended to the list in this order, and
+        every other entry is the same object at the same place. It lets a small change cost
+        work proportional to it instead of a pass over `pods` (see tracker_delta).
         """
         observed = dict(self._observed)
         observed[source_name] = list(pods)
         before = self._view
+        if source_name in self._unaccepted:
+            changes = None
+        self._unaccepted.add(source_name)
+        self._pending_source = source_name
         delta = evaluate_delta(
             before.single,
             source_name,
@@ -118,23 +140,31 @@ class PodTracker:
             held_before=before.held,
             invalid_before=before.invalid,
             done_before=before.done,
+            changes=changes,
         )
         if delta is not None:
             view = _View(delta.held, delta.invalid, delta.done, delta.index)
             self._pending = (observed, view)
+            self._pending_ids = _patched_container_ids(self._container_ids, delta.pods_of)
             return delta.events
         return self._evaluate(observed, holders)
 
     def recheck(self) -> list[Event]:
         """Re-evaluate without a new observation: releases pods whose cgroup is gone now."""
+        self._pending_source = None
         return self._evaluate(dict(self._observed), None)
 
     def accept(self) -> None:
         """The last call's events are durable: make its view the current one."""
         self.ids_changed = frozenset()
         if self._pending is not None:
+            self._unaccepted.discard(self._pending_source or "")
             self._observed, self._view = self._pending
             self._pending = None
+            if self._pending_ids is not None:
+                self._container_ids, self.ids_changed = self._pending_ids
+                self._pending_ids = None
+                return
             ids = _container_ids(self._observed)
             before = self._container_ids
             self.ids_changed = frozenset(
@@ -218,15 +248,18 @@ class PodTracker:
             observed, {h.source_name for h in held.values()}, _CGROUP_GATED
         )
         self._pending = (observed, _View(held, invalid, done, single))
+        self._pending_ids = None
         return removals + requests
 
     def _is_gone(self, uid: str) -> bool:
         return True if self._cgroup_gone is None else self._cgroup_gone(uid)
 
 
-def _container_ids(observed: Mapping[str, Sequence[ObservedPod]]) -> dict[str, dict[str, str]]:
+def _container_ids(
+    observed: Mapping[str, Sequence[ObservedPod]], order: Sequence[str] = PRECEDENCE
+) -> dict[str, dict[str, str]]:
     ids: dict[str, dict[str, str]] = {}
-    for name in PRECEDENCE:
+    for name in order:
         for pod in observed.get(name, ()):
             if pod.pod is None or not pod.container_ids:
                 continue
@@ -234,6 +267,27 @@ def _container_ids(observed: Mapping[str, Sequence[ObservedPod]]) -> dict[str, d
             for runtime_id, container in pod.container_ids:
                 known.setdefault(runtime_id, container)
     return ids
+
+
+def _patched_container_ids(
+    ids: dict[str, dict[str, str]], pods_of: Mapping[str, ObservedPod | None]
+) -> tuple[dict[str, dict[str, str]], frozenset[str]]:
+    """`ids` with the pods in `pods_of` (UID → its one observation now, None: none) re-derived,
+    and the UIDs whose ids that changes; `ids` itself when none. Valid where the delta path
+    is: one source has pods, and each UID in `pods_of` has at most that one observation."""
+    patched: dict[str, dict[str, str]] | None = None
+    changed: list[str] = []
+    for uid, pod in pods_of.items():
+        now = _container_ids({"": [pod]}, ("",)).get(uid) if pod is not None else None
+        if now != ids.get(uid):
+            if patched is None:
+                patched = dict(ids)  # a new dict after every change (see `container_ids`)
+            if now is None:
+                del patched[uid]
+            else:
+                patched[uid] = now
+            changed.append(uid)
+    return (ids if patched is None else patched), frozenset(changed)
 
 
 def _removal(uid: str, held: _Held) -> PodRemovalRequested:

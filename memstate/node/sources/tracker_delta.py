@@ -9,17 +9,20 @@ full evaluation would (same events, same order, same dicts in the same order) fr
 locators, and returns None whenever the shape does not hold, so the caller falls back to the full
 evaluation. `tests/sources/test_tracker_delta.py` compares both on seeded random deliveries.
 
-What is still linear is cheap bookkeeping: a dict of the new list by locator, one look-up and
-identity test per locator to find what changed (the manifest source keeps an unchanged file's
-observation object), copies of the view's dicts, and — only when an added entry does not belong
-at the end of a dict (a file sorting before others) — that dict re-ordered by the new list.
+Finding what changed: a source that keeps account of it (the manifest directory after a hinted
+read: `changes`, locator → observation now) names the changed locators, so nothing walks the list;
+otherwise the new list is compared with the accepted one, in C but for the entries that are not
+the same objects as before (the manifest source keeps an unchanged file's observation object).
+What is still linear is done in C: copies of the view's dicts and of the list, and — only when an
+added entry does not belong at the end of a dict (a file sorting before others) — that dict
+re-ordered by the new list (a Python pass, for that rare case).
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -87,6 +90,9 @@ class DeltaResult:
     invalid: dict[str, tuple[str, str]]
     done: dict[str, str]
     index: SingleSource
+    # Every UID whose observations the delivery touched → its decodable observation now (None:
+    # it has none): what the tracker's container ids are patched with.
+    pods_of: dict[str, ObservedPod | None]
 
 
 def evaluate_delta(
@@ -97,29 +103,26 @@ def evaluate_delta(
     held_before: dict[str, Held],
     invalid_before: dict[str, tuple[str, str]],
     done_before: dict[str, str],
+    changes: Mapping[str, ObservedPod | None] | None = None,
 ) -> DeltaResult | None:
-    """Events and view for `name` now seeing `pods`, or None (take the full evaluation)."""
+    """Events and view for `name` now seeing `pods`, or None (take the full evaluation).
+
+    `changes`, when the source keeps account of them: locator → its observation now (None: gone)
+    for every entry that may differ from the accepted list, new entries in the order they were
+    appended to it; every other entry is the same object at the same place. With it no pass
+    over the list is needed (cheap checks that it fits the list fall back to comparing).
+    """
     if index is None or index.source != name:
         return None
     old = index.by_locator
-    locators = [pod.locator for pod in pods]
-    new = dict(zip(locators, pods, strict=True))
-    if len(new) != len(pods):
+    found = (
+        _hinted_changes(old, pods, changes) if changes is not None else _compared_changes(old, pods)
+    )
+    if found is None:
         return None
-    # The observations that are not the same objects as before (the manifest source keeps an
-    # unchanged file's), found in C; of those, the ones that differ.
-    others = itertools.compress(pods, map(operator.is_not, map(old.get, locators), pods))
-    changed = [pod for pod in others if old.get(pod.locator) != pod]
-    if len(changed) > DELTA_LIMIT:
-        return None
-    gone = [locator for locator in old if locator not in new] if len(new) != len(old) else []
-    if not changed and len(gone) == 0:
-        return DeltaResult([], held_before, invalid_before, done_before, index)
-    if len(changed) + len(gone) > DELTA_LIMIT:
-        gone = [locator for locator in old if locator not in new]
-        if len(changed) + len(gone) > DELTA_LIMIT:
-            return None
-    gone = gone or [locator for locator in old if locator not in new]
+    new, changed, gone = found
+    if not changed and not gone:
+        return DeltaResult([], held_before, invalid_before, done_before, index, {})
 
     claims = dict(index.claims)
     affected: set[str] = set()
@@ -200,8 +203,9 @@ def evaluate_delta(
             finished = held_before.get(pod.pod.uid)
             if finished is not None:
                 finished_removals[pod.pod.uid] = _removal(pod.pod.uid, finished)
-    if leaving:
-        removals.extend(_removal(uid, h) for uid, h in held_before.items() if uid in leaving)
+    if leaving:  # in the held order
+        ranked = sorted(leaving, key=list(held_before).index) if len(leaving) > 1 else leaving
+        removals.extend(_removal(uid, held_before[uid]) for uid in ranked)
     cleared = {
         locator
         for locator in [*gone, *(pod.locator for pod in changed)]
@@ -231,9 +235,84 @@ def evaluate_delta(
         done = _reorder(done, new, invalid)
     if invalid_added and not order.ascending(invalid_tail, invalid_added):
         invalid = {locator: invalid[locator] for locator in new if locator in invalid}
+    pods_of: dict[str, ObservedPod | None] = dict.fromkeys(affected)
+    for pod in changed:
+        if pod.pod is not None:
+            pods_of[pod.pod.uid] = pod
     return DeltaResult(
-        events + ordered_requests, held, invalid, done, SingleSource(name, new, claims)
+        events + ordered_requests, held, invalid, done, SingleSource(name, new, claims), pods_of
     )
+
+
+def _compared_changes(
+    old: dict[str, ObservedPod], pods: Sequence[ObservedPod]
+) -> tuple[dict[str, ObservedPod], list[ObservedPod], list[str]] | None:
+    """(the new list by locator, the changed observations in its order, the locators gone),
+    found by comparing the whole new list with the old one (in C, but for the changed entries),
+    or None: too many changes, or two entries share a locator."""
+    new = dict(zip(map(_LOCATOR, pods), pods, strict=True))
+    if len(new) != len(pods):
+        return None
+    # The observations that are not the same objects as before (the manifest source keeps an
+    # unchanged file's), found in C; of those, the ones that differ.
+    others = itertools.compress(pods, map(operator.is_not, map(old.get, new), pods))
+    changed = [pod for pod in others if old.get(pod.locator) != pod]
+    if len(changed) > DELTA_LIMIT:
+        return None
+    if len(new) == len(old) and not changed:
+        return new, [], []
+    # Every old locator is in `new` when the sizes match and nothing was added (C-speed check).
+    added = sum(1 for pod in changed if pod.locator not in old)
+    if len(new) - added == len(old):
+        return new, changed, []
+    gone = list(old.keys() - new.keys())
+    if len(changed) + len(gone) > DELTA_LIMIT:
+        return None
+    # In the old list's order, as the full evaluation finds them.
+    return new, changed, sorted(gone, key=list(old).index) if len(gone) > 1 else gone
+
+
+def _hinted_changes(
+    old: dict[str, ObservedPod],
+    pods: Sequence[ObservedPod],
+    changes: Mapping[str, ObservedPod | None],
+) -> tuple[dict[str, ObservedPod], list[ObservedPod], list[str]] | None:
+    """As `_compared_changes`, from the source's own account of what changed (see
+    `evaluate_delta`), without a pass over the list; None when the account does not fit it."""
+    if len(changes) > DELTA_LIMIT:
+        return None
+    new = dict(old)
+    appended: list[str] = []
+    gone: list[str] = []
+    for locator, pod in changes.items():
+        if pod is None:
+            if new.pop(locator, None) is not None:
+                gone.append(locator)
+        else:
+            if pod.locator != locator:
+                return None
+            if locator not in new:
+                appended.append(locator)
+            new[locator] = pod
+    # Cheap checks that the account matches the list (a wrong one falls back to the full path).
+    if len(new) != len(pods) or (pods and next(reversed(new.values())) is not pods[-1]):
+        return None
+    changed = [
+        pod
+        for locator, pod in changes.items()
+        if pod is not None and (was := old.get(locator)) is not pod and was != pod
+    ]
+    if len(changed) > 1 or len(gone) > 1:
+        # The source's order: changed entries keep their places, added ones come last in the
+        # order the account lists them; gone ones in the old list's order.
+        places = {locator: place for place, locator in enumerate(new)}
+        changed.sort(key=lambda pod: places[pod.locator])
+        if len(gone) > 1:
+            gone.sort(key=list(old).index)
+    return new, changed, gone
+
+
+_LOCATOR = operator.attrgetter("locator")
 
 
 class _Order:
@@ -245,6 +324,9 @@ class _Order:
 
     def ascending(self, tail: str | None, added: list[str]) -> bool:
         """`tail` (the last entry kept) and then `added` are in the list's order."""
+        last = list(itertools.islice(reversed(self._new), len(added)))
+        if last == added[::-1] and tail not in added:
+            return True  # appended at the end (a new file): no pass over the list
         if self._locators is None:
             self._locators = list(self._new)
         positions = [self._locators.index(locator) for locator in added]
