@@ -38,12 +38,8 @@ from memstate.core.plan import (
     merge_observations,
     naming_config,
 )
-from memstate.core.plan.containers import (
-    container_paths,
-    container_targets_for_pod,
-    with_container_targets,
-)
-from memstate.core.targets import CgroupTarget, NodeTargets, PodTargets
+from memstate.core.plan.containers import ContainerIndex
+from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 
 # Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
@@ -353,37 +349,6 @@ def observe_containers(
     return merge_observations(base, observer.found), observer.errors, observer.reads
 
 
-class ContainerTargetsMemo:
-    """`container_targets_for_pod` remembered per pod between rounds: reused while the pod's
-    targets and its cgroup's listing are the same objects and its runtime ids are equal (a
-    scoped round looks at every pod's listing; on a node whose pods have container cgroups,
-    deriving each one's targets afresh costs more than the rest of the round)."""
-
-    def __init__(self) -> None:
-        self._by_uid: dict[
-            str, tuple[PodTargets, tuple[str, ...], Mapping[str, str], list[CgroupTarget]]
-        ] = {}
-        self._seen: dict[
-            str, tuple[PodTargets, tuple[str, ...], Mapping[str, str], list[CgroupTarget]]
-        ] = {}
-
-    def derive(
-        self, pod: PodTargets, children: tuple[str, ...], ids: Mapping[str, str]
-    ) -> list[CgroupTarget]:
-        """What `container_targets_for_pod(pod, children, ids)` returns."""
-        known = self._by_uid.get(pod.uid) or self._seen.get(pod.uid)
-        if known is not None and known[0] is pod and known[1] is children and known[2] == ids:
-            found = known[3]
-        else:
-            found = container_targets_for_pod(pod, children, ids)
-        self._seen[pod.uid] = (pod, children, ids, found)  # ids: replaced, never mutated
-        return found
-
-    def round_done(self) -> None:
-        """Keep only the pods looked at since the last call (the others are gone)."""
-        self._by_uid, self._seen = self._seen, {}
-
-
 def add_container_cgroups(
     fs: CgroupFS,
     targets: NodeTargets,
@@ -391,25 +356,35 @@ def add_container_cgroups(
     container_ids: Mapping[str, Mapping[str, str]] | None = None,
     *,
     pods: Iterable[str] | None = None,
-    memo: ContainerTargetsMemo | None = None,
+    index: ContainerIndex | None = None,
 ) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int]:
     """After `observe_tree`: the container cgroups listed under the pod cgroups of `tree` (only
     under `pods`, when given) read and added to the targets. Returns (targets, tree, the
     container paths read, read errors, calls). Read-only."""
-    derive = None if memo is None else memo.derive
-    listed = with_container_targets(
-        targets, tree, container_ids, listed_is_enough=True, derive=derive
+    complete, tree, wanted, errors, reads, _index = add_container_cgroups_carried(
+        fs, targets, tree, container_ids, pods=pods, index=index or ContainerIndex()
     )
-    by_pod = container_paths(listed)
-    if pods is None:
-        wanted = sorted(p for found in by_pod.values() for p in found)
-    else:
-        wanted = sorted(p for pod in pods for p in by_pod.get(pod, ()))
+    return complete, tree, wanted, errors, reads
+
+
+def add_container_cgroups_carried(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    tree: ObservedTree,
+    container_ids: Mapping[str, Mapping[str, str]] | None,
+    *,
+    pods: Iterable[str] | None,
+    index: ContainerIndex,
+) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int, ContainerIndex]:
+    """`add_container_cgroups` with the container index carried from the previous round (the
+    reconciler's): the index of the returned targets and tree comes last."""
+    index = index.updated(targets, tree, container_ids)
+    candidates = index.listed(pods)
+    wanted = [t.path for t in candidates]
     errors: list[ReadError] = []
     reads = 0
     if wanted:
+        listed = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *candidates))
         tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
-    complete = with_container_targets(targets, tree, container_ids, derive=derive)
-    if memo is not None:
-        memo.round_done()
-    return complete, tree, wanted, errors, reads
+        index = index.updated(targets, tree, container_ids)
+    return index.complete, tree, wanted, errors, reads, index

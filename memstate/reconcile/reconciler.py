@@ -97,13 +97,14 @@ from memstate.core.plan import (
     profile_targets,
 )
 from memstate.core.plan.children import ChildSums
+from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.profile import STANDALONE, WriteProfile
 from memstate.core.targets import NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
-    ContainerTargetsMemo,
     ReadError,
     add_container_cgroups,
+    add_container_cgroups_carried,
     observe_children,
     observe_containers,
     observe_tree,
@@ -279,7 +280,9 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
-        self._containers_memo = ContainerTargetsMemo()
+        # Every pod's container cgroups as the last round found them (updated for the pods that
+        # changed only): a scoped round does not derive every pod's containers again.
+        self._containers = ContainerIndex()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
 
@@ -477,8 +480,8 @@ class Reconciler:
         rest) say which containers exist; their managed files are read before planning, so the
         planner only ever sees container cgroups observed to exist and never creates one.
         """
-        complete, tree, wanted, errors, reads = add_container_cgroups(
-            self.fs, targets, tree, self.container_ids, pods=paths, memo=self._containers_memo
+        complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
+            self.fs, targets, tree, self.container_ids, pods=paths, index=self._containers
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
