@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_module
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -39,7 +39,7 @@ from memstate.core.plan import (
     naming_config,
 )
 from memstate.core.plan.containers import ContainerIndex
-from memstate.core.targets import NodeTargets
+from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 
 # Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
@@ -60,14 +60,28 @@ class ReadError:
 class _Observer:
     """Reads the tree through a CgroupFS; counts calls; never raises HostError."""
 
-    def __init__(self, fs: CgroupFS, targets: NodeTargets, config: NodeConfig) -> None:
+    def __init__(
+        self,
+        fs: CgroupFS,
+        targets: NodeTargets,
+        config: NodeConfig,
+        desired: Mapping[str, CgroupTarget] | None = None,
+    ) -> None:
         self.fs = fs
         self.targets = targets
         self.config = config
-        self.desired = {t.path: t for t in targets.cgroups}
+        # path -> target of `targets` (given by a caller that keeps one: a `TargetIndex`'s),
+        # built on first use otherwise.
+        self._desired = desired
         self.reads = 0
         self.errors: list[ReadError] = []
         self.found: dict[str, ObservedCgroup] = {}
+
+    @property
+    def desired(self) -> Mapping[str, CgroupTarget]:
+        if self._desired is None:
+            self._desired = {t.path: t for t in self.targets.cgroups}
+        return self._desired
 
     def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
         if exc.errno == errno_module.ENOENT and op != "exists" and self._vanished(path):
@@ -257,13 +271,15 @@ def observe_tree(
     *,
     scope: Iterable[str] | None = None,
     base: ObservedTree | None = None,
+    desired: Mapping[str, CgroupTarget] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Observe the tree for `targets`: (tree, read errors, number of calls).
 
     With `scope` and a cached `base`, only the scoped paths and their ancestors are read (see
-    the module docstring); otherwise everything. Read-only: never writes.
+    the module docstring); otherwise everything. Read-only: never writes. `desired`: path ->
+    target of `targets`, when the caller keeps one (else built here).
     """
-    observer = _Observer(fs, targets, naming_config(targets))
+    observer = _Observer(fs, targets, naming_config(targets), desired)
     # A tree that can hold still for the reads does (the directory-backed simulator: one
     # catch-up with other writers per observation, not one per read).
     snapshot = getattr(fs, "snapshot", None)
@@ -331,13 +347,19 @@ def observe_children(
 
 
 def observe_containers(
-    fs: CgroupFS, targets: NodeTargets, paths: Iterable[str], *, base: ObservedTree
+    fs: CgroupFS,
+    targets: NodeTargets,
+    paths: Iterable[str],
+    *,
+    base: ObservedTree,
+    desired: Mapping[str, CgroupTarget] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Read the managed files of the container cgroups `paths` (targets of `targets`, listed by
     their pod cgroup in `base`) and their pod cgroups' `cgroup.subtree_control` (the runtime
     enables the memory controller there; without it the files do not exist), and merge them
-    into `base`: (tree, read errors, calls)."""
-    observer = _Observer(fs, targets, naming_config(targets))
+    into `base`: (tree, read errors, calls). `desired`: path -> target of `targets`, when the
+    caller keeps one."""
+    observer = _Observer(fs, targets, naming_config(targets), desired)
     for pod in sorted({path.rpartition("/")[0] for path in paths}):
         found = base.get(pod)
         if found is not None and found.exists:
@@ -347,6 +369,28 @@ def observe_containers(
         # Listed, with what its own children hold (crun may nest one): the planner covers them.
         observer.desired_cgroup(path, None, list_children=True)
     return merge_observations(base, observer.found), observer.errors, observer.reads
+
+
+class _Overlay(Mapping[str, CgroupTarget]):
+    """`extra` over `base`, read-only, without copying `base`."""
+
+    def __init__(self, extra: dict[str, CgroupTarget], base: Mapping[str, CgroupTarget]) -> None:
+        self._extra = extra
+        self._base = base
+
+    def __getitem__(self, path: str) -> CgroupTarget:
+        found = self._extra.get(path)
+        return found if found is not None else self._base[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._extra or path in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._extra
+        yield from (path for path in self._base if path not in self._extra)
+
+    def __len__(self) -> int:
+        return len(self._extra) + sum(1 for path in self._base if path not in self._extra)
 
 
 def add_container_cgroups(
@@ -375,9 +419,11 @@ def add_container_cgroups_carried(
     *,
     pods: Iterable[str] | None,
     index: ContainerIndex,
+    desired: Mapping[str, CgroupTarget] | None = None,
 ) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int, ContainerIndex]:
     """`add_container_cgroups` with the container index carried from the previous round (the
-    reconciler's): the index of the returned targets and tree comes last."""
+    reconciler's): the index of the returned targets and tree comes last. `desired`: path ->
+    target of `targets`, when the caller keeps one."""
     index = index.updated(targets, tree, container_ids)
     candidates = index.listed(pods)
     wanted = [t.path for t in candidates]
@@ -385,6 +431,7 @@ def add_container_cgroups_carried(
     reads = 0
     if wanted:
         listed = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *candidates))
-        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
+        known = None if desired is None else _Overlay({t.path: t for t in candidates}, desired)
+        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree, desired=known)
         index = index.updated(targets, tree, container_ids)
     return index.complete, tree, wanted, errors, reads, index

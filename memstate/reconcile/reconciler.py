@@ -66,7 +66,7 @@ from __future__ import annotations
 import errno as errno_module
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,8 +98,9 @@ from memstate.core.plan import (
 )
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
+from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, WriteProfile
-from memstate.core.targets import NodeTargets
+from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
     ReadError,
@@ -167,6 +168,7 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 DEFAULT_OPTIONS = ReconcilerOptions()
+_NO_TARGETS = NodeTargets(cgroups=(), pods=(), node_memory_min_bytes=0, node_memory_low_bytes=0)
 
 
 class OperationResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -269,7 +271,10 @@ class Reconciler:
         self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
-        self._desired_before: set[str] = set()  # the desired paths of the previous round
+        # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
+        self._desired_before: Mapping[str, CgroupTarget] = {}
+        self._index = TargetIndex.of(_NO_TARGETS)  # of the (profiled) targets, carried
+        self._complete_index = self._index  # of the targets with their container cgroups
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
@@ -314,21 +319,29 @@ class Reconciler:
         if self._profiled is None or self._profiled[0] is not targets:
             self._profiled = (targets, profile_targets(targets, self.profile))
         targets = self._profiled[1]
+        # Look-ups over the targets, carried: updated for the cgroups that changed only.
+        self._index = index = self._index.updated(targets)
         config = naming_config(targets)
-        desired = {t.path for t in targets.cgroups}
+        desired = index.by_path
         valid, foreign = _split_retired(retired_paths, config)
-        retiring = frozenset(valid - desired)
+        retiring = frozenset(valid.difference(desired))
         # Before the first full resync there is no picture to scope against.
         paths = (
             None
             if scope is None or self._tree is None
-            else self._scope_paths(targets, config, scope, retiring)
+            else self._scope_paths(desired, config, scope, retiring)
         )
         full = paths is None
-        tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
-        targets, tree, focus, more_errors, more_reads = self._with_containers(targets, tree, paths)
+        tree, read_errors, reads = observe_tree(
+            self.fs, targets, scope=paths, base=self._tree, desired=desired
+        )
+        targets, tree, focus, more_errors, more_reads = self._with_containers(
+            targets, tree, paths, desired
+        )
         read_errors += more_errors
         reads += more_reads
+        # The same look-ups over the targets with their container cgroups.
+        self._complete_index = complete = self._complete_index.updated(targets)
 
         def plan_for(tree: ObservedTree) -> Plan:
             if self.options.shadow:
@@ -347,12 +360,13 @@ class Reconciler:
                 focus=focus,
                 profile=self.profile,
                 child_sums=child_sums,
+                index=complete,
             )
 
         plan = self._full_plan(targets, tree, retiring, plan_for) if full else plan_for(tree)
         if not full:
             tree, plan, more_errors, more_reads = self._see_children_of_lowered(
-                targets, tree, plan, plan_for, focus or ()
+                targets, complete, tree, plan, plan_for, focus=focus or ()
             )
             read_errors += more_errors
             reads += more_reads
@@ -360,10 +374,10 @@ class Reconciler:
             return self._shadow_report(
                 targets, tree, plan, read_errors=read_errors, reads=reads, retiring=retiring
             )
-        drift = self._drift(targets, tree, plan)
+        drift = self._drift(complete, tree, plan)
         results, writes = self._execute(plan)
         return self._finish(
-            targets,
+            complete,
             tree,
             plan,
             results,
@@ -470,7 +484,11 @@ class Reconciler:
         return plan
 
     def _with_containers(
-        self, targets: NodeTargets, tree: ObservedTree, paths: list[str] | None
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        paths: list[str] | None,
+        desired: Mapping[str, CgroupTarget],
     ) -> tuple[NodeTargets, ObservedTree, list[str] | None, list[ReadError], int]:
         """The targets with the container cgroups found under the pod cgroups, the tree with
         their files read, the plan's focus (a scoped round's plus the containers of the pods in
@@ -481,7 +499,13 @@ class Reconciler:
         planner only ever sees container cgroups observed to exist and never creates one.
         """
         complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
-            self.fs, targets, tree, self.container_ids, pods=paths, index=self._containers
+            self.fs,
+            targets,
+            tree,
+            self.container_ids,
+            pods=paths,
+            index=self._containers,
+            desired=desired,
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
@@ -490,12 +514,11 @@ class Reconciler:
 
     def _scope_paths(
         self,
-        targets: NodeTargets,
+        desired: Mapping[str, CgroupTarget],
         config: NodeConfig,
         scope: Iterable[str],
         retiring: frozenset[str],
     ) -> list[str]:
-        desired = {t.path for t in targets.cgroups}
         paths: set[str] = set()
         for path in scope:
             parsed = parse_cgroup_path(path, config)
@@ -510,9 +533,11 @@ class Reconciler:
     def _see_children_of_lowered(
         self,
         targets: NodeTargets,
+        index: TargetIndex,
         tree: ObservedTree,
         plan: Plan,
         plan_for: Callable[[ObservedTree], Plan],
+        *,
         focus: Iterable[str],
     ) -> tuple[ObservedTree, Plan, list[ReadError], int]:
         """Before a scoped round lowers a parent's protection, read what the parent's children
@@ -531,7 +556,7 @@ class Reconciler:
         parent; repeat until every lowered parent was seen with its children (at most once per
         level).
         """
-        children = Counter(t.path.rpartition("/")[0] for t in targets.cgroups if t.path)
+        children = index.children
         seen = {path for path in focus if self._children_observed(children, path, plan)}
         errors: list[ReadError] = []
         reads = 0
@@ -564,13 +589,13 @@ class Reconciler:
             plan = plan_for(tree)
 
     def _drifted_parents(
-        self, children: Counter[str], tree: ObservedTree, plan: Plan
+        self, children: Callable[[str], int], tree: ObservedTree, plan: Plan
     ) -> dict[str, set[str]]:
         """Parents read this round whose protection differs from what this reconciler last
         wrote or saw (another writer changed it): parent path -> the drifted files. `children`:
         how many desired children each parent has (the root counts as no one's child here:
         only a path with a "/" has a parent below the root)."""
-        parents = [path for path in plan.final_values if path and children[path]]
+        parents = [path for path in plan.final_values if path and children(path)]
         drifted: dict[str, set[str]] = {}
         for path in sorted(parents):
             found = tree.get(path)
@@ -598,7 +623,7 @@ class Reconciler:
         return expected, now
 
     @staticmethod
-    def _children_observed(children: Counter[str], path: str, plan: Plan) -> bool:
+    def _children_observed(children: Callable[[str], int], path: str, plan: Plan) -> bool:
         """True if this round already read `path`'s listing and all its children: a scoped
         cgroup is listed with its unmanaged children's protections; its managed children count
         only if they were planned (observed) too. `children`: how many desired children each
@@ -607,16 +632,16 @@ class Reconciler:
         planned = sum(
             1 for child in plan.final_values if child and child.rpartition("/")[0] == path
         )
-        return planned == children[path]
+        return planned == children(path)
 
     # --- drift -----------------------------------------------------------------------------
 
     def _drift(
-        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+        self, index: TargetIndex, tree: ObservedTree, plan: Plan
     ) -> dict[tuple[str, str], tuple[str, str]]:
         """(path, file) → (expected, found) for values changed behind this reconciler's back."""
         drift: dict[tuple[str, str], tuple[str, str]] = {}
-        by_path = {t.path: t for t in targets.cgroups}
+        by_path = index.by_path
         # The planned ones only, in the targets' order (the plan's final values are in it).
         for path in plan.final_values:
             target = by_path.get(path)
@@ -729,7 +754,7 @@ class Reconciler:
 
     def _finish(
         self,
-        targets: NodeTargets,
+        index: TargetIndex,
         tree: ObservedTree,
         plan: Plan,
         results: list[OperationResult],
@@ -772,7 +797,7 @@ class Reconciler:
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
         self._tree = apply_operations(tree, succeeded)
-        self._remember(targets, plan, by_target, full=full)
+        self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)
         retry = self._retry_after(plan, results, pending, now)
@@ -816,14 +841,14 @@ class Reconciler:
 
     def _remember(
         self,
-        targets: NodeTargets,
+        index: TargetIndex,
         plan: Plan,
         by_target: dict[tuple[str, str], list[OperationResult]],
         *,
         full: bool,
     ) -> None:
         """What the tree holds now as far as this reconciler knows (the base of drift)."""
-        desired = {t.path for t in targets.cgroups}
+        desired = index.by_path
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered
@@ -834,15 +859,13 @@ class Reconciler:
                 done = by_target.get((path, file), [])
                 if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
                     self._expected[(path, file)] = value
-        for target in targets.cgroups:
-            if not target.controllers:
-                continue
+        for target in index.controlled():
             enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
             if all(r.outcome == "ok" for r in enabled):
                 self._expected_controllers[target.path] = frozenset(target.controllers)
         # Forget what is no longer desired; a round that dropped nothing (an admission) walks
         # nothing here.
-        gone = self._desired_before - desired
+        gone = self._desired_before.keys() - desired.keys()
         self._desired_before = desired
         if gone:
             self._expected = {k: v for k, v in self._expected.items() if k[0] not in gone}

@@ -148,10 +148,6 @@ def container_paths(targets: NodeTargets) -> dict[str, list[str]]:
     return by_pod
 
 
-def _uid(pod: PodTargets) -> str:
-    return pod.uid
-
-
 def changed_paths(old: ObservedTree, new: ObservedTree) -> list[str]:
     """The paths whose observation is not the same object in both trees (held by one only, or
     replaced), found in C: no Python step per unchanged cgroup. Unordered."""
@@ -209,13 +205,16 @@ class ContainerIndex:
     ) -> ContainerIndex:
         """The index of (`targets`, `observed`, `container_ids`), from this one's."""
         ids = dict(container_ids or {})
-        pods = dict(zip(map(_uid, targets.pods), targets.pods, strict=True))
+        # Comprehensions: cheaper here than map/zip over attribute getters.
+        pods = {pod.uid: pod for pod in targets.pods}
         if self.targets is None:
             affected = set(pods)
         else:
-            affected = set(compress(pods, map(is_not, map(self._pods.get, pods), pods.values())))
-            affected.update(self._pods.keys() - pods.keys())
-            affected.update(compress(ids, map(is_not, map(self._ids.get, ids), ids.values())))
+            known, known_ids = self._pods.get, self._ids.get
+            affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
+            if len(pods) - sum(1 for uid in affected if uid not in self._pods) != len(self._pods):
+                affected.update(self._pods.keys() - pods.keys())
+            affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
             for path in changed_paths(self.tree, observed):
@@ -251,7 +250,7 @@ class ContainerIndex:
                     present[uid] = there
         new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
         # In the targets' pod order, as `with_container_targets` (C-level passes only).
-        order = filter(present.__contains__, map(_uid, targets.pods))
+        order = [pod.uid for pod in targets.pods if pod.uid in present]
         extra = tuple(chain.from_iterable(map(present.__getitem__, order)))
         new._complete = (
             msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
