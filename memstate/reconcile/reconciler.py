@@ -268,9 +268,13 @@ class Reconciler:
         # The children's protections summed for the last tree planned: carried to the next,
         # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
         self._child_sums: ChildSums | None = None
-        self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
+        # path -> file -> what this reconciler last set or saw there
+        self._expected: dict[str, dict[str, str]] = {}
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
+        # Targets with controllers whose last enable failed (their expected controllers are
+        # older than their target's).
+        self._controllers_failed: set[str] = set()
         # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
         self._desired_before: Mapping[str, CgroupTarget] = {}
         self._index = TargetIndex.of(_NO_TARGETS)  # of the (profiled) targets, carried
@@ -611,7 +615,7 @@ class Reconciler:
     ) -> tuple[str, str] | None:
         """(expected, now) if `file` of `path` no longer holds what this reconciler last wrote
         or saw; None when it does, or when either side is unknown (never written, unreadable)."""
-        expected = self._expected.get((path, file))
+        expected = self._expected.get(path, {}).get(file)
         if expected is None or file in found.unreadable:
             return None
         text = found.files.get(file)
@@ -858,20 +862,40 @@ class Reconciler:
             for file, value in files.items():
                 done = by_target.get((path, file), [])
                 if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
-                    self._expected[(path, file)] = value
-        for target in index.controlled():
-            enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
+                    self._expected.setdefault(path, {})[file] = value
+        # Every target with controllers is expected to have them enabled unless this round's
+        # enable failed. Only the targets that can change that are looked at: those the index
+        # found new or changed since the last round, those whose enable failed before, and
+        # those with an enable this round (every one when the index cannot tell).
+        enables = {o.path for o in plan.operations if o.kind == "enable"}
+        if index.by_path is self._desired_before:
+            looked_at: Iterable[str] = {*self._controllers_failed, *enables}
+            gone: Iterable[str] = ()
+        elif index.base is self._desired_before:
+            looked_at = {*index.changed, *self._controllers_failed, *enables}
+            gone = index.dropped
+        else:
+            looked_at = list(index.controlled())
+            gone = self._desired_before.keys() - desired.keys()
+        controlled = index.controlled()
+        for path in looked_at:
+            target = controlled.get(path)
+            if target is None:
+                self._controllers_failed.discard(path)
+                continue
+            enabled = by_target.get((path, SUBTREE_CONTROL), [])
             if all(r.outcome == "ok" for r in enabled):
-                self._expected_controllers[target.path] = frozenset(target.controllers)
+                self._expected_controllers[path] = frozenset(target.controllers)
+                self._controllers_failed.discard(path)
+            else:
+                self._controllers_failed.add(path)
         # Forget what is no longer desired; a round that dropped nothing (an admission) walks
         # nothing here.
-        gone = self._desired_before.keys() - desired.keys()
         self._desired_before = desired
-        if gone:
-            self._expected = {k: v for k, v in self._expected.items() if k[0] not in gone}
-            self._expected_present -= gone
-            for path in gone:
-                self._expected_controllers.pop(path, None)
+        for path in gone:
+            self._expected.pop(path, None)
+            self._expected_present.discard(path)
+            self._expected_controllers.pop(path, None)
         if full:
             # Back-off of operations a full plan no longer contains is stale (a scoped plan
             # only covers its scope, so it cannot tell).

@@ -29,7 +29,17 @@ class TargetIndex:
     """Look-ups over `targets.cgroups` (see the module docstring). Build with
     `TargetIndex.of(targets)` or `previous.updated(targets)`."""
 
-    __slots__ = ("_children", "_controlled", "_holders", "_positions", "by_path", "targets")
+    __slots__ = (
+        "_children",
+        "_controlled",
+        "_holders",
+        "_positions",
+        "base",
+        "by_path",
+        "changed",
+        "dropped",
+        "targets",
+    )
 
     def __init__(
         self,
@@ -39,8 +49,18 @@ class TargetIndex:
         children: dict[str, int],
         holders: dict[str, str],
         controlled: dict[str, CgroupTarget],
+        base: Mapping[str, CgroupTarget] | None = None,
+        changed: tuple[str, ...] = (),
+        dropped: frozenset[str] = frozenset(),
     ) -> None:
         self.targets = targets
+        # What `updated` found against the index it was derived from (whose `by_path` is
+        # `base`; None when built from scratch): the paths whose target is new or another
+        # object, and the paths no longer desired. Lets a caller that keeps its own tables by
+        # path follow the change without comparing every path itself.
+        self.base = base
+        self.changed = changed
+        self.dropped = dropped
         # path -> its target (the last one listed, as a dict built in order would keep)
         self.by_path: Mapping[str, CgroupTarget] = by_path
         # path -> its index in targets.cgroups, found when first asked (a scoped round asks
@@ -95,6 +115,7 @@ class TargetIndex:
                 children=self._children,
                 holders=self._holders,
                 controlled=self._controlled,
+                base=before,
             )
         children, holders = dict(self._children), dict(self._holders)
         controlled = dict(self._controlled)
@@ -105,7 +126,14 @@ class TargetIndex:
                 _remove(target.path, children, holders, controlled)
             _add(target.path, target, children, holders, controlled)
         return TargetIndex(
-            targets, by_path=by_path, children=children, holders=holders, controlled=controlled
+            targets,
+            by_path=by_path,
+            children=children,
+            holders=holders,
+            controlled=controlled,
+            base=before,
+            changed=tuple(target.path for target in changed),
+            dropped=frozenset(target.path for target in gone),
         )
 
     def check(self, targets: NodeTargets) -> None:
@@ -147,9 +175,10 @@ class TargetIndex:
             raise InvariantViolation(f"not a holder level: {level!r}")
         return self.ordered(p for p, at in self._holders.items() if at == level)
 
-    def controlled(self) -> list[CgroupTarget]:
-        """The targets with controllers, in the targets' order."""
-        return [self.by_path[path] for path in self.ordered(self._controlled)]
+    def controlled(self) -> Mapping[str, CgroupTarget]:
+        """path -> target, of the targets with controllers (a look-up table: its order is not
+        the targets')."""
+        return self._controlled
 
 
 def _add(
