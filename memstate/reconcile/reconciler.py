@@ -344,8 +344,11 @@ class Reconciler:
         )
         read_errors += more_errors
         reads += more_reads
-        # The same look-ups over the targets with their container cgroups.
-        self._complete_index = complete = self._complete_index.updated(targets)
+        # The same look-ups over the targets with their container cgroups (the same index when
+        # no container cgroup was found).
+        self._complete_index = complete = (
+            index if targets is index.targets else self._complete_index.updated(targets)
+        )
 
         def plan_for(tree: ObservedTree) -> Plan:
             if self.options.shadow:

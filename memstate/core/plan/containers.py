@@ -250,7 +250,7 @@ class ContainerIndex:
                     present[uid] = there
         new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
         # In the targets' pod order, as `with_container_targets` (C-level passes only).
-        order = [pod.uid for pod in targets.pods if pod.uid in present]
+        order = [pod.uid for pod in targets.pods if pod.uid in present] if present else []
         extra = tuple(chain.from_iterable(map(present.__getitem__, order)))
         new._complete = (
             msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
