@@ -74,7 +74,7 @@ import msgspec
 
 from memstate.core.cgroup_paths import parent_path, parse_cgroup_path
 from memstate.core.config import NodeConfig
-from memstate.core.errors import HostError
+from memstate.core.errors import HostError, InvariantViolation
 from memstate.core.events import (
     CgroupDriftCorrected,
     CgroupOrphanFound,
@@ -94,12 +94,11 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
-    profile_targets,
 )
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
-from memstate.core.plan.profile import STANDALONE, WriteProfile
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -259,7 +258,7 @@ class Reconciler:
     ) -> None:
         self.fs = fs
         self.profile = profile
-        self._profiled: tuple[NodeTargets, NodeTargets] | None = None  # (given, filtered)
+        self._profile_filter = ProfileFilter(profile)  # the given targets, filtered, carried
         self.page_size_bytes = page_size_bytes
         self.options = options
         self.clock = clock
@@ -277,7 +276,8 @@ class Reconciler:
         self._controllers_failed: set[str] = set()
         # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
         self._desired_before: Mapping[str, CgroupTarget] = {}
-        self._index = TargetIndex.of(_NO_TARGETS)  # of the (profiled) targets, carried
+        # Of the (profiled) targets, carried; following the profile's filter.
+        self._index = TargetIndex.of(_NO_TARGETS, profile)
         self._complete_index = self._index  # of the targets with their container cgroups
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
@@ -319,10 +319,12 @@ class Reconciler:
         if self.options.shadow:
             scope = None  # nothing is written, so no picture to keep: every round looks
         # Only the files this profile writes are observed, planned and checked for drift
-        # (filtered once per targets: the daemon hands the same object until the next commit).
-        if self._profiled is None or self._profiled[0] is not targets:
-            self._profiled = (targets, profile_targets(targets, self.profile))
-        targets = self._profiled[1]
+        # (filtered for the cgroups and pods that changed since the last targets).
+        self._profile_filter = self._profile_filter.updated(targets)
+        filtered = self._profile_filter.result
+        if filtered is None:
+            raise InvariantViolation("the profile filter gave no targets")
+        targets = filtered
         # Look-ups over the targets, carried: updated for the cgroups that changed only.
         self._index = index = self._index.updated(targets)
         config = naming_config(targets)

@@ -32,7 +32,7 @@ from memstate.core.events import (
 )
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
-from memstate.core.plan.profile import STANDALONE, WriteProfile
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker
@@ -77,7 +77,8 @@ class FlakyFS:
 
 def afresh(reconciler: Reconciler) -> None:
     """Make every carried structure start from scratch in the next round."""
-    reconciler._index = TargetIndex.of(_NO_TARGETS)
+    reconciler._profile_filter = ProfileFilter(reconciler.profile)
+    reconciler._index = TargetIndex.of(_NO_TARGETS, reconciler.profile)
     reconciler._complete_index = reconciler._index
     reconciler._containers = ContainerIndex()
     reconciler._desired_before = dict(reconciler._desired_before)

@@ -25,7 +25,7 @@ from memstate.core.errors import InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, merge_observations, plan_operations
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.index import TargetIndex
-from memstate.core.plan.profile import STANDALONE, WriteProfile
+from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.values import PROTECTION_FILES
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler
@@ -121,10 +121,12 @@ def test_plans_with_carried_sums_equal_plans_without(
     profile = data.draw(st.sampled_from([STANDALONE, BESIDE]))
     pod_removal = data.draw(st.sampled_from(["wait", "kill"]))
 
-    def plan(child_sums: ChildSums | None, index: TargetIndex | None = None) -> Any:
+    def plan(
+        child_sums: ChildSums | None, index: TargetIndex | None = None, given: Any = targets
+    ) -> Any:
         try:
             return plan_operations(
-                targets,
+                given,
                 tree,
                 page_size_bytes=PAGE,
                 retired_paths=retired,
@@ -144,6 +146,12 @@ def test_plans_with_carried_sums_equal_plans_without(
     # converged targets' (which share no object with these: every cgroup is compared).
     assert plan(carried, TargetIndex.of(targets)) == reference
     assert plan(carried, TargetIndex.of(before).updated(targets)) == reference
+    # The reconciler's way: targets already filtered by the profile, with an index that
+    # follows the profile's filter (so the planner does not filter them again).
+    profiled = profile_targets(targets, profile)
+    following = TargetIndex.of(profile_targets(before, profile), profile).updated(profiled)
+    assert following.unfiltered_under(profile)
+    assert plan(carried, following, profiled) == reference
 
 
 def test_sums_follow_a_changed_value_and_a_new_child() -> None:

@@ -21,12 +21,14 @@ from hypothesis import strategies as st
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, naming_config
 from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile, profile_targets
 from memstate.core.plan.scope import check_target_tree, undesired_pod_cgroups
 from memstate.core.targets import NodeTargets
 from tests.reconcile.helpers import mixed_pod, node_config, targets_of_pods, uid_for
 from tests.reconcile.test_properties import PROPERTY_SETTINGS
 
 POOL = 6
+BESIDE = WriteProfile(ownership="beside-kubelet")
 
 
 def base_targets() -> NodeTargets:
@@ -115,6 +117,56 @@ def test_the_carried_index_answers_as_a_fresh_one(
         assert verdict(undesired_pod_cgroups, targets, tree, config, retired, index) == verdict(
             undesired_pod_cgroups, targets, tree, config, retired
         )
+
+
+@PROPERTY_SETTINGS
+@given(
+    profile=st.sampled_from([STANDALONE, BESIDE, WriteProfile(mode="qos")]),
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, len(BASE.cgroups) - 1), EDITS), max_size=4),
+            st.sets(st.integers(0, len(BASE.cgroups) - 1)),
+            st.sets(st.integers(0, len(BASE.pods) - 1)),
+            st.sets(st.integers(0, len(BASE.pods) - 1)),  # pods rebuilt (new objects)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_the_profile_filter_and_the_index_follow_the_profile(
+    profile: WriteProfile, steps: list[tuple[list[tuple[int, str]], set[int], set[int], set[int]]]
+) -> None:
+    """`ProfileFilter` carried gives `profile_targets`'s answer; the index carried with a
+    profile says whether filtering changes a cgroup as a fresh look does."""
+    pool = list(BASE.cgroups)
+    pods = list(BASE.pods)
+    carried = ProfileFilter(profile)
+    index = TargetIndex.of(BASE, profile)
+    for edits, chosen, pods_chosen, rebuilt in steps:
+        for at, edit in edits:
+            target = pool[at]
+            if edit == "copy":
+                pool[at] = msgspec.structs.replace(target)
+            elif edit == "controllers":
+                pool[at] = msgspec.structs.replace(
+                    target, files={**target.files, "cpuset.mems": "0"}
+                )
+            elif edit == "level":
+                files = {f: v for f, v in target.files.items() if f.startswith("memory.m")}
+                pool[at] = msgspec.structs.replace(target, files=files)
+        for at in rebuilt:
+            pods[at] = msgspec.structs.replace(pods[at])
+        targets = msgspec.structs.replace(
+            BASE,
+            cgroups=tuple(pool[i] for i in sorted(chosen | {0, 1, 2, 3})),
+            pods=tuple(pods[i] for i in sorted(pods_chosen)),
+        )
+        carried = carried.updated(targets)
+        assert carried.result == profile_targets(targets, profile)
+        index = index.updated(targets)
+        fresh = profile_targets(targets, profile)
+        assert index.unfiltered_under(profile) == (fresh.cgroups == targets.cgroups)
+        assert not index.unfiltered_under(WriteProfile(mode="shadow"))
 
 
 def test_an_index_for_other_targets_is_refused() -> None:

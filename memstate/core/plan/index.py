@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from memstate.core.errors import InvariantViolation
+from memstate.core.plan.profile import WriteProfile, filters
 from memstate.core.targets import CgroupTarget, NodeTargets
 
 _HOLDER_LEVELS = frozenset({"root", "node", "qos"})
@@ -32,12 +33,14 @@ class TargetIndex:
     __slots__ = (
         "_children",
         "_controlled",
+        "_filtered",
         "_holders",
         "_positions",
         "base",
         "by_path",
         "changed",
         "dropped",
+        "profile",
         "targets",
     )
 
@@ -49,11 +52,17 @@ class TargetIndex:
         children: dict[str, int],
         holders: dict[str, str],
         controlled: dict[str, CgroupTarget],
+        profile: WriteProfile | None = None,
+        filtered: frozenset[str] = frozenset(),
         base: Mapping[str, CgroupTarget] | None = None,
         changed: tuple[str, ...] = (),
         dropped: frozenset[str] = frozenset(),
     ) -> None:
         self.targets = targets
+        # The write profile whose filter is followed (None: none), and the paths whose files
+        # it would filter (`profile_targets`): none means filtering changes no cgroup.
+        self.profile = profile
+        self._filtered = filtered
         # What `updated` found against the index it was derived from (whose `by_path` is
         # `base`; None when built from scratch): the paths whose target is new or another
         # object, and the paths no longer desired. Lets a caller that keeps its own tables by
@@ -71,8 +80,8 @@ class TargetIndex:
         self._controlled = controlled  # path -> target, of those with controllers
 
     @classmethod
-    def of(cls, targets: NodeTargets) -> TargetIndex:
-        """The index of `targets`, computed from scratch."""
+    def of(cls, targets: NodeTargets, profile: WriteProfile | None = None) -> TargetIndex:
+        """The index of `targets`, computed from scratch (following `profile`'s filter)."""
         by_path: dict[str, CgroupTarget] = {}
         children: dict[str, int] = {}
         holders: dict[str, str] = {}
@@ -81,8 +90,15 @@ class TargetIndex:
             by_path[target.path] = target
         for path, target in by_path.items():
             _add(path, target, children, holders, controlled)
+        filtered = (
+            frozenset()
+            if profile is None
+            else frozenset(t.path for t in targets.cgroups if filters(t, profile))
+        )
         return cls(
             targets,
+            profile=profile,
+            filtered=filtered,
             by_path=by_path,
             children=children,
             holders=holders,
@@ -98,7 +114,7 @@ class TargetIndex:
         # object id, which allocates an int per cgroup), one to find the replaced ones.
         by_path = {target.path: target for target in cgroups}
         if len(by_path) != len(cgroups):
-            return TargetIndex.of(targets)  # a path listed twice: rare, start over
+            return TargetIndex.of(targets, self.profile)  # a path listed twice: rare, start over
         before = self.by_path
         get = before.get
         changed = [target for path, target in by_path.items() if get(path) is not target]
@@ -111,6 +127,8 @@ class TargetIndex:
         if not changed and not gone:
             return TargetIndex(
                 targets,
+                profile=self.profile,
+                filtered=self._filtered,
                 by_path=by_path,
                 children=self._children,
                 holders=self._holders,
@@ -125,8 +143,17 @@ class TargetIndex:
             if target.path in before:
                 _remove(target.path, children, holders, controlled)
             _add(target.path, target, children, holders, controlled)
+        filtered = self._filtered
+        if self.profile is not None:
+            profile = self.profile
+            out = {t.path for t in gone} | {t.path for t in changed}
+            filtered = frozenset(
+                (filtered - out) | {t.path for t in changed if filters(t, profile)}
+            )
         return TargetIndex(
             targets,
+            profile=self.profile,
+            filtered=filtered,
             by_path=by_path,
             children=children,
             holders=holders,
@@ -142,6 +169,11 @@ class TargetIndex:
             raise InvariantViolation("a target index given for other targets")
 
     # --- queries ---------------------------------------------------------------------------
+
+    def unfiltered_under(self, profile: WriteProfile) -> bool:
+        """True if `profile_targets(targets, profile)` changes no cgroup of the targets (it may
+        still filter the pods' own files, which planning does not read)."""
+        return profile == self.profile and not self._filtered
 
     @property
     def unique(self) -> bool:

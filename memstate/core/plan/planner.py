@@ -172,7 +172,10 @@ def plan_operations(
     check_target_tree(targets, planned, index)
     if child_sums is not None:
         child_sums.check(observed, page_size_bytes)
-    profiled = profile_targets(targets, profile)
+    # Filtering by the profile walks every cgroup; the index says when it would change none
+    # (planning never reads the pods' own files, the only other thing it filters).
+    unfiltered = index is not None and index.unfiltered_under(profile)
+    profiled = targets if unfiltered else profile_targets(targets, profile)
     planner = _Planner(
         profiled,
         observed,
