@@ -20,11 +20,13 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
 from memstate.core.errors import HostError
 from memstate.core.events import (
+    CgroupDriftCorrected,
     ConfigLoaded,
     PodAdmissionRequested,
     PodRemovalRequested,
@@ -221,3 +223,43 @@ def test_carried_rounds_act_as_fresh_ones(
         assert reports[0] == reports[1]
         assert memory(carried) == memory(fresh)
         assert everything(trees[0]) == everything(trees[1])
+
+
+def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembered() -> None:
+    """An enable that failed leaves the expected controllers behind the target; once another
+    writer enabled them, the next round remembers the target's (no enable to run, the target
+    unchanged: only the record of the failure brings it back), so their later removal is drift."""
+    config = node_config("TieredReservation", static=True)
+    pods = [pool_pod(i) for i in range(3)]
+    state = State()
+    for event in (TopologyObserved(topology=node_topology()), ConfigLoaded(config=config)):
+        state = step(state, event).state
+    for pod in pods:
+        state = step(state, PodAdmissionRequested(pod=pod)).state
+    targets = TargetsTracker().update(state)
+    assert targets is not None
+    at = [t.path for t in targets.cgroups].index(BURSTABLE)
+    wanted = targets.cgroups[at]
+    assert "cpuset" in wanted.controllers
+    fewer = msgspec.structs.replace(
+        wanted, controllers=tuple(c for c in wanted.controllers if c != "cpuset")
+    )
+    before = msgspec.structs.replace(
+        targets, cgroups=(*targets.cgroups[:at], fewer, *targets.cgroups[at + 1 :])
+    )
+    fs = new_sim()
+    flaky = FlakyFS(fs)
+    reconciler = Reconciler(flaky, page_size_bytes=PAGE, clock=lambda: 0.0)
+    reconciler.reconcile(before)
+    flaky.failing.add((BURSTABLE, "cgroup.subtree_control"))
+    failed = reconciler.reconcile(targets, scope=[BURSTABLE])
+    assert [r.operation.kind for r in failed.results if r.outcome == "failed"] == ["enable"]
+    flaky.failing.clear()
+    fs.write(BURSTABLE, "cgroup.subtree_control", "+cpuset")  # someone else enables it
+    reconciler.clock = lambda: 3600.0
+    quiet = reconciler.reconcile(targets, scope=[BURSTABLE])
+    assert not [r for r in quiet.results if r.operation.kind == "enable"]
+    fs.write(BURSTABLE, "cgroup.subtree_control", "-cpuset")  # and someone takes it away
+    report = reconciler.reconcile(targets, scope=[BURSTABLE])
+    drift = [n for n in report.notes if isinstance(n, CgroupDriftCorrected)]
+    assert [(n.path, n.file) for n in drift] == [(BURSTABLE, "cgroup.subtree_control")]
