@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_module
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -38,12 +38,8 @@ from memstate.core.plan import (
     merge_observations,
     naming_config,
 )
-from memstate.core.plan.containers import (
-    container_paths,
-    container_targets_for_pod,
-    with_container_targets,
-)
-from memstate.core.targets import CgroupTarget, NodeTargets, PodTargets
+from memstate.core.plan.containers import ContainerIndex
+from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 
 # Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
@@ -64,14 +60,28 @@ class ReadError:
 class _Observer:
     """Reads the tree through a CgroupFS; counts calls; never raises HostError."""
 
-    def __init__(self, fs: CgroupFS, targets: NodeTargets, config: NodeConfig) -> None:
+    def __init__(
+        self,
+        fs: CgroupFS,
+        targets: NodeTargets,
+        config: NodeConfig,
+        desired: Mapping[str, CgroupTarget] | None = None,
+    ) -> None:
         self.fs = fs
         self.targets = targets
         self.config = config
-        self.desired = {t.path: t for t in targets.cgroups}
+        # path -> target of `targets` (given by a caller that keeps one: a `TargetIndex`'s),
+        # built on first use otherwise.
+        self._desired = desired
         self.reads = 0
         self.errors: list[ReadError] = []
         self.found: dict[str, ObservedCgroup] = {}
+
+    @property
+    def desired(self) -> Mapping[str, CgroupTarget]:
+        if self._desired is None:
+            self._desired = {t.path: t for t in self.targets.cgroups}
+        return self._desired
 
     def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
         if exc.errno == errno_module.ENOENT and op != "exists" and self._vanished(path):
@@ -261,13 +271,15 @@ def observe_tree(
     *,
     scope: Iterable[str] | None = None,
     base: ObservedTree | None = None,
+    desired: Mapping[str, CgroupTarget] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Observe the tree for `targets`: (tree, read errors, number of calls).
 
     With `scope` and a cached `base`, only the scoped paths and their ancestors are read (see
-    the module docstring); otherwise everything. Read-only: never writes.
+    the module docstring); otherwise everything. Read-only: never writes. `desired`: path ->
+    target of `targets`, when the caller keeps one (else built here).
     """
-    observer = _Observer(fs, targets, naming_config(targets))
+    observer = _Observer(fs, targets, naming_config(targets), desired)
     # A tree that can hold still for the reads does (the directory-backed simulator: one
     # catch-up with other writers per observation, not one per read).
     snapshot = getattr(fs, "snapshot", None)
@@ -335,13 +347,19 @@ def observe_children(
 
 
 def observe_containers(
-    fs: CgroupFS, targets: NodeTargets, paths: Iterable[str], *, base: ObservedTree
+    fs: CgroupFS,
+    targets: NodeTargets,
+    paths: Iterable[str],
+    *,
+    base: ObservedTree,
+    desired: Mapping[str, CgroupTarget] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Read the managed files of the container cgroups `paths` (targets of `targets`, listed by
     their pod cgroup in `base`) and their pod cgroups' `cgroup.subtree_control` (the runtime
     enables the memory controller there; without it the files do not exist), and merge them
-    into `base`: (tree, read errors, calls)."""
-    observer = _Observer(fs, targets, naming_config(targets))
+    into `base`: (tree, read errors, calls). `desired`: path -> target of `targets`, when the
+    caller keeps one."""
+    observer = _Observer(fs, targets, naming_config(targets), desired)
     for pod in sorted({path.rpartition("/")[0] for path in paths}):
         found = base.get(pod)
         if found is not None and found.exists:
@@ -353,35 +371,26 @@ def observe_containers(
     return merge_observations(base, observer.found), observer.errors, observer.reads
 
 
-class ContainerTargetsMemo:
-    """`container_targets_for_pod` remembered per pod between rounds: reused while the pod's
-    targets and its cgroup's listing are the same objects and its runtime ids are equal (a
-    scoped round looks at every pod's listing; on a node whose pods have container cgroups,
-    deriving each one's targets afresh costs more than the rest of the round)."""
+class _Overlay(Mapping[str, CgroupTarget]):
+    """`extra` over `base`, read-only, without copying `base`."""
 
-    def __init__(self) -> None:
-        self._by_uid: dict[
-            str, tuple[PodTargets, tuple[str, ...], Mapping[str, str], list[CgroupTarget]]
-        ] = {}
-        self._seen: dict[
-            str, tuple[PodTargets, tuple[str, ...], Mapping[str, str], list[CgroupTarget]]
-        ] = {}
+    def __init__(self, extra: dict[str, CgroupTarget], base: Mapping[str, CgroupTarget]) -> None:
+        self._extra = extra
+        self._base = base
 
-    def derive(
-        self, pod: PodTargets, children: tuple[str, ...], ids: Mapping[str, str]
-    ) -> list[CgroupTarget]:
-        """What `container_targets_for_pod(pod, children, ids)` returns."""
-        known = self._by_uid.get(pod.uid) or self._seen.get(pod.uid)
-        if known is not None and known[0] is pod and known[1] is children and known[2] == ids:
-            found = known[3]
-        else:
-            found = container_targets_for_pod(pod, children, ids)
-        self._seen[pod.uid] = (pod, children, ids, found)  # ids: replaced, never mutated
-        return found
+    def __getitem__(self, path: str) -> CgroupTarget:
+        found = self._extra.get(path)
+        return found if found is not None else self._base[path]
 
-    def round_done(self) -> None:
-        """Keep only the pods looked at since the last call (the others are gone)."""
-        self._by_uid, self._seen = self._seen, {}
+    def __contains__(self, path: object) -> bool:
+        return path in self._extra or path in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._extra
+        yield from (path for path in self._base if path not in self._extra)
+
+    def __len__(self) -> int:
+        return len(self._extra) + sum(1 for path in self._base if path not in self._extra)
 
 
 def add_container_cgroups(
@@ -391,25 +400,38 @@ def add_container_cgroups(
     container_ids: Mapping[str, Mapping[str, str]] | None = None,
     *,
     pods: Iterable[str] | None = None,
-    memo: ContainerTargetsMemo | None = None,
+    index: ContainerIndex | None = None,
 ) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int]:
     """After `observe_tree`: the container cgroups listed under the pod cgroups of `tree` (only
     under `pods`, when given) read and added to the targets. Returns (targets, tree, the
     container paths read, read errors, calls). Read-only."""
-    derive = None if memo is None else memo.derive
-    listed = with_container_targets(
-        targets, tree, container_ids, listed_is_enough=True, derive=derive
+    complete, tree, wanted, errors, reads, _index = add_container_cgroups_carried(
+        fs, targets, tree, container_ids, pods=pods, index=index or ContainerIndex()
     )
-    by_pod = container_paths(listed)
-    if pods is None:
-        wanted = sorted(p for found in by_pod.values() for p in found)
-    else:
-        wanted = sorted(p for pod in pods for p in by_pod.get(pod, ()))
+    return complete, tree, wanted, errors, reads
+
+
+def add_container_cgroups_carried(
+    fs: CgroupFS,
+    targets: NodeTargets,
+    tree: ObservedTree,
+    container_ids: Mapping[str, Mapping[str, str]] | None,
+    *,
+    pods: Iterable[str] | None,
+    index: ContainerIndex,
+    desired: Mapping[str, CgroupTarget] | None = None,
+) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int, ContainerIndex]:
+    """`add_container_cgroups` with the container index carried from the previous round (the
+    reconciler's): the index of the returned targets and tree comes last. `desired`: path ->
+    target of `targets`, when the caller keeps one."""
+    index = index.updated(targets, tree, container_ids)
+    candidates = index.listed(pods)
+    wanted = [t.path for t in candidates]
     errors: list[ReadError] = []
     reads = 0
     if wanted:
-        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree)
-    complete = with_container_targets(targets, tree, container_ids, derive=derive)
-    if memo is not None:
-        memo.round_done()
-    return complete, tree, wanted, errors, reads
+        listed = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *candidates))
+        known = None if desired is None else _Overlay({t.path: t for t in candidates}, desired)
+        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree, desired=known)
+        index = index.updated(targets, tree, container_ids)
+    return index.complete, tree, wanted, errors, reads, index

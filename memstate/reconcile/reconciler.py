@@ -66,7 +66,7 @@ from __future__ import annotations
 import errno as errno_module
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,7 +74,7 @@ import msgspec
 
 from memstate.core.cgroup_paths import parent_path, parse_cgroup_path
 from memstate.core.config import NodeConfig
-from memstate.core.errors import HostError
+from memstate.core.errors import HostError, InvariantViolation
 from memstate.core.events import (
     CgroupDriftCorrected,
     CgroupOrphanFound,
@@ -94,16 +94,17 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
-    profile_targets,
 )
 from memstate.core.plan.children import ChildSums
-from memstate.core.plan.profile import STANDALONE, WriteProfile
-from memstate.core.targets import NodeTargets
+from memstate.core.plan.containers import ContainerIndex
+from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
+from memstate.core.targets import CgroupTarget, NodeTargets
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
-    ContainerTargetsMemo,
     ReadError,
     add_container_cgroups,
+    add_container_cgroups_carried,
     observe_children,
     observe_containers,
     observe_tree,
@@ -166,6 +167,7 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 DEFAULT_OPTIONS = ReconcilerOptions()
+_NO_TARGETS = NodeTargets(cgroups=(), pods=(), node_memory_min_bytes=0, node_memory_low_bytes=0)
 
 
 class OperationResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -256,7 +258,7 @@ class Reconciler:
     ) -> None:
         self.fs = fs
         self.profile = profile
-        self._profiled: tuple[NodeTargets, NodeTargets] | None = None  # (given, filtered)
+        self._profile_filter = ProfileFilter(profile)  # the given targets, filtered, carried
         self.page_size_bytes = page_size_bytes
         self.options = options
         self.clock = clock
@@ -265,10 +267,18 @@ class Reconciler:
         # The children's protections summed for the last tree planned: carried to the next,
         # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
         self._child_sums: ChildSums | None = None
-        self._expected: dict[tuple[str, str], str] = {}  # what this reconciler last set/saw
+        # path -> file -> what this reconciler last set or saw there
+        self._expected: dict[str, dict[str, str]] = {}
         self._expected_present: set[str] = set()
         self._expected_controllers: dict[str, frozenset[str]] = {}
-        self._desired_before: set[str] = set()  # the desired paths of the previous round
+        # Targets with controllers whose last enable failed (their expected controllers are
+        # older than their target's).
+        self._controllers_failed: set[str] = set()
+        # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
+        self._desired_before: Mapping[str, CgroupTarget] = {}
+        # Of the (profiled) targets, carried; following the profile's filter.
+        self._index = TargetIndex.of(_NO_TARGETS, profile)
+        self._complete_index = self._index  # of the targets with their container cgroups
         self._backoff: dict[tuple[str, str, str, str], _Backoff] = {}
         self._pending: dict[str, int] = {}  # retired path -> rounds it has been pending
         self._orphans_reported: set[str] = set()
@@ -279,7 +289,9 @@ class Reconciler:
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
         self.container_ids: dict[str, dict[str, str]] = {}
-        self._containers_memo = ContainerTargetsMemo()
+        # Every pod's container cgroups as the last round found them (updated for the pods that
+        # changed only): a scoped round does not derive every pod's containers again.
+        self._containers = ContainerIndex()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
 
@@ -307,25 +319,38 @@ class Reconciler:
         if self.options.shadow:
             scope = None  # nothing is written, so no picture to keep: every round looks
         # Only the files this profile writes are observed, planned and checked for drift
-        # (filtered once per targets: the daemon hands the same object until the next commit).
-        if self._profiled is None or self._profiled[0] is not targets:
-            self._profiled = (targets, profile_targets(targets, self.profile))
-        targets = self._profiled[1]
+        # (filtered for the cgroups and pods that changed since the last targets).
+        self._profile_filter = self._profile_filter.updated(targets)
+        filtered = self._profile_filter.result
+        if filtered is None:
+            raise InvariantViolation("the profile filter gave no targets")
+        targets = filtered
+        # Look-ups over the targets, carried: updated for the cgroups that changed only.
+        self._index = index = self._index.updated(targets)
         config = naming_config(targets)
-        desired = {t.path for t in targets.cgroups}
+        desired = index.by_path
         valid, foreign = _split_retired(retired_paths, config)
-        retiring = frozenset(valid - desired)
+        retiring = frozenset(valid.difference(desired))
         # Before the first full resync there is no picture to scope against.
         paths = (
             None
             if scope is None or self._tree is None
-            else self._scope_paths(targets, config, scope, retiring)
+            else self._scope_paths(desired, config, scope, retiring)
         )
         full = paths is None
-        tree, read_errors, reads = observe_tree(self.fs, targets, scope=paths, base=self._tree)
-        targets, tree, focus, more_errors, more_reads = self._with_containers(targets, tree, paths)
+        tree, read_errors, reads = observe_tree(
+            self.fs, targets, scope=paths, base=self._tree, desired=desired
+        )
+        targets, tree, focus, more_errors, more_reads = self._with_containers(
+            targets, tree, paths, desired
+        )
         read_errors += more_errors
         reads += more_reads
+        # The same look-ups over the targets with their container cgroups (the same index when
+        # no container cgroup was found).
+        self._complete_index = complete = (
+            index if targets is index.targets else self._complete_index.updated(targets)
+        )
 
         def plan_for(tree: ObservedTree) -> Plan:
             if self.options.shadow:
@@ -344,12 +369,13 @@ class Reconciler:
                 focus=focus,
                 profile=self.profile,
                 child_sums=child_sums,
+                index=complete,
             )
 
         plan = self._full_plan(targets, tree, retiring, plan_for) if full else plan_for(tree)
         if not full:
             tree, plan, more_errors, more_reads = self._see_children_of_lowered(
-                targets, tree, plan, plan_for, focus or ()
+                targets, complete, tree, plan, plan_for, focus=focus or ()
             )
             read_errors += more_errors
             reads += more_reads
@@ -357,10 +383,10 @@ class Reconciler:
             return self._shadow_report(
                 targets, tree, plan, read_errors=read_errors, reads=reads, retiring=retiring
             )
-        drift = self._drift(targets, tree, plan)
+        drift = self._drift(complete, tree, plan)
         results, writes = self._execute(plan)
         return self._finish(
-            targets,
+            complete,
             tree,
             plan,
             results,
@@ -467,7 +493,11 @@ class Reconciler:
         return plan
 
     def _with_containers(
-        self, targets: NodeTargets, tree: ObservedTree, paths: list[str] | None
+        self,
+        targets: NodeTargets,
+        tree: ObservedTree,
+        paths: list[str] | None,
+        desired: Mapping[str, CgroupTarget],
     ) -> tuple[NodeTargets, ObservedTree, list[str] | None, list[ReadError], int]:
         """The targets with the container cgroups found under the pod cgroups, the tree with
         their files read, the plan's focus (a scoped round's plus the containers of the pods in
@@ -477,8 +507,14 @@ class Reconciler:
         rest) say which containers exist; their managed files are read before planning, so the
         planner only ever sees container cgroups observed to exist and never creates one.
         """
-        complete, tree, wanted, errors, reads = add_container_cgroups(
-            self.fs, targets, tree, self.container_ids, pods=paths, memo=self._containers_memo
+        complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
+            self.fs,
+            targets,
+            tree,
+            self.container_ids,
+            pods=paths,
+            index=self._containers,
+            desired=desired,
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
@@ -487,12 +523,11 @@ class Reconciler:
 
     def _scope_paths(
         self,
-        targets: NodeTargets,
+        desired: Mapping[str, CgroupTarget],
         config: NodeConfig,
         scope: Iterable[str],
         retiring: frozenset[str],
     ) -> list[str]:
-        desired = {t.path for t in targets.cgroups}
         paths: set[str] = set()
         for path in scope:
             parsed = parse_cgroup_path(path, config)
@@ -507,9 +542,11 @@ class Reconciler:
     def _see_children_of_lowered(
         self,
         targets: NodeTargets,
+        index: TargetIndex,
         tree: ObservedTree,
         plan: Plan,
         plan_for: Callable[[ObservedTree], Plan],
+        *,
         focus: Iterable[str],
     ) -> tuple[ObservedTree, Plan, list[ReadError], int]:
         """Before a scoped round lowers a parent's protection, read what the parent's children
@@ -528,7 +565,7 @@ class Reconciler:
         parent; repeat until every lowered parent was seen with its children (at most once per
         level).
         """
-        children = Counter(t.path.rpartition("/")[0] for t in targets.cgroups if t.path)
+        children = index.children
         seen = {path for path in focus if self._children_observed(children, path, plan)}
         errors: list[ReadError] = []
         reads = 0
@@ -561,13 +598,13 @@ class Reconciler:
             plan = plan_for(tree)
 
     def _drifted_parents(
-        self, children: Counter[str], tree: ObservedTree, plan: Plan
+        self, children: Callable[[str], int], tree: ObservedTree, plan: Plan
     ) -> dict[str, set[str]]:
         """Parents read this round whose protection differs from what this reconciler last
         wrote or saw (another writer changed it): parent path -> the drifted files. `children`:
         how many desired children each parent has (the root counts as no one's child here:
         only a path with a "/" has a parent below the root)."""
-        parents = [path for path in plan.final_values if path and children[path]]
+        parents = [path for path in plan.final_values if path and children(path)]
         drifted: dict[str, set[str]] = {}
         for path in sorted(parents):
             found = tree.get(path)
@@ -583,7 +620,7 @@ class Reconciler:
     ) -> tuple[str, str] | None:
         """(expected, now) if `file` of `path` no longer holds what this reconciler last wrote
         or saw; None when it does, or when either side is unknown (never written, unreadable)."""
-        expected = self._expected.get((path, file))
+        expected = self._expected.get(path, {}).get(file)
         if expected is None or file in found.unreadable:
             return None
         text = found.files.get(file)
@@ -595,7 +632,7 @@ class Reconciler:
         return expected, now
 
     @staticmethod
-    def _children_observed(children: Counter[str], path: str, plan: Plan) -> bool:
+    def _children_observed(children: Callable[[str], int], path: str, plan: Plan) -> bool:
         """True if this round already read `path`'s listing and all its children: a scoped
         cgroup is listed with its unmanaged children's protections; its managed children count
         only if they were planned (observed) too. `children`: how many desired children each
@@ -604,16 +641,16 @@ class Reconciler:
         planned = sum(
             1 for child in plan.final_values if child and child.rpartition("/")[0] == path
         )
-        return planned == children[path]
+        return planned == children(path)
 
     # --- drift -----------------------------------------------------------------------------
 
     def _drift(
-        self, targets: NodeTargets, tree: ObservedTree, plan: Plan
+        self, index: TargetIndex, tree: ObservedTree, plan: Plan
     ) -> dict[tuple[str, str], tuple[str, str]]:
         """(path, file) → (expected, found) for values changed behind this reconciler's back."""
         drift: dict[tuple[str, str], tuple[str, str]] = {}
-        by_path = {t.path: t for t in targets.cgroups}
+        by_path = index.by_path
         # The planned ones only, in the targets' order (the plan's final values are in it).
         for path in plan.final_values:
             target = by_path.get(path)
@@ -726,7 +763,7 @@ class Reconciler:
 
     def _finish(
         self,
-        targets: NodeTargets,
+        index: TargetIndex,
         tree: ObservedTree,
         plan: Plan,
         results: list[OperationResult],
@@ -769,7 +806,7 @@ class Reconciler:
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
         self._tree = apply_operations(tree, succeeded)
-        self._remember(targets, plan, by_target, full=full)
+        self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)
         retry = self._retry_after(plan, results, pending, now)
@@ -813,14 +850,14 @@ class Reconciler:
 
     def _remember(
         self,
-        targets: NodeTargets,
+        index: TargetIndex,
         plan: Plan,
         by_target: dict[tuple[str, str], list[OperationResult]],
         *,
         full: bool,
     ) -> None:
         """What the tree holds now as far as this reconciler knows (the base of drift)."""
-        desired = {t.path for t in targets.cgroups}
+        desired = index.by_path
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered
@@ -830,22 +867,40 @@ class Reconciler:
             for file, value in files.items():
                 done = by_target.get((path, file), [])
                 if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
-                    self._expected[(path, file)] = value
-        for target in targets.cgroups:
-            if not target.controllers:
+                    self._expected.setdefault(path, {})[file] = value
+        # Every target with controllers is expected to have them enabled unless this round's
+        # enable failed. Only the targets that can change that are looked at: those the index
+        # found new or changed since the last round, those whose enable failed before, and
+        # those with an enable this round (every one when the index cannot tell).
+        enables = {o.path for o in plan.operations if o.kind == "enable"}
+        if index.by_path is self._desired_before:
+            looked_at: Iterable[str] = {*self._controllers_failed, *enables}
+            gone: Iterable[str] = ()
+        elif index.base is self._desired_before:
+            looked_at = {*index.changed, *self._controllers_failed, *enables}
+            gone = index.dropped
+        else:
+            looked_at = list(index.controlled())
+            gone = self._desired_before.keys() - desired.keys()
+        controlled = index.controlled()
+        for path in looked_at:
+            target = controlled.get(path)
+            if target is None:
+                self._controllers_failed.discard(path)
                 continue
-            enabled = by_target.get((target.path, SUBTREE_CONTROL), [])
+            enabled = by_target.get((path, SUBTREE_CONTROL), [])
             if all(r.outcome == "ok" for r in enabled):
-                self._expected_controllers[target.path] = frozenset(target.controllers)
+                self._expected_controllers[path] = frozenset(target.controllers)
+                self._controllers_failed.discard(path)
+            else:
+                self._controllers_failed.add(path)
         # Forget what is no longer desired; a round that dropped nothing (an admission) walks
         # nothing here.
-        gone = self._desired_before - desired
         self._desired_before = desired
-        if gone:
-            self._expected = {k: v for k, v in self._expected.items() if k[0] not in gone}
-            self._expected_present -= gone
-            for path in gone:
-                self._expected_controllers.pop(path, None)
+        for path in gone:
+            self._expected.pop(path, None)
+            self._expected_present.discard(path)
+            self._expected_controllers.pop(path, None)
         if full:
             # Back-off of operations a full plan no longer contains is stale (a scoped plan
             # only covers its scope, so it cannot tell).

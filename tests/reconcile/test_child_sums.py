@@ -8,7 +8,8 @@ files, unlisted children, unknown populated flags), with names memstate cannot h
 listing, children the tree holds but their parent does not list, children held as not existing,
 random retired pods and a random scope (or a full round): the plan with the sums equals the plan
 without, under every profile's ownership, and the sums carried from the unmutated tree (which
-shares its unchanged cgroups with the new one) answer every query as the fresh ones do.
+shares its unchanged cgroups with the new one) answer every query as the fresh ones do; the
+plan with the targets' index (fresh, or carried from the converged targets') is the same too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from hypothesis import strategies as st
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, merge_observations, plan_operations
 from memstate.core.plan.children import ChildSums
-from memstate.core.plan.profile import STANDALONE, WriteProfile
+from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.values import PROTECTION_FILES
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import Reconciler
@@ -119,10 +121,12 @@ def test_plans_with_carried_sums_equal_plans_without(
     profile = data.draw(st.sampled_from([STANDALONE, BESIDE]))
     pod_removal = data.draw(st.sampled_from(["wait", "kill"]))
 
-    def plan(child_sums: ChildSums | None) -> Any:
+    def plan(
+        child_sums: ChildSums | None, index: TargetIndex | None = None, given: Any = targets
+    ) -> Any:
         try:
             return plan_operations(
-                targets,
+                given,
                 tree,
                 page_size_bytes=PAGE,
                 retired_paths=retired,
@@ -130,6 +134,7 @@ def test_plans_with_carried_sums_equal_plans_without(
                 focus=focus,
                 profile=profile,
                 child_sums=child_sums,
+                index=index,
             )
         except InvariantViolation as exc:
             return str(exc)
@@ -137,6 +142,16 @@ def test_plans_with_carried_sums_equal_plans_without(
     reference = plan(None)
     assert plan(fresh) == reference
     assert plan(carried) == reference
+    # With the targets' index (memstate.core.plan.index), fresh and carried from the
+    # converged targets' (which share no object with these: every cgroup is compared).
+    assert plan(carried, TargetIndex.of(targets)) == reference
+    assert plan(carried, TargetIndex.of(before).updated(targets)) == reference
+    # The reconciler's way: targets already filtered by the profile, with an index that
+    # follows the profile's filter (so the planner does not filter them again).
+    profiled = profile_targets(targets, profile)
+    following = TargetIndex.of(profile_targets(before, profile), profile).updated(profiled)
+    assert following.unfiltered_under(profile)
+    assert plan(carried, following, profiled) == reference
 
 
 def test_sums_follow_a_changed_value_and_a_new_child() -> None:

@@ -23,10 +23,13 @@ Pure: the observed tree and the ids are passed in.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from itertools import chain, compress
+from operator import is_not
 
 import msgspec
 
+from memstate.core.errors import InvariantViolation
 from memstate.core.plan.model import ObservedTree, join_path
 from memstate.core.targets import (
     MEMORY_HIGH,
@@ -143,3 +146,137 @@ def container_paths(targets: NodeTargets) -> dict[str, list[str]]:
             parent = target.path.rpartition("/")[0]
             by_pod.setdefault(parent, []).append(target.path)
     return by_pod
+
+
+def changed_paths(old: ObservedTree, new: ObservedTree) -> list[str]:
+    """The paths whose observation is not the same object in both trees (held by one only, or
+    replaced), found in C: no Python step per unchanged cgroup. Unordered."""
+    before, after = old.cgroups, new.cgroups
+    changed = list(compress(after, map(is_not, map(before.get, after), after.values())))
+    kept = len(after) - sum(1 for path in changed if path not in before)
+    if kept != len(before):  # some were dropped
+        changed.extend(before.keys() - after.keys())
+    return changed
+
+
+class ContainerIndex:
+    """`with_container_targets` carried from one round to the next.
+
+    Holds, for one (targets, observed tree, runtime ids), every pod's container candidates (the
+    listed ones and those observed to exist) and the complete targets. `updated` derives the
+    index of the next (targets, tree, ids) from the pods whose targets, runtime ids, cgroup
+    observation or container cgroups' observations are not the same objects as before (found
+    in C by identity: the targets tracker keeps an unchanged pod's targets, the reconciler's
+    trees share unchanged observations), so a scoped round does not look at every pod. The
+    answers are those of `with_container_targets` on the same inputs (tests/reconcile/
+    test_container_index.py compares them over random sequences).
+
+    Immutable: `updated` returns a new index and leaves this one alone (tables are copied).
+    """
+
+    __slots__ = (
+        "_cgroup_of",
+        "_complete",
+        "_derive",
+        "_ids",
+        "_listed",
+        "_pods",
+        "_present",
+        "targets",
+        "tree",
+    )
+
+    def __init__(self, derive: DeriveContainers | None = None) -> None:
+        self.targets: NodeTargets | None = None
+        self.tree: ObservedTree = ObservedTree(cgroups={})
+        self._derive = derive or container_targets_for_pod
+        self._pods: dict[str, PodTargets] = {}
+        self._ids: dict[str, Mapping[str, str]] = {}
+        self._cgroup_of: dict[str, str] = {}  # pod cgroup path -> pod UID
+        self._listed: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> listed candidates
+        self._present: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> observed to exist
+        self._complete: NodeTargets | None = None
+
+    def updated(
+        self,
+        targets: NodeTargets,
+        observed: ObservedTree,
+        container_ids: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> ContainerIndex:
+        """The index of (`targets`, `observed`, `container_ids`), from this one's."""
+        ids = dict(container_ids or {})
+        # Comprehensions: cheaper here than map/zip over attribute getters.
+        pods = {pod.uid: pod for pod in targets.pods}
+        if self.targets is None:
+            affected = set(pods)
+        else:
+            known, known_ids = self._pods.get, self._ids.get
+            affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
+            if len(pods) - sum(1 for uid in affected if uid not in self._pods) != len(self._pods):
+                affected.update(self._pods.keys() - pods.keys())
+            affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
+            affected.update(self._ids.keys() - ids.keys())
+            cgroup_of = self._cgroup_of
+            for path in changed_paths(self.tree, observed):
+                # A pod cgroup's own observation (its listing) or a container cgroup's.
+                uid = cgroup_of.get(path) or cgroup_of.get(path.rpartition("/")[0])
+                if uid is not None:
+                    affected.add(uid)
+        new = ContainerIndex(self._derive)
+        new.targets, new.tree, new._pods, new._ids = targets, observed, pods, ids
+        if not affected and targets is self.targets and self._complete is not None:
+            new._cgroup_of, new._listed, new._present = self._cgroup_of, self._listed, self._present
+            new._complete = self._complete
+            return new
+        cgroup_of, listed, present = dict(self._cgroup_of), dict(self._listed), dict(self._present)
+        for uid in affected:
+            before = self._pods.get(uid)
+            if before is not None and cgroup_of.get(before.cgroup) == uid:
+                del cgroup_of[before.cgroup]
+            listed.pop(uid, None)
+            present.pop(uid, None)
+            pod = pods.get(uid)
+            if pod is None:
+                continue
+            cgroup_of[pod.cgroup] = uid
+            found = observed.cgroups.get(pod.cgroup)
+            if found is None or not found.exists or not found.children:
+                continue
+            candidates = tuple(self._derive(pod, found.children, ids.get(uid, _NO_IDS)))
+            if candidates:
+                listed[uid] = candidates
+                there = tuple(t for t in candidates if observed.exists(t.path))
+                if there:
+                    present[uid] = there
+        new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
+        # In the targets' pod order, as `with_container_targets` (C-level passes only).
+        order = [pod.uid for pod in targets.pods if pod.uid in present] if present else []
+        extra = tuple(chain.from_iterable(map(present.__getitem__, order)))
+        new._complete = (
+            msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
+            if extra
+            else targets
+        )
+        return new
+
+    @property
+    def complete(self) -> NodeTargets:
+        """The targets plus every container cgroup observed to exist (what
+        `with_container_targets(targets, observed, container_ids)` returns)."""
+        if self._complete is None:
+            raise InvariantViolation("a container index asked before its first update")
+        return self._complete
+
+    def listed(self, pod_cgroups: Iterable[str] | None = None) -> list[CgroupTarget]:
+        """The container cgroups listed under `pod_cgroups` (every pod cgroup when None) that
+        are candidates, whether observed to exist or not, sorted by path."""
+        if pod_cgroups is None:
+            found = [t for targets in self._listed.values() for t in targets]
+        else:
+            uids = {self._cgroup_of.get(path) for path in pod_cgroups}
+            found = [t for uid in uids if uid is not None for t in self._listed.get(uid, ())]
+        return sorted(found, key=_path)
+
+
+def _path(target: CgroupTarget) -> str:
+    return target.path

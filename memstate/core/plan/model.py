@@ -180,7 +180,8 @@ def apply_operations(tree: ObservedTree, operations: Iterable[Operation]) -> Obs
             )
             _set_child(cgroups, path, present=True)
         elif operation.kind == "rmdir":
-            for other in [p for p in cgroups if p == path or p.startswith(path + "/")]:
+            cgroups.pop(path, None)
+            for other in _descendants(cgroups, path):
                 del cgroups[other]
             _set_child(cgroups, path, present=False)
         elif found is None or not found.exists:
@@ -196,6 +197,17 @@ def apply_operations(tree: ObservedTree, operations: Iterable[Operation]) -> Obs
             files[operation.file] = operation.value
             cgroups[path] = msgspec.structs.replace(found, files=files)
     return ObservedTree(cgroups=cgroups)
+
+
+def _descendants(cgroups: Mapping[str, ObservedCgroup], path: str) -> list[str]:
+    """The paths of `cgroups` that start with ``path + "/"``. Most calls find none (a new pod
+    cgroup observed absent before its mkdir): one search of the joined paths, in C, says so
+    before a Python pass over every path looks for them (a path holding a newline can make
+    the search find a false candidate, never miss one)."""
+    prefix = f"{path}/"
+    if f"\n{prefix}" not in "\n" + "\n".join(cgroups):
+        return []
+    return [other for other in cgroups if other.startswith(prefix)]
 
 
 def _set_child(cgroups: dict[str, ObservedCgroup], path: str, *, present: bool) -> None:
@@ -239,7 +251,7 @@ def merge_observations(base: ObservedTree, fresh: Mapping[str, ObservedCgroup]) 
     for path, found in sorted(fresh.items()):
         previous = cgroups.get(path)
         if not found.exists:
-            for other in [p for p in cgroups if p.startswith(path + "/")]:
+            for other in _descendants(cgroups, path):
                 del cgroups[other]
         elif found.children is None and previous is not None and previous.exists:
             found = msgspec.structs.replace(found, children=previous.children)

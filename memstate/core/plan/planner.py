@@ -70,7 +70,7 @@ cgroup never breaks the ordering guarantees elsewhere and never stops unrelated 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -78,6 +78,7 @@ from memstate.core.cgroup_paths import ancestor_paths, is_valid_cgroup_name, par
 from memstate.core.cgroup_values import EMPTY_WRITE, format_controller_list
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.children import ChildSums
+from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
@@ -139,6 +140,7 @@ def plan_operations(
     focus: Iterable[str] | None = None,
     profile: WriteProfile = STANDALONE,
     child_sums: ChildSums | None = None,
+    index: TargetIndex | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
@@ -157,15 +159,25 @@ def plan_operations(
     `child_sums`: the children's protections of `observed` summed (memstate.core.plan.children,
     carried from round to round by the reconciler), so that a scoped round need not sum the
     children it leaves alone; the plan is the same without it.
+
+    `index`: the `TargetIndex` of `targets` (memstate.core.plan.index, carried by the
+    reconciler), so that a scoped round looks up the targets instead of passing over all of
+    them; the plan is the same without it.
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
     planned = None if focus is None else with_ancestors(focus)
-    check_target_tree(targets, planned)
+    if index is not None:
+        index.check(targets)
+    check_target_tree(targets, planned, index)
     if child_sums is not None:
         child_sums.check(observed, page_size_bytes)
+    # Filtering by the profile walks every cgroup; the index says when it would change none
+    # (planning never reads the pods' own files, the only other thing it filters).
+    unfiltered = index is not None and index.unfiltered_under(profile)
+    profiled = targets if unfiltered else profile_targets(targets, profile)
     planner = _Planner(
-        profile_targets(targets, profile),
+        profiled,
         observed,
         values=value_model(page_size_bytes),
         retired=frozenset(retired_paths),
@@ -174,6 +186,7 @@ def plan_operations(
         planned=planned,
         profile=profile,
         child_sums=child_sums,
+        index=index if profiled is targets and index is not None and index.unique else None,
     )
     return planner.run()
 
@@ -201,8 +214,10 @@ class _Planner:
         planned: frozenset[str] | None,
         profile: WriteProfile,
         child_sums: ChildSums | None = None,
+        index: TargetIndex | None = None,
     ) -> None:
         self.targets = targets
+        self.target_index = index
         self.child_sums = child_sums
         self.profile = profile
         self.observed = observed
@@ -211,11 +226,17 @@ class _Planner:
         self.pod_removal = pod_removal
         self.remove_orphans = remove_orphans
         self.config = naming_config(targets)
-        self.desired: dict[str, CgroupTarget] = {t.path: t for t in targets.cgroups}
-        self.order = [t.path for t in targets.cgroups]  # parents first
-        if planned is not None:
+        # Looked up only (never iterated: the order is `self.order`).
+        self.desired: Mapping[str, CgroupTarget]
+        if index is not None and planned is not None:
             # Planned: the focus and its ancestors; the rest stays as observed.
-            self.order = [path for path in self.order if path in planned]
+            self.desired = index.by_path
+            self.order = index.ordered(planned)
+        else:
+            self.desired = {t.path: t for t in targets.cgroups}
+            self.order = [t.path for t in targets.cgroups]  # parents first
+            if planned is not None:
+                self.order = [path for path in self.order if path in planned]
         self.awaiting: list[str] = []
         if not profile.owns_cgroups:
             # Only what exists is planned: the owner of the tree creates the rest.
@@ -399,7 +420,9 @@ class _Planner:
 
     def _classify_children(self) -> None:
         """Find pod cgroups under kubepods and the QoS cgroups that are not desired."""
-        for pod in undesired_pod_cgroups(self.targets, self.observed, self.config, self.retired):
+        for pod in undesired_pod_cgroups(
+            self.targets, self.observed, self.config, self.retired, self.target_index
+        ):
             action = self._removal_action(pod.kind, pod.path, pod.populated)
             removal = Removal(
                 path=pod.path, uid=pod.uid, kind=pod.kind, action=action, populated=pod.populated

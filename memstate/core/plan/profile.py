@@ -21,6 +21,7 @@ on the planner alone.
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Literal
 
 import msgspec
@@ -102,3 +103,83 @@ def profile_targets(targets: NodeTargets, profile: WriteProfile) -> NodeTargets:
     if not changed:
         return targets
     return msgspec.structs.replace(targets, cgroups=tuple(cgroups), pods=tuple(pods))
+
+
+def filters(target: CgroupTarget, profile: WriteProfile) -> bool:
+    """True if `profile_targets` under `profile` would leave out a file of `target`."""
+    return not all(profile.allows(target.level, f) for f in target.files)
+
+
+def _cgroup_profiled(target: CgroupTarget, profile: WriteProfile) -> CgroupTarget:
+    files = {f: v for f, v in target.files.items() if profile.allows(target.level, f)}
+    return (
+        target if len(files) == len(target.files) else msgspec.structs.replace(target, files=files)
+    )
+
+
+def _pod_profiled(pod: PodTargets, profile: WriteProfile) -> PodTargets:
+    files = {f: v for f, v in pod.files.items() if profile.allows("pod", f)}
+    return pod if len(files) == len(pod.files) else msgspec.structs.replace(pod, files=files)
+
+
+class ProfileFilter:
+    """`profile_targets(targets, profile)` carried from one round's targets to the next.
+
+    Filtering builds a dict of allowed files per cgroup and per pod; redone for every new
+    targets object, that is a walk over every pod per admission, and it gives every filtered
+    cgroup a new object, so whatever the reconciler carries by identity afterwards sees every
+    cgroup changed. `updated(targets)` filters only the cgroups and pods that are not the same
+    objects as last time and reuses the previous result for the others (one identity look-up
+    each). `result` equals `profile_targets(targets, profile)` (tests/reconcile/
+    test_target_index.py compares them). Immutable: `updated` returns a new filter.
+    """
+
+    __slots__ = ("_cgroups", "_pods", "profile", "result", "targets")
+
+    def __init__(self, profile: WriteProfile) -> None:
+        self.profile = profile
+        self.targets: NodeTargets | None = None
+        self.result: NodeTargets | None = None
+        self._cgroups: dict[str, tuple[CgroupTarget, CgroupTarget]] = {}  # path -> (given, kept)
+        self._pods: dict[str, tuple[PodTargets, PodTargets]] = {}  # uid -> (given, kept)
+
+    def updated(self, targets: NodeTargets) -> ProfileFilter:
+        """The filter of `targets`."""
+        if targets is self.targets:
+            return self
+        new = ProfileFilter(self.profile)
+        new.targets = targets
+        if self.profile == STANDALONE:
+            new.result = targets
+            return new
+        profile = self.profile
+        known_cgroups, known_pods = self._cgroups.get, self._pods.get
+        cgroups: dict[str, tuple[CgroupTarget, CgroupTarget]] = {}
+        for target in targets.cgroups:
+            hit = known_cgroups(target.path)
+            cgroups[target.path] = (
+                hit
+                if hit is not None and hit[0] is target
+                else (target, _cgroup_profiled(target, profile))
+            )
+        pods: dict[str, tuple[PodTargets, PodTargets]] = {}
+        for pod in targets.pods:
+            hit_pod = known_pods(pod.uid)
+            pods[pod.uid] = (
+                hit_pod
+                if hit_pod is not None and hit_pod[0] is pod
+                else (pod, _pod_profiled(pod, profile))
+            )
+        if len(cgroups) != len(targets.cgroups) or len(pods) != len(targets.pods):
+            # A path or UID listed twice (the planner refuses such targets): no memo.
+            new.result = profile_targets(targets, profile)
+            return new
+        new._cgroups, new._pods = cgroups, pods
+        # As `profile_targets`: the targets themselves when nothing was filtered out.
+        kept_cgroups = tuple(cgroups[t.path][1] for t in targets.cgroups)
+        kept_pods = tuple(pods[p.uid][1] for p in targets.pods)
+        if all(map(is_, kept_cgroups, targets.cgroups)) and all(map(is_, kept_pods, targets.pods)):
+            new.result = targets
+        else:
+            new.result = msgspec.structs.replace(targets, cgroups=kept_cgroups, pods=kept_pods)
+        return new

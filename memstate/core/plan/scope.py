@@ -28,6 +28,7 @@ from memstate.core.cgroup_paths import (
 )
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
+from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
@@ -56,16 +57,24 @@ def _check_naming(targets: NodeTargets, config: NodeConfig) -> None:
         raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}")
 
 
-def check_target_tree(targets: NodeTargets, paths: Iterable[str] | None = None) -> None:
+def check_target_tree(
+    targets: NodeTargets, paths: Iterable[str] | None = None, index: TargetIndex | None = None
+) -> None:
     """Raise InvariantViolation unless the targets form a tree the planner can work on:
     unique paths, every parent listed before its children, pod cgroups that parse as pods.
 
     `paths` (a scoped round: the cgroups it plans, each with its ancestors) limits the per-cgroup
     checks to those cgroups, so a round's cost does not grow with the pods it leaves alone; the
     naming, the root and the uniqueness of paths are checked whole (cheap set operations). A full
-    round (None) checks every cgroup.
+    round (None) checks every cgroup. `index` (`TargetIndex` of `targets`) answers the whole
+    checks of a scoped round without a pass over every cgroup; the verdict is the same.
     """
     config = naming_config(targets)
+    if paths is not None and index is not None:
+        index.check(targets)
+        if index.unique:
+            _check_indexed(index, config, paths)
+            return
     _check_naming(targets, config)
     if paths is not None:
         _check_scoped(targets, config, paths)
@@ -81,6 +90,32 @@ def check_target_tree(targets: NodeTargets, paths: Iterable[str] | None = None) 
         seen.add(target.path)
     if "" not in seen:
         raise InvariantViolation("the targets do not include the managed root ''")
+
+
+def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str]) -> None:
+    """`_check_naming` and `_check_scoped` answered by the index of targets whose paths are
+    unique."""
+    nodes = index.holders("node")
+    if nodes != [node_path(config)]:
+        raise InvariantViolation(
+            f"node cgroups {nodes} do not match the targets' naming ({config.cgroup_driver}, "
+            f"root {'/'.join(config.cgroup_root) or '/'})"
+        )
+    qos = set(index.holders("qos"))
+    if qos != {qos_path(config, cls) for cls in QOS_COMPONENTS}:
+        raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}")
+    if index.position("") is None:
+        raise InvariantViolation("the targets do not include the managed root ''")
+    for path in paths:
+        at = index.position(path)
+        if at is None:
+            continue  # not desired (a retired or container cgroup): nothing to check
+        parent = parent_path(path)
+        if parent is not None:
+            above = index.position(parent)
+            if (at if above is None else above) >= at:
+                raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
+        _check_target(index.by_path[path], config)
 
 
 def _check_scoped(targets: NodeTargets, config: NodeConfig, paths: Iterable[str]) -> None:
@@ -191,15 +226,28 @@ class UndesiredPod(msgspec.Struct, frozen=True):
 
 
 def undesired_pod_cgroups(
-    targets: NodeTargets, observed: ObservedTree, config: NodeConfig, retired: frozenset[str]
+    targets: NodeTargets,
+    observed: ObservedTree,
+    config: NodeConfig,
+    retired: frozenset[str],
+    index: TargetIndex | None = None,
 ) -> list[UndesiredPod]:
     """The pod cgroups observed under kubepods and the QoS cgroups that are not desired, in
     holder then name order: ``retired`` if their path is in `retired` (memstate.core.removals),
     else ``orphan``. Names that do not parse as memstate pod cgroups are never touched, so never
-    listed."""
-    desired = {t.path for t in targets.cgroups}
+    listed. `index`: the `TargetIndex` of `targets` (the same answer without a pass over every
+    target)."""
+    desired: Mapping[str, object] | set[str]
+    if index is not None:
+        index.check(targets)
+    if index is not None and index.unique:
+        desired = index.by_path
+        holders = index.ordered([*index.holders("node"), *index.holders("qos")])
+    else:
+        desired = {t.path for t in targets.cgroups}
+        holders = [t.path for t in targets.cgroups if t.level in ("node", "qos")]
     found_pods: list[UndesiredPod] = []
-    for holder in (t.path for t in targets.cgroups if t.level in ("node", "qos")):
+    for holder in holders:
         found = existing(observed, holder)
         if found is None or found.children is None:
             continue

@@ -1,0 +1,246 @@
+"""Look-ups over one `NodeTargets`, carried from one round's targets to the next.
+
+Every round's planning and reconciling asks the same questions of the targets: the target at a
+path, whether a path is desired, how many desired children a cgroup has, where a cgroup stands in
+the targets' order, which cgroups hold pods (the node and QoS cgroups). Built from scratch that
+is a Python pass over every cgroup per question per round. `TargetIndex.updated(targets)` derives
+the index of the next targets from the previous one by the cgroups that are not the same objects
+(found in C: the targets tracker keeps every unchanged pod's `CgroupTarget`), so a round that
+admits one pod costs a few C-level passes (a dict of object ids, set differences) plus work for
+the cgroups that changed. The answers are those of `TargetIndex.of(targets)` computed from scratch
+(tests/reconcile/test_target_index.py compares them over random sequences).
+
+Immutable: `updated` returns a new index and leaves this one alone (its tables are copied when
+they change). Pure: no I/O, no clock; the tables are only looked up, never iterated in an order
+that could leak into a result (`ordered` sorts by position in the targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from memstate.core.errors import InvariantViolation
+from memstate.core.plan.profile import WriteProfile, filters
+from memstate.core.targets import CgroupTarget, NodeTargets
+
+_HOLDER_LEVELS = frozenset({"root", "node", "qos"})
+
+
+class TargetIndex:
+    """Look-ups over `targets.cgroups` (see the module docstring). Build with
+    `TargetIndex.of(targets)` or `previous.updated(targets)`."""
+
+    __slots__ = (
+        "_children",
+        "_controlled",
+        "_filtered",
+        "_holders",
+        "_positions",
+        "base",
+        "by_path",
+        "changed",
+        "dropped",
+        "profile",
+        "targets",
+    )
+
+    def __init__(
+        self,
+        targets: NodeTargets,
+        *,
+        by_path: dict[str, CgroupTarget],
+        children: dict[str, int],
+        holders: dict[str, str],
+        controlled: dict[str, CgroupTarget],
+        profile: WriteProfile | None = None,
+        filtered: frozenset[str] = frozenset(),
+        base: Mapping[str, CgroupTarget] | None = None,
+        changed: tuple[str, ...] = (),
+        dropped: frozenset[str] = frozenset(),
+    ) -> None:
+        self.targets = targets
+        # The write profile whose filter is followed (None: none), and the paths whose files
+        # it would filter (`profile_targets`): none means filtering changes no cgroup.
+        self.profile = profile
+        self._filtered = filtered
+        # What `updated` found against the index it was derived from (whose `by_path` is
+        # `base`; None when built from scratch): the paths whose target is new or another
+        # object, and the paths no longer desired. Lets a caller that keeps its own tables by
+        # path follow the change without comparing every path itself.
+        self.base = base
+        self.changed = changed
+        self.dropped = dropped
+        # path -> its target (the last one listed, as a dict built in order would keep)
+        self.by_path: Mapping[str, CgroupTarget] = by_path
+        # path -> its index in targets.cgroups, found when first asked (a scoped round asks
+        # for its few planned paths; the root, node and QoS cgroups come first).
+        self._positions: dict[str, int] = {}
+        self._children = children  # parent path -> how many desired children it has
+        self._holders = holders  # path -> level, of the root, node and QoS cgroups
+        self._controlled = controlled  # path -> target, of those with controllers
+
+    @classmethod
+    def of(cls, targets: NodeTargets, profile: WriteProfile | None = None) -> TargetIndex:
+        """The index of `targets`, computed from scratch (following `profile`'s filter)."""
+        by_path: dict[str, CgroupTarget] = {}
+        children: dict[str, int] = {}
+        holders: dict[str, str] = {}
+        controlled: dict[str, CgroupTarget] = {}
+        for target in targets.cgroups:
+            by_path[target.path] = target
+        for path, target in by_path.items():
+            _add(path, target, children, holders, controlled)
+        filtered = (
+            frozenset()
+            if profile is None
+            else frozenset(t.path for t in targets.cgroups if filters(t, profile))
+        )
+        return cls(
+            targets,
+            profile=profile,
+            filtered=filtered,
+            by_path=by_path,
+            children=children,
+            holders=holders,
+            controlled=controlled,
+        )
+
+    def updated(self, targets: NodeTargets) -> TargetIndex:
+        """The index of `targets`, from this one's by the cgroups that are not the same objects."""
+        if targets is self.targets:
+            return self
+        cgroups = targets.cgroups
+        # One pass to key the new targets by path (a comprehension: cheaper than keying by
+        # object id, which allocates an int per cgroup), one to find the replaced ones.
+        by_path = {target.path: target for target in cgroups}
+        if len(by_path) != len(cgroups):
+            return TargetIndex.of(targets, self.profile)  # a path listed twice: rare, start over
+        before = self.by_path
+        get = before.get
+        changed = [target for path, target in by_path.items() if get(path) is not target]
+        added = sum(1 for target in changed if target.path not in before)
+        gone = (
+            [before[path] for path in before.keys() - by_path.keys()]
+            if len(by_path) - added != len(before)
+            else []
+        )
+        if not changed and not gone:
+            return TargetIndex(
+                targets,
+                profile=self.profile,
+                filtered=self._filtered,
+                by_path=by_path,
+                children=self._children,
+                holders=self._holders,
+                controlled=self._controlled,
+                base=before,
+            )
+        children, holders = dict(self._children), dict(self._holders)
+        controlled = dict(self._controlled)
+        for target in gone:
+            _remove(target.path, children, holders, controlled)
+        for target in changed:
+            if target.path in before:
+                _remove(target.path, children, holders, controlled)
+            _add(target.path, target, children, holders, controlled)
+        filtered = self._filtered
+        if self.profile is not None:
+            profile = self.profile
+            out = {t.path for t in gone} | {t.path for t in changed}
+            filtered = frozenset(
+                (filtered - out) | {t.path for t in changed if filters(t, profile)}
+            )
+        return TargetIndex(
+            targets,
+            profile=self.profile,
+            filtered=filtered,
+            by_path=by_path,
+            children=children,
+            holders=holders,
+            controlled=controlled,
+            base=before,
+            changed=tuple(target.path for target in changed),
+            dropped=frozenset(target.path for target in gone),
+        )
+
+    def check(self, targets: NodeTargets) -> None:
+        """Refuse (InvariantViolation) an index made for other targets."""
+        if targets is not self.targets:
+            raise InvariantViolation("a target index given for other targets")
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def unfiltered_under(self, profile: WriteProfile) -> bool:
+        """True if `profile_targets(targets, profile)` changes no cgroup of the targets (it may
+        still filter the pods' own files, which planning does not read)."""
+        return profile == self.profile and not self._filtered
+
+    @property
+    def unique(self) -> bool:
+        """True if no path is listed twice."""
+        return len(self.by_path) == len(self.targets.cgroups)
+
+    def position(self, path: str) -> int | None:
+        """The index of `path`'s target in `targets.cgroups`; None if not desired. Only
+        meaningful when the paths are `unique`."""
+        at = self._positions.get(path)
+        if at is None:
+            target = self.by_path.get(path)
+            if target is None:
+                return None
+            # In C: the first element equal to it, which is itself when paths are unique.
+            at = self._positions[path] = self.targets.cgroups.index(target)
+        return at
+
+    def ordered(self, paths: Iterable[str]) -> list[str]:
+        """The desired ones of `paths`, in the targets' order (parents first), once each."""
+        found = {at: p for p in paths if (at := self.position(p)) is not None}
+        return [found[at] for at in sorted(found)]
+
+    def children(self, path: str) -> int:
+        """How many desired children `path` has."""
+        return self._children.get(path, 0)
+
+    def holders(self, level: str) -> list[str]:
+        """The paths of the targets of `level` ("root", "node" or "qos"), in the targets' order."""
+        if level not in _HOLDER_LEVELS:
+            raise InvariantViolation(f"not a holder level: {level!r}")
+        return self.ordered(p for p, at in self._holders.items() if at == level)
+
+    def controlled(self) -> Mapping[str, CgroupTarget]:
+        """path -> target, of the targets with controllers (a look-up table: its order is not
+        the targets')."""
+        return self._controlled
+
+
+def _add(
+    path: str,
+    target: CgroupTarget,
+    children: dict[str, int],
+    holders: dict[str, str],
+    controlled: dict[str, CgroupTarget],
+) -> None:
+    if path:
+        parent = path.rpartition("/")[0]
+        children[parent] = children.get(parent, 0) + 1
+    if target.level in _HOLDER_LEVELS:
+        holders[path] = target.level
+    if target.controllers:
+        controlled[path] = target
+
+
+def _remove(
+    path: str,
+    children: dict[str, int],
+    holders: dict[str, str],
+    controlled: dict[str, CgroupTarget],
+) -> None:
+    if path:
+        parent = path.rpartition("/")[0]
+        left = children[parent] - 1
+        if left:
+            children[parent] = left
+        else:
+            del children[parent]
+    holders.pop(path, None)
+    controlled.pop(path, None)

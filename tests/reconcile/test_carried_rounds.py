@@ -1,0 +1,265 @@
+"""A reconciler that carries its derived structures between rounds acts as one that derives
+them afresh every round.
+
+The reconciler keeps, from one round to the next, the targets' index (`TargetIndex`), the
+container targets (`ContainerIndex`), the children's sums (`ChildSums`) and what it last set
+or saw (the base of drift: values, presence, enabled controllers), each updated for what
+changed. Method: a hypothesis property over random sequences of rounds on two identical
+simulated trees — pods admitted and removed through the real reducer and the targets tracker
+(so unchanged pods keep their objects), rounds scoped to the changed pods or full, container
+cgroups appearing and vanishing, another writer's drift, injected write failures, both
+ownership profiles. One reconciler carries everything; the other is made to start every
+structure afresh before each round. Every report, the trees, and what each remembers must be
+equal after every round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memstate.core.errors import HostError
+from memstate.core.events import (
+    CgroupDriftCorrected,
+    ConfigLoaded,
+    PodAdmissionRequested,
+    PodRemovalRequested,
+    TopologyObserved,
+)
+from memstate.core.plan.containers import ContainerIndex
+from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
+from memstate.core.reducer import step
+from memstate.core.state import State
+from memstate.core.state_targets import TargetsTracker
+from memstate.host import CgroupFS
+from memstate.host.sim import SimCgroupFS
+from memstate.reconcile.reconciler import _NO_TARGETS, Reconciler
+from tests.reconcile.helpers import PAGE, new_sim, node_config, node_topology, retired
+from tests.reconcile.test_properties import PROPERTY_SETTINGS, pool_pod
+
+POOL = 7
+BESIDE = WriteProfile(ownership="beside-kubelet")
+BURSTABLE = "kubepods/burstable"
+
+
+@dataclass
+class FlakyFS:
+    """`inner`, whose writes of the files in `failing` (path, file) fail with EIO."""
+
+    inner: CgroupFS
+    failing: set[tuple[str, str]] = field(default_factory=set)
+
+    def exists(self, path: str) -> bool:
+        return self.inner.exists(path)
+
+    def list_children(self, path: str) -> list[str]:
+        return self.inner.list_children(path)
+
+    def read(self, path: str, file: str) -> str:
+        return self.inner.read(path, file)
+
+    def write(self, path: str, file: str, value: str) -> None:
+        if (path, file) in self.failing:
+            raise HostError(f"write {path}/{file}: injected", errno=errno.EIO, path=path)
+        self.inner.write(path, file, value)
+
+    def mkdir(self, path: str) -> None:
+        self.inner.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self.inner.rmdir(path)
+
+
+def afresh(reconciler: Reconciler) -> None:
+    """Make every carried structure start from scratch in the next round."""
+    reconciler._profile_filter = ProfileFilter(reconciler.profile)
+    reconciler._index = TargetIndex.of(_NO_TARGETS, reconciler.profile)
+    reconciler._complete_index = reconciler._index
+    reconciler._containers = ContainerIndex()
+    reconciler._desired_before = dict(reconciler._desired_before)
+    reconciler._child_sums = None
+    reconciler._last_full_plan = None
+
+
+def memory(reconciler: Reconciler) -> Any:
+    return (
+        reconciler._expected,
+        reconciler._expected_present,
+        reconciler._expected_controllers,
+        reconciler._tree,
+    )
+
+
+def everything(fs: SimCgroupFS) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        files = {}
+        for file in ("memory.min", "memory.low", "memory.high", "cgroup.subtree_control"):
+            with contextlib.suppress(HostError):
+                files[file] = fs.read(path, file)
+        found[path] = files
+        stack.extend(f"{path}/{name}" if path else name for name in fs.list_children(path))
+    return found
+
+
+ACTIONS = st.sampled_from(
+    [
+        "admit",
+        "admit",
+        "remove",
+        "container",
+        "uncontainer",
+        "drift",
+        "disable",
+        "fail",
+        "heal",
+        "full",
+    ]
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    profile=st.sampled_from([STANDALONE, BESIDE]),
+    steps=st.lists(
+        st.lists(st.tuples(ACTIONS, st.integers(0, POOL - 1)), min_size=1, max_size=4),
+        min_size=1,
+        max_size=7,
+    ),
+)
+def test_carried_rounds_act_as_fresh_ones(
+    profile: WriteProfile, steps: list[list[tuple[str, int]]]
+) -> None:
+    config = node_config("TieredReservation", static=True)
+    trees = (new_sim(), new_sim())
+    flaky = (FlakyFS(trees[0]), FlakyFS(trees[1]))
+    # One clock for both, moving a minute a round: back-off expires, then the next round retries.
+    clock = [0.0]
+    carried = Reconciler(flaky[0], page_size_bytes=PAGE, profile=profile, clock=lambda: clock[0])
+    fresh = Reconciler(flaky[1], page_size_bytes=PAGE, profile=profile, clock=lambda: clock[0])
+    tracker = TargetsTracker()
+    state = State()
+    for event in (TopologyObserved(topology=node_topology()), ConfigLoaded(config=config)):
+        state = step(state, event).state
+    gone: set[str] = set()
+    first = True
+    for actions in steps:
+        scope: set[str] = set()
+        full = first
+        targets_before = tracker.update(state)
+        for action, which in actions:
+            uid = pool_pod(which).uid
+            if action == "admit" and uid not in state.pods:
+                state = step(state, PodAdmissionRequested(pod=pool_pod(which))).state
+                gone.difference_update(retired(uid, config=config))
+            elif action == "remove" and uid in state.pods:
+                state = step(state, PodRemovalRequested(uid=uid)).state
+                gone.update(retired(uid, config=config))
+            elif action == "disable":
+                # Another writer takes the memory controller from a QoS cgroup's children.
+                for fs in trees:
+                    with contextlib.suppress(HostError):
+                        fs.write(BURSTABLE, "cgroup.subtree_control", "-memory")
+                scope.add(BURSTABLE)
+            elif action in ("container", "uncontainer", "drift", "fail", "heal"):
+                pods = targets_before.pods if targets_before is not None else ()
+                if not pods:
+                    continue
+                pod = pods[which % len(pods)]
+                for fs, flaky_fs in zip(trees, flaky, strict=True):
+                    if not fs.exists(pod.cgroup):
+                        continue
+                    app = f"{pod.cgroup}/app"
+                    if action == "container" and not fs.exists(app):
+                        fs.write(pod.cgroup, "cgroup.subtree_control", "+memory")
+                        fs.mkdir(app)
+                    elif action == "uncontainer" and fs.exists(app):
+                        fs.rmdir(app)
+                    elif action == "drift":
+                        fs.write(pod.cgroup, "memory.low", str(PAGE * (which + 1)))
+                    elif action == "fail":
+                        flaky_fs.failing.update(
+                            {
+                                (pod.cgroup, "memory.min"),
+                                ("kubepods", "memory.min"),
+                                (BURSTABLE, "cgroup.subtree_control"),
+                                (pod.cgroup, "cgroup.subtree_control"),
+                            }
+                        )
+                    elif action == "heal":
+                        flaky_fs.failing.clear()
+                scope.add(pod.cgroup)
+            elif action == "full":
+                full = True
+        first = False
+        targets = tracker.update(state)
+        assert targets is not None
+        if profile != STANDALONE:
+            # The kubelet makes the pod cgroups.
+            for fs in trees:
+                for pod in targets.pods:
+                    parent = pod.cgroup.rpartition("/")[0]
+                    if fs.exists(parent) and not fs.exists(pod.cgroup):
+                        fs.mkdir(pod.cgroup)
+        before = {p.uid: p.cgroup for p in (targets_before.pods if targets_before else ())}
+        now = {p.uid: p.cgroup for p in targets.pods}
+        scope.update(path for uid, path in now.items() if before.get(uid) != path)
+        scope.update(path for uid, path in before.items() if uid not in now)
+        paths = None if full else sorted(scope)
+        clock[0] += 60.0
+        afresh(fresh)
+        reports = [
+            r.reconcile(targets, retired_paths=sorted(gone), scope=paths) for r in (carried, fresh)
+        ]
+        assert reports[0] == reports[1]
+        assert memory(carried) == memory(fresh)
+        assert everything(trees[0]) == everything(trees[1])
+
+
+def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembered() -> None:
+    """An enable that failed leaves the expected controllers behind the target; once another
+    writer enabled them, the next round remembers the target's (no enable to run, the target
+    unchanged: only the record of the failure brings it back), so their later removal is drift."""
+    config = node_config("TieredReservation", static=True)
+    pods = [pool_pod(i) for i in range(3)]
+    state = State()
+    for event in (TopologyObserved(topology=node_topology()), ConfigLoaded(config=config)):
+        state = step(state, event).state
+    for pod in pods:
+        state = step(state, PodAdmissionRequested(pod=pod)).state
+    targets = TargetsTracker().update(state)
+    assert targets is not None
+    at = [t.path for t in targets.cgroups].index(BURSTABLE)
+    wanted = targets.cgroups[at]
+    assert "cpuset" in wanted.controllers
+    fewer = msgspec.structs.replace(
+        wanted, controllers=tuple(c for c in wanted.controllers if c != "cpuset")
+    )
+    before = msgspec.structs.replace(
+        targets, cgroups=(*targets.cgroups[:at], fewer, *targets.cgroups[at + 1 :])
+    )
+    fs = new_sim()
+    flaky = FlakyFS(fs)
+    reconciler = Reconciler(flaky, page_size_bytes=PAGE, clock=lambda: 0.0)
+    reconciler.reconcile(before)
+    flaky.failing.add((BURSTABLE, "cgroup.subtree_control"))
+    failed = reconciler.reconcile(targets, scope=[BURSTABLE])
+    assert [r.operation.kind for r in failed.results if r.outcome == "failed"] == ["enable"]
+    flaky.failing.clear()
+    fs.write(BURSTABLE, "cgroup.subtree_control", "+cpuset")  # someone else enables it
+    reconciler.clock = lambda: 3600.0
+    quiet = reconciler.reconcile(targets, scope=[BURSTABLE])
+    assert not [r for r in quiet.results if r.operation.kind == "enable"]
+    fs.write(BURSTABLE, "cgroup.subtree_control", "-cpuset")  # and someone takes it away
+    report = reconciler.reconcile(targets, scope=[BURSTABLE])
+    drift = [n for n in report.notes if isinstance(n, CgroupDriftCorrected)]
+    assert [(n.path, n.file) for n in drift] == [(BURSTABLE, "cgroup.subtree_control")]

@@ -1,0 +1,130 @@
+"""The reconciler's carried container index (memstate.core.plan.containers.ContainerIndex)
+answers as `with_container_targets` computed from scratch.
+
+Method: a hypothesis property over sequences of rounds in which pods come and go, a pod's
+targets are rebuilt (a new object), its cgroup's listing changes (directories named after a
+container, runtime-id directories, foreign names) or stays the same object, container cgroups
+appear, vanish or are held as not existing, observations are replaced by equal copies (what a
+full round does), and runtime ids are learnt, replaced or forgotten: after every round the
+updated index's complete targets and listed candidates (all, and under a random set of pod
+cgroups) equal a fresh computation on the same inputs. The index is updated both in one step
+and through an intermediate tree (the reconciler's two updates per round).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memstate.core.plan import ObservedCgroup, ObservedTree
+from memstate.core.plan.containers import ContainerIndex, with_container_targets
+from memstate.core.targets import NodeTargets, PodTargets
+from tests.reconcile.helpers import mixed_pod, node_config, targets_of_pods, uid_for
+from tests.reconcile.test_properties import PROPERTY_SETTINGS
+
+RUNTIME_ID = "a" * 64
+NAMES = ("app", "side", "main", RUNTIME_ID, f"cri-containerd-{RUNTIME_ID}.scope", "other")
+# Directories that become container cgroups of most pods (every pod has "app"), drawn more often.
+DIRECTORIES = ("app", "app", RUNTIME_ID, RUNTIME_ID, "side", f"crio-{RUNTIME_ID}", "other")
+POOL = 6
+
+change = st.tuples(
+    st.integers(0, POOL - 1),  # which pod
+    st.sampled_from(["admit", "remove", "rebuild", "listing", "container", "ids", "ids", "copy"]),
+    st.sets(st.sampled_from(NAMES), min_size=1),  # a listing
+    st.sampled_from(DIRECTORIES),  # a container directory
+    st.sampled_from(["exists", "absent", "missing"]),  # its observation
+    st.sampled_from([None, "app", "app", "main", "side"]),  # the runtime id's container
+)
+
+
+def fresh_listed(
+    targets: NodeTargets, tree: ObservedTree, ids: dict[str, dict[str, str]], pods: list[str]
+) -> list[str]:
+    listed = with_container_targets(targets, tree, ids, listed_is_enough=True)
+    paths = [t.path for t in listed.cgroups if t.level == "container"]
+    return sorted(p for p in paths if p.rpartition("/")[0] in pods)
+
+
+@PROPERTY_SETTINGS
+@given(
+    rounds=st.lists(st.lists(change, min_size=1, max_size=10), min_size=2, max_size=8),
+    scopes=st.lists(st.sets(st.integers(0, POOL - 1)), min_size=8, max_size=8),
+    twice=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_the_index_answers_as_a_fresh_computation(
+    rounds: list[list[tuple[int, str, set[str], str, str, str | None]]],
+    scopes: list[set[int]],
+    twice: list[bool],
+) -> None:
+    config = node_config("TieredReservation", static=False)
+
+    def build(index: int) -> PodTargets:
+        return targets_of_pods([mixed_pod(uid_for(index), index)], config).pods[0]
+
+    base = targets_of_pods([mixed_pod(uid_for(0), 0)], config)
+    made = {i: build(i) for i in range(POOL)}
+    admitted: set[int] = {0, 1, 2}
+    cgroups: dict[str, ObservedCgroup] = {}
+    ids: dict[str, dict[str, str]] = {}
+    index = ContainerIndex()
+    for number, changes in enumerate(rounds):
+        for which, kind, names, directory, state, owner in changes:
+            pod = made[which]
+            if kind == "admit":
+                admitted.add(which)
+            elif kind == "remove":
+                admitted.discard(which)
+            elif kind == "rebuild":
+                made[which] = build(which)
+            elif kind == "listing":
+                cgroups[pod.cgroup] = ObservedCgroup(children=tuple(sorted(names | {directory})))
+            elif kind == "container":
+                path = f"{pod.cgroup}/{directory}"
+                if state == "missing":
+                    cgroups.pop(path, None)
+                else:
+                    cgroups[path] = ObservedCgroup(exists=state == "exists")
+            elif kind == "ids":
+                if owner is None:
+                    ids.pop(pod.uid, None)
+                else:
+                    ids[pod.uid] = {RUNTIME_ID: owner}  # replaced, never mutated
+            else:  # an equal copy of every observation (a full round's fresh reads)
+                cgroups = {p: msgspec.structs.replace(found) for p, found in cgroups.items()}
+        targets = msgspec.structs.replace(
+            base, pods=tuple(made[i] for i in sorted(admitted)), cgroups=base.cgroups
+        )
+        tree = ObservedTree(cgroups=dict(cgroups))
+        if twice[number]:
+            # Through an intermediate tree, as the reconciler's first update (before it reads
+            # the containers) and second.
+            half = ObservedTree(cgroups={p: f for p, f in cgroups.items() if "/app" not in p})
+            index = index.updated(targets, half, ids)
+        index = index.updated(targets, tree, ids)
+        assert index.complete == with_container_targets(targets, tree, ids)
+        everything = [p.cgroup for p in targets.pods]
+        assert [t.path for t in index.listed()] == fresh_listed(targets, tree, ids, everything)
+        scoped = [made[i].cgroup for i in sorted(scopes[number])]
+        assert [t.path for t in index.listed(scoped)] == fresh_listed(targets, tree, ids, scoped)
+
+
+def test_a_runtime_id_learnt_later_makes_its_directory_a_container() -> None:
+    """The one change the index cannot see in the tree or the targets: ids replaced."""
+    config = node_config("TieredReservation", static=False)
+    targets = targets_of_pods([mixed_pod(uid_for(0), 0)], config)
+    pod = targets.pods[0]
+    tree = ObservedTree(
+        cgroups={
+            pod.cgroup: ObservedCgroup(children=(RUNTIME_ID,)),
+            f"{pod.cgroup}/{RUNTIME_ID}": ObservedCgroup(),
+        }
+    )
+    index = ContainerIndex().updated(targets, tree, {})
+    assert index.complete is targets
+    ids = {pod.uid: {RUNTIME_ID: "app"}}
+    index = index.updated(targets, tree, ids)
+    assert index.complete == with_container_targets(targets, tree, ids) != targets
+    index = index.updated(targets, tree, {pod.uid: {RUNTIME_ID: "side"}})
+    assert index.complete is targets

@@ -1,0 +1,179 @@
+"""The reconciler's carried target index (memstate.core.plan.index.TargetIndex) answers as one
+computed from scratch, and the planner's checks and plans are the same with it.
+
+Method: a hypothesis property over sequences of targets drawn from a pool of `CgroupTarget`
+objects (kept, replaced by an equal copy or by a changed one: other controllers, another level,
+a path listed twice, a child listed before its parent, a pod cgroup missing), each index updated
+from the previous one: every query equals the fresh index's, and `check_target_tree` (scoped to a
+random set of paths) and `undesired_pod_cgroups` give the same verdict and answer with the
+index as without. Plans with and without the index are compared in
+tests/reconcile/test_child_sums.py (converged, mutated trees, both ownerships).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memstate.core.errors import InvariantViolation
+from memstate.core.plan import ObservedCgroup, ObservedTree, naming_config
+from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile, profile_targets
+from memstate.core.plan.scope import check_target_tree, undesired_pod_cgroups
+from memstate.core.targets import NodeTargets
+from tests.reconcile.helpers import mixed_pod, node_config, targets_of_pods, uid_for
+from tests.reconcile.test_properties import PROPERTY_SETTINGS
+
+POOL = 6
+BESIDE = WriteProfile(ownership="beside-kubelet")
+
+
+def base_targets() -> NodeTargets:
+    config = node_config("TieredReservation", static=False)
+    return targets_of_pods([mixed_pod(uid_for(i), i) for i in range(POOL)], config)
+
+
+BASE = base_targets()
+EDITS = st.sampled_from(["keep", "copy", "controllers", "level", "twice", "drop", "swap"])
+
+
+def verdict(function: Callable[..., object], *args: object) -> object:
+    """What `function(*args)` returns, or the message of the InvariantViolation it raises."""
+    try:
+        return function(*args)
+    except InvariantViolation as exc:
+        return f"InvariantViolation: {exc}"
+
+
+def assert_same(carried: TargetIndex, fresh: TargetIndex, probe: list[str]) -> None:
+    assert carried.targets is fresh.targets
+    assert dict(carried.by_path) == dict(fresh.by_path)
+    assert carried.unique == fresh.unique
+    paths = sorted({*fresh.by_path, *(p.rpartition("/")[0] for p in fresh.by_path), *probe})
+    for path in paths:
+        assert carried.children(path) == fresh.children(path), path
+    for level in ("root", "node", "qos"):
+        assert carried.holders(level) == fresh.holders(level), level
+    assert carried.controlled() == fresh.controlled()
+    if fresh.unique:
+        order = [t.path for t in fresh.targets.cgroups]
+        assert carried.ordered(probe) == [p for p in order if p in set(probe)]
+        for path in probe:
+            assert carried.position(path) == fresh.position(path)
+
+
+@PROPERTY_SETTINGS
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, len(BASE.cgroups) - 1), EDITS), max_size=4),
+            st.sets(st.integers(0, len(BASE.cgroups) - 1)),  # the targets of this step
+            st.lists(st.integers(0, len(BASE.cgroups) + 1), max_size=5),  # paths probed
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_carried_index_answers_as_a_fresh_one(
+    steps: list[tuple[list[tuple[int, str]], set[int], list[int]]],
+) -> None:
+    pool = list(BASE.cgroups)
+    config = naming_config(BASE)
+    index = TargetIndex.of(BASE)
+    for edits, chosen, probes in steps:
+        cgroups = [pool[i] for i in sorted(chosen | {0, 1, 2, 3})]
+        for at, edit in edits:
+            target = pool[at]
+            if edit == "copy":
+                pool[at] = msgspec.structs.replace(target)
+            elif edit == "controllers":
+                controllers = () if target.controllers else ("memory",)
+                pool[at] = msgspec.structs.replace(target, controllers=controllers)
+            elif edit == "level":
+                level = "qos" if target.level == "pod" else "pod"
+                pool[at] = msgspec.structs.replace(target, level=level)
+            elif edit == "twice":
+                cgroups.append(msgspec.structs.replace(target))
+            elif edit == "drop" and target in cgroups:
+                cgroups.remove(target)
+            elif edit == "swap" and len(cgroups) > 1:
+                cgroups[0], cgroups[-1] = cgroups[-1], cgroups[0]
+        cgroups = [pool[BASE.cgroups.index(t)] if t in BASE.cgroups else t for t in cgroups]
+        targets = msgspec.structs.replace(BASE, cgroups=tuple(cgroups))
+        index = index.updated(targets)
+        fresh = TargetIndex.of(targets)
+        paths = [t.path for t in BASE.cgroups] + ["kubepods/nowhere", "elsewhere"]
+        probe = [paths[i] for i in probes]
+        assert_same(index, fresh, probe)
+        assert verdict(check_target_tree, targets, probe, index) == verdict(
+            check_target_tree, targets, probe
+        )
+        listed = tuple(sorted({p.rpartition("/")[2] for p in paths if p.count("/") >= 1}))
+        tree = ObservedTree(cgroups={p: ObservedCgroup(children=listed) for p in paths})
+        retired = frozenset(probe)
+        assert verdict(undesired_pod_cgroups, targets, tree, config, retired, index) == verdict(
+            undesired_pod_cgroups, targets, tree, config, retired
+        )
+
+
+@PROPERTY_SETTINGS
+@given(
+    profile=st.sampled_from([STANDALONE, BESIDE, WriteProfile(mode="qos")]),
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, len(BASE.cgroups) - 1), EDITS), max_size=4),
+            st.sets(st.integers(0, len(BASE.cgroups) - 1)),
+            st.sets(st.integers(0, len(BASE.pods) - 1)),
+            st.sets(st.integers(0, len(BASE.pods) - 1)),  # pods rebuilt (new objects)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_the_profile_filter_and_the_index_follow_the_profile(
+    profile: WriteProfile, steps: list[tuple[list[tuple[int, str]], set[int], set[int], set[int]]]
+) -> None:
+    """`ProfileFilter` carried gives `profile_targets`'s answer; the index carried with a
+    profile says whether filtering changes a cgroup as a fresh look does."""
+    pool = list(BASE.cgroups)
+    pods = list(BASE.pods)
+    carried = ProfileFilter(profile)
+    index = TargetIndex.of(BASE, profile)
+    for edits, chosen, pods_chosen, rebuilt in steps:
+        for at, edit in edits:
+            target = pool[at]
+            if edit == "copy":
+                pool[at] = msgspec.structs.replace(target)
+            elif edit == "controllers":
+                pool[at] = msgspec.structs.replace(
+                    target, files={**target.files, "cpuset.mems": "0"}
+                )
+            elif edit == "level":
+                files = {f: v for f, v in target.files.items() if f.startswith("memory.m")}
+                pool[at] = msgspec.structs.replace(target, files=files)
+        for at in rebuilt:
+            pods[at] = msgspec.structs.replace(pods[at])
+        targets = msgspec.structs.replace(
+            BASE,
+            cgroups=tuple(pool[i] for i in sorted(chosen | {0, 1, 2, 3})),
+            pods=tuple(pods[i] for i in sorted(pods_chosen)),
+        )
+        carried = carried.updated(targets)
+        assert carried.result == profile_targets(targets, profile)
+        index = index.updated(targets)
+        fresh = profile_targets(targets, profile)
+        assert index.unfiltered_under(profile) == (fresh.cgroups == targets.cgroups)
+        assert not index.unfiltered_under(WriteProfile(mode="shadow"))
+
+
+def test_an_index_for_other_targets_is_refused() -> None:
+    other = msgspec.structs.replace(BASE, cgroups=BASE.cgroups[:-1])
+    try:
+        check_target_tree(BASE, [""], TargetIndex.of(other))
+    except InvariantViolation as exc:
+        assert "other targets" in str(exc)
+    else:
+        raise AssertionError("an index of other targets was accepted")
