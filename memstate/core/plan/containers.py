@@ -38,6 +38,7 @@ from memstate.core.targets import (
     CgroupTarget,
     NodeTargets,
     PodTargets,
+    TargetsChange,
 )
 
 # The files memstate manages on a container cgroup; the runtime owns the rest.
@@ -202,18 +203,41 @@ class ContainerIndex:
         targets: NodeTargets,
         observed: ObservedTree,
         container_ids: Mapping[str, Mapping[str, str]] | None = None,
+        change: TargetsChange | None = None,
     ) -> ContainerIndex:
-        """The index of (`targets`, `observed`, `container_ids`), from this one's."""
+        """The index of (`targets`, `observed`, `container_ids`), from this one's. `change`:
+        the targets' record against those this index holds, if known: then only the pods it
+        lists are compared, not every pod."""
         ids = dict(container_ids or {})
-        # Comprehensions: cheaper here than map/zip over attribute getters.
-        pods = {pod.uid: pod for pod in targets.pods}
+        pods: dict[str, PodTargets] | None = None
         if self.targets is None:
-            affected = set(pods)
-        else:
-            known, known_ids = self._pods.get, self._ids.get
-            affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
-            if len(pods) - sum(1 for uid in affected if uid not in self._pods) != len(self._pods):
-                affected.update(self._pods.keys() - pods.keys())
+            affected: set[str] = set()
+        elif targets is self.targets:
+            pods, affected = self._pods, set()
+        elif change is not None and change.previous is self.targets:
+            # Only the listed pods can differ: a C-level copy of the table, then the change.
+            known = self._pods.get
+            pods = dict(self._pods)
+            affected = {uid for uid in change.dropped_uids if pods.pop(uid, None) is not None}
+            for given in change.pods:
+                if known(given.uid) is not given:
+                    affected.add(given.uid)
+                    pods[given.uid] = given
+            if len(pods) != len(targets.pods):
+                pods = None  # a UID listed twice: compare every pod, as without the record
+        if pods is None:
+            # Comprehensions: cheaper here than map/zip over attribute getters.
+            pods = {pod.uid: pod for pod in targets.pods}
+            if self.targets is None:
+                affected = set(pods)
+            else:
+                known = self._pods.get
+                affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
+                kept = len(pods) - sum(1 for uid in affected if uid not in self._pods)
+                if kept != len(self._pods):
+                    affected.update(self._pods.keys() - pods.keys())
+        if self.targets is not None:
+            known_ids = self._ids.get
             affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
