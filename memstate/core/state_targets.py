@@ -239,7 +239,7 @@ class TargetsTracker:
         cgroups: list[CgroupTarget] = []
         pods: list[PodTargets] = []
         dropped_uids: set[str] = set()
-        for uid in self._touched:
+        for uid in sorted(self._touched):  # a deterministic record
             part = parts.get(uid)
             if part is None:
                 dropped_uids.add(uid)

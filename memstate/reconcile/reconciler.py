@@ -355,7 +355,11 @@ class Reconciler:
         # The same look-ups over the targets with their container cgroups (the same index when
         # no container cgroup was found).
         self._complete_index = complete = (
-            index if targets is index.targets else self._complete_index.updated(targets)
+            index
+            if targets is index.targets
+            else self._complete_index.updated(
+                targets, change_since(self._containers.recent, self._complete_index.targets)
+            )
         )
 
         def plan_for(tree: ObservedTree) -> Plan:

@@ -10,8 +10,9 @@ the reader (as the reconciler: `ProfileFilter`, then `TargetIndex` and `Containe
 filter's change) sees a random subset of the publications (rounds coalesce) and sometimes
 restarts from nothing: each change record it gets lists every cgroup and pod that is not the
 same object (and only objects of the new targets), and after every round it sees, the filter's
-result, the index's answers and what the index reports changed, and the container index's
-complete targets equal those built from scratch.
+result, the index's answers and what the index reports changed, the container index's complete
+targets (updated once, or twice through an intermediate tree as the reconciler does) and the
+index of those (following the container index's records) equal those built from scratch.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ class Trees:
 @given(
     batches=histories(),
     seen=st.lists(st.sampled_from(["seen", "seen", "skipped", "skipped", "restart"]), min_size=31),
+    twice=st.lists(st.booleans(), min_size=31),
     profile=st.sampled_from(PROFILES),
 )
 def test_indexes_following_the_change_records_equal_fresh_ones(
-    batches: list[list[Event]], seen: list[str], profile: WriteProfile
+    batches: list[list[Event]], seen: list[str], twice: list[bool], profile: WriteProfile
 ) -> None:
     tracker = TargetsTracker()
     state = State()
@@ -95,7 +97,8 @@ def test_indexes_following_the_change_records_equal_fresh_ones(
         NodeTargets(cgroups=(), pods=(), node_memory_min_bytes=0, node_memory_low_bytes=0), profile
     )
     containers = ContainerIndex()
-    for batch, reader in zip(batches, seen, strict=False):
+    complete_index = index
+    for batch, reader, two in zip(batches, seen, twice, strict=False):
         state, decisions, applied = commit(state, batch)
         published = tracker.update(state, decisions, changed=pods_changed_by(applied))
         if tracker.change is not None:
@@ -126,8 +129,18 @@ def test_indexes_following_the_change_records_equal_fresh_ones(
             assert set(index.changed) == {p for p, t in new.items() if base.get(p) is not t}
             assert index.dropped == base.keys() - new.keys()
         tree = trees.of(filtered)
+        held_complete = complete_index.targets
+        if two:  # first without the containers' own observations, as the reconciler
+            half = ObservedTree(cgroups={p: f for p, f in tree.cgroups.items() if p.count("/") < 3})
+            containers = containers.updated(filtered, half, {}, carried.change)
         containers = containers.updated(filtered, tree, {}, carried.change)
-        assert containers.complete == with_container_targets(filtered, tree, {})
+        complete = containers.complete
+        assert complete == with_container_targets(filtered, tree, {})
+        record = change_since(containers.recent, held_complete)
+        if record is not None:
+            assert_describes(record, held_complete, complete)
+        complete_index = complete_index.updated(complete, record)
+        assert_same(complete_index, TargetIndex.of(complete, profile), [])
         held = published
 
 

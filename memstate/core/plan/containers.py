@@ -183,6 +183,7 @@ class ContainerIndex:
         "_listed",
         "_pods",
         "_present",
+        "recent",
         "targets",
         "tree",
     )
@@ -197,6 +198,9 @@ class ContainerIndex:
         self._listed: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> listed candidates
         self._present: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> observed to exist
         self._complete: NodeTargets | None = None
+        # The change records of the last few complete targets, each against the one before
+        # (`memstate.core.targets.change_since`), while they are known; () otherwise.
+        self.recent: tuple[TargetsChange, ...] = ()
 
     def updated(
         self,
@@ -210,11 +214,14 @@ class ContainerIndex:
         lists are compared, not every pod."""
         ids = dict(container_ids or {})
         pods: dict[str, PodTargets] | None = None
+        followed: TargetsChange | None = None  # what changed in the targets, when known
         if self.targets is None:
             affected: set[str] = set()
         elif targets is self.targets:
             pods, affected = self._pods, set()
+            followed = TargetsChange(previous=targets)
         elif change is not None and change.previous is self.targets:
+            followed = change
             # Only the listed pods can differ: a C-level copy of the table, then the change.
             known = self._pods.get
             pods = dict(self._pods)
@@ -225,6 +232,7 @@ class ContainerIndex:
                     pods[given.uid] = given
             if len(pods) != len(targets.pods):
                 pods = None  # a UID listed twice: compare every pod, as without the record
+                followed = None
         if pods is None:
             # Comprehensions: cheaper here than map/zip over attribute getters.
             pods = {pod.uid: pod for pod in targets.pods}
@@ -251,6 +259,7 @@ class ContainerIndex:
         if not affected and targets is self.targets and self._complete is not None:
             new._cgroup_of, new._listed, new._present = self._cgroup_of, self._listed, self._present
             new._complete = self._complete
+            new.recent = self.recent
             return new
         cgroup_of, listed, present = dict(self._cgroup_of), dict(self._listed), dict(self._present)
         for uid in affected:
@@ -281,7 +290,33 @@ class ContainerIndex:
             if extra
             else targets
         )
+        if followed is not None and self._complete is not None:
+            new.recent = (*self.recent[-3:], self._complete_change(followed, affected, present))
         return new
+
+    def _complete_change(
+        self,
+        change: TargetsChange,
+        affected: set[str],
+        present: Mapping[str, tuple[CgroupTarget, ...]],
+    ) -> TargetsChange:
+        """The record of the new complete targets against this index's: the targets' own
+        record plus the container cgroups of the affected pods, before and after."""
+        if self._complete is None:
+            raise InvariantViolation("a container index without complete targets")
+        cgroups = list(change.cgroups)
+        dropped = set(change.dropped_paths)
+        for uid in sorted(affected):  # a deterministic record
+            dropped.update(t.path for t in self._present.get(uid, ()))
+            cgroups.extend(present.get(uid, ()))
+        dropped.difference_update(t.path for t in cgroups)
+        return TargetsChange(
+            previous=self._complete,
+            cgroups=tuple(cgroups),
+            dropped_paths=frozenset(dropped),
+            pods=change.pods,
+            dropped_uids=change.dropped_uids,
+        )
 
     @property
     def complete(self) -> NodeTargets:
