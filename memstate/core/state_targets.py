@@ -153,6 +153,8 @@ class TargetsTracker:
         # The last few of them, oldest first (`memstate.core.targets.change_since` composes
         # them for a reader that missed some publications); () after a reset.
         self.recent: tuple[TargetsChange, ...] = ()
+        # The root, node and QoS cgroups' (depth, path) keys, for the config they were made for.
+        self._fixed: tuple[NodeConfig | None, tuple[tuple[int, str], ...]] = (None, ())
         self.computed = 0
         self.compared_all = 0
 
@@ -250,9 +252,13 @@ class TargetsTracker:
             return None
         config = self._context[0]
         listed = targets.cgroups
-        fixed = (*root_paths(config), node_path(config))
-        for path in (*fixed, qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT)):
-            at = bisect.bisect_left(listed, (path_depth(path), path), key=_depth_and_path)
+        if self._fixed[0] is not config:  # rendering the paths costs more than the rest
+            paths = (*root_paths(config), node_path(config))
+            paths += (qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT))
+            self._fixed = (config, tuple((path_depth(path), path) for path in paths))
+        for key in self._fixed[1]:
+            path = key[1]
+            at = bisect.bisect_left(listed, key, key=_depth_and_path)
             if at == len(listed) or listed[at].path != path:
                 return None  # not where `assemble_from_parts` puts it: no record, compare all
             cgroups.append(listed[at])
