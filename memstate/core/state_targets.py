@@ -235,8 +235,8 @@ class TargetsTracker:
 
     def _change(self, previous: NodeTargets, targets: NodeTargets) -> TargetsChange | None:
         """What `targets` replaced of `previous`: the parts touched since, and the root, node
-        and QoS cgroups (assembled anew each time; found by bisection, the cgroups being sorted
-        by depth and path)."""
+        and QoS cgroups (assembled anew each time; found by bisection in the pod cgroups, all
+        being sorted by depth and path)."""
         parts = self._parts
         cgroups: list[CgroupTarget] = []
         pods: list[PodTargets] = []
@@ -255,11 +255,14 @@ class TargetsTracker:
         if self._fixed[0] is not config:  # rendering the paths costs more than the rest
             paths = (*root_paths(config), node_path(config))
             paths += (qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT))
-            self._fixed = (config, tuple((path_depth(path), path) for path in paths))
-        for key in self._fixed[1]:
+            self._fixed = (config, tuple(sorted((path_depth(path), path) for path in paths)))
+        orders = self._orders
+        for before, key in enumerate(self._fixed[1]):
+            # Where `assemble_from_parts` inserted it: after the pod cgroups that sort before
+            # it and the fixed ones before it (a bisection in C, no key function).
             path = key[1]
-            at = bisect.bisect_left(listed, key, key=_depth_and_path)
-            if at == len(listed) or listed[at].path != path:
+            at = bisect.bisect_right(orders, key) + before
+            if at >= len(listed) or listed[at].path != path:
                 return None  # not where `assemble_from_parts` puts it: no record, compare all
             cgroups.append(listed[at])
         dropped_paths = self._dropped_paths.difference(t.path for t in cgroups)
@@ -378,10 +381,6 @@ class TargetsTracker:
         if qos_class in self._sums:
             self._sums[qos_class] -= part.request_bytes
         self._throttled -= part.throttled
-
-
-def _depth_and_path(target: CgroupTarget) -> tuple[int, str]:
-    return (path_depth(target.path), target.path)
 
 
 def state_targets(state: State) -> NodeTargets | None:
