@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from memstate.core.cgroup_paths import node_path, path_depth, qos_path, root_paths
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
 from memstate.core.events import (
@@ -52,14 +53,17 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.numa_policy import PodAllocation
-from memstate.core.pod import BURSTABLE, GUARANTEED
+from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED
 from memstate.core.qos import PodPart, assemble_from_parts, pod_part, pod_targets
 from memstate.core.state import PodRecord, State
-from memstate.core.targets import CgroupTarget, NodeTargets, PodTargets
+from memstate.core.targets import CgroupTarget, NodeTargets, PodTargets, TargetsChange
 from memstate.core.topology import Topology
 
 # What a pod's targets depend on besides the config and topology: its spec and its allocation.
 _PodKey = tuple[str, PodAllocation | None]
+
+# How many publications' change records `TargetsTracker.recent` keeps.
+_RECENT = 8
 
 # Events whose application changes at most the record of the pod named by their `uid`.
 _ONE_POD: frozenset[type[Event]] = frozenset(
@@ -120,6 +124,10 @@ class TargetsTracker:
     copies, not a walk over every pod. When no pod's part and neither the config nor the
     topology changed, `update` returns the very `NodeTargets` it returned before.
 
+    Each new targets object comes with `change` (`TargetsChange`): the cgroups and pods it
+    replaced, added or dropped relative to the targets object returned before it (None for the
+    first, or after the config or topology changed), found from the parts it updated.
+
     `computed` counts the calls to `pod_targets` (a test holds one admission to none: its
     targets come from the decision); `compared_all` the updates that compared every pod's record.
     """
@@ -137,6 +145,16 @@ class TargetsTracker:
         self._throttled = 0
         self._last: NodeTargets | None = None  # what the previous update returned
         self._dirty = False  # a part changed since `_last` was assembled
+        # Since `_last` was assembled: the UIDs whose part was added or dropped, and the pod
+        # cgroup paths dropped with them (for `change`).
+        self._touched: set[str] = set()
+        self._dropped_paths: set[str] = set()
+        self.change: TargetsChange | None = None  # of `_last`, against the one before it
+        # The last few of them, oldest first (`memstate.core.targets.change_since` composes
+        # them for a reader that missed some publications); () after a reset.
+        self.recent: tuple[TargetsChange, ...] = ()
+        # The root, node and QoS cgroups' (depth, path) keys, for the config they were made for.
+        self._fixed: tuple[NodeConfig | None, tuple[tuple[int, str], ...]] = (None, ())
         self.computed = 0
         self.compared_all = 0
 
@@ -198,6 +216,7 @@ class TargetsTracker:
         if not self._dirty and self._last is not None:
             return self._last
         self._dirty = False
+        previous = self._last
         self._last = assemble_from_parts(
             self._targets,
             self._orders,
@@ -208,7 +227,52 @@ class TargetsTracker:
             burstable_bytes=self._sums[BURSTABLE],
             throttled=self._throttled,
         )
+        self.change = None if previous is None else self._change(previous, self._last)
+        self.recent = () if self.change is None else (*self.recent[1 - _RECENT :], self.change)
+        self._touched.clear()
+        self._dropped_paths.clear()
         return self._last
+
+    def _change(self, previous: NodeTargets, targets: NodeTargets) -> TargetsChange | None:
+        """What `targets` replaced of `previous`: the parts touched since, and the root, node
+        and QoS cgroups (assembled anew each time; found by bisection in the pod cgroups, all
+        being sorted by depth and path)."""
+        parts = self._parts
+        cgroups: list[CgroupTarget] = []
+        pods: list[PodTargets] = []
+        dropped_uids: set[str] = set()
+        for uid in sorted(self._touched):  # a deterministic record
+            part = parts.get(uid)
+            if part is None:
+                dropped_uids.add(uid)
+            else:
+                cgroups.append(part.cgroup)
+                pods.append(part.targets)
+        if self._context is None:
+            return None
+        config = self._context[0]
+        listed = targets.cgroups
+        if self._fixed[0] is not config:  # rendering the paths costs more than the rest
+            paths = (*root_paths(config), node_path(config))
+            paths += (qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT))
+            self._fixed = (config, tuple(sorted((path_depth(path), path) for path in paths)))
+        orders = self._orders
+        for before, key in enumerate(self._fixed[1]):
+            # Where `assemble_from_parts` inserted it: after the pod cgroups that sort before
+            # it and the fixed ones before it (a bisection in C, no key function).
+            path = key[1]
+            at = bisect.bisect_right(orders, key) + before
+            if at >= len(listed) or listed[at].path != path:
+                return None  # not where `assemble_from_parts` puts it: no record, compare all
+            cgroups.append(listed[at])
+        dropped_paths = self._dropped_paths.difference(t.path for t in cgroups)
+        return TargetsChange(
+            previous=previous,
+            cgroups=tuple(cgroups),
+            dropped_paths=frozenset(dropped_paths),
+            pods=tuple(pods),
+            dropped_uids=frozenset(dropped_uids),
+        )
 
     @property
     def throttled(self) -> int:
@@ -268,6 +332,10 @@ class TargetsTracker:
         self._throttled = 0
         self._last = None
         self._dirty = True
+        self._touched.clear()
+        self._dropped_paths.clear()
+        self.change = None
+        self.recent = ()
 
     def _replace(self, uid: str, record: PodRecord, targets: PodTargets) -> None:
         old = self._parts.get(uid)
@@ -279,6 +347,7 @@ class TargetsTracker:
 
     def _add(self, uid: str, record: PodRecord, part: PodPart) -> None:
         self._dirty = True
+        self._touched.add(uid)
         self._records[uid] = record
         self._parts[uid] = part
         at = bisect.bisect_left(self._uids, uid)
@@ -297,6 +366,8 @@ class TargetsTracker:
         if part is None:
             return
         self._dirty = True
+        self._touched.add(uid)
+        self._dropped_paths.add(part.cgroup.path)
         del self._records[uid]
         at = bisect.bisect_left(self._uids, uid)
         del self._uids[at]

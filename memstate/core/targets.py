@@ -21,6 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -100,3 +101,66 @@ class NodeTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if target.uid == uid:
                 return target
         raise KeyError(uid)
+
+
+class TargetsChange(msgspec.Struct, frozen=True):
+    """How one published `NodeTargets` differs from the one published before it (`previous`).
+
+    Published beside each new targets object by `memstate.core.state_targets.TargetsTracker`, so
+    whoever holds `previous` (the reconciler's carried indexes) can follow the change by an
+    identity check instead of comparing every cgroup and pod. Every cgroup or pod that is not
+    the same object in both is listed: `cgroups` (the new or replaced ones, as they are in the
+    new targets) or `dropped_paths` (no longer there), `pods` or `dropped_uids` likewise; an
+    unchanged one may be listed too (a superset is correct, so changes compose). Data only:
+    a consumer that does not hold `previous` compares everything, as without it.
+    """
+
+    previous: NodeTargets
+    cgroups: tuple[CgroupTarget, ...] = ()
+    dropped_paths: frozenset[str] = frozenset()
+    pods: tuple[PodTargets, ...] = ()
+    dropped_uids: frozenset[str] = frozenset()
+
+
+def change_since(
+    changes: Sequence[TargetsChange], held: NodeTargets | None
+) -> TargetsChange | None:
+    """The change from `held` to the targets the last of `changes` describes, composed from
+    the consecutive records `changes` (oldest first, each against the targets the one before it
+    led to); None when `held` is not among their `previous` (a chain too long, a restart).
+    Work proportional to the records composed, not to the targets."""
+    if held is None:
+        return None
+    for start in range(len(changes) - 1, -1, -1):
+        if changes[start].previous is held:
+            break
+    else:
+        return None
+    if start == len(changes) - 1:
+        return changes[start]
+    cgroups = {target.path: target for target in changes[start].cgroups}
+    pods = {pod.uid: pod for pod in changes[start].pods}
+    dropped_paths, dropped_uids = (
+        set(changes[start].dropped_paths),
+        set(changes[start].dropped_uids),
+    )
+    for later in changes[start + 1 :]:
+        for path in later.dropped_paths:
+            cgroups.pop(path, None)
+        for uid in later.dropped_uids:
+            pods.pop(uid, None)
+        dropped_paths |= later.dropped_paths
+        dropped_uids |= later.dropped_uids
+        for target in later.cgroups:
+            cgroups[target.path] = target
+            dropped_paths.discard(target.path)
+        for pod in later.pods:
+            pods[pod.uid] = pod
+            dropped_uids.discard(pod.uid)
+    return TargetsChange(
+        previous=held,
+        cgroups=tuple(cgroups.values()),
+        dropped_paths=frozenset(dropped_paths),
+        pods=tuple(pods.values()),
+        dropped_uids=frozenset(dropped_uids),
+    )

@@ -24,7 +24,7 @@ from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker, pods_changed_by
-from memstate.core.targets import NodeTargets
+from memstate.core.targets import NodeTargets, TargetsChange
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage
@@ -99,6 +99,8 @@ class DaemonContext:
         )
         self.storage: LogStorage | None = None
         self.targets: NodeTargets | None = None
+        # The change records of the latest publications up to `targets` (`_note_effects`).
+        self.targets_changes: tuple[TargetsChange, ...] = ()
         # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
         self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
         self.feed = SourceFeed(
@@ -172,6 +174,10 @@ class DaemonContext:
         commit applied, which name the pods whose targets may have changed."""
         before = self.targets
         self.targets = self._targets.update(self.state, decisions, changed=pods_changed_by(applied))
+        # Published with the targets: what they replaced of the targets published before them
+        # (the reconciler's indexes follow it when they hold those; a round that missed a
+        # publication compares everything instead).
+        self.targets_changes = self._targets.recent
         # The same object when no pod's part changed; a new one may still be equal.
         if self.targets is not before and self.targets != before:
             # Not converged until a round over these targets ends (metrics, /readyz).

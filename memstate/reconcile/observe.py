@@ -39,7 +39,7 @@ from memstate.core.plan import (
     naming_config,
 )
 from memstate.core.plan.containers import ContainerIndex
-from memstate.core.targets import CgroupTarget, NodeTargets
+from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange
 from memstate.host.cgroupfs import CgroupFS
 
 # Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
@@ -420,11 +420,13 @@ def add_container_cgroups_carried(
     pods: Iterable[str] | None,
     index: ContainerIndex,
     desired: Mapping[str, CgroupTarget] | None = None,
+    change: TargetsChange | None = None,
 ) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int, ContainerIndex]:
     """`add_container_cgroups` with the container index carried from the previous round (the
     reconciler's): the index of the returned targets and tree comes last. `desired`: path ->
-    target of `targets`, when the caller keeps one."""
-    index = index.updated(targets, tree, container_ids)
+    target of `targets`, when the caller keeps one. `change`: the targets' record against the
+    index's (`TargetsChange`), if known."""
+    index = index.updated(targets, tree, container_ids, change)
     candidates = index.listed(pods)
     wanted = [t.path for t in candidates]
     errors: list[ReadError] = []

@@ -66,7 +66,7 @@ from __future__ import annotations
 import errno as errno_module
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,7 +99,7 @@ from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
-from memstate.core.targets import CgroupTarget, NodeTargets
+from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, change_since
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
     ReadError,
@@ -310,23 +310,29 @@ class Reconciler:
         *,
         retired_paths: Iterable[str] = (),
         scope: Iterable[str] | None = None,
+        changes: Sequence[TargetsChange] = (),
     ) -> ReconcileReport:
         """One round: observe, plan, execute, report. `scope=None` is a full resync.
 
         `retired_paths`: every retired pod cgroup still to remove (all of them, every round);
-        a path the targets desire again is simply not removed.
+        a path the targets desire again is simply not removed. `changes`: the change records of
+        the latest publications up to `targets` (`TargetsTracker.recent`): the carried indexes
+        follow them from the targets they hold when those are among them (else compare every
+        cgroup and pod).
         """
         if self.options.shadow:
             scope = None  # nothing is written, so no picture to keep: every round looks
         # Only the files this profile writes are observed, planned and checked for drift
         # (filtered for the cgroups and pods that changed since the last targets).
-        self._profile_filter = self._profile_filter.updated(targets)
+        change = change_since(changes, self._profile_filter.targets)
+        self._profile_filter = self._profile_filter.updated(targets, change)
         filtered = self._profile_filter.result
         if filtered is None:
             raise InvariantViolation("the profile filter gave no targets")
         targets = filtered
+        change = self._profile_filter.change  # of the filtered targets, or None
         # Look-ups over the targets, carried: updated for the cgroups that changed only.
-        self._index = index = self._index.updated(targets)
+        self._index = index = self._index.updated(targets, change)
         config = naming_config(targets)
         desired = index.by_path
         valid, foreign = _split_retired(retired_paths, config)
@@ -342,14 +348,18 @@ class Reconciler:
             self.fs, targets, scope=paths, base=self._tree, desired=desired
         )
         targets, tree, focus, more_errors, more_reads = self._with_containers(
-            targets, tree, paths, desired
+            targets, tree, paths, desired, change
         )
         read_errors += more_errors
         reads += more_reads
         # The same look-ups over the targets with their container cgroups (the same index when
         # no container cgroup was found).
         self._complete_index = complete = (
-            index if targets is index.targets else self._complete_index.updated(targets)
+            index
+            if targets is index.targets
+            else self._complete_index.updated(
+                targets, change_since(self._containers.recent, self._complete_index.targets)
+            )
         )
 
         def plan_for(tree: ObservedTree) -> Plan:
@@ -498,6 +508,7 @@ class Reconciler:
         tree: ObservedTree,
         paths: list[str] | None,
         desired: Mapping[str, CgroupTarget],
+        change: TargetsChange | None = None,
     ) -> tuple[NodeTargets, ObservedTree, list[str] | None, list[ReadError], int]:
         """The targets with the container cgroups found under the pod cgroups, the tree with
         their files read, the plan's focus (a scoped round's plus the containers of the pods in
@@ -515,6 +526,7 @@ class Reconciler:
             pods=paths,
             index=self._containers,
             desired=desired,
+            change=change,
         )
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads

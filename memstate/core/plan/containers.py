@@ -38,6 +38,7 @@ from memstate.core.targets import (
     CgroupTarget,
     NodeTargets,
     PodTargets,
+    TargetsChange,
 )
 
 # The files memstate manages on a container cgroup; the runtime owns the rest.
@@ -182,6 +183,7 @@ class ContainerIndex:
         "_listed",
         "_pods",
         "_present",
+        "recent",
         "targets",
         "tree",
     )
@@ -196,24 +198,54 @@ class ContainerIndex:
         self._listed: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> listed candidates
         self._present: dict[str, tuple[CgroupTarget, ...]] = {}  # UID -> observed to exist
         self._complete: NodeTargets | None = None
+        # The change records of the last few complete targets, each against the one before
+        # (`memstate.core.targets.change_since`), while they are known; () otherwise.
+        self.recent: tuple[TargetsChange, ...] = ()
 
     def updated(
         self,
         targets: NodeTargets,
         observed: ObservedTree,
         container_ids: Mapping[str, Mapping[str, str]] | None = None,
+        change: TargetsChange | None = None,
     ) -> ContainerIndex:
-        """The index of (`targets`, `observed`, `container_ids`), from this one's."""
+        """The index of (`targets`, `observed`, `container_ids`), from this one's. `change`:
+        the targets' record against those this index holds, if known: then only the pods it
+        lists are compared, not every pod."""
         ids = dict(container_ids or {})
-        # Comprehensions: cheaper here than map/zip over attribute getters.
-        pods = {pod.uid: pod for pod in targets.pods}
+        pods: dict[str, PodTargets] | None = None
+        followed: TargetsChange | None = None  # what changed in the targets, when known
         if self.targets is None:
-            affected = set(pods)
-        else:
-            known, known_ids = self._pods.get, self._ids.get
-            affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
-            if len(pods) - sum(1 for uid in affected if uid not in self._pods) != len(self._pods):
-                affected.update(self._pods.keys() - pods.keys())
+            affected: set[str] = set()
+        elif targets is self.targets:
+            pods, affected = self._pods, set()
+            followed = TargetsChange(previous=targets)
+        elif change is not None and change.previous is self.targets:
+            followed = change
+            # Only the listed pods can differ: a C-level copy of the table, then the change.
+            known = self._pods.get
+            pods = dict(self._pods)
+            affected = {uid for uid in change.dropped_uids if pods.pop(uid, None) is not None}
+            for given in change.pods:
+                if known(given.uid) is not given:
+                    affected.add(given.uid)
+                    pods[given.uid] = given
+            if len(pods) != len(targets.pods):
+                pods = None  # a UID listed twice: compare every pod, as without the record
+                followed = None
+        if pods is None:
+            # Comprehensions: cheaper here than map/zip over attribute getters.
+            pods = {pod.uid: pod for pod in targets.pods}
+            if self.targets is None:
+                affected = set(pods)
+            else:
+                known = self._pods.get
+                affected = {uid for uid, pod in pods.items() if known(uid) is not pod}
+                kept = len(pods) - sum(1 for uid in affected if uid not in self._pods)
+                if kept != len(self._pods):
+                    affected.update(self._pods.keys() - pods.keys())
+        if self.targets is not None:
+            known_ids = self._ids.get
             affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
@@ -227,6 +259,7 @@ class ContainerIndex:
         if not affected and targets is self.targets and self._complete is not None:
             new._cgroup_of, new._listed, new._present = self._cgroup_of, self._listed, self._present
             new._complete = self._complete
+            new.recent = self.recent
             return new
         cgroup_of, listed, present = dict(self._cgroup_of), dict(self._listed), dict(self._present)
         for uid in affected:
@@ -257,7 +290,33 @@ class ContainerIndex:
             if extra
             else targets
         )
+        if followed is not None and self._complete is not None:
+            new.recent = (*self.recent[-3:], self._complete_change(followed, affected, present))
         return new
+
+    def _complete_change(
+        self,
+        change: TargetsChange,
+        affected: set[str],
+        present: Mapping[str, tuple[CgroupTarget, ...]],
+    ) -> TargetsChange:
+        """The record of the new complete targets against this index's: the targets' own
+        record plus the container cgroups of the affected pods, before and after."""
+        if self._complete is None:
+            raise InvariantViolation("a container index without complete targets")
+        cgroups = list(change.cgroups)
+        dropped = set(change.dropped_paths)
+        for uid in sorted(affected):  # a deterministic record
+            dropped.update(t.path for t in self._present.get(uid, ()))
+            cgroups.extend(present.get(uid, ()))
+        dropped.difference_update(t.path for t in cgroups)
+        return TargetsChange(
+            previous=self._complete,
+            cgroups=tuple(cgroups),
+            dropped_paths=frozenset(dropped),
+            pods=change.pods,
+            dropped_uids=change.dropped_uids,
+        )
 
     @property
     def complete(self) -> NodeTargets:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.profile import WriteProfile, filters
-from memstate.core.targets import CgroupTarget, NodeTargets
+from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange
 
 _HOLDER_LEVELS = frozenset({"root", "node", "qos"})
 
@@ -105,25 +105,37 @@ class TargetIndex:
             controlled=controlled,
         )
 
-    def updated(self, targets: NodeTargets) -> TargetIndex:
-        """The index of `targets`, from this one's by the cgroups that are not the same objects."""
+    def updated(self, targets: NodeTargets, change: TargetsChange | None = None) -> TargetIndex:
+        """The index of `targets`, from this one's by the cgroups that are not the same objects:
+        those `change` lists when it is relative to this index's targets (work proportional
+        to the change), else found by comparing every cgroup."""
         if targets is self.targets:
             return self
         cgroups = targets.cgroups
-        # One pass to key the new targets by path (a comprehension: cheaper than keying by
-        # object id, which allocates an int per cgroup), one to find the replaced ones.
-        by_path = {target.path: target for target in cgroups}
-        if len(by_path) != len(cgroups):
-            return TargetIndex.of(targets, self.profile)  # a path listed twice: rare, start over
         before = self.by_path
         get = before.get
-        changed = [target for path, target in by_path.items() if get(path) is not target]
-        added = sum(1 for target in changed if target.path not in before)
-        gone = (
-            [before[path] for path in before.keys() - by_path.keys()]
-            if len(by_path) - added != len(before)
-            else []
-        )
+        if change is not None and change.previous is self.targets:
+            # Only the listed cgroups can differ (a C-level copy of the table, then the change).
+            by_path = dict(before)
+            gone = [by_path.pop(path) for path in change.dropped_paths if path in by_path]
+            changed = [target for target in change.cgroups if get(target.path) is not target]
+            for target in changed:
+                by_path[target.path] = target
+            if len(by_path) != len(cgroups):
+                return TargetIndex.of(targets, self.profile)  # a path listed twice: start over
+        else:
+            # One pass to key the new targets by path (a comprehension: cheaper than keying by
+            # object id, which allocates an int per cgroup), one to find the replaced ones.
+            by_path = {target.path: target for target in cgroups}
+            if len(by_path) != len(cgroups):
+                return TargetIndex.of(targets, self.profile)  # a path listed twice: start over
+            changed = [target for path, target in by_path.items() if get(path) is not target]
+            added = sum(1 for target in changed if target.path not in before)
+            gone = (
+                [before[path] for path in before.keys() - by_path.keys()]
+                if len(by_path) - added != len(before)
+                else []
+            )
         if not changed and not gone:
             return TargetIndex(
                 targets,

@@ -35,6 +35,7 @@ from memstate.core.targets import (
     CgroupTarget,
     NodeTargets,
     PodTargets,
+    TargetsChange,
 )
 
 Ownership = Literal["standalone", "beside-kubelet"]
@@ -132,9 +133,13 @@ class ProfileFilter:
     objects as last time and reuses the previous result for the others (one identity look-up
     each). `result` equals `profile_targets(targets, profile)` (tests/reconcile/
     test_target_index.py compares them). Immutable: `updated` returns a new filter.
+
+    Given the targets' `TargetsChange` against the targets it filtered last, it looks at the
+    listed cgroups and pods only, and `change` is then the same record for `result` against the
+    previous result (None otherwise), for the indexes carried after it.
     """
 
-    __slots__ = ("_cgroups", "_pods", "profile", "result", "targets")
+    __slots__ = ("_cgroups", "_pods", "change", "profile", "result", "targets")
 
     def __init__(self, profile: WriteProfile) -> None:
         self.profile = profile
@@ -142,34 +147,61 @@ class ProfileFilter:
         self.result: NodeTargets | None = None
         self._cgroups: dict[str, tuple[CgroupTarget, CgroupTarget]] = {}  # path -> (given, kept)
         self._pods: dict[str, tuple[PodTargets, PodTargets]] = {}  # uid -> (given, kept)
+        self.change: TargetsChange | None = None  # of `result`, against the previous result
 
-    def updated(self, targets: NodeTargets) -> ProfileFilter:
-        """The filter of `targets`."""
+    def updated(self, targets: NodeTargets, change: TargetsChange | None = None) -> ProfileFilter:
+        """The filter of `targets` (`change`: its record against the targets it replaced)."""
         if targets is self.targets:
-            return self
+            if self.change is None:
+                return self
+            # The same result, which changed nothing against itself: no record to follow.
+            same = ProfileFilter(self.profile)
+            same.targets, same.result = self.targets, self.result
+            same._cgroups, same._pods = self._cgroups, self._pods
+            return same
         new = ProfileFilter(self.profile)
         new.targets = targets
+        follows = change is not None and change.previous is self.targets
         if self.profile == STANDALONE:
             new.result = targets
+            new.change = change if follows else None
             return new
         profile = self.profile
         known_cgroups, known_pods = self._cgroups.get, self._pods.get
-        cgroups: dict[str, tuple[CgroupTarget, CgroupTarget]] = {}
-        for target in targets.cgroups:
-            hit = known_cgroups(target.path)
-            cgroups[target.path] = (
-                hit
-                if hit is not None and hit[0] is target
-                else (target, _cgroup_profiled(target, profile))
-            )
-        pods: dict[str, tuple[PodTargets, PodTargets]] = {}
-        for pod in targets.pods:
-            hit_pod = known_pods(pod.uid)
-            pods[pod.uid] = (
-                hit_pod
-                if hit_pod is not None and hit_pod[0] is pod
-                else (pod, _pod_profiled(pod, profile))
-            )
+        cgroups: dict[str, tuple[CgroupTarget, CgroupTarget]]
+        pods: dict[str, tuple[PodTargets, PodTargets]]
+        if change is not None and follows:
+            # Only the listed cgroups and pods can differ: copy the memo, then filter those.
+            cgroups, pods = dict(self._cgroups), dict(self._pods)
+            for path in change.dropped_paths:
+                cgroups.pop(path, None)
+            for uid in change.dropped_uids:
+                pods.pop(uid, None)
+            for target in change.cgroups:
+                hit = cgroups.get(target.path)
+                if hit is None or hit[0] is not target:
+                    cgroups[target.path] = (target, _cgroup_profiled(target, profile))
+            for pod in change.pods:
+                hit_pod = pods.get(pod.uid)
+                if hit_pod is None or hit_pod[0] is not pod:
+                    pods[pod.uid] = (pod, _pod_profiled(pod, profile))
+        else:
+            cgroups = {}
+            for target in targets.cgroups:
+                hit = known_cgroups(target.path)
+                cgroups[target.path] = (
+                    hit
+                    if hit is not None and hit[0] is target
+                    else (target, _cgroup_profiled(target, profile))
+                )
+            pods = {}
+            for pod in targets.pods:
+                hit_pod = known_pods(pod.uid)
+                pods[pod.uid] = (
+                    hit_pod
+                    if hit_pod is not None and hit_pod[0] is pod
+                    else (pod, _pod_profiled(pod, profile))
+                )
         if len(cgroups) != len(targets.cgroups) or len(pods) != len(targets.pods):
             # A path or UID listed twice (the planner refuses such targets): no memo.
             new.result = profile_targets(targets, profile)
@@ -182,4 +214,12 @@ class ProfileFilter:
             new.result = targets
         else:
             new.result = msgspec.structs.replace(targets, cgroups=kept_cgroups, pods=kept_pods)
+        if change is not None and follows and self.result is not None:
+            new.change = TargetsChange(
+                previous=self.result,
+                cgroups=tuple(cgroups[t.path][1] for t in change.cgroups),
+                dropped_paths=change.dropped_paths,
+                pods=tuple(pods[p.uid][1] for p in change.pods),
+                dropped_uids=change.dropped_uids,
+            )
         return new

@@ -22,7 +22,7 @@ FAILURE_NOTE_REPEAT_SECONDS = 600.0
 
 async def reconcile_once(daemon: DaemonContext) -> float | None:
     """One reconcile round; returns when the reconciler wants a retry (seconds) or None."""
-    targets = daemon.targets
+    targets, changes = daemon.targets, daemon.targets_changes
     if targets is None or daemon.reconciler is None:
         return None
     scope, daemon._scope = daemon._scope, set()
@@ -38,6 +38,7 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
             targets,
             retired_paths=sorted(retiring),
             scope=None if scope is None else sorted(scope),
+            changes=changes,
         ),
         limiter=daemon._cgroup_limiter,
     )
