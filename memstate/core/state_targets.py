@@ -28,28 +28,22 @@ from memstate.core.cgroup_paths import node_path, path_depth, qos_path, root_pat
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
 from memstate.core.events import (
-    CgroupDriftCorrected,
-    CgroupOrphanFound,
-    CgroupWriteFailed,
+    NOTE_EVENTS,
     ConfigLoaded,
-    ConfigRejected,
     DaemonStarted,
     Event,
     KubeletStateImported,
-    LogTailTruncated,
     ManifestInvalid,
     NodeReconfigurationDeferred,
     NodeReconfigured,
     PodAdmissionRequested,
     PodAdmitted,
-    PodCgroupRemoved,
     PodInitCompleted,
     PodRejected,
     PodRemovalRequested,
     PodRemoved,
     ReadmissionCompleted,
     ReadmissionDeferred,
-    ShadowDisagreement,
     TopologyObserved,
 )
 from memstate.core.numa_policy import PodAllocation
@@ -76,24 +70,17 @@ _ONE_POD: frozenset[type[Event]] = frozenset(
         ReadmissionDeferred,
     }
 )
-# Events whose application changes no pod record (the reducer's notes and inputs without
-# effect, the deferral and window bookkeeping, and what changes only the observed topology or
-# config: a config or topology in force changes with `node_reconfigured`, which may change any).
-_NO_POD: frozenset[type[Event]] = frozenset(
+# Events whose application changes no pod record: the reducer's notes (`NOTE_EVENTS`), inputs
+# without effect, the deferral and window bookkeeping, and what changes only the observed topology
+# or config (a config or topology in force changes with `node_reconfigured`, which may change any).
+_NO_POD: frozenset[type[Event]] = NOTE_EVENTS | frozenset(
     {
         PodAdmissionRequested,
         DaemonStarted,
-        ConfigRejected,
         ConfigLoaded,
         TopologyObserved,
         ManifestInvalid,
         NodeReconfigurationDeferred,
-        LogTailTruncated,
-        CgroupDriftCorrected,
-        CgroupWriteFailed,
-        CgroupOrphanFound,
-        PodCgroupRemoved,
-        ShadowDisagreement,
         KubeletStateImported,
         ReadmissionCompleted,
     }
