@@ -102,37 +102,55 @@ async def config_loop(daemon: DaemonContext) -> None:
                 await reload_config(daemon)
 
 
+# How long a config file that does not load must stay unchanged before it is rejected. Editors
+# and shell redirections truncate the file, then write it: a reload already pending (a SIGHUP, an
+# earlier change) can read it in between, and rejecting that empty or half-written file would
+# record and count an error the operator never made. The writer's close wakes the loop again
+# (IN_CLOSE_WRITE) well within this time; a file that is really invalid is rejected this much later.
+REJECT_QUIET_SECONDS = 0.5
+
+
 async def reload_config(daemon: DaemonContext) -> None:
-    """Load the config file again; a valid change becomes an event, an invalid one does not."""
+    """Load the config file again; a valid change becomes an event, an invalid one does not.
+    A file that does not load is rejected once it has stayed unchanged for
+    `REJECT_QUIET_SECONDS` (it may be in the middle of being written)."""
     path = daemon.settings.config_file
     if path is None:
         return
-    try:
-        data = read_input(path, ConfigError)
-    except InputError as exc:
-        daemon._config_digest = ""
-        await _reject(daemon, exc)
+    while True:
+        error: InputError
+        try:
+            data = read_input(path, ConfigError)
+        except InputError as exc:
+            digest, error = "", exc
+        else:
+            # A change of the file and a SIGHUP often arrive together: one edit, one decision.
+            digest = config_digest(data)
+            if digest == daemon._config_digest:
+                logger.info("config reload: %s is unchanged", path)
+                return
+            topology = daemon.state.topology or daemon.config_topology
+            try:
+                settings, config = settings_and_config_from(daemon.settings, data)
+                if topology is not None:
+                    validate_config_for_topology(config, topology, source=str(path))
+            except InputError as exc:
+                error = exc
+            else:
+                daemon._config_digest = digest
+                apply_reloadable(daemon, with_overrides(daemon, settings))
+                if config != daemon.state.observed_config:
+                    logger.info("config reloaded from %s", path)
+                    await daemon.submit([ConfigLoaded(config=config, source=str(path))])
+                else:
+                    logger.info("config reloaded from %s: no change", path)
+                return
+        if await daemon._config_wake.wait(REJECT_QUIET_SECONDS):
+            continue  # written again (or another SIGHUP) meanwhile: this read may have been torn
+        # An unreadable file has no digest: the same bytes readable again are a change.
+        daemon._config_digest = digest
+        await _reject(daemon, error)
         return
-    # A change of the file and a SIGHUP often arrive together: one edit, one decision.
-    digest = config_digest(data)
-    if digest == daemon._config_digest:
-        logger.info("config reload: %s is unchanged", path)
-        return
-    daemon._config_digest = digest
-    topology = daemon.state.topology or daemon.config_topology
-    try:
-        settings, config = settings_and_config_from(daemon.settings, data)
-        if topology is not None:
-            validate_config_for_topology(config, topology, source=str(path))
-    except InputError as exc:
-        await _reject(daemon, exc)
-        return
-    apply_reloadable(daemon, with_overrides(daemon, settings))
-    if config != daemon.state.observed_config:
-        logger.info("config reloaded from %s", path)
-        await daemon.submit([ConfigLoaded(config=config, source=str(path))])
-    else:
-        logger.info("config reloaded from %s: no change", path)
 
 
 async def _reject(daemon: DaemonContext, exc: InputError) -> None:
