@@ -39,7 +39,7 @@ def _inner(fn: Callable[..., Any]) -> Any:
 
 def _run(tmp_path: Path, hold_read_seconds: float | None) -> dict[str, Any]:
     """Admit pod "one" with its manifest read held, and a watch hint for "kubepods" arriving
-    while it is held; `hold_read_seconds` None: released by the scenario once it has looked."""
+    while it is held; the read is released after `hold_read_seconds` (None: half the bound)."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(CONFIG_YAML)
     world = World(
@@ -84,14 +84,11 @@ def _run(tmp_path: Path, hold_read_seconds: float | None) -> dict[str, Any]:
             assert daemon._scope is not None
             daemon._scope.add("kubepods")
             daemon._reconcile_wake.set()
-            if hold_read_seconds is None:
-                await trio.sleep(MAX_ROUND_DEFER_SECONDS / 2)
-                seen["rounds_while_held"] = rounds[before:]
-                release.set()
-            else:
-                await trio.sleep(hold_read_seconds)
-                seen["rounds_while_held"] = rounds[before:]
-                release.set()
+            await trio.sleep(
+                MAX_ROUND_DEFER_SECONDS / 2 if hold_read_seconds is None else hold_read_seconds
+            )
+            seen["rounds_while_held"] = rounds[before:]
+            release.set()
             held["read"] = None
             await until(lambda: "one" in daemon.state.pods and daemon.readiness.converged)
             await trio.sleep(1.0)  # any round still due has run
