@@ -5,14 +5,15 @@ a reconcile round is not (the node converges a few milliseconds later). In one p
 compete: a round runs in a worker thread and holds the interpreter (the GIL) for most of its
 planning, and every step of an admission on the event loop (hearing the manifest watch, handing
 the read to a thread, taking its result back, the append's hand-off) then waits for its turn;
-two such rounds per admission were measured adding 5-15 ms to "decision durable"
-(docs/performance.md, "stop 20: admission latency"). So a round does not *start* while a pod
-source's change is on its way to a decision: the reconcile loop waits (`wait_idle`) until the
-manifest directory has no change pending and no scan running, at most `MAX_ROUND_DEFER_SECONDS`
-(a scan that hangs, or an endless stream of changes, delays rounds, never stops them). Rounds
-coalesce meanwhile: the scopes the commit and the watches add are taken by the one round that
-starts once the admission is through. A round already running when a manifest arrives is not
-interrupted (it cannot be); it is short on a real cgroupfs.
+admissions whose manifest arrived while a round ran took twice as long from the manifest to the
+fsync of their decision (docs/performance.md, "stop 20: admission latency"). So a round does not
+*start* while a pod source's change is on its way to a decision: the reconcile loop waits
+(`wait_idle`) until the manifest directory has no change pending and no scan running, at most
+`MAX_ROUND_DEFER_SECONDS` (a scan that hangs, or an endless stream of changes, delays rounds,
+never stops them). Rounds coalesce meanwhile: the scopes the commit and the watches add are taken
+by the one round that starts once the admission is through. A round already running when a
+manifest arrives is not interrupted (it cannot be); it is short on a real cgroupfs. Only the
+manifest directory is followed here; the kubelet, API-server and NRI paths are not (yet).
 """
 
 from __future__ import annotations
