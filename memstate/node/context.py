@@ -28,6 +28,7 @@ from memstate.core.targets import NodeTargets, TargetsChange
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage
+from memstate.node.admissions import AdmissionsInFlight
 from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.manifests import ManifestDirectory
@@ -53,6 +54,10 @@ class Wakeup:
 
     def set(self) -> None:
         self._event.set()
+
+    def is_set(self) -> bool:
+        """Set and not yet taken by a `wait`."""
+        return self._event.is_set()
 
     async def wait(self, timeout: float) -> bool:
         """Wait until set or `timeout` passes; True if it was set. Resets it."""
@@ -113,6 +118,8 @@ class DaemonContext:
         self._cgroup_limiter = trio.CapacityLimiter(1)
         self._reconcile_wake = Wakeup()
         self._manifest_wake = Wakeup()
+        # Rounds wait for admissions on their way (memstate.node.admissions).
+        self.admissions = AdmissionsInFlight(self._manifest_wake.is_set)
         self._config_wake = Wakeup()
         self._scope: set[str] | None = set()  # None: the next round is a full resync
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}

@@ -9,6 +9,7 @@ membership/lifecycle rule of real-kernel-vm.md and memory-qos.md §7 gets a scen
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 
@@ -29,6 +30,7 @@ from memstate.host.sim import (
     SimCgroupFS,
     kernel_profile_for_release,
 )
+from memstate.host.sim.cgroupsim import _Cgroup
 from tests.host import kernel_tables as kt
 
 
@@ -497,3 +499,25 @@ def test_mems_are_checked_against_possible_nodes() -> None:
     assert sim.read("a", "cpuset.mems.effective") == "0\n"
     assert errno_of(sim.write, "a", "cpuset.mems", "2") == errno.EINVAL
     assert errno_of(sim.write, "a", "cpuset.mems", "1024") == errno.ERANGE
+
+
+def test_subtree_walks_parents_before_children_in_creation_order() -> None:
+    """The iterative walk gives what the recursive definition gives, on random trees."""
+
+    def recursive(node: _Cgroup) -> list[_Cgroup]:
+        found = [node]
+        for child in node.children.values():
+            found.extend(recursive(child))
+        return found
+
+    rng = random.Random(7)
+    for _ in range(50):
+        root = _Cgroup(name="", parent=None)
+        nodes = [root]
+        for index in range(rng.randrange(0, 60)):
+            parent = rng.choice(nodes)
+            child = _Cgroup(name=f"c{index}", parent=parent)
+            parent.children[child.name] = child
+            nodes.append(child)
+        for node in nodes:
+            assert [n.name for n in node.subtree()] == [n.name for n in recursive(node)]

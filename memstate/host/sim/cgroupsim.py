@@ -200,10 +200,19 @@ class _Cgroup:
             node = node.parent
         return "/".join(reversed(names))
 
-    def subtree(self) -> Iterable[_Cgroup]:
-        yield self
-        for child in self.children.values():
-            yield from child.subtree()
+    def subtree(self) -> list[_Cgroup]:
+        """This cgroup and every descendant, parents before children, children in creation
+        order (a pre-order walk). Iterative: a nested generator per cgroup cost the stand-in
+        milliseconds per admission at 500 pods (kubepods' cgroup.stat, memory.current and
+        cgroup.events are rendered after every mkdir below it)."""
+        found: list[_Cgroup] = []
+        pending = [self]
+        while pending:
+            node = pending.pop()
+            found.append(node)
+            if node.children:
+                pending.extend(reversed(node.children.values()))
+        return found
 
     def ancestors_and_self(self) -> Iterable[_Cgroup]:
         node: _Cgroup | None = self

@@ -110,6 +110,9 @@ async def reconcile_loop(daemon: DaemonContext) -> None:
             else min(retry, daemon.settings.resync_seconds)
         )
         woken = await daemon._reconcile_wake.wait(timeout)
+        # An admission on its way goes first (memstate.node.admissions); what it commits and
+        # what the watches report meanwhile joins this round's scope (taken in reconcile_once).
+        await daemon.admissions.wait_idle()
         if not woken and retry is None:
             daemon._scope = None  # periodic full resync: the source of truth
         try:

@@ -93,7 +93,9 @@ async def manifest_loop(daemon: DaemonContext) -> None:
         while True:
             daemon.manifests.full_rescan_seconds = daemon.settings.rescan_seconds
             try:
-                await scan_manifests(daemon)
+                # Reconcile rounds wait for the scan and the commit of what it found.
+                with daemon.admissions.scanning():
+                    await scan_manifests(daemon)
             except MemstateError as exc:
                 logger.error("manifest scan: %s", exc)
                 daemon.readiness.source_failed("manifests", str(exc))
