@@ -15,9 +15,14 @@ cache, each round times, one after the other in the same process:
 - re-derive: `replay_log(open_source(dir))` — what `memstate replay DIR` does: `decide` for every
   input, compare with the recorded decisions, apply them, and check every checkpoint's state hash.
 
-Each ratio is (records/s of the path) / (records/s of raw read in the same round); the table shows
-the median over the rounds and the spread (min–max). Ratios above 1 are impossible for these paths
-(they read too); the issue's targets are re-derive >= 0.2x and folding >= 0.5x on 4 NUMA nodes.
+Raw read is timed before the first path and again after each path, so every path runs between two
+raw reads: each ratio is (records/s of the path) / (records/s of raw read over the two raw reads
+around it, by their mean time). On a shared machine another process's load drifts within a round;
+a baseline taken once, seconds before the path, carried that drift into the ratio. The table shows
+the median over the rounds and the spread (min–max), and last the ratio to the raw read just
+before the path alone (a baseline taken once, as before stop 20 of 2026-12-02). Ratios above 1
+are impossible for these paths (they read too); the issue's targets are re-derive >= 0.2x and
+folding >= 0.5x on 4 NUMA nodes.
 `--clock cpu` times each path by the process's CPU time instead of the wall clock: on a shared
 machine, another process running during one path but not the other skews a wall-clock ratio.
 """
@@ -72,16 +77,23 @@ def timed(
 
 def measure(
     state_dir: Path, rounds: int, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, list[tuple[float, float]]]:
-    """Per path, per round: (records/s, ratio to raw read of the same round)."""
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in PATHS}
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Per path, per round: (records/s, ratio to raw read around it, ratio to the raw read just
+    before it alone). Raw read runs first and after every other path; a path's baseline is the
+    mean time of the raw reads just before and just after it (the raw read rows: every raw read
+    after the first, ratio 1)."""
+    (_, raw), *others = PATHS
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in PATHS}
+    raw_before, records = timed(raw, state_dir, clock)
     for _ in range(rounds):
-        rates: dict[str, float] = {}
-        for name, function in PATHS:
+        for name, function in others:
             elapsed, count = timed(function, state_dir, clock)
-            rates[name] = count / elapsed
-        for name, rate in rates.items():
-            results[name].append((rate, rate / rates["raw read"]))
+            raw_after, records = timed(raw, state_dir, clock)
+            around = (raw_before + raw_after) / 2 / elapsed * count / records
+            before = raw_before / elapsed * count / records
+            results[name].append((count / elapsed, around, before))
+            results["raw read"].append((records / raw_after, 1.0, 1.0))
+            raw_before = raw_after
     return results
 
 
@@ -107,13 +119,18 @@ def main() -> None:
             f"\n{nodes} NUMA nodes: {records} records, {size / 2**20:.1f} MiB ({state_dir}), "
             f"{args.clock} clock"
         )
-        print(f"{'path':<10} {'records/s':>11} {'vs raw read (median)':>21} {'spread':>16}")
+        print(
+            f"{'path':<10} {'records/s':>11} {'vs raw read (median)':>21} {'spread':>16}"
+            f" {'vs the raw read before alone':>30}"
+        )
         for name, rows in measure(state_dir, args.rounds, CLOCKS[args.clock]).items():
-            rate = statistics.median(r for r, _ in rows)
-            ratios = [x for _, x in rows]
+            rate = statistics.median(r for r, _, _ in rows)
+            ratios = [x for _, x, _ in rows]
+            alone = [x for _, _, x in rows]
             print(
                 f"{name:<10} {rate:>11,.0f} {statistics.median(ratios):>20.3f}x "
-                f"{min(ratios):>7.3f}–{max(ratios):.3f}x"
+                f"{min(ratios):>7.3f}–{max(ratios):.3f}x "
+                f"{statistics.median(alone):>14.3f}x ({min(alone):.3f}–{max(alone):.3f}x)"
             )
 
 

@@ -327,35 +327,20 @@ def _state_dir_transactions(
     state_dir: Path, from_seq: int, wanted: set[int], crcs: dict[int, int]
 ) -> Iterator[Grouped]:
     """`_transactions` of `_state_dir_records` in one pass over the frames (`_grouped`)."""
-    from memstate.store.reader import LogReader
-
-    return _grouped(LogReader(state_dir).read_frames(from_seq), _decode_current(), wanted, crcs)
-
-
-def _decode_current() -> Callable[[bytes | memoryview, int, str, int], Envelope]:
-    """`reader.decode_at`, with the typed decoder called directly for a record of the current
-    schema whose envelope carries its frame's seq (every record a current build writes), as
-    start-up's `TailReplay` does: one Python call per record instead of three. Anything else
-    (an older record to upcast, an error to name) takes `decode_at`."""
     import msgspec
 
     from memstate.core.codec import typed_decode
-    from memstate.core.events import SCHEMA_VERSION
-    from memstate.store.reader import decode_at
+    from memstate.store.reader import LogReader, decode_at
 
-    fast = typed_decode()
-    failed = msgspec.MsgspecError
-
-    def decode(payload: bytes | memoryview, seq: int, segment: str, offset: int) -> Envelope:
-        try:
-            envelope = fast(payload)
-        except failed:
-            return decode_at(payload, seq, segment, offset)
-        if envelope.seq == seq and envelope.schema_v == SCHEMA_VERSION:
-            return envelope
-        return decode_at(payload, seq, segment, offset)
-
-    return decode
+    return _grouped(
+        LogReader(state_dir).segment_frames(from_seq),
+        from_seq,
+        fast=typed_decode(),
+        fast_failed=msgspec.MsgspecError,
+        decode=decode_at,
+        wanted=wanted,
+        crcs=crcs,
+    )
 
 
 def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
@@ -367,43 +352,69 @@ def _state_dir_frames(state_dir: Path, from_seq: int) -> Iterator[Record]:
 
 
 Payload = TypeVar("Payload")
+Segments = Iterable[tuple[str, Iterable[tuple[int, int, Payload, int, int | None]]]]
+"""`LogReader.segment_frames`' shape: (segment name, its frames as (offset, seq, payload, end,
+chain CRC after it)); a segment's frames may start before the seq wanted."""
 
 
 def _grouped(
-    frames: Iterable[tuple[Payload, int, int, str, int | None]],
+    segments: Segments[Payload],
+    from_seq: int,
+    *,
+    fast: Callable[[Payload], Envelope],
+    fast_failed: type[Exception] | tuple[type[Exception], ...],
     decode: Callable[[Payload, int, str, int], Envelope],
     wanted: set[int],
     crcs: dict[int, int],
 ) -> Iterator[Grouped]:
-    """`_transactions(_whole(...))` of the decoded `frames` (payload, seq, offset, segment,
-    chain CRC: `LogReader.read_frames`), grouped once, not twice, and decoded in the same loop:
-    holds back an incomplete tail and raises at the same records with the same messages.
-    Notes in `crcs` the chain CRC after every seq in `wanted`."""
+    """`_transactions(_whole(...))` of the records from `from_seq` on in `segments`, grouped
+    once, not twice, and decoded in the same loop: holds back an incomplete tail and raises at
+    the same records with the same messages. Notes in `crcs` the chain CRC after every seq in
+    `wanted`.
+
+    One generator over the segments' frames, as start-up's `TailReplay`: a record is decoded by
+    `fast` (the typed decoder) when that succeeds with the frame's seq and the current schema
+    (every record a current build writes), by `decode` (`reader.decode_at`: an older record
+    upcast, or the error naming the record's place) otherwise; `LogReader.read_frames`'
+    generator and a decode function per record, one Python call each, are not in between.
+    tests/replay/test_grouped_frames.py holds it to `decode` alone and to the two passes."""
+    from memstate.core.events import SCHEMA_VERSION
+
+    current_schema = SCHEMA_VERSION
     head: Envelope | None = None
     taken: list[Envelope] = []
     owed = 0
-    for payload, seq, offset, segment, crc in frames:
-        envelope = decode(payload, seq, segment, offset)
-        if crc is not None and seq in wanted:
-            crcs[seq] = crc
-        if owed:
-            taken.append(envelope)
-            owed -= 1
-            if owed == 0 and head is not None:
-                # Checked once whole, as the store's rule does after `_whole` held it back.
-                if head.event.role == "decision":
-                    raise _orphan(head)
-                for decision in taken:
-                    if decision.event.role != "decision" or decision.decisions is not None:
-                        raise _not_all_there(head)
-                yield head, tuple(taken)
-                taken.clear()
-        elif envelope.decisions:
-            head, owed = envelope, envelope.decisions
-        elif envelope.event.role == "decision":
-            raise _orphan(envelope)
-        else:
-            yield envelope, None if envelope.decisions is None else ()
+    for segment, frames in segments:
+        for offset, seq, payload, _, crc in frames:
+            if seq < from_seq:
+                continue  # before the start (the segment walked from its beginning)
+            try:
+                envelope = fast(payload)
+            except fast_failed:
+                envelope = decode(payload, seq, segment, offset)
+            else:
+                if envelope.seq != seq or envelope.schema_v != current_schema:
+                    envelope = decode(payload, seq, segment, offset)
+            if crc is not None and seq in wanted:
+                crcs[seq] = crc
+            if owed:
+                taken.append(envelope)
+                owed -= 1
+                if owed == 0 and head is not None:
+                    # Checked once whole, as the store's rule does after `_whole` held it back.
+                    if head.event.role == "decision":
+                        raise _orphan(head)
+                    for decision in taken:
+                        if decision.event.role != "decision" or decision.decisions is not None:
+                            raise _not_all_there(head)
+                    yield head, tuple(taken)
+                    taken.clear()
+            elif envelope.decisions:
+                head, owed = envelope, envelope.decisions
+            elif envelope.event.role == "decision":
+                raise _orphan(envelope)
+            else:
+                yield envelope, None if envelope.decisions is None else ()
 
 
 def _state_dir_records(state_dir: Path, from_seq: int) -> Iterator[Record]:
