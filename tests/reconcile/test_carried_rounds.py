@@ -16,8 +16,6 @@ equal after every round.
 from __future__ import annotations
 
 import contextlib
-import errno
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -41,7 +39,14 @@ from memstate.core.state_targets import TargetsTracker
 from memstate.host import CgroupFS
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import _NO_TARGETS, Reconciler
-from tests.reconcile.helpers import PAGE, new_sim, node_config, node_topology, retired
+from tests.reconcile.helpers import (
+    PAGE,
+    CheckingCgroupFS,
+    new_sim,
+    node_config,
+    node_topology,
+    retired,
+)
 from tests.reconcile.test_properties import PROPERTY_SETTINGS, pool_pod
 
 POOL = 7
@@ -49,32 +54,9 @@ BESIDE = WriteProfile(ownership="beside-kubelet")
 BURSTABLE = "kubepods/burstable"
 
 
-@dataclass
-class FlakyFS:
-    """`inner`, whose writes of the files in `failing` (path, file) fail with EIO."""
-
-    inner: CgroupFS
-    failing: set[tuple[str, str]] = field(default_factory=set)
-
-    def exists(self, path: str) -> bool:
-        return self.inner.exists(path)
-
-    def list_children(self, path: str) -> list[str]:
-        return self.inner.list_children(path)
-
-    def read(self, path: str, file: str) -> str:
-        return self.inner.read(path, file)
-
-    def write(self, path: str, file: str, value: str) -> None:
-        if (path, file) in self.failing:
-            raise HostError(f"write {path}/{file}: injected", errno=errno.EIO, path=path)
-        self.inner.write(path, file, value)
-
-    def mkdir(self, path: str) -> None:
-        self.inner.mkdir(path)
-
-    def rmdir(self, path: str) -> None:
-        self.inner.rmdir(path)
+def failing_fs(inner: CgroupFS) -> CheckingCgroupFS:
+    """`inner` behind a wrapper whose `failing` writes fail with EIO (no invariant checks)."""
+    return CheckingCgroupFS(inner, checking=False)
 
 
 def afresh(reconciler: Reconciler) -> None:
@@ -141,7 +123,7 @@ def test_carried_rounds_act_as_fresh_ones(
 ) -> None:
     config = node_config("TieredReservation", static=True)
     trees = (new_sim(), new_sim())
-    flaky = (FlakyFS(trees[0]), FlakyFS(trees[1]))
+    flaky = (failing_fs(trees[0]), failing_fs(trees[1]))
     # One clock for both, moving a minute a round: back-off expires, then the next round retries.
     clock = [0.0]
     carried = Reconciler(flaky[0], page_size_bytes=PAGE, profile=profile, clock=lambda: clock[0])
@@ -248,7 +230,7 @@ def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembe
         targets, cgroups=(*targets.cgroups[:at], fewer, *targets.cgroups[at + 1 :])
     )
     fs = new_sim()
-    flaky = FlakyFS(fs)
+    flaky = failing_fs(fs)
     reconciler = Reconciler(flaky, page_size_bytes=PAGE, clock=lambda: 0.0)
     reconciler.reconcile(before)
     flaky.failing.add((BURSTABLE, "cgroup.subtree_control"))
