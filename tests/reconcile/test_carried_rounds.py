@@ -30,7 +30,8 @@ from memstate.core.events import (
     PodRemovalRequested,
     TopologyObserved,
 )
-from memstate.core.plan.containers import ContainerIndex
+from memstate.core.plan.children import ChildSums
+from memstate.core.plan.containers import ContainerIndex, with_container_targets
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.reducer import step
@@ -47,6 +48,7 @@ from tests.reconcile.helpers import (
     node_topology,
     retired,
 )
+from tests.reconcile.test_child_sums import assert_same_sums
 from tests.reconcile.test_properties import PROPERTY_SETTINGS, pool_pod
 
 POOL = 7
@@ -67,6 +69,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._containers = ContainerIndex()
     reconciler._desired_before = dict(reconciler._desired_before)
     reconciler._child_sums = None
+    reconciler._tree_changes = []
     reconciler._last_full_plan = None
 
 
@@ -205,6 +208,39 @@ def test_carried_rounds_act_as_fresh_ones(
         assert reports[0] == reports[1]
         assert memory(carried) == memory(fresh)
         assert everything(trees[0]) == everything(trees[1])
+        assert_carried_as_whole(carried, fresh)
+
+
+def assert_carried_as_whole(carried: Reconciler, fresh: Reconciler) -> None:
+    """What the carrying reconciler holds equals the whole computation: its sums answer as
+    sums of its last planned tree computed afresh (they may be right by luck in a plan, where
+    a parent's target covers its children), its container index (and the fresh reconciler's,
+    carried within a round) as `with_container_targets` on the index's targets and tree, and
+    each record of how one tree was derived from another names every path whose
+    observation it replaced."""
+    sums = carried._child_sums
+    if sums is not None:
+        assert_same_sums(sums, ChildSums.of(sums.tree, PAGE), sums.tree)
+    for reconciler in (carried, fresh):
+        index = reconciler._containers
+        if index.targets is not None:
+            assert index.complete == with_container_targets(
+                index.targets, index.tree, reconciler.container_ids
+            )
+            assert index.listed() == sorted(
+                (
+                    t
+                    for t in with_container_targets(
+                        index.targets, index.tree, reconciler.container_ids, listed_is_enough=True
+                    ).cgroups
+                    if t.level == "container"
+                ),
+                key=lambda t: t.path,
+            )
+    for record in carried._tree_changes:
+        before, after = record.previous.cgroups, record.tree.cgroups
+        moved = {p for p in before.keys() | after.keys() if before.get(p) is not after.get(p)}
+        assert moved <= record.paths
 
 
 def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembered() -> None:

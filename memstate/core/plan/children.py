@@ -136,22 +136,32 @@ class ChildSums:
 
     # --- update ----------------------------------------------------------------------------
 
-    def updated(self, tree: ObservedTree) -> ChildSums:
+    def updated(self, tree: ObservedTree, paths: Iterable[str] | None = None) -> ChildSums:
         """The sums of `tree`, from this value's by the cgroups whose observation is not the
-        same object in both trees (all of them when nothing is shared)."""
+        same object in both trees (all of them when nothing is shared). `paths`: every path
+        whose observation may differ between this value's tree and `tree` (composed from
+        `TreeChange` records, `touched_since`), when known: only those are compared."""
         if tree is self.tree:
             return self
         old, new = self.tree.cgroups, tree.cgroups
-        # Compared in C (no Python-level loop over every cgroup): the paths whose observation is
-        # not the same object, then of those the ones that differ (a full round observes every
-        # cgroup afresh, mostly equal to what it was).
-        others = list(compress(new, map(is_not, map(old.get, new), new.values())))
-        changed = list(
-            compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
-        )
-        added = sum(1 for path in changed if path not in old)
-        if len(new) - added != len(old):  # some were dropped (else every old path is kept)
-            changed.extend(old.keys() - new.keys())
+        if paths is not None:
+            # Work proportional to the change: the others are shared by both trees.
+            changed = []
+            for path in paths:
+                was, now = old.get(path), new.get(path)
+                if was is not now and was != now:
+                    changed.append(path)
+        else:
+            # Compared in C (no Python-level loop over every cgroup): the paths whose
+            # observation is not the same object, then of those the ones that differ (a full
+            # round observes every cgroup afresh, mostly equal to what it was).
+            others = list(compress(new, map(is_not, map(old.get, new), new.values())))
+            changed = list(
+                compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
+            )
+            added = sum(1 for path in changed if path not in old)
+            if len(new) - added != len(old):  # some were dropped (else every old path is kept)
+                changed.extend(old.keys() - new.keys())
         if not changed:
             return self._with(tree)
         model = value_model(self.page_size_bytes)

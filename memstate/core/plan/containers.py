@@ -208,10 +208,13 @@ class ContainerIndex:
         observed: ObservedTree,
         container_ids: Mapping[str, Mapping[str, str]] | None = None,
         change: TargetsChange | None = None,
+        tree_paths: Iterable[str] | None = None,
     ) -> ContainerIndex:
         """The index of (`targets`, `observed`, `container_ids`), from this one's. `change`:
         the targets' record against those this index holds, if known: then only the pods it
-        lists are compared, not every pod."""
+        lists are compared, not every pod. `tree_paths`: every path whose observation may
+        differ between this index's tree and `observed` (`touched_since`), if known: then
+        only those are compared, not every cgroup."""
         ids = dict(container_ids or {})
         pods: dict[str, PodTargets] | None = None
         followed: TargetsChange | None = None  # what changed in the targets, when known
@@ -249,7 +252,13 @@ class ContainerIndex:
             affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
-            for path in changed_paths(self.tree, observed):
+            was, now = self.tree.cgroups, observed.cgroups
+            moved = (
+                changed_paths(self.tree, observed)
+                if tree_paths is None
+                else [path for path in tree_paths if was.get(path) is not now.get(path)]
+            )
+            for path in moved:
                 # A pod cgroup's own observation (its listing) or a container cgroup's.
                 uid = cgroup_of.get(path) or cgroup_of.get(path.rpartition("/")[0])
                 if uid is not None:
