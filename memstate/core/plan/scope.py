@@ -228,28 +228,29 @@ def undesired_pod_cgroups(
     holder then name order: ``retired`` if their path is in `retired` (memstate.core.removals),
     else ``orphan``. Names that do not parse as memstate pod cgroups are never touched, so never
     listed. `index`: the `TargetIndex` of `targets` (the same answer without a pass over every
-    target)."""
-    desired: Mapping[str, object] | set[str]
-    if index is not None:
+    target; a throwaway one is built without it)."""
+    if index is None:
+        index = TargetIndex.of(targets)
+    else:
         index.check(targets)
-    if index is not None and index.unique:
-        desired = index.by_path
+    if index.unique:
         holders = index.ordered([*index.holders("node"), *index.holders("qos")])
     else:
-        desired = {t.path for t in targets.cgroups}
         holders = [t.path for t in targets.cgroups if t.level in ("node", "qos")]
     found_pods: list[UndesiredPod] = []
     for holder in holders:
         found = existing(observed, holder)
         if found is None or found.children is None:
             continue
-        # The listed children no target explains, filtered in C (a holder lists every pod: no
-        # Python step per desired child), in name order (one prefix: path order is name order).
+        # The listed names no target explains, filtered in C against the holder's desired
+        # children's names (a holder lists every pod: no Python step, and no path built, per
+        # desired child), in name order (one prefix: path order is name order).
         prefix = f"{holder}/" if holder else ""
-        for path in sorted(filterfalse(desired.__contains__, map(prefix.__add__, found.children))):
-            name = path[len(prefix) :]
+        desired = index.child_names(holder)
+        for name in sorted(filterfalse(desired.__contains__, found.children)):
             if not is_valid_cgroup_name(name):
                 continue
+            path = prefix + name
             parsed = parse_cgroup_path(path, config)
             if parsed is None or parsed.level != "pod":
                 continue  # not a memstate name: never touched
