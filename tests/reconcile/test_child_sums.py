@@ -277,17 +277,24 @@ def test_sums_for_another_tree_are_refused() -> None:
 def test_a_listing_follows_existence_sorted_and_without_duplicates(
     listing: list[str], name: str, present: bool
 ) -> None:
-    """`merge_observations` (and `apply_operations`) keep a parent's listing as the sorted set
-    of names, also from a listing that came unsorted or with duplicates; an unchanged listing
-    keeps the parent's observation itself (what lets the carried sums skip it)."""
+    """`merge_observations` (and `apply_operations`) put a name into a parent's listing or take
+    it out as the sorted set of names, also from a listing made unsorted or with duplicates; a
+    listing that already lists the name as it should keeps the parent's observation itself
+    (what lets the carried sums skip it; observed listings are sorted and unique)."""
     parent = ObservedCgroup(children=tuple(listing))
     base = ObservedTree(cgroups={"": ObservedCgroup(children=("p",)), "p": parent})
-    merged = merge_observations(base, {f"p/{name}": ObservedCgroup(exists=present, children=())})
+    touched: set[str] = set()
+    merged = merge_observations(
+        base, {f"p/{name}": ObservedCgroup(exists=present, children=())}, touched
+    )
     names = set(listing)
     if present:
         names.add(name)
     else:
         names.discard(name)
-    assert merged.cgroups["p"].children == tuple(sorted(names))
-    if tuple(sorted(names)) == tuple(listing):
+    if (name in listing) == present:
         assert merged.cgroups["p"] is parent
+        assert "p" not in touched
+    else:
+        assert merged.cgroups["p"].children == tuple(sorted(names))
+        assert "p" in touched

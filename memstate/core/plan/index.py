@@ -170,7 +170,11 @@ class TargetIndex:
                 edits.setdefault(parent, ([], []))[1].append(name)
             _add(target.path, target, holders, controlled)
         for parent, (dropped_names, added_names) in edits.items():
-            names = children.get(parent, _NO_NAMES).difference(dropped_names).union(added_names)
+            names = children.get(parent, _NO_NAMES)
+            if dropped_names:
+                names = names.difference(dropped_names)
+            if added_names:
+                names = names.union(added_names)
             if names:
                 children[parent] = names
             else:

@@ -35,7 +35,9 @@ class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     read failed: their value is *unknown* — unless the parent is known not to enable their
     controller, in which case they simply do not exist yet. Unknown values are never guessed:
     the planner writes neither them nor anything whose safety depends on them this round.
-    `children` is None when the directory was not (or could not be) listed, `populated` None
+    `children` (the names listed, sorted and unique as `CgroupFS.list_children` gives them; a
+    listing made otherwise is only put in order where a name is added or dropped) is None
+    when the directory was not (or could not be) listed, `populated` None
     when cgroup.events was not read, `controllers` (cgroup.controllers) and `subtree_control`
     None when not read.
     """
@@ -265,19 +267,20 @@ def _set_child(
         return
     name = path.rpartition("/")[2]
     listing = found.children
+    if (name in listing) == present:
+        # Listed (or not) as it should be: the parent keeps its observation (one scan in C).
+        # Listings are sorted, without duplicates (`CgroupFS.list_children`; this keeps them
+        # so), and are not checked again here: that is a pass over every pod of kubepods.
+        return
     if _strictly_ascending(listing):
-        # The usual listing (list_children sorts, and this keeps it so): `name` found by
-        # bisection and put in or taken out by slicing, in C, without a sorted copy and a set
-        # of every pod's name; a listing already as it should be keeps its observation.
+        # `name` put in or taken out by bisection and slicing, in C, without a sorted copy and
+        # a set of every pod's name.
         at = bisect_left(listing, name)
-        listed = at < len(listing) and listing[at] == name
-        if listed == present:
-            return
         children = (
             (*listing[:at], name, *listing[at:]) if present else (*listing[:at], *listing[at + 1 :])
         )
     else:
-        # Out of order or with duplicates: the sorted set of names, with `name` in or out.
+        # Out of order or with duplicates (a listing made by hand): the sorted set of names.
         names = set(listing)
         if present:
             names.add(name)
