@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, compress
-from operator import is_not
+from operator import attrgetter, is_not
 
 import msgspec
 
@@ -292,7 +292,7 @@ class ContainerIndex:
                     present[uid] = there
         new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
         # In the targets' pod order, as `with_container_targets` (C-level passes only).
-        order = [pod.uid for pod in targets.pods if pod.uid in present] if present else []
+        order = list(filter(present.__contains__, map(_uid, targets.pods))) if present else []
         extra = tuple(chain.from_iterable(map(present.__getitem__, order)))
         new._complete = (
             msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
@@ -348,3 +348,6 @@ class ContainerIndex:
 
 def _path(target: CgroupTarget) -> str:
     return target.path
+
+
+_uid = attrgetter("uid")
