@@ -261,6 +261,30 @@ def test_sums_follow_a_changed_value_and_a_new_child() -> None:
     assert not sums.updated(unlisted).usable("")
 
 
+@given(
+    listing=st.lists(st.sampled_from(["a", "b", "c"]), max_size=5),
+    at=st.integers(0, 5),
+    name=st.sampled_from(["a", "b", "d"]),
+    put=st.booleans(),
+)
+def test_sums_follow_one_name_put_in_or_taken_out_of_any_listing(
+    listing: list[str], at: int, name: str, put: bool
+) -> None:
+    """A listing that gains or loses one name at one place (what `merge_observations` and
+    `apply_operations` do; here also unsorted or with duplicates) gives the sums computed
+    afresh: the carried ones follow that name only."""
+    children = {n: ObservedCgroup(files={"memory.min": "4096\n"}, children=()) for n in "abcd"}
+    before = ObservedTree(cgroups={"": ObservedCgroup(children=tuple(listing)), **children})
+    edited = list(listing)
+    if put:
+        edited.insert(min(at, len(edited)), name)
+    elif edited:
+        del edited[min(at, len(edited) - 1)]
+    after = ObservedTree(cgroups={**before.cgroups, "": ObservedCgroup(children=tuple(edited))})
+    carried = ChildSums.of(before, PAGE).updated(after, [""])
+    assert_same_sums(carried, ChildSums.of(after, PAGE), after)
+
+
 def test_sums_for_another_tree_are_refused() -> None:
     tree = ObservedTree(cgroups={"": ObservedCgroup(children=())})
     other = ObservedTree(cgroups={"": ObservedCgroup(children=())})

@@ -17,7 +17,7 @@ the tables are copied, not shared, when they change. Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import compress
+from itertools import compress, count
 from operator import is_not, ne
 
 from memstate.core.cgroup_paths import is_valid_cgroup_name
@@ -173,6 +173,8 @@ class ChildSums:
         # new one put in (everything else adds the same to the same total).
         pairs: set[tuple[str, str]] = set()
         recheck: set[str] = set()  # paths whose listing or existing children changed
+        # listed path -> the names its listing gained or lost (listed in both trees)
+        listing_changes: dict[str, frozenset[str]] = {}
         # parent -> (children now existing, children no longer existing)
         edits: dict[str, tuple[list[str], list[str]]] = {}
         for path in changed:
@@ -203,12 +205,31 @@ class ChildSums:
                 and listing == previous.children
             ):
                 continue  # the same listing (compared as tuples, without a set of every name)
-            after = None if listing is None else frozenset(listing)
+            edit = (
+                _one_edit(previous.children, listing)
+                if listing is not None and before is not None and previous is not None
+                else None
+            )
+            if edit is not None and before is not None and listing is not None:
+                # One name put in or taken out (an admission's pod under kubepods): the sets
+                # follow by that name, without a set of every listed name and a comparison.
+                name, put = edit
+                if put:
+                    differ = _NO_NAMES if name in before else frozenset((name,))
+                    after: frozenset[str] | None = before.union(differ) if differ else before
+                else:
+                    gone_name = name in before and name not in listing
+                    differ = frozenset((name,)) if gone_name else _NO_NAMES
+                    after = before.difference(differ) if differ else before
+            else:
+                after = None if listing is None else frozenset(listing)
+                differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
             if before is None and after is None:
                 continue
-            differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
-            if before is not None and after is not None and not differ:
-                continue
+            if before is not None and after is not None:
+                if not differ:
+                    continue
+                listing_changes[path] = differ
             recheck.add(path)
             pairs.update((path, name) for name in differ)
             if after is None:
@@ -235,10 +256,27 @@ class ChildSums:
         unusable = set(self._unusable)
         for path in recheck:
             listing_now = listed.get(path)
-            if listing_now is not None and not entries.get(path, _NO_NAMES) <= listing_now:
-                unusable.add(path)
-            else:
+            if listing_now is None:
                 unusable.discard(path)
+                continue
+            entries_now = entries.get(path, _NO_NAMES)
+            delta = listing_changes.get(path)
+            if delta is None and listing_now is self._listed.get(path):
+                delta = _NO_NAMES  # the same listing; only which children exist changed
+            if delta is not None and self.usable(path):
+                # Every child that existed was listed: only the children that exist now and
+                # did not, and the names the listing lost, can make that untrue (no pass over
+                # every listed name).
+                appeared = edits.get(path, ([], []))[0]
+                fine = all(map(listing_now.__contains__, appeared)) and entries_now.isdisjoint(
+                    delta - listing_now
+                )
+            else:
+                fine = entries_now <= listing_now
+            if fine:
+                unusable.discard(path)
+            else:
+                unusable.add(path)
         for parent, name in pairs:
             if parent not in totals:
                 continue
@@ -278,6 +316,18 @@ class ChildSums:
         """Refuse (InvariantViolation) sums made for another tree or page size."""
         if tree is not self.tree or page_size_bytes != self.page_size_bytes:
             raise InvariantViolation("child sums given for another observed tree or page size")
+
+
+def _one_edit(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[str, bool] | None:
+    """(name, True) if `new` is `old` with `name` put in at one place, (name, False) if with
+    `name` taken out at one place; None otherwise. Compared in C, by identity first (a listing
+    edited by `merge_observations` or `apply_operations` shares the names of the one before)."""
+    if old is None or abs(len(new) - len(old)) != 1:
+        return None
+    at = next(compress(count(), map(is_not, old, new)), min(len(old), len(new)))
+    if len(new) > len(old):
+        return (new[at], True) if new[at + 1 :] == old[at:] else None
+    return (old[at], False) if old[at + 1 :] == new[at:] else None
 
 
 def _join(parent: str, name: str) -> str:
