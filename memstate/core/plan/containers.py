@@ -248,8 +248,9 @@ class ContainerIndex:
                 if kept != len(self._pods):
                     affected.update(self._pods.keys() - pods.keys())
         if self.targets is not None:
-            known_ids = self._ids.get
-            affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
+            # The pods whose runtime ids are not the same object, found in C (no Python step
+            # per pod: the owner keeps an unchanged pod's ids).
+            affected.update(compress(ids, map(is_not, map(self._ids.get, ids), ids.values())))
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
             was, now = self.tree.cgroups, observed.cgroups
