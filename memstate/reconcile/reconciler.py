@@ -169,9 +169,11 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 DEFAULT_OPTIONS = ReconcilerOptions()
-# How many `TreeChange` records the reconciler keeps (a round adds one per scoped observation,
-# container read, children's re-read and applied plan).
-_TREE_CHANGES = 16
+# How many `TreeChange` records the reconciler keeps: a round adds one per scoped observation,
+# container read, children's re-read (at most one per level) and applied plan, and its sums and
+# container index need this round's and the previous round's applied plan. Each record keeps
+# its trees alive (a dict of every cgroup each), so no more than that.
+_TREE_CHANGES = 8
 _NO_TARGETS = NodeTargets(cgroups=(), pods=(), node_memory_min_bytes=0, node_memory_low_bytes=0)
 
 
