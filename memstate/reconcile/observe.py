@@ -247,8 +247,11 @@ class _Observer:
             self.desired_cgroup(target.path, known, list_children=True)
         return ObservedTree(cgroups=dict(self.found))
 
-    def scoped(self, base: ObservedTree, paths: Iterable[str]) -> ObservedTree:
-        """Fresh reads of `paths` and their ancestors over the cached `base`."""
+    def scoped(
+        self, base: ObservedTree, paths: Iterable[str], touched: set[str] | None = None
+    ) -> ObservedTree:
+        """Fresh reads of `paths` and their ancestors over the cached `base` (`touched`: see
+        `merge_observations`)."""
         scoped = sorted(set(paths))
         ancestors = sorted(
             {a for path in scoped for a in ancestor_paths(path) if a in self.desired} - set(scoped),
@@ -262,7 +265,7 @@ class _Observer:
                 self.desired_cgroup(path, None, list_children=True)
             else:
                 self.removal_subtree(path, known_exists=None)
-        return merge_observations(base, self.found)
+        return merge_observations(base, self.found, touched)
 
 
 def observe_tree(
@@ -272,12 +275,15 @@ def observe_tree(
     scope: Iterable[str] | None = None,
     base: ObservedTree | None = None,
     desired: Mapping[str, CgroupTarget] | None = None,
+    touched: set[str] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Observe the tree for `targets`: (tree, read errors, number of calls).
 
     With `scope` and a cached `base`, only the scoped paths and their ancestors are read (see
     the module docstring); otherwise everything. Read-only: never writes. `desired`: path ->
-    target of `targets`, when the caller keeps one (else built here).
+    target of `targets`, when the caller keeps one (else built here). `touched`: a scoped
+    observation adds the paths whose observation it replaced in `base` (`merge_observations`);
+    a full one builds a new tree and adds nothing.
     """
     observer = _Observer(fs, targets, naming_config(targets), desired)
     # A tree that can hold still for the reads does (the directory-backed simulator: one
@@ -287,7 +293,7 @@ def observe_tree(
         if scope is None or base is None:
             tree = observer.full()
         else:
-            tree = observer.scoped(base, scope)
+            tree = observer.scoped(base, scope, touched)
     return tree, observer.errors, observer.reads
 
 
@@ -298,6 +304,7 @@ def observe_children(
     *,
     base: ObservedTree,
     observed: Iterable[str] = (),
+    touched: set[str] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Fresh values of `files` in every child of each parent (`parents` maps a parent to the
     protection files it is about to lower), merged into `base`: (tree, read errors, calls).
@@ -306,7 +313,8 @@ def observe_children(
     changed); every listed child not in `observed` (read this round already) has those files
     read, its other cached values kept; a cached child no longer listed is recorded absent. If
     the listing fails, the parent's files are recorded unreadable, so nothing lowers them this
-    round. Costs one listing per parent and one read per child and file.
+    round. Costs one listing per parent and one read per child and file. `touched`: see
+    `merge_observations`.
     """
     observer = _Observer(fs, targets, naming_config(targets))
     skip = set(observed)
@@ -343,7 +351,7 @@ def observe_children(
             child = join_path(parent, name)
             if name not in names and child not in skip:
                 observer.found[child] = ObservedCgroup(exists=False)
-    return merge_observations(base, observer.found), observer.errors, observer.reads
+    return merge_observations(base, observer.found, touched), observer.errors, observer.reads
 
 
 def observe_containers(
@@ -353,12 +361,13 @@ def observe_containers(
     *,
     base: ObservedTree,
     desired: Mapping[str, CgroupTarget] | None = None,
+    touched: set[str] | None = None,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Read the managed files of the container cgroups `paths` (targets of `targets`, listed by
     their pod cgroup in `base`) and their pod cgroups' `cgroup.subtree_control` (the runtime
     enables the memory controller there; without it the files do not exist), and merge them
     into `base`: (tree, read errors, calls). `desired`: path -> target of `targets`, when the
-    caller keeps one."""
+    caller keeps one. `touched`: see `merge_observations`."""
     observer = _Observer(fs, targets, naming_config(targets), desired)
     for pod in sorted({path.rpartition("/")[0] for path in paths}):
         found = base.get(pod)
@@ -368,7 +377,7 @@ def observe_containers(
     for path in paths:
         # Listed, with what its own children hold (crun may nest one): the planner covers them.
         observer.desired_cgroup(path, None, list_children=True)
-    return merge_observations(base, observer.found), observer.errors, observer.reads
+    return merge_observations(base, observer.found, touched), observer.errors, observer.reads
 
 
 class _Overlay(Mapping[str, CgroupTarget]):
@@ -421,12 +430,16 @@ def add_container_cgroups_carried(
     index: ContainerIndex,
     desired: Mapping[str, CgroupTarget] | None = None,
     change: TargetsChange | None = None,
+    tree_paths: Iterable[str] | None = None,
+    touched: set[str] | None = None,
 ) -> tuple[NodeTargets, ObservedTree, list[str], list[ReadError], int, ContainerIndex]:
     """`add_container_cgroups` with the container index carried from the previous round (the
     reconciler's): the index of the returned targets and tree comes last. `desired`: path ->
     target of `targets`, when the caller keeps one. `change`: the targets' record against the
-    index's (`TargetsChange`), if known."""
-    index = index.updated(targets, tree, container_ids, change)
+    index's (`TargetsChange`), if known. `tree_paths`: the paths whose observation may differ
+    between the index's tree and `tree` (`touched_since`), if known. `touched` gets the paths
+    whose observation the container reads replaced in `tree` (`merge_observations`)."""
+    index = index.updated(targets, tree, container_ids, change, tree_paths)
     candidates = index.listed(pods)
     wanted = [t.path for t in candidates]
     errors: list[ReadError] = []
@@ -434,6 +447,11 @@ def add_container_cgroups_carried(
     if wanted:
         listed = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *candidates))
         known = None if desired is None else _Overlay({t.path: t for t in candidates}, desired)
-        tree, errors, reads = observe_containers(fs, listed, wanted, base=tree, desired=known)
-        index = index.updated(targets, tree, container_ids)
+        merged: set[str] = set()
+        tree, errors, reads = observe_containers(
+            fs, listed, wanted, base=tree, desired=known, touched=merged
+        )
+        index = index.updated(targets, tree, container_ids, tree_paths=merged)
+        if touched is not None:
+            touched.update(merged)
     return index.complete, tree, wanted, errors, reads, index

@@ -89,11 +89,13 @@ from memstate.core.plan import (
     ObservedTree,
     Operation,
     Plan,
+    TreeChange,
     ValueModel,
     apply_operations,
     kernel_default,
     naming_config,
     plan_operations,
+    touched_since,
 )
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
@@ -167,6 +169,11 @@ class ReconcilerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 DEFAULT_OPTIONS = ReconcilerOptions()
+# How many `TreeChange` records the reconciler keeps: a round adds one per scoped observation,
+# container read, children's re-read (at most one per level) and applied plan, and its sums and
+# container index need this round's and the previous round's applied plan. Each record keeps
+# its trees alive (a dict of every cgroup each), so no more than that.
+_TREE_CHANGES = 8
 _NO_TARGETS = NodeTargets(cgroups=(), pods=(), node_memory_min_bytes=0, node_memory_low_bytes=0)
 
 
@@ -264,6 +271,11 @@ class Reconciler:
         self.clock = clock
         self._values = ValueModel(page_size_bytes)
         self._tree: ObservedTree | None = None  # the picture scoped rounds start from
+        # How the latest trees were derived from one another (scoped observations merged over
+        # the picture, the plan's operations applied to it), oldest first: what is carried from
+        # tree to tree (the sums, the container index) looks at the paths they touched only.
+        # Cleared by a full observation, which builds a new tree: then everything is compared.
+        self._tree_changes: list[TreeChange] = []
         # The children's protections summed for the last tree planned: carried to the next,
         # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
         self._child_sums: ChildSums | None = None
@@ -344,9 +356,15 @@ class Reconciler:
             else self._scope_paths(desired, config, scope, retiring)
         )
         full = paths is None
+        touched: set[str] = set()
+        base = self._tree
         tree, read_errors, reads = observe_tree(
-            self.fs, targets, scope=paths, base=self._tree, desired=desired
+            self.fs, targets, scope=paths, base=base, desired=desired, touched=touched
         )
+        if full or base is None:
+            self._tree_changes = []  # a new tree: nothing derived from an older one
+        else:
+            self._record(base, tree, touched)
         targets, tree, focus, more_errors, more_reads = self._with_containers(
             targets, tree, paths, desired, change
         )
@@ -368,7 +386,9 @@ class Reconciler:
             elif self._child_sums is None:
                 child_sums = self._child_sums = ChildSums.of(tree, self.page_size_bytes)
             else:
-                child_sums = self._child_sums = self._child_sums.updated(tree)
+                child_sums = self._child_sums = self._child_sums.updated(
+                    tree, touched_since(self._tree_changes, self._child_sums.tree, tree)
+                )
             return plan_operations(
                 targets,
                 tree,
@@ -476,6 +496,16 @@ class Reconciler:
             differences=tuple(differences),
         )
 
+    def _record(self, previous: ObservedTree, tree: ObservedTree, touched: set[str]) -> None:
+        """Note that `tree` was derived from `previous` by replacing or dropping `touched`."""
+        if tree is previous:
+            return
+        # A few rounds' worth: the sums and the container index follow the current round.
+        self._tree_changes = [
+            *self._tree_changes[-(_TREE_CHANGES - 1) :],
+            TreeChange(previous=previous, tree=tree, paths=frozenset(touched)),
+        ]
+
     # --- container cgroups ------------------------------------------------------------------
 
     def _full_plan(
@@ -518,6 +548,8 @@ class Reconciler:
         rest) say which containers exist; their managed files are read before planning, so the
         planner only ever sees container cgroups observed to exist and never creates one.
         """
+        touched: set[str] = set()
+        before = tree
         complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
             self.fs,
             targets,
@@ -527,7 +559,11 @@ class Reconciler:
             index=self._containers,
             desired=desired,
             change=change,
+            tree_paths=touched_since(self._tree_changes, self._containers.tree, tree),
+            touched=touched,
         )
+        if tree is not before:
+            self._record(before, tree, touched)
         focus = None if paths is None else sorted({*paths, *wanted})
         return complete, tree, focus, errors, reads
 
@@ -601,9 +637,12 @@ class Reconciler:
                     lowered.setdefault(operation.path, set()).add(operation.file)
             if not lowered:
                 return tree, plan, errors, reads
+            touched: set[str] = set()
+            before = tree
             tree, more_errors, more_reads = observe_children(
-                self.fs, targets, lowered, base=tree, observed=plan.final_values
+                self.fs, targets, lowered, base=tree, observed=plan.final_values, touched=touched
             )
+            self._record(before, tree, touched)
             errors += more_errors
             reads += more_reads
             seen.update(lowered)
@@ -817,7 +856,9 @@ class Reconciler:
                     CgroupDriftCorrected(path=path, file=file, expected=expected, found=found)
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
-        self._tree = apply_operations(tree, succeeded)
+        touched: set[str] = set()
+        self._tree = apply_operations(tree, succeeded, touched)
+        self._record(tree, self._tree, touched)
         self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)

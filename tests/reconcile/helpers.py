@@ -7,7 +7,9 @@
   the protection invariant and for comparing trees.
 - `CheckingCgroupFS`: wraps a CgroupFS and, after every operation that changes the tree, checks
   that no parent's memory.min/low fell further below the sum of its children's than it was at
-  the start (`baseline`): the "at every instant" invariant of memory-qos.md §12.3.
+  the start (`baseline`): the "at every instant" invariant of memory-qos.md §12.3. Its `failing`
+  set makes writes of chosen (path, file) fail with EIO; `checking=False` makes it a plain
+  forwarding wrapper with those failures only.
 - `FakeClock`: an injectable monotonic clock.
 """
 
@@ -230,9 +232,13 @@ class CheckingCgroupFS:
     `baseline` is the shortfall per (path, file) allowed (what the tree had before the round);
     `violations` collects every breach with the operation that caused it. `ignore_paths` are
     parents not checked (a delegated root whose own protection is the operator's business).
+    `failing`: (path, file) pairs whose writes fail with EIO (injected, the tree untouched).
+    `checking` False: no check at all (a forwarding wrapper that only injects `failing`).
     """
 
     inner: CgroupFS
+    failing: set[tuple[str, str]] = field(default_factory=set)
+    checking: bool = True
     baseline: dict[tuple[str, str], int] = field(default_factory=dict)
     ignore_paths: frozenset[str] = frozenset()
     # Check only after changes that can move a protection sum (where each check is costly, as
@@ -249,6 +255,8 @@ class CheckingCgroupFS:
         self.baseline = protection_shortfalls(tree_snapshot(self.inner), page_size_bytes=PAGE)
 
     def _check(self, what: str) -> None:
+        if not self.checking:
+            return
         self.checks += 1
         now = protection_shortfalls(tree_snapshot(self.inner), page_size_bytes=PAGE)
         for key, shortfall in now.items():
@@ -268,6 +276,8 @@ class CheckingCgroupFS:
         return self.inner.read(path, file)
 
     def write(self, path: str, file: str, value: str) -> None:
+        if (path, file) in self.failing:
+            raise HostError(f"write {path}/{file}: injected", errno=errno.EIO, path=path)
         try:
             self.inner.write(path, file, value)
         finally:

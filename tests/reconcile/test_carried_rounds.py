@@ -16,8 +16,6 @@ equal after every round.
 from __future__ import annotations
 
 import contextlib
-import errno
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -32,7 +30,8 @@ from memstate.core.events import (
     PodRemovalRequested,
     TopologyObserved,
 )
-from memstate.core.plan.containers import ContainerIndex
+from memstate.core.plan.children import ChildSums
+from memstate.core.plan.containers import ContainerIndex, with_container_targets
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.reducer import step
@@ -41,7 +40,15 @@ from memstate.core.state_targets import TargetsTracker
 from memstate.host import CgroupFS
 from memstate.host.sim import SimCgroupFS
 from memstate.reconcile.reconciler import _NO_TARGETS, Reconciler
-from tests.reconcile.helpers import PAGE, new_sim, node_config, node_topology, retired
+from tests.reconcile.helpers import (
+    PAGE,
+    CheckingCgroupFS,
+    new_sim,
+    node_config,
+    node_topology,
+    retired,
+)
+from tests.reconcile.test_child_sums import assert_same_sums
 from tests.reconcile.test_properties import PROPERTY_SETTINGS, pool_pod
 
 POOL = 7
@@ -49,32 +56,9 @@ BESIDE = WriteProfile(ownership="beside-kubelet")
 BURSTABLE = "kubepods/burstable"
 
 
-@dataclass
-class FlakyFS:
-    """`inner`, whose writes of the files in `failing` (path, file) fail with EIO."""
-
-    inner: CgroupFS
-    failing: set[tuple[str, str]] = field(default_factory=set)
-
-    def exists(self, path: str) -> bool:
-        return self.inner.exists(path)
-
-    def list_children(self, path: str) -> list[str]:
-        return self.inner.list_children(path)
-
-    def read(self, path: str, file: str) -> str:
-        return self.inner.read(path, file)
-
-    def write(self, path: str, file: str, value: str) -> None:
-        if (path, file) in self.failing:
-            raise HostError(f"write {path}/{file}: injected", errno=errno.EIO, path=path)
-        self.inner.write(path, file, value)
-
-    def mkdir(self, path: str) -> None:
-        self.inner.mkdir(path)
-
-    def rmdir(self, path: str) -> None:
-        self.inner.rmdir(path)
+def failing_fs(inner: CgroupFS) -> CheckingCgroupFS:
+    """`inner` behind a wrapper whose `failing` writes fail with EIO (no invariant checks)."""
+    return CheckingCgroupFS(inner, checking=False)
 
 
 def afresh(reconciler: Reconciler) -> None:
@@ -85,6 +69,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._containers = ContainerIndex()
     reconciler._desired_before = dict(reconciler._desired_before)
     reconciler._child_sums = None
+    reconciler._tree_changes = []
     reconciler._last_full_plan = None
 
 
@@ -141,7 +126,7 @@ def test_carried_rounds_act_as_fresh_ones(
 ) -> None:
     config = node_config("TieredReservation", static=True)
     trees = (new_sim(), new_sim())
-    flaky = (FlakyFS(trees[0]), FlakyFS(trees[1]))
+    flaky = (failing_fs(trees[0]), failing_fs(trees[1]))
     # One clock for both, moving a minute a round: back-off expires, then the next round retries.
     clock = [0.0]
     carried = Reconciler(flaky[0], page_size_bytes=PAGE, profile=profile, clock=lambda: clock[0])
@@ -223,6 +208,39 @@ def test_carried_rounds_act_as_fresh_ones(
         assert reports[0] == reports[1]
         assert memory(carried) == memory(fresh)
         assert everything(trees[0]) == everything(trees[1])
+        assert_carried_as_whole(carried, fresh)
+
+
+def assert_carried_as_whole(carried: Reconciler, fresh: Reconciler) -> None:
+    """What the carrying reconciler holds equals the whole computation: its sums answer as
+    sums of its last planned tree computed afresh (they may be right by luck in a plan, where
+    a parent's target covers its children), its container index (and the fresh reconciler's,
+    carried within a round) as `with_container_targets` on the index's targets and tree, and
+    each record of how one tree was derived from another names every path whose
+    observation it replaced."""
+    sums = carried._child_sums
+    if sums is not None:
+        assert_same_sums(sums, ChildSums.of(sums.tree, PAGE), sums.tree)
+    for reconciler in (carried, fresh):
+        index = reconciler._containers
+        if index.targets is not None:
+            assert index.complete == with_container_targets(
+                index.targets, index.tree, reconciler.container_ids
+            )
+            assert index.listed() == sorted(
+                (
+                    t
+                    for t in with_container_targets(
+                        index.targets, index.tree, reconciler.container_ids, listed_is_enough=True
+                    ).cgroups
+                    if t.level == "container"
+                ),
+                key=lambda t: t.path,
+            )
+    for record in carried._tree_changes:
+        before, after = record.previous.cgroups, record.tree.cgroups
+        moved = {p for p in before.keys() | after.keys() if before.get(p) is not after.get(p)}
+        assert moved <= record.paths
 
 
 def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembered() -> None:
@@ -248,7 +266,7 @@ def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembe
         targets, cgroups=(*targets.cgroups[:at], fewer, *targets.cgroups[at + 1 :])
     )
     fs = new_sim()
-    flaky = FlakyFS(fs)
+    flaky = failing_fs(fs)
     reconciler = Reconciler(flaky, page_size_bytes=PAGE, clock=lambda: 0.0)
     reconciler.reconcile(before)
     flaky.failing.add((BURSTABLE, "cgroup.subtree_control"))

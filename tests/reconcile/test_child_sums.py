@@ -22,7 +22,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memstate.core.errors import InvariantViolation
-from memstate.core.plan import ObservedCgroup, ObservedTree, merge_observations, plan_operations
+from memstate.core.plan import (
+    ObservedCgroup,
+    ObservedTree,
+    TreeChange,
+    apply_operations,
+    merge_observations,
+    plan_operations,
+    touched_since,
+)
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
@@ -154,6 +162,84 @@ def test_plans_with_carried_sums_equal_plans_without(
     assert plan(carried, following, profiled) == reference
 
 
+@PROPERTY_SETTINGS
+@given(
+    config=configs(),
+    converged_pods=st.sets(st.integers(0, POOL - 1), min_size=1),
+    data=st.data(),
+)
+def test_touched_paths_cover_every_replaced_observation(
+    config: Any, converged_pods: set[int], data: st.DataObject
+) -> None:
+    """`merge_observations` and `apply_operations` report every path whose observation they
+    replaced or dropped, so the sums carried by those paths only (`touched_since` over the
+    records of a chain of derivations, as the reconciler keeps them) are the sums computed
+    afresh. Steps: scoped merges of what another writer changed (cgroups gone, unlisted, new
+    names) and the operations of plans for other targets (creations, removals, writes)."""
+    fs = SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1")
+    before = targets_of_pods([pool_pod(i) for i in sorted(converged_pods)], config)
+    Reconciler(fs, page_size_bytes=PAGE).reconcile(before)
+    start = tree = observe(fs, before)
+    for change in data.draw(mutations(before)):
+        apply_mutation(fs, change)
+    later = observe(fs, before).cgroups
+    candidates = sorted({*tree.cgroups, *later, "kubepods/new", "kubepods/burstable/x"})
+    records: list[TreeChange] = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        touched: set[str] = set()
+        if data.draw(st.booleans()):
+            paths = data.draw(st.sets(st.sampled_from(candidates), max_size=5))
+            fresh = {}
+            for path in sorted(paths):
+                found = later.get(path, ObservedCgroup(exists=False))
+                if found.exists and data.draw(st.booleans()):
+                    found = msgspec.structs.replace(found, children=None)  # not listed
+                fresh[path] = found
+            new = merge_observations(tree, fresh, touched)
+        else:
+            kept = data.draw(st.sets(st.sampled_from(sorted(converged_pods))))
+            targets = targets_of_pods([pool_pod(i) for i in sorted(kept)], config)
+            gone = [uid_for(i) for i in sorted(converged_pods - kept)]
+            try:
+                plan = plan_operations(
+                    targets,
+                    tree,
+                    page_size_bytes=PAGE,
+                    retired_paths=retired_paths_of(targets, gone),
+                    pod_removal=data.draw(st.sampled_from(["wait", "kill"])),
+                )
+            except InvariantViolation:
+                continue
+            operations = plan.operations
+            if operations and data.draw(st.booleans()):
+                operations = tuple(data.draw(st.lists(st.sampled_from(operations))))
+            new = apply_operations(tree, operations, touched)
+        every = tree.cgroups.keys() | new.cgroups.keys()
+        moved = {p for p in every if tree.cgroups.get(p) is not new.cgroups.get(p)}
+        assert moved <= touched
+        records.append(TreeChange(previous=tree, tree=new, paths=frozenset(touched)))
+        tree = new
+    paths = touched_since(records, start, tree)
+    assert paths is not None
+    carried = ChildSums.of(start, PAGE).updated(tree, paths)
+    assert_same_sums(carried, ChildSums.of(tree, PAGE), tree)
+    # A chain that does not lead from the held tree to this one tells nothing.
+    assert touched_since(records, tree, start) in (None, frozenset())
+    assert touched_since(records[1:], start, tree) in (None, frozenset())
+
+
+def test_touched_since_composes_one_chain_only() -> None:
+    a, b, c = (ObservedTree(cgroups={"": ObservedCgroup(children=(n,))}) for n in "abc")
+    first = TreeChange(previous=a, tree=b, paths=frozenset({"x"}))
+    second = TreeChange(previous=b, tree=c, paths=frozenset({"y"}))
+    assert touched_since([first, second], a, c) == {"x", "y"}
+    assert touched_since([first, second], b, c) == {"y"}
+    assert touched_since([first, second], a, a) == frozenset()
+    assert touched_since([second], a, c) is None  # no record starts at a
+    assert touched_since([first, TreeChange(previous=a, tree=c, paths=frozenset())], a, c) == set()
+    assert touched_since([first], a, c) is None  # the chain stops before c
+
+
 def test_sums_follow_a_changed_value_and_a_new_child() -> None:
     """The carried total moves with a child's value and a child added to the listing (the
     comparison above is not vacuous)."""
@@ -175,6 +261,30 @@ def test_sums_follow_a_changed_value_and_a_new_child() -> None:
     assert not sums.updated(unlisted).usable("")
 
 
+@given(
+    listing=st.lists(st.sampled_from(["a", "b", "c"]), max_size=5),
+    at=st.integers(0, 5),
+    name=st.sampled_from(["a", "b", "d"]),
+    put=st.booleans(),
+)
+def test_sums_follow_one_name_put_in_or_taken_out_of_any_listing(
+    listing: list[str], at: int, name: str, put: bool
+) -> None:
+    """A listing that gains or loses one name at one place (what `merge_observations` and
+    `apply_operations` do; here also unsorted or with duplicates) gives the sums computed
+    afresh: the carried ones follow that name only."""
+    children = {n: ObservedCgroup(files={"memory.min": "4096\n"}, children=()) for n in "abcd"}
+    before = ObservedTree(cgroups={"": ObservedCgroup(children=tuple(listing)), **children})
+    edited = list(listing)
+    if put:
+        edited.insert(min(at, len(edited)), name)
+    elif edited:
+        del edited[min(at, len(edited) - 1)]
+    after = ObservedTree(cgroups={**before.cgroups, "": ObservedCgroup(children=tuple(edited))})
+    carried = ChildSums.of(before, PAGE).updated(after, [""])
+    assert_same_sums(carried, ChildSums.of(after, PAGE), after)
+
+
 def test_sums_for_another_tree_are_refused() -> None:
     tree = ObservedTree(cgroups={"": ObservedCgroup(children=())})
     other = ObservedTree(cgroups={"": ObservedCgroup(children=())})
@@ -191,17 +301,24 @@ def test_sums_for_another_tree_are_refused() -> None:
 def test_a_listing_follows_existence_sorted_and_without_duplicates(
     listing: list[str], name: str, present: bool
 ) -> None:
-    """`merge_observations` (and `apply_operations`) keep a parent's listing as the sorted set
-    of names, also from a listing that came unsorted or with duplicates; an unchanged listing
-    keeps the parent's observation itself (what lets the carried sums skip it)."""
+    """`merge_observations` (and `apply_operations`) put a name into a parent's listing or take
+    it out as the sorted set of names, also from a listing made unsorted or with duplicates; a
+    listing that already lists the name as it should keeps the parent's observation itself
+    (what lets the carried sums skip it; observed listings are sorted and unique)."""
     parent = ObservedCgroup(children=tuple(listing))
     base = ObservedTree(cgroups={"": ObservedCgroup(children=("p",)), "p": parent})
-    merged = merge_observations(base, {f"p/{name}": ObservedCgroup(exists=present, children=())})
+    touched: set[str] = set()
+    merged = merge_observations(
+        base, {f"p/{name}": ObservedCgroup(exists=present, children=())}, touched
+    )
     names = set(listing)
     if present:
         names.add(name)
     else:
         names.discard(name)
-    assert merged.cgroups["p"].children == tuple(sorted(names))
-    if tuple(sorted(names)) == tuple(listing):
+    if (name in listing) == present:
         assert merged.cgroups["p"] is parent
+        assert "p" not in touched
+    else:
+        assert merged.cgroups["p"].children == tuple(sorted(names))
+        assert "p" in touched

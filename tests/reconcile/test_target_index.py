@@ -55,6 +55,10 @@ def assert_same(carried: TargetIndex, fresh: TargetIndex, probe: list[str]) -> N
     paths = sorted({*fresh.by_path, *(p.rpartition("/")[0] for p in fresh.by_path), *probe})
     for path in paths:
         assert carried.children(path) == fresh.children(path), path
+        # The names, against the desired paths themselves (what `undesired_pod_cgroups` uses).
+        names = {p.rpartition("/")[2] for p in fresh.by_path if p and p.rpartition("/")[0] == path}
+        assert carried.child_names(path) == fresh.child_names(path) == names, path
+        assert carried.children(path) == len(names), path
     for level in ("root", "node", "qos"):
         assert carried.holders(level) == fresh.holders(level), level
     assert carried.controlled() == fresh.controlled()

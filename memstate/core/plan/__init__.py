@@ -29,9 +29,11 @@ from memstate.core.plan.model import (
     Removal,
     RemovalAction,
     RemovalKind,
+    TreeChange,
     apply_operations,
     join_path,
     merge_observations,
+    touched_since,
 )
 from memstate.core.plan.planner import plan_operations
 from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
@@ -79,6 +81,7 @@ __all__ = [
     "Removal",
     "RemovalAction",
     "RemovalKind",
+    "TreeChange",
     "ValueModel",
     "WriteProfile",
     "apply_operations",
@@ -92,5 +95,6 @@ __all__ = [
     "naming_config",
     "plan_operations",
     "profile_targets",
+    "touched_since",
     "value_model",
 ]

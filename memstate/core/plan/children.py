@@ -136,22 +136,32 @@ class ChildSums:
 
     # --- update ----------------------------------------------------------------------------
 
-    def updated(self, tree: ObservedTree) -> ChildSums:
+    def updated(self, tree: ObservedTree, paths: Iterable[str] | None = None) -> ChildSums:
         """The sums of `tree`, from this value's by the cgroups whose observation is not the
-        same object in both trees (all of them when nothing is shared)."""
+        same object in both trees (all of them when nothing is shared). `paths`: every path
+        whose observation may differ between this value's tree and `tree` (composed from
+        `TreeChange` records, `touched_since`), when known: only those are compared."""
         if tree is self.tree:
             return self
         old, new = self.tree.cgroups, tree.cgroups
-        # Compared in C (no Python-level loop over every cgroup): the paths whose observation is
-        # not the same object, then of those the ones that differ (a full round observes every
-        # cgroup afresh, mostly equal to what it was).
-        others = list(compress(new, map(is_not, map(old.get, new), new.values())))
-        changed = list(
-            compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
-        )
-        added = sum(1 for path in changed if path not in old)
-        if len(new) - added != len(old):  # some were dropped (else every old path is kept)
-            changed.extend(old.keys() - new.keys())
+        if paths is not None:
+            # Work proportional to the change: the others are shared by both trees.
+            changed = []
+            for path in paths:
+                was, now = old.get(path), new.get(path)
+                if was is not now and was != now:
+                    changed.append(path)
+        else:
+            # Compared in C (no Python-level loop over every cgroup): the paths whose
+            # observation is not the same object, then of those the ones that differ (a full
+            # round observes every cgroup afresh, mostly equal to what it was).
+            others = list(compress(new, map(is_not, map(old.get, new), new.values())))
+            changed = list(
+                compress(others, map(ne, map(old.get, others), map(new.__getitem__, others)))
+            )
+            added = sum(1 for path in changed if path not in old)
+            if len(new) - added != len(old):  # some were dropped (else every old path is kept)
+                changed.extend(old.keys() - new.keys())
         if not changed:
             return self._with(tree)
         model = value_model(self.page_size_bytes)
@@ -163,6 +173,8 @@ class ChildSums:
         # new one put in (everything else adds the same to the same total).
         pairs: set[tuple[str, str]] = set()
         recheck: set[str] = set()  # paths whose listing or existing children changed
+        # listed path -> the names its listing gained or lost (listed in both trees)
+        listing_changes: dict[str, frozenset[str]] = {}
         # parent -> (children now existing, children no longer existing)
         edits: dict[str, tuple[list[str], list[str]]] = {}
         for path in changed:
@@ -193,12 +205,31 @@ class ChildSums:
                 and listing == previous.children
             ):
                 continue  # the same listing (compared as tuples, without a set of every name)
-            after = None if listing is None else frozenset(listing)
+            edit = (
+                _one_edit(previous.children, listing)
+                if listing is not None and before is not None and previous is not None
+                else None
+            )
+            if edit is not None and before is not None and listing is not None:
+                # One name put in or taken out (an admission's pod under kubepods): the sets
+                # follow by that name, without a set of every listed name and a comparison.
+                name, put = edit
+                if put:
+                    differ = _NO_NAMES if name in before else frozenset((name,))
+                    after: frozenset[str] | None = before.union(differ) if differ else before
+                else:
+                    gone_name = name in before and name not in listing
+                    differ = frozenset((name,)) if gone_name else _NO_NAMES
+                    after = before.difference(differ) if differ else before
+            else:
+                after = None if listing is None else frozenset(listing)
+                differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
             if before is None and after is None:
                 continue
-            differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
-            if before is not None and after is not None and not differ:
-                continue
+            if before is not None and after is not None:
+                if not differ:
+                    continue
+                listing_changes[path] = differ
             recheck.add(path)
             pairs.update((path, name) for name in differ)
             if after is None:
@@ -225,10 +256,27 @@ class ChildSums:
         unusable = set(self._unusable)
         for path in recheck:
             listing_now = listed.get(path)
-            if listing_now is not None and not entries.get(path, _NO_NAMES) <= listing_now:
-                unusable.add(path)
-            else:
+            if listing_now is None:
                 unusable.discard(path)
+                continue
+            entries_now = entries.get(path, _NO_NAMES)
+            delta = listing_changes.get(path)
+            if delta is None and listing_now is self._listed.get(path):
+                delta = _NO_NAMES  # the same listing; only which children exist changed
+            if delta is not None and self.usable(path):
+                # Every child that existed was listed: only the children that exist now and
+                # did not, and the names the listing lost, can make that untrue (no pass over
+                # every listed name).
+                appeared = edits.get(path, ([], []))[0]
+                fine = all(map(listing_now.__contains__, appeared)) and entries_now.isdisjoint(
+                    delta - listing_now
+                )
+            else:
+                fine = entries_now <= listing_now
+            if fine:
+                unusable.discard(path)
+            else:
+                unusable.add(path)
         for parent, name in pairs:
             if parent not in totals:
                 continue
@@ -268,6 +316,26 @@ class ChildSums:
         """Refuse (InvariantViolation) sums made for another tree or page size."""
         if tree is not self.tree or page_size_bytes != self.page_size_bytes:
             raise InvariantViolation("child sums given for another observed tree or page size")
+
+
+def _one_edit(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[str, bool] | None:
+    """(name, True) if `new` is `old` with `name` put in at one place, (name, False) if with
+    `name` taken out at one place; None otherwise. Compared in C, by identity first (a listing
+    edited by `merge_observations` or `apply_operations` shares the names of the one before)."""
+    if old is None or abs(len(new) - len(old)) != 1:
+        return None
+    # The longest common prefix, by bisection on slices (halving: about two tuple copies and
+    # comparisons in all, by identity first), not a Python step per name.
+    at, end = 0, min(len(old), len(new))
+    while at < end:
+        middle = (at + end + 1) // 2
+        if old[at:middle] == new[at:middle]:
+            at = middle
+        else:
+            end = middle - 1
+    if len(new) > len(old):
+        return (new[at], True) if new[at + 1 :] == old[at:] else None
+    return (old[at], False) if old[at + 1 :] == new[at:] else None
 
 
 def _join(parent: str, name: str) -> str:

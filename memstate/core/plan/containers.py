@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, compress
-from operator import is_not
+from operator import attrgetter, is_not
 
 import msgspec
 
@@ -208,10 +208,13 @@ class ContainerIndex:
         observed: ObservedTree,
         container_ids: Mapping[str, Mapping[str, str]] | None = None,
         change: TargetsChange | None = None,
+        tree_paths: Iterable[str] | None = None,
     ) -> ContainerIndex:
         """The index of (`targets`, `observed`, `container_ids`), from this one's. `change`:
         the targets' record against those this index holds, if known: then only the pods it
-        lists are compared, not every pod."""
+        lists are compared, not every pod. `tree_paths`: every path whose observation may
+        differ between this index's tree and `observed` (`touched_since`), if known: then
+        only those are compared, not every cgroup."""
         ids = dict(container_ids or {})
         pods: dict[str, PodTargets] | None = None
         followed: TargetsChange | None = None  # what changed in the targets, when known
@@ -245,11 +248,18 @@ class ContainerIndex:
                 if kept != len(self._pods):
                     affected.update(self._pods.keys() - pods.keys())
         if self.targets is not None:
-            known_ids = self._ids.get
-            affected.update(uid for uid, found in ids.items() if known_ids(uid) is not found)
+            # The pods whose runtime ids are not the same object, found in C (no Python step
+            # per pod: the owner keeps an unchanged pod's ids).
+            affected.update(compress(ids, map(is_not, map(self._ids.get, ids), ids.values())))
             affected.update(self._ids.keys() - ids.keys())
             cgroup_of = self._cgroup_of
-            for path in changed_paths(self.tree, observed):
+            was, now = self.tree.cgroups, observed.cgroups
+            moved = (
+                changed_paths(self.tree, observed)
+                if tree_paths is None
+                else [path for path in tree_paths if was.get(path) is not now.get(path)]
+            )
+            for path in moved:
                 # A pod cgroup's own observation (its listing) or a container cgroup's.
                 uid = cgroup_of.get(path) or cgroup_of.get(path.rpartition("/")[0])
                 if uid is not None:
@@ -283,7 +293,7 @@ class ContainerIndex:
                     present[uid] = there
         new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
         # In the targets' pod order, as `with_container_targets` (C-level passes only).
-        order = [pod.uid for pod in targets.pods if pod.uid in present] if present else []
+        order = list(filter(present.__contains__, map(_uid, targets.pods))) if present else []
         extra = tuple(chain.from_iterable(map(present.__getitem__, order)))
         new._complete = (
             msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
@@ -339,3 +349,6 @@ class ContainerIndex:
 
 def _path(target: CgroupTarget) -> str:
     return target.path
+
+
+_uid = attrgetter("uid")

@@ -24,6 +24,7 @@ from memstate.core.plan.profile import WriteProfile, filters
 from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange
 
 _HOLDER_LEVELS = frozenset({"root", "node", "qos"})
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 class TargetIndex:
@@ -49,7 +50,7 @@ class TargetIndex:
         targets: NodeTargets,
         *,
         by_path: dict[str, CgroupTarget],
-        children: dict[str, int],
+        children: dict[str, frozenset[str]],
         holders: dict[str, str],
         controlled: dict[str, CgroupTarget],
         profile: WriteProfile | None = None,
@@ -75,7 +76,7 @@ class TargetIndex:
         # path -> its index in targets.cgroups, found when first asked (a scoped round asks
         # for its few planned paths; the root, node and QoS cgroups come first).
         self._positions: dict[str, int] = {}
-        self._children = children  # parent path -> how many desired children it has
+        self._children = children  # parent path -> the names of its desired children
         self._holders = holders  # path -> level, of the root, node and QoS cgroups
         self._controlled = controlled  # path -> target, of those with controllers
 
@@ -83,13 +84,17 @@ class TargetIndex:
     def of(cls, targets: NodeTargets, profile: WriteProfile | None = None) -> TargetIndex:
         """The index of `targets`, computed from scratch (following `profile`'s filter)."""
         by_path: dict[str, CgroupTarget] = {}
-        children: dict[str, int] = {}
+        names: dict[str, set[str]] = {}
         holders: dict[str, str] = {}
         controlled: dict[str, CgroupTarget] = {}
         for target in targets.cgroups:
             by_path[target.path] = target
         for path, target in by_path.items():
-            _add(path, target, children, holders, controlled)
+            if path:
+                parent, _, name = path.rpartition("/")
+                names.setdefault(parent, set()).add(name)
+            _add(path, target, holders, controlled)
+        children = {parent: frozenset(found) for parent, found in names.items()}
         filtered = (
             frozenset()
             if profile is None
@@ -149,12 +154,31 @@ class TargetIndex:
             )
         children, holders = dict(self._children), dict(self._holders)
         controlled = dict(self._controlled)
+        # parent -> (names no longer desired, names now desired): each parent's set of names is
+        # rebuilt once (kubepods' holds every pod: a copy in C per round, not per pod).
+        edits: dict[str, tuple[list[str], list[str]]] = {}
         for target in gone:
-            _remove(target.path, children, holders, controlled)
+            _remove(target.path, holders, controlled)
+            if target.path:
+                parent, _, name = target.path.rpartition("/")
+                edits.setdefault(parent, ([], []))[0].append(name)
         for target in changed:
             if target.path in before:
-                _remove(target.path, children, holders, controlled)
-            _add(target.path, target, children, holders, controlled)
+                _remove(target.path, holders, controlled)
+            elif target.path:
+                parent, _, name = target.path.rpartition("/")
+                edits.setdefault(parent, ([], []))[1].append(name)
+            _add(target.path, target, holders, controlled)
+        for parent, (dropped_names, added_names) in edits.items():
+            names = children.get(parent, _NO_NAMES)
+            if dropped_names:
+                names = names.difference(dropped_names)
+            if added_names:
+                names = names.union(added_names)
+            if names:
+                children[parent] = names
+            else:
+                children.pop(parent, None)
         filtered = self._filtered
         if self.profile is not None:
             profile = self.profile
@@ -211,7 +235,11 @@ class TargetIndex:
 
     def children(self, path: str) -> int:
         """How many desired children `path` has."""
-        return self._children.get(path, 0)
+        return len(self._children.get(path, _NO_NAMES))
+
+    def child_names(self, path: str) -> frozenset[str]:
+        """The names of `path`'s desired children."""
+        return self._children.get(path, _NO_NAMES)
 
     def holders(self, level: str) -> list[str]:
         """The paths of the targets of `level` ("root", "node" or "qos"), in the targets' order."""
@@ -228,13 +256,9 @@ class TargetIndex:
 def _add(
     path: str,
     target: CgroupTarget,
-    children: dict[str, int],
     holders: dict[str, str],
     controlled: dict[str, CgroupTarget],
 ) -> None:
-    if path:
-        parent = path.rpartition("/")[0]
-        children[parent] = children.get(parent, 0) + 1
     if target.level in _HOLDER_LEVELS:
         holders[path] = target.level
     if target.controllers:
@@ -243,16 +267,8 @@ def _add(
 
 def _remove(
     path: str,
-    children: dict[str, int],
     holders: dict[str, str],
     controlled: dict[str, CgroupTarget],
 ) -> None:
-    if path:
-        parent = path.rpartition("/")[0]
-        left = children[parent] - 1
-        if left:
-            children[parent] = left
-        else:
-            del children[parent]
     holders.pop(path, None)
     controlled.pop(path, None)

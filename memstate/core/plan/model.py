@@ -9,7 +9,8 @@ reconciler can keep its picture of the tree between full resyncs.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import lt
 from typing import Literal
 
 import msgspec
@@ -34,7 +35,9 @@ class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     read failed: their value is *unknown* — unless the parent is known not to enable their
     controller, in which case they simply do not exist yet. Unknown values are never guessed:
     the planner writes neither them nor anything whose safety depends on them this round.
-    `children` is None when the directory was not (or could not be) listed, `populated` None
+    `children` (the names listed, sorted and unique as `CgroupFS.list_children` gives them; a
+    listing made otherwise is only put in order where a name is added or dropped) is None
+    when the directory was not (or could not be) listed, `populated` None
     when cgroup.events was not read, `controllers` (cgroup.controllers) and `subtree_control`
     None when not read.
     """
@@ -163,27 +166,70 @@ def join_path(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def apply_operations(tree: ObservedTree, operations: Iterable[Operation]) -> ObservedTree:
+class TreeChange(msgspec.Struct, frozen=True):
+    """How `tree` was derived from `previous` (by `merge_observations` or `apply_operations`):
+    `paths` holds every path whose observation in `tree` may not be the same object as in
+    `previous` (added, replaced or dropped); every other path's observation is shared. Lets
+    what is carried from tree to tree (`ChildSums`, `ContainerIndex`) look at those paths
+    instead of comparing every cgroup."""
+
+    previous: ObservedTree
+    tree: ObservedTree
+    paths: frozenset[str]
+
+
+def touched_since(
+    changes: Sequence[TreeChange], held: ObservedTree, tree: ObservedTree
+) -> frozenset[str] | None:
+    """The paths whose observation may differ between `held` and `tree`, composed from the
+    consecutive records `changes` (oldest first); None when they do not lead from `held` to
+    `tree` (then compare everything). Work proportional to the records and their paths."""
+    if held is tree:
+        return frozenset()
+    for start in range(len(changes) - 1, -1, -1):
+        if changes[start].previous is held:
+            break
+    else:
+        return None
+    paths: set[str] = set()
+    at = held
+    for change in changes[start:]:
+        if change.previous is not at:
+            return None  # not one chain
+        paths.update(change.paths)
+        at = change.tree
+        if at is tree:
+            return frozenset(paths)
+    return None
+
+
+def apply_operations(
+    tree: ObservedTree, operations: Iterable[Operation], touched: set[str] | None = None
+) -> ObservedTree:
     """The observation one would expect after `operations` succeeded on `tree`.
 
     Used by the reconciler to keep its picture of the tree current between full resyncs. A new
     cgroup starts with no files read (defaults assumed) and no children; after a kill its
-    populated flag is unknown.
+    populated flag is unknown. `touched`, if given, gets every path whose observation this
+    replaced or dropped (for a `TreeChange`).
     """
     cgroups = dict(tree.cgroups)
+    marked = touched if touched is not None else set()
     for operation in operations:
         path = operation.path
         found = cgroups.get(path)
+        marked.add(path)
         if operation.kind == "mkdir":
             cgroups[path] = ObservedCgroup(
                 exists=True, files={}, children=(), populated=False, subtree_control=()
             )
-            _set_child(cgroups, path, present=True)
+            _set_child(cgroups, path, present=True, touched=marked)
         elif operation.kind == "rmdir":
             cgroups.pop(path, None)
             for other in _descendants(cgroups, path):
                 del cgroups[other]
-            _set_child(cgroups, path, present=False)
+                marked.add(other)
+            _set_child(cgroups, path, present=False, touched=marked)
         elif found is None or not found.exists:
             continue
         elif operation.kind == "enable":
@@ -210,7 +256,9 @@ def _descendants(cgroups: Mapping[str, ObservedCgroup], path: str) -> list[str]:
     return [other for other in cgroups if other.startswith(prefix)]
 
 
-def _set_child(cgroups: dict[str, ObservedCgroup], path: str, *, present: bool) -> None:
+def _set_child(
+    cgroups: dict[str, ObservedCgroup], path: str, *, present: bool, touched: set[str]
+) -> None:
     parent = parent_path(path)
     if parent is None:
         return
@@ -218,43 +266,57 @@ def _set_child(cgroups: dict[str, ObservedCgroup], path: str, *, present: bool) 
     if found is None or found.children is None:
         return
     name = path.rpartition("/")[2]
-    # The listing sorted and without duplicates, with `name` in or out. A listing is sorted
-    # already (list_children sorts), so this is linear, not a sort of every pod's name; and a
-    # parent whose listing does not change keeps its observation (the same object).
-    ordered = sorted(found.children)
-    if len(set(ordered)) == len(ordered):
-        at = bisect_left(ordered, name)
-        listed = at < len(ordered) and ordered[at] == name
-        if listed and not present:
-            del ordered[at]
-        elif present and not listed:
-            ordered.insert(at, name)
+    listing = found.children
+    if (name in listing) == present:
+        # Listed (or not) as it should be: the parent keeps its observation (one scan in C).
+        # Listings are sorted, without duplicates (`CgroupFS.list_children`; this keeps them
+        # so), and are not checked again here: that is a pass over every pod of kubepods.
+        return
+    if _strictly_ascending(listing):
+        # `name` put in or taken out by bisection and slicing, in C, without a sorted copy and
+        # a set of every pod's name.
+        at = bisect_left(listing, name)
+        children = (
+            (*listing[:at], name, *listing[at:]) if present else (*listing[:at], *listing[at + 1 :])
+        )
     else:
-        names = set(ordered)
+        # Out of order or with duplicates (a listing made by hand): the sorted set of names.
+        names = set(listing)
         if present:
             names.add(name)
         else:
             names.discard(name)
-        ordered = sorted(names)
-    children = tuple(ordered)
-    if children != found.children:
+        children = tuple(sorted(names))
+    if children != listing:
         cgroups[parent] = msgspec.structs.replace(found, children=children)
+        touched.add(parent)
 
 
-def merge_observations(base: ObservedTree, fresh: Mapping[str, ObservedCgroup]) -> ObservedTree:
+def _strictly_ascending(names: tuple[str, ...]) -> bool:
+    """True if `names` is sorted without duplicates (compared in C)."""
+    return all(map(lt, names, names[1:]))
+
+
+def merge_observations(
+    base: ObservedTree, fresh: Mapping[str, ObservedCgroup], touched: set[str] | None = None
+) -> ObservedTree:
     """`base` with the cgroups in `fresh` replaced (a scoped observation over a cached tree).
 
     A fresh cgroup that was not listed keeps the base's children; a fresh cgroup that no longer
-    exists drops its cached descendants; parents' children lists follow existence.
+    exists drops its cached descendants; parents' children lists follow existence. `touched`,
+    if given, gets every path whose observation this replaced or dropped (for a `TreeChange`).
     """
     cgroups = dict(base.cgroups)
+    marked = touched if touched is not None else set()
     for path, found in sorted(fresh.items()):
         previous = cgroups.get(path)
         if not found.exists:
             for other in _descendants(cgroups, path):
                 del cgroups[other]
+                marked.add(other)
         elif found.children is None and previous is not None and previous.exists:
             found = msgspec.structs.replace(found, children=previous.children)
         cgroups[path] = found
-        _set_child(cgroups, path, present=found.exists)
+        marked.add(path)
+        _set_child(cgroups, path, present=found.exists, touched=marked)
     return ObservedTree(cgroups=cgroups)

@@ -70,15 +70,18 @@ def check_target_tree(
     checks of a scoped round without a pass over every cgroup; the verdict is the same.
     """
     config = naming_config(targets)
-    if paths is not None and index is not None:
-        index.check(targets)
-        if index.unique:
-            _check_indexed(index, config, paths)
-            return
-    _check_naming(targets, config)
     if paths is not None:
-        _check_scoped(targets, config, paths)
+        # One check for both: without a carried index, a throwaway one answers the same.
+        if index is None:
+            index = TargetIndex.of(targets)
+        else:
+            index.check(targets)
+        if not index.unique:
+            _check_naming(targets, config)
+            _check_unique(targets)
+        _check_indexed(index, config, paths)
         return
+    _check_naming(targets, config)
     seen: set[str] = set()
     for target in targets.cgroups:
         if target.path in seen:
@@ -92,9 +95,18 @@ def check_target_tree(
         raise InvariantViolation("the targets do not include the managed root ''")
 
 
+def _check_unique(targets: NodeTargets) -> None:
+    """Raise on the first path listed twice."""
+    seen: set[str] = set()
+    for target in targets.cgroups:
+        if target.path in seen:
+            raise InvariantViolation(f"cgroup {target.path!r} is listed twice in the targets")
+        seen.add(target.path)
+
+
 def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str]) -> None:
-    """`_check_naming` and `_check_scoped` answered by the index of targets whose paths are
-    unique."""
+    """The naming, the root and the per-cgroup checks of `paths`, answered by the index of
+    targets whose paths are unique."""
     nodes = index.holders("node")
     if nodes != [node_path(config)]:
         raise InvariantViolation(
@@ -116,26 +128,6 @@ def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str])
             if (at if above is None else above) >= at:
                 raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
         _check_target(index.by_path[path], config)
-
-
-def _check_scoped(targets: NodeTargets, config: NodeConfig, paths: Iterable[str]) -> None:
-    position = {target.path: index for index, target in enumerate(targets.cgroups)}
-    if len(position) != len(targets.cgroups):
-        seen: set[str] = set()
-        for target in targets.cgroups:
-            if target.path in seen:
-                raise InvariantViolation(f"cgroup {target.path!r} is listed twice in the targets")
-            seen.add(target.path)
-    if "" not in position:
-        raise InvariantViolation("the targets do not include the managed root ''")
-    for path in paths:
-        index = position.get(path)
-        if index is None:
-            continue  # not desired (a retired or container cgroup): nothing to check
-        parent = parent_path(path)
-        if parent is not None and position.get(parent, index) >= index:
-            raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
-        _check_target(targets.cgroups[index], config)
 
 
 def _check_target(target: CgroupTarget, config: NodeConfig) -> None:
@@ -236,28 +228,29 @@ def undesired_pod_cgroups(
     holder then name order: ``retired`` if their path is in `retired` (memstate.core.removals),
     else ``orphan``. Names that do not parse as memstate pod cgroups are never touched, so never
     listed. `index`: the `TargetIndex` of `targets` (the same answer without a pass over every
-    target)."""
-    desired: Mapping[str, object] | set[str]
-    if index is not None:
+    target; a throwaway one is built without it)."""
+    if index is None:
+        index = TargetIndex.of(targets)
+    else:
         index.check(targets)
-    if index is not None and index.unique:
-        desired = index.by_path
+    if index.unique:
         holders = index.ordered([*index.holders("node"), *index.holders("qos")])
     else:
-        desired = {t.path for t in targets.cgroups}
         holders = [t.path for t in targets.cgroups if t.level in ("node", "qos")]
     found_pods: list[UndesiredPod] = []
     for holder in holders:
         found = existing(observed, holder)
         if found is None or found.children is None:
             continue
-        # The listed children no target explains, filtered in C (a holder lists every pod: no
-        # Python step per desired child), in name order (one prefix: path order is name order).
+        # The listed names no target explains, filtered in C against the holder's desired
+        # children's names (a holder lists every pod: no Python step, and no path built, per
+        # desired child), in name order (one prefix: path order is name order).
         prefix = f"{holder}/" if holder else ""
-        for path in sorted(filterfalse(desired.__contains__, map(prefix.__add__, found.children))):
-            name = path[len(prefix) :]
+        desired = index.child_names(holder)
+        for name in sorted(filterfalse(desired.__contains__, found.children)):
             if not is_valid_cgroup_name(name):
                 continue
+            path = prefix + name
             parsed = parse_cgroup_path(path, config)
             if parsed is None or parsed.level != "pod":
                 continue  # not a memstate name: never touched

@@ -1,0 +1,161 @@
+"""The reconciler's scoped admission round alone: thread CPU per round at N resident pods.
+
+    python -m benchmarks.reconcile_round [--pods 500] [--samples 200] [--containers] [--rounds 3]
+
+`benchmarks.admission_cpu` measures the whole daemon per admission (sources, writer, log, trio
+hand-offs and the reconcile round); this one takes the round out: the real reducer admits
+`--pods` Guaranteed pods on 8 NUMA nodes, the targets tracker publishes them, a `Reconciler`
+converges the in-memory kernel model (`SimCgroupFS`) in a full round, then each sample admits one
+more pod and runs the round the daemon runs for it (scoped to the new pod cgroup, with the
+tracker's change records) and takes its thread CPU time. `--containers` gives every resident pod
+a container cgroup first (as the runtime would), so each round also carries 500 container
+cgroups. Prints the median and the 10th..90th percentile per round. Unlike
+`benchmarks.reconcile_admission` (writes and reads per admission, each round on a fresh copy of
+the converged tree), the rounds follow one another on one reconciler, as in the daemon, so what
+it carries from round to round (indexes, sums, the picture of the tree) is what is measured.
+
+`--baseline-src DIR` (a directory holding another version's `memstate` package and `tests/`,
+e.g. a `git archive` of main) makes it an A/B within one process: that version is imported under
+another package name (its imports rewritten into a temporary directory), both converge the same
+node, and every sample runs one round of each, in alternating order, so both see the same load;
+it prints both medians and the median of the per-sample ratios (this / baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PAGE = 4096
+BASELINE_PACKAGE = "memstate_baseline"
+
+
+def world(package: str, tests: str, pods: int, *, containers: bool) -> Callable[[int], float]:
+    """A node of `pods` converged by `package`'s reconciler; returns the function that admits
+    sample `index` and gives its scoped round's thread CPU seconds."""
+    events: Any = importlib.import_module(f"{package}.core.events")
+    reducer: Any = importlib.import_module(f"{package}.core.reducer")
+    tracker_module: Any = importlib.import_module(f"{package}.core.state_targets")
+    sim: Any = importlib.import_module(f"{package}.host.sim")
+    reconciler_module: Any = importlib.import_module(f"{package}.reconcile.reconciler")
+    state_module: Any = importlib.import_module(f"{package}.core.state")
+    factories: Any = importlib.import_module(f"{tests}.factories")
+    fs = sim.SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")
+    state = state_module.State()
+    for event in (
+        events.TopologyObserved(topology=factories.topology(*["64Gi"] * 8)),
+        events.ConfigLoaded(config=factories.static_config(["1Gi"] * 8)),
+    ):
+        state = reducer.step(state, event).state
+    for index in range(pods):
+        admission = events.PodAdmissionRequested(pod=factories.pod(f"resident-{index:04d}", "64Mi"))
+        state = reducer.step(state, admission).state
+    tracker = tracker_module.TargetsTracker()
+    targets = tracker.update(state)
+    if targets is None:
+        raise SystemExit("no targets: the node config was not taken")
+    reconciler = reconciler_module.Reconciler(fs, page_size_bytes=PAGE)
+    reconciler.reconcile(targets)
+    if containers:
+        for resident in targets.pods:
+            fs.write(resident.cgroup, "cgroup.subtree_control", "+memory")
+            fs.mkdir(f"{resident.cgroup}/app")
+        reconciler.reconcile(targets)
+    held = [state]
+
+    def sample(index: int) -> float:
+        uid = f"sample-{index:04d}"
+        held[0] = reducer.step(
+            held[0], events.PodAdmissionRequested(pod=factories.pod(uid, "64Mi"))
+        ).state
+        targets = tracker.update(held[0])
+        cgroup = next(p.cgroup for p in targets.pods if p.uid == uid)
+        started = time.thread_time()
+        report = reconciler.reconcile(targets, scope=[cgroup], changes=tracker.recent)
+        spent = time.thread_time() - started
+        if not report.converged or report.full:
+            raise SystemExit(f"sample {uid}: the round did not converge as a scoped round")
+        return spent
+
+    return sample
+
+
+def import_baseline(source: Path, into: Path) -> None:
+    """Copy `source`'s memstate and tests packages into `into`, renamed (imports rewritten), and
+    put `into` on the path."""
+    renames = {"memstate": BASELINE_PACKAGE, "tests": f"{BASELINE_PACKAGE}_tests"}
+    pattern = re.compile(r"\b(from|import) (memstate|tests)\b")
+    for name, renamed in renames.items():
+        shutil.copytree(source / name, into / renamed, ignore=shutil.ignore_patterns("__pycache__"))
+        for file in (into / renamed).rglob("*.py"):
+            text = file.read_text()
+            file.write_text(pattern.sub(lambda m: f"{m[1]} {renames[m[2]]}", text))
+    sys.path.insert(0, str(into))
+
+
+def spread(times: list[float]) -> str:
+    """The median and the 10th..90th percentile, in ms."""
+    ordered = sorted(times)
+    low, high = ordered[len(ordered) // 10], ordered[len(ordered) * 9 // 10]
+    median = statistics.median(ordered) * 1000
+    return f"median {median:.3f} ms (p10..p90 {low * 1000:.3f}..{high * 1000:.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--containers", action="store_true")
+    parser.add_argument("--baseline-src", type=Path, default=None)
+    args = parser.parse_args()
+    what = f"{args.pods} resident pods{' with containers' if args.containers else ''}"
+    with tempfile.TemporaryDirectory(prefix="memstate-round-") as scratch:
+        if args.baseline_src is not None:
+            import_baseline(args.baseline_src.resolve(), Path(scratch))
+        ratios: list[float] = []
+        for _ in range(args.rounds):
+            this = world("memstate", "tests", args.pods, containers=args.containers)
+            if args.baseline_src is None:
+                times = [this(index) for index in range(args.samples)]
+                print(
+                    f"{what}, {args.samples} scoped admission rounds: CPU per round {spread(times)}"
+                )
+                continue
+            baseline = world(
+                BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods, containers=args.containers
+            )
+            mine: list[float] = []
+            theirs: list[float] = []
+            for index in range(args.samples):
+                if index % 2:
+                    mine.append(this(index))
+                    theirs.append(baseline(index))
+                else:
+                    theirs.append(baseline(index))
+                    mine.append(this(index))
+            ratio = statistics.median(m / t for m, t in zip(mine, theirs, strict=True))
+            ratios.append(ratio)
+            print(
+                f"{what}, {args.samples} scoped admission rounds, CPU per round: baseline "
+                f"{spread(theirs)}, this {spread(mine)}; this / baseline, median of samples "
+                f"{ratio:.3f}"
+            )
+        if len(ratios) > 1:
+            print(
+                f"this / baseline over {len(ratios)} rounds: median "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
+            )
+
+
+if __name__ == "__main__":
+    main()
