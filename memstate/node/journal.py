@@ -67,6 +67,8 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
 
 
 def _line(logger: logging.Logger, level: int, what: str, fields: dict[str, Any]) -> None:
+    if not logger.isEnabledFor(level):
+        return  # nothing would print it: skip formatting the fields (once per decision)
     text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
     logger.log(level, "%s %s", what, text, extra={"fields": {"event": what, **fields}})
 
@@ -143,6 +145,8 @@ def decision_fields(envelope: Envelope) -> tuple[str, int, dict[str, Any]] | Non
 
 def log_committed(logger: logging.Logger, envelopes: Iterable[Envelope]) -> None:
     """One line per decision (and rejected file, and applied reload) of a committed batch."""
+    if not logger.isEnabledFor(logging.WARNING):
+        return  # `decision_fields` gives INFO and WARNING lines only: none would be printed
     for envelope in envelopes:
         described = decision_fields(envelope)
         if described is not None:
