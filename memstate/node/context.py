@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -24,7 +25,7 @@ from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker, pods_changed_by
-from memstate.core.targets import NodeTargets, TargetsChange
+from memstate.core.targets import NodeTargets, PodTargets, TargetsChange
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage
@@ -43,6 +44,10 @@ from memstate.node.writer import Writer
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
+
+# After a reconcile round daemon-status.json is rewritten at most this often (trio's clock): a
+# round within the interval of the last write leaves it to `status_loop` (`write_status_soon`).
+STATUS_INTERVAL_SECONDS = 1.0
 
 
 class Wakeup:
@@ -140,6 +145,11 @@ class DaemonContext:
         self._nri_container_ids: dict[str, dict[str, str]] = {}
         self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
         self.rejection_events: RejectionEvents | None = None  # with the API-server source
+        # The status file's coalescing (`_write_status`): when it was last written, whether a
+        # newer one is due, and the wake-up of the loop that writes it then.
+        self.status_written_at = -math.inf
+        self.status_due = False
+        self.status_wake = Wakeup()
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -205,10 +215,31 @@ class DaemonContext:
         if decisions:
             self._reconcile_wake.set()
 
-    def _write_status(self) -> None:
-        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable)."""
+    def write_status_soon(self) -> None:
+        """`_write_status`, at most once per `STATUS_INTERVAL_SECONDS`: at once when the last
+        write is that old, else left due to `memstate.node.loops.upkeep.status_loop`, which
+        writes what is current then at the interval's end. After every reconcile round: a busy
+        daemon does not rewrite the file per admission, and it lags by at most the interval."""
         if not self.adapters.host_loops:
             return
+        if trio.current_time() - self.status_written_at >= STATUS_INTERVAL_SECONDS:
+            self._write_status()
+        else:
+            self.status_due = True
+            self.status_wake.set()
+
+    def published_pod(self, uid: str) -> PodTargets | None:
+        """The targets of pod `uid` in `self.targets` (None: not there), by a look-up (the
+        targets tracker keeps them by UID; `NodeTargets.pod` walks the pods)."""
+        return self._targets.pod(uid)
+
+    def _write_status(self) -> None:
+        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable),
+        written now (see `write_status_soon` for the write after each reconcile round)."""
+        if not self.adapters.host_loops:
+            return
+        self.status_due = False
+        self.status_written_at = trio.current_time()
         document = {
             "pid": os.getpid(),
             "version": __version__,
