@@ -12,7 +12,7 @@ import errno
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import msgspec
@@ -143,9 +143,11 @@ class DaemonContext:
         # merged for the reconciler (_converge_containers).
         self._source_container_ids: dict[str, dict[str, str]] = {}
         self._nri_container_ids: dict[str, dict[str, str]] = {}
+        # Their merge as last handed to the reconciler while NRI knows containers (None: none).
+        self._merged_container_ids: dict[str, dict[str, str]] | None = None
         self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
         self.rejection_events: RejectionEvents | None = None  # with the API-server source
-        # The status file's coalescing (`_write_status`): when it was last written, whether a
+        # The status file's coalescing (`write_status_soon`): when it was last written, whether a
         # newer one is due, and the wake-up of the loop that writes it then.
         self.status_written_at = -math.inf
         self.status_due = False
@@ -347,13 +349,25 @@ class DaemonContext:
     def _converge_containers(self, pods: frozenset[str]) -> None:
         if self.reconciler is None:
             return
-        # Both name the same runtime's containers; a new dict each time (the reconciler reads it
-        # from a worker thread).
+        # Both name the same runtime's containers (the sources' name wins for an id both know);
+        # a new dict each time (the reconciler reads it from a worker thread). `pods` names
+        # every pod whose ids changed, so only those are merged again, after a copy in C.
         ids = self._source_container_ids
-        if self._nri_container_ids:
-            ids = {uid: dict(known) for uid, known in self._nri_container_ids.items()}
-            for uid, known in self._source_container_ids.items():
-                ids.setdefault(uid, {}).update(known)
+        if not self._nri_container_ids:
+            self._merged_container_ids = None
+        else:
+            merged = self._merged_container_ids
+            if merged is None:
+                nri, sources = self._nri_container_ids, self._source_container_ids
+                ids = merge_container_ids(nri, sources, [*nri, *sources])
+            else:
+                ids = dict(merged)
+                for uid in pods:
+                    ids.pop(uid, None)
+                ids.update(
+                    merge_container_ids(self._nri_container_ids, self._source_container_ids, pods)
+                )
+            self._merged_container_ids = ids
         self.reconciler.container_ids = ids  # type: ignore[attr-defined]
         if self.targets is not None and self._scope is not None:
             for uid in pods:
@@ -361,3 +375,17 @@ class DaemonContext:
                 if held is not None:
                     self._scope.add(held.cgroup)
         self._reconcile_wake.set()
+
+
+def merge_container_ids(
+    nri: Mapping[str, Mapping[str, str]],
+    sources: Mapping[str, Mapping[str, str]],
+    uids: Iterable[str],
+) -> dict[str, dict[str, str]]:
+    """Pod UID -> {container id -> name} for `uids`, from NRI's and the pod sources' ids (the
+    sources' name wins for an id both know); a pod neither names is left out."""
+    merged: dict[str, dict[str, str]] = {}
+    for uid in uids:
+        if uid in nri or uid in sources:
+            merged[uid] = {**nri.get(uid, {}), **sources.get(uid, {})}
+    return merged

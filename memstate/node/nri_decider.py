@@ -134,19 +134,35 @@ class DaemonNriDecider:
         self._committed = trio.Event()
         # container id -> (pod uid, container name), for updates of running containers.
         self.containers: dict[str, tuple[str, str]] = {}
+        # The same by pod: uid -> {container id -> name}. A pod's dict is replaced, never
+        # changed, once `containers_by_pod` handed it out (so a change costs the pod's
+        # containers, not a pass over every container).
+        self._by_pod: dict[str, dict[str, str]] = {}
 
     def containers_by_pod(self) -> dict[str, dict[str, str]]:
         """Pod UID -> {runtime container id -> container name}: the reconciler's form (a new
-        dict each call)."""
-        by_pod: dict[str, dict[str, str]] = {}
-        for container_id, (uid, name) in self.containers.items():
-            by_pod.setdefault(uid, {})[container_id] = name
-        return by_pod
+        dict each call; its pods' dicts are never changed afterwards)."""
+        return dict(self._by_pod)
+
+    def _set_by_pod(self, uid: str, container_id: str, name: str | None) -> None:
+        """Pod `uid`'s entry for `container_id` becomes `name` (None: removed), in a new dict."""
+        known = dict(self._by_pod.get(uid, ()))
+        if name is None:
+            known.pop(container_id, None)
+        else:
+            known[container_id] = name
+        if known:
+            self._by_pod[uid] = known
+        else:
+            self._by_pod.pop(uid, None)
 
     def _learn(self, container_id: str, uid: str, name: str) -> None:
         before = self.containers.get(container_id)
         self.containers[container_id] = (uid, name)
         if before != (uid, name):
+            if before is not None:
+                self._set_by_pod(before[0], container_id, None)
+            self._set_by_pod(uid, container_id, name)
             self._changed({uid} if before is None else {uid, before[0]})
 
     def _changed(self, pods: set[str]) -> None:
@@ -208,6 +224,9 @@ class DaemonNriDecider:
         """Re-learn every running container; re-apply memstate's values to each."""
         before = self.containers
         self.containers = {c.id: (c.pod_uid, c.name) for c in containers}
+        self._by_pod = {}  # the runtime's whole list: every pod anew
+        for container_id, (uid, name) in self.containers.items():
+            self._by_pod.setdefault(uid, {})[container_id] = name
         self._changed({uid for _, (uid, _) in before.items() ^ self.containers.items()})
         updates = self._updates([c.id for c in containers])
         unknown = {c.pod_uid for c in containers if not self._known(c.pod_uid)}
@@ -276,6 +295,8 @@ class DaemonNriDecider:
     async def remove_container(self, pod: SandboxInfo, container: ContainerInfo) -> None:
         """Forget the container."""
         forgotten = self.containers.pop(container.id, None)
+        if forgotten is not None:
+            self._set_by_pod(forgotten[0], container.id, None)
         self._changed(set() if forgotten is None else {forgotten[0]})
 
     async def stop_pod_sandbox(self, pod: SandboxInfo) -> None:
@@ -285,9 +306,10 @@ class DaemonNriDecider:
 
     async def remove_pod_sandbox(self, pod: SandboxInfo) -> None:
         """Forget the pod's containers; the release comes from the sources, as without NRI."""
-        kept = {cid: entry for cid, entry in self.containers.items() if entry[0] != pod.uid}
-        if len(kept) != len(self.containers):
-            self.containers = kept
+        known = self._by_pod.pop(pod.uid, None)
+        if known:
+            for container_id in known:  # the pod's containers only, not every container
+                self.containers.pop(container_id, None)
             self._changed({pod.uid})
         self._nudge()
 
