@@ -79,3 +79,26 @@ def test_a_line_carries_its_fields() -> None:
     lines = _printed(logging.INFO)
     assert ("INFO", "pod_removed seq=1 uid=u1 reason=requested") in lines
     assert ("WARNING", 'config_deferred seq=2 message="topology and config disagree"') in lines
+
+
+def test_every_described_kind_has_its_level_listed() -> None:
+    """`log_committed` looks a record's level up before describing it: the table must name
+    every kind of the catalogue `decision_fields` describes, at the level it gives."""
+    from memstate.core import events
+    from memstate.node.journal import _LEVELS, decision_fields
+    from tests.factories import container, pod_of
+
+    samples: dict[str, object] = {
+        "pod": pod_of("u1", [container("c", "1Gi")]),
+        "revoked": (),
+        "allocation": None,
+        "targets": None,
+        "restored": False,
+    }
+    described = {}
+    for kind in events.AnyEvent.__args__:  # type: ignore[attr-defined]
+        event = kind(**{name: samples.get(name, "x") for name in kind.__struct_fields__})
+        answer = decision_fields(Envelope(seq=1, ts_ns=0, schema_v=SCHEMA_VERSION, event=event))
+        if answer is not None:
+            described[kind] = answer[1]
+    assert described == _LEVELS
