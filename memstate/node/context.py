@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import msgspec
@@ -24,7 +25,7 @@ from memstate.core.qos import MEMORY_HIGH_SAFE_KERNEL, kernel_version
 from memstate.core.removals import PendingRemovals
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker, pods_changed_by
-from memstate.core.targets import NodeTargets, TargetsChange
+from memstate.core.targets import NodeTargets, PodTargets, TargetsChange
 from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage
@@ -44,6 +45,10 @@ from memstate.node.writer import Writer
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
+
+# After a reconcile round daemon-status.json is rewritten at most this often (trio's clock): a
+# round within the interval of the last write leaves it to `status_loop` (`write_status_soon`).
+STATUS_INTERVAL_SECONDS = 1.0
 
 
 class Wakeup:
@@ -145,8 +150,15 @@ class DaemonContext:
         # merged for the reconciler (_converge_containers).
         self._source_container_ids: dict[str, dict[str, str]] = {}
         self._nri_container_ids: dict[str, dict[str, str]] = {}
+        # Their merge as last handed to the reconciler while NRI knows containers (None: none).
+        self._merged_container_ids: dict[str, dict[str, str]] | None = None
         self.shadow: ShadowWatch | None = None  # set with the reconciler in `mode: shadow`
         self.rejection_events: RejectionEvents | None = None  # with the API-server source
+        # The status file's coalescing (`write_status_soon`): when it was last written, whether a
+        # newer one is due, and the wake-up of the loop that writes it then.
+        self.status_written_at = -math.inf
+        self.status_due = False
+        self.status_wake = Wakeup()
 
     # The writer owns the state, the pending removals (retired pod cgroups still to remove,
     # folded from the log with the state and handed whole to every reconcile round) and the seq.
@@ -212,10 +224,31 @@ class DaemonContext:
         if decisions:
             self._reconcile_wake.set()
 
-    def _write_status(self) -> None:
-        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable)."""
+    def write_status_soon(self) -> None:
+        """`_write_status`, at most once per `STATUS_INTERVAL_SECONDS`: at once when the last
+        write is that old, else left due to `memstate.node.loops.upkeep.status_loop`, which
+        writes what is current then at the interval's end. After every reconcile round: a busy
+        daemon does not rewrite the file per admission, and it lags by at most the interval."""
         if not self.adapters.host_loops:
             return
+        if trio.current_time() - self.status_written_at >= STATUS_INTERVAL_SECONDS:
+            self._write_status()
+        else:
+            self.status_due = True
+            self.status_wake.set()
+
+    def published_pod(self, uid: str) -> PodTargets | None:
+        """The targets of pod `uid` in `self.targets` (None: not there), by a look-up (the
+        targets tracker keeps them by UID; `NodeTargets.pod` walks the pods)."""
+        return self._targets.pod(uid)
+
+    def _write_status(self) -> None:
+        """`<state_dir>/daemon-status.json` for `memstate status` (advisory, not durable),
+        written now (see `write_status_soon` for the write after each reconcile round)."""
+        if not self.adapters.host_loops:
+            return
+        self.status_due = False
+        self.status_written_at = trio.current_time()
         document = {
             "pid": os.getpid(),
             "version": __version__,
@@ -323,13 +356,25 @@ class DaemonContext:
     def _converge_containers(self, pods: frozenset[str]) -> None:
         if self.reconciler is None:
             return
-        # Both name the same runtime's containers; a new dict each time (the reconciler reads it
-        # from a worker thread).
+        # Both name the same runtime's containers (the sources' name wins for an id both know);
+        # a new dict each time (the reconciler reads it from a worker thread). `pods` names
+        # every pod whose ids changed, so only those are merged again, after a copy in C.
         ids = self._source_container_ids
-        if self._nri_container_ids:
-            ids = {uid: dict(known) for uid, known in self._nri_container_ids.items()}
-            for uid, known in self._source_container_ids.items():
-                ids.setdefault(uid, {}).update(known)
+        if not self._nri_container_ids:
+            self._merged_container_ids = None
+        else:
+            merged = self._merged_container_ids
+            if merged is None:
+                nri, sources = self._nri_container_ids, self._source_container_ids
+                ids = merge_container_ids(nri, sources, [*nri, *sources])
+            else:
+                ids = dict(merged)
+                for uid in pods:
+                    ids.pop(uid, None)
+                ids.update(
+                    merge_container_ids(self._nri_container_ids, self._source_container_ids, pods)
+                )
+            self._merged_container_ids = ids
         self.reconciler.container_ids = ids  # type: ignore[attr-defined]
         if self.targets is not None and self._scope is not None:
             for uid in pods:
@@ -337,3 +382,17 @@ class DaemonContext:
                 if held is not None:
                     self._scope.add(held.cgroup)
         self._reconcile_wake.set()
+
+
+def merge_container_ids(
+    nri: Mapping[str, Mapping[str, str]],
+    sources: Mapping[str, Mapping[str, str]],
+    uids: Iterable[str],
+) -> dict[str, dict[str, str]]:
+    """Pod UID -> {container id -> name} for `uids`, from NRI's and the pod sources' ids (the
+    sources' name wins for an id both know); a pod neither names is left out."""
+    merged: dict[str, dict[str, str]] = {}
+    for uid in uids:
+        if uid in nri or uid in sources:
+            merged[uid] = {**nri.get(uid, {}), **sources.get(uid, {})}
+    return merged

@@ -57,7 +57,7 @@ from memstate.node.context import DaemonContext
 from memstate.node.loops.config import config_loop
 from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop
 from memstate.node.loops.pods import manifest_loop, sources_loop
-from memstate.node.loops.upkeep import sealed_segments_check, watchdog_loop
+from memstate.node.loops.upkeep import sealed_segments_check, status_loop, watchdog_loop
 from memstate.node.nri_decider import run_nri
 from memstate.node.shadow import run_shadow
 from memstate.node.sources.rejection_events import run_rejection_events
@@ -114,6 +114,7 @@ class Daemon(DaemonContext):
         if self.adapters.host_loops:
             loops += [
                 functools.partial(cgroup_watch_loop, self),
+                functools.partial(status_loop, self),
                 functools.partial(sealed_segments_check, self),
             ]
         return loops

@@ -67,6 +67,8 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
 
 
 def _line(logger: logging.Logger, level: int, what: str, fields: dict[str, Any]) -> None:
+    if not logger.isEnabledFor(level):
+        return  # nothing would print it: skip formatting the fields (once per decision)
     text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
     logger.log(level, "%s %s", what, text, extra={"fields": {"event": what, **fields}})
 
@@ -141,9 +143,24 @@ def decision_fields(envelope: Envelope) -> tuple[str, int, dict[str, Any]] | Non
     return None
 
 
+# The level of each kind of record `decision_fields` describes (checked before describing it).
+_LEVELS: dict[type, int] = {
+    PodAdmitted: logging.INFO,
+    PodRejected: logging.INFO,
+    ManifestInvalid: logging.INFO,
+    PodRemoved: logging.INFO,
+    ReadmissionDeferred: logging.INFO,
+    NodeReconfigured: logging.INFO,
+    NodeReconfigurationDeferred: logging.WARNING,
+}
+
+
 def log_committed(logger: logging.Logger, envelopes: Iterable[Envelope]) -> None:
     """One line per decision (and rejected file, and applied reload) of a committed batch."""
     for envelope in envelopes:
+        level = _LEVELS.get(type(envelope.event))
+        if level is None or not logger.isEnabledFor(level):
+            continue  # not journalled, or not at this logger's level: not even described
         described = decision_fields(envelope)
         if described is not None:
             what, level, fields = described

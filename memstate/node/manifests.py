@@ -29,7 +29,10 @@ only at the names the watch reported (`hint`), so one new manifest costs one sta
 not a stat of every file; a full rescan runs at least every `full_rescan_seconds`, whenever a
 read comes without hints (the periodic rescan, a nudge) and after a hint that changes may have
 been missed. A hinted read also says which files it looked at (`read_changes`), so the tracker
-need not compare the whole list either. After a restart nothing is known,
+need not compare the whole list either. The daemon reads a small hinted change (a few files of
+at most 64 KiB) on its event loop (`read_changes_inline`) rather than in a worker thread, whose
+hand-off costs more CPU than the read; a read that was slow sends the next ones back to the
+thread for a minute. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
 directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
 """
@@ -61,8 +64,34 @@ from memstate.node.sources.static import derive_static_uid, static_pod_key
 from memstate.node.sources.tracker import PodTracker
 
 ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
+# `read_changes_inline` reads on the event loop at most this many hinted files, each at most
+# this large (a usual manifest is a few KiB: reading and parsing one costs less CPU than handing
+# the read to a worker thread and back)...
+INLINE_FILES = 4
+INLINE_BYTES = 64 * 1024
+# ...and, once an inline read took longer than this (a slow disk or a remote directory), leaves
+# the reads to the worker thread for `INLINE_PAUSE_SECONDS`: a slow directory blocks the loop
+# once per pause at most, not on every admission.
+INLINE_SLOW_SECONDS = 0.02
+INLINE_PAUSE_SECONDS = 60.0
 # stat errors that mean "no file here" (what `Path.is_file` answers False to).
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})
+
+
+class _NotSmall(Exception):
+    """An inline read found a file larger than its limit: the worker thread reads it."""
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What one stat (and, for a changed file, one read) found at a path, before any
+    bookkeeping: `observed` when that is already known (gone, not a regular file, unreadable,
+    unchanged), else the bytes read and the identity they were read at."""
+
+    observed: ObservedPod | None = None
+    data: bytes | None = None
+    identity: tuple[int, int, int] = (0, 0, 0)
+    unchanged: bool = False  # the identity `seen` was read at: `observed` is its observation
 
 
 @dataclass(frozen=True)
@@ -104,12 +133,14 @@ class ManifestDirectory:
         # key → the file's observation, in the order scans found the files.
         self._observed: dict[str, ObservedPod] = {}
         self._hinted: set[str] | None = set()  # names the watch reported since the last read
-        # `hint` runs in the event loop, `read` in a worker thread.
+        # `hint` runs in the event loop, `read` in a worker thread (`read_changes_inline` in
+        # the event loop).
         self._hint_lock = threading.Lock()
         self._full_done = False
         self._last_full = 0.0
         self.full_rescan_seconds = full_rescan_seconds
         self.clock = clock
+        self._inline_paused_until = float("-inf")  # see INLINE_SLOW_SECONDS
 
     def _listing(self) -> list[Path]:
         try:
@@ -169,22 +200,64 @@ class ManifestDirectory:
         with self._hint_lock:
             hinted, self._hinted = self._hinted, set()
         now = self.clock()
-        if (
-            not self._full_done
-            or not hinted
-            or now - self._last_full >= self.full_rescan_seconds
-            or self.order != "listing"
-        ):
+        if not hinted or self._full_due(now):
             self._last_full = now
             self._full_done = True
             return self._read_all(), None
-        changes: dict[str, ObservedPod | None] = {}
+        return self._read_hinted(hinted, limit=None)
+
+    def read_changes_inline(
+        self,
+    ) -> tuple[list[ObservedPod], dict[str, ObservedPod | None] | None] | None:
+        """`read_changes` when it is small enough to run on the event loop, else None, having
+        read and consumed nothing (the caller then hands `read_changes` to a worker thread).
+
+        Small: a hinted read (no full rescan due) of at most `INLINE_FILES` names, each file at
+        most `INLINE_BYTES` (by its stat, and by what its read returns: a file that grew in
+        between is left to the thread), and no inline read took longer than
+        `INLINE_SLOW_SECONDS` in the last `INLINE_PAUSE_SECONDS`. Same observations, account
+        and errors as `read_changes`."""
+        now = self.clock()
+        if now < self._inline_paused_until:
+            return None
+        with self._hint_lock:
+            hinted = self._hinted
+            if not hinted or len(hinted) > INLINE_FILES or self._full_due(now):
+                return None
+            self._hinted = set()
+        try:
+            return self._read_hinted(hinted, limit=INLINE_BYTES)
+        except _NotSmall:
+            self.hint(hinted)  # for the worker thread's `read_changes`
+            return None
+        finally:
+            if self.clock() - now > INLINE_SLOW_SECONDS:
+                self._inline_paused_until = self.clock() + INLINE_PAUSE_SECONDS
+
+    def _full_due(self, now: float) -> bool:
+        return (
+            not self._full_done
+            or now - self._last_full >= self.full_rescan_seconds
+            or self.order != "listing"
+        )
+
+    def _read_hinted(
+        self, hinted: set[str], *, limit: int | None
+    ) -> tuple[list[ObservedPod], dict[str, ObservedPod | None]]:
+        """The hinted names' observations, the others' kept. All I/O comes first, so a file
+        over `limit` (`_NotSmall`) leaves the directory's account as it was."""
+        looks: list[tuple[Path, str, _Read | None, _Look]] = []
         for name in sorted(hinted):
             path = self.directory / name
             key = str(path)
-            seen = self._cache.pop(key, None)
-            # The name here, the file type with the one stat `_observe` makes.
-            observed = self._observe(path, seen) if is_manifest_name(path.name) else None
+            seen = self._cache.get(key)
+            # The name here, the file type with the one stat `_look` makes.
+            look = self._look(path, seen, limit) if is_manifest_name(path.name) else _Look()
+            looks.append((path, key, seen, look))
+        changes: dict[str, ObservedPod | None] = {}
+        for _, key, seen, look in looks:
+            self._cache.pop(key, None)
+            observed = self._take(key, seen, look)
             if observed is None:
                 self._observed.pop(key, None)  # gone, or not (any more) a manifest
             else:
@@ -206,30 +279,50 @@ class ManifestDirectory:
         """What file `path` holds now (None: it is gone, or not a regular file); remembered in
         `_cache` if read. One stat, and for a changed file an open, a read and a close."""
         key = str(path)
+        return self._take(key, seen, self._look(path, seen, None))
+
+    def _look(self, path: Path, seen: _Read | None, limit: int | None) -> _Look:
+        """The I/O of `_observe`: one stat, and an open, a read and a close when the file's
+        identity is not `seen`'s. Raises `_NotSmall` for a file over `limit` (None: no limit
+        but `MAX_FILE_BYTES`)."""
+        key = str(path)
         try:
             info = os.stat(path)
         except OSError as exc:
             if exc.errno in _GONE:
-                return None
-            return ObservedPod(key, error=f"cannot stat: {exc.strerror}")
+                return _Look()
+            return _Look(ObservedPod(key, error=f"cannot stat: {exc.strerror}"))
         if not stat.S_ISREG(info.st_mode):
-            return None
+            return _Look()
         identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         if seen is not None and seen.identity == identity:
-            self._cache[key] = seen
-            return seen.observed
+            return _Look(seen.observed, identity=identity, unchanged=True)
+        if limit is not None and info.st_size > limit:
+            raise _NotSmall
+        read_limit = MAX_FILE_BYTES + 1 if limit is None else limit + 1
         try:
-            data = _read_head(path, MAX_FILE_BYTES + 1, info.st_size)
+            data = _read_head(path, read_limit, info.st_size)
         except FileNotFoundError:
-            return None  # deleted between listing and reading: the next scan sees it gone
+            return _Look()  # deleted between listing and reading: the next scan sees it gone
         except OSError as exc:
-            return ObservedPod(key, error=f"cannot read: {exc.strerror}")
+            return _Look(ObservedPod(key, error=f"cannot read: {exc.strerror}"))
+        if limit is not None and len(data) > limit:
+            raise _NotSmall  # it grew (or was replaced) since its stat
+        return _Look(data=data, identity=identity)
+
+    def _take(self, key: str, seen: _Read | None, look: _Look) -> ObservedPod | None:
+        """The observation `look` makes, remembered in `_cache` when the file was looked at."""
+        data = look.data
+        if data is None:
+            if look.unchanged and seen is not None:
+                self._cache[key] = seen  # not read again
+            return look.observed
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         if seen is not None and seen.digest == digest:
             item = seen.observed
         else:
             item = self._parse(key, data)
-        self._cache[key] = _Read(digest, item, identity)
+        self._cache[key] = _Read(digest, item, look.identity)
         return item
 
     def _parse(self, source: str, data: bytes) -> ObservedPod:

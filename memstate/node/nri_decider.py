@@ -23,9 +23,10 @@ Synchronize applies the container values. The wait stays well below the runtime'
 (settings validation enforces it), since a late answer gets the plugin dropped, which is fail-open
 for every container after it.
 
-Look-ups are by pod UID in a snapshot (UID -> PodTargets, UID -> Rejection) rebuilt at most once
-per commit, the first time a request sees a newer state: per request the work is bounded by the
-pod, never by the node.
+Look-ups are by pod UID, in the published state (its rejections are keyed by UID) and in the
+published targets (the daemon's targets tracker finds a pod by UID, and only that pod's targets
+are filtered by the write profile), remembered per UID in a snapshot started afresh at each commit:
+per request and per commit the work is bounded by the pod, never by the node.
 
 The containers the runtime tells about (id -> pod UID and name: Synchronize, CreateContainer,
 UpdateContainer; forgotten at RemoveContainer and RemovePodSandbox) are handed to the daemon
@@ -45,14 +46,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import trio
 
 from memstate.core.config import NodeConfig
-from memstate.core.plan.profile import WriteProfile, profile_targets
+from memstate.core.plan.profile import WriteProfile, profile_pod
 from memstate.core.state import Rejection, State
 from memstate.core.targets import NodeTargets, PodTargets
 from memstate.node.metrics import Metrics
@@ -73,21 +73,37 @@ logger = logging.getLogger("memstate.node.nri")
 
 _STATUS_SECONDS = 0.5
 
-Current = Callable[[], tuple[State, "NodeTargets | None"]]
+PodLookup = Callable[[str], "PodTargets | None"]
+"""The targets of pod UID in the published targets, as NRI hands them to the runtime."""
+Current = Callable[[], tuple[State, "PodLookup | None"]]
 
 
-@dataclass(frozen=True, slots=True)
 class _Snapshot:
-    state: State
-    config: NodeConfig | None
-    admitted: Mapping[str, PodTargets]
-    rejected: Mapping[str, Rejection]
+    """One published state's answers by pod UID, each looked up once (see the module
+    docstring): `admitted(uid)`, the pod's targets; `rejected(uid)`, its rejection."""
 
+    __slots__ = ("_admitted", "_lookup", "config", "state")
 
-def _snapshot(state: State, targets: NodeTargets | None) -> _Snapshot:
-    admitted = {} if targets is None else {pod.uid: pod for pod in targets.pods}
-    rejected = {r.uid: r for r in state.rejections.values() if r.uid}
-    return _Snapshot(state, state.config, admitted, rejected)
+    def __init__(self, state: State, lookup: PodLookup | None) -> None:
+        self.state = state
+        self.config: NodeConfig | None = state.config
+        self._lookup = lookup
+        self._admitted: dict[str, PodTargets | None] = {}
+
+    def admitted(self, uid: str) -> PodTargets | None:
+        """The admitted pod's targets (None: not admitted, or no targets in force)."""
+        if self._lookup is None:
+            return None
+        try:
+            return self._admitted[uid]
+        except KeyError:
+            found = self._admitted[uid] = self._lookup(uid)
+            return found
+
+    def rejected(self, uid: str) -> Rejection | None:
+        """The pod's rejection (rejections of pods with a UID are keyed by it)."""
+        rejection = self.state.rejections.get(uid) if uid else None
+        return rejection if rejection is not None and rejection.uid == uid else None
 
 
 class DaemonNriDecider:
@@ -118,19 +134,35 @@ class DaemonNriDecider:
         self._committed = trio.Event()
         # container id -> (pod uid, container name), for updates of running containers.
         self.containers: dict[str, tuple[str, str]] = {}
+        # The same by pod: uid -> {container id -> name}. A pod's dict is replaced, never
+        # changed, once `containers_by_pod` handed it out (so a change costs the pod's
+        # containers, not a pass over every container).
+        self._by_pod: dict[str, dict[str, str]] = {}
 
     def containers_by_pod(self) -> dict[str, dict[str, str]]:
         """Pod UID -> {runtime container id -> container name}: the reconciler's form (a new
-        dict each call)."""
-        by_pod: dict[str, dict[str, str]] = {}
-        for container_id, (uid, name) in self.containers.items():
-            by_pod.setdefault(uid, {})[container_id] = name
-        return by_pod
+        dict each call; its pods' dicts are never changed afterwards)."""
+        return dict(self._by_pod)
+
+    def _set_by_pod(self, uid: str, container_id: str, name: str | None) -> None:
+        """Pod `uid`'s entry for `container_id` becomes `name` (None: removed), in a new dict."""
+        known = dict(self._by_pod.get(uid, ()))
+        if name is None:
+            known.pop(container_id, None)
+        else:
+            known[container_id] = name
+        if known:
+            self._by_pod[uid] = known
+        else:
+            self._by_pod.pop(uid, None)
 
     def _learn(self, container_id: str, uid: str, name: str) -> None:
         before = self.containers.get(container_id)
         self.containers[container_id] = (uid, name)
         if before != (uid, name):
+            if before is not None:
+                self._set_by_pod(before[0], container_id, None)
+            self._set_by_pod(uid, container_id, name)
             self._changed({uid} if before is None else {uid, before[0]})
 
     def _changed(self, pods: set[str]) -> None:
@@ -143,15 +175,15 @@ class DaemonNriDecider:
         self._committed = trio.Event()
 
     def snapshot(self) -> _Snapshot:
-        """The look-up tables for the current state (rebuilt once per commit)."""
-        state, targets = self._current()
+        """The look-ups for the current state (started afresh once per commit)."""
+        state, lookup = self._current()
         if self._snap is None or self._snap.state is not state:
-            self._snap = _snapshot(state, targets)
+            self._snap = _Snapshot(state, lookup)
         return self._snap
 
     def _known(self, uid: str) -> bool:
         snap = self.snapshot()
-        return uid in snap.admitted or uid in snap.rejected
+        return snap.admitted(uid) is not None or snap.rejected(uid) is not None
 
     async def _await_decision(self, uid: str) -> bool:
         """True once the pod's decision is committed; False after the wait (fail-open)."""
@@ -167,10 +199,10 @@ class DaemonNriDecider:
     def _decide(self, uid: str, container_name: str) -> ResourceAdjustment | Refusal | None:
         """None: no decision for the pod."""
         snap = self.snapshot()
-        targets = snap.admitted.get(uid)
+        targets = snap.admitted(uid)
         if targets is not None and snap.config is not None:
             return adjustment_for(targets, container_name, snap.config)
-        rejection = snap.rejected.get(uid)
+        rejection = snap.rejected(uid)
         if rejection is not None:
             return refusal_for(rejection)
         return None
@@ -192,6 +224,9 @@ class DaemonNriDecider:
         """Re-learn every running container; re-apply memstate's values to each."""
         before = self.containers
         self.containers = {c.id: (c.pod_uid, c.name) for c in containers}
+        self._by_pod = {}  # the runtime's whole list: every pod anew
+        for container_id, (uid, name) in self.containers.items():
+            self._by_pod.setdefault(uid, {})[container_id] = name
         self._changed({uid for _, (uid, _) in before.items() ^ self.containers.items()})
         updates = self._updates([c.id for c in containers])
         unknown = {c.pod_uid for c in containers if not self._known(c.pod_uid)}
@@ -210,8 +245,9 @@ class DaemonNriDecider:
         if not await self._await_decision(pod.uid):
             self._count("RunPodSandbox", "unknown_pod", started)
             return None
-        rejection = self.snapshot().rejected.get(pod.uid)
-        if pod.uid in self.snapshot().admitted or rejection is None:
+        snap = self.snapshot()
+        rejection = snap.rejected(pod.uid)
+        if snap.admitted(pod.uid) is not None or rejection is None:
             self._count("RunPodSandbox", "unchanged", started)
             return None
         self._count("RunPodSandbox", "refused", started)
@@ -259,6 +295,8 @@ class DaemonNriDecider:
     async def remove_container(self, pod: SandboxInfo, container: ContainerInfo) -> None:
         """Forget the container."""
         forgotten = self.containers.pop(container.id, None)
+        if forgotten is not None:
+            self._set_by_pod(forgotten[0], container.id, None)
         self._changed(set() if forgotten is None else {forgotten[0]})
 
     async def stop_pod_sandbox(self, pod: SandboxInfo) -> None:
@@ -268,9 +306,10 @@ class DaemonNriDecider:
 
     async def remove_pod_sandbox(self, pod: SandboxInfo) -> None:
         """Forget the pod's containers; the release comes from the sources, as without NRI."""
-        kept = {cid: entry for cid, entry in self.containers.items() if entry[0] != pod.uid}
-        if len(kept) != len(self.containers):
-            self.containers = kept
+        known = self._by_pod.pop(pod.uid, None)
+        if known:
+            for container_id in known:  # the pod's containers only, not every container
+                self.containers.pop(container_id, None)
             self._changed({pod.uid})
         self._nudge()
 
@@ -297,6 +336,9 @@ class NriHost(Protocol):
     def _sources_wake(self) -> _Settable: ...
 
     def _write_status(self) -> None: ...
+
+    def published_pod(self, uid: str) -> PodTargets | None:
+        """The targets of pod `uid` in `targets` (None: not there), by a look-up."""
 
     def nri_containers_changed(self, ids: dict[str, dict[str, str]], pods: frozenset[str]) -> None:
         """The runtime's containers as NRI reported them (pod UID -> {id -> name}) changed for
@@ -337,17 +379,15 @@ def nri_service_for(daemon: NriHost) -> NriService | None:
     from memstate.node.sources.kubelet import KubeletSource
 
     profile = WriteProfile(ownership=daemon.settings.ownership, mode=daemon.settings.mode)
-    last: list[tuple[NodeTargets, NodeTargets]] = []  # (decided, as the profile writes them)
 
-    def current() -> tuple[State, NodeTargets | None]:
+    def as_written(uid: str) -> PodTargets | None:
         # The runtime writes what NRI answers: only what the profile lets memstate write (no
-        # cpuset.mems in qos mode). Filtered once per published targets.
-        targets = daemon.targets
-        if targets is None:
-            return daemon.state, None
-        if not last or last[0][0] is not targets:
-            last[:] = [(targets, profile_targets(targets, profile))]
-        return daemon.state, last[0][1]
+        # cpuset.mems in qos mode), as `profile_targets` filters it; one pod, not the node.
+        pod = daemon.published_pod(uid)
+        return None if pod is None else profile_pod(pod, profile)
+
+    def current() -> tuple[State, PodLookup | None]:
+        return daemon.state, (None if daemon.targets is None else as_written)
 
     def nudge() -> None:
         # What a cgroup hint does (daemon.cgroup_watch_loop): poll the kubelet now, rescan the

@@ -17,7 +17,13 @@ import pytest
 
 from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
 from memstate.node.inputs import manifest_files
-from memstate.node.manifests import ManifestDirectory
+from memstate.node.manifests import (
+    INLINE_BYTES,
+    INLINE_FILES,
+    INLINE_PAUSE_SECONDS,
+    INLINE_SLOW_SECONDS,
+    ManifestDirectory,
+)
 from tests.factories import container, manifest
 
 
@@ -203,13 +209,16 @@ def observations(pods: list[Any]) -> dict[str, tuple[str, str]]:
     return {pod.locator: (pod.uid, pod.error) for pod in pods}
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 @pytest.mark.parametrize("seed", range(6))
-def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> None:
+def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int, inline: bool) -> None:
     """Random changes — manifests written, rewritten, made invalid, deleted, replaced by a
     directory, a FIFO or a symlink (dangling or not), files with other names — each reported
     by its name: the hinted read's observations (and their order) are what the directory's own
     account and a fresh full read say, and its account names every file whose observation
-    changed since the previous read."""
+    changed since the previous read. `inline`: each read is first tried as the event loop's
+    (`read_changes_inline`; some manifests are larger than it takes, some hints name more
+    files than it takes), then, if it declines, as the worker thread's."""
     rng = random.Random(seed)
     names = [f"m{index}.yaml" for index in range(8)] + ["notes.txt", ".hidden.yaml"]
     # Symlink targets outside the directory, never changed (a change of a target is not
@@ -220,9 +229,11 @@ def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> No
     targets = [outside / "pod.yaml", outside, outside / "missing.yaml"]
     tmp_path = tmp_path / "manifests"
     tmp_path.mkdir()
-    source = ManifestDirectory(tmp_path, full_rescan_seconds=1e9)
+    # A clock that stands still: no read counts as slow, however loaded the machine is.
+    source = ManifestDirectory(tmp_path, full_rescan_seconds=1e9, clock=lambda: 0.0)
     previous = observations(source.read())
     hinted = 0
+    inline_reads = 0
     for step in range(50):
         touched = rng.sample(names, rng.choice([1, 1, 2, 3]))
         for name in touched:
@@ -235,6 +246,9 @@ def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> No
             if roll < 0.5:
                 uid = f"u{rng.randrange(12)}"
                 write(tmp_path, name, manifest(uid, [container("c", rng.choice(["1Gi", "2Gi"]))]))
+                if inline and rng.random() < 0.2:  # larger than an inline read takes
+                    with path.open("a") as handle:
+                        handle.write("# " + "x" * INLINE_BYTES + "\n")
             elif roll < 0.6:
                 path.write_text("kind: Pod\nspec: [\n")
             elif roll < 0.67:
@@ -245,7 +259,12 @@ def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> No
                 path.symlink_to(rng.choice(targets))
             # else: deleted
         source.hint(touched)
-        pods, changes = source.read_changes()
+        read = source.read_changes_inline() if inline else None
+        if read is None:
+            pods, changes = source.read_changes()
+        else:
+            pods, changes = read
+            inline_reads += 1
         now = observations(pods)
         fresh = ManifestDirectory(tmp_path, order="sorted").read()
         assert now == observations(fresh), step
@@ -260,3 +279,60 @@ def test_hinted_reads_see_what_a_full_read_sees(tmp_path: Path, seed: int) -> No
             ]
         previous = now
     assert hinted > 40
+    assert inline_reads > 20 if inline else inline_reads == 0
+
+
+def test_an_inline_read_declines_what_is_not_small_and_consumes_nothing(tmp_path: Path) -> None:
+    """More hinted names than it takes, a file over its size, a full rescan due, a slow inline
+    read (then every inline read for the pause): `read_changes_inline` reads nothing and the
+    hints stay for `read_changes`, which sees every change."""
+    now = [0.0]
+    source = ManifestDirectory(tmp_path, full_rescan_seconds=1e9, clock=lambda: now[0])
+    assert source.read_changes_inline() is None  # the first read is a full one
+    assert source.read() == []
+    names = [f"m{index}.yaml" for index in range(INLINE_FILES + 1)]
+    for index, name in enumerate(names):
+        write(tmp_path, name, manifest(f"u{index}", [container("c", "1Gi")]))
+    source.hint(names)
+    assert source.read_changes_inline() is None  # one name too many
+    pods, changes = source.read_changes()
+    assert changes is not None and sorted(changes) == sorted(str(tmp_path / n) for n in names)
+    assert len(pods) == len(names)
+
+    big = write(tmp_path, "big.yaml", manifest("u-big", [container("c", "1Gi")]))
+    with big.open("a") as handle:
+        handle.write("# " + "x" * INLINE_BYTES + "\n")
+    write(tmp_path, "small.yaml", manifest("u-small", [container("c", "1Gi")]))
+    source.hint(["big.yaml", "small.yaml"])
+    assert source.read_changes_inline() is None  # big.yaml is over the limit
+    pods, changes = source.read_changes()
+    assert changes is not None and set(changes) == {str(big), str(tmp_path / "small.yaml")}
+    assert {pod.uid for pod in pods} >= {"u-big", "u-small"}
+
+    # A slow inline read (the clock moves while it reads): done, then the loop leaves the
+    # reads to the thread for the pause.
+    write(tmp_path, "slow.yaml", manifest("u-slow", [container("c", "1Gi")]))
+    source.hint(["slow.yaml"])
+    real_take = source._take
+
+    def slow_take(*args: Any) -> Any:
+        now[0] += INLINE_SLOW_SECONDS * 2
+        return real_take(*args)
+
+    source._take = slow_take  # type: ignore[method-assign]
+    read = source.read_changes_inline()
+    assert read is not None and "u-slow" in {pod.uid for pod in read[0]}
+    source._take = real_take  # type: ignore[method-assign]
+    write(tmp_path, "later.yaml", manifest("u-later", [container("c", "1Gi")]))
+    source.hint(["later.yaml"])
+    now[0] += INLINE_PAUSE_SECONDS / 2
+    assert source.read_changes_inline() is None  # paused
+    now[0] += INLINE_PAUSE_SECONDS
+    read = source.read_changes_inline()  # the pause is over; the hint is still there
+    assert read is not None and read[1] is not None
+    assert list(read[1]) == [str(tmp_path / "later.yaml")]
+
+    now[0] += 2e9  # a full rescan is due: the thread's
+    source.hint(["later.yaml"])
+    assert source.read_changes_inline() is None
+    assert source.read_changes()[1] is None

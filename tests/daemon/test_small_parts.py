@@ -166,3 +166,59 @@ def test_nri_settings_are_off_by_default_and_validated() -> None:
         assert caught.value.exit_code == 78
         assert caught.value.path.startswith(path), (section, caught.value.path)
         assert caught.value.source == "c.yaml"
+
+
+def test_the_status_file_is_coalesced_and_never_left_behind(tmp_path: Path) -> None:
+    """`write_status_soon` (after each round) writes at once when the last write is a second
+    old, else leaves it to `status_loop`, which writes what is current at the end of the
+    second: a burst of rounds costs one write per second, and the file ends up saying the
+    latest (seq here). `_write_status` (before READY=1, NRI and source health) writes now."""
+    import json
+
+    import trio
+    import trio.testing
+
+    from memstate.node.adapters import Adapters
+    from memstate.node.context import STATUS_INTERVAL_SECONDS, DaemonContext
+    from memstate.node.loops.upkeep import status_loop
+
+    settings = Settings(
+        state_dir=tmp_path, manifest_dir=tmp_path / "m", config_file=tmp_path / "c.yaml"
+    )
+    context = DaemonContext(
+        settings, adapters=Adapters(host_loops=True, notifier=Notifier(None, None))
+    )
+    status = tmp_path / "daemon-status.json"
+
+    def seq_on_file() -> int:
+        return int(json.loads(status.read_bytes())["seq"])
+
+    written: list[int] = []
+    write_file = context._write_status
+
+    def counting() -> None:
+        written.append(context.last_seq)
+        write_file()
+
+    context._write_status = counting  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(status_loop, context)
+            context.writer.last_seq = 1
+            context.write_status_soon()
+            assert seq_on_file() == 1  # the first write is at once
+            for seq in range(2, 40):  # a burst of rounds, 0.1 s apart
+                context.writer.last_seq = seq
+                context.write_status_soon()
+                await trio.sleep(0.1)
+            await trio.sleep(STATUS_INTERVAL_SECONDS)
+            assert seq_on_file() == 39  # the last one written, within the interval
+            # About one write per interval (3.8 s of rounds), not one per round.
+            assert 3 <= len(written) <= 6, written
+            context.writer.last_seq = 40
+            write_file()
+            assert seq_on_file() == 40
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

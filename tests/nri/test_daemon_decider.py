@@ -18,7 +18,7 @@ from memstate.core.qos import node_targets
 from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.targets import NodeTargets
-from memstate.node.nri_decider import DaemonNriDecider
+from memstate.node.nri_decider import DaemonNriDecider, PodLookup
 from memstate.nri.adapter import adjustment_for
 from memstate.nri.decider import ContainerInfo, Refusal, ResourceAdjustment, SandboxInfo
 from tests.factories import container, pod_of
@@ -33,6 +33,11 @@ def _targets(state: State) -> NodeTargets:
     return node_targets(pods, state.config, state.topology)
 
 
+def _lookup(targets: NodeTargets) -> PodLookup:
+    by_uid = {pod.uid: pod for pod in targets.pods}
+    return by_uid.get
+
+
 class Published:
     """What the daemon publishes after each commit, and the nudges the decider asked for."""
 
@@ -41,8 +46,9 @@ class Published:
         self.nudges = 0
         self.decider: DaemonNriDecider | None = None
 
-    def current(self) -> tuple[State, NodeTargets | None]:
-        return self.pair
+    def current(self) -> tuple[State, PodLookup | None]:
+        state, targets = self.pair
+        return state, _lookup(targets)
 
     def nudge(self) -> None:
         self.nudges += 1
@@ -175,6 +181,7 @@ def test_in_qos_mode_the_nri_answer_carries_no_cpuset_mems() -> None:
             settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
             state=state,
             targets=targets,
+            published_pod=_lookup(targets),
             metrics=None,
             sources=[],
             nri_containers_changed=lambda ids, pods: None,
@@ -230,3 +237,56 @@ def test_every_container_the_runtime_tells_of_is_handed_on_and_forgotten_with_it
         assert told[-1] == frozenset({PINNED}) and decider.containers_by_pod() == {}
 
     trio.run(main)
+
+
+def test_the_look_ups_answer_what_the_whole_tables_did() -> None:
+    """Per UID, what the decider answers from (`snapshot().admitted(uid)`, `.rejected(uid)`)
+    is what the tables of every pod it built per commit before said: the pods of
+    `profile_targets(targets)` by UID, the rejections with a UID by UID — for every admitted,
+    rejected and unknown UID, in both write profiles, over a run of admissions (some rejected:
+    too big), with the daemon's wiring (`nri_service_for`, the tracker's look-up)."""
+    import random
+    from types import SimpleNamespace
+
+    from memstate.core.plan.profile import WriteProfile, profile_targets
+    from memstate.core.state_targets import TargetsTracker
+    from memstate.node.nri_decider import nri_service_for
+    from memstate.node.settings import NriSettings, Settings
+
+    rng = random.Random(7)
+    for mode in ("numa", "qos"):
+        profile = WriteProfile(ownership="beside-kubelet", mode=mode)  # type: ignore[arg-type]
+        tracker = TargetsTracker()
+        state = node_state()
+        targets = tracker.update(state)
+        daemon = SimpleNamespace(
+            settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
+            state=state,
+            targets=targets,
+            published_pod=tracker.pod,
+            metrics=None,
+            sources=[],
+            nri_containers_changed=lambda ids, pods: None,
+        )
+        service = nri_service_for(daemon)  # type: ignore[arg-type]
+        assert service is not None
+        decider = service.decider
+        uids = [PINNED, REJECTED, UNKNOWN, ""]
+        for index in range(25):
+            uid = f"{index:08d}-0000-0000-0000-000000000000"
+            uids.append(uid)
+            size = rng.choice(["256Mi", "1Gi", "3Gi", "900Gi"])  # 900Gi never fits
+            transition = step(state, PodAdmissionRequested(pod=pod_of(uid, [container("a", size)])))
+            state = transition.state
+            targets = tracker.update(state, transition.decisions)
+            daemon.state, daemon.targets = state, targets
+            decider.state_changed()
+            assert targets is not None
+            written = {pod.uid: pod for pod in profile_targets(targets, profile).pods}
+            rejected = {r.uid: r for r in state.rejections.values() if r.uid}
+            snap = decider.snapshot()
+            for known in uids:
+                assert snap.admitted(known) == written.get(known), (mode, known)
+                assert snap.rejected(known) == rejected.get(known), (mode, known)
+        assert any(known in rejected for known in uids[4:])  # some were rejected
+        assert sum(known in written for known in uids[4:]) > 5

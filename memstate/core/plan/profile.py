@@ -123,6 +123,12 @@ def _pod_profiled(pod: PodTargets, profile: WriteProfile) -> PodTargets:
     return pod if len(files) == len(pod.files) else msgspec.structs.replace(pod, files=files)
 
 
+def profile_pod(pod: PodTargets, profile: WriteProfile) -> PodTargets:
+    """One pod's targets as `profile_targets` under `profile` leaves them (a look-up by UID
+    need not filter every pod)."""
+    return _pod_profiled(pod, profile)
+
+
 class ProfileFilter:
     """`profile_targets(targets, profile)` carried from one round's targets to the next.
 

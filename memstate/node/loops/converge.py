@@ -64,7 +64,7 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     daemon.readiness.converged = daemon._converged
     daemon.readiness.pending_removals = daemon._pending_removals
     daemon._publish()
-    daemon._write_status()
+    daemon.write_status_soon()
     if notes:
         await daemon.writer.submit(notes)
     retry: float | None = report.retry_after_seconds

@@ -26,8 +26,13 @@ async def scan_manifests(daemon: DaemonContext) -> None:
         pods = await daemon.run_io(daemon.adapters.read_manifests)
         await daemon.feed.deliver("manifests", pods)
         return
-    # The directory's account of what changed lets the tracker skip a pass over every pod.
-    pods, changes = await daemon.run_io(daemon.manifests.read_changes)
+    # The directory's account of what changed lets the tracker skip a pass over every pod. A
+    # small hinted read (an admission's one file) runs here: handing it to a worker thread and
+    # back costs more CPU than reading it; anything larger, or a slow directory, goes there.
+    read = daemon.manifests.read_changes_inline()
+    if read is None:
+        read = await daemon.run_io(daemon.manifests.read_changes)
+    pods, changes = read
     await daemon.feed.deliver("manifests", pods, changes=changes)
 
 

@@ -1,12 +1,13 @@
-"""The watchdog and the one-off check of sealed log segments."""
+"""The watchdog, the status file's deferred writes and the one-off check of sealed log segments."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
-from memstate.node.context import DaemonContext
+from memstate.node.context import STATUS_INTERVAL_SECONDS, DaemonContext
 from memstate.store.verify import check_sealed_bodies
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
@@ -20,6 +21,17 @@ async def watchdog_loop(daemon: DaemonContext) -> None:
     while True:
         daemon.notifier.watchdog()
         await trio.sleep(interval)
+
+
+async def status_loop(daemon: DaemonContext) -> None:
+    """Write daemon-status.json when a write was left due (`DaemonContext.write_status_soon`):
+    at the end of the interval after the last write, with what is current then."""
+    while True:
+        await daemon.status_wake.wait(math.inf)
+        if daemon.status_due:
+            await trio.sleep_until(daemon.status_written_at + STATUS_INTERVAL_SECONDS)
+            if daemon.status_due:
+                daemon._write_status()
 
 
 async def sealed_segments_check(daemon: DaemonContext) -> None:
