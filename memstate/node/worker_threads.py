@@ -3,9 +3,10 @@
 `trio.to_thread.run_sync` does more per call than the daemon needs: it names the OS thread twice
 through ctypes (`pthread_setname_np`, before and after the call), formats a thread name, copies
 the caller's contextvars, registers the thread for `trio.from_thread`, and takes the limiter with
-an extra scheduler round trip. At 500 resident pods an admission makes three hand-offs (the
-manifest read, the log append, the reconcile round), and that overhead was a measurable share of
-its CPU (docs/performance.md, "Admission at 500 resident pods"). `in_worker_thread` keeps what
+an extra scheduler round trip. At 500 resident pods an admission made three hand-offs (the
+manifest read, the log append, the reconcile round; a small hinted manifest read now runs on the
+event loop, so two remain), and that overhead was a measurable share of its CPU
+(docs/performance.md, "Admission at 500 resident pods"). `in_worker_thread` keeps what
 the callers rely on and drops the rest:
 
 - a call cancelled before it starts (or while waiting for its limiter) raises `trio.Cancelled`
