@@ -49,6 +49,12 @@ PER_MODULE_SCOPES = frozenset({"module", "class", "package"})
 WORKER_SUMMARY_KEY = "memstate_summary_lines"
 # Key, in each worker's `workerinput`, of the directory of the node id -> group tables.
 GROUP_TABLES_KEY = "memstate_group_tables"
+# Variables a worker must see as the controller does. By the time a pytest-xdist worker is
+# configured it has imported `readline`, and GNU readline exports the terminal size as COLUMNS
+# and LINES (80x24 without a terminal): the CLI then cut its tables to 80 columns, in process
+# and in every subprocess started with the worker's environment (4 tests failed so).
+CONTROLLER_ENVIRONMENT = ("COLUMNS", "LINES")
+ENVIRONMENT_KEY = "memstate_controller_environment"
 
 
 def xdist_group_of(item: pytest.Item) -> str | None:
@@ -94,6 +100,18 @@ def pytest_configure_node(node: Any) -> None:
     if not _GROUP_TABLES:
         _GROUP_TABLES.append(Path(tempfile.mkdtemp(prefix="memstate-xdist-groups-")))
     node.workerinput[GROUP_TABLES_KEY] = str(_GROUP_TABLES[0])
+    node.workerinput[ENVIRONMENT_KEY] = {
+        name: os.environ.get(name) for name in CONTROLLER_ENVIRONMENT
+    }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    for name, value in (workerinput or {}).get(ENVIRONMENT_KEY, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist sends the collection to the controller
