@@ -4,6 +4,8 @@
 # Both create ./.venv on first use and reinstall when pyproject.toml changes.
 
 PYTHON ?= python3
+# pytest-xdist workers for `make test` (the suite is tested with 2, the CI machine's cores).
+PYTEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -30,9 +32,11 @@ typecheck: $(STAMP)
 # some CI images), Python never caches compiled modules, so each of them would compile every
 # module it imports again (~0.3 s of CPU per daemon); Python still reads caches made beforehand.
 # Hash-checked, as the VM harness writes them (tests/vm/harness.py): never stale, never rewritten.
+# pytest runs on $(PYTEST_WORKERS) workers; the tests that share a costly fixture (the VM boot
+# above all) run on one worker as a group, which tests/conftest.py marks (docs/testing.md).
 test: lint typecheck
 	$(BIN)/python -m compileall -q -j 0 --invalidation-mode checked-hash memstate tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -11,17 +11,21 @@ network for apt) the tests skip with the reason. Any other provisioning problem 
 but FAILS when the environment variable CI is true, so CI can never pass by skipping. A boot
 that yields no exit status always fails, with the serial log in the message.
 
-At the end of the session a line "vm: N real-kernel checks ran ..." is printed.
+At the end of the session a line "vm: N real-kernel checks ran ..." is printed (under
+pytest-xdist by the controller, from the worker that ran the group "vm": tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from tests.conftest import WORKER_SUMMARY_KEY
 
 from . import harness
 from .suites import KERNEL_PROBE, default_suites
@@ -41,6 +45,10 @@ class _SessionState:
     kernel: str = ""
     provision_s: dict[str, float] = field(default_factory=dict)
     suites: dict[str, float | None] = field(default_factory=dict)
+    # When this process finished collecting and when it asked for the session boot (monotonic):
+    # under xdist the boot should begin as soon as the worker gets the "vm" group.
+    collected_at: float | None = None
+    batch_requested_at: float | None = None
 
 
 _STATE = _SessionState()
@@ -138,6 +146,7 @@ def cgroup_vm(cgvm_assets: harness.Assets) -> CgroupVm:
 @pytest.fixture(scope="session")
 def vm_batch(cgroup_vm: CgroupVm) -> harness.BatchResult:
     """Every suite of tests/vm/suites.py, run in one boot with 2 NUMA nodes and hugepages=8."""
+    _STATE.batch_requested_at = time.monotonic()
     return cgroup_vm.run_suites(default_suites(), numa=2, hugepages=8)
 
 
@@ -172,9 +181,16 @@ def kernel_probe(vm_batch: harness.BatchResult) -> Probe:
 _VM_ITEMS: set[str] = set()
 
 
+# trylast: after pytest-xdist's --dist loadgroup has appended "@group" to the node ids, which
+# the reports then carry.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # report.keywords also holds package names, and this package is called "vm": use markers.
     _VM_ITEMS.update(item.nodeid for item in items if item.get_closest_marker("vm"))
+
+
+def pytest_collection_finish() -> None:
+    _STATE.collected_at = time.monotonic()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -197,10 +213,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _STATE.errors += 1  # the VM never produced data for this check
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def summary_lines() -> list[str]:
+    """The "vm: ..." lines of this process's VM checks (none when it ran none)."""
     ran = _STATE.passed + _STATE.failed + _STATE.xfailed
     if not ran and not _STATE.skipped and not _STATE.errors:
-        return
+        return []
     line = f"vm: {ran} real-kernel checks ran ({_STATE.passed} passed, {_STATE.failed} failed"
     line += f", {_STATE.xfailed} known bug(s))" if _STATE.xfailed else ")"
     if _STATE.errors:
@@ -216,16 +233,34 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _STATE.provision_s:
         spent = sum(_STATE.provision_s.values())
         line += f"; provisioning {spent:.1f}s"
-    terminalreporter.write_line(line)
+    if _STATE.collected_at is not None and _STATE.batch_requested_at is not None:
+        line += (
+            f"; session boot asked for {_STATE.batch_requested_at - _STATE.collected_at:.1f}s"
+            " after collection"
+        )
+    lines = [line]
     if _STATE.suites:
         times = ", ".join(
             f"{name} {'?' if t is None else f'{t:.1f}s'}" for name, t in _STATE.suites.items()
         )
-        terminalreporter.write_line(f"vm: guest suites: {times}")
-    for reason in _STATE.xfail_reasons:
-        terminalreporter.write_line(f"vm: known bug (strict xfail): {reason}")
+        lines.append(f"vm: guest suites: {times}")
+    lines += [f"vm: known bug (strict xfail): {reason}" for reason in _STATE.xfail_reasons]
     if _STATE.skipped:
-        terminalreporter.write_line(f"vm: {_STATE.skipped} skipped: {_STATE.skip_reason}")
+        lines.append(f"vm: {_STATE.skipped} skipped: {_STATE.skip_reason}")
+    return lines
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An xdist worker has no terminal: it hands its lines to the controller, which prints them
+    # (tests/conftest.py).
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[WORKER_SUMMARY_KEY] = summary_lines()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in summary_lines():
+        terminalreporter.write_line(line)
 
 
 Records = Mapping[str, Mapping[str, Any]]

@@ -257,6 +257,9 @@ class Node:
         self.config_file.write_text(json.dumps(config, indent=1))
         self.process: subprocess.Popen[bytes] | ForkedDaemon | None = None
         self.notify: socket.socket | None = None
+        # The records read so far: `records` decodes only what was appended since (under TCG,
+        # decoding the whole log on every poll of `wait_for` took guest CPU from the daemon).
+        self._records: list[Any] = []
 
     def start(self, env: dict[str, str] | None = None, *, forked: bool = False) -> None:
         """`python -m memstate run` (a new interpreter), or a fork of this program running the
@@ -314,9 +317,12 @@ class Node:
         temporary.replace(self.manifest_dir / name)
 
     def records(self) -> list[Any]:
-        if not (self.state_dir / "log").exists():
-            return []
-        return list(LogReader(self.state_dir).read())
+        """Every record of the log so far, in order (complete transactions only, as
+        `LogReader.read` yields them: a transaction still being written is read next time)."""
+        if (self.state_dir / "log").exists():
+            after = self._records[-1].seq if self._records else 0
+            self._records.extend(LogReader(self.state_dir).read(from_seq=after + 1))
+        return list(self._records)
 
     def wait_for(self, what: str, predicate: Callable[[list[Any]], bool]) -> list[Any]:
         deadline = now() + WAIT_SECONDS

@@ -17,10 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from memstate.core import reducer
+from memstate.core.events import Event
 from memstate.core.machine import default_machine
+from memstate.core.state import State
 from memstate.core.topology import HugepagePool, NumaNode, Topology
 from memstate.host.sim.cgroupsim import PlantedBug
 from memstate.node.inputs import load_config
+from memstate.store.reader import LogReader
+from memstate.store.writer import EventLog
+from tests.replay.recording import BASE_TS_NS, churn_inputs
 
 from . import guest_daemon, harness
 from .test_daemon_vm import shortfalls
@@ -170,3 +176,63 @@ def test_each_signature_recognises_its_own_mismatch_and_no_other(bug: PlantedBug
     for other, (other_example, _) in EXAMPLES.items():
         if other != bug:
             assert not signature(other_example, 4096), other
+
+
+# --- the guest node's incremental log reading ----------------------------------------------------
+
+
+def test_node_records_read_incrementally_equal_a_whole_read_beside_the_writer(
+    tmp_path: Path,
+) -> None:
+    """`Node.records` decodes only what was appended since its last call; at every moment it
+    must equal a whole read of the log: across segment rolls, a writer reopening the log, and
+    a transaction whose decisions are only partly written (held back, then read once whole)."""
+    node = guest_daemon.Node(tmp_path / "node", {})
+    segments = node.state_dir / "log"
+
+    def whole() -> list[tuple[int, object]]:
+        return [(e.seq, e.event) for e in LogReader(node.state_dir).read()]
+
+    def incremental() -> list[tuple[int, object]]:
+        return [(e.seq, e.event) for e in node.records()]
+
+    assert incremental() == [] == whole()
+    inputs = churn_inputs(90)
+    state = State()
+    checked = 0
+    for chunk in range(3):  # the log is opened again for each chunk, as a restarted daemon does
+        with EventLog.open(node.state_dir, fsync=False, segment_bytes=4096) as log:
+            for index in range(chunk * 30, chunk * 30 + 30):
+                event = inputs[index]
+                if event.role == "note":
+                    log.append([(event, None)], ts_ns=BASE_TS_NS + index)
+                else:
+                    transition = reducer.step(state, event)
+                    state = transition.state
+                    batch: list[tuple[Event, int | None]] = [(event, len(transition.decisions))]
+                    batch.extend((d, None) for d in transition.decisions)
+                    log.append(batch, ts_ns=BASE_TS_NS + index)
+                if index % 3 == 0:
+                    assert incremental() == whole()
+                    checked += 1
+    assert len(list(segments.iterdir())) > 3  # the reads crossed segment rolls
+    assert incremental() == whole()
+    # A transaction cut short: its last decision's frame is not on disk yet.
+    with EventLog.open(node.state_dir, fsync=False, segment_bytes=1 << 20) as log:
+        event = inputs[-1] if inputs[-1].role != "note" else inputs[-2]
+        transition = reducer.step(state, event)
+        batch = [(event, len(transition.decisions))]
+        batch.extend((d, None) for d in transition.decisions)
+        assert len(batch) >= 2
+        written = log.append(batch, ts_ns=BASE_TS_NS + 1000)
+    last = max(segments.iterdir())
+    data = last.read_bytes()
+    last.write_bytes(data[:-5])
+    before = whole()
+    assert written[0].seq not in {seq for seq, _ in before}  # held back by the whole read too
+    assert incremental() == before
+    last.write_bytes(data)  # the writer finishes the transaction
+    after = whole()
+    assert [seq for seq, _ in after[-len(written) :]] == [e.seq for e in written]
+    assert incremental() == after
+    assert checked >= 30
