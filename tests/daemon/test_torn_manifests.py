@@ -17,8 +17,16 @@ from typing import Any
 import pytest
 import yaml
 
-from memstate.core.events import ManifestInvalid, PodAdmissionRequested, PodRemovalRequested
+from memstate.core.events import (
+    Envelope,
+    ManifestInvalid,
+    PodAdmissionRequested,
+    PodRemovalRequested,
+    PodRemoved,
+)
 from memstate.node.manifests import INVALID_QUIET_SECONDS, ManifestDirectory
+from tests.daemon.harness import Node, pod_manifest
+from tests.daemon.test_e2e import admitted
 from tests.factories import container, manifest
 
 POD = yaml.safe_dump(manifest("u-run", [container("c", "1Gi")]))
@@ -159,3 +167,32 @@ def test_the_first_read_reports_an_invalid_file_at_once(tmp_path: Path) -> None:
     directory = Directory(tmp_path)
     assert directory.scan() == [("invalid", "pod.yaml")]
     assert directory.source.unsettled_due_in() is None
+
+
+@pytest.mark.slow
+def test_the_daemon_reports_a_file_that_stays_invalid_without_another_event(
+    make_node: Any,
+) -> None:
+    """The real daemon, its watch and manifest loop: a manifest rewritten in place by a writer
+    that stops half-way is reported (and its pod removed) once, with no event after the
+    writer's close and the periodic rescan an hour away: the loop wakes for it by itself."""
+    node: Node = make_node(extra_settings={"rescanSeconds": 3600})
+    node.start()
+    path = node.drop("run.yaml", pod_manifest("u-run", "1Gi"))
+    node.wait_for(admitted("u-run"))
+    text = path.read_text()
+    path.write_text(text[: text.index("image:") + len("ima")])  # in place, cut inside a key
+
+    def reported(records: list[Envelope]) -> bool:
+        return any(isinstance(r.event, ManifestInvalid) for r in records) and any(
+            isinstance(r.event, PodRemoved) and r.event.uid == "u-run" for r in records
+        )
+
+    node.wait_for(reported, timeout=120.0)  # a hang guard
+    # Another pod makes the daemon read the directory again: the torn file stays reported once.
+    node.drop("other.yaml", pod_manifest("u-other", "1Gi"))
+    records = node.wait_for(admitted("u-other"), timeout=120.0)
+    invalid = [r.event for r in records if isinstance(r.event, ManifestInvalid)]
+    assert [Path(event.source).name for event in invalid] == ["run.yaml"]
+    assert "$.spec.containers[0]" in invalid[0].error, invalid[0].error
+    assert node.terminate() == 0
