@@ -332,8 +332,9 @@ class ManifestDirectory:
     def _unsettled_read(
         self, path: Path, observed: ObservedPod | None, previous: ObservedPod | None, *, first: bool
     ) -> bool:
-        """Whether `observed`, a fresh read of `path`, must not be reported yet: it does not
-        parse or validate, is not what was reported already, and has not stayed unchanged for
+        """Whether `observed`, a fresh read of `path`, must not be reported yet: it is an error
+        (the file does not parse or validate, or cannot be read), is not the error reported
+        already, and has not stayed unchanged for
         `INVALID_QUIET_SECONDS` (see "In-place writes" in the module docstring). Such a file is
         hinted again, to be read at the next read."""
         key = str(path)
