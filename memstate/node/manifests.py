@@ -334,9 +334,8 @@ class ManifestDirectory:
     ) -> bool:
         """Whether `observed`, a fresh read of `path`, must not be reported yet: it is an error
         (the file does not parse or validate, or cannot be read), is not the error reported
-        already, and has not stayed unchanged for
-        `INVALID_QUIET_SECONDS` (see "In-place writes" in the module docstring). Such a file is
-        hinted again, to be read at the next read."""
+        already, and has not stayed unchanged for `INVALID_QUIET_SECONDS` (see "In-place
+        writes" in the module docstring). Such a file is hinted again, for the next read."""
         key = str(path)
         with self._hint_lock:
             if (
