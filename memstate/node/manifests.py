@@ -12,7 +12,8 @@ what changed into input events (the same rules for every pod source):
   given up by one file is free for another in the same scan);
 - a deleted file: `pod_removal_requested`;
 - a file that does not parse or validate: `manifest_invalid` naming the file, the field and the
-  reason (the pod it held before, if any, is removed);
+  reason (the pod it held before, if any, is removed) — once it has stayed unchanged for
+  `INVALID_QUIET_SECONDS` (see "In-place writes" below);
 - two files declaring one UID: the file that already holds it keeps it — the one the last scan
   accepted for it, else the one the running pod came from (`scan(holders=...)`, from the state,
   so this holds after a restart too), else the one whose name sorts first — and every other is
@@ -35,6 +36,21 @@ hand-off costs more CPU than the read; a read that was slow sends the next ones 
 thread for a minute. After a restart nothing is known,
 so every file is requested again — that is the readmission. Files are visited in the order the
 directory lists them; `MEMSTATE_TEST_MANIFEST_ORDER=sorted|reverse` (tests only) forces an order.
+
+In-place writes: a writer that rewrites a file in place (`cat > pod.yaml`, `kubectl get -o yaml >
+pod.yaml`, most editors) truncates it, then writes it, and the watch reports only the close. A
+read already due (a full rescan, the hint of an earlier write) can read the file in between,
+empty or half-written; reporting that would remove a running pod (its protection, its NUMA
+allocation) and admit it again, maybe elsewhere, at the next read. So a file that does not parse
+or validate keeps its previous observation (a new file stays unseen) until the same bytes at the
+same identity (inode, size, mtime) have been read again `INVALID_QUIET_SECONDS` later, by the
+directory's `clock`; only then is it reported. Until then it is re-hinted, and
+`unsettled_due_in()` tells the manifest loop when to read it again, so a file that stays
+invalid is reported once, without a further event; the writer's close usually comes first and
+the file is simply read valid. The first read (start-up) reports an invalid file at once: there
+is no earlier observation to keep, and leaving the file out would end readmission without it,
+which removes its pod just the same (memstate.node.startup.readmit closes readmission right
+after that read); a start-up that overlaps a rewrite is corrected by the writer's close.
 """
 
 from __future__ import annotations
@@ -74,6 +90,10 @@ INLINE_BYTES = 64 * 1024
 # once per pause at most, not on every admission.
 INLINE_SLOW_SECONDS = 0.02
 INLINE_PAUSE_SECONDS = 60.0
+# How long a file that does not parse or validate must stay unchanged before it is reported (see
+# "In-place writes" in the module docstring); the config file's rule
+# (memstate.node.loops.config.REJECT_QUIET_SECONDS). A writer closes the file well within it.
+INVALID_QUIET_SECONDS = 0.5
 # stat errors that mean "no file here" (what `Path.is_file` answers False to).
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})
 
@@ -109,6 +129,17 @@ class _Read:
     conflict: str = ""
 
 
+@dataclass(frozen=True)
+class _Unsettled:
+    """A file whose last read did not parse or validate and that is not reported yet: `name`
+    (to hint it again), what it held (`fingerprint`) and when (by the directory's clock) that
+    was first read."""
+
+    name: str
+    fingerprint: tuple[object, ...]
+    since: float
+
+
 class ManifestDirectory:
     """The manifest directory as a pod source (see the module docstring)."""
 
@@ -141,6 +172,8 @@ class ManifestDirectory:
         self.full_rescan_seconds = full_rescan_seconds
         self.clock = clock
         self._inline_paused_until = float("-inf")  # see INLINE_SLOW_SECONDS
+        # key → the file that failed to parse or validate but is not reported yet.
+        self._unsettled: dict[str, _Unsettled] = {}
 
     def _listing(self) -> list[Path]:
         try:
@@ -181,6 +214,16 @@ class ManifestDirectory:
             else:
                 self._hinted.update(names)
 
+    def unsettled_due_in(self) -> float | None:
+        """Seconds (by `clock`) until a file that does not parse or validate has stayed
+        unchanged long enough to be reported, at the next read (0 when one is due now); None
+        when there is none. Such a file is already hinted: the caller reads again then."""
+        with self._hint_lock:
+            if not self._unsettled:
+                return None
+            since = min(entry.since for entry in self._unsettled.values())
+        return max(0.0, since + INVALID_QUIET_SECONDS - self.clock())
+
     def read(self) -> list[ObservedPod]:
         """One observation per manifest file, in listing order (see `read_changes`)."""
         return self.read_changes()[0]
@@ -201,9 +244,10 @@ class ManifestDirectory:
             hinted, self._hinted = self._hinted, set()
         now = self.clock()
         if not hinted or self._full_due(now):
+            first = not self._full_done
             self._last_full = now
             self._full_done = True
-            return self._read_all(), None
+            return self._read_all(first=first), None
         return self._read_hinted(hinted, limit=None)
 
     def read_changes_inline(
@@ -255,9 +299,12 @@ class ManifestDirectory:
             look = self._look(path, seen, limit) if is_manifest_name(path.name) else _Look()
             looks.append((path, key, seen, look))
         changes: dict[str, ObservedPod | None] = {}
-        for _, key, seen, look in looks:
+        for path, key, seen, look in looks:
             self._cache.pop(key, None)
             observed = self._take(key, seen, look)
+            previous = self._observed.get(key)
+            if self._unsettled_read(path, observed, previous, first=False):
+                continue  # keeps its previous observation (a new file stays unseen)
             if observed is None:
                 self._observed.pop(key, None)  # gone, or not (any more) a manifest
             else:
@@ -265,15 +312,57 @@ class ManifestDirectory:
             changes[key] = observed
         return list(self._observed.values()), changes
 
-    def _read_all(self) -> list[ObservedPod]:
+    def _read_all(self, *, first: bool = False) -> list[ObservedPod]:
         previous, self._cache = self._cache, {}
-        self._observed = {}
+        before, self._observed = self._observed, {}
+        listed: set[str] = set()
         for path in self._listing():
             key = str(path)
+            listed.add(key)
             observed = self._observe(path, previous.get(key))
+            if self._unsettled_read(path, observed, before.get(key), first=first):
+                observed = before.get(key)
             if observed is not None:
                 self._observed[key] = observed
+        with self._hint_lock:
+            for key in self._unsettled.keys() - listed:
+                del self._unsettled[key]  # gone
         return list(self._observed.values())
+
+    def _unsettled_read(
+        self, path: Path, observed: ObservedPod | None, previous: ObservedPod | None, *, first: bool
+    ) -> bool:
+        """Whether `observed`, a fresh read of `path`, must not be reported yet: it is an error
+        (the file does not parse or validate, or cannot be read), is not the error reported
+        already, and has not stayed unchanged for `INVALID_QUIET_SECONDS` (see "In-place
+        writes" in the module docstring). Such a file is hinted again, for the next read."""
+        key = str(path)
+        with self._hint_lock:
+            if (
+                first
+                or observed is None
+                or not observed.error
+                or (previous is not None and previous.error == observed.error)
+            ):
+                self._unsettled.pop(key, None)
+                return False
+            cached = self._cache.get(key)
+            # Same bytes at the same identity; a read error has no bytes, only its message.
+            fingerprint: tuple[object, ...] = (
+                (cached.identity, cached.digest)
+                if cached is not None and cached.observed is observed
+                else (observed.error,)
+            )
+            now = self.clock()
+            entry = self._unsettled.get(key)
+            if entry is None or entry.fingerprint != fingerprint:
+                self._unsettled[key] = _Unsettled(path.name, fingerprint, now)
+            elif now - entry.since >= INVALID_QUIET_SECONDS:
+                del self._unsettled[key]
+                return False
+            if self._hinted is not None:
+                self._hinted.add(path.name)
+            return True
 
     def _observe(self, path: Path, seen: _Read | None) -> ObservedPod | None:
         """What file `path` holds now (None: it is gone, or not a regular file); remembered in

@@ -17,6 +17,7 @@ from memstate.node.watching import watch_directory
 logger = logging.getLogger("memstate.node.daemon")
 
 SOURCE_HEALTH_SECONDS = 1.0
+UNSETTLED_MARGIN_SECONDS = 0.05
 
 
 async def scan_manifests(daemon: DaemonContext) -> None:
@@ -107,4 +108,13 @@ async def manifest_loop(daemon: DaemonContext) -> None:
             else:
                 daemon.readiness.source_in_sync("manifests")
             daemon.heartbeat.beat("manifests", daemon.settings.rescan_seconds)
-            await daemon._manifest_wake.wait(daemon.settings.rescan_seconds)
+            # A file that does not parse or validate is reported once it has stayed unchanged
+            # for a while (memstate.node.manifests, "In-place writes"): read it again then,
+            # even if nothing else happens. It is hinted, so that read looks at it alone.
+            due = daemon.manifests.unsettled_due_in()
+            timeout = daemon.settings.rescan_seconds
+            if due is not None:
+                # A little past the due time, so the read finds it due (the directory's clock is
+                # not trio's); never a busy loop.
+                timeout = min(timeout, max(due, 0.0) + UNSETTLED_MARGIN_SECONDS)
+            await daemon._manifest_wake.wait(timeout)
