@@ -107,15 +107,18 @@ class TargetsTracker:
     """Builds `NodeTargets` for successive states, computing each pod's targets at most once.
 
     Between commits it keeps every pod's part of the node's targets (`memstate.core.qos.PodPart`),
-    the pods' targets in UID order, the pod cgroups in their sorted order and the QoS-level sums,
-    and updates them for the pods that changed only (named by `changed`, else found by identity:
-    the reducer keeps an unchanged pod's record), so a commit costs O(changed pods) plus C-level
-    copies, not a walk over every pod. When no pod's part and neither the config nor the
-    topology changed, `update` returns the very `NodeTargets` it returned before.
+    the pods' targets in UID order, every cgroup in its sorted order (the root, node and QoS ones
+    among the pods', replaced only when the QoS sum they follow changed: a `NodeLevel` per config
+    and topology) and the QoS-level sums, and updates them for the pods that changed only (named
+    by `changed`, else found by identity: the reducer keeps an unchanged pod's record), so a
+    commit costs O(changed pods) plus C-level copies, not a walk over every pod. When no pod's
+    part and neither the config nor the topology changed, `update` returns the very
+    `NodeTargets` it returned before.
 
     Each new targets object comes with `change` (`TargetsChange`): the cgroups and pods it
     replaced, added or dropped relative to the targets object returned before it (None for the
-    first, or after the config or topology changed), found from the parts it updated.
+    first, or after the config or topology changed), found from the parts and the node-level
+    cgroups it replaced (an unchanged root, node or QoS cgroup is the same object, not listed).
 
     `computed` counts the calls to `pod_targets` (a test holds one admission to none: its
     targets come from the decision); `compared_all` the updates that compared every pod's record.
