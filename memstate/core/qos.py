@@ -402,83 +402,172 @@ def assemble_from_parts(
 ) -> NodeTargets:
     """The node's targets from its pods' parts (`pod_part`): the pods' targets by UID, the pod
     cgroups sorted by their `order` (given as two parallel lists), the Guaranteed and Burstable
-    request sums and the count of containers with a memory.high. Linear only in C-level copies,
-    so the daemon's tracker, which keeps all of these up to date pod by pod, pays O(changed
-    pods) per commit."""
-    g_sum, b_sum = guaranteed_bytes, burstable_bytes
-    pod_results = tuple(pods)
-    is_tiered = tiered(config)
-    alloc_bytes = allocatable_bytes(config, topology)
-    node_max_bytes = (
-        alloc_bytes if "pods" in config.enforce_node_allocatable else topology.capacity_bytes
+    request sums and the count of containers with a memory.high. Linear only in C-level copies.
+    The whole computation: the daemon's tracker keeps the same lists with the node-level
+    cgroups merged in and follows them with a `NodeLevel` (see
+    `memstate.core.state_targets.TargetsTracker`)."""
+    level = NodeLevel(config, topology)
+    # Every cgroup sorted by (depth, path), as `node_targets` always listed them: the few
+    # node-level cgroups are inserted into the sorted pod cgroups.
+    keys = list(orders)
+    merged = list(cgroups)
+    for key, target in zip(
+        level.orders, level.cgroups(guaranteed_bytes, burstable_bytes), strict=True
+    ):
+        index = bisect.bisect_right(keys, key)
+        keys.insert(index, key)
+        merged.insert(index, target)
+    return level.node_targets(
+        tuple(merged),
+        tuple(pods),
+        guaranteed_bytes=guaranteed_bytes,
+        burstable_bytes=burstable_bytes,
+        throttled=throttled,
     )
-    node_min_bytes = g_sum + b_sum if is_tiered else 0
-    node_low_bytes = b_sum if is_tiered else 0
 
-    def memory_files(min_bytes: int, low_bytes: int, max_text: str) -> dict[str, str]:
+
+class NodeLevel:
+    """The node-level part of a node's targets under one config and topology: the root, node
+    (kubepods) and QoS cgroups, the warnings and the node's QoS sums.
+
+    Each cgroup is rendered again only when the sum it depends on changed since the last call
+    (kubepods' memory.min follows both sums, the Burstable QoS cgroup's memory.low the Burstable
+    one; the root and BestEffort cgroups follow neither), and an unchanged one is the very same
+    object, so a tracker that keeps one `NodeLevel` per config pays for the QoS classes a commit
+    touched only. A fresh one computes everything (`assemble_from_parts`). Deterministic: a
+    result depends only on the config, the topology and the arguments."""
+
+    __slots__ = (
+        "_alloc_bytes",
+        "_burstable_at",
+        "_burstable_path",
+        "_config",
+        "_controllers",
+        "_held",
+        "_node_at",
+        "_node_max_bytes",
+        "_node_path",
+        "_tiered",
+        "_topology",
+        "_warnings",
+        "orders",
+    )
+
+    def __init__(self, config: NodeConfig, topology: Topology) -> None:
+        self._config = config
+        self._topology = topology
+        self._tiered = tiered(config)
+        self._alloc_bytes = allocatable_bytes(config, topology)
+        self._node_max_bytes = (
+            self._alloc_bytes
+            if "pods" in config.enforce_node_allocatable
+            else topology.capacity_bytes
+        )
+        self._controllers = subtree_controllers(config, topology)
+        paths = (*root_paths(config), node_path(config))
+        paths += (qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT))
+        # Where each node-level cgroup sorts among the node's: `orders[i]` is the (depth, path)
+        # of `cgroups(...)[i]`.
+        self.orders: tuple[tuple[int, str], ...] = tuple(
+            sorted((path_depth(path), path) for path in paths)
+        )
+        self._node_path, self._burstable_path = paths[-3], paths[-2]
+        self._node_at = self.orders.index((path_depth(paths[-3]), paths[-3]))
+        self._burstable_at = self.orders.index((path_depth(paths[-2]), paths[-2]))
+        # (kubepods' memory.min, its memory.low, the cgroups) of the last `cgroups` call.
+        self._held: tuple[int, int, list[CgroupTarget]] | None = None
+        self._warnings: tuple[tuple[int, int, int], tuple[str, ...]] | None = None
+
+    def _memory_files(self, min_bytes: int, low_bytes: int, max_text: str) -> dict[str, str]:
         files: dict[str, str] = {}
-        if config.memory_qos:
+        if self._config.memory_qos:
             files[MEMORY_MIN] = _render_bytes(min_bytes)
             files[MEMORY_LOW] = _render_bytes(low_bytes)
             files[MEMORY_HIGH] = UNLIMITED
         files[MEMORY_MAX] = max_text
         return files
 
-    controllers = subtree_controllers(config, topology)
-    fixed = [
-        CgroupTarget(path=p, level="root", controllers=controllers) for p in root_paths(config)
-    ]
-    fixed.append(
-        CgroupTarget(
-            path=node_path(config),
+    def _node_cgroup(self, min_bytes: int, low_bytes: int) -> CgroupTarget:
+        return CgroupTarget(
+            path=self._node_path,
             level="node",
-            files=memory_files(node_min_bytes, node_low_bytes, _render_bytes(node_max_bytes)),
-            controllers=controllers,
+            files=self._memory_files(min_bytes, low_bytes, _render_bytes(self._node_max_bytes)),
+            controllers=self._controllers,
         )
-    )
-    fixed.append(
-        CgroupTarget(
-            path=qos_path(config, BURSTABLE),
+
+    def _burstable_cgroup(self, low_bytes: int) -> CgroupTarget:
+        return CgroupTarget(
+            path=self._burstable_path,
             level="qos",
-            files=memory_files(0, node_low_bytes, UNLIMITED),
-            controllers=controllers,
+            files=self._memory_files(0, low_bytes, UNLIMITED),
+            controllers=self._controllers,
         )
-    )
-    fixed.append(
-        CgroupTarget(
-            path=qos_path(config, BEST_EFFORT),
+
+    def cgroups(self, guaranteed_bytes: int, burstable_bytes: int) -> list[CgroupTarget]:
+        """The node-level cgroups for these QoS sums, in the order of `orders`: the first call
+        renders them all, a later one only those whose sum changed."""
+        node_min = guaranteed_bytes + burstable_bytes if self._tiered else 0
+        node_low = burstable_bytes if self._tiered else 0
+        held = self._held
+        if held is None:
+            cgroups = self._render_all(node_min, node_low)
+        else:
+            cgroups = list(held[2])
+            if (held[0], held[1]) != (node_min, node_low):
+                cgroups[self._node_at] = self._node_cgroup(node_min, node_low)
+            if held[1] != node_low:
+                cgroups[self._burstable_at] = self._burstable_cgroup(node_low)
+        self._held = (node_min, node_low, cgroups)
+        return list(cgroups)
+
+    def _render_all(self, node_min: int, node_low: int) -> list[CgroupTarget]:
+        by_path = {
+            path: CgroupTarget(path=path, level="root", controllers=self._controllers)
+            for path in root_paths(self._config)
+        }
+        node = self._node_cgroup(node_min, node_low)
+        burstable = self._burstable_cgroup(node_low)
+        best_effort = CgroupTarget(
+            path=qos_path(self._config, BEST_EFFORT),
             level="qos",
-            files=memory_files(0, 0, UNLIMITED),
-            controllers=controllers,
+            files=self._memory_files(0, 0, UNLIMITED),
+            controllers=self._controllers,
         )
-    )
-    # Every cgroup sorted by (depth, path), as `node_targets` always listed them: the few
-    # node-level cgroups are inserted into the sorted pod cgroups.
-    keys = list(orders)
-    merged = list(cgroups)
-    for target in sorted(fixed, key=lambda t: (path_depth(t.path), t.path)):
-        key = (path_depth(target.path), target.path)
-        index = bisect.bisect_right(keys, key)
-        keys.insert(index, key)
-        merged.insert(index, target)
-    warnings = _warnings(
-        config,
-        topology,
-        throttled,
-        g_sum=g_sum,
-        b_sum=b_sum,
-        alloc_bytes=alloc_bytes,
-        node_max_bytes=node_max_bytes,
-    )
-    return NodeTargets(
-        cgroups=tuple(merged),
-        pods=pod_results,
-        node_memory_min_bytes=g_sum if is_tiered else 0,
-        node_memory_low_bytes=b_sum if is_tiered else 0,
-        warnings=warnings,
-        cgroup_driver=config.cgroup_driver,
-        cgroup_root=config.cgroup_root,
-    )
+        by_path.update({t.path: t for t in (node, burstable, best_effort)})
+        return [by_path[path] for _depth, path in self.orders]
+
+    def node_targets(
+        self,
+        cgroups: tuple[CgroupTarget, ...],
+        pods: tuple[PodTargets, ...],
+        *,
+        guaranteed_bytes: int,
+        burstable_bytes: int,
+        throttled: int,
+    ) -> NodeTargets:
+        """The `NodeTargets` of every cgroup (sorted, the node-level ones among them) and pod
+        (by UID), with the sums and warnings these QoS sums and throttled containers give."""
+        key = (guaranteed_bytes, burstable_bytes, throttled)
+        if self._warnings is None or self._warnings[0] != key:
+            warnings = _warnings(
+                self._config,
+                self._topology,
+                throttled,
+                g_sum=guaranteed_bytes,
+                b_sum=burstable_bytes,
+                alloc_bytes=self._alloc_bytes,
+                node_max_bytes=self._node_max_bytes,
+            )
+            self._warnings = (key, warnings)
+        return NodeTargets(
+            cgroups=cgroups,
+            pods=pods,
+            node_memory_min_bytes=guaranteed_bytes if self._tiered else 0,
+            node_memory_low_bytes=burstable_bytes if self._tiered else 0,
+            warnings=self._warnings[1],
+            cgroup_driver=self._config.cgroup_driver,
+            cgroup_root=self._config.cgroup_root,
+        )
 
 
 def kernel_version(release: str) -> tuple[int, int] | None:

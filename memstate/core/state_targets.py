@@ -7,8 +7,11 @@ reusing what it already has: for each pod the targets recorded in the decisions 
 pod whose spec or allocation changed since (an init container finished, a new spec under an old
 UID), or every pod after the config or topology changed, is computed again. The tracker keeps
 each pod's part of the node's targets, the pods' targets by UID, the sorted pod cgroups and the
-QoS-level sums between states and updates them for the pods whose records changed, so assembling
-the node's targets (`memstate.core.qos.assemble_from_parts`) does not walk every pod in Python.
+QoS-level sums between states and updates them for the pods whose records changed; the root, node
+and QoS cgroups sit among the pod cgroups and are rendered again only when the sum they depend on
+changed (`memstate.core.qos.NodeLevel`), so publishing the node's targets does not walk every pod in
+Python nor rebuild the node level (`memstate.core.qos.assemble_from_parts` is the whole computation
+the tests compare it with).
 Which pods changed comes from the events applied since the previous state (`pods_changed_by`:
 the daemon's writer passes each commit's events), so a commit does not compare every pod's
 record either; without them, or after an event that may change any pod (a restart, a
@@ -24,7 +27,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from memstate.core.cgroup_paths import node_path, path_depth, qos_path, root_paths
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
 from memstate.core.events import (
@@ -47,8 +49,8 @@ from memstate.core.events import (
     TopologyObserved,
 )
 from memstate.core.numa_policy import PodAllocation
-from memstate.core.pod import BEST_EFFORT, BURSTABLE, GUARANTEED
-from memstate.core.qos import PodPart, assemble_from_parts, pod_part, pod_targets
+from memstate.core.pod import BURSTABLE, GUARANTEED
+from memstate.core.qos import NodeLevel, PodPart, pod_part, pod_targets
 from memstate.core.state import PodRecord, State
 from memstate.core.targets import CgroupTarget, NodeTargets, PodTargets, TargetsChange
 from memstate.core.topology import Topology
@@ -105,15 +107,18 @@ class TargetsTracker:
     """Builds `NodeTargets` for successive states, computing each pod's targets at most once.
 
     Between commits it keeps every pod's part of the node's targets (`memstate.core.qos.PodPart`),
-    the pods' targets in UID order, the pod cgroups in their sorted order and the QoS-level sums,
-    and updates them for the pods that changed only (named by `changed`, else found by identity:
-    the reducer keeps an unchanged pod's record), so a commit costs O(changed pods) plus C-level
-    copies, not a walk over every pod. When no pod's part and neither the config nor the
-    topology changed, `update` returns the very `NodeTargets` it returned before.
+    the pods' targets in UID order, every cgroup in its sorted order (the root, node and QoS ones
+    among the pods', replaced only when the QoS sum they follow changed: a `NodeLevel` per config
+    and topology) and the QoS-level sums, and updates them for the pods that changed only (named
+    by `changed`, else found by identity: the reducer keeps an unchanged pod's record), so a
+    commit costs O(changed pods) plus C-level copies, not a walk over every pod. When no pod's
+    part and neither the config nor the topology changed, `update` returns the very
+    `NodeTargets` it returned before.
 
     Each new targets object comes with `change` (`TargetsChange`): the cgroups and pods it
     replaced, added or dropped relative to the targets object returned before it (None for the
-    first, or after the config or topology changed), found from the parts it updated.
+    first, or after the config or topology changed), found from the parts and the node-level
+    cgroups it replaced (an unchanged root, node or QoS cgroup is the same object, not listed).
 
     `computed` counts the calls to `pod_targets` (a test holds one admission to none: its
     targets come from the decision); `compared_all` the updates that compared every pod's record.
@@ -126,8 +131,11 @@ class TargetsTracker:
         self._parts: dict[str, PodPart] = {}
         self._uids: list[str] = []  # sorted
         self._targets: list[PodTargets] = []  # parallel to _uids
-        self._orders: list[tuple[int, str]] = []  # sorted; parallel to _cgroups
+        # Every cgroup of the targets, the node-level ones included, sorted by (depth, path):
+        # the keys and the cgroups, parallel.
+        self._orders: list[tuple[int, str]] = []
         self._cgroups: list[CgroupTarget] = []
+        self._level: NodeLevel | None = None  # for `_context`; its cgroups are in `_cgroups`
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
         self._last: NodeTargets | None = None  # what the previous update returned
@@ -140,8 +148,6 @@ class TargetsTracker:
         # The last few of them, oldest first (`memstate.core.targets.change_since` composes
         # them for a reader that missed some publications); () after a reset.
         self.recent: tuple[TargetsChange, ...] = ()
-        # The root, node and QoS cgroups' (depth, path) keys, for the config they were made for.
-        self._fixed: tuple[NodeConfig | None, tuple[tuple[int, str], ...]] = (None, ())
         self.computed = 0
         self.compared_all = 0
 
@@ -172,6 +178,10 @@ class TargetsTracker:
             # batch may predate the change).
             self._forget_all()
             self._context = context
+            self._level = NodeLevel(*context)
+            # The lists are empty: the node-level cgroups first, the pods are added below.
+            self._orders.extend(self._level.orders)
+            self._cgroups.extend(self._level.cgroups(0, 0))
             changed = None
         else:
             for decision in decisions:
@@ -204,26 +214,37 @@ class TargetsTracker:
             return self._last
         self._dirty = False
         previous = self._last
-        self._last = assemble_from_parts(
-            self._targets,
-            self._orders,
-            self._cgroups,
-            state.config,
-            state.topology,
-            guaranteed_bytes=self._sums[GUARANTEED],
-            burstable_bytes=self._sums[BURSTABLE],
+        level = self._level
+        if level is None:
+            raise InvariantViolation("targets tracker: no node level for the config in force")
+        g_sum, b_sum = self._sums[GUARANTEED], self._sums[BURSTABLE]
+        # The node-level cgroups the sums changed (the others are the same objects): replaced
+        # where they sort among the pod cgroups (a bisection in C).
+        replaced: list[CgroupTarget] = []
+        orders, cgroups = self._orders, self._cgroups
+        for key, target in zip(level.orders, level.cgroups(g_sum, b_sum), strict=True):
+            at = bisect.bisect_left(orders, key)
+            if at >= len(orders) or orders[at] != key:
+                raise InvariantViolation(f"targets tracker: cgroup {key[1]!r} is not listed")
+            if cgroups[at] is not target:
+                cgroups[at] = target
+                replaced.append(target)
+        self._last = level.node_targets(
+            tuple(cgroups),
+            tuple(self._targets),
+            guaranteed_bytes=g_sum,
+            burstable_bytes=b_sum,
             throttled=self._throttled,
         )
-        self.change = None if previous is None else self._change(previous, self._last)
+        self.change = None if previous is None else self._change(previous, replaced)
         self.recent = () if self.change is None else (*self.recent[1 - _RECENT :], self.change)
         self._touched.clear()
         self._dropped_paths.clear()
         return self._last
 
-    def _change(self, previous: NodeTargets, targets: NodeTargets) -> TargetsChange | None:
-        """What `targets` replaced of `previous`: the parts touched since, and the root, node
-        and QoS cgroups (assembled anew each time; found by bisection in the pod cgroups, all
-        being sorted by depth and path)."""
+    def _change(self, previous: NodeTargets, replaced: list[CgroupTarget]) -> TargetsChange:
+        """What the new targets replaced of `previous`: the parts touched since, and the
+        node-level cgroups `replaced` (the others are the same objects as in `previous`)."""
         parts = self._parts
         cgroups: list[CgroupTarget] = []
         pods: list[PodTargets] = []
@@ -235,23 +256,7 @@ class TargetsTracker:
             else:
                 cgroups.append(part.cgroup)
                 pods.append(part.targets)
-        if self._context is None:
-            return None
-        config = self._context[0]
-        listed = targets.cgroups
-        if self._fixed[0] is not config:  # rendering the paths costs more than the rest
-            paths = (*root_paths(config), node_path(config))
-            paths += (qos_path(config, BURSTABLE), qos_path(config, BEST_EFFORT))
-            self._fixed = (config, tuple(sorted((path_depth(path), path) for path in paths)))
-        orders = self._orders
-        for before, key in enumerate(self._fixed[1]):
-            # Where `assemble_from_parts` inserted it: after the pod cgroups that sort before
-            # it and the fixed ones before it (a bisection in C, no key function).
-            path = key[1]
-            at = bisect.bisect_right(orders, key) + before
-            if at >= len(listed) or listed[at].path != path:
-                return None  # not where `assemble_from_parts` puts it: no record, compare all
-            cgroups.append(listed[at])
+        cgroups.extend(replaced)
         dropped_paths = self._dropped_paths.difference(t.path for t in cgroups)
         return TargetsChange(
             previous=previous,
@@ -315,6 +320,7 @@ class TargetsTracker:
         self._targets.clear()
         self._orders.clear()
         self._cgroups.clear()
+        self._level = None
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
         self._last = None

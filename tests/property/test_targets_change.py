@@ -156,7 +156,9 @@ def test_a_reader_that_missed_publications_composes_their_records() -> None:
         State(),
         [
             TopologyObserved(topology=topology("8Gi", "8Gi")),
-            ConfigLoaded(config=static_config(["1Gi", "1Gi"])),
+            ConfigLoaded(
+                config=static_config(["1Gi", "1Gi"], memoryReservationPolicy="TieredReservation")
+            ),
             PodAdmissionRequested(pod=pod("a", "1Gi")),
         ],
     )
@@ -173,11 +175,16 @@ def test_a_reader_that_missed_publications_composes_their_records() -> None:
     assert_describes(change, first, last)
     assert change_since(tracker.recent, last) is None  # not a previous of any record
     assert_same(index.updated(last, change), TargetIndex.of(last), [])
-    # Leave the node cgroup (its memory.min grew) out of the record: the index follows the
-    # record, not a comparison of the targets.
+    # Leave the node cgroup (its memory.min grew: the config is tiered) out of the record: the
+    # index follows the record, not a comparison of the targets.
     (node,) = (t for t in last.cgroups if t.level == "node")
+    assert node.files["memory.min"] == str(3 * 2**30)
     partial = msgspec.structs.replace(
         change, cgroups=tuple(t for t in change.cgroups if t.level != "node")
     )
     assert index.updated(last, partial).by_path[node.path] is index.by_path[node.path]
     assert index.updated(last, partial).by_path[node.path] is not node
+    # The BestEffort QoS cgroup follows no sum: the very object published first, in no record.
+    (best_effort,) = (t for t in last.cgroups if t.path.endswith("besteffort"))
+    assert best_effort in first.cgroups and best_effort.path not in {t.path for t in change.cgroups}
+    assert next(t for t in first.cgroups if t.path == best_effort.path) is best_effort
