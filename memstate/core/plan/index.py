@@ -237,9 +237,45 @@ class TargetIndex:
             at = self._positions[path] = self.targets.cgroups.index(target)
         return at
 
+    def after(self, path: str, at: int) -> bool:
+        """True if desired `path`'s target stands after index `at` in `targets.cgroups`. Only
+        meaningful when the paths are `unique`. Without its position known, a C search of the
+        first ``at + 1`` targets answers (a new pod's parent stands near the front: no search
+        of every pod for the pod's own position)."""
+        known = self._positions.get(path)
+        if known is not None:
+            return known > at
+        target = self.by_path.get(path)
+        if target is None:
+            raise InvariantViolation(f"{path!r} is not desired: it has no place in the targets")
+        try:
+            self.targets.cgroups.index(target, 0, at + 1)
+        except ValueError:
+            return True  # not among the first at + 1: after them (it is listed, once)
+        return False
+
     def ordered(self, paths: Iterable[str]) -> list[str]:
-        """The desired ones of `paths`, in the targets' order (parents first), once each."""
-        found = {at: p for p in paths if (at := self.position(p)) is not None}
+        """The desired ones of `paths`, in the targets' order (parents first), once each.
+
+        The positions not yet known cost a search of the targets each (`tuple.index`); a
+        scoped round's one new cgroup among its ancestors (whose positions are known or near
+        the front) is placed last when `after` says it stands after all of them."""
+        found: dict[int, str] = {}
+        unknown: dict[str, None] = {}  # desired paths without a known position, once each
+        for path in paths:
+            at = self._positions.get(path)
+            if at is not None:
+                found[at] = path
+            elif path in self.by_path:
+                unknown[path] = None
+        if len(unknown) == 1 and self.unique:
+            (last,) = unknown
+            if not found or self.after(last, max(found)):
+                return [*(found[at] for at in sorted(found)), last]
+        for path in unknown:
+            at = self.position(path)
+            if at is not None:
+                found[at] = path
         return [found[at] for at in sorted(found)]
 
     def children(self, path: str) -> int:

@@ -120,15 +120,17 @@ def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str])
     if index.position("") is None:
         raise InvariantViolation("the targets do not include the managed root ''")
     for path in paths:
-        at = index.position(path)
-        if at is None:
+        target = index.by_path.get(path)
+        if target is None:
             continue  # not desired (a retired or container cgroup): nothing to check
         parent = parent_path(path)
         if parent is not None:
+            # After its parent: a search of the targets up to the parent's place (near the
+            # front), not of every pod for the path's own.
             above = index.position(parent)
-            if (at if above is None else above) >= at:
+            if above is None or not index.after(path, above):
                 raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
-        _check_target(index.by_path[path], config)
+        _check_target(target, config)
 
 
 def _check_target(target: CgroupTarget, config: NodeConfig) -> None:
