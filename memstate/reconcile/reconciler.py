@@ -101,6 +101,7 @@ from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
+from memstate.core.plan.scope import UndesiredNames
 from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, change_since
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -279,6 +280,9 @@ class Reconciler:
         # The children's protections summed for the last tree planned: carried to the next,
         # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
         self._child_sums: ChildSums | None = None
+        # Each holder's listed names no target explains, carried (followed by the names that
+        # changed in its listing and its desired children).
+        self._undesired = UndesiredNames()
         # path -> file -> what this reconciler last set or saw there
         self._expected: dict[str, dict[str, str]] = {}
         self._expected_present: set[str] = set()
@@ -400,6 +404,7 @@ class Reconciler:
                 profile=self.profile,
                 child_sums=child_sums,
                 index=complete,
+                undesired=None if self.options.shadow else self._undesired,
             )
 
         plan = self._full_plan(targets, tree, retiring, plan_for) if full else plan_for(tree)

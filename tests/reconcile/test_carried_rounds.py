@@ -16,6 +16,7 @@ equal after every round.
 from __future__ import annotations
 
 import contextlib
+from itertools import filterfalse
 from typing import Any
 
 import msgspec
@@ -34,6 +35,7 @@ from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex, with_container_targets
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
+from memstate.core.plan.scope import UndesiredNames
 from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker
@@ -69,6 +71,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._containers = ContainerIndex()
     reconciler._desired_before = dict(reconciler._desired_before)
     reconciler._child_sums = None
+    reconciler._undesired = UndesiredNames()
     reconciler._tree_changes = []
     reconciler._last_full_plan = None
 
@@ -215,12 +218,18 @@ def assert_carried_as_whole(carried: Reconciler, fresh: Reconciler) -> None:
     """What the carrying reconciler holds equals the whole computation: its sums answer as
     sums of its last planned tree computed afresh (they may be right by luck in a plan, where
     a parent's target covers its children), its container index (and the fresh reconciler's,
-    carried within a round) as `with_container_targets` on the index's targets and tree, and
-    each record of how one tree was derived from another names every path whose
-    observation it replaced."""
+    carried within a round) as `with_container_targets` on the index's targets and tree, each
+    holder's undesired names as its listing filtered against its desired names afresh (a plan
+    only shows them when a name is also a pod cgroup name), and each record of how one tree was
+    derived from another names every path whose observation it replaced."""
     sums = carried._child_sums
     if sums is not None:
         assert_same_sums(sums, ChildSums.of(sums.tree, PAGE), sums.tree)
+    for holder, (listing, desired, names) in carried._undesired.held().items():
+        assert names == tuple(sorted(filterfalse(desired.__contains__, listing))), holder
+        index = carried._complete_index
+        if index.child_names(holder) is desired:
+            assert desired == TargetIndex.of(index.targets).child_names(holder), holder
     for reconciler in (carried, fresh):
         index = reconciler._containers
         if index.targets is not None:
@@ -281,3 +290,54 @@ def test_a_controller_enabled_by_another_writer_after_a_failed_enable_is_remembe
     report = reconciler.reconcile(targets, scope=[BURSTABLE])
     drift = [n for n in report.notes if isinstance(n, CgroupDriftCorrected)]
     assert [(n.path, n.file) for n in drift] == [(BURSTABLE, "cgroup.subtree_control")]
+
+
+def test_pods_removed_after_their_holders_were_listed_are_removed_as_by_a_fresh_round() -> None:
+    """A removed pod's name leaves its holder's desired names while the holder's listing still
+    holds it (the same listing in a scoped round, an equal one in a full round): the carried
+    undesired names must follow the desired names' change, as a fresh filter does. Another
+    writer's pod cgroup appearing in a listing (an orphan) is followed by the listing's edit."""
+    config = node_config("TieredReservation", static=True)
+    trees = (new_sim(), new_sim())
+    carried, fresh = (Reconciler(tree, page_size_bytes=PAGE) for tree in trees)
+    tracker = TargetsTracker()
+    state = State()
+    for event in (TopologyObserved(topology=node_topology()), ConfigLoaded(config=config)):
+        state = step(state, event).state
+    for which in range(4):
+        state = step(state, PodAdmissionRequested(pod=pool_pod(which))).state
+    gone: set[str] = set()
+
+    def round_of(scope: list[str] | None) -> None:
+        targets = tracker.update(state)
+        assert targets is not None
+        afresh(fresh)
+        reports = [
+            r.reconcile(targets, retired_paths=sorted(gone), scope=scope, changes=tracker.recent)
+            for r in (carried, fresh)
+        ]
+        assert reports[0] == reports[1]
+        assert everything(trees[0]) == everything(trees[1])
+        assert_carried_as_whole(carried, fresh)
+
+    def cgroup_of(uid: str) -> str:
+        targets = tracker.update(state)
+        assert targets is not None
+        return next(p.cgroup for p in targets.pods if p.uid == uid)
+
+    round_of(None)  # creates the holders
+    state = step(state, PodAdmissionRequested(pod=pool_pod(4))).state
+    round_of([cgroup_of(pool_pod(4).uid)])  # lists them: carried from here on
+    for which, scoped in ((1, True), (2, False), (3, True)):
+        uid = pool_pod(which).uid
+        path = cgroup_of(uid)
+        state = step(state, PodRemovalRequested(uid=uid)).state
+        gone.update(retired(uid, config=config))
+        round_of([path] if scoped else None)
+        assert not trees[0].exists(path)
+    orphan = pool_pod(5)
+    for tree in trees:  # another writer's pod cgroup, not desired: seen by the next full round
+        tree.mkdir(f"{BURSTABLE}/pod{orphan.uid}")
+    round_of(None)
+    state = step(state, PodAdmissionRequested(pod=pool_pod(6))).state
+    round_of([cgroup_of(pool_pod(6).uid)])

@@ -22,7 +22,7 @@ from memstate.core.errors import InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, naming_config
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile, profile_targets
-from memstate.core.plan.scope import check_target_tree, undesired_pod_cgroups
+from memstate.core.plan.scope import UndesiredNames, check_target_tree, undesired_pod_cgroups
 from memstate.core.targets import NodeTargets
 from tests.reconcile.helpers import mixed_pod, node_config, targets_of_pods, uid_for
 from tests.reconcile.test_properties import PROPERTY_SETTINGS
@@ -65,6 +65,11 @@ def assert_same(carried: TargetIndex, fresh: TargetIndex, probe: list[str]) -> N
     if fresh.unique:
         order = [t.path for t in fresh.targets.cgroups]
         assert carried.ordered(probe) == [p for p in order if p in set(probe)]
+        # A desired path stands after an index as its place in the targets says (asked before
+        # its position is known, then after).
+        for path in [p for p in probe if p in fresh.by_path]:
+            for at in range(len(order) + 1):
+                assert carried.after(path, at) == (order.index(path) > at), (path, at)
         for path in probe:
             assert carried.position(path) == fresh.position(path)
 
@@ -87,6 +92,7 @@ def test_the_carried_index_answers_as_a_fresh_one(
     pool = list(BASE.cgroups)
     config = naming_config(BASE)
     index = TargetIndex.of(BASE)
+    carried = UndesiredNames()  # followed by the index's changes from step to step
     for edits, chosen, probes in steps:
         cgroups = [pool[i] for i in sorted(chosen | {0, 1, 2, 3})]
         for at, edit in edits:
@@ -112,15 +118,35 @@ def test_the_carried_index_answers_as_a_fresh_one(
         paths = [t.path for t in BASE.cgroups] + ["kubepods/nowhere", "elsewhere"]
         probe = [paths[i] for i in probes]
         assert_same(index, fresh, probe)
-        assert verdict(check_target_tree, targets, probe, index) == verdict(
-            check_target_tree, targets, probe
-        )
+        scoped = verdict(check_target_tree, targets, probe, index)
+        assert scoped == verdict(check_target_tree, targets, probe)
+        if fresh.unique and "" in fresh.by_path:
+            # Against the targets' order itself: a probed desired path listed before (or
+            # without) its parent is refused.
+            order = [t.path for t in targets.cgroups]
+            misplaced = [
+                p
+                for p in probe
+                if p in fresh.by_path
+                and p
+                and (
+                    (parent := p.rpartition("/")[0]) not in fresh.by_path
+                    or order.index(parent) > order.index(p)
+                )
+            ]
+            if misplaced:
+                assert isinstance(scoped, str), misplaced  # refused (by this or an earlier check)
+            else:
+                assert not (isinstance(scoped, str) and "before its parent" in scoped), scoped
         listed = tuple(sorted({p.rpartition("/")[2] for p in paths if p.count("/") >= 1}))
         tree = ObservedTree(cgroups={p: ObservedCgroup(children=listed) for p in paths})
         retired = frozenset(probe)
         assert verdict(undesired_pod_cgroups, targets, tree, config, retired, index) == verdict(
             undesired_pod_cgroups, targets, tree, config, retired
         )
+        assert undesired_pod_cgroups(
+            targets, tree, config, retired, index, carried=carried
+        ) == undesired_pod_cgroups(targets, tree, config, retired)
 
 
 @PROPERTY_SETTINGS

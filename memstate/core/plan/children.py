@@ -22,7 +22,7 @@ from operator import is_not, ne
 
 from memstate.core.cgroup_paths import is_valid_cgroup_name
 from memstate.core.errors import InvariantViolation
-from memstate.core.plan.model import ObservedCgroup, ObservedTree
+from memstate.core.plan.model import ObservedCgroup, ObservedTree, one_edit
 from memstate.core.plan.values import PROTECTION_FILES, ValueModel, kernel_default, value_model
 
 # One child's protections as its parent's sums count them, in PROTECTION_FILES order; None for a
@@ -206,7 +206,7 @@ class ChildSums:
             ):
                 continue  # the same listing (compared as tuples, without a set of every name)
             edit = (
-                _one_edit(previous.children, listing)
+                one_edit(previous.children, listing)
                 if listing is not None and before is not None and previous is not None
                 else None
             )
@@ -316,26 +316,6 @@ class ChildSums:
         """Refuse (InvariantViolation) sums made for another tree or page size."""
         if tree is not self.tree or page_size_bytes != self.page_size_bytes:
             raise InvariantViolation("child sums given for another observed tree or page size")
-
-
-def _one_edit(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[str, bool] | None:
-    """(name, True) if `new` is `old` with `name` put in at one place, (name, False) if with
-    `name` taken out at one place; None otherwise. Compared in C, by identity first (a listing
-    edited by `merge_observations` or `apply_operations` shares the names of the one before)."""
-    if old is None or abs(len(new) - len(old)) != 1:
-        return None
-    # The longest common prefix, by bisection on slices (halving: about two tuple copies and
-    # comparisons in all, by identity first), not a Python step per name.
-    at, end = 0, min(len(old), len(new))
-    while at < end:
-        middle = (at + end + 1) // 2
-        if old[at:middle] == new[at:middle]:
-            at = middle
-        else:
-            end = middle - 1
-    if len(new) > len(old):
-        return (new[at], True) if new[at + 1 :] == old[at:] else None
-    return (old[at], False) if old[at + 1 :] == new[at:] else None
 
 
 def _join(parent: str, name: str) -> str:

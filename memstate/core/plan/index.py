@@ -36,6 +36,7 @@ class TargetIndex:
         "_controlled",
         "_filtered",
         "_holders",
+        "_name_edits",
         "_positions",
         "base",
         "by_path",
@@ -58,6 +59,7 @@ class TargetIndex:
         base: Mapping[str, CgroupTarget] | None = None,
         changed: tuple[str, ...] = (),
         dropped: frozenset[str] = frozenset(),
+        name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None,
     ) -> None:
         self.targets = targets
         # The write profile whose filter is followed (None: none), and the paths whose files
@@ -79,6 +81,10 @@ class TargetIndex:
         self._children = children  # parent path -> the names of its desired children
         self._holders = holders  # path -> level, of the root, node and QoS cgroups
         self._controlled = controlled  # path -> target, of those with controllers
+        # parent -> (its children's names in the index this one was derived from, the names
+        # desired in one and not the other): lets a carried answer over a parent's names follow
+        # them by the names that changed (`child_names_changed`).
+        self._name_edits = name_edits or {}
 
     @classmethod
     def of(cls, targets: NodeTargets, profile: WriteProfile | None = None) -> TargetIndex:
@@ -169,8 +175,10 @@ class TargetIndex:
                 parent, _, name = target.path.rpartition("/")
                 edits.setdefault(parent, ([], []))[1].append(name)
             _add(target.path, target, holders, controlled)
+        name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         for parent, (dropped_names, added_names) in edits.items():
             names = children.get(parent, _NO_NAMES)
+            name_edits[parent] = (names, frozenset((*dropped_names, *added_names)))
             if dropped_names:
                 names = names.difference(dropped_names)
             if added_names:
@@ -197,6 +205,7 @@ class TargetIndex:
             base=before,
             changed=tuple(target.path for target in changed),
             dropped=frozenset(target.path for target in gone),
+            name_edits=name_edits,
         )
 
     def check(self, targets: NodeTargets) -> None:
@@ -228,9 +237,45 @@ class TargetIndex:
             at = self._positions[path] = self.targets.cgroups.index(target)
         return at
 
+    def after(self, path: str, at: int) -> bool:
+        """True if desired `path`'s target stands after index `at` in `targets.cgroups`. Only
+        meaningful when the paths are `unique`. Without its position known, a C search of the
+        first ``at + 1`` targets answers (a new pod's parent stands near the front: no search
+        of every pod for the pod's own position)."""
+        known = self._positions.get(path)
+        if known is not None:
+            return known > at
+        target = self.by_path.get(path)
+        if target is None:
+            raise InvariantViolation(f"{path!r} is not desired: it has no place in the targets")
+        try:
+            self.targets.cgroups.index(target, 0, at + 1)
+        except ValueError:
+            return True  # not among the first at + 1: after them (it is listed, once)
+        return False
+
     def ordered(self, paths: Iterable[str]) -> list[str]:
-        """The desired ones of `paths`, in the targets' order (parents first), once each."""
-        found = {at: p for p in paths if (at := self.position(p)) is not None}
+        """The desired ones of `paths`, in the targets' order (parents first), once each.
+
+        The positions not yet known cost a search of the targets each (`tuple.index`); a
+        scoped round's one new cgroup among its ancestors (whose positions are known or near
+        the front) is placed last when `after` says it stands after all of them."""
+        found: dict[int, str] = {}
+        unknown: dict[str, None] = {}  # desired paths without a known position, once each
+        for path in paths:
+            at = self._positions.get(path)
+            if at is not None:
+                found[at] = path
+            elif path in self.by_path:
+                unknown[path] = None
+        if len(unknown) == 1 and self.unique:
+            (last,) = unknown
+            if not found or self.after(last, max(found)):
+                return [*(found[at] for at in sorted(found)), last]
+        for path in unknown:
+            at = self.position(path)
+            if at is not None:
+                found[at] = path
         return [found[at] for at in sorted(found)]
 
     def children(self, path: str) -> int:
@@ -240,6 +285,18 @@ class TargetIndex:
     def child_names(self, path: str) -> frozenset[str]:
         """The names of `path`'s desired children."""
         return self._children.get(path, _NO_NAMES)
+
+    def child_names_changed(self, path: str, since: frozenset[str]) -> frozenset[str] | None:
+        """The names desired under `path` in one of `since` and `child_names(path)` and not in
+        the other, when `since` is this index's set or the one it was derived from (the index
+        `updated` was called on); None when that cannot be told without comparing them."""
+        names = self._children.get(path, _NO_NAMES)
+        if names is since:
+            return _NO_NAMES
+        edit = self._name_edits.get(path)
+        if edit is not None and edit[0] is since:
+            return edit[1]
+        return None
 
     def holders(self, level: str) -> list[str]:
         """The paths of the targets of `level` ("root", "node" or "qos"), in the targets' order."""

@@ -94,6 +94,7 @@ from memstate.core.plan.model import (
 )
 from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import (
+    UndesiredNames,
     check_target_tree,
     existing,
     naming_config,
@@ -141,6 +142,7 @@ def plan_operations(
     profile: WriteProfile = STANDALONE,
     child_sums: ChildSums | None = None,
     index: TargetIndex | None = None,
+    undesired: UndesiredNames | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
@@ -163,6 +165,10 @@ def plan_operations(
     `index`: the `TargetIndex` of `targets` (memstate.core.plan.index, carried by the
     reconciler), so that a scoped round looks up the targets instead of passing over all of
     them; the plan is the same without it.
+
+    `undesired`: the reconciler's carried `UndesiredNames` (memstate.core.plan.scope), so that
+    the pod cgroups no target explains are found without filtering every holder's whole
+    listing; the plan is the same without it.
     """
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
@@ -187,6 +193,7 @@ def plan_operations(
         profile=profile,
         child_sums=child_sums,
         index=index if profiled is targets and index is not None and index.unique else None,
+        undesired=undesired,
     )
     return planner.run()
 
@@ -215,8 +222,10 @@ class _Planner:
         profile: WriteProfile,
         child_sums: ChildSums | None = None,
         index: TargetIndex | None = None,
+        undesired: UndesiredNames | None = None,
     ) -> None:
         self.targets = targets
+        self.undesired = undesired
         self.target_index = index
         self.child_sums = child_sums
         self.profile = profile
@@ -421,7 +430,13 @@ class _Planner:
     def _classify_children(self) -> None:
         """Find pod cgroups under kubepods and the QoS cgroups that are not desired."""
         for pod in undesired_pod_cgroups(
-            self.targets, self.observed, self.config, self.retired, self.target_index
+            self.targets,
+            self.observed,
+            self.config,
+            self.retired,
+            self.target_index,
+            # Carried answers are followed from the carried index's changes only.
+            carried=self.undesired if self.target_index is not None else None,
         ):
             action = self._removal_action(pod.kind, pod.path, pod.populated)
             removal = Removal(

@@ -33,6 +33,7 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
+    one_edit,
 )
 from memstate.core.plan.values import file_controller
 from memstate.core.targets import CgroupTarget, NodeTargets
@@ -119,15 +120,17 @@ def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str])
     if index.position("") is None:
         raise InvariantViolation("the targets do not include the managed root ''")
     for path in paths:
-        at = index.position(path)
-        if at is None:
+        target = index.by_path.get(path)
+        if target is None:
             continue  # not desired (a retired or container cgroup): nothing to check
         parent = parent_path(path)
         if parent is not None:
+            # After its parent: a search of the targets up to the parent's place (near the
+            # front), not of every pod for the path's own.
             above = index.position(parent)
-            if (at if above is None else above) >= at:
+            if above is None or not index.after(path, above):
                 raise InvariantViolation(f"cgroup {path!r} is listed before its parent")
-        _check_target(index.by_path[path], config)
+        _check_target(target, config)
 
 
 def _check_target(target: CgroupTarget, config: NodeConfig) -> None:
@@ -217,18 +220,74 @@ class UndesiredPod(msgspec.Struct, frozen=True):
     populated: bool | None
 
 
+class UndesiredNames:
+    """Per holder (kubepods, a QoS cgroup): the names its listing holds that are not its desired
+    children's, sorted, carried from one planning to the next by the reconciler.
+
+    A holder lists every pod, so filtering its listing against the desired names is a pass
+    over every pod each round. Both change by a name or two per admission: `names` follows the
+    listing by `one_edit` and the desired names by `TargetIndex.child_names_changed`, and
+    rechecks only the names either says changed; otherwise (another listing, another index)
+    it filters the whole listing again. Its answer is always that filter's
+    (`sorted(filterfalse(desired.__contains__, listing))`, duplicates included): the memo only
+    keeps the last listing, names and answer per holder, held by identity. Not thread-safe; one
+    per reconciler.
+    """
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        # holder -> (listing, desired names, the listed names not desired, sorted)
+        self._memo: dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]] = {}
+
+    def names(self, holder: str, listing: tuple[str, ...], index: TargetIndex) -> tuple[str, ...]:
+        """The names in `listing` (`holder`'s children, as observed) that are not among
+        `index.child_names(holder)`, sorted, each as often as it is listed."""
+        desired = index.child_names(holder)
+        memo = self._memo.get(holder)
+        result: tuple[str, ...] | None = None
+        if memo is not None:
+            before, desired_before, found = memo
+            if listing is before and desired is desired_before:
+                return found
+            dropped_or_added = index.child_names_changed(holder, desired_before)
+            # The listing the same (shared, or equal: compared in C), or one name in or out.
+            same = len(listing) == len(before) and listing == before
+            edit = None if same else one_edit(before, listing)
+            if dropped_or_added is not None and (same or edit is not None):
+                recheck = set(dropped_or_added)
+                if edit is not None:
+                    recheck.add(edit[0])
+                kept = [name for name in found if name not in recheck]
+                for name in recheck:
+                    if name not in desired:
+                        kept.extend([name] * listing.count(name))  # a C scan per name
+                result = tuple(sorted(kept))
+        if result is None:
+            result = tuple(sorted(filterfalse(desired.__contains__, listing)))
+        self._memo[holder] = (listing, desired, result)
+        return result
+
+    def held(self) -> dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]]:
+        """holder -> (listing, desired names, answer) as last given (for tests)."""
+        return dict(self._memo)
+
+
 def undesired_pod_cgroups(
     targets: NodeTargets,
     observed: ObservedTree,
     config: NodeConfig,
     retired: frozenset[str],
     index: TargetIndex | None = None,
+    *,
+    carried: UndesiredNames | None = None,
 ) -> list[UndesiredPod]:
     """The pod cgroups observed under kubepods and the QoS cgroups that are not desired, in
     holder then name order: ``retired`` if their path is in `retired` (memstate.core.removals),
     else ``orphan``. Names that do not parse as memstate pod cgroups are never touched, so never
     listed. `index`: the `TargetIndex` of `targets` (the same answer without a pass over every
-    target; a throwaway one is built without it)."""
+    target; a throwaway one is built without it). `carried`: the reconciler's `UndesiredNames`
+    (the same answer without filtering every holder's whole listing each round)."""
     if index is None:
         index = TargetIndex.of(targets)
     else:
@@ -246,8 +305,12 @@ def undesired_pod_cgroups(
         # children's names (a holder lists every pod: no Python step, and no path built, per
         # desired child), in name order (one prefix: path order is name order).
         prefix = f"{holder}/" if holder else ""
-        desired = index.child_names(holder)
-        for name in sorted(filterfalse(desired.__contains__, found.children)):
+        if carried is not None:
+            undesired: Iterable[str] = carried.names(holder, found.children, index)
+        else:
+            desired = index.child_names(holder)
+            undesired = sorted(filterfalse(desired.__contains__, found.children))
+        for name in undesired:
             if not is_valid_cgroup_name(name):
                 continue
             path = prefix + name
