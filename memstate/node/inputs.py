@@ -15,7 +15,8 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
   (in C, several times faster, but recursing without a limit) composes only a text whose
   `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest —
   and such a document is built without PyYAML's constructor machinery where it holds only
-  mappings, sequences and plain scalars (`_construct_directly`); anything the C composer cannot
+  mappings, sequences and plain scalars (`_construct_directly`, which also checks it against the
+  limits below as it builds it, so that it is not walked again); anything the C composer cannot
   compose is composed again by the bounded one, which words the error;
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
   more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
