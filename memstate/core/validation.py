@@ -102,7 +102,7 @@ def check_document(
             if nesting >= MAX_NESTING:
                 raise error(f"nested deeper than {MAX_NESTING} levels", source=source)
             for key, item in value.items():
-                problem = _scalar_problem(key)
+                problem = scalar_problem(key)
                 if problem:
                     raise error(f"key {problem}", source=source, path=_path_of(frame))
                 stack.append((item, nesting + 1, key, frame))
@@ -112,12 +112,13 @@ def check_document(
                 raise error(f"nested deeper than {MAX_NESTING} levels", source=source)
             stack.extend((item, nesting + 1, index, frame) for index, item in enumerate(value))
         else:
-            problem = _scalar_problem(value)
+            problem = scalar_problem(value)
             if problem:
                 raise error(problem, source=source, path=_path_of(frame))
 
 
-def _scalar_problem(value: object) -> str:
+def scalar_problem(value: object) -> str:
+    """What is wrong with a decoded scalar (or a key) against the limits, or "" if nothing."""
     if isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             return f"string {echo(value)} is longer than {MAX_STRING_CHARS} characters"

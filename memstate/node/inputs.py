@@ -15,7 +15,8 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
   (in C, several times faster, but recursing without a limit) composes only a text whose
   `_nesting_bound`, taken on the text in linear time, is within the limit — a usual manifest —
   and such a document is built without PyYAML's constructor machinery where it holds only
-  mappings, sequences and plain scalars (`_construct_directly`); anything the C composer cannot
+  mappings, sequences and plain scalars (`_construct_directly`, which also checks it against the
+  limits below as it builds it, so that it is not walked again); anything the C composer cannot
   compose is composed again by the bounded one, which words the error;
 - YAML integers are at most `MAX_INT_CHARS` characters before `int()` sees them (Python refuses
   more than 4,300 digits with a ValueError, and hex or octal digits have no limit at all); any
@@ -48,9 +49,11 @@ from memstate.core.pod import Pod, pod_from_manifest
 from memstate.core.topology import Topology, topology_from_object
 from memstate.core.validation import (
     MAX_NESTING,
+    MAX_STRING_CHARS,
     check_document,
     json_nesting,
     node_budget,
+    scalar_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,9 +98,12 @@ def parse_document(data: bytes, *, source: str, error: type[InputError]) -> Any:
             document = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             raise error(f"invalid JSON: {echo(str(exc), quote=False)}", source=source) from None
-    else:
-        document = _parse_yaml(text, source=source, error=error)
-    check_document(document, budget=node_budget(len(data)), source=source, error=error)
+        check_document(document, budget=node_budget(len(data)), source=source, error=error)
+        return document
+    budget = node_budget(len(data))
+    document, checked = _parse_yaml(text, source=source, error=error, budget=budget)
+    if not checked:
+        check_document(document, budget=budget, source=source, error=error)
     return document
 
 
@@ -213,16 +219,17 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
 
         def resolve(self, kind: type, value: Any, implicit: Any) -> Any:
             """PyYAML's tag resolution (regular expressions in Python, half of composing a
-            manifest), remembered: without path resolvers it depends on these arguments only."""
-            resolver: Any = super()  # PyYAML's resolver is untyped
+            manifest), remembered: without path resolvers it depends on these arguments only.
+            Called from C once per node: PyYAML's resolver is called by name, not through a
+            `super()` object made per call."""
             if self.yaml_path_resolvers or (value is not None and len(value) > _RESOLVED_CHARS):
-                return resolver.resolve(kind, value, implicit)
+                return _resolve(self, kind, value, implicit)
             key = (kind, value, implicit)
             tag = _RESOLVED.get(key)
             if tag is None:
                 if len(_RESOLVED) >= _RESOLVED_ENTRIES:
                     _RESOLVED.clear()  # names and UIDs differ per pod: start afresh now and then
-                tag = _RESOLVED[key] = resolver.resolve(kind, value, implicit)
+                tag = _RESOLVED[key] = _resolve(self, kind, value, implicit)
             return tag
 
     _C_COMPOSING: type | None = _CComposingLoader
@@ -246,6 +253,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
     _C_COMPOSING = None
 
 
+_resolve: Any = Resolver.resolve  # PyYAML's (untyped) tag resolution
 # Resolved tags of short scalars (and of collections), for `_CComposingLoader.resolve`.
 _RESOLVED: dict[tuple[type, Any, Any], str] = {}
 _RESOLVED_CHARS = 64
@@ -272,20 +280,26 @@ def _nesting_bound(text: str) -> int:
     return 2 * (column + 1) + 2 * (text.count("[") + text.count("{"))
 
 
-def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
+def _parse_yaml(
+    text: str, *, source: str, error: type[InputError], budget: int
+) -> tuple[Any, bool]:
+    """The one document of a YAML text, and whether it is already known to pass
+    `check_document(document, budget=budget)` (checked while it was built directly)."""
     if _C_COMPOSING is not None and _nesting_bound(text) <= MAX_NESTING:
         # Shallow enough for libyaml's recursive composer: the same events, nodes, resolver and
         # constructor, so the same document. Whatever goes wrong there is reported by the
         # bounded loader below, which words every error as it always has.
         try:
-            documents = _documents(_C_COMPOSING(text), len(text), direct=True)
+            documents, checked = _documents(
+                _C_COMPOSING(text), len(text), direct=True, budget=budget
+            )
         except Exception:  # re-parsed below, which raises the error to report
             pass
         else:
             if len(documents) == 1:
-                return documents[0]
+                return documents[0], checked
     try:
-        documents = _documents(_Loader(text), len(text))
+        documents, _ = _documents(_Loader(text), len(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -293,26 +307,33 @@ def _parse_yaml(text: str, *, source: str, error: type[InputError]) -> Any:
         raise error(f"invalid YAML{where}: {echo(problem, quote=False)}", source=source) from None
     if len(documents) != 1:
         raise error(f"expected exactly one document, found {len(documents)}", source=source)
-    return documents[0]
+    return documents[0], False
 
 
-def _documents(loader: Any, size: int, *, direct: bool = False) -> list[Any]:
-    """The non-empty documents a loader reads (PyYAML's loader API is untyped); `direct`: build
-    them with `_construct_directly` where it can (libyaml's composer only: it needs the bound)."""
+def _documents(
+    loader: Any, size: int, *, direct: bool = False, budget: int = 0
+) -> tuple[list[Any], bool]:
+    """The non-empty documents a loader reads (PyYAML's loader API is untyped), and whether
+    every one was built by `_construct_directly` within `budget` values, so that
+    `check_document` with that budget would pass them; `direct`: build them so where it can
+    (libyaml's composer only: it needs the bound)."""
     loader.node_budget = node_budget(size)
     try:
         documents = []
         while loader.check_node():
             node = loader.get_node()
+            values = [0]
             try:
-                document = _construct_directly(node, loader, set()) if direct else None
+                document = _construct_directly(node, loader, set(), 0, values) if direct else None
             except _Unusual:
                 direct = False
             if not direct:
                 document = loader.construct_document(node)
+            elif values[0] > budget:
+                direct = False  # the same document; `check_document` words the error
             if document is not None:
                 documents.append(document)
-        return documents
+        return documents, direct
     finally:
         loader.dispose()
 
@@ -326,36 +347,54 @@ class _Unusual(Exception):
     """A document `_construct_directly` leaves to PyYAML's constructor."""
 
 
-def _construct_directly(node: Node, loader: Any, seen: set[int]) -> Any:
+def _construct_directly(
+    node: Node, loader: Any, seen: set[int], nesting: int, values: list[int]
+) -> Any:
     """What PyYAML's (bounded, safe) constructor builds from `node`, without its generators and
     bookkeeping, for the usual document: mappings, sequences and plain scalars, each node used
     once. Anything else — an alias, a merge or value key, a key written twice, a tag other than
     those, a collection as a key — raises `_Unusual`, and the constructor builds the document.
-    Recurses once per level: only for a document `_nesting_bound` proves shallow."""
+    Recurses once per level: only for a document `_nesting_bound` proves shallow.
+
+    It also checks what `check_document` would (`nesting` is the node's, as it counts it): a
+    value over a limit raises `_Unusual` too, and `values[0]` counts the values and keys, which
+    is what `check_document` holds against its budget for a document without aliases. So a
+    document built here within the budget needs no second walk, and any other is built and
+    checked as before, with the same errors."""
+    values[0] += 1
     kind = node.__class__
     if kind is ScalarNode:
-        if node.tag == _STR:
-            return node.value
-        if node.tag in _PLAIN_SCALARS:
-            return loader.construct_object(node)
-        raise _Unusual
-    if id(node) in seen:
+        tag = node.tag
+        if tag == _STR:
+            value = node.value
+        elif tag in _PLAIN_SCALARS:
+            value = loader.construct_object(node)
+        else:
+            raise _Unusual
+        # The usual string needs no more than this; anything else is `check_document`'s test.
+        usual = value.__class__ is str and len(value) <= MAX_STRING_CHARS and value.isascii()
+        if not usual and scalar_problem(value):
+            raise _Unusual
+        return value
+    if id(node) in seen or nesting >= MAX_NESTING:
         raise _Unusual  # an alias: one value in two places is the constructor's to build
     seen.add(id(node))
+    nesting += 1
     if kind is SequenceNode and node.tag == _SEQ:
-        return [_construct_directly(child, loader, seen) for child in node.value]
+        return [_construct_directly(child, loader, seen, nesting, values) for child in node.value]
     if kind is not MappingNode or node.tag != _MAP or len(node.value) > loader.node_budget:
         raise _Unusual
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         if key_node.__class__ is not ScalarNode:
             raise _Unusual
-        key = _construct_directly(key_node, loader, seen)  # not a merge or value key either
+        # Not a merge or value key either (their tags are not plain).
+        key = _construct_directly(key_node, loader, seen, nesting, values)
         # A key written twice builds the same key (PyYAML's NaN is one object): the constructor
         # says whether that is an error (the same spelling) or the last one wins.
         if key in mapping:
             raise _Unusual
-        mapping[key] = _construct_directly(value_node, loader, seen)
+        mapping[key] = _construct_directly(value_node, loader, seen, nesting, values)
     return mapping
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -185,6 +186,27 @@ class _StateCollector(Collector):
         return families
 
 
+class LabelledChildren:
+    """The children of one labelled metric, each looked up in prometheus-client once.
+
+    `metric.labels(...)` takes a lock and builds a key on every call, several times the cost of
+    the increment or observation itself; the daemon updates some series once per record or per
+    reconcile round. Label values are given in the order of the metric's label names and must
+    come from a small fixed set (a record kind, a cgroup file name), as every label of ours does.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        """The child for these label values (prometheus-client's, untyped)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics:
     """The daemon's metrics: a dedicated registry, never the global one."""
 
@@ -227,6 +249,10 @@ class Metrics:
             ["file", "result"],
             registry=self.registry,
         )
+        # The series updated per record or per round, by their label values.
+        self.events_appended_by = LabelledChildren(self.events_appended)
+        self.reconcile_seconds_by = LabelledChildren(self.reconcile_seconds)
+        self.cgroup_writes_by = LabelledChildren(self.cgroup_writes)
         self.drift_corrections = Counter(
             "memstate_drift_corrections",
             "Cgroup values changed by someone else and corrected.",

@@ -105,9 +105,6 @@ class Writer:
         self.checkpoint_seq = 0
         self.events_since_checkpoint = 0
         self.limiter = trio.CapacityLimiter(1)  # one log operation at a time
-        # `events_appended` by kind: prometheus-client's `labels()` takes a lock and builds a
-        # key on every call, several times the cost of the increment (once per record).
-        self._appended: dict[str, Any] = {}
         self._send, self._receive = trio.open_memory_channel[_Submission](64)
 
     def attach(
@@ -127,12 +124,6 @@ class Writer:
         self.removals = removals
         self.last_seq = last_seq
         self.checkpoint_seq = checkpoint_seq
-
-    def _appended_counter(self, kind: str) -> Any:
-        counter = self._appended.get(kind)
-        if counter is None:
-            counter = self._appended[kind] = self.metrics.events_appended.labels(kind=kind)
-        return counter
 
     async def submit(self, events: Sequence[Event]) -> None:
         """Have `events` decided and recorded; returns once they are durable."""
@@ -201,7 +192,7 @@ class Writer:
             self.metrics.fsync_seconds.observe(trio.current_time() - started)
             self.metrics.batch_events.observe(len(envelopes))
             for envelope in envelopes:
-                self._appended_counter(envelope.event.kind).inc()
+                self.metrics.events_appended_by(envelope.event.kind).inc()
             self.state = state
             self.removals = removals
             self.last_seq = envelopes[-1].seq

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from memstate.core.errors import ManifestError
-from memstate.core.validation import MAX_NESTING
+from memstate.core.validation import MAX_NESTING, MAX_STRING_CHARS, check_document
 from memstate.node import inputs
 
 SCALARS = st.one_of(
@@ -51,7 +51,7 @@ def slow(text: str) -> Any:
 
 def outcome(text: str) -> Any:
     try:
-        return ("ok", inputs._parse_yaml(text, source="m.yaml", error=ManifestError))
+        return ("ok", inputs._parse_yaml(text, source="m.yaml", error=ManifestError, budget=0)[0])
     except ManifestError as exc:
         return ("error", str(exc))
 
@@ -255,3 +255,117 @@ def test_an_alias_is_the_same_value_in_both_places() -> None:
     kind, document = outcome("a: &x {k: [1, 2]}\nb: *x\nc: [*x, *x]\n")
     assert kind == "ok"
     assert document["a"] is document["b"] is document["c"][0] is document["c"][1]
+
+
+# --- the limits checked while building directly ---------------------------------------------------
+
+
+def parsed(text: str) -> Any:
+    """`parse_document`'s result or error message (the limits included)."""
+    try:
+        return ("ok", inputs.parse_document(text.encode(), source="m.yaml", error=ManifestError))
+    except ManifestError as exc:
+        return ("error", str(exc))
+
+
+def parsed_slow(text: str) -> Any:
+    """`parse_document` with the bounded composer only, so every document is walked by
+    `check_document` afterwards, as before the limits were checked while building."""
+    saved = inputs._C_COMPOSING
+    inputs._C_COMPOSING = None
+    try:
+        return parsed(text)
+    finally:
+        inputs._C_COMPOSING = saved
+
+
+LONG = "x" * (MAX_STRING_CHARS + 1)
+# Scalars over (or at) a limit, as YAML texts: an int just past 64 bits, a long string, an escaped
+# unpaired surrogate, a non-ASCII string that is fine, and the same as keys.
+HOSTILE_SCALARS = st.sampled_from(
+    [
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "0x8000000000000000",
+        '"\\ud800"',
+        '"a\\udfffb"',
+        '"é\\u00e9"',
+        "é",
+        "'\\ud800'",
+        LONG,
+        f"'{LONG}'",
+        "x" * MAX_STRING_CHARS,
+        "true",
+        "~",
+        "1.5e400",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        HOSTILE_SCALARS | SCALARS.map(lambda s: yaml.safe_dump(s).removesuffix("\n...\n").strip()),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3).map(lambda items: "[" + ", ".join(items) + "]"),
+            st.lists(st.tuples(HOSTILE_SCALARS | KEYS.map(str), inner), max_size=3).map(
+                lambda pairs: "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+            ),
+        ),
+        max_leaves=8,
+    )
+)
+def test_limits_checked_while_building_give_the_same_result(text: str) -> None:
+    """A scalar over a limit anywhere (value or key) gives `check_document`'s error, word for
+    word, and a document within the limits the same document."""
+    assert parsed(text) == parsed_slow(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"metadata:\n  name: {LONG}\n",
+        f"{LONG}: 1\n",
+        'a: [1, "\\ud800"]\n',
+        "a:\n  b: 9223372036854775808\n",
+        "a: -9223372036854775809\n",
+        "9223372036854775808\n",
+    ],
+)
+def test_a_value_over_a_limit_is_reported_as_before(text: str) -> None:
+    kind, message = parsed(text)
+    assert kind == "error"
+    assert (kind, message) == parsed_slow(text)
+
+
+def test_a_usual_manifest_is_not_walked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built directly within the limits: `check_document` is not asked (and is, for JSON)."""
+    text = yaml.safe_dump({"apiVersion": "v1", "metadata": {"name": "é", "uid": "u"}, "n": 3})
+    expected = parsed(text)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check_document was asked")
+
+    monkeypatch.setattr(inputs, "check_document", refuse)
+    assert parsed(text) == expected
+    with pytest.raises(AssertionError, match="check_document was asked"):
+        inputs.parse_document(b'{"a": 1}', source="m.json", error=ManifestError)
+
+
+def test_the_count_against_the_budget_is_check_documents() -> None:
+    """Built directly, a document counts as checked exactly when `check_document` with the same
+    budget passes it: the values and the keys, as `check_document` counts them."""
+    text = "{a: 1, b: [2, {c: d}]}"  # the mapping, 2 keys, 1, the list, 2, the inner mapping's 2
+    for budget in range(3, 12):
+        document, checked = inputs._parse_yaml(
+            text, source="m.yaml", error=ManifestError, budget=budget
+        )
+        assert document == {"a": 1, "b": [2, {"c": "d"}]}
+        try:
+            check_document(document, budget=budget, source="m.yaml", error=ManifestError)
+        except ManifestError:
+            passes = False
+        else:
+            passes = True
+        assert checked is passes, budget

@@ -45,9 +45,10 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     if daemon.shadow is not None:
         daemon.shadow.cgroups_observed(report.differences)
     label = "full" if scope is None else "scoped"
-    daemon.metrics.reconcile_seconds.labels(scope=label).observe(trio.current_time() - started)
+    metrics = daemon.metrics
+    metrics.reconcile_seconds_by(label).observe(trio.current_time() - started)
     for (file_name, result), count in sorted(report.counters.items()):
-        daemon.metrics.cgroup_writes.labels(file=file_name, result=result).inc(count)
+        metrics.cgroup_writes_by(file_name, result).inc(count)
     notes = notes_worth_recording(daemon, report.notes)
     drift = sum(1 for n in report.notes if n.kind == "cgroup_drift_corrected")
     if drift:
