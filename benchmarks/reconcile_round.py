@@ -102,6 +102,24 @@ def import_baseline(source: Path, into: Path) -> None:
     sys.path.insert(0, str(into))
 
 
+def alternate(
+    this: Callable[[int], float], baseline: Callable[[int], float], samples: int
+) -> tuple[list[float], list[float]]:
+    """`samples` measurements of each side, taken in turn, the side that goes first alternating
+    from one sample to the next (so neither always runs on the caches the other left): this
+    side's and the baseline's, in sample order."""
+    mine: list[float] = []
+    theirs: list[float] = []
+    for index in range(samples):
+        if index % 2:
+            mine.append(this(index))
+            theirs.append(baseline(index))
+        else:
+            theirs.append(baseline(index))
+            mine.append(this(index))
+    return mine, theirs
+
+
 def spread(times: list[float]) -> str:
     """The median and the 10th..90th percentile, in ms."""
     ordered = sorted(times)
@@ -134,15 +152,7 @@ def main() -> None:
             baseline = world(
                 BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods, containers=args.containers
             )
-            mine: list[float] = []
-            theirs: list[float] = []
-            for index in range(args.samples):
-                if index % 2:
-                    mine.append(this(index))
-                    theirs.append(baseline(index))
-                else:
-                    theirs.append(baseline(index))
-                    mine.append(this(index))
+            mine, theirs = alternate(this, baseline, args.samples)
             ratio = statistics.median(m / t for m, t in zip(mine, theirs, strict=True))
             ratios.append(ratio)
             print(

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reconcile_round import BASELINE_PACKAGE, import_baseline, spread
+from benchmarks.reconcile_round import BASELINE_PACKAGE, alternate, import_baseline, spread
 
 
 def world(package: str, tests: str, pods: int) -> Callable[[int], float]:
@@ -96,15 +96,7 @@ def main() -> None:
                 print(f"{what}: {spread(times)}")
                 continue
             baseline = world(BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods)
-            mine: list[float] = []
-            theirs: list[float] = []
-            for index in range(args.samples):
-                if index % 2:
-                    mine.append(this(index))
-                    theirs.append(baseline(index))
-                else:
-                    theirs.append(baseline(index))
-                    mine.append(this(index))
+            mine, theirs = alternate(this, baseline, args.samples)
             ratio = statistics.median(m / t for m, t in zip(mine, theirs, strict=True) if t > 0)
             ratios.append(ratio)
             print(
