@@ -5,7 +5,6 @@ write, and a SIGHUP or an earlier change may already have a reload pending (docs
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,10 +12,14 @@ import trio
 import trio.testing
 
 from memstate.core.events import ConfigRejected, Event
-from memstate.host.sim import SimCgroupFS
 from memstate.node.daemon import Daemon
 from memstate.node.loops.config import REJECT_QUIET_SECONDS
-from tests.sim.world import CONFIG_YAML, PAGE, SimDisk, World, _settings, sim_adapters
+from tests.sim.world import (
+    CONFIG_YAML,
+    _settings,
+    fixed_world,
+    sim_adapters,
+)
 
 INVALID = CONFIG_YAML.replace("topologyManagerPolicy: none", "topologyManagerPolicy: sideways")
 
@@ -26,12 +29,7 @@ def _run(config_file: Path, edit: list[tuple[float, str]]) -> tuple[list[ConfigR
     pause and followed by a wake-up (what the file watch or a SIGHUP does); return the rejections
     submitted and the reload-error counter once everything has settled."""
     config_file.write_text(CONFIG_YAML)
-    world = World(
-        seed=1,
-        rng=random.Random(1),
-        disk=SimDisk(random.Random(2)),
-        fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1"),
-    )
+    world = fixed_world()
     daemon = Daemon(_settings(config_file), adapters=sim_adapters(world))
     rejected: list[ConfigRejected] = []
     submit = daemon.submit

@@ -6,7 +6,6 @@ old targets, not the new ones (docs/operations.md)."""
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,22 +13,17 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from memstate.core.pod import pod_from_manifest
-from memstate.host.sim import SimCgroupFS
 from memstate.node.daemon import Daemon
-from memstate.node.sources.observation import ObservedPod
-from tests.factories import manifest
-from tests.sim.world import CONFIG_YAML, PAGE, SimDisk, World, _settings, run_inline, sim_adapters
+from tests.sim.world import (
+    CONFIG_YAML,
+    _settings,
+    fixed_world,
+    guaranteed_observation,
+    run_inline,
+    sim_adapters,
+)
 
 _T = TypeVar("_T")
-Mi = 1024 * 1024
-
-
-def _guaranteed(uid: str) -> ObservedPod:
-    amounts = {"memory": 256 * Mi, "cpu": "1"}
-    resources = {"requests": amounts, "limits": amounts}
-    document = manifest(uid, [{"name": "app", "image": "sim", "resources": resources}])
-    return ObservedPod(locator=f"sim:{uid}", pod=pod_from_manifest(document), spec_hash=uid)
 
 
 def _is_round(fn: Callable[..., Any]) -> bool:
@@ -40,12 +34,7 @@ def _is_round(fn: Callable[..., Any]) -> bool:
 def test_converged_follows_the_current_targets(tmp_path: Path) -> None:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(CONFIG_YAML)
-    world = World(
-        seed=1,
-        rng=random.Random(1),
-        disk=SimDisk(random.Random(2)),
-        fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1"),
-    )
+    world = fixed_world()
     gate: dict[str, trio.Event | None] = {"open": None}
     rounds = {"started": 0}
 
@@ -76,7 +65,7 @@ def test_converged_follows_the_current_targets(tmp_path: Path) -> None:
             # A commit that changes the targets: not converged until a round over them ends.
             gate["open"] = first = trio.Event()
             started = rounds["started"]
-            world.pods["one"] = _guaranteed("one")
+            world.pods["one"] = guaranteed_observation("one")
             daemon._manifest_wake.set()
             await until(lambda: "one" in daemon.state.pods and rounds["started"] > started)
             seen["after_commit"] = (daemon.readiness.converged, gauge())
@@ -84,7 +73,7 @@ def test_converged_follows_the_current_targets(tmp_path: Path) -> None:
             # A second commit while that round is held: the round ends converged to targets
             # that are no longer the current ones.
             second = trio.Event()
-            world.pods["two"] = _guaranteed("two")
+            world.pods["two"] = guaranteed_observation("two")
             daemon._manifest_wake.set()
             await until(lambda: "two" in daemon.state.pods)
             gate["open"] = second

@@ -6,7 +6,6 @@ covers both what woke it and the new pod; a scan that never ends delays rounds b
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,23 +13,18 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from memstate.core.pod import pod_from_manifest
-from memstate.host.sim import SimCgroupFS
 from memstate.node.admissions import MAX_ROUND_DEFER_SECONDS
 from memstate.node.daemon import Daemon
-from memstate.node.sources.observation import ObservedPod
-from tests.factories import manifest
-from tests.sim.world import CONFIG_YAML, PAGE, SimDisk, World, _settings, run_inline, sim_adapters
+from tests.sim.world import (
+    CONFIG_YAML,
+    _settings,
+    fixed_world,
+    guaranteed_observation,
+    run_inline,
+    sim_adapters,
+)
 
 _T = TypeVar("_T")
-Mi = 1024 * 1024
-
-
-def _guaranteed(uid: str) -> ObservedPod:
-    amounts = {"memory": 256 * Mi, "cpu": "1"}
-    resources = {"requests": amounts, "limits": amounts}
-    document = manifest(uid, [{"name": "app", "image": "sim", "resources": resources}])
-    return ObservedPod(locator=f"sim:{uid}", pod=pod_from_manifest(document), spec_hash=uid)
 
 
 def _inner(fn: Callable[..., Any]) -> Any:
@@ -42,12 +36,7 @@ def _run(tmp_path: Path, hold_read_seconds: float | None) -> dict[str, Any]:
     while it is held; the read is released after `hold_read_seconds` (None: half the bound)."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(CONFIG_YAML)
-    world = World(
-        seed=1,
-        rng=random.Random(1),
-        disk=SimDisk(random.Random(2)),
-        fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1"),
-    )
+    world = fixed_world()
     held: dict[str, trio.Event | None] = {"read": None}
     rounds: list[tuple[float, list[str] | None]] = []  # (start time, scope) of every round
     seen: dict[str, Any] = {}
@@ -76,7 +65,7 @@ def _run(tmp_path: Path, hold_read_seconds: float | None) -> dict[str, Any]:
             before = len(rounds)
 
             release = held["read"] = trio.Event()
-            world.pods["one"] = _guaranteed("one")
+            world.pods["one"] = guaranteed_observation("one")
             daemon._manifest_wake.set()
             await trio.sleep(0.001)  # the scan starts and waits for its read
             # What the cgroup watch does for a change under kubepods.

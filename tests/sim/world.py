@@ -392,6 +392,25 @@ async def _simulate(world: World, config_file: Path, lives: int) -> None:
         await _live(world, config_file, life, last=last)
 
 
+def fixed_world() -> World:
+    """A world with fixed seeds and the plain kernel model, for tests that drive the daemon
+    step by step rather than at random."""
+    return World(
+        seed=1,
+        rng=random.Random(1),
+        disk=SimDisk(random.Random(2)),
+        fs=SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1"),
+    )
+
+
+def guaranteed_observation(uid: str) -> ObservedPod:
+    """A Guaranteed pod of 256 MiB and one CPU, as a pod source observes it."""
+    amounts = {"memory": 256 * 1024 * 1024, "cpu": "1"}
+    resources = {"requests": amounts, "limits": amounts}
+    document = manifest(uid, [{"name": "app", "image": "sim", "resources": resources}])
+    return ObservedPod(locator=f"sim:{uid}", pod=pod_from_manifest(document), spec_hash=uid)
+
+
 def _settings(config_file: Path) -> Settings:
     return Settings(
         state_dir=Path("/nonexistent/sim-state"),
