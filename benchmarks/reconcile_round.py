@@ -120,6 +120,21 @@ def alternate(
     return mine, theirs
 
 
+def sample_ratio(mine: list[float], theirs: list[float]) -> float:
+    """This side / the baseline: the median of the per-sample ratios (samples the baseline
+    measured as zero, below the clock's resolution, left out)."""
+    return statistics.median(m / t for m, t in zip(mine, theirs, strict=True) if t > 0)
+
+
+def print_rounds(ratios: list[float]) -> None:
+    """The rounds' ratios: median and range, when there is more than one."""
+    if len(ratios) > 1:
+        print(
+            f"this / baseline over {len(ratios)} rounds: median "
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
+        )
+
+
 def spread(times: list[float]) -> str:
     """The median and the 10th..90th percentile, in ms."""
     ordered = sorted(times)
@@ -153,18 +168,14 @@ def main() -> None:
                 BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods, containers=args.containers
             )
             mine, theirs = alternate(this, baseline, args.samples)
-            ratio = statistics.median(m / t for m, t in zip(mine, theirs, strict=True))
+            ratio = sample_ratio(mine, theirs)
             ratios.append(ratio)
             print(
                 f"{what}, {args.samples} scoped admission rounds, CPU per round: baseline "
                 f"{spread(theirs)}, this {spread(mine)}; this / baseline, median of samples "
                 f"{ratio:.3f}"
             )
-        if len(ratios) > 1:
-            print(
-                f"this / baseline over {len(ratios)} rounds: median "
-                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
-            )
+        print_rounds(ratios)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reconcile_round import BASELINE_PACKAGE, alternate, import_baseline, spread
+from benchmarks.reconcile_round import (
+    BASELINE_PACKAGE,
+    alternate,
+    import_baseline,
+    print_rounds,
+    sample_ratio,
+    spread,
+)
 
 
 def world(package: str, tests: str, pods: int) -> Callable[[int], float]:
@@ -97,17 +103,13 @@ def main() -> None:
                 continue
             baseline = world(BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods)
             mine, theirs = alternate(this, baseline, args.samples)
-            ratio = statistics.median(m / t for m, t in zip(mine, theirs, strict=True) if t > 0)
+            ratio = sample_ratio(mine, theirs)
             ratios.append(ratio)
             print(
                 f"{what}: baseline {spread(theirs)}, this {spread(mine)}; this / baseline, "
                 f"median of samples {ratio:.3f}"
             )
-        if len(ratios) > 1:
-            print(
-                f"this / baseline over {len(ratios)} rounds: median "
-                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
-            )
+        print_rounds(ratios)
 
 
 if __name__ == "__main__":
