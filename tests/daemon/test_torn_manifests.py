@@ -20,13 +20,12 @@ import yaml
 from memstate.core.events import (
     Envelope,
     ManifestInvalid,
-    PodAdmissionRequested,
-    PodRemovalRequested,
     PodRemoved,
 )
 from memstate.node.manifests import INVALID_QUIET_SECONDS, ManifestDirectory
 from tests.daemon.harness import Node, pod_manifest
 from tests.daemon.test_e2e import admitted
+from tests.daemon.test_manifests import kinds
 from tests.factories import container, manifest
 
 POD = yaml.safe_dump(manifest("u-run", [container("c", "1Gi")]))
@@ -35,18 +34,6 @@ RESIZED = yaml.safe_dump(manifest("u-run", [container("c", "2Gi")]))
 # quoted scalar. (A part cut at a line end can be a valid pod with a smaller spec: that read
 # admits it, as any valid write would; docs/operations.md says to write atomically.)
 TORN = {"empty": "", "half": POD[: POD.index("cpu: '1'") + len("cpu: '")]}
-
-
-def kinds(events: list[Any]) -> list[tuple[str, str]]:
-    out = []
-    for event in events:
-        if isinstance(event, PodAdmissionRequested):
-            out.append(("admit", event.pod.uid))
-        elif isinstance(event, PodRemovalRequested):
-            out.append(("remove", event.uid))
-        elif isinstance(event, ManifestInvalid):
-            out.append(("invalid", Path(event.source).name))
-    return out
 
 
 class Directory:

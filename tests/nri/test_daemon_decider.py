@@ -10,6 +10,8 @@ does after each fsync; trio's MockClock drives the waits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import trio.testing
 
@@ -72,6 +74,31 @@ def _decider(published: Published, wait: float = 1.0) -> DaemonNriDecider:
         published.current, published.nudge, unknown_pod_wait_seconds=wait, metrics=None
     )
     return published.decider
+
+
+def _wired_decider(
+    mode: str, state: State, targets: NodeTargets | None, published_pod: PodLookup
+) -> tuple[Any, DaemonNriDecider]:
+    """The decider as the daemon wires it (`nri_service_for`), beside the kubelet in `mode`,
+    over a stand-in daemon holding `state`, `targets` and the targets' look-up: the stand-in
+    (a test moves its state and targets on) and the decider."""
+    from types import SimpleNamespace
+
+    from memstate.node.nri_decider import nri_service_for
+    from memstate.node.settings import NriSettings, Settings
+
+    daemon = SimpleNamespace(
+        settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
+        state=state,
+        targets=targets,
+        published_pod=published_pod,
+        metrics=None,
+        sources=[],
+        nri_containers_changed=lambda ids, pods: None,
+    )
+    service = nri_service_for(daemon)  # type: ignore[arg-type]
+    assert service is not None
+    return daemon, service.decider
 
 
 def test_known_pods_are_answered_from_the_committed_state() -> None:
@@ -168,28 +195,11 @@ def test_synchronize_and_update_reapply_and_tables_are_built_once_per_state() ->
 
 def test_in_qos_mode_the_nri_answer_carries_no_cpuset_mems() -> None:
     """`mode: qos` never pins: not through the reconciler, not through the runtime either."""
-    from types import SimpleNamespace
-
-    from memstate.node.nri_decider import nri_service_for
-    from memstate.node.settings import NriSettings, Settings
-
     state = node_state()
     targets = _targets(state)
     answers: dict[str, object] = {}
     for mode in ("numa", "qos"):
-        daemon = SimpleNamespace(
-            settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
-            state=state,
-            targets=targets,
-            published_pod=_lookup(targets),
-            metrics=None,
-            sources=[],
-            nri_containers_changed=lambda ids, pods: None,
-        )
-        service = nri_service_for(daemon)  # type: ignore[arg-type]
-        assert service is not None
-
-        decider = service.decider
+        _, decider = _wired_decider(mode, state, targets, _lookup(targets))
 
         async def main(decider: DaemonNriDecider = decider) -> object:
             return await decider.create_container(_pod(PINNED), _container(PINNED, "app"))
@@ -246,12 +256,9 @@ def test_the_look_ups_answer_what_the_whole_tables_did() -> None:
     rejected and unknown UID, in both write profiles, over a run of admissions (some rejected:
     too big), with the daemon's wiring (`nri_service_for`, the tracker's look-up)."""
     import random
-    from types import SimpleNamespace
 
     from memstate.core.plan.profile import WriteProfile, profile_targets
     from memstate.core.state_targets import TargetsTracker
-    from memstate.node.nri_decider import nri_service_for
-    from memstate.node.settings import NriSettings, Settings
 
     rng = random.Random(7)
     for mode in ("numa", "qos"):
@@ -259,18 +266,7 @@ def test_the_look_ups_answer_what_the_whole_tables_did() -> None:
         tracker = TargetsTracker()
         state = node_state()
         targets = tracker.update(state)
-        daemon = SimpleNamespace(
-            settings=Settings(nri=NriSettings(), mode=mode, ownership="beside-kubelet"),  # type: ignore[arg-type]
-            state=state,
-            targets=targets,
-            published_pod=tracker.pod,
-            metrics=None,
-            sources=[],
-            nri_containers_changed=lambda ids, pods: None,
-        )
-        service = nri_service_for(daemon)  # type: ignore[arg-type]
-        assert service is not None
-        decider = service.decider
+        daemon, decider = _wired_decider(mode, state, targets, tracker.pod)
         uids = [PINNED, REJECTED, UNKNOWN, ""]
         for index in range(25):
             uid = f"{index:08d}-0000-0000-0000-000000000000"
