@@ -58,6 +58,12 @@ from memstate.core.validation import (
 
 logger = logging.getLogger(__name__)
 
+# How long an input file (the config file, a manifest) that does not load must stay unchanged
+# before it is rejected. Editors and shell redirections truncate a file, then write it: a read
+# already due can land in between, and rejecting that empty or half-written file would record an
+# error the operator never made (and, for a manifest, remove its running pod). The writer's close
+# (IN_CLOSE_WRITE) wakes the reader again well within this time.
+UNSETTLED_INPUT_SECONDS = 0.5
 # A Pod in etcd is at most 1.5 MiB (etcd's request limit); real manifests are a few KiB.
 MAX_FILE_BYTES = 1 << 20
 # int64 needs 19 digits (64 binary digits with 0b); 66 allows underscores and a sign.

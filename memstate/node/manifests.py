@@ -72,6 +72,7 @@ from memstate.core.events import Event
 from memstate.core.pod import pod_from_manifest, spec_hash
 from memstate.node.inputs import (
     MAX_FILE_BYTES,
+    UNSETTLED_INPUT_SECONDS,
     is_manifest_name,
     parse_document,
 )
@@ -91,9 +92,8 @@ INLINE_BYTES = 64 * 1024
 INLINE_SLOW_SECONDS = 0.02
 INLINE_PAUSE_SECONDS = 60.0
 # How long a file that does not parse or validate must stay unchanged before it is reported (see
-# "In-place writes" in the module docstring); the config file's rule
-# (memstate.node.loops.config.REJECT_QUIET_SECONDS). A writer closes the file well within it.
-INVALID_QUIET_SECONDS = 0.5
+# "In-place writes" in the module docstring); the same rule as the config file's.
+INVALID_QUIET_SECONDS = UNSETTLED_INPUT_SECONDS
 # stat errors that mean "no file here" (what `Path.is_file` answers False to).
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF})
 

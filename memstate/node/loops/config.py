@@ -14,7 +14,12 @@ from memstate.core.errors import ConfigError, InputError
 from memstate.core.events import ConfigLoaded, ConfigRejected
 from memstate.core.topology import Topology
 from memstate.node.context import DaemonContext
-from memstate.node.inputs import config_from_document, parse_document, read_input
+from memstate.node.inputs import (
+    UNSETTLED_INPUT_SECONDS,
+    config_from_document,
+    parse_document,
+    read_input,
+)
 from memstate.node.kubelet_config import with_kubelet_config
 from memstate.node.settings import (
     Settings,
@@ -102,12 +107,9 @@ async def config_loop(daemon: DaemonContext) -> None:
                 await reload_config(daemon)
 
 
-# How long a config file that does not load must stay unchanged before it is rejected. Editors
-# and shell redirections truncate the file, then write it: a reload already pending (a SIGHUP, an
-# earlier change) can read it in between, and rejecting that empty or half-written file would
-# record and count an error the operator never made. The writer's close wakes the loop again
-# (IN_CLOSE_WRITE) well within this time; a file that is really invalid is rejected this much later.
-REJECT_QUIET_SECONDS = 0.5
+# How long a config file that does not load must stay unchanged before it is rejected (a reload
+# already pending, a SIGHUP or an earlier change, can read it while it is being written).
+REJECT_QUIET_SECONDS = UNSETTLED_INPUT_SECONDS
 
 
 async def reload_config(daemon: DaemonContext) -> None:
