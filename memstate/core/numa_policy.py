@@ -405,13 +405,29 @@ class _PodAllocator:
         container: ContainerSpec,
         hint: TopologyHint,
         requests: Mapping[str, int] | None = None,
+        *,
+        vetted: bool = False,
     ) -> None:
         """The Static policy's `Allocate` for one container (`requests`: its `numa_requests`,
-        when the caller has them); raises `AdmissionError`."""
+        when the caller has them); raises `AdmissionError`.
+
+        `vetted`: `hint` is `preferred_default_hint`'s answer for these requests on this very
+        machine, which has passed the group rule and the free-memory check on its mask (with
+        the reusable memory counted: so only when none is reusable is that `satisfies`' check).
+        With nothing reusable both checks below would change nothing and are skipped; with
+        reusable memory the hint goes through them as any other (upstream's extension looks at
+        the memory hints only, so a hugepages-only request may still be refused there).
+        tests/property/test_hint_fast_path.py holds the two ways equal."""
         if requests is None:
             requests = numa_requests(container)
         self.hints[container.name] = hint
         best = hint
+        if vetted and not self.reusable:
+            mask = best.numa_affinity
+            if mask is None:
+                raise InvariantViolation(f"pod {self.pod.key}: a vetted hint has no NUMA mask")
+            self._fill(container, mask, requests)
+            return
         if best.numa_affinity is None:
             hints = calculate_hints(self.machine, requests, self.reusable)
             if not hints:
@@ -428,12 +444,20 @@ class _PodAllocator:
         if mask is None:
             raise InvariantViolation(f"pod {self.pod.key}: the extended hint has no NUMA mask")
         self._check_group_rule(container, mask, requests)
+        self._fill(container, mask, requests)
 
+    def _fill(self, container: ContainerSpec, mask: Mask, requests: Mapping[str, int]) -> None:
+        """The container's blocks on `mask` (checked to fit): reserved, assigned, recorded."""
         blocks = [Block(numa_affinity=mask, type=r, size=size) for r, size in requests.items()]
+        reusable = self.reusable
         for block in blocks:
-            amount = max(block.size - self.reusable.get((mask, block.type), 0), 0)
+            reused = reusable.get((mask, block.type), 0) if reusable else 0
+            amount = max(block.size - reused, 0)
             takes = self.machine.fill(mask, block.type, amount)
-            if sum(t.size_bytes for t in takes) != amount:
+            filled = 0
+            for take in takes:
+                filled += take.size_bytes
+            if filled != amount:
                 raise InvariantViolation(
                     f"pod {self.pod.key} container {container.name}: filled less than the "
                     f"{amount} bytes of {block.type} the free-memory check promised"
@@ -625,6 +649,7 @@ def admit(
     per_container = _numa_requests_by_container(pod) if pinned else None
     for index, container in enumerate(pod.containers):
         container_requests: dict[str, int] | None = None
+        vetted = False  # the hint is `preferred_default_hint`'s, checked on this machine
         if policy == "none":
             hint = EMPTY_HINT
         elif pod_hint is not None:
@@ -642,6 +667,7 @@ def admit(
             )
             if fast is not None:
                 hint = fast  # what the merge below gives, without listing every mask
+                vetted = True
             else:
                 mm_answer = (
                     calculate_hints(allocator.machine, container_requests, allocator.reusable)
@@ -660,7 +686,7 @@ def admit(
             continue
         requests += 1
         try:
-            allocator.allocate(container, hint, container_requests)
+            allocator.allocate(container, hint, container_requests, vetted=vetted)
         except AdmissionError as exc:
             error = AdmissionError(
                 UNEXPECTED_ADMISSION_ERROR,

@@ -14,10 +14,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memstate.core.errors import AdmissionError
 from memstate.core.machine import Block, MachineBuilder, Take, default_machine
-from memstate.core.numa_policy import calculate_hints, preferred_default_hint
+from memstate.core.numa_policy import _PodAllocator, calculate_hints, preferred_default_hint
+from memstate.core.pod import ContainerSpec, Pod
 from memstate.core.topology import MEMORY
-from memstate.core.topology_hints import merge_hints
+from memstate.core.topology_hints import TopologyHint, merge_hints
 from tests.property.strategies import static_configs, topologies
 
 HUGEPAGES = "hugepages-2Mi"
@@ -111,3 +113,74 @@ def test_the_fast_path_is_taken_and_declined() -> None:
     # hint at all, so no preferred one.
     too_big = {MEMORY: 4700 * Mi}
     assert preferred_default_hint(builder, too_big, {}) is None
+
+
+def _allocated(
+    builder: MachineBuilder,
+    requests: dict[str, int],
+    reusable: dict[tuple[tuple[int, ...], str], int],
+    hint: TopologyHint,
+    *,
+    vetted: bool,
+) -> tuple[object, ...]:
+    """What one container's `allocate` leaves behind (or the error it raises), on a scratch
+    copy of `builder`: the blocks, takes, reusable memory and the machine's values."""
+    machine = builder.scratch()
+    container = ContainerSpec(name="app", kind="app", requests={}, limits={})
+    pod = Pod(uid="pod-a", name="a", namespace="default", containers=(container,))
+    allocator = _PodAllocator(machine, pod)
+    allocator.reusable = dict(reusable)
+    try:
+        allocator.allocate(container, hint, requests, vetted=vetted)
+    except AdmissionError as exc:
+        return ("refused", exc.reason, exc.message)
+    frozen = machine.freeze()
+    return (allocator.blocks, allocator.takes, allocator.reusable, allocator.hints, frozen)
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenes())
+def test_a_vetted_hint_allocates_as_an_unvetted_one(
+    scene: tuple[MachineBuilder, dict[str, int], dict[tuple[tuple[int, ...], str], int]],
+) -> None:
+    """`allocate(vetted=True)` skips the free-memory check and the group rule for
+    `preferred_default_hint`'s answer when nothing is reusable: it must allocate exactly as the
+    full checks do, and with reusable memory refuse where they refuse (a hugepages-only request
+    whose mask only reusable memory made feasible: upstream's extension reads memory hints)."""
+    builder, requests, reusable = scene
+    hint = preferred_default_hint(builder, requests, reusable)
+    if hint is None:
+        return
+    assert _allocated(builder, requests, reusable, hint, vetted=True) == _allocated(
+        builder, requests, reusable, hint, vetted=False
+    )
+
+
+def test_a_vetted_hint_with_reusable_memory_is_still_checked() -> None:
+    """The case that keeps the checks for a vetted hint with reusable memory: hugepages only,
+    free on the node short of the request, reusable init memory making up for it. The fast hint
+    is the node, and upstream's extension, which reads the memory hints only, refuses."""
+    from memstate.core.config import config_from_object
+    from memstate.core.topology import topology_from_object
+
+    topology = topology_from_object(
+        {"nodes": [{"id": 0, "memory": "4Gi", "hugepages": {"2Mi": 256}}]}
+    )
+    config = config_from_object(
+        {
+            "memoryManagerPolicy": "Static",
+            "topologyManagerPolicy": "best-effort",
+            "systemReserved": {"memory": "512Mi"},
+            "evictionHard": {"memory.available": "0"},
+            "reservedMemory": [{"numaNode": 0, "limits": {"memory": "512Mi"}}],
+        }
+    )
+    builder = MachineBuilder(default_machine(topology, config))
+    builder.reserve([Take(numa_node=0, resource=HUGEPAGES, size_bytes=256 * Mi)])
+    requests = {HUGEPAGES: 300 * Mi}
+    reusable = {((0,), HUGEPAGES): 64 * Mi}
+    hint = preferred_default_hint(builder, requests, reusable)
+    assert hint is not None and hint.numa_affinity == (0,)
+    vetted = _allocated(builder, requests, reusable, hint, vetted=True)
+    assert vetted[0] == "refused"
+    assert vetted == _allocated(builder, requests, reusable, hint, vetted=False)
