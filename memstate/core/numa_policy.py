@@ -276,7 +276,11 @@ def preferred_default_hint(
         return None  # `calculate_hints` answers {}: no preference, a different merge
     needs = list(requests.items())
     allocatable_of = machine.allocatable
-    # Plain loops, not `any(all(...))`: this runs at every pinned container's admission.
+    free_of = machine.free
+    # One pass, plain loops (this runs at every pinned container's admission). When one node
+    # could hold the request the preferred masks are single nodes, and ascending ids are
+    # ascending mask values, so the first feasible node is the answer: the first node whose
+    # allocatable holds it, outside a cross-NUMA group, with the free (+ reusable) memory.
     one_node_holds = False
     for n in machine.node_ids:
         for r, need in needs:
@@ -284,19 +288,14 @@ def preferred_default_hint(
                 break
         else:
             one_node_holds = True
-            break
-    if one_node_holds:
-        # One node could hold it: the preferred masks are single nodes, and ascending ids are
-        # ascending mask values, so the first feasible node is the answer.
-        free_of = machine.free
-        for n in machine.node_ids:
             if len(machine.cells(n)) > 1:
                 continue
             for r, need in needs:
-                if allocatable_of(n, r) < need or free_of(n, r) + reusable.get(((n,), r), 0) < need:
+                if free_of(n, r) + reusable.get(((n,), r), 0) < need:
                     break
             else:
                 return TopologyHint(numa_affinity=(n,), preferred=True)
+    if one_node_holds:
         return None
     node_ids = tuple(machine.node_ids)
     table = _all_masks(node_ids)
