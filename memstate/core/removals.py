@@ -168,18 +168,22 @@ class RemovalsFolder:
             for event in events:
                 if isinstance(event, PodCgroupRemoved):
                     paths.pop(event.path, None)
-        self.fold_pods(changes.before, after)
+        self.fold_pods(changes.before, changes.config, after.pods)
 
-    def fold_pods(self, before: Mapping[str, PodRecord | None], after: PodsAt) -> None:
+    def fold_pods(
+        self,
+        before: Mapping[str, PodRecord | None],
+        config: NodeConfig | None,
+        new_pods: Mapping[str, PodRecord],
+    ) -> None:
         """`fold_changes` of a transaction that holds no `pod_cgroup_removed` note (an input and
-        its decisions: a note stands alone) and replaced nothing: `before` is its journal."""
+        its decisions: a note stands alone) and replaced nothing (so the config is the same
+        before and after it): `before` is its journal, `new_pods` the pods after it."""
         if not self._clean:
             raise InvariantViolation("RemovalsFolder.fold_pods before a clean state")
         paths = self.paths
-        config = after.config
         if config is None or not before:
             return
-        new_pods = after.pods
         for uid in sorted(before) if len(before) > 1 else before:
             old_record = before[uid]
             new_record = new_pods.get(uid)

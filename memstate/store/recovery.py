@@ -98,8 +98,8 @@ def _recover_state(state_dir: Path, reader: LogReader | None, use_checkpoints: b
     last: list[Envelope] = []  # the last transaction folded
     for members, crc in replay:
         last, chain = members, crc
-        head = members[0]
         if len(members) == 1:
+            head = members[0]
             event = head.event
             if type(event) is PodCgroupRemoved:
                 # A note stands alone and changes no pod: it only ends its path's removal.
@@ -118,7 +118,8 @@ def _recover_state(state_dir: Path, reader: LogReader | None, use_checkpoints: b
                 continue
             if changes.replaced is None and len(members) > 1:
                 # An input and its decisions: no note among them (a note stands alone).
-                pending.fold_pods(changes.before, folder)
+                # Nothing replaced: the config is the same after it as before it.
+                pending.fold_pods(changes.before, changes.config, folder.pods)
             else:
                 pending.fold_changes(changes, [m.event for m in members], folder)
         else:
