@@ -130,7 +130,14 @@ class Writer:
         if not events:
             return
         submission = _Submission(list(events))
-        await self._send.send(submission)
+        # Queued without a schedule point of its own when there is room (the usual case): the
+        # wait for `done` below is the checkpoint, and an extra one cost a pass of the event
+        # loop per admission. A cancelled caller still queues nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._send.send_nowait(submission)
+        except trio.WouldBlock:
+            await self._send.send(submission)
         await submission.done.wait()
         if submission.error is not None:
             raise submission.error
