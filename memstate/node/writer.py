@@ -10,7 +10,11 @@ and only then applies them: the new state, removals and seq become visible toget
 `on_commit(decisions, applied)` publishes them (`applied`: every event of the batch, inputs,
 decisions and notes, in log order, so the subscriber can tell which pods changed). The append
 and the state update form one shielded section, so a cancellation mid-fsync waits for it and
-the state in memory always matches the log's last record.
+the state in memory always matches the log's last record. With an `inline` policy
+(memstate.node.worker_threads.InlineWhileFast, the daemon's) the append runs on the event loop
+itself while appends stay fast and no other log operation is running: the same write and fsync,
+without two cross-thread wake-ups per batch; a slow one sends the next ones to `run_io` again
+for a while.
 
 Nothing here reads a clock or a file directly: record timestamps come from `wall_clock_ns`,
 durations from trio's clock (`trio.current_time()`, a `MockClock` in the simulation), the log
@@ -35,6 +39,7 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import State
 from memstate.node.journal import log_committed
 from memstate.node.metrics import Metrics
+from memstate.node.worker_threads import InlineWhileFast
 
 logger = logging.getLogger("memstate.node.writer")
 # Decisions are journalled under the daemon's name, where operators look for them.
@@ -91,8 +96,10 @@ class Writer:
         run_io: RunIO,
         on_commit: Callable[[Sequence[Event], Sequence[Event]], None],
         checkpoint_every: Callable[[], int],
+        inline: InlineWhileFast | None = None,
     ) -> None:
         self.metrics = metrics
+        self.inline = inline  # when the log append may run on the event loop (None: never)
         self.wall_clock_ns = wall_clock_ns
         self.run_io = run_io
         self.on_commit = on_commit
@@ -192,10 +199,14 @@ class Writer:
                     records.append((event, None))
                     removals = fold_removals(removals, before, [event], state)
             started = trio.current_time()
-            envelopes = await self.run_io(
-                functools.partial(log.append, records, ts_ns=self.wall_clock_ns()),
-                limiter=self.limiter,
-            )
+            append = functools.partial(log.append, records, ts_ns=self.wall_clock_ns())
+            inline = self.inline
+            if inline is not None and self.limiter.borrowed_tokens == 0 and inline.available():
+                # No log operation is running in a thread (none can start while this blocks
+                # the event loop), and appends have been fast: this one runs here.
+                envelopes = inline.run(append)
+            else:
+                envelopes = await self.run_io(append, limiter=self.limiter)
             self.metrics.fsync_seconds.observe(trio.current_time() - started)
             self.metrics.batch_events.observe(len(envelopes))
             for envelope in envelopes:

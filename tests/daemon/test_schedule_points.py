@@ -17,6 +17,7 @@ from memstate.core.state import State
 from memstate.node.metrics import Metrics
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.tracker import PodTracker
+from memstate.node.worker_threads import InlineWhileFast
 from memstate.node.writer import Writer
 from tests.daemon.test_writer_metrics import _inline, _MemoryLog
 from tests.sources.test_tracker import observed
@@ -111,3 +112,69 @@ async def test_deliveries_wait_for_the_lock() -> None:
         assert recorder.trace == ["start 1"]  # the second waits for the first's lock
         recorder.release.set()
     assert recorder.trace == ["start 1", "end", "start 1", "end"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_inline_runs_stop_for_the_pause_after_a_slow_call() -> None:
+    clock = _Clock()
+    inline = InlineWhileFast(slow_seconds=0.01, pause_seconds=60.0, clock=clock)
+    assert inline.available() and inline.run(lambda: 7) == 7
+    assert inline.available()  # took no time
+
+    def slow() -> None:
+        clock.now += 0.02
+
+    inline.run(slow)
+    assert not inline.available()
+    clock.now += 59.9
+    assert not inline.available()
+    clock.now += 0.2
+    assert inline.available()
+
+    def failing() -> None:
+        clock.now += 0.02
+        raise OSError("EIO")
+
+    with pytest.raises(OSError):
+        inline.run(failing)
+    assert not inline.available()  # a slow failure pauses too
+
+
+async def test_the_append_runs_on_the_event_loop_while_inline_runs_are_available() -> None:
+    handed: list[object] = []
+
+    async def recording(fn, *, limiter=None):  # type: ignore[no-untyped-def]
+        async with limiter:  # as the worker thread's hand-off waits for it
+            handed.append(fn)
+            return fn()
+
+    clock = _Clock()
+    writer, log = _writer()
+    writer.run_io = recording
+    writer.inline = InlineWhileFast(slow_seconds=0.01, pause_seconds=60.0, clock=clock)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await writer.submit([_invalid(0)])
+        assert handed == [] and len(log.records) == 2  # appended here, durable on return
+        clock.now = -1e9  # as if the last append had been slow: paused
+        writer.inline._paused_until = 0.0
+        await writer.submit([_invalid(1)])
+        assert len(handed) == 1 and len(log.records) == 4
+        clock.now = 100.0
+        # Another log operation holds the limiter (in a thread): the append waits for it there.
+        borrower = object()
+        writer.limiter.acquire_on_behalf_of_nowait(borrower)
+        nursery.start_soon(writer.submit, [_invalid(2)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(log.records) == 4
+        writer.limiter.release_on_behalf_of(borrower)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(handed) == 2 and len(log.records) == 6
+        nursery.cancel_scope.cancel()
