@@ -4,8 +4,9 @@
 through ctypes (`pthread_setname_np`, before and after the call), formats a thread name, copies
 the caller's contextvars, registers the thread for `trio.from_thread`, and takes the limiter with
 an extra scheduler round trip. At 500 resident pods an admission made three hand-offs (the
-manifest read, the log append, the reconcile round; a small hinted manifest read now runs on the
-event loop, so two remain), and that overhead was a measurable share of its CPU
+manifest read, the log append, the reconcile round; a small hinted manifest read and, while it
+is fast, the log append now run on the event loop, so one remains), and that overhead was a
+measurable share of its CPU
 (docs/performance.md, "Admission at 500 resident pods"). `in_worker_thread` keeps what
 the callers rely on and drops the rest:
 
