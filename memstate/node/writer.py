@@ -11,10 +11,10 @@ and only then applies them: the new state, removals and seq become visible toget
 decisions and notes, in log order, so the subscriber can tell which pods changed). The append
 and the state update form one shielded section, so a cancellation mid-fsync waits for it and
 the state in memory always matches the log's last record. With an `inline` policy
-(memstate.node.worker_threads.InlineWhileFast, the daemon's) the append runs on the event loop
-itself while appends stay fast and no other log operation is running: the same write and fsync,
-without two cross-thread wake-ups per batch; a slow one sends the next ones to `run_io` again
-for a while.
+(memstate.node.worker_threads.InlineWhileFast, the daemon's) a small batch is appended on the
+event loop itself while such appends stay fast and no other log operation is running: the same
+write and fsync, without two cross-thread wake-ups per batch; a slow one sends the next ones to
+`run_io` again for a while.
 
 Nothing here reads a clock or a file directly: record timestamps come from `wall_clock_ns`,
 durations from trio's clock (`trio.current_time()`, a `MockClock` in the simulation), the log
@@ -46,6 +46,10 @@ logger = logging.getLogger("memstate.node.writer")
 journal_logger = logging.getLogger("memstate.node.daemon")
 
 MAX_BATCH_EVENTS = 256
+# A batch of at most this many records may be appended on the event loop (`inline`): an
+# admission is an input and a decision or two; a start-up's or a burst's batch goes to `run_io`
+# (its size, not the disk, would make it slow and pause the inline appends).
+INLINE_APPEND_RECORDS = 16
 
 _T = TypeVar("_T")
 
@@ -201,9 +205,14 @@ class Writer:
             started = trio.current_time()
             append = functools.partial(log.append, records, ts_ns=self.wall_clock_ns())
             inline = self.inline
-            if inline is not None and self.limiter.borrowed_tokens == 0 and inline.available():
-                # No log operation is running in a thread (none can start while this blocks
-                # the event loop), and appends have been fast: this one runs here.
+            if (
+                inline is not None
+                and len(records) <= INLINE_APPEND_RECORDS
+                and self.limiter.borrowed_tokens == 0
+                and inline.available()
+            ):
+                # A small batch, no log operation running in a thread (none can start while
+                # this blocks the event loop), and appends have been fast: this one runs here.
                 envelopes = inline.run(append)
             else:
                 envelopes = await self.run_io(append, limiter=self.limiter)

@@ -18,7 +18,7 @@ from memstate.node.metrics import Metrics
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.tracker import PodTracker
 from memstate.node.worker_threads import InlineWhileFast
-from memstate.node.writer import Writer
+from memstate.node.writer import INLINE_APPEND_RECORDS, Writer
 from tests.daemon.test_writer_metrics import _inline, _MemoryLog
 from tests.sources.test_tracker import observed
 
@@ -163,18 +163,23 @@ async def test_the_append_runs_on_the_event_loop_while_inline_runs_are_available
         nursery.start_soon(writer.run)
         await writer.submit([_invalid(0)])
         assert handed == [] and len(log.records) == 2  # appended here, durable on return
+        # A large batch (a start-up's, a burst's) goes to the thread: its size would make it slow.
+        await writer.submit([_invalid(100 + index) for index in range(INLINE_APPEND_RECORDS)])
+        assert len(handed) == 1 and len(log.records) == 2 + 2 * INLINE_APPEND_RECORDS
+        handed.clear()
+        appended = len(log.records)
         clock.now = -1e9  # as if the last append had been slow: paused
         writer.inline._paused_until = 0.0
         await writer.submit([_invalid(1)])
-        assert len(handed) == 1 and len(log.records) == 4
+        assert len(handed) == 1 and len(log.records) == appended + 2
         clock.now = 100.0
         # Another log operation holds the limiter (in a thread): the append waits for it there.
         borrower = object()
         writer.limiter.acquire_on_behalf_of_nowait(borrower)
         nursery.start_soon(writer.submit, [_invalid(2)])
         await trio.testing.wait_all_tasks_blocked()
-        assert len(log.records) == 4
+        assert len(log.records) == appended + 2
         writer.limiter.release_on_behalf_of(borrower)
         await trio.testing.wait_all_tasks_blocked()
-        assert len(handed) == 2 and len(log.records) == 6
+        assert len(handed) == 2 and len(log.records) == appended + 4
         nursery.cancel_scope.cancel()
