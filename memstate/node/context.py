@@ -112,8 +112,12 @@ class DaemonContext:
             run_io=self.run_io,
             on_commit=self._note_effects,
             checkpoint_every=lambda: self.settings.checkpoint_every,
+            # Timed by trio's clock: a MockClock does not move during the call, so the
+            # simulation always appends inline, whatever the machine's load.
             inline=InlineWhileFast(
-                slow_seconds=INLINE_APPEND_SLOW_SECONDS, pause_seconds=INLINE_APPEND_PAUSE_SECONDS
+                slow_seconds=INLINE_APPEND_SLOW_SECONDS,
+                pause_seconds=INLINE_APPEND_PAUSE_SECONDS,
+                clock=trio.current_time,
             ),
         )
         self.storage: LogStorage | None = None
