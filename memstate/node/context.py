@@ -41,11 +41,17 @@ from memstate.node.shadow import ShadowWatch
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.rejection_events import RejectionEvents
 from memstate.node.sources.tracker import PodTracker
+from memstate.node.worker_threads import InlineWhileFast
 from memstate.node.writer import Writer
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
 
+# The log append runs on the event loop while it takes at most this long (an fsync on a local
+# disk: a fraction of a millisecond to a few); once one took longer, appends go to the worker
+# thread for the pause (memstate.node.worker_threads.InlineWhileFast).
+INLINE_APPEND_SLOW_SECONDS = 0.01
+INLINE_APPEND_PAUSE_SECONDS = 60.0
 # After a reconcile round daemon-status.json is rewritten at most this often (trio's clock): a
 # round within the interval of the last write leaves it to `status_loop` (`write_status_soon`).
 STATUS_INTERVAL_SECONDS = 1.0
@@ -106,6 +112,13 @@ class DaemonContext:
             run_io=self.run_io,
             on_commit=self._note_effects,
             checkpoint_every=lambda: self.settings.checkpoint_every,
+            # Timed by trio's clock: a MockClock does not move during the call, so the
+            # simulation always appends inline, whatever the machine's load.
+            inline=InlineWhileFast(
+                slow_seconds=INLINE_APPEND_SLOW_SECONDS,
+                pause_seconds=INLINE_APPEND_PAUSE_SECONDS,
+                clock=trio.current_time,
+            ),
         )
         self.storage: LogStorage | None = None
         self.targets: NodeTargets | None = None

@@ -31,6 +31,7 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -222,6 +223,12 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
             CParser.__init__(self, stream)
             _BoundedConstructor.__init__(self)
             Resolver.__init__(self)
+            if not self.yaml_path_resolvers:
+                # Called from C around every node, PyYAML's path resolver hooks return at once
+                # without path resolvers: C callables that do nothing take their place (a
+                # Python call each, two per node, was a tenth of composing a manifest).
+                self.descend_resolver = _no_descent  # type: ignore[method-assign]
+                self.ascend_resolver = _no_ascent  # type: ignore[method-assign]
 
         def resolve(self, kind: type, value: Any, implicit: Any) -> Any:
             """PyYAML's tag resolution (regular expressions in Python, half of composing a
@@ -260,6 +267,10 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 
 
 _resolve: Any = Resolver.resolve  # PyYAML's (untyped) tag resolution
+# `descend_resolver(node, index)` and `ascend_resolver()` that do nothing, in C (see
+# `_CComposingLoader.__init__`).
+_no_descent: Any = operator.is_
+_no_ascent: Any = tuple
 # Resolved tags of short scalars (and of collections), for `_CComposingLoader.resolve`.
 _RESOLVED: dict[tuple[type, Any, Any], str] = {}
 _RESOLVED_CHARS = 64

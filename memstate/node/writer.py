@@ -10,7 +10,11 @@ and only then applies them: the new state, removals and seq become visible toget
 `on_commit(decisions, applied)` publishes them (`applied`: every event of the batch, inputs,
 decisions and notes, in log order, so the subscriber can tell which pods changed). The append
 and the state update form one shielded section, so a cancellation mid-fsync waits for it and
-the state in memory always matches the log's last record.
+the state in memory always matches the log's last record. With an `inline` policy
+(memstate.node.worker_threads.InlineWhileFast, the daemon's) a small batch is appended on the
+event loop itself while such appends stay fast and no other log operation is running: the same
+write and fsync, without two cross-thread wake-ups per batch; a slow one sends the next ones to
+`run_io` again for a while.
 
 Nothing here reads a clock or a file directly: record timestamps come from `wall_clock_ns`,
 durations from trio's clock (`trio.current_time()`, a `MockClock` in the simulation), the log
@@ -35,12 +39,17 @@ from memstate.core.removals import NO_REMOVALS, PendingRemovals, fold_removals
 from memstate.core.state import State
 from memstate.node.journal import log_committed
 from memstate.node.metrics import Metrics
+from memstate.node.worker_threads import InlineWhileFast
 
 logger = logging.getLogger("memstate.node.writer")
 # Decisions are journalled under the daemon's name, where operators look for them.
 journal_logger = logging.getLogger("memstate.node.daemon")
 
 MAX_BATCH_EVENTS = 256
+# A batch of at most this many records may be appended on the event loop (`inline`): an
+# admission is an input and a decision or two; a start-up's or a burst's batch goes to `run_io`
+# (its size, not the disk, would make it slow and pause the inline appends).
+INLINE_APPEND_RECORDS = 16
 
 _T = TypeVar("_T")
 
@@ -91,8 +100,10 @@ class Writer:
         run_io: RunIO,
         on_commit: Callable[[Sequence[Event], Sequence[Event]], None],
         checkpoint_every: Callable[[], int],
+        inline: InlineWhileFast | None = None,
     ) -> None:
         self.metrics = metrics
+        self.inline = inline  # when the log append may run on the event loop (None: never)
         self.wall_clock_ns = wall_clock_ns
         self.run_io = run_io
         self.on_commit = on_commit
@@ -130,7 +141,14 @@ class Writer:
         if not events:
             return
         submission = _Submission(list(events))
-        await self._send.send(submission)
+        # Queued without a schedule point of its own when there is room (the usual case): the
+        # wait for `done` below is the checkpoint, and an extra one cost a pass of the event
+        # loop per admission. A cancelled caller still queues nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._send.send_nowait(submission)
+        except trio.WouldBlock:
+            await self._send.send(submission)
         await submission.done.wait()
         if submission.error is not None:
             raise submission.error
@@ -185,10 +203,19 @@ class Writer:
                     records.append((event, None))
                     removals = fold_removals(removals, before, [event], state)
             started = trio.current_time()
-            envelopes = await self.run_io(
-                functools.partial(log.append, records, ts_ns=self.wall_clock_ns()),
-                limiter=self.limiter,
-            )
+            append = functools.partial(log.append, records, ts_ns=self.wall_clock_ns())
+            inline = self.inline
+            if (
+                inline is not None
+                and len(records) <= INLINE_APPEND_RECORDS
+                and self.limiter.borrowed_tokens == 0
+                and inline.available()
+            ):
+                # A small batch, no log operation running in a thread (none can start while
+                # this blocks the event loop), and appends have been fast: this one runs here.
+                envelopes = inline.run(append)
+            else:
+                envelopes = await self.run_io(append, limiter=self.limiter)
             self.metrics.fsync_seconds.observe(trio.current_time() - started)
             self.metrics.batch_events.observe(len(envelopes))
             for envelope in envelopes:

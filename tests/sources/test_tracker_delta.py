@@ -41,10 +41,26 @@ def random_pod(rng: random.Random, locator: str) -> ObservedPod:
 
 
 def view(tracker: PodTracker) -> tuple[object, ...]:
-    pending = tracker._pending
-    assert pending is not None
-    _, v = pending
+    v = tracker.pending_view()
+    assert v is not None
     return (list(v.held.items()), list(v.invalid.items()), list(v.done.items()))
+
+
+def accept_and_check(tracker: PodTracker) -> None:
+    """`accept`, which applies the delta path's edits to the accepted view in place: the view
+    is then the one staged (dict order included), and the delta path's index is the one built
+    from the accepted observations (the list by locator, in its order, and the UID claims)."""
+    staged = view(tracker)
+    tracker.accept()
+    v = tracker._view
+    assert (list(v.held.items()), list(v.invalid.items()), list(v.done.items())) == staged
+    if v.single is not None:
+        index = tracker_delta.index_single_source(
+            tracker._observed, {h.source_name for h in v.held.values()}, frozenset()
+        )
+        assert index is not None
+        assert list(v.single.by_locator.items()) == list(index.by_locator.items())
+        assert v.single.claims == index.claims
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -84,7 +100,7 @@ def test_delta_path_equals_the_full_evaluation(seed: int) -> None:
         if before is not None and before.source == name:
             deltas += 1
         if rng.random() < 0.9:
-            tracker.accept()
+            accept_and_check(tracker)
     assert deltas > 5  # the delta path was tried (it falls back on duplicate UIDs)
 
 
@@ -140,7 +156,7 @@ def test_account_of_changes_equals_the_full_evaluation(
         if rng.random() < 0.1:
             tracker.recheck()  # a recheck in between: its acceptance is not this update's
         before = tracker.container_ids()
-        tracker.accept()
+        accept_and_check(tracker)
         ids = tracker_module._container_ids(tracker._observed)
         assert tracker.container_ids() == ids
         assert tracker.ids_changed == {

@@ -369,3 +369,30 @@ def test_the_count_against_the_budget_is_check_documents() -> None:
         else:
             passes = True
         assert checked is passes, budget
+
+
+def test_the_c_composer_skips_the_path_resolver_hooks_only_without_path_resolvers() -> None:
+    """Without path resolvers PyYAML's `descend_resolver`/`ascend_resolver` return at once, so
+    the C composer's loader puts C no-ops in their place; a loader with a path resolver keeps
+    PyYAML's hooks, and its path resolution still applies."""
+    loader_class = inputs._C_COMPOSING
+    assert loader_class is not None
+    loader = loader_class("a: [1]")
+    try:
+        assert loader.descend_resolver is inputs._no_descent
+        assert loader.ascend_resolver is inputs._no_ascent
+        node = loader.get_single_node()
+        assert node.value[0][1].tag == "tag:yaml.org,2002:seq"
+    finally:
+        loader.dispose()
+
+    class WithPathResolver(loader_class):  # type: ignore[misc, valid-type]
+        pass
+
+    WithPathResolver.add_path_resolver("!listed", ["a"], list)
+    loader = WithPathResolver("a: [1]")
+    try:
+        assert loader.descend_resolver != inputs._no_descent
+        assert loader.get_single_node().value[0][1].tag == "!listed"
+    finally:
+        loader.dispose()

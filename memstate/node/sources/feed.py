@@ -43,12 +43,27 @@ class SourceFeed:
         """`source_name` sees exactly `pods` now: record what changed. Returns the events.
 
         `changes`: the source's account of what changed (see `PodTracker.update`)."""
-        async with self._lock:
+        await self._acquire()
+        try:
             events = self.tracker.update(source_name, pods, changes=changes)
             if events:
                 await self._submit(events)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             self._accept()
             return events
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        """Take the lock; without a schedule point of its own when it is free (the usual case:
+        `deliver` then has its checkpoint in `submit`, or after the update when there is nothing
+        to submit, and an extra one cost a pass of the event loop per admission)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     def _accept(self) -> None:
         self.tracker.accept()

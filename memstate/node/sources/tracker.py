@@ -54,6 +54,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from memstate.core.errors import InvariantViolation
 from memstate.core.events import (
     Event,
     ManifestInvalid,
@@ -63,7 +64,12 @@ from memstate.core.events import (
 )
 from memstate.node.sources.observation import PRECEDENCE, ObservedPod, SourceName
 from memstate.node.sources.tracker_delta import Held as _Held
-from memstate.node.sources.tracker_delta import SingleSource, evaluate_delta, index_single_source
+from memstate.node.sources.tracker_delta import (
+    SingleSource,
+    ViewEdits,
+    evaluate_delta,
+    index_single_source,
+)
 
 CgroupGone = Callable[[str], bool]
 """`cgroup_gone(uid)`: True when no process is left in the pod's cgroup (it is gone or empty)."""
@@ -78,6 +84,8 @@ _CGROUP_GATED: frozenset[str] = frozenset({"kubelet", "apiserver"})
 
 @dataclass(frozen=True)
 class _View:
+    # The accepted view's dicts are edited in place by `accept` after a delta evaluation
+    # (tracker_delta.ViewEdits); a pending view from the full evaluation holds new ones.
     held: dict[str, _Held] = field(default_factory=dict)  # uid → held pod
     invalid: dict[str, tuple[str, str]] = field(default_factory=dict)  # locator → (source, error)
     # Finished or released pods still listed by a source: not asked for again. uid → spec hash.
@@ -96,7 +104,9 @@ class PodTracker:
         self._holder_of = holder_of
         self._observed: dict[str, list[ObservedPod]] = {}
         self._view = _View()
-        self._pending: tuple[dict[str, list[ObservedPod]], _View] | None = None
+        # The staged view: whole (the full evaluation), or the edits of the accepted one (the
+        # delta path), applied in place by `accept`.
+        self._pending: tuple[dict[str, list[ObservedPod]], _View | ViewEdits] | None = None
         # The container ids of the pending view and the pods whose ids it changes, when the
         # delta path patched them (None: `accept` derives them from every observation).
         self._pending_ids: tuple[dict[str, dict[str, str]], frozenset[str]] | None = None
@@ -143,8 +153,7 @@ class PodTracker:
             changes=changes,
         )
         if delta is not None:
-            view = _View(delta.held, delta.invalid, delta.done, delta.index)
-            self._pending = (observed, view)
+            self._pending = (observed, delta.edits)
             self._pending_ids = _patched_container_ids(self._container_ids, delta.pods_of)
             return delta.events
         return self._evaluate(observed, holders)
@@ -159,8 +168,9 @@ class PodTracker:
         self.ids_changed = frozenset()
         if self._pending is not None:
             self._unaccepted.discard(self._pending_source or "")
-            self._observed, self._view = self._pending
+            self._observed, pending = self._pending
             self._pending = None
+            self._view = self._applied(pending, in_place=True)
             if self._pending_ids is not None:
                 self._container_ids, self.ids_changed = self._pending_ids
                 self._pending_ids = None
@@ -171,6 +181,24 @@ class PodTracker:
                 uid for uid in ids.keys() | before.keys() if ids.get(uid) != before.get(uid)
             )
             self._container_ids = ids
+
+    def _applied(self, pending: _View | ViewEdits, *, in_place: bool) -> _View:
+        """The view `pending` stages: the accepted view edited (in place, or a copy), or
+        itself."""
+        if isinstance(pending, _View):
+            return pending
+        view = self._view
+        if view.single is None:
+            raise InvariantViolation("view edits staged without the delta path's index")
+        edit = pending.apply if in_place else pending.applied_to
+        return _View(*edit(view.held, view.invalid, view.done, view.single))
+
+    def pending_view(self) -> _View | None:
+        """The view the last `update` or `recheck` staged (None: none is staged), as `accept`
+        would make it, the accepted view untouched (for tests)."""
+        if self._pending is None:
+            return None
+        return self._applied(self._pending[1], in_place=False)
 
     def container_ids(self) -> dict[str, dict[str, str]]:
         """Pod UID → {bare runtime container id → container name}, as of the accepted view (a

@@ -13,18 +13,21 @@ Finding what changed: a source that keeps account of it (the manifest directory 
 read: `changes`, locator → observation now) names the changed locators, so nothing walks the list;
 otherwise the new list is compared with the accepted one, in C but for the entries that are not
 the same objects as before (the manifest source keeps an unchanged file's observation object).
-What is still linear is done in C: copies of the view's dicts and of the list, and — only when an
-added entry does not belong at the end of a dict (a file sorting before others) — that dict
-re-ordered by the new list (a Python pass, for that rare case).
+The result is not a new view but its edits (`ViewEdits`: keys dropped, then pairs put, per dict),
+which `PodTracker.accept` applies to the accepted view's dicts in place: a delivery copies none of
+the 500-entry dicts (a C copy each was most of its cost, and each new large container adds to
+what the garbage collector walks). What is still linear is rare: when an added entry does not
+belong at the end of a dict (a file sorting before others), or a pod finished, that dict is
+built anew in the new list's order (a Python pass), and the edit replaces it whole.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from memstate.core.events import (
     Event,
@@ -35,6 +38,7 @@ from memstate.core.events import (
 )
 from memstate.node.sources.observation import ObservedPod
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 # Larger deliveries (a first listing, a directory replaced) take the full evaluation.
@@ -81,15 +85,85 @@ def index_single_source(
     return SingleSource(names[0], by_locator, claims)
 
 
+class DictEdit(NamedTuple, Generic[K, V]):
+    """How one dict of the view changes: the keys in `drop` are removed, then the pairs in `put`
+    assigned in order (a key already there keeps its place, a new one lands at the end); or,
+    when `whole` is set, that dict replaces it (built in the source's order, the rare case).
+    A named tuple: made several times per delivery, built in C."""
+
+    drop: tuple[K, ...] = ()
+    put: tuple[tuple[K, V], ...] = ()
+    whole: dict[K, V] | None = None
+
+    def apply(self, entries: dict[K, V]) -> dict[K, V]:
+        """`entries` edited in place (returned), or `whole`."""
+        if self.whole is not None:
+            return self.whole
+        for key in self.drop:
+            entries.pop(key, None)
+        for key, value in self.put:
+            entries[key] = value
+        return entries
+
+    def applied_to(self, entries: dict[K, V]) -> dict[K, V]:
+        """A copy of `entries` with the edit applied (`entries` itself untouched)."""
+        return self.apply(dict(entries)) if self.whole is None else self.whole
+
+
+class ViewEdits(NamedTuple):
+    """What one delta evaluation changes in the accepted view (see the module docstring)."""
+
+    held: DictEdit[str, Held] = DictEdit()
+    invalid: DictEdit[str, tuple[str, str]] = DictEdit()
+    done: DictEdit[str, str] = DictEdit()
+    by_locator: DictEdit[str, ObservedPod] = DictEdit()
+    claims: DictEdit[str, int] = DictEdit()
+
+    def apply(
+        self,
+        held: dict[str, Held],
+        invalid: dict[str, tuple[str, str]],
+        done: dict[str, str],
+        index: SingleSource,
+    ) -> tuple[dict[str, Held], dict[str, tuple[str, str]], dict[str, str], SingleSource]:
+        """The view's dicts edited in place where the edit allows (see `DictEdit.apply`); only
+        for the accepted view the edits were evaluated against, and only once."""
+        by_locator = self.by_locator.apply(index.by_locator)
+        claims = self.claims.apply(index.claims)
+        if by_locator is not index.by_locator or claims is not index.claims:
+            index = SingleSource(index.source, by_locator, claims)
+        return (
+            self.held.apply(held),
+            self.invalid.apply(invalid),
+            self.done.apply(done),
+            index,
+        )
+
+    def applied_to(
+        self,
+        held: dict[str, Held],
+        invalid: dict[str, tuple[str, str]],
+        done: dict[str, str],
+        index: SingleSource,
+    ) -> tuple[dict[str, Held], dict[str, tuple[str, str]], dict[str, str], SingleSource]:
+        """`apply` on copies: the view the edits make, the accepted one untouched."""
+        return self.apply(
+            dict(held),
+            dict(invalid),
+            dict(done),
+            SingleSource(index.source, dict(index.by_locator), dict(index.claims)),
+        )
+
+
+NO_EDITS = ViewEdits()
+
+
 @dataclass(frozen=True)
 class DeltaResult:
-    """The events, and the view's parts, of one delta evaluation."""
+    """The events, and the edits of the view, of one delta evaluation."""
 
     events: list[Event]
-    held: dict[str, Held]
-    invalid: dict[str, tuple[str, str]]
-    done: dict[str, str]
-    index: SingleSource
+    edits: ViewEdits
     # Every UID whose observations the delivery touched → its decodable observation now (None:
     # it has none): what the tracker's container ids are patched with.
     pods_of: dict[str, ObservedPod | None]
@@ -105,7 +179,9 @@ def evaluate_delta(
     done_before: dict[str, str],
     changes: Mapping[str, ObservedPod | None] | None = None,
 ) -> DeltaResult | None:
-    """Events and view for `name` now seeing `pods`, or None (take the full evaluation).
+    """Events and the view's edits for `name` now seeing `pods`, or None (take the full
+    evaluation). The view the edits make (`ViewEdits.applied_to` the accepted one) is the full
+    evaluation's; nothing given is changed.
 
     `changes`, when the source keeps account of them: locator → its observation now (None: gone)
     for every entry that may differ from the accepted list, new entries in the order they were
@@ -122,9 +198,10 @@ def evaluate_delta(
         return None
     new, changed, gone = found
     if not changed and not gone:
-        return DeltaResult([], held_before, invalid_before, done_before, index, {})
+        return DeltaResult([], NO_EDITS, {})
 
-    claims = dict(index.claims)
+    # The claims of the UIDs the delivery touches (the others' are unchanged).
+    counts: dict[str, int] = {}
     affected: set[str] = set()
     touched = [old[locator] for locator in gone] + [
         was for pod in changed if (was := old.get(pod.locator)) is not None
@@ -132,46 +209,43 @@ def evaluate_delta(
     for was in touched:
         if was.pod is not None:
             uid = was.pod.uid
-            if claims.get(uid, 0) > 1:
+            count = counts[uid] if uid in counts else index.claims.get(uid, 0)
+            if count > 1:
                 return None  # duplicate UIDs: the holder decides, the full evaluation knows how
             affected.add(uid)
-            claims[uid] -= 1
-            if claims[uid] == 0:
-                del claims[uid]
+            counts[uid] = count - 1
     for pod in changed:
         if pod.pod is not None:
             uid = pod.pod.uid
-            claims[uid] = claims.get(uid, 0) + 1
+            counts[uid] = (counts[uid] if uid in counts else index.claims.get(uid, 0)) + 1
             affected.add(uid)
-    if any(claims.get(uid, 0) > 1 for uid in affected):
+    if any(counts[uid] > 1 for uid in affected):
         return None
 
-    held = dict(held_before)
-    done = dict(done_before)
-    invalid = dict(invalid_before)
+    # The edits: what the delivery touches is dropped, then what it holds now is put back (at
+    # the end of each dict, or in place).
+    dropped = tuple(affected)
+    invalid_dropped = (*gone, *(pod.locator for pod in changed))
+    held_put: list[tuple[str, Held]] = []
+    done_put: list[tuple[str, str]] = []
+    invalid_put: list[tuple[str, tuple[str, str]]] = []
+    # The last entries the drops leave: what is put lands after them.
+    held_tail = next((h for uid, h in reversed(held_before.items()) if uid not in affected), None)
+    leaving_invalid = set(invalid_dropped)
+    invalid_tail = next(
+        (loc for loc in reversed(invalid_before) if loc not in leaving_invalid), None
+    )
     requests: list[Event] = []
     wanted_locators: set[str] = set()
-    for uid in affected:
-        held.pop(uid, None)
-        done.pop(uid, None)
-    for locator in gone:
-        invalid.pop(locator, None)
-    for pod in changed:
-        invalid.pop(pod.locator, None)
-    # What is added below lands at the end of each dict; the dicts must end up in the source's
-    # order (the full evaluation builds them so), re-ordered only when the end is not the place.
-    held_tail = next(reversed(held.values()), None)
-    invalid_tail = next(reversed(invalid), None)
     held_added: list[str] = []  # locators
     invalid_added: list[str] = []
-    done_added = False
     for pod in changed:  # in the source's order, as the full evaluation lists them
         locator = pod.locator
         if pod.pod is None:
             rejected = (name, pod.error)
             if invalid_before.get(locator) != rejected:
                 requests.append(ManifestInvalid(source=locator, error=pod.error, pod_source=name))
-            invalid[locator] = rejected
+            invalid_put.append((locator, rejected))
             invalid_added.append(locator)
             continue
         wanted_locators.add(locator)
@@ -180,8 +254,7 @@ def evaluate_delta(
         if pod.lifecycle == "finished" or (
             held_was is None and done_before.get(uid) == pod.spec_hash
         ):
-            done[uid] = pod.spec_hash  # finished, or released earlier and still listed
-            done_added = True
+            done_put.append((uid, pod.spec_hash))  # finished, or released earlier and still listed
             continue
         if held_was is None or held_was.spec_hash != pod.spec_hash:
             requests.append(PodAdmissionRequested(pod=pod.pod, source=locator, pod_source=name))
@@ -189,7 +262,7 @@ def evaluate_delta(
         if pod.init_completed and not init_done:
             requests.append(PodInitCompleted(uid=uid, pod_source=name))
             init_done = True
-        held[uid] = Held(name, locator, pod.spec_hash, init_done)
+        held_put.append((uid, Held(name, locator, pod.spec_hash, init_done)))
         held_added.append(locator)
 
     # Removals in the order the full evaluation finds them: held pods no longer wanted (in the
@@ -206,10 +279,11 @@ def evaluate_delta(
     if leaving:  # in the held order
         ranked = sorted(leaving, key=list(held_before).index) if len(leaving) > 1 else leaving
         removals.extend(_removal(uid, held_before[uid]) for uid in ranked)
+    still_invalid = set(invalid_added)
     cleared = {
         locator
         for locator in [*gone, *(pod.locator for pod in changed)]
-        if locator in invalid_before and locator not in invalid
+        if locator in invalid_before and locator not in still_invalid
     }
     if cleared:
         removals.extend(
@@ -226,27 +300,103 @@ def evaluate_delta(
             if pod.pod is not None and pod.pod.uid in finished_removals:
                 events.append(finished_removals.pop(pod.pod.uid))
     ordered_requests.extend(requests)
+
+    held_edit = DictEdit(dropped, tuple(held_put))
+    done_edit = DictEdit(dropped, tuple(done_put))
+    invalid_edit = DictEdit(invalid_dropped, tuple(invalid_put))
+    # The dicts must end up in the source's order (the full evaluation builds them so): built
+    # anew when the end is not the place of what was put.
     order = _Order(new)
-    if held_added and not order.ascending(
+    reorder_held = bool(held_added) and not order.ascending(
         held_tail.locator if held_tail is not None else None, held_added
-    ):
-        held = _reorder(held, new, invalid)
-    if done_added:
-        done = _reorder(done, new, invalid)
-    if invalid_added and not order.ascending(invalid_tail, invalid_added):
-        invalid = {locator: invalid[locator] for locator in new if locator in invalid}
+    )
+    reorder_invalid = bool(invalid_added) and not order.ascending(invalid_tail, invalid_added)
+    if reorder_held or done_put or reorder_invalid:
+        listed = new.materialized()
+        invalid_now = invalid_edit.applied_to(invalid_before)
+        if reorder_held:
+            held_edit = DictEdit(
+                whole=_reorder(held_edit.applied_to(held_before), listed, invalid_now)
+            )
+        if done_put:
+            done_edit = DictEdit(
+                whole=_reorder(done_edit.applied_to(done_before), listed, invalid_now)
+            )
+        if reorder_invalid:
+            invalid_edit = DictEdit(
+                whole={
+                    locator: invalid_now[locator] for locator in listed if locator in invalid_now
+                }
+            )
     pods_of: dict[str, ObservedPod | None] = dict.fromkeys(affected)
     for pod in changed:
         if pod.pod is not None:
             pods_of[pod.pod.uid] = pod
-    return DeltaResult(
-        events + ordered_requests, held, invalid, done, SingleSource(name, new, claims), pods_of
+    claims_edit = DictEdit(
+        tuple(uid for uid, count in counts.items() if count == 0),
+        tuple((uid, count) for uid, count in counts.items() if count),
     )
+    edits = ViewEdits(held_edit, invalid_edit, done_edit, new.edit, claims_edit)
+    return DeltaResult(events + ordered_requests, edits, pods_of)
+
+
+class _NewList:
+    """The source's entries by locator after the delivery: `old` with `edit` applied. What the
+    delta asks of it in the usual case (its length, its last entries) needs no copy of `old`;
+    `materialized()` makes one, for the rare cases that need the whole order."""
+
+    __slots__ = ("_appended", "_gone", "_made", "_old", "edit")
+
+    def __init__(
+        self,
+        old: dict[str, ObservedPod],
+        edit: DictEdit[str, ObservedPod],
+        appended: list[str],
+        gone: list[str],
+    ) -> None:
+        self._old = old
+        self.edit = edit
+        self._appended = appended
+        self._gone = gone  # a few locators at most (DELTA_LIMIT)
+        self._made = edit.whole
+
+    @classmethod
+    def replacing(cls, new: dict[str, ObservedPod]) -> _NewList:
+        """The list `new`, which replaces the old one whole."""
+        return cls(new, DictEdit(whole=new), [], [])
+
+    def __len__(self) -> int:
+        if self._made is not None:
+            return len(self._made)
+        return len(self._old) - len(self._gone) + len(self._appended)
+
+    def reversed_keys(self) -> Iterator[str]:
+        """The locators, last first."""
+        if self._made is not None:
+            return reversed(self._made)
+        kept = (locator for locator in reversed(self._old) if locator not in self._gone)
+        return itertools.chain(reversed(self._appended), kept)
+
+    def last(self) -> ObservedPod | None:
+        """The last entry (None: empty)."""
+        locator = next(self.reversed_keys(), None)
+        if locator is None:
+            return None
+        if self._made is not None:
+            return self._made[locator]
+        put = [pod for key, pod in self.edit.put if key == locator]
+        return put[-1] if put else self._old[locator]
+
+    def materialized(self) -> dict[str, ObservedPod]:
+        """The entries by locator, in the list's order (a copy of the old ones, edited)."""
+        if self._made is None:
+            self._made = self.edit.applied_to(self._old)
+        return self._made
 
 
 def _compared_changes(
     old: dict[str, ObservedPod], pods: Sequence[ObservedPod]
-) -> tuple[dict[str, ObservedPod], list[ObservedPod], list[str]] | None:
+) -> tuple[_NewList, list[ObservedPod], list[str]] | None:
     """(the new list by locator, the changed observations in its order, the locators gone),
     found by comparing the whole new list with the old one (in C, but for the changed entries),
     or None: too many changes, or two entries share a locator."""
@@ -260,42 +410,45 @@ def _compared_changes(
     if len(changed) > DELTA_LIMIT:
         return None
     if len(new) == len(old) and not changed:
-        return new, [], []
+        return _NewList.replacing(new), [], []
     # Every old locator is in `new` when the sizes match and nothing was added (C-speed check).
     added = sum(1 for pod in changed if pod.locator not in old)
     if len(new) - added == len(old):
-        return new, changed, []
+        return _NewList.replacing(new), changed, []
     gone = list(old.keys() - new.keys())
     if len(changed) + len(gone) > DELTA_LIMIT:
         return None
     # In the old list's order, as the full evaluation finds them.
-    return new, changed, sorted(gone, key=list(old).index) if len(gone) > 1 else gone
+    ranked = sorted(gone, key=list(old).index) if len(gone) > 1 else gone
+    return _NewList.replacing(new), changed, ranked
 
 
 def _hinted_changes(
     old: dict[str, ObservedPod],
     pods: Sequence[ObservedPod],
     changes: Mapping[str, ObservedPod | None],
-) -> tuple[dict[str, ObservedPod], list[ObservedPod], list[str]] | None:
+) -> tuple[_NewList, list[ObservedPod], list[str]] | None:
     """As `_compared_changes`, from the source's own account of what changed (see
-    `evaluate_delta`), without a pass over the list; None when the account does not fit it."""
+    `evaluate_delta`), without a pass over the list or a copy of it; None when the account does
+    not fit it."""
     if len(changes) > DELTA_LIMIT:
         return None
-    new = dict(old)
     appended: list[str] = []
     gone: list[str] = []
-    for locator, pod in changes.items():
+    put: list[tuple[str, ObservedPod]] = []
+    for locator, pod in changes.items():  # each locator once
         if pod is None:
-            if new.pop(locator, None) is not None:
+            if locator in old:
                 gone.append(locator)
         else:
             if pod.locator != locator:
                 return None
-            if locator not in new:
+            if locator not in old:
                 appended.append(locator)
-            new[locator] = pod
+            put.append((locator, pod))
+    new = _NewList(old, DictEdit(tuple(gone), tuple(put)), appended, gone)
     # Cheap checks that the account matches the list (a wrong one falls back to the full path).
-    if len(new) != len(pods) or (pods and next(reversed(new.values())) is not pods[-1]):
+    if len(new) != len(pods) or (pods and new.last() is not pods[-1]):
         return None
     changed = [
         pod
@@ -305,7 +458,7 @@ def _hinted_changes(
     if len(changed) > 1 or len(gone) > 1:
         # The source's order: changed entries keep their places, added ones come last in the
         # order the account lists them; gone ones in the old list's order.
-        places = {locator: place for place, locator in enumerate(new)}
+        places = {locator: place for place, locator in enumerate(new.materialized())}
         changed.sort(key=lambda pod: places[pod.locator])
         if len(gone) > 1:
             gone.sort(key=list(old).index)
@@ -318,17 +471,17 @@ _LOCATOR = operator.attrgetter("locator")
 class _Order:
     """Positions of locators in the new list, found only when asked (C-speed scans)."""
 
-    def __init__(self, new: dict[str, ObservedPod]) -> None:
+    def __init__(self, new: _NewList) -> None:
         self._new = new
         self._locators: list[str] | None = None
 
     def ascending(self, tail: str | None, added: list[str]) -> bool:
         """`tail` (the last entry kept) and then `added` are in the list's order."""
-        last = list(itertools.islice(reversed(self._new), len(added)))
+        last = list(itertools.islice(self._new.reversed_keys(), len(added)))
         if last == added[::-1] and tail not in added:
             return True  # appended at the end (a new file): no pass over the list
         if self._locators is None:
-            self._locators = list(self._new)
+            self._locators = list(self._new.materialized())
         positions = [self._locators.index(locator) for locator in added]
         if tail is not None:
             positions.insert(0, self._locators.index(tail))
