@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from operator import lt
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -25,6 +25,7 @@ RemovalAction = Literal["remove", "kill", "wait", "keep"]
 PodRemoval = Literal["wait", "kill"]
 
 PHASES: tuple[Phase, ...] = ("create", "raise", "remove", "lower")
+T = TypeVar("T")
 
 
 class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -354,10 +355,11 @@ def _set_child(
         touched.add(parent)
 
 
-def one_edit(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[str, bool] | None:
+def one_edit(old: tuple[T, ...] | None, new: tuple[T, ...]) -> tuple[T, bool] | None:
     """(name, True) if `new` is `old` with `name` put in at one place, (name, False) if with
-    `name` taken out at one place; None otherwise. Compared in C, by identity first (a listing
-    edited by `merge_observations` or `apply_operations` shares the names of the one before)."""
+    `name` taken out at one place; None otherwise (of any items: names, pods). Compared in C,
+    by identity first (a listing edited by `merge_observations` or `apply_operations` shares
+    the names of the one before)."""
     if old is None or abs(len(new) - len(old)) != 1:
         return None
     # The longest common prefix, by bisection on slices (halving: about two tuple copies and
