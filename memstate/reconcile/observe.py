@@ -34,6 +34,7 @@ from memstate.core.plan import (
     SUBTREE_CONTROL,
     ObservedCgroup,
     ObservedTree,
+    closed_cgroups,
     join_path,
     merge_observations,
     naming_config,
@@ -245,7 +246,9 @@ class _Observer:
                 name = target.path.rpartition("/")[2]
                 known = (name in above.children) if above.children is not None else None
             self.desired_cgroup(target.path, known, list_children=True)
-        return ObservedTree(cgroups=dict(self.found))
+        # Closed under parents when every target's parent was found (what lets a later
+        # scoped round skip looking for a new pod's descendants).
+        return ObservedTree(cgroups=closed_cgroups(self.found))
 
     def scoped(
         self, base: ObservedTree, paths: Iterable[str], touched: set[str] | None = None

@@ -128,3 +128,58 @@ def test_a_runtime_id_learnt_later_makes_its_directory_a_container() -> None:
     assert index.complete == with_container_targets(targets, tree, ids) != targets
     index = index.updated(targets, tree, {pod.uid: {RUNTIME_ID: "side"}})
     assert index.complete is targets
+
+
+@PROPERTY_SETTINGS
+@given(
+    steps=st.lists(st.sampled_from(["shuffle", "put", "take", "same"]), min_size=2), data=st.data()
+)
+def test_the_container_cgroups_follow_the_pods_order(steps: list[str], data: st.DataObject) -> None:
+    """The index keeps the container cgroups it added when the pods are the same, or one pod
+    without any came or went: pods reordered, or one with container cgroups put in or taken
+    out at any place, give the order of a fresh computation (the pods' order)."""
+    config = node_config("TieredReservation", static=False)
+    base = targets_of_pods([mixed_pod(uid_for(0), 0)], config)
+    made = [targets_of_pods([mixed_pod(uid_for(i), i)], config).pods[0] for i in range(POOL)]
+    cgroups: dict[str, ObservedCgroup] = {}
+    for pod in made:
+        if data.draw(st.booleans()):
+            cgroups[pod.cgroup] = ObservedCgroup(children=("app",))
+            cgroups[f"{pod.cgroup}/app"] = ObservedCgroup()
+        else:
+            cgroups[pod.cgroup] = ObservedCgroup(children=())
+    tree = ObservedTree(cgroups=cgroups)
+    index = ContainerIndex()
+    pods: list[int] = data.draw(st.permutations(range(POOL)))[: data.draw(st.integers(1, POOL))]
+    for step in steps:
+        if step == "shuffle":
+            pods = data.draw(st.permutations(pods))
+        elif step == "put" and len(pods) < POOL:
+            missing = [i for i in range(POOL) if i not in pods]
+            at = data.draw(st.integers(0, len(pods)))
+            pods = [*pods[:at], data.draw(st.sampled_from(missing)), *pods[at:]]
+        elif step == "take" and pods:
+            at = data.draw(st.integers(0, len(pods) - 1))
+            pods = [*pods[:at], *pods[at + 1 :]]
+        targets = msgspec.structs.replace(base, pods=tuple(made[i] for i in pods))
+        index = index.updated(targets, tree, {})
+        assert index.complete == with_container_targets(targets, tree, {})
+
+
+def test_a_pod_listed_twice_adds_its_container_cgroups_twice() -> None:
+    """A pod put in a second time (the same UID: a malformed targets object) is no pod without
+    container cgroups: the index does not keep the container cgroups it added before."""
+    config = node_config("TieredReservation", static=False)
+    targets = targets_of_pods([mixed_pod(uid_for(i), i) for i in range(2)], config)
+    first = targets.pods[0]
+    tree = ObservedTree(
+        cgroups={
+            first.cgroup: ObservedCgroup(children=("app",)),
+            f"{first.cgroup}/app": ObservedCgroup(),
+            targets.pods[1].cgroup: ObservedCgroup(children=()),
+        }
+    )
+    index = ContainerIndex().updated(targets, tree, {})
+    twice = msgspec.structs.replace(targets, pods=(msgspec.structs.replace(first), *targets.pods))
+    index = index.updated(twice, tree, {})
+    assert index.complete == with_container_targets(twice, tree, {})

@@ -71,7 +71,10 @@ class ChildSums:
         self._entries = (
             entries  # parent path -> the names of its children the tree holds as existing
         )
-        self._totals = totals  # listed path -> Σ of its valid listed children's protections
+        # listed path -> Σ of its valid listed children's protections, held only for the paths
+        # whose sum moved since they were listed (the others are all zero: a pod's, mostly), so
+        # the table is a few parents, not one entry per listed cgroup copied every round.
+        self._totals = totals
         self._unreadable = unreadable  # existing cgroups with an unreadable protection
         self._unusable = unusable  # listed paths with an existing child they do not list
 
@@ -244,7 +247,6 @@ class ChildSums:
                     invalid[path] = frozenset(bad)
                 else:
                     invalid.pop(path, None)
-                totals.setdefault(path, _ZERO_SUMS)
         for parent, (now_existing, gone) in edits.items():
             names = entries.get(parent, _NO_NAMES)
             if now_existing:
@@ -278,12 +280,12 @@ class ChildSums:
             else:
                 unusable.add(path)
         for parent, name in pairs:
-            if parent not in totals:
+            if parent not in listed:
                 continue
             taken = _counted(self._values, self._listed, self._invalid, parent, name)
             given = _counted(values, listed, invalid, parent, name)
             if taken != given:
-                sums = totals[parent]
+                sums = totals.get(parent, _ZERO_SUMS)
                 totals[parent] = tuple(
                     s - t + g for s, t, g in zip(sums, taken, given, strict=True)
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from operator import lt
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -25,6 +25,7 @@ RemovalAction = Literal["remove", "kill", "wait", "keep"]
 PodRemoval = Literal["wait", "kill"]
 
 PHASES: tuple[Phase, ...] = ("create", "raise", "remove", "lower")
+T = TypeVar("T")
 
 
 class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -54,7 +55,9 @@ class ObservedCgroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ObservedTree(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Observation of the managed tree, keyed by cgroup path ("" is the managed root).
 
-    A desired path missing from `cgroups` is treated as absent (it will be created).
+    A desired path missing from `cgroups` is treated as absent (it will be created). `cgroups`
+    may be a `ClosedCgroups` (a plain dict that is known closed under parents) and a listing a
+    `SortedNames`: proofs by type that spare a derivation a pass; equal to the plain ones.
     """
 
     cgroups: dict[str, ObservedCgroup] = {}
@@ -213,22 +216,29 @@ def apply_operations(
     populated flag is unknown. `touched`, if given, gets every path whose observation this
     replaced or dropped (for a `TreeChange`).
     """
-    cgroups = dict(tree.cgroups)
+    closed = type(tree.cgroups) is ClosedCgroups
+    cgroups = ClosedCgroups(tree.cgroups) if closed else dict(tree.cgroups)
     marked = touched if touched is not None else set()
     for operation in operations:
         path = operation.path
         found = cgroups.get(path)
         marked.add(path)
         if operation.kind == "mkdir":
+            if closed and found is None and not _parent_held(cgroups, path):
+                closed = False
             cgroups[path] = ObservedCgroup(
                 exists=True, files={}, children=(), populated=False, subtree_control=()
             )
             _set_child(cgroups, path, present=True, touched=marked)
         elif operation.kind == "rmdir":
-            cgroups.pop(path, None)
-            for other in _descendants(cgroups, path):
+            # Looked for while `path` is still held (a closed table answers "none" for a path
+            # it does not hold).
+            for other in _descendants(cgroups, path, closed=closed):
                 del cgroups[other]
                 marked.add(other)
+            if path == "":
+                closed = False  # the root's children are not found by prefix: they stay
+            cgroups.pop(path, None)
             _set_child(cgroups, path, present=False, touched=marked)
         elif found is None or not found.exists:
             continue
@@ -242,18 +252,62 @@ def apply_operations(
             files = dict(found.files)
             files[operation.file] = operation.value
             cgroups[path] = msgspec.structs.replace(found, files=files)
-    return ObservedTree(cgroups=cgroups)
+    return ObservedTree(cgroups=_proven(cgroups, closed))
 
 
-def _descendants(cgroups: Mapping[str, ObservedCgroup], path: str) -> list[str]:
+class ClosedCgroups(dict[str, ObservedCgroup]):
+    """An `ObservedTree`'s table known to be closed under parents: every path but the root's
+    has its parent as a key, so a path it does not hold has no descendants in it. The type is
+    the proof (made by `closed_cgroups`, kept by `merge_observations` and `apply_operations`
+    where their edits keep the property): `_descendants` of a new pod cgroup observed absent
+    then needs no pass over every path. Equal to (and encoded as) the plain dict."""
+
+    __slots__ = ()
+
+
+def closed_cgroups(cgroups: Mapping[str, ObservedCgroup]) -> dict[str, ObservedCgroup]:
+    """A copy of `cgroups`: a `ClosedCgroups` when every path but the root "" has its parent
+    among them, else a plain dict. One pass (a full observation's, which reads every cgroup)."""
+    table = ClosedCgroups(cgroups)
+    parents = {path.rpartition("/")[0] for path in table if path}
+    return table if parents.issubset(table) else dict(cgroups)
+
+
+def _parent_held(cgroups: Mapping[str, ObservedCgroup], path: str) -> bool:
+    """True if `path` is the root or its parent is a key of `cgroups`."""
+    return path == "" or path.rpartition("/")[0] in cgroups
+
+
+def _proven(cgroups: dict[str, ObservedCgroup], closed: bool) -> dict[str, ObservedCgroup]:
+    """`cgroups`, a plain dict when the edits may have broken its closure (a rare table made
+    by hand: a path added without its parent)."""
+    if closed or type(cgroups) is not ClosedCgroups:
+        return cgroups
+    return dict(cgroups)
+
+
+def _descendants(cgroups: Mapping[str, ObservedCgroup], path: str, *, closed: bool) -> list[str]:
     """The paths of `cgroups` that start with ``path + "/"``. Most calls find none (a new pod
-    cgroup observed absent before its mkdir): one search of the joined paths, in C, says so
-    before a Python pass over every path looks for them (a path holding a newline can make
-    the search find a false candidate, never miss one)."""
+    cgroup observed absent before its mkdir): a table `closed` under parents (as far as the
+    caller's edits so far keep it so) that does not hold `path` has none; otherwise one search
+    of the joined paths, in C, says so before a Python pass over every path looks for them (a
+    path holding a newline can make the search find a false candidate, never miss one)."""
+    if closed and path not in cgroups:
+        return []
     prefix = f"{path}/"
     if f"\n{prefix}" not in "\n" + "\n".join(cgroups):
         return []
     return [other for other in cgroups if other.startswith(prefix)]
+
+
+class SortedNames(tuple[str, ...]):
+    """A listing known to be sorted without duplicates: the type is the proof. `_set_child`
+    makes every listing it edits one, so a listing edited once (kubepods', by each admission's
+    mkdir) is edited again by bisection, without a pass over its names to check their order or
+    to look the name up. Equal to (and hashed as) the plain tuple of the same names; encodes
+    as one."""
+
+    __slots__ = ()
 
 
 def _set_child(
@@ -267,16 +321,25 @@ def _set_child(
         return
     name = path.rpartition("/")[2]
     listing = found.children
-    if (name in listing) == present:
-        # Listed (or not) as it should be: the parent keeps its observation (one scan in C).
-        # Listings are sorted, without duplicates (`CgroupFS.list_children`; this keeps them
-        # so), and are not checked again here: that is a pass over every pod of kubepods.
-        return
-    if _strictly_ascending(listing):
+    if type(listing) is SortedNames:
+        at = bisect_left(listing, name)
+        if (at < len(listing) and listing[at] == name) == present:
+            return  # listed (or not) as it should be: the parent keeps its observation
+        ordered = True
+    else:
+        if (name in listing) == present:
+            # Listed (or not) as it should be: the parent keeps its observation (one scan in
+            # C). Listings are sorted, without duplicates (`CgroupFS.list_children`; this keeps
+            # them so), and are not checked again here: that is a pass over every pod of
+            # kubepods.
+            return
+        # Checked once; the edited listing carries the proof (`SortedNames`).
+        ordered = _strictly_ascending(listing)
+        at = bisect_left(listing, name) if ordered else 0
+    if ordered:
         # `name` put in or taken out by bisection and slicing, in C, without a sorted copy and
         # a set of every pod's name.
-        at = bisect_left(listing, name)
-        children = (
+        children = SortedNames(
             (*listing[:at], name, *listing[at:]) if present else (*listing[:at], *listing[at + 1 :])
         )
     else:
@@ -286,16 +349,17 @@ def _set_child(
             names.add(name)
         else:
             names.discard(name)
-        children = tuple(sorted(names))
+        children = SortedNames(sorted(names))
     if children != listing:
         cgroups[parent] = msgspec.structs.replace(found, children=children)
         touched.add(parent)
 
 
-def one_edit(old: tuple[str, ...] | None, new: tuple[str, ...]) -> tuple[str, bool] | None:
+def one_edit(old: tuple[T, ...] | None, new: tuple[T, ...]) -> tuple[T, bool] | None:
     """(name, True) if `new` is `old` with `name` put in at one place, (name, False) if with
-    `name` taken out at one place; None otherwise. Compared in C, by identity first (a listing
-    edited by `merge_observations` or `apply_operations` shares the names of the one before)."""
+    `name` taken out at one place; None otherwise (of any items: names, pods). Compared in C,
+    by identity first (a listing edited by `merge_observations` or `apply_operations` shares
+    the names of the one before)."""
     if old is None or abs(len(new) - len(old)) != 1:
         return None
     # The longest common prefix, by bisection on slices (halving: about two tuple copies and
@@ -326,17 +390,21 @@ def merge_observations(
     exists drops its cached descendants; parents' children lists follow existence. `touched`,
     if given, gets every path whose observation this replaced or dropped (for a `TreeChange`).
     """
-    cgroups = dict(base.cgroups)
+    closed = type(base.cgroups) is ClosedCgroups
+    cgroups = ClosedCgroups(base.cgroups) if closed else dict(base.cgroups)
     marked = touched if touched is not None else set()
     for path, found in sorted(fresh.items()):
+        # Sorted: a parent comes before its children, so it is held when they are checked.
         previous = cgroups.get(path)
         if not found.exists:
-            for other in _descendants(cgroups, path):
+            for other in _descendants(cgroups, path, closed=closed):
                 del cgroups[other]
                 marked.add(other)
         elif found.children is None and previous is not None and previous.exists:
             found = msgspec.structs.replace(found, children=previous.children)
+        if closed and previous is None and not _parent_held(cgroups, path):
+            closed = False
         cgroups[path] = found
         marked.add(path)
         _set_child(cgroups, path, present=found.exists, touched=marked)
-    return ObservedTree(cgroups=cgroups)
+    return ObservedTree(cgroups=_proven(cgroups, closed))

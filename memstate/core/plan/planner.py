@@ -266,6 +266,7 @@ class _Planner:
                 self._planned_children.setdefault(parent, []).append(path)
         self._desired_children: dict[str, list[str]] | None = None  # built when first needed
         self._children_cache: dict[str, list[str]] = {}
+        self._current_text: dict[tuple[str, str], str | None] = {}  # `current_text`'s answers
         self._visited: set[str] = set()  # paths whose children's names were checked
         self._unsafe_reported: set[tuple[str, str]] = set()
         self.operations: list[Operation] = []
@@ -403,7 +404,15 @@ class _Planner:
         return True
 
     def current_text(self, path: str, file: str) -> str | None:
-        """Normalised value of `file` in `path` now; defaults for missing files/new cgroups."""
+        """Normalised value of `file` in `path` now; defaults for missing files/new cgroups.
+        Memoised for the run (the observation does not change while planning; each pass asks)."""
+        key = (path, file)
+        if key in self._current_text:
+            return self._current_text[key]
+        text = self._current_text[key] = self._current_text_of(path, file)
+        return text
+
+    def _current_text_of(self, path: str, file: str) -> str | None:
         found = self._observed(path)
         if found is not None:
             text = found.files.get(file)

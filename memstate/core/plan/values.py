@@ -59,6 +59,9 @@ _CPUSET_FILES = frozenset({"cpuset.cpus", "cpuset.mems"})
 _HUGETLB_LIMIT_RE = re.compile(r"hugetlb\.([0-9]+[KMG]B)\.(?:max|rsvd\.max)")
 
 
+# Memoised (a pure function of a name; planning asks for the same few files every round and a
+# hugetlb file's kind costs a regular expression match).
+@functools.lru_cache(maxsize=1024)
 def file_kind(file: str) -> FileKind:
     """How a managed file is ordered: protection, limit, cpuset or other."""
     if file in PROTECTION_FILES:
@@ -76,6 +79,7 @@ def file_controller(file: str) -> str | None:
     return prefix if prefix in CONTROLLER_ORDER else None
 
 
+@functools.lru_cache(maxsize=1024)
 def kernel_default(file: str) -> str | None:
     """What `file` reads in a fresh cgroup, or None when not known."""
     if _HUGETLB_LIMIT_RE.fullmatch(file):
