@@ -1,0 +1,237 @@
+"""The echo of memstate's own writes in the cgroup watch, recognised so it schedules no round.
+
+Why: the cgroup watch (memstate.node.cgroup_watch) reports every change to a managed file or
+directory, memstate's own included. A reconcile round that admits a pod writes the pod cgroup
+and its ancestors' protections; ~50 ms later (the watch's settle) the watch reported those
+writes and the daemon ran a second, write-free round scoped to them: one extra round per
+admission on a node where admissions are further apart than the settle, costing CPU and landing
+in the next admission's window (docs/performance.md, "stop 21: the echo of own writes").
+
+How: the reconciler's `CgroupFS` is wrapped (`RecordingCgroupFS`), and every operation that
+succeeded is remembered for `KEEP_SECONDS` in `OwnWrites`: a file written with the value
+written, a cgroup created, a cgroup removed. The watch passes each batch through
+`OwnWrites.foreign` before turning it into hints, which drops a change only when it is provably
+nothing to correct:
+
+* a managed file memstate wrote: dropped only if the file *reads now* what memstate wrote
+  (one read, compared kernel-normalised, `ValueModel.equal`). Someone else's write to the same
+  file, before or after memstate's and reported in the same batch or a later one, leaves
+  another value there, and the change is kept (a round corrects it). A foreign write of the very
+  value memstate wrote is dropped: there is nothing to correct.
+* a cgroup memstate created (removed): dropped once — the record is used up by its first
+  creation (removal) event — and only if the directory exists (is gone) now. A cgroup removed
+  and created again by someone else shows a removal memstate did not make, which is kept.
+* everything else is kept: cgroup.events (the kernel's ``populated``), cgroup.procs, files
+  memstate did not write, writes whose value reads back differently (cgroup.subtree_control's
+  ``+memory`` reads ``memory``: its echo still costs a round), and any batch the kernel could
+  not report completely (queue overflow: the whole-tree resync, as before).
+
+The records are taken after the operation returned, in the round's worker thread; the watch
+delivers a batch at the earliest `settle_seconds` (50 ms) after its first change, so a record is
+in place long before its echo is judged. Should it not be (a worker thread descheduled for that
+long), the echo is kept: one extra round, the old behaviour. Records expire after
+`KEEP_SECONDS`: an echo later than that is kept too. A batch with more than `MAX_READS` changes
+to judge is delivered whole (no reads on the event loop for a full resync's thousands of
+writes: that echo costs its round as before).
+
+Only what the watch would schedule is affected: the periodic full resync stays the source of
+truth, and drift is still found by reading, never by trusting a record.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from memstate.core.plan import value_model
+from memstate.host.cgroupfs import CgroupFS
+from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO
+from memstate.node.watching import Batch, Change
+
+# How long an operation's record waits for its echo (the watch settles within 0.2 s; a loaded
+# machine delays it further). Later echoes schedule a round, as without records.
+KEEP_SECONDS = 5.0
+# A batch with more changes than this to judge is delivered whole (see the module docstring).
+MAX_READS = 64
+# Enough for any managed file's value (a cpuset list, a byte count, "max").
+_READ_BYTES = 4096
+
+_CREATED = IN_CREATE | IN_MOVED_TO
+_REMOVED = IN_DELETE | IN_MOVED_FROM
+
+
+class OwnWrites:
+    """memstate's recent operations on the tree, and the watch's changes they explain.
+
+    `wrote`, `created`, `removed` are called from the reconciler's worker thread, `foreign`
+    from the event loop: a lock keeps the records consistent between them. `clock` is monotonic
+    seconds, usable from any thread (the daemon's is trio's).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        page_size_bytes: int,
+        clock: Callable[[], float],
+        keep_seconds: float = KEEP_SECONDS,
+        max_reads: int = MAX_READS,
+    ) -> None:
+        self.root = str(root)
+        self._values = value_model(page_size_bytes)
+        self._clock = clock
+        self._keep = keep_seconds
+        self._max_reads = max_reads
+        self._lock = threading.Lock()
+        # (when, value written) by (cgroup, file); (when, "") by cgroup created or removed.
+        # Insertion order is time order (a key recorded again moves to the end): expiry pops
+        # from the front.
+        self._files: dict[tuple[str, str], tuple[float, str]] = {}
+        self._created: dict[str, tuple[float, str]] = {}
+        self._removed: dict[str, tuple[float, str]] = {}
+        self.echoes = 0  # changes dropped so far (the daemon's metric follows it)
+
+    # --- records (the reconciler's thread) --------------------------------------------------
+
+    def wrote(self, path: str, file: str, value: str) -> None:
+        """`value` was written to `file` of cgroup `path` (relative to the root)."""
+        with self._lock:
+            _put(self._files, (path, file), (self._expire(), value))
+
+    def created(self, path: str) -> None:
+        """Cgroup `path` was created."""
+        with self._lock:
+            _put(self._created, path, (self._expire(), ""))
+
+    def removed(self, path: str) -> None:
+        """Cgroup `path` was removed."""
+        with self._lock:
+            _put(self._removed, path, (self._expire(), ""))
+
+    def _expire(self) -> float:
+        now = self._clock()
+        oldest = now - self._keep
+        _drop_before(self._files, oldest)
+        _drop_before(self._created, oldest)
+        _drop_before(self._removed, oldest)
+        return now
+
+    # --- judging the watch's changes (the event loop) ---------------------------------------
+
+    def foreign(self, batch: Batch) -> Batch:
+        """`batch` without the changes that are the echo of memstate's own operations."""
+        if not batch.complete:
+            return batch
+        with self._lock:
+            self._expire()
+            kept: list[Change] = []
+            reads = 0
+            for change in batch.changes:
+                verdict = self._judge(change)
+                if verdict is _READ:
+                    reads += 1
+                    if reads > self._max_reads:
+                        return batch  # too many to judge on the event loop: all kept
+                    verdict = self._reads_as_written(change)
+                if not verdict:
+                    kept.append(change)
+        dropped = len(batch.changes) - len(kept)
+        if not dropped:
+            return batch
+        self.echoes += dropped
+        return Batch(tuple(kept), batch.complete)
+
+    def _judge(self, change: Change) -> bool | object:
+        """True for an echo, False for a change to keep, `_READ` when the file must be read."""
+        relative = self._relative(change.path)
+        if relative is None:
+            return False
+        if change.mask & IN_ISDIR:
+            # A record is used up by its first event: a second creation is someone else's.
+            if change.mask & _CREATED:
+                return self._created.pop(relative, None) is not None and os.path.isdir(change.path)
+            if change.mask & _REMOVED:
+                return self._removed.pop(relative, None) is not None and not os.path.lexists(
+                    change.path
+                )
+            return False
+        path, _, file = relative.rpartition("/")
+        return _READ if (path, file) in self._files else False
+
+    def _reads_as_written(self, change: Change) -> bool:
+        relative = self._relative(change.path) or ""
+        path, _, file = relative.rpartition("/")
+        text = _read(change.path)
+        return text is not None and self._values.equal(file, self._files[(path, file)][1], text)
+
+    def _relative(self, path: str) -> str | None:
+        if not path.startswith(self.root + os.sep):
+            return None
+        return path[len(self.root) + 1 :]
+
+
+_READ = object()
+
+
+def _drop_before(table: dict[Any, tuple[float, str]], oldest: float) -> None:
+    while table:
+        key = next(iter(table))
+        if table[key][0] >= oldest:
+            return
+        del table[key]
+
+
+def _put(table: dict[Any, tuple[float, str]], key: Any, entry: tuple[float, str]) -> None:
+    table.pop(key, None)  # moved to the end: the table stays in time order
+    table[key] = entry
+
+
+def _read(path: str) -> str | None:
+    """The file's text now, or None when it cannot be read (gone, not readable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, _READ_BYTES).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class RecordingCgroupFS:
+    """A `CgroupFS` that tells `own` about every mkdir, rmdir and write that succeeded.
+
+    Reads go straight to the wrapped tree (bound at construction: no cost per call); anything
+    else the tree offers (`snapshot`, which observing uses when present, `close`...) is reached
+    through it.
+    """
+
+    def __init__(self, fs: CgroupFS, own: OwnWrites) -> None:
+        self.wrapped = fs
+        self.own = own
+        self.exists = fs.exists
+        self.list_children = fs.list_children
+        self.read = fs.read
+
+    def write(self, path: str, file: str, value: str) -> None:
+        """Write through; remembered once it succeeded."""
+        self.wrapped.write(path, file, value)
+        self.own.wrote(path, file, value)
+
+    def mkdir(self, path: str) -> None:
+        """Create through; remembered once it succeeded (EEXIST: someone else's, not ours)."""
+        self.wrapped.mkdir(path)
+        self.own.created(path)
+
+    def rmdir(self, path: str) -> None:
+        """Remove through; remembered once it succeeded."""
+        self.wrapped.rmdir(path)
+        self.own.removed(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
