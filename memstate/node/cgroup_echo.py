@@ -20,7 +20,11 @@ nothing to correct:
   value memstate wrote is dropped: there is nothing to correct.
 * a cgroup memstate created (removed): dropped once — the record is used up by its first
   creation (removal) event — and only if the directory exists (is gone) now. A cgroup removed
-  and created again by someone else shows a removal memstate did not make, which is kept.
+  and created again by someone else shows a removal memstate did not make, which is kept. A
+  created cgroup's value files (memory.min/low/high/max, cpuset.mems, hugetlb.*.max) must also
+  read what memstate wrote there or else the kernel's default: a write by someone else made
+  before the watch on the new directory was in place is never reported, and the creation's
+  round is what used to find it.
 * everything else is kept: cgroup.events (the kernel's ``populated``), cgroup.procs, files
   memstate did not write, writes whose value reads back differently (cgroup.subtree_control's
   ``+memory`` reads ``memory``: its echo still costs a round), and any batch the kernel could
@@ -41,12 +45,13 @@ truth, and drift is still found by reading, never by trusting a record.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from memstate.core.plan import value_model
+from memstate.core.plan import kernel_default, value_model
 from memstate.host.cgroupfs import CgroupFS
 from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO
 from memstate.node.watching import Batch, Change
@@ -59,6 +64,9 @@ MAX_READS = 64
 # Enough for any managed file's value (a cpuset list, a byte count, "max").
 _READ_BYTES = 4096
 
+# The files whose values a round sets and checks (the watched ones of cgroup_watch, without the
+# cgroup.* files): a cgroup memstate created must read its defaults or memstate's values there.
+_VALUE_FILE_RE = re.compile(r"memory\.(min|low|high|max)|cpuset\.mems|hugetlb\.[0-9]+[KMG]B\.max")
 _CREATED = IN_CREATE | IN_MOVED_TO
 _REMOVED = IN_DELETE | IN_MOVED_FROM
 
@@ -93,6 +101,7 @@ class OwnWrites:
         self._created: dict[str, tuple[float, str]] = {}
         self._removed: dict[str, tuple[float, str]] = {}
         self.echoes = 0  # changes dropped so far (the daemon's metric follows it)
+        self._budget = max_reads  # reads left for the batch being judged
 
     # --- records (the reconciler's thread) --------------------------------------------------
 
@@ -127,45 +136,67 @@ class OwnWrites:
             return batch
         with self._lock:
             self._expire()
-            kept: list[Change] = []
-            reads = 0
-            for change in batch.changes:
-                verdict = self._judge(change)
-                if verdict is _READ:
-                    reads += 1
-                    if reads > self._max_reads:
-                        return batch  # too many to judge on the event loop: all kept
-                    verdict = self._reads_as_written(change)
-                if not verdict:
-                    kept.append(change)
+            self._budget = self._max_reads
+            try:
+                kept = [change for change in batch.changes if not self._is_echo(change)]
+            except _TooManyReads:
+                return batch  # too much to judge on the event loop: all kept
         dropped = len(batch.changes) - len(kept)
         if not dropped:
             return batch
         self.echoes += dropped
         return Batch(tuple(kept), batch.complete)
 
-    def _judge(self, change: Change) -> bool | object:
-        """True for an echo, False for a change to keep, `_READ` when the file must be read."""
+    def _is_echo(self, change: Change) -> bool:
         relative = self._relative(change.path)
         if relative is None:
             return False
         if change.mask & IN_ISDIR:
             # A record is used up by its first event: a second creation is someone else's.
             if change.mask & _CREATED:
-                return self._created.pop(relative, None) is not None and os.path.isdir(change.path)
+                created = self._created.pop(relative, None)
+                return (
+                    created is not None
+                    and os.path.isdir(change.path)
+                    and self._untouched(relative, change.path, since=created[0])
+                )
             if change.mask & _REMOVED:
                 return self._removed.pop(relative, None) is not None and not os.path.lexists(
                     change.path
                 )
             return False
         path, _, file = relative.rpartition("/")
-        return _READ if (path, file) in self._files else False
+        record = self._files.get((path, file))
+        return record is not None and self._reads(change.path, file, record[1])
 
-    def _reads_as_written(self, change: Change) -> bool:
-        relative = self._relative(change.path) or ""
-        path, _, file = relative.rpartition("/")
-        text = _read(change.path)
-        return text is not None and self._values.equal(file, self._files[(path, file)][1], text)
+    def _untouched(self, relative: str, directory: str, *, since: float) -> bool:
+        """Every value file of a cgroup memstate created at `since` reads what memstate wrote
+        there since, or else the kernel's default: nothing was changed in it before the watch on
+        it was in place (a change then is never reported; the echo's round would have seen
+        it). A write to an earlier cgroup of that path is no longer there."""
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(
+                    entry.name for entry in entries if _VALUE_FILE_RE.fullmatch(entry.name)
+                )
+        except OSError:
+            return False
+        for name in names:
+            record = self._files.get((relative, name))
+            expected = record[1] if record is not None and record[0] >= since else None
+            if expected is None:
+                expected = kernel_default(name)
+            if expected is None or not self._reads(os.path.join(directory, name), name, expected):
+                return False
+        return True
+
+    def _reads(self, path: str, file: str, expected: str) -> bool:
+        """The file at `path` reads `expected` (kernel-normalised); one read of the budget."""
+        self._budget -= 1
+        if self._budget < 0:
+            raise _TooManyReads
+        text = _read(path)
+        return text is not None and self._values.equal(file, expected, text)
 
     def _relative(self, path: str) -> str | None:
         if not path.startswith(self.root + os.sep):
@@ -173,7 +204,8 @@ class OwnWrites:
         return path[len(self.root) + 1 :]
 
 
-_READ = object()
+class _TooManyReads(Exception):
+    """A batch needs more reads than `max_reads` to judge."""
 
 
 def _drop_before(table: dict[Any, tuple[float, str]], oldest: float) -> None:
