@@ -34,9 +34,9 @@ The records are taken after the operation returned, in the round's worker thread
 delivers a batch at the earliest `settle_seconds` (50 ms) after its first change, so a record is
 in place long before its echo is judged. Should it not be (a worker thread descheduled for that
 long), the echo is kept: one extra round, the old behaviour. Records expire after
-`KEEP_SECONDS`: an echo later than that is kept too. A batch with more than `MAX_READS` changes
-to judge is delivered whole (no reads on the event loop for a full resync's thousands of
-writes: that echo costs its round as before).
+`KEEP_SECONDS`: an echo later than that is kept too. A batch that needs more than `MAX_READS`
+file reads to judge (each file read once per batch) is delivered whole (no reads on the event
+loop for a full resync's thousands of writes: that echo costs its round as before).
 
 Only what the watch would schedule is affected: the periodic full resync stays the source of
 truth, and drift is still found by reading, never by trusting a record.
@@ -59,8 +59,10 @@ from memstate.node.watching import Batch, Change
 # How long an operation's record waits for its echo (the watch settles within 0.2 s; a loaded
 # machine delays it further). Later echoes schedule a round, as without records.
 KEEP_SECONDS = 5.0
-# A batch with more changes than this to judge is delivered whole (see the module docstring).
-MAX_READS = 64
+# A batch that needs more file reads than this to judge is delivered whole (see the module
+# docstring): ~7 reads per admission (the parent's protection, the new cgroup's value files),
+# so admissions at up to ~180/s within the watch's 0.2 s batches; ~1-2 ms on the event loop.
+MAX_READS = 256
 # Enough for any managed file's value (a cpuset list, a byte count, "max").
 _READ_BYTES = 4096
 
@@ -102,6 +104,7 @@ class OwnWrites:
         self._removed: dict[str, tuple[float, str]] = {}
         self.echoes = 0  # changes dropped so far (the daemon's metric follows it)
         self._budget = max_reads  # reads left for the batch being judged
+        self._texts: dict[str, str | None] = {}  # what the batch being judged read, by path
 
     # --- records (the reconciler's thread) --------------------------------------------------
 
@@ -141,6 +144,8 @@ class OwnWrites:
                 kept = [change for change in batch.changes if not self._is_echo(change)]
             except _TooManyReads:
                 return batch  # too much to judge on the event loop: all kept
+            finally:
+                self._texts.clear()
         dropped = len(batch.changes) - len(kept)
         if not dropped:
             return batch
@@ -191,11 +196,15 @@ class OwnWrites:
         return True
 
     def _reads(self, path: str, file: str, expected: str) -> bool:
-        """The file at `path` reads `expected` (kernel-normalised); one read of the budget."""
-        self._budget -= 1
-        if self._budget < 0:
-            raise _TooManyReads
-        text = _read(path)
+        """The file at `path` reads `expected` (kernel-normalised). Read once per batch (a
+        parent's protection is written for every pod admitted), each read from the budget."""
+        if path in self._texts:
+            text = self._texts[path]
+        else:
+            self._budget -= 1
+            if self._budget < 0:
+                raise _TooManyReads
+            text = self._texts[path] = _read(path)
         return text is not None and self._values.equal(file, expected, text)
 
     def _relative(self, path: str) -> str | None:

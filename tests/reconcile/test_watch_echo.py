@@ -223,6 +223,7 @@ def test_a_batch_with_too_many_files_to_read_is_kept_whole(tmp_path: Path, reads
         (tmp_path / f"pod{index}" / "memory.min").write_text("0\n")
         own.wrote(f"pod{index}", "memory.min", "0")
         changes.append(Change(str(tmp_path / f"pod{index}" / "memory.min"), IN_MODIFY))
+    changes.append(changes[0])  # the same file again (a parent's, once per pod): read once
     batch = Batch(tuple(changes))
     kept = own.foreign(batch)
     assert kept.changes == (() if reads <= 2 else batch.changes)
