@@ -35,8 +35,9 @@ delivers a batch at the earliest `settle_seconds` (50 ms) after its first change
 in place long before its echo is judged. Should it not be (a worker thread descheduled for that
 long), the echo is kept: one extra round, the old behaviour. Records expire after
 `KEEP_SECONDS`: an echo later than that is kept too. A batch that needs more than `MAX_READS`
-file reads to judge (each file read once per batch) is delivered whole (no reads on the event
-loop for a full resync's thousands of writes: that echo costs its round as before).
+file reads to judge (each file read once per batch), or has more than four changes per read of
+that budget, is delivered whole (no reads on the event loop for a full resync's thousands of
+writes: that echo costs its round as before).
 
 Only what the watch would schedule is affected: the periodic full resync stays the source of
 truth, and drift is still found by reading, never by trusting a record.
@@ -63,6 +64,8 @@ KEEP_SECONDS = 5.0
 # docstring): ~7 reads per admission (the parent's protection, the new cgroup's value files),
 # so admissions at up to ~180/s within the watch's 0.2 s batches; ~1-2 ms on the event loop.
 MAX_READS = 256
+# Changes per read a judgeable batch has at most (see `OwnWrites.foreign`).
+_MAX_CHANGES_PER_READ = 4
 # Enough for any managed file's value (a cpuset list, a byte count, "max").
 _READ_BYTES = 4096
 
@@ -135,7 +138,9 @@ class OwnWrites:
 
     def foreign(self, batch: Batch) -> Batch:
         """`batch` without the changes that are the echo of memstate's own operations."""
-        if not batch.complete:
+        if not batch.complete or len(batch.changes) > _MAX_CHANGES_PER_READ * self._max_reads:
+            # Larger than any batch the budget can judge (an admission is ~20 changes, the tree's
+            # journal included, for ~7 reads): let it through before reading anything.
             return batch
         with self._lock:
             self._expire()

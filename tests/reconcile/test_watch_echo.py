@@ -238,3 +238,16 @@ def test_a_removal_is_ours_only_while_the_cgroup_is_gone(tmp_path: Path) -> None
     own.removed("pod")
     (tmp_path / "pod").rmdir()
     assert own.foreign(removal).changes == ()
+
+
+def test_a_batch_too_long_to_judge_is_kept_whole_before_any_read(tmp_path: Path) -> None:
+    """More than 4 changes per read of the budget (a full resync's burst): let through as it
+    is, without judging (no reads on the event loop); up to that, judged."""
+    (tmp_path / "kubepods").mkdir()
+    (tmp_path / "kubepods" / "memory.min").write_text(Gi + "\n")
+    own = _own(tmp_path, [0.0], max_reads=1)
+    own.wrote("kubepods", "memory.min", Gi)
+    change = Change(str(tmp_path / "kubepods" / "memory.min"), IN_MODIFY)
+    assert own.foreign(Batch((change,) * 4)).changes == ()  # one read, four echoes
+    long = Batch((change,) * 5)
+    assert own.foreign(long) is long
