@@ -3,12 +3,14 @@
     python -m benchmarks.daemon_admission [--pods 500] [--samples 100] [--probes 3]
                                           [--dir /var/tmp/memstate-bench] [--src DIR]
                                           [--cgroup-dir /dev/shm/memstate-bench-cgroup]
+                                          [--gap 0]
 
 Starts `memstate run` as a subprocess on a node laid out in `--dir` (on the disk being measured:
 the manifests, the state directory and its log; 8 NUMA nodes of 64 GiB, best-effort,
 TieredReservation), fills it with `--pods` resident Guaranteed pods (dropped together, then
 waited for until the tree converged and the daemon is quiet), then takes `--samples` admissions
-of one more pod each. Per sample, interleaved so a change in the machine's load hits both:
+of one more pod each, back to back or `--gap` seconds apart. Per sample, interleaved so a change
+in the machine's load hits both:
 `--probes` raw 200-byte appends + `os.fdatasync` in the state directory (what the log's group
 commit does), then one manifest renamed into the manifest directory, timed from the rename
 until (1) the daemon's journal line for its `pod_admitted` appears on the daemon's stderr
@@ -30,8 +32,11 @@ written to a hidden file before the clock starts: only the rename is timed. Wait
 benchmark no polling of the log: it sleeps in inotify on the daemon's stderr (its journal
 lines) and polls one small file of the tree for "converged".
 
-Prints p50/p90/p99 of each, admission p99 minus fdatasync p99, CPU per admission, and the
-daemon's resident memory at the end. `--src DIR` runs the daemon from another version's source.
+Prints p50/p90/p99 of each, admission p99 minus fdatasync p99, CPU per admission, the
+daemon's resident memory at the end, and (from its metrics, scraped before and after the samples,
+outside the CPU window) reconcile rounds by scope and successful cgroup writes by file per
+admission: counts that do not depend on the machine's load. `--src DIR` runs the daemon from
+another version's source.
 """
 
 from __future__ import annotations
@@ -139,6 +144,21 @@ class JournalTail:
         self.inotify.close()
 
 
+def round_counts(node: Node) -> dict[str, float]:
+    """Reconcile rounds so far by scope ("scoped", "full") and cgroup writes by file (the
+    ``memstate_cgroup_writes_total{file=...,result="ok"}`` series), from the daemon's metrics."""
+    counts: dict[str, float] = {}
+    for line in node.metrics().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("memstate_reconcile_duration_seconds_count{"):
+            scope = name.split('scope="', 1)[1].split('"', 1)[0]
+            counts[f"rounds {scope}"] = float(value)
+        elif name.startswith("memstate_cgroup_writes_total{") and 'result="ok"' in name:
+            file = name.split('file="', 1)[1].split('"', 1)[0]
+            counts[f"writes {file}"] = float(value)
+    return counts
+
+
 def wait_converged(node: Node, uid: str) -> None:
     target = str(64 * 2**20)
     while node.cgroup_file(f"kubepods/pod{uid}", "memory.min") != target:
@@ -150,6 +170,13 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=500, help="resident pods before sampling")
     parser.add_argument("--samples", type=int, default=100, help="admissions measured")
     parser.add_argument("--probes", type=int, default=3, help="fdatasync probes per sample")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds between one sample converged and the next (untimed; > the cgroup watch's "
+        "0.2 s settle: admissions as far apart as on a real node)",
+    )
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-bench"))
     parser.add_argument(
         "--cgroup-dir",
@@ -200,6 +227,7 @@ def main() -> None:
             for index in range(args.samples)
         ]
         journal = JournalTail(node.stderr_path)
+        counts_before = round_counts(node)  # scraped outside the CPU window
         if extra:
             os.kill(pid, signal.SIGUSR1)  # a profiler in `extra` starts afresh here
         cpu_before = cpu_seconds(pid)
@@ -214,11 +242,14 @@ def main() -> None:
             durable.append(time.perf_counter() - started)
             wait_converged(node, uid)
             converged.append(time.perf_counter() - started)
+            if args.gap:
+                time.sleep(args.gap)
         # The last sample's round may still be finishing its report: count that too (an idle
         # daemon costs nothing over this wait; scraping metrics to see it would).
         time.sleep(0.5)
         cpu_used = cpu_seconds(pid) - cpu_before
         rss = rss_bytes(pid)
+        counts_after = round_counts(node)
         journal.close()
     finally:
         node.terminate(timeout=120)
@@ -234,6 +265,11 @@ def main() -> None:
     print(f"converged p99 - fdatasync p99: {converged_p99 - sync_p99:+8.2f} ms")
     print(f"daemon CPU per admission: {cpu_used / args.samples * 1000:.2f} ms")
     print(f"daemon RSS with {args.pods + args.samples} pods: {rss / 2**20:.1f} MiB")
+    # Load-independent: how many rounds (and writes) each admission cost the daemon.
+    for key in sorted(counts_after):
+        done = counts_after[key] - counts_before.get(key, 0.0)
+        if done:
+            print(f"{key} per admission: {done / args.samples:.3f}")
 
 
 if __name__ == "__main__":

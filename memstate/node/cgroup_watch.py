@@ -31,7 +31,9 @@ cgroup.subtree_control), cgroup.events (``populated`` decides when a removed pod
 and cgroup.procs / cgroup.kill. Derived files (cgroup.stat, which every mkdir below changes,
 *.effective, memory.current, memory.stat...) are ignored: reacting to them would make every
 creation of a pod cgroup a resync of the whole tree. Directories (cgroups appearing or vanishing)
-always count. memstate's own writes count too (each costs one extra, write-free scoped resync).
+always count. memstate's own writes are recognised and dropped when the daemon passes `screen`
+(memstate.node.cgroup_echo: only those that still read what memstate wrote), so they schedule no
+extra round; anyone else's change to the same files still does.
 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
@@ -124,14 +126,19 @@ async def watch_cgroups(
     max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS,
     max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
     on_error: Callable[[BaseException], object] | None = None,
+    screen: Callable[[Batch], Batch] | None = None,
 ) -> None:
     """Call ``on_hint(cgroup_path)`` whenever the tree under `root` changes; run until cancelled.
 
-    See the module docstring. ``on_hint("")`` asks for a resync of the whole tree.
+    See the module docstring. ``on_hint("")`` asks for a resync of the whole tree. `screen`, if
+    given, takes each batch first and returns what is left to report (the daemon drops the echo
+    of its own writes there, `memstate.node.cgroup_echo.OwnWrites.foreign`).
     """
     directory = Path(root)
 
     def on_batch(batch: Batch) -> None:
+        if screen is not None:
+            batch = screen(batch)
         if not batch.complete:
             on_hint(ROOT_HINT)
             return

@@ -30,6 +30,7 @@ from memstate.core.topology import Topology
 from memstate.host.cgroupfs import is_populated
 from memstate.node.adapters import Adapters, LogStorage
 from memstate.node.admissions import AdmissionsInFlight
+from memstate.node.cgroup_echo import OwnWrites
 from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.health import Heartbeat, Readiness
 from memstate.node.manifests import ManifestDirectory
@@ -134,6 +135,9 @@ class DaemonContext:
         self._sources_wake = Wakeup()
         self.config_topology: Topology | None = None
         self._cgroup_limiter = trio.CapacityLimiter(1)
+        # The reconciler's own operations, so the cgroup watch drops their echo (set at start-up
+        # when the watch runs: memstate.node.cgroup_echo).
+        self.own_writes: OwnWrites | None = None
         self._reconcile_wake = Wakeup()
         self._manifest_wake = Wakeup()
         # Rounds wait for admissions on their way (memstate.node.admissions).

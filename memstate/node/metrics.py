@@ -313,6 +313,12 @@ class Metrics:
             ["watch"],
             registry=self.registry,
         )
+        self.cgroup_watch_echoes = Counter(
+            "memstate_cgroup_watch_echoes",
+            "Changes the cgroup watch reported that were memstate's own writes (the file still "
+            "reads what memstate wrote, the cgroup it created or removed): no round scheduled.",
+            registry=self.registry,
+        )
         self.nri_connected = Gauge(
             "memstate_nri_connected",
             "1 while the NRI plugin is connected to the runtime (0 otherwise, or without `nri:`).",

@@ -23,6 +23,7 @@ from memstate.core.events import (
 from memstate.core.state import REDUCER_VERSION
 from memstate.core.topology import Topology
 from memstate.node.adapters import OpenedLog, file_storage
+from memstate.node.cgroup_echo import OwnWrites, RecordingCgroupFS
 from memstate.node.cgroup_tree import TreeClaim
 from memstate.node.context import DaemonContext
 from memstate.node.endpoint import HttpEndpoint, status_routes
@@ -221,10 +222,19 @@ def open_reconciler(daemon: DaemonContext, topology: Topology, config: NodeConfi
         )
     if daemon.settings.mode == "shadow":
         daemon.shadow = ShadowWatch(daemon.settings.kubelet_checkpoint)
+    clock = trio.lowlevel.current_clock().current_time  # usable from a worker thread
+    if daemon.adapters.host_loops and daemon.shadow is None:
+        # The cgroup watch runs: remember what the rounds do, so their echo schedules nothing.
+        daemon.own_writes = OwnWrites(
+            daemon.settings.cgroup_sim or daemon.settings.cgroup_root,
+            page_size_bytes=topology.page_size_bytes,
+            clock=clock,
+        )
+        fs = RecordingCgroupFS(fs, daemon.own_writes)
     daemon.reconciler = Reconciler(
         fs,
         page_size_bytes=topology.page_size_bytes,
-        clock=trio.lowlevel.current_clock().current_time,  # usable from a worker thread
+        clock=clock,
         options=ReconcilerOptions(
             pod_removal=daemon.settings.pod_removal,
             remove_orphans=daemon.settings.remove_orphans,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -13,6 +13,7 @@ from memstate.core.events import Event, PodCgroupRemoved
 from memstate.node.context import DaemonContext
 from memstate.node.journal import log_drift
 from memstate.node.sources.kubelet import KubeletSource
+from memstate.node.watching import Batch
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
@@ -151,7 +152,26 @@ async def cgroup_watch_loop(daemon: DaemonContext) -> None:
         daemon.settings.cgroup_sim or daemon.settings.cgroup_root,
         on_hint=hint,
         on_error=daemon.metrics.watch_failed("cgroups"),
+        screen=echo_screen(daemon),
     )
+
+
+def echo_screen(daemon: DaemonContext) -> Callable[[Batch], Batch] | None:
+    """The watch's screen that drops the echo of the rounds' own writes, counting what it
+    dropped (memstate.node.cgroup_echo); None when the reconciler's writes are not recorded."""
+    own = daemon.own_writes
+    if own is None:
+        return None
+    echoes = daemon.metrics.cgroup_watch_echoes
+
+    def screen(batch: Batch) -> Batch:
+        before = own.echoes
+        batch = own.foreign(batch)
+        if own.echoes != before:
+            echoes.inc(own.echoes - before)
+        return batch
+
+    return screen
 
 
 def managed_cgroup_of(daemon: DaemonContext, path: str) -> str | None:

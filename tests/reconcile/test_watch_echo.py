@@ -1,0 +1,253 @@
+"""The cgroup watch drops the echo of memstate's own writes, never someone else's change.
+
+Method: `watch_cgroups` runs over a directory-backed simulated tree (real inotify, real files)
+with `OwnWrites.foreign` as its screen; memstate's operations go through `RecordingCgroupFS`,
+as the daemon's reconciler's do, and "someone else" writes the tree's files directly. A change
+that cannot be an echo (a cgroup made by hand, "barrier") is made last: inotify reports one
+watch's events in order, so once its hint is in, every change made before it has been judged.
+No durations are asserted; timeouts are hang guards.
+
+Without the screen (the watch as it was) each test's first assertion fails: the own writes
+give the hints ``kubepods`` and ``kubepods/pod-a``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY
+from memstate.host.sim.cgroupdir import DirCgroupFS
+from memstate.node.cgroup_echo import OwnWrites, RecordingCgroupFS
+from memstate.node.cgroup_watch import watch_cgroups
+from memstate.node.watching import Batch, Change
+from tests.reconcile.test_watch import until
+
+PAGE = 4096
+POD = "kubepods/pod-a"
+Gi = str(2**30)
+
+
+class Tree:
+    """A simulated tree with kubepods, memstate's recording view of it, and the hints."""
+
+    def __init__(self, root: Path, *, screened: bool = True) -> None:
+        self.root = root
+        self.sim = DirCgroupFS(
+            root, page_size_bytes=PAGE, hugepage_sizes_bytes=(), online_nodes="0,1"
+        )
+        self.sim.write("", "cgroup.subtree_control", "+memory +cpuset")
+        self.sim.mkdir("kubepods")
+        self.sim.write("kubepods", "cgroup.subtree_control", "+memory +cpuset")
+        self.own = OwnWrites(root, page_size_bytes=PAGE, clock=time.monotonic)
+        self.fs = RecordingCgroupFS(self.sim, self.own)
+        self.hints: list[str] = []
+        self.screened = screened
+        self._barriers = 0
+
+    def watch(self) -> Callable[[], object]:
+        return lambda: watch_cgroups(
+            self.root,
+            on_hint=self.hints.append,
+            screen=self.own.foreign if self.screened else None,
+        )
+
+    def admit(self) -> None:
+        """What a round admitting a pod writes: the parent's protection, the pod cgroup and
+        its files."""
+        self.fs.write("kubepods", "memory.min", Gi)
+        self.fs.mkdir(POD)
+        self.fs.write(POD, "memory.min", Gi)
+        self.fs.write(POD, "memory.max", Gi)
+        self.fs.write(POD, "cpuset.mems", "0")
+
+    def by_hand(self, path: str, file: str, text: str) -> None:
+        """Someone else writes a file of the tree (no DirCgroupFS call: a plain write)."""
+        (self.root / path / file).write_text(text)
+
+    async def barrier(self) -> list[str]:
+        """The hints given for every change made so far (then forgotten), the barriers' own
+        left out (the simulated tree adopts a hand-made directory at its next operation and
+        fills in its files: more hints for it)."""
+        self._barriers += 1
+        name = f"barrier{self._barriers}"
+        (self.root / name).mkdir()
+        assert await until(lambda: name in self.hints), self.hints
+        seen = [hint for hint in self.hints if not hint.startswith(("barrier", "probe"))]
+        self.hints.clear()
+        return seen
+
+    async def started(self) -> None:
+        """Until the watch is in place (its first barrier is reported)."""
+        for _attempt in range(50):
+            probe = self.root / "probe"
+            probe.mkdir()
+            seen = await until(lambda: "probe" in self.hints, timeout=0.2)
+            probe.rmdir()
+            if seen:
+                await self.barrier()
+                return
+        raise AssertionError("the watch never started")
+
+
+async def test_own_writes_give_no_hint(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "cg")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        await trio.to_thread.run_sync(tree.admit)  # the reconciler's worker thread
+        assert await tree.barrier() == []
+        assert tree.own.echoes >= 2  # the pod cgroup created, kubepods' memory.min at least
+        # Written again with the same value (a drift correction, a repeated round): no hint.
+        tree.fs.write(POD, "memory.min", Gi)
+        assert await tree.barrier() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_write_by_someone_else_after_ours_is_reported(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "cg")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        tree.admit()
+        assert await tree.barrier() == []
+        # In a later batch than ours.
+        tree.by_hand(POD, "memory.min", "0\n")
+        assert await tree.barrier() == [POD]
+        # Between our write and the watch reading its event: both in one batch.
+        tree.fs.write(POD, "memory.min", Gi)
+        tree.by_hand(POD, "memory.min", "4096\n")
+        assert await tree.barrier() == [POD]
+        # The parent's protection too (a file of a cgroup we did not create this time).
+        tree.fs.write("kubepods", "memory.min", Gi)
+        tree.by_hand("kubepods", "memory.min", "0\n")
+        assert await tree.barrier() == ["kubepods"]
+        # In a cgroup we just created, before the watch on it is in place (no await between:
+        # that write is never reported): its creation is not taken for our echo then.
+        tree.fs.mkdir("kubepods/pod-b")
+        tree.fs.write("kubepods/pod-b", "memory.min", Gi)
+        tree.by_hand("kubepods/pod-b", "memory.min", "0\n")
+        assert await tree.barrier() == ["kubepods/pod-b"]
+        # Someone else's write before ours, ours last: the file reads what we wrote.
+        tree.by_hand(POD, "memory.max", "max\n")
+        tree.fs.write(POD, "memory.max", Gi)
+        assert await tree.barrier() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_cgroups_removed_or_made_by_someone_else_are_reported(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "cg")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        tree.admit()
+        assert await tree.barrier() == []
+        # Removed by someone else, and made again (a new cgroup at our path).
+        shutil.rmtree(tree.root / POD)
+        assert await tree.barrier() == [POD]
+        os.mkdir(tree.root / POD)
+        assert await tree.barrier() == [POD]
+        # Ours removed, then made again: no hint; someone else's removal and creation after
+        # that: hinted (each record of ours is used up by its event).
+        tree.sim.refresh()  # the simulated tree adopts the hand-made cgroup (fills in its files)
+        await tree.barrier()
+        tree.fs.write(POD, "memory.min", "0")
+        tree.fs.rmdir(POD)
+        assert await tree.barrier() == []
+        tree.fs.mkdir(POD)
+        assert await tree.barrier() == []
+        shutil.rmtree(tree.root / POD)
+        os.mkdir(tree.root / POD)
+        assert await tree.barrier() == [POD]
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_the_screen_own_writes_are_hinted(tmp_path: Path) -> None:
+    """The watch as it was (no screen): what the tests above would see without the change."""
+    tree = Tree(tmp_path / "cg", screened=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        tree.admit()
+        assert set(await tree.barrier()) == {"kubepods", POD}
+        nursery.cancel_scope.cancel()
+
+
+# --- OwnWrites alone: synthetic batches over real files ------------------------------------------
+
+
+def _own(root: Path, clock: list[float], **kwargs: int) -> OwnWrites:
+    return OwnWrites(root, page_size_bytes=PAGE, clock=lambda: clock[0], **kwargs)
+
+
+def test_an_incomplete_batch_is_kept_whole(tmp_path: Path) -> None:
+    (tmp_path / "kubepods").mkdir()
+    (tmp_path / "kubepods" / "memory.min").write_text(Gi + "\n")
+    own = _own(tmp_path, [0.0])
+    own.wrote("kubepods", "memory.min", Gi)
+    change = Change(str(tmp_path / "kubepods" / "memory.min"), IN_MODIFY)
+    overflowed = Batch((change,), complete=False)
+    assert own.foreign(overflowed) is overflowed  # the whole-tree resync, as before
+    assert own.foreign(Batch((change,))).changes == ()
+
+
+def test_records_expire(tmp_path: Path) -> None:
+    (tmp_path / "kubepods" / "pod").mkdir(parents=True)
+    (tmp_path / "kubepods" / "memory.min").write_text(Gi + "\n")
+    clock = [100.0]
+    own = _own(tmp_path, clock)
+    own.wrote("kubepods", "memory.min", Gi)
+    own.created("kubepods/pod")
+    clock[0] += 5.0 + 0.001  # past KEEP_SECONDS
+    batch = Batch(
+        (
+            Change(str(tmp_path / "kubepods" / "memory.min"), IN_MODIFY),
+            Change(str(tmp_path / "kubepods" / "pod"), IN_CREATE | IN_ISDIR),
+        )
+    )
+    assert own.foreign(batch) is batch
+
+
+@pytest.mark.parametrize("reads", [2, 3])
+def test_a_batch_with_too_many_files_to_read_is_kept_whole(tmp_path: Path, reads: int) -> None:
+    own = _own(tmp_path, [0.0], max_reads=2)
+    changes = []
+    for index in range(reads):
+        (tmp_path / f"pod{index}").mkdir()
+        (tmp_path / f"pod{index}" / "memory.min").write_text("0\n")
+        own.wrote(f"pod{index}", "memory.min", "0")
+        changes.append(Change(str(tmp_path / f"pod{index}" / "memory.min"), IN_MODIFY))
+    changes.append(changes[0])  # the same file again (a parent's, once per pod): read once
+    batch = Batch(tuple(changes))
+    kept = own.foreign(batch)
+    assert kept.changes == (() if reads <= 2 else batch.changes)
+
+
+def test_a_removal_is_ours_only_while_the_cgroup_is_gone(tmp_path: Path) -> None:
+    own = _own(tmp_path, [0.0])
+    own.removed("pod")
+    removal = Batch((Change(str(tmp_path / "pod"), IN_DELETE | IN_ISDIR),))
+    (tmp_path / "pod").mkdir()  # made again by someone else before the event was judged
+    assert own.foreign(removal) is removal
+    own.removed("pod")
+    (tmp_path / "pod").rmdir()
+    assert own.foreign(removal).changes == ()
+
+
+def test_a_batch_too_long_to_judge_is_kept_whole_before_any_read(tmp_path: Path) -> None:
+    """More than 4 changes per read of the budget (a full resync's burst): let through as it
+    is, without judging (no reads on the event loop); up to that, judged."""
+    (tmp_path / "kubepods").mkdir()
+    (tmp_path / "kubepods" / "memory.min").write_text(Gi + "\n")
+    own = _own(tmp_path, [0.0], max_reads=1)
+    own.wrote("kubepods", "memory.min", Gi)
+    change = Change(str(tmp_path / "kubepods" / "memory.min"), IN_MODIFY)
+    assert own.foreign(Batch((change,) * 4)).changes == ()  # one read, four echoes
+    long = Batch((change,) * 5)
+    assert own.foreign(long) is long
