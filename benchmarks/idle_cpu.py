@@ -8,8 +8,8 @@ two NUMA nodes, a directory-backed simulated cgroup tree, the metrics endpoint o
 production periods (rescan and resync every 30 s), admits `--pods` pods, waits until the
 start-up and admission work is over (every pod's cgroup is in the tree, then for 5 s no
 reconcile round ended, the tree's journal did not grow and the daemon reports converged), then
-reads the process's CPU time (utime + stime of every thread, /proc/<pid>/stat) at the start and
-the end of a `--seconds` window in which nothing changes. Prints the share of one core.
+reads the process's CPU time (every thread's, the exited ones' too: `cpu_seconds`) at the start
+and the end of a `--seconds` window in which nothing changes. Prints the share of one core.
 
 With `--baseline-src DIR` (a directory holding another version's `memstate` package, e.g.
 `git archive <rev> memstate | tar -x -C DIR`), the two versions are measured alternately, round
@@ -33,8 +33,27 @@ SETTLE_SECONDS = 5.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_clock(pid: int) -> int:
+    """The clock id of process `pid`'s CPU-time clock: what clock_getcpuclockid(3) returns,
+    spelled as Linux derives it from the pid (MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED))."""
+    return ((~pid) << 3) | 2
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads), in seconds."""
+    """CPU time of the process (all its threads, the exited ones too), in seconds.
+
+    Read from its CPU-time clock, in nanoseconds: utime + stime in /proc/<pid>/stat are the same
+    time in clock ticks (10 ms, 0.033 % of a 30 s window), each truncated, so a difference of
+    two readings is off by up to two ticks, more than the idle daemon's work in some windows.
+    /proc is the fallback where the clock cannot be read."""
+    try:
+        return time.clock_gettime(process_cpu_clock(pid))
+    except OSError:
+        return cpu_ticks_seconds(pid)
+
+
+def cpu_ticks_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads), in seconds (whole clock ticks)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     # After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.

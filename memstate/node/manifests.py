@@ -105,13 +105,19 @@ class _NotSmall(Exception):
 @dataclass(frozen=True)
 class _Look:
     """What one stat (and, for a changed file, one read) found at a path, before any
-    bookkeeping: `observed` when that is already known (gone, not a regular file, unreadable,
-    unchanged), else the bytes read and the identity they were read at."""
+    bookkeeping: `observed` when that is already known (gone, not a regular file, unreadable),
+    `unchanged` when the file is the one last read, else the bytes read and the identity they
+    were read at."""
 
     observed: ObservedPod | None = None
     data: bytes | None = None
     identity: tuple[int, int, int] = (0, 0, 0)
-    unchanged: bool = False  # the identity `seen` was read at: `observed` is its observation
+    unchanged: bool = False  # the identity `seen` was read at: its observation stands
+
+
+# What `_look` finds at most paths of a rescan: the file `seen` describes, unchanged (one shared
+# value: a rescan of an unchanged directory builds nothing per file).
+_UNCHANGED = _Look(unchanged=True)
 
 
 @dataclass(frozen=True)
@@ -175,20 +181,27 @@ class ManifestDirectory:
         # key → the file that failed to parse or validate but is not reported yet.
         self._unsettled: dict[str, _Unsettled] = {}
 
-    def _listing(self) -> list[Path]:
+    def _listing(self) -> list[str]:
+        """The manifest names in the directory, in the listing's order (or `order`'s)."""
         try:
-            # Names only: `_observe`'s one stat per file says whether it is a regular file.
-            files = [entry for entry in self.directory.iterdir() if is_manifest_name(entry.name)]
+            # Names only (no `Path` per file: a rescan lists hundreds); `_look`'s one stat per
+            # file says whether it is a regular file.
+            names = [name for name in os.listdir(self.directory) if is_manifest_name(name)]
         except FileNotFoundError:
             return []
         except OSError as exc:
             message = f"cannot list: {exc.strerror}"
             raise ManifestError(message, source=str(self.directory)) from None
         if self.order == "sorted":
-            return sorted(files)
+            return sorted(names)
         if self.order == "reverse":
-            return sorted(files, reverse=True)
-        return files
+            return sorted(names, reverse=True)
+        return names
+
+    def _key_prefix(self) -> str:
+        """What a file's key (``str(directory / name)``) is its name appended to: pathlib's
+        own spelling of the directory ("" for ".", "/" for the root)."""
+        return str(self.directory / "_")[:-1]
 
     def scan(self, holders: Mapping[str, str] | None = None) -> list[Event]:
         """Read the directory; return the events for every change since the last accepted scan.
@@ -290,20 +303,20 @@ class ManifestDirectory:
     ) -> tuple[list[ObservedPod], dict[str, ObservedPod | None]]:
         """The hinted names' observations, the others' kept. All I/O comes first, so a file
         over `limit` (`_NotSmall`) leaves the directory's account as it was."""
-        looks: list[tuple[Path, str, _Read | None, _Look]] = []
+        looks: list[tuple[str, str, _Read | None, _Look]] = []
+        prefix = self._key_prefix()
         for name in sorted(hinted):
-            path = self.directory / name
-            key = str(path)
+            key = prefix + name
             seen = self._cache.get(key)
             # The name here, the file type with the one stat `_look` makes.
-            look = self._look(path, seen, limit) if is_manifest_name(path.name) else _Look()
-            looks.append((path, key, seen, look))
+            look = self._look(key, seen, limit) if is_manifest_name(name) else _Look()
+            looks.append((name, key, seen, look))
         changes: dict[str, ObservedPod | None] = {}
-        for path, key, seen, look in looks:
+        for name, key, seen, look in looks:
             self._cache.pop(key, None)
             observed = self._take(key, seen, look)
             previous = self._observed.get(key)
-            if self._unsettled_read(path, observed, previous, first=False):
+            if self._unsettled_read(name, key, observed, previous, first=False):
                 continue  # keeps its previous observation (a new file stays unseen)
             if observed is None:
                 self._observed.pop(key, None)  # gone, or not (any more) a manifest
@@ -316,36 +329,48 @@ class ManifestDirectory:
         previous, self._cache = self._cache, {}
         before, self._observed = self._observed, {}
         listed: set[str] = set()
-        for path in self._listing():
-            key = str(path)
+        prefix = self._key_prefix()
+        for name in self._listing():
+            key = prefix + name
             listed.add(key)
-            observed = self._observe(path, previous.get(key))
-            if self._unsettled_read(path, observed, before.get(key), first=first):
+            observed = self._observe(key, previous.get(key))
+            if self._unsettled_read(name, key, observed, before.get(key), first=first):
                 observed = before.get(key)
             if observed is not None:
                 self._observed[key] = observed
-        with self._hint_lock:
-            for key in self._unsettled.keys() - listed:
-                del self._unsettled[key]  # gone
+        if self._unsettled:
+            with self._hint_lock:
+                for key in self._unsettled.keys() - listed:
+                    del self._unsettled[key]  # gone
         return list(self._observed.values())
 
     def _unsettled_read(
-        self, path: Path, observed: ObservedPod | None, previous: ObservedPod | None, *, first: bool
+        self,
+        name: str,
+        key: str,
+        observed: ObservedPod | None,
+        previous: ObservedPod | None,
+        *,
+        first: bool,
     ) -> bool:
-        """Whether `observed`, a fresh read of `path`, must not be reported yet: it is an error
-        (the file does not parse or validate, or cannot be read), is not the error reported
-        already, and has not stayed unchanged for `INVALID_QUIET_SECONDS` (see "In-place
-        writes" in the module docstring). Such a file is hinted again, for the next read."""
-        key = str(path)
+        """Whether `observed`, a fresh read of file `name` (`key`), must not be reported yet: it
+        is an error (the file does not parse or validate, or cannot be read), is not the error
+        reported already, and has not stayed unchanged for `INVALID_QUIET_SECONDS` (see
+        "In-place writes" in the module docstring). Such a file is hinted again, for the next
+        read."""
+        if (
+            first
+            or observed is None
+            or not observed.error
+            or (previous is not None and previous.error == observed.error)
+        ):
+            # The usual case (a valid file): no lock unless there is an entry to drop. Only the
+            # reading thread changes `_unsettled`; the lock is for the event loop's look at it.
+            if key in self._unsettled:
+                with self._hint_lock:
+                    del self._unsettled[key]
+            return False
         with self._hint_lock:
-            if (
-                first
-                or observed is None
-                or not observed.error
-                or (previous is not None and previous.error == observed.error)
-            ):
-                self._unsettled.pop(key, None)
-                return False
             cached = self._cache.get(key)
             # Same bytes at the same identity; a read error has no bytes, only its message.
             fingerprint: tuple[object, ...] = (
@@ -356,27 +381,26 @@ class ManifestDirectory:
             now = self.clock()
             entry = self._unsettled.get(key)
             if entry is None or entry.fingerprint != fingerprint:
-                self._unsettled[key] = _Unsettled(path.name, fingerprint, now)
+                self._unsettled[key] = _Unsettled(name, fingerprint, now)
             elif now - entry.since >= INVALID_QUIET_SECONDS:
                 del self._unsettled[key]
                 return False
             if self._hinted is not None:
-                self._hinted.add(path.name)
+                self._hinted.add(name)
             return True
 
-    def _observe(self, path: Path, seen: _Read | None) -> ObservedPod | None:
-        """What file `path` holds now (None: it is gone, or not a regular file); remembered in
-        `_cache` if read. One stat, and for a changed file an open, a read and a close."""
-        key = str(path)
-        return self._take(key, seen, self._look(path, seen, None))
+    def _observe(self, key: str, seen: _Read | None) -> ObservedPod | None:
+        """What the file at `key` (its path) holds now (None: it is gone, or not a regular
+        file); remembered in `_cache` if read. One stat, and for a changed file an open, a read
+        and a close."""
+        return self._take(key, seen, self._look(key, seen, None))
 
-    def _look(self, path: Path, seen: _Read | None, limit: int | None) -> _Look:
+    def _look(self, key: str, seen: _Read | None, limit: int | None) -> _Look:
         """The I/O of `_observe`: one stat, and an open, a read and a close when the file's
         identity is not `seen`'s. Raises `_NotSmall` for a file over `limit` (None: no limit
         but `MAX_FILE_BYTES`)."""
-        key = str(path)
         try:
-            info = os.stat(path)
+            info = os.stat(key)
         except OSError as exc:
             if exc.errno in _GONE:
                 return _Look()
@@ -385,12 +409,12 @@ class ManifestDirectory:
             return _Look()
         identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         if seen is not None and seen.identity == identity:
-            return _Look(seen.observed, identity=identity, unchanged=True)
+            return _UNCHANGED
         if limit is not None and info.st_size > limit:
             raise _NotSmall
         read_limit = MAX_FILE_BYTES + 1 if limit is None else limit + 1
         try:
-            data = _read_head(path, read_limit, info.st_size)
+            data = _read_head(key, read_limit, info.st_size)
         except FileNotFoundError:
             return _Look()  # deleted between listing and reading: the next scan sees it gone
         except OSError as exc:
@@ -405,6 +429,7 @@ class ManifestDirectory:
         if data is None:
             if look.unchanged and seen is not None:
                 self._cache[key] = seen  # not read again
+                return seen.observed
             return look.observed
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         if seen is not None and seen.digest == digest:
@@ -447,7 +472,7 @@ class ManifestDirectory:
         return {**document, "metadata": {**metadata, "uid": uid}}, True
 
 
-def _read_head(path: Path, limit: int, size: int) -> bytes:
+def _read_head(path: str, limit: int, size: int) -> bytes:
     """At most `limit` bytes of a regular file of `size` bytes (at its stat), in as few system
     calls as it takes (usually one read): no buffered file object. Non-blocking, in case the
     file was replaced by a FIFO since its stat."""

@@ -301,6 +301,9 @@ class Reconciler:
         # The last full round's planning inputs and plan: planning is pure, so a full round whose
         # inputs are equal (an idle node's periodic resync) reuses the plan instead of planning.
         self._last_full_plan: tuple[tuple[object, ...], ObservedTree, Plan] | None = None
+        # The plan (and whether its round was full) of the last `_remember`, when that plan had
+        # no operations: remembering the same plan again changes nothing (see `_remember`).
+        self._remembered: tuple[Plan, bool] | None = None
         # Pod UID -> {bare runtime container id -> container name}: how runtime-named container
         # cgroups map to containers (memstate.core.plan.containers). Set by the owner as ids
         # become known; directories named after their container need none.
@@ -418,7 +421,9 @@ class Reconciler:
             return self._shadow_report(
                 targets, tree, plan, read_errors=read_errors, reads=reads, retiring=retiring
             )
-        drift = self._drift(complete, tree, plan)
+        # Drift is reported for operations that corrected it: a plan without any (an idle
+        # node's resync) has nothing to report, so the values are not compared.
+        drift = self._drift(complete, tree, plan) if plan.operations else {}
         results, writes = self._execute(plan)
         return self._finish(
             complete,
@@ -914,8 +919,22 @@ class Reconciler:
         *,
         full: bool,
     ) -> None:
-        """What the tree holds now as far as this reconciler knows (the base of drift)."""
+        """What the tree holds now as far as this reconciler knows (the base of drift).
+
+        Remembering a plan without operations again, right after it was remembered, with the
+        same desired paths and no failed enable to look at, sets what is already set: skipped
+        (an idle node's periodic resync reuses its plan, `_full_plan`)."""
         desired = index.by_path
+        if (
+            not plan.operations
+            and self._remembered is not None
+            and self._remembered[0] is plan
+            and self._remembered[1] == full
+            and desired is self._desired_before
+            and not self._controllers_failed
+        ):
+            return
+        self._remembered = None if plan.operations else (plan, full)
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered

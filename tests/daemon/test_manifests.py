@@ -180,6 +180,59 @@ def test_order_hook(tmp_path: Path) -> None:
     assert backward == ["uc", "ub", "ua"]
 
 
+class _CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.taken += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "relative", "dot"])
+def test_an_idle_rescan_reads_no_file_and_takes_the_lock_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """The periodic full rescan of an unchanged directory stats every file and reads none, and
+    takes the hint lock once (to take the hints), not once per file; the files' keys are their
+    paths as the directory is spelled (`str(directory / name)`)."""
+    import memstate.node.manifests as manifests_module
+
+    directory = {"absolute": tmp_path / "m", "relative": Path("m"), "dot": Path(".")}[spelling]
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path / "m" if spelling == "dot" else tmp_path)
+    source = ManifestDirectory(directory, node_name="n")
+    for index in range(20):
+        write(directory, f"p{index:02d}.yaml", manifest(f"u{index:02d}", [container("c", "1Gi")]))
+    assert len(scan(source)) == 20
+    assert sorted(p.locator for p in source.read()) == sorted(
+        str(directory / f"p{index:02d}.yaml") for index in range(20)
+    )
+    opened: list[object] = []
+    real_read_head = manifests_module._read_head
+
+    def counting(path: str, limit: int, size: int) -> bytes:
+        opened.append(path)
+        return real_read_head(path, limit, size)
+
+    monkeypatch.setattr(manifests_module, "_read_head", counting)
+    lock = _CountingLock()
+    source._hint_lock = lock  # type: ignore[assignment]
+    assert scan(source) == []  # no hint: a full rescan
+    assert opened == [] and lock.taken == 1
+    write(directory, "p07.yaml", manifest("u07", [container("c", "2Gi")]))  # changed in place
+    assert scan(source) == [("admit", "u07")]  # another spec: the reducer replaces the pod
+    assert opened == [str(directory / "p07.yaml")]
+
+
 def test_a_hinted_scan_reads_only_the_hinted_names(tmp_path: Path) -> None:
     """Between full rescans a scan looks at the names the watch reported and nothing else; a
     scan without hints, a hint of None and the full-rescan period each bring a full rescan."""

@@ -74,6 +74,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._undesired = UndesiredNames()
     reconciler._tree_changes = []
     reconciler._last_full_plan = None
+    reconciler._remembered = None
 
 
 def memory(reconciler: Reconciler) -> Any:

@@ -123,6 +123,47 @@ def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.Monke
     assert len(planned) == 3
 
 
+class _CountingExpected(dict):  # type: ignore[type-arg]
+    """The reconciler's `_expected`, counting what `_remember` stores into it."""
+
+    stored = 0
+
+    def setdefault(self, key: object, default: object = None) -> object:
+        type(self).stored += 1
+        return super().setdefault(key, default)
+
+
+def test_an_idle_full_resync_neither_compares_for_drift_nor_remembers_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reused plan without operations has no drift to report (drift is reported for the
+    writes that corrected it) and nothing new to remember: an idle resync does neither, and a
+    value changed behind the reconciler's back afterwards is still corrected and reported."""
+    targets = targets_of_pods(mixed(6))
+    fs, reconciler, _ = make()
+    assert reconciler.reconcile(targets).converged
+    assert reconciler.reconcile(targets).writes == 0  # the plan to reuse from now on
+    compared: list[tuple[str, str]] = []
+    real_changed = Reconciler._changed_behind_our_back
+
+    def counting(self: Reconciler, path: str, file: str, found: object) -> object:
+        compared.append((path, file))
+        return real_changed(self, path, file, found)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Reconciler, "_changed_behind_our_back", counting)
+    expected = _CountingExpected(reconciler._expected)
+    reconciler._expected = expected
+    for _ in range(3):
+        idle = reconciler.reconcile(targets)
+        assert idle.converged and idle.attempted == 0 and idle.notes == []
+    assert compared == [] and expected.stored == 0
+    sim_of(fs).write(targets.pods[0].cgroup, "memory.max", "max")  # changed behind its back
+    corrected = reconciler.reconcile(targets)
+    assert corrected.writes == 1 and corrected.converged
+    assert [type(n) for n in corrected.notes] == [CgroupDriftCorrected]
+    assert compared and expected.stored > 0  # a plan with a write: compared and remembered
+
+
 def test_linux_6_18_hugetlb_default_needs_no_write_either() -> None:
     targets = targets_of_pods(mixed(5))
     fs, reconciler, _ = make(sim=new_sim(kernel=KERNEL_6_18))
