@@ -12,35 +12,12 @@ import trio
 import trio.testing
 
 from memstate.core.events import Event, ManifestInvalid
-from memstate.core.removals import NO_REMOVALS
-from memstate.core.state import State
-from memstate.node.metrics import Metrics
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.tracker import PodTracker
 from memstate.node.worker_threads import InlineWhileFast
-from memstate.node.writer import INLINE_APPEND_RECORDS, Writer
-from tests.daemon.test_writer_metrics import _inline, _MemoryLog
+from memstate.node.writer import INLINE_APPEND_RECORDS
+from tests.daemon.test_writer_metrics import memory_writer
 from tests.sources.test_tracker import observed
-
-
-def _writer() -> tuple[Writer, _MemoryLog]:
-    log = _MemoryLog()
-    writer = Writer(
-        metrics=Metrics(),
-        wall_clock_ns=lambda: 1,
-        run_io=_inline,
-        on_commit=lambda decisions, applied: None,
-        checkpoint_every=lambda: 1_000_000,
-    )
-    writer.attach(
-        log,
-        lambda *args: None,
-        state=State(),
-        removals=NO_REMOVALS,
-        last_seq=0,
-        checkpoint_seq=0,
-    )
-    return writer, log
 
 
 def _invalid(index: int) -> Event:
@@ -48,7 +25,7 @@ def _invalid(index: int) -> Event:
 
 
 async def test_a_cancelled_submit_queues_nothing() -> None:
-    writer, _ = _writer()
+    writer, _ = memory_writer()
     with trio.CancelScope() as scope:
         scope.cancel()
         await writer.submit([_invalid(0)])
@@ -58,7 +35,7 @@ async def test_a_cancelled_submit_queues_nothing() -> None:
 
 
 async def test_submit_is_a_checkpoint_and_waits_for_a_full_channel() -> None:
-    writer, log = _writer()
+    writer, log = memory_writer()
     submitted = 80  # more than the channel holds (64): the last ones wait for room
     async with trio.open_nursery() as nursery:
         for index in range(submitted):
@@ -156,7 +133,7 @@ async def test_the_append_runs_on_the_event_loop_while_inline_runs_are_available
             return fn()
 
     clock = _Clock()
-    writer, log = _writer()
+    writer, log = memory_writer()
     writer.run_io = recording
     writer.inline = InlineWhileFast(slow_seconds=0.01, pause_seconds=60.0, clock=clock)
     async with trio.open_nursery() as nursery:

@@ -41,11 +41,11 @@ async def _inline(fn, *, limiter=None):  # type: ignore[no-untyped-def]
     return fn()
 
 
-def test_appended_records_are_counted_by_kind() -> None:
-    metrics = Metrics()
+def memory_writer(metrics: Metrics | None = None) -> tuple[Writer, _MemoryLog]:
+    """A `Writer` attached to an empty in-memory log, its I/O run inline (no thread)."""
     log = _MemoryLog()
     writer = Writer(
-        metrics=metrics,
+        metrics=metrics or Metrics(),
         wall_clock_ns=lambda: 1,
         run_io=_inline,
         on_commit=lambda decisions, applied: None,
@@ -59,6 +59,12 @@ def test_appended_records_are_counted_by_kind() -> None:
         last_seq=0,
         checkpoint_seq=0,
     )
+    return writer, log
+
+
+def test_appended_records_are_counted_by_kind() -> None:
+    metrics = Metrics()
+    writer, log = memory_writer(metrics)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
