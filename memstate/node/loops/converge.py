@@ -148,16 +148,11 @@ async def cgroup_watch_loop(daemon: DaemonContext) -> None:
                     source.nudge()
         daemon._sources_wake.set()
 
-    screen = echo_screen(daemon)
     await watch_cgroups(
         daemon.settings.cgroup_sim or daemon.settings.cgroup_root,
         on_hint=hint,
         on_error=daemon.metrics.watch_failed("cgroups"),
-        screen=screen,
-        # The screen reads the files memstate wrote, on the event loop: after the admissions in
-        # flight, as a round starts (memstate.node.admissions), not in their window. The hints
-        # lose nothing by it: the round they wake waits for the same.
-        pace=None if screen is None else daemon.admissions.wait_idle,
+        screen=echo_screen(daemon),
     )
 
 
