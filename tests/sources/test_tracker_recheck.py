@@ -1,8 +1,9 @@
 """The tracker's recheck (the sources loop asks it every second) against the full evaluation.
 
-Goal: a recheck of an idle tracker does no work per pod, a pod waiting for its cgroup is still
-released by the recheck after the cgroup empties, and a recheck always gives what evaluating the
-accepted observations again gives. Method: the tracker driven directly with injected cgroup and
+Goal: a recheck of an idle tracker, or a delivery of the same observations again (a kubelet poll
+that found nothing new), does no work per pod; a pod waiting for its cgroup is still released
+by the recheck after the cgroup empties; and both always give what evaluating the accepted
+observations again gives. Method: the tracker driven directly with injected cgroup and
 holder answers that the test changes between steps; the pass over every pod (`_merge`) counted.
 """
 
@@ -61,6 +62,21 @@ def test_idle_recheck_does_no_work_per_pod(merges: list[int]) -> None:
         tracker.accept()
     assert merges == []
     assert asked == []
+
+
+def test_an_unchanged_poll_does_no_work_per_pod(merges: list[int]) -> None:
+    asked: list[str] = []
+    tracker, pods = kubelet_tracker(500, set(), asked)
+    merges.clear()
+    for _ in range(3):
+        assert tracker.update("kubelet", list(pods)) == []
+        tracker.accept()
+    assert merges == []
+    changed = [*pods[:-1], observed("u499", "kubelet:default/p499", memory="2Gi")]
+    assert summary(tracker.update("kubelet", changed)) == [
+        ("pod_admission_requested", "u499", "kubelet")
+    ]
+    assert merges == [1]
 
 
 def test_a_waiting_pod_is_asked_about_alone_and_released_when_its_cgroup_empties(
@@ -122,7 +138,7 @@ def test_recheck_equals_the_full_evaluation(seed: int) -> None:
     tracker = PodTracker(cgroup_gone=gone, holder_of=holders.get)
     reference = PodTracker(cgroup_gone=gone, holder_of=holders.get)
     lists: dict[str, list[ObservedPod]] = {}
-    released = skipped = 0
+    released = skipped = repeated = 0
     for step in range(150):
         alone = (step // 30) % 2 == 1  # stretches with the manifest directory alone
         name: SourceName = "manifests" if alone else rng.choice(SOURCES)
@@ -134,6 +150,18 @@ def test_recheck_equals_the_full_evaluation(seed: int) -> None:
         lists[name] = random_list(rng, name)
         tracker.update(name, lists[name])
         if rng.random() < 0.9:
+            tracker.accept()
+        single = tracker._view.single
+        if rng.random() < 0.5 and (single is None or single.source != name):
+            # The same pods again (a poll that found nothing new), maybe after cgroups changed;
+            # not where the delta path takes it (tests/sources/test_tracker_delta.py).
+            populated.symmetric_difference_update(rng.sample(UIDS, 1))
+            again = list(tracker._observed.get(name, ()))
+            reference._observed, reference._view = tracker._observed, tracker._view
+            expected = reference._evaluate({**tracker._observed, name: again}, None)
+            assert tracker.update(name, again) == expected
+            assert view(tracker) == view(reference)
+            repeated += not tracker._view.in_full
             tracker.accept()
         for uid in rng.sample(UIDS, 3):
             populated.symmetric_difference_update({uid})
@@ -151,3 +179,4 @@ def test_recheck_equals_the_full_evaluation(seed: int) -> None:
             tracker.accept()
     assert released > 3  # rechecks did release pods
     assert skipped > 3  # and left a view with waiting pods as it was
+    assert repeated > 10  # unchanged lists were delivered where the shortcut applies

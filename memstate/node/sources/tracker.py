@@ -51,6 +51,7 @@ The tracker does no I/O itself: the cgroup question is an injected callable.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -164,6 +165,10 @@ class PodTracker:
             self._pending = (observed, delta.edits)
             self._pending_ids = _patched_container_ids(self._container_ids, delta.pods_of)
             return delta.events
+        if _same_pods(self._observed.get(source_name, ()), observed[source_name]):
+            # A poll that found nothing new (the kubelet source keeps unchanged pods'
+            # observations): evaluating it is a recheck.
+            return self._again(observed, holders)
         return self._evaluate(observed, holders)
 
     def recheck(self) -> list[Event]:
@@ -176,11 +181,19 @@ class PodTracker:
         runs when one is gone now or the view says so, and otherwise the accepted view is
         staged as it is: an idle node's recheck costs O(waiting pods), not O(pods)."""
         self._pending_source = None
+        return self._again(dict(self._observed), None)
+
+    def _again(
+        self, observed: dict[str, list[ObservedPod]], holders: Mapping[str, str] | None
+    ) -> list[Event]:
+        """The evaluation of `observed`, the accepted observations (the same objects), staged:
+        the full one only when a waiting pod's cgroup is gone or the view asks for it (see
+        `recheck`), else the accepted view as it is."""
         view = self._view
         answers = {uid: self._is_gone(uid) for uid in view.waiting}
         if any(answers.values()) or view.in_full:
-            return self._evaluate(dict(self._observed), None, answers)
-        self._pending = (self._observed, view)
+            return self._evaluate(observed, holders, answers)
+        self._pending = (observed, view)
         self._pending_ids = (self._container_ids, frozenset())
         return []
 
@@ -351,6 +364,11 @@ def _patched_container_ids(
                 patched[uid] = now
             changed.append(uid)
     return (ids if patched is None else patched), frozenset(changed)
+
+
+def _same_pods(before: Sequence[ObservedPod], now: Sequence[ObservedPod]) -> bool:
+    """The same observation objects in the same order (a C pass, no comparison of values)."""
+    return len(before) == len(now) and all(map(operator.is_, before, now))
 
 
 def _removal(uid: str, held: _Held) -> PodRemovalRequested:
