@@ -10,12 +10,16 @@ playing the writer.
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from memstate.core.events import PodAdmissionRequested
 from memstate.core.pod import PodResources, pod_request, qos_class
+from memstate.node.sources import kubelet as kubelet_module
 from memstate.node.sources.connection import kubelet_connection
 from memstate.node.sources.feed import SourceFeed
 from memstate.node.sources.kubelet import KubeletSource
@@ -227,3 +231,33 @@ async def test_read_only_port(certificates: Certificates, recorder: Recorder) ->
             nursery.cancel_scope.cancel()
     # no credentials are sent to the unauthenticated port
     assert all("authorization" not in {k.lower() for k in h} for _, _, h in standin.requests)
+
+
+async def test_an_unchanged_answer_is_not_decoded_again(
+    certificates: Certificates, ca_file: Path, token_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same `/pods` answer gives the same observation objects (what lets the tracker skip
+    its pass over the pods), without decoding it; a changed answer is decoded."""
+    decoded: list[int] = []
+    real = kubelet_module.decode_pod_list
+
+    def counted(body: bytes, *, where: str) -> Any:
+        decoded.append(1)
+        return real(body, where=where)
+
+    monkeypatch.setattr(kubelet_module, "decode_pod_list", counted)
+    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
+        assert isinstance(standin, KubeletStandIn)
+        source = source_for(standin, ca_file, token_file)
+        standin.set_pods([kube_pod("a", UID_A), kube_pod("b", UID_B)])
+        client = source.connection.client(connect_timeout=5.0, read_timeout=5.0)
+        async with client:
+            first = await source.poll(client)
+            again = await source.poll(client)
+            assert decoded == [1]
+            assert again == first and all(map(operator.is_, again, first))
+            standin.set_pods([kube_pod("a", UID_A)])
+            changed = await source.poll(client)
+            assert decoded == [1, 1]
+            assert [pod.uid for pod in changed] == [UID_A]
+            assert changed[0] is first[0]  # unchanged pods keep their observations

@@ -50,6 +50,10 @@ class KubeletSource:
         self._nudged = trio.Event()
         self.where = f"{connection.base_url}/pods"
         self._observations = ObservationCache(self.name)
+        # The last answer and its observations: an unchanged answer (an idle node's) gives the
+        # same observations without decoding it (~1.7 ms at 500 pods), and the tracker then
+        # sees the same objects (memstate.node.sources.tracker: no pass over the pods either).
+        self._last: tuple[bytes, list[ObservedPod]] = (b"", [])
 
     def nudge(self) -> None:
         """Poll now (a pod cgroup appeared)."""
@@ -64,8 +68,12 @@ class KubeletSource:
                     raise status_error(reply, body, where=self.where)
         except httpx.HTTPError as exc:
             raise SourceError(describe_http_error(exc), source=self.where) from None
+        if body == self._last[0]:
+            return list(self._last[1])
         pods = decode_pod_list(body, where=self.where)
-        return self._observations.observe_all(pods.items or [])
+        observed = self._observations.observe_all(pods.items or [])
+        self._last = (body, observed)
+        return list(observed)
 
     async def run(self, deliver: Deliver) -> None:
         """Poll until cancelled, handing every successful poll's pods to `deliver`."""

@@ -51,6 +51,7 @@ The tracker does no I/O itself: the cgroup question is an injected callable.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -92,6 +93,14 @@ class _View:
     done: dict[str, str] = field(default_factory=dict)
     # When one source holds every pod: its index for the delta path (tracker_delta).
     single: SingleSource | None = None
+    # What a recheck asks again (see `PodTracker.recheck`): the UIDs whose pod cgroup was not
+    # gone, in the order the evaluation asked.
+    waiting: tuple[str, ...] = ()
+    # A recheck evaluates in full: a UID two locators of one source declare may change owner
+    # (`holder_of` answers from the daemon's state, which moves), or the view is not known to
+    # be what the full evaluation gives (the delta path's edits keep a reordered list's old
+    # order). Both are rare beside the network sources: their pods make the view a full one.
+    in_full: bool = True
 
 
 class PodTracker:
@@ -156,12 +165,37 @@ class PodTracker:
             self._pending = (observed, delta.edits)
             self._pending_ids = _patched_container_ids(self._container_ids, delta.pods_of)
             return delta.events
+        if _same_pods(self._observed.get(source_name, ()), observed[source_name]):
+            # A poll that found nothing new (the kubelet source keeps unchanged pods'
+            # observations): evaluating it is a recheck.
+            return self._again(observed, holders)
         return self._evaluate(observed, holders)
 
     def recheck(self) -> list[Event]:
-        """Re-evaluate without a new observation: releases pods whose cgroup is gone now."""
+        """Re-evaluate without a new observation: releases pods whose cgroup is gone now.
+
+        A view the full evaluation made is what evaluating the accepted observations gives, so
+        evaluating them again can differ only where an injected answer changed: the cgroup of a
+        waiting pod (`_View.waiting`) or a contested UID's holder (then `_View.in_full` is set,
+        as for a view the delta path edited). Only the cgroups are asked; the full evaluation
+        runs when one is gone now or the view says so, and otherwise the accepted view is
+        staged as it is: an idle node's recheck costs O(waiting pods), not O(pods)."""
         self._pending_source = None
-        return self._evaluate(dict(self._observed), None)
+        return self._again(dict(self._observed), None)
+
+    def _again(
+        self, observed: dict[str, list[ObservedPod]], holders: Mapping[str, str] | None
+    ) -> list[Event]:
+        """The evaluation of `observed`, the accepted observations (the same objects), staged:
+        the full one only when a waiting pod's cgroup is gone or the view asks for it (see
+        `recheck`), else the accepted view as it is."""
+        view = self._view
+        answers = {uid: self._is_gone(uid) for uid in view.waiting}
+        if any(answers.values()) or view.in_full:
+            return self._evaluate(observed, holders, answers)
+        self._pending = (observed, view)
+        self._pending_ids = (self._container_ids, frozenset())
+        return []
 
     def accept(self) -> None:
         """The last call's events are durable: make its view the current one."""
@@ -208,9 +242,21 @@ class PodTracker:
     # --- evaluation --------------------------------------------------------------------------
 
     def _evaluate(
-        self, observed: dict[str, list[ObservedPod]], holders: Mapping[str, str] | None
+        self,
+        observed: dict[str, list[ObservedPod]],
+        holders: Mapping[str, str] | None,
+        answers: Mapping[str, bool] | None = None,
     ) -> list[Event]:
+        """The full evaluation (staged). `answers`: cgroup answers already asked (a recheck's)."""
         before = self._view
+        waiting: list[str] = []
+
+        def gone(uid: str) -> bool:
+            known = answers.get(uid) if answers is not None else None
+            is_gone = self._is_gone(uid) if known is None else known
+            if not is_gone:
+                waiting.append(uid)
+            return is_gone
 
         def holder(uid: str) -> str | None:
             held = before.held.get(uid)
@@ -220,7 +266,7 @@ class PodTracker:
                 return holders.get(uid)
             return self._holder_of(uid) if self._holder_of is not None else None
 
-        wanted, invalid = _merge(observed, holder)
+        wanted, invalid, owners = _merge(observed, holder)
         held: dict[str, _Held] = {}
         done: dict[str, str] = {}
         removals: list[Event] = []
@@ -229,7 +275,7 @@ class PodTracker:
         for uid, previous in before.held.items():
             if uid in wanted:
                 continue
-            if previous.source_name in _CGROUP_GATED and not self._is_gone(uid):
+            if previous.source_name in _CGROUP_GATED and not gone(uid):
                 held[uid] = previous  # deleted, but its containers may still run
             else:
                 removals.append(_removal(uid, previous))
@@ -251,9 +297,7 @@ class PodTracker:
                     continue  # seen by a source of higher precedence
                 uid = pod.uid
                 was = before.held.get(uid)
-                gone_now = (
-                    pod.lifecycle == "terminating" and name in _CGROUP_GATED and self._is_gone(uid)
-                )
+                gone_now = pod.lifecycle == "terminating" and name in _CGROUP_GATED and gone(uid)
                 if pod.lifecycle == "finished" or gone_now:
                     if was is not None:
                         removals.append(_removal(uid, was))
@@ -275,7 +319,11 @@ class PodTracker:
         single = index_single_source(
             observed, {h.source_name for h in held.values()}, _CGROUP_GATED
         )
-        self._pending = (observed, _View(held, invalid, done, single))
+        # The next evaluation asks `holder_of` for a contested UID unless the pod held under it
+        # names the owner chosen now (then the owner stays).
+        in_full = any(held.get(uid) is None or held[uid].locator != owner for uid, owner in owners)
+        view = _View(held, invalid, done, single, tuple(waiting), in_full)
+        self._pending = (observed, view)
         self._pending_ids = None
         return removals + requests
 
@@ -318,18 +366,25 @@ def _patched_container_ids(
     return (ids if patched is None else patched), frozenset(changed)
 
 
+def _same_pods(before: Sequence[ObservedPod], now: Sequence[ObservedPod]) -> bool:
+    """The same observation objects in the same order (a C pass, no comparison of values)."""
+    return len(before) == len(now) and all(map(operator.is_, before, now))
+
+
 def _removal(uid: str, held: _Held) -> PodRemovalRequested:
     return PodRemovalRequested(uid=uid, source=held.locator, pod_source=held.source_name)
 
 
 def _merge(
     observed: dict[str, list[ObservedPod]], holder: Callable[[str], str | None]
-) -> tuple[dict[str, tuple[str, ObservedPod]], dict[str, tuple[str, str]]]:
-    """The pods to hold (uid → (source, pod)) and the invalid ones (locator → (source, error)).
+) -> tuple[dict[str, tuple[str, ObservedPod]], dict[str, tuple[str, str]], list[tuple[str, str]]]:
+    """The pods to hold (uid → (source, pod)), the invalid ones (locator → (source, error)) and
+    the contested UIDs' owners ((uid, locator) where two locators of one source declare it).
 
     `holder(uid)` names the locator that holds a running pod: it keeps the UID."""
     wanted: dict[str, tuple[str, ObservedPod]] = {}
     invalid: dict[str, tuple[str, str]] = {}
+    contested: list[tuple[str, str]] = []
     static_keys: set[str] = set()
     for name in PRECEDENCE:
         pods = observed.get(name, [])
@@ -339,8 +394,12 @@ def _merge(
                 claims.setdefault(pod.uid, []).append(pod.locator)
         owners: dict[str, str] = {}
         for uid, locators in claims.items():
-            held = holder(uid) if len(locators) > 1 else None
-            owners[uid] = held if held in locators else min(locators)
+            if len(locators) > 1:
+                held = holder(uid)
+                owners[uid] = held if held in locators else min(locators)
+                contested.append((uid, owners[uid]))
+            else:
+                owners[uid] = locators[0]
         for pod in pods:
             if pod.pod is None:
                 invalid[pod.locator] = (name, pod.error)
@@ -358,4 +417,4 @@ def _merge(
                 continue  # the kubelet's own UID for this static pod wins
             wanted[pod.uid] = (name, pod)
         static_keys.update(p.static_key for p in pods if p.static_key and not p.derived_uid)
-    return wanted, invalid
+    return wanted, invalid, contested

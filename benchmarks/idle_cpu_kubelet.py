@@ -1,0 +1,113 @@
+"""Idle CPU of the running daemon beside a kubelet: its pods come from the kubelet's `/pods`.
+
+    python -m benchmarks.idle_cpu_kubelet [--seconds 30] [--rounds 3] [--pods 500]
+                                          [--baseline-src DIR] [--dir DIR]
+
+`benchmarks.idle_cpu` with the pods served by the kubelet stand-in (HTTPS + token,
+tests/sources/standins.py) instead of the manifest directory: `podSources: [kubelet]` at the
+production poll period (`kubelet.pollSeconds` 5) and the production rescan/resync periods (30 s).
+Admits `--pods` pods, waits until the daemon is quiet (`idle_cpu.wait_until_quiet`), then reads
+the process's CPU time over a `--seconds` window in which the kubelet serves the same pods. The
+window holds the sources loop's once-a-second recheck and the `/pods` polls (each one a full list
+fetched, decoded and compared). With `--baseline-src DIR`, both versions alternate round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.idle_cpu import cpu_seconds, describe, wait_until_quiet
+from tests.daemon.harness import Node
+from tests.sources.standins import Certificates, KubeletStandIn, kube_pod
+
+TOKEN = "bench-token"
+
+
+def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> float:
+    """Share of one core the idle daemon used over `seconds` (0.01 = 1 %)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    certificates = Certificates()
+    ca = directory / "ca.crt"
+    certificates.ca.cert_pem.write_to_path(str(ca))
+    (directory / "token").write_text(TOKEN)
+    standin = KubeletStandIn(certificates, TOKEN)
+    standin.set_pods(
+        [
+            kube_pod(f"idle-{i:04d}", f"0000idle-0000-4000-8000-{i:012d}", memory="64Mi")
+            for i in range(pods)
+        ]
+    )
+    standin.start()
+    node = Node(
+        directory / "node",
+        extra_settings={
+            "rescanSeconds": 30,
+            "resyncSeconds": 30,
+            "nodeName": "node-a",
+            "podSources": ["kubelet"],
+            "kubelet": {
+                "url": standin.url,
+                "tokenFile": str(directory / "token"),
+                "caFile": str(ca),
+            },
+        },
+        nodes_memory=("64Gi", "64Gi"),
+        topology_policy="best-effort",
+    )
+    node.start(env={"PYTHONPATH": str(src)} if src is not None else None)
+    try:
+        if pods:
+            node.wait_for(
+                lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
+                timeout=600,
+            )
+        wait_until_quiet(node)
+        assert node.process is not None
+        pid = node.process.pid
+        started_cpu, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        used, elapsed = cpu_seconds(pid) - started_cpu, time.monotonic() - started
+    finally:
+        node.terminate()
+        standin.stop()
+    return used / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-idle-kubelet"))
+    args = parser.parse_args()
+    current: list[float] = []
+    baseline: list[float] = []
+    for round_number in range(args.rounds):
+        if args.baseline_src is not None:
+            share = measure(
+                args.dir, src=args.baseline_src.resolve(), pods=args.pods, seconds=args.seconds
+            )
+            baseline.append(share)
+            print(f"round {round_number + 1}: baseline {share * 100:.3f} %", flush=True)
+        share = measure(args.dir, src=None, pods=args.pods, seconds=args.seconds)
+        current.append(share)
+        print(f"round {round_number + 1}: current  {share * 100:.3f} %", flush=True)
+    shutil.rmtree(args.dir, ignore_errors=True)
+    print(f"idle window {args.seconds:g} s, {args.pods} pods, load {os.getloadavg()[0]:.1f}")
+    print(describe("current", current))
+    if baseline:
+        print(describe("baseline", baseline))
+        ratio = statistics.median(current) / statistics.median(baseline)
+        print(f"current / baseline: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
