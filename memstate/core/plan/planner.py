@@ -742,6 +742,15 @@ class _Planner:
             written = normalised
         return written if written else EMPTY_WRITE
 
+    def _raise_requirements(self, path: str, parent: str | None, file: str) -> list[int | None]:
+        """What a raise of `file` in `path` waits for: the base requirements, and the parent's
+        raise when the kind's order is bound to it. Looked up only for a raise emitted (a
+        converged full round emits none): nothing is emitted between here and its `_add`."""
+        requires = self._base_requirements(path, file)
+        if file_kind(file) in _ORDER_BOUND:
+            requires.append(self._op("raise", parent, file))
+        return requires
+
     def _emit_raise(self) -> None:
         for path in self.order:
             parent = parent_path(path)
@@ -750,9 +759,6 @@ class _Planner:
                 now = self.current_text(path, file)
                 if (path, file) in self.unknown:
                     continue
-                requires = self._base_requirements(path, file)
-                if kind in _ORDER_BOUND:
-                    requires.append(self._op("raise", parent, file))
                 if kind == "protection":
                     raised = self.raised[(path, file)]
                     if raised == self.current[(path, file)]:
@@ -773,7 +779,7 @@ class _Planner:
                         path,
                         file,
                         value,
-                        requires=requires,
+                        requires=self._raise_requirements(path, parent, file),
                         observed=now,
                         reason=reason,
                     )
@@ -791,6 +797,7 @@ class _Planner:
                 ):
                     continue  # not a pure widening: lower pass
                 value = self._write_value(path, file, None, wanted)
+                requires = self._raise_requirements(path, parent, file)
                 self._add("raise", "write", path, file, value, requires=requires, observed=now)
 
     def _emit_removals(self) -> None:
@@ -857,26 +864,37 @@ class _Planner:
                     continue
                 kind = file_kind(file)
                 now = self.current_text(path, file)
-                requires = self._base_requirements(path, file)
-                requires.append(self._op("raise", path, file))
-                for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
-                    requires.append(self._op("raise", child, file))
-                    requires.append(self._op("lower", child, file))
-                    if kind == "protection" and child in self.removal_by_path:
-                        requires.append(self.protection_gone.get((child, file)))
+                if kind in _ORDER_BOUND:
+                    self._visit_children(path)  # its warnings, in the order they always came
                 if kind == "protection":
                     raised = self.raised[(path, file)]
                     final = self.final[(path, file)]
                     if final == raised:
                         continue
                     value = self._write_value(path, file, final, self.values.render(final))
+                    requires = self._lower_requirements(path, file, kind)
                     self._add("lower", "write", path, file, value, requires=requires, observed=now)
                     continue
                 wanted = self.desired_text(path, file)
                 if now == wanted or self._op("raise", path, file) is not None:
                     continue
                 value = self._write_value(path, file, None, wanted)
+                requires = self._lower_requirements(path, file, kind)
                 self._add("lower", "write", path, file, value, requires=requires, observed=now)
+
+    def _lower_requirements(self, path: str, file: str, kind: str) -> list[int | None]:
+        """What a lower of `file` in `path` waits for: the base requirements, its own raise, and
+        for an order-bound kind every child's raise and lower (and a removed child's protection
+        gone). Looked up only for a lower emitted: a converged full round emits none, and the
+        children of a QoS cgroup are every pod."""
+        requires = self._base_requirements(path, file)
+        requires.append(self._op("raise", path, file))
+        for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
+            requires.append(self._op("raise", child, file))
+            requires.append(self._op("lower", child, file))
+            if kind == "protection" and child in self.removal_by_path:
+                requires.append(self.protection_gone.get((child, file)))
+        return requires
 
     # --- results ---------------------------------------------------------------------------
 
