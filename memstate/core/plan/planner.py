@@ -524,14 +524,16 @@ class _Planner:
             for file in PROTECTION_FILES:
                 self.protection_gone[(removal.path, file)] = None
         for path in reversed(self.order):
-            for file in self.managed[path]:
-                if file_kind(file) != "protection" and self.is_unreadable(path, file):
-                    self.unknown.add((path, file))
+            managed = self.managed[path]
+            found = self._observed(path)
+            if found is not None and found.unreadable:  # else `is_unreadable` is False
+                for file in managed:
+                    if file_kind(file) != "protection" and self.is_unreadable(path, file):
+                        self.unknown.add((path, file))
             for file in PROTECTION_FILES:
-                if file not in self.managed[path]:
+                if file not in managed:
                     continue
                 sums = self._children_sums(path, file)
-                found = self._observed(path)
                 if (
                     sums is None
                     or self.is_unreadable(path, file)
@@ -596,12 +598,13 @@ class _Planner:
         less the children this round plans, removes or cannot read, plus their contributions."""
         self._visit_children(path)
         index = PROTECTION_FILES.index(file)
-        special = {
-            *self._planned_children.get(path, ()),
-            *self._removed_children.get(path, ()),
-            *sums.unreadable_children(path, index),
-        }
+        planned = self._planned_children.get(path, ())
+        removed = self._removed_children.get(path, ())
+        unreadable = sums.unreadable_children(path, index)
         settled = sums.total(path, index)
+        if not planned and not removed and not unreadable:
+            return settled, settled, settled  # a leaf (every pod in a full round): no names
+        special = {*planned, *removed, *unreadable}
         skip = len(path) + 1 if path else 0
         names = [child[skip:] for child in sorted(special)]
         for name in names:
