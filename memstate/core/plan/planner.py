@@ -523,35 +523,39 @@ class _Planner:
         for removal in self.removals:
             for file in PROTECTION_FILES:
                 self.protection_gone[(removal.path, file)] = None
+        values = self.values
         for path in reversed(self.order):
             managed = self.managed[path]
             found = self._observed(path)
-            if found is not None and found.unreadable:  # else `is_unreadable` is False
+            # `is_unreadable` is False unless the cgroup has an unreadable file.
+            holes = found is not None and bool(found.unreadable)
+            if holes:
                 for file in managed:
                     if file_kind(file) != "protection" and self.is_unreadable(path, file):
                         self.unknown.add((path, file))
             for file in PROTECTION_FILES:
                 if file not in managed:
                     continue
+                key = (path, file)
                 sums = self._children_sums(path, file)
                 if (
                     sums is None
-                    or self.is_unreadable(path, file)
+                    or (holes and self.is_unreadable(path, file))
                     or (found is not None and found.children is None)
                 ):
                     # Without every value the sums are guesses: leave this file (and, through
                     # the contribution, its ancestors' and children's raises) for a later round.
-                    self.unknown.add((path, file))
+                    self.unknown.add(key)
                     continue
                 children_now, children_raised, children_final = sums
                 now = self._protection_now(path, file)
-                target = self.values.number(self.desired_text(path, file))
+                target = values.number(self.desired_text(path, file))
                 shortfall = max(0, children_now - now)
-                final = self.values.clamp(max(target, children_final))
-                raised = self.values.clamp(max(now, final, children_raised - shortfall))
-                self.current[(path, file)] = now
-                self.final[(path, file)] = final
-                self.raised[(path, file)] = raised
+                final = values.clamp(max(target, children_final))
+                raised = values.clamp(max(now, final, children_raised - shortfall))
+                self.current[key] = now
+                self.final[key] = final
+                self.raised[key] = raised
                 if final > target:
                     self.warnings.append(
                         f"{path or '<root>'} {file} kept at {self.values.render(final)}, above its "
