@@ -1,6 +1,7 @@
 """The reconciler's scoped admission round alone: thread CPU per round at N resident pods.
 
     python -m benchmarks.reconcile_round [--pods 500] [--samples 200] [--containers] [--rounds 3]
+                                         [--full-after]
 
 `benchmarks.admission_cpu` measures the whole daemon per admission (sources, writer, log, trio
 hand-offs and the reconcile round); this one takes the round out: the real reducer admits
@@ -19,6 +20,11 @@ e.g. a `git archive` of main) makes it an A/B within one process: that version i
 another package name (its imports rewritten into a temporary directory), both converge the same
 node, and every sample runs one round of each, in alternating order, so both see the same load;
 it prints both medians and the median of the per-sample ratios (this / baseline).
+
+`--full-after` measures instead the first full round after each admission (the periodic resync
+that follows a change: its targets are not the last full round's, so its plan is not reused and
+the whole tree is planned): each sample runs the admission's scoped round untimed, then a full
+round (`scope=None`) timed the same way.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ PAGE = 4096
 BASELINE_PACKAGE = "memstate_baseline"
 
 
-def world(package: str, tests: str, pods: int, *, containers: bool) -> Callable[[int], float]:
+def world(
+    package: str, tests: str, pods: int, *, containers: bool, full_after: bool = False
+) -> Callable[[int], float]:
     """A node of `pods` converged by `package`'s reconciler; returns the function that admits
-    sample `index` and gives its scoped round's thread CPU seconds."""
+    sample `index` and gives its scoped round's thread CPU seconds (`full_after`: the full
+    round's after it)."""
     events: Any = importlib.import_module(f"{package}.core.events")
     reducer: Any = importlib.import_module(f"{package}.core.reducer")
     tracker_module: Any = importlib.import_module(f"{package}.core.state_targets")
@@ -84,6 +93,13 @@ def world(package: str, tests: str, pods: int, *, containers: bool) -> Callable[
         spent = time.thread_time() - started
         if not report.converged or report.full:
             raise SystemExit(f"sample {uid}: the round did not converge as a scoped round")
+        if not full_after:
+            return spent
+        started = time.thread_time()
+        report = reconciler.reconcile(targets, changes=tracker.recent)
+        spent = time.thread_time() - started
+        if not report.converged or not report.full or report.writes:
+            raise SystemExit(f"sample {uid}: the full round after it did not find it converged")
         return spent
 
     return sample
@@ -149,29 +165,39 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--containers", action="store_true")
+    parser.add_argument("--full-after", action="store_true")
     parser.add_argument("--baseline-src", type=Path, default=None)
     args = parser.parse_args()
     what = f"{args.pods} resident pods{' with containers' if args.containers else ''}"
+    kind = "full rounds after an admission" if args.full_after else "scoped admission rounds"
     with tempfile.TemporaryDirectory(prefix="memstate-round-") as scratch:
         if args.baseline_src is not None:
             import_baseline(args.baseline_src.resolve(), Path(scratch))
         ratios: list[float] = []
         for _ in range(args.rounds):
-            this = world("memstate", "tests", args.pods, containers=args.containers)
+            this = world(
+                "memstate",
+                "tests",
+                args.pods,
+                containers=args.containers,
+                full_after=args.full_after,
+            )
             if args.baseline_src is None:
                 times = [this(index) for index in range(args.samples)]
-                print(
-                    f"{what}, {args.samples} scoped admission rounds: CPU per round {spread(times)}"
-                )
+                print(f"{what}, {args.samples} {kind}: CPU per round {spread(times)}")
                 continue
             baseline = world(
-                BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", args.pods, containers=args.containers
+                BASELINE_PACKAGE,
+                f"{BASELINE_PACKAGE}_tests",
+                args.pods,
+                containers=args.containers,
+                full_after=args.full_after,
             )
             mine, theirs = alternate(this, baseline, args.samples)
             ratio = sample_ratio(mine, theirs)
             ratios.append(ratio)
             print(
-                f"{what}, {args.samples} scoped admission rounds, CPU per round: baseline "
+                f"{what}, {args.samples} {kind}, CPU per round: baseline "
                 f"{spread(theirs)}, this {spread(mine)}; this / baseline, median of samples "
                 f"{ratio:.3f}"
             )

@@ -263,12 +263,11 @@ def parse_cgroup_path(path: str, config: NodeConfig) -> ParsedCgroup | None:
     and removes pod cgroups whose UID is no longer wanted. Live directory names are foreign input,
     so a bad name yields None, never an exception.
     """
-    node = node_path(config)
-    if path in root_paths(config):
+    roots, node, qos_by_path = _naming(config)
+    if path in roots:
         return ParsedCgroup(level="root")
     if path == node:
         return ParsedCgroup(level="node")
-    qos_by_path = {qos_path(config, cls): cls for cls in QOS_COMPONENTS}
     if path in qos_by_path:
         return ParsedCgroup(level="qos")
     parent = parent_path(path)
@@ -285,6 +284,25 @@ def parse_cgroup_path(path: str, config: NodeConfig) -> ParsedCgroup | None:
     if uid is None or pod_path(config, uid, qos_class) != path:
         return None
     return ParsedCgroup(level="pod", pod_uid=uid, qos_class=qos_class)
+
+
+# The fixed names `parse_cgroup_path` compares a path with, by (driver, cgroupRoot): a full
+# round checks every pod cgroup target with it, and rendering them again per path was most of
+# that check. A handful of entries per node; never mutated once stored.
+_NAMINGS: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], str, dict[str, QOSClass]]] = {}
+
+
+def _naming(config: NodeConfig) -> tuple[tuple[str, ...], str, dict[str, QOSClass]]:
+    """(`root_paths`, `node_path`, QoS cgroup path -> class) of `config`'s naming (memoised)."""
+    key = (config.cgroup_driver, config.cgroup_root)
+    found = _NAMINGS.get(key)
+    if found is None:
+        qos_by_path: dict[str, QOSClass] = {qos_path(config, cls): cls for cls in QOS_COMPONENTS}
+        found = (root_paths(config), node_path(config), qos_by_path)
+        if len(_NAMINGS) >= _POD_COMPONENT_PARENTS_LIMIT:
+            _NAMINGS.clear()
+        _NAMINGS[key] = found
+    return found
 
 
 def _pod_uid_from_leaf(leaf: str, parent: str, driver: CgroupDriver) -> str | None:

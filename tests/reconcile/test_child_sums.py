@@ -322,3 +322,29 @@ def test_a_listing_follows_existence_sorted_and_without_duplicates(
     else:
         assert merged.cgroups["p"].children == tuple(sorted(names))
         assert "p" in touched
+
+
+@pytest.mark.parametrize("file", PROTECTION_FILES)
+def test_a_leaf_targets_unknown_child_is_unknown_with_carried_sums(file: str) -> None:
+    """A pod cgroup (a leaf of the targets, so none of its children is planned) lists a child
+    the targets do not name (a container) whose protection could not be read: the pod's sum is
+    unknown, with the carried sums as without them (the carried sums' short cut for a cgroup
+    without planned or removed children must still ask for its unreadable ones)."""
+    fs = SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1")
+    targets = targets_of_pods([pool_pod(i) for i in range(3)])
+    Reconciler(fs, page_size_bytes=PAGE).reconcile(targets)
+    tree = observe(fs, targets)
+    pod = targets.pods[0].cgroup
+    cgroups = dict(tree.cgroups)
+    cgroups[pod] = msgspec.structs.replace(
+        cgroups[pod], children=("c",), subtree_control=("memory",)
+    )
+    cgroups[f"{pod}/c"] = ObservedCgroup(unreadable=(file,), children=())
+    tree = ObservedTree(cgroups=cgroups)
+
+    def plan(child_sums: ChildSums | None) -> Any:
+        return plan_operations(targets, tree, page_size_bytes=PAGE, child_sums=child_sums)
+
+    reference = plan(None)
+    assert f"{pod}/{file}" in reference.unknown
+    assert plan(ChildSums.of(tree, PAGE)) == reference

@@ -265,6 +265,24 @@ def test_structural_paths_map_back_to_their_level(config: NodeConfig) -> None:
         assert parse_cgroup_path(qos_path(config, qos), config) == ParsedCgroup(level="qos")
 
 
+def test_each_naming_parses_by_its_own_names_whatever_was_parsed_before() -> None:
+    """`parse_cgroup_path` keeps each naming's fixed names (memoised by driver and root): a
+    config parsed after another, in either order and again, sees only its own."""
+    configs = [*CONFIGS, NodeConfig(cgroup_driver="systemd", cgroup_root=("foo", "bar"))]
+    for parsing in [*configs, *reversed(configs)]:
+        for rendered in configs:
+            ours = (rendered.cgroup_driver, rendered.cgroup_root) == (
+                parsing.cgroup_driver,
+                parsing.cgroup_root,
+            )
+            node = parse_cgroup_path(node_path(rendered), parsing)
+            qos = parse_cgroup_path(qos_path(rendered, "Burstable"), parsing)
+            pod = parse_cgroup_path(pod_path(rendered, "a", "BestEffort"), parsing)
+            assert (node == ParsedCgroup(level="node")) == ours
+            assert (qos == ParsedCgroup(level="qos")) == ours
+            assert (pod == ParsedCgroup(level="pod", pod_uid="a", qos_class="BestEffort")) == ours
+
+
 @pytest.mark.parametrize(
     ("config", "path"),
     [

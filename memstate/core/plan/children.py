@@ -113,7 +113,11 @@ class ChildSums:
 
     def counted(self, parent: str, name: str, index: int) -> int:
         """What child `name` of `parent` adds to `total(parent, index)`."""
-        return _counted(self._values, self._listed, self._invalid, parent, name)[index]
+        # `_counted(...)[index]` without building the tuple: a full round asks for every
+        # planned child of every cgroup, twice (a pod's container cgroups included).
+        found = _listed_values(self._values, self._listed, self._invalid, parent, name)
+        value = None if found is None else found[index]
+        return 0 if value is None else value
 
     def unreadable_children(self, parent: str, index: int) -> list[str]:
         """The valid listed children of `parent` whose protection `index` could not be read
@@ -347,6 +351,20 @@ def _protections(found: ObservedCgroup, model: ValueModel, defaults: Iterable[in
     return tuple(result)
 
 
+def _listed_values(
+    values: Mapping[str, Protections],
+    listed: Mapping[str, frozenset[str]],
+    invalid: Mapping[str, frozenset[str]],
+    parent: str,
+    name: str,
+) -> Protections | None:
+    """Child `name`'s protections if its parent's total counts it (a valid listed name), else
+    None."""
+    if name not in listed.get(parent, ()) or name in invalid.get(parent, ()):
+        return None
+    return values.get(_join(parent, name))
+
+
 def _counted(
     values: Mapping[str, Protections],
     listed: Mapping[str, frozenset[str]],
@@ -354,9 +372,7 @@ def _counted(
     parent: str,
     name: str,
 ) -> tuple[int, ...]:
-    if name not in listed.get(parent, ()) or name in invalid.get(parent, ()):
-        return _ZERO_SUMS
-    found = values.get(_join(parent, name))
+    found = _listed_values(values, listed, invalid, parent, name)
     if found is None:
         return _ZERO_SUMS
     return tuple(0 if value is None else value for value in found)

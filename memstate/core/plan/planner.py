@@ -523,33 +523,39 @@ class _Planner:
         for removal in self.removals:
             for file in PROTECTION_FILES:
                 self.protection_gone[(removal.path, file)] = None
+        values = self.values
         for path in reversed(self.order):
-            for file in self.managed[path]:
-                if file_kind(file) != "protection" and self.is_unreadable(path, file):
-                    self.unknown.add((path, file))
+            managed = self.managed[path]
+            found = self._observed(path)
+            # `is_unreadable` is False unless the cgroup has an unreadable file.
+            holes = found is not None and bool(found.unreadable)
+            if holes:
+                for file in managed:
+                    if file_kind(file) != "protection" and self.is_unreadable(path, file):
+                        self.unknown.add((path, file))
             for file in PROTECTION_FILES:
-                if file not in self.managed[path]:
+                if file not in managed:
                     continue
+                key = (path, file)
                 sums = self._children_sums(path, file)
-                found = self._observed(path)
                 if (
                     sums is None
-                    or self.is_unreadable(path, file)
+                    or (holes and self.is_unreadable(path, file))
                     or (found is not None and found.children is None)
                 ):
                     # Without every value the sums are guesses: leave this file (and, through
                     # the contribution, its ancestors' and children's raises) for a later round.
-                    self.unknown.add((path, file))
+                    self.unknown.add(key)
                     continue
                 children_now, children_raised, children_final = sums
                 now = self._protection_now(path, file)
-                target = self.values.number(self.desired_text(path, file))
+                target = values.number(self.desired_text(path, file))
                 shortfall = max(0, children_now - now)
-                final = self.values.clamp(max(target, children_final))
-                raised = self.values.clamp(max(now, final, children_raised - shortfall))
-                self.current[(path, file)] = now
-                self.final[(path, file)] = final
-                self.raised[(path, file)] = raised
+                final = values.clamp(max(target, children_final))
+                raised = values.clamp(max(now, final, children_raised - shortfall))
+                self.current[key] = now
+                self.final[key] = final
+                self.raised[key] = raised
                 if final > target:
                     self.warnings.append(
                         f"{path or '<root>'} {file} kept at {self.values.render(final)}, above its "
@@ -596,12 +602,13 @@ class _Planner:
         less the children this round plans, removes or cannot read, plus their contributions."""
         self._visit_children(path)
         index = PROTECTION_FILES.index(file)
-        special = {
-            *self._planned_children.get(path, ()),
-            *self._removed_children.get(path, ()),
-            *sums.unreadable_children(path, index),
-        }
+        planned = self._planned_children.get(path, ())
+        removed = self._removed_children.get(path, ())
+        unreadable = sums.unreadable_children(path, index)
         settled = sums.total(path, index)
+        if not planned and not removed and not unreadable:
+            return settled, settled, settled  # a leaf (every pod in a full round): no names
+        special = {*planned, *removed, *unreadable}
         skip = len(path) + 1 if path else 0
         names = [child[skip:] for child in sorted(special)]
         for name in names:
@@ -742,6 +749,15 @@ class _Planner:
             written = normalised
         return written if written else EMPTY_WRITE
 
+    def _raise_requirements(self, path: str, parent: str | None, file: str) -> list[int | None]:
+        """What a raise of `file` in `path` waits for: the base requirements, and the parent's
+        raise when the kind's order is bound to it. Looked up only for a raise emitted (a
+        converged full round emits none): nothing is emitted between here and its `_add`."""
+        requires = self._base_requirements(path, file)
+        if file_kind(file) in _ORDER_BOUND:
+            requires.append(self._op("raise", parent, file))
+        return requires
+
     def _emit_raise(self) -> None:
         for path in self.order:
             parent = parent_path(path)
@@ -750,9 +766,6 @@ class _Planner:
                 now = self.current_text(path, file)
                 if (path, file) in self.unknown:
                     continue
-                requires = self._base_requirements(path, file)
-                if kind in _ORDER_BOUND:
-                    requires.append(self._op("raise", parent, file))
                 if kind == "protection":
                     raised = self.raised[(path, file)]
                     if raised == self.current[(path, file)]:
@@ -773,7 +786,7 @@ class _Planner:
                         path,
                         file,
                         value,
-                        requires=requires,
+                        requires=self._raise_requirements(path, parent, file),
                         observed=now,
                         reason=reason,
                     )
@@ -791,6 +804,7 @@ class _Planner:
                 ):
                     continue  # not a pure widening: lower pass
                 value = self._write_value(path, file, None, wanted)
+                requires = self._raise_requirements(path, parent, file)
                 self._add("raise", "write", path, file, value, requires=requires, observed=now)
 
     def _emit_removals(self) -> None:
@@ -857,26 +871,37 @@ class _Planner:
                     continue
                 kind = file_kind(file)
                 now = self.current_text(path, file)
-                requires = self._base_requirements(path, file)
-                requires.append(self._op("raise", path, file))
-                for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
-                    requires.append(self._op("raise", child, file))
-                    requires.append(self._op("lower", child, file))
-                    if kind == "protection" and child in self.removal_by_path:
-                        requires.append(self.protection_gone.get((child, file)))
+                if kind in _ORDER_BOUND:
+                    self._visit_children(path)  # its warnings, in the order they always came
                 if kind == "protection":
                     raised = self.raised[(path, file)]
                     final = self.final[(path, file)]
                     if final == raised:
                         continue
                     value = self._write_value(path, file, final, self.values.render(final))
+                    requires = self._lower_requirements(path, file, kind)
                     self._add("lower", "write", path, file, value, requires=requires, observed=now)
                     continue
                 wanted = self.desired_text(path, file)
                 if now == wanted or self._op("raise", path, file) is not None:
                     continue
                 value = self._write_value(path, file, None, wanted)
+                requires = self._lower_requirements(path, file, kind)
                 self._add("lower", "write", path, file, value, requires=requires, observed=now)
+
+    def _lower_requirements(self, path: str, file: str, kind: str) -> list[int | None]:
+        """What a lower of `file` in `path` waits for: the base requirements, its own raise, and
+        for an order-bound kind every child's raise and lower (and a removed child's protection
+        gone). Looked up only for a lower emitted: a converged full round emits none, and the
+        children of a QoS cgroup are every pod."""
+        requires = self._base_requirements(path, file)
+        requires.append(self._op("raise", path, file))
+        for child in self._children_with_operations(path) if kind in _ORDER_BOUND else ():
+            requires.append(self._op("raise", child, file))
+            requires.append(self._op("lower", child, file))
+            if kind == "protection" and child in self.removal_by_path:
+                requires.append(self.protection_gone.get((child, file)))
+        return requires
 
     # --- results ---------------------------------------------------------------------------
 
