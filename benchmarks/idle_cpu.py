@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from memstate.host.sim.cgroupdir import JOURNAL_NAME
@@ -157,14 +158,20 @@ def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> 
                 lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
                 timeout=600,
             )
-        wait_until_quiet(node)
-        assert node.process is not None
-        pid = node.process.pid
-        started_cpu, started = cpu_seconds(pid), time.monotonic()
-        time.sleep(seconds)
-        used, elapsed = cpu_seconds(pid) - started_cpu, time.monotonic() - started
+        return idle_share(node, seconds)
     finally:
         node.terminate()
+
+
+def idle_share(node: Node, seconds: float) -> float:
+    """Once `node` is quiet (`wait_until_quiet`), the share of one core its daemon used over
+    the next `seconds` (0.01 = 1 %)."""
+    wait_until_quiet(node)
+    assert node.process is not None
+    pid = node.process.pid
+    started_cpu, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = cpu_seconds(pid) - started_cpu, time.monotonic() - started
     return used / elapsed
 
 
@@ -176,24 +183,36 @@ def describe(name: str, shares: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+Measure = Callable[..., float]  # measure(directory, *, src, pods, seconds) -> share of a core
+
+
+def main(
+    measure_round: Measure | None = None,
+    *,
+    default_pods: int = 0,
+    default_dir: Path = Path("/var/tmp/memstate-idle"),
+    doc: str | None = None,
+) -> None:
+    """The command line of this benchmark and of its variants (`idle_cpu_kubelet`): rounds of
+    `measure_round`, alternating with `--baseline-src` when given, then median and spread."""
+    measure_round = measure_round or measure
+    parser = argparse.ArgumentParser(description=(doc or __doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pods", type=int, default=0)
+    parser.add_argument("--pods", type=int, default=default_pods)
     parser.add_argument("--baseline-src", type=Path, default=None)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-idle"))
+    parser.add_argument("--dir", type=Path, default=default_dir)
     args = parser.parse_args()
     current: list[float] = []
     baseline: list[float] = []
     for round_number in range(args.rounds):
         if args.baseline_src is not None:
-            share = measure(
+            share = measure_round(
                 args.dir, src=args.baseline_src.resolve(), pods=args.pods, seconds=args.seconds
             )
             baseline.append(share)
             print(f"round {round_number + 1}: baseline {share * 100:.3f} %", flush=True)
-        share = measure(args.dir, src=None, pods=args.pods, seconds=args.seconds)
+        share = measure_round(args.dir, src=None, pods=args.pods, seconds=args.seconds)
         current.append(share)
         print(f"round {round_number + 1}: current  {share * 100:.3f} %", flush=True)
     shutil.rmtree(args.dir, ignore_errors=True)

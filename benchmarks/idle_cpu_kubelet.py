@@ -14,14 +14,11 @@ fetched, decoded and compared). With `--baseline-src DIR`, both versions alterna
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import statistics
-import time
 from pathlib import Path
 
-from benchmarks.idle_cpu import cpu_seconds, describe, wait_until_quiet
+from benchmarks import idle_cpu
+from benchmarks.idle_cpu import idle_share
 from tests.daemon.harness import Node
 from tests.sources.standins import Certificates, KubeletStandIn, kube_pod
 
@@ -68,45 +65,19 @@ def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> 
                 lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
                 timeout=600,
             )
-        wait_until_quiet(node)
-        assert node.process is not None
-        pid = node.process.pid
-        started_cpu, started = cpu_seconds(pid), time.monotonic()
-        time.sleep(seconds)
-        used, elapsed = cpu_seconds(pid) - started_cpu, time.monotonic() - started
+        return idle_share(node, seconds)
     finally:
         node.terminate()
         standin.stop()
-    return used / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pods", type=int, default=500)
-    parser.add_argument("--baseline-src", type=Path, default=None)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/memstate-idle-kubelet"))
-    args = parser.parse_args()
-    current: list[float] = []
-    baseline: list[float] = []
-    for round_number in range(args.rounds):
-        if args.baseline_src is not None:
-            share = measure(
-                args.dir, src=args.baseline_src.resolve(), pods=args.pods, seconds=args.seconds
-            )
-            baseline.append(share)
-            print(f"round {round_number + 1}: baseline {share * 100:.3f} %", flush=True)
-        share = measure(args.dir, src=None, pods=args.pods, seconds=args.seconds)
-        current.append(share)
-        print(f"round {round_number + 1}: current  {share * 100:.3f} %", flush=True)
-    shutil.rmtree(args.dir, ignore_errors=True)
-    print(f"idle window {args.seconds:g} s, {args.pods} pods, load {os.getloadavg()[0]:.1f}")
-    print(describe("current", current))
-    if baseline:
-        print(describe("baseline", baseline))
-        ratio = statistics.median(current) / statistics.median(baseline)
-        print(f"current / baseline: {ratio:.3f}")
+    idle_cpu.main(
+        measure,
+        default_pods=500,
+        default_dir=Path("/var/tmp/memstate-idle-kubelet"),
+        doc=__doc__,
+    )
 
 
 if __name__ == "__main__":
