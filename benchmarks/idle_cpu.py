@@ -153,19 +153,19 @@ def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> 
     try:
         for index in range(pods):
             node.drop(f"idle-{index:04d}.yaml", pod_manifest(f"idle-{index:04d}", "64Mi"))
-        if pods:
-            node.wait_for(
-                lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
-                timeout=600,
-            )
-        return idle_share(node, seconds)
+        return idle_share(node, seconds, admitted=pods)
     finally:
         node.terminate()
 
 
-def idle_share(node: Node, seconds: float) -> float:
-    """Once `node` is quiet (`wait_until_quiet`), the share of one core its daemon used over
-    the next `seconds` (0.01 = 1 %)."""
+def idle_share(node: Node, seconds: float, *, admitted: int) -> float:
+    """Once `node` has admitted `admitted` pods and is quiet (`wait_until_quiet`), the share of
+    one core its daemon used over the next `seconds` (0.01 = 1 %)."""
+    if admitted:
+        node.wait_for(
+            lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= admitted,
+            timeout=600,
+        )
     wait_until_quiet(node)
     assert node.process is not None
     pid = node.process.pid

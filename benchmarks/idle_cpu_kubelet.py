@@ -60,12 +60,7 @@ def measure(directory: Path, *, src: Path | None, pods: int, seconds: float) -> 
     )
     node.start(env={"PYTHONPATH": str(src)} if src is not None else None)
     try:
-        if pods:
-            node.wait_for(
-                lambda records: sum(r.event.kind == "pod_admitted" for r in records) >= pods,
-                timeout=600,
-            )
-        return idle_share(node, seconds)
+        return idle_share(node, seconds, admitted=pods)
     finally:
         node.terminate()
         standin.stop()
