@@ -56,6 +56,7 @@ after that read); a start-up that overlaps a rewrite is corrected by the writer'
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import socket
@@ -79,6 +80,7 @@ from memstate.node.inputs import (
 from memstate.node.sources.observation import ObservedPod, SourceName
 from memstate.node.sources.static import derive_static_uid, static_pod_key
 from memstate.node.sources.tracker import PodTracker
+from memstate.node.worker_threads import InlineWhileFast
 
 ORDER_HOOK = "MEMSTATE_TEST_MANIFEST_ORDER"
 # `read_changes_inline` reads on the event loop at most this many hinted files, each at most
@@ -177,7 +179,10 @@ class ManifestDirectory:
         self._last_full = 0.0
         self.full_rescan_seconds = full_rescan_seconds
         self.clock = clock
-        self._inline_paused_until = float("-inf")  # see INLINE_SLOW_SECONDS
+        # Whether the hinted read may run on the event loop (see INLINE_SLOW_SECONDS).
+        self._inline = InlineWhileFast(
+            slow_seconds=INLINE_SLOW_SECONDS, pause_seconds=INLINE_PAUSE_SECONDS, clock=clock
+        )
         # key → the file that failed to parse or validate but is not reported yet.
         self._unsettled: dict[str, _Unsettled] = {}
 
@@ -274,22 +279,21 @@ class ManifestDirectory:
         between is left to the thread), and no inline read took longer than
         `INLINE_SLOW_SECONDS` in the last `INLINE_PAUSE_SECONDS`. Same observations, account
         and errors as `read_changes`."""
-        now = self.clock()
-        if now < self._inline_paused_until:
+        if not self._inline.available():
             return None
+        now = self.clock()
         with self._hint_lock:
             hinted = self._hinted
             if not hinted or len(hinted) > INLINE_FILES or self._full_due(now):
                 return None
             self._hinted = set()
         try:
-            return self._read_hinted(hinted, limit=INLINE_BYTES)
+            return self._inline.run(
+                functools.partial(self._read_hinted, hinted, limit=INLINE_BYTES)
+            )
         except _NotSmall:
             self.hint(hinted)  # for the worker thread's `read_changes`
             return None
-        finally:
-            if self.clock() - now > INLINE_SLOW_SECONDS:
-                self._inline_paused_until = self.clock() + INLINE_PAUSE_SECONDS
 
     def _full_due(self, now: float) -> bool:
         return (
