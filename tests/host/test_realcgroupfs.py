@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from memstate.core.errors import HostError
-from memstate.host import EMPTY_WRITE, RealCgroupFS, parse_cgroup2_mounts, split_cgroup_path
+from memstate.host import (
+    EMPTY_WRITE,
+    RealCgroupFS,
+    cgroupfs,
+    openat2,
+    parse_cgroup2_mounts,
+    split_cgroup_path,
+)
 
 ESCAPES = [
     "..",
@@ -40,9 +47,12 @@ ESCAPES = [
 ]
 
 
-@pytest.fixture
-def layout(tmp_path: Path) -> tuple[RealCgroupFS, Path]:
-    """root/ (the adapter's root) next to outside/ holding a secret file."""
+@pytest.fixture(params=["openat2", "walk"])
+def layout(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[RealCgroupFS, Path]:
+    """root/ (the adapter's root) next to outside/ holding a secret file; the adapter opens
+    paths with openat2 (skipped where the kernel has none) or with its walk alone."""
     root = tmp_path / "root"
     outside = tmp_path / "outside"
     root.mkdir()
@@ -50,7 +60,13 @@ def layout(tmp_path: Path) -> tuple[RealCgroupFS, Path]:
     (outside / "memory.max").write_text("secret\n")
     (root / "a").mkdir()
     (root / "a" / "memory.max").write_text("max\n")
-    return RealCgroupFS(root), outside
+    with monkeypatch.context() as patch:
+        if request.param == "walk":
+            patch.setattr(cgroupfs, "_openat2", lambda: None)
+        fs = RealCgroupFS(root)
+    if request.param == "openat2" and fs._open_no_symlinks is None:
+        pytest.skip("openat2 is not available here")
+    return fs, outside
 
 
 def _expect_einval(call: object, *args: str) -> None:
@@ -194,3 +210,29 @@ def test_path_helpers() -> None:
         "cgroup2 /mnt/with\\040space cgroup2 rw 0 0\n"
     )
     assert parse_cgroup2_mounts(mounts) == ["/sys/fs/cgroup/unified", "/mnt/with space"]
+
+
+def test_openat2_follows_no_symlink_anywhere_on_the_path(tmp_path: Path) -> None:
+    """open_no_symlinks opens a plain path and refuses (ELOOP) a symlink as a middle or last
+    component, where os.open with O_NOFOLLOW would follow the middle one."""
+    open_no_symlinks = openat2.load()
+    if open_no_symlinks is None:
+        pytest.skip("openat2 cannot be called on this platform")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "file").write_text("x\n")
+    (tmp_path / "link").symlink_to(tmp_path / "dir", target_is_directory=True)
+    (tmp_path / "dir" / "filelink").symlink_to(tmp_path / "dir" / "file")
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    try:
+        fd = open_no_symlinks(os.fsencode(tmp_path / "dir" / "file"), flags)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM):
+            pytest.skip(f"openat2 refused here: {exc}")
+        raise
+    assert os.read(fd, 10) == b"x\n"
+    os.close(fd)
+    for path in (tmp_path / "link" / "file", tmp_path / "dir" / "filelink"):
+        with pytest.raises(OSError) as caught:
+            open_no_symlinks(os.fsencode(path), flags | os.O_NOFOLLOW)
+        assert caught.value.errno == errno.ELOOP
+    os.close(os.open(tmp_path / "link" / "file", flags | os.O_NOFOLLOW))  # what it guards against
