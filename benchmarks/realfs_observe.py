@@ -1,7 +1,8 @@
 """CPU of one full observation of a 500-pod tree through `RealCgroupFS`, in process.
 
-    python -m benchmarks.realfs_observe [--pods 500] [--samples 9] [--rounds 3] [--dir /var/tmp]
-                                        [--root /sys/fs/cgroup/bench] [--baseline-src DIR]
+    python -m benchmarks.realfs_observe [--pods 500] [--containers 0] [--samples 9] [--rounds 3]
+                                        [--dir /var/tmp] [--root /sys/fs/cgroup/bench]
+                                        [--baseline-src DIR]
 
 The node is benchmarks/reconcile_common's (two NUMA nodes, every QoS class, every managed file).
 Its tree is made by memstate itself: by default a `Reconciler` converges a directory-backed
@@ -10,6 +11,9 @@ observes that directory's plain files (the files the simulator renders: the sysc
 /sys/fs/cgroup on a page-cache filesystem). With `--root` (an empty cgroup v2 directory whose
 parent offers memory, cpuset and hugetlb, e.g. inside the VM of tests/vm) the `Reconciler` builds
 the tree there through `RealCgroupFS` instead (the real kernel), and removes it at the end.
+`--containers N` then gives every pod cgroup N container cgroups, as a runtime would (the pod's
+controllers enabled for them first, as runc does): the observation lists them under their pod and
+reads their memory.min and memory.low.
 
 Each sample is the CPU time (`time.process_time`) of one `observe_tree` of the whole tree (the
 full observation the 30 s resync makes). `--baseline-src DIR` (a directory holding another
@@ -35,7 +39,7 @@ from typing import Any
 from benchmarks.reconcile_common import PAGE_SIZE_BYTES, mixed_pod, node_targets
 from benchmarks.reconcile_round import BASELINE_PACKAGE, import_baseline
 from memstate.core.targets import NodeTargets
-from memstate.host import RealCgroupFS, walk
+from memstate.host import CgroupFS, RealCgroupFS, walk
 from memstate.host.sim.cgroupdir import DirCgroupFS
 from memstate.reconcile.reconciler import Reconciler
 
@@ -60,7 +64,7 @@ def observer(package: str, root: Path, targets: NodeTargets) -> Callable[[], flo
     return sample
 
 
-def render(directory: Path, targets: NodeTargets) -> Path:
+def render(directory: Path, targets: NodeTargets, containers: int) -> Path:
     """Converge `targets` on a directory-backed simulated tree; its directory of plain files."""
     root = directory / "cgroup"
     with DirCgroupFS(
@@ -70,16 +74,31 @@ def render(directory: Path, targets: NodeTargets) -> Path:
         reconciler.reconcile(targets)
         if not reconciler.reconcile(targets).converged:
             raise SystemExit("the simulated tree did not converge")
+        add_containers(fs, targets, containers)
     return root
 
 
-def build_real(root: Path, targets: NodeTargets) -> None:
+def build_real(root: Path, targets: NodeTargets, containers: int) -> None:
     """Converge `targets` on a real cgroup v2 directory through RealCgroupFS."""
-    reconciler = Reconciler(RealCgroupFS(root), page_size_bytes=PAGE_SIZE_BYTES)
+    fs = RealCgroupFS(root)
+    reconciler = Reconciler(fs, page_size_bytes=PAGE_SIZE_BYTES)
     first = reconciler.reconcile(targets)
     second = reconciler.reconcile(targets)
     if not second.converged or second.writes:
         raise SystemExit(f"the real tree did not converge: {first}, {second}")
+    add_containers(fs, targets, containers)
+
+
+def add_containers(fs: CgroupFS, targets: NodeTargets, containers: int) -> None:
+    """`containers` container cgroups under every pod cgroup, its controllers enabled first."""
+    if not containers:
+        return
+    for target in targets.cgroups:
+        if target.level != "pod":
+            continue
+        fs.write(target.path, "cgroup.subtree_control", "+memory")
+        for number in range(containers):
+            fs.mkdir(f"{target.path}/{number:064x}")
 
 
 def remove_real(root: Path) -> None:
@@ -93,6 +112,7 @@ def remove_real(root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--containers", type=int, default=0)
     parser.add_argument("--samples", type=int, default=9)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
@@ -105,10 +125,10 @@ def main() -> None:
         if args.root is not None:
             root = args.root.resolve()
             started = time.perf_counter()
-            build_real(root, targets)
+            build_real(root, targets, args.containers)
             print(f"built the tree in {root} in {time.perf_counter() - started:.1f} s")
         else:
-            root = render(scratch, targets)
+            root = render(scratch, targets, args.containers)
         try:
             mine = observer("memstate", root, targets)
             theirs = None
@@ -116,7 +136,8 @@ def main() -> None:
                 import_baseline(args.baseline_src.resolve(), scratch / "baseline")
                 theirs = observer(BASELINE_PACKAGE, root, targets)
             print(
-                f"{args.pods} pods, {len(targets.cgroups)} cgroups, root {root}; "
+                f"{args.pods} pods, {args.containers} container cgroups each, "
+                f"{len(targets.cgroups)} managed cgroups, root {root}; "
                 f"load {os.getloadavg()[0]:.1f}"
             )
             for number in range(1, args.rounds + 1):
