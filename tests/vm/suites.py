@@ -71,6 +71,11 @@ BESIDE_KUBELET_MODULE = "tests.vm.guest_beside_kubelet"
 NRI = "nri"
 NRI_MODULE = "tests.vm.guest_nri"
 
+# RealCgroupFS on the real tree: one open per call, and the walk's answers when a cgroup is removed
+# or replaced during an observation (tests/vm/guest_realfs.py, tests/vm/test_realfs_vm.py).
+REALFS = "realfs"
+REALFS_MODULE = "tests.vm.guest_realfs"
+
 # A comma-separated list of suite names: only those run (one suite's tests without the whole
 # boot, e.g. CGVM_SUITES=nri). Unset: every suite.
 SELECT_ENV = "CGVM_SUITES"
@@ -118,6 +123,9 @@ def default_suites(python: str | None = None) -> list[GuestSuite]:
     if reconcile_available():
         suites.append(
             GuestSuite(RECONCILE, (py, "-m", RECONCILE_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
+        )
+        suites.append(
+            GuestSuite(REALFS, (py, "-m", REALFS_MODULE, DIFFERENTIAL_MOUNT), timeout_s=120)
         )
     suites.append(
         GuestSuite(SHADOW, (py, "-m", SHADOW_MODULE, DIFFERENTIAL_MOUNT), timeout_s=hang_guard)
