@@ -12,7 +12,6 @@ A kernel or seccomp filter without openat2 answers ENOSYS (or EPERM): callers pr
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import sys
@@ -28,25 +27,29 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 
 
-class _OpenHow(ctypes.Structure):
-    """struct open_how (linux/openat2.h): flags, mode, resolve, each a u64."""
-
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
-
-
 def load() -> Callable[[bytes, int], int] | None:
     """`open_no_symlinks(path, flags) -> fd`, or None where openat2 cannot be called."""
     if sys.platform != "linux" or platform.machine().lower() not in _MACHINES:
         return None
     try:
+        # Imported here: only a real tree needs it, and a Python built without _ctypes still
+        # runs memstate (with the walk).
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         syscall = libc.syscall
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
+
+    class _OpenHow(ctypes.Structure):
+        """struct open_how (linux/openat2.h): flags, mode, resolve, each a u64."""
+
+        _fields_ = (
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        )
+
     # No argtypes: every argument is passed as a ready ctypes value of the C type syscall(2)
     # reads it as (long, long, char *, void *, size_t), which costs ~0.3 us less per call than
     # converting through argtypes (1.0 against 1.3 us; os.open is 0.7).
@@ -55,7 +58,7 @@ def load() -> Callable[[bytes, int], int] | None:
     directory = ctypes.c_long(_AT_FDCWD)
     size = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
     # One open_how per flags value, kept alive here: a handful of distinct values per process.
-    hows: dict[int, tuple[_OpenHow, ctypes.c_void_p]] = {}
+    hows: dict[int, tuple[ctypes.Structure, ctypes.c_void_p]] = {}
 
     def open_no_symlinks(path: bytes, flags: int) -> int:
         """os.open(path, flags), refusing (ELOOP) any symlink on the path."""
