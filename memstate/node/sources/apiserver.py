@@ -235,7 +235,7 @@ class ApiServerSource:
         if changed:
             await deliver(list(self._pods.values()))
         self.resource_version = pod.metadata.resourceVersion or self.resource_version
-        self.health.pods = len(self._pods)
+        self.health.counted(len(self._pods))
 
     def api_pod(self, uid: str) -> tuple[str, str, str] | None:
         """(namespace, name, the API server's UID) of the listed pod whose kubelet-side UID is
