@@ -256,4 +256,4 @@ def _check_status(reply: httpx.Response, body: bytes, where: str) -> None:
     if reply.status_code == 410:
         status = decode_status(body)
         raise Gone((status.message if status else "") or "410 Gone", source=where)
-    raise status_error(reply, body, where=where)
+    raise status_error(reply.status_code, body, where=where)
