@@ -61,7 +61,8 @@ class KeptConnection:
             raise ConfigError(f"not an http(s) URL: {base_url!r}")
         self.host = split.hostname
         self.port = split.port or (443 if split.scheme == "https" else 80)
-        self.authority = split.netloc
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = f"{host}:{split.port}" if split.port else host  # the Host header
         self.base_url = base_url.rstrip("/")
         self.prefix = split.path.rstrip("/")
         self.tls = None if split.scheme == "http" else (tls or ssl.create_default_context())
