@@ -135,7 +135,15 @@ class KeptConnection:
             data = (http.send(request) or b"") + (http.send(h11.EndOfMessage()) or b"")
             await self._write(stream, data, reused=reused)
             where = self.base_url + path
-            status, body = await self._response(stream, http, limit, where, reused=reused)
+            try:
+                # One cancel scope for the answer, its deadline moved before each read: the
+                # per-read timeout without a scope per TLS record (~0.2 ms of a 750 KB answer).
+                with trio.fail_after(self.read_timeout) as reading:
+                    status, body = await self._response(
+                        stream, http, limit, where, reading, reused=reused
+                    )
+            except trio.TooSlowError:
+                raise httpx.ReadTimeout("") from None
         except BaseException:
             self._drop()
             raise
@@ -179,7 +187,14 @@ class KeptConnection:
             raise httpx.WriteError(str(exc)) from exc
 
     async def _response(
-        self, stream: trio.abc.Stream, http: h11.Connection, limit: int, where: str, *, reused: bool
+        self,
+        stream: trio.abc.Stream,
+        http: h11.Connection,
+        limit: int,
+        where: str,
+        reading: trio.CancelScope,
+        *,
+        reused: bool,
     ) -> tuple[int, bytes]:
         status = 0
         chunks: list[bytes] = []
@@ -190,6 +205,7 @@ class KeptConnection:
             except h11.RemoteProtocolError as exc:
                 raise httpx.RemoteProtocolError(str(exc)) from exc
             if event is h11.NEED_DATA:
+                reading.deadline = trio.current_time() + self.read_timeout
                 data = await self._read(stream, reused=reused and not status)
                 if not data and not status:
                     if reused:
@@ -223,11 +239,8 @@ class KeptConnection:
 
     async def _read(self, stream: trio.abc.Stream, *, reused: bool) -> bytes:
         try:
-            with trio.fail_after(self.read_timeout):
-                data = await stream.receive_some(READ_BYTES)
+            data = await stream.receive_some(READ_BYTES)
             return data if isinstance(data, bytes) else bytes(data)
-        except trio.TooSlowError:
-            raise httpx.ReadTimeout("") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if reused:
                 raise _Retry from exc
