@@ -10,8 +10,10 @@ does not move by itself: `mock_clock`), so no test waits for seconds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -19,6 +21,7 @@ import trio.testing
 from memstate.core.errors import SourceError
 from memstate.node.sources import kubelet as kubelet_module
 from memstate.node.sources.connection import kubelet_connection
+from memstate.node.sources.httpget import KeptConnection
 from memstate.node.sources.kubelet import KEEPALIVE_SECONDS, KubeletSource
 from tests.sources.standins import Certificates, KubeletStandIn, kube_pod, running
 
@@ -147,3 +150,42 @@ async def test_a_silent_server_times_out(
                 await trio.testing.wait_all_tasks_blocked()
                 mock_clock.jump(source.read_timeout + 1)  # … then the read timeout passes
         assert len(failures) == 1 and "ReadTimeout" in failures[0], failures
+
+
+async def _slow_answer(listener: trio.SocketListener, gaps: list[float]) -> None:
+    """Serve one request: the head and 2 body bytes, then 2 more after each of `gaps`."""
+    stream = await listener.accept()
+    async with stream:
+        await stream.receive_some(65536)
+        body = b"ab" * (len(gaps) + 1)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nab" % len(body))
+        for gap in gaps:
+            await trio.sleep(gap)
+            await stream.send_all(b"ab")
+        await trio.sleep(math.inf)
+
+
+@pytest.mark.parametrize(("gaps", "answered"), [([6.0, 6.0, 6.0], True), ([6.0, 11.0], False)])
+async def test_the_read_timeout_is_per_read(
+    autojump_clock: trio.testing.MockClock, gaps: list[float], answered: bool
+) -> None:
+    """A slow answer is read while no gap reaches the read timeout (10 s), however long all of
+    it takes; a longer gap is a `ReadTimeout`. (Plain HTTP from a trio server in this test, so
+    the simulated clock drives both sides.)"""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = KeptConnection(
+        f"http://127.0.0.1:{port}",
+        None,
+        connect_timeout=5.0,
+        read_timeout=10.0,
+        keepalive_seconds=60,
+    )
+    async with trio.open_nursery() as nursery, client:
+        nursery.start_soon(_slow_answer, listeners[0], gaps)
+        if answered:
+            assert await client.get("/pods", {}, 100) == (200, b"ab" * (len(gaps) + 1))
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/pods", {}, 100)
+        nursery.cancel_scope.cancel()
