@@ -24,8 +24,9 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from memstate.host.sim.cgroupdir import JOURNAL_NAME
 from tests.daemon.harness import Node, pod_manifest
@@ -183,7 +184,8 @@ def describe(name: str, shares: list[float]) -> str:
     )
 
 
-Measure = Callable[..., float]  # measure(directory, *, src, pods, seconds) -> share of a core
+# measure(directory, *, src, pods, seconds, **options) -> share of a core
+Measure = Callable[..., float]
 
 
 def main(
@@ -192,9 +194,12 @@ def main(
     default_pods: int = 0,
     default_dir: Path = Path("/var/tmp/memstate-idle"),
     doc: str | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """The command line of this benchmark and of its variants (`idle_cpu_kubelet`): rounds of
-    `measure_round`, alternating with `--baseline-src` when given, then median and spread."""
+    `measure_round`, alternating with `--baseline-src` when given, then median and spread.
+    `options`: a variant's own flags (name -> `add_argument` keywords), handed to
+    `measure_round` as keywords."""
     measure_round = measure_round or measure
     parser = argparse.ArgumentParser(description=(doc or __doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -202,21 +207,33 @@ def main(
     parser.add_argument("--pods", type=int, default=default_pods)
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--dir", type=Path, default=default_dir)
+    for flag, spec in (options or {}).items():
+        parser.add_argument(flag, **spec)
     args = parser.parse_args()
+    extra = {flag.lstrip("-").replace("-", "_") for flag in options or {}}
+    chosen = {name: getattr(args, name) for name in extra}
     current: list[float] = []
     baseline: list[float] = []
     for round_number in range(args.rounds):
         if args.baseline_src is not None:
             share = measure_round(
-                args.dir, src=args.baseline_src.resolve(), pods=args.pods, seconds=args.seconds
+                args.dir,
+                src=args.baseline_src.resolve(),
+                pods=args.pods,
+                seconds=args.seconds,
+                **chosen,
             )
             baseline.append(share)
             print(f"round {round_number + 1}: baseline {share * 100:.3f} %", flush=True)
-        share = measure_round(args.dir, src=None, pods=args.pods, seconds=args.seconds)
+        share = measure_round(args.dir, src=None, pods=args.pods, seconds=args.seconds, **chosen)
         current.append(share)
         print(f"round {round_number + 1}: current  {share * 100:.3f} %", flush=True)
     shutil.rmtree(args.dir, ignore_errors=True)
-    print(f"idle window {args.seconds:g} s, {args.pods} pods, load {os.getloadavg()[0]:.1f}")
+    described = "".join(f", {name} {value}" for name, value in sorted(chosen.items()))
+    print(
+        f"idle window {args.seconds:g} s, {args.pods} pods{described}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(describe("current", current))
     if baseline:
         print(describe("baseline", baseline))

@@ -127,12 +127,17 @@ class DaemonContext:
         self.targets_changes: tuple[TargetsChange, ...] = ()
         # Every pod source feeds one tracker (memstate.node.sources): one set of diffing rules.
         self.tracker = PodTracker(cgroup_gone=self._pod_cgroup_gone, holder_of=self._holder_of)
+        # Wakes the sources loop (memstate.node.loops.pods): cgroup hints, source health changes
+        # and a tracker that stopped being settled.
+        self._sources_wake = Wakeup()
         self.feed = SourceFeed(
-            self.tracker, self._record, on_container_ids=self._container_ids_changed
+            self.tracker,
+            self._record,
+            on_container_ids=self._container_ids_changed,
+            on_unsettled=self._sources_wake.set,
         )
         self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
         self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
-        self._sources_wake = Wakeup()
         self.config_topology: Topology | None = None
         self._cgroup_limiter = trio.CapacityLimiter(1)
         # The reconciler's own operations, so the cgroup watch drops their echo (set at start-up

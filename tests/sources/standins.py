@@ -273,6 +273,11 @@ class KubeletStandIn(_StandIn):
         self.failure: int | None = None  # answer this HTTP status instead
         self.garbage: bytes | None = None  # answer this body instead of a PodList
         self.hang_up = False  # close the connection without answering
+        self.hang_ups = 0  # … this many requests (then answer again)
+        self.close_after_answer = False  # close each connection after answering (no header)
+        self.chunked = False  # send the PodList with chunked transfer encoding
+        self.stall = False  # never answer (until stopped)
+        self.connections: set[tuple[str, int]] = set()  # client addresses that sent a request
         self.served_at: list[float] = []  # perf_counter() after each PodList sent (benchmarks)
         super().__init__(
             None
@@ -294,9 +299,16 @@ class KubeletStandIn(_StandIn):
             def do_GET(self) -> None:
                 split = urlsplit(self.path)
                 standin.record(split.path, parse_qs(split.query), dict(self.headers))
-                if standin.hang_up:
+                with standin.lock:
+                    standin.connections.add(self.client_address)
+                    hang_up = standin.hang_up or standin.hang_ups > 0
+                    standin.hang_ups = max(0, standin.hang_ups - 1)
+                if hang_up:
                     self.close_connection = True
                     self.connection.close()
+                    return
+                if standin.stall:
+                    standin.stopping.wait()
                     return
                 authorised = self.headers.get("Authorization") == f"Bearer {standin.token}"
                 if not authorised and not standin.read_only_port:
@@ -317,9 +329,20 @@ class KubeletStandIn(_StandIn):
                     self.send_json(failure, None, raw=b"kubelet is unhappy")
                 elif garbage is not None:
                     self.send_json(200, None, raw=garbage)
+                elif standin.chunked:
+                    data = json.dumps(body).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for start in range(0, len(data), 1000):
+                        self.chunk(data[start : start + 1000])
+                    self.chunk(b"")
                 else:
                     self.send_json(200, body)
                     standin.served_at.append(time.perf_counter())
+                if standin.close_after_answer:
+                    self.close_connection = True
 
         return Handler
 

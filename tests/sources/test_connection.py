@@ -46,8 +46,8 @@ def kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) ->
 
 
 async def poll_once(connection: Connection) -> int:
-    source = KubeletSource(connection)
-    async with connection.client(connect_timeout=10.0, read_timeout=30.0) as client:
+    source = KubeletSource(connection, connect_timeout=10.0, read_timeout=30.0)
+    async with source.transport() as client:
         return len(await source.poll(client))
 
 

@@ -250,8 +250,7 @@ async def test_an_unchanged_answer_is_not_decoded_again(
         assert isinstance(standin, KubeletStandIn)
         source = source_for(standin, ca_file, token_file)
         standin.set_pods([kube_pod("a", UID_A), kube_pod("b", UID_B)])
-        client = source.connection.client(connect_timeout=5.0, read_timeout=5.0)
-        async with client:
+        async with source.transport() as client:
             first = await source.poll(client)
             again = await source.poll(client)
             assert decoded == [1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import trio
 
@@ -58,11 +59,10 @@ async def sources_loop(daemon: DaemonContext) -> None:
                 )
             await trio.sleep(0.5)
             waited += 0.5
+        for source in daemon.sources:
+            source.health.on_change = daemon._sources_wake.set
         health = None
         while True:
-            # Deleted pods are released when their cgroup empties: ask again on cgroup hints
-            # and every second (an in-memory diff); publish source health when it changes.
-            await daemon._sources_wake.wait(SOURCE_HEALTH_SECONDS)
             try:
                 await daemon.feed.recheck()
             except MemstateError as exc:
@@ -72,6 +72,13 @@ async def sources_loop(daemon: DaemonContext) -> None:
                 health = current
                 publish_sources(daemon)
                 daemon._write_status()
+            # Deleted pods are released when their cgroup empties: ask again on cgroup hints,
+            # and every second while the tracker is not settled (a pod waits for its cgroup, or
+            # its view needs the full evaluation); a settled tracker's recheck finds nothing, so
+            # an idle node sleeps until a hint, a change of a source's health (published then)
+            # or a view that unsettles it (the feed's `on_unsettled`).
+            settled = daemon.tracker.settled
+            await daemon._sources_wake.wait(math.inf if settled else SOURCE_HEALTH_SECONDS)
 
 
 def publish_sources(daemon: DaemonContext) -> None:

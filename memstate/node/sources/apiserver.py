@@ -235,7 +235,7 @@ class ApiServerSource:
         if changed:
             await deliver(list(self._pods.values()))
         self.resource_version = pod.metadata.resourceVersion or self.resource_version
-        self.health.pods = len(self._pods)
+        self.health.counted(len(self._pods))
 
     def api_pod(self, uid: str) -> tuple[str, str, str] | None:
         """(namespace, name, the API server's UID) of the listed pod whose kubelet-side UID is
@@ -256,4 +256,4 @@ def _check_status(reply: httpx.Response, body: bytes, where: str) -> None:
     if reply.status_code == 410:
         status = decode_status(body)
         raise Gone((status.message if status else "") or "410 Gone", source=where)
-    raise status_error(reply, body, where=where)
+    raise status_error(reply.status_code, body, where=where)

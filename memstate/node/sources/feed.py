@@ -4,7 +4,9 @@ Sources run concurrently (one trio task each); the tracker's update â†’ commit â
 needs them one at a time, so `SourceFeed.deliver` holds a lock across it. `submit` makes events
 durable (the daemon's writer); when it raises, nothing is accepted and the next delivery asks
 again. `on_container_ids` hears of every change of the runtime container ids the sources report
-(memstate.node.sources.tracker): the ids and the pods whose ids changed.
+(memstate.node.sources.tracker): the ids and the pods whose ids changed. `on_unsettled` hears
+when an accepted view leaves the tracker unsettled that was settled (`PodTracker.settled`): the
+sources loop rechecks periodically only while it is not.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ class SourceFeed:
     """One tracker, one lock, one way into the event log."""
 
     def __init__(
-        self, tracker: PodTracker, submit: Submit, *, on_container_ids: ContainerIds | None = None
+        self,
+        tracker: PodTracker,
+        submit: Submit,
+        *,
+        on_container_ids: ContainerIds | None = None,
+        on_unsettled: Callable[[], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self._submit = submit
         self._on_container_ids = on_container_ids
+        self._on_unsettled = on_unsettled
         self._lock = trio.Lock()
 
     async def deliver(
@@ -66,7 +74,10 @@ class SourceFeed:
             await self._lock.acquire()
 
     def _accept(self) -> None:
+        settled = self.tracker.settled
         self.tracker.accept()
+        if settled and not self.tracker.settled and self._on_unsettled is not None:
+            self._on_unsettled()
         changed = self.tracker.ids_changed
         if changed and self._on_container_ids is not None:
             self._on_container_ids(self.tracker.container_ids(), changed)

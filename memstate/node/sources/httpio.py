@@ -1,4 +1,4 @@
-"""Small helpers for reading bounded HTTP responses with httpx."""
+"""Small helpers for reading bounded HTTP responses (httpx) and describing failures."""
 
 from __future__ import annotations
 
@@ -60,13 +60,14 @@ def describe_http_error(exc: httpx.HTTPError) -> str:
     return ": ".join(parts)
 
 
-def status_error(response: httpx.Response, body: bytes, *, where: str) -> SourceError:
-    """A SourceError for a non-200 answer, with what the operator must fix for 401/403."""
+def status_error(status: int, body: bytes, *, where: str) -> SourceError:
+    """A SourceError for a non-200 answer (`status`), with what the operator must fix for
+    401/403."""
     detail = body[:300].decode("utf-8", "replace").strip()
     hint = ""
-    if response.status_code == 401:
+    if status == 401:
         hint = " (credentials not accepted: check the token or client certificate)"
-    elif response.status_code == 403:
+    elif status == 403:
         hint = " (not authorised: see 'Pod sources' in docs/operations.md for the RBAC needed)"
-    message = f"HTTP {response.status_code}{hint}" + (f": {detail}" if detail else "")
+    message = f"HTTP {status}{hint}" + (f": {detail}" if detail else "")
     return SourceError(message, source=where)

@@ -10,7 +10,8 @@ rules (and their corner cases) exist once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from memstate.core.pod import Pod
@@ -69,6 +70,9 @@ class SourceHealth:
     in_sync: bool = False
     last_error: str = ""
     pods: int = 0
+    # Called after every change recorded here (the daemon publishes the health then:
+    # memstate.node.loops.pods).
+    on_change: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def succeeded(self, pods: int) -> None:
         """Record a successful list/poll of `pods` pods."""
@@ -77,12 +81,24 @@ class SourceHealth:
         self.in_sync = True
         self.last_error = ""
         self.pods = pods
+        self._changed()
 
     def failed(self, error: str) -> None:
         """Record a failure; the source's last view stays as it was."""
         self.consecutive_failures += 1
         self.in_sync = False
         self.last_error = error
+        self._changed()
+
+    def counted(self, pods: int) -> None:
+        """Record that the source sees `pods` pods now (between lists: a watch event)."""
+        if pods != self.pods:
+            self.pods = pods
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def as_dict(self) -> dict[str, object]:
         """Plain form for the status file."""

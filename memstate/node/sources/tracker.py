@@ -197,6 +197,14 @@ class PodTracker:
         self._pending_ids = (self._container_ids, frozenset())
         return []
 
+    @property
+    def settled(self) -> bool:
+        """A recheck now would ask no cgroup and stage the accepted view as it is (no pod waits
+        for its cgroup, the view needs no full evaluation): until an accepted view changes that,
+        only a cgroup hint can make a recheck find something (memstate.node.loops.pods)."""
+        view = self._view
+        return not view.waiting and not view.in_full
+
     def accept(self) -> None:
         """The last call's events are durable: make its view the current one."""
         self.ids_changed = frozenset()
