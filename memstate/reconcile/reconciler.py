@@ -95,6 +95,7 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
+    plan_settled,
     touched_since,
 )
 from memstate.core.plan.children import ChildSums
@@ -102,6 +103,7 @@ from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.plan.scope import UndesiredNames
+from memstate.core.plan.settled import NOTHING_SETTLED, SettledCgroups
 from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, change_since
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -301,6 +303,9 @@ class Reconciler:
         # The last full round's planning inputs and plan: planning is pure, so a full round whose
         # inputs are equal (an idle node's periodic resync) reuses the plan instead of planning.
         self._last_full_plan: tuple[tuple[object, ...], ObservedTree, Plan] | None = None
+        # The cgroups the last full plan found settled: the next full plan (the first after a
+        # change, which cannot take that plan whole) takes those whose inputs are unchanged.
+        self._settled: SettledCgroups = NOTHING_SETTLED
         # The plan (and whether its round was full) of the last `_remember`, when that plan had
         # no operations: remembering the same plan again changes nothing (see `_remember`).
         self._remembered: tuple[Plan, bool] | None = None
@@ -396,6 +401,21 @@ class Reconciler:
                 child_sums = self._child_sums = self._child_sums.updated(
                     tree, touched_since(self._tree_changes, self._child_sums.tree, tree)
                 )
+            if focus is None and not self.options.shadow:
+                plan, self._settled = plan_settled(
+                    targets,
+                    tree,
+                    page_size_bytes=self.page_size_bytes,
+                    retired_paths=retiring,
+                    pod_removal=self.options.pod_removal,
+                    remove_orphans=self.options.remove_orphans and full,
+                    profile=self.profile,
+                    child_sums=child_sums,
+                    index=complete,
+                    undesired=self._undesired,
+                    settled=self._settled,
+                )
+                return plan
             return plan_operations(
                 targets,
                 tree,

@@ -97,13 +97,14 @@ def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.Monke
     assert reconciler.reconcile(targets).converged
     assert reconciler.reconcile(targets).writes == 0  # converged: the plan to reuse from now on
     planned: list[object] = []
-    real_plan_operations = reconciler_module.plan_operations
+    # A full round plans through `plan_settled` (a scoped one through `plan_operations`).
+    real_plan_settled = reconciler_module.plan_settled
 
     def counting(*args: object, **kwargs: object) -> object:
         planned.append(args)
-        return real_plan_operations(*args, **kwargs)  # type: ignore[arg-type]
+        return real_plan_settled(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(reconciler_module, "plan_operations", counting)
+    monkeypatch.setattr(reconciler_module, "plan_settled", counting)
     idle = reconciler.reconcile(targets)
     assert planned == []
     fresh = Reconciler(fs, page_size_bytes=PAGE).reconcile(targets)  # plans from scratch

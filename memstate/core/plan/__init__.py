@@ -36,7 +36,7 @@ from memstate.core.plan.model import (
     merge_observations,
     touched_since,
 )
-from memstate.core.plan.planner import plan_operations
+from memstate.core.plan.planner import plan_operations, plan_settled
 from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import check_target_tree, naming_config
 from memstate.core.plan.values import (
@@ -96,6 +96,7 @@ __all__ = [
     "merge_observations",
     "naming_config",
     "plan_operations",
+    "plan_settled",
     "profile_targets",
     "touched_since",
     "value_model",

@@ -35,6 +35,7 @@ from memstate.core.plan.model import (
     RemovalKind,
     one_edit,
 )
+from memstate.core.plan.settled import SettledCgroup
 from memstate.core.plan.values import file_controller
 from memstate.core.targets import CgroupTarget, NodeTargets
 
@@ -158,6 +159,11 @@ class Controllers:
     managed: dict[str, tuple[str, ...]]
     blocked: tuple[str, ...]
     warnings: tuple[str, ...]
+    # The cgroups whose answers were a settled cgroup's (`settled`): path -> that cgroup.
+    reused: dict[str, SettledCgroup]
+
+
+_NO_CONTROLLERS: frozenset[str] = frozenset()
 
 
 def plan_controllers(
@@ -166,20 +172,34 @@ def plan_controllers(
     observed: ObservedTree,
     *,
     enables: bool = True,
+    settled: Mapping[str, SettledCgroup] | None = None,
 ) -> Controllers:
     """Which controllers each cgroup of `order` (parents first) will have enabled, and which of
     its files are usable: a file's controller must be enabled in the parent after the plan.
 
     `enables` False: memstate enables nothing (another owner does, the kubelet): only what
-    observation found enabled counts."""
+    observation found enabled counts. `settled` (memstate.core.plan.settled, settled under the
+    same `enables`): a cgroup below the root whose target, observation and parent's controllers
+    are a settled cgroup's gets that cgroup's answers (the same: they depend on nothing else,
+    and a settled cgroup has no blocked file and no warning); listed in `reused`."""
     enabled_after: dict[str, frozenset[str]] = {}
     managed: dict[str, tuple[str, ...]] = {}
     blocked: list[str] = []
     warnings: list[str] = []
+    reused: dict[str, SettledCgroup] = {}
     for path in order:
         target = desired[path]
         found = existing(observed, path)
         parent = parent_path(path)
+        if settled and parent is not None:
+            memo = settled.get(path)
+            if memo is not None and memo.matches(
+                target, found, enabled_after.get(parent, _NO_CONTROLLERS)
+            ):
+                enabled_after[path] = memo.enabled_after
+                managed[path] = memo.managed
+                reused[path] = memo
+                continue
         if parent is None:
             offered = found.controllers if found is not None else None
             available = frozenset(offered) if offered is not None else frozenset(target.controllers)
@@ -208,6 +228,7 @@ def plan_controllers(
         managed=managed,
         blocked=tuple(blocked),
         warnings=tuple(warnings),
+        reused=reused,
     )
 
 
