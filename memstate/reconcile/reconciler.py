@@ -958,6 +958,16 @@ class Reconciler:
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered
+            if not by_target:
+                # No operation, so nothing failed: every value is set as the loop below would
+                # (in C: a full round after an admission remembers every managed file).
+                self._expected_present.add(path)
+                expected = self._expected.get(path)
+                if expected is None:
+                    self._expected[path] = dict(files)
+                else:
+                    expected.update(files)
+                continue
             created = by_target.get((path, ""), [])
             if all(r.outcome == "ok" for r in created):
                 self._expected_present.add(path)
