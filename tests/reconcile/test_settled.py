@@ -255,3 +255,21 @@ def test_a_file_blocked_by_the_parents_controllers_is_not_settled(earlier_enable
     )
     assert plan == plan_operations(targets, disabled, page_size_bytes=PAGE, profile=BESIDE)
     assert f"{pod.path}/memory.min" in plan.blocked
+
+
+def test_a_changed_target_at_a_settled_path_is_checked_again() -> None:
+    """The per-cgroup checks of a full plan skip only the target objects a settled cgroup held:
+    another target at the same path (here a value that is not one line) is refused as before."""
+    fs = SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-1")
+    targets = targets_of_pods([pool_pod(i) for i in range(3)])
+    assert Reconciler(fs, page_size_bytes=PAGE).reconcile(targets).converged
+    tree = observe(fs, targets)
+    _, settled = plan_settled(targets, tree, page_size_bytes=PAGE)
+    pod = next(t for t in targets.cgroups if t.level == "pod")
+    assert pod.path in settled.by_path
+    broken = msgspec.structs.replace(pod, files={**pod.files, "memory.min": "1\n2"})
+    refused = msgspec.structs.replace(
+        targets, cgroups=tuple(broken if t is pod else t for t in targets.cgroups)
+    )
+    with pytest.raises(InvariantViolation, match="is not one line"):
+        plan_settled(refused, tree, page_size_bytes=PAGE, settled=settled)

@@ -122,6 +122,8 @@ class ChildSums:
     def unreadable_children(self, parent: str, index: int) -> list[str]:
         """The valid listed children of `parent` whose protection `index` could not be read
         (paths, in no particular order)."""
+        if not self._unreadable:
+            return []  # every protection read (the usual tree): no pass
         listed = self._listed.get(parent, frozenset())
         invalid = self._invalid.get(parent, frozenset())
         found: list[str] = []

@@ -252,7 +252,13 @@ def _planner(
     planned = None if focus is None else with_ancestors(focus)
     if index is not None:
         index.check(targets)
-    check_target_tree(targets, planned, index)
+    settled = settled or NOTHING_SETTLED
+    check_target_tree(
+        targets,
+        planned,
+        index,
+        settled.checked((targets.cgroup_driver, targets.cgroup_root)) if planned is None else None,
+    )
     if child_sums is not None:
         child_sums.check(observed, page_size_bytes)
     # Filtering by the profile walks every cgroup; the index says when it would change none
@@ -320,7 +326,10 @@ class _Planner:
             self.desired = index.by_path
             self.order = index.ordered(planned)
         else:
-            self.desired = {t.path: t for t in targets.cgroups}
+            # The index's table is this dict (paths unique), already built.
+            self.desired = (
+                index.by_path if index is not None else {t.path: t for t in targets.cgroups}
+            )
             self.order = [t.path for t in targets.cgroups]  # parents first
             if planned is not None:
                 self.order = [path for path in self.order if path in planned]
@@ -1110,6 +1119,7 @@ class _Planner:
         return SettledCgroups(
             page_size_bytes=self.values.page_size_bytes,
             enables=self.profile.owns_cgroups,
+            naming=(self.config.cgroup_driver, self.config.cgroup_root),
             by_path=by_path,
         )
 

@@ -60,7 +60,10 @@ def _check_naming(targets: NodeTargets, config: NodeConfig) -> None:
 
 
 def check_target_tree(
-    targets: NodeTargets, paths: Iterable[str] | None = None, index: TargetIndex | None = None
+    targets: NodeTargets,
+    paths: Iterable[str] | None = None,
+    index: TargetIndex | None = None,
+    checked: Mapping[str, SettledCgroup] | None = None,
 ) -> None:
     """Raise InvariantViolation unless the targets form a tree the planner can work on:
     unique paths, every parent listed before its children, pod cgroups that parse as pods.
@@ -70,6 +73,9 @@ def check_target_tree(
     naming, the root and the uniqueness of paths are checked whole (cheap set operations). A full
     round (None) checks every cgroup. `index` (`TargetIndex` of `targets`) answers the whole
     checks of a scoped round without a pass over every cgroup; the verdict is the same.
+    `checked` (a full round): settled cgroups of an earlier full plan under the same naming
+    (`SettledCgroups.checked`), whose target objects passed the per-cgroup checks then: those
+    are not checked again (the same verdict: they depend on the target and the naming only).
     """
     config = naming_config(targets)
     if paths is not None:
@@ -91,7 +97,9 @@ def check_target_tree(
         parent = parent_path(target.path)
         if parent is not None and parent not in seen:
             raise InvariantViolation(f"cgroup {target.path!r} is listed before its parent")
-        _check_target(target, config)
+        memo = checked.get(target.path) if checked else None
+        if memo is None or memo.target is not target:
+            _check_target(target, config)
         seen.add(target.path)
     if "" not in seen:
         raise InvariantViolation("the targets do not include the managed root ''")

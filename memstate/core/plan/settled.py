@@ -88,17 +88,20 @@ class SettledCgroup:
 class SettledCgroups:
     """The settled cgroups of one full plan, and the plan-wide inputs they hold under."""
 
-    __slots__ = ("by_path", "enables", "page_size_bytes")
+    __slots__ = ("by_path", "enables", "naming", "page_size_bytes")
 
     def __init__(
         self,
         *,
         page_size_bytes: int,
         enables: bool,
+        naming: tuple[str, tuple[str, ...]],
         by_path: Mapping[str, SettledCgroup],
     ) -> None:
         self.page_size_bytes = page_size_bytes
         self.enables = enables  # the profile creates and enables (owns the cgroups)
+        # The targets' naming (cgroup driver, cgroupRoot) their targets were checked under.
+        self.naming = naming
         self.by_path = by_path
 
     def usable(self, page_size_bytes: int, enables: bool) -> Mapping[str, SettledCgroup]:
@@ -107,5 +110,10 @@ class SettledCgroups:
             return {}
         return self.by_path
 
+    def checked(self, naming: tuple[str, tuple[str, ...]]) -> Mapping[str, SettledCgroup]:
+        """The settled cgroups, whose targets passed `check_target_tree`'s per-cgroup checks
+        (a pure function of the target and the naming) when the naming is `naming`; else none."""
+        return self.by_path if naming == self.naming else {}
 
-NOTHING_SETTLED = SettledCgroups(page_size_bytes=0, enables=True, by_path={})
+
+NOTHING_SETTLED = SettledCgroups(page_size_bytes=0, enables=True, naming=("", ()), by_path={})
