@@ -388,7 +388,9 @@ class Reconciler:
             index
             if targets is index.targets
             else self._complete_index.updated(
-                targets, change_since(self._containers.recent, self._complete_index.targets)
+                targets,
+                change_since(self._containers.recent, self._complete_index.targets),
+                names_like=index,  # container cgroups change no holder's names: its sets
             )
         )
 
