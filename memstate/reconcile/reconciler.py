@@ -101,6 +101,7 @@ from memstate.core.plan import (
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.model import ListingEdit
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.plan.scope import UndesiredNames
 from memstate.core.plan.settled import NOTHING_SETTLED, SettledCgroups
@@ -401,8 +402,11 @@ class Reconciler:
                 child_sums = self._child_sums = ChildSums.of(tree, self.page_size_bytes)
             else:
                 child_sums = self._child_sums = self._child_sums.updated(
-                    tree, touched_since(self._tree_changes, self._child_sums.tree, tree)
+                    tree,
+                    touched_since(self._tree_changes, self._child_sums.tree, tree),
+                    self._tree_changes,
                 )
+            self._undesired.follow(self._tree_changes)
             if focus is None and not self.options.shadow:
                 plan, self._settled = plan_settled(
                     targets,
@@ -528,14 +532,21 @@ class Reconciler:
             differences=tuple(differences),
         )
 
-    def _record(self, previous: ObservedTree, tree: ObservedTree, touched: set[str]) -> None:
-        """Note that `tree` was derived from `previous` by replacing or dropping `touched`."""
+    def _record(
+        self,
+        previous: ObservedTree,
+        tree: ObservedTree,
+        touched: set[str],
+        edits: dict[str, ListingEdit] | None = None,
+    ) -> None:
+        """Note that `tree` was derived from `previous` by replacing or dropping `touched`
+        (and editing the listings `edits` holds by one name)."""
         if tree is previous:
             return
         # A few rounds' worth: the sums and the container index follow the current round.
         self._tree_changes = [
             *self._tree_changes[-(_TREE_CHANGES - 1) :],
-            TreeChange(previous=previous, tree=tree, paths=frozenset(touched)),
+            TreeChange(previous=previous, tree=tree, paths=frozenset(touched), edits=edits or {}),
         ]
 
     # --- container cgroups ------------------------------------------------------------------
@@ -889,8 +900,9 @@ class Reconciler:
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
         touched: set[str] = set()
-        self._tree = apply_operations(tree, succeeded, touched)
-        self._record(tree, self._tree, touched)
+        edits: dict[str, ListingEdit] = {}
+        self._tree = apply_operations(tree, succeeded, touched, edits)
+        self._record(tree, self._tree, touched, edits)
         self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)

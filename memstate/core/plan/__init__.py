@@ -34,6 +34,7 @@ from memstate.core.plan.model import (
     closed_cgroups,
     join_path,
     merge_observations,
+    recorded_edit,
     touched_since,
 )
 from memstate.core.plan.planner import plan_operations, plan_settled
@@ -98,6 +99,7 @@ __all__ = [
     "plan_operations",
     "plan_settled",
     "profile_targets",
+    "recorded_edit",
     "touched_since",
     "value_model",
 ]

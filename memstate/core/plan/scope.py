@@ -12,7 +12,7 @@ and the QoS cgroups that no target explains (*retired* when a decision removed t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import filterfalse
 
@@ -33,7 +33,9 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
+    TreeChange,
     one_edit,
+    recorded_edit,
 )
 from memstate.core.plan.settled import SettledCgroup
 from memstate.core.plan.values import file_controller
@@ -263,11 +265,17 @@ class UndesiredNames:
     per reconciler.
     """
 
-    __slots__ = ("_memo",)
+    __slots__ = ("_changes", "_memo")
 
     def __init__(self) -> None:
         # holder -> (listing, desired names, the listed names not desired, sorted)
         self._memo: dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]] = {}
+        self._changes: Sequence[TreeChange] = ()
+
+    def follow(self, changes: Sequence[TreeChange]) -> None:
+        """Take the latest `TreeChange` records: a listing one of them edited by one name is
+        followed by that edit (`recorded_edit`) instead of `one_edit`'s comparison."""
+        self._changes = changes
 
     def names(self, holder: str, listing: tuple[str, ...], index: TargetIndex) -> tuple[str, ...]:
         """The names in `listing` (`holder`'s children, as observed) that are not among
@@ -282,7 +290,12 @@ class UndesiredNames:
             dropped_or_added = index.child_names_changed(holder, desired_before)
             # The listing the same (shared, or equal: compared in C), or one name in or out.
             same = len(listing) == len(before) and listing == before
-            edit = None if same else one_edit(before, listing)
+            edit = (
+                None
+                if same
+                else recorded_edit(self._changes, holder, before, listing)
+                or one_edit(before, listing)
+            )
             if dropped_or_added is not None and (same or edit is not None):
                 recheck = set(dropped_or_added)
                 if edit is not None:
