@@ -121,7 +121,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     `final_values` maps each managed cgroup to its managed files' normalised values once every
     operation succeeded (what the reconciler expects to read back next time; files whose value
-    is unknown are left out). `blocked` lists ``path/file`` entries that cannot be managed
+    is unknown are left out; an entry may be the very dict of an earlier plan's, a settled
+    cgroup's: never changed). `blocked` lists ``path/file`` entries that cannot be managed
     (their controller is not available), `unknown` those left alone this round because a value
     they depend on could not be read. `awaiting` lists desired cgroups that do not exist and
     that the profile does not create (beside the kubelet: not made by the kubelet yet).
