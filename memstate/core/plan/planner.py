@@ -637,9 +637,9 @@ class _Planner:
                 # the settled ones when its children's sums are too.
                 given = tuple(self._children_sums(path, file) for file, _ in candidate.protections)
                 if given == candidate.sums:
-                    for file, value in candidate.protections:
-                        key = (path, file)
-                        self.current[key] = self.final[key] = self.raised[key] = value
+                    # Its protections are not stored: nothing reads them but its parent's
+                    # `_contribution`, which finds them as its value now (a settled cgroup's is
+                    # the same at every stage), when the carried sums do not leave it out.
                     self._reused[path] = candidate
                     continue
             self._protections_of(path, managed, given)
@@ -779,7 +779,8 @@ class _Planner:
                 return _Contribution(
                     current=self.current[key], raised=self.raised[key], final=final
                 )
-        # A child this round leaves alone (most of them in a scoped round): its value now.
+        # A child this round leaves alone (most of them in a scoped round), or a settled one
+        # (its protections not stored: readable, now = raised = final): its value now.
         found = self.observed.cgroups.get(path)
         if found is None or not found.exists:
             now = 0
