@@ -95,13 +95,16 @@ from memstate.core.plan import (
     kernel_default,
     naming_config,
     plan_operations,
+    plan_settled,
     touched_since,
 )
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex
 from memstate.core.plan.index import TargetIndex
+from memstate.core.plan.model import ListingEdit
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.plan.scope import UndesiredNames
+from memstate.core.plan.settled import NOTHING_SETTLED, SettledCgroups
 from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, change_since
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.observe import (
@@ -301,6 +304,9 @@ class Reconciler:
         # The last full round's planning inputs and plan: planning is pure, so a full round whose
         # inputs are equal (an idle node's periodic resync) reuses the plan instead of planning.
         self._last_full_plan: tuple[tuple[object, ...], ObservedTree, Plan] | None = None
+        # The cgroups the last full plan found settled: the next full plan (the first after a
+        # change, which cannot take that plan whole) takes those whose inputs are unchanged.
+        self._settled: SettledCgroups = NOTHING_SETTLED
         # The plan (and whether its round was full) of the last `_remember`, when that plan had
         # no operations: remembering the same plan again changes nothing (see `_remember`).
         self._remembered: tuple[Plan, bool] | None = None
@@ -383,7 +389,9 @@ class Reconciler:
             index
             if targets is index.targets
             else self._complete_index.updated(
-                targets, change_since(self._containers.recent, self._complete_index.targets)
+                targets,
+                change_since(self._containers.recent, self._complete_index.targets),
+                names_like=index,  # container cgroups change no holder's names: its sets
             )
         )
 
@@ -394,8 +402,26 @@ class Reconciler:
                 child_sums = self._child_sums = ChildSums.of(tree, self.page_size_bytes)
             else:
                 child_sums = self._child_sums = self._child_sums.updated(
-                    tree, touched_since(self._tree_changes, self._child_sums.tree, tree)
+                    tree,
+                    touched_since(self._tree_changes, self._child_sums.tree, tree),
+                    self._tree_changes,
                 )
+            self._undesired.follow(self._tree_changes)
+            if focus is None and not self.options.shadow:
+                plan, self._settled = plan_settled(
+                    targets,
+                    tree,
+                    page_size_bytes=self.page_size_bytes,
+                    retired_paths=retiring,
+                    pod_removal=self.options.pod_removal,
+                    remove_orphans=self.options.remove_orphans and full,
+                    profile=self.profile,
+                    child_sums=child_sums,
+                    index=complete,
+                    undesired=self._undesired,
+                    settled=self._settled,
+                )
+                return plan
             return plan_operations(
                 targets,
                 tree,
@@ -506,14 +532,21 @@ class Reconciler:
             differences=tuple(differences),
         )
 
-    def _record(self, previous: ObservedTree, tree: ObservedTree, touched: set[str]) -> None:
-        """Note that `tree` was derived from `previous` by replacing or dropping `touched`."""
+    def _record(
+        self,
+        previous: ObservedTree,
+        tree: ObservedTree,
+        touched: set[str],
+        edits: dict[str, ListingEdit] | None = None,
+    ) -> None:
+        """Note that `tree` was derived from `previous` by replacing or dropping `touched`
+        (and editing the listings `edits` holds by one name)."""
         if tree is previous:
             return
         # A few rounds' worth: the sums and the container index follow the current round.
         self._tree_changes = [
             *self._tree_changes[-(_TREE_CHANGES - 1) :],
-            TreeChange(previous=previous, tree=tree, paths=frozenset(touched)),
+            TreeChange(previous=previous, tree=tree, paths=frozenset(touched), edits=edits or {}),
         ]
 
     # --- container cgroups ------------------------------------------------------------------
@@ -867,8 +900,9 @@ class Reconciler:
                 )
         succeeded = [r.operation for r in results if r.outcome == "ok"]
         touched: set[str] = set()
-        self._tree = apply_operations(tree, succeeded, touched)
-        self._record(tree, self._tree, touched)
+        edits: dict[str, ListingEdit] = {}
+        self._tree = apply_operations(tree, succeeded, touched, edits)
+        self._record(tree, self._tree, touched, edits)
         self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)
@@ -938,6 +972,16 @@ class Reconciler:
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered
+            if not by_target:
+                # No operation, so nothing failed: every value is set as the loop below would
+                # (in C: a full round after an admission remembers every managed file).
+                self._expected_present.add(path)
+                expected = self._expected.get(path)
+                if expected is None:
+                    self._expected[path] = dict(files)
+                else:
+                    expected.update(files)
+                continue
             created = by_target.get((path, ""), [])
             if all(r.outcome == "ok" for r in created):
                 self._expected_present.add(path)

@@ -36,6 +36,7 @@ from memstate.core.plan.containers import ContainerIndex, with_container_targets
 from memstate.core.plan.index import TargetIndex
 from memstate.core.plan.profile import STANDALONE, ProfileFilter, WriteProfile
 from memstate.core.plan.scope import UndesiredNames
+from memstate.core.plan.settled import NOTHING_SETTLED
 from memstate.core.reducer import step
 from memstate.core.state import State
 from memstate.core.state_targets import TargetsTracker
@@ -75,6 +76,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._tree_changes = []
     reconciler._last_full_plan = None
     reconciler._remembered = None
+    reconciler._settled = NOTHING_SETTLED
 
 
 def memory(reconciler: Reconciler) -> Any:

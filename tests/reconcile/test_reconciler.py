@@ -85,6 +85,37 @@ def test_empty_root_converges_in_one_round_and_the_second_writes_nothing(
     assert second.notes == []
 
 
+def test_a_round_without_operations_remembers_what_it_found_set() -> None:
+    """A full round that finds new targets already met (another writer made the pods' cgroups
+    and set them) writes nothing, yet remembers them as set: a value changed and a cgroup
+    removed behind its back afterwards are drift."""
+    fs, reconciler, _ = make()
+    earlier = targets_of_pods(mixed(3))
+    assert reconciler.reconcile(earlier).converged
+    targets = targets_of_pods(mixed(5))
+    assert Reconciler(fs, page_size_bytes=PAGE).reconcile(targets).converged  # another writer
+    met = reconciler.reconcile(targets)
+    assert met.converged and met.writes == 0
+    changed, removed = (
+        next(t for t in targets.cgroups if t.path == pod.cgroup) for pod in targets.pods[3:]
+    )
+    file = next(f for f in ("memory.max", "memory.high") if f in changed.files)
+    sim_of(fs).write(changed.path, file, str(64 * PAGE))
+    sim_of(fs).rmdir(removed.path)
+    # A cgroup whose target moved with the pods (kubepods' memory.min), met as well.
+    was = {t.path: t.files for t in earlier.cgroups}
+    grown = next(t for t in targets.cgroups if was.get(t.path, t.files) != t.files)
+    moved = next(f for f, v in sorted(grown.files.items()) if was[grown.path].get(f) != v)
+    above = str(int(grown.files[moved]) + 64 * PAGE)
+    sim_of(fs).write(grown.path, moved, above)
+    corrected = reconciler.reconcile(targets)
+    assert corrected.converged
+    drift = {(n.path, n.file): (n.expected, n.found) for n in corrected.notes}
+    assert drift[(removed.path, "")] == ("present", "absent")
+    assert drift[(changed.path, file)] == (changed.files[file], str(64 * PAGE))
+    assert drift[(grown.path, moved)] == (grown.files[moved], above)
+
+
 def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planning is pure: a full round whose targets, observed tree and retired paths equal the
     last full round's takes that plan (an idle node's periodic resync plans nothing anew); any
@@ -97,13 +128,14 @@ def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.Monke
     assert reconciler.reconcile(targets).converged
     assert reconciler.reconcile(targets).writes == 0  # converged: the plan to reuse from now on
     planned: list[object] = []
-    real_plan_operations = reconciler_module.plan_operations
+    # A full round plans through `plan_settled` (a scoped one through `plan_operations`).
+    real_plan_settled = reconciler_module.plan_settled
 
     def counting(*args: object, **kwargs: object) -> object:
         planned.append(args)
-        return real_plan_operations(*args, **kwargs)  # type: ignore[arg-type]
+        return real_plan_settled(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(reconciler_module, "plan_operations", counting)
+    monkeypatch.setattr(reconciler_module, "plan_settled", counting)
     idle = reconciler.reconcile(targets)
     assert planned == []
     fresh = Reconciler(fs, page_size_bytes=PAGE).reconcile(targets)  # plans from scratch

@@ -92,6 +92,8 @@ def test_the_carried_index_answers_as_a_fresh_one(
     pool = list(BASE.cgroups)
     config = naming_config(BASE)
     index = TargetIndex.of(BASE)
+    complete = other = index
+    previous = BASE
     carried = UndesiredNames()  # followed by the index's changes from step to step
     for edits, chosen, probes in steps:
         cgroups = [pool[i] for i in sorted(chosen | {0, 1, 2, 3})]
@@ -118,6 +120,32 @@ def test_the_carried_index_answers_as_a_fresh_one(
         paths = [t.path for t in BASE.cgroups] + ["kubepods/nowhere", "elsewhere"]
         probe = [paths[i] for i in probes]
         assert_same(index, fresh, probe)
+        # The reconciler's index of the targets with container cgroups under their pods, which
+        # takes the plain index's sets of names where both changed them alike.
+        containers = tuple(
+            msgspec.structs.replace(t, path=f"{t.path}/app", level="container", files={})
+            for at, t in enumerate(cgroups)
+            if t.level == "pod" and at % 2 == 0
+        )
+        complete_targets = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *containers))
+        complete = complete.updated(complete_targets, names_like=index)
+        assert_same(
+            complete, TargetIndex.of(complete_targets), [*probe, *(c.path for c in containers)]
+        )
+        # Not another set edited alike: an index of targets that lack a pod both steps hold.
+        kept = [t for t in targets.cgroups if t.level == "pod" and t in previous.cgroups]
+        if kept:
+            lacking = [
+                msgspec.structs.replace(
+                    given, cgroups=tuple(t for t in given.cgroups if t != kept[0])
+                )
+                for given in (previous, targets)
+            ]
+            other = other.updated(
+                targets, names_like=TargetIndex.of(lacking[0]).updated(lacking[1])
+            )
+            assert_same(other, fresh, probe)
+        previous = targets
         scoped = verdict(check_target_tree, targets, probe, index)
         assert scoped == verdict(check_target_tree, targets, probe)
         if fresh.unique and "" in fresh.by_path:

@@ -25,12 +25,14 @@ from memstate.core.plan import (
     ObservedCgroup,
     ObservedTree,
     Operation,
+    TreeChange,
     apply_operations,
     closed_cgroups,
     merge_observations,
     model,
+    recorded_edit,
 )
-from memstate.core.plan.model import ClosedCgroups, SortedNames
+from memstate.core.plan.model import ClosedCgroups, SortedNames, one_edit
 
 NAMES = ("a", "b", "c")
 PATHS = ("", *NAMES, *(f"{x}/{y}" for x in NAMES for y in NAMES), "a/b/c", "b/a/a")
@@ -145,13 +147,43 @@ def test_derived_trees_with_proofs_equal_those_without(
                 bare = merge_observations(bare, fresh, bare_touched)
         else:
             steps = data.draw(operations(held))
-            tree = apply_operations(tree, steps, touched)
+            before = tree
+            edits: dict[str, model.ListingEdit] = {}
+            tree = apply_operations(tree, steps, touched, edits)
             with patch.object(model, "_descendants", every_descendant):
                 bare = apply_operations(bare, steps, bare_touched)
+            assert_edits_hold(edits, before, tree, touched)
         assert tree == bare
         assert list(tree.cgroups) == list(bare.cgroups)
         assert touched == bare_touched
         assert_proofs_hold(tree)
+
+
+def assert_edits_hold(
+    edits: Mapping[str, model.ListingEdit],
+    before: ObservedTree,
+    tree: ObservedTree,
+    touched: set[str],
+) -> None:
+    """Each recorded listing edit is what `one_edit` finds between its two listings, and
+    `recorded_edit` answers it for a listing the derivation started from and ended with."""
+    change = TreeChange(previous=before, tree=tree, paths=frozenset(touched), edits=dict(edits))
+    for parent, (old, new, name, put) in edits.items():
+        assert parent in touched
+        assert one_edit(old, new) == (name, put)
+        assert recorded_edit([change], parent, old, new) == (name, put)
+        # Only for those very listings: an equal copy of either is not proven edited so (the
+        # empty tuple has no copy).
+        assert recorded_edit([change], parent, old, (*new,)) is None
+        if old:
+            assert recorded_edit([change], parent, (*old,), new) is None
+    for parent in touched:
+        was, now = before.get(parent), tree.get(parent)
+        if was is None or now is None or was.children is None or now.children is None:
+            continue
+        found = recorded_edit([change], parent, was.children, now.children)
+        if found is not None:
+            assert found == one_edit(was.children, now.children)
 
 
 @SETTINGS

@@ -8,7 +8,9 @@ One module per part, each importable on its own; this package re-exports the pub
   and how an observation changes (`apply_operations`, `merge_observations`);
 - `scope`: what is managed — the naming of the targets, usable and blocked files, pod cgroups
   no target explains;
-- `planner`: `plan_operations`, the ordering rules and why (its module docstring);
+- `planner`: `plan_operations`, the ordering rules and why (its module docstring), and
+  `plan_settled`, a full plan with the cgroups it found settled;
+- `settled`: what a full plan found settled, so the next full plan need not plan it again;
 - `diff`: `diff_tree`, the managed files side by side with the live tree, without planning;
 - `containers`: which directories under a pod cgroup are which container, and their targets;
 - `profile`: `WriteProfile`, what memstate may create, remove and write per ownership and mode.
@@ -34,9 +36,10 @@ from memstate.core.plan.model import (
     closed_cgroups,
     join_path,
     merge_observations,
+    recorded_edit,
     touched_since,
 )
-from memstate.core.plan.planner import plan_operations
+from memstate.core.plan.planner import plan_operations, plan_settled
 from memstate.core.plan.profile import STANDALONE, WriteProfile, profile_targets
 from memstate.core.plan.scope import check_target_tree, naming_config
 from memstate.core.plan.values import (
@@ -96,7 +99,9 @@ __all__ = [
     "merge_observations",
     "naming_config",
     "plan_operations",
+    "plan_settled",
     "profile_targets",
+    "recorded_edit",
     "touched_since",
     "value_model",
 ]

@@ -16,13 +16,19 @@ the tables are copied, not shared, when they change. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress
 from operator import is_not, ne
 
 from memstate.core.cgroup_paths import is_valid_cgroup_name
 from memstate.core.errors import InvariantViolation
-from memstate.core.plan.model import ObservedCgroup, ObservedTree, one_edit
+from memstate.core.plan.model import (
+    ObservedCgroup,
+    ObservedTree,
+    TreeChange,
+    one_edit,
+    recorded_edit,
+)
 from memstate.core.plan.values import PROTECTION_FILES, ValueModel, kernel_default, value_model
 
 # One child's protections as its parent's sums count them, in PROTECTION_FILES order; None for a
@@ -122,6 +128,8 @@ class ChildSums:
     def unreadable_children(self, parent: str, index: int) -> list[str]:
         """The valid listed children of `parent` whose protection `index` could not be read
         (paths, in no particular order)."""
+        if not self._unreadable:
+            return []  # every protection read (the usual tree): no pass
         listed = self._listed.get(parent, frozenset())
         invalid = self._invalid.get(parent, frozenset())
         found: list[str] = []
@@ -143,11 +151,18 @@ class ChildSums:
 
     # --- update ----------------------------------------------------------------------------
 
-    def updated(self, tree: ObservedTree, paths: Iterable[str] | None = None) -> ChildSums:
+    def updated(
+        self,
+        tree: ObservedTree,
+        paths: Iterable[str] | None = None,
+        changes: Sequence[TreeChange] = (),
+    ) -> ChildSums:
         """The sums of `tree`, from this value's by the cgroups whose observation is not the
         same object in both trees (all of them when nothing is shared). `paths`: every path
         whose observation may differ between this value's tree and `tree` (composed from
-        `TreeChange` records, `touched_since`), when known: only those are compared."""
+        `TreeChange` records, `touched_since`), when known: only those are compared.
+        `changes`: records whose listing edits (`recorded_edit`) say how a listing changed
+        without comparing it name by name."""
         if tree is self.tree:
             return self
         old, new = self.tree.cgroups, tree.cgroups
@@ -213,8 +228,12 @@ class ChildSums:
             ):
                 continue  # the same listing (compared as tuples, without a set of every name)
             edit = (
-                one_edit(previous.children, listing)
-                if listing is not None and before is not None and previous is not None
+                recorded_edit(changes, path, previous.children, listing)
+                or one_edit(previous.children, listing)
+                if listing is not None
+                and before is not None
+                and previous is not None
+                and previous.children is not None
                 else None
             )
             if edit is not None and before is not None and listing is not None:

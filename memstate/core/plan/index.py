@@ -116,10 +116,20 @@ class TargetIndex:
             controlled=controlled,
         )
 
-    def updated(self, targets: NodeTargets, change: TargetsChange | None = None) -> TargetIndex:
+    def updated(
+        self,
+        targets: NodeTargets,
+        change: TargetsChange | None = None,
+        names_like: TargetIndex | None = None,
+    ) -> TargetIndex:
         """The index of `targets`, from this one's by the cgroups that are not the same objects:
         those `change` lists when it is relative to this index's targets (work proportional
-        to the change), else found by comparing every cgroup."""
+        to the change), else found by comparing every cgroup.
+
+        `names_like`: another index updated the same way (the reconciler's index of the
+        targets without their container cgroups, for the one with them): a parent whose names
+        it changed by the same names from the same set (the same object, or equal the first
+        time) takes its new set instead of another copy (kubepods' set holds every pod)."""
         if targets is self.targets:
             return self
         cgroups = targets.cgroups
@@ -176,9 +186,26 @@ class TargetIndex:
                 edits.setdefault(parent, ([], []))[1].append(name)
             _add(target.path, target, holders, controlled)
         name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        like_edits = names_like._name_edits if names_like is not None else {}
+        like_children = names_like._children if names_like is not None else {}
         for parent, (dropped_names, added_names) in edits.items():
             names = children.get(parent, _NO_NAMES)
-            name_edits[parent] = (names, frozenset((*dropped_names, *added_names)))
+            edit = frozenset((*dropped_names, *added_names))
+            name_edits[parent] = (names, edit)
+            theirs = like_edits.get(parent)
+            if (
+                theirs is not None
+                and theirs[1] == edit
+                and (theirs[0] is names or theirs[0] == names)
+            ):
+                # The same set edited by the same names (each dropped one was in it, each
+                # added one was not): the same set after.
+                names = like_children.get(parent, _NO_NAMES)
+                if names:
+                    children[parent] = names
+                else:
+                    children.pop(parent, None)
+                continue
             if dropped_names:
                 names = names.difference(dropped_names)
             if added_names:

@@ -121,7 +121,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     `final_values` maps each managed cgroup to its managed files' normalised values once every
     operation succeeded (what the reconciler expects to read back next time; files whose value
-    is unknown are left out). `blocked` lists ``path/file`` entries that cannot be managed
+    is unknown are left out; an entry may be the very dict of an earlier plan's, a settled
+    cgroup's: never changed). `blocked` lists ``path/file`` entries that cannot be managed
     (their controller is not available), `unknown` those left alone this round because a value
     they depend on could not be read. `awaiting` lists desired cgroups that do not exist and
     that the profile does not create (beside the kubelet: not made by the kubelet yet).
@@ -169,16 +170,35 @@ def join_path(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+# A listing edited by one name: (the listing before, the listing after, the name, put in).
+ListingEdit = tuple[tuple[str, ...], tuple[str, ...], str, bool]
+
+
 class TreeChange(msgspec.Struct, frozen=True):
     """How `tree` was derived from `previous` (by `merge_observations` or `apply_operations`):
     `paths` holds every path whose observation in `tree` may not be the same object as in
     `previous` (added, replaced or dropped); every other path's observation is shared. Lets
     what is carried from tree to tree (`ChildSums`, `ContainerIndex`) look at those paths
-    instead of comparing every cgroup."""
+    instead of comparing every cgroup. `edits`: parent path -> the last edit of its listing
+    by one name made in the derivation (`recorded_edit`)."""
 
     previous: ObservedTree
     tree: ObservedTree
     paths: frozenset[str]
+    edits: dict[str, ListingEdit] = {}
+
+
+def recorded_edit(
+    changes: Sequence[TreeChange], path: str, before: tuple[str, ...], after: tuple[str, ...]
+) -> tuple[str, bool] | None:
+    """(name, put in) if one of `changes` made listing `after` from listing `before` (these
+    very objects: the record is the proof) by putting `name` in or taking it out, as
+    `one_edit(before, after)` would answer; None when none says so (then ask `one_edit`)."""
+    for change in changes:
+        edit = change.edits.get(path)
+        if edit is not None and edit[0] is before and edit[1] is after:
+            return edit[2], edit[3]
+    return None
 
 
 def touched_since(
@@ -207,14 +227,17 @@ def touched_since(
 
 
 def apply_operations(
-    tree: ObservedTree, operations: Iterable[Operation], touched: set[str] | None = None
+    tree: ObservedTree,
+    operations: Iterable[Operation],
+    touched: set[str] | None = None,
+    edits: dict[str, ListingEdit] | None = None,
 ) -> ObservedTree:
     """The observation one would expect after `operations` succeeded on `tree`.
 
     Used by the reconciler to keep its picture of the tree current between full resyncs. A new
     cgroup starts with no files read (defaults assumed) and no children; after a kill its
     populated flag is unknown. `touched`, if given, gets every path whose observation this
-    replaced or dropped (for a `TreeChange`).
+    replaced or dropped, and `edits` each listing edited by one name (for a `TreeChange`).
     """
     closed = type(tree.cgroups) is ClosedCgroups
     cgroups = ClosedCgroups(tree.cgroups) if closed else dict(tree.cgroups)
@@ -229,7 +252,7 @@ def apply_operations(
             cgroups[path] = ObservedCgroup(
                 exists=True, files={}, children=(), populated=False, subtree_control=()
             )
-            _set_child(cgroups, path, present=True, touched=marked)
+            _set_child(cgroups, path, present=True, touched=marked, edits=edits)
         elif operation.kind == "rmdir":
             # Looked for while `path` is still held (a closed table answers "none" for a path
             # it does not hold).
@@ -239,7 +262,7 @@ def apply_operations(
             if path == "":
                 closed = False  # the root's children are not found by prefix: they stay
             cgroups.pop(path, None)
-            _set_child(cgroups, path, present=False, touched=marked)
+            _set_child(cgroups, path, present=False, touched=marked, edits=edits)
         elif found is None or not found.exists:
             continue
         elif operation.kind == "enable":
@@ -311,7 +334,12 @@ class SortedNames(tuple[str, ...]):
 
 
 def _set_child(
-    cgroups: dict[str, ObservedCgroup], path: str, *, present: bool, touched: set[str]
+    cgroups: dict[str, ObservedCgroup],
+    path: str,
+    *,
+    present: bool,
+    touched: set[str],
+    edits: dict[str, ListingEdit] | None = None,
 ) -> None:
     parent = parent_path(path)
     if parent is None:
@@ -342,6 +370,9 @@ def _set_child(
         children = SortedNames(
             (*listing[:at], name, *listing[at:]) if present else (*listing[:at], *listing[at + 1 :])
         )
+        if edits is not None:
+            # Made from `listing` by this one name: what `one_edit` would find, recorded.
+            edits[parent] = (listing, children, name, present)
     else:
         # Out of order or with duplicates (a listing made by hand): the sorted set of names.
         names = set(listing)

@@ -101,6 +101,12 @@ from memstate.core.plan.scope import (
     plan_controllers,
     undesired_pod_cgroups,
 )
+from memstate.core.plan.settled import (
+    NOTHING_SETTLED,
+    SettledCgroup,
+    SettledCgroups,
+    Sums,
+)
 from memstate.core.plan.values import (
     CGROUP_KILL,
     PROTECTION_FILES,
@@ -143,6 +149,7 @@ def plan_operations(
     child_sums: ChildSums | None = None,
     index: TargetIndex | None = None,
     undesired: UndesiredNames | None = None,
+    settled: SettledCgroups | None = None,
 ) -> Plan:
     """The ordered operations that bring `observed` to `targets` (see the module docstring).
 
@@ -169,20 +176,96 @@ def plan_operations(
     `undesired`: the reconciler's carried `UndesiredNames` (memstate.core.plan.scope), so that
     the pod cgroups no target explains are found without filtering every holder's whole
     listing; the plan is the same without it.
+
+    `settled`: the cgroups an earlier full plan found settled (memstate.core.plan.settled,
+    from `plan_settled`), so that the cgroups whose inputs are still theirs are not planned
+    again; the plan is the same without it.
     """
+    return _planner(
+        targets,
+        observed,
+        page_size_bytes=page_size_bytes,
+        retired_paths=retired_paths,
+        pod_removal=pod_removal,
+        remove_orphans=remove_orphans,
+        focus=focus,
+        profile=profile,
+        child_sums=child_sums,
+        index=index,
+        undesired=undesired,
+        settled=settled,
+    ).run()
+
+
+def plan_settled(
+    targets: NodeTargets,
+    observed: ObservedTree,
+    *,
+    page_size_bytes: int,
+    retired_paths: Iterable[str] = (),
+    pod_removal: PodRemoval = "wait",
+    remove_orphans: bool = False,
+    profile: WriteProfile = STANDALONE,
+    child_sums: ChildSums | None = None,
+    index: TargetIndex | None = None,
+    undesired: UndesiredNames | None = None,
+    settled: SettledCgroups | None = None,
+) -> tuple[Plan, SettledCgroups]:
+    """A full plan (`plan_operations` without a focus) and the cgroups it found settled, for
+    the next full plan's `settled` (memstate.core.plan.settled)."""
+    planner = _planner(
+        targets,
+        observed,
+        page_size_bytes=page_size_bytes,
+        retired_paths=retired_paths,
+        pod_removal=pod_removal,
+        remove_orphans=remove_orphans,
+        focus=None,
+        profile=profile,
+        child_sums=child_sums,
+        index=index,
+        undesired=undesired,
+        settled=settled,
+    )
+    plan = planner.run()
+    return plan, planner.settled(plan)
+
+
+def _planner(
+    targets: NodeTargets,
+    observed: ObservedTree,
+    *,
+    page_size_bytes: int,
+    retired_paths: Iterable[str],
+    pod_removal: PodRemoval,
+    remove_orphans: bool,
+    focus: Iterable[str] | None,
+    profile: WriteProfile,
+    child_sums: ChildSums | None,
+    index: TargetIndex | None,
+    undesired: UndesiredNames | None,
+    settled: SettledCgroups | None,
+) -> _Planner:
+    """The checks of `plan_operations`, then its planning run, ready to run."""
     if pod_removal not in ("wait", "kill"):
         raise InvariantViolation(f"pod_removal {pod_removal!r} is not 'wait' or 'kill'")
     planned = None if focus is None else with_ancestors(focus)
     if index is not None:
         index.check(targets)
-    check_target_tree(targets, planned, index)
+    settled = settled or NOTHING_SETTLED
+    check_target_tree(
+        targets,
+        planned,
+        index,
+        settled.checked((targets.cgroup_driver, targets.cgroup_root)) if planned is None else None,
+    )
     if child_sums is not None:
         child_sums.check(observed, page_size_bytes)
     # Filtering by the profile walks every cgroup; the index says when it would change none
     # (planning never reads the pods' own files, the only other thing it filters).
     unfiltered = index is not None and index.unfiltered_under(profile)
     profiled = targets if unfiltered else profile_targets(targets, profile)
-    planner = _Planner(
+    return _Planner(
         profiled,
         observed,
         values=value_model(page_size_bytes),
@@ -194,8 +277,8 @@ def plan_operations(
         child_sums=child_sums,
         index=index if profiled is targets and index is not None and index.unique else None,
         undesired=undesired,
+        settled=settled,
     )
-    return planner.run()
 
 
 def with_ancestors(paths: Iterable[str]) -> frozenset[str]:
@@ -223,6 +306,7 @@ class _Planner:
         child_sums: ChildSums | None = None,
         index: TargetIndex | None = None,
         undesired: UndesiredNames | None = None,
+        settled: SettledCgroups | None = None,
     ) -> None:
         self.targets = targets
         self.undesired = undesired
@@ -242,7 +326,10 @@ class _Planner:
             self.desired = index.by_path
             self.order = index.ordered(planned)
         else:
-            self.desired = {t.path: t for t in targets.cgroups}
+            # The index's table is this dict (paths unique), already built.
+            self.desired = (
+                index.by_path if index is not None else {t.path: t for t in targets.cgroups}
+            )
             self.order = [t.path for t in targets.cgroups]  # parents first
             if planned is not None:
                 self.order = [path for path in self.order if path in planned]
@@ -289,6 +376,17 @@ class _Planner:
         self.unknown: set[tuple[str, str]] = set()
         # (path, file) protections that needed a raise but cannot get one this round.
         self.held: set[tuple[str, str]] = set()
+        # The earlier full plan's settled cgroups (memstate.core.plan.settled), when settled
+        # under this plan's page size and profile; those this plan takes (path -> the settled
+        # cgroup: its controllers, protections and final values, no operation); and the
+        # children's sums of each cgroup planned here whose protections came out settled.
+        self._settled = (settled or NOTHING_SETTLED).usable(
+            values.page_size_bytes, profile.owns_cgroups
+        )
+        self._candidates: Mapping[str, SettledCgroup] = {}  # `plan_controllers`' reused ones
+        self._reused: dict[str, SettledCgroup] = {}
+        self._sums_of: dict[str, tuple[Sums, ...]] = {}
+        self._final: dict[str, dict[str, str]] = {}
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -508,8 +606,14 @@ class _Planner:
     def _plan_controllers(self) -> None:
         """Which controllers each managed cgroup will have enabled, and which files are usable."""
         controllers = plan_controllers(
-            self.desired, self.order, self.observed, enables=self.profile.owns_cgroups
+            self.desired,
+            self.order,
+            self.observed,
+            enables=self.profile.owns_cgroups,
+            settled=self._settled,
         )
+        # Taken only if its children's sums are the settled ones too (`_compute_protections`).
+        self._candidates = controllers.reused
         self.enabled_after = dict(controllers.enabled_after)
         self.managed = dict(controllers.managed)
         self.blocked.extend(controllers.blocked)
@@ -523,44 +627,73 @@ class _Planner:
         for removal in self.removals:
             for file in PROTECTION_FILES:
                 self.protection_gone[(removal.path, file)] = None
-        values = self.values
+        candidates = self._candidates
         for path in reversed(self.order):
             managed = self.managed[path]
-            found = self._observed(path)
-            # `is_unreadable` is False unless the cgroup has an unreadable file.
-            holes = found is not None and bool(found.unreadable)
-            if holes:
-                for file in managed:
-                    if file_kind(file) != "protection" and self.is_unreadable(path, file):
-                        self.unknown.add((path, file))
-            for file in PROTECTION_FILES:
-                if file not in managed:
+            given: tuple[Sums | None, ...] | None = None
+            candidate = candidates.get(path)
+            if candidate is not None:
+                # A settled cgroup's target, observation and controllers: its protections are
+                # the settled ones when its children's sums are too.
+                given = tuple(self._children_sums(path, file) for file, _ in candidate.protections)
+                if given == candidate.sums:
+                    # Its protections are not stored: nothing reads them but its parent's
+                    # `_contribution`, which finds them as its value now (a settled cgroup's is
+                    # the same at every stage), when the carried sums do not leave it out.
+                    self._reused[path] = candidate
                     continue
-                key = (path, file)
-                sums = self._children_sums(path, file)
-                if (
-                    sums is None
-                    or (holes and self.is_unreadable(path, file))
-                    or (found is not None and found.children is None)
-                ):
-                    # Without every value the sums are guesses: leave this file (and, through
-                    # the contribution, its ancestors' and children's raises) for a later round.
-                    self.unknown.add(key)
-                    continue
-                children_now, children_raised, children_final = sums
-                now = self._protection_now(path, file)
-                target = values.number(self.desired_text(path, file))
-                shortfall = max(0, children_now - now)
-                final = values.clamp(max(target, children_final))
-                raised = values.clamp(max(now, final, children_raised - shortfall))
-                self.current[key] = now
-                self.final[key] = final
-                self.raised[key] = raised
-                if final > target:
-                    self.warnings.append(
-                        f"{path or '<root>'} {file} kept at {self.values.render(final)}, above its "
-                        f"target {self.values.render(target)}: its children hold that much"
-                    )
+            self._protections_of(path, managed, given)
+
+    def _protections_of(
+        self, path: str, managed: tuple[str, ...], given: tuple[Sums | None, ...] | None
+    ) -> None:
+        """`path`'s protections, from its children's sums (`given`: already summed, one per
+        managed protection file in order); records the sums when nothing is unknown or
+        warned about (a settled cgroup's, if the plan has no operation on it)."""
+        values = self.values
+        found = self._observed(path)
+        # `is_unreadable` is False unless the cgroup has an unreadable file.
+        holes = found is not None and bool(found.unreadable)
+        if holes:
+            for file in managed:
+                if file_kind(file) != "protection" and self.is_unreadable(path, file):
+                    self.unknown.add((path, file))
+        summed: list[Sums] = []
+        clean = not holes
+        for file in PROTECTION_FILES:
+            if file not in managed:
+                continue
+            key = (path, file)
+            sums = self._children_sums(path, file) if given is None else given[len(summed)]
+            if (
+                sums is None
+                or (holes and self.is_unreadable(path, file))
+                or (found is not None and found.children is None)
+            ):
+                # Without every value the sums are guesses: leave this file (and, through
+                # the contribution, its ancestors' and children's raises) for a later round.
+                self.unknown.add(key)
+                clean = False
+                summed.append((0, 0, 0))  # keeps `given`'s places; never recorded
+                continue
+            summed.append(sums)
+            children_now, children_raised, children_final = sums
+            now = self._protection_now(path, file)
+            target = values.number(self.desired_text(path, file))
+            shortfall = max(0, children_now - now)
+            final = values.clamp(max(target, children_final))
+            raised = values.clamp(max(now, final, children_raised - shortfall))
+            self.current[key] = now
+            self.final[key] = final
+            self.raised[key] = raised
+            if final > target:
+                clean = False
+                self.warnings.append(
+                    f"{path or '<root>'} {file} kept at {self.values.render(final)}, above its "
+                    f"target {self.values.render(target)}: its children hold that much"
+                )
+        if clean:
+            self._sums_of[path] = tuple(summed)
 
     def _children_sums(self, path: str, file: str) -> tuple[int, int, int] | None:
         """The children's `file` summed: (now, after the raise pass, at the end); None if one
@@ -602,7 +735,11 @@ class _Planner:
         less the children this round plans, removes or cannot read, plus their contributions."""
         self._visit_children(path)
         index = PROTECTION_FILES.index(file)
-        planned = self._planned_children.get(path, ())
+        planned: Iterable[str] = self._planned_children.get(path, ())
+        if planned and self._reused and not sums.invalid_names(path):
+            # A settled child adds to the sums what the carried total counts for it (its
+            # protection now, at every stage; listed under a valid name, readable): no names.
+            planned = set(planned).difference(self._reused)
         removed = self._removed_children.get(path, ())
         unreadable = sums.unreadable_children(path, index)
         settled = sums.total(path, index)
@@ -642,7 +779,8 @@ class _Planner:
                 return _Contribution(
                     current=self.current[key], raised=self.raised[key], final=final
                 )
-        # A child this round leaves alone (most of them in a scoped round): its value now.
+        # A child this round leaves alone (most of them in a scoped round), or a settled one
+        # (its protections not stored: readable, now = raised = final): its value now.
         found = self.observed.cgroups.get(path)
         if found is None or not found.exists:
             now = 0
@@ -705,7 +843,10 @@ class _Planner:
         return self.index.get((phase, path, file))
 
     def _emit_create(self) -> None:
+        reused = self._reused
         for path in self.order:
+            if path in reused:
+                continue  # settled: exists, enables nothing
             parent = parent_path(path)
             if path in self.created:
                 if parent is None:
@@ -759,7 +900,10 @@ class _Planner:
         return requires
 
     def _emit_raise(self) -> None:
+        reused = self._reused
         for path in self.order:
+            if path in reused:
+                continue  # settled: every file at its final value
             parent = parent_path(path)
             for file in self.managed[path]:
                 kind = file_kind(file)
@@ -865,7 +1009,14 @@ class _Planner:
                     self.protection_gone[(path, file)] = index
 
     def _emit_lower(self) -> None:
+        reused = self._reused
         for path in reversed(self.order):
+            settled = reused.get(path)
+            if settled is not None:
+                # Nothing to lower; its children's names visited where they always were.
+                if settled.visits:
+                    self._visit_children(path)
+                continue
             for file in self.managed[path]:
                 if (path, file) in self.unknown:
                     continue
@@ -906,8 +1057,13 @@ class _Planner:
     # --- results ---------------------------------------------------------------------------
 
     def _final_values(self) -> dict[str, dict[str, str]]:
-        result: dict[str, dict[str, str]] = {}
+        result = self._final
+        reused = self._reused
         for path in self.order:
+            settled = reused.get(path)
+            if settled is not None:
+                result[path] = settled.final  # shared with the earlier plan's: never changed
+                continue
             files: dict[str, str] = {}
             for file in self.managed[path]:
                 if (path, file) in self.unknown:
@@ -918,6 +1074,55 @@ class _Planner:
                     files[file] = self.desired_text(path, file)
             result[path] = files
         return result
+
+    def settled(self, plan: Plan) -> SettledCgroups:
+        """The cgroups `plan` (this run's, a full one) found settled: below the root, observed
+        to exist with every file readable and listed, every target file managed, nothing
+        unknown, held or warned about in its protections, and no operation on it (so each
+        protection is at its final value, raised and lowered alike, and every other file at
+        its target). Their results depend only on `SettledCgroup`'s key."""
+        with_operations = {operation.path for operation in plan.operations}
+        unknown = {path for path, _ in self.unknown | self.held}
+        by_path: dict[str, SettledCgroup] = {}
+        for path in self.order:
+            reused = self._reused.get(path)
+            if reused is not None:
+                by_path[path] = reused
+                continue
+            sums = self._sums_of.get(path)
+            parent = parent_path(path)
+            if sums is None or parent is None or path in with_operations or path in unknown:
+                continue
+            found = self._observed(path)
+            target = self.desired[path]
+            managed = self.managed[path]
+            if (
+                found is None
+                or found.unreadable
+                or found.children is None
+                or path in self.created
+                or len(managed) != len(target.files)
+            ):
+                continue
+            by_path[path] = SettledCgroup(
+                target=target,
+                found=found,
+                available=self.enabled_after.get(parent, frozenset()),
+                sums=sums,
+                managed=managed,
+                enabled_after=self.enabled_after[path],
+                protections=tuple(
+                    (file, self.final[(path, file)]) for file in PROTECTION_FILES if file in managed
+                ),
+                visits=any(file_kind(file) in _ORDER_BOUND for file in managed),
+                final=self._final[path],
+            )
+        return SettledCgroups(
+            page_size_bytes=self.values.page_size_bytes,
+            enables=self.profile.owns_cgroups,
+            naming=(self.config.cgroup_driver, self.config.cgroup_root),
+            by_path=by_path,
+        )
 
     def _check_operation_scope(self, operation: Operation) -> None:
         """Refuse any operation outside the managed set (module docstring, "Ownership")."""

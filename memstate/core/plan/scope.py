@@ -12,7 +12,7 @@ and the QoS cgroups that no target explains (*retired* when a decision removed t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import filterfalse
 
@@ -33,8 +33,11 @@ from memstate.core.plan.model import (
     ObservedCgroup,
     ObservedTree,
     RemovalKind,
+    TreeChange,
     one_edit,
+    recorded_edit,
 )
+from memstate.core.plan.settled import SettledCgroup
 from memstate.core.plan.values import file_controller
 from memstate.core.targets import CgroupTarget, NodeTargets
 
@@ -59,7 +62,10 @@ def _check_naming(targets: NodeTargets, config: NodeConfig) -> None:
 
 
 def check_target_tree(
-    targets: NodeTargets, paths: Iterable[str] | None = None, index: TargetIndex | None = None
+    targets: NodeTargets,
+    paths: Iterable[str] | None = None,
+    index: TargetIndex | None = None,
+    checked: Mapping[str, SettledCgroup] | None = None,
 ) -> None:
     """Raise InvariantViolation unless the targets form a tree the planner can work on:
     unique paths, every parent listed before its children, pod cgroups that parse as pods.
@@ -69,6 +75,9 @@ def check_target_tree(
     naming, the root and the uniqueness of paths are checked whole (cheap set operations). A full
     round (None) checks every cgroup. `index` (`TargetIndex` of `targets`) answers the whole
     checks of a scoped round without a pass over every cgroup; the verdict is the same.
+    `checked` (a full round): settled cgroups of an earlier full plan under the same naming
+    (`SettledCgroups.checked`), whose target objects passed the per-cgroup checks then: those
+    are not checked again (the same verdict: they depend on the target and the naming only).
     """
     config = naming_config(targets)
     if paths is not None:
@@ -90,7 +99,9 @@ def check_target_tree(
         parent = parent_path(target.path)
         if parent is not None and parent not in seen:
             raise InvariantViolation(f"cgroup {target.path!r} is listed before its parent")
-        _check_target(target, config)
+        memo = checked.get(target.path) if checked else None
+        if memo is None or memo.target is not target:
+            _check_target(target, config)
         seen.add(target.path)
     if "" not in seen:
         raise InvariantViolation("the targets do not include the managed root ''")
@@ -158,6 +169,11 @@ class Controllers:
     managed: dict[str, tuple[str, ...]]
     blocked: tuple[str, ...]
     warnings: tuple[str, ...]
+    # The cgroups whose answers were a settled cgroup's (`settled`): path -> that cgroup.
+    reused: dict[str, SettledCgroup]
+
+
+_NO_CONTROLLERS: frozenset[str] = frozenset()
 
 
 def plan_controllers(
@@ -166,20 +182,34 @@ def plan_controllers(
     observed: ObservedTree,
     *,
     enables: bool = True,
+    settled: Mapping[str, SettledCgroup] | None = None,
 ) -> Controllers:
     """Which controllers each cgroup of `order` (parents first) will have enabled, and which of
     its files are usable: a file's controller must be enabled in the parent after the plan.
 
     `enables` False: memstate enables nothing (another owner does, the kubelet): only what
-    observation found enabled counts."""
+    observation found enabled counts. `settled` (memstate.core.plan.settled, settled under the
+    same `enables`): a cgroup below the root whose target, observation and parent's controllers
+    are a settled cgroup's gets that cgroup's answers (the same: they depend on nothing else,
+    and a settled cgroup has no blocked file and no warning); listed in `reused`."""
     enabled_after: dict[str, frozenset[str]] = {}
     managed: dict[str, tuple[str, ...]] = {}
     blocked: list[str] = []
     warnings: list[str] = []
+    reused: dict[str, SettledCgroup] = {}
     for path in order:
         target = desired[path]
         found = existing(observed, path)
         parent = parent_path(path)
+        if settled and parent is not None:
+            memo = settled.get(path)
+            if memo is not None and memo.matches(
+                target, found, enabled_after.get(parent, _NO_CONTROLLERS)
+            ):
+                enabled_after[path] = memo.enabled_after
+                managed[path] = memo.managed
+                reused[path] = memo
+                continue
         if parent is None:
             offered = found.controllers if found is not None else None
             available = frozenset(offered) if offered is not None else frozenset(target.controllers)
@@ -208,6 +238,7 @@ def plan_controllers(
         managed=managed,
         blocked=tuple(blocked),
         warnings=tuple(warnings),
+        reused=reused,
     )
 
 
@@ -234,11 +265,17 @@ class UndesiredNames:
     per reconciler.
     """
 
-    __slots__ = ("_memo",)
+    __slots__ = ("_changes", "_memo")
 
     def __init__(self) -> None:
         # holder -> (listing, desired names, the listed names not desired, sorted)
         self._memo: dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]] = {}
+        self._changes: Sequence[TreeChange] = ()
+
+    def follow(self, changes: Sequence[TreeChange]) -> None:
+        """Take the latest `TreeChange` records: a listing one of them edited by one name is
+        followed by that edit (`recorded_edit`) instead of `one_edit`'s comparison."""
+        self._changes = changes
 
     def names(self, holder: str, listing: tuple[str, ...], index: TargetIndex) -> tuple[str, ...]:
         """The names in `listing` (`holder`'s children, as observed) that are not among
@@ -253,7 +290,12 @@ class UndesiredNames:
             dropped_or_added = index.child_names_changed(holder, desired_before)
             # The listing the same (shared, or equal: compared in C), or one name in or out.
             same = len(listing) == len(before) and listing == before
-            edit = None if same else one_edit(before, listing)
+            edit = (
+                None
+                if same
+                else recorded_edit(self._changes, holder, before, listing)
+                or one_edit(before, listing)
+            )
             if dropped_or_added is not None and (same or edit is not None):
                 recheck = set(dropped_or_added)
                 if edit is not None:
