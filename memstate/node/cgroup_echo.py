@@ -35,10 +35,9 @@ delivers a batch at the earliest `settle_seconds` (50 ms) after its first change
 in place long before its echo is judged. Should it not be (a worker thread descheduled for that
 long), the echo is kept: one extra round, the old behaviour. Records expire after
 `KEEP_SECONDS`: an echo later than that is kept too. A batch that needs more than `MAX_READS`
-file reads to judge (each file read once per batch; counted from the records before any read
-where they show it), or has more than four changes per read of that budget, is delivered whole
-(no reads on the event loop for a full resync's thousands of writes: that echo costs its round
-as before).
+file reads to judge (each file read once per batch), or has more than four changes per read of
+that budget, is delivered whole (no reads on the event loop for a full resync's thousands of
+writes: that echo costs its round as before).
 
 Only what the watch would schedule is affected: the periodic full resync stays the source of
 truth, and drift is still found by reading, never by trusting a record.
@@ -145,8 +144,6 @@ class OwnWrites:
             return batch
         with self._lock:
             self._expire()
-            if self._surely_over_budget(batch):
-                return batch  # judging would read the whole budget and keep it all anyway
             self._budget = self._max_reads
             try:
                 kept = [change for change in batch.changes if not self._is_echo(change)]
@@ -159,26 +156,6 @@ class OwnWrites:
             return batch
         self.echoes += dropped
         return Batch(tuple(kept), batch.complete)
-
-    def _surely_over_budget(self, batch: Batch) -> bool:
-        """More files to read than the budget allows, counted from the records without a read:
-        each distinct file memstate wrote that changed is read, and each cgroup memstate created
-        has its value files read (counted as one). Giving up early keeps the batch whole, as
-        running out of reads would after spending them (a back-to-back burst of admissions:
-        ~2.5-5.6 ms of the event loop, docs/performance.md, "stop 22: the admission path")."""
-        files: set[str] = set()
-        created = 0
-        for change in batch.changes:
-            relative = self._relative(change.path)
-            if relative is None:
-                continue
-            if change.mask & IN_ISDIR:
-                created += bool(change.mask & _CREATED) and relative in self._created
-                continue
-            path, _, file = relative.rpartition("/")
-            if (path, file) in self._files:
-                files.add(change.path)
-        return len(files) + created > self._max_reads
 
     def _is_echo(self, change: Change) -> bool:
         relative = self._relative(change.path)

@@ -251,37 +251,3 @@ def test_a_batch_too_long_to_judge_is_kept_whole_before_any_read(tmp_path: Path)
     assert own.foreign(Batch((change,) * 4)).changes == ()  # one read, four echoes
     long = Batch((change,) * 5)
     assert own.foreign(long) is long
-
-
-def test_a_batch_whose_records_need_more_reads_than_the_budget_is_kept_before_any_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Counted from the records (distinct files memstate wrote, cgroups it created), a batch
-    that cannot be judged within the budget is kept whole without a read: reading until the
-    budget ran out kept it whole too, after spending every read on the event loop."""
-    from memstate.node import cgroup_echo
-
-    reads: list[str] = []
-    real_read = cgroup_echo._read
-
-    def counting_read(path: str) -> str | None:
-        reads.append(path)
-        return real_read(path)
-
-    monkeypatch.setattr(cgroup_echo, "_read", counting_read)
-    own = _own(tmp_path, [0.0], max_reads=2)
-    changes = []
-    for index in range(2):
-        (tmp_path / f"pod{index}").mkdir()
-        (tmp_path / f"pod{index}" / "memory.min").write_text("0\n")
-        own.wrote(f"pod{index}", "memory.min", "0")
-        changes.append(Change(str(tmp_path / f"pod{index}" / "memory.min"), IN_MODIFY))
-    own.created("pod2")
-    (tmp_path / "pod2").mkdir()
-    (tmp_path / "pod2" / "memory.min").write_text("0\n")
-    over = Batch((*changes, Change(str(tmp_path / "pod2"), IN_CREATE | IN_ISDIR)))
-    assert own.foreign(over) is over
-    assert reads == []
-    within = Batch(tuple(changes))  # two reads: judged
-    assert own.foreign(within).changes == ()
-    assert len(reads) == 2
