@@ -108,3 +108,63 @@ def test_a_scan_that_does_not_end_delays_rounds_by_a_bounded_time(tmp_path: Path
     assert started - seen["hinted"] >= MAX_ROUND_DEFER_SECONDS - 1e-6
     # The bound, in virtual time (MockClock): not a measurement of this machine.
     assert started - seen["hinted"] <= MAX_ROUND_DEFER_SECONDS + 0.01
+
+
+class _WakesWhileBusy(trio.abc.Instrument):
+    """Counts the times the reconcile loop's task is made runnable while an admission is in
+    flight (`AdmissionsInFlight.busy()`): each such wake-up finds the scan still open and waits
+    again, a pass of its task for nothing."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.counting = False
+        self.while_busy = 0
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if self.counting and task.name.endswith("reconcile_loop"):
+            self.while_busy += self.daemon.admissions.busy()
+
+
+def test_the_commit_of_a_scan_wakes_the_round_once_the_scan_is_through(tmp_path: Path) -> None:
+    """The commit of an admission asks for a round while its scan still holds `scanning()`:
+    that wake-up is given at the scan's end (`wake_after_scan`), so the reconcile loop is not
+    woken before it only to wait for it. Counted, not timed: without the deferral the commit's
+    wake-up makes the loop runnable while the scan is open, once per admission."""
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    world = fixed_world()
+    rounds: list[list[str] | None] = []
+
+    async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
+        if getattr(_inner(fn), "__qualname__", "") == "Reconciler.reconcile":
+            assert isinstance(fn, functools.partial)
+            rounds.append(fn.keywords["scope"])
+        return await run_inline(fn)
+
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))
+    wakes = _WakesWhileBusy(daemon)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await trio.sleep(0.001)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            await until(lambda: daemon.readiness.converged)
+            await trio.sleep(1.0)  # nothing left to do: no round in flight
+            before = len(rounds)
+            wakes.counting = True
+            for uid in ("one", "two", "three"):
+                world.pods[uid] = guaranteed_observation(uid)
+                daemon._manifest_wake.set()
+                await until(lambda u=uid: u in daemon.state.pods and daemon.readiness.converged)  # type: ignore[misc]
+                await trio.sleep(1.0)
+            wakes.counting = False
+            admitted = [daemon._targets.pod(uid) for uid in ("one", "two", "three")]
+            assert [[p.cgroup] if p else None for p in admitted] == rounds[before:]
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0), instruments=[wakes])
+    assert wakes.while_busy == 0

@@ -65,7 +65,7 @@ class SingleSource:
 
 
 def index_single_source(
-    observed: dict[str, list[ObservedPod]],
+    observed: Mapping[str, Sequence[ObservedPod]],
     held_sources: set[str],
     gated: frozenset[str],
 ) -> SingleSource | None:
