@@ -331,6 +331,7 @@ async def watch_directory(
     max_retry_seconds: float = 60.0,
     on_error: Callable[[BaseException], object] | None = None,
     on_names: Callable[[set[str] | None], object] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Call `on_change` whenever an entry of `path` (only `only_name`, if given) is written,
     created, renamed or deleted; run until cancelled. A missing `path` is waited for.
@@ -343,7 +344,22 @@ async def watch_directory(
     the first watch, each new one (the directory came back, a watch failed) starts with
     `on_change()` once it is in place, since what happened in between was not seen. A failing
     watch is reported (`on_error`, logs) and retried with back-off (`WatchRetry`).
+
+    Started with `nursery.start`, it returns once the first watch is in place (or its first
+    attempt failed, or `path` is missing: the restart's `on_change()` then covers the gap), so
+    a caller that reads the directory afterwards misses nothing between its read and the watch.
     """
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            task_status.started()
+
+    def on_started() -> None:
+        retry.started()
+        announce()
 
     def wanted(change: Change) -> bool:
         if change.path == str(path):
@@ -381,12 +397,14 @@ async def watch_directory(
     while True:
         if not path.is_dir():
             retry.restarted = True
+            announce()
             await trio.sleep(missing_poll_seconds)
             continue
         try:
-            await watch(path, on_batch, mask=mask, recursive=False, on_started=retry.started)
+            await watch(path, on_batch, mask=mask, recursive=False, on_started=on_started)
         except (FileNotFoundError, NotADirectoryError):
             pass  # the directory went away before its watch was set up: wait for it again
         except Exception as exc:  # reported loudly, then retried (module docstring)
+            announce()
             await trio.sleep(retry.failed(exc))
         retry.restarted = True

@@ -10,6 +10,7 @@ for the count. Timeouts are hang guards, never assertions about speed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,33 @@ async def test_written_renamed_and_deleted_files_are_changes(tmp_path: Path) -> 
             act()
             assert await until_more(changes, before)
             assert changes.count == before + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_started_returns_once_the_watch_is_in_place(tmp_path: Path) -> None:
+    """`nursery.start` returns when the watch is set up, so a change made right after it (what
+    the manifest loop's first scan may just have missed listing) is reported, with no probe
+    first. Fails when the watch is only scheduled (`start_soon`) or announced too early."""
+    changes = Counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_directory, tmp_path, changes)
+        (tmp_path / "pod.yaml").write_text("a")  # no checkpoint between the start and the write
+        assert await until_more(changes, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_started_does_not_wait_for_a_missing_directory(tmp_path: Path) -> None:
+    """A missing directory is waited for in the background: `nursery.start` returns at once
+    (the loop scans meanwhile), and the directory's arrival is a change (the restart's)."""
+    missing = tmp_path / "later"
+    changes = Counter()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await nursery.start(
+                functools.partial(watch_directory, missing, changes, missing_poll_seconds=0.05)
+            )
+        missing.mkdir()
+        assert await until_more(changes, 0)
         nursery.cancel_scope.cancel()
 
 

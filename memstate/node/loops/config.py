@@ -93,7 +93,8 @@ async def config_loop(daemon: DaemonContext) -> None:
     async with trio.open_nursery() as nursery:
         if path is not None and daemon.adapters.host_loops:
             # A change is a hint (the loop reloads); failures are logged, counted and retried.
-            nursery.start_soon(
+            # Awaited: an edit after the loop starts is not missed while the watch is set up.
+            await nursery.start(
                 functools.partial(
                     watch_directory,
                     path.parent,

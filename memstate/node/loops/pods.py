@@ -93,7 +93,9 @@ async def manifest_loop(daemon: DaemonContext) -> None:
     async with trio.open_nursery() as nursery:
         if daemon.adapters.host_loops and daemon.adapters.read_manifests is None:
             # A change is a hint (the loop rescans); failures are logged, counted and retried.
-            nursery.start_soon(
+            # In place before the first scan: a file written after that scan listed the
+            # directory is hinted, not left to the periodic rescan.
+            await nursery.start(
                 functools.partial(
                     watch_directory,
                     daemon.settings.manifest_dir,
