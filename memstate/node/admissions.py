@@ -19,13 +19,6 @@ The commit of a scan's own decisions asks for a round while that scan still hold
 `wake_after_scan` defers that wake-up to the scan's end (bounded the same way), so the reconcile
 loop is not woken only to find the scan still open and wait again (a wasted pass of its task per
 admission).
-
-The cgroup watch's echo screen (memstate.node.cgroup_echo) reads files on the event loop and
-holds the interpreter meanwhile; judged while an admission or the round converging it runs, it
-delayed them by its whole length (~1-3 ms per batch when admissions come back to back,
-docs/performance.md, "stop 22: the admission path"). `wait_quiet` is its pace: until no change
-is on its way, no round is due or running (`converging()`, held by the reconcile loop from its
-wake-up to the round's end), at most `MAX_ROUND_DEFER_SECONDS`.
 """
 
 from __future__ import annotations
@@ -53,19 +46,12 @@ class AdmissionsInFlight:
 
     `pending()` says a change was signalled and no scan has taken it yet (the manifest loop's
     wake-up is set); `scanning()` is held by the manifest loop around a scan and its delivery
-    (which returns once the decisions it caused are durable); `round_due()` says a reconcile
-    round was asked for and has not started (the reconcile loop's wake-up is set);
-    `converging()` is held by the reconcile loop from its wake-up to the end of its round.
+    (which returns once the decisions it caused are durable).
     """
 
-    def __init__(
-        self, pending: Callable[[], bool], round_due: Callable[[], bool] = lambda: False
-    ) -> None:
+    def __init__(self, pending: Callable[[], bool]) -> None:
         self._pending = pending
-        self._round_due = round_due
         self._scans = 0
-        self._rounds = 0
-        # Set (and replaced) whenever a scan or a round ends: the waiters look again then.
         self._finished = trio.Event()
         # A wake-up asked for during a scan, given at its end (`wake_after_scan`), and the time
         # a round waits for admissions until, counted from that request (`wait_idle`).
@@ -83,29 +69,12 @@ class AdmissionsInFlight:
             if not self._scans and self._deferred is not None:
                 deferred, self._deferred = self._deferred, None
                 deferred.set()
-            self._ended()
-
-    @contextmanager
-    def converging(self) -> Iterator[None]:
-        """Held by the reconcile loop from its wake-up to the end of the round it runs."""
-        self._rounds += 1
-        try:
-            yield
-        finally:
-            self._rounds -= 1
-            self._ended()
-
-    def _ended(self) -> None:
-        self._finished.set()
-        self._finished = trio.Event()
+            self._finished.set()
+            self._finished = trio.Event()
 
     def busy(self) -> bool:
         """A change is pending or being scanned and committed."""
         return self._scans > 0 or self._pending()
-
-    def quiet(self) -> bool:
-        """Not `busy()`, and no reconcile round due or running."""
-        return not self.busy() and not self._rounds and not self._round_due()
 
     def wake_after_scan(self, wake: DeferrableWakeup) -> None:
         """`wake.set()` now when no scan is open, else when the open scans end (at the latest
@@ -127,14 +96,6 @@ class AdmissionsInFlight:
             self._deferred_until = None
         with trio.move_on_after(timeout):
             while self.busy():
-                await self._finished.wait()
-            return True
-        return False
-
-    async def wait_quiet(self, timeout: float = MAX_ROUND_DEFER_SECONDS) -> bool:
-        """Wait until `quiet()`, at most `timeout` seconds; True if quiet."""
-        with trio.move_on_after(timeout):
-            while not self.quiet():
                 await self._finished.wait()
             return True
         return False

@@ -49,7 +49,7 @@ immediate: no thread is involved.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -127,15 +127,12 @@ async def watch_cgroups(
     max_hints_per_batch: int = MAX_HINTS_PER_BATCH,
     on_error: Callable[[BaseException], object] | None = None,
     screen: Callable[[Batch], Batch] | None = None,
-    pace: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Call ``on_hint(cgroup_path)`` whenever the tree under `root` changes; run until cancelled.
 
     See the module docstring. ``on_hint("")`` asks for a resync of the whole tree. `screen`, if
     given, takes each batch first and returns what is left to report (the daemon drops the echo
-    of its own writes there, `memstate.node.cgroup_echo.OwnWrites.foreign`). `pace()`, if
-    given, is awaited before each batch is screened and hinted (the daemon waits for the
-    admissions in flight: the screen's reads run on the event loop).
+    of its own writes there, `memstate.node.cgroup_echo.OwnWrites.foreign`).
     """
     directory = Path(root)
 
@@ -174,7 +171,6 @@ async def watch_cgroups(
                 settle_max_seconds=settle_max_seconds,
                 skip_directory=_is_hidden,
                 on_started=retry.started,
-                pace=pace,
             )
         except (FileNotFoundError, NotADirectoryError):
             retry.restarted = True  # the root went away before its watch was set up

@@ -163,11 +163,8 @@ class DaemonContext:
         self.own_writes: OwnWrites | None = None
         self._reconcile_wake = Wakeup()
         self._manifest_wake = Wakeup()
-        # Rounds wait for admissions on their way, the echo screen for both
-        # (memstate.node.admissions).
-        self.admissions = AdmissionsInFlight(
-            self._manifest_wake.is_set, round_due=self._reconcile_wake.is_set
-        )
+        # Rounds wait for admissions on their way (memstate.node.admissions).
+        self.admissions = AdmissionsInFlight(self._manifest_wake.is_set)
         self._config_wake = Wakeup()
         self._scope: set[str] | None = set()  # None: the next round is a full resync
         self._failure_notes: dict[tuple[str, str, str, int], float] = {}

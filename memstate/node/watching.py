@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -267,7 +267,6 @@ async def watch(
     settle_max_seconds: float = 0.0,
     skip_directory: Callable[[str], bool] = lambda _name: False,
     on_started: Callable[[], object] | None = None,
-    pace: Callable[[], Awaitable[object]] | None = None,
 ) -> WatchEnd:
     """Watch `path` until cancelled or the watch ends (see the module docstring).
 
@@ -276,8 +275,6 @@ async def watch(
     arrives as one batch; 0 delivers every read at once. `skip_directory(name)`: directories (of a
     recursive watch) never watched nor reported below. Raises OSError when the watch cannot be
     set up (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
-    `pace()`, if given, is awaited between reading a batch and `on_batch`: the caller may hold a
-    batch back (changes meanwhile queue in the kernel and make the next one).
     """
     tree = _Tree(path, mask, recursive=recursive, skip_directory=skip_directory)
     try:
@@ -286,8 +283,6 @@ async def watch(
         while True:
             await trio.lowlevel.wait_readable(tree.fd)
             batch, ended = await _read_settled(tree, settle_seconds, settle_max_seconds)
-            if pace is not None and (batch.changes or not batch.complete):
-                await pace()
             if (batch.changes or not batch.complete) and on_batch(batch) is False:
                 return WatchEnd.STOPPED
             if ended is not None:

@@ -89,22 +89,3 @@ def test_set_by_a_deadline_while_a_task_waits_moves_its_wake_up_earlier() -> Non
         assert woken == [(True, 3.0)]
 
     _run(test)
-
-
-def test_quiet_needs_no_scan_no_round_due_and_no_round_running() -> None:
-    async def test() -> None:
-        due = [False]
-        admissions = AdmissionsInFlight(lambda: False, round_due=lambda: due[0])
-        assert admissions.quiet()
-        with admissions.scanning():
-            assert not admissions.quiet()
-        due[0] = True
-        assert not admissions.quiet()
-        assert not await admissions.wait_quiet(0.5)
-        assert trio.current_time() == 0.5
-        due[0] = False
-        with admissions.converging():
-            assert admissions.busy() is False and not admissions.quiet()
-        assert admissions.quiet()
-
-    _run(test)

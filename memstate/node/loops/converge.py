@@ -112,18 +112,16 @@ async def reconcile_loop(daemon: DaemonContext) -> None:
             else min(retry, daemon.settings.resync_seconds)
         )
         woken = await daemon._reconcile_wake.wait(timeout)
-        # The echo screen waits for this round to end (memstate.node.admissions).
-        with daemon.admissions.converging():
-            # An admission on its way goes first (memstate.node.admissions); what it commits
-            # and what the watches report meanwhile joins this round's scope (reconcile_once).
-            await daemon.admissions.wait_idle()
-            if not woken and retry is None:
-                daemon._scope = None  # periodic full resync: the source of truth
-            try:
-                retry = await reconcile_once(daemon)
-            except HostError as exc:
-                logger.error("reconcile: %s", exc)
-                retry = daemon.settings.resync_seconds
+        # An admission on its way goes first (memstate.node.admissions); what it commits and
+        # what the watches report meanwhile joins this round's scope (taken in reconcile_once).
+        await daemon.admissions.wait_idle()
+        if not woken and retry is None:
+            daemon._scope = None  # periodic full resync: the source of truth
+        try:
+            retry = await reconcile_once(daemon)
+        except HostError as exc:
+            logger.error("reconcile: %s", exc)
+            retry = daemon.settings.resync_seconds
 
 
 async def cgroup_watch_loop(daemon: DaemonContext) -> None:
@@ -150,17 +148,11 @@ async def cgroup_watch_loop(daemon: DaemonContext) -> None:
                     source.nudge()
         daemon._sources_wake.set()
 
-    screen = echo_screen(daemon)
     await watch_cgroups(
         daemon.settings.cgroup_sim or daemon.settings.cgroup_root,
         on_hint=hint,
         on_error=daemon.metrics.watch_failed("cgroups"),
-        screen=screen,
-        # The screen reads the files memstate wrote, on the event loop, holding the interpreter:
-        # once no admission is in flight and no round is due or running (memstate.node.admissions),
-        # not in their window. The hints lose nothing by it: the round they ask for would wait
-        # for the admissions anyway, and a round running now has not seen them.
-        pace=None if screen is None else daemon.admissions.wait_quiet,
+        screen=echo_screen(daemon),
     )
 
 
