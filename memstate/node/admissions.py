@@ -14,31 +14,17 @@ never stops them). Rounds coalesce meanwhile: the scopes the commit and the watc
 by the one round that starts once the admission is through. A round already running when a
 manifest arrives is not interrupted (it cannot be); it is short on a real cgroupfs. Only the
 manifest directory is followed here; the kubelet, API-server and NRI paths are not (yet).
-
-The commit of a scan's own decisions asks for a round while that scan still holds `scanning()`:
-`wake_after_scan` defers that wake-up to the scan's end (bounded the same way), so the reconcile
-loop is not woken only to find the scan still open and wait again (a wasted pass of its task per
-admission).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
 import trio
 
 # The longest a round waits for admissions in flight before it starts anyway.
 MAX_ROUND_DEFER_SECONDS = 0.2
-
-
-class DeferrableWakeup(Protocol):
-    """What `wake_after_scan` needs of a wake-up (memstate.node.context.Wakeup)."""
-
-    def set(self) -> None: ...
-
-    def set_by(self, deadline: float) -> None: ...
 
 
 class AdmissionsInFlight:
@@ -53,10 +39,6 @@ class AdmissionsInFlight:
         self._pending = pending
         self._scans = 0
         self._finished = trio.Event()
-        # A wake-up asked for during a scan, given at its end (`wake_after_scan`), and the time
-        # a round waits for admissions until, counted from that request (`wait_idle`).
-        self._deferred: DeferrableWakeup | None = None
-        self._deferred_until: float | None = None
 
     @contextmanager
     def scanning(self) -> Iterator[None]:
@@ -66,9 +48,6 @@ class AdmissionsInFlight:
             yield
         finally:
             self._scans -= 1
-            if not self._scans and self._deferred is not None:
-                deferred, self._deferred = self._deferred, None
-                deferred.set()
             self._finished.set()
             self._finished = trio.Event()
 
@@ -76,24 +55,8 @@ class AdmissionsInFlight:
         """A change is pending or being scanned and committed."""
         return self._scans > 0 or self._pending()
 
-    def wake_after_scan(self, wake: DeferrableWakeup) -> None:
-        """`wake.set()` now when no scan is open, else when the open scans end (at the latest
-        `MAX_ROUND_DEFER_SECONDS` from now, `wake.set_by`): what a round asked for during a
-        scan would wait for anyway (`wait_idle`), without a wake-up before it."""
-        if not self._scans:
-            wake.set()
-            return
-        if self._deferred is None:
-            until = trio.current_time() + MAX_ROUND_DEFER_SECONDS
-            self._deferred, self._deferred_until = wake, until
-            wake.set_by(until)
-
     async def wait_idle(self, timeout: float = MAX_ROUND_DEFER_SECONDS) -> bool:
-        """Wait until nothing is in flight, at most `timeout` seconds (less what a deferred
-        wake-up already waited, `wake_after_scan`); True if idle."""
-        if self._deferred_until is not None:
-            timeout = min(timeout, max(0.0, self._deferred_until - trio.current_time()))
-            self._deferred_until = None
+        """Wait until nothing is in flight, at most `timeout` seconds; True if idle."""
         with trio.move_on_after(timeout):
             while self.busy():
                 await self._finished.wait()

@@ -59,42 +59,24 @@ STATUS_INTERVAL_SECONDS = 1.0
 
 
 class Wakeup:
-    """A level-triggered wake-up: `set()` any number of times, `wait()` returns once.
-
-    `set_by(deadline)` asks for a wake-up at `deadline` (trio's clock) at the latest, without
-    waking the waiter before: what `AdmissionsInFlight.wake_after_scan` uses to wake the
-    reconcile loop at a scan's end (by `set()` then), not during it."""
+    """A level-triggered wake-up: `set()` any number of times, `wait()` returns once."""
 
     def __init__(self) -> None:
         self._event = trio.Event()
-        self._by = math.inf
-        self._waiting: trio.CancelScope | None = None
 
     def set(self) -> None:
         self._event.set()
-
-    def set_by(self, deadline: float) -> None:
-        """Set at `deadline` at the latest (earlier by `set()`)."""
-        self._by = min(self._by, deadline)
-        if self._waiting is not None:
-            self._waiting.deadline = min(self._waiting.deadline, deadline)
 
     def is_set(self) -> bool:
         """Set and not yet taken by a `wait`."""
         return self._event.is_set()
 
     async def wait(self, timeout: float) -> bool:
-        """Wait until set (or `set_by`'s deadline) or `timeout` passes; True if it was set.
-        Resets it."""
-        with trio.CancelScope(deadline=min(trio.current_time() + timeout, self._by)) as waiting:
-            self._waiting = waiting
-            try:
-                await self._event.wait()
-            finally:
-                self._waiting = None
-        woken = self._event.is_set() or trio.current_time() >= self._by
+        """Wait until set or `timeout` passes; True if it was set. Resets it."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        woken = self._event.is_set()
         self._event = trio.Event()
-        self._by = math.inf
         return woken
 
 
@@ -262,8 +244,7 @@ class DaemonContext:
         if self.rejection_events is not None:
             self.rejection_events.note(decisions)
         if decisions:
-            # A scan's own commit: the round waits for the scan's end anyway, so it is woken then.
-            self.admissions.wake_after_scan(self._reconcile_wake)
+            self._reconcile_wake.set()
 
     def write_status_soon(self) -> None:
         """`_write_status`, at most once per `STATUS_INTERVAL_SECONDS`: at once when the last

@@ -244,16 +244,13 @@ class ManifestDirectory:
 
     def read(self) -> list[ObservedPod]:
         """One observation per manifest file, in listing order (see `read_changes`)."""
-        return list(self.read_changes()[0])
+        return self.read_changes()[0]
 
-    def read_changes(
-        self,
-    ) -> tuple[tuple[ObservedPod, ...], dict[str, ObservedPod | None] | None]:
+    def read_changes(self) -> tuple[list[ObservedPod], dict[str, ObservedPod | None] | None]:
         """One observation per manifest file, in listing order (unchanged files are not read),
         and the account of what may have changed since the previous read for
         `PodTracker.update(changes=...)`: file → its observation now (None: gone) for the files
-        looked at; None after a full rescan (the tracker then compares the whole list). The
-        observations are a new tuple per read, which the tracker keeps without a copy.
+        looked at; None after a full rescan (the tracker then compares the whole list).
 
         A full rescan lists the directory and stats every file: at the first read, when no
         hint came since the last read (a periodic or nudged rescan), after a hint of None, and
@@ -273,7 +270,7 @@ class ManifestDirectory:
 
     def read_changes_inline(
         self,
-    ) -> tuple[tuple[ObservedPod, ...], dict[str, ObservedPod | None] | None] | None:
+    ) -> tuple[list[ObservedPod], dict[str, ObservedPod | None] | None] | None:
         """`read_changes` when it is small enough to run on the event loop, else None, having
         read and consumed nothing (the caller then hands `read_changes` to a worker thread).
 
@@ -307,7 +304,7 @@ class ManifestDirectory:
 
     def _read_hinted(
         self, hinted: set[str], *, limit: int | None
-    ) -> tuple[tuple[ObservedPod, ...], dict[str, ObservedPod | None]]:
+    ) -> tuple[list[ObservedPod], dict[str, ObservedPod | None]]:
         """The hinted names' observations, the others' kept. All I/O comes first, so a file
         over `limit` (`_NotSmall`) leaves the directory's account as it was."""
         looks: list[tuple[str, str, _Read | None, _Look]] = []
@@ -330,9 +327,9 @@ class ManifestDirectory:
             else:
                 self._observed[key] = observed  # keeps its place if it was known
             changes[key] = observed
-        return tuple(self._observed.values()), changes
+        return list(self._observed.values()), changes
 
-    def _read_all(self, *, first: bool = False) -> tuple[ObservedPod, ...]:
+    def _read_all(self, *, first: bool = False) -> list[ObservedPod]:
         previous, self._cache = self._cache, {}
         before, self._observed = self._observed, {}
         listed: set[str] = set()
@@ -349,7 +346,7 @@ class ManifestDirectory:
             with self._hint_lock:
                 for key in self._unsettled.keys() - listed:
                     del self._unsettled[key]  # gone
-        return tuple(self._observed.values())
+        return list(self._observed.values())
 
     def _unsettled_read(
         self,

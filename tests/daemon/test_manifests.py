@@ -404,30 +404,3 @@ def test_an_inline_read_declines_what_is_not_small_and_consumes_nothing(tmp_path
     source.hint(["later.yaml"])
     assert source.read_changes_inline() is None
     assert source.read_changes()[1] is None
-
-
-def test_the_tracker_keeps_the_directory_s_observations_without_a_copy(tmp_path: Path) -> None:
-    """A read hands the tracker a new tuple of observations, which it keeps as it is (one
-    500-entry sequence per admission instead of two); a list, which its caller could still
-    change, is copied. Counted by identity, not timed."""
-    from memstate.node.sources.tracker import PodTracker
-
-    tracker = PodTracker()
-    source = ManifestDirectory(tmp_path, tracker=tracker)
-    write(tmp_path, "a.yaml", manifest("ua", [container("c", "1Gi")]))
-    pods, changes = source.read_changes()
-    assert kinds(tracker.update("manifests", pods, changes=changes)) == [("admit", "ua")]
-    tracker.accept()
-    assert tracker._observed["manifests"] is pods
-    write(tmp_path, "b.yaml", manifest("ub", [container("c", "1Gi")]))
-    source.hint(["b.yaml"])
-    pods, changes = source.read_changes()
-    assert changes is not None  # the hinted read: the admission's path
-    assert kinds(tracker.update("manifests", pods, changes=changes)) == [("admit", "ub")]
-    tracker.accept()
-    assert tracker._observed["manifests"] is pods
-    listed = list(pods)
-    tracker.update("manifests", listed)
-    tracker.accept()
-    assert tracker._observed["manifests"] == listed
-    assert tracker._observed["manifests"] is not listed

@@ -111,11 +111,11 @@ class PodTracker:
     ) -> None:
         self._cgroup_gone = cgroup_gone
         self._holder_of = holder_of
-        self._observed: dict[str, Sequence[ObservedPod]] = {}
+        self._observed: dict[str, list[ObservedPod]] = {}
         self._view = _View()
         # The staged view: whole (the full evaluation), or the edits of the accepted one (the
         # delta path), applied in place by `accept`.
-        self._pending: tuple[dict[str, Sequence[ObservedPod]], _View | ViewEdits] | None = None
+        self._pending: tuple[dict[str, list[ObservedPod]], _View | ViewEdits] | None = None
         # The container ids of the pending view and the pods whose ids it changes, when the
         # delta path patched them (None: `accept` derives them from every observation).
         self._pending_ids: tuple[dict[str, dict[str, str]], frozenset[str]] | None = None
@@ -143,14 +143,10 @@ class PodTracker:
         observation now, None if gone, for every entry of `pods` that may differ from this
         source's previous `update`; new entries were appended to the list in this order, and
         every other entry is the same object at the same place. It lets a small change cost
-        work proportional to it instead of a pass over `pods` (see tracker_delta). A tuple is
-        kept as it is (no copy of the source's 500-entry list per admission), any other
-        sequence copied.
+        work proportional to it instead of a pass over `pods` (see tracker_delta).
         """
         observed = dict(self._observed)
-        # Kept as the source's observation until its next update: a tuple as it is (the
-        # manifest directory's, one per read), anything else copied (a list could change).
-        observed[source_name] = pods if isinstance(pods, tuple) else list(pods)
+        observed[source_name] = list(pods)
         before = self._view
         if source_name in self._unaccepted:
             changes = None
@@ -188,7 +184,7 @@ class PodTracker:
         return self._again(dict(self._observed), None)
 
     def _again(
-        self, observed: dict[str, Sequence[ObservedPod]], holders: Mapping[str, str] | None
+        self, observed: dict[str, list[ObservedPod]], holders: Mapping[str, str] | None
     ) -> list[Event]:
         """The evaluation of `observed`, the accepted observations (the same objects), staged:
         the full one only when a waiting pod's cgroup is gone or the view asks for it (see
@@ -255,7 +251,7 @@ class PodTracker:
 
     def _evaluate(
         self,
-        observed: dict[str, Sequence[ObservedPod]],
+        observed: dict[str, list[ObservedPod]],
         holders: Mapping[str, str] | None,
         answers: Mapping[str, bool] | None = None,
     ) -> list[Event]:
@@ -388,7 +384,7 @@ def _removal(uid: str, held: _Held) -> PodRemovalRequested:
 
 
 def _merge(
-    observed: dict[str, Sequence[ObservedPod]], holder: Callable[[str], str | None]
+    observed: dict[str, list[ObservedPod]], holder: Callable[[str], str | None]
 ) -> tuple[dict[str, tuple[str, ObservedPod]], dict[str, tuple[str, str]], list[tuple[str, str]]]:
     """The pods to hold (uid → (source, pod)), the invalid ones (locator → (source, error)) and
     the contested UIDs' owners ((uid, locator) where two locators of one source declare it).

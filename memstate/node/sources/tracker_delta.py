@@ -65,7 +65,7 @@ class SingleSource:
 
 
 def index_single_source(
-    observed: Mapping[str, Sequence[ObservedPod]],
+    observed: dict[str, list[ObservedPod]],
     held_sources: set[str],
     gated: frozenset[str],
 ) -> SingleSource | None:
