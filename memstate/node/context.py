@@ -9,6 +9,7 @@ because every part calls them.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
@@ -58,11 +59,17 @@ INLINE_APPEND_PAUSE_SECONDS = 60.0
 STATUS_INTERVAL_SECONDS = 1.0
 
 
+# How often the sources loop rechecks while the pod tracker is not settled (a deleted pod waits
+# for its cgroup to empty): the delay before such a pod is released.
+SOURCES_RECHECK_SECONDS = 1.0
+
+
 class Wakeup:
     """A level-triggered wake-up: `set()` any number of times, `wait()` returns once."""
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self._waiting: trio.CancelScope | None = None
 
     def set(self) -> None:
         self._event.set()
@@ -73,11 +80,22 @@ class Wakeup:
 
     async def wait(self, timeout: float) -> bool:
         """Wait until set or `timeout` passes; True if it was set. Resets it."""
-        with trio.move_on_after(timeout):
-            await self._event.wait()
+        with trio.move_on_after(timeout) as scope:
+            self._waiting = scope
+            try:
+                await self._event.wait()
+            finally:
+                self._waiting = None
         woken = self._event.is_set()
         self._event = trio.Event()
         return woken
+
+    def due_within(self, seconds: float) -> None:
+        """A `wait` in progress returns within `seconds` (its timeout shortened, not set now),
+        so what several callers ask for in that time costs one wake-up."""
+        if self._waiting is not None:
+            deadline = trio.current_time() + seconds
+            self._waiting.deadline = min(self._waiting.deadline, deadline)
 
 
 class DaemonContext:
@@ -134,7 +152,11 @@ class DaemonContext:
             self.tracker,
             self._record,
             on_container_ids=self._container_ids_changed,
-            on_unsettled=self._sources_wake.set,
+            # A pod now waits for its cgroup (or the view needs the full evaluation): the sources
+            # loop rechecks within a second, and every second while so; not at once, since an
+            # admission by the delta path unsettles the tracker too, and a recheck per admission
+            # would cost a full evaluation each (memstate.node.loops.pods).
+            on_unsettled=functools.partial(self._sources_wake.due_within, SOURCES_RECHECK_SECONDS),
         )
         self.manifests = ManifestDirectory(settings.manifest_dir, tracker=self.tracker)
         self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins

@@ -10,6 +10,7 @@ simulated seconds, no waiting.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import trio
 import trio.testing
 
 from memstate.core.events import Event, PodRemovalRequested
-from memstate.node.context import Wakeup
+from memstate.node.context import SOURCES_RECHECK_SECONDS, Wakeup
 from memstate.node.loops.pods import sources_loop
 from memstate.node.metrics import Metrics
 from memstate.node.sources.feed import Deliver, SourceFeed
@@ -67,7 +68,11 @@ class StandInDaemon:
         self.events: list[Event] = []
         self.tracker = tracker
         self._sources_wake = Wakeup()
-        self.feed = SourceFeed(tracker, self._record, on_unsettled=self._sources_wake.set)
+        self.feed = SourceFeed(
+            tracker,
+            self._record,
+            on_unsettled=functools.partial(self._sources_wake.due_within, SOURCES_RECHECK_SECONDS),
+        )
         self.sources = [source]
         self.state = type("State", (), {"readmission_open": False})()
         self.settings = type("Settings", (), {"manifest_dir": Path("/nonexistent")})()
@@ -117,8 +122,12 @@ async def test_a_deleted_pod_is_rechecked_every_second_until_its_cgroup_empties(
         # event keeps the pod count): the accepted view waits for its cgroup.
         await daemon.feed.deliver("kubelet", pods[1:])
         assert not tracker.settled
-        await trio.sleep(10.5)
-        assert tracker.rechecks - before == 11  # at once (the tracker unsettled), then each second
+        # Not at once: an admission by the delta path unsettles the tracker too, and a recheck
+        # each would be a full evaluation per admission; within a second, then each second.
+        await trio.sleep(0.99)
+        assert tracker.rechecks == before
+        await trio.sleep(10.5 - 0.99)
+        assert tracker.rechecks - before == 10
         assert not any(isinstance(e, PodRemovalRequested) for e in daemon.events)
         populated.discard(UIDS[0])
         emptied = trio.current_time()
@@ -174,3 +183,28 @@ def test_a_tracker_is_settled_when_a_recheck_would_find_nothing() -> None:
     assert [type(e) for e in tracker.recheck()] == [PodRemovalRequested]
     tracker.accept()
     assert tracker.settled
+
+
+async def test_due_within_shortens_a_wait_without_waking_it_now(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wake = Wakeup()
+    results: list[tuple[bool, float]] = []
+
+    async def waiter() -> None:
+        woken = await wake.wait(math.inf)
+        results.append((woken, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(5)
+        asked = trio.current_time()
+        wake.due_within(1.0)
+        wake.due_within(3.0)  # a later bound does not push it back
+        await trio.sleep(0.5)
+        assert results == []
+    assert results == [(False, asked + 1.0)]
+    wake.due_within(1.0)  # nobody waits: nothing to shorten, and the next wait is not cut
+    with trio.move_on_after(10) as scope:
+        await wake.wait(math.inf)
+    assert scope.cancelled_caught

@@ -10,14 +10,14 @@ import trio
 
 from memstate.core.errors import MemstateError
 from memstate.core.events import ReadmissionCompleted
-from memstate.node.context import DaemonContext
+from memstate.node.context import SOURCES_RECHECK_SECONDS, DaemonContext
 from memstate.node.stale import forget_vanished_rejections
 from memstate.node.watching import watch_directory
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
 
-SOURCE_HEALTH_SECONDS = 1.0
+SOURCE_HEALTH_SECONDS = SOURCES_RECHECK_SECONDS
 UNSETTLED_MARGIN_SECONDS = 0.05
 
 
@@ -76,7 +76,7 @@ async def sources_loop(daemon: DaemonContext) -> None:
             # and every second while the tracker is not settled (a pod waits for its cgroup, or
             # its view needs the full evaluation); a settled tracker's recheck finds nothing, so
             # an idle node sleeps until a hint, a change of a source's health (published then)
-            # or a view that unsettles it (the feed's `on_unsettled`).
+            # or, within a second, a view that unsettles it (the feed's `on_unsettled`).
             settled = daemon.tracker.settled
             await daemon._sources_wake.wait(math.inf if settled else SOURCE_HEALTH_SECONDS)
 
