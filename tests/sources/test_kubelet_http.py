@@ -11,6 +11,8 @@ does not move by itself: `mock_clock`), so no test waits for seconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,13 +36,21 @@ def source_for(standin: KubeletStandIn, ca_file: Path, token_file: Path) -> Kube
     return KubeletSource(connection)
 
 
-async def test_one_connection_is_kept_between_polls(
-    certificates: Certificates, ca_file: Path, token_file: Path, mock_clock: trio.testing.MockClock
-) -> None:
+@contextmanager
+def serving(
+    certificates: Certificates, ca_file: Path, token_file: Path
+) -> Iterator[tuple[KubeletStandIn, KubeletSource]]:
+    """The HTTPS stand-in serving `PODS`, and a source polling it."""
     with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
         assert isinstance(standin, KubeletStandIn)
         standin.set_pods(PODS)
-        source = source_for(standin, ca_file, token_file)
+        yield standin, source_for(standin, ca_file, token_file)
+
+
+async def test_one_connection_is_kept_between_polls(
+    certificates: Certificates, ca_file: Path, token_file: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    with serving(certificates, ca_file, token_file) as (standin, source):
         async with source.transport() as client:
             for _ in range(3):
                 assert [pod.uid for pod in await source.poll(client)] == UIDS
@@ -55,11 +65,8 @@ async def test_one_connection_is_kept_between_polls(
 async def test_a_connection_the_server_closed_is_replaced(
     certificates: Certificates, ca_file: Path, token_file: Path
 ) -> None:
-    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
-        assert isinstance(standin, KubeletStandIn)
-        standin.set_pods(PODS)
+    with serving(certificates, ca_file, token_file) as (standin, source):
         standin.close_after_answer = True  # no `Connection: close`: the client finds out
-        source = source_for(standin, ca_file, token_file)
         async with source.transport() as client:
             for _ in range(3):
                 assert len(await source.poll(client)) == 3
@@ -69,10 +76,7 @@ async def test_a_connection_the_server_closed_is_replaced(
 async def test_a_request_hung_up_on_is_sent_again_on_a_new_connection(
     certificates: Certificates, ca_file: Path, token_file: Path
 ) -> None:
-    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
-        assert isinstance(standin, KubeletStandIn)
-        standin.set_pods(PODS)
-        source = source_for(standin, ca_file, token_file)
+    with serving(certificates, ca_file, token_file) as (standin, source):
         async with source.transport() as client:
             await source.poll(client)
             # The server closes the kept connection as the request arrives (an idle timeout
@@ -94,11 +98,8 @@ async def test_a_request_hung_up_on_is_sent_again_on_a_new_connection(
 async def test_chunked_answers_are_read_and_the_connection_kept(
     certificates: Certificates, ca_file: Path, token_file: Path
 ) -> None:
-    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
-        assert isinstance(standin, KubeletStandIn)
-        standin.set_pods(PODS)
+    with serving(certificates, ca_file, token_file) as (standin, source):
         standin.chunked = True
-        source = source_for(standin, ca_file, token_file)
         async with source.transport() as client:
             assert [pod.uid for pod in await source.poll(client)] == UIDS
             standin.set_pods(PODS[:1])
@@ -109,10 +110,7 @@ async def test_chunked_answers_are_read_and_the_connection_kept(
 async def test_a_body_above_the_bound_is_refused(
     certificates: Certificates, ca_file: Path, token_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
-        assert isinstance(standin, KubeletStandIn)
-        standin.set_pods(PODS)
-        source = source_for(standin, ca_file, token_file)
+    with serving(certificates, ca_file, token_file) as (_standin, source):
         async with source.transport() as client:
             monkeypatch.setattr(kubelet_module, "MAX_BODY_BYTES", 2000)
             with pytest.raises(SourceError) as refused:
@@ -126,10 +124,7 @@ async def test_a_body_above_the_bound_is_refused(
 async def test_a_silent_server_times_out(
     certificates: Certificates, ca_file: Path, token_file: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    with running(KubeletStandIn(certificates, "s3cr3t-token")) as standin:
-        assert isinstance(standin, KubeletStandIn)
-        standin.set_pods(PODS)
-        source = source_for(standin, ca_file, token_file)
+    with serving(certificates, ca_file, token_file) as (standin, source):
         async with source.transport() as client:
             await source.poll(client)
             standin.stall = True
