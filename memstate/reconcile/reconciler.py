@@ -57,8 +57,10 @@ Failures never raise out of `reconcile` except programmer errors (`InvariantViol
 TypeError...): a `HostError` from any operation is caught, counted and reported.
 
 The reconciler is synchronous and not thread-safe (except `interrupt`, which stops a round
-between two operations at shutdown); the daemon runs it in a worker thread with a
-capacity limiter of one. Nothing here imports trio.
+between two operations at shutdown); the daemon runs one round at a time (a capacity limiter of
+one), a full round in a worker thread and a small one on its event loop while that stays fast,
+its writes in the worker thread when they may block in the kernel (`prepare` and `complete`, the
+two halves of `reconcile`; memstate.reconcile.blocking). Nothing here imports trio.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ import errno as errno_module
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
@@ -107,6 +109,7 @@ from memstate.core.plan.scope import UndesiredNames
 from memstate.core.plan.settled import NOTHING_SETTLED, SettledCgroups
 from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, change_since
 from memstate.host.cgroupfs import CgroupFS
+from memstate.reconcile.blocking import may_block_in_kernel
 from memstate.reconcile.observe import (
     ReadError,
     add_container_cgroups,
@@ -122,6 +125,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "TRANSIENT_ERRNOS",
     "OperationResult",
+    "PreparedRound",
     "ReadError",
     "ReconcileReport",
     "Reconciler",
@@ -247,6 +251,28 @@ class _Backoff:
     not_before: float
 
 
+@dataclass(frozen=True)
+class PreparedRound:
+    """A round observed and planned by `Reconciler.prepare`, for `Reconciler.complete`.
+
+    `may_block`: executing the plan may wait on the kernel (memstate.reconcile.blocking).
+    `shadow_report`: shadow mode's report (nothing to execute).
+    """
+
+    reconciler: Reconciler
+    index: TargetIndex
+    tree: ObservedTree
+    plan: Plan
+    drift: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    read_errors: list[ReadError] = field(default_factory=list)
+    full: bool = True
+    reads: int = 0
+    retiring: frozenset[str] = frozenset()
+    foreign: tuple[str, ...] = ()
+    may_block: bool = False
+    shadow_report: ReconcileReport | None = None
+
+
 # --- the reconciler -------------------------------------------------------------------------------
 
 
@@ -344,6 +370,29 @@ class Reconciler:
         the latest publications up to `targets` (`TargetsTracker.recent`): the carried indexes
         follow them from the targets they hold when those are among them (else compare every
         cgroup and pod).
+
+        The same as `complete(prepare(...))`, which a caller uses to run the two halves on
+        different threads (see `prepare`).
+        """
+        return self.complete(
+            self.prepare(targets, retired_paths=retired_paths, scope=scope, changes=changes)
+        )
+
+    def prepare(
+        self,
+        targets: NodeTargets,
+        *,
+        retired_paths: Iterable[str] = (),
+        scope: Iterable[str] | None = None,
+        changes: Sequence[TargetsChange] = (),
+    ) -> PreparedRound:
+        """The first half of a round (`reconcile`'s arguments): observe and plan, write nothing.
+
+        `PreparedRound.may_block` says whether the writes left to `complete` may wait on the
+        kernel (memstate.reconcile.blocking): the daemon runs a small round on its event loop,
+        and hands such writes to its worker thread. Nothing may use this reconciler between the
+        two halves except `complete` with the round `prepare` returned (the carried picture and
+        indexes already follow the round).
         """
         if self.options.shadow:
             scope = None  # nothing is written, so no picture to keep: every round looks
@@ -444,25 +493,46 @@ class Reconciler:
             read_errors += more_errors
             reads += more_reads
         if self.options.shadow:
-            return self._shadow_report(
+            report = self._shadow_report(
                 targets, tree, plan, read_errors=read_errors, reads=reads, retiring=retiring
             )
+            return PreparedRound(self, complete, tree, plan, shadow_report=report)
         # Drift is reported for operations that corrected it: a plan without any (an idle
         # node's resync) has nothing to report, so the values are not compared.
         drift = self._drift(complete, tree, plan) if plan.operations else {}
-        results, writes = self._execute(plan)
-        return self._finish(
+        return PreparedRound(
+            self,
             complete,
             tree,
             plan,
-            results,
             drift=drift,
             read_errors=read_errors,
             full=full,
             reads=reads,
-            writes=writes,
             retiring=retiring,
             foreign=tuple(foreign),
+            may_block=may_block_in_kernel(plan),
+        )
+
+    def complete(self, prepared: PreparedRound) -> ReconcileReport:
+        """The second half of a round: execute what `prepare` planned, report."""
+        if prepared.reconciler is not self:
+            raise InvariantViolation("a round prepared by another reconciler")
+        if prepared.shadow_report is not None:
+            return prepared.shadow_report
+        results, writes = self._execute(prepared.plan)
+        return self._finish(
+            prepared.index,
+            prepared.tree,
+            prepared.plan,
+            results,
+            drift=prepared.drift,
+            read_errors=prepared.read_errors,
+            full=prepared.full,
+            reads=prepared.reads,
+            writes=writes,
+            retiring=prepared.retiring,
+            foreign=prepared.foreign,
         )
 
     # --- shadow ----------------------------------------------------------------------------
