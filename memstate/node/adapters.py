@@ -129,6 +129,9 @@ class Adapters:
 
     wall_clock_ns: Callable[[], int] = time.time_ns
     run_io: RunIO = in_worker_thread
+    # A scoped reconcile round may run on the event loop instead of `run_io` while rounds are
+    # fast (memstate.node.loops.converge); a test that holds rounds in its `run_io` turns it off.
+    inline_rounds: bool = True
     storage: Callable[[], LogStorage] | None = None
     cgroup_fs: CgroupFS | None = None
     topology: Topology | None = None

@@ -54,6 +54,12 @@ logger = logging.getLogger("memstate.node.daemon")
 # thread for the pause (memstate.node.worker_threads.InlineWhileFast).
 INLINE_APPEND_SLOW_SECONDS = 0.01
 INLINE_APPEND_PAUSE_SECONDS = 60.0
+# A scoped reconcile round (an admission's, a removal's, a watch hint's) runs on the event loop
+# while rounds take at most this long (about a millisecond at 500 pods); once one took longer,
+# rounds go to the worker thread for the pause. A full round always runs there
+# (memstate.node.loops.converge).
+INLINE_ROUND_SLOW_SECONDS = 0.01
+INLINE_ROUND_PAUSE_SECONDS = 60.0
 # After a reconcile round daemon-status.json is rewritten at most this often (trio's clock): a
 # round within the interval of the last write leaves it to `status_loop` (`write_status_soon`).
 STATUS_INTERVAL_SECONDS = 1.0
@@ -162,6 +168,16 @@ class DaemonContext:
         self.sources: list[Any] = []  # NetworkSource, or the simulation's stand-ins
         self.config_topology: Topology | None = None
         self._cgroup_limiter = trio.CapacityLimiter(1)
+        # Timed by trio's clock, as the log append's (a MockClock: always on the loop).
+        self.inline_rounds: InlineWhileFast | None = (
+            InlineWhileFast(
+                slow_seconds=INLINE_ROUND_SLOW_SECONDS,
+                pause_seconds=INLINE_ROUND_PAUSE_SECONDS,
+                clock=trio.current_time,
+            )
+            if self.adapters.inline_rounds
+            else None
+        )
         # The reconciler's own operations, so the cgroup watch drops their echo (set at start-up
         # when the watch runs: memstate.node.cgroup_echo).
         self.own_writes: OwnWrites | None = None

@@ -78,7 +78,8 @@ def test_own_writes_make_no_round_and_a_foreign_write_makes_one(tmp_path: Path) 
 
     daemon = Daemon(
         settings,
-        adapters=Adapters(run_io=recording_io, notifier=Notifier(None, None)),
+        # Every round through `recording_io`, which counts them.
+        adapters=Adapters(run_io=recording_io, notifier=Notifier(None, None), inline_rounds=False),
     )
 
     def memory_min(uid: str) -> str | None:

@@ -46,7 +46,9 @@ def test_converged_follows_the_current_targets(tmp_path: Path) -> None:
                 await opened.wait()
         return await run_inline(fn)
 
-    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=gated_io))
+    daemon = Daemon(
+        _settings(config_file), adapters=sim_adapters(world, run_io=gated_io, inline_rounds=False)
+    )
     seen: dict[str, Any] = {}
 
     def gauge() -> float | None:

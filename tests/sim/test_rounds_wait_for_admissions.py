@@ -50,7 +50,9 @@ def _run(tmp_path: Path, hold_read_seconds: float | None) -> dict[str, Any]:
             await held["read"].wait()
         return await run_inline(fn)
 
-    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=gated_io))
+    daemon = Daemon(
+        _settings(config_file), adapters=sim_adapters(world, run_io=gated_io, inline_rounds=False)
+    )
 
     async def until(condition: Callable[[], bool]) -> None:
         while not condition():

@@ -422,12 +422,17 @@ def _settings(config_file: Path) -> Settings:
     )
 
 
-def sim_adapters(world: World, *, run_io: Any = run_inline, life: int = 0) -> Adapters:
+def sim_adapters(
+    world: World, *, run_io: Any = run_inline, life: int = 0, inline_rounds: bool = True
+) -> Adapters:
     """The simulated node's adapters: the world's disk, cgroup tree, clock and manifests, a
-    two-NUMA-node topology, no host loops; `run_io` replaces the inline I/O runner."""
+    two-NUMA-node topology, no host loops; `run_io` replaces the inline I/O runner
+    (`inline_rounds=False` sends every reconcile round through it, for a test that holds them
+    there)."""
     return Adapters(
         wall_clock_ns=world.wall_clock_ns,
         run_io=run_io,
+        inline_rounds=inline_rounds,
         storage=lambda: SimStorage(world.disk, world.check_state),
         cgroup_fs=world.fs,
         topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),

@@ -14,11 +14,16 @@ from memstate.node.context import DaemonContext
 from memstate.node.journal import log_drift
 from memstate.node.sources.kubelet import KubeletSource
 from memstate.node.watching import Batch
+from memstate.node.worker_threads import InlineWhileFast
+from memstate.reconcile.reconciler import PreparedRound, ReconcileReport
 
 # The daemon's log lines keep the name operators filter on, whichever module writes them.
 logger = logging.getLogger("memstate.node.daemon")
 
 FAILURE_NOTE_REPEAT_SECONDS = 600.0
+# A scoped round over more paths than this (a burst's, a backlog of removals) goes to the worker
+# thread whatever the last rounds took: its cost grows with its scope.
+INLINE_ROUND_MAX_PATHS = 32
 
 
 async def reconcile_once(daemon: DaemonContext) -> float | None:
@@ -33,16 +38,30 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     reconciler = daemon.reconciler
     generation = daemon.targets_generation
     started = trio.current_time()
-    report = await daemon.run_io(
-        functools.partial(
-            reconciler.reconcile,  # type: ignore[attr-defined]
-            targets,
-            retired_paths=sorted(retiring),
-            scope=None if scope is None else sorted(scope),
-            changes=changes,
-        ),
-        limiter=daemon._cgroup_limiter,
-    )
+    arguments = {
+        "retired_paths": sorted(retiring),
+        "scope": None if scope is None else sorted(scope),
+        "changes": changes,
+    }
+    inline = daemon.inline_rounds
+    if (
+        inline is None
+        or not inline.available()
+        or scope is None  # a full round: tens of milliseconds at 500 pods
+        or len(scope) + len(retiring) > INLINE_ROUND_MAX_PATHS
+        or daemon.shadow is not None  # every shadow round is a full one
+    ):
+        report = await daemon.run_io(
+            functools.partial(reconciler.reconcile, targets, **arguments),  # type: ignore[attr-defined]
+            limiter=daemon._cgroup_limiter,
+        )
+    else:
+        report = await _round_on_the_loop(
+            daemon,
+            inline,
+            functools.partial(reconciler.prepare, targets, **arguments),  # type: ignore[attr-defined]
+            reconciler.complete,  # type: ignore[attr-defined]
+        )
     if daemon.shadow is not None:
         daemon.shadow.cgroups_observed(report.differences)
     label = "full" if scope is None else "scoped"
@@ -71,6 +90,26 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
         await daemon.writer.submit(notes)
     retry: float | None = report.retry_after_seconds
     return retry
+
+
+async def _round_on_the_loop(
+    daemon: DaemonContext,
+    inline: InlineWhileFast,
+    prepare: Callable[[], PreparedRound],
+    complete: Callable[[PreparedRound], ReconcileReport],
+) -> ReconcileReport:
+    """A scoped round on the event loop: a hand-off to the worker thread and back cost more CPU
+    than an admission's round itself (docs/performance.md, "stop 23: the scoped round on the
+    event loop"). Its writes go to the worker thread when they may wait on the kernel (a lowered
+    limit reclaims inside the write: memstate.reconcile.blocking), and a slow half sends the
+    next rounds there for a while (`InlineWhileFast`)."""
+    async with daemon._cgroup_limiter:  # one round at a time, as in the worker thread
+        prepared = inline.run(prepare)
+        if prepared.may_block:
+            # This task holds the limiter: the thread takes none of its own.
+            report: ReconcileReport = await daemon.run_io(functools.partial(complete, prepared))
+            return report
+        return inline.run(functools.partial(complete, prepared))
 
 
 def notes_worth_recording(daemon: DaemonContext, notes: Sequence[Event]) -> list[Event]:

@@ -1,0 +1,116 @@
+"""Where the simulated daemon runs its reconcile rounds (memstate.node.loops.converge): a scoped
+round on the event loop; its writes in the worker thread (`run_io`) when they may wait on the
+kernel; every round in the worker thread for a while after a slow one; a full round always there.
+
+Method: the simulated daemon with a `run_io` that records what it is handed (and runs it
+inline); an admission, then a pod's limit raised by hand and that pod's cgroup put in the next
+round's scope (the cgroup watch's hint), then the same after a round counted as slow.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+
+from memstate.node.daemon import Daemon
+from memstate.node.worker_threads import InlineWhileFast
+from tests.sim.world import (
+    CONFIG_YAML,
+    _settings,
+    fixed_world,
+    guaranteed_observation,
+    run_inline,
+    sim_adapters,
+)
+
+_T = TypeVar("_T")
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(inner, "__qualname__", repr(inner))
+
+
+def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    world = fixed_world()
+    handed: list[str] = []
+
+    async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
+        name = _name_of(fn)
+        if name.startswith("Reconciler."):
+            handed.append(name)
+        return await run_inline(fn)
+
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))
+    seen: dict[str, list[str]] = {}
+
+    async def converged() -> None:
+        while not daemon.readiness.converged:
+            await trio.sleep(0.01)
+
+    async def hint(path: str) -> None:
+        """What the cgroup watch does when a managed cgroup changed."""
+        assert daemon._scope is not None
+        daemon._scope.add(path)
+        daemon.readiness.converged = False
+        daemon._reconcile_wake.set()
+        await trio.sleep(0.5)
+        await converged()
+
+    def raise_limit(uid: str) -> str:
+        assert daemon.targets is not None
+        path = daemon.targets.pod(uid).cgroup
+        world.fs.write(path, "memory.max", "max")
+        return path
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            await converged()
+            seen["start-up"] = handed[:]
+            handed.clear()
+
+            world.pods["one"] = guaranteed_observation("one")
+            daemon._manifest_wake.set()
+            while "one" not in daemon.state.pods:
+                await trio.sleep(0.01)
+            await converged()
+            seen["admission"] = handed[:]
+            handed.clear()
+
+            await hint(raise_limit("one"))
+            seen["lowering"] = handed[:]
+            handed.clear()
+
+            # Every half counts as slow from now on: the next round (and the rest) go to the thread.
+            daemon.inline_rounds = InlineWhileFast(
+                slow_seconds=-1.0, pause_seconds=60.0, clock=trio.current_time
+            )
+            world.pods["two"] = guaranteed_observation("two")
+            daemon._manifest_wake.set()
+            while "two" not in daemon.state.pods:
+                await trio.sleep(0.01)
+            await converged()
+            seen["slow"] = handed[:]
+            handed.clear()
+            await hint(raise_limit("two"))
+            seen["paused"] = handed[:]
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen["start-up"] == ["Reconciler.reconcile"], seen  # the first round is a full one
+    assert seen["admission"] == [], seen  # created with its values: nothing to wait for
+    assert seen["lowering"] == ["Reconciler.complete"], seen  # planned here, written there
+    assert seen["slow"] == [], seen  # the slow round itself still ran here
+    assert seen["paused"] == ["Reconciler.reconcile"], seen
+    assert daemon.targets is not None
+    for uid in ("one", "two"):
+        assert world.fs.read(daemon.targets.pod(uid).cgroup, "memory.max") != "max"
