@@ -113,3 +113,46 @@ def test_run_takes_every_location_from_the_config_section_under_flags_and_enviro
     assert daemon["metrics_address"] == f"127.0.0.1:{node.metrics_port}"  # bound, not :0
     assert node.metrics_port > 0
     assert node.terminate() == 0
+
+
+@pytest.mark.parametrize("edited", [True, False])
+def test_an_edit_before_the_config_watch_is_in_place_is_reloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edited: bool
+) -> None:
+    """The config loop starts after start-up read the file; an edit made in between is never
+    reported by the watch, which is only then set up. The loop compares the file once the watch
+    is in place and reloads if it changed (no SIGHUP needed), and not if it did not (no
+    "unchanged" reload at every start). Fails without that comparison: no reload comes."""
+    import trio
+
+    from memstate.node.adapters import Adapters
+    from memstate.node.loops import config as config_loop_module
+    from memstate.node.sdnotify import Notifier
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    daemon = DaemonContext(
+        Settings(state_dir=tmp_path / "state", manifest_dir=tmp_path, config_file=config_file),
+        adapters=Adapters(host_loops=True, notifier=Notifier(None, None)),
+    )
+    daemon._config_digest = config_digest(config_file.read_bytes())  # what start-up loaded
+    if edited:
+        config_file.write_text(CONFIG_YAML.replace("rescanSeconds: 7", "rescanSeconds: 9"))
+    reloads: list[str] = []
+
+    async def recording(context: DaemonContext) -> None:
+        reloads.append(config_digest(config_file.read_bytes()))
+
+    monkeypatch.setattr(config_loop_module, "reload_config", recording)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(config_loop_module.config_loop, daemon)
+            # A hang guard when a reload is expected; otherwise long enough for a wrong one.
+            with trio.move_on_after(5.0 if edited else 0.5):
+                while not reloads:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
+    assert reloads == ([config_digest(config_file.read_bytes())] if edited else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from pathlib import Path
 
 import msgspec
 import trio
@@ -103,9 +104,22 @@ async def config_loop(daemon: DaemonContext) -> None:
                     on_error=daemon.metrics.watch_failed("config"),
                 )
             )
+            # An edit between start-up's read and the watch being in place is never reported:
+            # compare once, now that the next one will be.
+            if _changed_since_loaded(daemon, path):
+                daemon._config_wake.set()
         while True:
             if await daemon._config_wake.wait(3600.0):
                 await reload_config(daemon)
+
+
+def _changed_since_loaded(daemon: DaemonContext, path: Path) -> bool:
+    """The file no longer holds what was last loaded (or cannot be read: the reload says why)."""
+    try:
+        data = read_input(path, ConfigError)
+    except InputError:
+        return True
+    return config_digest(data) != daemon._config_digest
 
 
 # How long a config file that does not load must stay unchanged before it is rejected (a reload
