@@ -6,7 +6,6 @@ admission's scoped reconcile round run on the event loop while they are fast
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +26,12 @@ from tests.sim.world import (
     World,
     _random_pod,
     _settings,
+    handed_name,
     run_inline,
     sim_adapters,
 )
 
 _T = TypeVar("_T")
-
-
-def _name_of(fn: Callable[..., Any]) -> str:
-    inner = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(inner, "__qualname__", repr(inner))
 
 
 def test_one_admission_computes_targets_once_and_hands_only_io_to_threads(
@@ -62,7 +57,7 @@ def test_one_admission_computes_targets_once_and_hands_only_io_to_threads(
     monkeypatch.setattr(state_targets, "pod_targets", counting)
 
     async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
-        handed.append(_name_of(fn))
+        handed.append(handed_name(fn))
         return await run_inline(fn)
 
     daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))

@@ -5,7 +5,6 @@ old targets, not the new ones (docs/operations.md)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from tests.sim.world import (
     _settings,
     fixed_world,
     guaranteed_observation,
+    handed_name,
     run_inline,
     sim_adapters,
 )
@@ -27,8 +27,7 @@ _T = TypeVar("_T")
 
 
 def _is_round(fn: Callable[..., Any]) -> bool:
-    inner = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(inner, "__qualname__", "") == "Reconciler.reconcile"
+    return handed_name(fn) == "Reconciler.reconcile"
 
 
 def test_converged_follows_the_current_targets(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ round's scope (the cgroup watch's hint), then the same after a round counted as 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,16 +23,12 @@ from tests.sim.world import (
     _settings,
     fixed_world,
     guaranteed_observation,
+    handed_name,
     run_inline,
     sim_adapters,
 )
 
 _T = TypeVar("_T")
-
-
-def _name_of(fn: Callable[..., Any]) -> str:
-    inner = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(inner, "__qualname__", repr(inner))
 
 
 def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Path) -> None:
@@ -43,7 +38,7 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
     handed: list[str] = []
 
     async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
-        name = _name_of(fn)
+        name = handed_name(fn)
         if name.startswith("Reconciler."):
             handed.append(name)
         return await run_inline(fn)

@@ -24,6 +24,7 @@ A failure is a `SimFailure` naming the seed and the command that reruns it.
 from __future__ import annotations
 
 import errno
+import functools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -420,6 +421,13 @@ def _settings(config_file: Path) -> Settings:
         pod_sources=("manifests",),
         checkpoint_every=7,
     )
+
+
+def handed_name(fn: Callable[..., Any]) -> str:
+    """The qualified name of what a `run_io` was handed (a `functools.partial` unwrapped):
+    ``Reconciler.reconcile``, ``World.read_pods``..."""
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    return str(getattr(inner, "__qualname__", repr(inner)))
 
 
 def sim_adapters(
