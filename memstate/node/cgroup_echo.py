@@ -30,7 +30,8 @@ nothing to correct:
   ``+memory`` reads ``memory``: its echo still costs a round), and any batch the kernel could
   not report completely (queue overflow: the whole-tree resync, as before).
 
-The records are taken after the operation returned, in the round's worker thread; the watch
+The records are taken after the operation returned, on the round's thread (the event loop for a
+scoped round, a worker thread otherwise: memstate.node.loops.converge); the watch
 delivers a batch at the earliest `settle_seconds` (50 ms) after its first change, so a record is
 in place long before its echo is judged. Should it not be (a worker thread descheduled for that
 long), the echo is kept: one extra round, the old behaviour. Records expire after
@@ -79,8 +80,8 @@ _REMOVED = IN_DELETE | IN_MOVED_FROM
 class OwnWrites:
     """memstate's recent operations on the tree, and the watch's changes they explain.
 
-    `wrote`, `created`, `removed` are called from the reconciler's worker thread, `foreign`
-    from the event loop: a lock keeps the records consistent between them. `clock` is monotonic
+    `wrote`, `created`, `removed` are called from the round's thread (a worker thread or the
+    event loop), `foreign` from the event loop: a lock keeps the records consistent between them. `clock` is monotonic
     seconds, usable from any thread (the daemon's is trio's).
     """
 
