@@ -81,8 +81,8 @@ class OwnWrites:
     """memstate's recent operations on the tree, and the watch's changes they explain.
 
     `wrote`, `created`, `removed` are called from the round's thread (a worker thread or the
-    event loop), `foreign` from the event loop: a lock keeps the records consistent between them. `clock` is monotonic
-    seconds, usable from any thread (the daemon's is trio's).
+    event loop), `foreign` from the event loop: a lock keeps the records consistent between
+    them. `clock` is monotonic seconds, usable from any thread (the daemon's is trio's).
     """
 
     def __init__(
