@@ -46,6 +46,12 @@ from memstate.host.cgroupfs import CgroupFS
 # Deeper than any pod subtree a runtime creates (pod/container/sub-scope); bounds the walk.
 MAX_REMOVAL_DEPTH = 8
 
+# What a read or write meets when the cgroup itself was removed meanwhile: ENOENT when the file
+# is opened after the removal, ENODEV from kernfs when it was opened before (the read or write on
+# an open file of a removed cgroup). A read or a write beside the kubelet takes either as
+# "gone" only once the cgroup is seen absent (a missing file is still a failure).
+GONE_ERRNOS = frozenset({errno_module.ENOENT, errno_module.ENODEV})
+
 
 @dataclass(frozen=True)
 class ReadError:
@@ -85,7 +91,7 @@ class _Observer:
         return self._desired
 
     def _failed(self, op: str, path: str, file: str, exc: HostError) -> None:
-        if exc.errno == errno_module.ENOENT and op != "exists" and self._vanished(path):
+        if exc.errno in GONE_ERRNOS and op != "exists" and self._vanished(path):
             # The cgroup itself went away during the round (beside the kubelet, its owner
             # removes pod and container cgroups whenever it likes): the value is unknown this
             # round and the next one sees the cgroup absent; not a failure worth a note.

@@ -29,7 +29,9 @@ One call to `Reconciler.reconcile(targets)` is one round:
    *across* rounds — the round never sleeps, it reports `retry_after_seconds` and the daemon
    comes back then. ENOENT on a removal (rmdir, cgroup.kill, zeroing a retired pod) means the
    cgroup is already gone: success; so does ENOENT on any write beside the kubelet when the
-   cgroup itself is gone (its owner removed it during the round). EEXIST on mkdir is success.
+   cgroup itself is gone (its owner removed it during the round). ENODEV counts as ENOENT
+   there: kernfs answers it to a write on a file opened just before its cgroup was removed
+   (`GONE_ERRNOS`). EEXIST on mkdir is success.
    EBUSY on rmdir means "still populated": the removal stays pending, counted, without a
    failure note every round.
 4. **Report** (`ReconcileReport`): counters by (file, result) — ``mkdir``/``rmdir`` stand in for
@@ -111,6 +113,7 @@ from memstate.core.targets import CgroupTarget, NodeTargets, TargetsChange, chan
 from memstate.host.cgroupfs import CgroupFS
 from memstate.reconcile.blocking import may_block_in_kernel
 from memstate.reconcile.observe import (
+    GONE_ERRNOS,
     ReadError,
     add_container_cgroups,
     add_container_cgroups_carried,
@@ -907,9 +910,10 @@ class Reconciler:
 
     def _removed_by_owner(self, operation: Operation, code: int) -> bool:
         """Beside the kubelet, its owner removes a cgroup whenever it likes, also just before
-        memstate writes to it: ENOENT on a cgroup that is itself gone leaves nothing to write
-        (the next round sees it absent). Where memstate owns the tree it is a failure."""
-        if self.profile.owns_cgroups or code != errno_module.ENOENT:
+        memstate writes to it: ENOENT (or kernfs's ENODEV, the file opened just before the
+        removal) on a cgroup that is itself gone leaves nothing to write (the next round sees it
+        absent). Where memstate owns the tree it is a failure."""
+        if self.profile.owns_cgroups or code not in GONE_ERRNOS:
             return False
         try:
             return not self.fs.exists(operation.path)
@@ -921,7 +925,7 @@ class Reconciler:
         if operation.kind == "mkdir":
             return code == errno_module.EEXIST
         # A pod being removed that is already gone is removed.
-        return operation.phase == "remove" and code == errno_module.ENOENT
+        return operation.phase == "remove" and code in GONE_ERRNOS
 
     # --- reporting -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import errno
 import msgspec
 import pytest
 
-from memstate.core.errors import InvariantViolation
+from memstate.core.errors import HostError, InvariantViolation
 from memstate.core.plan import ObservedCgroup, ObservedTree, Operation, plan_operations
 from memstate.core.plan.diff import diff_tree
 from memstate.core.plan.planner import _Planner
@@ -363,19 +363,27 @@ def test_container_cgroups_of_both_runtimes_and_drivers_get_their_values_beside_
 
 class KubeletRemovesDuringTheRound(FaultInjectingCgroupFS):
     """The kubelet removes `victim` (a pod cgroup without children) just before memstate's
-    first write to it in the round: the write meets ENOENT, as on a real node."""
+    first write to it in the round: the write meets ENOENT, as on a real node; with `opened`,
+    between memstate's open of the file and its write, which kernfs answers with ENODEV."""
 
     victim = ""
+    opened = False
 
     def write(self, path: str, file: str, value: str) -> None:
         if path == self.victim and self.inner.exists(path):
             self.inner.rmdir(path)
+            if self.opened:
+                raise HostError(f"write {path}/{file}: ENODEV (injected)", errno=errno.ENODEV)
         super().write(path, file, value)
 
 
-def test_beside_the_kubelet_a_write_to_a_cgroup_the_kubelet_just_removed_is_no_failure() -> None:
+@pytest.mark.parametrize("opened", [False, True], ids=["ENOENT", "ENODEV"])
+def test_beside_the_kubelet_a_write_to_a_cgroup_the_kubelet_just_removed_is_no_failure(
+    opened: bool,
+) -> None:
     targets = targets_of_pods(three_pods())
     fs = KubeletRemovesDuringTheRound(new_sim(), log_length=100_000)
+    fs.opened = opened
     rec = Reconciler(fs, page_size_bytes=PAGE, clock=FakeClock(), profile=BESIDE)
     kubelet_makes(sim_of(fs), targets, None)
     fs.victim = targets.pod("b1").cgroup
@@ -393,3 +401,10 @@ def test_beside_the_kubelet_a_write_to_a_cgroup_the_kubelet_just_removed_is_no_f
     noted = [n for n in rec2.reconcile(targets).notes if n.kind == "cgroup_write_failed"]
     assert fs2.exists(b1)
     assert [(n.path, n.file) for n in noted] == [(b1, "memory.low")]
+    # So is ENODEV from a cgroup that still exists.
+    fs3 = FaultInjectingCgroupFS(new_sim(), log_length=100_000)
+    rec3 = Reconciler(fs3, page_size_bytes=PAGE, clock=FakeClock(), profile=BESIDE)
+    kubelet_makes(sim_of(fs3), targets, None)
+    fs3.inject(errno.ENODEV, op="write", path=b1, file="memory.low")
+    noted = [n for n in rec3.reconcile(targets).notes if n.kind == "cgroup_write_failed"]
+    assert [(n.path, n.file, n.errno) for n in noted] == [(b1, "memory.low", errno.ENODEV)]
