@@ -404,8 +404,9 @@ def one_driver(mount: Path, job: Path, driver: str, nodes: dict[int, dict[str, i
                 "burstable": read_files(mount / qos[0]),
                 "made_by_memstate": sorted(directories(mount) - expected_after),
                 "removed_by_memstate": sorted(expected_after - directories(mount)),
+                # Whole, so that a failure says which operation on which file met what.
                 "notes": [
-                    r.event.kind
+                    repr(r.event)
                     for r in node.records()
                     if r.event.kind in ("cgroup_write_failed", "cgroup_orphan_found")
                 ],
