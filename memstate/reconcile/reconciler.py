@@ -281,8 +281,9 @@ class Reconciler:
         # Cleared by a full observation, which builds a new tree: then everything is compared.
         self._tree_changes: list[TreeChange] = []
         # The children's protections summed for the last tree planned: carried to the next,
-        # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
-        self._child_sums: ChildSums | None = None
+        # whose unchanged cgroups it shares, so a scoped round does not sum every pod
+        # (`_child_sums`).
+        self._sums: ChildSums | None = None
         # Each holder's listed names no target explains, carried (followed by the names that
         # changed in its listing and its desired children).
         self._undesired = UndesiredNames()
@@ -319,6 +320,18 @@ class Reconciler:
         self._containers = ContainerIndex()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
+
+    @property
+    def _child_sums(self) -> ChildSums | None:
+        """The carried sums; None when there are none to carry on from, or when an update
+        that failed half-way spent them (`ChildSums.updated` hands its tables on): the next
+        plan sums its tree afresh."""
+        sums = self._sums
+        return None if sums is None or sums.spent else sums
+
+    @_child_sums.setter
+    def _child_sums(self, sums: ChildSums | None) -> None:
+        self._sums = sums
 
     def interrupt(self) -> None:
         """Make the round in progress (and every later one) stop before its next operation.
