@@ -606,13 +606,18 @@ class Reconciler:
         """
         touched: set[str] = set()
         before = tree
+        carried = self._containers
+        if carried.spent:
+            # An update that failed half-way spent it (`ContainerIndex.updated` hands its
+            # tables on): derive every pod's containers afresh.
+            carried = ContainerIndex()
         complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
             self.fs,
             targets,
             tree,
             self.container_ids,
             pods=paths,
-            index=self._containers,
+            index=carried,
             desired=desired,
             change=change,
             tree_paths=touched_since(self._tree_changes, self._containers.tree, tree),
