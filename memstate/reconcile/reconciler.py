@@ -294,8 +294,9 @@ class Reconciler:
         # Targets with controllers whose last enable failed (their expected controllers are
         # older than their target's).
         self._controllers_failed: set[str] = set()
-        # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
-        self._desired_before: Mapping[str, CgroupTarget] = {}
+        # The index of the previous round's desired paths (its `token`: the tables are handed
+        # on from index to index, so they do not tell one from the next).
+        self._index_before: object = None
         # Of the (profiled) targets, carried; following the profile's filter.
         self._index = TargetIndex.of(_NO_TARGETS, profile)
         self._complete_index = self._index  # of the targets with their container cgroups
@@ -982,7 +983,7 @@ class Reconciler:
             and self._remembered is not None
             and self._remembered[0] is plan
             and self._remembered[1] == full
-            and desired is self._desired_before
+            and index.token is self._index_before
             and not self._controllers_failed
         ):
             return
@@ -1012,15 +1013,18 @@ class Reconciler:
         # found new or changed since the last round, those whose enable failed before, and
         # those with an enable this round (every one when the index cannot tell).
         enables = {o.path for o in plan.operations if o.kind == "enable"}
-        if index.by_path is self._desired_before:
+        if index.token is self._index_before:
             looked_at: Iterable[str] = {*self._controllers_failed, *enables}
             gone: Iterable[str] = ()
-        elif index.base is self._desired_before:
+        elif index.derived_from is self._index_before:
             looked_at = {*index.changed, *self._controllers_failed, *enables}
             gone = index.dropped
         else:
             looked_at = list(index.controlled())
-            gone = self._desired_before.keys() - desired.keys()
+            # Every path remembered was desired when it was (below, only desired ones are):
+            # those no longer desired are what an earlier round's desired paths lost.
+            remembered = {*self._expected, *self._expected_present, *self._expected_controllers}
+            gone = [path for path in remembered if path not in desired]
         controlled = index.controlled()
         for path in looked_at:
             target = controlled.get(path)
@@ -1035,7 +1039,7 @@ class Reconciler:
                 self._controllers_failed.add(path)
         # Forget what is no longer desired; a round that dropped nothing (an admission) walks
         # nothing here.
-        self._desired_before = desired
+        self._index_before = index.token
         for path in gone:
             self._expected.pop(path, None)
             self._expected_present.discard(path)

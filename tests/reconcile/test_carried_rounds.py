@@ -70,7 +70,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._index = TargetIndex.of(_NO_TARGETS, reconciler.profile)
     reconciler._complete_index = reconciler._index
     reconciler._containers = ContainerIndex()
-    reconciler._desired_before = dict(reconciler._desired_before)
+    reconciler._index_before = object()  # no index: what it remembers is compared whole
     reconciler._child_sums = None
     reconciler._undesired = UndesiredNames()
     reconciler._tree_changes = []
