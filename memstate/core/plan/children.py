@@ -11,12 +11,13 @@ proportion to what it observed, not to the number of pods. The planner
 total and adds their own contributions; `plan_operations` gives the same plan with or without.
 
 Handed on, not copied: `updated` edits the tables in place for the cgroups that changed and
-returns a new value over them; the value it was called on is spent (every later query or update
-of it raises `InvariantViolation`), so no answer ever changes under a holder. A plan made with a
-value is finished before the reconciler updates it (nothing the planner returns holds the
-sums). Copying the tables instead cost a pass in C over every pod per round (a dict of every
-cgroup's protections, kubepods' sets of every pod's name), what made a one-pod round grow with
-the node. Pure: no I/O, no clock.
+returns a new value over them; the value it was called on is spent: its `check` (which the
+planner calls before any query) and `updated` raise `InvariantViolation`, so no plan is made
+from answers that changed under it. A plan made with a value is finished before the reconciler
+updates it (nothing the planner returns holds the sums). The queries themselves do not check:
+a full round asks them for every planned child. Copying the tables instead cost a pass in C
+over every pod per round (a dict of every cgroup's protections, kubepods' sets of every pod's
+name), what made a one-pod round grow with the node. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class ChildSums:
         unusable: set[str],
     ) -> None:
         self.tree = tree
-        # True once `updated` handed the tables on: this value answers nothing any more.
+        # True once `updated` handed the tables on: its answers are no longer this tree's.
         self.spent = False
         self.page_size_bytes = page_size_bytes
         self._values = values  # path -> its protections, for every existing cgroup
@@ -114,30 +115,22 @@ class ChildSums:
         """True if `path` exists, is listed, and every child the tree holds as existing is
         listed: then its total counts every child the planner could find (a desired child
         absent from the listing is absent from the tree, or held as not existing)."""
-        if self.spent:
-            _refuse()
         return path in self._listed and path not in self._unusable
 
     def existing_children(self, path: str) -> Set[str]:
         """The names of `path`'s children the tree holds as existing, listed or not (a view
         valid until this value is updated)."""
-        if self.spent:
-            _refuse()
         return self._entries.get(path, _NO_NAMES)
 
     def total(self, path: str, index: int) -> int:
         """Σ of `path`'s valid listed children's protection `PROTECTION_FILES[index]` (an
         unreadable one counts 0)."""
-        if self.spent:
-            _refuse()
         return self._totals.get(path, _ZERO_SUMS)[index]
 
     def counted(self, parent: str, name: str, index: int) -> int:
         """What child `name` of `parent` adds to `total(parent, index)`."""
         # `_counted(...)[index]` without building the tuple: a full round asks for every
         # planned child of every cgroup, twice (a pod's container cgroups included).
-        if self.spent:
-            _refuse()
         found = _listed_values(self._values, self._listed, self._invalid, parent, name)
         value = None if found is None else found[index]
         return 0 if value is None else value
@@ -145,8 +138,6 @@ class ChildSums:
     def unreadable_children(self, parent: str, index: int) -> list[str]:
         """The valid listed children of `parent` whose protection `index` could not be read
         (paths, in no particular order)."""
-        if self.spent:
-            _refuse()
         if not self._unreadable:
             return []  # every protection read (the usual tree): no pass
         listed = self._listed.get(parent, _NO_NAMES)
@@ -166,8 +157,6 @@ class ChildSums:
 
     def invalid_names(self, path: str) -> frozenset[str]:
         """The names `path` lists that are not valid cgroup names."""
-        if self.spent:
-            _refuse()
         return self._invalid.get(path, frozenset())
 
     # --- update ----------------------------------------------------------------------------
@@ -187,7 +176,7 @@ class ChildSums:
 
         The tables are handed on, edited in place for the cgroups that changed (no copy of
         every cgroup's entry, nor of kubepods' sets of every pod's name): this value is spent
-        (every later query or update of it refuses, `spent`), unless `tree` is its own."""
+        (its `check` and `updated` refuse, `spent`), unless `tree` is its own."""
         if tree is self.tree:
             return self
         self._spend()
