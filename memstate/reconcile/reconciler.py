@@ -977,6 +977,10 @@ class Reconciler:
         Remembering a plan without operations again, right after it was remembered, with the
         same desired paths and no failed enable to look at, sets what is already set: skipped
         (an idle node's periodic resync reuses its plan, `_full_plan`)."""
+        if index.spent:
+            # Its tables are a later index's (`TargetIndex.updated` hands them on): a round's
+            # completion after the next round's preparation would remember that one's targets.
+            raise InvariantViolation("a round completed with a target index spent by a later one")
         desired = index.by_path
         if (
             not plan.operations
