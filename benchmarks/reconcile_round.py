@@ -1,7 +1,7 @@
 """The reconciler's scoped admission round alone: thread CPU per round at N resident pods.
 
     python -m benchmarks.reconcile_round [--pods 500] [--samples 200] [--containers] [--rounds 3]
-                                         [--full-after]
+                                         [--full-after] [--phases]
 
 `benchmarks.admission_cpu` measures the whole daemon per admission (sources, writer, log, trio
 hand-offs and the reconcile round); this one takes the round out: the real reducer admits
@@ -25,11 +25,20 @@ it prints both medians and the median of the per-sample ratios (this / baseline)
 that follows a change: its targets are not the last full round's, so its plan is not reused and
 the whole tree is planned): each sample runs the admission's scoped round untimed, then a full
 round (`scope=None`) timed the same way.
+
+`--phases` (this version only) says where a round's time goes: the round's parts (`PHASES`:
+the observation, the carried structures' updates, planning and its checks, execution, the
+report) are each wrapped to take their thread CPU, and the median over the samples of each
+part's time per round is printed, with the garbage collector off (a collection would be charged
+to whichever part allocated). Parts nest (`plan_operations` holds `_Planner.run`), and the
+wrappers add a little to each; compare one version at two node sizes (what grows with the
+pods), not a version with another.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import re
 import shutil
@@ -43,6 +52,26 @@ from typing import Any
 
 PAGE = 4096
 BASELINE_PACKAGE = "memstate_baseline"
+# (module, attribute) of the parts `--phases` times; dotted attributes are methods.
+PHASES = (
+    ("reconcile.reconciler", "observe_tree"),
+    ("reconcile.observe", "merge_observations"),
+    ("reconcile.reconciler", "Reconciler._with_containers"),
+    ("core.plan.containers", "ContainerIndex.updated"),
+    ("core.plan.index", "TargetIndex.updated"),
+    ("core.plan.children", "ChildSums.updated"),
+    ("core.plan.scope", "UndesiredNames.follow"),
+    ("reconcile.reconciler", "plan_operations"),
+    ("core.plan.planner", "check_target_tree"),
+    ("core.plan.planner", "undesired_pod_cgroups"),
+    ("core.plan.planner", "_Planner.run"),
+    ("reconcile.reconciler", "Reconciler._see_children_of_lowered"),
+    ("reconcile.reconciler", "Reconciler._drift"),
+    ("reconcile.reconciler", "Reconciler._execute"),
+    ("reconcile.reconciler", "Reconciler._finish"),
+    ("reconcile.reconciler", "apply_operations"),
+    ("reconcile.reconciler", "Reconciler._remember"),
+)
 
 
 def world(
@@ -103,6 +132,44 @@ def world(
         return spent
 
     return sample
+
+
+def phase_timing(package: str, sample: Callable[[int], float], samples: int) -> None:
+    """Print the median thread CPU per round of each part in `PHASES` (see the docstring)."""
+    spent: dict[str, float] = {}
+
+    def timed(label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - started
+
+        return wrapper
+
+    for module_name, attribute in PHASES:
+        owner: Any = importlib.import_module(f"{package}.{module_name}")
+        *path, name = attribute.split(".")
+        for step in path:
+            owner = getattr(owner, step, None)
+        if owner is not None and hasattr(owner, name):  # an older version may lack a part
+            setattr(owner, name, timed(attribute, getattr(owner, name)))
+    per_part: dict[str, list[float]] = {}
+    rounds: list[float] = []
+    gc.disable()
+    try:
+        for index in range(samples):
+            spent.clear()
+            rounds.append(sample(index))
+            for label, seconds in spent.items():
+                per_part.setdefault(label, []).append(seconds)
+    finally:
+        gc.enable()
+    print(f"the round: median {statistics.median(rounds) * 1e6:.1f} us")
+    for label, times in sorted(per_part.items(), key=lambda item: -statistics.median(item[1])):
+        times = times + [0.0] * (samples - len(times))  # rounds that did not call it
+        print(f"  {label}: median {statistics.median(times) * 1e6:.1f} us")
 
 
 def import_baseline(source: Path, into: Path) -> None:
@@ -167,6 +234,7 @@ def main() -> None:
     parser.add_argument("--containers", action="store_true")
     parser.add_argument("--full-after", action="store_true")
     parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--phases", action="store_true", help="time the round's parts")
     args = parser.parse_args()
     what = f"{args.pods} resident pods{' with containers' if args.containers else ''}"
     kind = "full rounds after an admission" if args.full_after else "scoped admission rounds"
@@ -182,6 +250,10 @@ def main() -> None:
                 containers=args.containers,
                 full_after=args.full_after,
             )
+            if args.phases:
+                print(f"{what}, {args.samples} {kind}:")
+                phase_timing("memstate", this, args.samples)
+                continue
             if args.baseline_src is None:
                 times = [this(index) for index in range(args.samples)]
                 print(f"{what}, {args.samples} {kind}: CPU per round {spread(times)}")

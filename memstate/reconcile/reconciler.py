@@ -310,8 +310,9 @@ class Reconciler:
         # Cleared by a full observation, which builds a new tree: then everything is compared.
         self._tree_changes: list[TreeChange] = []
         # The children's protections summed for the last tree planned: carried to the next,
-        # whose unchanged cgroups it shares, so a scoped round does not sum every pod.
-        self._child_sums: ChildSums | None = None
+        # whose unchanged cgroups it shares, so a scoped round does not sum every pod
+        # (`_child_sums`).
+        self._sums: ChildSums | None = None
         # Each holder's listed names no target explains, carried (followed by the names that
         # changed in its listing and its desired children).
         self._undesired = UndesiredNames()
@@ -322,8 +323,9 @@ class Reconciler:
         # Targets with controllers whose last enable failed (their expected controllers are
         # older than their target's).
         self._controllers_failed: set[str] = set()
-        # The desired paths of the previous round (a `TargetIndex`'s table: never mutated).
-        self._desired_before: Mapping[str, CgroupTarget] = {}
+        # The index of the previous round's desired paths (its `token`: the tables are handed
+        # on from index to index, so they do not tell one from the next).
+        self._index_before: object = None
         # Of the (profiled) targets, carried; following the profile's filter.
         self._index = TargetIndex.of(_NO_TARGETS, profile)
         self._complete_index = self._index  # of the targets with their container cgroups
@@ -348,6 +350,18 @@ class Reconciler:
         self._containers = ContainerIndex()
         # Set from the event loop's thread, read between operations (a bool: one atomic store).
         self._interrupted = False
+
+    @property
+    def _child_sums(self) -> ChildSums | None:
+        """The carried sums; None when there are none to carry on from, or when an update
+        that failed half-way spent them (`ChildSums.updated` hands its tables on): the next
+        plan sums its tree afresh."""
+        sums = self._sums
+        return None if sums is None or sums.spent else sums
+
+    @_child_sums.setter
+    def _child_sums(self, sums: ChildSums | None) -> None:
+        self._sums = sums
 
     def interrupt(self) -> None:
         """Make the round in progress (and every later one) stop before its next operation.
@@ -666,13 +680,18 @@ class Reconciler:
         """
         touched: set[str] = set()
         before = tree
+        carried = self._containers
+        if carried.spent:
+            # An update that failed half-way spent it (`ContainerIndex.updated` hands its
+            # tables on): derive every pod's containers afresh.
+            carried = ContainerIndex()
         complete, tree, wanted, errors, reads, self._containers = add_container_cgroups_carried(
             self.fs,
             targets,
             tree,
             self.container_ids,
             pods=paths,
-            index=self._containers,
+            index=carried,
             desired=desired,
             change=change,
             tree_paths=touched_since(self._tree_changes, self._containers.tree, tree),
@@ -1032,13 +1051,17 @@ class Reconciler:
         Remembering a plan without operations again, right after it was remembered, with the
         same desired paths and no failed enable to look at, sets what is already set: skipped
         (an idle node's periodic resync reuses its plan, `_full_plan`)."""
+        if index.spent:
+            # Its tables are a later index's (`TargetIndex.updated` hands them on): a round's
+            # completion after the next round's preparation would remember that one's targets.
+            raise InvariantViolation("a round completed with a target index spent by a later one")
         desired = index.by_path
         if (
             not plan.operations
             and self._remembered is not None
             and self._remembered[0] is plan
             and self._remembered[1] == full
-            and desired is self._desired_before
+            and index.token is self._index_before
             and not self._controllers_failed
         ):
             return
@@ -1068,15 +1091,18 @@ class Reconciler:
         # found new or changed since the last round, those whose enable failed before, and
         # those with an enable this round (every one when the index cannot tell).
         enables = {o.path for o in plan.operations if o.kind == "enable"}
-        if index.by_path is self._desired_before:
+        if index.token is self._index_before:
             looked_at: Iterable[str] = {*self._controllers_failed, *enables}
             gone: Iterable[str] = ()
-        elif index.base is self._desired_before:
+        elif index.derived_from is self._index_before:
             looked_at = {*index.changed, *self._controllers_failed, *enables}
             gone = index.dropped
         else:
             looked_at = list(index.controlled())
-            gone = self._desired_before.keys() - desired.keys()
+            # Every path remembered was desired when it was (below, only desired ones are):
+            # those no longer desired are what an earlier round's desired paths lost.
+            remembered = {*self._expected, *self._expected_present, *self._expected_controllers}
+            gone = [path for path in remembered if path not in desired]
         controlled = index.controlled()
         for path in looked_at:
             target = controlled.get(path)
@@ -1091,7 +1117,7 @@ class Reconciler:
                 self._controllers_failed.add(path)
         # Forget what is no longer desired; a round that dropped nothing (an admission) walks
         # nothing here.
-        self._desired_before = desired
+        self._index_before = index.token
         for path in gone:
             self._expected.pop(path, None)
             self._expected_present.discard(path)

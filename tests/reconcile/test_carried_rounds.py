@@ -20,10 +20,11 @@ from itertools import filterfalse
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memstate.core.errors import HostError
+from memstate.core.errors import HostError, InvariantViolation
 from memstate.core.events import (
     CgroupDriftCorrected,
     ConfigLoaded,
@@ -31,6 +32,7 @@ from memstate.core.events import (
     PodRemovalRequested,
     TopologyObserved,
 )
+from memstate.core.plan import Plan
 from memstate.core.plan.children import ChildSums
 from memstate.core.plan.containers import ContainerIndex, with_container_targets
 from memstate.core.plan.index import TargetIndex
@@ -46,10 +48,13 @@ from memstate.reconcile.reconciler import _NO_TARGETS, Reconciler
 from tests.reconcile.helpers import (
     PAGE,
     CheckingCgroupFS,
+    mixed_pod,
     new_sim,
     node_config,
     node_topology,
     retired,
+    targets_of_pods,
+    uid_for,
 )
 from tests.reconcile.test_child_sums import assert_same_sums
 from tests.reconcile.test_properties import PROPERTY_SETTINGS, pool_pod
@@ -70,7 +75,7 @@ def afresh(reconciler: Reconciler) -> None:
     reconciler._index = TargetIndex.of(_NO_TARGETS, reconciler.profile)
     reconciler._complete_index = reconciler._index
     reconciler._containers = ContainerIndex()
-    reconciler._desired_before = dict(reconciler._desired_before)
+    reconciler._index_before = object()  # no index: what it remembers is compared whole
     reconciler._child_sums = None
     reconciler._undesired = UndesiredNames()
     reconciler._tree_changes = []
@@ -344,3 +349,17 @@ def test_pods_removed_after_their_holders_were_listed_are_removed_as_by_a_fresh_
     round_of(None)
     state = step(state, PodAdmissionRequested(pod=pool_pod(6))).state
     round_of([cgroup_of(pool_pod(6).uid)])
+
+
+def test_a_round_completed_after_its_index_was_spent_is_refused() -> None:
+    """The target index hands its tables on: a round that completed (remembered what it set)
+    after a later round had updated its index would remember the later targets. Refused."""
+    config = node_config("TieredReservation", static=False)
+    targets = targets_of_pods([mixed_pod(uid_for(0), 0)], config)
+    reconciler = Reconciler(new_sim(), page_size_bytes=PAGE)
+    reconciler.reconcile(targets)
+    index = reconciler._complete_index
+    plan = Plan(operations=())
+    index.updated(targets_of_pods([mixed_pod(uid_for(i), i) for i in range(2)], config))
+    with pytest.raises(InvariantViolation, match="spent"):
+        reconciler._remember(index, plan, {}, full=False)

@@ -256,9 +256,29 @@ def test_sums_follow_a_changed_value_and_a_new_child() -> None:
         }
     )
     assert sums.updated(raised).total("", 0) == 20480
-    assert sums.total("", 0) == 8192  # the earlier sums are left alone
     unlisted = ObservedTree(cgroups={**tree.cgroups, "b": child})
-    assert not sums.updated(unlisted).usable("")
+    assert not ChildSums.of(tree, PAGE).updated(unlisted).usable("")
+
+
+def test_updated_sums_hand_their_tables_on_and_refuse_every_later_use() -> None:
+    """`updated` edits the tables in place: the value it was called on is refused by its
+    `check` (so no plan is made with it: its answers would be the new tree's) and by a second
+    update, and a value for its own tree is itself."""
+    parent = ObservedCgroup(children=("a",), files={})
+    child = ObservedCgroup(files={"memory.min": "8192\n"}, children=())
+    tree = ObservedTree(cgroups={"": parent, "a": child})
+    sums = ChildSums.of(tree, PAGE)
+    assert sums.updated(tree) is sums and not sums.spent
+    same = ObservedTree(cgroups=dict(tree.cgroups))  # another tree, nothing changed
+    kept = sums.updated(same, [])
+    assert kept.total("", 0) == 8192 and sums.spent
+    for use in (
+        lambda: sums.check(tree, PAGE),
+        lambda: sums.updated(same),
+        lambda: plan_operations(targets_of_pods([]), tree, page_size_bytes=PAGE, child_sums=sums),
+    ):
+        with pytest.raises(InvariantViolation, match="spent"):
+            use()
 
 
 @given(

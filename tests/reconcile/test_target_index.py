@@ -235,3 +235,27 @@ def test_an_index_for_other_targets_is_refused() -> None:
         assert "other targets" in str(exc)
     else:
         raise AssertionError("an index of other targets was accepted")
+
+
+def test_an_updated_index_hands_its_tables_on() -> None:
+    """`updated` edits the tables in place: the index it was called on is spent, refused by
+    every check (so the planner never answers from it), and updating it again starts afresh
+    instead of editing tables another index holds. Its successor names it (`derived_from`);
+    an index for the same targets is itself."""
+    config = node_config("TieredReservation", static=False)
+    one = targets_of_pods([mixed_pod(uid_for(0), 0)], config)
+    two = targets_of_pods([mixed_pod(uid_for(i), i) for i in range(2)], config)
+    index = TargetIndex.of(one)
+    assert index.updated(one) is index and not index.spent
+    later = index.updated(two)
+    assert index.spent and not later.spent and later.derived_from is index.token
+    assert dict(later.by_path) == dict(TargetIndex.of(two).by_path)
+    try:
+        check_target_tree(one, [""], index)
+    except InvariantViolation as exc:
+        assert "spent" in str(exc)
+    else:
+        raise AssertionError("a spent index was accepted")
+    again = index.updated(one)
+    assert again.derived_from is None and dict(again.by_path) == dict(TargetIndex.of(one).by_path)
+    assert dict(later.by_path) == dict(TargetIndex.of(two).by_path)  # left alone

@@ -10,13 +10,19 @@ proportion to what it observed, not to the number of pods. The planner
 (memstate.core.plan.planner) subtracts the children it plans, removes or cannot read from the
 total and adds their own contributions; `plan_operations` gives the same plan with or without.
 
-Immutable: `updated` returns a new value and leaves this one (and any plan made with it) alone;
-the tables are copied, not shared, when they change. Pure: no I/O, no clock.
+Handed on, not copied: `updated` edits the tables in place for the cgroups that changed and
+returns a new value over them; the value it was called on is spent: its `check` (which the
+planner calls before any query) and `updated` raise `InvariantViolation`, so no plan is made
+from answers that changed under it. A plan made with a value is finished before the reconciler
+updates it (nothing the planner returns holds the sums). The queries themselves do not check:
+a full round asks them for every planned child. Copying the tables instead cost a pass in C
+over every pod per round (a dict of every cgroup's protections, kubepods' sets of every pod's
+name), what made a one-pod round grow with the node. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from itertools import compress
 from operator import is_not, ne
 
@@ -53,6 +59,7 @@ class ChildSums:
         "_unusable",
         "_values",
         "page_size_bytes",
+        "spent",
         "tree",
     )
 
@@ -62,14 +69,16 @@ class ChildSums:
         tree: ObservedTree,
         page_size_bytes: int,
         values: dict[str, Protections],
-        listed: dict[str, frozenset[str]],
+        listed: dict[str, set[str]],
         invalid: dict[str, frozenset[str]],
-        entries: dict[str, frozenset[str]],
+        entries: dict[str, set[str]],
         totals: dict[str, tuple[int, ...]],
-        unreadable: frozenset[str],
-        unusable: frozenset[str],
+        unreadable: set[str],
+        unusable: set[str],
     ) -> None:
         self.tree = tree
+        # True once `updated` handed the tables on: its answers are no longer this tree's.
+        self.spent = False
         self.page_size_bytes = page_size_bytes
         self._values = values  # path -> its protections, for every existing cgroup
         self._listed = listed  # path -> the names it lists, for every existing listed cgroup
@@ -95,8 +104,8 @@ class ChildSums:
             invalid={},
             entries={},
             totals={},
-            unreadable=frozenset(),
-            unusable=frozenset(),
+            unreadable=set(),
+            unusable=set(),
         )
         return empty.updated(tree)
 
@@ -108,9 +117,10 @@ class ChildSums:
         absent from the listing is absent from the tree, or held as not existing)."""
         return path in self._listed and path not in self._unusable
 
-    def existing_children(self, path: str) -> frozenset[str]:
-        """The names of `path`'s children the tree holds as existing, listed or not."""
-        return self._entries.get(path, frozenset())
+    def existing_children(self, path: str) -> Set[str]:
+        """The names of `path`'s children the tree holds as existing, listed or not (a view
+        valid until this value is updated)."""
+        return self._entries.get(path, _NO_NAMES)
 
     def total(self, path: str, index: int) -> int:
         """Σ of `path`'s valid listed children's protection `PROTECTION_FILES[index]` (an
@@ -130,8 +140,8 @@ class ChildSums:
         (paths, in no particular order)."""
         if not self._unreadable:
             return []  # every protection read (the usual tree): no pass
-        listed = self._listed.get(parent, frozenset())
-        invalid = self._invalid.get(parent, frozenset())
+        listed = self._listed.get(parent, _NO_NAMES)
+        invalid = self._invalid.get(parent, _NO_NAMES)
         found: list[str] = []
         for path in self._unreadable:
             head, _, name = path.rpartition("/")
@@ -162,9 +172,14 @@ class ChildSums:
         whose observation may differ between this value's tree and `tree` (composed from
         `TreeChange` records, `touched_since`), when known: only those are compared.
         `changes`: records whose listing edits (`recorded_edit`) say how a listing changed
-        without comparing it name by name."""
+        without comparing it name by name.
+
+        The tables are handed on, edited in place for the cgroups that changed (no copy of
+        every cgroup's entry, nor of kubepods' sets of every pod's name): this value is spent
+        (its `check` and `updated` refuse, `spent`), unless `tree` is its own."""
         if tree is self.tree:
             return self
+        self._spend()
         old, new = self.tree.cgroups, tree.cgroups
         if paths is not None:
             # Work proportional to the change: the others are shared by both trees.
@@ -184,24 +199,29 @@ class ChildSums:
             added = sum(1 for path in changed if path not in old)
             if len(new) - added != len(old):  # some were dropped (else every old path is kept)
                 changed.extend(old.keys() - new.keys())
+        values, listed, invalid = self._values, self._listed, self._invalid
+        entries, totals = self._entries, self._totals
+        unreadable, unusable = self._unreadable, self._unusable
         if not changed:
-            return self._with(tree)
+            return self._handed(tree)
         model = value_model(self.page_size_bytes)
         defaults = _defaults(model)
-        values, listed, invalid = dict(self._values), dict(self._listed), dict(self._invalid)
-        entries, totals = dict(self._entries), dict(self._totals)
-        unreadable = set(self._unreadable)
+        # What the edited entries held before (the old answers the contributions are taken
+        # out by): path -> its old protections / listed names / invalid names (None: none),
+        # or, for a listing edited in place by one name, (that name, put in).
+        prior = _Before(values, listed, invalid)
         # (parent, name) pairs whose contribution may differ: their old one is taken out, their
         # new one put in (everything else adds the same to the same total).
         pairs: set[tuple[str, str]] = set()
         recheck: set[str] = set()  # paths whose listing or existing children changed
         # listed path -> the names its listing gained or lost (listed in both trees)
-        listing_changes: dict[str, frozenset[str]] = {}
+        listing_changes: dict[str, Set[str]] = {}
         # parent -> (children now existing, children no longer existing)
         edits: dict[str, tuple[list[str], list[str]]] = {}
         for path in changed:
             found = new.get(path)
             exists = found is not None and found.exists
+            prior.values.setdefault(path, values.get(path))
             if exists and found is not None:
                 protections = _protections(found, model, defaults)
                 values[path] = protections
@@ -217,7 +237,7 @@ class ChildSums:
                 pairs.add((parent, name))
                 if (name in entries.get(parent, ())) != exists:
                     edits.setdefault(parent, ([], []))[0 if exists else 1].append(name)
-            before = self._listed.get(path)
+            before = listed.get(path)  # each changed path comes once: still the old set
             previous = old.get(path)
             listing = found.children if exists and found is not None else None
             if (
@@ -237,25 +257,36 @@ class ChildSums:
                 else None
             )
             if edit is not None and before is not None and listing is not None:
-                # One name put in or taken out (an admission's pod under kubepods): the sets
-                # follow by that name, without a set of every listed name and a comparison.
+                # One name put in or taken out (an admission's pod under kubepods): the set
+                # follows by that name, in place, without a set of every listed name.
                 name, put = edit
+                differ: Set[str]
                 if put:
                     differ = _NO_NAMES if name in before else frozenset((name,))
-                    after: frozenset[str] | None = before.union(differ) if differ else before
                 else:
                     gone_name = name in before and name not in listing
                     differ = frozenset((name,)) if gone_name else _NO_NAMES
-                    after = before.difference(differ) if differ else before
-            else:
-                after = None if listing is None else frozenset(listing)
-                differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
-            if before is None and after is None:
-                continue
-            if before is not None and after is not None:
                 if not differ:
                     continue
                 listing_changes[path] = differ
+                prior.listed[path] = (name, put)
+                prior.invalid.setdefault(path, invalid.get(path))
+                if put:
+                    before.add(name)
+                else:
+                    before.discard(name)
+                after: set[str] | None = before
+            else:
+                after = None if listing is None else set(listing)
+                differ = (before or _NO_NAMES) ^ (after or _NO_NAMES)  # the names added or dropped
+                if before is None and after is None:
+                    continue
+                if before is not None and after is not None:
+                    if not differ:
+                        continue
+                    listing_changes[path] = differ
+                prior.listed[path] = before  # replaced by a new set: the old one is left as it was
+                prior.invalid.setdefault(path, invalid.get(path))
             recheck.add(path)
             pairs.update((path, name) for name in differ)
             if after is None:
@@ -265,20 +296,18 @@ class ChildSums:
             else:
                 listed[path] = after
                 bad = {name for name in differ & after if not is_valid_cgroup_name(name)}
-                bad.update(self._invalid.get(path, _NO_NAMES) & after)
+                bad.update(invalid.get(path, _NO_NAMES) & after)
                 if bad:
                     invalid[path] = frozenset(bad)
                 else:
                     invalid.pop(path, None)
         for parent, (now_existing, gone) in edits.items():
-            names = entries.get(parent, _NO_NAMES)
-            if now_existing:
-                names = names.union(now_existing)
-            if gone:
-                names = names.difference(gone)
-            entries[parent] = names
+            names = entries.get(parent)
+            if names is None:
+                names = entries[parent] = set()
+            names.update(now_existing)
+            names.difference_update(gone)
             recheck.add(parent)
-        unusable = set(self._unusable)
         for path in recheck:
             listing_now = listed.get(path)
             if listing_now is None:
@@ -286,12 +315,13 @@ class ChildSums:
                 continue
             entries_now = entries.get(path, _NO_NAMES)
             delta = listing_changes.get(path)
-            if delta is None and listing_now is self._listed.get(path):
+            if delta is None and path not in prior.listed:
                 delta = _NO_NAMES  # the same listing; only which children exist changed
-            if delta is not None and self.usable(path):
-                # Every child that existed was listed: only the children that exist now and
-                # did not, and the names the listing lost, can make that untrue (no pass over
-                # every listed name).
+            if delta is not None and prior.had_listing(path) and path not in unusable:
+                # Every child that existed was listed (`usable` before: `unusable` is edited
+                # for this path only, below): only the children that exist now and did not,
+                # and the names the listing lost, can make that untrue (no pass over every
+                # listed name).
                 appeared = edits.get(path, ([], []))[0]
                 fine = all(map(listing_now.__contains__, appeared)) and entries_now.isdisjoint(
                     delta - listing_now
@@ -305,26 +335,23 @@ class ChildSums:
         for parent, name in pairs:
             if parent not in listed:
                 continue
-            taken = _counted(self._values, self._listed, self._invalid, parent, name)
+            taken = prior.counted(parent, name)
             given = _counted(values, listed, invalid, parent, name)
             if taken != given:
                 sums = totals.get(parent, _ZERO_SUMS)
                 totals[parent] = tuple(
                     s - t + g for s, t, g in zip(sums, taken, given, strict=True)
                 )
-        return ChildSums(
-            tree=tree,
-            page_size_bytes=self.page_size_bytes,
-            values=values,
-            listed=listed,
-            invalid=invalid,
-            entries=entries,
-            totals=totals,
-            unreadable=frozenset(unreadable),
-            unusable=frozenset(unusable),
-        )
+        return self._handed(tree)
 
-    def _with(self, tree: ObservedTree) -> ChildSums:
+    def _spend(self) -> None:
+        """Refuse every later use of this value: its tables are handed on to the next."""
+        if self.spent:
+            _refuse()
+        self.spent = True
+
+    def _handed(self, tree: ObservedTree) -> ChildSums:
+        """A new value over this (spent) value's tables, for `tree`."""
         return ChildSums(
             tree=tree,
             page_size_bytes=self.page_size_bytes,
@@ -338,9 +365,69 @@ class ChildSums:
         )
 
     def check(self, tree: ObservedTree, page_size_bytes: int) -> None:
-        """Refuse (InvariantViolation) sums made for another tree or page size."""
+        """Refuse (InvariantViolation) sums made for another tree or page size, or spent."""
+        if self.spent:
+            _refuse()
         if tree is not self.tree or page_size_bytes != self.page_size_bytes:
             raise InvariantViolation("child sums given for another observed tree or page size")
+
+
+def _refuse() -> None:
+    raise InvariantViolation("child sums used after they were updated (spent: handed on)")
+
+
+class _Before:
+    """What `ChildSums.updated`'s tables held before it edited them, for the contributions it
+    takes out: the old entry of each edited path is noted before its first edit (a listed set
+    edited in place by one name: that name and whether it was put in); every other path's
+    entry is the table's own."""
+
+    __slots__ = ("_invalid_now", "_listed_now", "_values_now", "invalid", "listed", "values")
+
+    def __init__(
+        self,
+        values: dict[str, Protections],
+        listed: dict[str, set[str]],
+        invalid: dict[str, frozenset[str]],
+    ) -> None:
+        self._values_now, self._listed_now, self._invalid_now = values, listed, invalid
+        self.values: dict[str, Protections | None] = {}
+        self.listed: dict[str, set[str] | tuple[str, bool] | None] = {}
+        self.invalid: dict[str, frozenset[str] | None] = {}
+
+    def had_listing(self, path: str) -> bool:
+        """True if `path` was listed."""
+        if path not in self.listed:
+            return path in self._listed_now
+        return self.listed[path] is not None
+
+    def _was_listed(self, parent: str, name: str) -> bool:
+        if parent not in self.listed:
+            now = self._listed_now.get(parent)
+            return now is not None and name in now
+        before = self.listed[parent]
+        if before is None:
+            return False
+        if isinstance(before, tuple):
+            edited, put = before
+            if name == edited:
+                return not put  # put in: it was not listed; taken out: it was
+            return name in self._listed_now[parent]
+        return name in before
+
+    def counted(self, parent: str, name: str) -> tuple[int, ...]:
+        """What child `name` of `parent` added to its total before (`_counted`'s answer on
+        the tables as they were)."""
+        if not self._was_listed(parent, name):
+            return _ZERO_SUMS
+        bad = self.invalid[parent] if parent in self.invalid else self._invalid_now.get(parent)
+        if bad is not None and name in bad:
+            return _ZERO_SUMS
+        child = _join(parent, name)
+        found = self.values[child] if child in self.values else self._values_now.get(child)
+        if found is None:
+            return _ZERO_SUMS
+        return tuple(0 if value is None else value for value in found)
 
 
 def _join(parent: str, name: str) -> str:
@@ -372,7 +459,7 @@ def _protections(found: ObservedCgroup, model: ValueModel, defaults: Iterable[in
 
 def _listed_values(
     values: Mapping[str, Protections],
-    listed: Mapping[str, frozenset[str]],
+    listed: Mapping[str, Set[str]],
     invalid: Mapping[str, frozenset[str]],
     parent: str,
     name: str,
@@ -386,7 +473,7 @@ def _listed_values(
 
 def _counted(
     values: Mapping[str, Protections],
-    listed: Mapping[str, frozenset[str]],
+    listed: Mapping[str, Set[str]],
     invalid: Mapping[str, frozenset[str]],
     parent: str,
     name: str,

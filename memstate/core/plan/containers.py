@@ -172,7 +172,12 @@ class ContainerIndex:
     answers are those of `with_container_targets` on the same inputs (tests/reconcile/
     test_container_index.py compares them over random sequences).
 
-    Immutable: `updated` returns a new index and leaves this one alone (tables are copied).
+    Handed on, not copied: `updated` edits the tables (every pod's entry, each a dict of
+    every pod) in place for the affected pods and returns a new index over them; the index it
+    was called on is spent (`spent`: every later `updated`, `listed` or `complete` of it raises
+    `InvariantViolation`), so no answer changes under a holder. Copying them cost a pass in C
+    over every pod per round, and again to free the copy: what made a one-pod round grow with
+    the node.
     """
 
     __slots__ = (
@@ -185,6 +190,7 @@ class ContainerIndex:
         "_pods",
         "_present",
         "recent",
+        "spent",
         "targets",
         "tree",
     )
@@ -203,6 +209,8 @@ class ContainerIndex:
         # The change records of the last few complete targets, each against the one before
         # (`memstate.core.targets.change_since`), while they are known; () otherwise.
         self.recent: tuple[TargetsChange, ...] = ()
+        # True once `updated` handed the tables on to the next index.
+        self.spent = False
 
     def updated(
         self,
@@ -217,9 +225,14 @@ class ContainerIndex:
         lists are compared, not every pod. `tree_paths`: every path whose observation may
         differ between this index's tree and `observed` (`touched_since`), if known: then
         only those are compared, not every cgroup."""
+        if self.spent:
+            _refuse()
+        self.spent = True
         ids = dict(container_ids or {})
         pods: dict[str, PodTargets] | None = None
         followed: TargetsChange | None = None  # what changed in the targets, when known
+        # UID -> its entry in the pods' table before this update edited it in place.
+        prior_pods: dict[str, PodTargets | None] = {}
         if self.targets is None:
             affected: set[str] = set()
         elif targets is self.targets:
@@ -227,16 +240,29 @@ class ContainerIndex:
             followed = TargetsChange(previous=targets)
         elif change is not None and change.previous is self.targets:
             followed = change
-            # Only the listed pods can differ: a C-level copy of the table, then the change.
-            known = self._pods.get
-            pods = dict(self._pods)
-            affected = {uid for uid in change.dropped_uids if pods.pop(uid, None) is not None}
+            # Only the listed pods can differ: the table edited by the change, in place.
+            pods = self._pods
+            affected = set()
+            for gone in change.dropped_uids:
+                if gone in pods:
+                    prior_pods.setdefault(gone, pods.pop(gone))
+                    affected.add(gone)
             for given in change.pods:
-                if known(given.uid) is not given:
+                held = pods.get(given.uid)
+                if held is not given:
+                    prior_pods.setdefault(given.uid, held)
                     affected.add(given.uid)
                     pods[given.uid] = given
             if len(pods) != len(targets.pods):
-                pods = None  # a UID listed twice: compare every pod, as without the record
+                # A UID listed twice: put the table back and compare every pod, as without
+                # the record.
+                for edited, held in prior_pods.items():
+                    if held is None:
+                        del pods[edited]
+                    else:
+                        pods[edited] = held
+                prior_pods = {}
+                pods = None
                 followed = None
         if pods is None:
             # Comprehensions: cheaper here than map/zip over attribute getters.
@@ -268,18 +294,19 @@ class ContainerIndex:
                     affected.add(uid)
         new = ContainerIndex(self._derive)
         new.targets, new.tree, new._pods, new._ids = targets, observed, pods, ids
+        cgroup_of, listed, present = self._cgroup_of, self._listed, self._present
+        new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
         if not affected and targets is self.targets and self._complete is not None:
-            new._cgroup_of, new._listed, new._present = self._cgroup_of, self._listed, self._present
             new._complete, new._extra = self._complete, self._extra
             new.recent = self.recent
             return new
-        cgroup_of, listed, present = dict(self._cgroup_of), dict(self._listed), dict(self._present)
+        # The affected pods' entries before they are edited in place (what the complete
+        # targets and their change record are derived from).
+        old_pods = self._pods
+        prior_present = {uid: present.get(uid) for uid in affected}
         for uid in affected:
-            before = self._pods.get(uid)
+            before = prior_pods[uid] if uid in prior_pods else old_pods.get(uid)
             pod = pods.get(uid)
-            # An entry that stays is overwritten, not taken out and put back: a dict that lost
-            # a key holds a dummy slot, and copying it (next round) inserts key by key instead
-            # of cloning the table (~5x slower).
             if (
                 before is not None
                 and (pod is None or pod.cgroup != before.cgroup)
@@ -294,21 +321,24 @@ class ContainerIndex:
                 if found is not None and found.exists and found.children:
                     candidates = tuple(self._derive(pod, found.children, ids.get(uid, _NO_IDS)))
                     there = tuple(t for t in candidates if observed.exists(t.path))
-                    if there and there == self._present.get(uid):
+                    was_there = prior_present[uid]
+                    if there and was_there is not None and there == was_there:
                         # Derived again, equal: the objects already held (what the complete
                         # targets and their change record hold stays the same objects).
-                        there = self._present[uid]
+                        there = was_there
             _put(listed, uid, candidates)
             _put(present, uid, there)
-        new._cgroup_of, new._listed, new._present = cgroup_of, listed, present
-        new._extra = extra = self._extra_for(targets, affected, present)
+        new._extra = extra = self._extra_for(targets, affected, present, prior_present)
         new._complete = (
             msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *extra))
             if extra
             else targets
         )
         if followed is not None and self._complete is not None:
-            new.recent = (*self.recent[-3:], self._complete_change(followed, affected, present))
+            new.recent = (
+                *self.recent[-3:],
+                self._complete_change(followed, affected, present, prior_present),
+            )
         return new
 
     def _extra_for(
@@ -316,24 +346,28 @@ class ContainerIndex:
         targets: NodeTargets,
         affected: set[str],
         present: Mapping[str, tuple[CgroupTarget, ...]],
+        prior: Mapping[str, tuple[CgroupTarget, ...] | None],
     ) -> tuple[CgroupTarget, ...]:
         """The container cgroups of `targets`' pods, in the pods' order (what
         `with_container_targets` adds). This index's own when no affected pod's entry changed
         (the same object: an equal one derived again is replaced by the one held) and the pods
         are this index's targets' pods (compared by identity first), or those with one pod
         that has no entry put in or taken out: the same entries in the same order. Gathered
-        again otherwise (a pass over every pod: ~60 us at 500 pods with containers)."""
+        again otherwise (a pass over every pod: ~60 us at 500 pods with containers). `prior`:
+        the affected pods' entries before the update (the others are unchanged)."""
         if not present:
             return ()
         if self.targets is not None and self._complete is not None:
             before, after = self.targets.pods, targets.pods
-            known = self._present.get
-            if all(present.get(uid) is known(uid) for uid in affected):
+            if all(present.get(uid) is prior[uid] for uid in affected):
                 if len(before) == len(after) and before == after:
                     return self._extra
                 edit = one_edit(before, after)
-                if edit is not None and edit[0].uid not in present and known(edit[0].uid) is None:
-                    return self._extra
+                if edit is not None:
+                    uid = edit[0].uid
+                    held = prior[uid] if uid in prior else present.get(uid)
+                    if uid not in present and held is None:
+                        return self._extra
         # In the targets' pod order, as `with_container_targets` (C-level passes only).
         order = list(filter(present.__contains__, map(_uid, targets.pods)))
         return tuple(chain.from_iterable(map(present.__getitem__, order)))
@@ -343,15 +377,16 @@ class ContainerIndex:
         change: TargetsChange,
         affected: set[str],
         present: Mapping[str, tuple[CgroupTarget, ...]],
+        prior: Mapping[str, tuple[CgroupTarget, ...] | None],
     ) -> TargetsChange:
         """The record of the new complete targets against this index's: the targets' own
-        record plus the container cgroups of the affected pods, before and after."""
+        record plus the container cgroups of the affected pods, before (`prior`) and after."""
         if self._complete is None:
             raise InvariantViolation("a container index without complete targets")
         cgroups = list(change.cgroups)
         dropped = set(change.dropped_paths)
         for uid in sorted(affected):  # a deterministic record
-            dropped.update(t.path for t in self._present.get(uid, ()))
+            dropped.update(t.path for t in prior[uid] or ())
             cgroups.extend(present.get(uid, ()))
         dropped.difference_update(t.path for t in cgroups)
         return TargetsChange(
@@ -366,6 +401,8 @@ class ContainerIndex:
     def complete(self) -> NodeTargets:
         """The targets plus every container cgroup observed to exist (what
         `with_container_targets(targets, observed, container_ids)` returns)."""
+        if self.spent:
+            _refuse()
         if self._complete is None:
             raise InvariantViolation("a container index asked before its first update")
         return self._complete
@@ -373,12 +410,18 @@ class ContainerIndex:
     def listed(self, pod_cgroups: Iterable[str] | None = None) -> list[CgroupTarget]:
         """The container cgroups listed under `pod_cgroups` (every pod cgroup when None) that
         are candidates, whether observed to exist or not, sorted by path."""
+        if self.spent:
+            _refuse()
         if pod_cgroups is None:
             found = [t for targets in self._listed.values() for t in targets]
         else:
             uids = {self._cgroup_of.get(path) for path in pod_cgroups}
             found = [t for uid in uids if uid is not None for t in self._listed.get(uid, ())]
         return sorted(found, key=_path)
+
+
+def _refuse() -> None:
+    raise InvariantViolation("a container index used after it was updated (spent: handed on)")
 
 
 def _put(

@@ -10,9 +10,15 @@ admits one pod costs a few C-level passes (a dict of object ids, set differences
 the cgroups that changed. The answers are those of `TargetIndex.of(targets)` computed from scratch
 (tests/reconcile/test_target_index.py compares them over random sequences).
 
-Immutable: `updated` returns a new index and leaves this one alone (its tables are copied when
-they change). Pure: no I/O, no clock; the tables are only looked up, never iterated in an order
-that could leak into a result (`ordered` sorts by position in the targets).
+Handed on, not copied: `updated` edits the tables (path -> target of every cgroup, the
+cgroups with controllers, each parent's children's names) in place for the cgroups that changed
+and returns a new index over them; the index it was called on is spent (`spent`: its `check`
+refuses, so the planner never answers from it, and updating it again starts afresh,
+`TargetIndex.of`). A parent's set of names is still replaced, never edited (a new set per
+changed parent: callers hold them by identity, `child_names_changed`). Copying the tables cost
+a pass in C over every cgroup per round (and again to free the copy): what made a one-pod round
+grow with the node. Pure: no I/O, no clock; the tables are only looked up, never iterated in an
+order that could leak into a result (`ordered` sorts by position in the targets).
 """
 
 from __future__ import annotations
@@ -32,18 +38,21 @@ class TargetIndex:
     `TargetIndex.of(targets)` or `previous.updated(targets)`."""
 
     __slots__ = (
+        "_by_path",
         "_children",
         "_controlled",
         "_filtered",
         "_holders",
         "_name_edits",
         "_positions",
-        "base",
         "by_path",
         "changed",
+        "derived_from",
         "dropped",
         "profile",
+        "spent",
         "targets",
+        "token",
     )
 
     def __init__(
@@ -56,7 +65,7 @@ class TargetIndex:
         controlled: dict[str, CgroupTarget],
         profile: WriteProfile | None = None,
         filtered: frozenset[str] = frozenset(),
-        base: Mapping[str, CgroupTarget] | None = None,
+        derived_from: object = None,
         changed: tuple[str, ...] = (),
         dropped: frozenset[str] = frozenset(),
         name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None,
@@ -66,15 +75,21 @@ class TargetIndex:
         # it would filter (`profile_targets`): none means filtering changes no cgroup.
         self.profile = profile
         self._filtered = filtered
-        # What `updated` found against the index it was derived from (whose `by_path` is
-        # `base`; None when built from scratch): the paths whose target is new or another
-        # object, and the paths no longer desired. Lets a caller that keeps its own tables by
-        # path follow the change without comparing every path itself.
-        self.base = base
+        # This index, by identity (the tables are shared along a line of updates, so they do
+        # not tell one index from the next), and the `token` of the index it was derived from
+        # (None when built from scratch).
+        self.token = object()
+        self.derived_from = derived_from
+        # What `updated` found against the index it was derived from: the paths whose target
+        # is new or another object, and the paths no longer desired. Lets a caller that keeps
+        # its own tables by path follow the change without comparing every path itself.
         self.changed = changed
         self.dropped = dropped
+        # True once `updated` handed the tables on to the next index.
+        self.spent = False
         # path -> its target (the last one listed, as a dict built in order would keep)
         self.by_path: Mapping[str, CgroupTarget] = by_path
+        self._by_path = by_path  # the same table, edited in place by `updated`
         # path -> its index in targets.cgroups, found when first asked (a scoped round asks
         # for its few planned paths; the root, node and QoS cgroups come first).
         self._positions: dict[str, int] = {}
@@ -129,18 +144,31 @@ class TargetIndex:
         `names_like`: another index updated the same way (the reconciler's index of the
         targets without their container cgroups, for the one with them): a parent whose names
         it changed by the same names from the same set (the same object, or equal the first
-        time) takes its new set instead of another copy (kubepods' set holds every pod)."""
+        time) takes its new set instead of another copy (kubepods' set holds every pod).
+
+        A spent index (updated before) starts afresh: its tables are another index's."""
+        if self.spent:
+            return TargetIndex.of(targets, self.profile)
         if targets is self.targets:
             return self
+        self.spent = True
         cgroups = targets.cgroups
-        before = self.by_path
+        before = self._by_path
         get = before.get
+        # path -> its target before this update edited the table in place (None: none).
+        prior: dict[str, CgroupTarget | None] = {}
         if change is not None and change.previous is self.targets:
-            # Only the listed cgroups can differ (a C-level copy of the table, then the change).
-            by_path = dict(before)
-            gone = [by_path.pop(path) for path in change.dropped_paths if path in by_path]
+            # Only the listed cgroups can differ: the table edited by the change, in place.
+            by_path = before
             changed = [target for target in change.cgroups if get(target.path) is not target]
+            gone = []
+            for path in change.dropped_paths:
+                if path in by_path:
+                    held = by_path.pop(path)
+                    prior.setdefault(path, held)
+                    gone.append(held)
             for target in changed:
+                prior.setdefault(target.path, get(target.path))
                 by_path[target.path] = target
             if len(by_path) != len(cgroups):
                 return TargetIndex.of(targets, self.profile)  # a path listed twice: start over
@@ -166,10 +194,9 @@ class TargetIndex:
                 children=self._children,
                 holders=self._holders,
                 controlled=self._controlled,
-                base=before,
+                derived_from=self.token,
             )
-        children, holders = dict(self._children), dict(self._holders)
-        controlled = dict(self._controlled)
+        children, holders, controlled = self._children, self._holders, self._controlled
         # parent -> (names no longer desired, names now desired): each parent's set of names is
         # rebuilt once (kubepods' holds every pod: a copy in C per round, not per pod).
         edits: dict[str, tuple[list[str], list[str]]] = {}
@@ -179,8 +206,9 @@ class TargetIndex:
                 parent, _, name = target.path.rpartition("/")
                 edits.setdefault(parent, ([], []))[0].append(name)
         for target in changed:
-            if target.path in before:
-                _remove(target.path, holders, controlled)
+            path = target.path
+            if (prior[path] is not None) if path in prior else path in before:
+                _remove(path, holders, controlled)
             elif target.path:
                 parent, _, name = target.path.rpartition("/")
                 edits.setdefault(parent, ([], []))[1].append(name)
@@ -229,14 +257,16 @@ class TargetIndex:
             children=children,
             holders=holders,
             controlled=controlled,
-            base=before,
+            derived_from=self.token,
             changed=tuple(target.path for target in changed),
             dropped=frozenset(target.path for target in gone),
             name_edits=name_edits,
         )
 
     def check(self, targets: NodeTargets) -> None:
-        """Refuse (InvariantViolation) an index made for other targets."""
+        """Refuse (InvariantViolation) an index made for other targets, or spent."""
+        if self.spent:
+            raise InvariantViolation("a target index used after it was updated (spent: handed on)")
         if targets is not self.targets:
             raise InvariantViolation("a target index given for other targets")
 
