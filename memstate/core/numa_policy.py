@@ -615,6 +615,11 @@ class _PodAllocator:
             for c in self.pod.containers
         )
         allocation = PodAllocation(containers=containers, takes=merge_takes(self.takes))
+        if not self.init_allocated and not self.reusable:
+            # Nothing was reusable (only a regular init container's blocks become so) and no
+            # block was shrunk: `_fill` checked that each block's takes add up to its size, so
+            # the totals below agree by construction (most pods: the check is skipped).
+            return allocation
         listed_bytes: dict[str, int] = {}
         for container_allocation in containers:
             for block in container_allocation.blocks:
