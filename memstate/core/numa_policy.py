@@ -360,7 +360,7 @@ def best_superset_hint(
     best: int | None = None
     best_mask: Mask = ()
     best_size = 0
-    for size in range(max(len(within), 1), len(node_ids) + 1):
+    for size in range(max(wanted.bit_count(), 1), len(node_ids) + 1):
         for index in range(table.starts[size], table.starts[size + 1]):
             bits = table.bits[index]
             if bits & wanted != wanted or (best is not None and bits >= best):
