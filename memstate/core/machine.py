@@ -426,8 +426,19 @@ def _moved(machine: Machine, takes: Iterable[Take], blocks: Iterable[Block], sig
 
 def merge_takes(takes: Iterable[Take]) -> tuple[Take, ...]:
     """Sum takes per (node, resource), drop zeros, sort: the canonical form stored in state."""
+    listed = takes if isinstance(takes, list | tuple) else list(takes)
+    # Most pods' takes are already in that form (one container: its resources in sorted order
+    # on one node): kept as they are, without building them again.
+    previous: tuple[int, str] | None = None
+    for take in listed:
+        key = (take.numa_node, take.resource)
+        if take.size_bytes == 0 or (previous is not None and key <= previous):
+            break
+        previous = key
+    else:
+        return tuple(listed)
     totals: dict[tuple[int, str], int] = {}
-    for take in takes:
+    for take in listed:
         key = (take.numa_node, take.resource)
         totals[key] = totals.get(key, 0) + take.size_bytes
     return tuple(

@@ -801,14 +801,25 @@ def _apply_admitted(
         pods[uid] = record
     else:
         pods = _with_pod(state, record)
-    after = msgspec.structs.replace(
-        state,
-        machine=machine,
-        pods=pods,
-        deferred=deferred,
-        rejections=rejections,
-        counters=counters,
-    )
+    if (
+        working is not None
+        and pods is state.pods
+        and deferred is state.deferred
+        and rejections is state.rejections
+        and counters is state.counters
+    ):
+        # A working state's admission that pins nothing: only its own pods map changed (in
+        # place), so the same state object goes on instead of a copy of every field.
+        after = state
+    else:
+        after = msgspec.structs.replace(
+            state,
+            machine=machine,
+            pods=pods,
+            deferred=deferred,
+            rejections=rejections,
+            counters=counters,
+        )
     carry_request_totals(state, after, existing, record, owned=owned)
     return after
 
@@ -867,7 +878,10 @@ def _drop_pod(
     else:
         pods = dict(state.pods)  # a C-level copy, then one deletion
     del pods[uid]
-    after = msgspec.structs.replace(state, machine=machine, pods=pods)
+    if working is not None and owned:
+        after = state  # only its own pods map changed, in place (as in `_apply_admitted`)
+    else:
+        after = msgspec.structs.replace(state, machine=machine, pods=pods)
     carry_request_totals(state, after, record, None, owned=owned)
     return after
 

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from memstate.core.errors import AdmissionError
 from memstate.core.machine import Block, MachineBuilder, Take, default_machine
-from memstate.core.numa_policy import _PodAllocator, calculate_hints, preferred_default_hint
+from memstate.core.numa_policy import (
+    _PodAllocator,
+    best_superset_hint,
+    calculate_hints,
+    find_best_hint,
+    preferred_default_hint,
+)
 from memstate.core.pod import ContainerSpec, Pod
 from memstate.core.topology import MEMORY
 from memstate.core.topology_hints import TopologyHint, merge_hints
@@ -184,3 +190,100 @@ def test_a_vetted_hint_with_reusable_memory_is_still_checked() -> None:
     vetted = _allocated(builder, requests, reusable, hint, vetted=True)
     assert vetted[0] == "refused"
     assert vetted == _allocated(builder, requests, reusable, hint, vetted=False)
+
+
+def _extension_by_listing(
+    builder: MachineBuilder,
+    requests: dict[str, int],
+    reusable: dict[tuple[tuple[int, ...], str], int],
+    within: tuple[int, ...],
+) -> TopologyHint | None:
+    """`_PodAllocator._extend`'s choice as it was computed before `best_superset_hint`: every
+    memory hint of `calculate_hints`, the supersets of `within`, `find_best_hint` of those."""
+    hints = calculate_hints(builder, requests, reusable)
+    supersets = [
+        h
+        for h in hints.get(MEMORY, [])
+        if h.numa_affinity is not None and set(within) <= set(h.numa_affinity)
+    ]
+    return find_best_hint(supersets) if supersets else None
+
+
+@settings(max_examples=600, deadline=None)
+@given(scenes(), st.data())
+def test_the_best_superset_is_the_listed_one(
+    scene: tuple[MachineBuilder, dict[str, int], dict[tuple[tuple[int, ...], str], int]],
+    data: st.DataObject,
+) -> None:
+    """`best_superset_hint` (the extension of a hint whose mask lacks the free memory) gives
+    what `find_best_hint` picks among `calculate_hints`' memory hints that hold the mask, and
+    None exactly when there is none, on every machine, request and mask drawn."""
+    builder, requests, reusable = scene
+    ids = list(builder.node_ids)
+    within = tuple(data.draw(st.permutations(ids))[: data.draw(st.integers(1, len(ids)))])
+    if data.draw(st.booleans()):
+        within = (*within, within[0])  # a mask in any order, a node repeated: the same nodes
+    assert best_superset_hint(builder, requests, reusable, within) == _extension_by_listing(
+        builder, requests, reusable, within
+    )
+
+
+def test_the_best_superset_on_eight_nodes() -> None:
+    """Both outcomes, by hand, on 8 nodes: node 0 nearly full, node 1 partly taken. 1 GiB fits
+    one node, so the extension of (0,) is a pair and not preferred: (0, 1), the smallest mask
+    value; 3.5 GiB does not fit (0, 1)'s free memory, so (0, 2). No memory requested (upstream
+    reads the memory hints only), or nothing feasible: None."""
+    from memstate.core.config import config_from_object
+    from memstate.core.topology import topology_from_object
+
+    topology = topology_from_object({"nodes": [{"id": n, "memory": "4Gi"} for n in range(8)]})
+    config = config_from_object(
+        {
+            "memoryManagerPolicy": "Static",
+            "topologyManagerPolicy": "best-effort",
+            "systemReserved": {"memory": "512Mi"},
+            "evictionHard": {"memory.available": "0"},
+            "reservedMemory": [{"numaNode": n, "limits": {"memory": "64Mi"}} for n in range(8)],
+        }
+    )
+    builder = MachineBuilder(default_machine(topology, config))
+    builder.reserve([Take(numa_node=0, resource=MEMORY, size_bytes=3 * 1024 * Mi)])
+    builder.reserve([Take(numa_node=1, resource=MEMORY, size_bytes=2048 * Mi)])
+    for request, pair in (({MEMORY: 1024 * Mi}, (0, 1)), ({MEMORY: 3584 * Mi}, (0, 2))):
+        extended = best_superset_hint(builder, request, {}, (0,))
+        assert extended == TopologyHint(numa_affinity=pair, preferred=False)
+        assert extended == _extension_by_listing(builder, request, {}, (0,))
+    for request in ({HUGEPAGES: 2 * Mi}, {MEMORY: 64 * 1024 * Mi}):
+        assert best_superset_hint(builder, request, {}, (0,)) is None
+        assert _extension_by_listing(builder, request, {}, (0,)) is None
+
+
+def test_the_best_superset_is_the_smallest_mask_value() -> None:
+    """Among feasible supersets of one size the smallest mask value wins, which is not the
+    first one listed: on 8 nodes with (0, 1, k) too full for k < 7, both (0, 1, 7) and
+    (1, 2, 3) can extend (1,), and (1, 2, 3) is the smaller value. Reusable init memory on
+    (0, 1, 2) makes that one feasible, and then it wins."""
+    from memstate.core.config import config_from_object
+    from memstate.core.topology import topology_from_object
+
+    topology = topology_from_object({"nodes": [{"id": n, "memory": "4Gi"} for n in range(8)]})
+    config = config_from_object(
+        {
+            "memoryManagerPolicy": "Static",
+            "topologyManagerPolicy": "best-effort",
+            "systemReserved": {"memory": "512Mi"},
+            "evictionHard": {"memory.available": "0"},
+            "reservedMemory": [{"numaNode": n, "limits": {"memory": "64Mi"}} for n in range(8)],
+        }
+    )
+    builder = MachineBuilder(default_machine(topology, config))
+    allocatable = builder.allocatable(0, MEMORY)
+    builder.reserve([Take(numa_node=0, resource=MEMORY, size_bytes=allocatable - 1100 * Mi)])
+    for n in range(2, 7):
+        builder.reserve([Take(numa_node=n, resource=MEMORY, size_bytes=allocatable - 3000 * Mi)])
+    # Three nodes are needed; (0, 1, 2) holds 1100 + A + 3000 MiB, (1, 2, 3) A + 6000 MiB.
+    request = {MEMORY: allocatable + 5000 * Mi}
+    for reusable, best in (({}, (1, 2, 3)), ({((0, 1, 2), MEMORY): 1000 * Mi}, (0, 1, 2))):
+        extended = best_superset_hint(builder, request, reusable, (1,))
+        assert extended == TopologyHint(numa_affinity=best, preferred=True)
+        assert extended == _extension_by_listing(builder, request, reusable, (1,))

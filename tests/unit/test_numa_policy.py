@@ -364,3 +364,25 @@ def test_numa_requests_by_container_are_shared_by_shape_and_right() -> None:
     for each in (first, twin, other):
         assert _numa_requests_by_container(each) == tuple(numa_requests(c) for c in each.containers)
     assert _numa_requests_by_container(other) != _numa_requests_by_container(first)
+
+
+def test_the_block_totals_are_checked_after_init_memory_was_reused() -> None:
+    """`_PodAllocator.result` skips its blocks-against-takes check only for a pod without a
+    regular init container (each block's takes then add up to its size, checked as they are
+    filled). With one, blocks were shrunk and memory reused, and a take that no block lists
+    is still caught."""
+    from memstate.core.errors import InvariantViolation
+    from memstate.core.machine import MachineBuilder
+    from memstate.core.numa_policy import _PodAllocator
+
+    topo = topology("64Gi")
+    config = static_config(["1Gi"])
+    p = pod_of("p", [container("app", "2Gi")], init=[container("setup", "4Gi")])
+    allocator = _PodAllocator(MachineBuilder(default_machine(topo, config)), p)
+    for c in p.containers:
+        allocator.allocate(c, TopologyHint(numa_affinity=(0,), preferred=True))
+    assert {b.size for bs in allocator.blocks.values() for b in bs} == {2 * Gi}
+    allocator.result()  # consistent: setup's 4Gi block shrunk to 2Gi, app reuses the rest
+    allocator.takes.append(Take(numa_node=0, resource="memory", size_bytes=Gi))
+    with pytest.raises(InvariantViolation, match="blocks list"):
+        allocator.result()
