@@ -57,6 +57,10 @@ class AdmissionsInFlight:
 
     async def wait_idle(self, timeout: float = MAX_ROUND_DEFER_SECONDS) -> bool:
         """Wait until nothing is in flight, at most `timeout` seconds; True if idle."""
+        if not self.busy():
+            # The usual case for a round after the scan's end: no cancel scope and deadline to
+            # make and drop (the loop below would not wait either).
+            return True
         with trio.move_on_after(timeout):
             while self.busy():
                 await self._finished.wait()

@@ -53,6 +53,7 @@ from typing import Any
 import trio
 
 from memstate.core.errors import MemstateError
+from memstate.node.collector import young_generation
 from memstate.node.context import DaemonContext
 from memstate.node.loops.config import config_loop
 from memstate.node.loops.converge import cgroup_watch_loop, reconcile_loop
@@ -85,19 +86,21 @@ class Daemon(DaemonContext):
         """Start up, then run every loop until cancelled; no final checkpoint (`shutdown`).
 
         The simulation calls this directly and cancels it to crash the daemon."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if signals is not None:
-                nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
-            # The writer runs first: start-up's events take the same path as all others.
-            await nursery.start(self.writer.run)
-            await start_up(self)
-            if self.on_ready is not None:
-                self.on_ready(self)
-            for loop in self.loops():
-                nursery.start_soon(loop)
-            if self.stop_after_seconds is not None:
-                nursery.start_soon(_stop_after, self.stop_after_seconds, nursery.cancel_scope)
+        # Fewer young-generation collections while it runs (memstate.node.collector).
+        with young_generation():
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if signals is not None:
+                    nursery.start_soon(self._signal_loop, signals, nursery.cancel_scope)
+                # The writer runs first: start-up's events take the same path as all others.
+                await nursery.start(self.writer.run)
+                await start_up(self)
+                if self.on_ready is not None:
+                    self.on_ready(self)
+                for loop in self.loops():
+                    nursery.start_soon(loop)
+                if self.stop_after_seconds is not None:
+                    nursery.start_soon(_stop_after, self.stop_after_seconds, nursery.cancel_scope)
 
     def loops(self) -> list[Callable[[], Any]]:
         """The tasks that run after READY (add a loop here)."""

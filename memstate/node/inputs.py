@@ -371,7 +371,8 @@ def _construct_directly(
     bookkeeping, for the usual document: mappings, sequences and plain scalars, each node used
     once. Anything else — an alias, a merge or value key, a key written twice, a tag other than
     those, a collection as a key — raises `_Unusual`, and the constructor builds the document.
-    Recurses once per level: only for a document `_nesting_bound` proves shallow.
+    Recurses once per level of collections (a mapping's scalar keys and values are built in its
+    loop): only for a document `_nesting_bound` proves shallow.
 
     It also checks what `check_document` would (`nesting` is the node's, as it counts it): a
     value over a limit raises `_Unusual` too, and `values[0]` counts the values and keys, which
@@ -381,18 +382,7 @@ def _construct_directly(
     values[0] += 1
     kind = node.__class__
     if kind is ScalarNode:
-        tag = node.tag
-        if tag == _STR:
-            value = node.value
-        elif tag in _PLAIN_SCALARS:
-            value = loader.construct_object(node)
-        else:
-            raise _Unusual
-        # The usual string needs no more than this; anything else is `check_document`'s test.
-        usual = value.__class__ is str and len(value) <= MAX_STRING_CHARS and value.isascii()
-        if not usual and scalar_problem(value):
-            raise _Unusual
-        return value
+        return _scalar(node, loader)
     if id(node) in seen or nesting >= MAX_NESTING:
         raise _Unusual  # an alias: one value in two places is the constructor's to build
     seen.add(id(node))
@@ -405,14 +395,36 @@ def _construct_directly(
     for key_node, value_node in node.value:
         if key_node.__class__ is not ScalarNode:
             raise _Unusual
-        # Not a merge or value key either (their tags are not plain).
-        key = _construct_directly(key_node, loader, seen, nesting, values)
+        # Not a merge or value key either (their tags are not plain). The keys and the scalar
+        # values are most of a manifest's nodes: built here, not by a call each.
+        key = _scalar(key_node, loader)
         # A key written twice builds the same key (PyYAML's NaN is one object): the constructor
         # says whether that is an error (the same spelling) or the last one wins.
         if key in mapping:
             raise _Unusual
-        mapping[key] = _construct_directly(value_node, loader, seen, nesting, values)
+        if value_node.__class__ is ScalarNode:
+            mapping[key] = _scalar(value_node, loader)
+            values[0] += 2
+        else:
+            values[0] += 1
+            mapping[key] = _construct_directly(value_node, loader, seen, nesting, values)
     return mapping
+
+
+def _scalar(node: Node, loader: Any) -> Any:
+    """`_construct_directly` of a scalar node (counted by the caller)."""
+    tag = node.tag
+    if tag == _STR:
+        value = node.value
+    elif tag in _PLAIN_SCALARS:
+        value = loader.construct_object(node)
+    else:
+        raise _Unusual
+    # The usual string needs no more than this; anything else is `check_document`'s test.
+    usual = value.__class__ is str and len(value) <= MAX_STRING_CHARS and value.isascii()
+    if not usual and scalar_problem(value):
+        raise _Unusual
+    return value
 
 
 # --- loaders --------------------------------------------------------------------------------------

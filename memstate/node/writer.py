@@ -9,7 +9,8 @@ group-commit batch (one fsync, through the injected `run_io`, a worker thread in
 and only then applies them: the new state, removals and seq become visible together and
 `on_commit(decisions, applied)` publishes them (`applied`: every event of the batch, inputs,
 decisions and notes, in log order, so the subscriber can tell which pods changed). The append
-and the state update form one shielded section, so a cancellation mid-fsync waits for it and
+and the state update form one section no cancellation splits (its only awaits, the append in a
+worker thread and a checkpoint, are shielded), so a cancellation mid-fsync waits for it and
 the state in memory always matches the log's last record. With an `inline` policy
 (memstate.node.worker_threads.InlineWhileFast, the daemon's) a small batch is appended on the
 event loop itself while such appends stay fast and no other log operation is running: the same
@@ -178,55 +179,58 @@ class Writer:
                 item.done.set()
 
     async def _commit(self, events: Sequence[Event]) -> list[Envelope]:
-        """Decide, append durably, then apply and publish. Shielded: see the module docstring."""
+        """Decide, append durably, then apply and publish; not split by a cancellation (see the
+        module docstring)."""
         if self.log is None:
             raise InvariantViolation("the writer runs before the log was opened")
         log = self.log
-        with trio.CancelScope(shield=True):
-            state = self.state
-            removals = self.removals
-            records: list[tuple[Event, int | None]] = []
-            decisions: list[Event] = []
-            for event in events:
-                before = state
-                if event.role == "input":
-                    transition = step(state, event)
-                    state = transition.state
-                    records.append((event, len(transition.decisions)))
-                    records.extend((d, None) for d in transition.decisions)
-                    decisions.extend(transition.decisions)
-                    removals = fold_removals(
-                        removals, before, [event, *transition.decisions], state
-                    )
-                else:
-                    state = apply(state, event)
-                    records.append((event, None))
-                    removals = fold_removals(removals, before, [event], state)
-            started = trio.current_time()
-            append = functools.partial(log.append, records, ts_ns=self.wall_clock_ns())
-            inline = self.inline
-            if (
-                inline is not None
-                and len(records) <= INLINE_APPEND_RECORDS
-                and self.limiter.borrowed_tokens == 0
-                and inline.available()
-            ):
-                # A small batch, no log operation running in a thread (none can start while
-                # this blocks the event loop), and appends have been fast: this one runs here.
-                envelopes = inline.run(append)
+        state = self.state
+        removals = self.removals
+        records: list[tuple[Event, int | None]] = []
+        decisions: list[Event] = []
+        for event in events:
+            before = state
+            if event.role == "input":
+                transition = step(state, event)
+                state = transition.state
+                records.append((event, len(transition.decisions)))
+                records.extend((d, None) for d in transition.decisions)
+                decisions.extend(transition.decisions)
+                removals = fold_removals(removals, before, [event, *transition.decisions], state)
             else:
+                state = apply(state, event)
+                records.append((event, None))
+                removals = fold_removals(removals, before, [event], state)
+        started = trio.current_time()
+        append = functools.partial(log.append, records, ts_ns=self.wall_clock_ns())
+        inline = self.inline
+        if (
+            inline is not None
+            and len(records) <= INLINE_APPEND_RECORDS
+            and self.limiter.borrowed_tokens == 0
+            and inline.available()
+        ):
+            # A small batch, no log operation running in a thread (none can start while
+            # this blocks the event loop), and appends have been fast: this one runs here.
+            envelopes = inline.run(append)
+        else:
+            # Only an await can be cancelled: the thread's append and the checkpoint below are
+            # the section's two, and each is shielded (a commit appended inline enters no
+            # cancel scope at all; nothing from here to the end yields but them).
+            with trio.CancelScope(shield=True):
                 envelopes = await self.run_io(append, limiter=self.limiter)
-            self.metrics.fsync_seconds.observe(trio.current_time() - started)
-            self.metrics.batch_events.observe(len(envelopes))
-            for envelope in envelopes:
-                self.metrics.events_appended_by(envelope.event.kind).inc()
-            self.state = state
-            self.removals = removals
-            self.last_seq = envelopes[-1].seq
-            self.on_commit(decisions, [event for event, _ in records])
-            log_committed(journal_logger, envelopes)
-            self.events_since_checkpoint += len(envelopes)
-            if self.events_since_checkpoint >= self.checkpoint_every():
+        self.metrics.fsync_seconds.observe(trio.current_time() - started)
+        self.metrics.batch_events.observe(len(envelopes))
+        for envelope in envelopes:
+            self.metrics.events_appended_by(envelope.event.kind).inc()
+        self.state = state
+        self.removals = removals
+        self.last_seq = envelopes[-1].seq
+        self.on_commit(decisions, [event for event, _ in records])
+        log_committed(journal_logger, envelopes)
+        self.events_since_checkpoint += len(envelopes)
+        if self.events_since_checkpoint >= self.checkpoint_every():
+            with trio.CancelScope(shield=True):
                 await self.checkpoint()
         return envelopes
 

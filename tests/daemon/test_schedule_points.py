@@ -160,3 +160,42 @@ async def test_the_append_runs_on_the_event_loop_while_inline_runs_are_available
         await trio.testing.wait_all_tasks_blocked()
         assert len(handed) == 2 and len(log.records) == appended + 4
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_writer_finishes_its_threaded_append_and_checkpoint() -> None:
+    # The commit's awaits (the worker thread's append, a checkpoint) are shielded: cancelled
+    # during either, the writer waits for it and applies and publishes what it appended.
+    released = trio.Event()
+    handed: list[str] = []
+
+    async def slow_thread(fn, *, limiter=None):  # type: ignore[no-untyped-def]
+        handed.append(getattr(fn, "func", fn).__name__)
+        await released.wait()
+        return fn()
+
+    writer, log = memory_writer()
+    writer.run_io = slow_thread
+    published: list[int] = []
+    writer.on_commit = lambda decisions, applied: published.append(len(applied))
+    checkpoints: list[int] = []
+    writer.write_checkpoint = lambda state, seq, crc, removals: checkpoints.append(seq)
+    writer.checkpoint_every = lambda: 1
+    writing = trio.CancelScope()
+
+    async def write() -> None:
+        with writing:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.run)
+                nursery.start_soon(writer.submit, [_invalid(0)])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert handed == ["append"]
+        writing.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.records == [] and published == []  # still waiting for the thread
+        released.set()
+    # The append, its publication and the checkpoint it made due all happened.
+    assert handed == ["append", "<lambda>"] and len(log.records) == 2
+    assert published == [2] and writer.last_seq == 2 and checkpoints == [2]
