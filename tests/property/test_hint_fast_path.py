@@ -228,11 +228,8 @@ def test_the_best_superset_is_the_listed_one(
     )
 
 
-def test_the_best_superset_on_eight_nodes() -> None:
-    """Both outcomes, by hand, on 8 nodes: node 0 nearly full, node 1 partly taken. 1 GiB fits
-    one node, so the extension of (0,) is a pair and not preferred: (0, 1), the smallest mask
-    value; 3.5 GiB does not fit (0, 1)'s free memory, so (0, 2). No memory requested (upstream
-    reads the memory hints only), or nothing feasible: None."""
+def _eight_nodes() -> MachineBuilder:
+    """An empty machine of 8 NUMA nodes of 4 GiB (64 MiB reserved on each)."""
     from memstate.core.config import config_from_object
     from memstate.core.topology import topology_from_object
 
@@ -246,7 +243,15 @@ def test_the_best_superset_on_eight_nodes() -> None:
             "reservedMemory": [{"numaNode": n, "limits": {"memory": "64Mi"}} for n in range(8)],
         }
     )
-    builder = MachineBuilder(default_machine(topology, config))
+    return MachineBuilder(default_machine(topology, config))
+
+
+def test_the_best_superset_on_eight_nodes() -> None:
+    """Both outcomes, by hand, on 8 nodes: node 0 nearly full, node 1 partly taken. 1 GiB fits
+    one node, so the extension of (0,) is a pair and not preferred: (0, 1), the smallest mask
+    value; 3.5 GiB does not fit (0, 1)'s free memory, so (0, 2). No memory requested (upstream
+    reads the memory hints only), or nothing feasible: None."""
+    builder = _eight_nodes()
     builder.reserve([Take(numa_node=0, resource=MEMORY, size_bytes=3 * 1024 * Mi)])
     builder.reserve([Take(numa_node=1, resource=MEMORY, size_bytes=2048 * Mi)])
     for request, pair in (({MEMORY: 1024 * Mi}, (0, 1)), ({MEMORY: 3584 * Mi}, (0, 2))):
@@ -263,20 +268,7 @@ def test_the_best_superset_is_the_smallest_mask_value() -> None:
     first one listed: on 8 nodes with (0, 1, k) too full for k < 7, both (0, 1, 7) and
     (1, 2, 3) can extend (1,), and (1, 2, 3) is the smaller value. Reusable init memory on
     (0, 1, 2) makes that one feasible, and then it wins."""
-    from memstate.core.config import config_from_object
-    from memstate.core.topology import topology_from_object
-
-    topology = topology_from_object({"nodes": [{"id": n, "memory": "4Gi"} for n in range(8)]})
-    config = config_from_object(
-        {
-            "memoryManagerPolicy": "Static",
-            "topologyManagerPolicy": "best-effort",
-            "systemReserved": {"memory": "512Mi"},
-            "evictionHard": {"memory.available": "0"},
-            "reservedMemory": [{"numaNode": n, "limits": {"memory": "64Mi"}} for n in range(8)],
-        }
-    )
-    builder = MachineBuilder(default_machine(topology, config))
+    builder = _eight_nodes()
     allocatable = builder.allocatable(0, MEMORY)
     builder.reserve([Take(numa_node=0, resource=MEMORY, size_bytes=allocatable - 1100 * Mi)])
     for n in range(2, 7):
