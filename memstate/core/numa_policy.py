@@ -297,31 +297,16 @@ def preferred_default_hint(
                 return TopologyHint(numa_affinity=(n,), preferred=True)
     if one_node_holds:
         return None
-    node_ids = tuple(machine.node_ids)
-    table = _all_masks(node_ids)
-    allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
-    min_size = len(node_ids)
-    for mask, size in zip(table.masks, table.sizes, strict=True):
-        if all(sum(allocatable[r][n] for n in mask) >= need for r, need in needs):
-            min_size = size
-            break
-    free = {r: {n: machine.free(n, r) for n in node_ids} for r in requests}
+    table, room = _room(machine, requests, reusable)
     best: int | None = None
     best_mask: Mask = ()
-    for index in range(table.starts[min_size], table.starts[min_size + 1]):
+    for index in range(table.starts[room.min_size], table.starts[room.min_size + 1]):
         bits = table.bits[index]
         if best is not None and bits >= best:
             continue
         mask = table.masks[index]
-        if any(sum(allocatable[r][n] for n in mask) < need for r, need in needs):
-            continue  # too small
-        if any(
-            sum(free[r][n] for n in mask) + reusable.get((mask, r), 0) < need for r, need in needs
-        ):
-            continue  # too full
-        if not _group_rule_allows(machine, mask, bits):
-            continue
-        best, best_mask = bits, mask
+        if room.fits(mask, bits):
+            best, best_mask = bits, mask
     if best is None:
         return None
     return TopologyHint(numa_affinity=best_mask, preferred=True)
@@ -346,9 +331,58 @@ def best_superset_hint(
     tests/property/test_hint_fast_path.py holds it equal to the supersets of `calculate_hints`."""
     if MEMORY not in requests:
         return None
-    needs = list(requests.items())
+    table, room = _room(machine, requests, reusable)
+    wanted = to_bits(within)
+    best: int | None = None
+    best_mask: Mask = ()
+    best_size = 0
+    for size in range(max(wanted.bit_count(), 1), len(table.starts) - 1):
+        for index in range(table.starts[size], table.starts[size + 1]):
+            bits = table.bits[index]
+            if bits & wanted != wanted or (best is not None and bits >= best):
+                continue
+            mask = table.masks[index]
+            if room.fits(mask, bits):
+                best, best_mask, best_size = bits, mask, size
+        if best is not None:
+            return TopologyHint(numa_affinity=best_mask, preferred=best_size == room.min_size)
+    return None
+
+
+@dataclass(frozen=True)
+class _Room:
+    """What `calculate_hints` tests a mask against, summed per node once: each resource's
+    allocatable and free memory, the reusable init memory, and the preferred size (the fewest
+    nodes whose allocatable memory could hold the request)."""
+
+    machine: MachineBuilder
+    needs: tuple[tuple[str, int], ...]
+    allocatable: dict[str, dict[int, int]]
+    free: dict[str, dict[int, int]]
+    reusable: Mapping[tuple[Mask, str], int]
+    min_size: int
+
+    def fits(self, mask: Mask, bits: int) -> bool:
+        """`calculate_hints`' tests of one mask: large enough, free enough, the group rule."""
+        allocatable, free, reusable = self.allocatable, self.free, self.reusable
+        if any(sum(allocatable[r][n] for n in mask) < need for r, need in self.needs):
+            return False  # too small
+        if any(
+            sum(free[r][n] for n in mask) + reusable.get((mask, r), 0) < need
+            for r, need in self.needs
+        ):
+            return False  # too full
+        return _group_rule_allows(self.machine, mask, bits)
+
+
+def _room(
+    machine: MachineBuilder,
+    requests: Mapping[str, int],
+    reusable: Mapping[tuple[Mask, str], int],
+) -> tuple[_Masks, _Room]:
     node_ids = tuple(machine.node_ids)
     table = _all_masks(node_ids)
+    needs = tuple(requests.items())
     allocatable = {r: {n: machine.allocatable(n, r) for n in node_ids} for r in requests}
     min_size = len(node_ids)
     for mask, size in zip(table.masks, table.sizes, strict=True):
@@ -356,29 +390,7 @@ def best_superset_hint(
             min_size = size
             break
     free = {r: {n: machine.free(n, r) for n in node_ids} for r in requests}
-    wanted = to_bits(within)
-    best: int | None = None
-    best_mask: Mask = ()
-    best_size = 0
-    for size in range(max(wanted.bit_count(), 1), len(node_ids) + 1):
-        for index in range(table.starts[size], table.starts[size + 1]):
-            bits = table.bits[index]
-            if bits & wanted != wanted or (best is not None and bits >= best):
-                continue
-            mask = table.masks[index]
-            if any(sum(allocatable[r][n] for n in mask) < need for r, need in needs):
-                continue  # too small
-            if any(
-                sum(free[r][n] for n in mask) + reusable.get((mask, r), 0) < need
-                for r, need in needs
-            ):
-                continue  # too full
-            if not _group_rule_allows(machine, mask, bits):
-                continue
-            best, best_mask, best_size = bits, mask, size
-        if best is not None:
-            return TopologyHint(numa_affinity=best_mask, preferred=best_size == min_size)
-    return None
+    return table, _Room(machine, needs, allocatable, free, reusable, min_size)
 
 
 def _group_rule_allows(machine: MachineBuilder, mask: Mask, bits: int) -> bool:
