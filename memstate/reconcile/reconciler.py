@@ -258,7 +258,6 @@ class _Backoff:
 class PreparedRound:
     """A round observed and planned by `Reconciler.prepare`, for `Reconciler.complete`.
 
-    `may_block`: executing the plan may wait on the kernel (memstate.reconcile.blocking).
     `shadow_report`: shadow mode's report (nothing to execute).
     """
 
@@ -272,8 +271,12 @@ class PreparedRound:
     reads: int = 0
     retiring: frozenset[str] = frozenset()
     foreign: tuple[str, ...] = ()
-    may_block: bool = False
     shadow_report: ReconcileReport | None = None
+
+    @property
+    def may_block(self) -> bool:
+        """Executing the plan may wait on the kernel (memstate.reconcile.blocking)."""
+        return may_block_in_kernel(self.plan)
 
 
 # --- the reconciler -------------------------------------------------------------------------------
@@ -528,7 +531,6 @@ class Reconciler:
             reads=reads,
             retiring=retiring,
             foreign=tuple(foreign),
-            may_block=may_block_in_kernel(plan),
         )
 
     def complete(self, prepared: PreparedRound) -> ReconcileReport:
@@ -538,19 +540,7 @@ class Reconciler:
         if prepared.shadow_report is not None:
             return prepared.shadow_report
         results, writes = self._execute(prepared.plan)
-        return self._finish(
-            prepared.index,
-            prepared.tree,
-            prepared.plan,
-            results,
-            drift=prepared.drift,
-            read_errors=prepared.read_errors,
-            full=prepared.full,
-            reads=prepared.reads,
-            writes=writes,
-            retiring=prepared.retiring,
-            foreign=prepared.foreign,
-        )
+        return self._finish(prepared, results, writes=writes)
 
     # --- shadow ----------------------------------------------------------------------------
 
@@ -949,20 +939,10 @@ class Reconciler:
     # --- reporting -------------------------------------------------------------------------
 
     def _finish(
-        self,
-        index: TargetIndex,
-        tree: ObservedTree,
-        plan: Plan,
-        results: list[OperationResult],
-        *,
-        drift: dict[tuple[str, str], tuple[str, str]],
-        read_errors: list[ReadError],
-        full: bool,
-        reads: int,
-        writes: int,
-        retiring: frozenset[str],
-        foreign: tuple[str, ...],
+        self, prepared: PreparedRound, results: list[OperationResult], *, writes: int
     ) -> ReconcileReport:
+        index, tree, plan = prepared.index, prepared.tree, prepared.plan
+        read_errors, full, retiring = prepared.read_errors, prepared.full, prepared.retiring
         now = self.clock()
         notes: list[Event] = [
             CgroupWriteFailed(path=e.path, op=e.op, errno=e.errno, message=e.message, file=e.file)
@@ -985,7 +965,7 @@ class Reconciler:
                         value=operation.value,
                     )
                 )
-        for (path, file), (expected, found) in sorted(drift.items()):
+        for (path, file), (expected, found) in sorted(prepared.drift.items()):
             done = by_target.get((path, file), [])
             if done and all(r.outcome == "ok" for r in done):
                 notes.append(
@@ -1030,11 +1010,11 @@ class Reconciler:
             + tuple(
                 f"retired pod cgroup {path!r} is not named under the cgroup driver and root in "
                 "force: left in place"
-                for path in foreign
+                for path in prepared.foreign
             ),
             read_errors=tuple(f"{e.op} {e.path}/{e.file}: {e.message}" for e in read_errors),
             writes=writes,
-            reads=reads,
+            reads=prepared.reads,
             awaiting=plan.awaiting,
         )
 
