@@ -458,9 +458,7 @@ class Reconciler:
             index
             if targets is index.targets
             else self._complete_index.updated(
-                targets,
-                change_since(self._containers.recent, self._complete_index.targets),
-                names_like=index,  # container cgroups change no holder's names: its sets
+                targets, change_since(self._containers.recent, self._complete_index.targets)
             )
         )
 

@@ -233,10 +233,11 @@ def assert_carried_as_whole(carried: Reconciler, fresh: Reconciler) -> None:
     sums = carried._child_sums
     if sums is not None:
         assert_same_sums(sums, ChildSums.of(sums.tree, PAGE), sums.tree)
-    for holder, (listing, desired, names) in carried._undesired.held().items():
-        assert names == tuple(sorted(filterfalse(desired.__contains__, listing))), holder
-        index = carried._complete_index
-        if index.child_names(holder) is desired:
+    index = carried._complete_index
+    for holder, (listing, asked, names) in carried._undesired.held().items():
+        if asked is index.token:  # the memo of the last plan, over this index's names
+            desired = index.child_names(holder)
+            assert names == tuple(sorted(filterfalse(desired.__contains__, listing))), holder
             assert desired == TargetIndex.of(index.targets).child_names(holder), holder
     for reconciler in (carried, fresh):
         index = reconciler._containers

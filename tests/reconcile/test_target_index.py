@@ -92,8 +92,7 @@ def test_the_carried_index_answers_as_a_fresh_one(
     pool = list(BASE.cgroups)
     config = naming_config(BASE)
     index = TargetIndex.of(BASE)
-    complete = other = index
-    previous = BASE
+    complete = index
     carried = UndesiredNames()  # followed by the index's changes from step to step
     for edits, chosen, probes in steps:
         cgroups = [pool[i] for i in sorted(chosen | {0, 1, 2, 3})]
@@ -120,32 +119,17 @@ def test_the_carried_index_answers_as_a_fresh_one(
         paths = [t.path for t in BASE.cgroups] + ["kubepods/nowhere", "elsewhere"]
         probe = [paths[i] for i in probes]
         assert_same(index, fresh, probe)
-        # The reconciler's index of the targets with container cgroups under their pods, which
-        # takes the plain index's sets of names where both changed them alike.
+        # The reconciler's index of the targets with container cgroups under their pods.
         containers = tuple(
             msgspec.structs.replace(t, path=f"{t.path}/app", level="container", files={})
             for at, t in enumerate(cgroups)
             if t.level == "pod" and at % 2 == 0
         )
         complete_targets = msgspec.structs.replace(targets, cgroups=(*targets.cgroups, *containers))
-        complete = complete.updated(complete_targets, names_like=index)
+        complete = complete.updated(complete_targets)
         assert_same(
             complete, TargetIndex.of(complete_targets), [*probe, *(c.path for c in containers)]
         )
-        # Not another set edited alike: an index of targets that lack a pod both steps hold.
-        kept = [t for t in targets.cgroups if t.level == "pod" and t in previous.cgroups]
-        if kept:
-            lacking = [
-                msgspec.structs.replace(
-                    given, cgroups=tuple(t for t in given.cgroups if t != kept[0])
-                )
-                for given in (previous, targets)
-            ]
-            other = other.updated(
-                targets, names_like=TargetIndex.of(lacking[0]).updated(lacking[1])
-            )
-            assert_same(other, fresh, probe)
-        previous = targets
         scoped = verdict(check_target_tree, targets, probe, index)
         assert scoped == verdict(check_target_tree, targets, probe)
         if fresh.unique and "" in fresh.by_path:
@@ -259,3 +243,28 @@ def test_an_updated_index_hands_its_tables_on() -> None:
     again = index.updated(one)
     assert again.derived_from is None and dict(again.by_path) == dict(TargetIndex.of(one).by_path)
     assert dict(later.by_path) == dict(TargetIndex.of(two).by_path)  # left alone
+
+
+def test_the_names_are_edited_in_place_and_followed_by_token() -> None:
+    """A parent's set of names is the index's own, edited in place by `updated` (no copy of
+    kubepods' set per admission); what changed is told by the `token` of the index an answer
+    was made from: nothing for this index, the names that changed for the one it was derived
+    from, None (compare) for any other."""
+    config = node_config("TieredReservation", static=False)
+    steps = [targets_of_pods([mixed_pod(uid_for(i), i) for i in range(n)], config) for n in (3, 4)]
+    (new,) = {t.path for t in steps[1].cgroups} - {t.path for t in steps[0].cgroups}
+    holder, _, added = new.rpartition("/")
+    first = TargetIndex.of(steps[0])
+    names = first.child_names(holder)
+    assert names  # the holder has children before the update
+    token = first.token
+    second = first.updated(steps[1])
+    assert second.child_names(holder) is names  # the same set, one name more
+    assert names == TargetIndex.of(steps[1]).child_names(holder)
+    assert second.child_names_changed(holder, token) == {added}
+    assert second.child_names_changed(holder, second.token) == frozenset()
+    assert second.child_names_changed("elsewhere", token) == frozenset()
+    third = second.updated(steps[0])
+    assert third.child_names_changed(holder, token) is None  # two updates back: not told
+    assert third.child_names_changed(holder, second.token) == {added}  # taken out again
+    assert third.child_names(holder) == TargetIndex.of(steps[0]).child_names(holder)

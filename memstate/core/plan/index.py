@@ -11,19 +11,21 @@ the cgroups that changed. The answers are those of `TargetIndex.of(targets)` com
 (tests/reconcile/test_target_index.py compares them over random sequences).
 
 Handed on, not copied: `updated` edits the tables (path -> target of every cgroup, the
-cgroups with controllers, each parent's children's names) in place for the cgroups that changed
-and returns a new index over them; the index it was called on is spent (`spent`: its `check`
-refuses, so the planner never answers from it, and updating it again starts afresh,
-`TargetIndex.of`). A parent's set of names is still replaced, never edited (a new set per
-changed parent: callers hold them by identity, `child_names_changed`). Copying the tables cost
-a pass in C over every cgroup per round (and again to free the copy): what made a one-pod round
-grow with the node. Pure: no I/O, no clock; the tables are only looked up, never iterated in an
-order that could leak into a result (`ordered` sorts by position in the targets).
+cgroups with controllers, each parent's set of its children's names) in place for the cgroups
+that changed and returns a new index over them; the index it was called on is spent (`spent`:
+its `check` refuses, so the planner never answers from it, and updating it again starts afresh,
+`TargetIndex.of`). Copying the tables cost a pass in C over every cgroup per round (and again to
+free the copy): what made a one-pod round grow with the node; kubepods' set of names, copied per
+admission until stop 24, holds every pod. A caller that carries an answer over a parent's names
+from one index to the next keeps the index's `token`, not the set (`child_names_changed`).
+Pure: no I/O, no clock; the tables are only looked up, never iterated in an order that could
+leak into a result (`ordered` sorts by position in the targets).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from memstate.core.errors import InvariantViolation
 from memstate.core.plan.profile import WriteProfile, filters
@@ -60,7 +62,7 @@ class TargetIndex:
         targets: NodeTargets,
         *,
         by_path: dict[str, CgroupTarget],
-        children: dict[str, frozenset[str]],
+        children: dict[str, set[str]],
         holders: dict[str, str],
         controlled: dict[str, CgroupTarget],
         profile: WriteProfile | None = None,
@@ -68,7 +70,7 @@ class TargetIndex:
         derived_from: object = None,
         changed: tuple[str, ...] = (),
         dropped: frozenset[str] = frozenset(),
-        name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] | None = None,
+        name_edits: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self.targets = targets
         # The write profile whose filter is followed (None: none), and the paths whose files
@@ -93,11 +95,12 @@ class TargetIndex:
         # path -> its index in targets.cgroups, found when first asked (a scoped round asks
         # for its few planned paths; the root, node and QoS cgroups come first).
         self._positions: dict[str, int] = {}
-        self._children = children  # parent path -> the names of its desired children
+        # parent path -> the names of its desired children (edited in place by `updated`)
+        self._children = children
         self._holders = holders  # path -> level, of the root, node and QoS cgroups
         self._controlled = controlled  # path -> target, of those with controllers
-        # parent -> (its children's names in the index this one was derived from, the names
-        # desired in one and not the other): lets a carried answer over a parent's names follow
+        # parent -> the names desired under it in one of this index and the one it was
+        # derived from and not the other: lets a carried answer over a parent's names follow
         # them by the names that changed (`child_names_changed`).
         self._name_edits = name_edits or {}
 
@@ -115,7 +118,7 @@ class TargetIndex:
                 parent, _, name = path.rpartition("/")
                 names.setdefault(parent, set()).add(name)
             _add(path, target, holders, controlled)
-        children = {parent: frozenset(found) for parent, found in names.items()}
+        children = names
         filtered = (
             frozenset()
             if profile is None
@@ -131,20 +134,10 @@ class TargetIndex:
             controlled=controlled,
         )
 
-    def updated(
-        self,
-        targets: NodeTargets,
-        change: TargetsChange | None = None,
-        names_like: TargetIndex | None = None,
-    ) -> TargetIndex:
+    def updated(self, targets: NodeTargets, change: TargetsChange | None = None) -> TargetIndex:
         """The index of `targets`, from this one's by the cgroups that are not the same objects:
         those `change` lists when it is relative to this index's targets (work proportional
         to the change), else found by comparing every cgroup.
-
-        `names_like`: another index updated the same way (the reconciler's index of the
-        targets without their container cgroups, for the one with them): a parent whose names
-        it changed by the same names from the same set (the same object, or equal the first
-        time) takes its new set instead of another copy (kubepods' set holds every pod).
 
         A spent index (updated before) starts afresh: its tables are another index's."""
         if self.spent:
@@ -198,7 +191,8 @@ class TargetIndex:
             )
         children, holders, controlled = self._children, self._holders, self._controlled
         # parent -> (names no longer desired, names now desired): each parent's set of names is
-        # rebuilt once (kubepods' holds every pod: a copy in C per round, not per pod).
+        # edited in place (kubepods' holds every pod: a copy of it per admission cost as much as
+        # the rest of the update).
         edits: dict[str, tuple[list[str], list[str]]] = {}
         for target in gone:
             _remove(target.path, holders, controlled)
@@ -213,35 +207,17 @@ class TargetIndex:
                 parent, _, name = target.path.rpartition("/")
                 edits.setdefault(parent, ([], []))[1].append(name)
             _add(target.path, target, holders, controlled)
-        name_edits: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-        like_edits = names_like._name_edits if names_like is not None else {}
-        like_children = names_like._children if names_like is not None else {}
+        name_edits: dict[str, frozenset[str]] = {}
         for parent, (dropped_names, added_names) in edits.items():
-            names = children.get(parent, _NO_NAMES)
-            edit = frozenset((*dropped_names, *added_names))
-            name_edits[parent] = (names, edit)
-            theirs = like_edits.get(parent)
-            if (
-                theirs is not None
-                and theirs[1] == edit
-                and (theirs[0] is names or theirs[0] == names)
-            ):
-                # The same set edited by the same names (each dropped one was in it, each
-                # added one was not): the same set after.
-                names = like_children.get(parent, _NO_NAMES)
-                if names:
-                    children[parent] = names
-                else:
-                    children.pop(parent, None)
-                continue
-            if dropped_names:
-                names = names.difference(dropped_names)
-            if added_names:
-                names = names.union(added_names)
-            if names:
-                children[parent] = names
-            else:
-                children.pop(parent, None)
+            # Each dropped name was desired under `parent`, each added one was not.
+            name_edits[parent] = frozenset((*dropped_names, *added_names))
+            names = children.get(parent)
+            if names is None:
+                names = children[parent] = set()
+            names.difference_update(dropped_names)
+            names.update(added_names)
+            if not names:
+                del children[parent]
         filtered = self._filtered
         if self.profile is not None:
             profile = self.profile
@@ -339,20 +315,20 @@ class TargetIndex:
         """How many desired children `path` has."""
         return len(self._children.get(path, _NO_NAMES))
 
-    def child_names(self, path: str) -> frozenset[str]:
-        """The names of `path`'s desired children."""
+    def child_names(self, path: str) -> AbstractSet[str]:
+        """The names of `path`'s desired children: the index's own set, to read while this
+        index is not spent (`updated` edits it in place), never to keep."""
         return self._children.get(path, _NO_NAMES)
 
-    def child_names_changed(self, path: str, since: frozenset[str]) -> frozenset[str] | None:
-        """The names desired under `path` in one of `since` and `child_names(path)` and not in
-        the other, when `since` is this index's set or the one it was derived from (the index
-        `updated` was called on); None when that cannot be told without comparing them."""
-        names = self._children.get(path, _NO_NAMES)
-        if names is since:
+    def child_names_changed(self, path: str, since: object) -> AbstractSet[str] | None:
+        """The names desired under `path` in one of `child_names(path)` and the names the index
+        whose `token` is `since` gave, and not in the other, when that index is this one or
+        the one it was derived from (the index `updated` was called on); None when that cannot
+        be told without comparing them."""
+        if since is self.token:
             return _NO_NAMES
-        edit = self._name_edits.get(path)
-        if edit is not None and edit[0] is since:
-            return edit[1]
+        if since is self.derived_from and since is not None:
+            return self._name_edits.get(path, _NO_NAMES)
         return None
 
     def holders(self, level: str) -> list[str]:

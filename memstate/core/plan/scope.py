@@ -258,18 +258,20 @@ class UndesiredNames:
     A holder lists every pod, so filtering its listing against the desired names is a pass
     over every pod each round. Both change by a name or two per admission: `names` follows the
     listing by `one_edit` and the desired names by `TargetIndex.child_names_changed`, and
-    rechecks only the names either says changed; otherwise (another listing, another index)
-    it filters the whole listing again. Its answer is always that filter's
-    (`sorted(filterfalse(desired.__contains__, listing))`, duplicates included): the memo only
-    keeps the last listing, names and answer per holder, held by identity. Not thread-safe; one
-    per reconciler.
+    rechecks only the names either says changed; otherwise (another listing, an index not
+    derived from the last one) it filters the whole listing again. Its answer is always that
+    filter's (`sorted(filterfalse(desired.__contains__, listing))`, duplicates included): the
+    memo only keeps the last listing, the `token` of the index asked, and the answer per holder,
+    held by identity (the index's sets of names are edited in place: they cannot tell one
+    round's names from the next). Not thread-safe; one per reconciler.
     """
 
     __slots__ = ("_changes", "_memo")
 
     def __init__(self) -> None:
-        # holder -> (listing, desired names, the listed names not desired, sorted)
-        self._memo: dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]] = {}
+        # holder -> (listing, the `token` of the index asked, the listed names not desired,
+        # sorted)
+        self._memo: dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]] = {}
         self._changes: Sequence[TreeChange] = ()
 
     def follow(self, changes: Sequence[TreeChange]) -> None:
@@ -284,10 +286,12 @@ class UndesiredNames:
         memo = self._memo.get(holder)
         result: tuple[str, ...] | None = None
         if memo is not None:
-            before, desired_before, found = memo
-            if listing is before and desired is desired_before:
+            before, asked, found = memo
+            dropped_or_added = index.child_names_changed(holder, asked)
+            if listing is before and dropped_or_added is not None and not dropped_or_added:
+                if asked is not index.token:
+                    self._memo[holder] = (listing, index.token, found)
                 return found
-            dropped_or_added = index.child_names_changed(holder, desired_before)
             # The listing the same (shared, or equal: compared in C), or one name in or out.
             same = len(listing) == len(before) and listing == before
             edit = (
@@ -307,11 +311,12 @@ class UndesiredNames:
                 result = tuple(sorted(kept))
         if result is None:
             result = tuple(sorted(filterfalse(desired.__contains__, listing)))
-        self._memo[holder] = (listing, desired, result)
+        self._memo[holder] = (listing, index.token, result)
         return result
 
-    def held(self) -> dict[str, tuple[tuple[str, ...], frozenset[str], tuple[str, ...]]]:
-        """holder -> (listing, desired names, answer) as last given (for tests)."""
+    def held(self) -> dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]]:
+        """holder -> (listing, the `token` of the index asked, answer) as last given (for
+        tests)."""
         return dict(self._memo)
 
 
