@@ -257,10 +257,15 @@ class _Observer:
         return ObservedTree(cgroups=closed_cgroups(self.found))
 
     def scoped(
-        self, base: ObservedTree, paths: Iterable[str], touched: set[str] | None = None
+        self,
+        base: ObservedTree,
+        paths: Iterable[str],
+        touched: set[str] | None = None,
+        *,
+        take: bool = False,
     ) -> ObservedTree:
-        """Fresh reads of `paths` and their ancestors over the cached `base` (`touched`: see
-        `merge_observations`)."""
+        """Fresh reads of `paths` and their ancestors over the cached `base` (`touched`, `take`:
+        see `merge_observations`)."""
         scoped = sorted(set(paths))
         ancestors = sorted(
             {a for path in scoped for a in ancestor_paths(path) if a in self.desired} - set(scoped),
@@ -274,7 +279,7 @@ class _Observer:
                 self.desired_cgroup(path, None, list_children=True)
             else:
                 self.removal_subtree(path, known_exists=None)
-        return merge_observations(base, self.found, touched)
+        return merge_observations(base, self.found, touched, take=take)
 
 
 def observe_tree(
@@ -285,6 +290,7 @@ def observe_tree(
     base: ObservedTree | None = None,
     desired: Mapping[str, CgroupTarget] | None = None,
     touched: set[str] | None = None,
+    take_base: bool = False,
 ) -> tuple[ObservedTree, list[ReadError], int]:
     """Observe the tree for `targets`: (tree, read errors, number of calls).
 
@@ -292,7 +298,8 @@ def observe_tree(
     the module docstring); otherwise everything. Read-only: never writes. `desired`: path ->
     target of `targets`, when the caller keeps one (else built here). `touched`: a scoped
     observation adds the paths whose observation it replaced in `base` (`merge_observations`);
-    a full one builds a new tree and adds nothing.
+    a full one builds a new tree and adds nothing. `take_base`: a scoped observation may take
+    `base`'s table over (`merge_observations`' `take`: nothing reads `base` afterwards).
     """
     observer = _Observer(fs, targets, naming_config(targets), desired)
     # A tree that can hold still for the reads does (the directory-backed simulator: one
@@ -302,7 +309,7 @@ def observe_tree(
         if scope is None or base is None:
             tree = observer.full()
         else:
-            tree = observer.scoped(base, scope, touched)
+            tree = observer.scoped(base, scope, touched, take=take_base)
     return tree, observer.errors, observer.reads
 
 

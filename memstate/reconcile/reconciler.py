@@ -307,6 +307,10 @@ class Reconciler:
         self.clock = clock
         self._values = ValueModel(page_size_bytes)
         self._tree: ObservedTree | None = None  # the picture scoped rounds start from
+        # True while `_tree` is the picture `_finish` made and nothing else reads it (the
+        # records of how it was derived hold it by identity only): the next scoped observation
+        # takes its table over instead of copying it (`merge_observations`' `take`).
+        self._tree_owned = False
         # How the latest trees were derived from one another (scoped observations merged over
         # the picture, the plan's operations applied to it), oldest first: what is carried from
         # tree to tree (the sums, the container index) looks at the paths they touched only.
@@ -440,11 +444,24 @@ class Reconciler:
         full = paths is None
         touched: set[str] = set()
         base = self._tree
+        take = self._tree_owned and not full
+        self._tree_owned = False
         tree, read_errors, reads = observe_tree(
-            self.fs, targets, scope=paths, base=base, desired=desired, touched=touched
+            self.fs,
+            targets,
+            scope=paths,
+            base=base,
+            desired=desired,
+            touched=touched,
+            take_base=take,
         )
         if full or base is None:
             self._tree_changes = []  # a new tree: nothing derived from an older one
+        elif take:
+            # `base` is spent (its table is `tree`'s): the picture is `tree` from here on, and
+            # no record may name `base`.
+            self._tree = tree
+            self._record_over(base, tree, touched)
         else:
             self._record(base, tree, touched)
         targets, tree, focus, more_errors, more_reads = self._with_containers(
@@ -622,6 +639,24 @@ class Reconciler:
         self._tree_changes = [
             *self._tree_changes[-(_TREE_CHANGES - 1) :],
             TreeChange(previous=previous, tree=tree, paths=frozenset(touched), edits=edits or {}),
+        ]
+
+    def _record_over(self, spent: ObservedTree, tree: ObservedTree, touched: set[str]) -> None:
+        """Note that `tree` was derived from `spent` (replacing or dropping `touched`) by taking
+        its table over: the last record, which made `spent`, is composed with this derivation
+        (from that record's tree before to `tree`, the paths of both), so no record names
+        `spent`, whose table no longer holds what it held. Without such a record the chain is
+        broken: nothing is kept (what is carried then compares every cgroup)."""
+        changes = self._tree_changes
+        if not changes or changes[-1].tree is not spent:
+            self._tree_changes = []
+            return
+        last = changes[-1]
+        self._tree_changes = [
+            *changes[:-1],
+            TreeChange(
+                previous=last.previous, tree=tree, paths=last.paths | touched, edits=last.edits
+            ),
         ]
 
     # --- container cgroups ------------------------------------------------------------------
@@ -973,6 +1008,7 @@ class Reconciler:
         touched: set[str] = set()
         edits: dict[str, ListingEdit] = {}
         self._tree = apply_operations(tree, succeeded, touched, edits)
+        self._tree_owned = True  # a new table nothing else holds
         self._record(tree, self._tree, touched, edits)
         self._remember(index, plan, by_target, full=full)
         notes.extend(self._orphan_notes(plan, by_target, full))

@@ -16,7 +16,7 @@ equal after every round.
 from __future__ import annotations
 
 import contextlib
-from itertools import filterfalse
+from itertools import filterfalse, pairwise
 from typing import Any
 
 import msgspec
@@ -364,3 +364,35 @@ def test_a_round_completed_after_its_index_was_spent_is_refused() -> None:
     index.updated(targets_of_pods([mixed_pod(uid_for(i), i) for i in range(2)], config))
     with pytest.raises(InvariantViolation, match="spent"):
         reconciler._remember(index, plan, {}, full=False)
+
+
+def test_a_scoped_round_takes_the_picture_over_and_no_record_names_it() -> None:
+    """The picture a round leaves (`apply_operations`' tree, read by nothing but the next
+    scoped observation) has its table taken over by that observation instead of copied; the
+    spent picture is named by no record (the record that made it is composed with the
+    observation's), and a picture something else may read (the planned tree, after a round
+    that failed before its completion) is copied, not taken."""
+    config = node_config("TieredReservation", static=False)
+    pods = [mixed_pod(uid_for(i), i) for i in range(4)]
+    reconciler = Reconciler(new_sim(), page_size_bytes=PAGE)
+    reconciler.reconcile(targets_of_pods(pods[:2], config))
+    for count in (3, 4):
+        targets = targets_of_pods(pods[:count], config)
+        picture = reconciler._tree
+        assert picture is not None
+        table = picture.cgroups
+        prepared = reconciler.prepare(targets, scope=[targets.pods[-1].cgroup])
+        assert prepared.tree.cgroups is table  # taken over, not copied
+        for record in reconciler._tree_changes:
+            assert record.previous is not picture and record.tree is not picture
+        before = prepared.tree
+        reconciler.complete(prepared)
+        chain = reconciler._tree_changes
+        assert chain[-1].tree is reconciler._tree and chain[-1].previous is before
+        assert all(a.tree is b.previous for a, b in pairwise(chain))
+    # Prepared but not completed: the picture is the planned tree, which the carried sums hold.
+    targets = targets_of_pods(pods, config)
+    held = reconciler.prepare(targets, scope=[targets.pods[0].cgroup]).tree
+    assert reconciler._tree is held
+    again = reconciler.prepare(targets, scope=[targets.pods[0].cgroup])
+    assert again.tree.cgroups is not held.cgroups

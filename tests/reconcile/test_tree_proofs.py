@@ -142,7 +142,8 @@ def test_derived_trees_with_proofs_equal_those_without(
                 st.sampled_from(PATHS) | st.sampled_from(held) if held else st.sampled_from(PATHS)
             )
             fresh = data.draw(st.dictionaries(paths, cgroups(), max_size=4))
-            tree = merge_observations(tree, fresh, touched)
+            # Taken over (edited in place) or copied: the same tree, the same proofs.
+            tree = merge_observations(tree, fresh, touched, take=data.draw(st.booleans()))
             with patch.object(model, "_descendants", every_descendant):
                 bare = merge_observations(bare, fresh, bare_touched)
         else:

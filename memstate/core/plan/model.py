@@ -413,16 +413,28 @@ def _strictly_ascending(names: tuple[str, ...]) -> bool:
 
 
 def merge_observations(
-    base: ObservedTree, fresh: Mapping[str, ObservedCgroup], touched: set[str] | None = None
+    base: ObservedTree,
+    fresh: Mapping[str, ObservedCgroup],
+    touched: set[str] | None = None,
+    *,
+    take: bool = False,
 ) -> ObservedTree:
     """`base` with the cgroups in `fresh` replaced (a scoped observation over a cached tree).
 
     A fresh cgroup that was not listed keeps the base's children; a fresh cgroup that no longer
     exists drops its cached descendants; parents' children lists follow existence. `touched`,
     if given, gets every path whose observation this replaced or dropped (for a `TreeChange`).
+
+    `take`: the caller hands `base` over (nothing reads it afterwards: the reconciler's picture
+    after a round, `Reconciler.prepare`): its table is edited in place and becomes the result's,
+    instead of a copy of every cgroup's entry (and the copy freed a few rounds later). `base`
+    itself is then spent: its table is the result's.
     """
     closed = type(base.cgroups) is ClosedCgroups
-    cgroups = ClosedCgroups(base.cgroups) if closed else dict(base.cgroups)
+    if take:
+        cgroups = base.cgroups
+    else:
+        cgroups = ClosedCgroups(base.cgroups) if closed else dict(base.cgroups)
     marked = touched if touched is not None else set()
     for path, found in sorted(fresh.items()):
         # Sorted: a parent comes before its children, so it is held when they are checked.
