@@ -736,9 +736,11 @@ class Reconciler:
     ) -> list[str]:
         paths: set[str] = set()
         for path in scope:
-            parsed = parse_cgroup_path(path, config)
-            if path not in desired and (parsed is None or parsed.level != "pod"):
-                raise ValueError(f"scope path {path!r} is not a managed or pod cgroup path")
+            if path not in desired:
+                # Parsed only when not desired (an admission's new pod cgroup is).
+                parsed = parse_cgroup_path(path, config)
+                if parsed is None or parsed.level != "pod":
+                    raise ValueError(f"scope path {path!r} is not a managed or pod cgroup path")
             paths.add(path)
         paths |= retiring
         return sorted(paths)
