@@ -69,10 +69,9 @@ from __future__ import annotations
 
 import errno as errno_module
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -139,6 +138,7 @@ __all__ = [
 ]
 
 Outcome = Literal["ok", "failed", "busy", "skipped", "deferred"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 # Retried at once within a round: the call was interrupted, nothing is wrong with it.
 TRANSIENT_ERRNOS = frozenset({errno_module.EINTR, errno_module.EAGAIN})
 
@@ -983,11 +983,16 @@ class Reconciler:
             CgroupWriteFailed(path=e.path, op=e.op, errno=e.errno, message=e.message, file=e.file)
             for e in read_errors
         ]
-        counters: Counter[tuple[str, str]] = Counter()
+        # Plain dicts, not `Counter`s (a Python-level `__missing__` per new key): a round's
+        # report is on every admission's path.
+        counters: dict[tuple[str, str], int] = {}
+        outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         by_target: dict[tuple[str, str], list[OperationResult]] = {}
         for result in results:
             operation = result.operation
-            counters[(operation.file or operation.kind, result.outcome)] += 1
+            counted = (operation.file or operation.kind, result.outcome)
+            counters[counted] = counters.get(counted, 0) + 1
+            outcomes[result.outcome] += 1
             by_target.setdefault((operation.path, _drift_file(operation)), []).append(result)
             if result.outcome == "failed":
                 notes.append(
@@ -1016,7 +1021,6 @@ class Reconciler:
         notes.extend(self._orphan_notes(plan, by_target, full))
         pending, removed = self._pending_removals(tree, plan, by_target, retiring)
         retry = self._retry_after(plan, results, pending, now)
-        outcomes = Counter(r.outcome for r in results)
         failed = outcomes["failed"] + outcomes["busy"]
         converged = (
             failed == 0
