@@ -40,6 +40,7 @@ parents covering children, the tree's shape); the reducer runs it after every st
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import re
@@ -570,6 +571,9 @@ class NodeLevel:
         )
 
 
+# Asked per commit (the old-kernel warning, in the targets and in the published metrics) of the
+# one release a node has: remembered rather than matched again.
+@functools.lru_cache(maxsize=8)
 def kernel_version(release: str) -> tuple[int, int] | None:
     """(major, minor) of a kernel release string such as ``5.4.0-100-generic``; None if unknown."""
     match = _KERNEL_RELEASE_RE.match(release)
