@@ -149,3 +149,47 @@ def test_the_cpu_is_given_up_between_the_published_decision_and_its_round(tmp_pa
     assert yields == [(True, False)], yields  # once, before the admission's round wrote anything
     assert daemon.targets is not None
     assert world.fs.exists(daemon.targets.pod("one").cgroup)
+
+
+def test_fast_rounds_in_the_thread_end_the_pause_early(tmp_path: Path) -> None:
+    """During a pause, scoped rounds go to `run_io`; `resume_after` fast ones in a row there (no
+    time on the MockClock) bring the next round back to the loop."""
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    world = fixed_world()
+    handed: list[str] = []
+
+    async def recording_io(fn: Callable[[], _T], *, limiter: Any = None) -> _T:
+        name = handed_name(fn)
+        if name.startswith("Reconciler."):
+            handed.append(name)
+        return await run_inline(fn)
+
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))
+    seen: list[list[str]] = []
+
+    async def converged() -> None:
+        while not daemon.readiness.converged:
+            await trio.sleep(0.01)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            await converged()
+            daemon.inline_rounds = InlineWhileFast(
+                slow_seconds=0.01, pause_seconds=60.0, clock=trio.current_time, resume_after=2
+            )
+            daemon.inline_rounds._paused_until = trio.current_time() + 60.0  # after a slow one
+            for uid in ("one", "two", "three"):
+                handed.clear()
+                world.pods[uid] = guaranteed_observation(uid)
+                daemon._manifest_wake.set()
+                while uid not in daemon.state.pods:
+                    await trio.sleep(0.01)
+                await converged()
+                seen.append(handed[:])
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen == [["Reconciler.reconcile"], ["Reconciler.reconcile"], []], seen
