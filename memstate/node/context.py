@@ -54,15 +54,12 @@ logger = logging.getLogger("memstate.node.daemon")
 # thread for the pause (memstate.node.worker_threads.InlineWhileFast).
 INLINE_APPEND_SLOW_SECONDS = 0.01
 INLINE_APPEND_PAUSE_SECONDS = 60.0
-# ... or until this many appends in a row in the worker thread were fast (the hand-off included).
-INLINE_APPEND_RESUME_AFTER = 4
 # A scoped reconcile round (an admission's, a removal's, a watch hint's) runs on the event loop
 # while rounds take at most this long (about a millisecond at 500 pods); once one took longer,
 # rounds go to the worker thread for the pause. A full round always runs there
 # (memstate.node.loops.converge).
 INLINE_ROUND_SLOW_SECONDS = 0.01
 INLINE_ROUND_PAUSE_SECONDS = 60.0
-INLINE_ROUND_RESUME_AFTER = 4
 # After a reconcile round daemon-status.json is rewritten at most this often (trio's clock): a
 # round within the interval of the last write leaves it to `status_loop` (`write_status_soon`).
 STATUS_INTERVAL_SECONDS = 1.0
@@ -146,7 +143,6 @@ class DaemonContext:
                 slow_seconds=INLINE_APPEND_SLOW_SECONDS,
                 pause_seconds=INLINE_APPEND_PAUSE_SECONDS,
                 clock=trio.current_time,
-                resume_after=INLINE_APPEND_RESUME_AFTER,
             ),
         )
         self.storage: LogStorage | None = None
@@ -178,7 +174,6 @@ class DaemonContext:
                 slow_seconds=INLINE_ROUND_SLOW_SECONDS,
                 pause_seconds=INLINE_ROUND_PAUSE_SECONDS,
                 clock=trio.current_time,
-                resume_after=INLINE_ROUND_RESUME_AFTER,
             )
             if self.adapters.inline_rounds
             else None

@@ -87,12 +87,6 @@ class InlineWhileFast:
     next ones to the thread for `pause_seconds`: a slow disk blocks the event loop once per
     pause at most, not on every call. The call itself is unchanged (same system calls, same
     errors); only the thread it runs on differs.
-
-    With `resume_after` > 0 the pause also ends once that many calls in a row, run in the worker
-    thread meanwhile, were fast (`threaded`, timed by the caller with the hand-off included): one
-    slow moment (an fsync behind another process's writes, the machine descheduling the daemon)
-    no longer sends a minute of calls to the thread, while a slow call every few calls still
-    blocks the loop at most once per `resume_after` calls.
     """
 
     def __init__(
@@ -101,14 +95,11 @@ class InlineWhileFast:
         slow_seconds: float,
         pause_seconds: float,
         clock: Callable[[], float] = time.monotonic,
-        resume_after: int = 0,
     ) -> None:
         self.slow_seconds = slow_seconds
         self.pause_seconds = pause_seconds
         self.clock = clock
-        self.resume_after = resume_after
         self._paused_until = float("-inf")
-        self._fast_in_thread = 0  # fast threaded calls in a row during the pause
 
     def available(self) -> bool:
         """No call was slow in the last `pause_seconds`."""
@@ -124,18 +115,3 @@ class InlineWhileFast:
             ended = self.clock()
             if ended - started > self.slow_seconds:
                 self._paused_until = ended + self.pause_seconds
-                self._fast_in_thread = 0
-
-    def threaded(self, seconds: float) -> None:
-        """Such a call ran in the worker thread and took `seconds` (by `clock`, the hand-off
-        included): during a pause, `resume_after` fast ones in a row end it; a slow one starts
-        the count again. Outside a pause, or with `resume_after` 0, nothing changes."""
-        if self.resume_after <= 0 or self.available():
-            return
-        if seconds > self.slow_seconds:
-            self._fast_in_thread = 0
-            return
-        self._fast_in_thread += 1
-        if self._fast_in_thread >= self.resume_after:
-            self._paused_until = float("-inf")
-            self._fast_in_thread = 0

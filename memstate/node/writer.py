@@ -219,8 +219,6 @@ class Writer:
             # cancel scope at all; nothing from here to the end yields but them).
             with trio.CancelScope(shield=True):
                 envelopes = await self.run_io(append, limiter=self.limiter)
-            if inline is not None:
-                inline.threaded(trio.current_time() - started)  # may end a pause early
         self.metrics.fsync_seconds.observe(trio.current_time() - started)
         self.metrics.batch_events.observe(len(envelopes))
         for envelope in envelopes:

@@ -124,62 +124,6 @@ def test_inline_runs_stop_for_the_pause_after_a_slow_call() -> None:
     assert not inline.available()  # a slow failure pauses too
 
 
-def test_fast_calls_in_the_thread_end_the_pause_early() -> None:
-    clock = _Clock()
-    inline = InlineWhileFast(slow_seconds=0.01, pause_seconds=60.0, clock=clock, resume_after=3)
-    inline.threaded(0.001)  # not paused: nothing to end
-
-    def slow() -> None:
-        clock.now += 0.02
-
-    inline.run(slow)
-    assert not inline.available()
-    inline.threaded(0.001)
-    inline.threaded(0.001)
-    inline.threaded(0.02)  # a slow one starts the count again
-    inline.threaded(0.001)
-    inline.threaded(0.001)
-    assert not inline.available()
-    inline.threaded(0.001)
-    assert inline.available()  # three fast ones in a row
-    inline.run(slow)
-    assert not inline.available()  # the next slow call pauses again, counted afresh
-    inline.threaded(0.001)
-    inline.threaded(0.001)
-    assert not inline.available()
-
-    without = InlineWhileFast(slow_seconds=0.01, pause_seconds=60.0, clock=clock)
-    without.run(slow)
-    for _ in range(10):
-        without.threaded(0.001)
-    assert not without.available()  # resume_after 0: only the pause's end
-
-
-async def test_fast_threaded_appends_bring_the_append_back_to_the_event_loop(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    """Timed by trio's clock, a MockClock here: the threaded appends take no time, whatever the
-    machine's load."""
-    handed: list[object] = []
-
-    async def recording(fn, *, limiter=None):  # type: ignore[no-untyped-def]
-        handed.append(fn)
-        return fn()
-
-    writer, log = memory_writer()
-    writer.run_io = recording
-    writer.inline = InlineWhileFast(
-        slow_seconds=0.01, pause_seconds=60.0, clock=trio.current_time, resume_after=2
-    )
-    writer.inline._paused_until = trio.current_time() + 60.0  # as after a slow append
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run)
-        for index in range(3):
-            await writer.submit([_invalid(index)])
-        assert len(handed) == 2 and len(log.records) == 6  # two in the thread, then here
-        nursery.cancel_scope.cancel()
-
-
 async def test_the_append_runs_on_the_event_loop_while_inline_runs_are_available() -> None:
     handed: list[object] = []
 

@@ -50,20 +50,17 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
     # nothing else waits; outside the round's timing (`InlineWhileFast`).
     daemon.adapters.yield_cpu()
     inline = daemon.inline_rounds
-    small = (
-        scope is not None  # not a full round: those take tens of milliseconds at 500 pods
-        and len(scope) + len(retiring) <= INLINE_ROUND_MAX_PATHS
-        and daemon.shadow is None  # every shadow round is a full one
-    )
-    if inline is None or not small or not inline.available():
-        handed = trio.current_time()
+    if (
+        inline is None
+        or not inline.available()
+        or scope is None  # a full round: tens of milliseconds at 500 pods
+        or len(scope) + len(retiring) > INLINE_ROUND_MAX_PATHS
+        or daemon.shadow is not None  # every shadow round is a full one
+    ):
         report = await daemon.run_io(
             functools.partial(reconciler.reconcile, targets, **arguments),  # type: ignore[attr-defined]
             limiter=daemon._cgroup_limiter,
         )
-        if inline is not None and small:
-            # A round that would have run on the loop but for a pause: fast ones end it early.
-            inline.threaded(trio.current_time() - handed)
     else:
         report = await _round_on_the_loop(
             daemon,
