@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ class Adapters:
     `None` fields are derived from the settings at start-up: `storage` the state directory,
     `cgroup_fs` the cgroup root (or cgroupSim tree), `topology` sysfs (or the topology file),
     `sources` the kubelet/API-server sources named in podSources, `read_manifests` the
-    manifest directory. `host_loops` runs the
+    manifest directory. `yield_cpu` gives the CPU up once (before a reconcile round:
+    memstate.node.loops.converge). `host_loops` runs the
     watchers that need the real host (inotify on the manifest directory, the config file and
     the cgroup tree; the sealed-segment check) and writes the status file.
     """
@@ -132,6 +134,7 @@ class Adapters:
     # A scoped reconcile round may run on the event loop instead of `run_io` while rounds are
     # fast (memstate.node.loops.converge); a test that holds rounds in its `run_io` turns it off.
     inline_rounds: bool = True
+    yield_cpu: Callable[[], None] = os.sched_yield
     storage: Callable[[], LogStorage] | None = None
     cgroup_fs: CgroupFS | None = None
     topology: Topology | None = None

@@ -109,3 +109,43 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
     assert daemon.targets is not None
     for uid in ("one", "two"):
         assert world.fs.read(daemon.targets.pod(uid).cgroup, "memory.max") != "max"
+
+
+def test_the_cpu_is_given_up_between_the_published_decision_and_its_round(tmp_path: Path) -> None:
+    """The daemon gives the CPU up once before each round (`Adapters.yield_cpu`): after an
+    admission, when the decision is published (what a waiting client is answered from) and
+    before the round creates the pod's cgroup."""
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG_YAML)
+    world = fixed_world()
+    # Per call: (the pod's decision published, its cgroup created).
+    yields: list[tuple[bool, bool]] = []
+
+    def yield_cpu() -> None:
+        pod = daemon.published_pod("one")
+        yields.append((pod is not None, pod is not None and world.fs.exists(pod.cgroup)))
+
+    daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, yield_cpu=yield_cpu))
+
+    async def converged() -> None:
+        while not daemon.readiness.converged:
+            await trio.sleep(0.01)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            await daemon.ready.wait()
+            await converged()
+            assert yields == [(False, False)]  # the start-up's full round
+            yields.clear()
+            world.pods["one"] = guaranteed_observation("one")
+            daemon._manifest_wake.set()
+            while "one" not in daemon.state.pods:
+                await trio.sleep(0.01)
+            await converged()
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert yields == [(True, False)], yields  # once, before the admission's round wrote anything
+    assert daemon.targets is not None
+    assert world.fs.exists(daemon.targets.pod("one").cgroup)

@@ -430,17 +430,27 @@ def handed_name(fn: Callable[..., Any]) -> str:
     return str(getattr(inner, "__qualname__", repr(inner)))
 
 
+def _stay_on_the_cpu() -> None:
+    """The simulation's `yield_cpu`: one thread under a MockClock, nothing to give the CPU to."""
+
+
 def sim_adapters(
-    world: World, *, run_io: Any = run_inline, life: int = 0, inline_rounds: bool = True
+    world: World,
+    *,
+    run_io: Any = run_inline,
+    life: int = 0,
+    inline_rounds: bool = True,
+    yield_cpu: Callable[[], None] = _stay_on_the_cpu,
 ) -> Adapters:
     """The simulated node's adapters: the world's disk, cgroup tree, clock and manifests, a
     two-NUMA-node topology, no host loops; `run_io` replaces the inline I/O runner
     (`inline_rounds=False` sends every reconcile round through it, for a test that holds them
-    there)."""
+    there); `yield_cpu` is called where the daemon gives the CPU up (a no-op by default)."""
     return Adapters(
         wall_clock_ns=world.wall_clock_ns,
         run_io=run_io,
         inline_rounds=inline_rounds,
+        yield_cpu=yield_cpu,
         storage=lambda: SimStorage(world.disk, world.check_state),
         cgroup_fs=world.fs,
         topology=topology("8Gi", "8Gi", hugepages={"2Mi": 64}),

@@ -43,6 +43,12 @@ async def reconcile_once(daemon: DaemonContext) -> float | None:
         "scope": None if scope is None else sorted(scope),
         "changes": changes,
     }
+    # The CPU given up once before the round (sched_yield): the commit it follows has just woken
+    # whoever waits for the decision (a reader of the journal, the runtime's answer), and on a
+    # shared core the kernel lets the daemon run on through the round, milliseconds, before that
+    # reader gets a turn (docs/reconciler.md, "Where a round runs"). One system call when
+    # nothing else waits; outside the round's timing (`InlineWhileFast`).
+    daemon.adapters.yield_cpu()
     inline = daemon.inline_rounds
     if (
         inline is None
