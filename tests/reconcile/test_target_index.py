@@ -296,3 +296,20 @@ def test_the_holders_verdict_is_carried_while_the_holders_are_unchanged() -> Non
         assert "QoS cgroups" in str(exc)
     else:
         raise AssertionError("a moved QoS cgroup was accepted by the carried index")
+
+
+def test_the_holders_of_several_levels_come_in_one_ordering() -> None:
+    """`holders(*levels)` answers the holders of every level given, in the targets' order, as
+    the holders of each level ordered together would."""
+    index = TargetIndex.of(BASE)
+    order = [t.path for t in BASE.cgroups]
+    both = index.holders("node", "qos")
+    assert both == index.ordered([*index.holders("node"), *index.holders("qos")])
+    assert both == [p for p in order if p in {*index.holders("node"), *index.holders("qos")}]
+    assert len(both) == 3 and index.holders("root") == [""]
+    try:
+        index.holders("node", "pod")
+    except InvariantViolation as exc:
+        assert "not a holder level" in str(exc)
+    else:
+        raise AssertionError("a pod level was taken for a holder level")

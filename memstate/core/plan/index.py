@@ -344,11 +344,13 @@ class TargetIndex:
             return self._name_edits.get(path, _NO_NAMES)
         return None
 
-    def holders(self, level: str) -> list[str]:
-        """The paths of the targets of `level` ("root", "node" or "qos"), in the targets' order."""
-        if level not in _HOLDER_LEVELS:
-            raise InvariantViolation(f"not a holder level: {level!r}")
-        return self.ordered(p for p, at in self._holders.items() if at == level)
+    def holders(self, *levels: str) -> list[str]:
+        """The paths of the targets of `levels` ("root", "node" or "qos"), in the targets'
+        order (several levels at once: one ordering, not one per level and another of them)."""
+        for level in levels:
+            if level not in _HOLDER_LEVELS:
+                raise InvariantViolation(f"not a holder level: {level!r}")
+        return self.ordered(p for p, at in self._holders.items() if at in levels)
 
     def holders_passed(self, naming: object) -> bool:
         """True if `passed_holders(naming)` was said of this index, or of one it was derived

@@ -232,11 +232,14 @@ def plan_controllers(
                 "(cgroup.controllers): their files are not managed"
             )
         enabled_after[path] = enabled_now | (wanted & available) if enables else enabled_now
+        if parent is None:
+            managed[path] = tuple(sorted(target.files))  # the root's files: none is blocked
+            continue
+        from_parent = enabled_after.get(parent, _NO_CONTROLLERS)  # looked up once per cgroup
         usable = []
         for file in sorted(target.files):
             controller = file_controller(file)
-            from_parent = enabled_after.get(parent, frozenset()) if parent is not None else None
-            if from_parent is not None and controller is not None and controller not in from_parent:
+            if controller is not None and controller not in from_parent:
                 blocked.append(f"{path}/{file}" if path else file)
                 continue
             usable.append(file)
@@ -348,7 +351,7 @@ def undesired_pod_cgroups(
     else:
         index.check(targets)
     if index.unique:
-        holders = index.ordered([*index.holders("node"), *index.holders("qos")])
+        holders = index.holders("node", "qos")
     else:
         holders = [t.path for t in targets.cgroups if t.level in ("node", "qos")]
     found_pods: list[UndesiredPod] = []
