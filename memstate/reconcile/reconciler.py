@@ -1086,12 +1086,14 @@ class Reconciler:
         ):
             return
         self._remembered = None if plan.operations else (plan, full)
+        # The paths with an operation this round: the others (all but a few in a scoped round's
+        # plan) had none fail, and every value of theirs is set at once, in C, as the loop
+        # below would (a full round after an admission remembers every managed file).
+        acted = {path for path, _ in by_target}
         for path, files in plan.final_values.items():
             if path not in desired:
                 continue  # only desired cgroups are remembered
-            if not by_target:
-                # No operation, so nothing failed: every value is set as the loop below would
-                # (in C: a full round after an admission remembers every managed file).
+            if path not in acted:
                 self._expected_present.add(path)
                 expected = self._expected.get(path)
                 if expected is None:
@@ -1099,13 +1101,17 @@ class Reconciler:
                 else:
                     expected.update(files)
                 continue
-            created = by_target.get((path, ""), [])
-            if all(r.outcome == "ok" for r in created):
-                self._expected_present.add(path)
+            created = by_target.get((path, ""))
+            if created is not None and not all(r.outcome == "ok" for r in created):
+                continue  # not created: none of its values is set
+            self._expected_present.add(path)
+            expected = self._expected.get(path)
             for file, value in files.items():
-                done = by_target.get((path, file), [])
-                if all(r.outcome == "ok" for r in done) and all(r.outcome == "ok" for r in created):
-                    self._expected.setdefault(path, {})[file] = value
+                done = by_target.get((path, file))
+                if done is None or all(r.outcome == "ok" for r in done):
+                    if expected is None:
+                        expected = self._expected[path] = {}
+                    expected[file] = value
         # Every target with controllers is expected to have them enabled unless this round's
         # enable failed. Only the targets that can change that are looked at: those the index
         # found new or changed since the last round, those whose enable failed before, and

@@ -156,13 +156,22 @@ def test_an_unchanged_full_resync_reuses_the_last_plan(monkeypatch: pytest.Monke
 
 
 class _CountingExpected(dict):  # type: ignore[type-arg]
-    """The reconciler's `_expected`, counting what `_remember` stores into it."""
+    """The reconciler's `_expected`, counting `_remember`'s visits: a path's values are stored
+    by looking its entry up (`get`, then edited) or putting one in."""
 
     stored = 0
+
+    def get(self, key: object, default: object = None) -> object:
+        type(self).stored += 1
+        return super().get(key, default)
 
     def setdefault(self, key: object, default: object = None) -> object:
         type(self).stored += 1
         return super().setdefault(key, default)
+
+    def __setitem__(self, key: object, value: object) -> None:
+        type(self).stored += 1
+        super().__setitem__(key, value)
 
 
 def test_an_idle_full_resync_neither_compares_for_drift_nor_remembers_again(

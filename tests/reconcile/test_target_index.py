@@ -268,3 +268,48 @@ def test_the_names_are_edited_in_place_and_followed_by_token() -> None:
     assert third.child_names_changed(holder, token) is None  # two updates back: not told
     assert third.child_names_changed(holder, second.token) == {added}  # taken out again
     assert third.child_names(holder) == TargetIndex.of(steps[0]).child_names(holder)
+
+
+def test_the_holders_verdict_is_carried_while_the_holders_are_unchanged() -> None:
+    """A scoped check renders the node and QoS paths once along a line of updates: the
+    verdict on the holders is carried by an update that changes no holder (a pod admitted)
+    and dropped by one that changes a holder, whose naming is then checked again (a QoS
+    cgroup moved is refused)."""
+    config = node_config("TieredReservation", static=False)
+    steps = [targets_of_pods([mixed_pod(uid_for(i), i) for i in range(n)], config) for n in (3, 4)]
+    naming = (steps[0].cgroup_driver, steps[0].cgroup_root)
+    first = TargetIndex.of(steps[0])
+    assert not first.holders_passed(naming)
+    check_target_tree(steps[0], [""], first)
+    assert first.holders_passed(naming) and not first.holders_passed(("systemd", ()))
+    second = first.updated(steps[1])  # a pod admitted: no holder changed
+    assert second.holders_passed(naming)
+    qos = next(t for t in steps[1].cgroups if t.level == "qos")
+    moved = msgspec.structs.replace(qos, path=f"{qos.path}-moved")
+    cgroups = tuple(moved if t is qos else t for t in steps[1].cgroups)
+    third_targets = msgspec.structs.replace(steps[1], cgroups=cgroups)
+    third = second.updated(third_targets)
+    assert not third.holders_passed(naming)
+    try:
+        check_target_tree(third_targets, [""], third)
+    except InvariantViolation as exc:
+        assert "QoS cgroups" in str(exc)
+    else:
+        raise AssertionError("a moved QoS cgroup was accepted by the carried index")
+
+
+def test_the_holders_of_several_levels_come_in_one_ordering() -> None:
+    """`holders(*levels)` answers the holders of every level given, in the targets' order, as
+    the holders of each level ordered together would."""
+    index = TargetIndex.of(BASE)
+    order = [t.path for t in BASE.cgroups]
+    both = index.holders("node", "qos")
+    assert both == index.ordered([*index.holders("node"), *index.holders("qos")])
+    assert both == [p for p in order if p in {*index.holders("node"), *index.holders("qos")}]
+    assert len(both) == 3 and index.holders("root") == [""]
+    try:
+        index.holders("node", "pod")
+    except InvariantViolation as exc:
+        assert "not a holder level" in str(exc)
+    else:
+        raise AssertionError("a pod level was taken for a holder level")

@@ -45,6 +45,7 @@ class TargetIndex:
         "_controlled",
         "_filtered",
         "_holders",
+        "_holders_passed",
         "_name_edits",
         "_positions",
         "by_path",
@@ -71,6 +72,7 @@ class TargetIndex:
         changed: tuple[str, ...] = (),
         dropped: frozenset[str] = frozenset(),
         name_edits: dict[str, frozenset[str]] | None = None,
+        holders_passed: object = None,
     ) -> None:
         self.targets = targets
         # The write profile whose filter is followed (None: none), and the paths whose files
@@ -98,6 +100,9 @@ class TargetIndex:
         # parent path -> the names of its desired children (edited in place by `updated`)
         self._children = children
         self._holders = holders  # path -> level, of the root, node and QoS cgroups
+        # The naming whose check of the holders passed (`holders_passed`), carried by `updated`
+        # while every holder keeps its path and level: the check is a function of those alone.
+        self._holders_passed = holders_passed
         self._controlled = controlled  # path -> target, of those with controllers
         # parent -> the names desired under it in one of this index and the one it was
         # derived from and not the other: lets a carried answer over a parent's names follow
@@ -188,12 +193,19 @@ class TargetIndex:
                 holders=self._holders,
                 controlled=self._controlled,
                 derived_from=self.token,
+                holders_passed=self._holders_passed,
             )
         children, holders, controlled = self._children, self._holders, self._controlled
         # parent -> (names no longer desired, names now desired): each parent's set of names is
         # edited in place (kubepods' holds every pod: a copy of it per admission cost as much as
         # the rest of the update).
         edits: dict[str, tuple[list[str], list[str]]] = {}
+        # Every holder kept at its path and level (a QoS cgroup's target replaced by one with
+        # other values, as each admission does, is still the same holder), none put in or
+        # taken out: their naming's verdict (`holders_passed`) stands.
+        holders_kept = all(t.path not in holders for t in gone) and all(
+            holders.get(t.path) == (t.level if t.level in _HOLDER_LEVELS else None) for t in changed
+        )
         for target in gone:
             _remove(target.path, holders, controlled)
             if target.path:
@@ -237,6 +249,7 @@ class TargetIndex:
             changed=tuple(target.path for target in changed),
             dropped=frozenset(target.path for target in gone),
             name_edits=name_edits,
+            holders_passed=self._holders_passed if holders_kept else None,
         )
 
     def check(self, targets: NodeTargets) -> None:
@@ -331,11 +344,24 @@ class TargetIndex:
             return self._name_edits.get(path, _NO_NAMES)
         return None
 
-    def holders(self, level: str) -> list[str]:
-        """The paths of the targets of `level` ("root", "node" or "qos"), in the targets' order."""
-        if level not in _HOLDER_LEVELS:
-            raise InvariantViolation(f"not a holder level: {level!r}")
-        return self.ordered(p for p, at in self._holders.items() if at == level)
+    def holders(self, *levels: str) -> list[str]:
+        """The paths of the targets of `levels` ("root", "node" or "qos"), in the targets'
+        order (several levels at once: one ordering, not one per level and another of them)."""
+        for level in levels:
+            if level not in _HOLDER_LEVELS:
+                raise InvariantViolation(f"not a holder level: {level!r}")
+        return self.ordered(p for p, at in self._holders.items() if at in levels)
+
+    def holders_passed(self, naming: object) -> bool:
+        """True if `passed_holders(naming)` was said of this index, or of one it was derived
+        from along updates that changed no holder (the root, node and QoS cgroups' targets)."""
+        return self._holders_passed is not None and self._holders_passed == naming
+
+    def passed_holders(self, naming: object) -> None:
+        """Note that the holders passed the check of `naming` (a hashable, comparable key of the
+        naming they were checked against), for `holders_passed`: a memo of a verdict on the
+        holders alone, kept while they are unchanged."""
+        self._holders_passed = naming
 
     def controlled(self) -> Mapping[str, CgroupTarget]:
         """path -> target, of the targets with controllers (a look-up table: its order is not

@@ -366,10 +366,12 @@ def _set_child(
         at = bisect_left(listing, name) if ordered else 0
     if ordered:
         # `name` put in or taken out by bisection and slicing, in C, without a sorted copy and
-        # a set of every pod's name.
-        children = SortedNames(
-            (*listing[:at], name, *listing[at:]) if present else (*listing[:at], *listing[at + 1 :])
-        )
+        # a set of every pod's name: slices concatenated, not a display of starred slices
+        # (built through a list and copied twice more: ~2 us of kubepods' 500 names).
+        if present:
+            children = SortedNames(listing[:at] + (name,) + listing[at:])  # noqa: RUF005
+        else:
+            children = SortedNames(listing[:at] + listing[at + 1 :])
         if edits is not None:
             # Made from `listing` by this one name: what `one_edit` would find, recorded.
             edits[parent] = (listing, children, name, present)
@@ -381,7 +383,7 @@ def _set_child(
         else:
             names.discard(name)
         children = SortedNames(sorted(names))
-    if children != listing:
+    if ordered or children != listing:  # an ordered edit changed the length: no comparison
         cgroups[parent] = msgspec.structs.replace(found, children=children)
         touched.add(parent)
 

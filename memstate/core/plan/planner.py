@@ -71,6 +71,7 @@ cgroup never breaks the ordering guarantees elsewhere and never stops unrelated 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import cast
 
 import msgspec
 
@@ -818,8 +819,11 @@ class _Planner:
         reason: str = "target",
     ) -> int:
         index = len(self.operations)
-        needed = tuple(sorted({r for r in requires if r is not None}))
-        if any(r >= index for r in needed):
+        # In C (set, discard, sort): no comprehension or generator frame per operation.
+        wanted = set(requires)
+        wanted.discard(None)
+        needed = tuple(sorted(cast("set[int]", wanted)))
+        if needed and needed[-1] >= index:
             raise InvariantViolation(f"operation {index} requires a later operation {needed}")
         self.operations.append(
             Operation(

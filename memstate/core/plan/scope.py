@@ -118,16 +118,24 @@ def _check_unique(targets: NodeTargets) -> None:
 
 def _check_indexed(index: TargetIndex, config: NodeConfig, paths: Iterable[str]) -> None:
     """The naming, the root and the per-cgroup checks of `paths`, answered by the index of
-    targets whose paths are unique."""
-    nodes = index.holders("node")
-    if nodes != [node_path(config)]:
-        raise InvariantViolation(
-            f"node cgroups {nodes} do not match the targets' naming ({config.cgroup_driver}, "
-            f"root {'/'.join(config.cgroup_root) or '/'})"
-        )
-    qos = set(index.holders("qos"))
-    if qos != {qos_path(config, cls) for cls in QOS_COMPONENTS}:
-        raise InvariantViolation(f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}")
+    targets whose paths are unique. The holders' naming is checked once along a line of
+    index updates that leave the holders as they were (`TargetIndex.holders_passed`): every
+    admission's round would otherwise render the node and QoS paths and look up the holders'
+    order again for the same verdict."""
+    naming = (config.cgroup_driver, config.cgroup_root)
+    if not index.holders_passed(naming):
+        nodes = index.holders("node")
+        if nodes != [node_path(config)]:
+            raise InvariantViolation(
+                f"node cgroups {nodes} do not match the targets' naming ({config.cgroup_driver}, "
+                f"root {'/'.join(config.cgroup_root) or '/'})"
+            )
+        qos = set(index.holders("qos"))
+        if qos != {qos_path(config, cls) for cls in QOS_COMPONENTS}:
+            raise InvariantViolation(
+                f"QoS cgroups {sorted(qos)} do not match node cgroup {nodes[0]!r}"
+            )
+        index.passed_holders(naming)
     if index.position("") is None:
         raise InvariantViolation("the targets do not include the managed root ''")
     for path in paths:
@@ -224,11 +232,14 @@ def plan_controllers(
                 "(cgroup.controllers): their files are not managed"
             )
         enabled_after[path] = enabled_now | (wanted & available) if enables else enabled_now
+        if parent is None:
+            managed[path] = tuple(sorted(target.files))  # the root's files: none is blocked
+            continue
+        from_parent = enabled_after.get(parent, _NO_CONTROLLERS)  # looked up once per cgroup
         usable = []
         for file in sorted(target.files):
             controller = file_controller(file)
-            from_parent = enabled_after.get(parent, frozenset()) if parent is not None else None
-            if from_parent is not None and controller is not None and controller not in from_parent:
+            if controller is not None and controller not in from_parent:
                 blocked.append(f"{path}/{file}" if path else file)
                 continue
             usable.append(file)
@@ -340,7 +351,7 @@ def undesired_pod_cgroups(
     else:
         index.check(targets)
     if index.unique:
-        holders = index.ordered([*index.holders("node"), *index.holders("qos")])
+        holders = index.holders("node", "qos")
     else:
         holders = [t.path for t in targets.cgroups if t.level in ("node", "qos")]
     found_pods: list[UndesiredPod] = []
