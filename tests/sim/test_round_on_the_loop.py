@@ -20,6 +20,7 @@ from memstate.node.daemon import Daemon
 from memstate.node.worker_threads import InlineWhileFast
 from tests.sim.world import (
     CONFIG_YAML,
+    World,
     _settings,
     fixed_world,
     guaranteed_observation,
@@ -29,6 +30,21 @@ from tests.sim.world import (
 )
 
 _T = TypeVar("_T")
+
+
+async def _converged(daemon: Daemon) -> None:
+    while not daemon.readiness.converged:
+        await trio.sleep(0.01)
+
+
+async def _admit(daemon: Daemon, world: World, uid: str) -> None:
+    """A Guaranteed pod appears in the world's manifests; returns once it is admitted and the
+    tree converged."""
+    world.pods[uid] = guaranteed_observation(uid)
+    daemon._manifest_wake.set()
+    while uid not in daemon.state.pods:
+        await trio.sleep(0.01)
+    await _converged(daemon)
 
 
 def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Path) -> None:
@@ -46,10 +62,6 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
     daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, run_io=recording_io))
     seen: dict[str, list[str]] = {}
 
-    async def converged() -> None:
-        while not daemon.readiness.converged:
-            await trio.sleep(0.01)
-
     async def hint(path: str) -> None:
         """What the cgroup watch does when a managed cgroup changed."""
         assert daemon._scope is not None
@@ -57,7 +69,7 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
         daemon.readiness.converged = False
         daemon._reconcile_wake.set()
         await trio.sleep(0.5)
-        await converged()
+        await _converged(daemon)
 
     def raise_limit(uid: str) -> str:
         assert daemon.targets is not None
@@ -69,15 +81,11 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon.run)
             await daemon.ready.wait()
-            await converged()
+            await _converged(daemon)
             seen["start-up"] = handed[:]
             handed.clear()
 
-            world.pods["one"] = guaranteed_observation("one")
-            daemon._manifest_wake.set()
-            while "one" not in daemon.state.pods:
-                await trio.sleep(0.01)
-            await converged()
+            await _admit(daemon, world, "one")
             seen["admission"] = handed[:]
             handed.clear()
 
@@ -89,11 +97,7 @@ def test_rounds_run_on_the_loop_unless_they_may_block_or_were_slow(tmp_path: Pat
             daemon.inline_rounds = InlineWhileFast(
                 slow_seconds=-1.0, pause_seconds=60.0, clock=trio.current_time
             )
-            world.pods["two"] = guaranteed_observation("two")
-            daemon._manifest_wake.set()
-            while "two" not in daemon.state.pods:
-                await trio.sleep(0.01)
-            await converged()
+            await _admit(daemon, world, "two")
             seen["slow"] = handed[:]
             handed.clear()
             await hint(raise_limit("two"))
@@ -127,22 +131,14 @@ def test_the_cpu_is_given_up_between_the_published_decision_and_its_round(tmp_pa
 
     daemon = Daemon(_settings(config_file), adapters=sim_adapters(world, yield_cpu=yield_cpu))
 
-    async def converged() -> None:
-        while not daemon.readiness.converged:
-            await trio.sleep(0.01)
-
     async def scenario() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon.run)
             await daemon.ready.wait()
-            await converged()
+            await _converged(daemon)
             assert yields == [(False, False)]  # the start-up's full round
             yields.clear()
-            world.pods["one"] = guaranteed_observation("one")
-            daemon._manifest_wake.set()
-            while "one" not in daemon.state.pods:
-                await trio.sleep(0.01)
-            await converged()
+            await _admit(daemon, world, "one")
             nursery.cancel_scope.cancel()
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
