@@ -55,7 +55,7 @@ class Tree:
         return lambda: watch_cgroups(
             self.root,
             on_hint=self.hints.append,
-            screen=self.own.foreign if self.screened else None,
+            screen=self.own.foreign_in_steps if self.screened else None,
         )
 
     def admit(self) -> None:

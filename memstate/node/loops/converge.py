@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -201,17 +201,18 @@ async def cgroup_watch_loop(daemon: DaemonContext) -> None:
     )
 
 
-def echo_screen(daemon: DaemonContext) -> Callable[[Batch], Batch] | None:
-    """The watch's screen that drops the echo of the rounds' own writes, counting what it
-    dropped (memstate.node.cgroup_echo); None when the reconciler's writes are not recorded."""
+def echo_screen(daemon: DaemonContext) -> Callable[[Batch], Awaitable[Batch]] | None:
+    """The watch's screen that drops the echo of the rounds' own writes, judged in steps that
+    let the event loop run between them, counting what it dropped (memstate.node.cgroup_echo);
+    None when the reconciler's writes are not recorded."""
     own = daemon.own_writes
     if own is None:
         return None
     echoes = daemon.metrics.cgroup_watch_echoes
 
-    def screen(batch: Batch) -> Batch:
+    async def screen(batch: Batch) -> Batch:
         before = own.echoes
-        batch = own.foreign(batch)
+        batch = await own.foreign_in_steps(batch)
         if own.echoes != before:
             echoes.inc(own.echoes - before)
         return batch
