@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ import trio
 
 from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY
 from memstate.host.sim.cgroupdir import DirCgroupFS
-from memstate.node.cgroup_echo import OwnWrites, RecordingCgroupFS
+from memstate.node import cgroup_echo
+from memstate.node.cgroup_echo import STEP_READS, OwnWrites, RecordingCgroupFS
 from memstate.node.cgroup_watch import watch_cgroups
 from memstate.node.watching import Batch, Change
 from tests.reconcile.test_watch import until
@@ -58,14 +60,14 @@ class Tree:
             screen=self.own.foreign_in_steps if self.screened else None,
         )
 
-    def admit(self) -> None:
+    def admit(self, pod: str = POD) -> None:
         """What a round admitting a pod writes: the parent's protection, the pod cgroup and
         its files."""
         self.fs.write("kubepods", "memory.min", Gi)
-        self.fs.mkdir(POD)
-        self.fs.write(POD, "memory.min", Gi)
-        self.fs.write(POD, "memory.max", Gi)
-        self.fs.write(POD, "cpuset.mems", "0")
+        self.fs.mkdir(pod)
+        self.fs.write(pod, "memory.min", Gi)
+        self.fs.write(pod, "memory.max", Gi)
+        self.fs.write(pod, "cpuset.mems", "0")
 
     def by_hand(self, path: str, file: str, text: str) -> None:
         """Someone else writes a file of the tree (no DirCgroupFS call: a plain write)."""
@@ -78,7 +80,9 @@ class Tree:
         self._barriers += 1
         name = f"barrier{self._barriers}"
         (self.root / name).mkdir()
-        assert await until(lambda: name in self.hints), self.hints
+        # A whole-tree hint ("") swallows the barrier's: it ends the wait too (and fails the
+        # caller's comparison at once).
+        assert await until(lambda: name in self.hints or "" in self.hints), self.hints
         seen = [hint for hint in self.hints if not hint.startswith(("barrier", "probe"))]
         self.hints.clear()
         return seen
@@ -166,6 +170,124 @@ async def test_cgroups_removed_or_made_by_someone_else_are_reported(tmp_path: Pa
         os.mkdir(tree.root / POD)
         assert await tree.barrier() == [POD]
         nursery.cancel_scope.cancel()
+
+
+# Admissions back to back: more than the old budget's 256 reads in one batch (each admission's
+# created cgroup is judged by reading its value files: ~5 reads in the simulated tree).
+BURST = 60
+
+
+async def test_a_burst_of_admissions_is_judged_and_gives_no_hint(tmp_path: Path) -> None:
+    """Admissions with no await between them reach the watch as one batch; judging it takes
+    more reads than the old budget (256), within the new one: no hint at all (with 256 the batch
+    was kept whole and its 60 cgroups became a whole-tree hint, ``""``)."""
+    tree = Tree(tmp_path / "cg")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        reads = _count_reads()
+        for index in range(BURST):
+            tree.admit(f"kubepods/pod-{index}")
+        assert await tree.barrier() == []
+        assert reads[0] > 256
+        assert tree.own.echoes >= BURST + 1  # each pod cgroup created, kubepods' memory.min
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_write_by_someone_else_in_a_burst_is_reported(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "cg")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tree.watch())
+        await tree.started()
+        for index in range(BURST):
+            tree.admit(f"kubepods/pod-{index}")
+            if index == BURST // 2:
+                tree.by_hand(f"kubepods/pod-{index}", "memory.max", "max\n")
+        assert await tree.barrier() == [f"kubepods/pod-{BURST // 2}"]
+        nursery.cancel_scope.cancel()
+
+
+_REAL_READ = cgroup_echo._read
+
+
+def _count_reads() -> list[int]:
+    """Counts the screen's file reads from now on (restored by the fixture below)."""
+    count = [0]
+
+    def counting(path: str) -> str | None:
+        count[0] += 1
+        return _REAL_READ(path)
+
+    cgroup_echo._read = counting
+    return count
+
+
+@pytest.fixture(autouse=True)
+def _restore_read() -> Iterator[None]:
+    yield
+    cgroup_echo._read = _REAL_READ
+
+
+async def test_a_large_batch_is_judged_in_steps_other_tasks_run_between(tmp_path: Path) -> None:
+    """`foreign_in_steps` reads at most `STEP_READS` files in one task step (a trio Instrument
+    counts the reads at the end of each step), another task runs between those steps, and the
+    echoes are dropped."""
+    files = 5 * STEP_READS
+    own = _own(tmp_path, [0.0])
+    changes = []
+    for index in range(files):
+        (tmp_path / f"pod{index}").mkdir()
+        (tmp_path / f"pod{index}" / "memory.min").write_text(Gi + "\n")
+        own.wrote(f"pod{index}", "memory.min", Gi)
+        changes.append(Change(str(tmp_path / f"pod{index}" / "memory.min"), IN_MODIFY))
+    reads = _count_reads()
+    judged: list[Batch] = []
+    steps: list[tuple[str, int]] = []  # (task, reads so far) at the end of each task step
+
+    class Steps(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name in ("judge", "other"):
+                steps.append((task.name, reads[0]))
+
+    async def judge() -> None:
+        judged.append(await own.foreign_in_steps(Batch(tuple(changes))))
+
+    async def other() -> None:
+        while not judged:
+            await trio.lowlevel.checkpoint()
+
+    trio.lowlevel.add_instrument(Steps())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(judge, name="judge")
+        nursery.start_soon(other, name="other")
+    assert judged[0].changes == ()
+    assert reads[0] == files
+    judge_reads = [count for name, count in steps if name == "judge"]
+    per_step = [after - before for before, after in pairwise([0, *judge_reads])]
+    assert max(per_step) <= STEP_READS
+    assert sum(1 for count in per_step if count) >= files // STEP_READS
+    # The other task ran while the judging was under way (after some reads, before the last).
+    assert any(name == "other" and 0 < count < files for name, count in steps)
+
+
+async def test_the_steps_keep_the_rules(tmp_path: Path) -> None:
+    """Judged in steps of one read: a foreign value kept, an echo dropped, the budget still
+    the whole batch's (over it: kept whole), an incomplete batch kept whole."""
+    own = _own(tmp_path, [0.0], max_reads=3)
+    changes = []
+    for index, text in enumerate([Gi, "0", Gi]):
+        (tmp_path / f"pod{index}").mkdir()
+        (tmp_path / f"pod{index}" / "memory.min").write_text(text + "\n")
+        own.wrote(f"pod{index}", "memory.min", Gi)
+        changes.append(Change(str(tmp_path / f"pod{index}" / "memory.min"), IN_MODIFY))
+    batch = Batch(tuple(changes))
+    assert (await own.foreign_in_steps(batch, step_reads=1)).changes == (changes[1],)
+    assert (await own.foreign_in_steps(batch, step_changes=1)).changes == (changes[1],)
+    longer = Batch((*changes, Change(str(tmp_path / "pod3" / "memory.min"), IN_MODIFY)))
+    own.wrote("pod3", "memory.min", Gi)
+    assert await own.foreign_in_steps(longer, step_reads=1) is longer
+    overflowed = Batch(tuple(changes), complete=False)
+    assert await own.foreign_in_steps(overflowed) is overflowed
 
 
 async def test_without_the_screen_own_writes_are_hinted(tmp_path: Path) -> None:
