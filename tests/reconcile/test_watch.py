@@ -22,6 +22,7 @@ import trio
 
 from memstate.host import RealCgroupFS, is_populated
 from memstate.node.cgroup_watch import ROOT_HINT, cgroup_of_change, hints_for_changes, watch_cgroups
+from memstate.node.watching import Batch
 from tests.host import differential
 
 HINT_TIMEOUT_SECONDS = 10.0
@@ -132,6 +133,42 @@ async def test_root_replaced_before_the_watcher_looks_is_watched_again(tmp_path:
         assert await until(lambda: hints.count(ROOT_HINT) >= 2), hints
         (root / "again").mkdir()
         assert await until(lambda: "again" in hints), hints
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_whole_tree_hint_keeps_its_place_behind_a_batch_being_screened(
+    tmp_path: Path,
+) -> None:
+    """The screen may await (the echo screen judges in steps): the whole-tree hints of the
+    root going and of the new watch wait behind the batch being screened, never overtake it."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    hints: list[str] = []
+    screening, release = trio.Event(), trio.Event()
+
+    async def screen(batch: Batch) -> Batch:
+        if any(change.path.endswith("held") for change in batch.changes):
+            screening.set()
+            await release.wait()
+        return batch
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_cgroups(root, on_hint=hints.append, root_poll_seconds=0.02, screen=screen)
+        )
+        await until_watching(root, hints)
+        hints.clear()
+        (root / "held").mkdir()
+        with trio.fail_after(HINT_TIMEOUT_SECONDS):  # a hang guard
+            await screening.wait()
+        (root / "held").rmdir()
+        root.rmdir()
+        root.mkdir()
+        await trio.sleep(0.3)  # the watch may restart meanwhile: its hint must wait
+        assert hints == []
+        release.set()
+        assert await until(lambda: hints.count(ROOT_HINT) >= 2), hints
+        assert hints[0] == "held"
         nursery.cancel_scope.cancel()
 
 
