@@ -36,9 +36,10 @@ delivers a batch at the earliest `settle_seconds` (50 ms) after its first change
 in place long before its echo is judged. Should it not be (a worker thread descheduled for that
 long), the echo is kept: one extra round, the old behaviour. Records expire after
 `KEEP_SECONDS`: an echo later than that is kept too. A batch that needs more than `MAX_READS`
-file reads to judge (each file read once per batch), or has more than four changes per read of
-that budget, is delivered whole (no reads on the event loop for a full resync's thousands of
-writes: that echo costs its round as before).
+file reads to judge (each file read once per batch) is delivered whole; so is one with more than
+four changes per read of that budget, or more cgroups created than a quarter of it (each is
+judged by reading at least its four memory.* files), before any read (no reads on the event loop
+for a full resync's thousands of writes: that echo costs its round as before).
 
 The watch judges a batch with `foreign_in_steps`: `STEP_READS` file reads (or `STEP_CHANGES`
 changes) at a time, each step under the lock, with a trio checkpoint between steps and the lock
@@ -84,6 +85,8 @@ STEP_READS = 16
 STEP_CHANGES = 128
 # Changes per read a judgeable batch has at most (see `OwnWrites.foreign`).
 _MAX_CHANGES_PER_READ = 4
+# Reads a cgroup created by memstate costs at least (its memory.min/low/high/max).
+_READS_PER_CREATED = 4
 # Enough for any managed file's value (a cpuset list, a byte count, "max").
 _READ_BYTES = 4096
 
@@ -200,8 +203,13 @@ class OwnWrites:
 
     def _too_long(self, batch: Batch) -> bool:
         # Larger than any batch the budget can judge (an admission is ~20 changes, the tree's
-        # journal included, for ~7 reads): let through before reading anything.
-        return not batch.complete or len(batch.changes) > _MAX_CHANGES_PER_READ * self._max_reads
+        # journal included, for ~7 reads), or with more cgroups created than the budget can
+        # judge (each of memstate's is judged by reading its value files: memory.min/low/high/
+        # max at least): let through before reading anything. Keeping is always safe.
+        if not batch.complete or len(batch.changes) > _MAX_CHANGES_PER_READ * self._max_reads:
+            return True
+        created = sum(1 for c in batch.changes if c.mask & IN_ISDIR and c.mask & _CREATED)
+        return created * _READS_PER_CREATED > self._max_reads
 
     def _without_echoes(self, batch: Batch, kept: list[Change]) -> Batch:
         dropped = len(batch.changes) - len(kept)

@@ -373,3 +373,28 @@ def test_a_batch_too_long_to_judge_is_kept_whole_before_any_read(tmp_path: Path)
     assert own.foreign(Batch((change,) * 4)).changes == ()  # one read, four echoes
     long = Batch((change,) * 5)
     assert own.foreign(long) is long
+
+
+async def test_a_batch_with_more_creations_than_the_budget_can_judge_is_kept_before_reading(
+    tmp_path: Path,
+) -> None:
+    """More cgroups created than a quarter of the budget (each costs at least its four memory.*
+    reads): let through whole before any read; up to that, judged."""
+    own = _own(tmp_path, [0.0], max_reads=8)
+    changes = []
+    for index in range(3):
+        (tmp_path / f"pod{index}").mkdir()
+        for name in ("memory.min", "memory.low", "memory.high", "memory.max"):
+            default = "max" if name in ("memory.high", "memory.max") else "0"
+            (tmp_path / f"pod{index}" / name).write_text(default + "\n")
+        own.created(f"pod{index}")
+        changes.append(Change(str(tmp_path / f"pod{index}"), IN_CREATE | IN_ISDIR))
+    reads = _count_reads()
+    three = Batch(tuple(changes))
+    assert await own.foreign_in_steps(three) is three
+    assert reads[0] == 0
+    assert own.foreign(three) is three
+    assert reads[0] == 0
+    two = Batch(tuple(changes[:2]))
+    assert (await own.foreign_in_steps(two)).changes == ()
+    assert reads[0] == 8
