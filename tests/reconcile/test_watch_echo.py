@@ -1,8 +1,9 @@
 """The cgroup watch drops the echo of memstate's own writes, never someone else's change.
 
 Method: `watch_cgroups` runs over a directory-backed simulated tree (real inotify, real files)
-with `OwnWrites.foreign` as its screen; memstate's operations go through `RecordingCgroupFS`,
-as the daemon's reconciler's do, and "someone else" writes the tree's files directly. A change
+with `OwnWrites.foreign_in_steps` as its screen; memstate's operations go through
+`RecordingCgroupFS`, as the daemon's reconciler's do, and "someone else" writes the tree's files
+directly. A change
 that cannot be an echo (a cgroup made by hand, "barrier") is made last: inotify reports one
 watch's events in order, so once its hint is in, every change made before it has been judged.
 No durations are asserted; timeouts are hang guards.
