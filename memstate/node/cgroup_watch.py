@@ -37,7 +37,8 @@ extra round; anyone else's change to the same files still does. The screen is as
 batch in steps that let the event loop run between them (a 0.2 s batch of admissions back to back
 takes ~3.4 ms to judge), so the watch hands its batches, in order, to a task of its own through a
 memory channel; the whole-tree hints of a restart or a vanished root go through the same channel,
-so they keep their place after the batches of the watch before.
+so they keep their place after the batches of the watch before. A screen that raises (a bug) ends
+nothing: it is logged at ERROR and reported to `on_error`, and that batch is reported unscreened.
 
 Shape for trio: `watch_cgroups` is a plain coroutine that runs until cancelled; start it in a
 nursery. It handles a root that does not exist yet (checks every `root_poll_seconds`), a root that
@@ -52,6 +53,7 @@ immediate: no thread is involved.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,6 +63,8 @@ import trio
 
 from memstate.host.inotify import IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO
 from memstate.node.watching import Batch, WatchEnd, WatchRetry, watch
+
+logger = logging.getLogger(__name__)
 
 ROOT_HINT = ""
 # A batch ends after this long without a new change (or at the maximum): a burst (a pod cgroup,
@@ -155,7 +159,19 @@ async def watch_cgroups(
     async def report() -> None:
         async for batch in receive:
             if batch is not None and screen is not None:
-                batch = await screen(batch)
+                try:
+                    batch = await screen(batch)
+                except Exception as exc:  # a bug in the screen: never the end of the watch
+                    # Reported loudly, as a failed watch is; the batch goes on unscreened
+                    # (keeping a change is always safe: at worst a round more).
+                    logger.error(
+                        "cgroup watch on %s: screening a batch failed; its changes are reported "
+                        "unscreened",
+                        directory,
+                        exc_info=exc,
+                    )
+                    if on_error is not None:
+                        on_error(exc)
             if batch is None or not batch.complete:
                 on_hint(ROOT_HINT)
                 continue

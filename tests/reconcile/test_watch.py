@@ -172,6 +172,40 @@ async def test_a_whole_tree_hint_keeps_its_place_behind_a_batch_being_screened(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_screen_that_fails_reports_the_batch_unscreened_and_the_watch_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A bug in the screen (it raises) ends neither the watch nor the daemon: the failure is
+    reported (`on_error`), the batch's changes are hinted as if unscreened, and the next batch
+    is screened again."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    hints: list[str] = []
+    errors: list[BaseException] = []
+    screened: list[str] = []
+
+    async def screen(batch: Batch) -> Batch:
+        await trio.lowlevel.checkpoint()
+        names = [Path(change.path).name for change in batch.changes]
+        screened.extend(names)
+        if "broken" in names:
+            raise RuntimeError("a bug in the screen")
+        return batch
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: watch_cgroups(root, on_hint=hints.append, on_error=errors.append, screen=screen)
+        )
+        await until_watching(root, hints)
+        (root / "broken").mkdir()
+        assert await until(lambda: "broken" in hints), hints
+        assert [str(e) for e in errors] == ["a bug in the screen"]
+        (root / "after").mkdir()
+        assert await until(lambda: "after" in hints), hints
+        assert "after" in screened
+        nursery.cancel_scope.cancel()
+
+
 async def test_directories_moved_within_the_tree_are_followed(tmp_path: Path) -> None:
     """A cgroup directory renamed within the tree is watched under its new name only."""
     (tmp_path / "a" / "pod").mkdir(parents=True)
