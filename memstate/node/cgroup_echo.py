@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -162,10 +163,12 @@ class OwnWrites:
         if self._too_long(batch):
             return batch
         judging = _Judging(self._max_reads)
+        judging.step_reads = sys.maxsize  # one piece: only the batch's budget bounds the reads
+        kept: list[Change] = []
         with self._lock:
             self._expire()
             try:
-                kept = [change for change in batch.changes if not self._is_echo(change, judging)]
+                self._judge(batch.changes, 0, len(batch.changes), judging, kept)
             except _TooManyReads:
                 return batch  # too much to judge on the event loop: all kept
         return self._without_echoes(batch, kept)
@@ -192,14 +195,28 @@ class OwnWrites:
                 if not index:
                     self._expire()
                 try:
-                    while index < end and judging.step_reads > 0:
-                        change = changes[index]
-                        index += 1
-                        if not self._is_echo(change, judging):
-                            kept.append(change)
+                    index = self._judge(changes, index, end, judging, kept)
                 except _TooManyReads:
                     return batch  # too much to judge: all kept
         return self._without_echoes(batch, kept)
+
+    def _judge(
+        self,
+        changes: tuple[Change, ...],
+        index: int,
+        end: int,
+        judging: _Judging,
+        kept: list[Change],
+    ) -> int:
+        """Judge `changes[index:end]` while the step has reads left, adding the changes that
+        are not echoes to `kept`; the index of the first change not judged. The caller holds
+        the lock."""
+        while index < end and judging.step_reads > 0:
+            change = changes[index]
+            index += 1
+            if not self._is_echo(change, judging):
+                kept.append(change)
+        return index
 
     def _too_long(self, batch: Batch) -> bool:
         # Larger than any batch the budget can judge (an admission is ~20 changes, the tree's
