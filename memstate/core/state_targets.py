@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from memstate.core.cgroup_paths import path_depth
 from memstate.core.config import NodeConfig
 from memstate.core.errors import InvariantViolation
 from memstate.core.events import (
@@ -276,6 +277,14 @@ class TargetsTracker:
         look-up (`NodeTargets.pod` walks the pods)."""
         part = self._parts.get(uid)
         return None if part is None else part.targets
+
+    def holds(self, path: str) -> bool:
+        """Whether `path` is a cgroup of the last `update`'s result, by a binary search of the
+        sorted cgroups (`NodeTargets.cgroup` walks them)."""
+        key = (path_depth(path), path)
+        orders = self._orders
+        index = bisect.bisect_left(orders, key)
+        return index < len(orders) and orders[index] == key
 
     def _compare_all(self, state: State) -> list[str]:
         """The UIDs whose record is not the one the tracker's part was made from (new, changed

@@ -24,7 +24,9 @@ hugetlb.*.events ...) are ignored: under memory pressure they change constantly 
 about the state memstate manages. So are hidden names (a leading dot): cgroupfs has none, and the
 directory-backed simulated tree (memstate.host.sim.cgroupdir) keeps its journal and lock there,
 touched by every operation — watching them would turn each resync into the next one's trigger
-(hidden directories are not even watched).
+(hidden directories are not even watched, and changes to hidden names are dropped as the watch
+reads them: the simulated tree writes every file through a hidden staging file, three of every
+four events it causes, which would otherwise fill the batches the echo screen judges).
 Of the other interface files only those that say something about what memstate manages count:
 the files it writes (memory.min/low/high/max, cpuset.mems, hugetlb.<size>.max,
 cgroup.subtree_control), cgroup.events (``populated`` decides when a removed pod's cgroup can go),
@@ -97,11 +99,14 @@ def cgroup_of_change(root: Path, changed: str) -> str | None:
     A change to an interface file belongs to the cgroup holding it; a created or removed
     directory is a cgroup itself. Paths outside `root` are ignored.
     """
-    try:
-        relative = Path(changed).relative_to(root)
-    except ValueError:
+    # Plain string work, no pathlib: a batch holds hundreds of changes. The watch's paths are
+    # the root joined with names (memstate.node.watching), never with "." or doubled slashes.
+    base = str(root).rstrip("/")
+    if changed == base or changed == base + "/":
+        return ROOT_HINT
+    if not changed.startswith(base + "/"):
         return None
-    parts = relative.parts
+    parts = [part for part in changed[len(base) + 1 :].split("/") if part]
     if not parts:
         return ROOT_HINT
     if any(part.startswith(".") for part in parts):
@@ -232,6 +237,7 @@ async def _watch_tree(
                 settle_seconds=settle_seconds,
                 settle_max_seconds=settle_max_seconds,
                 skip_directory=_is_hidden,
+                skip_name=_is_hidden,
                 on_started=retry.started,
             )
         except (FileNotFoundError, NotADirectoryError):

@@ -297,6 +297,11 @@ class DaemonContext:
             self.status_due = True
             self.status_wake.set()
 
+    def manages_cgroup(self, path: str) -> bool:
+        """Whether `path` is a cgroup of `self.targets` (a look-up in the targets tracker, which
+        keeps them sorted; the published targets list them)."""
+        return self.targets is not None and self._targets.holds(path)
+
     def published_pod(self, uid: str) -> PodTargets | None:
         """The targets of pod `uid` in `self.targets` (None: not there), by a look-up (the
         targets tracker keeps them by UID; `NodeTargets.pod` walks the pods)."""

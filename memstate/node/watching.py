@@ -98,11 +98,18 @@ class _Tree:
     """The inotify descriptor and the directories it watches (synchronous, no trio)."""
 
     def __init__(
-        self, root: Path, mask: int, *, recursive: bool, skip_directory: Callable[[str], bool]
+        self,
+        root: Path,
+        mask: int,
+        *,
+        recursive: bool,
+        skip_directory: Callable[[str], bool],
+        skip_name: Callable[[str], bool] | None = None,
     ) -> None:
         self.root = str(root)
         self.recursive = recursive
         self.skip_directory = skip_directory
+        self.skip_name = skip_name
         self.inotify = Inotify(mask | _SELF_EVENTS | (_TREE_EVENTS if recursive else 0))
         self.path_of: dict[int, str] = {}
         self.wd_of: dict[str, int] = {}
@@ -184,7 +191,8 @@ class _Tree:
                 ended = WatchEnd.ROOT_GONE
             if mask & IN_UNMOUNT and wd == self.root_wd:
                 ended = WatchEnd.ROOT_GONE
-            changes.append(Change(path, mask))
+            if not (name and self.skip_name is not None and self.skip_name(name)):
+                changes.append(Change(path, mask))
             if self.recursive and mask & IN_ISDIR and name:
                 if mask & IN_MOVED_FROM:
                     self._drop_below(path)
@@ -266,6 +274,7 @@ async def watch(
     settle_seconds: float = 0.0,
     settle_max_seconds: float = 0.0,
     skip_directory: Callable[[str], bool] = lambda _name: False,
+    skip_name: Callable[[str], bool] | None = None,
     on_started: Callable[[], object] | None = None,
 ) -> WatchEnd:
     """Watch `path` until cancelled or the watch ends (see the module docstring).
@@ -273,10 +282,14 @@ async def watch(
     `mask` is the IN_* events wanted. `settle_seconds`: after an event, keep collecting until
     nothing new came for that long (but no longer than `settle_max_seconds` in all), so a burst
     arrives as one batch; 0 delivers every read at once. `skip_directory(name)`: directories (of a
-    recursive watch) never watched nor reported below. Raises OSError when the watch cannot be
-    set up (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
+    recursive watch) never watched nor reported below. `skip_name(name)`: entries whose changes
+    are never reported (dropped as they are read, before any batch holds them; the watch's own
+    bookkeeping of directories still sees them). Raises OSError when the watch cannot be set up
+    (FileNotFoundError when `path` does not exist, ENOSPC at the inotify watch limit).
     """
-    tree = _Tree(path, mask, recursive=recursive, skip_directory=skip_directory)
+    tree = _Tree(
+        path, mask, recursive=recursive, skip_directory=skip_directory, skip_name=skip_name
+    )
     try:
         if on_started is not None:
             on_started()

@@ -61,6 +61,9 @@ def test_changes_map_to_their_cgroups() -> None:
     for counter in ("memory.events", "memory.events.local", "hugetlb.2MB.events", "pids.events"):
         assert cgroup_of_change(root, f"/sys/fs/cgroup/kubepods/{counter}") is None
     assert cgroup_of_change(root, "/elsewhere/memory.max") is None
+    assert cgroup_of_change(root, "/sys/fs/cgroupX/memory.max") is None  # a sibling, not inside
+    assert cgroup_of_change(Path("/sys/fs/cgroup/"), "/sys/fs/cgroup/a/memory.min") == "a"
+    assert cgroup_of_change(Path("/"), "/a/b/cgroup.procs") == "a/b"
     # A directory-backed simulated tree's journal, lock and staging: never a hint.
     assert cgroup_of_change(root, "/sys/fs/cgroup/.journal.jsonl") is None
     assert cgroup_of_change(root, "/sys/fs/cgroup/.memstate-cgroup-sim.d/lock") is None
@@ -203,6 +206,35 @@ async def test_a_screen_that_fails_reports_the_batch_unscreened_and_the_watch_go
         (root / "after").mkdir()
         assert await until(lambda: "after" in hints), hints
         assert "after" in screened
+        nursery.cancel_scope.cancel()
+
+
+async def test_changes_to_hidden_names_never_reach_the_screen(tmp_path: Path) -> None:
+    """A write through a hidden staging file and a rename (how the simulated tree writes), and
+    appends to a hidden file at the root (its journal), reach the screen as the one change that
+    counts: the rename into place. Hidden names are dropped as the watch reads them."""
+    (tmp_path / "pod").mkdir()
+    hints: list[str] = []
+    screened: list[str] = []
+
+    async def screen(batch: Batch) -> Batch:
+        screened.extend(Path(change.path).name for change in batch.changes)
+        return batch
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_cgroups(tmp_path, on_hint=hints.append, screen=screen))
+        await until_watching(tmp_path, hints)
+        hints.clear()
+        screened.clear()
+        staged = tmp_path / "pod" / ".memory.max.tmp"
+        staged.write_text("max\n")
+        staged.rename(tmp_path / "pod" / "memory.max")
+        with open(tmp_path / ".journal.jsonl", "a") as journal:
+            journal.write("{}\n")
+        assert await until(lambda: "pod" in hints), hints
+        assert "memory.max" in screened
+        # (the probe's removal may still arrive meanwhile: it is not hidden)
+        assert [name for name in screened if name.startswith(".")] == [], screened
         nursery.cancel_scope.cancel()
 
 

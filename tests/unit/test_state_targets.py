@@ -140,10 +140,17 @@ def test_the_incremental_tracker_equals_a_computation_from_scratch_through_churn
         live.append(uid)
     tracker = TargetsTracker()
     state = State()
+    ever: set[str] = set()
     for event in events:
         transition = step(state, event)
         state = transition.state
-        assert tracker.update(state, transition.decisions) == from_scratch(state), event.kind
+        expected = from_scratch(state)
+        assert tracker.update(state, transition.decisions) == expected, event.kind
+        # `holds` answers for exactly the cgroups of those targets (removed pods' ones too).
+        paths = {target.path for target in expected.cgroups} if expected else set()
+        ever |= paths
+        assert {path for path in ever if tracker.holds(path)} == paths, event.kind
+        assert not any(tracker.holds(path + "x") for path in paths)
     assert len(state.pods) > 20
     final = from_scratch(state)
     assert final is not None and any("older than 5.9" in w for w in final.warnings)

@@ -222,13 +222,12 @@ def echo_screen(daemon: DaemonContext) -> Callable[[Batch], Awaitable[Batch]] | 
 
 def managed_cgroup_of(daemon: DaemonContext, path: str) -> str | None:
     """The nearest cgroup at or above `path` that the targets manage (None if none)."""
-    if daemon.targets is None:
-        return None
-    managed = {target.path for target in daemon.targets.cgroups}
+    # A look-up per ancestor, not a set of every managed path per hint: on a real node the
+    # runtime's container cgroups give a hint per admission.
     parts = path.split("/")
     while parts:
         candidate = "/".join(parts)
-        if candidate in managed:
+        if daemon.manages_cgroup(candidate):
             return candidate
         parts.pop()
     return None
