@@ -54,13 +54,42 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, separators=(",", ":"), default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, as `logging.Formatter(TEXT_FORMAT)` prints it, with the date and time of
+    each second rendered once: a journal line per decision otherwise converts and formats the
+    same second again every time (the milliseconds are added per line, as the stdlib does)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        # (whole second, its rendering); one attribute, replaced whole: threads may log too.
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The stdlib's default `asctime` ("%Y-%m-%d %H:%M:%S,mmm"; `datefmt` as it does)."""
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second, stamp = self._second
+        if int(record.created) != second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (int(record.created), stamp)
+        return self.default_msec_format % (stamp, record.msecs)
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
-    """Root logging on stderr at `level` ("info", ...), as text or JSON lines."""
+    """Root logging on stderr at `level` ("info", ...), as text or JSON lines.
+
+    Neither format prints where a line was logged from (file, function, line), nor the thread
+    or process: the records skip finding them (the stdlib's documented switches,
+    "Optimization" in the logging HOWTO): some microseconds of each journal line."""
+    logging._srcfile = None  # no frame walk per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLineFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
