@@ -136,9 +136,6 @@ class TargetsTracker:
         self._orders: list[tuple[int, str]] = []
         self._cgroups: list[CgroupTarget] = []
         self._level: NodeLevel | None = None  # for `_context`; its cgroups are in `_cgroups`
-        # The node-level cgroups as they are in `_cgroups`, in the order of `_level.orders`: one
-        # that `_level.cgroups` returns again (the same object) is not looked for again.
-        self._placed: list[CgroupTarget] = []
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
         self._last: NodeTargets | None = None  # what the previous update returned
@@ -184,8 +181,7 @@ class TargetsTracker:
             self._level = NodeLevel(*context)
             # The lists are empty: the node-level cgroups first, the pods are added below.
             self._orders.extend(self._level.orders)
-            self._placed = self._level.cgroups(0, 0)
-            self._cgroups.extend(self._placed)
+            self._cgroups.extend(self._level.cgroups(0, 0))
             changed = None
         else:
             for decision in decisions:
@@ -222,21 +218,17 @@ class TargetsTracker:
         if level is None:
             raise InvariantViolation("targets tracker: no node level for the config in force")
         g_sum, b_sum = self._sums[GUARANTEED], self._sums[BURSTABLE]
-        # The node-level cgroups the sums changed (the others are the same objects, left where
-        # they are): replaced where they sort among the pod cgroups (a bisection in C).
+        # The node-level cgroups the sums changed (the others are the same objects): replaced
+        # where they sort among the pod cgroups (a bisection in C).
         replaced: list[CgroupTarget] = []
-        orders, cgroups, placed = self._orders, self._cgroups, self._placed
-        for index, (key, target) in enumerate(
-            zip(level.orders, level.cgroups(g_sum, b_sum), strict=True)
-        ):
-            if placed[index] is target:
-                continue
+        orders, cgroups = self._orders, self._cgroups
+        for key, target in zip(level.orders, level.cgroups(g_sum, b_sum), strict=True):
             at = bisect.bisect_left(orders, key)
             if at >= len(orders) or orders[at] != key:
                 raise InvariantViolation(f"targets tracker: cgroup {key[1]!r} is not listed")
-            cgroups[at] = target
-            placed[index] = target
-            replaced.append(target)
+            if cgroups[at] is not target:
+                cgroups[at] = target
+                replaced.append(target)
         self._last = level.node_targets(
             tuple(cgroups),
             tuple(self._targets),
@@ -329,7 +321,6 @@ class TargetsTracker:
         self._orders.clear()
         self._cgroups.clear()
         self._level = None
-        self._placed = []
         self._sums = {GUARANTEED: 0, BURSTABLE: 0}
         self._throttled = 0
         self._last = None
