@@ -80,7 +80,8 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
 
     Neither format prints where a line was logged from (file, function, line), nor the thread
     or process: the records skip finding them (the stdlib's documented switches,
-    "Optimization" in the logging HOWTO): some microseconds of each journal line."""
+    "Optimization" in the logging HOWTO): some microseconds of each journal line. The frame walk
+    also serves `stack_info=True`, which nothing here uses (its stack would be left out)."""
     logging._srcfile = None  # no frame walk per record
     logging.logThreads = False
     logging.logProcesses = False
