@@ -1,12 +1,15 @@
-"""The journal's text lines are byte for byte what `logging.Formatter(TEXT_FORMAT)` prints.
+"""The journal's text lines are byte for byte what `logging.Formatter(TEXT_FORMAT)` prints, and
+its JSON lines carry the time they carried before.
 
-`configure_logging` gives the text handler `TextFormatter`, which renders each second's date and
-time once, and switches off the record fields neither format prints (caller, thread, process):
-operators' `grep`s and log shippers' parsers must not see a difference."""
+`configure_logging` gives the text handler `TextFormatter`, the JSON one `JsonLineFormatter`,
+both rendering each second's date and time once, and switches off the record fields neither
+format prints (caller, thread, process): operators' `grep`s and log shippers' parsers must not
+see a difference."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import sys
@@ -15,7 +18,13 @@ import time
 import pytest
 
 from memstate.core.events import SCHEMA_VERSION, Envelope, PodRejected, PodRemoved
-from memstate.node.journal import TEXT_FORMAT, TextFormatter, configure_logging, log_committed
+from memstate.node.journal import (
+    TEXT_FORMAT,
+    JsonLineFormatter,
+    TextFormatter,
+    configure_logging,
+    log_committed,
+)
 
 # Whole seconds, the last millisecond of one, a second again after another, time going back
 # (a clock step): each rendering must match the stdlib's for its own second.
@@ -46,6 +55,18 @@ def test_text_formatter_prints_what_the_stdlib_formatter_prints(
     for created in CREATED:
         record = _record(created, monkeypatch)
         assert ours.format(record) == stdlib.format(record)
+
+
+def test_json_lines_carry_the_utc_time_to_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    formatter = JsonLineFormatter()
+    for created in CREATED:
+        record = _record(created, monkeypatch)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        line = json.loads(formatter.format(record))
+        assert line["ts"] == f"{stamp}.{int(record.msecs):03d}Z"
+        assert line["msg"] == "x y"
 
 
 def test_a_date_format_is_the_stdlib_s(monkeypatch: pytest.MonkeyPatch) -> None:
