@@ -1,11 +1,13 @@
 """The journal line alone: thread CPU of `log_committed` per committed admission.
 
-    python -m benchmarks.journal_line [--samples 2000] [--rounds 3] [--baseline-src DIR]
+    python -m benchmarks.journal_line [--samples 2000] [--rounds 3] [--format text|json]
+                                      [--baseline-src DIR]
 
 The real reducer admits one pod per sample on an 8-NUMA-node tiered node, the writer's
 envelopes of that commit (the input, its `pod_admitted`) are made as the log makes them, and
 `log_committed` writes its journal line through the root handler `configure_logging("info",
-"text")` installs (what `memstate run` does by default), to a file instead of stderr; the
+"text")` installs (what `memstate run` does by default; `--format json`: `--log-format json`'s),
+to a file instead of stderr; the
 thread CPU of that call is the sample. Each line follows its admission's reducer step, as in the
 daemon (where the append and its fsync come between too): the same line journalled again and
 again, with nothing in between, costs a third of it. `benchmarks.daemon_admission` and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import tempfile
 import time
@@ -46,7 +49,7 @@ _SWITCHES = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 _DEFAULTS = {name: getattr(logging, name) for name in _SWITCHES}
 
 
-def world(package: str, tests: str, journal: Path) -> Callable[[int], float]:
+def world(package: str, tests: str, journal: Path, log_format: str) -> Callable[[int], float]:
     """A node whose commits `package` journals to `journal`; returns the function that commits
     sample `index`'s admission and gives its `log_committed`'s thread CPU seconds."""
     events: Any = importlib.import_module(f"{package}.core.events")
@@ -68,7 +71,7 @@ def world(package: str, tests: str, journal: Path) -> Callable[[int], float]:
     for name, value in _DEFAULTS.items():
         setattr(logging, name, value)
     with contextlib.redirect_stderr(journal.open("w")):
-        journal_module.configure_logging("info", "text")
+        journal_module.configure_logging("info", log_format)
     root = logging.getLogger()
     handlers = list(root.handlers)
     switches = {name: getattr(logging, name) for name in _SWITCHES}
@@ -106,17 +109,25 @@ def world(package: str, tests: str, journal: Path) -> Callable[[int], float]:
 
 
 def _messages(journal: Path) -> list[str]:
-    """The journal's lines without their timestamps (date, time: the first two words)."""
-    return [line.split(" ", 2)[2] for line in journal.read_text().splitlines()]
+    """The journal's lines without their timestamps (text: date and time, the first two words;
+    JSON: `ts`), in their order and with their keys' order."""
+    lines = journal.read_text().splitlines()
+    if lines and lines[0].startswith("{"):
+        return [
+            json.dumps({key: value for key, value in json.loads(line).items() if key != "ts"})
+            for line in lines
+        ]
+    return [line.split(" ", 2)[2] for line in lines]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--baseline-src", type=Path, default=None)
     args = parser.parse_args()
-    what = f"{args.samples} admissions, CPU per journal line (log_committed)"
+    what = f"{args.samples} admissions, CPU per {args.format} journal line (log_committed)"
     root = logging.getLogger()
     kept = (list(root.handlers), root.level)
     with tempfile.TemporaryDirectory(prefix="memstate-journal-") as scratch:
@@ -126,13 +137,15 @@ def main() -> None:
         try:
             for round_index in range(args.rounds):
                 mine_file = Path(scratch) / f"this-{round_index}.log"
-                this = world("memstate", "tests", mine_file)
+                this = world("memstate", "tests", mine_file, args.format)
                 if args.baseline_src is None:
                     times = [this(index) for index in range(args.samples)]
                     print(f"{what}: {spread(times)}")
                     continue
                 theirs_file = Path(scratch) / f"baseline-{round_index}.log"
-                baseline = world(BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", theirs_file)
+                baseline = world(
+                    BASELINE_PACKAGE, f"{BASELINE_PACKAGE}_tests", theirs_file, args.format
+                )
                 mine, theirs = alternate(this, baseline, args.samples)
                 if not _messages(mine_file) or _messages(mine_file) != _messages(theirs_file):
                     raise SystemExit("the two sides journalled different text")
