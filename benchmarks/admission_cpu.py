@@ -18,6 +18,9 @@ rescans and resyncs are set to an hour so that none falls in the window.
 The reconcile rounds' own CPU (thread time of each round) is printed beside it.
 `--containers` gives every resident pod a container cgroup first (what the runtime makes on a
 real node; the model has none otherwise), so each round also finds and manages 500 of them.
+`--journal FILE` logs as `memstate run` does by default (`configure_logging("info", "text")`:
+one journal line per decision, and every other info line) to FILE instead of stderr; without
+it nothing is logged at info, so the journal's cost is not counted.
 
 Run another version's daemon with PYTHONPATH (e.g. a `git archive` of an older commit first on
 the path); a version without `ManifestDirectory.hint` rescans the directory instead.
@@ -26,6 +29,7 @@ the path); a version without `ManifestDirectory.hint` rescans the directory inst
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import statistics
@@ -222,7 +226,21 @@ def main() -> None:
         action="store_true",
         help="give each resident pod a container cgroup, as the runtime would on a real node",
     )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="log at info as `memstate run` does, to this file (the journal lines' cost counted)",
+    )
     args = parser.parse_args()
+    if args.journal is not None:
+        from memstate.node.journal import configure_logging
+
+        configure_logging("info", "text")
+        # The handler writes where `memstate run`'s stderr would go (a file, as the harness's).
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(args.journal.open("a"))
     results = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="memstate-admission-cpu-", dir="/var/tmp") as tmp:

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from memstate.core.events import (
@@ -30,15 +30,37 @@ from memstate.core.events import (
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_ISO_SECOND = "%Y-%m-%dT%H:%M:%S"  # the JSON lines' time, UTC, before its milliseconds
+
+
+class _PerSecond:
+    """A record's whole second as `render` gives it, kept for the records of the same second: a
+    journal line per decision would otherwise convert and format the same second each time."""
+
+    def __init__(self, render: Callable[[float], str]) -> None:
+        self._render = render
+        # (whole second, its rendering); one attribute, replaced whole: threads may log too.
+        self._held: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second, text = self._held
+        if int(created) != second:
+            text = self._render(created)
+            self._held = (int(created), text)
+        return text
 
 
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per line: time (UTC ISO 8601), level, logger, message, and the record's
     structured `fields` (if any) at the top level."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _PerSecond(lambda created: time.strftime(_ISO_SECOND, time.gmtime(created)))
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as one JSON line."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = self._stamp(record.created)
         line: dict[str, Any] = {
             "ts": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -54,13 +76,39 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, separators=(",", ":"), default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, as `logging.Formatter(TEXT_FORMAT)` prints it, with the date and time of
+    each second rendered once (the milliseconds are added per line, as the stdlib does)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._stamp = _PerSecond(
+            lambda created: time.strftime(self.default_time_format, self.converter(created))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The stdlib's default `asctime` ("%Y-%m-%d %H:%M:%S,mmm"; `datefmt` as it does)."""
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        return self.default_msec_format % (self._stamp(record.created), record.msecs)
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
-    """Root logging on stderr at `level` ("info", ...), as text or JSON lines."""
+    """Root logging on stderr at `level` ("info", ...), as text or JSON lines.
+
+    Neither format prints where a line was logged from (file, function, line), nor the thread
+    or process: the records skip finding them (the stdlib's documented switches,
+    "Optimization" in the logging HOWTO): some microseconds of each journal line. The frame walk
+    also serves `stack_info=True`, which nothing here uses (its stack would be left out)."""
+    logging._srcfile = None  # no frame walk per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLineFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
