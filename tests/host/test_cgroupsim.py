@@ -268,6 +268,32 @@ def test_hierarchy_limits_make_mkdir_fail_with_eagain() -> None:
     assert errno_of(sim.mkdir, "a/d") == errno.EAGAIN
 
 
+def test_descendant_counts_follow_mkdir_and_rmdir_without_walking_the_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cgroup.stat's nr_descendants and the max.descendants limit come from counts kept by
+    mkdir and rmdir (the kernel's cgrp->nr_descendants), not from a walk of the subtree: the
+    root's and kubepods' cgroup.stat are rendered by DirCgroupFS after every pod mkdir."""
+    sim = make_sim()
+    for path in ("a", "a/b", "a/b/c", "a/d", "e"):
+        sim.mkdir(path)
+    sim.rmdir("a/b/c")
+    sim.write("a", "cgroup.max.descendants", "3")
+
+    def no_walk(self: _Cgroup) -> list[_Cgroup]:
+        raise AssertionError(f"walked the subtree of {self.name!r}")
+
+    monkeypatch.setattr(_Cgroup, "subtree", no_walk)
+    counts = {
+        path: read_flat_keyed(sim, path, "cgroup.stat")["nr_descendants"]
+        for path in ("", "a", "a/b", "a/d", "e")
+    }
+    assert counts == {"": 4, "a": 2, "a/b": 0, "a/d": 0, "e": 0}
+    sim.mkdir("a/b/f")  # the third descendant of a: allowed
+    assert errno_of(sim.mkdir, "a/d/g") == errno.EAGAIN
+    assert read_flat_keyed(sim, "", "cgroup.stat")["nr_descendants"] == 5
+
+
 def test_membership_rows() -> None:
     """cgroup.procs: moves, populated flips (recursive), ESRCH, EINVAL."""
     sim = make_sim()
