@@ -328,6 +328,9 @@ class SimCgroupFS:
         return node
 
     def _node(self, path: str, op: str, file: str = "") -> _Cgroup:
+        return self._lookup(self._components_of(path, op), op, path, file)
+
+    def _components_of(self, path: str, op: str) -> tuple[str, ...]:
         components = self._components.get(path)
         if components is None:
             # Validated once per path (an invalid one raises and is not remembered).
@@ -335,7 +338,7 @@ class SimCgroupFS:
             if len(self._components) >= _COMPONENTS_CACHE_ENTRIES:
                 self._components.clear()
             self._components[path] = components
-        return self._lookup(components, op, path, file)
+        return components
 
     # --- which files exist -----------------------------------------------------------------------
 
@@ -373,13 +376,17 @@ class SimCgroupFS:
     # --- CgroupFS --------------------------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
-        """True if cgroup `path` exists."""
-        try:
-            self._node(path, "exists")
-        except HostError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        """True if cgroup `path` exists (an invalid path raises, as every call's does)."""
+        components = self._components_of(path, "exists")
+        node = self._root
+        for component in components:
+            # A missing child (ENOENT) or a file in the way (ENOTDIR) alike: no such cgroup.
+            # Walked here rather than through `_lookup`, whose HostError is built for nothing
+            # (the reconciler asks about every new pod cgroup before making it).
+            child = node.children.get(component)
+            if child is None:
                 return False
-            raise
+            node = child
         return True
 
     def list_children(self, path: str) -> list[str]:
