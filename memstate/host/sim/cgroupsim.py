@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -810,8 +811,11 @@ class SimCgroupFS:
             node.values[file] = format_bitmap_list(requested)
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_stored_list(text: str) -> frozenset[int]:
     # Stored lists are valid kernel lists (possibly un-normalised under CPUSET_NO_NORMALISE).
+    # Remembered per text (a pure function of it): each new pod cgroup's effective cpus and
+    # mems are computed from its ancestors' few distinct lists, every render and every write.
     return parse_bitmap_list(text, nbits=1 << 16) if text else frozenset()
 
 
