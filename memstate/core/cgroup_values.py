@@ -31,7 +31,6 @@ can be passed in as read (the newline is whitespace and stripped like on a write
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 
 from memstate.core.errors import MemstateError
@@ -126,26 +125,8 @@ def _fixup_radix(text: str) -> tuple[int, int]:
     return 10, 0
 
 
-# The digits `_parse_integer` accepts in each base (ASCII only, like the kernel's _tolower):
-# one match and int() instead of a Python loop per character (~1 us less per value; the
-# simulated tree parses every value written to it, the observation every value it reads).
-_DIGIT_RUNS = {
-    8: re.compile(r"[0-7]*"),
-    10: re.compile(r"[0-9]*"),
-    16: re.compile(r"[0-9a-fA-F]*"),
-}
-
-
 def _parse_digits(text: str, base: int) -> tuple[int, int, bool]:
     """(value mod 2^64, digits consumed, overflowed) like the kernel's ``_parse_integer``."""
-    run = _DIGIT_RUNS.get(base)
-    if run is not None:
-        match = run.match(text)
-        digits = match.group() if match is not None else ""
-        if not digits:
-            return 0, 0, False
-        whole = int(digits, base)
-        return whole % U64_MODULUS, len(digits), whole >= U64_MODULUS
     value = 0
     count = 0
     for char in text:

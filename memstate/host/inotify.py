@@ -30,9 +30,6 @@ IN_ISDIR = 0x40000000
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 _READ_BYTES = 1 << 16
-# The largest event a read returns: the header and a name of NAME_MAX bytes, NUL-terminated and
-# padded. A read that leaves at least this much of the buffer unused took every queued event.
-_LARGEST_EVENT = _EVENT_HEADER.size + 256 + 16
 
 
 @functools.cache
@@ -89,8 +86,6 @@ class Inotify:
                 raw = data[start : start + length].rstrip(b"\0")
                 events.append((wd, mask, os.fsdecode(raw)))
                 offset = start + length
-            if len(data) <= _READ_BYTES - _LARGEST_EVENT:
-                return events  # the queue was empty: no second read to hear EAGAIN
 
     def close(self) -> None:
         """Close the descriptor (every watch ends with it)."""

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from memstate.core.cgroup_values import (
     CgroupValueError,
-    _parse_digits,
     cpuset_values_equal,
     format_bitmap_list,
     format_controller_list,
@@ -298,51 +297,3 @@ def test_bitmap_list_any_spelling(ids: list[int]) -> None:
     """Any comma-joined spelling of singletons normalises to the canonical ranges."""
     spelled = ",".join(str(i) for i in ids)
     assert normalise_cpuset_value(spelled, nbits=64) == format_bitmap_list(ids)
-
-
-def _reference_parse_digits(text: str, base: int) -> tuple[int, int, bool]:
-    """The kernel's ``_parse_integer``, one character at a time."""
-    value = count = 0
-    for char in text:
-        if "0" <= char <= "9":
-            digit = ord(char) - ord("0")
-        elif "a" <= char.lower() <= "f" and len(char.lower()) == 1:
-            digit = ord(char.lower()) - ord("a") + 10
-        else:
-            break
-        if digit >= base:
-            break
-        value = value * base + digit
-        count += 1
-    return value % 2**64, count, value >= 2**64
-
-
-_DIGIT_ALPHABET = "0123456789abcdefABCDEFxX_+- \n\tkKmMgG\u0660\u00b2\u212a\u0130z"
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "0",
-        "18446744073709551615",
-        "18446744073709551616",
-        "9" * 40,
-        "f" * 17,
-        "1\u0660",  # an Arabic-Indic zero: a digit to int(), not to the kernel
-        "2\u00b2",
-        "1_000",
-        "0x1F+",
-    ],
-)
-@pytest.mark.parametrize("base", [8, 10, 16])
-def test_digit_runs_parse_like_the_kernel_loop(text: str, base: int) -> None:
-    """The digit-run fast path of `_parse_digits` (a match and int()) gives what the kernel's
-    loop gives: the value mod 2^64, the digits consumed, the overflow flag."""
-    assert _parse_digits(text, base) == _reference_parse_digits(text, base)
-
-
-@given(text=st.text(alphabet=_DIGIT_ALPHABET, max_size=24), base=st.sampled_from([8, 10, 16]))
-def test_digit_runs_take_ascii_digits_only(text: str, base: int) -> None:
-    """No Arabic-Indic digits, superscripts, underscores or signs (which int() would take)."""
-    assert _parse_digits(text, base) == _reference_parse_digits(text, base)
