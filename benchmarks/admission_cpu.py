@@ -21,6 +21,10 @@ real node; the model has none otherwise), so each round also finds and manages 5
 `--journal FILE` logs as `memstate run` does by default (`configure_logging("info", "text")`:
 one journal line per decision, and every other info line) to FILE instead of stderr; without
 it nothing is logged at info, so the journal's cost is not counted.
+`--cgroup-dir DIR` puts the directory-backed simulated tree (memstate.host.sim.cgroupdir) in DIR
+instead (on tmpfs, as `benchmarks.daemon_admission` runs it; emptied first): the rounds' CPU
+then includes rendering every file of each new pod cgroup, the in-process stand-in for the
+daemon benchmark's scoped round.
 
 Run another version's daemon with PYTHONPATH (e.g. a `git archive` of an older commit first on
 the path); a version without `ManifestDirectory.hint` rescans the directory instead.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -41,6 +46,7 @@ import trio
 import yaml
 
 from memstate.host.sim import SimCgroupFS
+from memstate.host.sim.cgroupdir import DirCgroupFS
 from memstate.node.adapters import Adapters
 from memstate.node.daemon import Daemon
 from memstate.node.sdnotify import Notifier
@@ -67,7 +73,12 @@ CONFIG = {
 
 
 def run(
-    root: Path, pods: int, samples: int, *, containers: bool = False
+    root: Path,
+    pods: int,
+    samples: int,
+    *,
+    containers: bool = False,
+    cgroup_dir: Path | None = None,
 ) -> tuple[float, float, float, float, list[float]]:
     """(memstate's CPU seconds per admission, of which in reconcile rounds, rounds per
     admission, the manifest writer's CPU seconds per admission, wall seconds of each
@@ -83,8 +94,14 @@ def run(
         metrics_address="off",
         pod_sources=("manifests",),
     )
+    cgroups: SimCgroupFS | DirCgroupFS
+    if cgroup_dir is None:
+        cgroups = SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")
+    else:
+        shutil.rmtree(cgroup_dir, ignore_errors=True)
+        cgroups = DirCgroupFS(cgroup_dir, page_size_bytes=PAGE, online_nodes="0-7")
     adapters = Adapters(
-        cgroup_fs=(cgroups := SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")),
+        cgroup_fs=cgroups,
         topology=topology(*["64Gi"] * 8),
         sources=[],
         notifier=Notifier(None, None),
@@ -213,6 +230,9 @@ def run(
             nursery.cancel_scope.cancel()
 
     trio.run(scenario)
+    if isinstance(cgroups, DirCgroupFS):
+        cgroups.close()
+        shutil.rmtree(cgroups.root, ignore_errors=True)
     return cpu[0], cpu[1], cpu[2], cpu[3], walls
 
 
@@ -232,6 +252,13 @@ def main() -> None:
         default=None,
         help="log at info as `memstate run` does, to this file (the journal lines' cost counted)",
     )
+    parser.add_argument(
+        "--cgroup-dir",
+        type=Path,
+        default=None,
+        help="the directory-backed simulated tree in this directory (e.g. under /dev/shm; "
+        "emptied first) instead of the in-memory model",
+    )
     args = parser.parse_args()
     if args.journal is not None:
         from memstate.node.journal import configure_logging
@@ -245,7 +272,11 @@ def main() -> None:
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="memstate-admission-cpu-", dir="/var/tmp") as tmp:
             cpu, in_rounds, rounds, writer, walls = run(
-                Path(tmp), args.pods, args.samples, containers=args.containers
+                Path(tmp),
+                args.pods,
+                args.samples,
+                containers=args.containers,
+                cgroup_dir=args.cgroup_dir,
             )
         results.append(cpu)
         print(

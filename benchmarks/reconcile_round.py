@@ -1,7 +1,7 @@
 """The reconciler's scoped admission round alone: thread CPU per round at N resident pods.
 
     python -m benchmarks.reconcile_round [--pods 500] [--samples 200] [--containers] [--rounds 3]
-                                         [--full-after] [--phases]
+                                         [--full-after] [--phases] [--cgroup-dir DIR]
 
 `benchmarks.admission_cpu` measures the whole daemon per admission (sources, writer, log, trio
 hand-offs and the reconcile round); this one takes the round out: the real reducer admits
@@ -25,6 +25,12 @@ it prints both medians and the median of the per-sample ratios (this / baseline)
 that follows a change: its targets are not the last full round's, so its plan is not reused and
 the whole tree is planned): each sample runs the admission's scoped round untimed, then a full
 round (`scope=None`) timed the same way.
+
+`--cgroup-dir DIR` converges the directory-backed simulated tree instead
+(memstate.host.sim.cgroupdir; one tree per side and round below DIR, e.g. on /dev/shm as
+`benchmarks.daemon_admission` puts it, removed afterwards): each round then includes rendering
+the new pod cgroup's directory and every file it writes, the tree's journal and its catch-up,
+as in the daemon benchmark's scoped round.
 
 `--phases` (this version only) says where a round's time goes: the round's parts (`PHASES`:
 the observation, the carried structures' updates, planning and its checks, execution, the
@@ -75,11 +81,18 @@ PHASES = (
 
 
 def world(
-    package: str, tests: str, pods: int, *, containers: bool, full_after: bool = False
+    package: str,
+    tests: str,
+    pods: int,
+    *,
+    containers: bool,
+    full_after: bool = False,
+    tree_dir: Path | None = None,
 ) -> Callable[[int], float]:
     """A node of `pods` converged by `package`'s reconciler; returns the function that admits
     sample `index` and gives its scoped round's thread CPU seconds (`full_after`: the full
-    round's after it)."""
+    round's after it). `tree_dir`: the directory-backed simulated tree there (a fresh one)
+    instead of the in-memory model."""
     events: Any = importlib.import_module(f"{package}.core.events")
     reducer: Any = importlib.import_module(f"{package}.core.reducer")
     tracker_module: Any = importlib.import_module(f"{package}.core.state_targets")
@@ -87,7 +100,12 @@ def world(
     reconciler_module: Any = importlib.import_module(f"{package}.reconcile.reconciler")
     state_module: Any = importlib.import_module(f"{package}.core.state")
     factories: Any = importlib.import_module(f"{tests}.factories")
-    fs = sim.SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")
+    if tree_dir is None:
+        fs = sim.SimCgroupFS(page_size_bytes=PAGE, online_nodes="0-7")
+    else:
+        cgroupdir: Any = importlib.import_module(f"{package}.host.sim.cgroupdir")
+        shutil.rmtree(tree_dir, ignore_errors=True)
+        fs = cgroupdir.DirCgroupFS(tree_dir, page_size_bytes=PAGE, online_nodes="0-7")
     state = state_module.State()
     for event in (
         events.TopologyObserved(topology=factories.topology(*["64Gi"] * 8)),
@@ -235,6 +253,13 @@ def main() -> None:
     parser.add_argument("--full-after", action="store_true")
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--phases", action="store_true", help="time the round's parts")
+    parser.add_argument(
+        "--cgroup-dir",
+        type=Path,
+        default=None,
+        help="the directory-backed simulated tree below this directory (e.g. under /dev/shm) "
+        "instead of the in-memory model",
+    )
     args = parser.parse_args()
     what = f"{args.pods} resident pods{' with containers' if args.containers else ''}"
     kind = "full rounds after an admission" if args.full_after else "scoped admission rounds"
@@ -242,6 +267,14 @@ def main() -> None:
         if args.baseline_src is not None:
             import_baseline(args.baseline_src.resolve(), Path(scratch))
         ratios: list[float] = []
+        trees: list[Path] = []
+
+        def tree_dir(side: str) -> Path | None:
+            if args.cgroup_dir is None:
+                return None
+            trees.append(args.cgroup_dir / f"{side}-{len(trees)}")
+            return trees[-1]
+
         for _ in range(args.rounds):
             this = world(
                 "memstate",
@@ -249,6 +282,7 @@ def main() -> None:
                 args.pods,
                 containers=args.containers,
                 full_after=args.full_after,
+                tree_dir=tree_dir("this"),
             )
             if args.phases:
                 print(f"{what}, {args.samples} {kind}:")
@@ -264,6 +298,7 @@ def main() -> None:
                 args.pods,
                 containers=args.containers,
                 full_after=args.full_after,
+                tree_dir=tree_dir("baseline"),
             )
             mine, theirs = alternate(this, baseline, args.samples)
             ratio = sample_ratio(mine, theirs)
@@ -274,6 +309,8 @@ def main() -> None:
                 f"{ratio:.3f}"
             )
         print_rounds(ratios)
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1289,3 +1289,23 @@ def test_without_inotify_every_call_compares(
         (scratch / "t" / "a" / "b").mkdir()
         assert fs.read("a", "memory.high") == "1048576\n"
         assert fs.list_children("a") == ["b"]
+
+
+def test_a_rename_by_hand_right_after_a_render_is_an_edit(scratch: Path) -> None:
+    """A file replaced by hand with a rename right after the instance rendered it is taken as
+    an edit. Its IN_MOVED_TO is the same event as the render's, and inotify merges an event
+    with an identical one still unread at the tail of the queue: the own renames' events must
+    be read (`_drain_own_events`) before the operation ends, not at the next one."""
+    root = scratch / "t"
+    with DirCgroupFS(root) as fs:
+        fs.write("", "cgroup.subtree_control", "+memory")
+        fs.mkdir("a")
+        fs.write("a", "memory.max", "8192")
+        staged = scratch / "by-hand"
+        staged.write_text("12288\n")
+        os.rename(staged, root / "a" / "memory.max")
+        assert fs.read("a", "memory.max") == "12288\n"
+    assert [(entry.op, entry.source, entry.file) for entry in read_journal(root)][-2:] == [
+        ("write", "api", "memory.max"),
+        ("write", "outside", "memory.max"),
+    ]

@@ -28,6 +28,7 @@ from memstate.host.sim import (
     KERNEL_6_18,
     PlantedBug,
     SimCgroupFS,
+    cgroupsim,
     kernel_profile_for_release,
 )
 from memstate.host.sim.cgroupsim import _Cgroup
@@ -266,6 +267,51 @@ def test_hierarchy_limits_make_mkdir_fail_with_eagain() -> None:
     sim.write("a", "cgroup.max.descendants", "2")
     sim.mkdir("a/b/c")
     assert errno_of(sim.mkdir, "a/d") == errno.EAGAIN
+
+
+def test_descendant_counts_follow_mkdir_and_rmdir_without_walking_the_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cgroup.stat's nr_descendants and the max.descendants limit come from counts kept by
+    mkdir and rmdir (the kernel's cgrp->nr_descendants), not from a walk of the subtree: the
+    root's and kubepods' cgroup.stat are rendered by DirCgroupFS after every pod mkdir."""
+    sim = make_sim()
+    for path in ("a", "a/b", "a/b/c", "a/d", "e"):
+        sim.mkdir(path)
+    sim.rmdir("a/b/c")
+    sim.write("a", "cgroup.max.descendants", "3")
+
+    def no_walk(self: _Cgroup) -> list[_Cgroup]:
+        raise AssertionError(f"walked the subtree of {self.name!r}")
+
+    monkeypatch.setattr(_Cgroup, "subtree", no_walk)
+    counts = {
+        path: read_flat_keyed(sim, path, "cgroup.stat")["nr_descendants"]
+        for path in ("", "a", "a/b", "a/d", "e")
+    }
+    assert counts == {"": 4, "a": 2, "a/b": 0, "a/d": 0, "e": 0}
+    sim.mkdir("a/b/f")  # the third descendant of a: allowed
+    assert errno_of(sim.mkdir, "a/d/g") == errno.EAGAIN
+    assert read_flat_keyed(sim, "", "cgroup.stat")["nr_descendants"] == 5
+
+
+def test_exists_answers_without_building_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exists() is False for a missing cgroup and for a path through a file, True for a cgroup,
+    and raises EINVAL for an invalid path, without making the HostError a read would raise
+    (the reconciler asks about every new pod cgroup before making it)."""
+    sim = make_sim()
+    sim.mkdir("a")
+    sim.mkdir("a/b")
+
+    def no_error(*args: object, **kwargs: object) -> HostError:
+        raise AssertionError(f"built an error for {args}")
+
+    monkeypatch.setattr(cgroupsim, "host_error", no_error)
+    assert sim.exists("") and sim.exists("a") and sim.exists("a/b")
+    assert not sim.exists("x") and not sim.exists("a/x") and not sim.exists("a/b/x/y")
+    assert not sim.exists("a/cgroup.procs") and not sim.exists("a/cgroup.procs/y")
+    monkeypatch.undo()
+    assert errno_of(sim.exists, "a//b") == errno.EINVAL
 
 
 def test_membership_rows() -> None:

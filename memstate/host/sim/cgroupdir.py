@@ -536,23 +536,34 @@ class DirCgroupFS(_ChangesFromOutside):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """This thread's turn on the instance, and the tree's flock (re-entrant per thread)."""
-        with self._thread_lock:
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
+        """Take this thread's turn on the instance, and the tree's flock unless this thread
+        holds it already; `_release` gives them back. (`_run` pairs the two itself: a
+        generator-based context manager per operation cost more than the pair of flocks.)"""
+        self._thread_lock.acquire()
+        try:
             if self._closed:
                 raise HostError(f"{self!r} is closed", errno=errno.EBADF, op="lock")
-            if self._lock_depth:
-                self._lock_depth += 1
-                try:
-                    yield
-                finally:
-                    self._lock_depth -= 1
-                return
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            self._lock_depth = 1
-            try:
-                yield
-            finally:
-                self._lock_depth = 0
+            if not self._lock_depth:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def _release(self) -> None:
+        try:
+            self._lock_depth -= 1
+            if not self._lock_depth:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     def _look(self, action: Callable[[], _T]) -> _T:
         """A read-only call: inside this thread's `snapshot`, the model as it is (this thread's
@@ -566,12 +577,15 @@ class DirCgroupFS(_ChangesFromOutside):
 
     def _run(self, action: Callable[[], _T]) -> _T:
         """Lock, take in news, act, render what changed, unlock."""
-        with self._locked():
+        self._acquire()
+        try:
             self._sync()
             try:
                 return action()
             finally:
                 self._flush()
+        finally:
+            self._release()
 
     def _flush(self) -> None:
         """Render the pending region and advance the lock file's rendered counter."""

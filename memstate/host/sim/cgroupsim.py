@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -191,6 +192,10 @@ class _Cgroup:
     max_descendants: int | None = None
     memory_usage_bytes: int = 0
     memory_events_local: Counter[str] = field(default_factory=Counter)
+    # Live cgroups below this one, kept up to date by mkdir and rmdir like the kernel's
+    # ``cgrp->nr_descendants``: cgroup.stat and the max.descendants check read it instead of
+    # walking the subtree (kubepods' and the root's cgroup.stat are rendered after every mkdir).
+    nr_descendants: int = 0
 
     def path(self) -> str:
         names: list[str] = []
@@ -203,8 +208,7 @@ class _Cgroup:
     def subtree(self) -> list[_Cgroup]:
         """This cgroup and every descendant, parents before children, children in creation
         order (a pre-order walk). Iterative: a nested generator per cgroup cost the stand-in
-        milliseconds per admission at 500 pods (kubepods' cgroup.stat, memory.current and
-        cgroup.events are rendered after every mkdir below it)."""
+        milliseconds per admission at 500 pods."""
         found: list[_Cgroup] = []
         pending = [self]
         while pending:
@@ -325,6 +329,9 @@ class SimCgroupFS:
         return node
 
     def _node(self, path: str, op: str, file: str = "") -> _Cgroup:
+        return self._lookup(self._components_of(path, op), op, path, file)
+
+    def _components_of(self, path: str, op: str) -> tuple[str, ...]:
         components = self._components.get(path)
         if components is None:
             # Validated once per path (an invalid one raises and is not remembered).
@@ -332,7 +339,7 @@ class SimCgroupFS:
             if len(self._components) >= _COMPONENTS_CACHE_ENTRIES:
                 self._components.clear()
             self._components[path] = components
-        return self._lookup(components, op, path, file)
+        return components
 
     # --- which files exist -----------------------------------------------------------------------
 
@@ -370,13 +377,17 @@ class SimCgroupFS:
     # --- CgroupFS --------------------------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
-        """True if cgroup `path` exists."""
-        try:
-            self._node(path, "exists")
-        except HostError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        """True if cgroup `path` exists (an invalid path raises, as every call's does)."""
+        components = self._components_of(path, "exists")
+        node = self._root
+        for component in components:
+            # A missing child (ENOENT) or a file in the way (ENOTDIR) alike: no such cgroup.
+            # Walked here rather than through `_lookup`, whose HostError is built for nothing
+            # (the reconciler asks about every new pod cgroup before making it).
+            child = node.children.get(component)
+            if child is None:
                 return False
-            raise
+            node = child
         return True
 
     def list_children(self, path: str) -> list[str]:
@@ -424,15 +435,17 @@ class SimCgroupFS:
             raise host_error(errno.EEXIST, "mkdir", path, detail="simulated")
         level = 1
         for ancestor in parent.ancestors_and_self():
-            # Count the subtree only under a limit: the walk is O(cgroups) per mkdir.
-            too_many = ancestor.max_descendants is not None and (
-                sum(1 for _ in ancestor.subtree()) - 1 >= ancestor.max_descendants
+            too_many = (
+                ancestor.max_descendants is not None
+                and ancestor.nr_descendants >= ancestor.max_descendants
             )
             too_deep = ancestor.max_depth is not None and level > ancestor.max_depth
             if too_many or too_deep:
                 raise host_error(errno.EAGAIN, "mkdir", path, detail="hierarchy limit")
             level += 1
         parent.children[name] = _Cgroup(name=name, parent=parent)
+        for ancestor in parent.ancestors_and_self():
+            ancestor.nr_descendants += 1
 
     def rmdir(self, path: str) -> None:
         """Remove an empty leaf cgroup; EBUSY when populated or when it has children."""
@@ -448,6 +461,8 @@ class SimCgroupFS:
             code = errno.ENOTEMPTY if PlantedBug.RMDIR_ENOTEMPTY in self._bugs else errno.EBUSY
             raise host_error(code, "rmdir", path, detail="cgroup has child cgroups")
         del parent.children[name]
+        for ancestor in parent.ancestors_and_self():
+            ancestor.nr_descendants -= 1
 
     # --- test hooks ------------------------------------------------------------------------------
 
@@ -552,7 +567,7 @@ class SimCgroupFS:
                 f"populated {int(self._populated(n))}\nfrozen {int(self._frozen(n))}\n"
             ),
             "cgroup.stat": lambda n, f: (
-                f"nr_descendants {sum(1 for _ in n.subtree()) - 1}\nnr_dying_descendants 0\n"
+                f"nr_descendants {n.nr_descendants}\nnr_dying_descendants 0\n"
             ),
             "cgroup.type": lambda n, f: self._type_text(n),
             "cgroup.freeze": lambda n, f: f"{n.freeze}\n",
@@ -796,8 +811,11 @@ class SimCgroupFS:
             node.values[file] = format_bitmap_list(requested)
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_stored_list(text: str) -> frozenset[int]:
     # Stored lists are valid kernel lists (possibly un-normalised under CPUSET_NO_NORMALISE).
+    # Remembered per text (a pure function of it): each new pod cgroup's effective cpus and
+    # mems are computed from its ancestors' few distinct lists, every render and every write.
     return parse_bitmap_list(text, nbits=1 << 16) if text else frozenset()
 
 
