@@ -219,22 +219,31 @@ def evaluate_delta(
             uid = pod.pod.uid
             counts[uid] = (counts[uid] if uid in counts else index.claims.get(uid, 0)) + 1
             affected.add(uid)
-    if any(counts[uid] > 1 for uid in affected):
-        return None
+    for uid in affected:
+        if counts[uid] > 1:
+            return None
 
     # The edits: what the delivery touches is dropped, then what it holds now is put back (at
     # the end of each dict, or in place).
     dropped = tuple(affected)
-    invalid_dropped = (*gone, *(pod.locator for pod in changed))
+    invalid_dropped = (*gone, *map(_LOCATOR, changed))
     held_put: list[tuple[str, Held]] = []
     done_put: list[tuple[str, str]] = []
     invalid_put: list[tuple[str, tuple[str, str]]] = []
     # The last entries the drops leave: what is put lands after them.
-    held_tail = next((h for uid, h in reversed(held_before.items()) if uid not in affected), None)
-    leaving_invalid = set(invalid_dropped)
-    invalid_tail = next(
-        (loc for loc in reversed(invalid_before) if loc not in leaving_invalid), None
-    )
+    # (Loops, not generators: a delivery is a few dozen small steps, each with cold caches.)
+    held_tail: Held | None = None
+    for uid, held in reversed(held_before.items()):
+        if uid not in affected:
+            held_tail = held
+            break
+    invalid_tail: str | None = None
+    if invalid_before:
+        leaving_invalid = set(invalid_dropped)
+        for locator in reversed(invalid_before):
+            if locator not in leaving_invalid:
+                invalid_tail = locator
+                break
     requests: list[Event] = []
     wanted_locators: set[str] = set()
     held_added: list[str] = []  # locators
@@ -282,7 +291,7 @@ def evaluate_delta(
     still_invalid = set(invalid_added)
     cleared = {
         locator
-        for locator in [*gone, *(pod.locator for pod in changed)]
+        for locator in invalid_dropped
         if locator in invalid_before and locator not in still_invalid
     }
     if cleared:
@@ -332,10 +341,14 @@ def evaluate_delta(
     for pod in changed:
         if pod.pod is not None:
             pods_of[pod.pod.uid] = pod
-    claims_edit = DictEdit(
-        tuple(uid for uid, count in counts.items() if count == 0),
-        tuple((uid, count) for uid, count in counts.items() if count),
-    )
+    emptied: list[str] = []
+    claimed: list[tuple[str, int]] = []
+    for uid, count in counts.items():
+        if count:
+            claimed.append((uid, count))
+        else:
+            emptied.append(uid)
+    claims_edit = DictEdit(tuple(emptied), tuple(claimed))
     edits = ViewEdits(held_edit, invalid_edit, done_edit, new.edit, claims_edit)
     return DeltaResult(events + ordered_requests, edits, pods_of)
 
