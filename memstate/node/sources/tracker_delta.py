@@ -289,11 +289,15 @@ def evaluate_delta(
         ranked = sorted(leaving, key=list(held_before).index) if len(leaving) > 1 else leaving
         removals.extend(_removal(uid, held_before[uid]) for uid in ranked)
     still_invalid = set(invalid_added)
-    cleared = {
-        locator
-        for locator in invalid_dropped
-        if locator in invalid_before and locator not in still_invalid
-    }
+    cleared = (
+        {
+            locator
+            for locator in invalid_dropped
+            if locator in invalid_before and locator not in still_invalid
+        }
+        if invalid_before
+        else ()
+    )
     if cleared:
         removals.extend(
             PodRemovalRequested(uid="", source=locator, pod_source=source)
@@ -392,7 +396,10 @@ class _NewList:
 
     def last(self) -> ObservedPod | None:
         """The last entry (None: empty)."""
-        locator = next(self.reversed_keys(), None)
+        if self._made is None and self._appended:
+            locator: str | None = self._appended[-1]  # what `reversed_keys` yields first
+        else:
+            locator = next(self.reversed_keys(), None)
         if locator is None:
             return None
         if self._made is not None:
