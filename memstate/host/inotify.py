@@ -11,6 +11,7 @@ import ctypes
 import functools
 import os
 import struct
+import sys
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -30,6 +31,11 @@ IN_ISDIR = 0x40000000
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 _READ_BYTES = 1 << 16
+# More than the largest event takes: its header and a name of NAME_MAX (255) bytes with its NUL,
+# padded to 16 bytes (272 in all); a PATH_MAX of slack besides.
+_ROOM = _EVENT_HEADER.size + 4096
+# What os.fsdecode decodes names with (fixed when the interpreter starts).
+_FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 @functools.cache
@@ -84,8 +90,13 @@ class Inotify:
                 wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
                 start = offset + _EVENT_HEADER.size
                 raw = data[start : start + length].rstrip(b"\0")
-                events.append((wd, mask, os.fsdecode(raw)))
+                events.append((wd, mask, raw.decode(*_FS_CODEC)))  # os.fsdecode's decoding
                 offset = start + length
+            if len(data) <= _READ_BYTES - _ROOM:
+                # The kernel stops copying only when the queue is empty or the next event does
+                # not fit: with room left for any event, this read took all there was. Reading
+                # again would only raise EAGAIN (a system call and an exception per wake-up).
+                return events
 
     def close(self) -> None:
         """Close the descriptor (every watch ends with it)."""

@@ -30,6 +30,7 @@ is parsed is bounded *before and while* it is parsed (docs/operations.md, "Input
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import re
@@ -229,21 +230,10 @@ try:  # libyaml's scanner and parser: the same grammar, several times faster
                 # Python call each, two per node, was a tenth of composing a manifest).
                 self.descend_resolver = _no_descent  # type: ignore[method-assign]
                 self.ascend_resolver = _no_ascent  # type: ignore[method-assign]
-
-        def resolve(self, kind: type, value: Any, implicit: Any) -> Any:
-            """PyYAML's tag resolution (regular expressions in Python, half of composing a
-            manifest), remembered: without path resolvers it depends on these arguments only.
-            Called from C once per node: PyYAML's resolver is called by name, not through a
-            `super()` object made per call."""
-            if self.yaml_path_resolvers or (value is not None and len(value) > _RESOLVED_CHARS):
-                return _resolve(self, kind, value, implicit)
-            key = (kind, value, implicit)
-            tag = _RESOLVED.get(key)
-            if tag is None:
-                if len(_RESOLVED) >= _RESOLVED_ENTRIES:
-                    _RESOLVED.clear()  # names and UIDs differ per pod: start afresh now and then
-                tag = _RESOLVED[key] = _resolve(self, kind, value, implicit)
-            return tag
+                # PyYAML's tag resolution (regular expressions in Python, half of composing a
+                # manifest), remembered, and looked up in C: called from C once per node, a
+                # Python method here was a tenth of composing a manifest.
+                self.resolve = _remembered_tag  # type: ignore[method-assign]
 
     _C_COMPOSING: type | None = _CComposingLoader
 
@@ -271,10 +261,31 @@ _resolve: Any = Resolver.resolve  # PyYAML's (untyped) tag resolution
 # `_CComposingLoader.__init__`).
 _no_descent: Any = operator.is_
 _no_ascent: Any = tuple
-# Resolved tags of short scalars (and of collections), for `_CComposingLoader.resolve`.
-_RESOLVED: dict[tuple[type, Any, Any], str] = {}
-_RESOLVED_CHARS = 64
-_RESOLVED_ENTRIES = 4096
+# The loaders' implicit resolvers are PyYAML's `Resolver`'s own (nothing here adds any).
+_PLAIN_RESOLVER = Resolver()
+
+
+def _tag_of(kind: type, value: Any, implicit: Any) -> Any:
+    """PyYAML's tag of a node without path resolvers: it depends on these arguments only."""
+    return _resolve(_PLAIN_RESOLVER, kind, value, implicit)
+
+
+# `_tag_of`, remembered for `_CComposingLoader` (names and UIDs differ per pod: the least
+# recently used go). What it keeps alive is bounded by the text parsed since it was last
+# emptied (`_bound_remembered_tags`), not only by its entries: a key holds its scalar.
+_remembered_tag = functools.lru_cache(maxsize=4096)(_tag_of)
+_REMEMBERED_TEXT_CHARS = 1 << 20
+_remembered_text = [0]  # characters parsed with `_remembered_tag` since it was emptied
+
+
+def _bound_remembered_tags(text: str) -> None:
+    """Empty `_remembered_tag` once the texts parsed with it since it was last emptied, `text`
+    included, exceed `_REMEMBERED_TEXT_CHARS`: its keys hold at most that much of them."""
+    _remembered_text[0] += len(text)
+    if _remembered_text[0] > _REMEMBERED_TEXT_CHARS:
+        _remembered_tag.cache_clear()
+        _remembered_text[0] = len(text)
+
 
 # The part of a line up to its last block indicator: `-`, `?` or `:` followed by a blank, a line
 # break or the end (libyaml's rule in block context); `.` stops only at "\n", so a "line" here
@@ -303,6 +314,7 @@ def _parse_yaml(
     """The one document of a YAML text, and whether it is already known to pass
     `check_document(document, budget=budget)` (checked while it was built directly)."""
     if _C_COMPOSING is not None and _nesting_bound(text) <= MAX_NESTING:
+        _bound_remembered_tags(text)
         # Shallow enough for libyaml's recursive composer: the same events, nodes, resolver and
         # constructor, so the same document. Whatever goes wrong there is reported by the
         # bounded loader below, which words every error as it always has.

@@ -369,23 +369,29 @@ async def watch_directory(
         retry.started()
         announce()
 
-    def wanted(change: Change) -> bool:
-        if change.path == str(path):
-            return True  # the directory itself went away
-        name = os.path.basename(change.path)
-        if only_name is not None and name != only_name:
-            return False
-        # Hidden names are temporary files of atomic writers and editors (the manifest scan
-        # ignores them too): only their rename into place counts.
-        return not name.startswith(".") and not is_new_regular_file(change)
+    root = str(path)
 
     def on_batch(batch: Batch) -> None:
-        changed = [change for change in batch.changes if wanted(change)]
-        if batch.complete and not changed:
+        # One pass: the names of the entries that count, and whether changes may have been
+        # missed (the queue overflowed) or the directory itself changed (it went away).
+        whole = not batch.complete
+        names: set[str] = set()
+        for change in batch.changes:
+            changed = change.path
+            if changed == root:
+                whole = True
+                continue
+            name = changed[changed.rfind(os.sep) + 1 :]  # os.path.basename
+            if only_name is not None and name != only_name:
+                continue
+            # Hidden names are temporary files of atomic writers and editors (the manifest scan
+            # ignores them too): only their rename into place counts.
+            if not name.startswith(".") and not is_new_regular_file(change):
+                names.add(name)
+        if not whole and not names:
             return
         if on_names is not None:
-            whole = not batch.complete or any(c.path == str(path) for c in changed)
-            on_names(None if whole else {os.path.basename(c.path) for c in changed})
+            on_names(None if whole else names)
         on_change()
 
     def on_restart() -> None:

@@ -381,6 +381,7 @@ def test_the_c_composer_skips_the_path_resolver_hooks_only_without_path_resolver
     try:
         assert loader.descend_resolver is inputs._no_descent
         assert loader.ascend_resolver is inputs._no_ascent
+        assert loader.resolve is inputs._remembered_tag
         node = loader.get_single_node()
         assert node.value[0][1].tag == "tag:yaml.org,2002:seq"
     finally:
@@ -393,6 +394,26 @@ def test_the_c_composer_skips_the_path_resolver_hooks_only_without_path_resolver
     loader = WithPathResolver("a: [1]")
     try:
         assert loader.descend_resolver != inputs._no_descent
+        assert loader.resolve != inputs._remembered_tag
         assert loader.get_single_node().value[0][1].tag == "!listed"
     finally:
         loader.dispose()
+
+
+def test_the_remembered_tags_hold_at_most_a_bounded_amount_of_text() -> None:
+    """The C composer's remembered tags keep their scalars alive: the cache is emptied once the
+    texts parsed since it was last emptied exceed `_REMEMBERED_TEXT_CHARS`, so long scalars of
+    many files are not all kept."""
+    inputs._remembered_tag.cache_clear()
+    inputs._remembered_text[0] = 0
+    long_value = "x" * 1000
+    per_text = inputs._REMEMBERED_TEXT_CHARS // 4
+    for index in range(3):
+        text = f"v{index}: {long_value}{index}\n" + "#" * per_text
+        inputs._parse_yaml(text, source="m.yaml", error=ManifestError, budget=10_000)
+    # Three keys and three long values; the mappings' tag is one entry.
+    assert inputs._remembered_tag.cache_info().currsize == 7
+    text = "w: y\n" + "#" * per_text * 2
+    document, _ = inputs._parse_yaml(text, source="m.yaml", error=ManifestError, budget=10_000)
+    assert document == {"w": "y"}
+    assert inputs._remembered_tag.cache_info().currsize == 3  # emptied first: this text's only

@@ -219,22 +219,31 @@ def evaluate_delta(
             uid = pod.pod.uid
             counts[uid] = (counts[uid] if uid in counts else index.claims.get(uid, 0)) + 1
             affected.add(uid)
-    if any(counts[uid] > 1 for uid in affected):
-        return None
+    for uid in affected:
+        if counts[uid] > 1:
+            return None
 
     # The edits: what the delivery touches is dropped, then what it holds now is put back (at
     # the end of each dict, or in place).
     dropped = tuple(affected)
-    invalid_dropped = (*gone, *(pod.locator for pod in changed))
+    invalid_dropped = (*gone, *map(_LOCATOR, changed))
     held_put: list[tuple[str, Held]] = []
     done_put: list[tuple[str, str]] = []
     invalid_put: list[tuple[str, tuple[str, str]]] = []
     # The last entries the drops leave: what is put lands after them.
-    held_tail = next((h for uid, h in reversed(held_before.items()) if uid not in affected), None)
-    leaving_invalid = set(invalid_dropped)
-    invalid_tail = next(
-        (loc for loc in reversed(invalid_before) if loc not in leaving_invalid), None
-    )
+    # (Loops, not generators: a delivery is a few dozen small steps, each with cold caches.)
+    held_tail: Held | None = None
+    for uid, held in reversed(held_before.items()):
+        if uid not in affected:
+            held_tail = held
+            break
+    invalid_tail: str | None = None
+    if invalid_before:
+        leaving_invalid = set(invalid_dropped)
+        for locator in reversed(invalid_before):
+            if locator not in leaving_invalid:
+                invalid_tail = locator
+                break
     requests: list[Event] = []
     wanted_locators: set[str] = set()
     held_added: list[str] = []  # locators
@@ -280,11 +289,15 @@ def evaluate_delta(
         ranked = sorted(leaving, key=list(held_before).index) if len(leaving) > 1 else leaving
         removals.extend(_removal(uid, held_before[uid]) for uid in ranked)
     still_invalid = set(invalid_added)
-    cleared = {
-        locator
-        for locator in [*gone, *(pod.locator for pod in changed)]
-        if locator in invalid_before and locator not in still_invalid
-    }
+    cleared = (
+        {
+            locator
+            for locator in invalid_dropped
+            if locator in invalid_before and locator not in still_invalid
+        }
+        if invalid_before
+        else ()
+    )
     if cleared:
         removals.extend(
             PodRemovalRequested(uid="", source=locator, pod_source=source)
@@ -332,10 +345,14 @@ def evaluate_delta(
     for pod in changed:
         if pod.pod is not None:
             pods_of[pod.pod.uid] = pod
-    claims_edit = DictEdit(
-        tuple(uid for uid, count in counts.items() if count == 0),
-        tuple((uid, count) for uid, count in counts.items() if count),
-    )
+    emptied: list[str] = []
+    claimed: list[tuple[str, int]] = []
+    for uid, count in counts.items():
+        if count:
+            claimed.append((uid, count))
+        else:
+            emptied.append(uid)
+    claims_edit = DictEdit(tuple(emptied), tuple(claimed))
     edits = ViewEdits(held_edit, invalid_edit, done_edit, new.edit, claims_edit)
     return DeltaResult(events + ordered_requests, edits, pods_of)
 
@@ -379,7 +396,10 @@ class _NewList:
 
     def last(self) -> ObservedPod | None:
         """The last entry (None: empty)."""
-        locator = next(self.reversed_keys(), None)
+        if self._made is None and self._appended:
+            locator: str | None = self._appended[-1]  # what `reversed_keys` yields first
+        else:
+            locator = next(self.reversed_keys(), None)
         if locator is None:
             return None
         if self._made is not None:
