@@ -30,6 +30,9 @@ IN_ISDIR = 0x40000000
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 _READ_BYTES = 1 << 16
+# The largest event: its header and a name of NAME_MAX bytes with its terminating NUL. A read
+# into a smaller buffer fails (EINVAL).
+MAX_EVENT_BYTES = _EVENT_HEADER.size + 255 + 1
 
 
 @functools.cache
@@ -74,18 +77,25 @@ class Inotify:
     def read_events(self) -> list[tuple[int, int, str]]:
         """(wd, mask, name) of every queued event; empty when there is none."""
         events: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, _READ_BYTES)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                start = offset + _EVENT_HEADER.size
-                raw = data[start : start + length].rstrip(b"\0")
-                events.append((wd, mask, os.fsdecode(raw)))
-                offset = start + length
+        while self.read_some(events, _READ_BYTES):
+            pass
+        return events
+
+    def read_some(self, events: list[tuple[int, int, str]], max_bytes: int) -> int:
+        """Append the (wd, mask, name) of the events one read of at most `max_bytes` returns
+        (whole events only: at least `MAX_EVENT_BYTES`); the bytes read, 0 when none was queued."""
+        try:
+            data = os.read(self.fd, max(max_bytes, MAX_EVENT_BYTES))
+        except BlockingIOError:
+            return 0
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+            start = offset + _EVENT_HEADER.size
+            raw = data[start : start + length].rstrip(b"\0")
+            events.append((wd, mask, os.fsdecode(raw)))
+            offset = start + length
+        return len(data)
 
     def close(self) -> None:
         """Close the descriptor (every watch ends with it)."""
