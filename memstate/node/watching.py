@@ -148,6 +148,8 @@ class _Tree:
         pending = [directory]
         while pending:
             current = pending.pop()
+            if _has_no_subdirectories(current):
+                continue  # a new cgroup with its interface files only: no walk of its ~40
             try:
                 with os.scandir(current) as entries:
                     children = [
@@ -219,6 +221,19 @@ class _Tree:
 
     def close(self) -> None:
         self.inotify.close()
+
+
+def _has_no_subdirectories(path: str) -> bool:
+    """`path` is a directory with no subdirectories, known from its link count alone: exactly
+    2 ("." and its entry in the parent) on the filesystems that count subdirectories in it
+    (kernfs, hence cgroupfs; tmpfs, ext4, xfs). Filesystems that do not (btrfs and overlayfs
+    report 1) and anything that cannot be stat()ed answer False: walked as before. Asked
+    after the directory's own watch is in place, so a subdirectory made after the stat() is
+    reported by that watch."""
+    try:
+        return os.lstat(path).st_nlink == 2
+    except OSError:
+        return False
 
 
 class WatchRetry:
