@@ -61,12 +61,12 @@ logger = logging.getLogger(__name__)
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 # What a recursive watch needs to follow directories appearing and leaving.
 _TREE_EVENTS = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO
-# One step of reading the inotify queue reads at most this much of it (~50 events of the
-# simulated tree; with the directories that appeared, watched and walked, ~0.1 ms of work),
-# then lets the event loop run: what queued up during a settle pause of a burst (a thousand
-# events and more) is read in steps, not in one, so a manifest renamed meanwhile waits for one
-# step (docs/performance.md, stop 25 `watch9`).
-READ_STEP_BYTES = 2048
+# One step of reading the inotify queue reads at most this much of it (~25 events of the
+# simulated tree, the directories that appeared among them watched: ~0.1 ms of work), then
+# lets the event loop run: what queued up during a settle pause of a burst (a thousand events
+# and more) is read in steps, not in one, so a manifest renamed meanwhile waits for one step
+# (docs/performance.md, stop 25 `watch9`). At least `MAX_EVENT_BYTES` (one event of any name).
+READ_STEP_BYTES = 1024
 
 
 @dataclass(frozen=True)
