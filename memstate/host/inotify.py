@@ -36,6 +36,9 @@ _READ_BYTES = 1 << 16
 _ROOM = _EVENT_HEADER.size + 4096
 # What os.fsdecode decodes names with (fixed when the interpreter starts).
 _FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+# The largest event: its header and a name of NAME_MAX bytes with its terminating NUL. A read
+# into a smaller buffer fails (EINVAL).
+MAX_EVENT_BYTES = _EVENT_HEADER.size + 255 + 1
 
 
 @functools.cache
@@ -80,23 +83,29 @@ class Inotify:
     def read_events(self) -> list[tuple[int, int, str]]:
         """(wd, mask, name) of every queued event; empty when there is none."""
         events: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, _READ_BYTES)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                start = offset + _EVENT_HEADER.size
-                raw = data[start : start + length].rstrip(b"\0")
-                events.append((wd, mask, raw.decode(*_FS_CODEC)))  # os.fsdecode's decoding
-                offset = start + length
-            if len(data) <= _READ_BYTES - _ROOM:
-                # The kernel stops copying only when the queue is empty or the next event does
-                # not fit: with room left for any event, this read took all there was. Reading
-                # again would only raise EAGAIN (a system call and an exception per wake-up).
-                return events
+        # The kernel stops copying only when the queue is empty or the next event does not
+        # fit: a read that left room for any event took all there was. Reading again would
+        # only raise EAGAIN (a system call and an exception per wake-up).
+        while self.read_some(events, _READ_BYTES) > _READ_BYTES - _ROOM:
+            pass
+        return events
+
+    def read_some(self, events: list[tuple[int, int, str]], max_bytes: int) -> int:
+        """Append the (wd, mask, name) of the events one read of at most `max_bytes` returns
+        (whole events only; `max_bytes` of at least `MAX_EVENT_BYTES` takes any event, a smaller
+        buffer than the next event fails with EINVAL); the bytes read, 0 when none was queued."""
+        try:
+            data = os.read(self.fd, max_bytes)
+        except BlockingIOError:
+            return 0
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+            start = offset + _EVENT_HEADER.size
+            raw = data[start : start + length].rstrip(b"\0")
+            events.append((wd, mask, raw.decode(*_FS_CODEC)))  # os.fsdecode's decoding
+            offset = start + length
+        return len(data)
 
     def close(self) -> None:
         """Close the descriptor (every watch ends with it)."""

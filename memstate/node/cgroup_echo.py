@@ -46,7 +46,7 @@ changes) at a time, each step under the lock, with a trio checkpoint between ste
 released across it. Back to back, a 0.2 s batch holds ~40 admissions' echo (~250 changes, ~280
 reads, ~3.4 ms): judged in one piece it held the event loop that long, and a manifest renamed
 meanwhile waited for it (docs/performance.md, "stop 24: the echo screen judged in steps"). A
-step is ~0.2 ms; an admission arriving meanwhile waits for one step. Records taken between two
+step is ~0.15 ms; an admission arriving meanwhile waits for one step. Records taken between two
 steps count for the steps after (they are memstate's writes too: still dropped only when the
 file reads what was written).
 
@@ -80,10 +80,12 @@ KEEP_SECONDS = 5.0
 # in steps (below). 256 (~180/s) was exceeded by admissions back to back (~200/s): the batch
 # became a full resync.
 MAX_READS = 1024
-# `foreign_in_steps` lets the event loop run after this many file reads (~12 us each with
-# the comparison) or this many changes judged (~1-2 us each without a read): ~0.2 ms a step.
-STEP_READS = 16
-STEP_CHANGES = 128
+# `foreign_in_steps` lets the event loop run after this many file reads or this many changes
+# judged (~1-2 us each without a read). A read is ~5 us, but a created cgroup costs a scandir
+# of its ~40 files and reads of its ~7 value files (~35 us): 16 reads made steps of 0.3-0.7 ms
+# of CPU (stop 25, traced); 8 make ~0.15 ms.
+STEP_READS = 8
+STEP_CHANGES = 64
 # Changes per read a judgeable batch has at most (see `OwnWrites.foreign`).
 _MAX_CHANGES_PER_READ = 4
 # Reads a cgroup created by memstate costs at least (its memory.min/low/high/max).

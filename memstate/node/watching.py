@@ -10,11 +10,13 @@ involved.
 `watch` watches one directory, or a whole tree (`recursive=True`: every directory gets its own
 inotify watch, including the ones created later — found through IN_CREATE/IN_MOVED_TO on their
 parent, then walked, since they may have children by the time the watch is added). It calls
-`on_batch` with the changes read in one go and returns when the watched directory itself goes
-away (deleted, moved, unmounted) or when the kernel's queue overflowed (changes were lost: the
-caller rescans and watches again). The watch is established (every directory watched) before
-`on_started` is called, so a caller can announce "watching now" knowing that any later change
-will be reported — which is what makes a restart after the root came back race-free.
+`on_batch` with the changes read together (a long queue is read in steps of
+`READ_STEP_BYTES` with a trio checkpoint between them, into one batch) and returns when the
+watched directory itself goes away (deleted, moved, unmounted) or when the kernel's queue
+overflowed (changes were lost: the caller rescans and watches again). The watch is
+established (every directory watched) before `on_started` is called, so a caller can announce
+"watching now" knowing that any later change will be reported — which is what makes a restart
+after the root came back race-free.
 
 The loops built on it (`watch_directory` here, `memstate.node.cgroup_watch.watch_cgroups`) never
 die and never fail silently: a watch that cannot be set up (an `OSError`: inotify limits...) is
@@ -49,6 +51,7 @@ from memstate.host.inotify import (
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
+    MAX_EVENT_BYTES,
     Inotify,
 )
 
@@ -58,6 +61,12 @@ logger = logging.getLogger(__name__)
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 # What a recursive watch needs to follow directories appearing and leaving.
 _TREE_EVENTS = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO
+# One step of reading the inotify queue reads at most this much of it (~25 events of the
+# simulated tree, the directories that appeared among them watched: ~0.1 ms of work), then
+# lets the event loop run: what queued up during a settle pause of a burst (a thousand events
+# and more) is read in steps, not in one, so a manifest renamed meanwhile waits for one step
+# (docs/performance.md, stop 25 `watch9`). At least `MAX_EVENT_BYTES` (one event of any name).
+READ_STEP_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,8 @@ class _Tree:
         pending = [directory]
         while pending:
             current = pending.pop()
+            if _has_no_subdirectories(current):
+                continue  # a new cgroup with its interface files only: no walk of its ~40
             try:
                 with os.scandir(current) as entries:
                     children = [
@@ -166,12 +177,16 @@ class _Tree:
             self.path_of.pop(wd, None)
             self.inotify.rm_watch(wd)
 
-    def read(self) -> tuple[Batch, WatchEnd | None]:
-        """Everything queued now, and whether the watch has ended."""
+    def read(self, max_bytes: int) -> tuple[Batch, WatchEnd | None, bool]:
+        """What one read of at most `max_bytes` of the queue returns, whether the watch has
+        ended, and whether more may be queued (the read filled its buffer)."""
+        events: list[tuple[int, int, str]] = []
+        got = self.inotify.read_some(events, max_bytes)
+        more = got > max_bytes - MAX_EVENT_BYTES
         changes: list[Change] = []
         ended: WatchEnd | None = None
         complete = True
-        for wd, mask, name in self.inotify.read_events():
+        for wd, mask, name in events:
             if mask & IN_Q_OVERFLOW:
                 complete = False
                 ended = ended or WatchEnd.OVERFLOW
@@ -202,10 +217,23 @@ class _Tree:
                     except (FileNotFoundError, NotADirectoryError):
                         continue  # gone again already
                     changes.extend(Change(p, IN_CREATE | IN_ISDIR) for p in self._add_below(path))
-        return Batch(tuple(changes), complete), ended
+        return Batch(tuple(changes), complete), ended, more
 
     def close(self) -> None:
         self.inotify.close()
+
+
+def _has_no_subdirectories(path: str) -> bool:
+    """`path` is a directory with no subdirectories, known from its link count alone: exactly
+    2 ("." and its entry in the parent) on the filesystems that count subdirectories in it
+    (kernfs, hence cgroupfs; tmpfs, ext4, xfs). Filesystems that do not (btrfs and overlayfs
+    report 1) and anything that cannot be stat()ed answer False: walked as before. Asked
+    after the directory's own watch is in place, so a subdirectory made after the stat() is
+    reported by that watch."""
+    try:
+        return os.lstat(path).st_nlink == 2
+    except OSError:
+        return False
 
 
 class WatchRetry:
@@ -305,13 +333,28 @@ async def watch(
         tree.close()
 
 
+async def _read_queue(tree: _Tree) -> tuple[Batch, WatchEnd | None]:
+    """Everything queued now, read in steps of `READ_STEP_BYTES` with a trio checkpoint between
+    them, until a read finds less than a full step queued (or the watch ended)."""
+    batch, ended, more = tree.read(READ_STEP_BYTES)
+    if not more or ended is not None:
+        return batch, ended  # the usual case: one read held everything
+    changes, complete = list(batch.changes), batch.complete
+    while more and ended is None:
+        await trio.lowlevel.checkpoint()
+        batch, ended, more = tree.read(READ_STEP_BYTES)
+        changes += batch.changes
+        complete = complete and batch.complete
+    return Batch(tuple(changes), complete), ended
+
+
 async def _read_settled(
     tree: _Tree, settle_seconds: float, settle_max_seconds: float
 ) -> tuple[Batch, WatchEnd | None]:
     """Read what is queued, then again every `settle_seconds` while more keeps coming (up to
     `settle_max_seconds` in all). Sleeping rather than waiting for each event: a burst costs a
     few wake-ups, not one per event (the reconciler's thread needs the GIL meanwhile)."""
-    batch, ended = tree.read()
+    batch, ended = await _read_queue(tree)
     if settle_seconds <= 0:
         return batch, ended
     changes, complete = list(batch.changes), batch.complete
@@ -321,7 +364,7 @@ async def _read_settled(
         if pause <= 0:
             break
         await trio.sleep(pause)
-        more, ended = tree.read()
+        more, ended = await _read_queue(tree)
         if not more.changes and more.complete:
             break  # quiet for a whole pause: the burst is over
         changes += more.changes

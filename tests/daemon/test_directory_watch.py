@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from memstate.node.watching import WatchRetry, watch_directory
+from memstate.host.inotify import IN_CREATE
+from memstate.node import watching
+from memstate.node.watching import Batch, WatchEnd, WatchRetry, watch_directory
 
 HANG_GUARD_SECONDS = 10.0
 
@@ -197,3 +199,52 @@ def test_retry_backs_off_and_shows_the_traceback_once_per_run(
     assert retry.failed(OSError(28, "No space left on device")) == 1.0
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert len(seen) == 6
+
+
+async def test_a_long_queue_is_read_in_steps_into_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What queued up while the watch did not run (600 creations, ~19 KB of events) is read in
+    steps of `READ_STEP_BYTES` with the event loop running between them (another task gets
+    turns), and still arrives as one batch, every change in order."""
+    calls: list[int] = []  # the other task's turns so far, at each read of the queue
+    turns: list[None] = []
+    original = watching._Tree.read
+
+    def read(tree: watching._Tree, max_bytes: int) -> tuple[Batch, WatchEnd | None, bool]:
+        calls.append(len(turns))
+        return original(tree, max_bytes)
+
+    monkeypatch.setattr(watching._Tree, "read", read)
+    batches: list[Batch] = []
+    started = trio.Event()
+
+    async def other_task() -> None:
+        while True:
+            turns.append(None)
+            await trio.lowlevel.checkpoint()
+
+    names = [f"f{index:04d}" for index in range(600)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                watching.watch,
+                tmp_path,
+                batches.append,
+                mask=IN_CREATE,
+                recursive=False,
+                on_started=started.set,
+            )
+        )
+        await started.wait()
+        for name in names:  # no checkpoint: all of it queues before the watch reads
+            (tmp_path / name).touch()
+        nursery.start_soon(other_task)
+        assert await until(lambda: bool(batches))
+        nursery.cancel_scope.cancel()
+    assert [Path(change.path).name for batch in batches for change in batch.changes] == names
+    assert len(batches) == 1
+    assert len(calls) >= 3  # 19 KB in steps of 1 KiB
+    # The other task ran between the steps (trio may run it before or after the watch within
+    # one pass of the event loop: not necessarily between every two reads).
+    assert calls[-1] > calls[0] and calls == sorted(calls), calls

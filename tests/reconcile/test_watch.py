@@ -255,6 +255,29 @@ async def test_directories_moved_within_the_tree_are_followed(tmp_path: Path) ->
         nursery.cancel_scope.cancel()
 
 
+async def test_a_tree_moved_in_is_watched_to_its_leaves(tmp_path: Path) -> None:
+    """A directory with subdirectories renamed into the tree (its link count says it has some)
+    is walked: changes in its deepest cgroup are hinted. Leaves (a link count of 2) are not
+    walked, and still watched."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "pod" / "container" / "deeper").mkdir(parents=True)
+    (outside / "leaf").mkdir()
+    hints: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: watch_cgroups(root, on_hint=hints.append))
+        await until_watching(root, hints)
+        (outside / "pod").rename(root / "pod")
+        (outside / "leaf").rename(root / "leaf")
+        assert await until(lambda: "pod" in hints and "leaf" in hints), hints
+        hints.clear()
+        (root / "pod" / "container" / "deeper" / "memory.max").write_text("max\n")
+        (root / "leaf" / "memory.max").write_text("max\n")
+        assert await until(lambda: "pod/container/deeper" in hints and "leaf" in hints), hints
+        nursery.cancel_scope.cancel()
+
+
 async def test_cancellation_ends_the_watch(tmp_path: Path) -> None:
     """The watch thread is stopped through its stop event; the nursery exits (hang guard)."""
     with trio.fail_after(HINT_TIMEOUT_SECONDS):
