@@ -175,7 +175,10 @@ class ManifestDirectory:
         # `hint` runs in the event loop, `read` in a worker thread (`read_changes_inline` in
         # the event loop).
         self._hint_lock = threading.Lock()
-        self._prefix: tuple[Path | None, str] = (None, "")  # see `_key_prefix`
+        # What a file's key (``str(directory / name)``) is its name appended to: pathlib's own
+        # spelling of the directory ("" for ".", "/" for the root); made once (pathlib's join
+        # and spelling cost ~3 µs hot, on every hinted read).
+        self._key_prefix = str(directory / "_")[:-1]
         self._full_done = False
         self._last_full = 0.0
         self.full_rescan_seconds = full_rescan_seconds
@@ -203,16 +206,6 @@ class ManifestDirectory:
         if self.order == "reverse":
             return sorted(names, reverse=True)
         return names
-
-    def _key_prefix(self) -> str:
-        """What a file's key (``str(directory / name)``) is its name appended to: pathlib's
-        own spelling of the directory ("" for ".", "/" for the root). Remembered per directory:
-        pathlib's join and spelling cost ~3 µs (hot) on every hinted read."""
-        directory, prefix = self._prefix
-        if directory is not self.directory:
-            prefix = str(self.directory / "_")[:-1]
-            self._prefix = (self.directory, prefix)
-        return prefix
 
     def scan(self, holders: Mapping[str, str] | None = None) -> list[Event]:
         """Read the directory; return the events for every change since the last accepted scan.
@@ -314,7 +307,7 @@ class ManifestDirectory:
         """The hinted names' observations, the others' kept. All I/O comes first, so a file
         over `limit` (`_NotSmall`) leaves the directory's account as it was."""
         looks: list[tuple[str, str, _Read | None, _Look]] = []
-        prefix = self._key_prefix()
+        prefix = self._key_prefix
         for name in sorted(hinted):
             key = prefix + name
             seen = self._cache.get(key)
@@ -339,7 +332,7 @@ class ManifestDirectory:
         previous, self._cache = self._cache, {}
         before, self._observed = self._observed, {}
         listed: set[str] = set()
-        prefix = self._key_prefix()
+        prefix = self._key_prefix
         for name in self._listing():
             key = prefix + name
             listed.add(key)
