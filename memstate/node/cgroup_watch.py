@@ -102,7 +102,7 @@ def cgroup_of_change(root: Path, changed: str) -> str | None:
     # Plain string work, no pathlib: a batch holds hundreds of changes. The watch's paths are
     # the root joined with names (memstate.node.watching), never with "." or doubled slashes.
     base = str(root).rstrip("/")
-    if changed == base or changed == base + "/":
+    if changed == base:
         return ROOT_HINT
     if not changed.startswith(base + "/"):
         return None
