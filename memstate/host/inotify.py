@@ -31,13 +31,10 @@ IN_ISDIR = 0x40000000
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 _READ_BYTES = 1 << 16
-# More than the largest event takes: its header and a name of NAME_MAX (255) bytes with its NUL,
-# padded to 16 bytes (272 in all); a PATH_MAX of slack besides.
-_ROOM = _EVENT_HEADER.size + 4096
 # What os.fsdecode decodes names with (fixed when the interpreter starts).
 _FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
-# The largest event: its header and a name of NAME_MAX bytes with its terminating NUL. A read
-# into a smaller buffer fails (EINVAL).
+# The largest event: its header and a name of NAME_MAX (255) bytes with its NUL (the kernel pads
+# names to 16 bytes: 272 in all). A read into a smaller buffer than the next event fails (EINVAL).
 MAX_EVENT_BYTES = _EVENT_HEADER.size + 255 + 1
 
 
@@ -83,21 +80,22 @@ class Inotify:
     def read_events(self) -> list[tuple[int, int, str]]:
         """(wd, mask, name) of every queued event; empty when there is none."""
         events: list[tuple[int, int, str]] = []
-        # The kernel stops copying only when the queue is empty or the next event does not
-        # fit: a read that left room for any event took all there was. Reading again would
-        # only raise EAGAIN (a system call and an exception per wake-up).
-        while self.read_some(events, _READ_BYTES) > _READ_BYTES - _ROOM:
+        while self.read_some(events, _READ_BYTES):
             pass
         return events
 
-    def read_some(self, events: list[tuple[int, int, str]], max_bytes: int) -> int:
+    def read_some(self, events: list[tuple[int, int, str]], max_bytes: int) -> bool:
         """Append the (wd, mask, name) of the events one read of at most `max_bytes` returns
         (whole events only; `max_bytes` of at least `MAX_EVENT_BYTES` takes any event, a smaller
-        buffer than the next event fails with EINVAL); the bytes read, 0 when none was queued."""
+        buffer than the next event fails with EINVAL); whether more may be queued.
+
+        The kernel stops copying only when the queue is empty or the next event does not fit:
+        a read that left room for the largest event took all there was (reading again would
+        only raise EAGAIN: a system call and an exception per wake-up)."""
         try:
             data = os.read(self.fd, max_bytes)
         except BlockingIOError:
-            return 0
+            return False
         offset = 0
         while offset < len(data):
             wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
@@ -105,7 +103,7 @@ class Inotify:
             raw = data[start : start + length].rstrip(b"\0")
             events.append((wd, mask, raw.decode(*_FS_CODEC)))  # os.fsdecode's decoding
             offset = start + length
-        return len(data)
+        return len(data) > max_bytes - MAX_EVENT_BYTES
 
     def close(self) -> None:
         """Close the descriptor (every watch ends with it)."""

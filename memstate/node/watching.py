@@ -51,7 +51,6 @@ from memstate.host.inotify import (
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
-    MAX_EVENT_BYTES,
     Inotify,
 )
 
@@ -181,8 +180,7 @@ class _Tree:
         """What one read of at most `max_bytes` of the queue returns, whether the watch has
         ended, and whether more may be queued (the read filled its buffer)."""
         events: list[tuple[int, int, str]] = []
-        got = self.inotify.read_some(events, max_bytes)
-        more = got > max_bytes - MAX_EVENT_BYTES
+        more = self.inotify.read_some(events, max_bytes)
         changes: list[Change] = []
         ended: WatchEnd | None = None
         complete = True

@@ -56,7 +56,7 @@ def test_a_full_read_is_followed_by_another_until_the_queue_is_empty(
     order."""
     # Three of these events (32 bytes each) per read, and room for one more counted as none.
     monkeypatch.setattr(inotify, "_READ_BYTES", 100)
-    monkeypatch.setattr(inotify, "_ROOM", 50)
+    monkeypatch.setattr(inotify, "MAX_EVENT_BYTES", 50)
     watch = Inotify(IN_CREATE)
     try:
         watch.add_watch(str(tmp_path))
